@@ -1,0 +1,46 @@
+"""jobmonitor: an asyncio server that runs jobs and streams their status live.
+
+Clients send XML command packets over TCP; the server answers with coded
+``R`` lines and streams a monitored job's ``J`` status lines as they happen.
+
+Layers, from the wire up: ``codes`` (the code table), ``lines`` and ``packet``
+(sans-I/O wire format), ``job``/``stream``/``engine`` (running jobs and
+recording what they say), ``store`` (persistence), ``commands``/``connection``/
+``server`` (the network side), ``app`` (the embedding API) and ``cli``.
+"""
+
+__version__ = "0.1.0"
+
+from .app import Controller, JobMonitor
+from .codes import Reply, Status
+from .config import Config
+from .errors import (
+    ConfigError,
+    JobFailed,
+    JobMonitorError,
+    PacketError,
+    ReplyError,
+    RequestError,
+)
+from .job import Job
+from .server import Server
+from .states import JobState, Outcome
+
+__all__ = [
+    "__version__",
+    "JobMonitor",
+    "Controller",
+    "Server",
+    "Config",
+    "Job",
+    "JobState",
+    "Outcome",
+    "Reply",
+    "Status",
+    "JobMonitorError",
+    "ConfigError",
+    "JobFailed",
+    "RequestError",
+    "PacketError",
+    "ReplyError",
+]

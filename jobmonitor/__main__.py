@@ -1,0 +1,5 @@
+"""``python -m jobmonitor`` runs the same CLI as the ``jobmonitor`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

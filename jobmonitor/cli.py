@@ -1,0 +1,144 @@
+"""The ``jobmonitor`` command.  It only builds settings and calls the library.
+
+``jobmonitor serve`` takes one option per ``Config`` field, generated from the
+dataclass so the option list lives in one place.  Only this module prints,
+exits, or installs signal handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .config import Config
+from .errors import ConfigError
+from .loader import load_jobs
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("jobmonitor.cli")
+
+_TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "str | None": str}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobmonitor", description="Run jobs and stream their status over TCP."
+    )
+    parser.add_argument("--version", action="version", version=f"jobmonitor {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    serve = commands.add_parser("serve", help="run the server",
+                                description="Run the jobmonitor server until SIGINT/SIGTERM.")
+    _add_config_options(serve)
+    serve.set_defaults(run=_serve)
+    return parser
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    for field in dataclasses.fields(Config):
+        if not field.metadata.get("flag"):
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        help_text = field.metadata["help"]
+        if field.type == "tuple[str, ...]":
+            parser.add_argument(flag, dest=field.name, action="append", metavar="SPEC",
+                                help=help_text)
+        else:
+            default = field.default
+            shown = f" (default: {default})" if default not in (None, ()) else ""
+            parser.add_argument(flag, dest=field.name, type=_TYPES[str(field.type)],
+                                metavar=field.name.upper(), help=help_text + shown)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Build the server settings from parsed options (unset options keep defaults).
+
+    Raises:
+        ConfigError: a bad value.
+    """
+    changes = {}
+    for field in dataclasses.fields(Config):
+        value = getattr(args, field.name, None)
+        if value is not None:
+            changes[field.name] = tuple(value) if isinstance(value, list) else value
+    return Config().replace(**changes)
+
+
+class _ReadyOrLevel(logging.Filter):
+    """Passes records at the chosen level, and always the 'listening on' line."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level or getattr(record, "ready", False)
+
+
+def _setup_logging(level_name: str) -> None:
+    level = logging.getLevelName(level_name.upper())
+    if not isinstance(level, int):
+        raise ConfigError(f"log_level: unknown level {level_name!r}")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_ReadyOrLevel(level))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("jobmonitor.server").setLevel(min(level, logging.INFO))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    _setup_logging(config.log_level)
+    app = load_jobs(config.jobs)
+    if not app.handlers:
+        log.warning("no jobs loaded: every SubmitJob will be refused (use --jobs)")
+    with _runner() as runner:
+        runner.run(_serve_until_signal(app, config))
+    return 0
+
+
+def _runner() -> asyncio.Runner:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
+async def _serve_until_signal(app: Any, config: Config) -> None:
+    server = app.make_server(config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, _on_signal, server, signum)
+    await server.serve_forever()
+
+
+def _on_signal(server: Any, signum: int) -> None:
+    log.info("received %s", signal.Signals(signum).name)
+    server.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ConfigError as exc:
+        print(f"jobmonitor: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"jobmonitor: cannot start: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

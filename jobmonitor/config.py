@@ -1,0 +1,73 @@
+"""Server settings: one frozen dataclass, built once and passed around.
+
+The CLI builds it from flags, embedding code from keyword arguments; every
+option is spelled out here and only here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["Config", "DEFAULT_PORT"]
+
+DEFAULT_PORT = 7400
+
+
+def _setting(default: Any, help: str, *, flag: bool = True) -> Any:
+    """A field with its help text; ``flag`` fields become ``serve`` options."""
+    return field(default=default, metadata={"help": help, "flag": flag})
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Every server setting, with its default and its help text."""
+
+    host: str = _setting("127.0.0.1", "address to listen on")
+    port: int = _setting(DEFAULT_PORT, "port to listen on (0 picks a free port)")
+    jobs: tuple[str, ...] = _setting(
+        (), "job module to load: pkg.module[:attr] or path/file.py[:attr] (repeatable)")
+    store: str = _setting("memory://", "where jobs are kept: memory://")
+    max_running: int = _setting(8, "jobs that may run at once; the rest wait in FIFO order")
+    max_packet_bytes: int = _setting(1024 * 1024, "largest command packet accepted, in bytes")
+    packet_timeout_s: float = _setting(30.0, "seconds a client has to send a complete packet")
+    linger_s: float = _setting(
+        2.0, "seconds to keep reading a closing client's input so it can read our last reply")
+    shutdown_grace_s: float = _setting(
+        10.0, "seconds running jobs get to finish at shutdown before they are cancelled")
+    machine_name: str | None = _setting(
+        None, "machine name reported at the start of each stream (default: host name)")
+    log_level: str = _setting("info", "debug, info, warning or error")
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "max_running", "max_packet_bytes", "packet_timeout_s")
+        _check_non_negative(self, "linger_s", "shutdown_grace_s")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port: must be 0..65535, got {self.port}")
+
+    def replace(self, **changes: Any) -> "Config":
+        """Return a copy with ``changes`` applied (None values are ignored).
+
+        Raises:
+            ConfigError: an unknown setting or a bad value.
+        """
+        known = {field.name for field in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _check_positive(config: Config, *names: str) -> None:
+    for name in names:
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{name}: must be greater than 0, got {getattr(config, name)}")
+
+
+def _check_non_negative(config: Config, *names: str) -> None:
+    for name in names:
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name}: must not be negative, got {getattr(config, name)}")

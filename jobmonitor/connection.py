@@ -1,0 +1,205 @@
+"""One client connection: read one command packet, answer it, maybe stream a job.
+
+A connection goes READING -> BUSY -> (WATCHING) -> LINGERING -> closed:
+
+* READING feeds bytes to the sans-I/O ``PacketParser`` under a deadline;
+* BUSY runs the command (a task: a submit waits for the store);
+* WATCHING follows a job's stream; the client is not expected to send more,
+  and what it sends is ignored;
+* LINGERING: our last bytes are queued and our side is shut for writing; we
+  keep reading (and discarding) until the client closes or ``linger_s``
+  passes, so a client still sending gets our reply instead of a reset.
+
+Every byte goes out through ``write`` / ``reply``; transport flow control is
+the backpressure: while the transport is paused the stream skips this
+connection and catches it up on ``resume_writing``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+from .codes import Reply
+from .errors import PacketError, RequestError
+from .lines import format_line
+from .packet import Packet, PacketParser
+from .stream import JobStream
+
+if TYPE_CHECKING:
+    from .server import Server
+
+__all__ = ["Connection"]
+
+log = logging.getLogger("jobmonitor.connection")
+
+
+class _State(enum.Enum):
+    READING = "reading"
+    BUSY = "busy"
+    WATCHING = "watching"
+    LINGERING = "lingering"
+    CLOSED = "closed"
+
+
+class Connection(asyncio.Protocol):
+    """The protocol object of one client connection."""
+
+    def __init__(self, server: "Server") -> None:
+        self._server = server
+        self._config = server.config
+        self._loop = asyncio.get_running_loop()
+        self._state = _State.READING
+        self._transport: asyncio.Transport | None = None
+        self._parser = PacketParser(max_packet_bytes=self._config.max_packet_bytes)
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stream: JobStream | None = None
+        self._paused = False
+        self._peer_eof = False
+        self.peer = "?"
+
+    # -- asyncio.Protocol --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._server._connection_opened(self)
+        self._timer = self._loop.call_later(self._config.packet_timeout_s, self._packet_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self._state is not _State.READING:
+            return  # after the packet, input is not expected and is discarded
+        try:
+            packet = self._parser.feed(data)
+        except PacketError as exc:
+            self._refuse(exc)
+            return
+        if packet is not None:
+            self._dispatch(packet)
+
+    def eof_received(self) -> bool:
+        self._peer_eof = True
+        if self._state is _State.READING:
+            if self._parser.bytes_received == 0:
+                self.close()
+                return False
+            try:
+                self._dispatch(self._parser.feed_eof())
+            except PacketError as exc:
+                self._refuse(exc)
+        elif self._state is _State.LINGERING:
+            self.close()
+            return False
+        return True  # a half-closed client still reads our replies and stream
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._state = _State.CLOSED
+        self._cancel_timer()
+        if self._stream is not None:
+            self._stream.unwatch(self)
+            self._stream = None
+        self._server._connection_closed(self)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._stream is not None:
+            self._stream.catch_up(self)
+
+    # -- the write path (also the stream's Watcher interface) --------------------
+
+    @property
+    def writable(self) -> bool:
+        return not self._paused and self._state is _State.WATCHING
+
+    def write(self, data: bytes) -> None:
+        """Send bytes as they are (stream lines come here already formatted)."""
+        if self._transport is not None and self._state is not _State.CLOSED:
+            self._transport.write(data)
+
+    def reply(self, code: Reply, text: str | None = None) -> None:
+        """Send one R reply (several lines when ``text`` has several)."""
+        self.write(format_line("R", code, code.text if text is None else text))
+
+    def stream_ended(self) -> None:
+        self._stream = None
+        self.finish()
+
+    # -- ending -------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """We have said everything: shut our side and linger for the client's."""
+        if self._state in (_State.LINGERING, _State.CLOSED) or self._transport is None:
+            return
+        self._cancel_timer()
+        if self._peer_eof or not self._transport.can_write_eof():
+            self.close()
+            return
+        self._state = _State.LINGERING
+        self._transport.write_eof()
+        self._timer = self._loop.call_later(self._config.linger_s, self.close)
+
+    def close(self) -> None:
+        """Close now (queued bytes are still sent)."""
+        self._cancel_timer()
+        if self._state is not _State.CLOSED and self._transport is not None:
+            self._state = _State.CLOSED
+            if self._stream is not None:
+                self._stream.unwatch(self)
+                self._stream = None
+            self._transport.close()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- the command ------------------------------------------------------------------
+
+    def _refuse(self, exc: RequestError) -> None:
+        log.info("refused packet from %s: %s", self.peer, exc.reply_text)
+        self._state = _State.BUSY
+        self.reply(exc.code, exc.reply_text)
+        self.finish()
+
+    def _packet_timeout(self) -> None:
+        self._timer = None
+        if self._state is _State.READING:
+            detail = f"no complete packet within {self._config.packet_timeout_s:g} s"
+            self._refuse(PacketError(Reply.PACKET_TIMEOUT, detail))
+
+    def _dispatch(self, packet: Packet) -> None:
+        self._cancel_timer()
+        self._state = _State.BUSY
+        self._task = self._loop.create_task(self._run(packet))
+
+    async def _run(self, packet: Packet) -> None:
+        try:
+            response = await self._server.commands.run(packet)
+        except RequestError as exc:
+            self.reply(exc.code, exc.reply_text)
+            self.finish()
+            return
+        except Exception:
+            log.exception("command %s from %s failed", packet.command, self.peer)
+            self.reply(Reply.INTERNAL_ERROR)
+            self.finish()
+            return
+        self.reply(Reply.OK, response.text)
+        if response.follow is None or self._state is _State.CLOSED:
+            self.finish()
+            return
+        self._state = _State.WATCHING
+        self._stream = response.follow
+        response.follow.watch(self, response.from_line)

@@ -1,0 +1,74 @@
+"""Exceptions raised by jobmonitor.
+
+::
+
+    JobMonitorError                base of everything jobmonitor raises
+    ├── ConfigError                bad settings or job modules; raised at start-up
+    ├── JobFailed                  raised by a job handler to fail its job with a reason
+    ├── RequestError               a request the server refuses; carries an R code
+    │   └── PacketError            the packet itself could not be read (wire layer)
+    └── ReplyError                 (client side) the server answered with an R error
+
+A ``RequestError`` becomes exactly one error reply line; it never reaches the
+wire as a traceback.
+"""
+
+from __future__ import annotations
+
+from .codes import Reply
+
+__all__ = [
+    "JobMonitorError",
+    "ConfigError",
+    "JobFailed",
+    "RequestError",
+    "PacketError",
+    "ReplyError",
+]
+
+
+class JobMonitorError(Exception):
+    """Base class of all jobmonitor exceptions."""
+
+
+class ConfigError(JobMonitorError):
+    """Invalid configuration, job module or job registration."""
+
+
+class JobFailed(JobMonitorError):
+    """Raised inside a job handler: the job fails with this reason.
+
+    The reason is sent to monitors as an error line, then ``J0000022``.
+    """
+
+    def __init__(self, reason: str = "Job failed.", *, code: int = 5000) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+class RequestError(JobMonitorError):
+    """A request the server refuses, answered with ``code`` and ``detail``."""
+
+    def __init__(self, code: Reply, detail: str = "") -> None:
+        super().__init__(f"{code.text}: {detail}" if detail else code.text)
+        self.code = code
+        self.detail = detail
+
+    @property
+    def reply_text(self) -> str:
+        """The text of the reply line: the standard text, then the detail."""
+        return f"{self.code.text}: {self.detail}" if self.detail else self.code.text
+
+
+class PacketError(RequestError):
+    """A command packet that cannot be read: malformed, too large, refused."""
+
+
+class ReplyError(JobMonitorError):
+    """Client side: the server answered a command with an error reply."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(f"R{code:07d}: {text}")
+        self.code = code
+        self.text = text

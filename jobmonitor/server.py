@@ -1,0 +1,135 @@
+"""The running server: a listener, its connections, the engine and the commands.
+
+``Server`` mirrors ``asyncio.Server``: ``close()`` is idempotent and starts an
+ordered shutdown, ``wait_closed()`` waits for it, ``async with`` does both.
+Shutdown order: stop listening; let running jobs finish within the grace
+period, then cancel them (their monitors get the cancelled and ended lines);
+close what connections remain; close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Mapping
+
+from .commands import Commands
+from .config import Config
+from .connection import Connection
+from .engine import Engine, Handler
+from .store import open_store
+
+__all__ = ["Server"]
+
+log = logging.getLogger("jobmonitor.server")
+
+
+class Server:
+    """A jobmonitor server bound to a host and port."""
+
+    def __init__(self, handlers: Mapping[str, Handler], config: Config) -> None:
+        self.config = config
+        self.engine = Engine(handlers, config, open_store(config.store))
+        self.commands = Commands(self.engine)
+        self._listener: asyncio.Server | None = None
+        self._connections: set[Connection] = set()
+        self._no_connections = asyncio.Event()
+        self._no_connections.set()
+        self._closing: asyncio.Task[None] | None = None
+        self._close_requested = asyncio.Event()
+        self._bound: tuple[str, int] = (config.host, config.port)
+
+    async def start(self) -> None:
+        """Open the store and start listening.
+
+        Raises:
+            OSError: the address cannot be bound.
+        """
+        await self.engine.start()
+        try:
+            self._listener = await asyncio.get_running_loop().create_server(
+                lambda: Connection(self), self.config.host, self.config.port,
+                reuse_address=True, backlog=1024,
+            )
+        except BaseException:
+            await self.engine.stop(0)
+            raise
+        self._bound = self._listener.sockets[0].getsockname()[:2]
+        log.info("jobmonitor listening on %s", self.address, extra={"ready": True})
+
+    # -- addresses -----------------------------------------------------------------
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return tuple(self._listener.sockets) if self._listener else ()
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        return int(self._bound[1])
+
+    @property
+    def host(self) -> str:
+        """The bound address."""
+        return str(self._bound[0])
+
+    @property
+    def address(self) -> str:
+        """``HOST:PORT``, with brackets around an IPv6 host."""
+        host = self.host
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    # -- connections -------------------------------------------------------------------
+
+    def _connection_opened(self, connection: Connection) -> None:
+        self._connections.add(connection)
+        self._no_connections.clear()
+
+    def _connection_closed(self, connection: Connection) -> None:
+        self._connections.discard(connection)
+        if not self._connections:
+            self._no_connections.set()
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Start an orderly shutdown (idempotent)."""
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._shutdown())
+            self._close_requested.set()
+
+    async def wait_closed(self) -> None:
+        """Wait until a shutdown started by ``close()`` is complete."""
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
+
+    async def serve_forever(self) -> None:
+        """Serve until ``close()`` is called."""
+        await self._close_requested.wait()
+        await self.wait_closed()
+
+    async def _shutdown(self) -> None:
+        log.info("jobmonitor shutting down")
+        if self._listener is not None:
+            self._listener.close()
+        await self.engine.stop(self.config.shutdown_grace_s)
+        try:
+            await asyncio.wait_for(self._no_connections.wait(), self.config.linger_s)
+        except asyncio.TimeoutError:
+            for connection in list(self._connections):
+                connection.close()
+        if self._listener is not None:
+            await self._listener.wait_closed()
+        log.info("jobmonitor stopped")
+
+    async def __aenter__(self) -> "Server":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()

@@ -1,0 +1,96 @@
+"""Job handlers used by the tests (loaded in-process and by the CLI tests)."""
+
+import asyncio
+import threading
+import time
+
+from jobmonitor import Job, JobFailed, JobMonitor, Outcome
+
+app = JobMonitor()
+
+#: Events the tests set to let a "wait" job finish, keyed by the job's Key param.
+releases: dict[str, asyncio.Event] = {}
+thread_releases: dict[str, threading.Event] = {}
+
+
+@app.job("echo")
+async def echo(job: Job) -> None:
+    for name, value in sorted(job.params.items()):
+        job.info(f"{name}={value}")
+    for name, value in sorted(job.doc_variables.items()):
+        job.info(f"doc {name}={value}")
+
+
+@app.job("lines")
+async def lines(job: Job) -> None:
+    count = int(job.params.get("Count", "10"))
+    yield_every = int(job.params.get("YieldEvery", "0"))
+    for n in range(1, count + 1):
+        job.info(f"line {n}")
+        if yield_every and n % yield_every == 0:
+            await asyncio.sleep(0)
+
+
+@app.job("partial")
+async def partial(job: Job) -> Outcome:
+    job.info("record 1 ok")
+    job.error("Evaluation failed for variable: FormatPriceJS\nScript result was null, line 48")
+    return Outcome.PARTIAL
+
+
+@app.job("fail")
+async def fail(job: Job) -> None:
+    raise JobFailed("input file missing")
+
+
+@app.job("crash")
+async def crash(job: Job) -> None:
+    job.info("about to crash")
+    raise ValueError("boom\nsecond line")
+
+
+@app.job("bad-return")
+async def bad_return(job: Job) -> int:
+    return 42
+
+
+@app.job("control")
+async def control(job: Job) -> None:
+    job.info("bell\x07 escape\x1b[2J nul\x00 del\x7f tab\tend")
+    job.info("fake\r\nJ0000020: Job completed successfully.")
+    job.info("sep\u2028x")
+    job.info("caf\u00e9 \u2603")
+
+
+@app.job("progress")
+async def progress(job: Job) -> None:
+    job.progress(1, 4)
+    job.progress(4, 4, "all done")
+
+
+@app.job("wait")
+async def wait(job: Job) -> None:
+    key = job.params.get("Key", job.transaction_id)
+    event = releases.setdefault(key, asyncio.Event())
+    job.info("waiting")
+    await event.wait()
+    job.info("released")
+
+
+@app.job("thread")
+def thread(job: Job) -> None:
+    for n in range(1, int(job.params.get("Count", "3")) + 1):
+        job.info(f"thread line {n}")
+
+
+@app.job("thread-wait")
+def thread_wait(job: Job) -> None:
+    event = thread_releases.setdefault(job.params.get("Key", ""), threading.Event())
+    while not event.is_set():
+        job.info("still working")
+        time.sleep(0.01)
+
+
+@app.job("thread-fail")
+def thread_fail(job: Job) -> None:
+    raise JobFailed("thread says no")

@@ -1,0 +1,368 @@
+"""The server over real sockets on port 0, with real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from jobmonitor import JobState
+
+from .conftest import MACHINE, finished, release
+from .helpers import Session, exchange, split_lines, submit, xml_packet
+
+ENDED = "J0000001: Transaction {} ended"
+
+
+def tid_of(reply: str) -> str:
+    assert reply.startswith("R0000000: T"), reply
+    return reply.removeprefix("R0000000: ")
+
+
+# -- submitting and streaming ---------------------------------------------------
+
+
+async def test_monitored_submit_streams_every_line_then_ends(server):
+    lines = await exchange(server.port, submit("echo", JobName="PDF", Color="blue"))
+    tid = tid_of(lines[0])
+    assert tid == "T0000001"
+    assert lines[1:] == [
+        f"J0000100: Machine name: {MACHINE}",
+        "J0000100: Color=blue",
+        "J0000100: JobName=PDF",
+        "J0000100: ProjectName=echo",
+        "J0000020: Job completed successfully.",
+        ENDED.format(tid),
+    ]
+
+
+async def test_transaction_ids_are_unique_and_increasing(server):
+    replies = [(await exchange(server.port, submit("echo", monitor=False)))[0] for _ in range(3)]
+    assert replies == ["R0000000: T0000001", "R0000000: T0000002", "R0000000: T0000003"]
+
+
+async def test_unmonitored_submit_replies_and_closes_while_job_runs_on(server):
+    lines = await exchange(server.port, submit("wait", monitor=False, Key="k"))
+    assert lines == ["R0000000: T0000001"]
+    job = server.engine.find("T0000001")
+    assert job.state is JobState.PROCESSING
+    await release("k")
+    assert (await finished(server, "T0000001")).state is JobState.COMPLETED
+
+
+async def test_doc_variables_reach_the_job(server):
+    packet = xml_packet("SubmitJob", {"ProjectName": "echo", "_sys_ClientJobMonitor": "TRUE"},
+                        {"Headline": "Sale & more"})
+    lines = await exchange(server.port, packet)
+    assert "J0000100: doc Headline=Sale & more" in lines
+    assert "J0000100: ProjectName=echo" in lines
+    assert not any("_sys_" in line for line in lines)
+
+
+@pytest.mark.parametrize("word", ["true", "TRUE", "1", "yes", "Yes"])
+async def test_monitor_flag_true_spellings(server, word):
+    lines = await exchange(server.port, submit("echo", monitor=False, _sys_ClientJobMonitor=word))
+    assert lines[-1].startswith("J0000001: Transaction")
+
+
+@pytest.mark.parametrize("word", ["false", "FALSE", "0", "no", ""])
+async def test_monitor_flag_false_spellings(server, word):
+    lines = await exchange(server.port, submit("echo", monitor=False, _sys_ClientJobMonitor=word))
+    assert len(lines) == 1 and lines[0].startswith("R0000000: T")
+
+
+async def test_partial_job_multi_line_error_uses_hyphen_continuation(server):
+    lines = await exchange(server.port, submit("partial"))
+    assert lines[2:] == [
+        "J0000100: record 1 ok",
+        "J0005000- Evaluation failed for variable: FormatPriceJS",
+        "J0005000: Script result was null, line 48",
+        "J0000021: Job only partially completed.",
+        ENDED.format(tid_of(lines[0])),
+    ]
+
+
+async def test_job_failed_reason_then_failed_code(server):
+    lines = await exchange(server.port, submit("fail"))
+    assert lines[2:] == ["J0005000: input file missing", "J0000022: Job failed.",
+                         ENDED.format(tid_of(lines[0]))]
+
+
+async def test_handler_exception_gives_message_not_traceback(server, caplog):
+    lines = await exchange(server.port, submit("crash"))
+    assert lines[2:] == [
+        "J0000100: about to crash",
+        "J0005001- ValueError: boom",
+        "J0005001: second line",
+        "J0000022: Job failed.",
+        ENDED.format(tid_of(lines[0])),
+    ]
+    assert "Traceback" in caplog.text  # the traceback goes to the server log only
+
+
+async def test_bad_return_value_fails_the_job(server):
+    lines = await exchange(server.port, submit("bad-return"))
+    assert lines[-3].startswith("J0005001: TypeError: a job handler must return an Outcome")
+    assert lines[-2] == "J0000022: Job failed."
+
+
+async def test_control_characters_cannot_forge_lines(server):
+    lines = await exchange(server.port, submit("control"))
+    assert lines[2:7] == [
+        "J0000100: bell\\x07 escape\\x1b[2J nul\\x00 del\\x7f tab\tend",
+        "J0000100- fake",
+        "J0000100: J0000020: Job completed successfully.",
+        "J0000100: sep\\u2028x",
+        "J0000100: caf\u00e9 \u2603",
+    ]
+    assert [line for line in lines if line.startswith("J0000020")] == [
+        "J0000020: Job completed successfully."]
+
+
+async def test_progress_lines_and_recorded_progress(server):
+    lines = await exchange(server.port, submit("progress"))
+    assert lines[2:4] == ["J0000110: Progress: 1/4 (25%)", "J0000110: Progress: 4/4 (100%) all done"]
+    job = server.engine.find(tid_of(lines[0]))
+    assert (job.progress_done, job.progress_total) == (4, 4)
+
+
+async def test_lines_arrive_live_before_the_job_ends(server):
+    session = await Session.open(server.port, submit("wait", Key="live"))
+    assert (await session.line()).startswith("R0000000: T")
+    assert await session.line() == f"J0000100: Machine name: {MACHINE}"
+    assert await session.line() == "J0000100: waiting"
+    await release("live")
+    assert await session.rest() == ["J0000100: released", "J0000020: Job completed successfully.",
+                                    ENDED.format("T0000001")]
+    await session.close()
+
+
+async def test_many_lines_arrive_complete_and_in_order(server):
+    lines = await exchange(server.port, submit("lines", Count="20000", YieldEvery="97"))
+    assert lines[2:-2] == [f"J0000100: line {n}" for n in range(1, 20001)]
+
+
+async def test_thread_handler_streams_with_the_same_api(server):
+    lines = await exchange(server.port, submit("thread", Count="3"))
+    assert lines[2:] == ["J0000100: thread line 1", "J0000100: thread line 2",
+                         "J0000100: thread line 3", "J0000020: Job completed successfully.",
+                         ENDED.format(tid_of(lines[0]))]
+
+
+async def test_thread_handler_failure(server):
+    lines = await exchange(server.port, submit("thread-fail"))
+    assert lines[2:4] == ["J0005000: thread says no", "J0000022: Job failed."]
+
+
+async def test_monitor_disconnect_does_not_stop_the_job(server):
+    session = await Session.open(server.port, submit("wait", Key="gone"))
+    tid = tid_of(await session.line())
+    await session.close()
+    await release("gone")
+    job = await finished(server, tid)
+    assert job.state is JobState.COMPLETED
+
+
+# -- framing ------------------------------------------------------------------------
+
+
+async def test_packet_one_byte_at_a_time_without_closing(server):
+    lines = await exchange(server.port, submit("echo"), chunk=1)
+    assert lines[-2] == "J0000020: Job completed successfully."
+
+
+async def test_client_half_close_after_packet(server):
+    lines = await exchange(server.port, submit("echo"), shut_wr=True)
+    assert lines[-2] == "J0000020: Job completed successfully."
+
+
+async def test_bytes_after_the_root_element_are_ignored(server):
+    lines = await exchange(server.port, submit("echo") + b"<junk>\x00\xff garbage")
+    assert lines[-2] == "J0000020: Job completed successfully."
+
+
+async def test_pageflex_documentation_packet_with_broken_declaration(server):
+    packet = (b'<?xml version="1.0">\r\n<?pf_command version="1.0"?>\r\n'
+              b'<pfjob:job_command xmlns:pfjob="http://www.pageflex.com/schemas" name="SubmitJob">\r\n'
+              b'   <pfjob:job_variables>\r\n'
+              b'      <pfjob:var name="ProjectName">echo</pfjob:var>\r\n'
+              b'      <pfjob:var name="_sys_ClientJobMonitor">true</pfjob:var>\r\n'
+              b'   </pfjob:job_variables>\r\n</pfjob:job_command>\r\n')
+    lines = await exchange(server.port, packet)
+    assert lines[-2] == "J0000020: Job completed successfully."
+
+
+async def test_utf16le_without_bom_from_a_widely_used_client(server):
+    text = ('<job_command xmlns="http://www.pageflexinc.com/schemas" name="SubmitJob">'
+            '<job_variables><var name="ProjectName">echo</var><var name="Name">Zo\u00eb</var>'
+            '<var name="_sys_ClientJobMonitor">true</var></job_variables></job_command>')
+    lines = await exchange(server.port, text.encode("utf-16-le"))
+    assert "J0000100: Name=Zo\u00eb" in lines
+
+
+# -- refusals: one error reply line, then close ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("packet", "expected"),
+    [
+        (b"<job_command name='SubmitJob'><job_variables></job_command>",
+         "R0005000: Malformed command packet"),
+        (b"<?xml version='1.0' encoding='x-no-such'?><job_command name='X'/>",
+         "R0005001: Unsupported packet encoding"),
+        (b"<!DOCTYPE job_command [<!ENTITY a 'b'>]><job_command name='X'/>",
+         "R0005002: DOCTYPE not allowed in a command packet"),
+        (xml_packet("Frobnicate"), "R0005005: Unknown command: Frobnicate"),
+        (xml_packet("SubmitJob", {"JobName": "x"}), "R0005006: Missing required variable: ProjectName"),
+        (submit("echo", monitor=False, _sys_ClientJobMonitor="maybe"),
+         "R0005007: Invalid variable value"),
+        (submit("no-such-project"), "R0005008: Unknown project: no-such-project"),
+        (xml_packet("GetJobStatus", {"_sys_TransactionID": "T7654321"}),
+         "R0005009: Unknown transaction: T7654321"),
+        (xml_packet("CancelJob", {}), "R0005006: Missing required variable: _sys_TransactionID"),
+    ],
+)
+async def test_each_refusal_gets_exactly_one_error_line(server, packet, expected):
+    lines = await exchange(server.port, packet)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(expected), lines[0]
+
+
+async def test_truncated_packet_at_eof(server):
+    lines = await exchange(server.port, b"<job_command name='SubmitJob'><job_va", shut_wr=True)
+    assert len(lines) == 1 and lines[0].startswith("R0005000: Malformed command packet")
+
+
+async def test_empty_connection_is_closed_quietly(server):
+    assert await exchange(server.port, b"", shut_wr=True) == []
+
+
+async def test_packet_too_large_while_client_keeps_sending(make_server):
+    server = await make_server(max_packet_bytes=4096)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"<job_command name='SubmitJob'><job_variables><var name='x'>")
+    filler = b"a" * 65536
+    received = b""
+    try:
+        for _ in range(8):  # keep sending well past the limit, as a careless client would
+            writer.write(filler)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    received = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert split_lines(received) == [
+        "R0005003: Command packet too large: more than 4096 bytes"] or \
+        split_lines(received)[0].startswith("R0005003: Command packet too large")
+
+
+async def test_packet_timeout(make_server):
+    server = await make_server(packet_timeout_s=0.3)
+    lines = await exchange(server.port, b"<job_command name='SubmitJob'>")
+    assert lines == ["R0005004: Command packet not complete in time: no complete packet within 0.3 s"]
+
+
+async def test_server_keeps_serving_after_bad_packets(server):
+    bad = [exchange(server.port, b"<oops" * n + b">", shut_wr=True) for n in range(1, 20)]
+    good = [exchange(server.port, submit("echo")) for _ in range(5)]
+    results = await asyncio.gather(*bad, *good)
+    assert all(len(r) == 1 and r[0].startswith("R0005000") for r in results[:19])
+    assert all(r[-2] == "J0000020: Job completed successfully." for r in results[19:])
+
+
+# -- other commands ----------------------------------------------------------------------
+
+
+async def test_cancel_running_job_ends_its_monitors(server):
+    session = await Session.open(server.port, submit("wait", Key="never"))
+    tid = tid_of(await session.line())
+    assert await session.line() == f"J0000100: Machine name: {MACHINE}"
+    assert await session.line() == "J0000100: waiting"
+    reply = await exchange(server.port, xml_packet("CancelJob", {"_sys_TransactionID": tid}))
+    assert reply == [f"R0000000: {tid}"]
+    assert await session.rest() == ["J0000023: Job cancelled by user.", ENDED.format(tid)]
+    await session.close()
+    again = await exchange(server.port, xml_packet("CancelJob", {"_sys_TransactionID": tid}))
+    assert again == [f"R0005010: Invalid state for this request: {tid} has already ended (Cancelled)"]
+
+
+async def test_cancel_queued_job_drops_it(make_server):
+    server = await make_server(max_running=1)
+    first = await exchange(server.port, submit("wait", monitor=False, Key="first"))
+    queued = await Session.open(server.port, submit("echo"))
+    tid = tid_of(await queued.line())
+    assert server.engine.find(tid).state is JobState.QUEUED
+    await exchange(server.port, xml_packet("CancelJob", {"_sys_TransactionID": tid}))
+    assert await queued.rest() == [f"J0000100: Machine name: {MACHINE}",
+                                   "J0000023: Job cancelled by user.", ENDED.format(tid)]
+    await queued.close()
+    await release("first")
+    assert (await finished(server, tid_of(first[0]))).state is JobState.COMPLETED
+
+
+async def test_cancel_thread_job_at_its_next_api_call(server):
+    session = await Session.open(server.port, submit("thread-wait", Key="t"))
+    tid = tid_of(await session.line())
+    await session.line()
+    assert await session.line() == "J0000100: still working"
+    await exchange(server.port, xml_packet("CancelJob", {"_sys_TransactionID": tid}))
+    rest = await session.rest()
+    assert rest[-2:] == ["J0000023: Job cancelled by user.", ENDED.format(tid)]
+    assert set(rest[:-2]) <= {"J0000100: still working"}
+    await session.close()
+
+
+async def test_jobs_wait_in_fifo_order_beyond_max_running(make_server):
+    server = await make_server(max_running=2)
+    for key in "abcd":
+        await exchange(server.port, submit("wait", monitor=False, Key=key))
+    states = [server.engine.find(f"T000000{n}").state for n in range(1, 5)]
+    assert states == [JobState.PROCESSING, JobState.PROCESSING, JobState.QUEUED, JobState.QUEUED]
+    queue = await exchange(server.port, xml_packet("GetJobQueueLen"))
+    assert queue == ["R0000000- Queued: 2", "R0000000: Running: 2"]
+    await release("b")
+    await finished(server, "T0000002")
+    assert server.engine.find("T0000003").state is JobState.PROCESSING
+    assert server.engine.find("T0000004").state is JobState.QUEUED
+    for key in "acd":
+        await release(key)
+    await finished(server, "T0000004")
+
+
+async def test_get_job_status_lines(server):
+    lines = await exchange(server.port, submit("progress", JobName="Flyer"))
+    tid = tid_of(lines[0])
+    status = await exchange(server.port, xml_packet("GetJobStatus", {"_sys_TransactionID": tid}))
+    assert [line[:10] for line in status] == ["R0000000- "] * 9 + ["R0000000: "]
+    keys = [line[10:].split(":", 1)[0] for line in status]
+    assert keys == ["Transaction", "Project", "Job name", "Status", "Progress", "Created",
+                    "Started", "Updated", "Completed", "Last message"]
+    assert status[0] == f"R0000000- Transaction: {tid}"
+    assert status[1] == "R0000000- Project: progress"
+    assert status[2] == "R0000000- Job name: Flyer"
+    assert status[3] == "R0000000- Status: Completed"
+    assert status[4] == "R0000000- Progress: 4/4 (100%)"
+    assert status[9] == "R0000000: Last message: Progress: 4/4 (100%) all done"
+
+
+async def test_get_build_string(server):
+    lines = await exchange(server.port, xml_packet("GetBuildString"))
+    assert len(lines) == 1 and lines[0].startswith("R0000000: jobmonitor 0.1.0 (Python 3.")
+
+
+# -- shutdown --------------------------------------------------------------------------
+
+
+async def test_shutdown_cancels_running_jobs_after_grace(make_server):
+    server = await make_server(shutdown_grace_s=0.2)
+    session = await Session.open(server.port, submit("wait", Key="forever"))
+    tid = tid_of(await session.line())
+    await session.line()
+    await session.line()
+    server.close()
+    assert await session.rest() == ["J0000023: Job cancelled by user.", ENDED.format(tid)]
+    await session.close()
+    await server.wait_closed()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
