@@ -115,17 +115,22 @@ def _runner() -> asyncio.Runner:
 
 
 async def _serve_until_signal(app: Any, config: Config) -> None:
-    server = app.make_server(config)
-    await server.start()
+    # Handlers go in before the server starts: a script that signals us as soon
+    # as it sees the ready line must get an orderly stop, not a default death.
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, _on_signal, server, signum)
-    await server.serve_forever()
-
-
-def _on_signal(server: Any, signum: int) -> None:
-    log.info("received %s", signal.Signals(signum).name)
+        loop.add_signal_handler(signum, _on_signal, stop, signum)
+    server = app.make_server(config)
+    await server.start()
+    await stop.wait()
     server.close()
+    await server.wait_closed()
+
+
+def _on_signal(stop: asyncio.Event, signum: int) -> None:
+    log.info("received %s", signal.Signals(signum).name)
+    stop.set()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

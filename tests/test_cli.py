@@ -1,0 +1,223 @@
+"""The real CLI process: start-up, the ready line, signals, errors, examples."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .helpers import exchange
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = re.compile(r"jobmonitor listening on (\S+):(\d+)")
+
+
+class ServerProcess:
+    """``python -m jobmonitor serve`` as a child process."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jobmonitor", "serve", "--port", "0", *args],
+            cwd=ROOT, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        )
+        self.log: list[str] = []
+        self.port = self._wait_ready()
+
+    def _wait_ready(self) -> int:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+            match = READY.search(line)
+            if match:
+                return int(match.group(2))
+        raise AssertionError(f"server exited before it was ready: {''.join(self.log)}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+    def stop(self, signum: int = signal.SIGTERM, timeout_s: float = 15) -> int:
+        self.proc.send_signal(signum)
+        try:
+            _, err = self.proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        self.log.append(err)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def cli_server() -> Iterator[ServerProcess]:
+    server = ServerProcess("--jobs", "examples/demo_jobs.py", "--machine-name", "demo-host",
+                           "--shutdown-grace-s", "0.5")
+    yield server
+    server.kill()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "jobmonitor", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+
+
+def readme_block(after: str) -> list[str]:
+    """The lines of the first fenced block in README.md that follows ``after``."""
+    text = (ROOT / "README.md").read_text()
+    where = text.index(after)
+    start = text.index("\n", text.rindex("```", 0, where)) + 1
+    return text[start:text.index("```", where)].splitlines()
+
+
+async def test_netcat_example_prints_what_the_readme_shows(cli_server):
+    packet = (ROOT / "examples" / "submit-monitor.xml").read_bytes()
+    lines = await exchange(cli_server.port, packet)
+    shown = [line for line in readme_block("nc 127.0.0.1 7400 < examples/submit-monitor.xml")
+             if not line.startswith("$")]
+    assert lines == shown
+    assert cli_server.stop() == 0
+
+
+async def test_sigterm_cancels_running_jobs_and_exits_zero(cli_server):
+    from .helpers import Session, submit
+
+    session = await Session.open(cli_server.port, submit("long"))
+    tid = (await session.line()).removeprefix("R0000000: ")
+    assert await session.line() == "J0000100: Machine name: demo-host"
+    cli_server.proc.send_signal(signal.SIGINT)
+    rest = await session.rest()
+    assert rest[-2:] == ["J0000023: Job cancelled by user.", f"J0000001: Transaction {tid} ended"]
+    await session.close()
+    assert cli_server.stop(signal.SIGTERM) == 0
+    assert "jobmonitor stopped" in "".join(cli_server.log)
+
+
+def test_python_example_script_prints_the_stream(cli_server):
+    result = subprocess.run(
+        [sys.executable, "examples/watch.py", "127.0.0.1", str(cli_server.port), "partial"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "R0000000: T0000001",
+        "J0000100: Machine name: demo-host",
+        "J0000100: Composing record 1",
+        "J0005000- Evaluation failed for variable: FormatPriceJS",
+        "J0005000: Script result was null, line 48, column 4",
+        "J0000100: Composing record 3",
+        "J0000021: Job only partially completed.",
+        "J0000001: Transaction T0000001 ended",
+    ]
+
+
+def test_embedding_example_runs():
+    result = subprocess.run([sys.executable, "examples/embed.py"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "R0000000: T0000001"
+    assert lines[2:] == ["J0000100: Hello, jobmonitor!", "J0000020: Job completed successfully.",
+                         "J0000001: Transaction T0000001 ended"]
+
+
+def test_ready_line_shown_even_at_warning_level():
+    server = ServerProcess("--jobs", "tests/jobs.py", "--log-level", "warning")
+    try:
+        assert server.port > 0
+        assert server.stop() == 0
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--jobs", "no_such_module_xyz"], "--jobs 'no_such_module_xyz': no module named"),
+        (["--jobs", "missing/file.py"], "no such file 'missing/file.py'"),
+        (["--jobs", "tests/jobs.py:nothing"], "has no attribute 'nothing'"),
+        (["--jobs", "tests/jobs.py:releases"], "is a dict, not a JobMonitor"),
+        (["--jobs", "tests/jobs.py", "--jobs", "tests.jobs"], "job 'echo' is registered twice"),
+        (["--max-running", "0"], "max_running: must be greater than 0"),
+        (["--log-level", "loud"], "log_level: unknown level 'loud'"),
+    ],
+)
+def test_start_up_errors_are_one_clear_line(args, message):
+    result = run_cli("serve", "--port", "0", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_address_in_use_is_a_clear_error(cli_server):
+    result = run_cli("serve", "--port", str(cli_server.port), "--jobs", "tests/jobs.py")
+    assert result.returncode == 2
+    assert "cannot start" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_python_dash_m_and_console_script_agree():
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == "jobmonitor 0.1.0"
+    script = Path(sys.executable).with_name("jobmonitor")
+    if script.exists():
+        assert subprocess.run([str(script), "--version"], capture_output=True, text=True,
+                              timeout=30).stdout == result.stdout
+
+
+def test_started_server_is_usable_by_plain_blocking_sockets(cli_server):
+    import socket
+
+    packet = (ROOT / "examples" / "status.xml").read_bytes()
+    with socket.create_connection(("127.0.0.1", cli_server.port), timeout=10) as sock:
+        sock.sendall(packet)
+        data = b""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    assert data == b"R0005009: Unknown transaction: T0000001\r\n"
+
+
+def readme_code(heading: str) -> str:
+    """The first ```python block after a README heading."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```python\n", text.index(heading)) + len("```python\n")
+    return text[start:text.index("```", start)]
+
+
+def test_readme_python_client_example(cli_server):
+    code = readme_code("## Watch a job from Python").replace("port=7400",
+                                                             f"port={cli_server.port}")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-2:] == ["J0000021: Job only partially completed.",
+                                               "J0000001: Transaction T0000001 ended"]
+
+
+async def test_readme_job_example_serves(tmp_path):
+    jobs_file = tmp_path / "myjobs.py"
+    jobs_file.write_text(readme_code("## Write jobs"))
+    server = ServerProcess("--jobs", str(jobs_file), "--machine-name", "m")
+    try:
+        from .helpers import submit
+
+        lines = await exchange(server.port, submit("Sample Project.pf", JobName="Flyer"))
+        assert lines[1:] == [
+            "J0000100: Machine name: m",
+            "J0000100: Composing Flyer",
+            "J0000110: Progress: 1/2 (50%)",
+            "J0005000- Evaluation failed",
+            "J0005000: Script result was null",
+            "J0000021: Job only partially completed.",
+            "J0000001: Transaction T0000001 ended",
+        ]
+        assert server.stop() == 0
+    finally:
+        server.kill()
