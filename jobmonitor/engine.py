@@ -279,6 +279,7 @@ class Engine:
         if job in self._queue:
             self._queue.remove(job)
             job._set_state(JobState.SUSPENDED, "suspended")
+            job._record_status(Status.SUSPENDED)
             return f"{job.transaction_id} suspended"
         job._suspend_requested = True
         return f"{job.transaction_id} suspend requested"
@@ -292,6 +293,7 @@ class Engine:
         if job.state is not JobState.SUSPENDED:
             raise RequestError(Reply.INVALID_STATE,
                                f"{job.transaction_id} is {job.state.value}, not Suspended")
+        job._record_status(Status.RESUMED)
         if job in self._running:
             job._set_state(JobState.PROCESSING, "resumed")
             job._wake()
@@ -411,7 +413,8 @@ class Engine:
             if record.status is JobState.QUEUED:
                 self._queue.append(job)
         elif handler.retry_on_restart:
-            job._record_status(Status.INTERRUPTED, f"{Status.INTERRUPTED.text}; running it again")
+            job._record_status(Status.INTERRUPTED)
+            job._record_status(Status.REQUEUED)
             record.started = None
             job._set_state(JobState.QUEUED, "requeued")
             self._queue.append(job)
@@ -431,19 +434,24 @@ class Engine:
         if job.state.is_final and stored_lines == len(stream):
             self._forget(job.transaction_id)
 
+    async def purge_expired(self) -> int:
+        """Delete finished jobs older than ``keep_days``; return how many the store had."""
+        cutoff = time.time() - self._config.keep_days * 86400
+        for tid, job in list(self._jobs.items()):
+            if job.record.completed is not None and job.record.completed < cutoff:
+                self._forget(tid)
+        await self._store.flush()
+        purged = await self._store.purge(cutoff)
+        if purged:
+            log.info("deleted %d jobs older than %g days", purged, self._config.keep_days)
+        return purged
+
     async def _purge_loop(self) -> None:
         while True:
-            cutoff = time.time() - self._config.keep_days * 86400
-            for tid, job in list(self._jobs.items()):
-                if job.record.completed is not None and job.record.completed < cutoff:
-                    self._forget(tid)
             try:
-                purged = await self._store.purge(cutoff)
+                await self.purge_expired()
             except Exception:
                 log.exception("purging old jobs failed")
-            else:
-                if purged:
-                    log.info("deleted %d jobs older than %g days", purged, self._config.keep_days)
             await asyncio.sleep(PURGE_INTERVAL_S)
 
 

@@ -159,7 +159,9 @@ class Job:
         """Add an event to the job's history, e.g. ``job.stage("evaluation", "start")``."""
         event = HistoryEvent(str(stage), str(status), time.time(),
                              _timestamp(date) if date is not None else None, info)
+        text = f"Stage {event.stage}: {event.status}" + (f" ({info})" if info else "")
         self._from_any_thread(self._add_history, event)
+        self._say(Status.STAGE, text)
 
     def estimate(self, completion: dt.datetime) -> None:
         """Record an estimated completion time (shown in status replies and history)."""
@@ -221,9 +223,9 @@ class Job:
             self._wake()
             return
         self._suspend_requested = False
-        self._leave_to_recovery = False
         self._resumed.clear()
         self._set_state(JobState.SUSPENDED, "suspended")
+        self._record_status(Status.SUSPENDED)
 
     def _wake(self) -> None:
         """Let a job paused at a checkpoint go on (resumed or cancelled)."""
