@@ -223,7 +223,9 @@ class PacketParser:
         self._newlines = 0  # in the leading space and declaration that lxml never sees
         self._markup_end = ""  # in the prolog: the end of the comment or PI we are in
         self._xml = _new_xml_parser()
-        self._open: list[str] = []  # local names of the open elements: at most 3
+        self._names: list[str] = []  # local names of the open elements: at most 3
+        self._elements: list[etree._Element] = []  # the open elements themselves
+        self._previous: etree._Element | None = None  # the last child closed in the innermost
         self._command = ""
         self._sections: dict[str, dict[str, str]] = {}
         self._values: dict[str, str] = {}  # the open section's variables
@@ -278,8 +280,8 @@ class PacketParser:
         if self._failure is None:
             if self._bytes_received == 0:
                 self._failure = _fail("empty packet: no data was received")
-            elif self._open:
-                self._failure = _fail(f"incomplete packet: input ended inside <{self._open[-1]}>")
+            elif self._names:
+                self._failure = _fail(f"incomplete packet: input ended inside <{self._names[-1]}>")
             else:
                 self._failure = _fail("incomplete packet: input ended before <job_command>")
         raise PacketError(self._failure.code, self._failure.detail)
@@ -405,35 +407,55 @@ class PacketParser:
         for event, element in self._xml.read_events():
             if event == "start":
                 self._start(element)
-            else:
-                packet = self._end(element)
-                if packet is not None:
-                    return packet
+            elif self._end(element):
+                return Packet(
+                    self._command,
+                    MappingProxyType(self._sections.get("job_variables", {})),
+                    MappingProxyType(self._sections.get("doc_variables", {})),
+                )
         return None
 
     def _start(self, element: etree._Element) -> None:
         name = _local_name(element.tag)
-        depth = len(self._open)
-        if depth:
-            self._check_text_before(element)
-        if depth == 0:
-            self._open_root(element, name)
-        elif depth == 1:
-            self._open_section(name)
-        elif depth == 2:
+        depth = len(self._names)
+        if depth == 2:  # the common case first
+            self._check_gap()
             self._open_var(element, name)
+        elif depth == 1:
+            self._check_gap()
+            self._open_section(name)
+        elif depth == 0:
+            self._open_root(element, name)
         else:  # also what stops a deep-nesting attack at its fourth level
             var = _clip(self._var_name)
             raise _fail(f'element <{_clip(name)}> inside <var name="{var}">: values are plain text')
-        self._open.append(name)
+        self._names.append(name)
+        self._elements.append(element)
+        self._previous = None
+
+    def _end(self, element: etree._Element) -> bool:
+        """Handle an end tag; True when it closes the root element."""
+        self._names.pop()
+        self._elements.pop()
+        if len(self._names) == 2:
+            self._values[self._var_name] = element.text or ""
+        else:
+            # A container: check the text after its last child (or its only text).
+            self._previous = self._previous if self._previous is not None else None
+            _check_no_text(self._gap_text(element), _local_name(element.tag))
+            if not self._names:
+                return True
+        self._previous = element
+        return False
 
     def _open_root(self, element: etree._Element, name: str) -> None:
         if name != _ROOT:
             raise _fail(f"the root element is <{_clip(name)}>, not <{_ROOT}>")
         command = element.get("name")
-        if command is None or not command.strip(_SPACE):
-            raise _fail(f"<{_ROOT}> has no name attribute" if command is None
-                        else f"<{_ROOT}> has an empty name attribute")
+        if command is None:
+            raise _fail(f"<{_ROOT}> has no name attribute")
+        if not command.strip(_SPACE):
+            raise _fail(f"<{_ROOT}> has an empty name attribute")
         self._command = command
 
     def _open_section(self, name: str) -> None:
@@ -444,40 +466,26 @@ class PacketParser:
         self._values = self._sections[name] = {}
 
     def _open_var(self, element: etree._Element, name: str) -> None:
-        section = self._open[1]
+        section = self._names[1]
         if name != _VAR:
             raise _fail(f"unexpected element <{_clip(name)}> inside <{section}>")
         var_name = element.get("name")
-        if var_name is None or not var_name.strip(_SPACE):
-            raise _fail(f"a <var> in <{section}> has no name attribute" if var_name is None
-                        else f"a <var> in <{section}> has an empty name attribute")
+        if var_name is None:
+            raise _fail(f"a <var> in <{section}> has no name attribute")
+        if not var_name.strip(_SPACE):
+            raise _fail(f"a <var> in <{section}> has an empty name attribute")
         if var_name in self._values:
             raise _fail(f'variable "{_clip(var_name)}" appears twice in <{section}>')
         self._values[var_name] = ""  # takes its place in document order now
         self._var_name = var_name
 
-    def _end(self, element: etree._Element) -> Packet | None:
-        name = self._open.pop()
-        if len(self._open) == 2:
-            self._values[self._var_name] = element.text or ""
-            return None
-        self._check_text_after(element, name)
-        if self._open:
-            return None
-        return Packet(
-            self._command,
-            MappingProxyType(self._sections.get("job_variables", {})),
-            MappingProxyType(self._sections.get("doc_variables", {})),
-        )
+    def _check_gap(self) -> None:
+        """Check the text before a child of the innermost open element."""
+        _check_no_text(self._gap_text(self._elements[-1]), self._names[-1])
 
-    def _check_text_before(self, element: etree._Element) -> None:
-        previous = element.getprevious()
-        parent = element.getparent()
-        text = previous.tail if previous is not None else parent.text if parent is not None else None
-        _check_no_text(text, self._open[-1])
-
-    def _check_text_after(self, element: etree._Element, name: str) -> None:
-        _check_no_text(element[-1].tail if len(element) else element.text, name)
+    def _gap_text(self, parent: etree._Element) -> str | None:
+        # The text since the last child closed, or since the parent opened.
+        return self._previous.tail if self._previous is not None else parent.text
 
 
 def _check_no_text(text: str | None, where: str) -> None:

@@ -223,3 +223,14 @@ async def test_readme_job_example_serves(tmp_path):
         assert server.stop() == 0
     finally:
         server.kill()
+
+
+def test_configuration_doc_lists_every_setting():
+    import dataclasses
+
+    from jobmonitor.config import Config
+
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    for field in dataclasses.fields(Config):
+        flag = "--" + field.name.replace("_", "-")
+        assert f"| `{field.name}` | `{flag}` |" in doc, field.name
