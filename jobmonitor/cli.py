@@ -51,6 +51,9 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         if field.type == "tuple[str, ...]":
             parser.add_argument(flag, dest=field.name, action="append", metavar="SPEC",
                                 help=help_text)
+        elif field.type == "bool":
+            parser.add_argument(flag, dest=field.name, action="store_const", const=True,
+                                help=help_text)
         else:
             default = field.default
             shown = f" (default: {default})" if default not in (None, ()) else ""
@@ -123,16 +126,21 @@ async def _serve_until_signal(server: Server) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, _on_signal, stop, signum)
+        loop.add_signal_handler(signum, _on_signal, server, stop, signum)
     await server.start()
     await stop.wait()
     server.close()
     await server.wait_closed()
 
 
-def _on_signal(stop: asyncio.Event, signum: int) -> None:
-    log.info("received %s", signal.Signals(signum).name)
-    stop.set()
+def _on_signal(server: Server, stop: asyncio.Event, signum: int) -> None:
+    name = signal.Signals(signum).name
+    if not stop.is_set():
+        log.info("received %s: stopping (again to stop at once)", name)
+        stop.set()
+    else:
+        log.warning("received %s again: cancelling running jobs now", name)
+        server.hurry()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

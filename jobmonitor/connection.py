@@ -26,7 +26,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING
 
-from .codes import Reply
+from .codes import Reply, Status
 from .errors import PacketError, RequestError
 from .lines import format_line
 from .packet import Packet, PacketParser
@@ -62,6 +62,7 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._parser = PacketParser(max_packet_bytes=self._config.max_packet_bytes)
         self._timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._stream: JobStream | None = None
         self._following = ""
@@ -69,6 +70,7 @@ class Connection(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self._peer_eof = False
         self.peer = "?"
+        self.peer_host = ""
 
     # -- asyncio.Protocol --------------------------------------------------------
 
@@ -77,14 +79,24 @@ class Connection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(high=self._config.max_pending_output_bytes)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.peer_host = str(peer[0]) if isinstance(peer, tuple) else self.peer
+        over_limit = self._server.connection_count >= self._config.max_connections
         self._server._connection_opened(self)
+        if over_limit:
+            self._refuse(RequestError(Reply.SERVER_BUSY, "too many connections"))
+            return
         self._timer = self._loop.call_later(self._config.packet_timeout_s, self._packet_timeout)
+        self._idle_timer = self._loop.call_later(self._config.idle_timeout_s, self._idle_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._state is not _State.READING:
             return  # after the packet, input is not expected and is discarded
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         try:
             packet = self._parser.feed(data)
         except PacketError as exc:
@@ -114,6 +126,11 @@ class Connection(asyncio.Protocol):
         if self._stream is not None:
             self._stream.unwatch(self)
             self._stream = None
+        if self._following:
+            self._server.engine.monitor_detached(self._following)
+            self._following = ""
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
         self._server._connection_closed(self)
 
     def pause_writing(self) -> None:
@@ -149,6 +166,21 @@ class Connection(asyncio.Protocol):
         self._stream = None
         self._task = self._loop.create_task(self._follow(next_line))
 
+    def too_far_behind(self, next_line: int) -> None:
+        self._stream = None
+        text = (f"{Status.MONITOR_BEHIND.text}: re-attach with MonitorJob from line "
+                f"{next_line}")
+        self.write(format_line("J", Status.MONITOR_BEHIND, text))
+        log.info("monitor %s of %s fell %s behind; closing it", self.peer, self._following,
+                 "too far")
+        self.close()
+        # A client that reads nothing would keep the socket (and our buffer) forever.
+        self._loop.call_later(self._config.linger_s, self._abort)
+
+    def _abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
     # -- ending -------------------------------------------------------------------
 
     def finish(self) -> None:
@@ -176,9 +208,10 @@ class Connection(asyncio.Protocol):
             self._transport.close()
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._idle_timer = None
 
     # -- the command ------------------------------------------------------------------
 
@@ -194,6 +227,12 @@ class Connection(asyncio.Protocol):
             detail = f"no complete packet within {self._config.packet_timeout_s:g} s"
             self._refuse(PacketError(Reply.PACKET_TIMEOUT, detail))
 
+    def _idle_timeout(self) -> None:
+        self._idle_timer = None
+        if self._state is _State.READING and self._parser.bytes_received == 0:
+            detail = f"nothing received within {self._config.idle_timeout_s:g} s"
+            self._refuse(RequestError(Reply.IDLE_TIMEOUT, detail))
+
     def _dispatch(self, packet: Packet) -> None:
         self._cancel_timer()
         self._state = _State.BUSY
@@ -201,7 +240,7 @@ class Connection(asyncio.Protocol):
 
     async def _run(self, packet: Packet) -> None:
         try:
-            response = await self._server.commands.run(packet)
+            response = await self._server.commands.run(packet, self.peer_host)
         except RequestError as exc:
             self.reply(exc.code, exc.reply_text)
             self.finish()
@@ -217,6 +256,7 @@ class Connection(asyncio.Protocol):
             return
         self._state = _State.WATCHING
         self._following = response.follow
+        self._server.engine.monitor_attached(self._following)
         await self._follow(response.from_line)
 
     async def _follow(self, line: int) -> None:

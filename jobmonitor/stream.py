@@ -13,8 +13,13 @@ job emitting thousands of lines per turn costs one write per watcher per turn.
 A watcher that cannot take more (its transport paused) is skipped until it asks
 to catch up; one whose cursor falls before ``base`` is told to read the store.
 
+A watcher is given at most ``WRITE_LINES`` lines per ``write``, and more only
+while it stays writable, so what waits in one connection's buffer stays
+bounded; one that lags more than ``max_lag`` lines while not writable is told
+so (``too_far_behind``) and dropped.
+
 Nothing here knows about sockets: a watcher is anything with ``writable``,
-``write()``, ``stream_ended()`` and ``fell_behind()``.
+``write()``, ``stream_ended()``, ``fell_behind()`` and ``too_far_behind()``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["Watcher", "JobStream"]
+__all__ = ["Watcher", "JobStream", "WRITE_LINES"]
+
+#: Most lines handed to a watcher in one write.
+WRITE_LINES = 4096
 
 
 class Watcher(Protocol):
@@ -42,11 +50,15 @@ class Watcher(Protocol):
     def fell_behind(self, next_line: int) -> None:
         """Lines from ``next_line`` on are no longer in memory: read them from the store."""
 
+    def too_far_behind(self, next_line: int) -> None:
+        """The watcher lags more than ``max_lag`` lines; it is no longer followed."""
+
 
 class JobStream:
     """The recorded lines of one job and the watchers following them."""
 
-    __slots__ = ("lines", "base", "closed", "on_flush", "_loop", "_cursors", "_scheduled")
+    __slots__ = ("lines", "base", "closed", "on_flush", "max_lag", "_loop", "_cursors",
+                 "_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, base: int = 0) -> None:
         self.lines: list[bytes] = []
@@ -55,6 +67,8 @@ class JobStream:
         self.closed = False
         #: Called once per flush that had new lines (the store's cue).
         self.on_flush: Callable[[], None] | None = None
+        #: Lines a watcher that is not writable may lag before it is dropped.
+        self.max_lag = 1_000_000
         self._loop = loop
         self._cursors: dict[Watcher, int] = {}
         self._scheduled = False
@@ -121,20 +135,30 @@ class JobStream:
         self._scheduled = False
         if self.on_flush is not None:
             self.on_flush()
-        lines, base = self.lines, self.base
-        end = base + len(lines)
+        end = self.base + len(self.lines)
         shared: dict[int, bytes] = {}
         for watcher, position in list(self._cursors.items()):
-            if position < base:
+            if position < self.base:
                 del self._cursors[watcher]
                 watcher.fell_behind(position + 1)
                 continue
-            if position < end and watcher.writable:
-                chunk = shared.get(position)
-                if chunk is None:
-                    chunk = shared[position] = b"".join(lines[position - base:])
-                self._cursors[watcher] = position = end
-                watcher.write(chunk)
-            if position >= end and self.closed:
+            while position < end and watcher.writable:
+                position = self._send(watcher, position, end, shared)
+            self._cursors[watcher] = position
+            if position >= end:
+                if self.closed:
+                    del self._cursors[watcher]
+                    watcher.stream_ended()
+            elif end - position > self.max_lag:
                 del self._cursors[watcher]
-                watcher.stream_ended()
+                watcher.too_far_behind(position + 1)
+
+    def _send(self, watcher: Watcher, position: int, end: int, shared: dict[int, bytes]) -> int:
+        """Write one chunk from ``position``; return the new position."""
+        stop = min(end, position + WRITE_LINES)
+        chunk = shared.get(position)
+        if chunk is None:
+            start = position - self.base
+            chunk = shared[position] = b"".join(self.lines[start:start + stop - position])
+        watcher.write(chunk)
+        return stop

@@ -366,7 +366,8 @@ async def test_shutdown_cancels_running_jobs_after_grace(make_server):
     await session.line()
     await session.line()
     server.close()
-    assert await session.rest() == ["J0000023: Job cancelled by user.", ENDED.format(tid)]
+    assert await session.rest() == ["J0000190: Server stopping: running jobs have 0.2 s to finish",
+                                    "J0000023: Job cancelled by user.", ENDED.format(tid)]
     await session.close()
     await server.wait_closed()
     with pytest.raises(OSError):
