@@ -20,6 +20,7 @@ from . import __version__
 from .config import Config
 from .errors import ConfigError
 from .app import JobMonitor
+from .auth import hash_password
 from .server import Server
 
 __all__ = ["main", "build_parser"]
@@ -39,7 +40,22 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Run the jobmonitor server until SIGINT/SIGTERM.")
     _add_config_options(serve)
     serve.set_defaults(run=_serve)
+    hasher = commands.add_parser(
+        "hash-password", help="hash a password read from standard input",
+        description="Read a password from standard input (the first line) and print the "
+                    "hash to put in a [users.NAME] table of the config file.")
+    hasher.set_defaults(run=_hash_password)
     return parser
+
+
+def _hash_password(args: argparse.Namespace) -> int:
+    line = sys.stdin.readline()
+    password = line.rstrip("\r\n")
+    if not password:
+        print("jobmonitor: no password on standard input", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
