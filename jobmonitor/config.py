@@ -57,9 +57,9 @@ class Config:
     max_monitors_per_job: int = _setting(1000, "most clients monitoring one job at once")
     max_pending_output_bytes: int = _setting(
         256 * 1024, "output queued for one slow client before the server stops adding to it")
-    max_monitor_lag_lines: int = _setting(
-        100_000, "lines a monitor may fall behind before it is told where to re-attach "
-        "from and closed")
+    monitor_stall_s: float = _setting(
+        30.0, "seconds a monitor may accept no bytes while lines wait for it before it is "
+        "told where to re-attach from and closed")
     tls_cert: str | None = _setting(None, "PEM certificate (chain) file: serve TLS")
     tls_key: str | None = _setting(None, "PEM private key file for --tls-cert")
     allow_anonymous_network: bool = _setting(
@@ -74,7 +74,7 @@ class Config:
         _check_positive(self, "max_running", "max_packet_bytes", "packet_timeout_s",
                         "commit_interval_s", "max_lines_in_memory", "idle_timeout_s",
                         "max_connections", "max_monitors_per_job", "max_pending_output_bytes",
-                        "max_monitor_lag_lines")
+                        "monitor_stall_s")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key: give both or neither")
         _check_non_negative(self, "linger_s", "shutdown_grace_s", "keep_days", "max_queued_jobs")

@@ -63,9 +63,12 @@ class Connection(asyncio.Protocol):
         self._parser = PacketParser(max_packet_bytes=self._config.max_packet_bytes)
         self._timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._lost = False
         self._task: asyncio.Task[None] | None = None
         self._stream: JobStream | None = None
         self._following = ""
+        self._next_line = 1  # while reading from the store: the next line to send
         self._paused = False
         self._drained: asyncio.Future[None] | None = None
         self._peer_eof = False
@@ -122,6 +125,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = _State.CLOSED
+        self._lost = True
         self._cancel_timer()
         if self._stream is not None:
             self._stream.unwatch(self)
@@ -129,15 +133,21 @@ class Connection(asyncio.Protocol):
         if self._following:
             self._server.engine.monitor_detached(self._following)
             self._following = ""
+        self._next_line = 1  # while reading from the store: the next line to send
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         self._server._connection_closed(self)
 
     def pause_writing(self) -> None:
         self._paused = True
+        if self._state is _State.WATCHING:
+            self._stall_timer = self._loop.call_later(self._config.monitor_stall_s, self._stalled)
 
     def resume_writing(self) -> None:
         self._paused = False
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         if self._stream is not None:
@@ -166,19 +176,26 @@ class Connection(asyncio.Protocol):
         self._stream = None
         self._task = self._loop.create_task(self._follow(next_line))
 
-    def too_far_behind(self, next_line: int) -> None:
-        self._stream = None
-        text = (f"{Status.MONITOR_BEHIND.text}: re-attach with MonitorJob from line "
-                f"{next_line}")
+    def _stalled(self) -> None:
+        """The client took no bytes for ``monitor_stall_s`` while lines waited."""
+        self._stall_timer = None
+        if not self._paused or self._state is not _State.WATCHING:
+            return
+        next_line = self._next_line
+        if self._stream is not None:
+            next_line = self._stream.unwatch(self) or next_line
+            self._stream = None
+        text = f"{Status.MONITOR_BEHIND.text}: re-attach with MonitorJob from line {next_line}"
         self.write(format_line("J", Status.MONITOR_BEHIND, text))
-        log.info("monitor %s of %s fell %s behind; closing it", self.peer, self._following,
-                 "too far")
+        log.info("monitor %s of %s stalled; told it to re-attach from line %d", self.peer,
+                 self._following, next_line)
         self.close()
-        # A client that reads nothing would keep the socket (and our buffer) forever.
-        self._loop.call_later(self._config.linger_s, self._abort)
+        # What is queued (the notice last) is still sent if the client reads again;
+        # one that still reads nothing would keep the socket and buffer forever.
+        self._loop.call_later(self._config.monitor_stall_s, self._abort)
 
     def _abort(self) -> None:
-        if self._transport is not None:
+        if self._transport is not None and not self._lost:
             self._transport.abort()
 
     # -- ending -------------------------------------------------------------------
@@ -208,10 +225,10 @@ class Connection(asyncio.Protocol):
             self._transport.close()
 
     def _cancel_timer(self) -> None:
-        for timer in (self._timer, self._idle_timer):
+        for timer in (self._timer, self._idle_timer, self._stall_timer):
             if timer is not None:
                 timer.cancel()
-        self._timer = self._idle_timer = None
+        self._timer = self._idle_timer = self._stall_timer = None
 
     # -- the command ------------------------------------------------------------------
 
@@ -278,6 +295,7 @@ class Connection(asyncio.Protocol):
                 continue
             self.write(b"".join(page))
             line += len(page)
+            self._next_line = line
             await self._can_write()
 
     async def _can_write(self) -> None:

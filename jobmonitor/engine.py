@@ -361,7 +361,6 @@ class Engine:
 
     def _adopt(self, record: JobRecord) -> Job:
         job = Job(record, asyncio.get_running_loop())
-        job.stream.max_lag = self._config.max_monitor_lag_lines
         job.on_change = self._store.changed
         job.on_event = self._log_event
         self._jobs[record.transaction_id] = job

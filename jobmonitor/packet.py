@@ -351,7 +351,9 @@ class PacketParser:
             return None
         length, declared = found
         self._newlines += text.count("\n", 0, length)
-        self._held = "\n" * self._newlines  # keeps the line numbers in lxml's messages right
+        # lxml gets a newline for each one removed, to keep its line numbers
+        # right, and never a second declaration where it would pass for the first.
+        self._held = "\n" * self._newlines or (" " if length else "")
         self._on_text = self._prolog
         if self._decoder is not None:
             if declared is not None:

@@ -15,11 +15,10 @@ to catch up; one whose cursor falls before ``base`` is told to read the store.
 
 A watcher is given at most ``WRITE_LINES`` lines per ``write``, and more only
 while it stays writable, so what waits in one connection's buffer stays
-bounded; one that lags more than ``max_lag`` lines while not writable is told
-so (``too_far_behind``) and dropped.
+bounded however far behind the watcher is.
 
 Nothing here knows about sockets: a watcher is anything with ``writable``,
-``write()``, ``stream_ended()``, ``fell_behind()`` and ``too_far_behind()``.
+``write()``, ``stream_ended()`` and ``fell_behind()``.
 """
 
 from __future__ import annotations
@@ -50,15 +49,11 @@ class Watcher(Protocol):
     def fell_behind(self, next_line: int) -> None:
         """Lines from ``next_line`` on are no longer in memory: read them from the store."""
 
-    def too_far_behind(self, next_line: int) -> None:
-        """The watcher lags more than ``max_lag`` lines; it is no longer followed."""
-
 
 class JobStream:
     """The recorded lines of one job and the watchers following them."""
 
-    __slots__ = ("lines", "base", "closed", "on_flush", "max_lag", "_loop", "_cursors",
-                 "_scheduled")
+    __slots__ = ("lines", "base", "closed", "on_flush", "_loop", "_cursors", "_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, base: int = 0) -> None:
         self.lines: list[bytes] = []
@@ -67,8 +62,6 @@ class JobStream:
         self.closed = False
         #: Called once per flush that had new lines (the store's cue).
         self.on_flush: Callable[[], None] | None = None
-        #: Lines a watcher that is not writable may lag before it is dropped.
-        self.max_lag = 1_000_000
         self._loop = loop
         self._cursors: dict[Watcher, int] = {}
         self._scheduled = False
@@ -107,9 +100,10 @@ class JobStream:
         if not self._scheduled:
             self._schedule()
 
-    def unwatch(self, watcher: Watcher) -> None:
-        """Stop sending to ``watcher`` (it went away)."""
-        self._cursors.pop(watcher, None)
+    def unwatch(self, watcher: Watcher) -> int | None:
+        """Stop sending to ``watcher``; return the next line it would have had."""
+        position = self._cursors.pop(watcher, None)
+        return None if position is None else position + 1
 
     def catch_up(self, watcher: Watcher) -> None:
         """Send ``watcher`` what it has not seen yet (after it became writable)."""
@@ -145,13 +139,9 @@ class JobStream:
             while position < end and watcher.writable:
                 position = self._send(watcher, position, end, shared)
             self._cursors[watcher] = position
-            if position >= end:
-                if self.closed:
-                    del self._cursors[watcher]
-                    watcher.stream_ended()
-            elif end - position > self.max_lag:
+            if position >= end and self.closed:
                 del self._cursors[watcher]
-                watcher.too_far_behind(position + 1)
+                watcher.stream_ended()
 
     def _send(self, watcher: Watcher, position: int, end: int, shared: dict[int, bytes]) -> int:
         """Write one chunk from ``position``; return the new position."""
