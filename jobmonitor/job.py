@@ -30,6 +30,9 @@ from .stream import JobStream
 
 __all__ = ["Job"]
 
+#: Guards every job's batch of calls from worker threads (held for a list swap).
+_THREAD_LOCK = threading.Lock()
+
 
 class Job:
     """One job: what it was given, what it has said, and where it stands.
@@ -56,9 +59,9 @@ class Job:
         self._cancel_requested = False
         self._suspend_requested = False
         self._leave_to_recovery = False
-        self._resumed = asyncio.Event()
-        self._thread_resumed = threading.Event()
-        self._thread_lock = threading.Lock()
+        # Made only when needed: most jobs never pause and never run in a thread.
+        self._resume_waiter: asyncio.Future[None] | None = None
+        self._thread_resumed: threading.Event | None = None
         self._thread_pending: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
@@ -217,8 +220,9 @@ class Job:
         if self._cancel_requested:
             raise asyncio.CancelledError()
         if self._suspend_requested:
+            waiter = self._resume_waiter = self._loop.create_future()
             self._pause()
-            await self._resumed.wait()
+            await waiter
         if self._cancel_requested:
             raise asyncio.CancelledError()
 
@@ -226,9 +230,9 @@ class Job:
         if self._cancel_requested:
             raise asyncio.CancelledError()
         if self._suspend_requested:
-            self._thread_resumed.clear()
+            event = self._thread_resumed = threading.Event()
             self._loop.call_soon_threadsafe(self._pause)
-            self._thread_resumed.wait()
+            event.wait()
         if self._cancel_requested:
             raise asyncio.CancelledError()
 
@@ -237,14 +241,17 @@ class Job:
             self._wake()
             return
         self._suspend_requested = False
-        self._resumed.clear()
         self._set_state(JobState.SUSPENDED, "suspended")
         self._record_status(Status.SUSPENDED)
 
     def _wake(self) -> None:
         """Let a job paused at a checkpoint go on (resumed or cancelled)."""
-        self._resumed.set()
-        self._thread_resumed.set()
+        waiter, self._resume_waiter = self._resume_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        event, self._thread_resumed = self._thread_resumed, None
+        if event is not None:
+            event.set()
 
     # -- recording --------------------------------------------------------------
 
@@ -269,14 +276,14 @@ class Job:
             return
         if self._cancel_requested:
             raise asyncio.CancelledError()
-        with self._thread_lock:
+        with _THREAD_LOCK:
             first = not self._thread_pending
             self._thread_pending.append(lambda: func(*args))
         if first:
             self._loop.call_soon_threadsafe(self._take_from_thread)
 
     def _take_from_thread(self) -> None:
-        with self._thread_lock:
+        with _THREAD_LOCK:
             pending, self._thread_pending = self._thread_pending, []
         for call in pending:
             call()

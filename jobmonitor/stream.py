@@ -95,10 +95,15 @@ class JobStream:
             self.schedule()
 
     def watch(self, watcher: Watcher, from_line: int = 1) -> None:
-        """Send lines from ``from_line`` (1-based) on to ``watcher``."""
-        self._cursors[watcher] = max(from_line, 1) - 1
-        if not self.scheduled:
-            self.schedule()
+        """Send lines from ``from_line`` (1-based) on to ``watcher``, starting now with
+        what is already recorded (so a reply and the first lines can share a send)."""
+        position = max(from_line, 1) - 1
+        self._cursors[watcher] = position
+        if position < self.base:
+            if not self.scheduled:
+                self.schedule()  # the flush tells it to read the store
+            return
+        self._serve(watcher, position, self.base + len(self.lines), {})
 
     def unwatch(self, watcher: Watcher) -> int | None:
         """Stop sending to ``watcher``; return the next line it would have had."""
@@ -142,13 +147,17 @@ class JobStream:
             if position < self.base:
                 del self._cursors[watcher]
                 watcher.fell_behind(position + 1)
-                continue
-            while position < end and watcher.writable:
-                position = self._send(watcher, position, end, shared)
-            self._cursors[watcher] = position
-            if position >= end and self.closed:
-                del self._cursors[watcher]
-                watcher.stream_ended()
+            else:
+                self._serve(watcher, position, end, shared)
+
+    def _serve(self, watcher: Watcher, position: int, end: int, shared: dict[int, bytes]) -> None:
+        """Send ``watcher`` what it can take of lines up to ``end``; end it if done."""
+        while position < end and watcher.writable:
+            position = self._send(watcher, position, end, shared)
+        self._cursors[watcher] = position
+        if position >= end and self.closed:
+            del self._cursors[watcher]
+            watcher.stream_ended()
 
     def _send(self, watcher: Watcher, position: int, end: int, shared: dict[int, bytes]) -> int:
         """Write one chunk from ``position``; return the new position."""
