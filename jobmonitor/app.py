@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from .config import Config
-from .engine import Handler, HandlerFunc
+from .handlers import Handler, HandlerFunc
 from .errors import ConfigError
 from .server import Server
 

@@ -23,8 +23,9 @@ from .cli_client import add_client_commands
 from .config import Config
 from .config_file import load_config_file
 from .errors import ConfigError
-from .loader import load_jobs
+from .app import JobMonitor
 from .programs import add_programs
+from .server import Server
 
 __all__ = ["main", "build_parser"]
 
@@ -106,14 +107,17 @@ def _setup_logging(level_name: str) -> None:
 def _serve(args: argparse.Namespace) -> int:
     file = load_config_file(args.config) if args.config else None
     config = config_from_args(args, file.config if file else None)
+    if config.store is None:
+        config = config.replace(store="sqlite://")  # jobmonitor.db in data_dir
     _setup_logging(config.log_level)
-    app = load_jobs(config.jobs)
+    app = JobMonitor()
     if file is not None:
         add_programs(app, file.programs)
-    if not app.handlers:
+    server = app.make_server(config)  # loads config.jobs; may raise ConfigError
+    if not server.engine.handler_names():
         log.warning("no jobs loaded: every SubmitJob will be refused (use --jobs)")
     with _runner() as runner:
-        runner.run(_serve_until_signal(app, config))
+        runner.run(_serve_until_signal(server))
     return 0
 
 
@@ -125,14 +129,13 @@ def _runner() -> asyncio.Runner:
     return asyncio.Runner(loop_factory=uvloop.new_event_loop)
 
 
-async def _serve_until_signal(app: Any, config: Config) -> None:
+async def _serve_until_signal(server: Server) -> None:
     # Handlers go in before the server starts: a script that signals us as soon
     # as it sees the ready line must get an orderly stop, not a default death.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, _on_signal, stop, signum)
-    server = app.make_server(config)
     await server.start()
     await stop.wait()
     server.close()

@@ -2,38 +2,42 @@
 
 A command reads the packet's variables, asks the engine, and returns a
 ``Response``: the text of the ``R0000000`` reply and, for a monitored job, the
-stream the connection should follow.  Refusals are ``RequestError``s; the
-connection turns them into error replies.  Nothing here touches a socket.
+transaction whose stream the connection should follow.  Refusals are
+``RequestError``s; the connection turns them into error replies.  Nothing here
+touches a socket.
 """
 
 from __future__ import annotations
 
+import json
 import platform
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from . import __version__
 from .codes import Reply
 from .engine import Engine
-from .errors import RequestError
+from .errors import ConfigError, RequestError
 from .job import Job
 from .packet import Packet
-from .stream import JobStream
+from .representations import FORMATS, iso_time, job_dict, key_values, render
 
 __all__ = ["Commands", "Response", "parse_bool", "SYSTEM_PREFIX"]
 
 SYSTEM_PREFIX = "_sys_"
+ANONYMOUS = "anonymous"
+#: Most recorded lines one GetTaskLog reply carries (page on with _sys_FromLine).
+MAX_LOG_LINES = 10_000
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """What a command answers: reply text, and optionally a stream to follow."""
+    """What a command answers: reply text, and optionally a job stream to follow."""
 
     text: str
-    follow: JobStream | None = None
+    follow: str | None = None  # a transaction ID
     from_line: int = 1
 
 
@@ -54,6 +58,31 @@ def parse_bool(packet: Packet, name: str, default: bool = False) -> bool:
     raise RequestError(Reply.INVALID_VALUE, f"{name} must be true or false, got {raw!r}")
 
 
+def parse_choice(packet: Packet, name: str, choices: tuple[str, ...]) -> str:
+    """Read a variable that is one of ``choices`` (the first is the default).
+
+    Raises:
+        RequestError: INVALID_VALUE.
+    """
+    value = packet.variables.get(name, "").strip().lower() or choices[0]
+    if value not in choices:
+        raise RequestError(Reply.INVALID_VALUE,
+                           f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def parse_line_number(packet: Packet, name: str) -> int:
+    """Read a line number (1 or more; default 1).
+
+    Raises:
+        RequestError: INVALID_VALUE.
+    """
+    raw = packet.variables.get(name, "").strip() or "1"
+    if not raw.isdigit() or int(raw) < 1:
+        raise RequestError(Reply.INVALID_VALUE, f"{name} must be a line number from 1, got {raw!r}")
+    return int(raw)
+
+
 def required(packet: Packet, name: str) -> str:
     """Read a variable that must be present and not blank.
 
@@ -66,34 +95,32 @@ def required(packet: Packet, name: str) -> str:
     return value
 
 
-def key_values(pairs: list[tuple[str, object]]) -> str:
-    """Format ``Key: value`` reply lines; a value's own newlines are escaped."""
-    return "\n".join(f"{key}: {_one_line(value)}" for key, value in pairs)
-
-
-def _one_line(value: object) -> str:
-    text = "" if value is None else str(value)
-    return text.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r")
-
-
-def iso_time(timestamp: float | None) -> str:
-    """ISO 8601 UTC with a ``Z``, or "" for no time."""
-    if timestamp is None:
-        return ""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+def _tab_safe(text: str) -> str:
+    return text.replace("\t", "\\t")
 
 
 class Commands:
     """Executes command packets against an engine."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine,
+                 restart: Callable[[], Awaitable[None]] | None = None) -> None:
         self._engine = engine
+        self._restart = restart
         self._table: dict[str, Callable[[Packet], Awaitable[Response]]] = {
             "SubmitJob": self.submit_job,
+            "MonitorJob": self.monitor_job,
             "CancelJob": self.cancel_job,
+            "SuspendJob": self.suspend_job,
+            "ResumeJob": self.resume_job,
+            "DeleteJob": self.delete_job,
             "GetJobStatus": self.get_job_status,
+            "GetJobInformation": self.get_job_information,
+            "ListJobs": self.list_jobs,
+            "RetrieveJob": self.retrieve_job,
+            "GetTaskLog": self.get_task_log,
             "GetJobQueueLen": self.get_job_queue_len,
             "GetBuildString": self.get_build_string,
+            "RestartServer": self.restart_server,
         }
 
     @property
@@ -111,23 +138,113 @@ class Commands:
             raise RequestError(Reply.UNKNOWN_COMMAND, packet.command)
         return await method(packet)
 
-    def _job(self, packet: Packet) -> Job:
-        return self._engine.find(required(packet, "_sys_TransactionID"))
+    # -- naming a job ------------------------------------------------------------------
+
+    @staticmethod
+    def _identity(packet: Packet) -> str:
+        return packet.variables.get("_sys_UserToken", "").strip() or ANONYMOUS
+
+    async def _transaction(self, packet: Packet) -> str:
+        """The job a packet names: ``_sys_TransactionID``, or user and job tokens."""
+        transaction_id = packet.variables.get("_sys_TransactionID", "").strip()
+        job_token = packet.variables.get("_sys_JobToken", "").strip()
+        if not transaction_id and not job_token:
+            raise RequestError(Reply.MISSING_VARIABLE, "_sys_TransactionID (or _sys_JobToken)")
+        return await self._engine.resolve(transaction_id, self._identity(packet), job_token)
+
+    async def _active_job(self, packet: Packet) -> Job:
+        """The live job a packet names; a finished one is an invalid-state error."""
+        transaction_id = await self._transaction(packet)
+        job = self._engine.live(transaction_id)
+        if job is None or job.state.is_final:
+            record = await self._engine.record(transaction_id)
+            raise RequestError(Reply.INVALID_STATE,
+                               f"{transaction_id} has already ended ({record.status.value})")
+        return job
+
+    # -- commands ---------------------------------------------------------------------
 
     async def submit_job(self, packet: Packet) -> Response:
         project = required(packet, "ProjectName")
         monitor = parse_bool(packet, "_sys_ClientJobMonitor")
         params = {k: v for k, v in packet.variables.items() if not k.startswith(SYSTEM_PREFIX)}
-        job = await self._engine.submit(project, params, packet.doc_variables)
-        return Response(job.transaction_id, job.stream if monitor else None)
+        transaction_id, _ = await self._engine.submit(
+            project, params, packet.doc_variables, identity=self._identity(packet),
+            job_token=packet.variables.get("_sys_JobToken", "").strip() or None)
+        return Response(transaction_id, transaction_id if monitor else None)
+
+    async def monitor_job(self, packet: Packet) -> Response:
+        from_line = parse_line_number(packet, "_sys_FromLine")
+        transaction_id = await self._transaction(packet)
+        await self._engine.record(transaction_id)  # unknown transaction: refused here
+        return Response(transaction_id, transaction_id, from_line)
 
     async def cancel_job(self, packet: Packet) -> Response:
-        job = self._job(packet)
+        job = await self._active_job(packet)
         self._engine.cancel(job)
         return Response(job.transaction_id)
 
+    async def suspend_job(self, packet: Packet) -> Response:
+        return Response(self._engine.suspend(await self._active_job(packet)))
+
+    async def resume_job(self, packet: Packet) -> Response:
+        return Response(self._engine.resume(await self._active_job(packet)))
+
+    async def delete_job(self, packet: Packet) -> Response:
+        transaction_id = await self._transaction(packet)
+        await self._engine.delete(transaction_id)
+        return Response(f"{transaction_id} deleted")
+
     async def get_job_status(self, packet: Packet) -> Response:
-        return Response(key_values(status_pairs(self._job(packet))))
+        form = parse_choice(packet, "_sys_Format", FORMATS)
+        return Response(render(await self._engine.record(await self._transaction(packet)), form))
+
+    async def get_job_information(self, packet: Packet) -> Response:
+        form = parse_choice(packet, "_sys_Format", FORMATS)
+        record = await self._engine.record(await self._transaction(packet))
+        return Response(render(record, form, history=True))
+
+    async def list_jobs(self, packet: Packet) -> Response:
+        which = parse_choice(packet, "_sys_Filter", ("active", "all"))
+        form = parse_choice(packet, "_sys_Format", ("text", "json"))
+        identity = packet.variables.get("_sys_UserToken", "").strip() or None
+        records = await self._engine.list_records(which == "active", identity)
+        if form == "json":
+            return Response(json.dumps([job_dict(r) for r in records], separators=(",", ":"),
+                                       ensure_ascii=False))
+        rows = [f"{len(records)} jobs"] + [
+            "\t".join((r.transaction_id, r.status.value, _tab_safe(r.project),
+                       _tab_safe(r.job_name))) for r in records]
+        return Response("\n".join(rows))
+
+    async def retrieve_job(self, packet: Packet) -> Response:
+        form = parse_choice(packet, "_sys_Format", ("text", "json"))
+        record = await self._engine.record(await self._transaction(packet))
+        if form == "json":
+            return Response(json.dumps(job_dict(record)["JobData"], separators=(",", ":"),
+                                       ensure_ascii=False))
+        rows = [f"{len(record.outputs)} outputs"] + [
+            "\t".join((_tab_safe(o.name), _tab_safe(o.uri), o.media_type or ""))
+            for o in record.outputs]
+        return Response("\n".join(rows))
+
+    async def get_task_log(self, packet: Packet) -> Response:
+        if "_sys_TransactionID" in packet.variables or "_sys_JobToken" in packet.variables:
+            return await self._job_log(packet)
+        events = self._engine.task_log()
+        rows = [f"{len(events)} events"] + [
+            "\t".join((iso_time(e.event.timestamp) or "", e.transaction_id, _tab_safe(e.project),
+                       e.event.status)) for e in events]
+        return Response("\n".join(rows))
+
+    async def _job_log(self, packet: Packet) -> Response:
+        from_line = parse_line_number(packet, "_sys_FromLine")
+        transaction_id = await self._transaction(packet)
+        total = (await self._engine.record(transaction_id)).line_count
+        lines = await self._engine.read_lines(transaction_id, from_line, MAX_LOG_LINES)
+        header = (f"Lines: {from_line}-{from_line + len(lines) - 1} of {total}" if lines
+                  else f"Lines: 0 of {total}")
+        return Response("\n".join([header] + [line.decode().rstrip("\r\n") for line in lines]))
 
     async def get_job_queue_len(self, packet: Packet) -> Response:
         engine = self._engine
@@ -137,31 +254,17 @@ class Commands:
     async def get_build_string(self, packet: Packet) -> Response:
         return Response(build_string())
 
+    async def restart_server(self, packet: Packet) -> Response:
+        if self._restart is None:
+            raise RequestError(Reply.INVALID_STATE, "this server cannot restart its engine")
+        try:
+            await self._restart()
+        except ConfigError as exc:
+            raise RequestError(Reply.INTERNAL_ERROR, f"reloading job modules failed: {exc}") from None
+        return Response("Job engine restarted")
+
 
 def build_string() -> str:
     """The server's version and build, as GetBuildString answers it."""
     return (f"jobmonitor {__version__} (Python {platform.python_version()}, "
             f"{platform.system() or 'unknown OS'})")
-
-
-def progress_text(job: Job) -> str:
-    done, total = job.progress_done, job.progress_total
-    if not total:
-        return f"{done}" if done else ""
-    return f"{done}/{total} ({done * 100 // total}%)"
-
-
-def status_pairs(job: Job) -> list[tuple[str, object]]:
-    """The readable fields of a job, in the order GetJobStatus lists them."""
-    return [
-        ("Transaction", job.transaction_id),
-        ("Project", job.project),
-        ("Job name", job.job_name),
-        ("Status", job.state.value),
-        ("Progress", progress_text(job)),
-        ("Created", iso_time(job.created)),
-        ("Started", iso_time(job.started)),
-        ("Updated", iso_time(job.updated)),
-        ("Completed", iso_time(job.completed)),
-        ("Last message", job.status_message),
-    ]

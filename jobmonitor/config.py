@@ -30,8 +30,19 @@ class Config:
     port: int = _setting(DEFAULT_PORT, "port to listen on (0 picks a free port)")
     jobs: tuple[str, ...] = _setting(
         (), "job module to load: pkg.module[:attr] or path/file.py[:attr] (repeatable)")
-    store: str = _setting("memory://", "where jobs are kept: memory://")
+    store: str | None = _setting(
+        None, "where jobs are kept: sqlite:///PATH, sqlite:////ABSOLUTE/PATH or memory:// "
+        "(default: jobmonitor.db in --data-dir for `jobmonitor serve`, memory when embedded)")
+    data_dir: str = _setting(".", "folder of the default SQLite database")
+    keep_days: float = _setting(7.0, "days finished jobs are kept (0 keeps them forever)")
+    commit_interval_s: float = _setting(
+        0.05, "longest time a change waits before the SQLite store commits it")
     max_running: int = _setting(8, "jobs that may run at once; the rest wait in FIFO order")
+    max_queued_jobs: int = _setting(0, "most jobs that may wait; beyond it SubmitJob is "
+                                       "refused as busy (0: no limit)")
+    max_lines_in_memory: int = _setting(
+        10000, "lines of a job's stream kept in memory once stored (older ones are read back "
+        "from the store)")
     max_packet_bytes: int = _setting(1024 * 1024, "largest command packet accepted, in bytes")
     packet_timeout_s: float = _setting(30.0, "seconds a client has to send a complete packet")
     linger_s: float = _setting(
@@ -43,8 +54,9 @@ class Config:
     log_level: str = _setting("info", "debug, info, warning or error")
 
     def __post_init__(self) -> None:
-        _check_positive(self, "max_running", "max_packet_bytes", "packet_timeout_s")
-        _check_non_negative(self, "linger_s", "shutdown_grace_s")
+        _check_positive(self, "max_running", "max_packet_bytes", "packet_timeout_s",
+                        "commit_interval_s", "max_lines_in_memory")
+        _check_non_negative(self, "linger_s", "shutdown_grace_s", "keep_days", "max_queued_jobs")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: must be 0..65535, got {self.port}")
 

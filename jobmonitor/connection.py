@@ -4,8 +4,11 @@ A connection goes READING -> BUSY -> (WATCHING) -> LINGERING -> closed:
 
 * READING feeds bytes to the sans-I/O ``PacketParser`` under a deadline;
 * BUSY runs the command (a task: a submit waits for the store);
-* WATCHING follows a job's stream; the client is not expected to send more,
-  and what it sends is ignored;
+* WATCHING follows a job's stream: lines still in memory come from the
+  ``JobStream``; older ones (a re-attach far back, a job that left memory, a
+  reader that fell behind a trimmed stream) are read from the store in pages,
+  each written once the transport can take more.  The client is not expected
+  to send anything more, and what it sends is ignored;
 * LINGERING: our last bytes are queued and our side is shut for writing; we
   keep reading (and discarding) until the client closes or ``linger_s``
   passes, so a client still sending gets our reply instead of a reset.
@@ -36,6 +39,9 @@ __all__ = ["Connection"]
 
 log = logging.getLogger("jobmonitor.connection")
 
+#: Lines read from the store at a time when a watcher catches up.
+CATCH_UP_PAGE_LINES = 2000
+
 
 class _State(enum.Enum):
     READING = "reading"
@@ -58,7 +64,9 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._stream: JobStream | None = None
+        self._following = ""
         self._paused = False
+        self._drained: asyncio.Future[None] | None = None
         self._peer_eof = False
         self.peer = "?"
 
@@ -113,6 +121,8 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
         if self._stream is not None:
             self._stream.catch_up(self)
 
@@ -134,6 +144,10 @@ class Connection(asyncio.Protocol):
     def stream_ended(self) -> None:
         self._stream = None
         self.finish()
+
+    def fell_behind(self, next_line: int) -> None:
+        self._stream = None
+        self._task = self._loop.create_task(self._follow(next_line))
 
     # -- ending -------------------------------------------------------------------
 
@@ -157,6 +171,8 @@ class Connection(asyncio.Protocol):
             if self._stream is not None:
                 self._stream.unwatch(self)
                 self._stream = None
+            if self._drained is not None and not self._drained.done():
+                self._drained.set_result(None)
             self._transport.close()
 
     def _cancel_timer(self) -> None:
@@ -200,5 +216,32 @@ class Connection(asyncio.Protocol):
             self.finish()
             return
         self._state = _State.WATCHING
-        self._stream = response.follow
-        response.follow.watch(self, response.from_line)
+        self._following = response.follow
+        await self._follow(response.from_line)
+
+    async def _follow(self, line: int) -> None:
+        """Send the followed job's lines from ``line`` on: from the store while they
+        are not in memory, then by watching the live stream."""
+        engine = self._server.engine
+        while self._state is _State.WATCHING:
+            job = engine.live(self._following)
+            if job is not None and job.stream.in_memory(line):
+                self._stream = job.stream
+                job.stream.watch(self, line)
+                return
+            page = await engine.read_lines(self._following, line, CATCH_UP_PAGE_LINES)
+            if not page:
+                if job is None:
+                    self.finish()  # a finished job, replayed to its end
+                    return
+                line = job.stream.base + 1  # nothing stored before the memory window
+                continue
+            self.write(b"".join(page))
+            line += len(page)
+            await self._can_write()
+
+    async def _can_write(self) -> None:
+        if self._paused and self._state is not _State.CLOSED:
+            self._drained = self._loop.create_future()
+            await self._drained
+            self._drained = None

@@ -2,10 +2,14 @@
 
 A submitted job is stored, then started at once if a slot is free, otherwise
 queued in FIFO order; each job that ends starts the next.  There is no
-scheduler task: starting happens on submit and on completion.  An async handler
-runs as a task on the loop; a plain function runs in a worker thread.  Every job
-ends through ``_finish``, which records exactly one completion line and the
-``Transaction ... ended`` line and closes the job's stream.
+scheduler task: starting happens on submit, on resume and on completion.  An
+async handler runs as a task on the loop; a plain function runs in a worker
+thread.  Every job ends through ``_finish``, which records exactly one
+completion line and the ``Transaction ... ended`` line and closes the stream.
+
+Live jobs (queued, running, suspended, and finished ones a memory store keeps)
+are ``Job`` objects in ``_jobs``; with a durable store a finished job leaves
+memory once it is stored, and lookups fall back to the store.
 """
 
 from __future__ import annotations
@@ -13,42 +17,31 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import inspect
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Union
+from collections.abc import Mapping
+from typing import Any
 
 from .codes import Reply, Status
 from .config import Config
 from .errors import JobFailed, RequestError
+from .handlers import Handler
 from .job import Job
-from .states import JobState, Outcome
-from .store import Store
+from .records import HistoryEvent, JobRecord
+from .states import JobState, Outcome, can_transition
+from .store import Recordable, Store, TaskEvent
 
-__all__ = ["Engine", "Handler", "HandlerFunc"]
+__all__ = ["Engine"]
 
 log = logging.getLogger("jobmonitor.engine")
 
-HandlerFunc = Callable[[Job], Union[Awaitable[Any], Any]]
 MAX_TRANSACTION_NUMBER = 9_999_999
-#: How long a cancelled job may take to stop at shutdown before it is abandoned.
+#: How long a cancelled job may take to stop before it is abandoned.
 CANCEL_WAIT_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class Handler:
-    """A registered job handler."""
-
-    project: str
-    func: HandlerFunc
-    retry_on_restart: bool = False
-
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.func)
+#: How often finished jobs older than ``keep_days`` are deleted.
+PURGE_INTERVAL_S = 3600.0
+TASK_LOG_SIZE = 200
 
 
 class Engine:
@@ -59,33 +52,68 @@ class Engine:
         self._config = config
         self._store = store
         self._jobs: dict[str, Job] = {}
+        self._tokens: dict[tuple[str, str], str] = {}
         self._queue: collections.deque[Job] = collections.deque()
         self._running: dict[Job, asyncio.Future[Any]] = {}
+        self._task_log: collections.deque[TaskEvent] = collections.deque(maxlen=TASK_LOG_SIZE)
         self._last_number = 0
         self._accepting = False
+        self._starting = False
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._purger: asyncio.Task[None] | None = None
         self.machine_name = config.machine_name or socket.gethostname()
 
     # -- life cycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the store and start accepting jobs."""
-        self._last_number = await self._store.open()
+        """Open the store, recover unfinished jobs, and start running jobs."""
+        self._store.on_persisted = self._persisted
+        recovery = await self._store.open()
+        self._last_number = recovery.last_number
+        self._task_log.extend(recovery.recent_events)
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self._config.max_running, thread_name_prefix="jobmonitor-job"
-        )
-        self._accepting = True
+            max_workers=self._config.max_running, thread_name_prefix="jobmonitor-job")
+        for record in recovery.unfinished:
+            self._recover(record)
+        self._accepting = self._starting = True
+        if self._config.keep_days > 0:
+            self._purger = asyncio.get_running_loop().create_task(self._purge_loop())
+        self._start_ready()
 
     async def stop(self, grace_s: float) -> None:
-        """Stop starting jobs, give running ones ``grace_s``, cancel the rest."""
+        """Stop starting jobs, give running ones ``grace_s``, cancel the rest, close the store.
+
+        With a durable store, queued jobs stay queued for the next start and
+        running jobs of ``retry_on_restart`` handlers are left to recovery.
+        """
         self._accepting = False
+        if self._purger is not None:
+            self._purger.cancel()
         if not self._store.durable:
             for job in list(self._queue):
                 self.cancel(job)
+        await self._drain_running(grace_s, keep_retryable=self._store.durable)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        await self._store.close()
+
+    async def restart(self, grace_s: float, handlers: Mapping[str, Handler]) -> None:
+        """Let running jobs finish within ``grace_s`` (cancel the rest), swap in
+        ``handlers``, and start again; queued jobs keep their place."""
+        self._starting = False
+        await self._drain_running(grace_s, keep_retryable=False)
+        self._handlers = dict(handlers)
+        self._starting = True
+        self._start_ready()
+
+    async def _drain_running(self, grace_s: float, *, keep_retryable: bool) -> None:
+        self._starting = False
         running = list(self._running.values())
         if running:
             await asyncio.wait(running, timeout=grace_s)
         for job in list(self._running):
+            if keep_retryable and self._handler(job).retry_on_restart:
+                job._leave_to_recovery = True
             self.cancel(job)
         if self._running:
             await asyncio.wait(list(self._running.values()), timeout=CANCEL_WAIT_S)
@@ -95,22 +123,8 @@ class Engine:
             log.warning("job %s did not stop when cancelled; abandoning it", job.transaction_id)
             self._running.pop(job)
             self._finish(job, Outcome.CANCELLED)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-        await self._store.close()
 
-    # -- queries ----------------------------------------------------------------
-
-    def find(self, transaction_id: str) -> Job:
-        """Return the job with this transaction ID.
-
-        Raises:
-            RequestError: UNKNOWN_TRANSACTION.
-        """
-        job = self._jobs.get(transaction_id.strip().upper())
-        if job is None:
-            raise RequestError(Reply.UNKNOWN_TRANSACTION, transaction_id)
-        return job
+    # -- lookups ------------------------------------------------------------------
 
     @property
     def queued_count(self) -> int:
@@ -123,38 +137,116 @@ class Engine:
     def handler_names(self) -> list[str]:
         return sorted(self._handlers)
 
-    # -- commands ---------------------------------------------------------------
+    def live(self, transaction_id: str) -> Job | None:
+        """The job if it is in memory (every unfinished job is)."""
+        return self._jobs.get(transaction_id)
 
-    async def submit(
-        self, project: str, params: Mapping[str, str], doc_variables: Mapping[str, str]
-    ) -> Job:
-        """Create, store and queue (or start) a job.
+    def find(self, transaction_id: str) -> Job:
+        """The in-memory job with this transaction ID.
 
         Raises:
-            RequestError: UNKNOWN_PROJECT, or SERVER_BUSY while shutting down or
-            when transaction numbers are exhausted.
+            RequestError: UNKNOWN_TRANSACTION.
         """
+        job = self._jobs.get(transaction_id.strip().upper())
+        if job is None:
+            raise RequestError(Reply.UNKNOWN_TRANSACTION, transaction_id)
+        return job
+
+    async def resolve(self, transaction_id: str | None, identity: str,
+                      job_token: str | None) -> str:
+        """The transaction ID named directly, or by the submitter's job token.
+
+        Raises:
+            RequestError: UNKNOWN_TRANSACTION.
+        """
+        if transaction_id:
+            return transaction_id.strip().upper()
+        found = None
+        if job_token:
+            found = self._tokens.get((identity, job_token)) or await self._store.find_token(
+                identity, job_token)
+        if found is None:
+            raise RequestError(Reply.UNKNOWN_TRANSACTION, f"no job with job token {job_token!r}")
+        return found
+
+    async def record(self, transaction_id: str) -> JobRecord:
+        """A snapshot of a job, live or stored.
+
+        Raises:
+            RequestError: UNKNOWN_TRANSACTION.
+        """
+        job = self._jobs.get(transaction_id)
+        if job is not None:
+            return job.snapshot()
+        record = await self._store.load(transaction_id)
+        if record is None:
+            raise RequestError(Reply.UNKNOWN_TRANSACTION, transaction_id)
+        return record
+
+    async def list_records(self, active_only: bool, identity: str | None) -> list[JobRecord]:
+        """Jobs oldest first: active ones, or all that are kept."""
+        records = {tid: job.snapshot() for tid, job in self._jobs.items()
+                   if identity is None or job.identity == identity}
+        if not active_only:
+            for record in await self._store.list_records(identity):
+                records.setdefault(record.transaction_id, record)
+        chosen = [r for r in records.values() if not (active_only and r.status.is_final)]
+        return sorted(chosen, key=lambda r: r.number)
+
+    async def read_lines(self, transaction_id: str, from_line: int, limit: int) -> list[bytes]:
+        """Recorded lines from ``from_line`` on, from memory or the store."""
+        job = self._jobs.get(transaction_id)
+        if job is not None and job.stream.in_memory(from_line):
+            start = from_line - 1 - job.stream.base
+            return job.stream.lines[start:start + limit]
+        return await self._store.read_lines(transaction_id, from_line, limit)
+
+    def task_log(self) -> list[TaskEvent]:
+        """Recent job events across the server, oldest first."""
+        return list(self._task_log)
+
+    # -- commands ---------------------------------------------------------------
+
+    async def submit(self, project: str, params: Mapping[str, str],
+                     doc_variables: Mapping[str, str], *, identity: str = "anonymous",
+                     job_token: str | None = None) -> tuple[str, Job | None]:
+        """Create, store and queue (or start) a job; return its transaction ID and
+        the live job (None for an earlier, finished job with the same token).
+
+        Raises:
+            RequestError: UNKNOWN_PROJECT; SERVER_BUSY while shutting down, when
+            the queue is full, or when transaction numbers are exhausted.
+        """
+        if job_token:
+            earlier = await self._earlier(identity, job_token)
+            if earlier is not None:
+                return earlier, self._jobs.get(earlier)
         if project not in self._handlers:
             raise RequestError(Reply.UNKNOWN_PROJECT, project)
         if not self._accepting:
             raise RequestError(Reply.SERVER_BUSY, "the server is shutting down")
-        job = Job(
-            transaction_id=self._next_transaction_id(),
-            project=project,
-            params=params,
-            doc_variables=doc_variables,
-            loop=asyncio.get_running_loop(),
-        )
+        limit = self._config.max_queued_jobs
+        if limit and len(self._queue) >= limit:
+            raise RequestError(Reply.SERVER_BUSY, f"{limit} jobs are already waiting")
+        now = time.time()
+        record = JobRecord(self._next_transaction_id(), project, dict(params),
+                           dict(doc_variables), identity=identity, job_token=job_token or None,
+                           status=JobState.QUEUED, worker=self.machine_name, created=now,
+                           updated=now, history=[HistoryEvent("job", "queued", now)])
+        job = self._adopt(record)
         job._record_status(Status.INFO, f"Machine name: {self.machine_name}")
-        await self._store.add_job(job)
-        self._jobs[job.transaction_id] = job
-        job._set_state(JobState.QUEUED)
+        await self._store.add(job)
+        self._log_event(job, record.history[0])
         self._queue.append(job)
         self._start_ready()
-        return job
+        return job.transaction_id, job
+
+    async def _earlier(self, identity: str, job_token: str) -> str | None:
+        key = (identity, job_token)
+        return self._tokens.get(key) or await self._store.find_token(identity, job_token)
 
     def cancel(self, job: Job) -> None:
-        """Cancel a queued or running job.
+        """Cancel a queued, suspended or running job.
 
         A queued job ends at once; an async job at its next await; a job in a
         thread at its next call to the ``Job`` API.
@@ -162,21 +254,95 @@ class Engine:
         Raises:
             RequestError: INVALID_STATE when the job has already ended.
         """
-        if job.state.is_final:
-            raise RequestError(
-                Reply.INVALID_STATE, f"{job.transaction_id} has already ended ({job.state.value})"
-            )
+        self._check(job, JobState.CANCELLED)
         if job._cancel_requested:
             return
         job._cancel_requested = True
+        job._wake()
         task = self._running.get(job)
         if task is None:
-            self._queue.remove(job)
+            if job in self._queue:
+                self._queue.remove(job)
             self._finish(job, Outcome.CANCELLED)
-        elif self._handlers[job.project].is_async:
+        elif self._handler(job).is_async:
             task.cancel()
 
+    def suspend(self, job: Job) -> str:
+        """Suspend a queued job at once, or a running one at its next checkpoint.
+
+        Returns the reply text, which says which of the two happened.
+
+        Raises:
+            RequestError: INVALID_STATE when the job is not queued or running.
+        """
+        self._check(job, JobState.SUSPENDED)
+        if job in self._queue:
+            self._queue.remove(job)
+            job._set_state(JobState.SUSPENDED, "suspended")
+            job._record_status(Status.SUSPENDED)
+            return f"{job.transaction_id} suspended"
+        job._suspend_requested = True
+        return f"{job.transaction_id} suspend requested"
+
+    def resume(self, job: Job) -> str:
+        """Resume a suspended job.
+
+        Raises:
+            RequestError: INVALID_STATE when the job is not suspended.
+        """
+        if job.state is not JobState.SUSPENDED:
+            raise RequestError(Reply.INVALID_STATE,
+                               f"{job.transaction_id} is {job.state.value}, not Suspended")
+        job._record_status(Status.RESUMED)
+        if job in self._running:
+            job._set_state(JobState.PROCESSING, "resumed")
+            job._wake()
+        else:
+            job._set_state(JobState.QUEUED, "resumed")
+            self._queue.append(job)
+            self._start_ready()
+        return f"{job.transaction_id} resumed"
+
+    async def delete(self, transaction_id: str) -> None:
+        """Delete a finished job's record and lines.
+
+        Raises:
+            RequestError: UNKNOWN_TRANSACTION; INVALID_STATE while it is active.
+        """
+        record = await self.record(transaction_id)
+        if not record.status.is_final:
+            raise RequestError(Reply.INVALID_STATE,
+                               f"{transaction_id} is {record.status.value}; cancel it first")
+        self._forget(transaction_id)
+        await self._store.flush()
+        await self._store.delete(transaction_id)
+
     # -- running ------------------------------------------------------------------
+
+    def _check(self, job: Job, new: JobState) -> None:
+        if not can_transition(job.state, new):
+            raise RequestError(Reply.INVALID_STATE,
+                               f"{job.transaction_id} is {job.state.value}")
+
+    def _handler(self, job: Job) -> Handler:
+        return self._handlers[job.project]
+
+    def _adopt(self, record: JobRecord) -> Job:
+        job = Job(record, asyncio.get_running_loop())
+        job.on_change = self._store.changed
+        job.on_event = self._log_event
+        self._jobs[record.transaction_id] = job
+        if record.job_token:
+            self._tokens[(record.identity, record.job_token)] = record.transaction_id
+        return job
+
+    def _forget(self, transaction_id: str) -> None:
+        job = self._jobs.pop(transaction_id, None)
+        if job is not None and job.record.job_token:
+            self._tokens.pop((job.identity, job.record.job_token), None)
+
+    def _log_event(self, job: Job, event: HistoryEvent) -> None:
+        self._task_log.append(TaskEvent(job.transaction_id, job.project, event))
 
     def _next_transaction_id(self) -> str:
         if self._last_number >= MAX_TRANSACTION_NUMBER:
@@ -185,15 +351,14 @@ class Engine:
         return f"T{self._last_number:07d}"
 
     def _start_ready(self) -> None:
-        while self._accepting and self._queue and len(self._running) < self._config.max_running:
+        while self._starting and self._queue and len(self._running) < self._config.max_running:
             job = self._queue.popleft()
-            job.started = time.time()
-            job._set_state(JobState.PROCESSING)
-            self._store.job_changed(job)
+            job.record.started = time.time()
+            job._set_state(JobState.PROCESSING, "start")
             self._running[job] = asyncio.ensure_future(self._run(job))
 
     async def _run(self, job: Job) -> None:
-        handler = self._handlers[job.project]
+        handler = self._handler(job)
         try:
             result = await self._call(handler, job)
             outcome = Outcome.CANCELLED if job._cancel_requested else _outcome_of(result)
@@ -210,7 +375,10 @@ class Engine:
             outcome = Outcome.FAILED
         finally:
             self._running.pop(job, None)
-        self._finish(job, outcome)
+        if job._leave_to_recovery:
+            job.stream.close()  # left running in the store: recovery runs it again
+        else:
+            self._finish(job, outcome)
         self._start_ready()
 
     async def _call(self, handler: Handler, job: Job) -> Any:
@@ -222,16 +390,77 @@ class Engine:
     def _finish(self, job: Job, outcome: Outcome) -> None:
         if job.state.is_final:
             return
-        job.outcome = outcome
-        job.completed = time.time()
-        job._set_state(outcome.state)
+        record = job.record
+        record.outcome = outcome
+        record.completed = time.time()
         job._record_status(outcome.status)
-        job._record_status(
-            Status.ENDED, Status.ENDED.text.format(transaction_id=job.transaction_id)
-        )
+        job._record_status(Status.ENDED,
+                           Status.ENDED.text.format(transaction_id=job.transaction_id))
+        job._set_state(outcome.state, _FINISH_EVENTS[outcome])
         job.stream.close()
-        self._store.job_changed(job)
         log.info("job %s (%s) ended: %s", job.transaction_id, job.project, outcome.value)
+
+    # -- durability --------------------------------------------------------------------
+
+    def _recover(self, record: JobRecord) -> None:
+        job = self._adopt(record)
+        handler = self._handlers.get(record.project)
+        was_running = record.started is not None
+        if handler is None:
+            job.error(f"No handler for project {record.project!r} after a server restart")
+            self._finish(job, Outcome.FAILED)
+        elif not was_running:
+            if record.status is JobState.QUEUED:
+                self._queue.append(job)
+        elif handler.retry_on_restart:
+            job._record_status(Status.INTERRUPTED)
+            job._record_status(Status.REQUEUED)
+            record.started = None
+            job._set_state(JobState.QUEUED, "requeued")
+            self._queue.append(job)
+        else:
+            job._record_status(Status.INTERRUPTED)
+            self._finish(job, Outcome.FAILED)
+
+    def _persisted(self, item: Recordable, stored_lines: int) -> None:
+        """After a commit: bound the job's lines in memory; let a stored, finished job go."""
+        job = self._jobs.get(item.transaction_id)
+        if job is None or job is not item:
+            return
+        stream = job.stream
+        excess = len(stream.lines) - self._config.max_lines_in_memory
+        if excess > 0:
+            stream.trim(min(stored_lines, stream.base + excess) + 1)
+        if job.state.is_final and stored_lines == len(stream):
+            self._forget(job.transaction_id)
+
+    async def purge_expired(self) -> int:
+        """Delete finished jobs older than ``keep_days``; return how many the store had."""
+        cutoff = time.time() - self._config.keep_days * 86400
+        for tid, job in list(self._jobs.items()):
+            if job.record.completed is not None and job.record.completed < cutoff:
+                self._forget(tid)
+        await self._store.flush()
+        purged = await self._store.purge(cutoff)
+        if purged:
+            log.info("deleted %d jobs older than %g days", purged, self._config.keep_days)
+        return purged
+
+    async def _purge_loop(self) -> None:
+        while True:
+            try:
+                await self.purge_expired()
+            except Exception:
+                log.exception("purging old jobs failed")
+            await asyncio.sleep(PURGE_INTERVAL_S)
+
+
+_FINISH_EVENTS = {
+    Outcome.SUCCESS: "complete",
+    Outcome.PARTIAL: "complete",
+    Outcome.FAILED: "failed",
+    Outcome.CANCELLED: "cancelled",
+}
 
 
 def _outcome_of(result: Any) -> Outcome:
@@ -246,3 +475,4 @@ def _outcome_of(result: Any) -> Outcome:
         except ValueError:
             pass
     raise TypeError(f"a job handler must return an Outcome or None, not {result!r}")
+

@@ -5,19 +5,25 @@ the job's stream; they never block and never wait for a monitor.  A handler
 that is a plain function runs in a worker thread: its calls are handed to the
 event loop in batches (one wake-up per batch, not per line), and once the job
 is cancelled its next call raises ``asyncio.CancelledError`` in that thread.
+
+Everything recorded about the job lives in one ``JobRecord`` (``job.record``);
+the engine and the store read it, handlers use the methods here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import datetime as dt
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
 from .codes import ERROR_THRESHOLD, Status
-from .lines import format_line
+from .lines import format_lines
+from .records import HistoryEvent, JobRecord, Output
 from .states import JobState, Outcome
 from .stream import JobStream
 
@@ -28,53 +34,86 @@ class Job:
     """One job: what it was given, what it has said, and where it stands.
 
     Handlers use ``params``, ``doc_variables``, ``transaction_id``, ``info``,
-    ``error`` and ``progress``; the other attributes are read by the server.
+    ``error``, ``progress``, ``checkpoint``, ``stage``, ``estimate`` and
+    ``add_output``; the rest is read by the server.
     """
 
-    def __init__(
-        self,
-        *,
-        transaction_id: str,
-        project: str,
-        params: Mapping[str, str],
-        doc_variables: Mapping[str, str],
-        loop: asyncio.AbstractEventLoop,
-        identity: str = "anonymous",
-        created: float | None = None,
-    ) -> None:
-        self.transaction_id = transaction_id
-        self.project = project
-        self.params: Mapping[str, str] = MappingProxyType(dict(params))
-        self.doc_variables: Mapping[str, str] = MappingProxyType(dict(doc_variables))
-        self.identity = identity
-        self.state = JobState.CREATED
-        self.outcome: Outcome | None = None
-        self.created = time.time() if created is None else created
-        self.started: float | None = None
-        self.updated = self.created
-        self.completed: float | None = None
-        self.progress_done = 0
-        self.progress_total = 0
-        self.status_message = ""
-        self.stream = JobStream(loop)
+    def __init__(self, record: JobRecord, loop: asyncio.AbstractEventLoop) -> None:
+        self.record = record
+        self.params: Mapping[str, str] = MappingProxyType(record.params)
+        self.doc_variables: Mapping[str, str] = MappingProxyType(record.doc_variables)
+        self.stream = JobStream(loop, base=record.line_count)
+        self.stream.on_flush = self._changed
+        #: Called (on the loop) whenever the record or the lines changed.
+        self.on_change: Callable[[Job], None] | None = None
+        #: Called (on the loop) with each ``job`` stage event (for the task log).
+        self.on_event: Callable[[Job, HistoryEvent], None] | None = None
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._cancel_requested = False
+        self._suspend_requested = False
+        self._leave_to_recovery = False
+        self._resumed = asyncio.Event()
+        self._thread_resumed = threading.Event()
         self._thread_lock = threading.Lock()
-        self._thread_pending: list[tuple[bytes, str]] = []
+        self._thread_pending: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
         return f"<Job {self.transaction_id} {self.project!r} {self.state.value}>"
 
+    # -- what the job is ------------------------------------------------------
+
+    @property
+    def transaction_id(self) -> str:
+        return self.record.transaction_id
+
+    @property
+    def project(self) -> str:
+        return self.record.project
+
     @property
     def job_name(self) -> str:
         """The optional ``JobName`` job variable ("" when absent)."""
-        return self.params.get("JobName", "")
+        return self.record.job_name
+
+    @property
+    def identity(self) -> str:
+        """Who submitted the job."""
+        return self.record.identity
+
+    @property
+    def state(self) -> JobState:
+        return self.record.status
+
+    @property
+    def outcome(self) -> Outcome | None:
+        return self.record.outcome
+
+    @property
+    def progress_done(self) -> int:
+        return self.record.progress_done
+
+    @property
+    def progress_total(self) -> int:
+        return self.record.progress_total
 
     @property
     def cancel_requested(self) -> bool:
         """True once someone asked to cancel this job."""
         return self._cancel_requested
+
+    @property
+    def suspend_requested(self) -> bool:
+        """True while a suspension waits for the job's next checkpoint."""
+        return self._suspend_requested
+
+    def snapshot(self) -> JobRecord:
+        """A copy of the job's record as it is now."""
+        record = copy.copy(self.record)
+        record.history = list(record.history)
+        record.outputs = list(record.outputs)
+        record.line_count = len(self.stream)
+        return record
 
     # -- the handler's API ------------------------------------------------
 
@@ -82,7 +121,8 @@ class Job:
         """Send an information line (``J0000100`` unless ``code`` says otherwise).
 
         Raises:
-            ValueError: ``code`` is not an information code (0 < code < 5000).
+            ValueError: ``code`` is not an information code (1..4999).
+            asyncio.CancelledError: from a worker thread, once the job is cancelled.
         """
         if code != Status.INFO and not 0 < code < ERROR_THRESHOLD:
             raise ValueError(f"information codes are 1..4999, got {code}")
@@ -93,6 +133,7 @@ class Job:
 
         Raises:
             ValueError: ``code`` is not an error code (5000..9999999).
+            asyncio.CancelledError: from a worker thread, once the job is cancelled.
         """
         if not ERROR_THRESHOLD <= code <= 9_999_999:
             raise ValueError(f"error codes are 5000..9999999, got {code}")
@@ -103,64 +144,163 @@ class Job:
 
         Raises:
             ValueError: ``done`` or ``total`` is negative, or ``done > total > 0``.
+            asyncio.CancelledError: from a worker thread, once the job is cancelled.
         """
         done, total = int(done), int(total)
         if done < 0 or total < 0 or (total and done > total):
             raise ValueError(f"invalid progress {done}/{total}")
-        self.progress_done, self.progress_total = done, total
         percent = f" ({done * 100 // total}%)" if total else ""
         text = f"Progress: {done}/{total}{percent}"
+        self._from_any_thread(self._set_progress, done, total, str(message))
         self._say(Status.PROGRESS, f"{text} {message}" if message else text)
 
-    # -- recording ----------------------------------------------------------
+    def stage(self, stage: str, status: str, *, date: dt.datetime | None = None,
+              info: str | None = None) -> None:
+        """Add an event to the job's history, e.g. ``job.stage("evaluation", "start")``."""
+        event = HistoryEvent(str(stage), str(status), time.time(),
+                             _timestamp(date) if date is not None else None, info)
+        text = f"Stage {event.stage}: {event.status}" + (f" ({info})" if info else "")
+        self._from_any_thread(self._add_history, event)
+        self._say(Status.STAGE, text)
+
+    def estimate(self, completion: dt.datetime) -> None:
+        """Record an estimated completion time (shown in status replies and history)."""
+        when = _timestamp(completion)
+
+        def apply() -> None:
+            self.record.estimated = when
+            self._add_history(HistoryEvent("job", "estimate", time.time(), when))
+
+        self._from_any_thread(apply)
+
+    def add_output(self, name: str, uri: str, media_type: str | None = None) -> None:
+        """Register something the job produced; ``RetrieveJob`` lists it."""
+        output = Output(str(name), str(uri), media_type)
+
+        def apply() -> None:
+            self.record.outputs.append(output)
+            self._changed()
+
+        self._from_any_thread(apply)
+
+    def checkpoint(self) -> Any:
+        """A safe point to pause or stop at.
+
+        From an async handler: ``await job.checkpoint()``.  From a handler in a
+        worker thread: ``job.checkpoint()`` (it blocks while suspended).
+
+        Raises:
+            asyncio.CancelledError: the job has been cancelled.
+        """
+        if threading.get_ident() == self._loop_thread:
+            return self._checkpoint_async()
+        self._checkpoint_thread()
+        return None
+
+    # -- suspension ------------------------------------------------------------
+
+    async def _checkpoint_async(self) -> None:
+        if self._cancel_requested:
+            raise asyncio.CancelledError()
+        if self._suspend_requested:
+            self._pause()
+            await self._resumed.wait()
+        if self._cancel_requested:
+            raise asyncio.CancelledError()
+
+    def _checkpoint_thread(self) -> None:
+        if self._cancel_requested:
+            raise asyncio.CancelledError()
+        if self._suspend_requested:
+            self._thread_resumed.clear()
+            self._loop.call_soon_threadsafe(self._pause)
+            self._thread_resumed.wait()
+        if self._cancel_requested:
+            raise asyncio.CancelledError()
+
+    def _pause(self) -> None:
+        if not self._suspend_requested or self.state is not JobState.PROCESSING:
+            self._wake()
+            return
+        self._suspend_requested = False
+        self._resumed.clear()
+        self._set_state(JobState.SUSPENDED, "suspended")
+        self._record_status(Status.SUSPENDED)
+
+    def _wake(self) -> None:
+        """Let a job paused at a checkpoint go on (resumed or cancelled)."""
+        self._resumed.set()
+        self._thread_resumed.set()
+
+    # -- recording --------------------------------------------------------------
 
     def _say(self, code: int, text: str) -> None:
-        data = format_line("J", code, text)
         if threading.get_ident() == self._loop_thread:
-            self._record(data, text)
+            self._record_line(code, text)
+        else:
+            self._from_any_thread(self._record_line, code, text)
+
+    def _record_line(self, code: int, text: str) -> None:
+        lines = format_lines("J", code, text)
+        if len(lines) == 1:
+            self.stream.append(lines[0])
+        else:
+            self.stream.extend(lines)
+        record = self.record
+        record.status_message = text
+        record.updated = time.time()
+
+    def _record_status(self, code: Status, text: str | None = None) -> None:
+        """Record a server-made line with a standard text (or ``text``)."""
+        self.stream.extend(format_lines("J", code, code.text if text is None else text))
+
+    def _from_any_thread(self, func: Callable[..., None], *args: Any) -> None:
+        """Run ``func`` on the loop: now if we are on it, else batched from a thread."""
+        if threading.get_ident() == self._loop_thread:
+            func(*args)
             return
         if self._cancel_requested:
             raise asyncio.CancelledError()
         with self._thread_lock:
             first = not self._thread_pending
-            self._thread_pending.append((data, text))
+            self._thread_pending.append(lambda: func(*args))
         if first:
             self._loop.call_soon_threadsafe(self._take_from_thread)
 
     def _take_from_thread(self) -> None:
         with self._thread_lock:
             pending, self._thread_pending = self._thread_pending, []
-        for data, text in pending:
-            self._record(data, text)
+        for call in pending:
+            call()
 
-    def _record(self, data: bytes, text: str) -> None:
-        self.stream.append(data)
-        self.status_message = text
-        self.updated = time.time()
+    def _set_progress(self, done: int, total: int, message: str) -> None:
+        record = self.record
+        record.progress_done, record.progress_total = done, total
+        record.progress_message = message
+        self._changed()
 
-    def _record_status(self, code: Status, text: str | None = None) -> None:
-        """Record a server-made line with a standard text (or ``text``)."""
-        self.stream.append(format_line("J", code, code.text if text is None else text))
+    def _add_history(self, event: HistoryEvent) -> None:
+        self.record.history.append(event)
+        self._changed()
 
-    def _set_state(self, state: JobState) -> None:
-        self.state = state
-        self.updated = time.time()
+    def _set_state(self, state: JobState, event: str | None = None) -> None:
+        """Move to ``state`` and record a ``job`` history event named ``event``."""
+        now = time.time()
+        self.record.status = state
+        self.record.updated = now
+        if event is not None:
+            entry = HistoryEvent("job", event, now)
+            self.record.history.append(entry)
+            if self.on_event is not None:
+                self.on_event(self, entry)
+        self._changed()
 
-    def _snapshot(self) -> dict[str, Any]:
-        """The job's fields as plain values (for status replies and stores)."""
-        return {
-            "transaction_id": self.transaction_id,
-            "project": self.project,
-            "job_name": self.job_name,
-            "identity": self.identity,
-            "status": self.state.value,
-            "progress_done": self.progress_done,
-            "progress_total": self.progress_total,
-            "status_message": self.status_message,
-            "created": self.created,
-            "started": self.started,
-            "updated": self.updated,
-            "completed": self.completed,
-            "outcome": self.outcome.value if self.outcome else None,
-            "lines": len(self.stream),
-        }
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
+
+
+def _timestamp(value: dt.datetime) -> float:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.timestamp()

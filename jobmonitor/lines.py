@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from .codes import ERROR_THRESHOLD
 
-__all__ = ["format_line", "escape_text", "split_text", "Line", "parse_line", "LineError"]
+__all__ = ["format_line", "format_lines", "escape_text", "split_text", "Line", "parse_line", "LineError"]
 
 _NEWLINES = re.compile(r"\r\n|\r|\n")
 _UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
@@ -59,13 +59,18 @@ def format_line(letter: str, code: int, text: str) -> bytes:
     >>> format_line("J", 5000, "first\\nlast")
     b'J0005000- first\\r\\nJ0005000: last\\r\\n'
     """
+    return b"".join(format_lines(letter, code, text))
+
+
+def format_lines(letter: str, code: int, text: str) -> list[bytes]:
+    """Like ``format_line``, but one bytes object per wire line."""
     last, more = _headers(letter, code)
     if text.isprintable():
-        return last + text.encode() + b"\r\n"
+        return [last + text.encode() + b"\r\n"]
     parts = split_text(text)
     out = [more + part.encode() + b"\r\n" for part in parts[:-1]]
     out.append(last + parts[-1].encode() + b"\r\n")
-    return b"".join(out)
+    return out
 
 
 class LineError(ValueError):

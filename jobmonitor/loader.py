@@ -14,24 +14,34 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
-from .app import JobMonitor
+from typing import TYPE_CHECKING, Mapping
+
 from .errors import ConfigError
+from .handlers import Handler
 
-__all__ = ["load_jobs", "load_app"]
+if TYPE_CHECKING:
+    from .app import JobMonitor
+
+__all__ = ["load_handlers", "load_app"]
 
 
-def load_app(spec: str) -> JobMonitor:
+def load_app(spec: str, *, reload: bool = False) -> "JobMonitor":
     """Import the ``JobMonitor`` a spec names.
 
     Raises:
         ConfigError: the module or attribute is missing, fails to import, or is
         not a ``JobMonitor``.
     """
+    from .app import JobMonitor  # the app layer imports the server, which imports us
+
     target, _, attr = spec.partition(":")
     attr = attr or "app"
     if not target:
         raise ConfigError(f"--jobs {spec!r}: no module or file named")
-    module = _import_file(spec, Path(target)) if target.endswith(".py") else _import(spec, target)
+    if target.endswith(".py"):
+        module = _import_file(spec, Path(target))
+    else:
+        module = _import(spec, target, reload=reload)
     try:
         app = getattr(module, attr)
     except AttributeError:
@@ -43,24 +53,29 @@ def load_app(spec: str) -> JobMonitor:
     return app
 
 
-def load_jobs(specs: Iterable[str]) -> JobMonitor:
-    """Load and merge every spec into one ``JobMonitor``.
+def load_handlers(specs: Iterable[str], base: Mapping[str, Handler] | None = None, *,
+                  reload: bool = False) -> dict[str, Handler]:
+    """The handlers of ``base`` plus those of every spec's ``JobMonitor``.
+
+    ``reload`` re-imports modules that were imported before (files are always
+    executed afresh).
 
     Raises:
         ConfigError: a spec cannot be loaded, or a project is registered twice.
     """
-    merged = JobMonitor()
+    handlers = dict(base or {})
     for spec in specs:
-        app = load_app(spec)
-        try:
-            merged.merge(app)
-        except ConfigError as exc:
-            raise ConfigError(f"--jobs {spec!r}: {exc}") from None
-    return merged
+        for name, handler in load_app(spec, reload=reload).handlers.items():
+            if name in handlers:
+                raise ConfigError(f"--jobs {spec!r}: job {name!r} is registered twice")
+            handlers[name] = handler
+    return handlers
 
 
-def _import(spec: str, name: str) -> ModuleType:
+def _import(spec: str, name: str, *, reload: bool) -> ModuleType:
     try:
+        if reload and name in sys.modules:
+            return importlib.reload(sys.modules[name])
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name and name.startswith(exc.name):

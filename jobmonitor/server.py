@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from .commands import Commands
 from .config import Config
 from .connection import Connection
-from .engine import Engine, Handler
+from .engine import Engine
+from .handlers import Handler
+from .loader import load_handlers
 from .store import open_store
 
 __all__ = ["Server"]
@@ -30,8 +32,11 @@ class Server:
 
     def __init__(self, handlers: Mapping[str, Handler], config: Config) -> None:
         self.config = config
-        self.engine = Engine(handlers, config, open_store(config.store))
-        self.commands = Commands(self.engine)
+        self._own_handlers = dict(handlers)
+        store = open_store(config.store or "memory://", data_dir=config.data_dir,
+                           commit_interval_s=config.commit_interval_s)
+        self.engine = Engine(self._handlers(reload=False), config, store)
+        self.commands = Commands(self.engine, self.restart_engine)
         self._listener: asyncio.Server | None = None
         self._connections: set[Connection] = set()
         self._no_connections = asyncio.Event()
@@ -57,6 +62,24 @@ class Server:
             raise
         self._bound = self._listener.sockets[0].getsockname()[:2]
         log.info("jobmonitor listening on %s", self.address, extra={"ready": True})
+
+    def _handlers(self, *, reload: bool) -> dict[str, Handler]:
+        """The embedding app's handlers plus those of the ``jobs`` modules.
+
+        Raises:
+            ConfigError: a module cannot be loaded, or a project is registered twice.
+        """
+        return load_handlers(self.config.jobs, self._own_handlers, reload=reload)
+
+    async def restart_engine(self) -> None:
+        """RestartServer: finish or cancel running jobs, reload job modules, go on.
+
+        Raises:
+            ConfigError: a job module no longer loads (the old handlers stay).
+        """
+        handlers = self._handlers(reload=True)
+        log.info("restarting the job engine")
+        await self.engine.restart(self.config.shutdown_grace_s, handlers)
 
     # -- addresses -----------------------------------------------------------------
 

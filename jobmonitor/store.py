@@ -1,70 +1,153 @@
-"""Where jobs are kept: the store interface and the in-memory store.
+"""Where jobs are kept: the store interface, the in-memory store, and store URLs.
 
-The engine owns the live ``Job`` objects; a store makes them outlive the
-process.  ``add_job`` returns only once the job is durable (the server
-acknowledges a submit after it); everything else may be batched.  The memory
-store keeps nothing beyond the engine's own tables, so it only hands out
-transaction numbers.
+The engine owns the live jobs; a store makes them outlive the process.  A store
+deals in ``JobRecord``s and encoded lines, never in running jobs: what it needs
+of a live job is the ``Recordable`` view (a snapshot and the stream's lines).
+
+``add`` returns only once the job is durable (a submit is acknowledged after
+it); ``changed`` only marks a job, and the store writes what changed in its
+own time (the SQLite store: in group commits at most ``commit_interval_s``
+apart).  The memory store keeps nothing beyond the engine's own tables.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
-from .job import Job
+from .errors import ConfigError
+from .records import HistoryEvent, JobRecord
 
-__all__ = ["Store", "MemoryStore", "open_store"]
+__all__ = ["Store", "MemoryStore", "Recordable", "Recovery", "TaskEvent", "open_store"]
+
+
+class _Lines(Protocol):
+    lines: list[bytes]
+    base: int
+
+    def __len__(self) -> int: ...
+
+
+class Recordable(Protocol):
+    """What a store reads from a live job."""
+
+    @property
+    def transaction_id(self) -> str: ...
+
+    @property
+    def stream(self) -> _Lines: ...
+
+    def snapshot(self) -> JobRecord: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """One entry of the server-wide task log."""
+
+    transaction_id: str
+    project: str
+    event: HistoryEvent
+
+
+@dataclass(slots=True)
+class Recovery:
+    """What a store hands the engine when it opens."""
+
+    last_number: int = 0
+    unfinished: list[JobRecord] = field(default_factory=list)
+    recent_events: list[TaskEvent] = field(default_factory=list)
 
 
 class Store(abc.ABC):
-    """Persistence for jobs and their lines."""
+    """Persistence for jobs, their lines, history and outputs."""
 
     #: True when jobs survive a restart (queued jobs are kept at shutdown).
     durable: bool = False
+    #: Called on the loop after a commit, with the jobs whose lines it stored and
+    #: how many of their lines are now stored.
+    on_persisted: Callable[[Recordable, int], None] | None = None
 
     @abc.abstractmethod
-    async def open(self) -> int:
-        """Open the store; return the highest transaction number ever used."""
+    async def open(self) -> Recovery:
+        """Open (creating if needed) and say what was there."""
 
     @abc.abstractmethod
     async def close(self) -> None:
-        """Flush everything pending and close."""
+        """Write everything pending and close."""
 
     @abc.abstractmethod
-    async def add_job(self, job: Job) -> None:
-        """Record a new job; return once it is durable."""
+    async def add(self, job: Recordable) -> None:
+        """Record a new job and its lines so far; return once durable."""
 
     @abc.abstractmethod
-    def job_changed(self, job: Job) -> None:
-        """The job's state, progress or lines changed (may be batched)."""
+    def changed(self, job: Recordable) -> None:
+        """The job's record or lines changed; write them soon."""
+
+    async def flush(self) -> None:
+        """Return once everything changed so far is written."""
+
+    async def load(self, transaction_id: str) -> JobRecord | None:
+        """A stored job's record, or None."""
+        return None
+
+    async def find_token(self, identity: str, job_token: str) -> str | None:
+        """The transaction ID of the job with this client key, or None."""
+        return None
+
+    async def read_lines(self, transaction_id: str, from_line: int, limit: int) -> list[bytes]:
+        """Up to ``limit`` stored lines from line number ``from_line`` on."""
+        return []
+
+    async def list_records(self, identity: str | None) -> Sequence[JobRecord]:
+        """Stored jobs (optionally one submitter's), oldest first."""
+        return []
+
+    async def delete(self, transaction_id: str) -> None:
+        """Remove a job, its lines, history and outputs."""
+
+    async def purge(self, finished_before: float) -> int:
+        """Delete jobs that finished before this time; return how many."""
+        return 0
 
 
 class MemoryStore(Store):
-    """Keeps nothing: jobs live only in the engine's tables."""
+    """Keeps nothing: jobs live only in the engine's tables, for one process."""
 
     durable = False
 
-    async def open(self) -> int:
-        return 0
+    async def open(self) -> Recovery:
+        return Recovery()
 
     async def close(self) -> None:
         return None
 
-    async def add_job(self, job: Job) -> None:
+    async def add(self, job: Recordable) -> None:
         return None
 
-    def job_changed(self, job: Job) -> None:
+    def changed(self, job: Recordable) -> None:
         return None
 
 
-def open_store(url: str) -> Store:
-    """Make the store a URL names (``memory://``).
+def open_store(url: str, *, data_dir: str = ".", commit_interval_s: float = 0.05) -> Store:
+    """Make the store a URL names.
+
+    ``memory://``; ``sqlite:///relative/path.db`` (relative to the working
+    directory); ``sqlite:////absolute/path.db``; ``sqlite://`` alone means
+    ``jobmonitor.db`` in ``data_dir``.
 
     Raises:
         ConfigError: the URL names no known store.
     """
-    from .errors import ConfigError
-
     if url in ("memory://", "memory"):
         return MemoryStore()
-    raise ConfigError(f"unknown store URL {url!r} (expected memory://)")
+    if url.startswith("sqlite://"):
+        from .sqlite_store import SqliteStore
+
+        path = url.removeprefix("sqlite://").removeprefix("/")
+        if not path:
+            path = str(Path(data_dir) / "jobmonitor.db")
+        return SqliteStore(path, commit_interval_s=commit_interval_s)
+    raise ConfigError(f"store: unknown store URL {url!r} (expected memory:// or sqlite:///PATH)")

@@ -1,21 +1,26 @@
 """A job's status stream: an append-only log of encoded J lines, and its watchers.
 
-Each line is formatted once, when the job says it, and kept as bytes.  Line 1
-is the first J line a monitoring submitter receives.  A watcher (a monitoring
-connection) is only a cursor into the log: appending a line costs a list append
-and, at most once per event-loop turn, scheduling a flush.  The flush hands
-each watcher everything past its cursor in one ``write`` and shares the joined
-bytes among watchers at the same position, so a job emitting thousands of lines
-per turn costs one write per watcher per turn, and a watcher that cannot take
-more (its transport paused) is simply skipped until it asks to catch up.
+Each wire line is formatted once, when the job says it, and kept as bytes.
+Line numbers start at 1 with the first line a monitoring submitter receives.
+The log keeps lines ``base + 1`` onwards in memory; older lines (recovered
+after a restart, or trimmed once stored) are only in the store.
 
-Nothing here knows about sockets: a watcher is anything with ``write()``,
-``writable`` and ``stream_ended()``.
+A watcher (a monitoring connection) is only a cursor into the log: appending a
+line costs a list append and, at most once per event-loop turn, scheduling a
+flush.  The flush hands each watcher everything past its cursor in one
+``write``, sharing the joined bytes among watchers at the same position, so a
+job emitting thousands of lines per turn costs one write per watcher per turn.
+A watcher that cannot take more (its transport paused) is skipped until it asks
+to catch up; one whose cursor falls before ``base`` is told to read the store.
+
+Nothing here knows about sockets: a watcher is anything with ``writable``,
+``write()``, ``stream_ended()`` and ``fell_behind()``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol
 
 __all__ = ["Watcher", "JobStream"]
@@ -34,46 +39,59 @@ class Watcher(Protocol):
     def stream_ended(self) -> None:
         """The watcher has been given every line of a closed stream."""
 
+    def fell_behind(self, next_line: int) -> None:
+        """Lines from ``next_line`` on are no longer in memory: read them from the store."""
+
 
 class JobStream:
     """The recorded lines of one job and the watchers following them."""
 
-    __slots__ = ("lines", "closed", "_loop", "_cursors", "_flush_scheduled")
+    __slots__ = ("lines", "base", "closed", "on_flush", "_loop", "_cursors", "_scheduled")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, base: int = 0) -> None:
         self.lines: list[bytes] = []
+        #: How many lines precede ``lines[0]`` (kept only in the store).
+        self.base = base
         self.closed = False
+        #: Called once per flush that had new lines (the store's cue).
+        self.on_flush: Callable[[], None] | None = None
         self._loop = loop
         self._cursors: dict[Watcher, int] = {}
-        self._flush_scheduled = False
+        self._scheduled = False
 
     def __len__(self) -> int:
-        return len(self.lines)
+        """The number of lines recorded so far (in memory or not)."""
+        return self.base + len(self.lines)
 
     @property
     def watcher_count(self) -> int:
         return len(self._cursors)
 
     def append(self, data: bytes) -> None:
-        """Record one encoded message (it may span several wire lines)."""
-        if self.closed:
-            return
-        self.lines.append(data)
-        if self._cursors and not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        """Record one encoded wire line."""
+        if not self.closed:
+            self.lines.append(data)
+            if not self._scheduled:
+                self._schedule()
+
+    def extend(self, lines: list[bytes]) -> None:
+        """Record several encoded wire lines."""
+        if not self.closed:
+            self.lines.extend(lines)
+            if not self._scheduled:
+                self._schedule()
 
     def close(self) -> None:
         """No more lines: watchers end once they have everything."""
         self.closed = True
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        if not self._scheduled:
+            self._schedule()
 
     def watch(self, watcher: Watcher, from_line: int = 1) -> None:
-        """Start sending lines from ``from_line`` (1-based) to ``watcher``."""
+        """Send lines from ``from_line`` (1-based) on to ``watcher``."""
         self._cursors[watcher] = max(from_line, 1) - 1
-        self.catch_up(watcher)
+        if not self._scheduled:
+            self._schedule()
 
     def unwatch(self, watcher: Watcher) -> None:
         """Stop sending to ``watcher`` (it went away)."""
@@ -81,26 +99,42 @@ class JobStream:
 
     def catch_up(self, watcher: Watcher) -> None:
         """Send ``watcher`` what it has not seen yet (after it became writable)."""
-        if watcher in self._cursors and not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        if watcher in self._cursors and not self._scheduled:
+            self._schedule()
+
+    def in_memory(self, line: int) -> bool:
+        """True when line number ``line`` (or a later one) can be served from memory."""
+        return line > self.base
+
+    def trim(self, keep_from_line: int) -> None:
+        """Forget lines before ``keep_from_line`` (they must be in the store)."""
+        drop = min(keep_from_line - 1 - self.base, len(self.lines))
+        if drop > 0:
+            del self.lines[:drop]
+            self.base += drop
+
+    def _schedule(self) -> None:
+        self._scheduled = True
+        self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
-        lines = self.lines
-        end = len(lines)
+        self._scheduled = False
+        if self.on_flush is not None:
+            self.on_flush()
+        lines, base = self.lines, self.base
+        end = base + len(lines)
         shared: dict[int, bytes] = {}
-        finished = []
         for watcher, position in list(self._cursors.items()):
+            if position < base:
+                del self._cursors[watcher]
+                watcher.fell_behind(position + 1)
+                continue
             if position < end and watcher.writable:
                 chunk = shared.get(position)
                 if chunk is None:
-                    chunk = shared[position] = b"".join(lines[position:end])
-                self._cursors[watcher] = end
+                    chunk = shared[position] = b"".join(lines[position - base:])
+                self._cursors[watcher] = position = end
                 watcher.write(chunk)
-                position = end
             if position >= end and self.closed:
-                finished.append(watcher)
-        for watcher in finished:
-            del self._cursors[watcher]
-            watcher.stream_ended()
+                del self._cursors[watcher]
+                watcher.stream_ended()

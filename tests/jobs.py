@@ -94,3 +94,51 @@ def thread_wait(job: Job) -> None:
 @app.job("thread-fail")
 def thread_fail(job: Job) -> None:
     raise JobFailed("thread says no")
+
+
+@app.job("stepper")
+async def stepper(job: Job) -> None:
+    """Each step waits for its Key to be released, then passes a checkpoint."""
+    key = job.params["Key"]
+    for n in range(1, int(job.params.get("Count", "2")) + 1):
+        job.info(f"before step {n}")
+        event = releases.setdefault(key, asyncio.Event())
+        await event.wait()
+        event.clear()
+        await job.checkpoint()
+        job.info(f"step {n} done")
+
+
+@app.job("thread-stepper")
+def thread_stepper(job: Job) -> None:
+    """Like stepper, from a worker thread."""
+    event = thread_releases.setdefault(job.params["Key"], threading.Event())
+    job.info("before step 1")
+    event.wait(10)
+    job.checkpoint()
+    job.info("step 1 done")
+
+
+@app.job("history")
+async def history(job: Job) -> None:
+    import datetime as dt
+
+    job.stage("evaluation", "start")
+    job.estimate(dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc))
+    job.add_output("report", "file:///out/report.pdf", "application/pdf")
+    job.add_output("log", "file:///out/job.log")
+    job.stage("evaluation", "complete", info="3 records")
+
+
+@app.job("retry-once", retry_on_restart=True)
+async def retry_once(job: Job) -> None:
+    """First run: leaves a marker and never ends.  After a restart: completes."""
+    from pathlib import Path
+
+    marker = Path(job.params["Marker"])
+    if marker.exists():
+        job.info("second run")
+        return
+    marker.write_text("ran")
+    job.info("first run")
+    await asyncio.Event().wait()

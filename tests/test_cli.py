@@ -22,6 +22,8 @@ class ServerProcess:
     """``python -m jobmonitor serve`` as a child process."""
 
     def __init__(self, *args: str) -> None:
+        if "--store" not in args:
+            args = ("--store", "memory://", *args)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jobmonitor", "serve", "--port", "0", *args],
             cwd=ROOT, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,

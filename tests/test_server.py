@@ -334,16 +334,21 @@ async def test_get_job_status_lines(server):
     lines = await exchange(server.port, submit("progress", JobName="Flyer"))
     tid = tid_of(lines[0])
     status = await exchange(server.port, xml_packet("GetJobStatus", {"_sys_TransactionID": tid}))
-    assert [line[:10] for line in status] == ["R0000000- "] * 9 + ["R0000000: "]
-    keys = [line[10:].split(":", 1)[0] for line in status]
-    assert keys == ["Transaction", "Project", "Job name", "Status", "Progress", "Created",
-                    "Started", "Updated", "Completed", "Last message"]
-    assert status[0] == f"R0000000- Transaction: {tid}"
-    assert status[1] == "R0000000- Project: progress"
-    assert status[2] == "R0000000- Job name: Flyer"
-    assert status[3] == "R0000000- Status: Completed"
-    assert status[4] == "R0000000- Progress: 4/4 (100%)"
-    assert status[9] == "R0000000: Last message: Progress: 4/4 (100%) all done"
+    assert [line[:10] for line in status] == ["R0000000- "] * 12 + ["R0000000: "]
+    fields = dict(line[10:].split(": ", 1) if ": " in line[10:] else (line[10:-1], "")
+                  for line in status)
+    assert list(fields) == ["Transaction", "Project", "Job name", "Status", "Progress",
+                            "Created", "Started", "Updated", "Completed", "Identity", "Lines",
+                            "Last message", "Poll after"]
+    assert fields["Transaction"] == tid
+    assert fields["Project"] == "progress"
+    assert fields["Job name"] == "Flyer"
+    assert fields["Status"] == "Completed"
+    assert fields["Progress"] == "4/4 (100%)"
+    assert fields["Identity"] == "anonymous"
+    assert fields["Lines"] == "5"
+    assert fields["Last message"] == "Progress: 4/4 (100%) all done"
+    assert fields["Poll after"] == "2"
 
 
 async def test_get_build_string(server):

@@ -1,0 +1,545 @@
+"""Command packets: bytes <-> :class:`Packet`.
+
+Sans-I/O.  A :class:`PacketParser` is fed bytes as they arrive and hands back
+the :class:`Packet` the moment the root ``job_command`` element closes, because
+a telnet or netcat client never closes its side.  Bytes go through four stages:
+
+1. *sniff*: a byte-order mark, or the zero bytes around the first ``<`` or
+   whitespace, pick UTF-16 or UTF-32; anything else is ASCII-compatible.
+2. *declaration*: the XML declaration is read and removed here, not by lxml,
+   so that the vendor's broken ``<?xml version="1.0">`` (no ``?``) and blank
+   lines before it are accepted; in an ASCII-compatible packet it names the
+   encoding to decode the rest with.
+3. *prolog*: decoded text is scanned up to the root element's start tag so
+   that a ``<!DOCTYPE`` is refused before lxml could read any DTD.
+4. *body*: text goes, re-encoded as UTF-8, to an lxml pull parser; its start
+   and end events are checked against the packet's shape as they come, so a
+   bad or deeply nested element fails at once.
+
+Our own incremental decoder catches bytes invalid in the packet's encoding
+and characters XML forbids.  Nothing is buffered beyond ``max_packet_bytes``.
+:func:`build_packet` goes the other way, for clients and tests.
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from lxml import etree
+
+from .codes import Reply
+from .errors import PacketError
+
+__all__ = ["Packet", "PacketParser", "build_packet"]
+
+_PAGEFLEX_NAMESPACE = "http://www.pageflex.com/schemas"
+_ROOT = "job_command"
+_SECTIONS = ("job_variables", "doc_variables")
+_VAR = "var"
+
+# Characters XML 1.0 cannot carry, even as character references.
+_ILLEGAL_CHAR = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_SPACE = " \t\r\n"
+_SKIP_SPACE = re.compile(r"[ \t\r\n]*")
+# The declaration's pseudo-attributes: version="1.0" encoding="..." standalone="yes".
+_PSEUDO_ATTRIBUTES = re.compile(
+    r"""(?:[ \t\r\n]+[A-Za-z]+[ \t\r\n]*=[ \t\r\n]*(?:"[\w.:\- ]*"|'[\w.:\- ]*'))*[ \t\r\n]*\??""",
+    re.ASCII,
+)
+_ENCODING_ATTRIBUTE = re.compile(r"""[ \t\r\n]encoding[ \t\r\n]*=[ \t\r\n]*["']([^"']*)["']""")
+_ENCODING_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,39}")
+# Longer than any real declaration; bounds what we hold while waiting for its ">".
+_MAX_DECLARATION = 256
+# Every character of an XML declaration and of markup: an encoding that does
+# not decode these bytes to themselves cannot be named by an ASCII declaration.
+_ASCII_SAMPLE = "".join(map(chr, range(0x20, 0x7F))) + _SPACE
+
+# Byte patterns that start a packet, longest first: byte-order marks, then
+# "<" or whitespace in the wide encodings (a popular client sends UTF-16LE
+# without a BOM).  The number is the length of the BOM to drop.
+_SNIFF_TABLE: list[tuple[bytes, str, int]] = [
+    (b"\xff\xfe\x00\x00", "utf-32-le", 4),
+    (b"\x00\x00\xfe\xff", "utf-32-be", 4),
+    *((c.encode("utf-32-le"), "utf-32-le", 0) for c in "<" + _SPACE),
+    *((c.encode("utf-32-be"), "utf-32-be", 0) for c in "<" + _SPACE),
+    (b"\xef\xbb\xbf", "utf-8", 3),
+    (b"\xff\xfe", "utf-16-le", 2),
+    (b"\xfe\xff", "utf-16-be", 2),
+    *((c.encode("utf-16-le"), "utf-16-le", 0) for c in "<" + _SPACE),
+    *((c.encode("utf-16-be"), "utf-16-be", 0) for c in "<" + _SPACE),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """One command packet, as read from the wire."""
+
+    command: str  # the job_command name attribute
+    variables: Mapping[str, str]  # job_variables, in document order
+    doc_variables: Mapping[str, str]  # doc_variables; empty when absent
+
+
+def _fail(detail: str) -> PacketError:
+    return PacketError(Reply.MALFORMED_PACKET, detail)
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    """Peer-supplied text made fit to quote in an error detail: one short line."""
+    text = "".join(char if char.isprintable() else "?" for char in " ".join(text.split()))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _local_name(tag: str) -> str:
+    # "{uri}var" and "pfjob:var" (a prefix the client forgot to declare) are both "var".
+    return tag[max(tag.rfind("}"), tag.rfind(":")) + 1 :]
+
+
+def _sniff(head: bytes) -> tuple[str, int] | None:
+    """The encoding the first bytes prove and the BOM's length; None: need more."""
+    for pattern, codec, bom_length in _SNIFF_TABLE:
+        if len(head) < len(pattern) and pattern.startswith(head):
+            return None  # this pattern may still match once more bytes arrive
+        if head.startswith(pattern):
+            return codec, bom_length
+    return "", 0  # ASCII-compatible; the declaration may name the encoding
+
+
+@functools.lru_cache(maxsize=64)  # bounded: the names come from peers
+def _codec(name: str) -> str:
+    """The canonical codec name for a declared encoding name."""
+    if _ENCODING_NAME.fullmatch(name):
+        try:
+            return codecs.lookup(name).name
+        except LookupError:
+            pass
+    raise PacketError(Reply.UNSUPPORTED_ENCODING, f'unknown encoding "{_clip(name)}"')
+
+
+@functools.lru_cache(maxsize=64)
+def _ascii_compatible(codec: str) -> bool:
+    try:
+        # bytes.decode, unlike codecs.decode, refuses bytes-to-bytes codecs such as base64.
+        return _ASCII_SAMPLE.encode("ascii").decode(codec) == _ASCII_SAMPLE
+    except (LookupError, ValueError):
+        return False
+
+
+def _is_wide(codec: str) -> bool:
+    return codec.startswith(("utf-16", "utf-32"))
+
+
+def _narrow_codec(declared: str | None) -> str:
+    """The codec for a packet whose first bytes are ASCII-compatible."""
+    if declared is None:
+        return "utf-8"
+    codec = _codec(declared)
+    if _is_wide(codec):
+        return "utf-8"  # the declaration was just read as ASCII, so the label is wrong
+    if not _ascii_compatible(codec):
+        raise PacketError(
+            Reply.UNSUPPORTED_ENCODING,
+            f'encoding "{_clip(declared)}" is not ASCII-compatible, but the XML declaration is ASCII',
+        )
+    return codec
+
+
+def _read_declaration(text: str) -> tuple[int, str | None] | None:
+    """Find the XML declaration at the start of ``text`` (leading space removed).
+
+    Returns the length of the declaration (0 when there is none) and the
+    encoding it names, or None while the text is too short to tell.  The
+    declaration ends at the first ``>``, so ``<?xml version="1.0">`` works.
+    """
+    if len(text) < 6:
+        return None if "<?xml".startswith(text[:5]) else (0, None)
+    if not text.startswith("<?xml") or text[5] not in _SPACE + "?>":
+        return 0, None  # no declaration, or another PI such as <?xml-stylesheet ...?>
+    end = text.find(">", 5)
+    if end < 0:
+        if len(text) > _MAX_DECLARATION:
+            raise _fail("the XML declaration is not closed")
+        return None
+    body = text[5:end]
+    if not _PSEUDO_ATTRIBUTES.fullmatch(body):
+        raise _fail("the XML declaration is malformed")
+    encoding = _ENCODING_ATTRIBUTE.search(body)
+    return end + 1, encoding.group(1) if encoding else None
+
+
+def _describe(exc: etree.XMLSyntaxError) -> str:
+    """lxml's message on one clean line (it may hold newlines)."""
+    message = " ".join(str(exc.msg or "syntax error").split()).replace(" ,", ",")
+    return _clip(f"not well-formed XML: {message}", 200)
+
+
+def _new_xml_parser() -> etree.XMLPullParser:
+    # resolve_entities="internal", not False: with False, lxml's push parser
+    # silently stops at an undefined entity instead of reporting it.  No
+    # entity can be defined anyway: a DOCTYPE never reaches lxml.
+    return etree.XMLPullParser(
+        events=("start", "end"),
+        encoding="utf-8",
+        resolve_entities="internal",
+        load_dtd=False,
+        no_network=True,
+        huge_tree=False,
+        remove_comments=True,
+        remove_pis=True,
+        collect_ids=False,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _decoder_class(codec: str) -> Callable[[], codecs.IncrementalDecoder]:
+    return codecs.getincrementaldecoder(codec)
+
+
+class PacketParser:
+    """Reads one command packet from the bytes of one connection.
+
+    :meth:`feed` returns None until the root element closes, then the
+    :class:`Packet`; bytes after it are ignored.  Once a call has raised
+    :class:`PacketError`, every later call raises the same error again.
+    """
+
+    def __init__(self, *, max_packet_bytes: int = 1_048_576) -> None:
+        if max_packet_bytes < 1:
+            raise ValueError("max_packet_bytes must be at least 1")
+        self._max_packet_bytes = max_packet_bytes
+        self._bytes_received = 0
+        self._packet: Packet | None = None
+        self._failure: PacketError | None = None
+        self._on_bytes: Callable[[bytes], Packet | None] = self._sniff
+        self._on_text: Callable[[str], Packet | None] = self._declaration
+        self._sniffed = b""  # the first bytes, until they prove an encoding
+        self._codec = ""  # "" until a BOM, the sniff or the declaration decides
+        self._decoder: codecs.IncrementalDecoder | None = None
+        self._held = ""  # text a stage cannot judge yet
+        self._newlines = 0  # in the leading space and declaration that lxml never sees
+        self._markup_end = ""  # in the prolog: the end of the comment or PI we are in
+        self._xml = _new_xml_parser()
+        self._open: list[str] = []  # local names of the open elements: at most 3
+        self._command = ""
+        self._sections: dict[str, dict[str, str]] = {}
+        self._values: dict[str, str] = {}  # the open section's variables
+        self._var_name = ""
+
+    @property
+    def bytes_received(self) -> int:
+        """Every byte passed to :meth:`feed`, including any ignored after the packet."""
+        return self._bytes_received
+
+    @property
+    def done(self) -> bool:
+        """True once the packet is complete."""
+        return self._packet is not None
+
+    def feed(self, data: bytes) -> Packet | None:
+        """Parse the next bytes; return the packet once its root element closes.
+
+        Raises:
+            PacketError: the packet is malformed, too large, in an unsupported
+                encoding or has a DOCTYPE; raised as soon as that is known.
+        """
+        if self._failure is not None:
+            raise PacketError(self._failure.code, self._failure.detail)
+        room = self._max_packet_bytes - self._bytes_received
+        self._bytes_received += len(data)
+        if self._packet is not None:
+            return None
+        try:
+            # Bytes past the limit are never parsed: the packet must close within it.
+            packet = self._on_bytes(data if len(data) <= room else data[:room])
+            if packet is None and self._bytes_received > self._max_packet_bytes:
+                raise PacketError(
+                    Reply.PACKET_TOO_LARGE,
+                    f"no complete packet within {self._max_packet_bytes} bytes",
+                )
+        except PacketError as exc:
+            self._failure = exc
+            raise
+        self._packet = packet
+        return packet
+
+    def feed_eof(self) -> Packet:
+        """The client has closed its side: return the packet if it is complete.
+
+        Raises:
+            PacketError: MALFORMED_PACKET for an empty or incomplete packet, or
+                the error an earlier call raised.
+        """
+        if self._packet is not None:
+            return self._packet
+        if self._failure is None:
+            if self._bytes_received == 0:
+                self._failure = _fail("empty packet: no data was received")
+            elif self._open:
+                self._failure = _fail(f"incomplete packet: input ended inside <{self._open[-1]}>")
+            else:
+                self._failure = _fail("incomplete packet: input ended before <job_command>")
+        raise PacketError(self._failure.code, self._failure.detail)
+
+    # -- bytes to text -------------------------------------------------------
+
+    def _sniff(self, data: bytes) -> Packet | None:
+        head = self._sniffed + data
+        found = _sniff(head)
+        if found is None:
+            self._sniffed = head
+            return None
+        self._codec, bom_length = found
+        self._sniffed = b""
+        if _is_wide(self._codec):
+            self._decoder = _decoder_class(self._codec)()
+            self._on_bytes = self._decode
+        else:
+            # Until the declaration names the encoding, read bytes as Latin-1:
+            # one character per byte, so its length is a byte offset.
+            self._on_bytes = self._narrow_declaration
+        return self._on_bytes(head[bom_length:])
+
+    def _narrow_declaration(self, data: bytes) -> Packet | None:
+        return self._declaration(data.decode("latin-1"))
+
+    def _decode(self, data: bytes) -> Packet | None:
+        assert self._decoder is not None
+        problem: PacketError | None = None
+        try:
+            text = self._decoder.decode(data)
+        except UnicodeDecodeError as exc:
+            text = self._valid_prefix(exc)
+            detail = f"the packet is not valid {self._codec} ({exc.reason})"
+            problem = PacketError(Reply.UNSUPPORTED_ENCODING, detail)
+        illegal = _ILLEGAL_CHAR.search(text)
+        if illegal is not None:
+            text = text[: illegal.start()]
+            problem = _fail(f"character U+{ord(illegal.group()):04X} is not allowed in XML")
+        # What came before a bad byte is parsed first: it may complete the
+        # packet, and then the bad byte was trailing garbage.
+        packet = self._on_text(text) if text else None
+        if packet is None and problem is not None:
+            raise problem
+        return packet
+
+    def _valid_prefix(self, exc: UnicodeDecodeError) -> str:
+        try:
+            return exc.object[: exc.start].decode(self._codec)
+        except UnicodeDecodeError:
+            return ""
+
+    # -- text stages: declaration, prolog, body --------------------------------
+
+    def _declaration(self, text: str) -> Packet | None:
+        held = self._held + text
+        text = held.lstrip(_SPACE)
+        self._newlines += held.count("\n", 0, len(held) - len(text))
+        found = _read_declaration(text)
+        if found is None:
+            self._held = text
+            return None
+        length, declared = found
+        self._newlines += text.count("\n", 0, length)
+        self._held = "\n" * self._newlines  # keeps the line numbers in lxml's messages right
+        self._on_text = self._prolog
+        if self._decoder is not None:
+            if declared is not None:
+                _codec(declared)  # a known label cannot override the sniffed UTF-16/32
+            return self._prolog(text[length:])
+        if declared is not None and self._codec:
+            _codec(declared)  # the UTF-8 byte-order mark wins over a known label
+        self._codec = self._codec or _narrow_codec(declared)
+        self._decoder = _decoder_class(self._codec)()
+        self._on_bytes = self._decode
+        return self._decode(text[length:].encode("latin-1"))
+
+    def _prolog(self, text: str) -> Packet | None:
+        """Pass comments and PIs before the root element; refuse a DOCTYPE."""
+        text = self._held + text
+        position = 0
+        while True:
+            if self._markup_end:
+                end = text.find(self._markup_end, position)
+                if end < 0:  # hold what may be the start of a split end marker
+                    return self._hold(text, max(position, len(text) - len(self._markup_end) + 1))
+                position = end + len(self._markup_end)
+                self._markup_end = ""
+            position = _SKIP_SPACE.match(text, position).end()  # type: ignore[union-attr]
+            ahead = text[position : position + 9]
+            if ahead.startswith("<!--"):
+                self._markup_end, position = "-->", position + 4
+            elif ahead.startswith("<?"):
+                self._markup_end, position = "?>", position + 2
+            elif ahead.upper().startswith("<!DOCTYPE"):
+                raise PacketError(Reply.DOCTYPE_REFUSED, "the packet has a <!DOCTYPE>")
+            elif len(ahead) < 9 and _may_become_markup(ahead):
+                return self._hold(text, position)
+            else:  # the root element's start tag, or something lxml will reject
+                self._held = ""
+                self._on_text = self._feed_xml
+                return self._feed_xml(text)
+
+    def _hold(self, text: str, keep_from: int) -> Packet | None:
+        self._held = text[keep_from:]
+        return self._feed_xml(text[:keep_from]) if keep_from else None
+
+    def _feed_xml(self, text: str) -> Packet | None:
+        try:
+            self._xml.feed(text.encode("utf-8"))
+        except etree.XMLSyntaxError as exc:
+            # Events before the error come first: a shape error there is the
+            # earlier problem, and the root may have closed before junk after it.
+            packet = self._read_events()
+            if packet is not None:
+                return packet
+            raise _fail(_describe(exc)) from exc
+        return self._read_events()
+
+    # -- the packet's shape ----------------------------------------------------
+
+    def _read_events(self) -> Packet | None:
+        for event, element in self._xml.read_events():
+            if event == "start":
+                self._start(element)
+            else:
+                packet = self._end(element)
+                if packet is not None:
+                    return packet
+        return None
+
+    def _start(self, element: etree._Element) -> None:
+        name = _local_name(element.tag)
+        depth = len(self._open)
+        if depth:
+            self._check_text_before(element)
+        if depth == 0:
+            self._open_root(element, name)
+        elif depth == 1:
+            self._open_section(name)
+        elif depth == 2:
+            self._open_var(element, name)
+        else:  # also what stops a deep-nesting attack at its fourth level
+            var = _clip(self._var_name)
+            raise _fail(f'element <{_clip(name)}> inside <var name="{var}">: values are plain text')
+        self._open.append(name)
+
+    def _open_root(self, element: etree._Element, name: str) -> None:
+        if name != _ROOT:
+            raise _fail(f"the root element is <{_clip(name)}>, not <{_ROOT}>")
+        command = element.get("name")
+        if command is None or not command.strip(_SPACE):
+            raise _fail(f"<{_ROOT}> has no name attribute" if command is None
+                        else f"<{_ROOT}> has an empty name attribute")
+        self._command = command
+
+    def _open_section(self, name: str) -> None:
+        if name not in _SECTIONS:
+            raise _fail(f"unexpected element <{_clip(name)}> inside <{_ROOT}>")
+        if name in self._sections:
+            raise _fail(f"<{name}> appears twice")
+        self._values = self._sections[name] = {}
+
+    def _open_var(self, element: etree._Element, name: str) -> None:
+        section = self._open[1]
+        if name != _VAR:
+            raise _fail(f"unexpected element <{_clip(name)}> inside <{section}>")
+        var_name = element.get("name")
+        if var_name is None or not var_name.strip(_SPACE):
+            raise _fail(f"a <var> in <{section}> has no name attribute" if var_name is None
+                        else f"a <var> in <{section}> has an empty name attribute")
+        if var_name in self._values:
+            raise _fail(f'variable "{_clip(var_name)}" appears twice in <{section}>')
+        self._values[var_name] = ""  # takes its place in document order now
+        self._var_name = var_name
+
+    def _end(self, element: etree._Element) -> Packet | None:
+        name = self._open.pop()
+        if len(self._open) == 2:
+            self._values[self._var_name] = element.text or ""
+            return None
+        self._check_text_after(element, name)
+        if self._open:
+            return None
+        return Packet(
+            self._command,
+            MappingProxyType(self._sections.get("job_variables", {})),
+            MappingProxyType(self._sections.get("doc_variables", {})),
+        )
+
+    def _check_text_before(self, element: etree._Element) -> None:
+        previous = element.getprevious()
+        parent = element.getparent()
+        text = previous.tail if previous is not None else parent.text if parent is not None else None
+        _check_no_text(text, self._open[-1])
+
+    def _check_text_after(self, element: etree._Element, name: str) -> None:
+        _check_no_text(element[-1].tail if len(element) else element.text, name)
+
+
+def _check_no_text(text: str | None, where: str) -> None:
+    # Text outside a var is most likely a value typed in the wrong place.
+    if text and text.strip(_SPACE):
+        raise _fail(f'unexpected text "{_clip(text, 20)}" inside <{where}>')
+
+
+def _may_become_markup(ahead: str) -> bool:
+    """True if more text could make ``ahead`` a comment, PI or DOCTYPE."""
+    return "<!--".startswith(ahead) or "<?".startswith(ahead) or "<!DOCTYPE".startswith(ahead.upper())
+
+
+# -- building packets ------------------------------------------------------------
+
+_BUILT_PROLOG = b'<?xml version="1.0" encoding="UTF-8"?>\n<?pf_command version="1.0"?>\n'
+
+
+def _check_xml_text(what: str, text: str) -> None:
+    illegal = _ILLEGAL_CHAR.search(text)
+    if illegal is not None:
+        raise ValueError(f"{what} contains U+{ord(illegal.group()):04X}, which XML cannot carry")
+
+
+def _check_name(what: str, name: str) -> None:
+    if not name.strip(_SPACE):
+        raise ValueError(f"{what} must not be empty")
+    _check_xml_text(what, name)
+
+
+def build_packet(
+    command: str,
+    variables: Mapping[str, str] | None = None,
+    doc_variables: Mapping[str, str] | None = None,
+    *,
+    namespace: str | None = _PAGEFLEX_NAMESPACE,
+) -> bytes:
+    """Build a UTF-8 command packet that :class:`PacketParser` reads back exactly.
+
+    ``job_variables`` is always written; ``doc_variables`` only when given and
+    not empty.  With ``namespace=None`` the elements have no namespace.
+
+    Raises:
+        ValueError: an empty command or variable name, or a character XML
+            cannot carry (most C0 controls, lone surrogates, U+FFFE, U+FFFF).
+    """
+    _check_name("the command", command)
+
+    def tag(local: str) -> str:
+        return f"{{{namespace}}}{local}" if namespace else local
+
+    root = etree.Element(tag(_ROOT), nsmap={"pfjob": namespace} if namespace else None)
+    root.set("name", command)
+    sections = [("job_variables", variables or {})]
+    if doc_variables:
+        sections.append(("doc_variables", doc_variables))
+    for section_name, values in sections:
+        section = etree.SubElement(root, tag(section_name))
+        for name, value in values.items():
+            _check_name(f"variable name {name!r}", name)
+            _check_xml_text(f"the value of variable {name!r}", value)
+            var = etree.SubElement(section, tag(_VAR))
+            var.set("name", name)
+            var.text = value
+    return _BUILT_PROLOG + etree.tostring(root, encoding="utf-8", xml_declaration=False) + b"\n"

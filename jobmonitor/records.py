@@ -1,0 +1,69 @@
+"""Plain records of jobs: what a store keeps and what status replies are made from.
+
+A live ``Job`` turns itself into a ``JobRecord`` snapshot; a store returns
+``JobRecord``s for jobs that are not in memory.  Nothing here runs anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .states import JobState, Outcome
+
+__all__ = ["JobRecord", "HistoryEvent", "Output"]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEvent:
+    """One entry of a job's history: a stage reaching a status at a time."""
+
+    stage: str
+    status: str
+    timestamp: float
+    date: float | None = None  # e.g. an estimated completion time
+    info: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """Something a job produced, by reference."""
+
+    name: str
+    uri: str
+    media_type: str | None = None
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """Everything recorded about one job except its lines."""
+
+    transaction_id: str
+    project: str
+    params: dict[str, str]
+    doc_variables: dict[str, str]
+    identity: str = "anonymous"
+    job_token: str | None = None
+    status: JobState = JobState.CREATED
+    outcome: Outcome | None = None
+    progress_done: int = 0
+    progress_total: int = 0
+    progress_message: str = ""
+    status_message: str = ""
+    worker: str = ""
+    created: float = 0.0
+    started: float | None = None
+    updated: float = 0.0
+    completed: float | None = None
+    estimated: float | None = None
+    line_count: int = 0
+    history: list[HistoryEvent] = field(default_factory=list)
+    outputs: list[Output] = field(default_factory=list)
+
+    @property
+    def job_name(self) -> str:
+        return self.params.get("JobName", "")
+
+    @property
+    def number(self) -> int:
+        """The numeric part of the transaction ID."""
+        return int(self.transaction_id[1:])

@@ -1,0 +1,363 @@
+"""The SQLite store: WAL mode, one database thread, group commits.
+
+All database work runs on one thread with one connection, so the event loop
+never waits on disk.  Changes are gathered on the loop: ``changed`` only marks
+a job.  A committer task takes everything marked, snapshots it (new lines,
+history and outputs since the last commit, and the job row) and writes it in
+one transaction.  A new job (``add``) starts a commit at once if none is
+running; otherwise it rides the next one, so many submits share one fsync.
+Other changes wait at most ``commit_interval_s``.
+
+Tables: ``jobs`` (one row per job), ``lines`` (every J line, numbered from 1),
+``history``, ``outputs`` and ``meta`` (the last transaction number, so numbers
+are never reused even after jobs are deleted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .records import HistoryEvent, JobRecord, Output
+from .states import JobState, Outcome
+from .store import Recordable, Recovery, Store, TaskEvent
+
+__all__ = ["SqliteStore"]
+
+log = logging.getLogger("jobmonitor.store")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    number INTEGER PRIMARY KEY, project TEXT NOT NULL, params TEXT NOT NULL,
+    doc_variables TEXT NOT NULL, identity TEXT NOT NULL, job_token TEXT,
+    status TEXT NOT NULL, outcome TEXT, progress_done INTEGER NOT NULL,
+    progress_total INTEGER NOT NULL, progress_message TEXT NOT NULL,
+    status_message TEXT NOT NULL, worker TEXT NOT NULL, created REAL NOT NULL,
+    started REAL, updated REAL NOT NULL, completed REAL, estimated REAL,
+    line_count INTEGER NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_token ON jobs (identity, job_token)
+    WHERE job_token IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
+CREATE TABLE IF NOT EXISTS lines (
+    number INTEGER NOT NULL, line INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (number, line)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history (
+    number INTEGER NOT NULL, seq INTEGER NOT NULL, stage TEXT NOT NULL,
+    status TEXT NOT NULL, timestamp REAL NOT NULL, date REAL, info TEXT,
+    PRIMARY KEY (number, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outputs (
+    number INTEGER NOT NULL, seq INTEGER NOT NULL, name TEXT NOT NULL,
+    uri TEXT NOT NULL, media_type TEXT, PRIMARY KEY (number, seq)) WITHOUT ROWID;
+"""
+_JOB_COLUMNS = ("number, project, params, doc_variables, identity, job_token, status, outcome, "
+                "progress_done, progress_total, progress_message, status_message, worker, "
+                "created, started, updated, completed, estimated, line_count")
+_UNFINISHED = tuple(s.value for s in JobState if not s.is_final)
+RECENT_EVENTS = 200
+
+
+@dataclass(slots=True)
+class _Written:
+    """How much of one job the store has taken so far."""
+
+    lines: int = 0
+    history: int = 0
+    outputs: int = 0
+
+
+@dataclass(slots=True)
+class _Batch:
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    lines: list[tuple[int, int, bytes]] = field(default_factory=list)
+    history: list[tuple[Any, ...]] = field(default_factory=list)
+    outputs: list[tuple[Any, ...]] = field(default_factory=list)
+    last_number: int = 0
+    stored: list[tuple[Recordable, int]] = field(default_factory=list)
+
+
+class SqliteStore(Store):
+    """Jobs in one SQLite file."""
+
+    durable = True
+
+    def __init__(self, path: str, *, commit_interval_s: float = 0.05) -> None:
+        self.path = path
+        self.commit_interval_s = commit_interval_s
+        self._db: sqlite3.Connection | None = None
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, "jobmonitor-sqlite")
+        self._dirty: dict[str, Recordable] = {}
+        self._written: dict[str, _Written] = {}
+        self._waiters: list[asyncio.Future[None]] = []
+        self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()
+        self._committer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._last_number = 0
+
+    # -- life cycle -------------------------------------------------------------
+
+    async def open(self) -> Recovery:
+        recovery = await self._call(self._open_db)
+        self._last_number = recovery.last_number
+        for record in recovery.unfinished:
+            self._written[record.transaction_id] = _Written(
+                record.line_count, len(record.history), len(record.outputs))
+        self._committer = asyncio.get_running_loop().create_task(self._commit_loop())
+        return recovery
+
+    async def close(self) -> None:
+        if self._committer is not None:
+            self._closing = True
+            self._wake.set()
+            self._urgent.set()
+            await self._committer
+            self._committer = None
+        if self._db is not None:
+            await self._call(self._db.close)
+            self._db = None
+        self._thread.shutdown(wait=True)
+
+    # -- writing ------------------------------------------------------------------
+
+    async def add(self, job: Recordable) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._written[job.transaction_id] = _Written()
+        self._dirty[job.transaction_id] = job
+        self._wake.set()
+        self._urgent.set()
+        await waiter
+
+    def changed(self, job: Recordable) -> None:
+        if job.transaction_id in self._written:
+            self._dirty[job.transaction_id] = job
+            self._wake.set()
+
+    async def flush(self) -> None:
+        if not self._dirty:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._wake.set()
+        self._urgent.set()
+        await waiter
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            if not self._urgent.is_set():
+                try:
+                    await asyncio.wait_for(self._urgent.wait(), self.commit_interval_s)
+                except asyncio.TimeoutError:
+                    pass
+            self._wake.clear()
+            self._urgent.clear()
+            waiters, self._waiters = self._waiters, []
+            batch = self._take_batch()
+            try:
+                await self._call(self._write, batch)
+            except Exception as exc:
+                log.exception("writing to %s failed", self.path)
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+            else:
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                self._after_commit(batch)
+            if self._closing and not self._dirty:
+                return
+
+    def _take_batch(self) -> _Batch:
+        batch = _Batch(last_number=self._last_number)
+        dirty, self._dirty = self._dirty, {}
+        for job in dirty.values():
+            record = job.snapshot()
+            written = self._written[record.transaction_id]
+            number = record.number
+            batch.last_number = max(batch.last_number, number)
+            stream = job.stream
+            new = stream.lines[written.lines - stream.base:]
+            batch.lines.extend((number, written.lines + i + 1, data) for i, data in enumerate(new))
+            written.lines += len(new)
+            batch.history.extend(
+                (number, written.history + i, e.stage, e.status, e.timestamp, e.date, e.info)
+                for i, e in enumerate(record.history[written.history:]))
+            written.history = len(record.history)
+            batch.outputs.extend((number, written.outputs + i, o.name, o.uri, o.media_type)
+                                 for i, o in enumerate(record.outputs[written.outputs:]))
+            written.outputs = len(record.outputs)
+            record.line_count = written.lines
+            batch.rows.append(_row(record))
+            batch.stored.append((job, written.lines))
+            if record.status.is_final and written.lines == len(stream):
+                del self._written[record.transaction_id]  # nothing more will change
+        self._last_number = batch.last_number
+        return batch
+
+    def _after_commit(self, batch: _Batch) -> None:
+        if self.on_persisted is not None:
+            for job, lines in batch.stored:
+                self.on_persisted(job, lines)
+
+    # -- the database thread ----------------------------------------------------------
+
+    async def _call(self, func: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, func, *args)
+
+    def _open_db(self) -> Recovery:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        self._db = db
+        stored = db.execute("SELECT value FROM meta WHERE key = 'last_number'").fetchone()
+        highest = db.execute("SELECT MAX(number) FROM jobs").fetchone()[0] or 0
+        last = max(int(stored[0]) if stored else 0, highest)
+        marks = ",".join("?" * len(_UNFINISHED))
+        unfinished = self._select_records(f"status IN ({marks}) ORDER BY number", _UNFINISHED)
+        return Recovery(last, unfinished, self._recent_events(db))
+
+    def _recent_events(self, db: sqlite3.Connection) -> list[TaskEvent]:
+        rows = db.execute(
+            "SELECT j.number, j.project, h.stage, h.status, h.timestamp, h.date, h.info "
+            "FROM history h JOIN jobs j ON j.number = h.number WHERE h.stage = 'job' "
+            "ORDER BY h.timestamp DESC LIMIT ?", (RECENT_EVENTS,)).fetchall()
+        return [TaskEvent(_tid(r[0]), r[1], HistoryEvent(*r[2:])) for r in reversed(rows)]
+
+    def _write(self, batch: _Batch) -> None:
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN")
+        try:
+            if batch.rows:
+                db.executemany(f"REPLACE INTO jobs ({_JOB_COLUMNS}) VALUES "
+                               f"({','.join('?' * 19)})", batch.rows)
+            if batch.lines:
+                db.executemany("INSERT OR REPLACE INTO lines VALUES (?, ?, ?)", batch.lines)
+            if batch.history:
+                db.executemany("INSERT OR REPLACE INTO history VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               batch.history)
+            if batch.outputs:
+                db.executemany("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?, ?)",
+                               batch.outputs)
+            db.execute("REPLACE INTO meta VALUES ('last_number', ?)", (str(batch.last_number),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _select_records(self, where: str, args: Sequence[Any]) -> list[JobRecord]:
+        db = self._db
+        assert db is not None
+        rows = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where}", args).fetchall()
+        records = [_record(row) for row in rows]
+        for record in records:
+            number = record.number
+            record.history = [HistoryEvent(*r) for r in db.execute(
+                "SELECT stage, status, timestamp, date, info FROM history WHERE number = ? "
+                "ORDER BY seq", (number,))]
+            record.outputs = [Output(*r) for r in db.execute(
+                "SELECT name, uri, media_type FROM outputs WHERE number = ? ORDER BY seq",
+                (number,))]
+        return records
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def load(self, transaction_id: str) -> JobRecord | None:
+        number = _number(transaction_id)
+        if number is None:
+            return None
+        records = await self._call(self._select_records, "number = ?", (number,))
+        return records[0] if records else None
+
+    async def find_token(self, identity: str, job_token: str) -> str | None:
+        def find() -> str | None:
+            assert self._db is not None
+            row = self._db.execute("SELECT number FROM jobs WHERE identity = ? AND job_token = ?",
+                                   (identity, job_token)).fetchone()
+            return _tid(row[0]) if row else None
+
+        return await self._call(find)
+
+    async def read_lines(self, transaction_id: str, from_line: int, limit: int) -> list[bytes]:
+        number = _number(transaction_id)
+
+        def read() -> list[bytes]:
+            assert self._db is not None
+            rows = self._db.execute(
+                "SELECT data FROM lines WHERE number = ? AND line >= ? ORDER BY line LIMIT ?",
+                (number, from_line, limit)).fetchall()
+            return [row[0] for row in rows]
+
+        return await self._call(read) if number is not None else []
+
+    async def list_records(self, identity: str | None) -> Sequence[JobRecord]:
+        if identity is None:
+            return await self._call(self._select_records, "1 ORDER BY number", ())
+        return await self._call(self._select_records, "identity = ? ORDER BY number", (identity,))
+
+    async def delete(self, transaction_id: str) -> None:
+        number = _number(transaction_id)
+        if number is not None:
+            await self._call(self._delete_numbers, [number])
+
+    async def purge(self, finished_before: float) -> int:
+        def find() -> list[int]:
+            assert self._db is not None
+            return [row[0] for row in self._db.execute(
+                "SELECT number FROM jobs WHERE completed IS NOT NULL AND completed < ?",
+                (finished_before,))]
+
+        numbers = await self._call(find)
+        if numbers:
+            await self._call(self._delete_numbers, numbers)
+        return len(numbers)
+
+    def _delete_numbers(self, numbers: list[int]) -> None:
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN")
+        for table in ("jobs", "lines", "history", "outputs"):
+            db.executemany(f"DELETE FROM {table} WHERE number = ?", [(n,) for n in numbers])
+        db.execute("COMMIT")
+
+
+def _tid(number: int) -> str:
+    return f"T{number:07d}"
+
+
+def _number(transaction_id: str) -> int | None:
+    if len(transaction_id) == 8 and transaction_id[0] == "T" and transaction_id[1:].isdigit():
+        return int(transaction_id[1:])
+    return None
+
+
+def _row(r: JobRecord) -> tuple[Any, ...]:
+    return (r.number, r.project, json.dumps(r.params), json.dumps(r.doc_variables), r.identity,
+            r.job_token, r.status.value, r.outcome.value if r.outcome else None,
+            r.progress_done, r.progress_total, r.progress_message, r.status_message, r.worker,
+            r.created, r.started, r.updated, r.completed, r.estimated, r.line_count)
+
+
+def _record(row: tuple[Any, ...]) -> JobRecord:
+    (number, project, params, doc_variables, identity, job_token, status, outcome, done, total,
+     progress_message, status_message, worker, created, started, updated, completed, estimated,
+     line_count) = row
+    return JobRecord(
+        transaction_id=_tid(number), project=project, params=json.loads(params),
+        doc_variables=json.loads(doc_variables), identity=identity, job_token=job_token,
+        status=JobState(status), outcome=Outcome(outcome) if outcome else None,
+        progress_done=done, progress_total=total, progress_message=progress_message,
+        status_message=status_message, worker=worker, created=created, started=started,
+        updated=updated, completed=completed, estimated=estimated, line_count=line_count)

@@ -1,0 +1,340 @@
+"""Job management over real sockets: monitor, tokens, list, suspend/resume, delete,
+status formats, history, outputs, task log, restart."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from lxml import etree
+
+from jobmonitor import JobState
+from jobmonitor.representations import split_parameters
+
+from . import jobs
+from .conftest import MACHINE, finished, release
+from .helpers import Session, exchange, submit, xml_packet
+
+ENDED = "J0000001: Transaction {} ended"
+
+
+def tid_of(reply: str) -> str:
+    assert reply.startswith("R0000000: T"), reply
+    return reply.removeprefix("R0000000: ")
+
+
+def command(name: str, tid: str | None = None, **variables: str) -> bytes:
+    if tid is not None:
+        variables["_sys_TransactionID"] = tid
+    return xml_packet(name, variables)
+
+
+def fields(lines: list[str]) -> dict[str, str]:
+    """``Key: value`` reply lines as a dict (keys may repeat: last wins)."""
+    out = {}
+    for line in lines:
+        key, _, value = line[10:].partition(":")
+        out[key] = value.removeprefix(" ")
+    return out
+
+
+# -- MonitorJob ---------------------------------------------------------------------
+
+
+async def test_monitor_running_job_from_line_one_then_live(server):
+    tid = tid_of((await exchange(server.port, submit("wait", monitor=False, Key="m")))[0])
+    watchers = [await Session.open(server.port, command("MonitorJob", tid)) for _ in range(3)]
+    for watcher in watchers:
+        assert await watcher.line() == f"R0000000: {tid}"
+        assert await watcher.line() == f"J0000100: Machine name: {MACHINE}"
+        assert await watcher.line() == "J0000100: waiting"
+    await release("m")
+    for watcher in watchers:
+        assert await watcher.rest() == ["J0000100: released",
+                                        "J0000020: Job completed successfully.",
+                                        ENDED.format(tid)]
+        await watcher.close()
+
+
+async def test_monitor_finished_job_replays_and_closes(server):
+    full = await exchange(server.port, submit("partial"))
+    tid = tid_of(full[0])
+    assert await exchange(server.port, command("MonitorJob", tid)) == full
+    assert await exchange(server.port, command("MonitorJob", tid, _sys_FromLine="3")) == \
+        [full[0]] + full[3:]
+    assert await exchange(server.port, command("MonitorJob", tid, _sys_FromLine="99")) == [full[0]]
+
+
+async def test_reattach_from_the_next_line_misses_nothing(server):
+    session = await Session.open(server.port, submit("stepper", Key="r", Count="3"))
+    tid = tid_of(await session.line())
+    seen = [await session.line(), await session.line()]  # machine name, before step 1
+    await session.close()
+    await release("r")
+    watcher = await Session.open(server.port,
+                                 command("MonitorJob", tid, _sys_FromLine=str(len(seen) + 1)))
+    assert await watcher.line() == f"R0000000: {tid}"
+    assert await watcher.line() == "J0000100: step 1 done"
+    assert await watcher.line() == "J0000100: before step 2"
+    await release("r")
+    assert await watcher.line() == "J0000100: step 2 done"
+    assert await watcher.line() == "J0000100: before step 3"
+    await release("r")
+    rest = ["J0000100: step 2 done", "J0000100: before step 3"] + await watcher.rest()
+    await watcher.close()
+    full = await exchange(server.port, command("MonitorJob", tid))
+    assert seen + ["J0000100: step 1 done", "J0000100: before step 2"] + rest == full[1:]
+
+
+@pytest.mark.parametrize(("variables", "expected"), [
+    ({"_sys_TransactionID": "T9999999"}, "R0005009: Unknown transaction: T9999999"),
+    ({"_sys_TransactionID": "T0000001", "_sys_FromLine": "0"},
+     "R0005007: Invalid variable value: _sys_FromLine must be a line number from 1, got '0'"),
+    ({"_sys_TransactionID": "T0000001", "_sys_FromLine": "x"},
+     "R0005007: Invalid variable value: _sys_FromLine must be a line number from 1, got 'x'"),
+    ({}, "R0005006: Missing required variable: _sys_TransactionID (or _sys_JobToken)"),
+])
+async def test_monitor_refusals(server, variables, expected):
+    assert await exchange(server.port, xml_packet("MonitorJob", variables)) == [expected]
+
+
+# -- identity and job tokens ------------------------------------------------------------------
+
+
+async def test_same_user_and_job_token_gives_the_same_job(server):
+    first = await exchange(server.port, submit("echo", monitor=False, _sys_UserToken="ann",
+                                               _sys_JobToken="order-17"))
+    again = await exchange(server.port, submit("echo", _sys_UserToken="ann",
+                                               _sys_JobToken="order-17"))
+    assert again[0] == first[0]
+    assert again[-1] == ENDED.format(tid_of(first[0]))  # monitoring attached to that job
+    other = await exchange(server.port, submit("echo", monitor=False, _sys_UserToken="bob",
+                                               _sys_JobToken="order-17"))
+    assert other[0] != first[0]
+    by_token = await exchange(server.port, xml_packet("GetJobStatus", {
+        "_sys_UserToken": "ann", "_sys_JobToken": "order-17"}))
+    assert fields(by_token)["Transaction"] == tid_of(first[0])
+    assert fields(by_token)["Identity"] == "ann"
+    unknown = await exchange(server.port, xml_packet("GetJobStatus", {
+        "_sys_UserToken": "bob", "_sys_JobToken": "nope"}))
+    assert unknown == ["R0005009: Unknown transaction: no job with job token 'nope'"]
+
+
+# -- ListJobs ---------------------------------------------------------------------------------
+
+
+async def test_list_jobs_active_all_and_by_user(server):
+    done = tid_of((await exchange(server.port, submit("echo", monitor=False)))[0])
+    await finished(server, done)
+    running = tid_of((await exchange(server.port, submit(
+        "wait", monitor=False, Key="l", JobName="Big\tjob", _sys_UserToken="ann")))[0])
+    assert await exchange(server.port, xml_packet("ListJobs")) == [
+        "R0000000- 1 jobs", f"R0000000: {running}\tProcessing\twait\tBig\\tjob"]
+    assert await exchange(server.port, xml_packet("ListJobs", {"_sys_Filter": "ALL"})) == [
+        "R0000000- 2 jobs", f"R0000000- {done}\tCompleted\techo\t",
+        f"R0000000: {running}\tProcessing\twait\tBig\\tjob"]
+    assert await exchange(server.port, xml_packet("ListJobs", {
+        "_sys_Filter": "all", "_sys_UserToken": "bob"})) == ["R0000000: 0 jobs"]
+    as_json = await exchange(server.port, xml_packet("ListJobs", {"_sys_Format": "json"}))
+    assert len(as_json) == 1
+    listed = json.loads(as_json[0].removeprefix("R0000000: "))
+    assert [(j["Id"], j["Status"], j["Identity"]) for j in listed] == [(running, 2, "ann")]
+    assert await exchange(server.port, xml_packet("ListJobs", {"_sys_Filter": "some"})) == [
+        "R0005007: Invalid variable value: _sys_Filter must be one of active, all, got 'some'"]
+    await release("l")
+
+
+# -- status formats, history, outputs -------------------------------------------------------------
+
+
+async def test_status_json_follows_the_jobstatus_representation(server):
+    lines = await exchange(server.port, submit("history", JobName="Flyer", Size="a;b=c"))
+    tid = tid_of(lines[0])
+    reply = await exchange(server.port, command("GetJobStatus", tid, _sys_Format="json"))
+    assert len(reply) == 1 and reply[0].startswith("R0000000: {")
+    status = json.loads(reply[0].removeprefix("R0000000: "))
+    assert status["Id"] == tid
+    assert status["Type"] == "history"
+    assert status["Status"] == 3
+    assert status["Identity"] == "anonymous"
+    assert status["WorkerId"] == MACHINE
+    assert status["Created"].endswith("Z") and status["Completed"].endswith("Z")
+    assert status["Estimated"] == "2030-01-02T03:04:05Z"
+    assert status["Progress"] == {"Done": 0, "Total": 0, "Percent": None, "Message": ""}
+    assert status["JobData"] == [
+        {"Name": "report", "Uri": "file:///out/report.pdf", "MediaType": "application/pdf"},
+        {"Name": "log", "Uri": "file:///out/job.log", "MediaType": None}]
+    assert split_parameters(status["Parameters"]) == {
+        "JobName": "Flyer", "ProjectName": "history", "Size": "a;b=c"}
+    assert status["PollAfter"] == 2
+    assert "History" not in status
+
+
+async def test_job_information_xml_has_history_and_words_for_status(server):
+    tid = tid_of((await exchange(server.port, submit("history")))[0])
+    reply = await exchange(server.port, command("GetJobInformation", tid, _sys_Format="xml"))
+    assert all(line.startswith("R0000000- ") for line in reply[:-1])
+    assert reply[-1].startswith("R0000000: ")
+    document = etree.fromstring("\n".join(line[10:] for line in reply).encode())
+    assert document.tag == "JobStatus"
+    assert document.findtext("Status") == "Completed"
+    assert document.findtext("Id") == tid
+    events = [(e.findtext("Stage"), e.findtext("Status"), e.findtext("Info") or None)
+              for e in document.find("History")]
+    assert events == [("job", "queued", None), ("job", "start", None),
+                      ("evaluation", "start", None), ("job", "estimate", None),
+                      ("evaluation", "complete", "3 records"), ("job", "complete", None)]
+    estimate = document.find("History")[3]
+    assert estimate.findtext("Date") == "2030-01-02T03:04:05Z"
+    assert [o.findtext("Name") for o in document.find("JobData")] == ["report", "log"]
+
+
+async def test_job_information_text_and_stage_lines(server):
+    lines = await exchange(server.port, submit("history"))
+    assert lines[2] == "J0000120: Stage evaluation: start"
+    assert lines[3] == "J0000120: Stage evaluation: complete (3 records)"
+    tid = tid_of(lines[0])
+    info = await exchange(server.port, command("GetJobInformation", tid))
+    history = [line for line in info if line.startswith("R0000000- History: ")]
+    assert [h.split(" ", 3)[3] for h in history] == [
+        "job queued", "job start", "evaluation start", "job estimate 2030-01-02T03:04:05Z",
+        "evaluation complete 3 records", "job complete"]
+    assert "R0000000- Output: report\tfile:///out/report.pdf\tapplication/pdf" in info
+
+
+async def test_bad_format_is_refused(server):
+    tid = tid_of((await exchange(server.port, submit("echo", monitor=False)))[0])
+    assert await exchange(server.port, command("GetJobStatus", tid, _sys_Format="yaml")) == [
+        "R0005007: Invalid variable value: _sys_Format must be one of text, json, xml, got 'yaml'"]
+
+
+async def test_retrieve_job_lists_outputs(server):
+    tid = tid_of((await exchange(server.port, submit("history")))[0])
+    assert await exchange(server.port, command("RetrieveJob", tid)) == [
+        "R0000000- 2 outputs", "R0000000- report\tfile:///out/report.pdf\tapplication/pdf",
+        "R0000000: log\tfile:///out/job.log\t"]
+    reply = await exchange(server.port, command("RetrieveJob", tid, _sys_Format="json"))
+    assert json.loads(reply[0][10:])[1] == {"Name": "log", "Uri": "file:///out/job.log",
+                                            "MediaType": None}
+
+
+# -- suspend and resume -----------------------------------------------------------------------------
+
+
+async def test_suspend_running_job_pauses_at_checkpoint_then_resumes(server):
+    session = await Session.open(server.port, submit("stepper", Key="s", Count="2"))
+    tid = tid_of(await session.line())
+    await session.line()
+    assert await session.line() == "J0000100: before step 1"
+    assert await exchange(server.port, command("SuspendJob", tid)) == [
+        f"R0000000: {tid} suspend requested"]
+    await release("s")
+    assert await session.line() == "J0000130: Job suspended."
+    assert server.engine.find(tid).state is JobState.SUSPENDED
+    assert await exchange(server.port, command("SuspendJob", tid)) == [
+        f"R0005010: Invalid state for this request: {tid} is Suspended"]
+    assert await exchange(server.port, command("ResumeJob", tid)) == [f"R0000000: {tid} resumed"]
+    assert await session.line() == "J0000131: Job resumed."
+    assert await session.line() == "J0000100: step 1 done"
+    assert await session.line() == "J0000100: before step 2"
+    await release("s")
+    assert await session.rest() == ["J0000100: step 2 done",
+                                    "J0000020: Job completed successfully.", ENDED.format(tid)]
+    await session.close()
+
+
+async def test_suspended_queued_job_is_not_started_until_resumed(make_server):
+    server = await make_server(max_running=1)
+    blocker = tid_of((await exchange(server.port, submit("wait", monitor=False, Key="b")))[0])
+    queued = tid_of((await exchange(server.port, submit("echo", monitor=False)))[0])
+    assert await exchange(server.port, command("SuspendJob", queued)) == [
+        f"R0000000: {queued} suspended"]
+    await release("b")
+    await finished(server, blocker)
+    assert server.engine.find(queued).state is JobState.SUSPENDED
+    assert server.engine.running_count == 0
+    assert await exchange(server.port, command("ResumeJob", queued)) == [
+        f"R0000000: {queued} resumed"]
+    job = await finished(server, queued)
+    assert job.state is JobState.COMPLETED
+
+
+async def test_cancel_a_suspended_job_and_resume_refusals(server):
+    session = await Session.open(server.port, submit("stepper", Key="c", Count="2"))
+    tid = tid_of(await session.line())
+    assert await exchange(server.port, command("ResumeJob", tid)) == [
+        f"R0005010: Invalid state for this request: {tid} is Processing, not Suspended"]
+    await exchange(server.port, command("SuspendJob", tid))
+    await release("c")
+    await session.line()
+    await session.line()
+    assert await session.line() == "J0000130: Job suspended."
+    assert await exchange(server.port, command("CancelJob", tid)) == [f"R0000000: {tid}"]
+    assert await session.rest() == ["J0000023: Job cancelled by user.", ENDED.format(tid)]
+    await session.close()
+    assert await exchange(server.port, command("SuspendJob", tid)) == [
+        f"R0005010: Invalid state for this request: {tid} has already ended (Cancelled)"]
+
+
+async def test_thread_job_suspends_at_its_checkpoint(server):
+    import threading
+
+    session = await Session.open(server.port, submit("thread-stepper", Key="ts"))
+    tid = tid_of(await session.line())
+    await session.line()
+    assert await session.line() == "J0000100: before step 1"
+    await exchange(server.port, command("SuspendJob", tid))
+    jobs.thread_releases.setdefault("ts", threading.Event()).set()
+    assert await session.line() == "J0000130: Job suspended."
+    await exchange(server.port, command("ResumeJob", tid))
+    assert await session.rest() == ["J0000131: Job resumed.", "J0000100: step 1 done",
+                                    "J0000020: Job completed successfully.", ENDED.format(tid)]
+    await session.close()
+
+
+# -- delete, task log ---------------------------------------------------------------------------------
+
+
+async def test_delete_finished_job_but_not_an_active_one(server):
+    done = tid_of((await exchange(server.port, submit("echo")))[0])
+    active = tid_of((await exchange(server.port, submit("wait", monitor=False, Key="d")))[0])
+    assert await exchange(server.port, command("DeleteJob", active)) == [
+        f"R0005010: Invalid state for this request: {active} is Processing; cancel it first"]
+    assert await exchange(server.port, command("DeleteJob", done)) == [f"R0000000: {done} deleted"]
+    assert await exchange(server.port, command("GetJobStatus", done)) == [
+        f"R0005009: Unknown transaction: {done}"]
+    await release("d")
+
+
+async def test_task_log_of_a_job_and_of_the_server(server):
+    lines = await exchange(server.port, submit("partial"))
+    tid = tid_of(lines[0])
+    log = await exchange(server.port, command("GetTaskLog", tid))
+    assert log == [f"R0000000- Lines: 1-6 of 6"] + [f"R0000000- {line}" for line in lines[1:-1]] \
+        + [f"R0000000: {lines[-1]}"]
+    tail = await exchange(server.port, command("GetTaskLog", tid, _sys_FromLine="5"))
+    assert tail == ["R0000000- Lines: 5-6 of 6", f"R0000000- {lines[5]}", f"R0000000: {lines[6]}"]
+    server_log = await exchange(server.port, xml_packet("GetTaskLog"))
+    assert server_log[0] == "R0000000- 3 events"
+    assert [line.split("\t")[1:] for line in server_log[1:]] == [
+        [tid, "partial", "queued"], [tid, "partial", "start"], [tid, "partial", "complete"]]
+
+
+# -- RestartServer ------------------------------------------------------------------------------------
+
+
+async def test_restart_server_cancels_stragglers_and_keeps_the_queue(make_server):
+    server = await make_server(max_running=1, shutdown_grace_s=0.2)
+    running = await Session.open(server.port, submit("wait", Key="never"))
+    running_tid = tid_of(await running.line())
+    queued = [tid_of((await exchange(server.port, submit("echo", monitor=False)))[0])
+              for _ in range(2)]
+    assert await exchange(server.port, xml_packet("RestartServer")) == [
+        "R0000000: Job engine restarted"]
+    assert (await running.rest())[-2:] == ["J0000023: Job cancelled by user.",
+                                           ENDED.format(running_tid)]
+    await running.close()
+    for tid in queued:
+        assert (await finished(server, tid)).state is JobState.COMPLETED
+    first, second = (server.engine.find(tid).record.started for tid in queued)
+    assert first <= second
