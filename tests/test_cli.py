@@ -21,8 +21,8 @@ READY = re.compile(r"jobmonitor listening on (\S+):(\d+)")
 class ServerProcess:
     """``python -m jobmonitor serve`` as a child process."""
 
-    def __init__(self, *args: str) -> None:
-        if "--store" not in args:
+    def __init__(self, *args: str, memory_store: bool = True) -> None:
+        if memory_store and "--store" not in args:
             args = ("--store", "memory://", *args)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jobmonitor", "serve", "--port", "0", *args],

@@ -1,0 +1,224 @@
+"""The SQLite store: nothing acknowledged is lost across restarts and crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from jobmonitor import JobState
+
+from .conftest import finished, release
+from .helpers import Session, exchange, submit, xml_packet
+from .test_cli import ROOT, ServerProcess
+
+ENDED = "J0000001: Transaction {} ended"
+
+
+def tid_of(reply: str) -> str:
+    assert reply.startswith("R0000000: T"), reply
+    return reply.removeprefix("R0000000: ")
+
+
+def status(tid: str, **variables: str) -> bytes:
+    return xml_packet("GetJobStatus", {"_sys_TransactionID": tid, **variables})
+
+
+def field(lines: list[str], key: str) -> str:
+    for line in lines:
+        if line[10:].startswith(f"{key}: "):
+            return line[10 + len(key) + 2:]
+    raise AssertionError(f"no {key} in {lines}")
+
+
+@pytest.fixture
+def db_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'jobs.db'}"
+
+
+async def test_finished_jobs_and_their_lines_survive_a_restart(make_server, db_url):
+    server = await make_server(store=db_url)
+    streams = [await exchange(server.port, submit(p)) for p in ("echo", "partial", "fail")]
+    server.close()
+    await server.wait_closed()
+
+    again = await make_server(store=db_url)
+    for lines in streams:
+        tid = tid_of(lines[0])
+        assert await exchange(again.port, xml_packet("MonitorJob", {"_sys_TransactionID": tid})) \
+            == lines
+    assert field(await exchange(again.port, status("T0000002")), "Status") == \
+        "CompletedWithErrors"
+    assert tid_of((await exchange(again.port, submit("echo", monitor=False)))[0]) == "T0000004"
+
+
+async def test_transaction_ids_are_not_reused_after_deleting_the_newest(make_server, db_url):
+    server = await make_server(store=db_url)
+    tid = tid_of((await exchange(server.port, submit("echo")))[0])
+    assert await exchange(server.port, xml_packet("DeleteJob", {"_sys_TransactionID": tid})) == \
+        [f"R0000000: {tid} deleted"]
+    server.close()
+    await server.wait_closed()
+    again = await make_server(store=db_url)
+    assert await exchange(again.port, status(tid)) == [f"R0005009: Unknown transaction: {tid}"]
+    assert tid_of((await exchange(again.port, submit("echo", monitor=False)))[0]) == "T0000002"
+
+
+async def test_queued_jobs_keep_their_place_across_a_restart(make_server, db_url):
+    server = await make_server(store=db_url, max_running=1, shutdown_grace_s=0.1)
+    blocker = tid_of((await exchange(server.port, submit("wait", monitor=False, Key="x")))[0])
+    queued = [tid_of((await exchange(server.port, submit("echo", monitor=False, N=str(n))))[0])
+              for n in range(3)]
+    server.close()
+    await server.wait_closed()
+
+    again = await make_server(store=db_url, max_running=1)
+    starts = []
+    for tid in queued:
+        job = await finished(again, tid)
+        assert job.state is JobState.COMPLETED
+        starts.append(job.record.started)
+    assert starts == sorted(starts)
+    cancelled = await exchange(again.port, status(blocker))
+    assert field(cancelled, "Status") == "Cancelled"
+
+
+async def test_retry_on_restart_job_runs_again(make_server, db_url, tmp_path):
+    marker = tmp_path / "marker"
+    server = await make_server(store=db_url, shutdown_grace_s=0.1)
+    session = await Session.open(server.port, submit("retry-once", Marker=str(marker)))
+    tid = tid_of(await session.line())
+    await session.line()
+    assert await session.line() == "J0000100: first run"
+    server.close()
+    assert await session.rest() == []  # left to recovery: no completion line
+    await session.close()
+    await server.wait_closed()
+
+    again = await make_server(store=db_url)
+    lines = await exchange(again.port, xml_packet("MonitorJob", {"_sys_TransactionID": tid,
+                                                                 "_sys_FromLine": "2"}))
+    assert lines[1:] == [
+        "J0000100: first run",
+        "J0005002: Job interrupted by a server restart",
+        "J0000132: Job queued to run again.",
+        "J0000100: second run",
+        "J0000020: Job completed successfully.",
+        ENDED.format(tid),
+    ]
+
+
+async def test_many_concurrent_submits_are_all_durable(make_server, db_url):
+    server = await make_server(store=db_url, max_running=50)
+    replies = await asyncio.gather(*(exchange(server.port, submit("echo", monitor=False, N=str(n)))
+                                     for n in range(200)))
+    tids = sorted(tid_of(r[0]) for r in replies)
+    assert tids == [f"T{n:07d}" for n in range(1, 201)]
+    for tid in tids:
+        await finished(server, tid)
+    server.close()
+    await server.wait_closed()
+    again = await make_server(store=db_url)
+    listed = await exchange(again.port, xml_packet("ListJobs", {"_sys_Filter": "all"}))
+    assert listed[0] == "R0000000- 200 jobs"
+    assert all(line.split("\t")[1] == "Completed" for line in listed[1:])
+
+
+async def test_a_long_stream_is_trimmed_in_memory_and_replayed_from_the_store(make_server, db_url):
+    server = await make_server(store=db_url, max_lines_in_memory=100)
+    lines = await exchange(server.port, submit("lines", Count="5000", YieldEvery="50"))
+    assert lines[2:-2] == [f"J0000100: line {n}" for n in range(1, 5001)]
+    replay = await exchange(server.port, xml_packet("MonitorJob", {
+        "_sys_TransactionID": tid_of(lines[0]), "_sys_FromLine": "2"}))
+    assert replay == [lines[0]] + lines[2:]
+
+
+async def test_retention_deletes_old_finished_jobs(make_server, db_url):
+    server = await make_server(store=db_url, keep_days=1e-9)
+    done = tid_of((await exchange(server.port, submit("echo")))[0])
+    active = tid_of((await exchange(server.port, submit("wait", monitor=False, Key="k")))[0])
+    assert await server.engine.purge_expired() == 1
+    assert await exchange(server.port, status(done)) == [f"R0005009: Unknown transaction: {done}"]
+    assert field(await exchange(server.port, status(active)), "Status") == "Processing"
+    await release("k")
+
+
+def test_sigkill_under_load_loses_no_acknowledged_job(tmp_path):
+    """Kill -9 the real server while jobs are queued, running and finished; restart it."""
+    url = f"sqlite:///{tmp_path / 'crash.db'}"
+    marker = tmp_path / "marker"
+    server = ServerProcess("--jobs", "tests/jobs.py", "--store", url, "--max-running", "3")
+
+    async def load() -> dict[str, list[str]]:
+        done = {}
+        for n in range(20):
+            lines = await exchange(server.port, submit("lines", Count="50", N=str(n)))
+            done[tid_of(lines[0])] = lines
+        acked = [tid_of((await exchange(server.port, submit(p, monitor=False, **v)))[0])
+                 for p, v in [("wait", {"Key": "a"}), ("retry-once", {"Marker": str(marker)}),
+                              ("wait", {"Key": "b"})]]
+        queued = [tid_of((await exchange(server.port, submit("echo", monitor=False, N=str(n))))[0])
+                  for n in range(5)]
+        # make sure the running jobs have started before the crash
+        watcher = await Session.open(server.port, xml_packet(
+            "MonitorJob", {"_sys_TransactionID": acked[1], "_sys_FromLine": "2"}))
+        await watcher.line()
+        assert await watcher.line() == "J0000100: first run"
+        await watcher.close()
+        return {"done": done, "running": acked, "queued": queued}
+
+    try:
+        state = asyncio.run(load())
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.communicate(timeout=10)
+    finally:
+        server.kill()
+
+    restarted = ServerProcess("--jobs", "tests/jobs.py", "--store", url)
+    try:
+        async def check() -> None:
+            for tid, lines in state["done"].items():
+                replay = await exchange(restarted.port, xml_packet(
+                    "MonitorJob", {"_sys_TransactionID": tid}))
+                assert replay == lines
+            wait_a, retry, wait_b = state["running"]
+            for tid in (wait_a, wait_b):
+                lines = await exchange(restarted.port, xml_packet(
+                    "MonitorJob", {"_sys_TransactionID": tid}))
+                assert lines[-3:] == ["J0005002: Job interrupted by a server restart",
+                                      "J0000022: Job failed.", ENDED.format(tid)]
+            lines = await exchange(restarted.port, xml_packet(
+                "MonitorJob", {"_sys_TransactionID": retry}))
+            assert lines[-4:] == ["J0000132: Job queued to run again.", "J0000100: second run",
+                                  "J0000020: Job completed successfully.", ENDED.format(retry)]
+            for tid in state["queued"]:
+                lines = await exchange(restarted.port, xml_packet(
+                    "MonitorJob", {"_sys_TransactionID": tid}))
+                assert lines[-2:] == ["J0000020: Job completed successfully.", ENDED.format(tid)]
+            listed = await exchange(restarted.port, xml_packet("ListJobs", {"_sys_Filter": "all"}))
+            assert listed[0] == f"R0000000- {20 + 3 + 5} jobs"
+            fresh = await exchange(restarted.port, submit("echo", monitor=False))
+            assert tid_of(fresh[0]) == f"T{20 + 3 + 5 + 1:07d}"
+
+        asyncio.run(check())
+        assert restarted.stop() == 0
+    finally:
+        restarted.kill()
+
+
+def test_serve_defaults_to_sqlite_in_the_data_dir(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "jobmonitor", "serve", "--port", "0", "--data-dir",
+         str(tmp_path / "data"), "--jobs", "tests/jobs.py", "--bogus"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2  # argparse refuses --bogus before anything starts
+    server = ServerProcess("--data-dir", str(tmp_path / "data"), "--jobs", "tests/jobs.py",
+                           memory_store=False)
+    try:
+        assert server.stop() == 0
+    finally:
+        server.kill()
+    assert (tmp_path / "data" / "jobmonitor.db").exists()
