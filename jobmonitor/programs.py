@@ -182,7 +182,7 @@ def add_programs(app: JobMonitor, programs: Iterable[Program]) -> None:
         ConfigError: a project is already registered.
     """
     for program in programs:
-        app.add_job(program.project, _handler(program))
+        app.add_job(program.project, _handler(program), check=program.check)
 
 
 def _handler(program: Program) -> Callable[[Job], Awaitable[None]]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..codes import ERROR_THRESHOLD, Status
 from ..errors import ProtocolError
+from ..representations import split_parameters
 from ..states import JobState, Outcome
 
 __all__ = [
@@ -28,7 +29,6 @@ __all__ = [
     "JobStatus",
     "JobInfo",
     "Acknowledged",
-    "parse_parameters",
     "status_from_json",
     "info_from_json",
     "outputs_from_json",
@@ -133,7 +133,8 @@ class JobStatus:
     """A job's status, as ``GetJobStatus`` and ``ListJobs`` report it.
 
     ``status`` is None when the server reports a state this client does not
-    know (``Unknown``).  Times are timezone-aware UTC datetimes, or None.
+    know (``Unknown``).  Times are timezone-aware UTC datetimes, or None;
+    ``estimated`` is the job's own estimate of when it will complete.
     """
 
     transaction_id: str
@@ -147,6 +148,7 @@ class JobStatus:
     started: dt.datetime | None
     updated: dt.datetime | None
     completed: dt.datetime | None
+    estimated: dt.datetime | None
     progress: Progress
     outputs: tuple[Output, ...]
     parameters: Mapping[str, str]
@@ -182,36 +184,6 @@ class Acknowledged:
 
 
 # -- reading JSON replies ---------------------------------------------------------
-
-
-def parse_parameters(text: str) -> dict[str, str]:
-    """Read ``a=1;b=2`` (``\\`` escapes ``;``, ``=`` and ``\\``) into a dict.
-
-    Raises:
-        ProtocolError: a pair without ``=``.
-    """
-    result: dict[str, str] = {}
-    pairs: list[list[str]] = [[""]]
-    escaped = False
-    for char in text:
-        if escaped:
-            pairs[-1][-1] += char
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ";":
-            pairs.append([""])
-        elif char == "=" and len(pairs[-1]) == 1:
-            pairs[-1].append("")
-        else:
-            pairs[-1][-1] += char
-    for pair in pairs:
-        if pair == [""]:
-            continue
-        if len(pair) != 2:
-            raise ProtocolError(f"bad Parameters entry {pair[0]!r} (no '=')")
-        result[pair[0]] = pair[1]
-    return result
 
 
 def load_json(text: str) -> Any:
@@ -269,9 +241,10 @@ def _status_fields(data: dict[str, Any]) -> dict[str, Any]:
             "started": _time(data.get("Started")),
             "updated": _time(data.get("Updated")),
             "completed": _time(data.get("Completed")),
+            "estimated": _time(data.get("Estimated")),
             "progress": _progress(data.get("Progress") or {}),
             "outputs": outputs_from_json(data.get("JobData") or []),
-            "parameters": MappingProxyType(parse_parameters(str(data.get("Parameters") or ""))),
+            "parameters": MappingProxyType(split_parameters(str(data.get("Parameters") or ""))),
             "poll_after_s": float(data.get("PollAfter") or 0),
             "lines": int(data.get("Lines") or 0),
         }
