@@ -32,6 +32,7 @@ class SyncClient:
     def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, **options: Any) -> None:
         self._client = Client(host, port, **options)
         self._runner = asyncio.Runner()
+        self._closed = False
 
     @property
     def client(self) -> Client:
@@ -39,14 +40,20 @@ class SyncClient:
         return self._client
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed or _loop_running():
+            coro.close()
+            raise RuntimeError("SyncClient is closed" if self._closed else
+                               "SyncClient cannot be used inside a running event loop; "
+                               "use jobmonitor.client.Client")
         return self._runner.run(coro)
 
     def close(self) -> None:
         """Drop open transactions and close the private loop (idempotent)."""
-        try:
+        if self._closed:
+            return
+        if not _loop_running():
             self._run(self._client.aclose())
-        except RuntimeError:
-            pass  # already closed
+        self._closed = True
         self._runner.close()
 
     def __enter__(self) -> "SyncClient":
@@ -104,6 +111,14 @@ class SyncClient:
     def build_string(self) -> str:
         """See ``Client.build_string``."""
         return self._run(self._client.build_string())
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class SyncTransaction:
