@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Union
+from typing import Any, Union
 
 from .app import JobMonitor
 from .codes import Reply
@@ -40,6 +40,8 @@ BUILTIN_PLACEHOLDERS = frozenset({"transaction_id", "output_dir"})
 STANDARD_VARIABLES = frozenset({"ProjectName", "JobName"})
 #: A stdout/stderr line longer than this is sent in pieces.
 MAX_LINE_BYTES = 64 * 1024
+#: How long to keep reading a stopped program's output.
+DRAIN_S = 2.0
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
@@ -213,15 +215,18 @@ async def run_program(program: Program, job: Job) -> None:
         values["output_dir"] = env["JOBMONITOR_OUTPUT_DIR"] = str(output_dir)
     argv = program.argv(values)
     process = await _start(argv, program.cwd, env)
+    # Reading goes on while the program is being stopped: its last words count.
+    output = asyncio.ensure_future(asyncio.gather(_pump(process.stdout, job.info),
+                                                  _pump(process.stderr, job.error)))
     try:
         async with asyncio.timeout(program.timeout_s):
-            await asyncio.gather(_pump(process.stdout, job.info), _pump(process.stderr, job.error),
-                                 process.wait())
+            await asyncio.shield(output)
+            await process.wait()
     except TimeoutError:
-        await asyncio.shield(_stop(process, program.kill_grace_s))
+        await _stop(process, output, program.kill_grace_s)
         raise JobFailed(f"{argv[0]} timed out after {program.timeout_s:g} s") from None
     except BaseException:
-        await asyncio.shield(_stop(process, program.kill_grace_s))
+        await asyncio.shield(_stop(process, output, program.kill_grace_s))
         raise
     finally:
         if output_dir is not None:
@@ -261,16 +266,20 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace").removesuffix("\r")
 
 
-async def _stop(process: asyncio.subprocess.Process, grace_s: float) -> None:
-    """SIGTERM the program's process group; SIGKILL it if it outlives ``grace_s``."""
-    if process.returncode is not None:
-        return
-    _signal_group(process, signal.SIGTERM)
-    try:
-        await asyncio.wait_for(process.wait(), grace_s)
-    except TimeoutError:
-        _signal_group(process, signal.SIGKILL)
-        await process.wait()
+async def _stop(process: asyncio.subprocess.Process, output: asyncio.Future[Any],
+                grace_s: float) -> None:
+    """SIGTERM the program's process group, SIGKILL it if it outlives ``grace_s``,
+    then read what it wrote meanwhile (for at most ``DRAIN_S``)."""
+    if process.returncode is None:
+        _signal_group(process, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), grace_s)
+        except TimeoutError:
+            _signal_group(process, signal.SIGKILL)
+            await process.wait()
+    # A descendant that left the process group may hold the pipes open: stop waiting.
+    await asyncio.wait([output], timeout=DRAIN_S)
+    output.cancel()
 
 
 def _signal_group(process: asyncio.subprocess.Process, signum: int) -> None:
