@@ -4,6 +4,7 @@ Run them with ``jobmonitor serve --jobs examples/demo_jobs.py``.
 """
 
 import asyncio
+import datetime
 import time
 
 from jobmonitor import Job, JobFailed, JobMonitor, Outcome
@@ -20,6 +21,7 @@ async def count(job: Job) -> None:
         job.info(f"Composing record {n}")
         job.progress(n, total)
         await asyncio.sleep(delay)
+        await job.checkpoint()  # SuspendJob pauses the job here, CancelJob stops it
 
 
 @app.job("partial")
@@ -47,6 +49,25 @@ async def long(job: Job) -> None:
     for n in range(1, seconds + 1):
         await asyncio.sleep(1)
         job.progress(n, seconds)
+
+
+@app.job("report")
+async def report(job: Job) -> None:
+    """Stages, an estimate and an output: what GetJobInformation and RetrieveJob show."""
+    job.stage("evaluation", "start")
+    job.estimate(datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=1))
+    await asyncio.sleep(0.2)
+    job.stage("evaluation", "complete", info="12 records")
+    job.add_output("report.pdf", "file:///srv/output/report.pdf", "application/pdf")
+
+
+@app.job("nightly", retry_on_restart=True)
+async def nightly(job: Job) -> None:
+    """Runs again from the start if the server restarts while it runs."""
+    for n in range(1, 11):
+        await asyncio.sleep(1)
+        job.progress(n, 10)
+        await job.checkpoint()
 
 
 @app.job("blocking")

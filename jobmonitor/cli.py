@@ -24,6 +24,7 @@ from .config import Config
 from .config_file import load_config_file
 from .errors import ConfigError
 from .app import JobMonitor
+from .auth import hash_password
 from .programs import add_programs
 from .server import Server
 
@@ -46,8 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="TOML file of settings and program projects (flags override it)")
     _add_config_options(serve)
     serve.set_defaults(run=_serve)
+    hasher = commands.add_parser(
+        "hash-password", help="hash a password read from standard input",
+        description="Read a password from standard input (the first line) and print the "
+                    "hash to put in a [users.NAME] table of the config file.")
+    hasher.set_defaults(run=_hash_password)
     add_client_commands(commands)
     return parser
+
+
+def _hash_password(args: argparse.Namespace) -> int:
+    line = sys.stdin.readline()
+    password = line.rstrip("\r\n")
+    if not password:
+        print("jobmonitor: no password on standard input", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +74,9 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         help_text = field.metadata["help"]
         if field.type == "tuple[str, ...]":
             parser.add_argument(flag, dest=field.name, action="append", metavar="SPEC",
+                                help=help_text)
+        elif field.type == "bool":
+            parser.add_argument(flag, dest=field.name, action="store_const", const=True,
                                 help=help_text)
         else:
             default = field.default
@@ -135,16 +154,21 @@ async def _serve_until_signal(server: Server) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, _on_signal, stop, signum)
+        loop.add_signal_handler(signum, _on_signal, server, stop, signum)
     await server.start()
     await stop.wait()
     server.close()
     await server.wait_closed()
 
 
-def _on_signal(stop: asyncio.Event, signum: int) -> None:
-    log.info("received %s", signal.Signals(signum).name)
-    stop.set()
+def _on_signal(server: Server, stop: asyncio.Event, signum: int) -> None:
+    name = signal.Signals(signum).name
+    if not stop.is_set():
+        log.info("received %s: stopping (again to stop at once)", name)
+        stop.set()
+    else:
+        log.warning("received %s again: cancelling running jobs now", name)
+        server.hurry()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

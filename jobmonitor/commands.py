@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 from . import __version__
 from .codes import Reply
+from .auth import Authenticator
 from .engine import Engine
 from .errors import ConfigError, RequestError
 from .job import Job
 from .packet import Packet
 from .representations import FORMATS, iso_time, job_dict, key_values, render
 
-__all__ = ["Commands", "Response", "parse_bool", "SYSTEM_PREFIX"]
+__all__ = ["Commands", "Caller", "Response", "parse_bool", "SYSTEM_PREFIX"]
 
 SYSTEM_PREFIX = "_sys_"
 ANONYMOUS = "anonymous"
@@ -30,6 +31,16 @@ ANONYMOUS = "anonymous"
 MAX_LOG_LINES = 10_000
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent a packet: the job identity to use, and what they may do."""
+
+    identity: str
+    admin: bool
+    #: False on an open server (no users): anyone may act on any job.
+    restricted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +113,14 @@ def _tab_safe(text: str) -> str:
 class Commands:
     """Executes command packets against an engine."""
 
-    def __init__(self, engine: Engine,
-                 restart: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(self, engine: Engine, *, auth: Authenticator | None = None,
+                 restart: Callable[[], Awaitable[None]] | None = None,
+                 max_monitors_per_job: int = 0) -> None:
         self._engine = engine
+        self._auth = auth
         self._restart = restart
-        self._table: dict[str, Callable[[Packet], Awaitable[Response]]] = {
+        self._max_monitors = max_monitors_per_job
+        self._table: dict[str, Callable[[Packet, Caller], Awaitable[Response]]] = {
             "SubmitJob": self.submit_job,
             "MonitorJob": self.monitor_job,
             "CancelJob": self.cancel_job,
@@ -127,34 +141,60 @@ class Commands:
     def names(self) -> list[str]:
         return sorted(self._table)
 
-    async def run(self, packet: Packet) -> Response:
-        """Execute one packet.
+    async def run(self, packet: Packet, peer: str = "") -> Response:
+        """Execute one packet from the client at address ``peer``.
 
         Raises:
-            RequestError: the command is unknown or refused.
+            RequestError: the command is unknown or refused, or the credentials
+            are missing or wrong when users are configured.
         """
         method = self._table.get(packet.command)
         if method is None:
             raise RequestError(Reply.UNKNOWN_COMMAND, packet.command)
-        return await method(packet)
+        return await method(packet, await self._caller(packet, peer))
+
+    async def _caller(self, packet: Packet, peer: str) -> Caller:
+        if self._auth is None or not self._auth.enabled:
+            token = packet.variables.get("_sys_UserToken", "").strip()
+            return Caller(token or ANONYMOUS, admin=True)
+        name = packet.variables.get("_sys_User", "")
+        user = await self._auth.authenticate(name, packet.variables.get("_sys_Password", ""),
+                                             peer)
+        if user is None:
+            detail = "give _sys_User and _sys_Password" if not name else "wrong user or password"
+            raise RequestError(Reply.NOT_AUTHENTICATED, detail)
+        return Caller(user.name, admin=user.is_admin, restricted=not user.is_admin)
+
+    @staticmethod
+    def _require_admin(caller: Caller, what: str) -> None:
+        if caller.restricted:
+            raise RequestError(Reply.PERMISSION_DENIED, f"{what} is for administrators")
 
     # -- naming a job ------------------------------------------------------------------
 
-    @staticmethod
-    def _identity(packet: Packet) -> str:
-        return packet.variables.get("_sys_UserToken", "").strip() or ANONYMOUS
+    async def _transaction(self, packet: Packet, caller: Caller) -> str:
+        """The job a packet names: ``_sys_TransactionID``, or user and job tokens.
 
-    async def _transaction(self, packet: Packet) -> str:
-        """The job a packet names: ``_sys_TransactionID``, or user and job tokens."""
+        A restricted caller's view holds only their own jobs: another user's job
+        is reported as unknown, so transaction IDs cannot be probed.
+        """
         transaction_id = packet.variables.get("_sys_TransactionID", "").strip()
         job_token = packet.variables.get("_sys_JobToken", "").strip()
         if not transaction_id and not job_token:
             raise RequestError(Reply.MISSING_VARIABLE, "_sys_TransactionID (or _sys_JobToken)")
-        return await self._engine.resolve(transaction_id, self._identity(packet), job_token)
+        found = await self._engine.resolve(transaction_id, caller.identity, job_token)
+        if caller.restricted and (await self._engine.record(found)).identity != caller.identity:
+            raise RequestError(Reply.UNKNOWN_TRANSACTION, transaction_id or found)
+        return found
 
-    async def _active_job(self, packet: Packet) -> Job:
+    def _check_monitors(self, transaction_id: str) -> None:
+        if self._max_monitors and self._engine.monitor_count(transaction_id) >= self._max_monitors:
+            raise RequestError(Reply.SERVER_BUSY,
+                               f"{transaction_id} already has {self._max_monitors} monitors")
+
+    async def _active_job(self, packet: Packet, caller: Caller) -> Job:
         """The live job a packet names; a finished one is an invalid-state error."""
-        transaction_id = await self._transaction(packet)
+        transaction_id = await self._transaction(packet, caller)
         job = self._engine.live(transaction_id)
         if job is None or job.state.is_final:
             record = await self._engine.record(transaction_id)
@@ -164,50 +204,56 @@ class Commands:
 
     # -- commands ---------------------------------------------------------------------
 
-    async def submit_job(self, packet: Packet) -> Response:
+    async def submit_job(self, packet: Packet, caller: Caller) -> Response:
         project = required(packet, "ProjectName")
         monitor = parse_bool(packet, "_sys_ClientJobMonitor")
         params = {k: v for k, v in packet.variables.items() if not k.startswith(SYSTEM_PREFIX)}
-        transaction_id, _ = await self._engine.submit(
-            project, params, packet.doc_variables, identity=self._identity(packet),
+        transaction_id, job = await self._engine.submit(
+            project, params, packet.doc_variables, identity=caller.identity,
             job_token=packet.variables.get("_sys_JobToken", "").strip() or None)
+        if monitor and job is not None:
+            self._check_monitors(transaction_id)
         return Response(transaction_id, transaction_id if monitor else None)
 
-    async def monitor_job(self, packet: Packet) -> Response:
+    async def monitor_job(self, packet: Packet, caller: Caller) -> Response:
         from_line = parse_line_number(packet, "_sys_FromLine")
-        transaction_id = await self._transaction(packet)
+        transaction_id = await self._transaction(packet, caller)
         await self._engine.record(transaction_id)  # unknown transaction: refused here
+        self._check_monitors(transaction_id)
         return Response(transaction_id, transaction_id, from_line)
 
-    async def cancel_job(self, packet: Packet) -> Response:
-        job = await self._active_job(packet)
+    async def cancel_job(self, packet: Packet, caller: Caller) -> Response:
+        job = await self._active_job(packet, caller)
         self._engine.cancel(job)
         return Response(job.transaction_id)
 
-    async def suspend_job(self, packet: Packet) -> Response:
-        return Response(self._engine.suspend(await self._active_job(packet)))
+    async def suspend_job(self, packet: Packet, caller: Caller) -> Response:
+        return Response(self._engine.suspend(await self._active_job(packet, caller)))
 
-    async def resume_job(self, packet: Packet) -> Response:
-        return Response(self._engine.resume(await self._active_job(packet)))
+    async def resume_job(self, packet: Packet, caller: Caller) -> Response:
+        return Response(self._engine.resume(await self._active_job(packet, caller)))
 
-    async def delete_job(self, packet: Packet) -> Response:
-        transaction_id = await self._transaction(packet)
+    async def delete_job(self, packet: Packet, caller: Caller) -> Response:
+        transaction_id = await self._transaction(packet, caller)
         await self._engine.delete(transaction_id)
         return Response(f"{transaction_id} deleted")
 
-    async def get_job_status(self, packet: Packet) -> Response:
+    async def get_job_status(self, packet: Packet, caller: Caller) -> Response:
         form = parse_choice(packet, "_sys_Format", FORMATS)
-        return Response(render(await self._engine.record(await self._transaction(packet)), form))
+        record = await self._engine.record(await self._transaction(packet, caller))
+        return Response(render(record, form))
 
-    async def get_job_information(self, packet: Packet) -> Response:
+    async def get_job_information(self, packet: Packet, caller: Caller) -> Response:
         form = parse_choice(packet, "_sys_Format", FORMATS)
-        record = await self._engine.record(await self._transaction(packet))
+        record = await self._engine.record(await self._transaction(packet, caller))
         return Response(render(record, form, history=True))
 
-    async def list_jobs(self, packet: Packet) -> Response:
+    async def list_jobs(self, packet: Packet, caller: Caller) -> Response:
         which = parse_choice(packet, "_sys_Filter", ("active", "all"))
         form = parse_choice(packet, "_sys_Format", ("text", "json"))
         identity = packet.variables.get("_sys_UserToken", "").strip() or None
+        if caller.restricted:
+            identity = caller.identity
         records = await self._engine.list_records(which == "active", identity)
         if form == "json":
             return Response(json.dumps([job_dict(r) for r in records], separators=(",", ":"),
@@ -217,9 +263,9 @@ class Commands:
                        _tab_safe(r.job_name))) for r in records]
         return Response("\n".join(rows))
 
-    async def retrieve_job(self, packet: Packet) -> Response:
+    async def retrieve_job(self, packet: Packet, caller: Caller) -> Response:
         form = parse_choice(packet, "_sys_Format", ("text", "json"))
-        record = await self._engine.record(await self._transaction(packet))
+        record = await self._engine.record(await self._transaction(packet, caller))
         if form == "json":
             return Response(json.dumps(job_dict(record)["JobData"], separators=(",", ":"),
                                        ensure_ascii=False))
@@ -228,33 +274,35 @@ class Commands:
             for o in record.outputs]
         return Response("\n".join(rows))
 
-    async def get_task_log(self, packet: Packet) -> Response:
+    async def get_task_log(self, packet: Packet, caller: Caller) -> Response:
         if "_sys_TransactionID" in packet.variables or "_sys_JobToken" in packet.variables:
-            return await self._job_log(packet)
+            return await self._job_log(packet, caller)
+        self._require_admin(caller, "the server's task log")
         events = self._engine.task_log()
         rows = [f"{len(events)} events"] + [
             "\t".join((iso_time(e.event.timestamp) or "", e.transaction_id, _tab_safe(e.project),
                        e.event.status)) for e in events]
         return Response("\n".join(rows))
 
-    async def _job_log(self, packet: Packet) -> Response:
+    async def _job_log(self, packet: Packet, caller: Caller) -> Response:
         from_line = parse_line_number(packet, "_sys_FromLine")
-        transaction_id = await self._transaction(packet)
+        transaction_id = await self._transaction(packet, caller)
         total = (await self._engine.record(transaction_id)).line_count
         lines = await self._engine.read_lines(transaction_id, from_line, MAX_LOG_LINES)
         header = (f"Lines: {from_line}-{from_line + len(lines) - 1} of {total}" if lines
                   else f"Lines: 0 of {total}")
         return Response("\n".join([header] + [line.decode().rstrip("\r\n") for line in lines]))
 
-    async def get_job_queue_len(self, packet: Packet) -> Response:
+    async def get_job_queue_len(self, packet: Packet, caller: Caller) -> Response:
         engine = self._engine
         return Response(key_values([("Queued", engine.queued_count),
                                     ("Running", engine.running_count)]))
 
-    async def get_build_string(self, packet: Packet) -> Response:
+    async def get_build_string(self, packet: Packet, caller: Caller) -> Response:
         return Response(build_string())
 
-    async def restart_server(self, packet: Packet) -> Response:
+    async def restart_server(self, packet: Packet, caller: Caller) -> Response:
+        self._require_admin(caller, "RestartServer")
         if self._restart is None:
             raise RequestError(Reply.INVALID_STATE, "this server cannot restart its engine")
         try:

@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .auth import User
 from .errors import ConfigError
 
 __all__ = ["Config", "DEFAULT_PORT"]
@@ -49,13 +50,33 @@ class Config:
         2.0, "seconds to keep reading a closing client's input so it can read our last reply")
     shutdown_grace_s: float = _setting(
         10.0, "seconds running jobs get to finish at shutdown before they are cancelled")
+    idle_timeout_s: float = _setting(
+        10.0, "seconds a new connection may stay silent before it is closed")
+    max_connections: int = _setting(
+        10000, "most client connections at once; beyond it a busy reply and close")
+    max_monitors_per_job: int = _setting(1000, "most clients monitoring one job at once")
+    max_pending_output_bytes: int = _setting(
+        256 * 1024, "output queued for one slow client before the server stops adding to it")
+    monitor_stall_s: float = _setting(
+        30.0, "seconds a monitor may accept no bytes while lines wait for it before it is "
+        "told where to re-attach from and closed")
+    tls_cert: str | None = _setting(None, "PEM certificate (chain) file: serve TLS")
+    tls_key: str | None = _setting(None, "PEM private key file for --tls-cert")
+    allow_anonymous_network: bool = _setting(
+        False, "serve without users on a non-loopback address (not recommended)")
+    users: tuple[User, ...] = _setting(
+        (), "users who may connect ([users.NAME] tables in the config file)", flag=False)
     machine_name: str | None = _setting(
         None, "machine name reported at the start of each stream (default: host name)")
     log_level: str = _setting("info", "debug, info, warning or error")
 
     def __post_init__(self) -> None:
         _check_positive(self, "max_running", "max_packet_bytes", "packet_timeout_s",
-                        "commit_interval_s", "max_lines_in_memory")
+                        "commit_interval_s", "max_lines_in_memory", "idle_timeout_s",
+                        "max_connections", "max_monitors_per_job", "max_pending_output_bytes",
+                        "monitor_stall_s")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key: give both or neither")
         _check_non_negative(self, "linger_s", "shutdown_grace_s", "keep_days", "max_queued_jobs")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: must be 0..65535, got {self.port}")

@@ -26,7 +26,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING
 
-from .codes import Reply
+from .codes import Reply, Status
 from .errors import PacketError, RequestError
 from .lines import format_line
 from .packet import Packet, PacketParser
@@ -62,13 +62,18 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._parser = PacketParser(max_packet_bytes=self._config.max_packet_bytes)
         self._timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._lost = False
         self._task: asyncio.Task[None] | None = None
         self._stream: JobStream | None = None
         self._following = ""
+        self._next_line = 1  # while reading from the store: the next line to send
         self._paused = False
         self._drained: asyncio.Future[None] | None = None
         self._peer_eof = False
         self.peer = "?"
+        self.peer_host = ""
 
     # -- asyncio.Protocol --------------------------------------------------------
 
@@ -77,14 +82,24 @@ class Connection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(high=self._config.max_pending_output_bytes)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.peer_host = str(peer[0]) if isinstance(peer, tuple) else self.peer
+        over_limit = self._server.connection_count >= self._config.max_connections
         self._server._connection_opened(self)
+        if over_limit:
+            self._refuse(RequestError(Reply.SERVER_BUSY, "too many connections"))
+            return
         self._timer = self._loop.call_later(self._config.packet_timeout_s, self._packet_timeout)
+        self._idle_timer = self._loop.call_later(self._config.idle_timeout_s, self._idle_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._state is not _State.READING:
             return  # after the packet, input is not expected and is discarded
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         try:
             packet = self._parser.feed(data)
         except PacketError as exc:
@@ -110,17 +125,29 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = _State.CLOSED
+        self._lost = True
         self._cancel_timer()
         if self._stream is not None:
             self._stream.unwatch(self)
             self._stream = None
+        if self._following:
+            self._server.engine.monitor_detached(self._following)
+            self._following = ""
+        self._next_line = 1  # while reading from the store: the next line to send
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
         self._server._connection_closed(self)
 
     def pause_writing(self) -> None:
         self._paused = True
+        if self._state is _State.WATCHING:
+            self._stall_timer = self._loop.call_later(self._config.monitor_stall_s, self._stalled)
 
     def resume_writing(self) -> None:
         self._paused = False
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         if self._stream is not None:
@@ -149,6 +176,28 @@ class Connection(asyncio.Protocol):
         self._stream = None
         self._task = self._loop.create_task(self._follow(next_line))
 
+    def _stalled(self) -> None:
+        """The client took no bytes for ``monitor_stall_s`` while lines waited."""
+        self._stall_timer = None
+        if not self._paused or self._state is not _State.WATCHING:
+            return
+        next_line = self._next_line
+        if self._stream is not None:
+            next_line = self._stream.unwatch(self) or next_line
+            self._stream = None
+        text = f"{Status.MONITOR_BEHIND.text}: re-attach with MonitorJob from line {next_line}"
+        self.write(format_line("J", Status.MONITOR_BEHIND, text))
+        log.info("monitor %s of %s stalled; told it to re-attach from line %d", self.peer,
+                 self._following, next_line)
+        self.close()
+        # What is queued (the notice last) is still sent if the client reads again;
+        # one that still reads nothing would keep the socket and buffer forever.
+        self._loop.call_later(self._config.monitor_stall_s, self._abort)
+
+    def _abort(self) -> None:
+        if self._transport is not None and not self._lost:
+            self._transport.abort()
+
     # -- ending -------------------------------------------------------------------
 
     def finish(self) -> None:
@@ -176,9 +225,10 @@ class Connection(asyncio.Protocol):
             self._transport.close()
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._idle_timer, self._stall_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._idle_timer = self._stall_timer = None
 
     # -- the command ------------------------------------------------------------------
 
@@ -194,6 +244,12 @@ class Connection(asyncio.Protocol):
             detail = f"no complete packet within {self._config.packet_timeout_s:g} s"
             self._refuse(PacketError(Reply.PACKET_TIMEOUT, detail))
 
+    def _idle_timeout(self) -> None:
+        self._idle_timer = None
+        if self._state is _State.READING and self._parser.bytes_received == 0:
+            detail = f"nothing received within {self._config.idle_timeout_s:g} s"
+            self._refuse(RequestError(Reply.IDLE_TIMEOUT, detail))
+
     def _dispatch(self, packet: Packet) -> None:
         self._cancel_timer()
         self._state = _State.BUSY
@@ -201,7 +257,7 @@ class Connection(asyncio.Protocol):
 
     async def _run(self, packet: Packet) -> None:
         try:
-            response = await self._server.commands.run(packet)
+            response = await self._server.commands.run(packet, self.peer_host)
         except RequestError as exc:
             self.reply(exc.code, exc.reply_text)
             self.finish()
@@ -217,6 +273,7 @@ class Connection(asyncio.Protocol):
             return
         self._state = _State.WATCHING
         self._following = response.follow
+        self._server.engine.monitor_attached(self._following)
         await self._follow(response.from_line)
 
     async def _follow(self, line: int) -> None:
@@ -238,6 +295,7 @@ class Connection(asyncio.Protocol):
                 continue
             self.write(b"".join(page))
             line += len(page)
+            self._next_line = line
             await self._can_write()
 
     async def _can_write(self) -> None:

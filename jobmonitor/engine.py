@@ -61,6 +61,8 @@ class Engine:
         self._starting = False
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._purger: asyncio.Task[None] | None = None
+        self._monitors: collections.Counter[str] = collections.Counter()
+        self._hurry = asyncio.Event()
         self.machine_name = config.machine_name or socket.gethostname()
 
     # -- life cycle -----------------------------------------------------------
@@ -89,6 +91,10 @@ class Engine:
         self._accepting = False
         if self._purger is not None:
             self._purger.cancel()
+        notice = f"Server stopping: running jobs have {grace_s:g} s to finish"
+        for job in list(self._jobs.values()):
+            if not job.state.is_final:
+                job._record_status(Status.NOTICE, notice)
         if not self._store.durable:
             for job in list(self._queue):
                 self.cancel(job)
@@ -106,23 +112,37 @@ class Engine:
         self._starting = True
         self._start_ready()
 
+    def hurry(self) -> None:
+        """Stop waiting for running jobs: cancel them now (a second signal)."""
+        self._hurry.set()
+
     async def _drain_running(self, grace_s: float, *, keep_retryable: bool) -> None:
         self._starting = False
-        running = list(self._running.values())
-        if running:
-            await asyncio.wait(running, timeout=grace_s)
+        await self._wait_running(grace_s)
         for job in list(self._running):
             if keep_retryable and self._handler(job).retry_on_restart:
                 job._leave_to_recovery = True
             self.cancel(job)
-        if self._running:
-            await asyncio.wait(list(self._running.values()), timeout=CANCEL_WAIT_S)
+        await self._wait_running(CANCEL_WAIT_S)
         for job in list(self._running):
             # A blocking handler that never calls the Job API cannot be stopped;
             # its monitors still get their ending, and its thread is abandoned.
             log.warning("job %s did not stop when cancelled; abandoning it", job.transaction_id)
             self._running.pop(job)
             self._finish(job, Outcome.CANCELLED)
+
+    async def _wait_running(self, timeout_s: float) -> None:
+        """Wait until no job runs, ``timeout_s`` passes, or ``hurry`` is called."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        hurry = loop.create_task(self._hurry.wait())
+        try:
+            while self._running and not hurry.done() and loop.time() < deadline:
+                await asyncio.wait([*self._running.values(), hurry],
+                                   timeout=deadline - loop.time(),
+                                   return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hurry.cancel()
 
     # -- lookups ------------------------------------------------------------------
 
@@ -200,6 +220,18 @@ class Engine:
             start = from_line - 1 - job.stream.base
             return job.stream.lines[start:start + limit]
         return await self._store.read_lines(transaction_id, from_line, limit)
+
+    def monitor_count(self, transaction_id: str) -> int:
+        """How many connections follow this job's stream now."""
+        return self._monitors[transaction_id]
+
+    def monitor_attached(self, transaction_id: str) -> None:
+        self._monitors[transaction_id] += 1
+
+    def monitor_detached(self, transaction_id: str) -> None:
+        self._monitors[transaction_id] -= 1
+        if self._monitors[transaction_id] <= 0:
+            del self._monitors[transaction_id]
 
     def task_log(self) -> list[TaskEvent]:
         """Recent job events across the server, oldest first."""

@@ -55,9 +55,10 @@ _ENCODING_ATTRIBUTE = re.compile(r"""[ \t\r\n]encoding[ \t\r\n]*=[ \t\r\n]*["'](
 _ENCODING_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,39}")
 # Longer than any real declaration; bounds what we hold while waiting for its ">".
 _MAX_DECLARATION = 256
-# Every character of an XML declaration and of markup: an encoding that does
-# not decode these bytes to themselves cannot be named by an ASCII declaration.
-_ASCII_SAMPLE = "".join(map(chr, range(0x20, 0x7F))) + _SPACE
+# Printable ASCII and XML's whitespace: an encoding that does not decode these
+# bytes to themselves cannot be named by an ASCII declaration.  The backslash
+# is doubled so that the escape codecs fail the test without a warning.
+_ASCII_SAMPLE = "".join(map(chr, range(0x20, 0x7F))).replace("\\", "\\\\") + _SPACE
 
 # Byte patterns that start a packet, longest first: byte-order marks, then
 # "<" or whitespace in the wide encodings (a popular client sends UTF-16LE
@@ -73,6 +74,7 @@ _SNIFF_TABLE: list[tuple[bytes, str, int]] = [
     *((c.encode("utf-16-le"), "utf-16-le", 0) for c in "<" + _SPACE),
     *((c.encode("utf-16-be"), "utf-16-be", 0) for c in "<" + _SPACE),
 ]
+_WIDE_FIRST_BYTES = frozenset(pattern[0] for pattern, _, _ in _SNIFF_TABLE if pattern[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +98,14 @@ def _clip(text: str, limit: int = 40) -> str:
 
 def _local_name(tag: str) -> str:
     # "{uri}var" and "pfjob:var" (a prefix the client forgot to declare) are both "var".
-    return tag[max(tag.rfind("}"), tag.rfind(":")) + 1 :]
+    local = tag[tag.rfind("}") + 1 :]
+    return local if ":" not in local else local[local.rfind(":") + 1 :]
 
 
 def _sniff(head: bytes) -> tuple[str, int] | None:
     """The encoding the first bytes prove and the BOM's length; None: need more."""
+    if len(head) >= 2 and head[0] not in _WIDE_FIRST_BYTES and head[1]:
+        return "", 0  # every pattern has a zero second byte or one of those first bytes
     for pattern, codec, bom_length in _SNIFF_TABLE:
         if len(head) < len(pattern) and pattern.startswith(head):
             return None  # this pattern may still match once more bytes arrive
@@ -223,7 +228,9 @@ class PacketParser:
         self._newlines = 0  # in the leading space and declaration that lxml never sees
         self._markup_end = ""  # in the prolog: the end of the comment or PI we are in
         self._xml = _new_xml_parser()
-        self._open: list[str] = []  # local names of the open elements: at most 3
+        self._names: list[str] = []  # local names of the open elements: at most 3
+        self._elements: list[etree._Element] = []  # the open elements themselves
+        self._previous: etree._Element | None = None  # the last child closed in the innermost
         self._command = ""
         self._sections: dict[str, dict[str, str]] = {}
         self._values: dict[str, str] = {}  # the open section's variables
@@ -278,8 +285,8 @@ class PacketParser:
         if self._failure is None:
             if self._bytes_received == 0:
                 self._failure = _fail("empty packet: no data was received")
-            elif self._open:
-                self._failure = _fail(f"incomplete packet: input ended inside <{self._open[-1]}>")
+            elif self._names:
+                self._failure = _fail(f"incomplete packet: input ended inside <{self._names[-1]}>")
             else:
                 self._failure = _fail("incomplete packet: input ended before <job_command>")
         raise PacketError(self._failure.code, self._failure.detail)
@@ -344,7 +351,9 @@ class PacketParser:
             return None
         length, declared = found
         self._newlines += text.count("\n", 0, length)
-        self._held = "\n" * self._newlines  # keeps the line numbers in lxml's messages right
+        # lxml gets a newline for each one removed, to keep its line numbers
+        # right, and never a second declaration where it would pass for the first.
+        self._held = "\n" * self._newlines or (" " if length else "")
         self._on_text = self._prolog
         if self._decoder is not None:
             if declared is not None:
@@ -405,35 +414,54 @@ class PacketParser:
         for event, element in self._xml.read_events():
             if event == "start":
                 self._start(element)
-            else:
-                packet = self._end(element)
-                if packet is not None:
-                    return packet
+            elif self._end(element):
+                return Packet(
+                    self._command,
+                    MappingProxyType(self._sections.get("job_variables", {})),
+                    MappingProxyType(self._sections.get("doc_variables", {})),
+                )
         return None
 
     def _start(self, element: etree._Element) -> None:
         name = _local_name(element.tag)
-        depth = len(self._open)
-        if depth:
-            self._check_text_before(element)
-        if depth == 0:
-            self._open_root(element, name)
-        elif depth == 1:
-            self._open_section(name)
-        elif depth == 2:
+        depth = len(self._names)
+        if depth == 2:  # the common case first
+            self._check_gap()
             self._open_var(element, name)
+        elif depth == 1:
+            self._check_gap()
+            self._open_section(name)
+        elif depth == 0:
+            self._open_root(element, name)
         else:  # also what stops a deep-nesting attack at its fourth level
             var = _clip(self._var_name)
             raise _fail(f'element <{_clip(name)}> inside <var name="{var}">: values are plain text')
-        self._open.append(name)
+        self._names.append(name)
+        self._elements.append(element)
+        self._previous = None
+
+    def _end(self, element: etree._Element) -> bool:
+        """Handle an end tag; True when it closes the root element."""
+        name = self._names.pop()
+        self._elements.pop()
+        if len(self._names) == 2:
+            self._values[self._var_name] = element.text or ""
+        else:
+            # A container: check the text after its last child (or its only text).
+            _check_no_text(self._gap_text(element), name)
+            if not self._names:
+                return True
+        self._previous = element
+        return False
 
     def _open_root(self, element: etree._Element, name: str) -> None:
         if name != _ROOT:
             raise _fail(f"the root element is <{_clip(name)}>, not <{_ROOT}>")
         command = element.get("name")
-        if command is None or not command.strip(_SPACE):
-            raise _fail(f"<{_ROOT}> has no name attribute" if command is None
-                        else f"<{_ROOT}> has an empty name attribute")
+        if command is None:
+            raise _fail(f"<{_ROOT}> has no name attribute")
+        if not command.strip(_SPACE):
+            raise _fail(f"<{_ROOT}> has an empty name attribute")
         self._command = command
 
     def _open_section(self, name: str) -> None:
@@ -444,40 +472,26 @@ class PacketParser:
         self._values = self._sections[name] = {}
 
     def _open_var(self, element: etree._Element, name: str) -> None:
-        section = self._open[1]
+        section = self._names[1]
         if name != _VAR:
             raise _fail(f"unexpected element <{_clip(name)}> inside <{section}>")
         var_name = element.get("name")
-        if var_name is None or not var_name.strip(_SPACE):
-            raise _fail(f"a <var> in <{section}> has no name attribute" if var_name is None
-                        else f"a <var> in <{section}> has an empty name attribute")
+        if var_name is None:
+            raise _fail(f"a <var> in <{section}> has no name attribute")
+        if not var_name.strip(_SPACE):
+            raise _fail(f"a <var> in <{section}> has an empty name attribute")
         if var_name in self._values:
             raise _fail(f'variable "{_clip(var_name)}" appears twice in <{section}>')
         self._values[var_name] = ""  # takes its place in document order now
         self._var_name = var_name
 
-    def _end(self, element: etree._Element) -> Packet | None:
-        name = self._open.pop()
-        if len(self._open) == 2:
-            self._values[self._var_name] = element.text or ""
-            return None
-        self._check_text_after(element, name)
-        if self._open:
-            return None
-        return Packet(
-            self._command,
-            MappingProxyType(self._sections.get("job_variables", {})),
-            MappingProxyType(self._sections.get("doc_variables", {})),
-        )
+    def _check_gap(self) -> None:
+        """Check the text before a child of the innermost open element."""
+        _check_no_text(self._gap_text(self._elements[-1]), self._names[-1])
 
-    def _check_text_before(self, element: etree._Element) -> None:
-        previous = element.getprevious()
-        parent = element.getparent()
-        text = previous.tail if previous is not None else parent.text if parent is not None else None
-        _check_no_text(text, self._open[-1])
-
-    def _check_text_after(self, element: etree._Element, name: str) -> None:
-        _check_no_text(element[-1].tail if len(element) else element.text, name)
+    def _gap_text(self, parent: etree._Element) -> str | None:
+        # The text since the last child closed, or since the parent opened.
+        return self._previous.tail if self._previous is not None else parent.text
 
 
 def _check_no_text(text: str | None, where: str) -> None:

@@ -10,8 +10,10 @@ close what connections remain; close the store.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
+import ssl
 from collections.abc import Mapping
 
 from .commands import Commands
@@ -21,6 +23,8 @@ from .engine import Engine
 from .handlers import Handler
 from .loader import load_handlers
 from .store import open_store
+from .auth import Authenticator
+from .errors import ConfigError
 
 __all__ = ["Server"]
 
@@ -36,7 +40,11 @@ class Server:
         store = open_store(config.store or "memory://", data_dir=config.data_dir,
                            commit_interval_s=config.commit_interval_s)
         self.engine = Engine(self._handlers(reload=False), config, store)
-        self.commands = Commands(self.engine, self.restart_engine)
+        self.commands = Commands(self.engine, auth=Authenticator(config.users),
+                                 restart=self.restart_engine,
+                                 max_monitors_per_job=config.max_monitors_per_job)
+        self._ssl = _tls_context(config)
+        _check_exposure(config)
         self._listener: asyncio.Server | None = None
         self._connections: set[Connection] = set()
         self._no_connections = asyncio.Event()
@@ -55,7 +63,7 @@ class Server:
         try:
             self._listener = await asyncio.get_running_loop().create_server(
                 lambda: Connection(self), self.config.host, self.config.port,
-                reuse_address=True, backlog=1024,
+                reuse_address=True, backlog=1024, ssl=self._ssl,
             )
         except BaseException:
             await self.engine.stop(0)
@@ -126,6 +134,10 @@ class Server:
             self._closing = asyncio.get_running_loop().create_task(self._shutdown())
             self._close_requested.set()
 
+    def hurry(self) -> None:
+        """During shutdown: cancel running jobs now instead of after the grace period."""
+        self.engine.hurry()
+
     async def wait_closed(self) -> None:
         """Wait until a shutdown started by ``close()`` is complete."""
         if self._closing is not None:
@@ -156,3 +168,46 @@ class Server:
     async def __aexit__(self, *exc_info: object) -> None:
         self.close()
         await self.wait_closed()
+
+
+def _tls_context(config: Config) -> ssl.SSLContext | None:
+    """The server's TLS context, or None without a certificate.
+
+    Raises:
+        ConfigError: the certificate or key cannot be loaded (never a silent
+        fall back to plain text).
+    """
+    if not config.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"tls_cert: cannot load {config.tls_cert!r} with key "
+                          f"{config.tls_key!r}: {exc}") from None
+    return context
+
+
+def _check_exposure(config: Config) -> None:
+    """Refuse to serve an open (user-less) server beyond this machine unless told to.
+
+    Raises:
+        ConfigError: no users, a non-loopback address, and no allow_anonymous_network.
+    """
+    if config.users or _is_loopback(config.host):
+        return
+    if not config.allow_anonymous_network:
+        raise ConfigError(
+            f"host: {config.host!r} is reachable from the network and no users are "
+            "configured; add [users] to the config file, or pass --allow-anonymous-network")
+    log.warning("serving %s without authentication: anyone who can reach it can run jobs",
+                config.host)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -13,6 +13,10 @@ job emitting thousands of lines per turn costs one write per watcher per turn.
 A watcher that cannot take more (its transport paused) is skipped until it asks
 to catch up; one whose cursor falls before ``base`` is told to read the store.
 
+A watcher is given at most ``WRITE_LINES`` lines per ``write``, and more only
+while it stays writable, so what waits in one connection's buffer stays
+bounded however far behind the watcher is.
+
 Nothing here knows about sockets: a watcher is anything with ``writable``,
 ``write()``, ``stream_ended()`` and ``fell_behind()``.
 """
@@ -23,7 +27,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["Watcher", "JobStream"]
+__all__ = ["Watcher", "JobStream", "WRITE_LINES"]
+
+#: Most lines handed to a watcher in one write.
+WRITE_LINES = 4096
 
 
 class Watcher(Protocol):
@@ -93,9 +100,10 @@ class JobStream:
         if not self._scheduled:
             self._schedule()
 
-    def unwatch(self, watcher: Watcher) -> None:
-        """Stop sending to ``watcher`` (it went away)."""
-        self._cursors.pop(watcher, None)
+    def unwatch(self, watcher: Watcher) -> int | None:
+        """Stop sending to ``watcher``; return the next line it would have had."""
+        position = self._cursors.pop(watcher, None)
+        return None if position is None else position + 1
 
     def catch_up(self, watcher: Watcher) -> None:
         """Send ``watcher`` what it has not seen yet (after it became writable)."""
@@ -121,20 +129,26 @@ class JobStream:
         self._scheduled = False
         if self.on_flush is not None:
             self.on_flush()
-        lines, base = self.lines, self.base
-        end = base + len(lines)
+        end = self.base + len(self.lines)
         shared: dict[int, bytes] = {}
         for watcher, position in list(self._cursors.items()):
-            if position < base:
+            if position < self.base:
                 del self._cursors[watcher]
                 watcher.fell_behind(position + 1)
                 continue
-            if position < end and watcher.writable:
-                chunk = shared.get(position)
-                if chunk is None:
-                    chunk = shared[position] = b"".join(lines[position - base:])
-                self._cursors[watcher] = position = end
-                watcher.write(chunk)
+            while position < end and watcher.writable:
+                position = self._send(watcher, position, end, shared)
+            self._cursors[watcher] = position
             if position >= end and self.closed:
                 del self._cursors[watcher]
                 watcher.stream_ended()
+
+    def _send(self, watcher: Watcher, position: int, end: int, shared: dict[int, bytes]) -> int:
+        """Write one chunk from ``position``; return the new position."""
+        stop = min(end, position + WRITE_LINES)
+        chunk = shared.get(position)
+        if chunk is None:
+            start = position - self.base
+            chunk = shared[position] = b"".join(self.lines[start:start + stop - position])
+        watcher.write(chunk)
+        return stop

@@ -94,7 +94,9 @@ async def test_retry_on_restart_job_runs_again(make_server, db_url, tmp_path):
     await session.line()
     assert await session.line() == "J0000100: first run"
     server.close()
-    assert await session.rest() == []  # left to recovery: no completion line
+    # left to recovery: a notice, and no completion line
+    assert await session.rest() == [
+        "J0000190: Server stopping: running jobs have 0.1 s to finish"]
     await session.close()
     await server.wait_closed()
 
@@ -103,6 +105,7 @@ async def test_retry_on_restart_job_runs_again(make_server, db_url, tmp_path):
                                                                  "_sys_FromLine": "2"}))
     assert lines[1:] == [
         "J0000100: first run",
+        "J0000190: Server stopping: running jobs have 0.1 s to finish",
         "J0005002: Job interrupted by a server restart",
         "J0000132: Job queued to run again.",
         "J0000100: second run",

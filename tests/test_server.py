@@ -366,8 +366,17 @@ async def test_shutdown_cancels_running_jobs_after_grace(make_server):
     await session.line()
     await session.line()
     server.close()
-    assert await session.rest() == ["J0000023: Job cancelled by user.", ENDED.format(tid)]
+    assert await session.rest() == ["J0000190: Server stopping: running jobs have 0.2 s to finish",
+                                    "J0000023: Job cancelled by user.", ENDED.format(tid)]
     await session.close()
     await server.wait_closed()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+
+
+async def test_a_burst_far_larger_than_any_buffer_reaches_a_reading_monitor(server):
+    # 150 000 lines said in one event-loop turn: the monitor lags all of them at
+    # first, keeps reading, and must get every one (lagging is not stalling).
+    lines = await exchange(server.port, submit("lines", Count="150000"))
+    assert len(lines) == 150004
+    assert lines[2] == "J0000100: line 1" and lines[-3] == "J0000100: line 150000"
