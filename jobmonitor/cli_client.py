@@ -1,7 +1,9 @@
 """The client commands of ``jobmonitor``: submit, watch, status, info, cancel, ...
 
 Each command builds a ``Client`` from ``--host``/``--port`` (or
-``JOBMONITOR_HOST``/``JOBMONITOR_PORT``), calls the library, and prints.  Every
+``JOBMONITOR_HOST``/``JOBMONITOR_PORT``), ``--user`` (or ``JOBMONITOR_USER``;
+the password comes from ``JOBMONITOR_PASSWORD`` or a prompt) and ``--tls`` /
+``--tls-ca``, calls the library, and prints.  Every
 failure becomes one line on stderr and an exit status (see ``EXIT_CODES``):
 0 success, 1 the job failed, 3 partial, 4 cancelled, 2 a usage error, an
 unreachable server or an error reply.
@@ -11,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import os
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -40,6 +44,12 @@ def add_client_commands(commands: Any) -> None:
     common.add_argument("--host", help="server address (default: $JOBMONITOR_HOST or 127.0.0.1)")
     common.add_argument("--port", type=_port, help=f"server port (default: $JOBMONITOR_PORT "
                                                    f"or {DEFAULT_PORT})")
+    common.add_argument("--user", help="user name for a server with users (default: "
+                                       "$JOBMONITOR_USER); the password is read from "
+                                       "$JOBMONITOR_PASSWORD, or asked for")
+    common.add_argument("--tls", action="store_true", help="connect with TLS")
+    common.add_argument("--tls-ca", metavar="FILE",
+                        help="trust the certificates in this PEM file (implies --tls)")
 
     def add(name: str, action: Action, help_text: str) -> argparse.ArgumentParser:
         parser = commands.add_parser(name, parents=[common], help=help_text,
@@ -115,7 +125,7 @@ def _run(action: Action, args: argparse.Namespace) -> int:
     """Run one client command; turn every failure into one line and an exit status."""
     where = "the server"
     try:
-        client = Client(*_address(args))
+        client = _client(args)
         where = f"{client.host}:{client.port}"
         return asyncio.run(action(client, args))
     except UsageError as exc:
@@ -142,6 +152,33 @@ def _silence_stdout() -> None:
     # Whoever read our output has gone; keep Python's exit-time flush quiet.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
+
+
+def _client(args: argparse.Namespace) -> Client:
+    """A client from the options and the environment.
+
+    Raises:
+        UsageError: a bad value, no password for ``--user``, or a ``--tls-ca``
+        file that cannot be read.
+    """
+    host, port = _address(args)
+    user = args.user or os.environ.get("JOBMONITOR_USER") or None
+    password = None
+    if user is not None:
+        password = os.environ.get("JOBMONITOR_PASSWORD")
+        if password is None:
+            if not sys.stdin.isatty():
+                raise UsageError(f"no password for {user}: set JOBMONITOR_PASSWORD")
+            password = getpass.getpass(f"Password for {user}: ")
+    tls: ssl.SSLContext | None = None
+    if args.tls or args.tls_ca:
+        try:
+            tls = ssl.create_default_context(cafile=args.tls_ca)
+        except ssl.SSLError:
+            raise UsageError(f"--tls-ca {args.tls_ca}: not a PEM certificate file") from None
+        except OSError as exc:
+            raise UsageError(f"--tls-ca {args.tls_ca}: {exc.strerror or exc}") from None
+    return Client(host, port, user=user, password=password, tls=tls)
 
 
 def _address(args: argparse.Namespace) -> tuple[str, int]:

@@ -10,8 +10,12 @@
     command = ["make", "-C", "{dir}", "html"]
     variables = ["dir"]
 
-The keys and their types come from the ``Config`` and ``Program`` dataclasses,
-so no option list is spelled out here.  Every unknown key and bad value is a
+    [users.ann]                   # users who may connect (Config.users)
+    password_hash = "scrypt$..."  # from `jobmonitor hash-password`
+    role = "admin"
+
+The keys and their types come from the ``Config``, ``Program`` and ``User``
+dataclasses, so no option list is spelled out here.  Every unknown key and bad value is a
 ``ConfigError`` that names the file and the key.
 """
 
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .auth import User
 from .config import Config
 from .errors import ConfigError
 from .programs import Program
@@ -58,8 +63,12 @@ def load_config_file(path: str | Path) -> ConfigFile:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{name}: not valid TOML: {exc}") from None
     try:
-        _check_keys(data, {"server", "projects"}, "")
+        _check_keys(data, {"server", "projects", "users"}, "")
         config = _server(_table(data.get("server", {}), "server"))
+        users = _table(data.get("users", {}), "users")
+        if users:
+            config = config.replace(users=tuple(
+                _user(name, _table(table, _key("users", name))) for name, table in users.items()))
         projects = _table(data.get("projects", {}), "projects")
         programs = tuple(_program(project, _table(table, _key("projects", project)))
                          for project, table in projects.items())
@@ -89,6 +98,17 @@ def _program(project: str, table: dict[str, Any]) -> Program:
         return Program(project, **values)
     except ConfigError as exc:
         raise ConfigError(f"{where}.{exc}") from None
+
+
+def _user(name: str, table: dict[str, Any]) -> User:
+    where = _key("users", name)
+    fields = {f.name: str(f.type) for f in dataclasses.fields(User) if f.name != "name"}
+    _check_keys(table, set(fields), where)
+    if "password_hash" not in table:
+        raise ConfigError(f"{where}.password_hash: missing (make one with "
+                          "`jobmonitor hash-password`)")
+    values = {key: _value(value, fields[key], f"{where}.{key}") for key, value in table.items()}
+    return User(name, **values)
 
 
 def _check_keys(table: dict[str, Any], known: set[str], where: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -36,9 +37,13 @@ _TRANSACTION_ID = re.compile(r"T\d{7}")
 class Client:
     """Talks to one jobmonitor server.
 
-    ``user_token`` is the identity sent with submits and job lists unless a
-    call gives its own.  ``reconnect_timeout_s`` bounds how long a transaction
-    keeps trying to re-attach after its connection dropped.
+    ``user`` and ``password`` are sent with every packet when the server has
+    users (``_sys_User``, ``_sys_Password``).  ``tls`` is an
+    ``ssl.SSLContext`` (or True for the system's trusted certificates) for a
+    server started with ``--tls-cert``.  ``user_token`` is the identity sent
+    with submits and job lists unless a call gives its own (a server with users
+    uses the user's name instead).  ``reconnect_timeout_s`` bounds how long a
+    transaction keeps trying to re-attach after its connection dropped.
 
     Every method can raise ``ReplyError`` (an error reply: ``.code`` and
     ``.text``), ``OSError`` (the server cannot be reached: refused, timed out,
@@ -46,10 +51,15 @@ class Client:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
-                 user_token: str | None = None, connect_timeout_s: float = 10.0,
-                 reply_timeout_s: float = 30.0, reconnect_timeout_s: float = 60.0) -> None:
+                 user: str | None = None, password: str | None = None,
+                 tls: ssl.SSLContext | bool | None = None, user_token: str | None = None,
+                 connect_timeout_s: float = 10.0, reply_timeout_s: float = 30.0,
+                 reconnect_timeout_s: float = 60.0) -> None:
         self.host = host
         self.port = port
+        self.user = user
+        self._password = password or ""
+        self.tls = ssl.create_default_context() if tls is True else (tls or None)
         self.user_token = user_token
         self.connect_timeout_s = connect_timeout_s
         self.reply_timeout_s = reply_timeout_s
@@ -81,12 +91,19 @@ class Client:
         Raises:
             ReplyError, OSError, ProtocolError: see the class.
         """
-        reader, writer = await open_request(self.host, self.port, command, variables or {},
-                                            doc_variables, timeout_s=self.connect_timeout_s)
+        reader, writer = await self._open(command, variables or {}, doc_variables)
         try:
             return await read_reply(reader, self.reply_timeout_s)
         finally:
             await close_quietly(writer)
+
+    async def _open(self, command: str, variables: Mapping[str, str],
+                    doc_variables: Mapping[str, str] | None = None
+                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.user is not None:
+            variables = {**variables, "_sys_User": self.user, "_sys_Password": self._password}
+        return await open_request(self.host, self.port, command, variables, doc_variables,
+                                  timeout_s=self.connect_timeout_s, tls=self.tls)
 
     async def _request_json(self, command: str, variables: Mapping[str, str]) -> object:
         lines = await self.request(command, {**variables, "_sys_Format": "json"})
@@ -117,8 +134,7 @@ class Client:
             packet["_sys_UserToken"] = user_token
         if job_token is not None:
             packet["_sys_JobToken"] = job_token
-        reader, writer = await open_request(self.host, self.port, "SubmitJob", packet,
-                                            doc_variables, timeout_s=self.connect_timeout_s)
+        reader, writer = await self._open("SubmitJob", packet, doc_variables)
         try:
             transaction_id = _transaction_id(await read_reply(reader, self.reply_timeout_s))
         except BaseException:
@@ -236,8 +252,7 @@ class Client:
     async def _open_monitor(self, transaction_id: str, from_line: int
                             ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         variables = {"_sys_TransactionID": transaction_id, "_sys_FromLine": str(from_line)}
-        reader, writer = await open_request(self.host, self.port, "MonitorJob", variables,
-                                            timeout_s=self.connect_timeout_s)
+        reader, writer = await self._open("MonitorJob", variables)
         try:
             _transaction_id(await read_reply(reader, self.reply_timeout_s))
         except BaseException:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import Mapping
 
 from ..errors import ProtocolError, ReplyError
@@ -30,24 +31,25 @@ async def open_request(
     doc_variables: Mapping[str, str] | None = None,
     *,
     timeout_s: float,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Connect, send the packet, and half-close our side.
+    """Connect (over TLS with ``tls``), send the packet, and half-close our side.
 
     Raises:
         OSError: the connection cannot be made (``ConnectionRefusedError``,
-        ``TimeoutError`` after ``timeout_s``, ...).
+        ``TimeoutError`` after ``timeout_s``, ``ssl.SSLError``, ...).
     """
     packet = build_packet(command, dict(variables),
                           None if doc_variables is None else dict(doc_variables))
     async with asyncio.timeout(timeout_s):
-        reader, writer = await asyncio.open_connection(host, port, limit=READ_LIMIT)
+        reader, writer = await asyncio.open_connection(host, port, limit=READ_LIMIT, ssl=tls)
     sock = writer.get_extra_info("socket")
     if sock is not None:
         # A stream can be silent for hours; keepalive notices a peer that vanished.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     try:
         writer.write(packet)
-        if writer.can_write_eof():
+        if writer.can_write_eof():  # not over TLS, where the server needs no EOF anyway
             writer.write_eof()
         await writer.drain()
     except BaseException:
