@@ -159,3 +159,36 @@ def test_serve_start_up_errors_from_the_file_are_one_line(tmp_path, text, messag
         cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_every_program_key_is_documented():
+    import dataclasses
+
+    from jobmonitor.programs import Program
+
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    for field in dataclasses.fields(Program):
+        if field.name not in ("project", "_templates"):
+            assert f"| `{field.name}` |" in doc, field.name
+
+
+async def test_the_example_archive_project_leaves_its_archive_as_an_output(tmp_path):
+    import dataclasses
+    import tarfile
+
+    from jobmonitor import JobMonitor
+    from jobmonitor.programs import add_programs
+
+    programs = [dataclasses.replace(p, output_dir=str(tmp_path / "out"))
+                for p in load_config_file(EXAMPLE).programs]
+    app = JobMonitor()
+    add_programs(app, programs)
+    async with app.serve(host="127.0.0.1", port=0, linger_s=1.0) as server:
+        client = Client("127.0.0.1", server.port)
+        tx = await client.submit("Archive", {"folder": str(ROOT / "examples")})
+        assert (await tx.result()).ok
+        (output,) = await client.outputs(tx.transaction_id)
+    archive = tmp_path / "out" / tx.transaction_id / "archive.tar.gz"
+    assert output.name == "archive.tar.gz" and output.uri == archive.as_uri()
+    with tarfile.open(archive) as opened:
+        assert any(name.endswith("examples/jobmonitor.toml") for name in opened.getnames())
