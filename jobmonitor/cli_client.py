@@ -38,8 +38,29 @@ class UsageError(Exception):
     """A bad option value found after parsing (e.g. in the environment)."""
 
 
+Adder = Callable[[str, Action, str], argparse.ArgumentParser]
+
+
 def add_client_commands(commands: Any) -> None:
     """Add the client subcommands to the ``jobmonitor`` parser's subparsers."""
+    common = _common_options()
+
+    def add(name: str, action: Action, help_text: str) -> argparse.ArgumentParser:
+        parser = commands.add_parser(name, parents=[common], help=help_text,
+                                     description=help_text[0].upper() + help_text[1:] + ".")
+        parser.set_defaults(run=lambda args: _run(action, args))
+        return parser
+
+    _add_submit(add)
+    _add_watch(add)
+    _add_queries(add)
+    listing = add("list", _list, "list active jobs")
+    listing.add_argument("--all", action="store_true", help="include jobs that have ended")
+    listing.add_argument("--user-token", help="only this user's jobs")
+    listing.add_argument("--json", action="store_true", help="print the server's JSON list")
+
+
+def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--host", help="server address (default: $JOBMONITOR_HOST or 127.0.0.1)")
     common.add_argument("--port", type=_port, help=f"server port (default: $JOBMONITOR_PORT "
@@ -50,13 +71,10 @@ def add_client_commands(commands: Any) -> None:
     common.add_argument("--tls", action="store_true", help="connect with TLS")
     common.add_argument("--tls-ca", metavar="FILE",
                         help="trust the certificates in this PEM file (implies --tls)")
+    return common
 
-    def add(name: str, action: Action, help_text: str) -> argparse.ArgumentParser:
-        parser = commands.add_parser(name, parents=[common], help=help_text,
-                                     description=help_text[0].upper() + help_text[1:] + ".")
-        parser.set_defaults(run=lambda args: _run(action, args))
-        return parser
 
+def _add_submit(add: Adder) -> None:
     submit = add("submit", _submit, "submit a job and stream its status")
     submit.add_argument("project", help="the job's ProjectName")
     submit.add_argument("-v", "--var", dest="variables", action="append", default=[],
@@ -69,27 +87,25 @@ def add_client_commands(commands: Any) -> None:
                                             "returns the same job")
     submit.add_argument("--json", action="store_true", help="one JSON object per line")
 
+
+def _add_watch(add: Adder) -> None:
     watch = add("watch", _watch, "stream a job's status lines until it ends")
     watch.add_argument("transaction_id", metavar="TX")
     watch.add_argument("--from-line", type=_line_number, default=1, metavar="N",
                        help="start at line N (1 is the first line; default 1)")
     watch.add_argument("--json", action="store_true", help="one JSON object per line")
 
+
+def _add_queries(add: Adder) -> None:
     for name, command, text in (("status", "GetJobStatus", "show a job's status"),
                                 ("info", "GetJobInformation", "show a job's status and history")):
         parser = add(name, _formatted(command), text)
         parser.add_argument("transaction_id", metavar="TX")
         parser.add_argument("--format", choices=("text", "xml", "json"), default="text")
-
     for name, text in (("cancel", "cancel a queued or running job"),
                        ("suspend", "suspend a job (a running one pauses at its next checkpoint)"),
                        ("resume", "resume a suspended job")):
         add(name, _control(name), text).add_argument("transaction_id", metavar="TX")
-
-    listing = add("list", _list, "list active jobs")
-    listing.add_argument("--all", action="store_true", help="include jobs that have ended")
-    listing.add_argument("--user-token", help="only this user's jobs")
-    listing.add_argument("--json", action="store_true", help="print the server's JSON list")
 
 
 # -- argument types ------------------------------------------------------------------
@@ -140,7 +156,10 @@ def _run(action: Action, args: argparse.Namespace) -> int:
     except ConnectionRefusedError:
         return _fail(f"cannot connect to {where}: connection refused (is the server running?)")
     except OSError as exc:
-        return _fail(f"cannot reach {where}: {exc.strerror or exc or type(exc).__name__}")
+        hint = ""
+        if isinstance(exc, ConnectionError) and not (args.tls or args.tls_ca):
+            hint = " (if the server uses TLS, add --tls)"
+        return _fail(f"cannot reach {where}: {exc.strerror or exc or type(exc).__name__}{hint}")
 
 
 def _fail(message: str) -> int:

@@ -18,6 +18,7 @@ from jobmonitor.client import Progress
 
 from .test_cli import ROOT, ServerProcess, cli_server  # noqa: F401  (a fixture)
 from .test_client import unused_port  # noqa: F401  (a fixture)
+from .test_security import certificate  # noqa: F401  (a fixture)
 
 COUNT = [
     "R0000000: T0000001",
@@ -420,3 +421,49 @@ def test_readme_python_client_example(cli_server):
         "partial",
         "Flyers",
     ]
+
+
+# -- users and TLS ------------------------------------------------------------------------------
+
+
+def test_user_password_from_the_environment(tmp_path):
+    from jobmonitor.auth import hash_password
+
+    config = tmp_path / "jobmonitor.toml"
+    config.write_text(f'[server]\njobs = ["examples/demo_jobs.py"]\n'
+                      f'[users.ann]\npassword_hash = "{hash_password("ann-pw")}"\n')
+    server = ServerProcess("--config", str(config))
+    try:
+        ok = cli(server.port, "submit", "partial", "--user", "ann",
+                 env={"JOBMONITOR_PASSWORD": "ann-pw"})
+        assert ok.returncode == 3
+        listed = cli(server.port, "list", "--all", env={"JOBMONITOR_USER": "ann",
+                                                        "JOBMONITOR_PASSWORD": "ann-pw"})
+        assert listed.stdout.splitlines()[1].startswith("T0000001")
+        wrong = cli(server.port, "list", "--user", "ann", env={"JOBMONITOR_PASSWORD": "x"})
+        assert one_error_line(wrong) == \
+            "jobmonitor: R0005012: Not authenticated: wrong user or password"
+        missing = cli(server.port, "list", "--user", "ann", stdin="")
+        assert one_error_line(missing) == \
+            "jobmonitor: no password for ann: set JOBMONITOR_PASSWORD"
+        anonymous = cli(server.port, "list")
+        assert one_error_line(anonymous).startswith("jobmonitor: R0005012: Not authenticated")
+    finally:
+        server.kill()
+
+
+def test_tls_with_a_certificate_file(certificate):
+    server = ServerProcess("--jobs", "examples/demo_jobs.py",
+                           "--tls-cert", str(certificate / "cert.pem"),
+                           "--tls-key", str(certificate / "key.pem"))
+    try:
+        result = cli(server.port, "submit", "partial", "--tls-ca", str(certificate / "ca.pem"))
+        assert result.returncode == 3
+        untrusted = cli(server.port, "list", "--tls")
+        assert one_error_line(untrusted).startswith(
+            f"jobmonitor: cannot reach 127.0.0.1:{server.port}: ")
+        assert "certificate verify failed" in untrusted.stderr
+        plain = cli(server.port, "list")
+        assert one_error_line(plain).endswith("(if the server uses TLS, add --tls)")
+    finally:
+        server.kill()

@@ -30,6 +30,7 @@ from . import jobs
 from .conftest import MACHINE, release
 from .helpers import exchange, xml_packet
 from .test_cli import ServerProcess
+from .test_security import certificate  # noqa: F401  (a fixture)
 
 
 @pytest.fixture
@@ -413,3 +414,42 @@ async def test_request_answers_any_command(server):
     assert lines == ["Queued: 0", "Running: 0"]
     assert await exchange(server.port, xml_packet("GetJobQueueLen")) == [
         "R0000000- Queued: 0", "R0000000: Running: 0"]
+
+
+# -- users and TLS ---------------------------------------------------------------------------
+
+
+async def test_user_and_password_go_with_every_command(make_server):
+    from .test_security import USERS
+
+    server = await make_server(users=USERS)
+    ann = Client("127.0.0.1", server.port, user="ann", password="ann-pw")
+    assert "ann-pw" not in repr(ann)
+    tx = await ann.submit("stepper", {"Key": "auth", "Count": "1"})
+    await tx.__anext__()
+    tx._writer.transport.abort()  # re-attaching must authenticate too
+    await release("auth")
+    assert (await tx.result()).outcome is Outcome.SUCCESS
+    assert (await ann.status(tx.transaction_id)).identity == "ann"
+    with pytest.raises(ReplyError) as caught:
+        await Client("127.0.0.1", server.port, user="ann", password="nope").list_jobs()
+    assert caught.value.reply is Reply.NOT_AUTHENTICATED
+    with pytest.raises(ReplyError) as caught:  # bob cannot see ann's job
+        await Client("127.0.0.1", server.port, user="bob", password="bob-pw").status(
+            tx.transaction_id)
+    assert caught.value.reply is Reply.UNKNOWN_TRANSACTION
+
+
+async def test_tls(make_server, certificate):
+    import ssl
+
+    server = await make_server(tls_cert=str(certificate / "cert.pem"),
+                               tls_key=str(certificate / "key.pem"))
+    context = ssl.create_default_context(cafile=str(certificate / "ca.pem"))
+    async with await connect("127.0.0.1", server.port, tls=context) as client:
+        tx = await client.submit("partial")
+        assert (await tx.result()).outcome is Outcome.PARTIAL
+    with pytest.raises(ssl.SSLError):  # the system's authorities do not know the test CA
+        await connect("127.0.0.1", server.port, tls=True)
+    with pytest.raises((OSError, ProtocolError)):  # plain text to a TLS server
+        await connect("127.0.0.1", server.port, connect_timeout_s=5, reply_timeout_s=5)
