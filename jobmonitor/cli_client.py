@@ -17,7 +17,7 @@ import getpass
 import os
 import ssl
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .client import Client, JobStatus, ProtocolError, ReplyError, Transaction
@@ -31,7 +31,7 @@ __all__ = ["add_client_commands", "EXIT_CODES", "USAGE_ERROR"]
 USAGE_ERROR = 2
 _BROKEN_PIPE = 141  # what a shell reports for a process killed by SIGPIPE
 
-Action = Callable[[Client, argparse.Namespace], Awaitable[int]]
+Action = Callable[[Client, argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 class UsageError(Exception):
@@ -46,8 +46,9 @@ def add_client_commands(commands: Any) -> None:
     common = _common_options()
 
     def add(name: str, action: Action, help_text: str) -> argparse.ArgumentParser:
-        parser = commands.add_parser(name, parents=[common], help=help_text,
-                                     description=help_text[0].upper() + help_text[1:] + ".")
+        parser: argparse.ArgumentParser = commands.add_parser(
+            name, parents=[common], help=help_text,
+            description=help_text[0].upper() + help_text[1:] + ".")
         parser.set_defaults(run=lambda args: _run(action, args))
         return parser
 
