@@ -42,8 +42,8 @@ class Config:
     max_queued_jobs: int = _setting(0, "most jobs that may wait; beyond it SubmitJob is "
                                        "refused as busy (0: no limit)")
     max_lines_in_memory: int = _setting(
-        10000, "lines of a job's stream kept in memory once stored (older ones are read back "
-        "from the store)")
+        100_000, "most stored lines of one job kept in memory for slow monitors (older ones "
+        "are read back from the store)")
     max_packet_bytes: int = _setting(1024 * 1024, "largest command packet accepted, in bytes")
     packet_timeout_s: float = _setting(30.0, "seconds a client has to send a complete packet")
     linger_s: float = _setting(

@@ -62,7 +62,9 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._parser = PacketParser(max_packet_bytes=self._config.max_packet_bytes)
         self._timer: asyncio.TimerHandle | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._opened = self._loop.time()
+        self._corked: list[bytes] | None = None
+        self._corked_bytes = 0
         self._stall_timer: asyncio.TimerHandle | None = None
         self._lost = False
         self._task: asyncio.Task[None] | None = None
@@ -91,15 +93,12 @@ class Connection(asyncio.Protocol):
         if over_limit:
             self._refuse(RequestError(Reply.SERVER_BUSY, "too many connections"))
             return
-        self._timer = self._loop.call_later(self._config.packet_timeout_s, self._packet_timeout)
-        self._idle_timer = self._loop.call_later(self._config.idle_timeout_s, self._idle_timeout)
+        first_deadline = min(self._config.idle_timeout_s, self._config.packet_timeout_s)
+        self._timer = self._loop.call_later(first_deadline, self._deadline)
 
     def data_received(self, data: bytes) -> None:
         if self._state is not _State.READING:
             return  # after the packet, input is not expected and is discarded
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
         try:
             packet = self._parser.feed(data)
         except PacketError as exc:
@@ -161,8 +160,22 @@ class Connection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         """Send bytes as they are (stream lines come here already formatted)."""
-        if self._transport is not None and self._state is not _State.CLOSED:
+        if self._corked is not None:
+            self._corked.append(data)
+            self._corked_bytes += len(data)
+            if self._corked_bytes > self._config.max_pending_output_bytes:
+                self._uncork()
+        elif self._transport is not None and self._state is not _State.CLOSED:
             self._transport.write(data)
+
+    def _cork(self) -> None:
+        """Gather writes until ``_uncork``: a reply and the first lines go out in one send."""
+        self._corked, self._corked_bytes = [], 0
+
+    def _uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked:
+            self.write(b"".join(corked))
 
     def reply(self, code: Reply, text: str | None = None) -> None:
         """Send one R reply (several lines when ``text`` has several)."""
@@ -204,6 +217,7 @@ class Connection(asyncio.Protocol):
         """We have said everything: shut our side and linger for the client's."""
         if self._state in (_State.LINGERING, _State.CLOSED) or self._transport is None:
             return
+        self._uncork()
         self._cancel_timer()
         if self._peer_eof or not self._transport.can_write_eof():
             self.close()
@@ -216,6 +230,7 @@ class Connection(asyncio.Protocol):
         """Close now (queued bytes are still sent)."""
         self._cancel_timer()
         if self._state is not _State.CLOSED and self._transport is not None:
+            self._uncork()
             self._state = _State.CLOSED
             if self._stream is not None:
                 self._stream.unwatch(self)
@@ -225,10 +240,10 @@ class Connection(asyncio.Protocol):
             self._transport.close()
 
     def _cancel_timer(self) -> None:
-        for timer in (self._timer, self._idle_timer, self._stall_timer):
+        for timer in (self._timer, self._stall_timer):
             if timer is not None:
                 timer.cancel()
-        self._timer = self._idle_timer = self._stall_timer = None
+        self._timer = self._stall_timer = None
 
     # -- the command ------------------------------------------------------------------
 
@@ -238,17 +253,22 @@ class Connection(asyncio.Protocol):
         self.reply(exc.code, exc.reply_text)
         self.finish()
 
-    def _packet_timeout(self) -> None:
+    def _deadline(self) -> None:
+        """One timer serves both limits: silence (idle) and an unfinished packet."""
         self._timer = None
-        if self._state is _State.READING:
-            detail = f"no complete packet within {self._config.packet_timeout_s:g} s"
-            self._refuse(PacketError(Reply.PACKET_TIMEOUT, detail))
-
-    def _idle_timeout(self) -> None:
-        self._idle_timer = None
-        if self._state is _State.READING and self._parser.bytes_received == 0:
-            detail = f"nothing received within {self._config.idle_timeout_s:g} s"
+        if self._state is not _State.READING:
+            return
+        config = self._config
+        if self._parser.bytes_received == 0 and config.idle_timeout_s <= config.packet_timeout_s:
+            detail = f"nothing received within {config.idle_timeout_s:g} s"
             self._refuse(RequestError(Reply.IDLE_TIMEOUT, detail))
+            return
+        left = self._opened + config.packet_timeout_s - self._loop.time()
+        if left > 0:
+            self._timer = self._loop.call_later(left, self._deadline)
+            return
+        detail = f"no complete packet within {config.packet_timeout_s:g} s"
+        self._refuse(PacketError(Reply.PACKET_TIMEOUT, detail))
 
     def _dispatch(self, packet: Packet) -> None:
         self._cancel_timer()
@@ -267,6 +287,7 @@ class Connection(asyncio.Protocol):
             self.reply(Reply.INTERNAL_ERROR)
             self.finish()
             return
+        self._cork()
         self.reply(Reply.OK, response.text)
         if response.follow is None or self._state is _State.CLOSED:
             self.finish()
@@ -275,6 +296,7 @@ class Connection(asyncio.Protocol):
         self._following = response.follow
         self._server.engine.monitor_attached(self._following)
         await self._follow(response.from_line)
+        self._uncork()
 
     async def _follow(self, line: int) -> None:
         """Send the followed job's lines from ``line`` on: from the store while they
@@ -286,6 +308,7 @@ class Connection(asyncio.Protocol):
                 self._stream = job.stream
                 job.stream.watch(self, line)
                 return
+            self._uncork()
             page = await engine.read_lines(self._following, line, CATCH_UP_PAGE_LINES)
             if not page:
                 if job is None:

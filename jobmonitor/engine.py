@@ -42,6 +42,8 @@ CANCEL_WAIT_S = 5.0
 #: How often finished jobs older than ``keep_days`` are deleted.
 PURGE_INTERVAL_S = 3600.0
 TASK_LOG_SIZE = 200
+#: Stored lines of a job kept in memory when no monitor needs older ones.
+IDLE_TAIL_LINES = 1000
 
 
 class Engine:
@@ -459,14 +461,19 @@ class Engine:
             self._finish(job, Outcome.FAILED)
 
     def _persisted(self, item: Recordable, stored_lines: int) -> None:
-        """After a commit: bound the job's lines in memory; let a stored, finished job go."""
+        """After a commit: drop stored lines no monitor needs (and, past the cap, those
+        a slow monitor needs: it reads them back from the store); let a stored,
+        finished job go."""
         job = self._jobs.get(item.transaction_id)
         if job is None or job is not item:
             return
         stream = job.stream
-        excess = len(stream.lines) - self._config.max_lines_in_memory
-        if excess > 0:
-            stream.trim(min(stored_lines, stream.base + excess) + 1)
+        keep_from = len(stream) + 1 - IDLE_TAIL_LINES  # a short tail for re-attaching
+        needed = stream.first_needed_line()
+        if needed is not None:
+            keep_from = min(keep_from, needed)  # what monitors still have to be sent...
+        keep_from = max(keep_from, len(stream) + 1 - self._config.max_lines_in_memory)
+        stream.trim(min(keep_from, stored_lines + 1))  # ...never what is not stored
         if job.state.is_final and stored_lines == len(stream):
             self._forget(job.transaction_id)
 

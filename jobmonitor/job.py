@@ -17,6 +17,7 @@ import copy
 import datetime as dt
 import threading
 import time
+from threading import get_ident
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -28,6 +29,9 @@ from .states import JobState, Outcome
 from .stream import JobStream
 
 __all__ = ["Job"]
+
+#: Guards every job's batch of calls from worker threads (held for a list swap).
+_THREAD_LOCK = threading.Lock()
 
 
 class Job:
@@ -43,7 +47,9 @@ class Job:
         self.params: Mapping[str, str] = MappingProxyType(record.params)
         self.doc_variables: Mapping[str, str] = MappingProxyType(record.doc_variables)
         self.stream = JobStream(loop, base=record.line_count)
-        self.stream.on_flush = self._changed
+        self.stream.on_flush = self._flushed
+        # The last message, kept here per line and copied to the record per flush.
+        self._last_text = record.status_message
         #: Called (on the loop) whenever the record or the lines changed.
         self.on_change: Callable[[Job], None] | None = None
         #: Called (on the loop) with each ``job`` stage event (for the task log).
@@ -53,9 +59,9 @@ class Job:
         self._cancel_requested = False
         self._suspend_requested = False
         self._leave_to_recovery = False
-        self._resumed = asyncio.Event()
-        self._thread_resumed = threading.Event()
-        self._thread_lock = threading.Lock()
+        # Made only when needed: most jobs never pause and never run in a thread.
+        self._resume_waiter: asyncio.Future[None] | None = None
+        self._thread_resumed: threading.Event | None = None
         self._thread_pending: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
@@ -110,6 +116,7 @@ class Job:
     def snapshot(self) -> JobRecord:
         """A copy of the job's record as it is now."""
         record = copy.copy(self.record)
+        record.status_message = self._last_text
         record.history = list(record.history)
         record.outputs = list(record.outputs)
         record.line_count = len(self.stream)
@@ -124,6 +131,16 @@ class Job:
             ValueError: ``code`` is not an information code (1..4999).
             asyncio.CancelledError: from a worker thread, once the job is cancelled.
         """
+        # The stream's hot path: one plain line from the loop, formatted in one go.
+        if (code == 100 and text.__class__ is str and text.isprintable()
+                and get_ident() == self._loop_thread):
+            stream = self.stream
+            if not stream.closed:
+                stream.lines.append(f"J0000100: {text}\r\n".encode())
+                if not stream.scheduled:
+                    stream.schedule()
+                self._last_text = text
+            return
         if code != Status.INFO and not 0 < code < ERROR_THRESHOLD:
             raise ValueError(f"information codes are 1..4999, got {code}")
         self._say(code, str(text))
@@ -203,8 +220,9 @@ class Job:
         if self._cancel_requested:
             raise asyncio.CancelledError()
         if self._suspend_requested:
+            waiter = self._resume_waiter = self._loop.create_future()
             self._pause()
-            await self._resumed.wait()
+            await waiter
         if self._cancel_requested:
             raise asyncio.CancelledError()
 
@@ -212,9 +230,9 @@ class Job:
         if self._cancel_requested:
             raise asyncio.CancelledError()
         if self._suspend_requested:
-            self._thread_resumed.clear()
+            event = self._thread_resumed = threading.Event()
             self._loop.call_soon_threadsafe(self._pause)
-            self._thread_resumed.wait()
+            event.wait()
         if self._cancel_requested:
             raise asyncio.CancelledError()
 
@@ -223,14 +241,17 @@ class Job:
             self._wake()
             return
         self._suspend_requested = False
-        self._resumed.clear()
         self._set_state(JobState.SUSPENDED, "suspended")
         self._record_status(Status.SUSPENDED)
 
     def _wake(self) -> None:
         """Let a job paused at a checkpoint go on (resumed or cancelled)."""
-        self._resumed.set()
-        self._thread_resumed.set()
+        waiter, self._resume_waiter = self._resume_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        event, self._thread_resumed = self._thread_resumed, None
+        if event is not None:
+            event.set()
 
     # -- recording --------------------------------------------------------------
 
@@ -241,14 +262,8 @@ class Job:
             self._from_any_thread(self._record_line, code, text)
 
     def _record_line(self, code: int, text: str) -> None:
-        lines = format_lines("J", code, text)
-        if len(lines) == 1:
-            self.stream.append(lines[0])
-        else:
-            self.stream.extend(lines)
-        record = self.record
-        record.status_message = text
-        record.updated = time.time()
+        self.stream.extend(format_lines("J", code, text))
+        self._last_text = text
 
     def _record_status(self, code: Status, text: str | None = None) -> None:
         """Record a server-made line with a standard text (or ``text``)."""
@@ -261,14 +276,14 @@ class Job:
             return
         if self._cancel_requested:
             raise asyncio.CancelledError()
-        with self._thread_lock:
+        with _THREAD_LOCK:
             first = not self._thread_pending
             self._thread_pending.append(lambda: func(*args))
         if first:
             self._loop.call_soon_threadsafe(self._take_from_thread)
 
     def _take_from_thread(self) -> None:
-        with self._thread_lock:
+        with _THREAD_LOCK:
             pending, self._thread_pending = self._thread_pending, []
         for call in pending:
             call()
@@ -293,6 +308,13 @@ class Job:
             self.record.history.append(entry)
             if self.on_event is not None:
                 self.on_event(self, entry)
+        self._changed()
+
+    def _flushed(self) -> None:
+        """New lines went out: the record's last message and update time follow."""
+        record = self.record
+        record.status_message = self._last_text
+        record.updated = time.time()
         self._changed()
 
     def _changed(self) -> None:

@@ -148,7 +148,8 @@ def _narrow_codec(declared: str | None) -> str:
     if not _ascii_compatible(codec):
         raise PacketError(
             Reply.UNSUPPORTED_ENCODING,
-            f'encoding "{_clip(declared)}" is not ASCII-compatible, but the XML declaration is ASCII',
+            f'encoding "{_clip(declared)}" is not ASCII-compatible,'
+            " but the XML declaration is ASCII",
         )
     return codec
 
@@ -183,9 +184,10 @@ def _describe(exc: etree.XMLSyntaxError) -> str:
 
 
 def _new_xml_parser() -> etree.XMLPullParser:
-    # resolve_entities="internal", not False: with False, lxml's push parser
-    # silently stops at an undefined entity instead of reporting it.  No
-    # entity can be defined anyway: a DOCTYPE never reaches lxml.
+    # resolve_entities="internal", not False: with False, lxml's pull parser
+    # stops at an undefined entity without an error or any further event, so
+    # the packet would just hang.  No entity can be defined anyway: a DOCTYPE
+    # never reaches lxml, and no DTD or network resource is ever loaded.
     return etree.XMLPullParser(
         events=("start", "end"),
         encoding="utf-8",
@@ -230,7 +232,9 @@ class PacketParser:
         self._xml = _new_xml_parser()
         self._names: list[str] = []  # local names of the open elements: at most 3
         self._elements: list[etree._Element] = []  # the open elements themselves
-        self._previous: etree._Element | None = None  # the last child closed in the innermost
+        # The last element closed inside the innermost open one: its tail is the
+        # text since then.
+        self._previous: etree._Element | None = None
         self._command = ""
         self._sections: dict[str, dict[str, str]] = {}
         self._values: dict[str, str] = {}  # the open section's variables
@@ -502,7 +506,9 @@ def _check_no_text(text: str | None, where: str) -> None:
 
 def _may_become_markup(ahead: str) -> bool:
     """True if more text could make ``ahead`` a comment, PI or DOCTYPE."""
-    return "<!--".startswith(ahead) or "<?".startswith(ahead) or "<!DOCTYPE".startswith(ahead.upper())
+    return (
+        "<!--".startswith(ahead) or "<?".startswith(ahead) or "<!DOCTYPE".startswith(ahead.upper())
+    )
 
 
 # -- building packets ------------------------------------------------------------

@@ -53,7 +53,7 @@ class Watcher(Protocol):
 class JobStream:
     """The recorded lines of one job and the watchers following them."""
 
-    __slots__ = ("lines", "base", "closed", "on_flush", "_loop", "_cursors", "_scheduled")
+    __slots__ = ("lines", "base", "closed", "on_flush", "scheduled", "_loop", "_cursors")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, base: int = 0) -> None:
         self.lines: list[bytes] = []
@@ -64,7 +64,7 @@ class JobStream:
         self.on_flush: Callable[[], None] | None = None
         self._loop = loop
         self._cursors: dict[Watcher, int] = {}
-        self._scheduled = False
+        self.scheduled = False
 
     def __len__(self) -> int:
         """The number of lines recorded so far (in memory or not)."""
@@ -78,27 +78,32 @@ class JobStream:
         """Record one encoded wire line."""
         if not self.closed:
             self.lines.append(data)
-            if not self._scheduled:
-                self._schedule()
+            if not self.scheduled:
+                self.schedule()
 
     def extend(self, lines: list[bytes]) -> None:
         """Record several encoded wire lines."""
         if not self.closed:
             self.lines.extend(lines)
-            if not self._scheduled:
-                self._schedule()
+            if not self.scheduled:
+                self.schedule()
 
     def close(self) -> None:
         """No more lines: watchers end once they have everything."""
         self.closed = True
-        if not self._scheduled:
-            self._schedule()
+        if not self.scheduled:
+            self.schedule()
 
     def watch(self, watcher: Watcher, from_line: int = 1) -> None:
-        """Send lines from ``from_line`` (1-based) on to ``watcher``."""
-        self._cursors[watcher] = max(from_line, 1) - 1
-        if not self._scheduled:
-            self._schedule()
+        """Send lines from ``from_line`` (1-based) on to ``watcher``, starting now with
+        what is already recorded (so a reply and the first lines can share a send)."""
+        position = max(from_line, 1) - 1
+        self._cursors[watcher] = position
+        if position < self.base:
+            if not self.scheduled:
+                self.schedule()  # the flush tells it to read the store
+            return
+        self._serve(watcher, position, self.base + len(self.lines), {})
 
     def unwatch(self, watcher: Watcher) -> int | None:
         """Stop sending to ``watcher``; return the next line it would have had."""
@@ -107,12 +112,18 @@ class JobStream:
 
     def catch_up(self, watcher: Watcher) -> None:
         """Send ``watcher`` what it has not seen yet (after it became writable)."""
-        if watcher in self._cursors and not self._scheduled:
-            self._schedule()
+        if watcher in self._cursors and not self.scheduled:
+            self.schedule()
 
     def in_memory(self, line: int) -> bool:
         """True when line number ``line`` (or a later one) can be served from memory."""
         return line > self.base
+
+    def first_needed_line(self) -> int | None:
+        """The lowest line a watcher has yet to be sent, or None without watchers."""
+        if not self._cursors:
+            return None
+        return min(self._cursors.values()) + 1
 
     def trim(self, keep_from_line: int) -> None:
         """Forget lines before ``keep_from_line`` (they must be in the store)."""
@@ -121,12 +132,13 @@ class JobStream:
             del self.lines[:drop]
             self.base += drop
 
-    def _schedule(self) -> None:
-        self._scheduled = True
+    def schedule(self) -> None:
+        """Flush at the end of this event-loop turn (the caller checked ``scheduled``)."""
+        self.scheduled = True
         self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        self._scheduled = False
+        self.scheduled = False
         if self.on_flush is not None:
             self.on_flush()
         end = self.base + len(self.lines)
@@ -135,13 +147,17 @@ class JobStream:
             if position < self.base:
                 del self._cursors[watcher]
                 watcher.fell_behind(position + 1)
-                continue
-            while position < end and watcher.writable:
-                position = self._send(watcher, position, end, shared)
-            self._cursors[watcher] = position
-            if position >= end and self.closed:
-                del self._cursors[watcher]
-                watcher.stream_ended()
+            else:
+                self._serve(watcher, position, end, shared)
+
+    def _serve(self, watcher: Watcher, position: int, end: int, shared: dict[int, bytes]) -> None:
+        """Send ``watcher`` what it can take of lines up to ``end``; end it if done."""
+        while position < end and watcher.writable:
+            position = self._send(watcher, position, end, shared)
+        self._cursors[watcher] = position
+        if position >= end and self.closed:
+            del self._cursors[watcher]
+            watcher.stream_ended()
 
     def _send(self, watcher: Watcher, position: int, end: int, shared: dict[int, bytes]) -> int:
         """Write one chunk from ``position``; return the new position."""

@@ -40,7 +40,8 @@ TRAILING_GARBAGE = b"\r\n\xff\xfe\x00 & &bogus; </nope> <!DOCTYPE x> <job_comman
 
 
 def packet_text(body: str, *, declaration: str = '<?xml version="1.0"?>\n') -> str:
-    return f'{declaration}<job_command name="SubmitJob"><job_variables>{body}</job_variables></job_command>'
+    root = f'<job_command name="SubmitJob"><job_variables>{body}</job_variables></job_command>'
+    return declaration + root
 
 
 # -- feeding helpers ---------------------------------------------------------------
@@ -57,7 +58,9 @@ def feed_whole(data: bytes) -> Packet:
 def feed_bytewise(data: bytes) -> Packet:
     parser = PacketParser()
     for index in range(len(data) - 1):
-        assert parser.feed(data[index : index + 1]) is None, f"packet before the root closed, at byte {index}"
+        assert parser.feed(data[index : index + 1]) is None, (
+            f"packet before the root closed, at byte {index}"
+        )
     assert not parser.done
     packet = parser.feed(data[-1:])
     assert packet is not None
@@ -104,9 +107,9 @@ def refuse(request: pytest.FixtureRequest) -> Callable[[bytes], PacketError]:
     return feeder
 
 
-def failing_byte(data: bytes, parser: PacketParser | None = None) -> int:
+def failing_byte(data: bytes) -> int:
     """The index of the byte whose feed raised, feeding one byte at a time."""
-    parser = parser or PacketParser()
+    parser = PacketParser()
     for index in range(len(data)):
         try:
             parser.feed(data[index : index + 1])
@@ -119,13 +122,15 @@ def assert_clean(detail: str) -> None:
     """A detail is one short, printable line: no repr, traceback or exception name."""
     assert detail and detail == detail.strip()
     assert detail.isprintable() and len(detail) <= 200
-    assert not re.search(r"Traceback|\w+Error\b|\w+Exception\b|\bb'|\\x|\\u|0x7f", detail), detail
+    assert not re.search(r"Traceback|\w+Error\b|\w+Exception\b|\bb'|\\x|\\u", detail), detail
 
 
 # -- accepted packets ----------------------------------------------------------------
 
 
-def test_the_documentation_example_with_its_broken_declaration(feed: Callable[[bytes], Packet]) -> None:
+def test_the_documentation_example_with_its_broken_declaration(
+    feed: Callable[[bytes], Packet],
+) -> None:
     packet = feed(DOC_EXAMPLE)
     assert packet == Packet("SubmitJob", DOC_EXAMPLE_VARIABLES, {})
     assert list(packet.variables) == ["ProjectName", "_sys_ClientJobMonitor"]
@@ -147,14 +152,18 @@ def test_elements_match_by_local_name_in_any_namespace(
 
 
 def test_a_prefix_never_declared_is_ignored(feed: Callable[[bytes], Packet]) -> None:
-    data = b'<pfjob:job_command name="X"><pfjob:job_variables><pfjob:var name="a">1</pfjob:var></pfjob:job_variables></pfjob:job_command>'
+    data = (
+        b'<pfjob:job_command name="X"><pfjob:job_variables><pfjob:var name="a">1</pfjob:var>'
+        b"</pfjob:job_variables></pfjob:job_command>"
+    )
     assert feed(data) == Packet("X", {"a": "1"}, {})
 
 
 def test_doc_variables(feed: Callable[[bytes], Packet]) -> None:
     data = (
         b'<job_command name="SubmitJob"><job_variables><var name="a">1</var></job_variables>'
-        b'<doc_variables><var name="a">doc a</var><var name="b">doc b</var></doc_variables></job_command>'
+        b'<doc_variables><var name="a">doc a</var><var name="b">doc b</var></doc_variables>'
+        b"</job_command>"
     )
     packet = feed(data)
     assert packet == Packet("SubmitJob", {"a": "1"}, {"a": "doc a", "b": "doc b"})
@@ -169,7 +178,9 @@ def test_variables_keep_document_order_and_are_read_only(feed: Callable[[bytes],
     names = ["zeta", "alpha", "Mid", "_sys_x", "beta"]
     body = "".join(f'<var name="{name}">{index}</var>' for index, name in enumerate(names))
     packet = feed(packet_text(body).encode())
-    assert list(packet.variables.items()) == [(name, str(index)) for index, name in enumerate(names)]
+    assert list(packet.variables.items()) == [
+        (name, str(index)) for index, name in enumerate(names)
+    ]
     with pytest.raises(TypeError):
         packet.variables["zeta"] = "changed"  # type: ignore[index]
     with pytest.raises(AttributeError):
@@ -208,11 +219,16 @@ def test_values_keep_whitespace_and_newlines(feed: Callable[[bytes], Packet]) ->
 
 
 def test_names_are_kept_exactly(feed: Callable[[bytes], Packet]) -> None:
-    data = b'<job_command name=" Spaced "><job_variables><var name=" a">1</var><var name="a">2</var></job_variables></job_command>'
+    data = (
+        b'<job_command name=" Spaced "><job_variables><var name=" a">1</var><var name="a">2</var>'
+        b"</job_variables></job_command>"
+    )
     assert feed(data) == Packet(" Spaced ", {" a": "1", "a": "2"}, {})
 
 
-def test_blank_lines_comments_and_pis_around_the_declaration(feed: Callable[[bytes], Packet]) -> None:
+def test_blank_lines_comments_and_pis_around_the_declaration(
+    feed: Callable[[bytes], Packet],
+) -> None:
     data = (
         b'\r\n \t\n<?xml version="1.0" encoding="UTF-8" standalone="yes" ?>\r\n'
         b'<!-- a <!DOCTYPE inside a comment is only text -->\n<?pf_command version="1.0"?>\n'
@@ -223,7 +239,9 @@ def test_blank_lines_comments_and_pis_around_the_declaration(feed: Callable[[byt
 
 def test_non_ascii_utf8(feed: Callable[[bytes], Packet]) -> None:
     body = '<var name="caf\u00e9">\u00e9\u20ac\U0001d11e \u65e5\u672c</var>'
-    assert feed(packet_text(body).encode()).variables == {"caf\u00e9": "\u00e9\u20ac\U0001d11e \u65e5\u672c"}
+    assert feed(packet_text(body).encode()).variables == {
+        "caf\u00e9": "\u00e9\u20ac\U0001d11e \u65e5\u672c"
+    }
 
 
 ENCODED_TEXT = packet_text('<var name="v">caf\u00e9 \u20ac \U0001d11e</var>', declaration="")
@@ -234,7 +252,12 @@ ENCODED_VALUE = "caf\u00e9 \u20ac \U0001d11e"
 @pytest.mark.parametrize("bom", [True, False], ids=["bom", "no-bom"])
 @pytest.mark.parametrize(
     "declaration",
-    ["", '<?xml version="1.0" encoding="UTF-16"?>', '<?xml version="1.0" encoding="utf-8"?>', "\r\n  "],
+    [
+        "",
+        '<?xml version="1.0" encoding="UTF-16"?>',
+        '<?xml version="1.0" encoding="utf-8"?>',
+        "\r\n  ",
+    ],
     ids=["none", "utf-16", "wrong-label", "blank-line"],
 )
 def test_wide_encodings_with_and_without_bom(
@@ -272,18 +295,26 @@ def test_utf8_bom(feed: Callable[[bytes], Packet], declaration: str) -> None:
         ("Shift_JIS", "shift_jis", "\u65e5\u672c\u8a9e"),
     ],
 )
-def test_declared_encoding(feed: Callable[[bytes], Packet], label: str, codec: str, value: str) -> None:
-    data = packet_text(f'<var name="v">{value}</var>', declaration=f'<?xml version="1.0" encoding="{label}"?>\n')
+def test_declared_encoding(
+    feed: Callable[[bytes], Packet], label: str, codec: str, value: str
+) -> None:
+    data = packet_text(
+        f'<var name="v">{value}</var>', declaration=f'<?xml version="1.0" encoding="{label}"?>\n'
+    )
     assert feed(data.encode(codec)).variables == {"v": value}
 
 
 def test_declared_encoding_in_the_broken_declaration(feed: Callable[[bytes], Packet]) -> None:
-    data = packet_text('<var name="v">\u00e9t\u00e9</var>', declaration="<?xml version='1.0' encoding='latin-1'>\n")
+    data = packet_text(
+        '<var name="v">\u00e9t\u00e9</var>', declaration="<?xml version='1.0' encoding='latin-1'>\n"
+    )
     assert feed(data.encode("latin-1")).variables == {"v": "\u00e9t\u00e9"}
 
 
 def test_utf16_label_on_utf8_bytes_reads_utf8(feed: Callable[[bytes], Packet]) -> None:
-    data = packet_text('<var name="v">\u00e9</var>', declaration='<?xml version="1.0" encoding="UTF-16"?>')
+    data = packet_text(
+        '<var name="v">\u00e9</var>', declaration='<?xml version="1.0" encoding="UTF-16"?>'
+    )
     assert feed(data.encode()).variables == {"v": "\u00e9"}
 
 
@@ -297,67 +328,154 @@ def test_the_packet_comes_with_the_byte_that_closes_the_root() -> None:
     assert parser.bytes_received == len(DOC_EXAMPLE) + len(b"\n<never parsed") + 4
 
 
-def test_a_bad_byte_after_the_packet_in_the_same_chunk_is_ignored() -> None:
-    for codec in ("utf-8", "utf-16-le"):
-        data = ENCODED_TEXT.encode(codec) + b"\xff\xdf\xff\xdf\x00\x00"
-        assert feed_whole(data).variables == {"v": ENCODED_VALUE}
+@pytest.mark.parametrize("codec", ["utf-8", "utf-16-le", "utf-16-be"])
+def test_a_bad_byte_after_the_packet_in_the_same_chunk_is_ignored(codec: str) -> None:
+    data = ENCODED_TEXT.encode(codec)
+    garbage = b"\xff\xdf\xff\xdf\x00\x00"
+    assert feed_whole(data + garbage).variables == {"v": ENCODED_VALUE}
+    # Also when the chunk starts inside a character the decoder has half of.
+    split = data.index("\u20ac".encode(codec)) + 1
+    parser = PacketParser()
+    assert parser.feed(data[:split]) is None
+    assert parser.feed(data[split:] + garbage) == Packet("SubmitJob", {"v": ENCODED_VALUE}, {})
 
 
 def test_lxml_line_numbers_count_the_declaration_and_blank_lines() -> None:
     data = b'\n\n<?xml version="1.0">\n<job_command name="X">\n<job_variables>\n</job_command>'
     error = refuse_whole(data)
     assert error.code is Reply.MALFORMED_PACKET
-    assert error.detail.startswith("not well-formed XML: Opening and ending tag mismatch: job_variables line 5")
+    assert error.detail.startswith(
+        "not well-formed XML: Opening and ending tag mismatch: job_variables line 5"
+    )
 
 
 # -- refused packets -------------------------------------------------------------------
 
 MALFORMED = [
-    ("tag mismatch", packet_text('<var name="a">1</job_variables>'),
-     "not well-formed XML: Opening and ending tag mismatch: var line 2 and job_variables, line 2, column"),
-    ("text before the root", 'hello <job_command name="X"/>',
-     "not well-formed XML: Start tag expected, '<' not found, line 1, column 1"),
-    ("root element", '<jobcommand name="X"/>', "the root element is <jobcommand>, not <job_command>"),
-    ("no command name", "<job_command><job_variables/></job_command>", "<job_command> has no name attribute"),
+    (
+        "tag mismatch",
+        packet_text('<var name="a">1</job_variables>'),
+        "not well-formed XML: Opening and ending tag mismatch: var line 2 and job_variables, line 2",
+    ),
+    (
+        "text before the root",
+        'hello <job_command name="X"/>',
+        "not well-formed XML: Start tag expected, '<' not found, line 1, column 1",
+    ),
+    (
+        "root element",
+        '<jobcommand name="X"/>',
+        "the root element is <jobcommand>, not <job_command>",
+    ),
+    (
+        "no command name",
+        "<job_command><job_variables/></job_command>",
+        "<job_command> has no name attribute",
+    ),
     ("empty command name", '<job_command name=""/>', "<job_command> has an empty name attribute"),
-    ("blank command name", '<job_command name=" &#9; "/>', "<job_command> has an empty name attribute"),
-    ("var without a name", packet_text("<var>1</var>"), "a <var> in <job_variables> has no name attribute"),
-    ("var with an empty name", packet_text('<var name="">1</var>'), "a <var> in <job_variables> has an empty name attribute"),
-    ("duplicate var", packet_text('<var name="a">1</var><var name="b"/><var name="a">2</var>'),
-     'variable "a" appears twice in <job_variables>'),
-    ("element in a var", packet_text('<var name="a">1<b>2</b></var>'),
-     'element <b> inside <var name="a">: values are plain text'),
-    ("unknown element under the root", '<job_command name="X"><job_vars/></job_command>',
-     "unexpected element <job_vars> inside <job_command>"),
-    ("unknown element in a section", packet_text('<variable name="a">1</variable>'),
-     "unexpected element <variable> inside <job_variables>"),
-    ("section twice", '<job_command name="X"><job_variables/><job_variables/></job_command>',
-     "<job_variables> appears twice"),
-    ("text between vars", packet_text('<var name="a"/>oops<var name="b"/>'),
-     'unexpected text "oops" inside <job_variables>'),
-    ("text after the last var", packet_text('<var name="a"/>value'),
-     'unexpected text "value" inside <job_variables>'),
-    ("text in the root", '<job_command name="X">stray<job_variables/></job_command>',
-     'unexpected text "stray" inside <job_command>'),
-    ("undefined entity", packet_text('<var name="a">&nbsp;</var>'),
-     "not well-formed XML: Entity 'nbsp' not defined, line 2, column"),
-    ("undefined entity in an attribute", packet_text('<var name="&x;">1</var>'),
-     "not well-formed XML: Entity 'x' not defined, line 2, column"),
+    (
+        "blank command name",
+        '<job_command name=" &#9; "/>',
+        "<job_command> has an empty name attribute",
+    ),
+    (
+        "var without a name",
+        packet_text("<var>1</var>"),
+        "a <var> in <job_variables> has no name attribute",
+    ),
+    (
+        "var with an empty name",
+        packet_text('<var name="">1</var>'),
+        "a <var> in <job_variables> has an empty name attribute",
+    ),
+    (
+        "duplicate var",
+        packet_text('<var name="a">1</var><var name="b"/><var name="a">2</var>'),
+        'variable "a" appears twice in <job_variables>',
+    ),
+    (
+        "element in a var",
+        packet_text('<var name="a">1<b>2</b></var>'),
+        'element <b> inside <var name="a">: values are plain text',
+    ),
+    (
+        "unknown element under the root",
+        '<job_command name="X"><job_vars/></job_command>',
+        "unexpected element <job_vars> inside <job_command>",
+    ),
+    (
+        "unknown element in a section",
+        packet_text('<variable name="a">1</variable>'),
+        "unexpected element <variable> inside <job_variables>",
+    ),
+    (
+        "section twice",
+        '<job_command name="X"><job_variables/><job_variables/></job_command>',
+        "<job_variables> appears twice",
+    ),
+    (
+        "text between vars",
+        packet_text('<var name="a"/>oops<var name="b"/>'),
+        'unexpected text "oops" inside <job_variables>',
+    ),
+    (
+        "text after the last var",
+        packet_text('<var name="a"/>value'),
+        'unexpected text "value" inside <job_variables>',
+    ),
+    (
+        "text in the root",
+        '<job_command name="X">stray<job_variables/></job_command>',
+        'unexpected text "stray" inside <job_command>',
+    ),
+    (
+        "undefined entity",
+        packet_text('<var name="a">&nbsp;</var>'),
+        "not well-formed XML: Entity 'nbsp' not defined, line 2, column",
+    ),
+    (
+        "undefined entity in an attribute",
+        packet_text('<var name="&x;">1</var>'),
+        "not well-formed XML: Entity 'x' not defined, line 2, column",
+    ),
     ("NUL", packet_text('<var name="a">\x00</var>'), "character U+0000 is not allowed in XML"),
-    ("control character", packet_text('<var name="a">\x1b[31m</var>'), "character U+001B is not allowed in XML"),
+    (
+        "control character",
+        packet_text('<var name="a">\x1b[31m</var>'),
+        "character U+001B is not allowed in XML",
+    ),
     ("U+FFFE", packet_text('<var name="a">\ufffe</var>'), "character U+FFFE is not allowed in XML"),
-    ("NUL reference", packet_text('<var name="a">&#0;</var>'),
-     "not well-formed XML: xmlParseCharRef: invalid xmlChar value 0, line 2, column"),
-    ("second declaration", '<?xml version="1.0"?><?xml version="1.0"?><job_command name="X"/>',
-     "not well-formed XML: XML declaration allowed only at the start of the document"),
-    ("malformed declaration", '<?xml version=1.0?><job_command name="X"/>', "the XML declaration is malformed"),
-    ("unclosed declaration", '<?xml version="1.0"' + " " * 300, "the XML declaration is not closed"),
-    ("declaration running into the root", '<?xml version="1.0" <job_command name="X"/>',
-     "the XML declaration is malformed"),
+    (
+        "NUL reference",
+        packet_text('<var name="a">&#0;</var>'),
+        "not well-formed XML: xmlParseCharRef: invalid xmlChar value 0, line 2, column",
+    ),
+    (
+        "second declaration",
+        '<?xml version="1.0"?><?xml version="1.0"?><job_command name="X"/>',
+        "not well-formed XML: XML declaration allowed only at the start of the document",
+    ),
+    (
+        "malformed declaration",
+        '<?xml version=1.0?><job_command name="X"/>',
+        "the XML declaration is malformed",
+    ),
+    (
+        "unclosed declaration",
+        '<?xml version="1.0"' + " " * 300,
+        "the XML declaration is not closed",
+    ),
+    (
+        "declaration running into the root",
+        '<?xml version="1.0" <job_command name="X"/>',
+        "the XML declaration is malformed",
+    ),
 ]
 
 
-@pytest.mark.parametrize("text, detail", [case[1:] for case in MALFORMED], ids=[case[0] for case in MALFORMED])
+@pytest.mark.parametrize(
+    "text, detail", [case[1:] for case in MALFORMED], ids=[case[0] for case in MALFORMED]
+)
 def test_malformed_packets(refuse: Callable[[bytes], PacketError], text: str, detail: str) -> None:
     error = refuse(text.encode())
     assert error.code is Reply.MALFORMED_PACKET
@@ -373,7 +491,10 @@ def test_a_shape_error_is_raised_at_the_tag_that_shows_it() -> None:
 def test_peer_text_in_a_detail_is_clipped_to_one_line() -> None:
     name = "line one&#10;line two " + "x" * 100
     error = refuse_whole(packet_text(f'<var name="{name}"/><var name="{name}"/>').encode())
-    assert error.detail == 'variable "line one line two xxxxxxxxxxxxxxxxxxx..." appears twice in <job_variables>'
+    assert (
+        error.detail
+        == 'variable "line one line two xxxxxxxxxxxxxxxxxxx..." appears twice in <job_variables>'
+    )
     assert_clean(error.detail)
 
 
@@ -400,15 +521,23 @@ def test_ten_thousand_deep_nesting_fails_fast_at_the_first_extra_level() -> None
         ('<?xml version="1.0" encoding="klingon">', 'unknown encoding "klingon"'),
         ('<?xml version="1.0" encoding="utf 8"?>', 'unknown encoding "utf 8"'),
         ('<?xml version="1.0" encoding=""?>', 'unknown encoding ""'),
-        ('<?xml version="1.0" encoding="cp500"?>',
-         'encoding "cp500" is not ASCII-compatible, but the XML declaration is ASCII'),
-        ('<?xml version="1.0" encoding="base64"?>',
-         'encoding "base64" is not ASCII-compatible, but the XML declaration is ASCII'),
-        ('<?xml version="1.0" encoding="unicode_escape"?>',
-         'encoding "unicode_escape" is not ASCII-compatible, but the XML declaration is ASCII'),
+        (
+            '<?xml version="1.0" encoding="cp500"?>',
+            'encoding "cp500" is not ASCII-compatible, but the XML declaration is ASCII',
+        ),
+        (
+            '<?xml version="1.0" encoding="base64"?>',
+            'encoding "base64" is not ASCII-compatible, but the XML declaration is ASCII',
+        ),
+        (
+            '<?xml version="1.0" encoding="unicode_escape"?>',
+            'encoding "unicode_escape" is not ASCII-compatible, but the XML declaration is ASCII',
+        ),
     ],
 )
-def test_unsupported_declared_encoding(refuse: Callable[[bytes], PacketError], declaration: str, detail: str) -> None:
+def test_unsupported_declared_encoding(
+    refuse: Callable[[bytes], PacketError], declaration: str, detail: str
+) -> None:
     error = refuse(packet_text("", declaration=declaration).encode())
     assert (error.code, error.detail) == (Reply.UNSUPPORTED_ENCODING, detail)
     assert_clean(error.detail)
@@ -416,27 +545,51 @@ def test_unsupported_declared_encoding(refuse: Callable[[bytes], PacketError], d
 
 @pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
 def test_unknown_label_on_utf16_bytes(refuse: Callable[[bytes], PacketError], codec: str) -> None:
-    error = refuse(packet_text("", declaration='<?xml version="1.0" encoding="klingon"?>').encode(codec))
+    error = refuse(
+        packet_text("", declaration='<?xml version="1.0" encoding="klingon"?>').encode(codec)
+    )
     assert (error.code, error.detail) == (Reply.UNSUPPORTED_ENCODING, 'unknown encoding "klingon"')
 
 
 @pytest.mark.parametrize(
     "data, detail",
     [
-        (packet_text('<var name="a">\xff</var>').encode("latin-1"),
-         "the packet is not valid utf-8 (invalid start byte)"),
-        (packet_text('<var name="a">\xc3</var>').encode("latin-1"),
-         "the packet is not valid utf-8 (invalid continuation byte)"),
-        (b"\xef\xbb\xbf" + packet_text('<var name="a">\xe9</var>').encode("latin-1"),
-         "the packet is not valid utf-8 (invalid continuation byte)"),
-        (packet_text('<var name="a">\ud800x</var>').encode("utf-16-le", "surrogatepass"),
-         "the packet is not valid utf-16-le (illegal UTF-16 surrogate)"),
-        (packet_text('<var name="a">\udc00</var>').encode("utf-16-be", "surrogatepass"),
-         "the packet is not valid utf-16-be (illegal encoding)"),
-        (packet_text('<var name="a">\x81</var>', declaration='<?xml version="1.0" encoding="windows-1252"?>')
-         .encode("latin-1"), "the packet is not valid cp1252 (character maps to <undefined>)"),
+        (
+            packet_text('<var name="a">\xff</var>').encode("latin-1"),
+            "the packet is not valid utf-8 (invalid start byte)",
+        ),
+        (
+            packet_text('<var name="a">\xc3</var>').encode("latin-1"),
+            "the packet is not valid utf-8 (invalid continuation byte)",
+        ),
+        (
+            b"\xef\xbb\xbf" + packet_text('<var name="a">\xe9</var>').encode("latin-1"),
+            "the packet is not valid utf-8 (invalid continuation byte)",
+        ),
+        (
+            packet_text('<var name="a">\ud800x</var>').encode("utf-16-le", "surrogatepass"),
+            "the packet is not valid utf-16-le (illegal UTF-16 surrogate)",
+        ),
+        (
+            packet_text('<var name="a">\udc00</var>').encode("utf-16-be", "surrogatepass"),
+            "the packet is not valid utf-16-be (illegal encoding)",
+        ),
+        (
+            packet_text(
+                '<var name="a">\x81</var>',
+                declaration='<?xml version="1.0" encoding="windows-1252"?>',
+            ).encode("latin-1"),
+            "the packet is not valid cp1252 (character maps to <undefined>)",
+        ),
     ],
-    ids=["utf-8 start byte", "utf-8 continuation", "utf-8 bom", "utf-16-le surrogate", "utf-16-be surrogate", "cp1252"],
+    ids=[
+        "utf-8 start byte",
+        "utf-8 continuation",
+        "utf-8 bom",
+        "utf-16-le surrogate",
+        "utf-16-be surrogate",
+        "cp1252",
+    ],
 )
 def test_bytes_invalid_in_the_packets_encoding(
     refuse: Callable[[bytes], PacketError], data: bytes, detail: str
@@ -467,8 +620,10 @@ EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
 DOCTYPES = {
     "billion laughs": BILLION_LAUGHS,
     "external entity": EXTERNAL_ENTITY,
-    "external DTD": b'<!DOCTYPE job_command SYSTEM "http://127.0.0.1:9/x.dtd"><job_command name="X"/>',
-    "after comment and PI": b'<?xml version="1.0">\n<!-- hi --><?pf_command version="1.0"?>\n<!DOCTYPE x><job_command name="X"/>',
+    "external DTD": b'<!DOCTYPE job_command SYSTEM "http://127.0.0.1:9/x.dtd"><job_command/>',
+    "after comment and PI": (
+        b'<?xml version="1.0">\n<!-- hi --><?pf_command version="1.0"?>\n<!DOCTYPE x><job_command/>'
+    ),
     "lower case": b'<!doctype job_command><job_command name="X"/>',
     "utf-16": '<!DOCTYPE job_command><job_command name="X"/>'.encode("utf-16"),
 }
@@ -480,7 +635,9 @@ def test_doctype_refused(refuse: Callable[[bytes], PacketError], data: bytes) ->
     assert (error.code, error.detail) == (Reply.DOCTYPE_REFUSED, "the packet has a <!DOCTYPE>")
 
 
-@pytest.mark.parametrize("data", [BILLION_LAUGHS, EXTERNAL_ENTITY], ids=["billion laughs", "external entity"])
+@pytest.mark.parametrize(
+    "data", [BILLION_LAUGHS, EXTERNAL_ENTITY], ids=["billion laughs", "external entity"]
+)
 def test_doctype_refused_before_its_contents_arrive(data: bytes) -> None:
     # Refused at the "E" of "<!DOCTYPE", before any entity declaration was read.
     assert failing_byte(data) == data.index(b"<!DOCTYPE") + len(b"<!DOCTYPE") - 1
@@ -493,7 +650,10 @@ def test_too_large_mid_stream() -> None:
         assert parser.feed(data[call * 10 : call * 10 + 10]) is None
     with pytest.raises(PacketError) as caught:
         parser.feed(data[100:110])
-    assert (caught.value.code, caught.value.detail) == (Reply.PACKET_TOO_LARGE, "no complete packet within 100 bytes")
+    assert (caught.value.code, caught.value.detail) == (
+        Reply.PACKET_TOO_LARGE,
+        "no complete packet within 100 bytes",
+    )
     with pytest.raises(PacketError) as again:  # a failed parser stays failed
         parser.feed(b"")
     assert again.value.code is Reply.PACKET_TOO_LARGE
@@ -549,12 +709,18 @@ def test_eof_when_the_root_closed_in_the_final_chunk() -> None:
         (b"\r\n  ", "incomplete packet: input ended before <job_command>"),
         (b"<", "incomplete packet: input ended before <job_command>"),
         (b'<?xml version="1.0"', "incomplete packet: input ended before <job_command>"),
-        (b'<?xml version="1.0"?><!-- open comment', "incomplete packet: input ended before <job_command>"),
+        (
+            b'<?xml version="1.0"?><!-- open comment',
+            "incomplete packet: input ended before <job_command>",
+        ),
         (b'<job_command name="X"', "incomplete packet: input ended before <job_command>"),
         (b'<job_command name="X">', "incomplete packet: input ended inside <job_command>"),
         (DOC_EXAMPLE[:200], "incomplete packet: input ended inside <var>"),
         (DOC_EXAMPLE[:-1], "incomplete packet: input ended inside <job_command>"),
-        (b'<job_command name="X"/'.decode().encode("utf-16-le")[:-1], "incomplete packet: input ended before <job_command>"),
+        (
+            b'<job_command name="X"/'.decode().encode("utf-16-le")[:-1],
+            "incomplete packet: input ended before <job_command>",
+        ),
     ],
 )
 def test_eof_before_the_packet_is_complete(data: bytes, detail: str) -> None:
@@ -580,8 +746,12 @@ def test_eof_after_an_error_raises_that_error() -> None:
 
 # -- building packets -------------------------------------------------------------------
 
-XML_CHARACTERS = st.characters(exclude_categories=["Cs"], exclude_characters="\ufffe\uffff", min_codepoint=0x20) | st.sampled_from("\t\n\r")
-NAMES = st.text(XML_CHARACTERS, min_size=1, max_size=20).filter(lambda name: name.strip(" \t\r\n") != "")
+XML_CHARACTERS = st.characters(
+    exclude_categories=["Cs"], exclude_characters="\ufffe\uffff", min_codepoint=0x20
+) | st.sampled_from("\t\n\r")
+NAMES = st.text(XML_CHARACTERS, min_size=1, max_size=20).filter(
+    lambda name: name.strip(" \t\r\n") != ""
+)
 VALUES = st.text(XML_CHARACTERS, max_size=60)
 
 
@@ -609,25 +779,33 @@ def test_build_packet_bytes() -> None:
         b'<job_command name="SubmitJob"><job_variables><var name="a">x &lt; y &amp; "z"</var>'
         b"</job_variables></job_command>\n"
     )
-    assert build_packet("X").startswith(b'<?xml version="1.0" encoding="UTF-8"?>\n<?pf_command version="1.0"?>\n')
+    assert build_packet("X").startswith(
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<?pf_command version="1.0"?>\n'
+    )
     assert b'xmlns:pfjob="http://www.pageflex.com/schemas"' in build_packet("X")
     assert feed_bytewise(build_packet("X", {"a": "1"})[:-1]) == Packet("X", {"a": "1"}, {})
 
 
-ILLEGAL = st.sampled_from([chr(code) for code in range(0x20) if chr(code) not in "\t\n\r"] + ["\ud800", "\udfff", "\ufffe", "\uffff"])
+ILLEGAL = st.sampled_from(
+    [chr(code) for code in range(0x20) if chr(code) not in "\t\n\r"]
+    + ["\ud800", "\udfff", "\ufffe", "\uffff"]
+)
 
 
 @given(before=VALUES, illegal=ILLEGAL, after=VALUES)
 def test_build_packet_refuses_what_xml_cannot_carry(before: str, illegal: str, after: str) -> None:
     text = before + illegal + after
-    for call in (
-        lambda: build_packet("X", {"a": text}),
-        lambda: build_packet("X", {text: "1"}),
-        lambda: build_packet("X", {}, {"a": text}),
-        lambda: build_packet(text),
-    ):
-        with pytest.raises(ValueError, match=f"contains U\\+{ord(illegal):04X}, which XML cannot carry"):
-            call()
+    cases: list[tuple[str, dict[str, str], dict[str, str]]] = [
+        ("X", {"a": text}, {}),
+        ("X", {text: "1"}, {}),
+        ("X", {}, {"a": text}),
+        (text, {}, {}),
+    ]
+    for command, variables, doc_variables in cases:
+        with pytest.raises(
+            ValueError, match=f"contains U\\+{ord(illegal):04X}, which XML cannot carry"
+        ):
+            build_packet(command, variables, doc_variables)
 
 
 @pytest.mark.parametrize("blank", ["", " ", "\t\r\n"])
