@@ -296,6 +296,36 @@ async def test_a_line_cut_by_a_drop_comes_again_exactly_once():
     assert (await tx.result()).outcome is Outcome.FAILED
 
 
+async def test_a_too_slow_monitor_notice_is_followed_not_shown():
+    requests = []
+
+    async def scripted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parser = PacketParser()
+        packet = None
+        while packet is None:
+            packet = parser.feed(await reader.read(4096))
+        requests.append(packet.variables.get("_sys_FromLine"))
+        if len(requests) == 1:
+            writer.write(b"R0000000: T0000001\r\nJ0000100: one\r\nJ0000100: two\r\n"
+                         b"J0005003: Monitor fell too far behind: "
+                         b"re-attach with MonitorJob from line 3\r\n")
+        else:
+            writer.write(b"R0000000: T0000001\r\nJ0000100: three\r\n"
+                         b"J0000020: Job completed successfully.\r\n"
+                         b"J0000001: Transaction T0000001 ended\r\n")
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(scripted, "127.0.0.1", 0)
+    async with listener:
+        port = listener.sockets[0].getsockname()[1]
+        tx = await Client("127.0.0.1", port).watch("T0000001")
+        lines = [(line.number, line.text) async for line in tx]
+    assert lines == [(1, "one"), (2, "two"), (3, "three"), (4, "Job completed successfully."),
+                     (5, "Transaction T0000001 ended")]
+    assert requests == ["1", "3"]
+
+
 async def test_not_a_jobmonitor_server_is_a_protocol_error():
     async def talker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"SSH-2.0-OpenSSH\r\n")

@@ -4,16 +4,19 @@ The handle counts the wire lines it has handed out.  When the connection drops
 before the ``Transaction ... ended`` line (a network fault, a server restart),
 it sends ``MonitorJob`` with ``_sys_FromLine`` set to the line after the last
 one it received, retrying with back-off for up to ``reconnect_timeout_s``; a
-line cut off by the drop is discarded and comes again.  So the caller sees
-every line exactly once, in order.
+line cut off by the drop is discarded and comes again.  A server that dropped
+a monitor for reading too slowly says so with a ``J0005003`` notice naming the
+line to re-attach from; that notice is not one of the job's lines and is not
+handed out.  So the caller sees every line exactly once, in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import TYPE_CHECKING
 
-from ..codes import Reply
+from ..codes import Reply, Status
 from ..errors import ProtocolError, ReplyError
 from ..lines import LineError, parse_line
 from ..states import Outcome
@@ -25,6 +28,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Transaction"]
 
+#: Sent to a monitor that read nothing for too long; it is not one of the job's lines.
+_BEHIND_PREFIX = f"J{Status.MONITOR_BEHIND.value:07d}: ".encode()
+_BEHIND = re.compile(re.escape(_BEHIND_PREFIX + Status.MONITOR_BEHIND.text.encode())
+                     + rb": re-attach with MonitorJob from line (\d+)")
 _FIRST_DELAY_S = 0.05
 _MAX_DELAY_S = 1.0
 #: Attaches in a row that bring no line at all before the server closes.
@@ -81,7 +88,7 @@ class Transaction:
             if self._reader is None:
                 await self._attach()
             raw = await self._read_raw()
-            if raw is None:
+            if raw is None or self._told_to_reattach(raw):
                 await self._drop()
                 continue
             return self._accept(raw)
@@ -121,6 +128,16 @@ class Transaction:
         except OSError:
             return None
         return raw if raw.endswith(b"\n") else None
+
+    def _told_to_reattach(self, raw: bytes) -> bool:
+        """True for the server's "fell too far behind" notice (not a line of the job)."""
+        if not raw.startswith(_BEHIND_PREFIX):
+            return False
+        match = _BEHIND.fullmatch(raw.rstrip(b"\r\n"))
+        if match is None:
+            return False
+        self.last_line = int(match.group(1)) - 1
+        return True
 
     def _accept(self, raw: bytes) -> StreamLine:
         try:
