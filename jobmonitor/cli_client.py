@@ -18,7 +18,7 @@ import os
 import ssl
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, NoReturn
 
 from .client import Client, JobStatus, ProtocolError, ReplyError, Transaction
 from .cli_output import EXIT_CODES, JsonPrinter, LivePrinter, PlainPrinter, StreamPrinter
@@ -50,6 +50,7 @@ def add_client_commands(commands: Any) -> None:
             name, parents=[common], help=help_text,
             description=help_text[0].upper() + help_text[1:] + ".")
         parser.set_defaults(run=lambda args: _run(action, args))
+        parser.error = _one_line_error(parser)  # type: ignore[method-assign,assignment]
         return parser
 
     _add_submit(add)
@@ -59,6 +60,15 @@ def add_client_commands(commands: Any) -> None:
     listing.add_argument("--all", action="store_true", help="include jobs that have ended")
     listing.add_argument("--user-token", help="only this user's jobs")
     listing.add_argument("--json", action="store_true", help="print the server's JSON list")
+
+
+def _one_line_error(parser: argparse.ArgumentParser) -> Callable[[str], NoReturn]:
+    """A bad argument is one line on stderr (not argparse's usage block), exit status 2."""
+
+    def error(message: str) -> NoReturn:
+        parser.exit(USAGE_ERROR, f"{parser.prog}: {message} (see {parser.prog} --help)\n")
+
+    return error
 
 
 def _common_options() -> argparse.ArgumentParser:
