@@ -74,6 +74,7 @@ class Program:
     output_dir: str | None = None
     kill_grace_s: float = 5.0
     allow_leading_dash: bool = False
+    retry_on_restart: bool = False
     _templates: tuple[_Template, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -184,7 +185,8 @@ def add_programs(app: JobMonitor, programs: Iterable[Program]) -> None:
         ConfigError: a project is already registered.
     """
     for program in programs:
-        app.add_job(program.project, _handler(program), check=program.check)
+        app.add_job(program.project, _handler(program), check=program.check,
+                    retry_on_restart=program.retry_on_restart)
 
 
 def _handler(program: Program) -> Callable[[Job], Awaitable[None]]:

@@ -42,6 +42,7 @@ timeout_s = 600
 
 [projects.list]
 command = ["ls"]
+retry_on_restart = true
 """))
     assert file.config == Config(port=7500, max_running=2, packet_timeout_s=5.0,
                                  jobs=("tests/jobs.py",))
@@ -50,6 +51,7 @@ command = ["ls"]
     assert docs.variables == ("dir",) and docs.cwd == "/srv/docs"
     assert dict(docs.env) == {"LANG": "C.UTF-8"} and docs.timeout_s == 600.0
     assert listing.project == "list" and listing.variables == ()
+    assert listing.retry_on_restart and not docs.retry_on_restart
 
 
 def test_users_are_read(tmp_path):
