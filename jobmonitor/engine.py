@@ -248,15 +248,19 @@ class Engine:
         the live job (None for an earlier, finished job with the same token).
 
         Raises:
-            RequestError: UNKNOWN_PROJECT; SERVER_BUSY while shutting down, when
-            the queue is full, or when transaction numbers are exhausted.
+            RequestError: UNKNOWN_PROJECT; whatever the handler's ``check`` raises;
+            SERVER_BUSY while shutting down, when the queue is full, or when
+            transaction numbers are exhausted.
         """
         if job_token:
             earlier = await self._earlier(identity, job_token)
             if earlier is not None:
                 return earlier, self._jobs.get(earlier)
-        if project not in self._handlers:
+        handler = self._handlers.get(project)
+        if handler is None:
             raise RequestError(Reply.UNKNOWN_PROJECT, project)
+        if handler.check is not None:
+            handler.check(params)
         if not self._accepting:
             raise RequestError(Reply.SERVER_BUSY, "the server is shutting down")
         limit = self._config.max_queued_jobs
