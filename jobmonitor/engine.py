@@ -220,7 +220,10 @@ class Engine:
         job = self._jobs.get(transaction_id)
         if job is not None and job.stream.in_memory(from_line):
             start = from_line - 1 - job.stream.base
-            return job.stream.lines[start:start + limit]
+            durable = job.stream.durable
+            if durable is not None:  # only what a crash cannot take back
+                limit = min(limit, durable - from_line + 1)
+            return job.stream.lines[start:start + max(limit, 0)]
         return await self._store.read_lines(transaction_id, from_line, limit)
 
     def monitor_count(self, transaction_id: str) -> int:
@@ -367,6 +370,8 @@ class Engine:
 
     def _adopt(self, record: JobRecord) -> Job:
         job = Job(record, asyncio.get_running_loop())
+        if self._store.durable:
+            job.stream.durable = record.line_count
         job.on_change = self._store.changed
         job.on_event = self._log_event
         self._jobs[record.transaction_id] = job
@@ -464,8 +469,11 @@ class Engine:
         """After a commit: drop stored lines no monitor needs (and, past the cap, those
         a slow monitor needs: it reads them back from the store); let a stored,
         finished job go."""
+        if not isinstance(item, Job):
+            return
+        item.stream.stored(stored_lines)  # before anything else: watchers wait on it
         job = self._jobs.get(item.transaction_id)
-        if job is None or job is not item:
+        if job is not item:
             return
         stream = job.stream
         keep_from = len(stream) + 1 - IDLE_TAIL_LINES  # a short tail for re-attaching

@@ -53,7 +53,8 @@ class Watcher(Protocol):
 class JobStream:
     """The recorded lines of one job and the watchers following them."""
 
-    __slots__ = ("lines", "base", "closed", "on_flush", "scheduled", "_loop", "_cursors")
+    __slots__ = ("lines", "base", "closed", "on_flush", "scheduled", "durable", "_loop",
+                 "_cursors")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, base: int = 0) -> None:
         self.lines: list[bytes] = []
@@ -62,6 +63,10 @@ class JobStream:
         self.closed = False
         #: Called once per flush that had new lines (the store's cue).
         self.on_flush: Callable[[], None] | None = None
+        #: With a durable store: how many lines are stored.  Watchers are sent
+        #: only those, so a line a client has seen survives any crash, and
+        #: line numbers mean the same thing before and after a restart.
+        self.durable: int | None = None
         self._loop = loop
         self._cursors: dict[Watcher, int] = {}
         self.scheduled = False
@@ -103,7 +108,17 @@ class JobStream:
             if not self.scheduled:
                 self.schedule()  # the flush tells it to read the store
             return
-        self._serve(watcher, position, self.base + len(self.lines), {})
+        self._serve(watcher, position, self._deliverable(), {})
+
+    def stored(self, count: int) -> None:
+        """The store now holds ``count`` lines: they may go out."""
+        self.durable = count
+        if self._cursors and not self.scheduled:
+            self.schedule()
+
+    def _deliverable(self) -> int:
+        end = self.base + len(self.lines)
+        return end if self.durable is None else min(end, self.durable)
 
     def unwatch(self, watcher: Watcher) -> int | None:
         """Stop sending to ``watcher``; return the next line it would have had."""
@@ -141,7 +156,7 @@ class JobStream:
         self.scheduled = False
         if self.on_flush is not None:
             self.on_flush()
-        end = self.base + len(self.lines)
+        end = self._deliverable()
         shared: dict[int, bytes] = {}
         for watcher, position in list(self._cursors.items()):
             if position < self.base:
@@ -155,7 +170,7 @@ class JobStream:
         while position < end and watcher.writable:
             position = self._send(watcher, position, end, shared)
         self._cursors[watcher] = position
-        if position >= end and self.closed:
+        if position >= self.base + len(self.lines) and self.closed:
             del self._cursors[watcher]
             watcher.stream_ended()
 
