@@ -60,7 +60,8 @@ class Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._state = _State.READING
         self._transport: asyncio.Transport | None = None
-        self._parser = PacketParser(max_packet_bytes=self._config.max_packet_bytes)
+        self._parser: PacketParser | None = PacketParser(
+            max_packet_bytes=self._config.max_packet_bytes)
         self._timer: asyncio.TimerHandle | None = None
         self._opened = self._loop.time()
         self._corked: list[bytes] | None = None
@@ -97,7 +98,7 @@ class Connection(asyncio.Protocol):
         self._timer = self._loop.call_later(first_deadline, self._deadline)
 
     def data_received(self, data: bytes) -> None:
-        if self._state is not _State.READING:
+        if self._state is not _State.READING or self._parser is None:
             return  # after the packet, input is not expected and is discarded
         try:
             packet = self._parser.feed(data)
@@ -223,7 +224,11 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         self._state = _State.LINGERING
-        self._transport.write_eof()
+        try:
+            self._transport.write_eof()
+        except OSError:  # the peer is already gone (reset): nothing to linger for
+            self.close()
+            return
         self._timer = self._loop.call_later(self._config.linger_s, self.close)
 
     def close(self) -> None:
@@ -272,10 +277,17 @@ class Connection(asyncio.Protocol):
 
     def _dispatch(self, packet: Packet) -> None:
         self._cancel_timer()
+        self._parser = None  # an lxml parser is kilobytes; a held connection keeps none
         self._state = _State.BUSY
         self._task = self._loop.create_task(self._run(packet))
 
     async def _run(self, packet: Packet) -> None:
+        try:
+            await self._answer(packet)
+        finally:
+            self._task = None
+
+    async def _answer(self, packet: Packet) -> None:
         try:
             response = await self._server.commands.run(packet, self.peer_host)
         except RequestError as exc:
