@@ -308,7 +308,9 @@ class Connection(asyncio.Protocol):
         self._following = response.follow
         self._server.engine.monitor_attached(self._following)
         await self._follow(response.from_line)
-        self._uncork()
+        # Hold the reply until the end of this loop turn: a job that ends within
+        # it goes out with the reply in one send (finish() uncorks at once).
+        self._loop.call_soon(self._uncork)
 
     async def _follow(self, line: int) -> None:
         """Send the followed job's lines from ``line`` on: from the store while they

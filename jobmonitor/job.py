@@ -42,6 +42,11 @@ class Job:
     ``add_output``; the rest is read by the server.
     """
 
+    __slots__ = ("record", "params", "doc_variables", "stream", "on_change", "on_event",
+                 "_last_text", "_loop", "_loop_thread", "_cancel_requested",
+                 "_suspend_requested", "_leave_to_recovery", "_resume_waiter",
+                 "_thread_resumed", "_thread_pending", "__weakref__")
+
     def __init__(self, record: JobRecord, loop: asyncio.AbstractEventLoop) -> None:
         self.record = record
         self.params: Mapping[str, str] = MappingProxyType(record.params)

@@ -16,7 +16,7 @@ import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .errors import ConfigError
 from .records import HistoryEvent, JobRecord
@@ -43,8 +43,7 @@ class Recordable(Protocol):
     def snapshot(self) -> JobRecord: ...
 
 
-@dataclass(frozen=True, slots=True)
-class TaskEvent:
+class TaskEvent(NamedTuple):
     """One entry of the server-wide task log."""
 
     transaction_id: str

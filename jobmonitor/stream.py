@@ -94,10 +94,13 @@ class JobStream:
                 self.schedule()
 
     def close(self) -> None:
-        """No more lines: watchers end once they have everything."""
+        """No more lines: watchers end once they have everything.
+
+        The flush happens now, not at the end of the turn, so that a job that
+        ends at once shares its watchers' first send with the reply.
+        """
         self.closed = True
-        if not self.scheduled:
-            self.schedule()
+        self._flush()
 
     def watch(self, watcher: Watcher, from_line: int = 1) -> None:
         """Send lines from ``from_line`` (1-based) on to ``watcher``, starting now with
