@@ -56,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="worker connections for gearmand and beanstalkd (8)")
     setup.add_argument("--gearmand-threads", type=int, default=4,
                        help="gearmand I/O threads (4, its default)")
-    setup.add_argument("--jobmonitor-store", default="memory://",
-                       help="--store of the jobmonitor server (memory://)")
+    setup.add_argument("--jobmonitor-store", action="append", metavar="STORE",
+                       help="--store of the jobmonitor server, repeatable: memory:// or "
+                            "sqlite (a new database per run); default: both")
     setup.add_argument("--list", action="store_true", help="list the targets and exit")
     return parser
 
@@ -75,7 +76,8 @@ def choose_loop(name: str) -> str:
 def build_targets(args: argparse.Namespace, loop: str) -> list[Target]:
     stream_only = frozenset({"stream"})
     targets: list[Target] = [
-        JobmonitorTarget(store=args.jobmonitor_store),
+        *(JobmonitorTarget(store=store)
+          for store in args.jobmonitor_store or ("memory://", "sqlite")),
         GearmandTarget(args.peer_workers, loop, threads=args.gearmand_threads),
         GearmandTarget(args.peer_workers, loop, threads=args.gearmand_threads,
                        persistent=True),

@@ -135,8 +135,15 @@ class JobmonitorTarget(_WireTarget):
     def argv(self, sizes: Sizes | None = None) -> list[str]:
         return [sys.executable, "-m", "jobmonitor", "serve", "--host", "127.0.0.1",
                 "--port", "0", "--jobs", str(BENCH_DIR / "bench_jobs.py"),
-                "--store", self.store, "--max-running", str(self.max_running),
+                "--store", self._store_url(), "--max-running", str(self.max_running),
                 "--log-level", "warning"]
+
+    def _store_url(self) -> str:
+        """``sqlite`` means a new database for every server start (in its temp folder)."""
+        if self.store != "sqlite":
+            return self.store
+        assert self._release_dir is not None, "the sqlite target makes its file at start"
+        return "sqlite:///" + os.path.join(self._release_dir.name, "bench.db")
 
     def env(self) -> dict[str, str]:
         # The repository first on the path, so an uninstalled checkout works too.

@@ -38,6 +38,9 @@ class Config:
     keep_days: float = _setting(7.0, "days finished jobs are kept (0 keeps them forever)")
     commit_interval_s: float = _setting(
         0.05, "longest time a change waits before the SQLite store commits it")
+    sqlite_synchronous: str = _setting(
+        "full", "full: an acknowledged job survives a power loss (fsync per commit); normal: "
+        "it survives a crash of the server, not of the machine (faster)")
     max_running: int = _setting(8, "jobs that may run at once; the rest wait in FIFO order")
     max_queued_jobs: int = _setting(0, "most jobs that may wait; beyond it SubmitJob is "
                                        "refused as busy (0: no limit)")
@@ -75,6 +78,9 @@ class Config:
                         "commit_interval_s", "max_lines_in_memory", "idle_timeout_s",
                         "max_connections", "max_monitors_per_job", "max_pending_output_bytes",
                         "monitor_stall_s")
+        if self.sqlite_synchronous not in ("full", "normal"):
+            raise ConfigError(f"sqlite_synchronous: must be full or normal, got "
+                              f"{self.sqlite_synchronous!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key: give both or neither")
         _check_non_negative(self, "linger_s", "shutdown_grace_s", "keep_days", "max_queued_jobs")

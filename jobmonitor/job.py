@@ -56,7 +56,7 @@ class Job:
         # The last message, kept here per line and copied to the record per flush.
         self._last_text = record.status_message
         #: Called (on the loop) whenever the record or the lines changed.
-        self.on_change: Callable[[Job], None] | None = None
+        self.on_change: Callable[[Job, bool], None] | None = None
         #: Called (on the loop) with each ``job`` stage event (for the task log).
         self.on_event: Callable[[Job, HistoryEvent], None] | None = None
         self._loop = loop
@@ -324,7 +324,8 @@ class Job:
 
     def _changed(self) -> None:
         if self.on_change is not None:
-            self.on_change(self)
+            # Monitors see only stored lines: while any wait, do not let it wait.
+            self.on_change(self, self.stream.watcher_count > 0)
 
 
 def _timestamp(value: dt.datetime) -> float:

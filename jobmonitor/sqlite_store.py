@@ -93,8 +93,10 @@ class SqliteStore(Store):
 
     durable = True
 
-    def __init__(self, path: str, *, commit_interval_s: float = 0.05) -> None:
+    def __init__(self, path: str, *, commit_interval_s: float = 0.05,
+                 synchronous: str = "full") -> None:
         self.path = path
+        self.synchronous = "NORMAL" if synchronous == "normal" else "FULL"
         self.commit_interval_s = commit_interval_s
         self._db: sqlite3.Connection | None = None
         self._thread = concurrent.futures.ThreadPoolExecutor(1, "jobmonitor-sqlite")
@@ -141,10 +143,12 @@ class SqliteStore(Store):
         self._urgent.set()
         await waiter
 
-    def changed(self, job: Recordable) -> None:
+    def changed(self, job: Recordable, urgent: bool = False) -> None:
         if job.transaction_id in self._written:
             self._dirty[job.transaction_id] = job
             self._wake.set()
+            if urgent:
+                self._urgent.set()
 
     async def flush(self) -> None:
         if not self._dirty:
@@ -226,7 +230,7 @@ class SqliteStore(Store):
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.executescript(_SCHEMA)
         self._db = db
         stored = db.execute("SELECT value FROM meta WHERE key = 'last_number'").fetchone()

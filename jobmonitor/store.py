@@ -82,8 +82,9 @@ class Store(abc.ABC):
         """Record a new job and its lines so far; return once durable."""
 
     @abc.abstractmethod
-    def changed(self, job: Recordable) -> None:
-        """The job's record or lines changed; write them soon."""
+    def changed(self, job: Recordable, urgent: bool = False) -> None:
+        """The job's record or lines changed; write them soon (``urgent``: someone
+        is waiting on them, start a commit now)."""
 
     async def flush(self) -> None:
         """Return once everything changed so far is written."""
@@ -126,11 +127,12 @@ class MemoryStore(Store):
     async def add(self, job: Recordable) -> None:
         return None
 
-    def changed(self, job: Recordable) -> None:
+    def changed(self, job: Recordable, urgent: bool = False) -> None:
         return None
 
 
-def open_store(url: str, *, data_dir: str = ".", commit_interval_s: float = 0.05) -> Store:
+def open_store(url: str, *, data_dir: str = ".", commit_interval_s: float = 0.05,
+               synchronous: str = "full") -> Store:
     """Make the store a URL names.
 
     ``memory://``; ``sqlite:///relative/path.db`` (relative to the working
@@ -148,5 +150,5 @@ def open_store(url: str, *, data_dir: str = ".", commit_interval_s: float = 0.05
         path = url.removeprefix("sqlite://").removeprefix("/")
         if not path:
             path = str(Path(data_dir) / "jobmonitor.db")
-        return SqliteStore(path, commit_interval_s=commit_interval_s)
+        return SqliteStore(path, commit_interval_s=commit_interval_s, synchronous=synchronous)
     raise ConfigError(f"store: unknown store URL {url!r} (expected memory:// or sqlite:///PATH)")
