@@ -28,6 +28,7 @@ from .config import Config
 from .errors import JobFailed, RequestError
 from .handlers import Handler
 from .job import Job
+from .lines import clip
 from .records import HistoryEvent, JobRecord
 from .states import JobState, Outcome, can_transition
 from .store import Recordable, Store, TaskEvent
@@ -169,7 +170,7 @@ class Engine:
         """
         job = self._jobs.get(transaction_id.strip().upper())
         if job is None:
-            raise RequestError(Reply.UNKNOWN_TRANSACTION, transaction_id)
+            raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id))
         return job
 
     async def resolve(self, transaction_id: str | None, identity: str,
@@ -186,7 +187,8 @@ class Engine:
             found = self._tokens.get((identity, job_token)) or await self._store.find_token(
                 identity, job_token)
         if found is None:
-            raise RequestError(Reply.UNKNOWN_TRANSACTION, f"no job with job token {job_token!r}")
+            raise RequestError(Reply.UNKNOWN_TRANSACTION,
+                               f"no job with job token {clip(job_token or '')!r}")
         return found
 
     async def record(self, transaction_id: str) -> JobRecord:
@@ -200,7 +202,7 @@ class Engine:
             return job.snapshot()
         record = await self._store.load(transaction_id)
         if record is None:
-            raise RequestError(Reply.UNKNOWN_TRANSACTION, transaction_id)
+            raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id))
         return record
 
     async def list_records(self, active_only: bool, identity: str | None) -> list[JobRecord]:
@@ -254,7 +256,7 @@ class Engine:
             if earlier is not None:
                 return earlier, self._jobs.get(earlier)
         if project not in self._handlers:
-            raise RequestError(Reply.UNKNOWN_PROJECT, project)
+            raise RequestError(Reply.UNKNOWN_PROJECT, clip(project, 80))
         if not self._accepting:
             raise RequestError(Reply.SERVER_BUSY, "the server is shutting down")
         limit = self._config.max_queued_jobs
