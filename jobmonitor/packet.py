@@ -159,10 +159,11 @@ def _read_declaration(text: str) -> tuple[int, str | None] | None:
         return None if "<?xml".startswith(text[:5]) else (0, None)
     if not text.startswith("<?xml") or text[5] not in _SPACE + "?>":
         return 0, None  # no declaration, or another PI such as <?xml-stylesheet ...?>
-    end = text.find(">", 5)
+    # Look only within the limit, so the answer does not depend on how the bytes arrive.
+    end = text.find(">", 5, _MAX_DECLARATION)
     if end < 0:
-        if len(text) > _MAX_DECLARATION:
-            raise _fail("the XML declaration is not closed")
+        if len(text) >= _MAX_DECLARATION:
+            raise _fail("the XML declaration is not closed (or too long)")
         return None
     body = text[5:end]
     if not _PSEUDO_ATTRIBUTES.fullmatch(body):
