@@ -7,8 +7,9 @@ A connection goes READING -> BUSY -> (WATCHING) -> LINGERING -> closed:
 * WATCHING follows a job's stream: lines still in memory come from the
   ``JobStream``; older ones (a re-attach far back, a job that left memory, a
   reader that fell behind a trimmed stream) are read from the store in pages,
-  each written once the transport can take more.  The client is not expected
-  to send anything more, and what it sends is ignored;
+  each written once the transport can take more (the stream still holds such a
+  reader to the lag limit).  The client is not expected to send anything more,
+  and what it sends is ignored;
 * LINGERING: our last bytes are queued and our side is shut for writing; we
   keep reading (and discarding) until the client closes or ``linger_s``
   passes, so a client still sending gets our reply instead of a reset.
@@ -278,7 +279,16 @@ class Connection(asyncio.Protocol):
                 continue
             self.write(b"".join(page))
             line += len(page)
+            self._reading(line)
             await self._can_write()
+
+    def _reading(self, next_line: int) -> None:
+        """Tell the live stream how far a catch-up from the store has got, so that
+        a reader that stalls there is dropped at the lag limit too."""
+        job = self._server.engine.live(self._following)
+        if job is not None and self._state is _State.WATCHING:
+            self._stream = job.stream
+            job.stream.reading(self, next_line)
 
     async def _can_write(self) -> None:
         if self._paused and self._state is not _State.CLOSED:

@@ -12,11 +12,13 @@ flush.  The flush hands each watcher everything past its cursor in one
 job emitting thousands of lines per turn costs one write per watcher per turn.
 A watcher that cannot take more (its transport paused) is skipped until it asks
 to catch up; one whose cursor falls before ``base`` is told to read the store.
+While it reads the store it says how far it has got (``reading``), so that the
+lag limit below holds for it as well.
 
 A watcher is given at most ``WRITE_LINES`` lines per ``write``, and more only
 while it stays writable, so what waits in one connection's buffer stays
-bounded; one that lags more than ``max_lag`` lines while not writable is told
-so (``too_far_behind``) and dropped.
+bounded; one that lags more than ``max_lag`` lines while not writable, following
+the stream or reading the store, is told so (``too_far_behind``) and dropped.
 
 Nothing here knows about sockets: a watcher is anything with ``writable``,
 ``write()``, ``stream_ended()``, ``fell_behind()`` and ``too_far_behind()``.
@@ -58,7 +60,7 @@ class JobStream:
     """The recorded lines of one job and the watchers following them."""
 
     __slots__ = ("lines", "base", "closed", "on_flush", "max_lag", "_loop", "_cursors",
-                 "_scheduled")
+                 "_readers", "_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, base: int = 0) -> None:
         self.lines: list[bytes] = []
@@ -71,6 +73,8 @@ class JobStream:
         self.max_lag = 1_000_000
         self._loop = loop
         self._cursors: dict[Watcher, int] = {}
+        #: Watchers reading older lines from the store: the lines they have been given.
+        self._readers: dict[Watcher, int] = {}
         self._scheduled = False
 
     def __len__(self) -> int:
@@ -103,6 +107,7 @@ class JobStream:
 
     def watch(self, watcher: Watcher, from_line: int = 1) -> None:
         """Send lines from ``from_line`` (1-based) on to ``watcher``."""
+        self._readers.pop(watcher, None)
         self._cursors[watcher] = max(from_line, 1) - 1
         if not self._scheduled:
             self._schedule()
@@ -110,6 +115,12 @@ class JobStream:
     def unwatch(self, watcher: Watcher) -> None:
         """Stop sending to ``watcher`` (it went away)."""
         self._cursors.pop(watcher, None)
+        self._readers.pop(watcher, None)
+
+    def reading(self, watcher: Watcher, next_line: int) -> None:
+        """``watcher`` reads older lines from the store and will send ``next_line`` next;
+        it is dropped like a watcher if it lags too far while not writable."""
+        self._readers[watcher] = next_line - 1
 
     def catch_up(self, watcher: Watcher) -> None:
         """Send ``watcher`` what it has not seen yet (after it became writable)."""
@@ -151,6 +162,14 @@ class JobStream:
                     watcher.stream_ended()
             elif end - position > self.max_lag:
                 del self._cursors[watcher]
+                watcher.too_far_behind(position + 1)
+        if self._readers:
+            self._drop_stalled_readers(end)
+
+    def _drop_stalled_readers(self, end: int) -> None:
+        for watcher, position in list(self._readers.items()):
+            if end - position > self.max_lag and not watcher.writable:
+                del self._readers[watcher]
                 watcher.too_far_behind(position + 1)
 
     def _send(self, watcher: Watcher, position: int, end: int, shared: dict[int, bytes]) -> int:
