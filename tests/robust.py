@@ -36,3 +36,10 @@ async def no_connections(server: Server, timeout_s: float = 10.0) -> None:
 def other_tasks() -> set[asyncio.Task]:
     """The loop's tasks, without the one asking."""
     return asyncio.all_tasks() - {asyncio.current_task()}
+
+
+async def task_count(server: Server) -> int:
+    """The loop's other tasks, once the server's store has nothing left to write (its
+    committer waits for more changes in a helper task that comes and goes)."""
+    await server.engine._store.flush()
+    return len(other_tasks())

@@ -9,17 +9,20 @@ are the ones docs/security.md documents.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import socket
-import time
+import struct
 from pathlib import Path
 
 import pytest
 
 from jobmonitor.stream import JobStream
 
-from .helpers import submit, xml_packet
+from .conftest import finished, release
+from .helpers import Session, exchange, split_lines, submit, xml_packet
+from .robust import ensure_fd_limit, no_connections, open_fds, other_tasks, task_count
 from .test_cli import ServerProcess
 
 SOAK = os.environ.get("JOBMONITOR_SOAK") == "1"
@@ -220,3 +223,198 @@ def test_a_stalled_reader_neither_slows_the_job_nor_grows_the_server(tmp_path):
         assert server.stop() == 0
     finally:
         server.kill()
+
+
+# -- slowloris ------------------------------------------------------------------------------
+
+TRICKLERS = 300
+TRICKLE_INTERVAL_S = 0.02
+SLOW_PACKET_TIMEOUT_S = 1.5
+SLOW_IDLE_TIMEOUT_S = 1.0
+
+
+async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                  packet: bytes) -> tuple[float, bytes]:
+    """Send ``packet`` one byte at a time (nothing at all if it is empty) until the
+    server answers and closes; return when that was (loop time) and the answer."""
+    answer = asyncio.ensure_future(reader.read())
+    for byte in packet:
+        done, _ = await asyncio.wait([answer], timeout=TRICKLE_INTERVAL_S)
+        if done:
+            break
+        writer.write(bytes([byte]))
+    data = await asyncio.wait_for(answer, 10)
+    at = asyncio.get_running_loop().time()
+    writer.close()
+    await writer.wait_closed()
+    return at, data
+
+
+async def test_slowloris_does_not_starve_a_normal_client(make_server):
+    ensure_fd_limit(4 * TRICKLERS + 256)
+    server = await make_server(packet_timeout_s=SLOW_PACKET_TIMEOUT_S, linger_s=0.5,
+                               idle_timeout_s=SLOW_IDLE_TIMEOUT_S)
+    fds, tasks = open_fds(), len(other_tasks())
+    # every third connection sends nothing; the others a packet too long to finish in time
+    slow_packet = submit("echo", Filler="x" * 1000)
+    loop = asyncio.get_running_loop()
+    storm_started = loop.time()
+    connections = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", server.port)
+                                         for _ in range(TRICKLERS)))
+    opened_s = loop.time() - storm_started
+    storm = [asyncio.ensure_future(trickle(reader, writer, b"" if n % 3 == 0 else slow_packet))
+             for n, (reader, writer) in enumerate(connections)]
+
+    # meanwhile a normal client watches a job that runs through the storm, and
+    # submits, monitors and asks about others, and is served at once each time
+    ticker = asyncio.ensure_future(exchange(server.port, submit("ticker", Count="100",
+                                                                Interval="0.01")))
+    served = []
+    while not any(task.done() for task in storm) and len(served) < 1000:
+        started = loop.time()
+        lines = await exchange(server.port, submit("lines", Count="200", N=str(len(served))))
+        assert lines[-2] == "J0000020: Job completed successfully." and len(lines) == 204
+        status = await exchange(server.port, xml_packet(
+            "GetJobStatus", {"_sys_TransactionID": lines[0][10:]}))
+        assert "R0000000- Status: Completed" in status
+        served.append(loop.time() - started)
+    ticks = await ticker
+    assert ticks[-2] == "J0000020: Job completed successfully." and len(ticks) == 104
+    assert len(served) >= 10 and max(served) < 0.5
+
+    results = await asyncio.gather(*storm)
+    idle = [at - storm_started for n, (at, _) in enumerate(results) if n % 3 == 0]
+    slow = [at - storm_started for n, (at, _) in enumerate(results) if n % 3]
+    for n, (at, data) in enumerate(results):
+        expected = (f"R0005014: Connection idle too long: nothing received within "
+                    f"{SLOW_IDLE_TIMEOUT_S:g} s" if n % 3 == 0 else
+                    f"R0005004: Command packet not complete in time: no complete packet "
+                    f"within {SLOW_PACKET_TIMEOUT_S:g} s")
+        assert split_lines(data) == [expected]
+    # each is answered, and its sending side shut, at its deadline (counted from when
+    # it was opened: between the start and the end of opening them all; +1 s: a busy loop)
+    late = opened_s + 1.0
+    assert SLOW_IDLE_TIMEOUT_S <= min(idle) and max(idle) <= SLOW_IDLE_TIMEOUT_S + late
+    assert SLOW_PACKET_TIMEOUT_S <= min(slow) and max(slow) <= SLOW_PACKET_TIMEOUT_S + late
+    await no_connections(server)
+    print(f"\nslowloris, {TRICKLERS} connections opened in {opened_s:.2f} s: normal client "
+          f"served {len(served)} times in {min(served) * 1000:.0f}-{max(served) * 1000:.0f} "
+          f"ms; idle ones closed after {min(idle):.2f}-{max(idle):.2f} s, "
+          f"trickling ones after {min(slow):.2f}-{max(slow):.2f} s")
+    assert (open_fds(), len(other_tasks())) == (fds, tasks)
+
+
+# -- flood ------------------------------------------------------------------------------------
+
+FLOOD_LIMIT = 50
+FLOOD = 400
+
+
+async def test_a_flood_beyond_max_connections_is_refused_and_the_server_recovers(
+        make_server, caplog):
+    ensure_fd_limit(2 * (FLOOD + FLOOD_LIMIT) + 256)
+    server = await make_server(max_connections=FLOOD_LIMIT, linger_s=0.5,
+                               max_monitors_per_job=FLOOD_LIMIT)
+    fds, tasks = open_fds(), len(other_tasks())
+    tid = (await exchange(server.port, submit("wait", monitor=False, Key="flood")))[0][10:]
+    await no_connections(server)
+    # the limit is taken by real clients: monitors of a job that waits
+    held = [await Session.open(server.port, xml_packet("MonitorJob", {"_sys_TransactionID": tid}))
+            for _ in range(FLOOD_LIMIT)]
+    for session in held:
+        assert await session.line() == f"R0000000: {tid}"
+    assert server.connection_count == FLOOD_LIMIT
+
+    async def knock() -> list[str]:
+        return await exchange(server.port, submit("echo"))
+
+    started = asyncio.get_running_loop().time()
+    refused = await asyncio.gather(*(knock() for _ in range(FLOOD)))
+    flood_s = asyncio.get_running_loop().time() - started
+    assert all(lines == ["R0005011: Server busy: too many connections"] for lines in refused)
+
+    # the held clients never noticed, and the server recovers once they are done
+    await release("flood")
+    for session in held:
+        rest = await session.rest()
+        assert rest[-2:] == ["J0000020: Job completed successfully.",
+                             f"J0000001: Transaction {tid} ended"]
+        await session.close()
+    await no_connections(server)
+    assert (await exchange(server.port, submit("echo")))[-2] == \
+        "J0000020: Job completed successfully."
+    await no_connections(server)
+    print(f"\nflood: {FLOOD} connections beyond a limit of {FLOOD_LIMIT} refused in "
+          f"{flood_s:.2f} s")
+    assert (open_fds(), len(other_tasks())) == (fds, tasks)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# -- clients that vanish ----------------------------------------------------------------------
+
+VANISHING_ROUNDS = 20
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Vanish with a reset (SO_LINGER 0) instead of a polite close."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def vanish(port: int, packet: bytes, *, cut: int | None = None, read_lines: int = 0,
+                 rude: bool = False) -> None:
+    """Send ``packet`` (its first ``cut`` bytes), read some lines, and go away."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(packet[:cut])
+    for _ in range(read_lines):
+        assert (await asyncio.wait_for(reader.readline(), 10)).endswith(b"\r\n")
+    if rude:
+        reset(writer)
+    else:
+        writer.close()
+    try:
+        await writer.wait_closed()
+    except ConnectionError:
+        pass
+
+
+async def test_clients_vanishing_mid_packet_and_mid_stream_leak_nothing(make_server, tmp_path,
+                                                                          caplog):
+    server = await make_server(store=f"sqlite:///{tmp_path / 'vanish.db'}", linger_s=0.5,
+                               max_lines_in_memory=200)
+    fds, tasks = open_fds(), await task_count(server)
+    # a busy job whose early lines are by now only in the store
+    watcher = await Session.open(server.port, submit("ticker", Count="100000", Interval="0.0005"))
+    busy = (await watcher.line())[10:]
+    while await watcher.line() != "J0000100: tick 1000":
+        pass
+    monitor = xml_packet("MonitorJob", {"_sys_TransactionID": busy})
+    half = len(monitor) // 2
+    submits = []
+    for round_number in range(VANISHING_ROUNDS):
+        rude = bool(round_number % 2)
+        streaming = submit("lines", Count="20000", YieldEvery="100", N=str(round_number))
+        await asyncio.gather(
+            vanish(server.port, monitor, cut=half, rude=rude),            # mid-packet
+            vanish(server.port, monitor, read_lines=3, rude=rude),        # mid-catch-up
+            vanish(server.port, monitor, read_lines=1, rude=rude),        # at once
+            vanish(server.port, streaming, read_lines=2, rude=rude),      # mid-stream
+            vanish(server.port, submit("echo", monitor=False), rude=rude),  # before the reply
+        )
+        submits.append(f"T{round_number + 2:07d}")
+    await watcher.close()  # the first monitor goes too, mid-stream
+
+    await no_connections(server)
+    assert server.engine.monitor_count(busy) == 0
+    assert await exchange(server.port, xml_packet("CancelJob", {"_sys_TransactionID": busy})) \
+        == [f"R0000000: {busy}"]
+    for tid in [busy, *(job.transaction_id for job in list(server.engine._jobs.values()))]:
+        if server.engine.live(tid) is not None:
+            await finished(server, tid)
+    assert (await exchange(server.port, submit("echo")))[-2] == \
+        "J0000020: Job completed successfully."
+    await no_connections(server)
+    assert (open_fds(), await task_count(server)) == (fds, tasks)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
