@@ -176,11 +176,7 @@ class Connection(asyncio.Protocol):
                  "too far")
         self.close()
         # A client that reads nothing would keep the socket (and our buffer) forever.
-        self._loop.call_later(self._config.linger_s, self._abort)
-
-    def _abort(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
+        self._loop.call_later(self._config.linger_s, self.abort)
 
     # -- ending -------------------------------------------------------------------
 
@@ -207,6 +203,12 @@ class Connection(asyncio.Protocol):
             if self._drained is not None and not self._drained.done():
                 self._drained.set_result(None)
             self._transport.close()
+
+    def abort(self) -> None:
+        """Close now, dropping whatever the client has not taken."""
+        self.close()
+        if self._transport is not None:
+            self._transport.abort()
 
     def _cancel_timer(self) -> None:
         for timer in (self._timer, self._idle_timer):

@@ -4,7 +4,8 @@
 ordered shutdown, ``wait_closed()`` waits for it, ``async with`` does both.
 Shutdown order: stop listening; let running jobs finish within the grace
 period, then cancel them (their monitors get the cancelled and ended lines);
-close what connections remain; close the store.
+close the store; give connections ``linger_s`` to take their last lines, then
+abort the rest.
 """
 
 from __future__ import annotations
@@ -156,8 +157,11 @@ class Server:
         try:
             await asyncio.wait_for(self._no_connections.wait(), self.config.linger_s)
         except asyncio.TimeoutError:
+            # Closing politely would wait for a client that stopped reading to take
+            # our last bytes, and keep its socket past the end of the server.
             for connection in list(self._connections):
-                connection.close()
+                connection.abort()
+            await self._no_connections.wait()  # connection_lost comes on the next turn
         if self._listener is not None:
             await self._listener.wait_closed()
         log.info("jobmonitor stopped")

@@ -20,6 +20,7 @@ import pytest
 
 from jobmonitor.stream import JobStream
 
+from . import jobs
 from .conftest import finished, release
 from .helpers import Session, exchange, split_lines, submit, xml_packet
 from .robust import ensure_fd_limit, no_connections, open_fds, other_tasks, task_count
@@ -418,3 +419,23 @@ async def test_clients_vanishing_mid_packet_and_mid_stream_leak_nothing(make_ser
     assert (open_fds(), await task_count(server)) == (fds, tasks)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
+
+async def test_a_client_that_stopped_reading_does_not_outlive_the_server():
+    fds = open_fds()
+    stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.setblocking(False)
+    loop = asyncio.get_running_loop()
+    async with jobs.app.serve(host="127.0.0.1", port=0, linger_s=0.2,
+                              shutdown_grace_s=0.1) as server:
+        await loop.sock_connect(stalled, ("127.0.0.1", server.port))
+        # more than the socket buffers hold, far less than the lag limit: it stays
+        await loop.sock_sendall(stalled, submit("burst", Count="50000", Width="100"))
+        reply = b""
+        while not reply.endswith(b"\r\n"):  # the reply line, and not a byte more
+            reply += await loop.sock_recv(stalled, 20 - len(reply))
+        await finished(server, reply[10:-2].decode())
+        assert server.connection_count == 1
+    assert server.connection_count == 0
+    stalled.close()
+    assert open_fds() == fds
