@@ -119,7 +119,7 @@ class Engine:
 
     async def _drain_running(self, grace_s: float, *, keep_retryable: bool) -> None:
         self._starting = False
-        await self._wait_running(grace_s)
+        await self._wait_running(grace_s, hurriable=True)
         for job in list(self._running):
             if keep_retryable and self._handler(job).retry_on_restart:
                 job._leave_to_recovery = True
@@ -132,11 +132,13 @@ class Engine:
             self._running.pop(job)
             self._finish(job, Outcome.CANCELLED)
 
-    async def _wait_running(self, timeout_s: float) -> None:
-        """Wait until no job runs, ``timeout_s`` passes, or ``hurry`` is called."""
+    async def _wait_running(self, timeout_s: float, *, hurriable: bool = False) -> None:
+        """Wait until no job runs or ``timeout_s`` passes; if ``hurriable``, also
+        until ``hurry`` is called.  Cancelled jobs always get their ``timeout_s``
+        to stop: a hurried server still ends them in order."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        hurry = loop.create_task(self._hurry.wait())
+        hurry = loop.create_task(self._hurry.wait()) if hurriable else loop.create_future()
         try:
             while self._running and not hurry.done() and loop.time() < deadline:
                 await asyncio.wait([*self._running.values(), hurry],
