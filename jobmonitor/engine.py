@@ -130,7 +130,7 @@ class Engine:
             # its monitors still get their ending, and its thread is abandoned.
             log.warning("job %s did not stop when cancelled; abandoning it", job.transaction_id)
             self._running.pop(job)
-            self._finish(job, Outcome.CANCELLED)
+            self._end(job, Outcome.CANCELLED)
 
     async def _wait_running(self, timeout_s: float, *, hurriable: bool = False) -> None:
         """Wait until no job runs or ``timeout_s`` passes; if ``hurriable``, also
@@ -412,11 +412,15 @@ class Engine:
             outcome = Outcome.FAILED
         finally:
             self._running.pop(job, None)
+        self._end(job, outcome)
+        self._start_ready()
+
+    def _end(self, job: Job, outcome: Outcome) -> None:
+        """A job has stopped running: finish it, unless it is left to recovery."""
         if job._leave_to_recovery:
             job.stream.close()  # left running in the store: recovery runs it again
         else:
             self._finish(job, outcome)
-        self._start_ready()
 
     async def _call(self, handler: Handler, job: Job) -> Any:
         if handler.is_async:

@@ -170,3 +170,18 @@ async def ticker(job: Job) -> None:
     for n in range(1, int(job.params.get("Count", "100")) + 1):
         job.info(f"tick {n}")
         await asyncio.sleep(interval)
+
+
+@app.job("thread-retry", retry_on_restart=True)
+def thread_retry(job: Job) -> None:
+    """First run: blocks in its thread, deaf to cancellation, until its Key is released.
+    After a restart: completes."""
+    from pathlib import Path
+
+    marker = Path(job.params["Marker"])
+    if marker.exists():
+        job.info("second run")
+        return
+    marker.write_text("ran")
+    job.info("first run")
+    thread_releases.setdefault(job.params["Key"], threading.Event()).wait(30)
