@@ -65,6 +65,8 @@ class Server:
             self._listener = await asyncio.get_running_loop().create_server(
                 lambda: Connection(self), self.config.host, self.config.port,
                 reuse_address=True, backlog=1024, ssl=self._ssl,
+                # the handshake comes out of the time a client has for its packet
+                ssl_handshake_timeout=self.config.packet_timeout_s if self._ssl else None,
             )
         except BaseException:
             await self.engine.stop(0)
