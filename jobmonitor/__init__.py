@@ -6,7 +6,9 @@ Clients send XML command packets over TCP; the server answers with coded
 Layers, from the wire up: ``codes`` (the code table), ``lines`` and ``packet``
 (sans-I/O wire format), ``job``/``stream``/``engine`` (running jobs and
 recording what they say), ``store`` (persistence), ``commands``/``connection``/
-``server`` (the network side), ``app`` (the embedding API) and ``cli``.
+``server`` (the network side), ``app`` (the embedding API), ``programs`` and
+``config_file`` (program jobs and ``jobmonitor.toml``), ``client`` (the Python
+client) and ``cli``/``cli_client`` (the command).
 """
 
 __version__ = "0.1.0"
@@ -19,6 +21,7 @@ from .errors import (
     JobFailed,
     JobMonitorError,
     PacketError,
+    ProtocolError,
     ReplyError,
     RequestError,
 )
@@ -43,4 +46,5 @@ __all__ = [
     "RequestError",
     "PacketError",
     "ReplyError",
+    "ProtocolError",
 ]

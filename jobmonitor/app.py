@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from .config import Config
-from .handlers import Handler, HandlerFunc
+from .handlers import CheckFunc, Handler, HandlerFunc
 from .errors import ConfigError
 from .server import Server
 
@@ -51,8 +51,12 @@ class JobMonitor:
 
         return register
 
-    def add_job(self, project: str, func: HandlerFunc, *, retry_on_restart: bool = False) -> None:
+    def add_job(self, project: str, func: HandlerFunc, *, retry_on_restart: bool = False,
+                check: CheckFunc | None = None) -> None:
         """Register ``func`` for ``project`` (the decorator's plain form).
+
+        ``check``, if given, sees each submit's job variables before the job is
+        accepted; the ``RequestError`` it raises becomes the error reply.
 
         Raises:
             ConfigError: ``project`` is empty or already has a handler.
@@ -63,7 +67,7 @@ class JobMonitor:
             raise ConfigError(f"job {project!r} is registered twice")
         if not callable(func):
             raise ConfigError(f"handler for {project!r} is not callable")
-        self._handlers[project] = Handler(project, func, retry_on_restart)
+        self._handlers[project] = Handler(project, func, retry_on_restart, check)
 
     def merge(self, other: "JobMonitor") -> None:
         """Add every handler of ``other``.
@@ -72,7 +76,8 @@ class JobMonitor:
             ConfigError: a project is registered in both.
         """
         for handler in other._handlers.values():
-            self.add_job(handler.project, handler.func, retry_on_restart=handler.retry_on_restart)
+            self.add_job(handler.project, handler.func, retry_on_restart=handler.retry_on_restart,
+                         check=handler.check)
 
     def make_server(self, config: Config) -> Server:
         """A server for these handlers, not yet started (see ``Server.start``)."""

@@ -1,8 +1,10 @@
 """The ``jobmonitor`` command.  It only builds settings and calls the library.
 
 ``jobmonitor serve`` takes one option per ``Config`` field, generated from the
-dataclass so the option list lives in one place.  Only this module prints,
-exits, or installs signal handlers.
+dataclass so the option list lives in one place, and ``--config FILE`` (a TOML
+file of the same settings plus program projects; flags override it).  The
+client commands (submit, watch, status, ...) live in ``cli_client``.  Only the
+CLI modules print, exit, or install signal handlers.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import logging
 import signal
 import sys
@@ -17,15 +20,21 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
+from .cli_client import add_client_commands
 from .config import Config
+from .config_file import load_config_file
 from .errors import ConfigError
 from .app import JobMonitor
 from .auth import hash_password
+from .programs import add_programs
 from .server import Server
 
 __all__ = ["main", "build_parser"]
 
 log = logging.getLogger("jobmonitor.cli")
+
+#: Allocations between collections of the youngest generation (Python's default: 700).
+GC_YOUNG_THRESHOLD = 50_000
 
 _TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "str | None": str}
 
@@ -38,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     serve = commands.add_parser("serve", help="run the server",
                                 description="Run the jobmonitor server until SIGINT/SIGTERM.")
+    serve.add_argument("--config", metavar="FILE",
+                       help="TOML file of settings and program projects (flags override it)")
     _add_config_options(serve)
     serve.set_defaults(run=_serve)
     hasher = commands.add_parser(
@@ -45,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read a password from standard input (the first line) and print the "
                     "hash to put in a [users.NAME] table of the config file.")
     hasher.set_defaults(run=_hash_password)
+    add_client_commands(commands)
     return parser
 
 
@@ -77,8 +89,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                                 metavar=field.name.upper(), help=help_text + shown)
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Build the server settings from parsed options (unset options keep defaults).
+def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
+    """Build the server settings from parsed options (unset options keep ``base``'s).
 
     Raises:
         ConfigError: a bad value.
@@ -88,7 +100,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         value = getattr(args, field.name, None)
         if value is not None:
             changes[field.name] = tuple(value) if isinstance(value, list) else value
-    return Config().replace(**changes)
+    return (base or Config()).replace(**changes)
 
 
 class _ReadyOrLevel(logging.Filter):
@@ -116,11 +128,15 @@ def _setup_logging(level_name: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    file = load_config_file(args.config) if args.config else None
+    config = config_from_args(args, file.config if file else None)
     if config.store is None:
         config = config.replace(store="sqlite://")  # jobmonitor.db in data_dir
     _setup_logging(config.log_level)
-    server = JobMonitor().make_server(config)  # loads config.jobs; may raise ConfigError
+    app = JobMonitor()
+    if file is not None:
+        add_programs(app, file.programs)
+    server = app.make_server(config)  # loads config.jobs; may raise ConfigError
     if not server.engine.handler_names():
         log.warning("no jobs loaded: every SubmitJob will be refused (use --jobs)")
     with _runner() as runner:
@@ -144,9 +160,19 @@ async def _serve_until_signal(server: Server) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, _on_signal, server, stop, signum)
     await server.start()
+    _tune_gc()
     await stop.wait()
     server.close()
     await server.wait_closed()
+
+
+def _tune_gc() -> None:
+    """A server keeps many objects alive (jobs, their lines, connections): move what
+    start-up made out of the collector's way, and collect young objects less often,
+    so that each job does not pay for scanning the ones before it.  Process-wide,
+    so the CLI does it, never the library."""
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _on_signal(server: Server, stop: asyncio.Event, signum: int) -> None:

@@ -38,12 +38,15 @@ class Config:
     keep_days: float = _setting(7.0, "days finished jobs are kept (0 keeps them forever)")
     commit_interval_s: float = _setting(
         0.05, "longest time a change waits before the SQLite store commits it")
+    sqlite_synchronous: str = _setting(
+        "full", "full: an acknowledged job survives a power loss (fsync per commit); normal: "
+        "it survives a crash of the server, not of the machine (faster)")
     max_running: int = _setting(8, "jobs that may run at once; the rest wait in FIFO order")
     max_queued_jobs: int = _setting(0, "most jobs that may wait; beyond it SubmitJob is "
                                        "refused as busy (0: no limit)")
     max_lines_in_memory: int = _setting(
-        10000, "lines of a job's stream kept in memory once stored (older ones are read back "
-        "from the store)")
+        100_000, "most stored lines of one job kept in memory for slow monitors (older ones "
+        "are read back from the store)")
     max_packet_bytes: int = _setting(1024 * 1024, "largest command packet accepted, in bytes")
     packet_timeout_s: float = _setting(30.0, "seconds a client has to send a complete packet")
     linger_s: float = _setting(
@@ -57,9 +60,9 @@ class Config:
     max_monitors_per_job: int = _setting(1000, "most clients monitoring one job at once")
     max_pending_output_bytes: int = _setting(
         256 * 1024, "output queued for one slow client before the server stops adding to it")
-    max_monitor_lag_lines: int = _setting(
-        100_000, "lines a monitor may fall behind before it is told where to re-attach "
-        "from and closed")
+    monitor_stall_s: float = _setting(
+        30.0, "seconds a monitor may accept no bytes while lines wait for it before it is "
+        "told where to re-attach from and closed")
     tls_cert: str | None = _setting(None, "PEM certificate (chain) file: serve TLS")
     tls_key: str | None = _setting(None, "PEM private key file for --tls-cert")
     allow_anonymous_network: bool = _setting(
@@ -74,7 +77,10 @@ class Config:
         _check_positive(self, "max_running", "max_packet_bytes", "packet_timeout_s",
                         "commit_interval_s", "max_lines_in_memory", "idle_timeout_s",
                         "max_connections", "max_monitors_per_job", "max_pending_output_bytes",
-                        "max_monitor_lag_lines")
+                        "monitor_stall_s")
+        if self.sqlite_synchronous not in ("full", "normal"):
+            raise ConfigError(f"sqlite_synchronous: must be full or normal, got "
+                              f"{self.sqlite_synchronous!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key: give both or neither")
         _check_non_negative(self, "linger_s", "shutdown_grace_s", "keep_days", "max_queued_jobs")

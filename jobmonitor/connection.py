@@ -7,9 +7,8 @@ A connection goes READING -> BUSY -> (WATCHING) -> LINGERING -> closed:
 * WATCHING follows a job's stream: lines still in memory come from the
   ``JobStream``; older ones (a re-attach far back, a job that left memory, a
   reader that fell behind a trimmed stream) are read from the store in pages,
-  each written once the transport can take more (the stream still holds such a
-  reader to the lag limit).  The client is not expected to send anything more,
-  and what it sends is ignored;
+  each written once the transport can take more.  The client is not expected
+  to send anything more, and what it sends is ignored;
 * LINGERING: our last bytes are queued and our side is shut for writing; we
   keep reading (and discarding) until the client closes or ``linger_s``
   passes, so a client still sending gets our reply instead of a reset.
@@ -61,12 +60,18 @@ class Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._state = _State.READING
         self._transport: asyncio.Transport | None = None
-        self._parser = PacketParser(max_packet_bytes=self._config.max_packet_bytes)
+        self._parser: PacketParser | None = PacketParser(
+            max_packet_bytes=self._config.max_packet_bytes)
         self._timer: asyncio.TimerHandle | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._opened = self._loop.time()
+        self._corked: list[bytes] | None = None
+        self._corked_bytes = 0
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._lost = False
         self._task: asyncio.Task[None] | None = None
         self._stream: JobStream | None = None
         self._following = ""
+        self._next_line = 1  # while reading from the store: the next line to send
         self._paused = False
         self._drained: asyncio.Future[None] | None = None
         self._peer_eof = False
@@ -89,15 +94,12 @@ class Connection(asyncio.Protocol):
         if over_limit:
             self._refuse(RequestError(Reply.SERVER_BUSY, "too many connections"))
             return
-        self._timer = self._loop.call_later(self._config.packet_timeout_s, self._packet_timeout)
-        self._idle_timer = self._loop.call_later(self._config.idle_timeout_s, self._idle_timeout)
+        first_deadline = min(self._config.idle_timeout_s, self._config.packet_timeout_s)
+        self._timer = self._loop.call_later(first_deadline, self._deadline)
 
     def data_received(self, data: bytes) -> None:
-        if self._state is not _State.READING:
+        if self._state is not _State.READING or self._parser is None:
             return  # after the packet, input is not expected and is discarded
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
         try:
             packet = self._parser.feed(data)
         except PacketError as exc:
@@ -123,6 +125,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = _State.CLOSED
+        self._lost = True
         self._cancel_timer()
         if self._stream is not None:
             self._stream.unwatch(self)
@@ -130,15 +133,21 @@ class Connection(asyncio.Protocol):
         if self._following:
             self._server.engine.monitor_detached(self._following)
             self._following = ""
+        self._next_line = 1  # while reading from the store: the next line to send
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         self._server._connection_closed(self)
 
     def pause_writing(self) -> None:
         self._paused = True
+        if self._state is _State.WATCHING:
+            self._stall_timer = self._loop.call_later(self._config.monitor_stall_s, self._stalled)
 
     def resume_writing(self) -> None:
         self._paused = False
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         if self._stream is not None:
@@ -152,8 +161,22 @@ class Connection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         """Send bytes as they are (stream lines come here already formatted)."""
-        if self._transport is not None and self._state is not _State.CLOSED:
+        if self._corked is not None:
+            self._corked.append(data)
+            self._corked_bytes += len(data)
+            if self._corked_bytes > self._config.max_pending_output_bytes:
+                self._uncork()
+        elif self._transport is not None and self._state is not _State.CLOSED:
             self._transport.write(data)
+
+    def _cork(self) -> None:
+        """Gather writes until ``_uncork``: a reply and the first lines go out in one send."""
+        self._corked, self._corked_bytes = [], 0
+
+    def _uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked:
+            self.write(b"".join(corked))
 
     def reply(self, code: Reply, text: str | None = None) -> None:
         """Send one R reply (several lines when ``text`` has several)."""
@@ -167,16 +190,29 @@ class Connection(asyncio.Protocol):
         self._stream = None
         self._task = self._loop.create_task(self._follow(next_line))
 
-    def too_far_behind(self, next_line: int) -> None:
-        self._stream = None
-        text = (f"{Status.MONITOR_BEHIND.text}: re-attach with MonitorJob from line "
-                f"{next_line}")
+    def _stalled(self) -> None:
+        """The client took no bytes for ``monitor_stall_s`` while lines waited."""
+        self._stall_timer = None
+        if not self._paused or self._state is not _State.WATCHING:
+            return
+        next_line = self._next_line
+        if self._stream is not None:
+            next_line = self._stream.unwatch(self) or next_line
+            self._stream = None
+        text = f"{Status.MONITOR_BEHIND.text}: re-attach with MonitorJob from line {next_line}"
         self.write(format_line("J", Status.MONITOR_BEHIND, text))
-        log.info("monitor %s of %s fell %s behind; closing it", self.peer, self._following,
-                 "too far")
+        log.info("monitor %s of %s stalled; told it to re-attach from line %d", self.peer,
+                 self._following, next_line)
         self.close()
-        # A client that reads nothing would keep the socket (and our buffer) forever.
-        self._loop.call_later(self._config.linger_s, self.abort)
+        # What is queued (the notice last) is still sent if the client reads again;
+        # one that still reads nothing would keep the socket and buffer forever.
+        self._loop.call_later(self._config.monitor_stall_s, self.abort)
+
+    def abort(self) -> None:
+        """Close now, dropping whatever the client has not taken."""
+        self.close()
+        if self._transport is not None and not self._lost:
+            self._transport.abort()
 
     # -- ending -------------------------------------------------------------------
 
@@ -184,18 +220,24 @@ class Connection(asyncio.Protocol):
         """We have said everything: shut our side and linger for the client's."""
         if self._state in (_State.LINGERING, _State.CLOSED) or self._transport is None:
             return
+        self._uncork()
         self._cancel_timer()
         if self._peer_eof or not self._transport.can_write_eof():
             self.close()
             return
         self._state = _State.LINGERING
-        self._transport.write_eof()
+        try:
+            self._transport.write_eof()
+        except OSError:  # the peer is already gone (reset): nothing to linger for
+            self.close()
+            return
         self._timer = self._loop.call_later(self._config.linger_s, self.close)
 
     def close(self) -> None:
         """Close now (queued bytes are still sent)."""
         self._cancel_timer()
         if self._state is not _State.CLOSED and self._transport is not None:
+            self._uncork()
             self._state = _State.CLOSED
             if self._stream is not None:
                 self._stream.unwatch(self)
@@ -204,17 +246,11 @@ class Connection(asyncio.Protocol):
                 self._drained.set_result(None)
             self._transport.close()
 
-    def abort(self) -> None:
-        """Close now, dropping whatever the client has not taken."""
-        self.close()
-        if self._transport is not None:
-            self._transport.abort()
-
     def _cancel_timer(self) -> None:
-        for timer in (self._timer, self._idle_timer):
+        for timer in (self._timer, self._stall_timer):
             if timer is not None:
                 timer.cancel()
-        self._timer = self._idle_timer = None
+        self._timer = self._stall_timer = None
 
     # -- the command ------------------------------------------------------------------
 
@@ -224,24 +260,36 @@ class Connection(asyncio.Protocol):
         self.reply(exc.code, exc.reply_text)
         self.finish()
 
-    def _packet_timeout(self) -> None:
+    def _deadline(self) -> None:
+        """One timer serves both limits: silence (idle) and an unfinished packet."""
         self._timer = None
-        if self._state is _State.READING:
-            detail = f"no complete packet within {self._config.packet_timeout_s:g} s"
-            self._refuse(PacketError(Reply.PACKET_TIMEOUT, detail))
-
-    def _idle_timeout(self) -> None:
-        self._idle_timer = None
-        if self._state is _State.READING and self._parser.bytes_received == 0:
-            detail = f"nothing received within {self._config.idle_timeout_s:g} s"
+        if self._state is not _State.READING:
+            return
+        config = self._config
+        if self._parser.bytes_received == 0 and config.idle_timeout_s <= config.packet_timeout_s:
+            detail = f"nothing received within {config.idle_timeout_s:g} s"
             self._refuse(RequestError(Reply.IDLE_TIMEOUT, detail))
+            return
+        left = self._opened + config.packet_timeout_s - self._loop.time()
+        if left > 0:
+            self._timer = self._loop.call_later(left, self._deadline)
+            return
+        detail = f"no complete packet within {config.packet_timeout_s:g} s"
+        self._refuse(PacketError(Reply.PACKET_TIMEOUT, detail))
 
     def _dispatch(self, packet: Packet) -> None:
         self._cancel_timer()
+        self._parser = None  # an lxml parser is kilobytes; a held connection keeps none
         self._state = _State.BUSY
         self._task = self._loop.create_task(self._run(packet))
 
     async def _run(self, packet: Packet) -> None:
+        try:
+            await self._answer(packet)
+        finally:
+            self._task = None
+
+    async def _answer(self, packet: Packet) -> None:
         try:
             response = await self._server.commands.run(packet, self.peer_host)
         except RequestError as exc:
@@ -253,6 +301,7 @@ class Connection(asyncio.Protocol):
             self.reply(Reply.INTERNAL_ERROR)
             self.finish()
             return
+        self._cork()
         self.reply(Reply.OK, response.text)
         if response.follow is None or self._state is _State.CLOSED:
             self.finish()
@@ -261,6 +310,9 @@ class Connection(asyncio.Protocol):
         self._following = response.follow
         self._server.engine.monitor_attached(self._following)
         await self._follow(response.from_line)
+        # Hold the reply until the end of this loop turn: a job that ends within
+        # it goes out with the reply in one send (finish() uncorks at once).
+        self._loop.call_soon(self._uncork)
 
     async def _follow(self, line: int) -> None:
         """Send the followed job's lines from ``line`` on: from the store while they
@@ -272,6 +324,7 @@ class Connection(asyncio.Protocol):
                 self._stream = job.stream
                 job.stream.watch(self, line)
                 return
+            self._uncork()
             page = await engine.read_lines(self._following, line, CATCH_UP_PAGE_LINES)
             if not page:
                 if job is None:
@@ -281,16 +334,8 @@ class Connection(asyncio.Protocol):
                 continue
             self.write(b"".join(page))
             line += len(page)
-            self._reading(line)
+            self._next_line = line
             await self._can_write()
-
-    def _reading(self, next_line: int) -> None:
-        """Tell the live stream how far a catch-up from the store has got, so that
-        a reader that stalls there is dropped at the lag limit too."""
-        job = self._server.engine.live(self._following)
-        if job is not None and self._state is _State.WATCHING:
-            self._stream = job.stream
-            job.stream.reading(self, next_line)
 
     async def _can_write(self) -> None:
         if self._paused and self._state is not _State.CLOSED:

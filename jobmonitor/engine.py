@@ -43,6 +43,8 @@ CANCEL_WAIT_S = 5.0
 #: How often finished jobs older than ``keep_days`` are deleted.
 PURGE_INTERVAL_S = 3600.0
 TASK_LOG_SIZE = 200
+#: Stored lines of a job kept in memory when no monitor needs older ones.
+IDLE_TAIL_LINES = 1000
 
 
 class Engine:
@@ -222,7 +224,10 @@ class Engine:
         job = self._jobs.get(transaction_id)
         if job is not None and job.stream.in_memory(from_line):
             start = from_line - 1 - job.stream.base
-            return job.stream.lines[start:start + limit]
+            durable = job.stream.durable
+            if durable is not None:  # only what a crash cannot take back
+                limit = min(limit, durable - from_line + 1)
+            return job.stream.lines[start:start + max(limit, 0)]
         return await self._store.read_lines(transaction_id, from_line, limit)
 
     def monitor_count(self, transaction_id: str) -> int:
@@ -250,15 +255,19 @@ class Engine:
         the live job (None for an earlier, finished job with the same token).
 
         Raises:
-            RequestError: UNKNOWN_PROJECT; SERVER_BUSY while shutting down, when
-            the queue is full, or when transaction numbers are exhausted.
+            RequestError: UNKNOWN_PROJECT; whatever the handler's ``check`` raises;
+            SERVER_BUSY while shutting down, when the queue is full, or when
+            transaction numbers are exhausted.
         """
         if job_token:
             earlier = await self._earlier(identity, job_token)
             if earlier is not None:
                 return earlier, self._jobs.get(earlier)
-        if project not in self._handlers:
+        handler = self._handlers.get(project)
+        if handler is None:
             raise RequestError(Reply.UNKNOWN_PROJECT, clip(project, 80))
+        if handler.check is not None:
+            handler.check(params)
         if not self._accepting:
             raise RequestError(Reply.SERVER_BUSY, "the server is shutting down")
         limit = self._config.max_queued_jobs
@@ -365,7 +374,8 @@ class Engine:
 
     def _adopt(self, record: JobRecord) -> Job:
         job = Job(record, asyncio.get_running_loop())
-        job.stream.max_lag = self._config.max_monitor_lag_lines
+        if self._store.durable:
+            job.stream.durable = record.line_count
         job.on_change = self._store.changed
         job.on_event = self._log_event
         self._jobs[record.transaction_id] = job
@@ -464,14 +474,22 @@ class Engine:
             self._finish(job, Outcome.FAILED)
 
     def _persisted(self, item: Recordable, stored_lines: int) -> None:
-        """After a commit: bound the job's lines in memory; let a stored, finished job go."""
+        """After a commit: drop stored lines no monitor needs (and, past the cap, those
+        a slow monitor needs: it reads them back from the store); let a stored,
+        finished job go."""
+        if not isinstance(item, Job):
+            return
+        item.stream.stored(stored_lines)  # before anything else: watchers wait on it
         job = self._jobs.get(item.transaction_id)
-        if job is None or job is not item:
+        if job is not item:
             return
         stream = job.stream
-        excess = len(stream.lines) - self._config.max_lines_in_memory
-        if excess > 0:
-            stream.trim(min(stored_lines, stream.base + excess) + 1)
+        keep_from = len(stream) + 1 - IDLE_TAIL_LINES  # a short tail for re-attaching
+        needed = stream.first_needed_line()
+        if needed is not None:
+            keep_from = min(keep_from, needed)  # what monitors still have to be sent...
+        keep_from = max(keep_from, len(stream) + 1 - self._config.max_lines_in_memory)
+        stream.trim(min(keep_from, stored_lines + 1))  # ...never what is not stored
         if job.state.is_final and stored_lines == len(stream):
             self._forget(job.transaction_id)
 

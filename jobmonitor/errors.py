@@ -7,7 +7,8 @@
     ├── JobFailed                  raised by a job handler to fail its job with a reason
     ├── RequestError               a request the server refuses; carries an R code
     │   └── PacketError            the packet itself could not be read (wire layer)
-    └── ReplyError                 (client side) the server answered with an R error
+    ├── ReplyError                 (client side) the server answered with an R error
+    └── ProtocolError              (client side) the server sent something not in the protocol
 
 A ``RequestError`` becomes exactly one error reply line; it never reaches the
 wire as a traceback.
@@ -24,6 +25,7 @@ __all__ = [
     "RequestError",
     "PacketError",
     "ReplyError",
+    "ProtocolError",
 ]
 
 
@@ -66,9 +68,33 @@ class PacketError(RequestError):
 
 
 class ReplyError(JobMonitorError):
-    """Client side: the server answered a command with an error reply."""
+    """Client side: the server answered a command with an error reply.
+
+    ``code`` is the reply's number (5009 for ``R0005009``) and ``text`` its
+    text, the lines of a several-line reply joined with newlines.
+    """
 
     def __init__(self, code: int, text: str) -> None:
         super().__init__(f"R{code:07d}: {text}")
         self.code = code
         self.text = text
+
+    @property
+    def reply(self) -> Reply | None:
+        """The code as a ``Reply`` member, or None for a code not in the table."""
+        try:
+            return Reply(self.code)
+        except ValueError:
+            return None
+
+    @property
+    def detail(self) -> str:
+        """The text after the standard text and ``": "`` (all of it for unknown codes)."""
+        reply = self.reply
+        if reply is not None and self.text.startswith(reply.text):
+            return self.text[len(reply.text):].removeprefix(":").strip()
+        return self.text
+
+
+class ProtocolError(JobMonitorError):
+    """Client side: the server's answer does not follow the protocol."""

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
 from .job import Job
 
-__all__ = ["Handler", "HandlerFunc"]
+__all__ = ["Handler", "HandlerFunc", "CheckFunc"]
 
 HandlerFunc = Callable[[Job], Union[Awaitable[Any], Any]]
+#: Checks a submit's job variables; raises ``RequestError`` to refuse the job.
+CheckFunc = Callable[[Mapping[str, str]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +24,8 @@ class Handler:
     func: HandlerFunc
     #: Run a job again when the server restarts while it runs (instead of failing it).
     retry_on_restart: bool = False
+    #: Called with the job variables at submit time; its ``RequestError`` is the reply.
+    check: CheckFunc | None = None
 
     @property
     def is_async(self) -> bool:

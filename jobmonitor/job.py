@@ -17,6 +17,7 @@ import copy
 import datetime as dt
 import threading
 import time
+from threading import get_ident
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -29,6 +30,9 @@ from .stream import JobStream
 
 __all__ = ["Job"]
 
+#: Guards every job's batch of calls from worker threads (held for a list swap).
+_THREAD_LOCK = threading.Lock()
+
 
 class Job:
     """One job: what it was given, what it has said, and where it stands.
@@ -38,14 +42,21 @@ class Job:
     ``add_output``; the rest is read by the server.
     """
 
+    __slots__ = ("record", "params", "doc_variables", "stream", "on_change", "on_event",
+                 "_last_text", "_loop", "_loop_thread", "_cancel_requested",
+                 "_suspend_requested", "_leave_to_recovery", "_resume_waiter",
+                 "_thread_resumed", "_thread_pending", "__weakref__")
+
     def __init__(self, record: JobRecord, loop: asyncio.AbstractEventLoop) -> None:
         self.record = record
         self.params: Mapping[str, str] = MappingProxyType(record.params)
         self.doc_variables: Mapping[str, str] = MappingProxyType(record.doc_variables)
         self.stream = JobStream(loop, base=record.line_count)
-        self.stream.on_flush = self._changed
+        self.stream.on_flush = self._flushed
+        # The last message, kept here per line and copied to the record per flush.
+        self._last_text = record.status_message
         #: Called (on the loop) whenever the record or the lines changed.
-        self.on_change: Callable[[Job], None] | None = None
+        self.on_change: Callable[[Job, bool], None] | None = None
         #: Called (on the loop) with each ``job`` stage event (for the task log).
         self.on_event: Callable[[Job, HistoryEvent], None] | None = None
         self._loop = loop
@@ -53,9 +64,9 @@ class Job:
         self._cancel_requested = False
         self._suspend_requested = False
         self._leave_to_recovery = False
-        self._resumed = asyncio.Event()
-        self._thread_resumed = threading.Event()
-        self._thread_lock = threading.Lock()
+        # Made only when needed: most jobs never pause and never run in a thread.
+        self._resume_waiter: asyncio.Future[None] | None = None
+        self._thread_resumed: threading.Event | None = None
         self._thread_pending: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
@@ -110,6 +121,7 @@ class Job:
     def snapshot(self) -> JobRecord:
         """A copy of the job's record as it is now."""
         record = copy.copy(self.record)
+        record.status_message = self._last_text
         record.history = list(record.history)
         record.outputs = list(record.outputs)
         record.line_count = len(self.stream)
@@ -124,6 +136,16 @@ class Job:
             ValueError: ``code`` is not an information code (1..4999).
             asyncio.CancelledError: from a worker thread, once the job is cancelled.
         """
+        # The stream's hot path: one plain line from the loop, formatted in one go.
+        if (code == 100 and text.__class__ is str and text.isprintable()
+                and get_ident() == self._loop_thread):
+            stream = self.stream
+            if not stream.closed:
+                stream.lines.append(f"J0000100: {text}\r\n".encode())
+                if not stream.scheduled:
+                    stream.schedule()
+                self._last_text = text
+            return
         if code != Status.INFO and not 0 < code < ERROR_THRESHOLD:
             raise ValueError(f"information codes are 1..4999, got {code}")
         self._say(code, str(text))
@@ -203,8 +225,9 @@ class Job:
         if self._cancel_requested:
             raise asyncio.CancelledError()
         if self._suspend_requested:
+            waiter = self._resume_waiter = self._loop.create_future()
             self._pause()
-            await self._resumed.wait()
+            await waiter
         if self._cancel_requested:
             raise asyncio.CancelledError()
 
@@ -212,9 +235,9 @@ class Job:
         if self._cancel_requested:
             raise asyncio.CancelledError()
         if self._suspend_requested:
-            self._thread_resumed.clear()
+            event = self._thread_resumed = threading.Event()
             self._loop.call_soon_threadsafe(self._pause)
-            self._thread_resumed.wait()
+            event.wait()
         if self._cancel_requested:
             raise asyncio.CancelledError()
 
@@ -223,14 +246,17 @@ class Job:
             self._wake()
             return
         self._suspend_requested = False
-        self._resumed.clear()
         self._set_state(JobState.SUSPENDED, "suspended")
         self._record_status(Status.SUSPENDED)
 
     def _wake(self) -> None:
         """Let a job paused at a checkpoint go on (resumed or cancelled)."""
-        self._resumed.set()
-        self._thread_resumed.set()
+        waiter, self._resume_waiter = self._resume_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        event, self._thread_resumed = self._thread_resumed, None
+        if event is not None:
+            event.set()
 
     # -- recording --------------------------------------------------------------
 
@@ -241,14 +267,8 @@ class Job:
             self._from_any_thread(self._record_line, code, text)
 
     def _record_line(self, code: int, text: str) -> None:
-        lines = format_lines("J", code, text)
-        if len(lines) == 1:
-            self.stream.append(lines[0])
-        else:
-            self.stream.extend(lines)
-        record = self.record
-        record.status_message = text
-        record.updated = time.time()
+        self.stream.extend(format_lines("J", code, text))
+        self._last_text = text
 
     def _record_status(self, code: Status, text: str | None = None) -> None:
         """Record a server-made line with a standard text (or ``text``)."""
@@ -261,14 +281,14 @@ class Job:
             return
         if self._cancel_requested:
             raise asyncio.CancelledError()
-        with self._thread_lock:
+        with _THREAD_LOCK:
             first = not self._thread_pending
             self._thread_pending.append(lambda: func(*args))
         if first:
             self._loop.call_soon_threadsafe(self._take_from_thread)
 
     def _take_from_thread(self) -> None:
-        with self._thread_lock:
+        with _THREAD_LOCK:
             pending, self._thread_pending = self._thread_pending, []
         for call in pending:
             call()
@@ -295,9 +315,17 @@ class Job:
                 self.on_event(self, entry)
         self._changed()
 
+    def _flushed(self) -> None:
+        """New lines went out: the record's last message and update time follow."""
+        record = self.record
+        record.status_message = self._last_text
+        record.updated = time.time()
+        self._changed()
+
     def _changed(self) -> None:
         if self.on_change is not None:
-            self.on_change(self)
+            # Monitors see only stored lines: while any wait, do not let it wait.
+            self.on_change(self, self.stream.watcher_count > 0)
 
 
 def _timestamp(value: dt.datetime) -> float:

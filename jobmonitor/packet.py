@@ -143,7 +143,8 @@ def _narrow_codec(declared: str | None) -> str:
     if not _ascii_compatible(codec):
         raise PacketError(
             Reply.UNSUPPORTED_ENCODING,
-            f'encoding "{clip(declared)}" is not ASCII-compatible, but the XML declaration is ASCII',
+            f'encoding "{clip(declared)}" is not ASCII-compatible,'
+            " but the XML declaration is ASCII",
         )
     return codec
 
@@ -179,9 +180,10 @@ def _describe(exc: etree.XMLSyntaxError) -> str:
 
 
 def _new_xml_parser() -> etree.XMLPullParser:
-    # resolve_entities="internal", not False: with False, lxml's push parser
-    # silently stops at an undefined entity instead of reporting it.  No
-    # entity can be defined anyway: a DOCTYPE never reaches lxml.
+    # resolve_entities="internal", not False: with False, lxml's pull parser
+    # stops at an undefined entity without an error or any further event, so
+    # the packet would just hang.  No entity can be defined anyway: a DOCTYPE
+    # never reaches lxml, and no DTD or network resource is ever loaded.
     return etree.XMLPullParser(
         events=("start", "end"),
         encoding="utf-8",
@@ -226,7 +228,9 @@ class PacketParser:
         self._xml = _new_xml_parser()
         self._names: list[str] = []  # local names of the open elements: at most 3
         self._elements: list[etree._Element] = []  # the open elements themselves
-        self._previous: etree._Element | None = None  # the last child closed in the innermost
+        # The last element closed inside the innermost open one: its tail is the
+        # text since then.
+        self._previous: etree._Element | None = None
         self._command = ""
         self._sections: dict[str, dict[str, str]] = {}
         self._values: dict[str, str] = {}  # the open section's variables
@@ -347,7 +351,9 @@ class PacketParser:
             return None
         length, declared = found
         self._newlines += text.count("\n", 0, length)
-        self._held = "\n" * self._newlines  # keeps the line numbers in lxml's messages right
+        # lxml gets a newline for each one removed, to keep its line numbers
+        # right, and never a second declaration where it would pass for the first.
+        self._held = "\n" * self._newlines or (" " if length else "")
         self._on_text = self._prolog
         if self._decoder is not None:
             if declared is not None:
@@ -496,7 +502,9 @@ def _check_no_text(text: str | None, where: str) -> None:
 
 def _may_become_markup(ahead: str) -> bool:
     """True if more text could make ``ahead`` a comment, PI or DOCTYPE."""
-    return "<!--".startswith(ahead) or "<?".startswith(ahead) or "<!DOCTYPE".startswith(ahead.upper())
+    return (
+        "<!--".startswith(ahead) or "<?".startswith(ahead) or "<!DOCTYPE".startswith(ahead.upper())
+    )
 
 
 # -- building packets ------------------------------------------------------------

@@ -7,15 +7,18 @@ A live ``Job`` turns itself into a ``JobRecord`` snapshot; a store returns
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .states import JobState, Outcome
 
 __all__ = ["JobRecord", "HistoryEvent", "Output"]
 
 
-@dataclass(frozen=True, slots=True)
-class HistoryEvent:
-    """One entry of a job's history: a stage reaching a status at a time."""
+class HistoryEvent(NamedTuple):
+    """One entry of a job's history: a stage reaching a status at a time.
+
+    (Named tuples, not frozen dataclasses: a few are made for every job.)
+    """
 
     stage: str
     status: str
@@ -24,8 +27,7 @@ class HistoryEvent:
     info: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Output(NamedTuple):
     """Something a job produced, by reference."""
 
     name: str

@@ -39,7 +39,8 @@ class Server:
         self.config = config
         self._own_handlers = dict(handlers)
         store = open_store(config.store or "memory://", data_dir=config.data_dir,
-                           commit_interval_s=config.commit_interval_s)
+                           commit_interval_s=config.commit_interval_s,
+                           synchronous=config.sqlite_synchronous)
         self.engine = Engine(self._handlers(reload=False), config, store)
         self.commands = Commands(self.engine, auth=Authenticator(config.users),
                                  restart=self.restart_engine,

@@ -8,9 +8,12 @@ one transaction.  A new job (``add``) starts a commit at once if none is
 running; otherwise it rides the next one, so many submits share one fsync.
 Other changes wait at most ``commit_interval_s``.
 
-Tables: ``jobs`` (one row per job), ``lines`` (every J line, numbered from 1),
-``history``, ``outputs`` and ``meta`` (the last transaction number, so numbers
-are never reused even after jobs are deleted).
+Tables: ``jobs`` (one row per job); ``line_blocks`` (a job's J lines, numbered
+from 1, kept as runs of consecutive lines: the row for lines 101..350 holds
+their bytes joined, which costs one row per job per commit instead of one per
+line; every line ends with CRLF and has none inside, so a block splits back
+exactly); ``history``, ``outputs``; and ``meta`` (the last transaction number,
+so numbers are never reused even after jobs are deleted).
 """
 
 from __future__ import annotations
@@ -46,9 +49,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_token ON jobs (identity, job_token)
     WHERE job_token IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
-CREATE TABLE IF NOT EXISTS lines (
-    number INTEGER NOT NULL, line INTEGER NOT NULL, data BLOB NOT NULL,
-    PRIMARY KEY (number, line)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS line_blocks (
+    number INTEGER NOT NULL, first_line INTEGER NOT NULL, count INTEGER NOT NULL,
+    data BLOB NOT NULL, PRIMARY KEY (number, first_line));
 CREATE TABLE IF NOT EXISTS history (
     number INTEGER NOT NULL, seq INTEGER NOT NULL, stage TEXT NOT NULL,
     status TEXT NOT NULL, timestamp REAL NOT NULL, date REAL, info TEXT,
@@ -62,6 +65,8 @@ _JOB_COLUMNS = ("number, project, params, doc_variables, identity, job_token, st
                 "created, started, updated, completed, estimated, line_count")
 _UNFINISHED = tuple(s.value for s in JobState if not s.is_final)
 RECENT_EVENTS = 200
+#: Most lines in one stored block.
+BLOCK_LINES = 2000
 
 
 @dataclass(slots=True)
@@ -76,7 +81,7 @@ class _Written:
 @dataclass(slots=True)
 class _Batch:
     rows: list[tuple[Any, ...]] = field(default_factory=list)
-    lines: list[tuple[int, int, bytes]] = field(default_factory=list)
+    blocks: list[tuple[int, int, int, bytes]] = field(default_factory=list)
     history: list[tuple[Any, ...]] = field(default_factory=list)
     outputs: list[tuple[Any, ...]] = field(default_factory=list)
     last_number: int = 0
@@ -88,8 +93,10 @@ class SqliteStore(Store):
 
     durable = True
 
-    def __init__(self, path: str, *, commit_interval_s: float = 0.05) -> None:
+    def __init__(self, path: str, *, commit_interval_s: float = 0.05,
+                 synchronous: str = "full") -> None:
         self.path = path
+        self.synchronous = "NORMAL" if synchronous == "normal" else "FULL"
         self.commit_interval_s = commit_interval_s
         self._db: sqlite3.Connection | None = None
         self._thread = concurrent.futures.ThreadPoolExecutor(1, "jobmonitor-sqlite")
@@ -136,10 +143,12 @@ class SqliteStore(Store):
         self._urgent.set()
         await waiter
 
-    def changed(self, job: Recordable) -> None:
+    def changed(self, job: Recordable, urgent: bool = False) -> None:
         if job.transaction_id in self._written:
             self._dirty[job.transaction_id] = job
             self._wake.set()
+            if urgent:
+                self._urgent.set()
 
     async def flush(self) -> None:
         if not self._dirty:
@@ -187,7 +196,10 @@ class SqliteStore(Store):
             batch.last_number = max(batch.last_number, number)
             stream = job.stream
             new = stream.lines[written.lines - stream.base:]
-            batch.lines.extend((number, written.lines + i + 1, data) for i, data in enumerate(new))
+            for start in range(0, len(new), BLOCK_LINES):
+                block = new[start:start + BLOCK_LINES]
+                batch.blocks.append((number, written.lines + start + 1, len(block),
+                                     b"".join(block)))
             written.lines += len(new)
             batch.history.extend(
                 (number, written.history + i, e.stage, e.status, e.timestamp, e.date, e.info)
@@ -218,7 +230,7 @@ class SqliteStore(Store):
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.executescript(_SCHEMA)
         self._db = db
         stored = db.execute("SELECT value FROM meta WHERE key = 'last_number'").fetchone()
@@ -243,8 +255,9 @@ class SqliteStore(Store):
             if batch.rows:
                 db.executemany(f"REPLACE INTO jobs ({_JOB_COLUMNS}) VALUES "
                                f"({','.join('?' * 19)})", batch.rows)
-            if batch.lines:
-                db.executemany("INSERT OR REPLACE INTO lines VALUES (?, ?, ?)", batch.lines)
+            if batch.blocks:
+                db.executemany("INSERT OR REPLACE INTO line_blocks VALUES (?, ?, ?, ?)",
+                               batch.blocks)
             if batch.history:
                 db.executemany("INSERT OR REPLACE INTO history VALUES (?, ?, ?, ?, ?, ?, ?)",
                                batch.history)
@@ -295,10 +308,16 @@ class SqliteStore(Store):
 
         def read() -> list[bytes]:
             assert self._db is not None
+            found: list[bytes] = []
             rows = self._db.execute(
-                "SELECT data FROM lines WHERE number = ? AND line >= ? ORDER BY line LIMIT ?",
-                (number, from_line, limit)).fetchall()
-            return [row[0] for row in rows]
+                "SELECT first_line, data FROM line_blocks WHERE number = ? "
+                "AND first_line + count > ? ORDER BY first_line", (number, from_line))
+            for first_line, data in rows:
+                lines = [part + b"\r\n" for part in data.split(b"\r\n")[:-1]]
+                found.extend(lines[max(from_line - first_line, 0):])
+                if len(found) >= limit:
+                    break
+            return found[:limit]
 
         return await self._call(read) if number is not None else []
 
@@ -328,7 +347,7 @@ class SqliteStore(Store):
         db = self._db
         assert db is not None
         db.execute("BEGIN")
-        for table in ("jobs", "lines", "history", "outputs"):
+        for table in ("jobs", "line_blocks", "history", "outputs"):
             db.executemany(f"DELETE FROM {table} WHERE number = ?", [(n,) for n in numbers])
         db.execute("COMMIT")
 

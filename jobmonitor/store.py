@@ -16,7 +16,7 @@ import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .errors import ConfigError
 from .records import HistoryEvent, JobRecord
@@ -43,8 +43,7 @@ class Recordable(Protocol):
     def snapshot(self) -> JobRecord: ...
 
 
-@dataclass(frozen=True, slots=True)
-class TaskEvent:
+class TaskEvent(NamedTuple):
     """One entry of the server-wide task log."""
 
     transaction_id: str
@@ -83,8 +82,9 @@ class Store(abc.ABC):
         """Record a new job and its lines so far; return once durable."""
 
     @abc.abstractmethod
-    def changed(self, job: Recordable) -> None:
-        """The job's record or lines changed; write them soon."""
+    def changed(self, job: Recordable, urgent: bool = False) -> None:
+        """The job's record or lines changed; write them soon (``urgent``: someone
+        is waiting on them, start a commit now)."""
 
     async def flush(self) -> None:
         """Return once everything changed so far is written."""
@@ -127,11 +127,12 @@ class MemoryStore(Store):
     async def add(self, job: Recordable) -> None:
         return None
 
-    def changed(self, job: Recordable) -> None:
+    def changed(self, job: Recordable, urgent: bool = False) -> None:
         return None
 
 
-def open_store(url: str, *, data_dir: str = ".", commit_interval_s: float = 0.05) -> Store:
+def open_store(url: str, *, data_dir: str = ".", commit_interval_s: float = 0.05,
+               synchronous: str = "full") -> Store:
     """Make the store a URL names.
 
     ``memory://``; ``sqlite:///relative/path.db`` (relative to the working
@@ -149,5 +150,5 @@ def open_store(url: str, *, data_dir: str = ".", commit_interval_s: float = 0.05
         path = url.removeprefix("sqlite://").removeprefix("/")
         if not path:
             path = str(Path(data_dir) / "jobmonitor.db")
-        return SqliteStore(path, commit_interval_s=commit_interval_s)
+        return SqliteStore(path, commit_interval_s=commit_interval_s, synchronous=synchronous)
     raise ConfigError(f"store: unknown store URL {url!r} (expected memory:// or sqlite:///PATH)")

@@ -12,16 +12,13 @@ flush.  The flush hands each watcher everything past its cursor in one
 job emitting thousands of lines per turn costs one write per watcher per turn.
 A watcher that cannot take more (its transport paused) is skipped until it asks
 to catch up; one whose cursor falls before ``base`` is told to read the store.
-While it reads the store it says how far it has got (``reading``), so that the
-lag limit below holds for it as well.
 
 A watcher is given at most ``WRITE_LINES`` lines per ``write``, and more only
 while it stays writable, so what waits in one connection's buffer stays
-bounded; one that lags more than ``max_lag`` lines while not writable, following
-the stream or reading the store, is told so (``too_far_behind``) and dropped.
+bounded however far behind the watcher is.
 
 Nothing here knows about sockets: a watcher is anything with ``writable``,
-``write()``, ``stream_ended()``, ``fell_behind()`` and ``too_far_behind()``.
+``write()``, ``stream_ended()`` and ``fell_behind()``.
 """
 
 from __future__ import annotations
@@ -52,15 +49,12 @@ class Watcher(Protocol):
     def fell_behind(self, next_line: int) -> None:
         """Lines from ``next_line`` on are no longer in memory: read them from the store."""
 
-    def too_far_behind(self, next_line: int) -> None:
-        """The watcher lags more than ``max_lag`` lines; it is no longer followed."""
-
 
 class JobStream:
     """The recorded lines of one job and the watchers following them."""
 
-    __slots__ = ("lines", "base", "closed", "on_flush", "max_lag", "_loop", "_cursors",
-                 "_readers", "_scheduled")
+    __slots__ = ("lines", "base", "closed", "on_flush", "scheduled", "durable", "_loop",
+                 "_cursors")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, base: int = 0) -> None:
         self.lines: list[bytes] = []
@@ -69,13 +63,13 @@ class JobStream:
         self.closed = False
         #: Called once per flush that had new lines (the store's cue).
         self.on_flush: Callable[[], None] | None = None
-        #: Lines a watcher that is not writable may lag before it is dropped.
-        self.max_lag = 1_000_000
+        #: With a durable store: how many lines are stored.  Watchers are sent
+        #: only those, so a line a client has seen survives any crash, and
+        #: line numbers mean the same thing before and after a restart.
+        self.durable: int | None = None
         self._loop = loop
         self._cursors: dict[Watcher, int] = {}
-        #: Watchers reading older lines from the store: the lines they have been given.
-        self._readers: dict[Watcher, int] = {}
-        self._scheduled = False
+        self.scheduled = False
 
     def __len__(self) -> int:
         """The number of lines recorded so far (in memory or not)."""
@@ -89,47 +83,65 @@ class JobStream:
         """Record one encoded wire line."""
         if not self.closed:
             self.lines.append(data)
-            if not self._scheduled:
-                self._schedule()
+            if not self.scheduled:
+                self.schedule()
 
     def extend(self, lines: list[bytes]) -> None:
         """Record several encoded wire lines."""
         if not self.closed:
             self.lines.extend(lines)
-            if not self._scheduled:
-                self._schedule()
+            if not self.scheduled:
+                self.schedule()
 
     def close(self) -> None:
-        """No more lines: watchers end once they have everything."""
+        """No more lines: watchers end once they have everything.
+
+        The flush happens now, not at the end of the turn, so that a job that
+        ends at once shares its watchers' first send with the reply.
+        """
         self.closed = True
-        if not self._scheduled:
-            self._schedule()
+        self._flush()
 
     def watch(self, watcher: Watcher, from_line: int = 1) -> None:
-        """Send lines from ``from_line`` (1-based) on to ``watcher``."""
-        self._readers.pop(watcher, None)
-        self._cursors[watcher] = max(from_line, 1) - 1
-        if not self._scheduled:
-            self._schedule()
+        """Send lines from ``from_line`` (1-based) on to ``watcher``, starting now with
+        what is already recorded (so a reply and the first lines can share a send)."""
+        position = max(from_line, 1) - 1
+        self._cursors[watcher] = position
+        if position < self.base:
+            if not self.scheduled:
+                self.schedule()  # the flush tells it to read the store
+            return
+        self._serve(watcher, position, self._deliverable(), {})
 
-    def unwatch(self, watcher: Watcher) -> None:
-        """Stop sending to ``watcher`` (it went away)."""
-        self._cursors.pop(watcher, None)
-        self._readers.pop(watcher, None)
+    def stored(self, count: int) -> None:
+        """The store now holds ``count`` lines: they may go out."""
+        self.durable = count
+        if self._cursors and not self.scheduled:
+            self.schedule()
 
-    def reading(self, watcher: Watcher, next_line: int) -> None:
-        """``watcher`` reads older lines from the store and will send ``next_line`` next;
-        it is dropped like a watcher if it lags too far while not writable."""
-        self._readers[watcher] = next_line - 1
+    def _deliverable(self) -> int:
+        end = self.base + len(self.lines)
+        return end if self.durable is None else min(end, self.durable)
+
+    def unwatch(self, watcher: Watcher) -> int | None:
+        """Stop sending to ``watcher``; return the next line it would have had."""
+        position = self._cursors.pop(watcher, None)
+        return None if position is None else position + 1
 
     def catch_up(self, watcher: Watcher) -> None:
         """Send ``watcher`` what it has not seen yet (after it became writable)."""
-        if watcher in self._cursors and not self._scheduled:
-            self._schedule()
+        if watcher in self._cursors and not self.scheduled:
+            self.schedule()
 
     def in_memory(self, line: int) -> bool:
         """True when line number ``line`` (or a later one) can be served from memory."""
         return line > self.base
+
+    def first_needed_line(self) -> int | None:
+        """The lowest line a watcher has yet to be sent, or None without watchers."""
+        if not self._cursors:
+            return None
+        return min(self._cursors.values()) + 1
 
     def trim(self, keep_from_line: int) -> None:
         """Forget lines before ``keep_from_line`` (they must be in the store)."""
@@ -138,39 +150,32 @@ class JobStream:
             del self.lines[:drop]
             self.base += drop
 
-    def _schedule(self) -> None:
-        self._scheduled = True
+    def schedule(self) -> None:
+        """Flush at the end of this event-loop turn (the caller checked ``scheduled``)."""
+        self.scheduled = True
         self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        self._scheduled = False
+        self.scheduled = False
         if self.on_flush is not None:
             self.on_flush()
-        end = self.base + len(self.lines)
+        end = self._deliverable()
         shared: dict[int, bytes] = {}
         for watcher, position in list(self._cursors.items()):
             if position < self.base:
                 del self._cursors[watcher]
                 watcher.fell_behind(position + 1)
-                continue
-            while position < end and watcher.writable:
-                position = self._send(watcher, position, end, shared)
-            self._cursors[watcher] = position
-            if position >= end:
-                if self.closed:
-                    del self._cursors[watcher]
-                    watcher.stream_ended()
-            elif end - position > self.max_lag:
-                del self._cursors[watcher]
-                watcher.too_far_behind(position + 1)
-        if self._readers:
-            self._drop_stalled_readers(end)
+            else:
+                self._serve(watcher, position, end, shared)
 
-    def _drop_stalled_readers(self, end: int) -> None:
-        for watcher, position in list(self._readers.items()):
-            if end - position > self.max_lag and not watcher.writable:
-                del self._readers[watcher]
-                watcher.too_far_behind(position + 1)
+    def _serve(self, watcher: Watcher, position: int, end: int, shared: dict[int, bytes]) -> None:
+        """Send ``watcher`` what it can take of lines up to ``end``; end it if done."""
+        while position < end and watcher.writable:
+            position = self._send(watcher, position, end, shared)
+        self._cursors[watcher] = position
+        if position >= self.base + len(self.lines) and self.closed:
+            del self._cursors[watcher]
+            watcher.stream_ended()
 
     def _send(self, watcher: Watcher, position: int, end: int, shared: dict[int, bytes]) -> int:
         """Write one chunk from ``position``; return the new position."""

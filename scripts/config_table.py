@@ -1,20 +1,35 @@
-"""Print the settings table of docs/configuration.md from the Config dataclass.
+"""The settings table of docs/configuration.md, made from the Config dataclass.
 
-    python scripts/config_table.py
+    python scripts/config_table.py           # print it
+    python scripts/config_table.py --write   # rewrite the table in the doc
 """
 
 import dataclasses
+import sys
+from pathlib import Path
 
 from jobmonitor.config import Config
 
+DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
-def main() -> None:
-    print("| setting | `serve` option | default | meaning |")
-    print("|---|---|---|---|")
+
+def table() -> str:
+    rows = ["| setting | `serve` option | default | meaning |", "|---|---|---|---|"]
     for field in dataclasses.fields(Config):
         option = f"`--{field.name.replace('_', '-')}`" if field.metadata["flag"] else "(config file)"
         default = "(none)" if field.default in (None, ()) else field.default
-        print(f"| `{field.name}` | {option} | `{default}` | {field.metadata['help']} |")
+        rows.append(f"| `{field.name}` | {option} | `{default}` | {field.metadata['help']} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    if "--write" not in sys.argv:
+        print(table())
+        return
+    text = DOC.read_text()
+    start = text.index("| setting |")
+    end = text.index("\n\n", start)
+    DOC.write_text(text[:start] + table() + text[end:])
 
 
 if __name__ == "__main__":

@@ -229,6 +229,38 @@ def test_serve_defaults_to_sqlite_in_the_data_dir(tmp_path):
     assert (tmp_path / "data" / "jobmonitor.db").exists()
 
 
+def test_every_line_a_watcher_saw_survives_a_crash_with_the_same_number(tmp_path):
+    """Lines go out only once stored: a SIGKILL just after a watcher got a line
+    cannot take it back or give its number to another line."""
+    url = f"sqlite:///{tmp_path / 'seen.db'}"
+    server = ServerProcess("--jobs", "tests/jobs.py", "--store", url)
+
+    async def watch_then_crash() -> tuple[str, list[str]]:
+        session = await Session.open(server.port, submit("stepper", Key="never", Count="1"))
+        tid = tid_of(await session.line())
+        seen = [await session.line(), await session.line()]
+        server.proc.send_signal(signal.SIGKILL)  # at once, well inside the commit window
+        await session.close()
+        return tid, seen
+
+    try:
+        tid, seen = asyncio.run(watch_then_crash())
+        server.proc.communicate(timeout=10)
+    finally:
+        server.kill()
+    assert seen[1] == "J0000100: before step 1"
+    restarted = ServerProcess("--jobs", "tests/jobs.py", "--store", url)
+    try:
+        replay = asyncio.run(exchange(restarted.port, xml_packet(
+            "MonitorJob", {"_sys_TransactionID": tid})))
+        assert replay[1:3] == seen
+        assert replay[3:] == ["J0005002: Job interrupted by a server restart",
+                              "J0000022: Job failed.", ENDED.format(tid)]
+        assert restarted.stop() == 0
+    finally:
+        restarted.kill()
+
+
 async def test_a_retry_job_deaf_to_cancellation_is_still_left_to_recovery(
         make_server, db_url, tmp_path, monkeypatch):
     monkeypatch.setattr(engine_module, "CANCEL_WAIT_S", 0.2)

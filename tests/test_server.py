@@ -377,3 +377,11 @@ async def test_shutdown_cancels_running_jobs_after_grace(make_server):
     await server.wait_closed()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+
+
+async def test_a_burst_far_larger_than_any_buffer_reaches_a_reading_monitor(server):
+    # 150 000 lines said in one event-loop turn: the monitor lags all of them at
+    # first, keeps reading, and must get every one (lagging is not stalling).
+    lines = await exchange(server.port, submit("lines", Count="150000"))
+    assert len(lines) == 150004
+    assert lines[2] == "J0000100: line 1" and lines[-3] == "J0000100: line 150000"

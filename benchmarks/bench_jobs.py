@@ -1,0 +1,85 @@
+"""The jobs the benchmark suite runs on a jobmonitor server.
+
+Served with ``python -m jobmonitor serve --jobs benchmarks/bench_jobs.py``.
+
+* ``bench.stream``: sends ``lines`` information lines of 40 characters, giving
+  the loop a turn every ``yield_every`` lines (default 1000), as a fast job
+  that produces output in bursts would.
+* ``bench.tiny``: does nothing; measures the cost of a job's life cycle.
+* ``bench.hold``: waits until the file named by ``release`` exists.
+* ``bench.fanout``: waits like ``bench.hold``, then sends ``lines`` lines, so
+  every watcher can attach before the first line.
+
+Why a release *file*: the signal must reach jobs that are running (and ones
+still queued) without taking a job slot itself, and without one poll per
+job: one poller task per file checks it every 10 ms and wakes every job
+waiting on it.  Every wait gives up after ``timeout_s`` (default 600), so a
+benchmark that dies never leaves jobs waiting for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from jobmonitor import Job, JobMonitor
+
+app = JobMonitor()
+
+TEXT = "x" * 40
+POLL_INTERVAL_S = 0.01
+DEFAULT_TIMEOUT_S = 600.0
+
+_pollers: dict[str, asyncio.Future[None]] = {}
+
+
+async def _poll(path: str, timeout_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not os.path.exists(path):
+        if loop.time() > deadline:
+            raise TimeoutError(f"release file {path} did not appear within {timeout_s:g} s")
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+
+async def wait_for_release(job: Job) -> None:
+    """Wait until the job's ``release`` file exists (one shared poller per file)."""
+    path = job.params["release"]
+    poller = _pollers.get(path)
+    if poller is None:
+        timeout_s = float(job.params.get("timeout_s", DEFAULT_TIMEOUT_S))
+        poller = _pollers[path] = asyncio.ensure_future(_poll(path, timeout_s))
+        poller.add_done_callback(lambda _: _pollers.pop(path, None))
+    await asyncio.shield(poller)
+
+
+async def emit(job: Job) -> None:
+    """Send ``lines`` lines, yielding to the loop every ``yield_every`` lines."""
+    total = int(job.params.get("lines", "0"))
+    every = max(1, int(job.params.get("yield_every", "1000")))
+    info = job.info
+    for number in range(1, total + 1):
+        info(TEXT)
+        if number % every == 0:
+            await asyncio.sleep(0)
+
+
+@app.job("bench.stream")
+async def stream(job: Job) -> None:
+    await emit(job)
+
+
+@app.job("bench.tiny")
+async def tiny(job: Job) -> None:
+    return None
+
+
+@app.job("bench.hold")
+async def hold(job: Job) -> None:
+    await wait_for_release(job)
+
+
+@app.job("bench.fanout")
+async def fanout(job: Job) -> None:
+    await wait_for_release(job)
+    await emit(job)

@@ -1,0 +1,206 @@
+"""The targets that speak the jobmonitor wire protocol: jobmonitor itself and the bare baseline.
+
+Both run as a separate process (so the server and the load generator each
+get a core) and are driven by the same client coroutines in ``wire``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import wire
+from harness import Endpoint, ServerProcess, Sizes, Target, wait_until
+
+__all__ = ["BareTarget", "JobmonitorTarget", "BENCH_DIR", "REPO_DIR"]
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+SERVER_DEADLINE_S = 3600.0
+
+
+def _uvloop_missing() -> str | None:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "uvloop is not installed (pip install uvloop, or the project's [fast] extra)"
+    return None
+
+
+class _WireTarget(Target):
+    """Start/stop through a ``ServerProcess``; dispatch scenarios to ``wire``."""
+
+    ready_pattern = r"listening on \[?(?P<host>[^\]\s]+?)\]?:(?P<port>\d+)\s*$"
+
+    def __init__(self) -> None:
+        self.process: ServerProcess | None = None
+
+    def argv(self, sizes: Sizes | None = None) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str] | None:
+        return None
+
+    async def start(self) -> Endpoint:
+        self.process = ServerProcess(self.argv(), name=self.name, env=self.env(),
+                                     cwd=str(REPO_DIR))
+        return await self.process.start(ready_pattern=self.ready_pattern)
+
+    async def stop(self) -> None:
+        if self.process is not None:
+            await self.process.stop()
+            self.process = None
+
+    async def run(self, scenario: str, endpoint: Endpoint, sizes: Sizes) -> dict[str, float]:
+        if scenario == "stream":
+            return await wire.run_stream(endpoint, sizes.stream_lines)
+        if scenario == "jobs":
+            return await wire.run_jobs(endpoint, sizes.jobs, sizes.clients)
+        if scenario == "fanout":
+            return await wire.run_fanout(endpoint, sizes.fanout_lines, sizes.fanout_watchers,
+                                         self)  # type: ignore[arg-type]
+        if scenario == "held":
+            return await wire.run_held(endpoint, sizes.held, self,  # type: ignore[arg-type]
+                                       sizes.timeout_s)
+        raise ValueError(f"{self.name} cannot run {scenario}")
+
+
+class BareTarget(_WireTarget):
+    """``bare_server.py`` on asyncio or uvloop, one write per line or per ``lines_per_write``."""
+
+    def __init__(self, loop: str, lines_per_write: int, scenarios: frozenset[str]) -> None:
+        super().__init__()
+        self.loop = loop
+        self.lines_per_write = lines_per_write
+        self.scenarios = scenarios
+        writes = "write/line" if lines_per_write <= 1 else f"write/{lines_per_write} lines"
+        self.name = f"bare {loop} ({writes})" if "stream" in scenarios else f"bare {loop}"
+        self.description = f"minimal asyncio server, {loop} loop, {writes}"
+
+    def unavailable(self) -> str | None:
+        return _uvloop_missing() if self.loop == "uvloop" else None
+
+    def argv(self, sizes: Sizes | None = None) -> list[str]:
+        return [sys.executable, str(BENCH_DIR / "bare_server.py"), "--host", "127.0.0.1",
+                "--port", "0", "--loop", self.loop,
+                "--lines-per-write", str(self.lines_per_write),
+                "--deadline-s", str(SERVER_DEADLINE_S)]
+
+    # -- Releaser: the bare server releases a group when it gets a bench.release job
+
+    def params(self, group: str) -> dict[str, str]:
+        return {"group": group}
+
+    async def release(self, endpoint: Endpoint, group: str) -> None:
+        await wire.exchange(endpoint, wire.submit_packet("bench.release", monitor=False,
+                                                         group=group), "bench.release")
+
+    async def wait_running(self, endpoint: Endpoint, count: int, timeout_s: float) -> None:
+        return None  # the R reply is sent once the connection is waiting
+
+
+class JobmonitorTarget(_WireTarget):
+    """``python -m jobmonitor serve`` with ``bench_jobs.py``; skipped until the server exists."""
+
+    scenarios = frozenset({"stream", "fanout", "jobs", "held"})
+
+    def __init__(self, store: str = "memory://", max_running: int = 10_000) -> None:
+        super().__init__()
+        self.store = store
+        self.max_running = max_running
+        self.name = "jobmonitor" if store == "memory://" else f"jobmonitor ({store.split(':')[0]})"
+        self.description = f"jobmonitor serve --store {store}"
+        self._import_error: str | None = None
+        self._release_dir: tempfile.TemporaryDirectory[str] | None = None
+
+    def unavailable(self) -> str | None:
+        if not (REPO_DIR / "jobmonitor" / "server.py").is_file():
+            return "jobmonitor/server.py does not exist yet"
+        if self._import_error is None:
+            # One check up front instead of one failed start per scenario.
+            probe = subprocess.run([sys.executable, "-c", "import jobmonitor.server"],
+                                   env=self.env(), cwd=str(REPO_DIR), capture_output=True,
+                                   text=True, timeout=60)
+            lines = probe.stderr.strip().splitlines()
+            self._import_error = lines[-1] if probe.returncode and lines else ""
+        if self._import_error:
+            return f"jobmonitor cannot be imported by this python: {self._import_error}"
+        return None
+
+    def argv(self, sizes: Sizes | None = None) -> list[str]:
+        return [sys.executable, "-m", "jobmonitor", "serve", "--host", "127.0.0.1",
+                "--port", "0", "--jobs", str(BENCH_DIR / "bench_jobs.py"),
+                "--store", self._store_url(), "--max-running", str(self.max_running),
+                "--log-level", "warning"]
+
+    def _store_url(self) -> str:
+        """``sqlite`` means a new database for every server start (in its temp folder)."""
+        if self.store != "sqlite":
+            return self.store
+        assert self._release_dir is not None, "the sqlite target makes its file at start"
+        return "sqlite:///" + os.path.join(self._release_dir.name, "bench.db")
+
+    def env(self) -> dict[str, str]:
+        # The repository first on the path, so an uninstalled checkout works too.
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_DIR),
+                                                          env.get("PYTHONPATH")]))
+        return env
+
+    async def start(self) -> Endpoint:
+        self._release_dir = tempfile.TemporaryDirectory(prefix="jobmonitor-bench-")
+        try:
+            return await super().start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._release_dir is not None:
+            self._release_dir.cleanup()
+            self._release_dir = None
+
+    # -- Releaser: bench_jobs.py waits for a file to appear
+
+    def _path(self, group: str) -> str:
+        assert self._release_dir is not None
+        return os.path.join(self._release_dir.name, group)
+
+    def params(self, group: str) -> dict[str, str]:
+        return {"release": self._path(group)}
+
+    async def release(self, endpoint: Endpoint, group: str) -> None:
+        with open(self._path(group), "w", encoding="ascii") as marker:
+            marker.write(f"{time.time()}\n")
+
+    async def wait_running(self, endpoint: Endpoint, count: int, timeout_s: float) -> None:
+        await wait_until(_QueueLenProbe(endpoint, count).check, timeout_s,
+                         f"{count} bench.hold jobs running", interval_s=0.05)
+
+
+class _QueueLenProbe:
+    """Asks GetJobQueueLen until ``Running`` reaches ``count`` and nothing is queued."""
+
+    def __init__(self, endpoint: Endpoint, count: int) -> None:
+        self.endpoint = endpoint
+        self.count = count
+
+    async def check(self) -> bool:
+        reader, writer = await asyncio.open_connection(self.endpoint.host, self.endpoint.port)
+        try:
+            writer.write(wire.command_packet("GetJobQueueLen"))
+            text = (await asyncio.wait_for(reader.read(), 10)).decode(errors="replace")
+        finally:
+            writer.close()
+        values = {}
+        for line in text.splitlines():
+            key, _, value = line[10:].partition(":")
+            if value.strip().isdigit():
+                values[key.strip()] = int(value)
+        return values.get("Running", 0) >= self.count and values.get("Queued", 1) == 0

@@ -1,0 +1,263 @@
+"""Client-side load for servers that speak the jobmonitor wire protocol.
+
+Both jobmonitor and the bare asyncio baseline are driven by these coroutines,
+so they are measured by exactly the same client.  A connection sends one XML
+command packet and reads coded lines: the ``R`` reply first, then (when
+monitoring) ``J`` lines until ``J0000001: Transaction ... ended`` or EOF.
+Lines are counted with ``bytes.count`` so the client costs little per line.
+
+The scenarios that must hold jobs open or start them all at once (``held``,
+``fanout``) take a ``Releaser`` from the target: the job variables that tie a
+job to a release group, how to release the group, and how to tell that the
+server really has ``count`` jobs waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from typing import Protocol
+from xml.sax.saxutils import escape
+
+from harness import Endpoint, percentile, rss_kb
+
+__all__ = ["Releaser", "command_packet", "submit_packet", "exchange", "run_stream",
+           "run_jobs", "run_fanout", "run_held"]
+
+ENDED = b"J0000001: "
+TAIL_BYTES = 80  # longer than any ended line
+OK_REPLY = b"R0000000"
+CONNECT_CONCURRENCY = 200  # connections opened at once; more overflows accept queues
+
+
+class Releaser(Protocol):
+    def params(self, group: str) -> dict[str, str]:
+        """Job variables that make a bench.hold / bench.fanout job wait for ``group``."""
+
+    async def release(self, endpoint: Endpoint, group: str) -> None:
+        """Let every job waiting for ``group`` go on."""
+
+    async def wait_running(self, endpoint: Endpoint, count: int, timeout_s: float) -> None:
+        """Return once the server has ``count`` bench.hold jobs waiting."""
+
+
+def command_packet(command: str, **variables: str) -> bytes:
+    body = "".join(f'<var name="{escape(name)}">{escape(str(value))}</var>'
+                   for name, value in variables.items())
+    return (f'<?xml version="1.0"?><job_command name="{escape(command)}">'
+            f"<job_variables>{body}</job_variables></job_command>").encode()
+
+
+def submit_packet(project: str, *, monitor: bool = True, **params: str) -> bytes:
+    variables = {"ProjectName": project, "_sys_ClientJobMonitor": "true" if monitor else "false"}
+    return command_packet("SubmitJob", **variables, **params)
+
+
+class _Exchange(asyncio.Protocol):
+    """One connection: sends a packet, resolves ``reply`` with the first line,
+    counts the lines after it and resolves ``done`` at the ended line or EOF."""
+
+    def __init__(self, packet: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        self.packet = packet
+        self.reply: asyncio.Future[bytes] = loop.create_future()
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.newlines = 0
+        self.ended = False
+        self.transport: asyncio.Transport | None = None
+        self._head = b""
+        self._tail = b""
+
+    @property
+    def lines_after_reply(self) -> int:
+        return max(0, self.newlines - 1)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(self.packet)
+
+    def data_received(self, data: bytes) -> None:
+        self.newlines += data.count(b"\n")
+        if not self.reply.done():
+            self._head += data
+            end = self._head.find(b"\r\n")
+            if end >= 0:
+                self.reply.set_result(self._head[:end])
+                self._head = b""
+        # The ended line is the last one the server sends, so only the end of
+        # what has arrived needs looking at (not every byte of a long stream).
+        window = (self._tail + data[-TAIL_BYTES:])[-TAIL_BYTES:]
+        if window.endswith(b" ended\r\n") and ENDED in window:
+            self.ended = True
+            self._finish()
+        else:
+            self._tail = window
+
+    def eof_received(self) -> bool:
+        self._finish()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.reply.done():
+            self.reply.set_exception(ConnectionError(f"closed before the reply: {exc}"))
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def _open(endpoint: Endpoint, packet: bytes) -> _Exchange:
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_connection(lambda: _Exchange(packet),
+                                               endpoint.host, endpoint.port)
+    return protocol
+
+
+def _check_reply(line: bytes, what: str) -> str:
+    if not line.startswith(OK_REPLY):
+        raise RuntimeError(f"{what}: server replied {line.decode(errors='replace')!r}")
+    return line.split(b": ", 1)[1].decode()
+
+
+async def exchange(endpoint: Endpoint, packet: bytes, what: str = "request") -> _Exchange:
+    """Send ``packet`` and read everything up to the ended line (or EOF)."""
+    protocol = await _open(endpoint, packet)
+    _check_reply(await protocol.reply, what)
+    await protocol.done
+    return protocol
+
+
+async def run_stream(endpoint: Endpoint, lines: int) -> dict[str, float]:
+    """One monitored job emitting ``lines`` lines; lines/s from connect to the ended line."""
+    started = time.perf_counter()
+    protocol = await exchange(endpoint, submit_packet("bench.stream", lines=str(lines)),
+                              "bench.stream")
+    elapsed = time.perf_counter() - started
+    if protocol.lines_after_reply < lines or not protocol.ended:
+        raise RuntimeError(f"stream: got {protocol.lines_after_reply} lines, "
+                           f"ended={protocol.ended}, expected at least {lines}")
+    return {"lines_per_s": lines / elapsed, "elapsed_s": elapsed}
+
+
+async def run_jobs(endpoint: Endpoint, jobs: int, clients: int) -> dict[str, float]:
+    """``jobs`` tiny monitored jobs, one connection each, ``clients`` at a time."""
+    packet = submit_packet("bench.tiny")
+    numbers = iter(range(jobs))
+    latencies: list[float] = []
+
+    async def client() -> None:
+        for _ in numbers:
+            started = time.perf_counter()
+            protocol = await exchange(endpoint, packet, "bench.tiny")
+            latencies.append(time.perf_counter() - started)
+            if not protocol.ended:
+                raise RuntimeError("bench.tiny: connection closed before the ended line")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    elapsed = time.perf_counter() - started
+    return {"jobs_per_s": jobs / elapsed, "p50_ms": percentile(latencies, 0.50) * 1000,
+            "p99_ms": percentile(latencies, 0.99) * 1000, "elapsed_s": elapsed}
+
+
+async def run_fanout(endpoint: Endpoint, lines: int, watchers: int,
+                     releaser: Releaser) -> dict[str, float]:
+    """One job, its submitter and ``watchers - 1`` MonitorJob watchers; total lines/s.
+
+    The job waits for a release, sent once every watcher has its ``R`` reply
+    (so it is attached); time runs from the release to the last ended line.
+    """
+    group = f"fanout-{uuid.uuid4().hex[:12]}"
+    submitter = await _open(endpoint, submit_packet("bench.fanout", lines=str(lines),
+                                                    **releaser.params(group)))
+    connections = [submitter]
+    try:
+        transaction_id = _check_reply(await submitter.reply, "bench.fanout")
+        gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+        async def watch() -> _Exchange:
+            async with gate:
+                protocol = await _open(endpoint, command_packet(
+                    "MonitorJob", _sys_TransactionID=transaction_id))
+                connections.append(protocol)
+                _check_reply(await protocol.reply, "MonitorJob")
+                return protocol
+
+        await asyncio.gather(*(watch() for _ in range(watchers - 1)))
+        started = time.perf_counter()
+        await releaser.release(endpoint, group)
+        await asyncio.gather(*(c.done for c in connections))
+        elapsed = time.perf_counter() - started
+    finally:
+        for protocol in connections:
+            if protocol.transport is not None:
+                protocol.transport.close()
+    short = [c.lines_after_reply for c in connections if c.lines_after_reply < lines]
+    if short:
+        raise RuntimeError(f"fanout: {len(short)} watchers got too few lines (e.g. {short[0]})")
+    return {"lines_per_s": lines * watchers / elapsed, "elapsed_s": elapsed}
+
+
+async def _hold(endpoint: Endpoint, count: int, releaser: Releaser,
+                group: str) -> list[_Exchange]:
+    packet = submit_packet("bench.hold", **releaser.params(group))
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    opened: list[_Exchange] = []
+
+    async def one() -> None:
+        async with gate:
+            protocol = await _open(endpoint, packet)
+            opened.append(protocol)
+            _check_reply(await protocol.reply, "bench.hold")
+
+    try:
+        await asyncio.gather(*(one() for _ in range(count)))
+    except BaseException:
+        for protocol in opened:
+            if protocol.transport is not None:
+                protocol.transport.close()
+        raise
+    return opened
+
+
+async def _release_all(endpoint: Endpoint, held: list[_Exchange], releaser: Releaser,
+                       group: str) -> float:
+    started = time.perf_counter()
+    await releaser.release(endpoint, group)
+    await asyncio.gather(*(c.done for c in held))
+    elapsed = time.perf_counter() - started
+    not_ended = sum(1 for c in held if not c.ended)
+    if not_ended:
+        raise RuntimeError(f"held: {not_ended} connections closed without the ended line")
+    return elapsed
+
+
+_groups = itertools.count()
+
+
+async def run_held(endpoint: Endpoint, count: int, releaser: Releaser,
+                   timeout_s: float) -> dict[str, float]:
+    """``count`` connections each monitoring a waiting job: server KiB per connection
+    (RSS growth / count, after a small warm-up round) and seconds to release them all."""
+    tag = f"held-{uuid.uuid4().hex[:8]}-{next(_groups)}"
+    warm = await _hold(endpoint, min(50, count), releaser, tag + "-warm")
+    await releaser.wait_running(endpoint, len(warm), timeout_s)
+    await _release_all(endpoint, warm, releaser, tag + "-warm")
+    before = rss_kb(endpoint.pid)
+    started = time.perf_counter()
+    held = await _hold(endpoint, count, releaser, tag)
+    try:
+        await releaser.wait_running(endpoint, count, timeout_s)
+        setup = time.perf_counter() - started
+        after = rss_kb(endpoint.pid)
+        release = await _release_all(endpoint, held, releaser, tag)
+    finally:
+        for protocol in held:
+            if protocol.transport is not None:
+                protocol.transport.close()
+    return {"kb_per_conn": (after - before) / count, "release_s": release, "setup_s": setup}

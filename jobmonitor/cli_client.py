@@ -1,0 +1,313 @@
+"""The client commands of ``jobmonitor``: submit, watch, status, info, cancel, ...
+
+Each command builds a ``Client`` from ``--host``/``--port`` (or
+``JOBMONITOR_HOST``/``JOBMONITOR_PORT``), ``--user`` (or ``JOBMONITOR_USER``;
+the password comes from ``JOBMONITOR_PASSWORD`` or a prompt) and ``--tls`` /
+``--tls-ca``, calls the library, and prints.  Every
+failure becomes one line on stderr and an exit status (see ``EXIT_CODES``):
+0 success, 1 the job failed, 3 partial, 4 cancelled, 2 a usage error, an
+unreachable server or an error reply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import ssl
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn
+
+from .client import Client, JobStatus, ProtocolError, ReplyError, Transaction
+from .cli_output import EXIT_CODES, JsonPrinter, LivePrinter, PlainPrinter, StreamPrinter
+from .config import DEFAULT_PORT
+from .lines import escape_text
+
+__all__ = ["add_client_commands", "EXIT_CODES", "USAGE_ERROR"]
+
+#: Exit status for a usage error, an unreachable server or an error reply.
+USAGE_ERROR = 2
+_BROKEN_PIPE = 141  # what a shell reports for a process killed by SIGPIPE
+
+Action = Callable[[Client, argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+class UsageError(Exception):
+    """A bad option value found after parsing (e.g. in the environment)."""
+
+
+Adder = Callable[[str, Action, str], argparse.ArgumentParser]
+
+
+def add_client_commands(commands: Any) -> None:
+    """Add the client subcommands to the ``jobmonitor`` parser's subparsers."""
+    common = _common_options()
+
+    def add(name: str, action: Action, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = commands.add_parser(
+            name, parents=[common], help=help_text,
+            description=help_text[0].upper() + help_text[1:] + ".")
+        parser.set_defaults(run=lambda args: _run(action, args))
+        parser.error = _one_line_error(parser)  # type: ignore[method-assign,assignment]
+        return parser
+
+    _add_submit(add)
+    _add_watch(add)
+    _add_queries(add)
+    listing = add("list", _list, "list active jobs")
+    listing.add_argument("--all", action="store_true", help="include jobs that have ended")
+    listing.add_argument("--user-token", help="only this user's jobs")
+    listing.add_argument("--json", action="store_true", help="print the server's JSON list")
+
+
+def _one_line_error(parser: argparse.ArgumentParser) -> Callable[[str], NoReturn]:
+    """A bad argument is one line on stderr (not argparse's usage block), exit status 2."""
+
+    def error(message: str) -> NoReturn:
+        parser.exit(USAGE_ERROR, f"{parser.prog}: {message} (see {parser.prog} --help)\n")
+
+    return error
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--host", help="server address (default: $JOBMONITOR_HOST or 127.0.0.1)")
+    common.add_argument("--port", type=_port, help=f"server port (default: $JOBMONITOR_PORT "
+                                                   f"or {DEFAULT_PORT})")
+    common.add_argument("--user", help="user name for a server with users (default: "
+                                       "$JOBMONITOR_USER); the password is read from "
+                                       "$JOBMONITOR_PASSWORD, or asked for")
+    common.add_argument("--tls", action="store_true", help="connect with TLS")
+    common.add_argument("--tls-ca", metavar="FILE",
+                        help="trust the certificates in this PEM file (implies --tls)")
+    return common
+
+
+def _add_submit(add: Adder) -> None:
+    submit = add("submit", _submit, "submit a job and stream its status")
+    submit.add_argument("project", help="the job's ProjectName")
+    submit.add_argument("-v", "--var", dest="variables", action="append", default=[],
+                        type=_assignment, metavar="NAME=VALUE", help="a job variable (repeatable)")
+    submit.add_argument("--job-name", help="the job's JobName")
+    submit.add_argument("--no-monitor", dest="monitor", action="store_false",
+                        help="print the transaction ID and return at once")
+    submit.add_argument("--user-token", help="who submits (default: anonymous)")
+    submit.add_argument("--job-token", help="a key of your own: submitting it again "
+                                            "returns the same job")
+    submit.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def _add_watch(add: Adder) -> None:
+    watch = add("watch", _watch, "stream a job's status lines until it ends")
+    watch.add_argument("transaction_id", metavar="TX")
+    watch.add_argument("--from-line", type=_line_number, default=1, metavar="N",
+                       help="start at line N (1 is the first line; default 1)")
+    watch.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def _add_queries(add: Adder) -> None:
+    for name, command, text in (("status", "GetJobStatus", "show a job's status"),
+                                ("info", "GetJobInformation", "show a job's status and history")):
+        parser = add(name, _formatted(command), text)
+        parser.add_argument("transaction_id", metavar="TX")
+        parser.add_argument("--format", choices=("text", "xml", "json"), default="text")
+    for name, text in (("cancel", "cancel a queued or running job"),
+                       ("suspend", "suspend a job (a running one pauses at its next checkpoint)"),
+                       ("resume", "resume a suspended job")):
+        add(name, _control(name), text).add_argument("transaction_id", metavar="TX")
+
+
+# -- argument types ------------------------------------------------------------------
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port number 1..65535, got {text!r}")
+    return port
+
+
+def _line_number(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a line number of 1 or more, got {text!r}")
+    return int(text)
+
+
+def _assignment(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+# -- running a command ------------------------------------------------------------------
+
+
+def _run(action: Action, args: argparse.Namespace) -> int:
+    """Run one client command; turn every failure into one line and an exit status."""
+    where = "the server"
+    try:
+        client = _client(args)
+        where = f"{client.host}:{client.port}"
+        return asyncio.run(action(client, args))
+    except UsageError as exc:
+        return _fail(str(exc))
+    except ReplyError as exc:
+        return _fail(escape_text(str(exc)))
+    except ProtocolError as exc:
+        return _fail(f"{where} did not answer as a jobmonitor server: {escape_text(str(exc))}")
+    except BrokenPipeError:
+        _silence_stdout()
+        return _BROKEN_PIPE
+    except ConnectionRefusedError:
+        return _fail(f"cannot connect to {where}: connection refused (is the server running?)")
+    except OSError as exc:
+        hint = ""
+        if isinstance(exc, ConnectionError) and not (args.tls or args.tls_ca):
+            hint = " (if the server uses TLS, add --tls)"
+        return _fail(f"cannot reach {where}: {exc.strerror or exc or type(exc).__name__}{hint}")
+
+
+def _fail(message: str) -> int:
+    print(f"jobmonitor: {message}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+def _silence_stdout() -> None:
+    # Whoever read our output has gone; keep Python's exit-time flush quiet.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def _client(args: argparse.Namespace) -> Client:
+    """A client from the options and the environment.
+
+    Raises:
+        UsageError: a bad value, no password for ``--user``, or a ``--tls-ca``
+        file that cannot be read.
+    """
+    host, port = _address(args)
+    user = args.user or os.environ.get("JOBMONITOR_USER") or None
+    password = None
+    if user is not None:
+        password = os.environ.get("JOBMONITOR_PASSWORD")
+        if password is None:
+            if not sys.stdin.isatty():
+                raise UsageError(f"no password for {user}: set JOBMONITOR_PASSWORD")
+            password = getpass.getpass(f"Password for {user}: ")
+    tls: ssl.SSLContext | None = None
+    if args.tls or args.tls_ca:
+        try:
+            tls = ssl.create_default_context(cafile=args.tls_ca)
+        except ssl.SSLError:
+            raise UsageError(f"--tls-ca {args.tls_ca}: not a PEM certificate file") from None
+        except OSError as exc:
+            raise UsageError(f"--tls-ca {args.tls_ca}: {exc.strerror or exc}") from None
+    return Client(host, port, user=user, password=password, tls=tls)
+
+
+def _address(args: argparse.Namespace) -> tuple[str, int]:
+    """The server address from the options, else the environment, else the default.
+
+    Raises:
+        UsageError: JOBMONITOR_PORT is not a port number.
+    """
+    host = args.host or os.environ.get("JOBMONITOR_HOST") or "127.0.0.1"
+    if args.port is not None:
+        return host, args.port
+    raw = os.environ.get("JOBMONITOR_PORT", "")
+    if not raw:
+        return host, DEFAULT_PORT
+    try:
+        return host, _port(raw)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"JOBMONITOR_PORT: {exc}") from None
+
+
+# -- the commands ---------------------------------------------------------------------------
+
+
+def _printer(args: argparse.Namespace) -> StreamPrinter:
+    if args.json:
+        return JsonPrinter(sys.stdout)
+    live = sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+    return LivePrinter(sys.stdout) if live else PlainPrinter(sys.stdout)
+
+
+async def _submit(client: Client, args: argparse.Namespace) -> int:
+    transaction = await client.submit(
+        args.project, dict(args.variables), job_name=args.job_name, monitor=args.monitor,
+        user_token=args.user_token, job_token=args.job_token)
+    if not args.monitor:
+        if args.json:
+            JsonPrinter(sys.stdout).begin(transaction.transaction_id, "submitted")
+        else:
+            print(transaction.transaction_id, flush=True)
+        return 0
+    return await _follow(transaction, _printer(args), "submitted")
+
+
+async def _watch(client: Client, args: argparse.Namespace) -> int:
+    transaction = await client.watch(args.transaction_id, args.from_line)
+    return await _follow(transaction, _printer(args), "watching")
+
+
+async def _follow(transaction: Transaction, printer: StreamPrinter, event: str) -> int:
+    async with transaction:
+        printer.begin(transaction.transaction_id, event)
+        async for line in transaction:
+            printer.line(line)
+        result = await transaction.result()
+    printer.result(result)
+    return EXIT_CODES[result.outcome]
+
+
+def _formatted(command: str) -> Action:
+    async def show(client: Client, args: argparse.Namespace) -> int:
+        lines = await client.request(command, {"_sys_TransactionID": args.transaction_id,
+                                               "_sys_Format": args.format})
+        _print_lines(lines)
+        return 0
+
+    return show
+
+
+def _control(name: str) -> Action:
+    async def control(client: Client, args: argparse.Namespace) -> int:
+        acknowledged = await getattr(client, name)(args.transaction_id)
+        _print_lines([acknowledged.text])
+        return 0
+
+    return control
+
+
+async def _list(client: Client, args: argparse.Namespace) -> int:
+    if args.json:
+        variables = {"_sys_Filter": "all" if args.all else "active", "_sys_Format": "json"}
+        if args.user_token:
+            variables["_sys_UserToken"] = args.user_token
+        _print_lines(await client.request("ListJobs", variables))
+        return 0
+    jobs = await client.list_jobs(all=args.all, user_token=args.user_token)
+    _print_lines(job_table(jobs))
+    return 0
+
+
+def job_table(jobs: list[JobStatus]) -> list[str]:
+    """Aligned columns: transaction, status, project, job name (and a header)."""
+    rows = [("TRANSACTION", "STATUS", "PROJECT", "JOB NAME")]
+    rows += [(job.transaction_id, job.status.value if job.status else "Unknown",
+              job.project, job.job_name) for job in jobs]
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    return ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[3]]).rstrip()
+            for row in rows]
+
+
+def _print_lines(lines: list[str]) -> None:
+    for line in lines:
+        print(escape_text(line), flush=True)

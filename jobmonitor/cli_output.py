@@ -1,0 +1,117 @@
+"""How the client commands print a job's stream: plain lines, a live bar, or JSON.
+
+* Plain: every line as the server sent it (``J0000100: text``), the way
+  netcat shows it; the submit's reply comes first as ``R0000000: T0000001``.
+* Live (stdout is a terminal): the same, except that progress lines drive a
+  progress bar on the last terminal line instead of scrolling past.
+* JSON: one object per line for programs: ``submitted`` (or ``watching``),
+  ``line`` and ``result`` events.
+
+Server text is printed with its control characters escaped, so a job cannot
+move the cursor, ring the bell or forge a line on the user's terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import TextIO
+
+from .client import JobResult, Progress, StreamLine
+from .lines import escape_text
+from .states import Outcome
+
+__all__ = ["StreamPrinter", "PlainPrinter", "LivePrinter", "JsonPrinter", "EXIT_CODES"]
+
+#: The exit status of ``submit`` and ``watch`` for each outcome.
+EXIT_CODES = {Outcome.SUCCESS: 0, Outcome.FAILED: 1, Outcome.PARTIAL: 3, Outcome.CANCELLED: 4}
+
+_CLEAR_LINE = "\r\x1b[K"
+
+
+class StreamPrinter:
+    """Prints a transaction's events to ``out``."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def begin(self, transaction_id: str, event: str) -> None:
+        """The stream of ``transaction_id`` starts (``event``: submitted or watching)."""
+        self._write(f"R0000000: {transaction_id}\n")
+
+    def line(self, line: StreamLine) -> None:
+        self._write(escape_text(line.wire_text()) + "\n")
+
+    def result(self, result: JobResult) -> None:
+        """The stream has ended."""
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+
+class PlainPrinter(StreamPrinter):
+    """Every line as the server sent it."""
+
+
+class LivePrinter(StreamPrinter):
+    """Plain lines, with progress lines shown as a bar on the last terminal line."""
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__(out)
+        self._bar = ""
+        self._last_progress: StreamLine | None = None
+
+    def line(self, line: StreamLine) -> None:
+        progress = line.progress
+        if progress is not None:
+            self._last_progress = line
+            self._bar = render_bar(progress, shutil.get_terminal_size().columns)
+            self._write(_CLEAR_LINE + self._bar)
+            return
+        prefix = _CLEAR_LINE if self._bar else ""
+        suffix = self._bar if not line.is_end else ""
+        self._write(prefix + escape_text(line.wire_text()) + "\n" + suffix)
+
+    def result(self, result: JobResult) -> None:
+        # Leave the last progress line in the scroll-back, where a plain run has it.
+        if self._bar:
+            self._bar = ""
+            self._write(_CLEAR_LINE)
+
+
+def render_bar(progress: Progress, columns: int) -> str:
+    """``[#####-----]  50%  5/10 message``, cut to fit ``columns`` (no newline)."""
+    counts = f"{progress.percent:3d}%  {progress.done}/{progress.total}" if progress.total \
+        else f"{progress.done} done"
+    width = max(10, min(40, columns // 3))
+    filled = width * progress.done // progress.total if progress.total else 0
+    bar = "[" + "#" * filled + "-" * (width - filled) + "]"
+    text = f"{bar} {counts}"
+    if progress.message:
+        text += "  " + escape_text(progress.message)
+    return text[:max(columns - 1, 1)]
+
+
+class JsonPrinter(StreamPrinter):
+    """One JSON object per line: ``submitted`` (or ``watching``), ``line``, ``result``."""
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__(out)
+        self._transaction_id = ""
+
+    def begin(self, transaction_id: str, event: str) -> None:
+        self._transaction_id = transaction_id
+        self._emit({"event": event, "transaction_id": transaction_id})
+
+    def line(self, line: StreamLine) -> None:
+        self._emit({"event": "line", "transaction_id": self._transaction_id,
+                    "number": line.number, "code": line.code, "text": line.text,
+                    "is_error": line.is_error, "more": line.more})
+
+    def result(self, result: JobResult) -> None:
+        self._emit({"event": "result", "transaction_id": result.transaction_id,
+                    "outcome": result.outcome.value, "exit_code": EXIT_CODES[result.outcome]})
+
+    def _emit(self, event: dict[str, object]) -> None:
+        self._write(json.dumps(event) + "\n")

@@ -1,0 +1,57 @@
+"""The jobmonitor client: submit jobs, follow their status lines, ask about them.
+
+::
+
+    from jobmonitor.client import connect
+
+    async with await connect("127.0.0.1", 7400) as client:
+        tx = await client.submit("count", {"Count": "3"}, job_name="demo")
+        async for line in tx:
+            print(line.code, line.text, line.is_error)
+        print((await tx.result()).outcome)
+
+Layers: ``results`` (typed results, sans-I/O), ``wire`` (one packet per
+connection, built with ``packet.build_packet`` and read with
+``lines.parse_line``), ``transaction`` (a stream that re-attaches after a
+drop), ``api`` (``Client``) and ``sync`` (``SyncClient`` for blocking code).
+
+Errors: an error reply raises ``ReplyError`` (``.code``, ``.text``); an
+unreachable server raises ``OSError``; an answer outside the protocol raises
+``ProtocolError``.
+"""
+
+from ..errors import ProtocolError, ReplyError
+from ..states import JobState, Outcome
+from .api import Client, connect
+from .results import (
+    Acknowledged,
+    HistoryEntry,
+    JobInfo,
+    JobResult,
+    JobStatus,
+    Output,
+    Progress,
+    StreamLine,
+)
+from .sync import SyncClient, SyncTransaction
+from .transaction import Transaction
+
+__all__ = [
+    "connect",
+    "Client",
+    "Transaction",
+    "SyncClient",
+    "SyncTransaction",
+    "StreamLine",
+    "JobResult",
+    "JobStatus",
+    "JobInfo",
+    "Progress",
+    "Output",
+    "HistoryEntry",
+    "Acknowledged",
+    "JobState",
+    "Outcome",
+    "ReplyError",
+    "ProtocolError",
+]

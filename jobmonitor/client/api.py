@@ -1,0 +1,287 @@
+"""The asyncio client: one method per server command, typed results.
+
+Every request opens its own connection (the protocol takes one packet per
+connection), so a ``Client`` is cheap and holds no socket between calls; only
+a ``Transaction`` keeps one open while it follows a job's stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+from ..config import DEFAULT_PORT
+from ..errors import ProtocolError
+from .results import (
+    Acknowledged,
+    JobInfo,
+    JobStatus,
+    Output,
+    info_from_json,
+    load_json,
+    outputs_from_json,
+    status_from_json,
+)
+from .transaction import Transaction
+from .wire import close_quietly, open_request, read_reply
+
+__all__ = ["Client", "connect"]
+
+_TRANSACTION_ID = re.compile(r"T\d{7}")
+
+
+class Client:
+    """Talks to one jobmonitor server.
+
+    ``user`` and ``password`` are sent with every packet when the server has
+    users (``_sys_User``, ``_sys_Password``).  ``tls`` is an
+    ``ssl.SSLContext`` (or True for the system's trusted certificates) for a
+    server started with ``--tls-cert``.  ``user_token`` is the identity sent
+    with submits and job lists unless a call gives its own (a server with users
+    uses the user's name instead).  ``reconnect_timeout_s`` bounds how long a
+    transaction keeps trying to re-attach after its connection dropped.
+
+    Every method can raise ``ReplyError`` (an error reply: ``.code`` and
+    ``.text``), ``OSError`` (the server cannot be reached: refused, timed out,
+    reset) and ``ProtocolError`` (the server's answer is not the protocol).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
+                 user: str | None = None, password: str | None = None,
+                 tls: ssl.SSLContext | bool | None = None, user_token: str | None = None,
+                 connect_timeout_s: float = 10.0, reply_timeout_s: float = 30.0,
+                 reconnect_timeout_s: float = 60.0) -> None:
+        self.host = host
+        self.port = port
+        self.user = user
+        self._password = password or ""
+        self.tls = ssl.create_default_context() if tls is True else (tls or None)
+        self.user_token = user_token
+        self.connect_timeout_s = connect_timeout_s
+        self.reply_timeout_s = reply_timeout_s
+        self.reconnect_timeout_s = reconnect_timeout_s
+        #: What ``GetBuildString`` answered, once ``connect()`` has asked.
+        self.server_build: str | None = None
+        self._transactions: weakref.WeakSet[Transaction] = weakref.WeakSet()
+
+    def __repr__(self) -> str:
+        return f"<Client {self.host}:{self.port}>"
+
+    async def __aenter__(self) -> "Client":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Drop the connections of this client's open transactions (their jobs run on)."""
+        for transaction in list(self._transactions):
+            await transaction.aclose()
+
+    # -- the general request ------------------------------------------------------
+
+    async def request(self, command: str, variables: Mapping[str, str] | None = None,
+                      doc_variables: Mapping[str, str] | None = None) -> list[str]:
+        """Send any command; return the text of each line of its reply.
+
+        Raises:
+            ReplyError, OSError, ProtocolError: see the class.
+        """
+        reader, writer = await self._open(command, variables or {}, doc_variables)
+        try:
+            return await read_reply(reader, self.reply_timeout_s)
+        finally:
+            await close_quietly(writer)
+
+    async def _open(self, command: str, variables: Mapping[str, str],
+                    doc_variables: Mapping[str, str] | None = None
+                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.user is not None:
+            variables = {**variables, "_sys_User": self.user, "_sys_Password": self._password}
+        return await open_request(self.host, self.port, command, variables, doc_variables,
+                                  timeout_s=self.connect_timeout_s, tls=self.tls)
+
+    async def _request_json(self, command: str, variables: Mapping[str, str]) -> object:
+        lines = await self.request(command, {**variables, "_sys_Format": "json"})
+        return load_json("\n".join(lines))
+
+    # -- jobs -------------------------------------------------------------------------
+
+    async def submit(self, project: str, variables: Mapping[str, str] | None = None, *,
+                     job_name: str | None = None, monitor: bool = True,
+                     user_token: str | None = None, job_token: str | None = None,
+                     doc_variables: Mapping[str, str] | None = None) -> Transaction:
+        """Submit a job of ``project`` with job ``variables``; return its handle.
+
+        With ``monitor`` the handle follows the stream on the submit's own
+        connection; without it, the handle attaches (``MonitorJob``) only if
+        it is iterated or asked for its result.  Submitting again with the
+        same ``user_token`` and ``job_token`` returns the existing job.
+
+        Raises:
+            ReplyError, OSError, ProtocolError: see the class.
+        """
+        packet = {**(variables or {}), "ProjectName": project,
+                  "_sys_ClientJobMonitor": "true" if monitor else "false"}
+        if job_name is not None:
+            packet["JobName"] = job_name
+        user_token = user_token if user_token is not None else self.user_token
+        if user_token is not None:
+            packet["_sys_UserToken"] = user_token
+        if job_token is not None:
+            packet["_sys_JobToken"] = job_token
+        reader, writer = await self._open("SubmitJob", packet, doc_variables)
+        try:
+            transaction_id = _transaction_id(await read_reply(reader, self.reply_timeout_s))
+        except BaseException:
+            await close_quietly(writer)
+            raise
+        if not monitor:
+            await close_quietly(writer)
+            return self._track(Transaction(self, transaction_id))
+        return self._track(Transaction(self, transaction_id, reader, writer))
+
+    async def watch(self, transaction_id: str, from_line: int = 1) -> Transaction:
+        """Follow a job's stream from line ``from_line`` (1 is its first line).
+
+        The handle re-attaches by itself after a dropped connection or a
+        server restart and never repeats or skips a line.
+
+        Raises:
+            ReplyError, OSError, ProtocolError: see the class.
+        """
+        reader, writer = await self._open_monitor(transaction_id, from_line)
+        return self._track(Transaction(self, transaction_id, reader, writer,
+                                       from_line=from_line))
+
+    async def status(self, transaction_id: str) -> JobStatus:
+        """The job's status (``GetJobStatus``).
+
+        Raises:
+            ReplyError, OSError, ProtocolError: see the class.
+        """
+        data = await self._request_json("GetJobStatus", {"_sys_TransactionID": transaction_id})
+        return status_from_json(data)
+
+    async def info(self, transaction_id: str) -> JobInfo:
+        """The job's status and history (``GetJobInformation``).
+
+        Raises:
+            ReplyError, OSError, ProtocolError: see the class.
+        """
+        data = await self._request_json("GetJobInformation",
+                                        {"_sys_TransactionID": transaction_id})
+        return info_from_json(data)
+
+    async def list_jobs(self, *, all: bool = False,
+                        user_token: str | None = None) -> list[JobStatus]:
+        """Active jobs (every kept job with ``all``), optionally only one user's.
+
+        Raises:
+            ReplyError, OSError, ProtocolError: see the class.
+        """
+        variables = {"_sys_Filter": "all" if all else "active"}
+        user_token = user_token if user_token is not None else self.user_token
+        if user_token is not None:
+            variables["_sys_UserToken"] = user_token
+        data = await self._request_json("ListJobs", variables)
+        if not isinstance(data, list):
+            raise ProtocolError("ListJobs did not answer a JSON list")
+        return [status_from_json(item) for item in data]
+
+    async def outputs(self, transaction_id: str) -> tuple[Output, ...]:
+        """What the job produced (``RetrieveJob``).
+
+        Raises:
+            ReplyError, OSError, ProtocolError: see the class.
+        """
+        data = await self._request_json("RetrieveJob", {"_sys_TransactionID": transaction_id})
+        return outputs_from_json(data)
+
+    async def cancel(self, transaction_id: str) -> Acknowledged:
+        """Cancel a queued or running job (``CancelJob``).
+
+        Raises:
+            ReplyError: e.g. ``R0005010`` for a job that has ended; and see the class.
+        """
+        return await self._acknowledged("CancelJob", transaction_id)
+
+    async def suspend(self, transaction_id: str) -> Acknowledged:
+        """Suspend a job; a running one pauses at its next checkpoint (``SuspendJob``).
+
+        Raises:
+            ReplyError: ``R0005010`` when the job cannot be suspended; and see the class.
+        """
+        return await self._acknowledged("SuspendJob", transaction_id)
+
+    async def resume(self, transaction_id: str) -> Acknowledged:
+        """Resume a suspended job (``ResumeJob``).
+
+        Raises:
+            ReplyError: ``R0005010`` when the job is not suspended; and see the class.
+        """
+        return await self._acknowledged("ResumeJob", transaction_id)
+
+    async def delete(self, transaction_id: str) -> Acknowledged:
+        """Forget a job that has ended (``DeleteJob``).
+
+        Raises:
+            ReplyError: ``R0005010`` while the job is active; and see the class.
+        """
+        return await self._acknowledged("DeleteJob", transaction_id)
+
+    async def build_string(self) -> str:
+        """The server's version string (``GetBuildString``).
+
+        Raises:
+            ReplyError, OSError, ProtocolError: see the class.
+        """
+        return "\n".join(await self.request("GetBuildString"))
+
+    # -- helpers ------------------------------------------------------------------------
+
+    async def _acknowledged(self, command: str, transaction_id: str) -> Acknowledged:
+        lines = await self.request(command, {"_sys_TransactionID": transaction_id})
+        text = "\n".join(lines)
+        return Acknowledged(text.split(" ", 1)[0] or transaction_id, text)
+
+    async def _open_monitor(self, transaction_id: str, from_line: int
+                            ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        variables = {"_sys_TransactionID": transaction_id, "_sys_FromLine": str(from_line)}
+        reader, writer = await self._open("MonitorJob", variables)
+        try:
+            _transaction_id(await read_reply(reader, self.reply_timeout_s))
+        except BaseException:
+            await close_quietly(writer)
+            raise
+        return reader, writer
+
+    def _track(self, transaction: Transaction) -> Transaction:
+        self._transactions.add(transaction)
+        return transaction
+
+
+def _transaction_id(lines: list[str]) -> str:
+    text = lines[0].strip() if len(lines) == 1 else ""
+    if not _TRANSACTION_ID.fullmatch(text):
+        raise ProtocolError(f"expected a transaction ID, got {' / '.join(lines)[:80]!r}")
+    return text
+
+
+async def connect(host: str = "127.0.0.1", port: int = DEFAULT_PORT, **options: Any) -> Client:
+    """Make a ``Client`` and check the server answers (``GetBuildString``).
+
+    ``options`` are the keyword arguments of ``Client``.  Use it as
+    ``async with await connect(host, port) as client:``.
+
+    Raises:
+        OSError: the server cannot be reached.
+        ReplyError, ProtocolError: it answered, but not as a jobmonitor server would.
+    """
+    client = Client(host, port, **options)
+    client.server_build = await client.build_string()
+    return client

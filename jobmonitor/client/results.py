@@ -1,0 +1,298 @@
+"""What the client hands back: typed results, and how replies are read into them.
+
+Sans-I/O: functions here turn reply lines and JSON text into dataclasses and
+know nothing of sockets.  Job states are the server's own ``JobState``; the
+completion codes are the server's own ``Status`` members.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from ..codes import ERROR_THRESHOLD, Status
+from ..errors import ProtocolError
+from ..representations import split_parameters
+from ..states import JobState, Outcome
+
+__all__ = [
+    "StreamLine",
+    "JobResult",
+    "Progress",
+    "Output",
+    "HistoryEntry",
+    "JobStatus",
+    "JobInfo",
+    "Acknowledged",
+    "status_from_json",
+    "info_from_json",
+    "outputs_from_json",
+]
+
+_COMPLETIONS = {outcome.status.value: outcome for outcome in Outcome}
+_PROGRESS = re.compile(r"Progress: (\d+)/(\d+)(?: \((\d+)%\))?(?: (.*))?", re.DOTALL)
+_STATES_BY_NUMBER = {state.number: state for state in JobState}
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far a job has got: ``done`` of ``total`` steps (``total`` 0: unknown)."""
+
+    done: int = 0
+    total: int = 0
+    percent: int = 0
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLine:
+    """One wire line of a job's status stream.
+
+    ``number`` is the line's place in the job's stream (1 is the
+    ``Machine name`` line); ``more`` is True on every line of a several-line
+    message but its last.
+    """
+
+    number: int
+    code: int
+    text: str
+    more: bool = False
+
+    @property
+    def is_error(self) -> bool:
+        return self.code >= ERROR_THRESHOLD
+
+    @property
+    def outcome(self) -> Outcome | None:
+        """The outcome a completion line (``J0000020`` to ``J0000023``) announces."""
+        return None if self.more else _COMPLETIONS.get(self.code)
+
+    @property
+    def is_end(self) -> bool:
+        """True for the ``Transaction ... ended`` line, the last of every stream."""
+        return self.code == Status.ENDED and self.text.startswith("Transaction ")
+
+    @property
+    def progress(self) -> Progress | None:
+        """The progress a ``J0000110`` line reports, or None for other lines."""
+        if self.code != Status.PROGRESS:
+            return None
+        match = _PROGRESS.fullmatch(self.text)
+        if match is None:
+            return None
+        done, total = int(match.group(1)), int(match.group(2))
+        percent = int(match.group(3)) if match.group(3) else (done * 100 // total if total else 0)
+        return Progress(done, total, percent, match.group(4) or "")
+
+    def wire_text(self) -> str:
+        """The line as the server sent it, without the CRLF."""
+        return f"J{self.code:07d}{'-' if self.more else ':'} {self.text}"
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """How a job ended, as seen through one transaction handle."""
+
+    transaction_id: str
+    outcome: Outcome
+    lines: int
+    errors: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.SUCCESS
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """Something a job produced, by reference."""
+
+    name: str
+    uri: str
+    media_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One step of a job's history."""
+
+    stage: str
+    status: str
+    timestamp: str | None
+    date: str | None = None
+    info: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    """A job's status, as ``GetJobStatus`` and ``ListJobs`` report it.
+
+    ``status`` is None when the server reports a state this client does not
+    know (``Unknown``).  Times are timezone-aware UTC datetimes, or None;
+    ``estimated`` is the job's own estimate of when it will complete.
+    """
+
+    transaction_id: str
+    project: str
+    job_name: str
+    status: JobState | None
+    identity: str
+    worker_id: str
+    status_message: str
+    created: dt.datetime | None
+    started: dt.datetime | None
+    updated: dt.datetime | None
+    completed: dt.datetime | None
+    estimated: dt.datetime | None
+    progress: Progress
+    outputs: tuple[Output, ...]
+    parameters: Mapping[str, str]
+    poll_after_s: float
+    lines: int
+
+    @property
+    def is_final(self) -> bool:
+        return self.status is not None and self.status.is_final
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo(JobStatus):
+    """A job's status and history, as ``GetJobInformation`` reports it."""
+
+    history: tuple[HistoryEntry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Acknowledged:
+    """The server's answer to cancel, suspend, resume or delete.
+
+    ``requested`` is True when the server only took note (a running job is
+    suspended at its next checkpoint).
+    """
+
+    transaction_id: str
+    text: str
+
+    @property
+    def requested(self) -> bool:
+        return self.text.endswith(" requested")
+
+
+# -- reading JSON replies ---------------------------------------------------------
+
+
+def load_json(text: str) -> Any:
+    """Parse a JSON reply.
+
+    Raises:
+        ProtocolError: the text is not JSON.
+    """
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ProtocolError(f"reply is not JSON: {exc}") from None
+
+
+def status_from_json(data: Any) -> JobStatus:
+    """Build a ``JobStatus`` from the object ``GetJobStatus`` sends with ``_sys_Format=json``.
+
+    Raises:
+        ProtocolError: the object lacks a field or has one of the wrong type.
+    """
+    return JobStatus(**_status_fields(_object(data)))
+
+
+def info_from_json(data: Any) -> JobInfo:
+    """Build a ``JobInfo`` from ``GetJobInformation``'s JSON object.
+
+    Raises:
+        ProtocolError: the object lacks a field or has one of the wrong type.
+    """
+    data = _object(data)
+    history = tuple(_history_entry(item) for item in _list(data.get("History") or []))
+    return JobInfo(**_status_fields(data), history=history)
+
+
+def outputs_from_json(data: Any) -> tuple[Output, ...]:
+    """Read a list of ``{Name, Uri, MediaType}`` objects.
+
+    Raises:
+        ProtocolError: not such a list.
+    """
+    return tuple(_output(item) for item in _list(data))
+
+
+def _status_fields(data: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return {
+            "transaction_id": str(data["Id"]),
+            "project": str(data.get("Type") or ""),
+            "job_name": str(data.get("JobName") or ""),
+            "status": _STATES_BY_NUMBER.get(int(data["Status"])),
+            "identity": str(data.get("Identity") or ""),
+            "worker_id": str(data.get("WorkerId") or ""),
+            "status_message": str(data.get("StatusMessage") or ""),
+            "created": _time(data.get("Created")),
+            "started": _time(data.get("Started")),
+            "updated": _time(data.get("Updated")),
+            "completed": _time(data.get("Completed")),
+            "estimated": _time(data.get("Estimated")),
+            "progress": _progress(data.get("Progress") or {}),
+            "outputs": outputs_from_json(data.get("JobData") or []),
+            "parameters": MappingProxyType(split_parameters(str(data.get("Parameters") or ""))),
+            "poll_after_s": float(data.get("PollAfter") or 0),
+            "lines": int(data.get("Lines") or 0),
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"bad job status object: {exc!r}") from None
+
+
+def _object(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ProtocolError(f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _list(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        raise ProtocolError(f"expected a JSON list, got {type(data).__name__}")
+    return data
+
+
+def _time(value: Any) -> dt.datetime | None:
+    if value in (None, ""):
+        return None
+    parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def _progress(data: Any) -> Progress:
+    data = _object(data)
+    return Progress(int(data.get("Done") or 0), int(data.get("Total") or 0),
+                    int(data.get("Percent") or 0), str(data.get("Message") or ""))
+
+
+def _output(data: Any) -> Output:
+    data = _object(data)
+    try:
+        media_type = data.get("MediaType")
+        return Output(str(data["Name"]), str(data["Uri"]),
+                      None if media_type is None else str(media_type))
+    except KeyError as exc:
+        raise ProtocolError(f"output without {exc.args[0]}") from None
+
+
+def _history_entry(data: Any) -> HistoryEntry:
+    data = _object(data)
+
+    def optional(key: str) -> str | None:
+        value = data.get(key)
+        return None if value is None else str(value)
+
+    return HistoryEntry(str(data.get("Stage") or ""), str(data.get("Status") or ""),
+                        optional("Timestamp"), optional("Date"), optional("Info"))

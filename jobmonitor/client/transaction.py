@@ -1,0 +1,209 @@
+"""A transaction handle: a job's status lines as they arrive, and how it ended.
+
+The handle counts the wire lines it has handed out.  When the connection drops
+before the ``Transaction ... ended`` line (a network fault, a server restart),
+it sends ``MonitorJob`` with ``_sys_FromLine`` set to the line after the last
+one it received, retrying with back-off for up to ``reconnect_timeout_s``; a
+line cut off by the drop is discarded and comes again.  A server that dropped
+a monitor for reading too slowly says so with a ``J0005003`` notice naming the
+line to re-attach from; that notice is not one of the job's lines and is not
+handed out.  So the caller sees every line exactly once, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import TYPE_CHECKING
+
+from ..codes import Reply, Status
+from ..errors import ProtocolError, ReplyError
+from ..lines import LineError, parse_line
+from ..states import Outcome
+from .results import JobResult, StreamLine
+from .wire import close_quietly
+
+if TYPE_CHECKING:
+    from .api import Client
+
+__all__ = ["Transaction"]
+
+#: Sent to a monitor that read nothing for too long; it is not one of the job's lines.
+_BEHIND_PREFIX = f"J{Status.MONITOR_BEHIND.value:07d}: ".encode()
+_BEHIND = re.compile(re.escape(_BEHIND_PREFIX + Status.MONITOR_BEHIND.text.encode())
+                     + rb": re-attach with MonitorJob from line (\d+)")
+_FIRST_DELAY_S = 0.05
+_MAX_DELAY_S = 1.0
+#: Attaches in a row that bring no line at all before the server closes.
+_MAX_EMPTY_ATTACHES = 5
+
+
+class Transaction:
+    """A submitted or watched job.
+
+    ``async for line in tx`` yields each ``StreamLine`` as it arrives;
+    ``await tx.result()`` reads what is left and returns the ``JobResult``.
+    Use ``async with`` (or ``aclose()``) to drop the connection early.
+    """
+
+    def __init__(self, client: "Client", transaction_id: str,
+                 reader: asyncio.StreamReader | None = None,
+                 writer: asyncio.StreamWriter | None = None, *, from_line: int = 1) -> None:
+        self.transaction_id = transaction_id
+        #: The number of the last line received (``from_line - 1`` before the first).
+        self.last_line = max(from_line, 1) - 1
+        #: The outcome, once the completion line has been received.
+        self.outcome: Outcome | None = None
+        self._client = client
+        self._reader = reader
+        self._writer = writer
+        self._attached_once = reader is not None
+        self._ended = False
+        self._received = 0
+        self._errors: list[str] = []
+        self._empty_attaches = 0
+
+    def __repr__(self) -> str:
+        state = "ended" if self._ended else f"at line {self.last_line}"
+        return f"<Transaction {self.transaction_id} {state}>"
+
+    @property
+    def ended(self) -> bool:
+        """True once the ``Transaction ... ended`` line has been received."""
+        return self._ended
+
+    def __aiter__(self) -> "Transaction":
+        return self
+
+    async def __anext__(self) -> StreamLine:
+        """The next line.
+
+        Raises:
+            StopAsyncIteration: after the ``ended`` line.
+            ReplyError: re-attaching was refused (e.g. a server that forgot the job).
+            OSError: the server stayed unreachable for ``reconnect_timeout_s``.
+            ProtocolError: the server sent something that is not a status line.
+        """
+        while not self._ended:
+            if self._reader is None:
+                await self._attach()
+            raw = await self._read_raw()
+            if raw is None or self._told_to_reattach(raw):
+                await self._drop()
+                continue
+            return self._accept(raw)
+        raise StopAsyncIteration
+
+    async def result(self) -> JobResult:
+        """Read the remaining lines and return how the job ended.
+
+        Raises:
+            ReplyError, OSError, ProtocolError: as for iteration.
+        """
+        async for _ in self:
+            pass
+        if self.outcome is None:
+            raise ProtocolError(f"the stream of {self.transaction_id} ended without an outcome")
+        return JobResult(self.transaction_id, self.outcome, self._received, tuple(self._errors))
+
+    async def aclose(self) -> None:
+        """Drop the connection (the job runs on; iterating again re-attaches)."""
+        await self._drop()
+
+    async def __aenter__(self) -> "Transaction":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- reading ------------------------------------------------------------------
+
+    async def _read_raw(self) -> bytes | None:
+        """One complete line, or None when the connection ended or broke."""
+        assert self._reader is not None
+        try:
+            raw = await self._reader.readline()
+        except ValueError:
+            raise ProtocolError("status line too long") from None
+        except OSError:
+            return None
+        return raw if raw.endswith(b"\n") else None
+
+    def _told_to_reattach(self, raw: bytes) -> bool:
+        """True for the server's "fell too far behind" notice (not a line of the job)."""
+        if not raw.startswith(_BEHIND_PREFIX):
+            return False
+        match = _BEHIND.fullmatch(raw.rstrip(b"\r\n"))
+        if match is None:
+            return False
+        self.last_line = int(match.group(1)) - 1
+        return True
+
+    def _accept(self, raw: bytes) -> StreamLine:
+        try:
+            parsed = parse_line(raw)
+        except LineError as exc:
+            raise ProtocolError(str(exc)) from None
+        if parsed.letter != "J":
+            raise ProtocolError(f"expected a status line, got {raw[:80]!r}")
+        self.last_line += 1
+        self._received += 1
+        self._empty_attaches = 0
+        line = StreamLine(self.last_line, parsed.code, parsed.text, parsed.more)
+        if line.is_error:
+            self._errors.append(line.text)
+        if line.outcome is not None:
+            self.outcome = line.outcome
+        if line.is_end:
+            self._ended = True
+            self._close_soon()
+        return line
+
+    def _close_soon(self) -> None:
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.close()
+
+    async def _drop(self) -> None:
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            await close_quietly(writer)
+
+    # -- attaching ------------------------------------------------------------------
+
+    async def _attach(self) -> None:
+        """Open a MonitorJob stream from the line after the last one received.
+
+        The first attach of a handle fails at once; later ones (after a drop)
+        retry until ``reconnect_timeout_s`` has passed.
+        """
+        retry = self._attached_once
+        if retry:
+            self._empty_attaches += 1
+            if self._empty_attaches > _MAX_EMPTY_ATTACHES:
+                raise ProtocolError(
+                    f"the server keeps closing the stream of {self.transaction_id} "
+                    f"before line {self.last_line + 1}")
+            if self._empty_attaches > 1:  # the last attach brought nothing: back off
+                await asyncio.sleep(min(_FIRST_DELAY_S * 2 ** self._empty_attaches, _MAX_DELAY_S))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._client.reconnect_timeout_s
+        delay = _FIRST_DELAY_S
+        while True:
+            try:
+                self._reader, self._writer = await self._client._open_monitor(
+                    self.transaction_id, self.last_line + 1)
+                self._attached_once = True
+                return
+            except (OSError, ReplyError) as exc:
+                if not retry or not _worth_retrying(exc) or loop.time() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _MAX_DELAY_S)
+
+
+def _worth_retrying(exc: Exception) -> bool:
+    """Connection trouble and a busy (shutting down) server pass; other replies do not."""
+    if isinstance(exc, ReplyError):
+        return exc.code == Reply.SERVER_BUSY
+    return True

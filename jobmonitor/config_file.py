@@ -1,0 +1,165 @@
+"""Read a ``jobmonitor.toml``: server settings and program projects.
+
+::
+
+    [server]                      # any Config field, spelled as the field
+    port = 7400
+    max_running = 4
+
+    [projects."Build Docs"]       # any number of program projects
+    command = ["make", "-C", "{dir}", "html"]
+    variables = ["dir"]
+
+    [users.ann]                   # users who may connect (Config.users)
+    password_hash = "scrypt$..."  # from `jobmonitor hash-password`
+    role = "admin"
+
+The keys and their types come from the ``Config``, ``Program`` and ``User``
+dataclasses, so no option list is spelled out here.  Every unknown key and bad value is a
+``ConfigError`` that names the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .auth import User
+from .config import Config
+from .errors import ConfigError
+from .programs import Program
+
+__all__ = ["ConfigFile", "load_config_file"]
+
+#: Program fields that are not keys of a project table.
+_NOT_KEYS = frozenset({"project", "_templates"})
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigFile:
+    """What a config file holds: settings over the defaults, and program projects."""
+
+    path: str
+    config: Config
+    programs: tuple[Program, ...]
+
+
+def load_config_file(path: str | Path) -> ConfigFile:
+    """Read and check a TOML config file.
+
+    Raises:
+        ConfigError: the file cannot be read, is not TOML, or has an unknown
+        key or a bad value (the message names the key).
+    """
+    name = str(path)
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{name}: not valid TOML: {exc}") from None
+    try:
+        _check_keys(data, {"server", "projects", "users"}, "")
+        config = _server(_table(data.get("server", {}), "server"))
+        users = _table(data.get("users", {}), "users")
+        if users:
+            config = config.replace(users=tuple(
+                _user(name, _table(table, _key("users", name))) for name, table in users.items()))
+        projects = _table(data.get("projects", {}), "projects")
+        programs = tuple(_program(project, _table(table, _key("projects", project)))
+                         for project, table in projects.items())
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    return ConfigFile(name, config, programs)
+
+
+def _server(table: dict[str, Any]) -> Config:
+    fields = {f.name: str(f.type) for f in dataclasses.fields(Config) if f.metadata.get("flag")}
+    _check_keys(table, set(fields), "server")
+    changes = {key: _value(value, fields[key], f"server.{key}") for key, value in table.items()}
+    try:
+        return Config().replace(**changes)
+    except ConfigError as exc:
+        raise ConfigError(f"server.{exc}") from None
+
+
+def _program(project: str, table: dict[str, Any]) -> Program:
+    where = _key("projects", project)
+    fields = {f.name: str(f.type) for f in dataclasses.fields(Program) if f.name not in _NOT_KEYS}
+    _check_keys(table, set(fields), where)
+    if "command" not in table:
+        raise ConfigError(f"{where}.command: missing (every program project needs one)")
+    values = {key: _value(value, fields[key], f"{where}.{key}") for key, value in table.items()}
+    try:
+        return Program(project, **values)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.{exc}") from None
+
+
+def _user(name: str, table: dict[str, Any]) -> User:
+    where = _key("users", name)
+    fields = {f.name: str(f.type) for f in dataclasses.fields(User) if f.name != "name"}
+    _check_keys(table, set(fields), where)
+    if "password_hash" not in table:
+        raise ConfigError(f"{where}.password_hash: missing (make one with "
+                          "`jobmonitor hash-password`)")
+    values = {key: _value(value, fields[key], f"{where}.{key}") for key, value in table.items()}
+    return User(name, **values)
+
+
+def _check_keys(table: dict[str, Any], known: set[str], where: str) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        keys = ", ".join(_key(where, key) for key in unknown)
+        raise ConfigError(f"unknown key {keys} (known: {', '.join(sorted(known))})")
+
+
+def _table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: must be a table")
+    return value
+
+
+def _key(where: str, key: str) -> str:
+    """A dotted key as TOML spells it: ``projects."Build Docs"``."""
+    bare = key.replace("_", "").replace("-", "").isalnum() and key.isascii()
+    shown = key if bare else '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{where}.{shown}" if where else shown
+
+
+def _value(value: Any, type_name: str, where: str) -> Any:
+    """Check a TOML value against a dataclass field's type; return it as the field wants it."""
+    base = type_name.removesuffix(" | None")
+    if base == "bool":
+        ok = isinstance(value, bool)
+    elif base == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif base == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif base == "str":
+        ok = isinstance(value, str)
+    elif base == "tuple[str, ...]":
+        ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
+        value = tuple(value) if ok else value
+    elif base == "Mapping[str, str]":
+        ok = isinstance(value, dict) and all(isinstance(item, str) for item in value.values())
+    else:
+        ok = True  # a type this reader does not know: the dataclass checks it
+    if not ok:
+        raise ConfigError(f"{where}: must be {_DESCRIPTIONS.get(base, base)}, got {value!r}")
+    return value
+
+
+_DESCRIPTIONS = {
+    "bool": "true or false",
+    "int": "a whole number",
+    "float": "a number",
+    "str": "a string",
+    "tuple[str, ...]": "a list of strings",
+    "Mapping[str, str]": "a table of strings",
+}

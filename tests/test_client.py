@@ -1,0 +1,485 @@
+"""The client library: result parsing without sockets, then against real servers on port 0."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import signal
+import threading
+
+import pytest
+
+import jobmonitor.client as client_module
+from jobmonitor import JobState, Outcome, Reply, Status
+from jobmonitor.client import (
+    Client,
+    JobInfo,
+    JobStatus,
+    Output,
+    Progress,
+    ProtocolError,
+    ReplyError,
+    StreamLine,
+    SyncClient,
+    connect,
+)
+from jobmonitor.client.results import info_from_json, status_from_json
+from jobmonitor.packet import PacketParser
+
+from . import jobs
+from .conftest import MACHINE, release
+from .helpers import exchange, xml_packet
+from .test_cli import ServerProcess
+from .test_security import certificate  # noqa: F401  (a fixture)
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A port nothing listens on (bound once by us, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- results, without sockets ------------------------------------------------------
+
+
+def test_public_names_are_exported():
+    for name in client_module.__all__:
+        assert hasattr(client_module, name), name
+
+
+@pytest.mark.parametrize(("text", "progress"), [
+    ("Progress: 3/10 (30%)", Progress(3, 10, 30, "")),
+    ("Progress: 4/4 (100%) all done", Progress(4, 4, 100, "all done")),
+    ("Progress: 5/0", Progress(5, 0, 0, "")),
+    ("Progress of sorts", None),
+])
+def test_progress_lines_are_parsed(text, progress):
+    assert StreamLine(3, 110, text).progress == progress
+
+
+def test_stream_line_properties():
+    assert StreamLine(1, 5000, "x").is_error and not StreamLine(1, 100, "x").is_error
+    assert StreamLine(5, 21, "Job only partially completed.").outcome is Outcome.PARTIAL
+    assert StreamLine(5, 100, "x").outcome is None
+    assert StreamLine(6, 1, "Transaction T0000001 ended").is_end
+    assert StreamLine(2, 5000, "a", more=True).wire_text() == "J0005000- a"
+    assert StreamLine(2, 100, "info").progress is None
+
+
+STATUS = {
+    "Id": "T0000007", "Type": "Build Docs", "JobName": "nightly", "Status": 2,
+    "Identity": "ann", "WorkerId": "w1", "StatusMessage": "Compiling",
+    "Created": "2026-11-21T05:30:00Z", "Started": "2026-11-21T05:30:01Z",
+    "Updated": "2026-11-21T05:30:02Z", "Completed": None, "Estimated": None,
+    "Progress": {"Done": 2, "Total": 4, "Percent": 50, "Message": "half"},
+    "JobData": [{"Name": "out.pdf", "Uri": "file:///o/out.pdf", "MediaType": "application/pdf"}],
+    "Parameters": r"a=1;b=x\;y\=z;c\\=d", "PollAfter": 2, "Lines": 9,
+}
+
+
+def test_status_json_becomes_a_typed_status():
+    status = status_from_json(STATUS)
+    assert status.transaction_id == "T0000007" and status.project == "Build Docs"
+    assert status.status is JobState.PROCESSING and not status.is_final
+    assert status.created == dt.datetime(2026, 11, 21, 5, 30, tzinfo=dt.timezone.utc)
+    assert status.completed is None
+    assert status.progress == Progress(2, 4, 50, "half")
+    assert status.outputs == (Output("out.pdf", "file:///o/out.pdf", "application/pdf"),)
+    assert dict(status.parameters) == {"a": "1", "b": "x;y=z", "c\\": "d"}
+    assert status.poll_after_s == 2.0 and status.lines == 9
+
+
+def test_unknown_status_number_is_none_and_history_is_read():
+    info = info_from_json({**STATUS, "Status": 99, "History": [
+        {"Stage": "job", "Status": "queued", "Timestamp": "2026-11-21T05:30:00Z",
+         "Date": None, "Info": None}]})
+    assert isinstance(info, JobInfo) and info.status is None
+    assert info.history[0].stage == "job" and info.history[0].info is None
+
+
+@pytest.mark.parametrize("bad", [[], {"Status": 1}, {**STATUS, "Status": "x"},
+                                 {**STATUS, "Created": "yesterday"}, {**STATUS, "JobData": [{}]}])
+def test_bad_status_objects_are_protocol_errors(bad):
+    with pytest.raises(ProtocolError):
+        status_from_json(bad)
+
+
+def test_reply_error_carries_code_text_and_detail():
+    error = ReplyError(5009, "Unknown transaction: T0000042")
+    assert error.code == 5009 and error.reply is Reply.UNKNOWN_TRANSACTION
+    assert error.detail == "T0000042"
+    assert str(error) == "R0005009: Unknown transaction: T0000042"
+    assert ReplyError(6000, "custom").reply is None
+
+
+# -- against a real server -----------------------------------------------------------
+
+
+async def test_submit_streams_parsed_lines_and_gives_the_outcome(server):
+    async with await connect("127.0.0.1", server.port) as client:
+        assert client.server_build and client.server_build.startswith("jobmonitor ")
+        tx = await client.submit("partial")
+        lines = [line async for line in tx]
+        result = await tx.result()
+    assert [line.number for line in lines] == list(range(1, len(lines) + 1))
+    assert lines[0].text == f"Machine name: {MACHINE}"
+    assert [(line.code, line.more, line.is_error) for line in lines[2:4]] == [
+        (5000, True, True), (5000, False, True)]
+    assert result.outcome is Outcome.PARTIAL and not result.ok
+    assert result.errors == ("Evaluation failed for variable: FormatPriceJS",
+                             "Script result was null, line 48")
+    assert result.lines == len(lines) and tx.ended
+
+
+@pytest.mark.parametrize(("project", "outcome"), [
+    ("echo", Outcome.SUCCESS), ("fail", Outcome.FAILED), ("crash", Outcome.FAILED)])
+async def test_result_without_iterating(server, project, outcome):
+    tx = await Client("127.0.0.1", server.port).submit(project)
+    assert (await tx.result()).outcome is outcome
+
+
+async def test_any_value_is_escaped_in_the_packet(server):
+    value = "<a href=\"x\">&amp; ]]> 'quotes' \u2603"
+    tx = await Client("127.0.0.1", server.port).submit(
+        "echo", {"Odd": value}, job_name="A & B", doc_variables={"D": "<&>"})
+    texts = [line.text async for line in tx]
+    assert f"Odd={value}" in texts and "JobName=A & B" in texts and "doc D=<&>" in texts
+
+
+async def test_error_reply_raises_reply_error(server):
+    client = Client("127.0.0.1", server.port)
+    with pytest.raises(ReplyError) as caught:
+        await client.submit("no such project")
+    assert caught.value.reply is Reply.UNKNOWN_PROJECT
+    assert caught.value.detail == "no such project"
+    with pytest.raises(ReplyError) as caught:
+        await client.status("T0000099")
+    assert caught.value.code == Reply.UNKNOWN_TRANSACTION
+
+
+async def test_refused_connection_raises_os_error(unused_port):
+    with pytest.raises(ConnectionRefusedError):
+        await connect("127.0.0.1", unused_port)
+
+
+async def test_unmonitored_submit_attaches_when_asked_for_lines(server):
+    client = Client("127.0.0.1", server.port)
+    tx = await client.submit("wait", {"Key": "late"}, monitor=False)
+    assert tx.transaction_id == "T0000001" and not tx.ended
+    await release("late")
+    assert (await tx.result()).outcome is Outcome.SUCCESS
+    assert tx.last_line == 5
+
+
+async def test_status_info_list_and_outputs(server):
+    client = Client("127.0.0.1", server.port, user_token="ann")
+    done = await client.submit("history", job_name="report")
+    await done.result()
+    running = await client.submit("wait", {"Key": "s"}, monitor=False, user_token="bob")
+
+    status = await client.status(done.transaction_id)
+    assert isinstance(status, JobStatus) and status.status is JobState.COMPLETED
+    assert status.identity == "ann" and status.job_name == "report"
+    info = await client.info(done.transaction_id)
+    assert [entry.status for entry in info.history][-1] == "complete"
+    assert [o.name for o in await client.outputs(done.transaction_id)] == ["report", "log"]
+
+    # the client's own user token (ann) filters unless a call names another
+    assert await client.list_jobs() == []
+    assert [job.transaction_id for job in await client.list_jobs(all=True)] == \
+        [done.transaction_id]
+    bobs = await client.list_jobs(user_token="bob")
+    assert [(job.transaction_id, job.status) for job in bobs] == [
+        (running.transaction_id, JobState.PROCESSING)]
+    assert len(await Client("127.0.0.1", server.port).list_jobs(all=True)) == 2
+    await release("s")
+
+
+async def test_suspend_resume_cancel_delete(server):
+    client = Client("127.0.0.1", server.port)
+    tx = await client.submit("stepper", {"Key": "k"})
+    assert (await tx.__anext__()).number == 1
+    assert (await tx.__anext__()).text == "before step 1"
+    requested = await client.suspend(tx.transaction_id)
+    assert requested.transaction_id == tx.transaction_id and requested.requested
+    await release("k")
+    async for line in tx:
+        if line.code == Status.SUSPENDED:
+            break
+    assert (await client.status(tx.transaction_id)).status is JobState.SUSPENDED
+    resumed = await client.resume(tx.transaction_id)
+    assert resumed.text == f"{tx.transaction_id} resumed" and not resumed.requested
+    cancelled = await client.cancel(tx.transaction_id)
+    assert cancelled.transaction_id == tx.transaction_id
+    assert (await tx.result()).outcome is Outcome.CANCELLED
+    with pytest.raises(ReplyError) as caught:
+        await client.cancel(tx.transaction_id)
+    assert caught.value.reply is Reply.INVALID_STATE
+    assert (await client.delete(tx.transaction_id)).text == f"{tx.transaction_id} deleted"
+
+
+async def test_job_token_resubmit_returns_the_same_job_from_line_one(server):
+    client = Client("127.0.0.1", server.port, user_token="ann")
+    first = await client.submit("echo", job_token="nightly-42")
+    lines = [line.wire_text() async for line in first]
+    again = await client.submit("echo", job_token="nightly-42")
+    assert again.transaction_id == first.transaction_id
+    assert [line.wire_text() async for line in again] == lines
+
+
+async def test_watch_from_a_line(server):
+    client = Client("127.0.0.1", server.port)
+    full = [line async for line in await client.submit("partial")]
+    watched = [line async for line in await client.watch("T0000001", from_line=3)]
+    assert watched == full[2:]
+    with pytest.raises(ReplyError):
+        await client.watch("T0000077")
+
+
+async def test_transaction_as_context_manager_drops_the_connection(server):
+    client = Client("127.0.0.1", server.port)
+    async with await client.submit("wait", {"Key": "ctx"}) as tx:
+        await tx.__anext__()
+    await release("ctx")
+    # the job ran on; iterating again re-attaches after the last line received
+    rest = [line async for line in tx]
+    assert rest[0].number == 2 and rest[-1].is_end
+
+
+# -- re-attaching -----------------------------------------------------------------------
+
+
+async def test_watch_reattaches_after_a_dropped_connection(server):
+    client = Client("127.0.0.1", server.port)
+    tx = await client.submit("stepper", {"Key": "drop", "Count": "2"})
+    seen = [await tx.__anext__(), await tx.__anext__()]
+    tx._writer.transport.abort()  # the network drops the connection
+    await release("drop")
+    seen.append(await tx.__anext__())
+    await release("drop")
+    seen += [line async for line in tx]
+    replay = [line async for line in await client.watch(tx.transaction_id)]
+    assert seen == replay
+    assert (await tx.result()).outcome is Outcome.SUCCESS
+
+
+async def test_a_line_cut_by_a_drop_comes_again_exactly_once():
+    """A scripted server: the first stream breaks mid-line; the client asks for that line."""
+    requests = []
+
+    async def scripted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parser = PacketParser()
+        packet = None
+        while packet is None:
+            packet = parser.feed(await reader.read(4096))
+        requests.append((packet.command, packet.variables.get("_sys_FromLine")))
+        if len(requests) == 1:
+            writer.write(b"R0000000: T0000001\r\nJ0000100: Machine name: x\r\nJ0000100: hal")
+        else:
+            writer.write(b"R0000000: T0000001\r\nJ0000100: half\r\n"
+                         b"J0000022: Job failed.\r\nJ0000001: Transaction T0000001 ended\r\n")
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(scripted, "127.0.0.1", 0)
+    async with listener:
+        port = listener.sockets[0].getsockname()[1]
+        tx = await Client("127.0.0.1", port).submit("anything")
+        lines = [line async for line in tx]
+    assert [(line.number, line.text) for line in lines] == [
+        (1, "Machine name: x"), (2, "half"), (3, "Job failed."), (4, "Transaction T0000001 ended")]
+    assert requests == [("SubmitJob", None), ("MonitorJob", "2")]
+    assert (await tx.result()).outcome is Outcome.FAILED
+
+
+async def test_a_too_slow_monitor_notice_is_followed_not_shown():
+    requests = []
+
+    async def scripted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parser = PacketParser()
+        packet = None
+        while packet is None:
+            packet = parser.feed(await reader.read(4096))
+        requests.append(packet.variables.get("_sys_FromLine"))
+        if len(requests) == 1:
+            writer.write(b"R0000000: T0000001\r\nJ0000100: one\r\nJ0000100: two\r\n"
+                         b"J0005003: Monitor fell too far behind: "
+                         b"re-attach with MonitorJob from line 3\r\n")
+        else:
+            writer.write(b"R0000000: T0000001\r\nJ0000100: three\r\n"
+                         b"J0000020: Job completed successfully.\r\n"
+                         b"J0000001: Transaction T0000001 ended\r\n")
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(scripted, "127.0.0.1", 0)
+    async with listener:
+        port = listener.sockets[0].getsockname()[1]
+        tx = await Client("127.0.0.1", port).watch("T0000001")
+        lines = [(line.number, line.text) async for line in tx]
+    assert lines == [(1, "one"), (2, "two"), (3, "three"), (4, "Job completed successfully."),
+                     (5, "Transaction T0000001 ended")]
+    assert requests == ["1", "3"]
+
+
+async def test_not_a_jobmonitor_server_is_a_protocol_error():
+    async def talker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-OpenSSH\r\n")
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(talker, "127.0.0.1", 0)
+    async with listener:
+        with pytest.raises(ProtocolError):
+            await connect("127.0.0.1", listener.sockets[0].getsockname()[1])
+
+
+async def test_watch_survives_a_graceful_server_restart(make_server, tmp_path):
+    """A retry-on-restart job runs again after the restart; the watcher sees it all once."""
+    db_url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    first = await make_server(store=db_url, shutdown_grace_s=0.1)
+    port = first.port
+    client = Client("127.0.0.1", port, reconnect_timeout_s=30)
+    tx = await client.submit("retry-once", {"Marker": str(tmp_path / "marker")})
+    seen = [await tx.__anext__(), await tx.__anext__()]
+    assert seen[-1].text == "first run"
+
+    async def read_rest() -> None:
+        seen.extend([line async for line in tx])
+
+    reading = asyncio.create_task(read_rest())
+    first.close()
+    await first.wait_closed()
+    assert not reading.done()
+    await make_server(store=db_url, port=port)
+    await reading
+    assert "second run" in [line.text for line in seen]
+    assert (await tx.result()).outcome is Outcome.SUCCESS
+    assert seen == [line async for line in await client.watch(tx.transaction_id)]
+
+
+def test_watch_survives_a_server_crash_and_restart(tmp_path):
+    """SIGKILL the real server mid-job; the restarted one fails the job; no line is lost."""
+    db_url = f"sqlite:///{tmp_path / 'crash.db'}"
+    server = ServerProcess("--jobs", "tests/jobs.py", "--store", db_url)
+    port = server.port
+    seen: list[StreamLine] = []
+    restarted: list[ServerProcess] = []
+    try:
+        with SyncClient("127.0.0.1", port, reconnect_timeout_s=30) as client:
+            tx = client.submit("wait", {"Key": "never"})
+            for line in tx:
+                seen.append(line)
+                if line.text == "waiting":
+                    # An acknowledged submit is durable, and so is everything recorded
+                    # before it: the running job's state and lines are now stored.
+                    client.submit("echo", monitor=False)
+                    server.proc.send_signal(signal.SIGKILL)
+                    server.proc.communicate(timeout=10)
+                    restarted.append(ServerProcess("--jobs", "tests/jobs.py", "--store", db_url,
+                                                   "--port", str(port)))
+            result = tx.result()
+            replay = list(client.watch(tx.transaction_id))
+        assert [line.text for line in seen[-3:]] == [
+            "Job interrupted by a server restart", "Job failed.",
+            f"Transaction {tx.transaction_id} ended"]
+        assert seen == replay
+        assert result.outcome is Outcome.FAILED
+        assert restarted[0].stop() == 0
+    finally:
+        server.kill()
+        for process in restarted:
+            process.kill()
+
+
+# -- the blocking facade ------------------------------------------------------------------
+
+
+def test_sync_client_against_a_threaded_server(unused_port):
+    from jobmonitor import Controller
+
+    with Controller(jobs.app, port=0, machine_name=MACHINE, linger_s=1.0) as controller:
+        with SyncClient("127.0.0.1", controller.port) as client:
+            assert client.build_string().startswith("jobmonitor")
+            tx = client.submit("lines", {"Count": "3"})
+            assert [line.text for line in tx][1:4] == ["line 1", "line 2", "line 3"]
+            assert tx.result().outcome is Outcome.SUCCESS
+            assert client.status(tx.transaction_id).status is JobState.COMPLETED
+            with pytest.raises(ReplyError):
+                client.cancel(tx.transaction_id)
+    with SyncClient("127.0.0.1", unused_port) as client:
+        with pytest.raises(ConnectionRefusedError):
+            client.build_string()
+
+
+async def test_sync_client_refuses_to_run_inside_an_event_loop(server):
+    with SyncClient("127.0.0.1", server.port) as client:
+        with pytest.raises(RuntimeError):
+            client.build_string()
+
+
+def test_many_sync_clients_in_threads(unused_port):
+    from jobmonitor import Controller
+
+    outcomes: list[Outcome] = []
+    with Controller(jobs.app, port=0, machine_name=MACHINE, linger_s=1.0) as controller:
+        def work() -> None:
+            with SyncClient("127.0.0.1", controller.port) as client:
+                outcomes.append(client.submit("echo").result().outcome)
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert outcomes == [Outcome.SUCCESS] * 4
+
+
+async def test_request_answers_any_command(server):
+    lines = await Client("127.0.0.1", server.port).request("GetJobQueueLen")
+    assert lines == ["Queued: 0", "Running: 0"]
+    assert await exchange(server.port, xml_packet("GetJobQueueLen")) == [
+        "R0000000- Queued: 0", "R0000000: Running: 0"]
+
+
+# -- users and TLS ---------------------------------------------------------------------------
+
+
+async def test_user_and_password_go_with_every_command(make_server):
+    from .test_security import USERS
+
+    server = await make_server(users=USERS)
+    ann = Client("127.0.0.1", server.port, user="ann", password="ann-pw")
+    assert "ann-pw" not in repr(ann)
+    tx = await ann.submit("stepper", {"Key": "auth", "Count": "1"})
+    await tx.__anext__()
+    tx._writer.transport.abort()  # re-attaching must authenticate too
+    await release("auth")
+    assert (await tx.result()).outcome is Outcome.SUCCESS
+    assert (await ann.status(tx.transaction_id)).identity == "ann"
+    with pytest.raises(ReplyError) as caught:
+        await Client("127.0.0.1", server.port, user="ann", password="nope").list_jobs()
+    assert caught.value.reply is Reply.NOT_AUTHENTICATED
+    with pytest.raises(ReplyError) as caught:  # bob cannot see ann's job
+        await Client("127.0.0.1", server.port, user="bob", password="bob-pw").status(
+            tx.transaction_id)
+    assert caught.value.reply is Reply.UNKNOWN_TRANSACTION
+
+
+async def test_tls(make_server, certificate):
+    import ssl
+
+    server = await make_server(tls_cert=str(certificate / "cert.pem"),
+                               tls_key=str(certificate / "key.pem"))
+    context = ssl.create_default_context(cafile=str(certificate / "ca.pem"))
+    async with await connect("127.0.0.1", server.port, tls=context) as client:
+        tx = await client.submit("partial")
+        assert (await tx.result()).outcome is Outcome.PARTIAL
+    with pytest.raises(ssl.SSLError):  # the system's authorities do not know the test CA
+        await connect("127.0.0.1", server.port, tls=True)
+    with pytest.raises((OSError, ProtocolError)):  # plain text to a TLS server
+        await connect("127.0.0.1", server.port, connect_timeout_s=5, reply_timeout_s=5)
