@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from .codes import Reply, Status
 from .errors import PacketError, RequestError
-from .lines import format_line
+from .lines import clip, format_line
 from .packet import Packet, PacketParser
 from .stream import JobStream
 
@@ -297,7 +297,7 @@ class Connection(asyncio.Protocol):
             self.finish()
             return
         except Exception:
-            log.exception("command %s from %s failed", packet.command, self.peer)
+            log.exception("command %s from %s failed", clip(packet.command), self.peer)
             self.reply(Reply.INTERNAL_ERROR)
             self.finish()
             return
