@@ -18,12 +18,12 @@ MAX_PACKET_BYTES = 16 * 1024
 #: Put in a file that external entities and XIncludes point at; must never come back.
 SECRET = "top-secret-4c1f0e"
 
-_XML_CHARS = st.characters(
+XML_CHARS = st.characters(
     codec="utf-8", exclude_categories=("Cs",),
     exclude_characters="\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0b\x0c\x0e\x0f\x10\x11\x12\x13"
                        "\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f\ufffe\uffff")
-_NAMES = st.text(_XML_CHARS, min_size=1, max_size=20).filter(lambda s: s.strip(" \t\r\n"))
-_VALUES = st.text(_XML_CHARS, max_size=40)
+NAMES = st.text(XML_CHARS, min_size=1, max_size=20).filter(lambda s: s.strip(" \t\r\n"))
+VALUES = st.text(XML_CHARS, max_size=40)
 
 
 @st.composite
@@ -31,10 +31,10 @@ def unknown_commands(draw: st.DrawFn) -> bytes:
     """A well-formed packet whose command does not exist (names may hold line breaks,
     controls as character references, or be long)."""
     command = "NoSuch" + draw(st.one_of(
-        _VALUES,
+        VALUES,
         st.sampled_from(["\n", "\r\nR0000000: T0000001", "\x85", "\u2028", "\t"]),
         st.integers(1, 4000).map(lambda n: "x" * n)))
-    variables = draw(st.dictionaries(_NAMES, _VALUES, max_size=4))
+    variables = draw(st.dictionaries(NAMES, VALUES, max_size=4))
     namespace = draw(st.sampled_from([None, "http://www.pageflex.com/schemas"]))
     return build_packet(command, variables, namespace=namespace)
 
@@ -151,7 +151,7 @@ def truncated(draw: st.DrawFn) -> bytes:
 
 @st.composite
 def with_nul_bytes(draw: st.DrawFn) -> bytes:
-    packet = build_packet("NoSuchCommand", draw(st.dictionaries(_NAMES, _VALUES, max_size=3)))
+    packet = build_packet("NoSuchCommand", draw(st.dictionaries(NAMES, VALUES, max_size=3)))
     end = packet.rindex(b"</")
     spot = draw(st.integers(0, end))
     return packet[:spot] + b"\x00" * draw(st.integers(1, 3)) + packet[spot:]

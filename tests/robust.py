@@ -6,6 +6,8 @@ import asyncio
 import os
 import resource
 
+import pytest
+
 from jobmonitor import Server
 
 
@@ -14,18 +16,17 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def ensure_fd_limit(needed: int, ceiling: int = 8192) -> int:
-    """Raise the soft fd limit to ``needed`` (never past the hard limit or ``ceiling``).
-
-    Returns the limit in force; the caller skips when it is still too low.
-    """
+def need_fds(count: int, ceiling: int = 8192) -> None:
+    """Raise the soft limit on open files to ``count`` if it is lower (never past the
+    hard limit or ``ceiling``); skip the test if that is not enough."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= needed:
-        return soft
-    target = min(needed, ceiling, hard if hard != resource.RLIM_INFINITY else ceiling)
+    if soft >= count:
+        return
+    target = min(count, ceiling, ceiling if hard == resource.RLIM_INFINITY else hard)
     if target > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return target
+    if target < count:
+        pytest.skip(f"needs {count} open files, the limit is {target}")
 
 
 async def no_connections(server: Server, timeout_s: float = 10.0) -> None:

@@ -24,7 +24,7 @@ from jobmonitor.errors import PacketError
 from jobmonitor.packet import Packet, PacketParser, build_packet
 
 from . import jobs
-from .hostile import (_NAMES, _VALUES, MAX_PACKET_BYTES, SECRET, doctype_packets,
+from .hostile import (NAMES, VALUES, MAX_PACKET_BYTES, SECRET, doctype_packets,
                       hostile_packets)
 from .helpers import split_lines, submit
 from .robust import open_fds
@@ -87,8 +87,8 @@ def test_parser_gives_one_packet_or_one_packet_error(data, secret_path):
 
 
 @settings(max_examples=500, deadline=None)
-@given(variables=st.dictionaries(_NAMES, _VALUES, max_size=5),
-       doc_variables=st.dictionaries(_NAMES, _VALUES, max_size=3),
+@given(variables=st.dictionaries(NAMES, VALUES, max_size=5),
+       doc_variables=st.dictionaries(NAMES, VALUES, max_size=3),
        namespace=st.sampled_from([None, "http://www.pageflex.com/schemas"]),
        encoding=st.sampled_from(["utf-8", "utf-16", "utf-16-le", "utf-32"]),
        trailing=st.binary(max_size=20), data=st.data())
