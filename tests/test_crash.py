@@ -25,8 +25,10 @@ COMMIT_WINDOW_S = 1.0
 
 
 def serve(url: str, *args: str) -> ServerProcess:
+    # Warnings only: nobody reads the log while the test runs, and hundreds of
+    # 'job ended' lines would fill the pipe and block the server.
     return ServerProcess("--jobs", "tests/jobs.py", "--store", url, "--machine-name", "testhost",
-                         *args)
+                         "--log-level", "warning", *args)
 
 
 def check_stream(tid: str, lines: list[str]) -> int:
@@ -96,7 +98,7 @@ async def watch_ticks(session: Session, seen: list[tuple[float, int]],
 @pytest.mark.timeout(120)
 async def test_sigkill_under_heavy_load_keeps_every_acknowledged_job_and_line(tmp_path):
     url = f"sqlite:///{tmp_path / 'crash.db'}"
-    server = serve(url, "--max-running", "4", "--log-level", "warning")
+    server = serve(url, "--max-running", "4")
     loop = asyncio.get_running_loop()
     try:
         ticker = await Session.open(server.port, submit("ticker", Count="100000",
