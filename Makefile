@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 7400
 
-.PHONY: serve test bench clean
+.PHONY: serve test bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +26,13 @@ serve: $(VENV)/.installed-test
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
-bench: $(VENV)/.installed-fast
+bench: $(VENV)/.installed-fast soak
 	bash benchmarks/install_peers.sh
 	$(BIN)/python benchmarks/run.py
+
+# The stalled-reader test at full size: a million lines (docs/security.md).
+soak: $(VENV)/.installed-test
+	JOBMONITOR_SOAK=1 $(BIN)/python -m pytest -q -s tests/test_robustness.py -k stalled_reader
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

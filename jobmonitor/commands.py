@@ -20,6 +20,7 @@ from .auth import Authenticator
 from .engine import Engine
 from .errors import ConfigError, RequestError
 from .job import Job
+from .lines import clip
 from .packet import Packet
 from .representations import FORMATS, iso_time, job_dict, key_values, render
 
@@ -66,7 +67,7 @@ def parse_bool(packet: Packet, name: str, default: bool = False) -> bool:
         return True
     if word in _FALSE:
         return False
-    raise RequestError(Reply.INVALID_VALUE, f"{name} must be true or false, got {raw!r}")
+    raise RequestError(Reply.INVALID_VALUE, f"{name} must be true or false, got {clip(raw)!r}")
 
 
 def parse_choice(packet: Packet, name: str, choices: tuple[str, ...]) -> str:
@@ -78,7 +79,7 @@ def parse_choice(packet: Packet, name: str, choices: tuple[str, ...]) -> str:
     value = packet.variables.get(name, "").strip().lower() or choices[0]
     if value not in choices:
         raise RequestError(Reply.INVALID_VALUE,
-                           f"{name} must be one of {', '.join(choices)}, got {value!r}")
+                           f"{name} must be one of {', '.join(choices)}, got {clip(value)!r}")
     return value
 
 
@@ -90,7 +91,8 @@ def parse_line_number(packet: Packet, name: str) -> int:
     """
     raw = packet.variables.get(name, "").strip() or "1"
     if not raw.isdigit() or int(raw) < 1:
-        raise RequestError(Reply.INVALID_VALUE, f"{name} must be a line number from 1, got {raw!r}")
+        raise RequestError(Reply.INVALID_VALUE,
+                           f"{name} must be a line number from 1, got {clip(raw)!r}")
     return int(raw)
 
 
@@ -150,7 +152,7 @@ class Commands:
         """
         method = self._table.get(packet.command)
         if method is None:
-            raise RequestError(Reply.UNKNOWN_COMMAND, packet.command)
+            raise RequestError(Reply.UNKNOWN_COMMAND, clip(packet.command, 80))
         return await method(packet, await self._caller(packet, peer))
 
     async def _caller(self, packet: Packet, peer: str) -> Caller:
@@ -184,7 +186,7 @@ class Commands:
             raise RequestError(Reply.MISSING_VARIABLE, "_sys_TransactionID (or _sys_JobToken)")
         found = await self._engine.resolve(transaction_id, caller.identity, job_token)
         if caller.restricted and (await self._engine.record(found)).identity != caller.identity:
-            raise RequestError(Reply.UNKNOWN_TRANSACTION, transaction_id or found)
+            raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id or found))
         return found
 
     def _check_monitors(self, transaction_id: str) -> None:

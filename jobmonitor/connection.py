@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from .codes import Reply, Status
 from .errors import PacketError, RequestError
-from .lines import format_line
+from .lines import clip, format_line
 from .packet import Packet, PacketParser
 from .stream import JobStream
 
@@ -206,9 +206,11 @@ class Connection(asyncio.Protocol):
         self.close()
         # What is queued (the notice last) is still sent if the client reads again;
         # one that still reads nothing would keep the socket and buffer forever.
-        self._loop.call_later(self._config.monitor_stall_s, self._abort)
+        self._loop.call_later(self._config.monitor_stall_s, self.abort)
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
+        """Close now, dropping whatever the client has not taken."""
+        self.close()
         if self._transport is not None and not self._lost:
             self._transport.abort()
 
@@ -295,7 +297,7 @@ class Connection(asyncio.Protocol):
             self.finish()
             return
         except Exception:
-            log.exception("command %s from %s failed", packet.command, self.peer)
+            log.exception("command %s from %s failed", clip(packet.command), self.peer)
             self.reply(Reply.INTERNAL_ERROR)
             self.finish()
             return

@@ -28,6 +28,7 @@ from .config import Config
 from .errors import JobFailed, RequestError
 from .handlers import Handler
 from .job import Job
+from .lines import clip
 from .records import HistoryEvent, JobRecord
 from .states import JobState, Outcome, can_transition
 from .store import Recordable, Store, TaskEvent
@@ -120,7 +121,7 @@ class Engine:
 
     async def _drain_running(self, grace_s: float, *, keep_retryable: bool) -> None:
         self._starting = False
-        await self._wait_running(grace_s)
+        await self._wait_running(grace_s, hurriable=True)
         for job in list(self._running):
             if keep_retryable and self._handler(job).retry_on_restart:
                 job._leave_to_recovery = True
@@ -131,13 +132,15 @@ class Engine:
             # its monitors still get their ending, and its thread is abandoned.
             log.warning("job %s did not stop when cancelled; abandoning it", job.transaction_id)
             self._running.pop(job)
-            self._finish(job, Outcome.CANCELLED)
+            self._end(job, Outcome.CANCELLED)
 
-    async def _wait_running(self, timeout_s: float) -> None:
-        """Wait until no job runs, ``timeout_s`` passes, or ``hurry`` is called."""
+    async def _wait_running(self, timeout_s: float, *, hurriable: bool = False) -> None:
+        """Wait until no job runs or ``timeout_s`` passes; if ``hurriable``, also
+        until ``hurry`` is called.  Cancelled jobs always get their ``timeout_s``
+        to stop: a hurried server still ends them in order."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        hurry = loop.create_task(self._hurry.wait())
+        hurry = loop.create_task(self._hurry.wait()) if hurriable else loop.create_future()
         try:
             while self._running and not hurry.done() and loop.time() < deadline:
                 await asyncio.wait([*self._running.values(), hurry],
@@ -171,7 +174,7 @@ class Engine:
         """
         job = self._jobs.get(transaction_id.strip().upper())
         if job is None:
-            raise RequestError(Reply.UNKNOWN_TRANSACTION, transaction_id)
+            raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id))
         return job
 
     async def resolve(self, transaction_id: str | None, identity: str,
@@ -188,7 +191,8 @@ class Engine:
             found = self._tokens.get((identity, job_token)) or await self._store.find_token(
                 identity, job_token)
         if found is None:
-            raise RequestError(Reply.UNKNOWN_TRANSACTION, f"no job with job token {job_token!r}")
+            raise RequestError(Reply.UNKNOWN_TRANSACTION,
+                               f"no job with job token {clip(job_token or '')!r}")
         return found
 
     async def record(self, transaction_id: str) -> JobRecord:
@@ -202,7 +206,7 @@ class Engine:
             return job.snapshot()
         record = await self._store.load(transaction_id)
         if record is None:
-            raise RequestError(Reply.UNKNOWN_TRANSACTION, transaction_id)
+            raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id))
         return record
 
     async def list_records(self, active_only: bool, identity: str | None) -> list[JobRecord]:
@@ -261,7 +265,7 @@ class Engine:
                 return earlier, self._jobs.get(earlier)
         handler = self._handlers.get(project)
         if handler is None:
-            raise RequestError(Reply.UNKNOWN_PROJECT, project)
+            raise RequestError(Reply.UNKNOWN_PROJECT, clip(project, 80))
         if handler.check is not None:
             handler.check(params)
         if not self._accepting:
@@ -418,11 +422,15 @@ class Engine:
             outcome = Outcome.FAILED
         finally:
             self._running.pop(job, None)
+        self._end(job, outcome)
+        self._start_ready()
+
+    def _end(self, job: Job, outcome: Outcome) -> None:
+        """A job has stopped running: finish it, unless it is left to recovery."""
         if job._leave_to_recovery:
             job.stream.close()  # left running in the store: recovery runs it again
         else:
             self._finish(job, outcome)
-        self._start_ready()
 
     async def _call(self, handler: Handler, job: Job) -> Any:
         if handler.is_async:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from .codes import ERROR_THRESHOLD
 
-__all__ = ["format_line", "format_lines", "escape_text", "split_text", "Line", "parse_line", "LineError"]
+__all__ = ["format_line", "format_lines", "escape_text", "split_text", "clip", "Line", "parse_line",
+           "LineError"]
 
 _NEWLINES = re.compile(r"\r\n|\r|\n")
 _UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
@@ -38,6 +39,13 @@ def escape_text(text: str) -> str:
 def split_text(text: str) -> list[str]:
     """Split a message into its lines (CRLF, CR or LF), each escaped."""
     return [escape_text(part) for part in _NEWLINES.split(text)]
+
+
+def clip(text: str, limit: int = 40) -> str:
+    """Peer-supplied text made fit to quote in an error reply: one printable line
+    of at most ``limit`` characters, so a reply can neither grow nor split."""
+    text = "".join(char if char.isprintable() else "?" for char in " ".join(text.split()))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _headers(letter: str, code: int) -> tuple[bytes, bytes]:

@@ -34,6 +34,7 @@ from lxml import etree
 
 from .codes import Reply
 from .errors import PacketError
+from .lines import clip
 
 __all__ = ["Packet", "PacketParser", "build_packet"]
 
@@ -90,12 +91,6 @@ def _fail(detail: str) -> PacketError:
     return PacketError(Reply.MALFORMED_PACKET, detail)
 
 
-def _clip(text: str, limit: int = 40) -> str:
-    """Peer-supplied text made fit to quote in an error detail: one short line."""
-    text = "".join(char if char.isprintable() else "?" for char in " ".join(text.split()))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _local_name(tag: str) -> str:
     # "{uri}var" and "pfjob:var" (a prefix the client forgot to declare) are both "var".
     local = tag[tag.rfind("}") + 1 :]
@@ -122,7 +117,7 @@ def _codec(name: str) -> str:
             return codecs.lookup(name).name
         except LookupError:
             pass
-    raise PacketError(Reply.UNSUPPORTED_ENCODING, f'unknown encoding "{_clip(name)}"')
+    raise PacketError(Reply.UNSUPPORTED_ENCODING, f'unknown encoding "{clip(name)}"')
 
 
 @functools.lru_cache(maxsize=64)
@@ -148,7 +143,7 @@ def _narrow_codec(declared: str | None) -> str:
     if not _ascii_compatible(codec):
         raise PacketError(
             Reply.UNSUPPORTED_ENCODING,
-            f'encoding "{_clip(declared)}" is not ASCII-compatible,'
+            f'encoding "{clip(declared)}" is not ASCII-compatible,'
             " but the XML declaration is ASCII",
         )
     return codec
@@ -165,10 +160,11 @@ def _read_declaration(text: str) -> tuple[int, str | None] | None:
         return None if "<?xml".startswith(text[:5]) else (0, None)
     if not text.startswith("<?xml") or text[5] not in _SPACE + "?>":
         return 0, None  # no declaration, or another PI such as <?xml-stylesheet ...?>
-    end = text.find(">", 5)
+    # Look only within the limit, so the answer does not depend on how the bytes arrive.
+    end = text.find(">", 5, _MAX_DECLARATION)
     if end < 0:
-        if len(text) > _MAX_DECLARATION:
-            raise _fail("the XML declaration is not closed")
+        if len(text) >= _MAX_DECLARATION:
+            raise _fail("the XML declaration is not closed (or too long)")
         return None
     body = text[5:end]
     if not _PSEUDO_ATTRIBUTES.fullmatch(body):
@@ -180,7 +176,7 @@ def _read_declaration(text: str) -> tuple[int, str | None] | None:
 def _describe(exc: etree.XMLSyntaxError) -> str:
     """lxml's message on one clean line (it may hold newlines)."""
     message = " ".join(str(exc.msg or "syntax error").split()).replace(" ,", ",")
-    return _clip(f"not well-formed XML: {message}", 200)
+    return clip(f"not well-formed XML: {message}", 200)
 
 
 def _new_xml_parser() -> etree.XMLPullParser:
@@ -438,8 +434,8 @@ class PacketParser:
         elif depth == 0:
             self._open_root(element, name)
         else:  # also what stops a deep-nesting attack at its fourth level
-            var = _clip(self._var_name)
-            raise _fail(f'element <{_clip(name)}> inside <var name="{var}">: values are plain text')
+            var = clip(self._var_name)
+            raise _fail(f'element <{clip(name)}> inside <var name="{var}">: values are plain text')
         self._names.append(name)
         self._elements.append(element)
         self._previous = None
@@ -460,7 +456,7 @@ class PacketParser:
 
     def _open_root(self, element: etree._Element, name: str) -> None:
         if name != _ROOT:
-            raise _fail(f"the root element is <{_clip(name)}>, not <{_ROOT}>")
+            raise _fail(f"the root element is <{clip(name)}>, not <{_ROOT}>")
         command = element.get("name")
         if command is None:
             raise _fail(f"<{_ROOT}> has no name attribute")
@@ -470,7 +466,7 @@ class PacketParser:
 
     def _open_section(self, name: str) -> None:
         if name not in _SECTIONS:
-            raise _fail(f"unexpected element <{_clip(name)}> inside <{_ROOT}>")
+            raise _fail(f"unexpected element <{clip(name)}> inside <{_ROOT}>")
         if name in self._sections:
             raise _fail(f"<{name}> appears twice")
         self._values = self._sections[name] = {}
@@ -478,14 +474,14 @@ class PacketParser:
     def _open_var(self, element: etree._Element, name: str) -> None:
         section = self._names[1]
         if name != _VAR:
-            raise _fail(f"unexpected element <{_clip(name)}> inside <{section}>")
+            raise _fail(f"unexpected element <{clip(name)}> inside <{section}>")
         var_name = element.get("name")
         if var_name is None:
             raise _fail(f"a <var> in <{section}> has no name attribute")
         if not var_name.strip(_SPACE):
             raise _fail(f"a <var> in <{section}> has an empty name attribute")
         if var_name in self._values:
-            raise _fail(f'variable "{_clip(var_name)}" appears twice in <{section}>')
+            raise _fail(f'variable "{clip(var_name)}" appears twice in <{section}>')
         self._values[var_name] = ""  # takes its place in document order now
         self._var_name = var_name
 
@@ -501,7 +497,7 @@ class PacketParser:
 def _check_no_text(text: str | None, where: str) -> None:
     # Text outside a var is most likely a value typed in the wrong place.
     if text and text.strip(_SPACE):
-        raise _fail(f'unexpected text "{_clip(text, 20)}" inside <{where}>')
+        raise _fail(f'unexpected text "{clip(text, 20)}" inside <{where}>')
 
 
 def _may_become_markup(ahead: str) -> bool:

@@ -31,6 +31,7 @@ from .app import JobMonitor
 from .codes import Reply
 from .errors import ConfigError, JobFailed, RequestError
 from .job import Job
+from .lines import clip
 
 __all__ = ["Program", "add_programs", "BUILTIN_PLACEHOLDERS", "STANDARD_VARIABLES"]
 
@@ -101,7 +102,7 @@ class Program:
         if unknown:
             accepted = ", ".join(self.variables) or "none"
             raise RequestError(Reply.INVALID_VALUE, f"{self.project!r} takes no variable "
-                               f"{', '.join(unknown)} (it takes: {accepted})")
+                               f"{clip(', '.join(unknown), 80)} (it takes: {accepted})")
         for name in self.variables:
             if name not in params:
                 raise RequestError(Reply.MISSING_VARIABLE, name)

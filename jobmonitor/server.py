@@ -4,7 +4,8 @@
 ordered shutdown, ``wait_closed()`` waits for it, ``async with`` does both.
 Shutdown order: stop listening; let running jobs finish within the grace
 period, then cancel them (their monitors get the cancelled and ended lines);
-close what connections remain; close the store.
+close the store; give connections ``linger_s`` to take their last lines, then
+abort the rest.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class Server:
             self._listener = await asyncio.get_running_loop().create_server(
                 lambda: Connection(self), self.config.host, self.config.port,
                 reuse_address=True, backlog=1024, ssl=self._ssl,
+                # the handshake comes out of the time a client has for its packet
+                ssl_handshake_timeout=self.config.packet_timeout_s if self._ssl else None,
             )
         except BaseException:
             await self.engine.stop(0)
@@ -157,8 +160,11 @@ class Server:
         try:
             await asyncio.wait_for(self._no_connections.wait(), self.config.linger_s)
         except asyncio.TimeoutError:
+            # Closing politely would wait for a client that stopped reading to take
+            # our last bytes, and keep its socket past the end of the server.
             for connection in list(self._connections):
-                connection.close()
+                connection.abort()
+            await self._no_connections.wait()  # connection_lost comes on the next turn
         if self._listener is not None:
             await self._listener.wait_closed()
         log.info("jobmonitor stopped")

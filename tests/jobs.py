@@ -142,3 +142,46 @@ async def retry_once(job: Job) -> None:
     marker.write_text("ran")
     job.info("first run")
     await asyncio.Event().wait()
+
+
+@app.job("burst")
+async def burst(job: Job) -> None:
+    """Count lines (padded with dots to Width characters), pausing Pause seconds
+    (default 0) every YieldEvery lines; then say how long it took.  Delay seconds
+    first, so that monitors can attach."""
+    await asyncio.sleep(float(job.params.get("Delay", "0")))
+    count = int(job.params.get("Count", "1000"))
+    yield_every = int(job.params.get("YieldEvery", "100"))
+    pause = float(job.params.get("Pause", "0"))
+    width = int(job.params.get("Width", "0"))
+    pad = " " + "." * width if width else ""
+    started = time.perf_counter()
+    for n in range(1, count + 1):
+        job.info(f"line {n}{pad}")
+        if n % yield_every == 0:
+            await asyncio.sleep(pause)
+    job.info(f"emitted {count} lines in {time.perf_counter() - started:.6f} s")
+
+
+@app.job("ticker")
+async def ticker(job: Job) -> None:
+    """A line every Interval seconds, Count times: a job that is busy for a while."""
+    interval = float(job.params.get("Interval", "0.001"))
+    for n in range(1, int(job.params.get("Count", "100")) + 1):
+        job.info(f"tick {n}")
+        await asyncio.sleep(interval)
+
+
+@app.job("thread-retry", retry_on_restart=True)
+def thread_retry(job: Job) -> None:
+    """First run: blocks in its thread, deaf to cancellation, until its Key is released.
+    After a restart: completes."""
+    from pathlib import Path
+
+    marker = Path(job.params["Marker"])
+    if marker.exists():
+        job.info("second run")
+        return
+    marker.write_text("ran")
+    job.info("first run")
+    thread_releases.setdefault(job.params["Key"], threading.Event()).wait(30)

@@ -10,7 +10,9 @@ import sys
 import pytest
 
 from jobmonitor import JobState
+from jobmonitor import engine as engine_module
 
+from . import jobs
 from .conftest import finished, release
 from .helpers import Session, exchange, submit, xml_packet
 from .test_cli import ROOT, ServerProcess
@@ -257,3 +259,26 @@ def test_every_line_a_watcher_saw_survives_a_crash_with_the_same_number(tmp_path
         assert restarted.stop() == 0
     finally:
         restarted.kill()
+
+
+async def test_a_retry_job_deaf_to_cancellation_is_still_left_to_recovery(
+        make_server, db_url, tmp_path, monkeypatch):
+    monkeypatch.setattr(engine_module, "CANCEL_WAIT_S", 0.2)
+    server = await make_server(store=db_url, shutdown_grace_s=0.1)
+    session = await Session.open(server.port, submit("thread-retry", Marker=str(tmp_path / "m"),
+                                                     Key="deaf"))
+    tid = tid_of(await session.line())
+    await session.line()
+    assert await session.line() == "J0000100: first run"
+    server.close()
+    # the job never stops: its thread is abandoned, its stream ends without a completion
+    assert await session.rest() == [
+        "J0000190: Server stopping: running jobs have 0.1 s to finish"]
+    await session.close()
+    await server.wait_closed()
+    jobs.thread_releases["deaf"].set()
+
+    again = await make_server(store=db_url)
+    lines = await exchange(again.port, xml_packet("MonitorJob", {"_sys_TransactionID": tid}))
+    assert lines[-4:] == ["J0000132: Job queued to run again.", "J0000100: second run",
+                          "J0000020: Job completed successfully.", ENDED.format(tid)]

@@ -58,6 +58,9 @@ def test_builtin_placeholders():
     ({}, Reply.MISSING_VARIABLE, "dir"),
     ({"dir": "--delete"}, Reply.INVALID_VALUE, "dir must not start with '-'"),
     ({"dir": "a\x00b"}, Reply.INVALID_VALUE, "NUL"),
+    # names the client made up are quoted on one short line
+    ({"dir": "d", "a\nb": "1", "x" * 500: "1"}, Reply.INVALID_VALUE,
+     "takes no variable a b, " + "x" * 72 + "... (it takes: dir)"),
 ])
 def test_check_refuses_bad_variables(params, code, detail):
     program = Program("p", ("ls", "{dir}"), variables=("dir",))

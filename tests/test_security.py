@@ -247,3 +247,17 @@ async def test_queue_limit_refuses_submits_as_busy(make_server):
     assert await exchange(server.port, submit("echo", monitor=False)) == [
         "R0005011: Server busy: 1 jobs are already waiting"]
     await release("q")
+
+
+async def test_a_tls_handshake_must_finish_within_the_packet_timeout(make_server, certificate):
+    server = await make_server(tls_cert=str(certificate / "cert.pem"), packet_timeout_s=0.5,
+                               tls_key=str(certificate / "key.pem"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"\x16\x03\x01")  # the start of a ClientHello, and then nothing
+    started = time.monotonic()
+    try:
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    except ConnectionResetError:
+        pass
+    assert time.monotonic() - started < 5
+    writer.close()

@@ -221,6 +221,11 @@ async def test_utf16le_without_bom_from_a_widely_used_client(server):
         (xml_packet("GetJobStatus", {"_sys_TransactionID": "T7654321"}),
          "R0005009: Unknown transaction: T7654321"),
         (xml_packet("CancelJob", {}), "R0005006: Missing required variable: _sys_TransactionID"),
+        # what the client sent is quoted on one short line: it can neither split nor swell a reply
+        (xml_packet("Frob\r\nR0000000: T0000001"), "R0005005: Unknown command: Frob R0000000: T0000001"),
+        (submit("p" * 5000), "R0005008: Unknown project: " + "p" * 77 + "..."),
+        (xml_packet("GetJobStatus", {"_sys_TransactionID": "T1\nx"}),
+         "R0005009: Unknown transaction: T1 X"),
     ],
 )
 async def test_each_refusal_gets_exactly_one_error_line(server, packet, expected):
