@@ -61,6 +61,9 @@ async def finished(server: Server, transaction_id: str) -> Job:
         def stream_ended(self) -> None:
             done.set_result(None)
 
+        def fell_behind(self, next_line: int) -> None:
+            job.stream.watch(self, job.stream.base + 1)  # only the end matters here
+
     job.stream.watch(_Watcher(), len(job.stream) + 1)
     await asyncio.wait_for(done, 10)
     return job
