@@ -90,6 +90,7 @@ class Authenticator:
         self._key = os.urandom(32)
         self._verified: dict[str, bytes] = {}
         self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._decoy = hash_password(os.urandom(16).hex()) if users else ""
 
     @property
     def enabled(self) -> bool:
@@ -99,7 +100,13 @@ class Authenticator:
         """The user these credentials name, or None (after a delay if this
         address keeps failing)."""
         user = self._users.get(name)
-        ok = user is not None and await self._check(user, password)
+        if user is None:
+            # The same scrypt work as for a real user, so that timing does not
+            # tell which user names exist.
+            await asyncio.to_thread(verify_password, password, self._decoy)
+            ok = False
+        else:
+            ok = await self._check(user, password)
         if ok:
             self._failures.pop(address, None)
             return user

@@ -261,3 +261,21 @@ async def test_a_tls_handshake_must_finish_within_the_packet_timeout(make_server
         pass
     assert time.monotonic() - started < 5
     writer.close()
+
+
+async def test_an_unknown_user_costs_the_same_check_as_a_wrong_password():
+    from jobmonitor.auth import Authenticator
+
+    auth = Authenticator(USERS)
+    checked = []
+    import jobmonitor.auth as auth_module
+
+    real = auth_module.verify_password
+    auth_module.verify_password = lambda password, stored: checked.append(stored) or real(
+        password, stored)
+    try:
+        assert await auth.authenticate("nobody", "x", "10.0.0.1") is None
+        assert await auth.authenticate("ann", "x", "10.0.0.2") is None
+    finally:
+        auth_module.verify_password = real
+    assert len(checked) == 2 and all(stored.startswith("scrypt$") for stored in checked)
