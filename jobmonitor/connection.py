@@ -54,6 +54,12 @@ class _State(enum.Enum):
 class Connection(asyncio.Protocol):
     """The protocol object of one client connection."""
 
+    # Slots: thousands of these may sit waiting on jobs at once.
+    __slots__ = ("_server", "_config", "_loop", "_state", "_transport", "_parser", "_timer",
+                 "_opened", "_corked", "_corked_bytes", "_stall_timer", "_lost", "_task",
+                 "_stream", "_following", "_next_line", "_paused", "_drained", "_peer_eof",
+                 "stream_cursor")
+
     def __init__(self, server: "Server") -> None:
         self._server = server
         self._config = server.config
@@ -75,8 +81,20 @@ class Connection(asyncio.Protocol):
         self._paused = False
         self._drained: asyncio.Future[None] | None = None
         self._peer_eof = False
-        self.peer = "?"
-        self.peer_host = ""
+        #: Where this connection is in the stream it watches (kept by the stream).
+        self.stream_cursor = 0
+
+    @property
+    def peer_host(self) -> str:
+        """The client's address (without the port)."""
+        peer = self._transport.get_extra_info("peername") if self._transport else None
+        return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+    @property
+    def peer(self) -> str:
+        """The client's address and port, for the log."""
+        peer = self._transport.get_extra_info("peername") if self._transport else None
+        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
     # -- asyncio.Protocol --------------------------------------------------------
 
@@ -86,9 +104,6 @@ class Connection(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport.set_write_buffer_limits(high=self._config.max_pending_output_bytes)
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.peer_host = str(peer[0]) if isinstance(peer, tuple) else self.peer
         over_limit = self._server.connection_count >= self._config.max_connections
         self._server._connection_opened(self)
         if over_limit:

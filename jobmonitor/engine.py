@@ -20,7 +20,7 @@ import concurrent.futures
 import logging
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from .codes import Reply, Status
@@ -28,6 +28,7 @@ from .config import Config
 from .errors import JobFailed, RequestError
 from .handlers import Handler
 from .job import Job
+from .lines import format_line
 from .lines import clip
 from .records import HistoryEvent, JobRecord
 from .states import JobState, Outcome, can_transition
@@ -67,6 +68,8 @@ class Engine:
         self._monitors: collections.Counter[str] = collections.Counter()
         self._hurry = asyncio.Event()
         self.machine_name = config.machine_name or socket.gethostname()
+        # Every stream's first line: formatted once, shared by all jobs.
+        self._machine_line = format_line("J", Status.INFO, f"Machine name: {self.machine_name}")
 
     # -- life cycle -----------------------------------------------------------
 
@@ -279,7 +282,7 @@ class Engine:
                            status=JobState.QUEUED, worker=self.machine_name, created=now,
                            updated=now, history=[HistoryEvent("job", "queued", now)])
         job = self._adopt(record)
-        job._record_status(Status.INFO, f"Machine name: {self.machine_name}")
+        job.stream.append(self._machine_line)
         await self._store.add(job)
         self._log_event(job, record.history[0])
         self._queue.append(job)
@@ -432,11 +435,12 @@ class Engine:
         else:
             self._finish(job, outcome)
 
-    async def _call(self, handler: Handler, job: Job) -> Any:
+    def _call(self, handler: Handler, job: Job) -> Awaitable[Any]:
+        """The handler's awaitable: its coroutine itself (no extra frame per job), or
+        its run in a worker thread."""
         if handler.is_async:
-            return await handler.func(job)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, handler.func, job)
+            return handler.func(job)  # type: ignore[return-value]
+        return asyncio.get_running_loop().run_in_executor(self._executor, handler.func, job)
 
     def _finish(self, job: Job, outcome: Outcome) -> None:
         if job.state.is_final:

@@ -49,12 +49,15 @@ class Watcher(Protocol):
     def fell_behind(self, next_line: int) -> None:
         """Lines from ``next_line`` on are no longer in memory: read them from the store."""
 
+    #: The 0-based position of the next line to send; the stream keeps it.
+    stream_cursor: int
+
 
 class JobStream:
     """The recorded lines of one job and the watchers following them."""
 
     __slots__ = ("lines", "base", "closed", "on_flush", "scheduled", "durable", "_loop",
-                 "_cursors")
+                 "_watchers")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, base: int = 0) -> None:
         self.lines: list[bytes] = []
@@ -68,7 +71,9 @@ class JobStream:
         #: line numbers mean the same thing before and after a restart.
         self.durable: int | None = None
         self._loop = loop
-        self._cursors: dict[Watcher, int] = {}
+        # A list, each watcher holding its own cursor: most jobs have one watcher
+        # or none, and a one-entry dict costs four times a one-entry list.
+        self._watchers: list[Watcher] = []
         self.scheduled = False
 
     def __len__(self) -> int:
@@ -77,7 +82,7 @@ class JobStream:
 
     @property
     def watcher_count(self) -> int:
-        return len(self._cursors)
+        return len(self._watchers)
 
     def append(self, data: bytes) -> None:
         """Record one encoded wire line."""
@@ -106,7 +111,9 @@ class JobStream:
         """Send lines from ``from_line`` (1-based) on to ``watcher``, starting now with
         what is already recorded (so a reply and the first lines can share a send)."""
         position = max(from_line, 1) - 1
-        self._cursors[watcher] = position
+        watcher.stream_cursor = position
+        if watcher not in self._watchers:
+            self._watchers.append(watcher)
         if position < self.base:
             if not self.scheduled:
                 self.schedule()  # the flush tells it to read the store
@@ -116,7 +123,7 @@ class JobStream:
     def stored(self, count: int) -> None:
         """The store now holds ``count`` lines: they may go out."""
         self.durable = count
-        if self._cursors and not self.scheduled:
+        if self._watchers and not self.scheduled:
             self.schedule()
 
     def _deliverable(self) -> int:
@@ -125,12 +132,14 @@ class JobStream:
 
     def unwatch(self, watcher: Watcher) -> int | None:
         """Stop sending to ``watcher``; return the next line it would have had."""
-        position = self._cursors.pop(watcher, None)
-        return None if position is None else position + 1
+        if watcher not in self._watchers:
+            return None
+        self._watchers.remove(watcher)
+        return watcher.stream_cursor + 1
 
     def catch_up(self, watcher: Watcher) -> None:
         """Send ``watcher`` what it has not seen yet (after it became writable)."""
-        if watcher in self._cursors and not self.scheduled:
+        if watcher in self._watchers and not self.scheduled:
             self.schedule()
 
     def in_memory(self, line: int) -> bool:
@@ -139,9 +148,9 @@ class JobStream:
 
     def first_needed_line(self) -> int | None:
         """The lowest line a watcher has yet to be sent, or None without watchers."""
-        if not self._cursors:
+        if not self._watchers:
             return None
-        return min(self._cursors.values()) + 1
+        return min(watcher.stream_cursor for watcher in self._watchers) + 1
 
     def trim(self, keep_from_line: int) -> None:
         """Forget lines before ``keep_from_line`` (they must be in the store)."""
@@ -161,9 +170,10 @@ class JobStream:
             self.on_flush()
         end = self._deliverable()
         shared: dict[int, bytes] = {}
-        for watcher, position in list(self._cursors.items()):
+        for watcher in list(self._watchers):
+            position = watcher.stream_cursor
             if position < self.base:
-                del self._cursors[watcher]
+                self._watchers.remove(watcher)
                 watcher.fell_behind(position + 1)
             else:
                 self._serve(watcher, position, end, shared)
@@ -172,9 +182,9 @@ class JobStream:
         """Send ``watcher`` what it can take of lines up to ``end``; end it if done."""
         while position < end and watcher.writable:
             position = self._send(watcher, position, end, shared)
-        self._cursors[watcher] = position
+        watcher.stream_cursor = position
         if position >= self.base + len(self.lines) and self.closed:
-            del self._cursors[watcher]
+            self._watchers.remove(watcher)
             watcher.stream_ended()
 
     def _send(self, watcher: Watcher, position: int, end: int, shared: dict[int, bytes]) -> int:
