@@ -184,22 +184,22 @@ class Commands:
         job_token = packet.variables.get("_sys_JobToken", "").strip()
         if not transaction_id and not job_token:
             raise RequestError(Reply.MISSING_VARIABLE, "_sys_TransactionID (or _sys_JobToken)")
-        found = await self._engine.resolve(transaction_id, caller.identity, job_token)
-        if caller.restricted and (await self._engine.record(found)).identity != caller.identity:
+        found = await self._engine.jobs.resolve(transaction_id, caller.identity, job_token)
+        if caller.restricted and (await self._engine.jobs.record(found)).identity != caller.identity:
             raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id or found))
         return found
 
     def _check_monitors(self, transaction_id: str) -> None:
-        if self._max_monitors and self._engine.monitor_count(transaction_id) >= self._max_monitors:
+        if self._max_monitors and self._engine.jobs.monitor_count(transaction_id) >= self._max_monitors:
             raise RequestError(Reply.SERVER_BUSY,
                                f"{transaction_id} already has {self._max_monitors} monitors")
 
     async def _active_job(self, packet: Packet, caller: Caller) -> Job:
         """The live job a packet names; a finished one is an invalid-state error."""
         transaction_id = await self._transaction(packet, caller)
-        job = self._engine.live(transaction_id)
+        job = self._engine.jobs.live(transaction_id)
         if job is None or job.state.is_final:
-            record = await self._engine.record(transaction_id)
+            record = await self._engine.jobs.record(transaction_id)
             raise RequestError(Reply.INVALID_STATE,
                                f"{transaction_id} has already ended ({record.status.value})")
         return job
@@ -220,7 +220,7 @@ class Commands:
     async def monitor_job(self, packet: Packet, caller: Caller) -> Response:
         from_line = parse_line_number(packet, "_sys_FromLine")
         transaction_id = await self._transaction(packet, caller)
-        await self._engine.record(transaction_id)  # unknown transaction: refused here
+        await self._engine.jobs.record(transaction_id)  # unknown transaction: refused here
         self._check_monitors(transaction_id)
         return Response(transaction_id, transaction_id, from_line)
 
@@ -242,12 +242,12 @@ class Commands:
 
     async def get_job_status(self, packet: Packet, caller: Caller) -> Response:
         form = parse_choice(packet, "_sys_Format", FORMATS)
-        record = await self._engine.record(await self._transaction(packet, caller))
+        record = await self._engine.jobs.record(await self._transaction(packet, caller))
         return Response(render(record, form))
 
     async def get_job_information(self, packet: Packet, caller: Caller) -> Response:
         form = parse_choice(packet, "_sys_Format", FORMATS)
-        record = await self._engine.record(await self._transaction(packet, caller))
+        record = await self._engine.jobs.record(await self._transaction(packet, caller))
         return Response(render(record, form, history=True))
 
     async def list_jobs(self, packet: Packet, caller: Caller) -> Response:
@@ -256,7 +256,7 @@ class Commands:
         identity = packet.variables.get("_sys_UserToken", "").strip() or None
         if caller.restricted:
             identity = caller.identity
-        records = await self._engine.list_records(which == "active", identity)
+        records = await self._engine.jobs.list_records(which == "active", identity)
         if form == "json":
             return Response(json.dumps([job_dict(r) for r in records], separators=(",", ":"),
                                        ensure_ascii=False))
@@ -267,7 +267,7 @@ class Commands:
 
     async def retrieve_job(self, packet: Packet, caller: Caller) -> Response:
         form = parse_choice(packet, "_sys_Format", ("text", "json"))
-        record = await self._engine.record(await self._transaction(packet, caller))
+        record = await self._engine.jobs.record(await self._transaction(packet, caller))
         if form == "json":
             return Response(json.dumps(job_dict(record)["JobData"], separators=(",", ":"),
                                        ensure_ascii=False))
@@ -280,7 +280,7 @@ class Commands:
         if "_sys_TransactionID" in packet.variables or "_sys_JobToken" in packet.variables:
             return await self._job_log(packet, caller)
         self._require_admin(caller, "the server's task log")
-        events = self._engine.task_log()
+        events = self._engine.jobs.task_log()
         rows = [f"{len(events)} events"] + [
             "\t".join((iso_time(e.event.timestamp) or "", e.transaction_id, _tab_safe(e.project),
                        e.event.status)) for e in events]
@@ -289,8 +289,8 @@ class Commands:
     async def _job_log(self, packet: Packet, caller: Caller) -> Response:
         from_line = parse_line_number(packet, "_sys_FromLine")
         transaction_id = await self._transaction(packet, caller)
-        total = (await self._engine.record(transaction_id)).line_count
-        lines = await self._engine.read_lines(transaction_id, from_line, MAX_LOG_LINES)
+        total = (await self._engine.jobs.record(transaction_id)).line_count
+        lines = await self._engine.jobs.read_lines(transaction_id, from_line, MAX_LOG_LINES)
         header = (f"Lines: {from_line}-{from_line + len(lines) - 1} of {total}" if lines
                   else f"Lines: 0 of {total}")
         return Response("\n".join([header] + [line.decode().rstrip("\r\n") for line in lines]))

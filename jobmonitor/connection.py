@@ -146,7 +146,7 @@ class Connection(asyncio.Protocol):
             self._stream.unwatch(self)
             self._stream = None
         if self._following:
-            self._server.engine.monitor_detached(self._following)
+            self._server.engine.jobs.monitor_detached(self._following)
             self._following = ""
         self._next_line = 1  # while reading from the store: the next line to send
         if self._drained is not None and not self._drained.done():
@@ -323,7 +323,7 @@ class Connection(asyncio.Protocol):
             return
         self._state = _State.WATCHING
         self._following = response.follow
-        self._server.engine.monitor_attached(self._following)
+        self._server.engine.jobs.monitor_attached(self._following)
         await self._follow(response.from_line)
         # Hold the reply until the end of this loop turn: a job that ends within
         # it goes out with the reply in one send (finish() uncorks at once).
@@ -334,13 +334,13 @@ class Connection(asyncio.Protocol):
         are not in memory, then by watching the live stream."""
         engine = self._server.engine
         while self._state is _State.WATCHING:
-            job = engine.live(self._following)
+            job = engine.jobs.live(self._following)
             if job is not None and job.stream.in_memory(line):
                 self._stream = job.stream
                 job.stream.watch(self, line)
                 return
             self._uncork()
-            page = await engine.read_lines(self._following, line, CATCH_UP_PAGE_LINES)
+            page = await engine.jobs.read_lines(self._following, line, CATCH_UP_PAGE_LINES)
             if not page:
                 if job is None:
                     self.finish()  # a finished job, replayed to its end

@@ -8,7 +8,7 @@ thread.  Every job ends through ``_finish``, which records exactly one
 completion line and the ``Transaction ... ended`` line and closes the stream.
 
 Live jobs (queued, running, suspended, and finished ones a memory store keeps)
-are ``Job`` objects in ``_jobs``; with a durable store a finished job leaves
+are ``Job`` objects in the ``JobDirectory``; with a durable store a finished job leaves
 memory once it is stored, and lookups fall back to the store.
 """
 
@@ -27,12 +27,13 @@ from .codes import Reply, Status
 from .config import Config
 from .errors import JobFailed, RequestError
 from .handlers import Handler
+from .directory import JobDirectory
 from .job import Job
 from .lines import format_line
 from .lines import clip
 from .records import HistoryEvent, JobRecord
 from .states import JobState, Outcome, can_transition
-from .store import Recordable, Store, TaskEvent
+from .store import Recordable, Store
 
 __all__ = ["Engine"]
 
@@ -43,9 +44,6 @@ MAX_TRANSACTION_NUMBER = 9_999_999
 CANCEL_WAIT_S = 5.0
 #: How often finished jobs older than ``keep_days`` are deleted.
 PURGE_INTERVAL_S = 3600.0
-TASK_LOG_SIZE = 200
-#: Stored lines of a job kept in memory when no monitor needs older ones.
-IDLE_TAIL_LINES = 1000
 
 
 class Engine:
@@ -55,17 +53,15 @@ class Engine:
         self._handlers = dict(handlers)
         self._config = config
         self._store = store
-        self._jobs: dict[str, Job] = {}
-        self._tokens: dict[tuple[str, str], str] = {}
+        #: Every job by transaction ID (and client key), live or stored.
+        self.jobs = JobDirectory(store)
         self._queue: collections.deque[Job] = collections.deque()
         self._running: dict[Job, asyncio.Future[Any]] = {}
-        self._task_log: collections.deque[TaskEvent] = collections.deque(maxlen=TASK_LOG_SIZE)
         self._last_number = 0
         self._accepting = False
         self._starting = False
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._purger: asyncio.Task[None] | None = None
-        self._monitors: collections.Counter[str] = collections.Counter()
         self._hurry = asyncio.Event()
         self.machine_name = config.machine_name or socket.gethostname()
         # Every stream's first line: formatted once, shared by all jobs.
@@ -78,7 +74,7 @@ class Engine:
         self._store.on_persisted = self._persisted
         recovery = await self._store.open()
         self._last_number = recovery.last_number
-        self._task_log.extend(recovery.recent_events)
+        self.jobs.seed_task_log(recovery.recent_events)
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=self._config.max_running, thread_name_prefix="jobmonitor-job")
         for record in recovery.unfinished:
@@ -98,7 +94,7 @@ class Engine:
         if self._purger is not None:
             self._purger.cancel()
         notice = f"Server stopping: running jobs have {grace_s:g} s to finish"
-        for job in list(self._jobs.values()):
+        for job in self.jobs.live_jobs():
             if not job.state.is_final:
                 job._record_status(Status.NOTICE, notice)
         if not self._store.durable:
@@ -152,7 +148,7 @@ class Engine:
         finally:
             hurry.cancel()
 
-    # -- lookups ------------------------------------------------------------------
+    # -- counts ---------------------------------------------------------------------
 
     @property
     def queued_count(self) -> int:
@@ -164,90 +160,6 @@ class Engine:
 
     def handler_names(self) -> list[str]:
         return sorted(self._handlers)
-
-    def live(self, transaction_id: str) -> Job | None:
-        """The job if it is in memory (every unfinished job is)."""
-        return self._jobs.get(transaction_id)
-
-    def find(self, transaction_id: str) -> Job:
-        """The in-memory job with this transaction ID.
-
-        Raises:
-            RequestError: UNKNOWN_TRANSACTION.
-        """
-        job = self._jobs.get(transaction_id.strip().upper())
-        if job is None:
-            raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id))
-        return job
-
-    async def resolve(self, transaction_id: str | None, identity: str,
-                      job_token: str | None) -> str:
-        """The transaction ID named directly, or by the submitter's job token.
-
-        Raises:
-            RequestError: UNKNOWN_TRANSACTION.
-        """
-        if transaction_id:
-            return transaction_id.strip().upper()
-        found = None
-        if job_token:
-            found = self._tokens.get((identity, job_token)) or await self._store.find_token(
-                identity, job_token)
-        if found is None:
-            raise RequestError(Reply.UNKNOWN_TRANSACTION,
-                               f"no job with job token {clip(job_token or '')!r}")
-        return found
-
-    async def record(self, transaction_id: str) -> JobRecord:
-        """A snapshot of a job, live or stored.
-
-        Raises:
-            RequestError: UNKNOWN_TRANSACTION.
-        """
-        job = self._jobs.get(transaction_id)
-        if job is not None:
-            return job.snapshot()
-        record = await self._store.load(transaction_id)
-        if record is None:
-            raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id))
-        return record
-
-    async def list_records(self, active_only: bool, identity: str | None) -> list[JobRecord]:
-        """Jobs oldest first: active ones, or all that are kept."""
-        records = {tid: job.snapshot() for tid, job in self._jobs.items()
-                   if identity is None or job.identity == identity}
-        if not active_only:
-            for record in await self._store.list_records(identity):
-                records.setdefault(record.transaction_id, record)
-        chosen = [r for r in records.values() if not (active_only and r.status.is_final)]
-        return sorted(chosen, key=lambda r: r.number)
-
-    async def read_lines(self, transaction_id: str, from_line: int, limit: int) -> list[bytes]:
-        """Recorded lines from ``from_line`` on, from memory or the store."""
-        job = self._jobs.get(transaction_id)
-        if job is not None and job.stream.in_memory(from_line):
-            start = from_line - 1 - job.stream.base
-            durable = job.stream.durable
-            if durable is not None:  # only what a crash cannot take back
-                limit = min(limit, durable - from_line + 1)
-            return job.stream.lines[start:start + max(limit, 0)]
-        return await self._store.read_lines(transaction_id, from_line, limit)
-
-    def monitor_count(self, transaction_id: str) -> int:
-        """How many connections follow this job's stream now."""
-        return self._monitors[transaction_id]
-
-    def monitor_attached(self, transaction_id: str) -> None:
-        self._monitors[transaction_id] += 1
-
-    def monitor_detached(self, transaction_id: str) -> None:
-        self._monitors[transaction_id] -= 1
-        if self._monitors[transaction_id] <= 0:
-            del self._monitors[transaction_id]
-
-    def task_log(self) -> list[TaskEvent]:
-        """Recent job events across the server, oldest first."""
-        return list(self._task_log)
 
     # -- commands ---------------------------------------------------------------
 
@@ -263,9 +175,9 @@ class Engine:
             transaction numbers are exhausted.
         """
         if job_token:
-            earlier = await self._earlier(identity, job_token)
+            earlier = await self.jobs.earlier(identity, job_token)
             if earlier is not None:
-                return earlier, self._jobs.get(earlier)
+                return earlier, self.jobs.live(earlier)
         handler = self._handlers.get(project)
         if handler is None:
             raise RequestError(Reply.UNKNOWN_PROJECT, clip(project, 80))
@@ -284,14 +196,10 @@ class Engine:
         job = self._adopt(record)
         job.stream.append(self._machine_line)
         await self._store.add(job)
-        self._log_event(job, record.history[0])
+        self.jobs.log_event(job, record.history[0])
         self._queue.append(job)
         self._start_ready()
         return job.transaction_id, job
-
-    async def _earlier(self, identity: str, job_token: str) -> str | None:
-        key = (identity, job_token)
-        return self._tokens.get(key) or await self._store.find_token(identity, job_token)
 
     def cancel(self, job: Job) -> None:
         """Cancel a queued, suspended or running job.
@@ -357,11 +265,11 @@ class Engine:
         Raises:
             RequestError: UNKNOWN_TRANSACTION; INVALID_STATE while it is active.
         """
-        record = await self.record(transaction_id)
+        record = await self.jobs.record(transaction_id)
         if not record.status.is_final:
             raise RequestError(Reply.INVALID_STATE,
                                f"{transaction_id} is {record.status.value}; cancel it first")
-        self._forget(transaction_id)
+        self.jobs.forget(transaction_id)
         await self._store.flush()
         await self._store.delete(transaction_id)
 
@@ -380,19 +288,9 @@ class Engine:
         if self._store.durable:
             job.stream.durable = record.line_count
         job.on_change = self._store.changed
-        job.on_event = self._log_event
-        self._jobs[record.transaction_id] = job
-        if record.job_token:
-            self._tokens[(record.identity, record.job_token)] = record.transaction_id
+        job.on_event = self.jobs.log_event
+        self.jobs.add(job)
         return job
-
-    def _forget(self, transaction_id: str) -> None:
-        job = self._jobs.pop(transaction_id, None)
-        if job is not None and job.record.job_token:
-            self._tokens.pop((job.identity, job.record.job_token), None)
-
-    def _log_event(self, job: Job, event: HistoryEvent) -> None:
-        self._task_log.append(TaskEvent(job.transaction_id, job.project, event))
 
     def _next_transaction_id(self) -> str:
         if self._last_number >= MAX_TRANSACTION_NUMBER:
@@ -478,31 +376,13 @@ class Engine:
             self._finish(job, Outcome.FAILED)
 
     def _persisted(self, item: Recordable, stored_lines: int) -> None:
-        """After a commit: drop stored lines no monitor needs (and, past the cap, those
-        a slow monitor needs: it reads them back from the store); let a stored,
-        finished job go."""
-        if not isinstance(item, Job):
-            return
-        item.stream.stored(stored_lines)  # before anything else: watchers wait on it
-        job = self._jobs.get(item.transaction_id)
-        if job is not item:
-            return
-        stream = job.stream
-        keep_from = len(stream) + 1 - IDLE_TAIL_LINES  # a short tail for re-attaching
-        needed = stream.first_needed_line()
-        if needed is not None:
-            keep_from = min(keep_from, needed)  # what monitors still have to be sent...
-        keep_from = max(keep_from, len(stream) + 1 - self._config.max_lines_in_memory)
-        stream.trim(min(keep_from, stored_lines + 1))  # ...never what is not stored
-        if job.state.is_final and stored_lines == len(stream):
-            self._forget(job.transaction_id)
+        if isinstance(item, Job):
+            self.jobs.stored(item, stored_lines, self._config.max_lines_in_memory)
 
     async def purge_expired(self) -> int:
         """Delete finished jobs older than ``keep_days``; return how many the store had."""
         cutoff = time.time() - self._config.keep_days * 86400
-        for tid, job in list(self._jobs.items()):
-            if job.record.completed is not None and job.record.completed < cutoff:
-                self._forget(tid)
+        self.jobs.expire(cutoff)
         await self._store.flush()
         purged = await self._store.purge(cutoff)
         if purged:

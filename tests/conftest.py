@@ -47,7 +47,7 @@ async def make_server() -> AsyncIterator:
 
 async def finished(server: Server, transaction_id: str) -> Job:
     """Wait until the job has ended (its stream closed), without polling."""
-    job = server.engine.find(transaction_id)
+    job = server.engine.jobs.find(transaction_id)
     if job.stream.closed:
         return job
     done = asyncio.get_running_loop().create_future()

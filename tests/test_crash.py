@@ -72,7 +72,8 @@ async def try_submit(port: int, packet: bytes) -> str | None:
     return match.group(1).decode() if match else None
 
 
-async def submitter(port: int, number: int, acked: list[str], stop: asyncio.Event) -> None:
+async def submitter(port: int, number: int, acked: list[str], stop: asyncio.Event,
+                    loaded: asyncio.Event) -> None:
     for n in range(SUBMITS_EACH):
         if stop.is_set():
             return
@@ -81,6 +82,8 @@ async def submitter(port: int, number: int, acked: list[str], stop: asyncio.Even
         if tid is None:
             return
         acked.append(tid)
+        if len(acked) >= 20:
+            loaded.set()
 
 
 async def watch_ticks(session: Session, seen: list[tuple[float, int]],
@@ -106,12 +109,12 @@ async def test_sigkill_under_heavy_load_keeps_every_acknowledged_job_and_line(tm
         ticker_tid = (await ticker.line())[10:]
         seen: list[tuple[float, int]] = []
         acked: list[str] = []
-        enough, stop = asyncio.Event(), asyncio.Event()
+        enough, stop, loaded = asyncio.Event(), asyncio.Event(), asyncio.Event()
         watching = asyncio.ensure_future(watch_ticks(ticker, seen, enough))
-        load = [asyncio.ensure_future(submitter(server.port, n, acked, stop))
+        load = [asyncio.ensure_future(submitter(server.port, n, acked, stop, loaded))
                 for n in range(SUBMITTERS)]
-        await asyncio.wait_for(enough.wait(), 60)
-        assert len(acked) >= 20, "the load never got going"
+        # Kill only once both are under way: a stream being watched, and submits.
+        await asyncio.wait_for(asyncio.gather(enough.wait(), loaded.wait()), 60)
         server.proc.send_signal(signal.SIGKILL)
         killed_at = loop.time()
         stop.set()

@@ -230,7 +230,7 @@ async def test_suspend_running_job_pauses_at_checkpoint_then_resumes(server):
         f"R0000000: {tid} suspend requested"]
     await release("s")
     assert await session.line() == "J0000130: Job suspended."
-    assert server.engine.find(tid).state is JobState.SUSPENDED
+    assert server.engine.jobs.find(tid).state is JobState.SUSPENDED
     assert await exchange(server.port, command("SuspendJob", tid)) == [
         f"R0005010: Invalid state for this request: {tid} is Suspended"]
     assert await exchange(server.port, command("ResumeJob", tid)) == [f"R0000000: {tid} resumed"]
@@ -251,7 +251,7 @@ async def test_suspended_queued_job_is_not_started_until_resumed(make_server):
         f"R0000000: {queued} suspended"]
     await release("b")
     await finished(server, blocker)
-    assert server.engine.find(queued).state is JobState.SUSPENDED
+    assert server.engine.jobs.find(queued).state is JobState.SUSPENDED
     assert server.engine.running_count == 0
     assert await exchange(server.port, command("ResumeJob", queued)) == [
         f"R0000000: {queued} resumed"]
@@ -336,5 +336,5 @@ async def test_restart_server_cancels_stragglers_and_keeps_the_queue(make_server
     await running.close()
     for tid in queued:
         assert (await finished(server, tid)).state is JobState.COMPLETED
-    first, second = (server.engine.find(tid).record.started for tid in queued)
+    first, second = (server.engine.jobs.find(tid).record.started for tid in queued)
     assert first <= second

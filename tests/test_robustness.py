@@ -398,12 +398,12 @@ async def test_clients_vanishing_mid_packet_and_mid_stream_leak_nothing(make_ser
     await watcher.close()  # the first monitor goes too, mid-stream
 
     await no_connections(server)
-    assert server.engine.monitor_count(busy) == 0
+    assert server.engine.jobs.monitor_count(busy) == 0
     assert await exchange(server.port, xml_packet("CancelJob", {"_sys_TransactionID": busy})) \
         == [f"R0000000: {busy}"]
     active = await exchange(server.port, xml_packet("ListJobs", {}))
     for tid in [line[10:].split("\t")[0] for line in active[1:]]:  # the streaming jobs
-        if server.engine.live(tid) is not None:
+        if server.engine.jobs.live(tid) is not None:
             await finished(server, tid)
     assert (await exchange(server.port, submit("echo")))[-2] == \
         "J0000020: Job completed successfully."

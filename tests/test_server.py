@@ -45,7 +45,7 @@ async def test_transaction_ids_are_unique_and_increasing(server):
 async def test_unmonitored_submit_replies_and_closes_while_job_runs_on(server):
     lines = await exchange(server.port, submit("wait", monitor=False, Key="k"))
     assert lines == ["R0000000: T0000001"]
-    job = server.engine.find("T0000001")
+    job = server.engine.jobs.find("T0000001")
     assert job.state is JobState.PROCESSING
     await release("k")
     assert (await finished(server, "T0000001")).state is JobState.COMPLETED
@@ -123,7 +123,7 @@ async def test_control_characters_cannot_forge_lines(server):
 async def test_progress_lines_and_recorded_progress(server):
     lines = await exchange(server.port, submit("progress"))
     assert lines[2:4] == ["J0000110: Progress: 1/4 (25%)", "J0000110: Progress: 4/4 (100%) all done"]
-    job = server.engine.find(tid_of(lines[0]))
+    job = server.engine.jobs.find(tid_of(lines[0]))
     assert (job.progress_done, job.progress_total) == (4, 4)
 
 
@@ -297,7 +297,7 @@ async def test_cancel_queued_job_drops_it(make_server):
     first = await exchange(server.port, submit("wait", monitor=False, Key="first"))
     queued = await Session.open(server.port, submit("echo"))
     tid = tid_of(await queued.line())
-    assert server.engine.find(tid).state is JobState.QUEUED
+    assert server.engine.jobs.find(tid).state is JobState.QUEUED
     await exchange(server.port, xml_packet("CancelJob", {"_sys_TransactionID": tid}))
     assert await queued.rest() == [f"J0000100: Machine name: {MACHINE}",
                                    "J0000023: Job cancelled by user.", ENDED.format(tid)]
@@ -322,14 +322,14 @@ async def test_jobs_wait_in_fifo_order_beyond_max_running(make_server):
     server = await make_server(max_running=2)
     for key in "abcd":
         await exchange(server.port, submit("wait", monitor=False, Key=key))
-    states = [server.engine.find(f"T000000{n}").state for n in range(1, 5)]
+    states = [server.engine.jobs.find(f"T000000{n}").state for n in range(1, 5)]
     assert states == [JobState.PROCESSING, JobState.PROCESSING, JobState.QUEUED, JobState.QUEUED]
     queue = await exchange(server.port, xml_packet("GetJobQueueLen"))
     assert queue == ["R0000000- Queued: 2", "R0000000: Running: 2"]
     await release("b")
     await finished(server, "T0000002")
-    assert server.engine.find("T0000003").state is JobState.PROCESSING
-    assert server.engine.find("T0000004").state is JobState.QUEUED
+    assert server.engine.jobs.find("T0000003").state is JobState.PROCESSING
+    assert server.engine.jobs.find("T0000004").state is JobState.QUEUED
     for key in "acd":
         await release(key)
     await finished(server, "T0000004")
