@@ -4,11 +4,13 @@ Clients send XML command packets over TCP; the server answers with coded
 ``R`` lines and streams a monitored job's ``J`` status lines as they happen.
 
 Layers, from the wire up: ``codes`` (the code table), ``lines`` and ``packet``
-(sans-I/O wire format), ``job``/``stream``/``engine`` (running jobs and
-recording what they say), ``store`` (persistence), ``commands``/``connection``/
-``server`` (the network side), ``app`` (the embedding API), ``programs`` and
-``config_file`` (program jobs and ``jobmonitor.toml``), ``client`` (the Python
-client) and ``cli``/``cli_client`` (the command).
+(sans-I/O wire format); ``states``, ``records``, ``job``, ``stream``,
+``handlers``, ``directory`` and ``engine`` (running jobs and recording what
+they say); ``store`` and ``sqlite_store`` (persistence); ``auth``,
+``representations``, ``commands``, ``connection`` and ``server`` (the network
+side); ``app`` (the embedding API); ``programs`` and ``config_file`` (program
+jobs and ``jobmonitor.toml``); ``client`` (the Python client) and
+``cli``/``cli_client`` (the command).
 """
 
 __version__ = "0.1.0"
