@@ -33,6 +33,8 @@ __all__ = ["main", "build_parser"]
 
 log = logging.getLogger("jobmonitor.cli")
 
+#: Open files the server needs besides its connections (store, logs, modules, threads).
+FILE_MARGIN = 64
 #: Allocations between collections of the youngest generation (Python's default: 700).
 GC_YOUNG_THRESHOLD = 50_000
 
@@ -161,6 +163,7 @@ async def _serve_until_signal(server: Server) -> None:
         loop.add_signal_handler(signum, _on_signal, server, stop, signum)
     await server.start()
     _tune_gc()
+    _fit_open_file_limit(server.config.max_connections)
     await stop.wait()
     server.close()
     await server.wait_closed()
@@ -173,6 +176,23 @@ def _tune_gc() -> None:
     so the CLI does it, never the library."""
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
+def _fit_open_file_limit(max_connections: int) -> None:
+    """Each connection is an open file: raise the soft limit (up to the hard one)
+    so that max_connections can be reached, and say so when it cannot."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    wanted = max_connections + FILE_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < wanted:
+            log.warning("the open-file limit is %d: about %d connections at most, not "
+                        "max_connections=%d", new, new - FILE_MARGIN, max_connections)
 
 
 def _on_signal(server: Server, stop: asyncio.Event, signum: int) -> None:

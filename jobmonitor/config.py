@@ -56,7 +56,8 @@ class Config:
     idle_timeout_s: float = _setting(
         10.0, "seconds a new connection may stay silent before it is closed")
     max_connections: int = _setting(
-        10000, "most client connections at once; beyond it a busy reply and close")
+        20000, "most client connections at once; beyond it a busy reply and close "
+        "(`jobmonitor serve` raises the open-file limit to fit, where it may)")
     max_monitors_per_job: int = _setting(1000, "most clients monitoring one job at once")
     max_pending_output_bytes: int = _setting(
         256 * 1024, "output queued for one slow client before the server stops adding to it")
