@@ -190,7 +190,7 @@ def _fit_open_file_limit(max_connections: int) -> None:
     if soft != resource.RLIM_INFINITY and soft < wanted:
         new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-        if new < wanted:
+        if new - FILE_MARGIN < max_connections * 0.9:  # a few short is not worth a word
             log.warning("the open-file limit is %d: about %d connections at most, not "
                         "max_connections=%d", new, new - FILE_MARGIN, max_connections)
 
