@@ -3,7 +3,7 @@
 Each command builds a ``Client`` from ``--host``/``--port`` (or
 ``JOBMONITOR_HOST``/``JOBMONITOR_PORT``), ``--user`` (or ``JOBMONITOR_USER``;
 the password comes from ``JOBMONITOR_PASSWORD`` or a prompt) and ``--tls`` /
-``--tls-ca``, calls the library, and prints.  Every
+``--cafile``, calls the library, and prints.  Every
 failure becomes one line on stderr and an exit status (see ``EXIT_CODES``):
 0 success, 1 the job failed, 3 partial, 4 cancelled, 2 a usage error, an
 unreachable server or an error reply.
@@ -80,7 +80,7 @@ def _common_options() -> argparse.ArgumentParser:
                                        "$JOBMONITOR_USER); the password is read from "
                                        "$JOBMONITOR_PASSWORD, or asked for")
     common.add_argument("--tls", action="store_true", help="connect with TLS")
-    common.add_argument("--tls-ca", metavar="FILE",
+    common.add_argument("--cafile", metavar="FILE",
                         help="trust the certificates in this PEM file (implies --tls)")
     return common
 
@@ -168,7 +168,7 @@ def _run(action: Action, args: argparse.Namespace) -> int:
         return _fail(f"cannot connect to {where}: connection refused (is the server running?)")
     except OSError as exc:
         hint = ""
-        if isinstance(exc, ConnectionError) and not (args.tls or args.tls_ca):
+        if isinstance(exc, ConnectionError) and not (args.tls or args.cafile):
             hint = " (if the server uses TLS, add --tls)"
         return _fail(f"cannot reach {where}: {exc.strerror or exc or type(exc).__name__}{hint}")
 
@@ -188,7 +188,7 @@ def _client(args: argparse.Namespace) -> Client:
     """A client from the options and the environment.
 
     Raises:
-        UsageError: a bad value, no password for ``--user``, or a ``--tls-ca``
+        UsageError: a bad value, no password for ``--user``, or a ``--cafile``
         file that cannot be read.
     """
     host, port = _address(args)
@@ -201,13 +201,13 @@ def _client(args: argparse.Namespace) -> Client:
                 raise UsageError(f"no password for {user}: set JOBMONITOR_PASSWORD")
             password = getpass.getpass(f"Password for {user}: ")
     tls: ssl.SSLContext | None = None
-    if args.tls or args.tls_ca:
+    if args.tls or args.cafile:
         try:
-            tls = ssl.create_default_context(cafile=args.tls_ca)
+            tls = ssl.create_default_context(cafile=args.cafile)
         except ssl.SSLError:
-            raise UsageError(f"--tls-ca {args.tls_ca}: not a PEM certificate file") from None
+            raise UsageError(f"--cafile {args.cafile}: not a PEM certificate file") from None
         except OSError as exc:
-            raise UsageError(f"--tls-ca {args.tls_ca}: {exc.strerror or exc}") from None
+            raise UsageError(f"--cafile {args.cafile}: {exc.strerror or exc}") from None
     return Client(host, port, user=user, password=password, tls=tls)
 
 

@@ -199,7 +199,7 @@ def test_unknown_host():
     (["watch", "T0000001", "--from-line", "0"], "expected a line number of 1 or more"),
     (["status", "T0000001", "--format", "yaml"], "invalid choice: 'yaml'"),
     (["list", "--port", "99999"], "expected a port number 1..65535, got '99999'"),
-    (["list", "--tls-ca", "missing.pem"], "--tls-ca missing.pem: No such file"),
+    (["list", "--cafile", "missing.pem"], "--cafile missing.pem: No such file"),
 ])
 def test_bad_arguments(args, message):
     line = one_error_line(cli(None, *args))
@@ -456,7 +456,7 @@ def test_tls_with_a_certificate_file(certificate):
                            "--tls-cert", str(certificate / "cert.pem"),
                            "--tls-key", str(certificate / "key.pem"))
     try:
-        result = cli(server.port, "submit", "partial", "--tls-ca", str(certificate / "ca.pem"))
+        result = cli(server.port, "submit", "partial", "--cafile", str(certificate / "ca.pem"))
         assert result.returncode == 3
         untrusted = cli(server.port, "list", "--tls")
         assert one_error_line(untrusted).startswith(
