@@ -310,7 +310,7 @@ async def test_task_log_of_a_job_and_of_the_server(server):
     lines = await exchange(server.port, submit("partial"))
     tid = tid_of(lines[0])
     log = await exchange(server.port, command("GetTaskLog", tid))
-    assert log == [f"R0000000- Lines: 1-6 of 6"] + [f"R0000000- {line}" for line in lines[1:-1]] \
+    assert log == ["R0000000- Lines: 1-6 of 6"] + [f"R0000000- {line}" for line in lines[1:-1]] \
         + [f"R0000000: {lines[-1]}"]
     tail = await exchange(server.port, command("GetTaskLog", tid, _sys_FromLine="5"))
     assert tail == ["R0000000- Lines: 5-6 of 6", f"R0000000- {lines[5]}", f"R0000000: {lines[6]}"]
