@@ -39,8 +39,8 @@ class Caller:
     """Who sent a packet: the job identity to use, and what they may do."""
 
     identity: str
-    admin: bool
-    #: False on an open server (no users): anyone may act on any job.
+    #: True for a user who is not an admin: they see and act on their own jobs
+    #: only.  False for an admin, and for everyone on an open server (no users).
     restricted: bool = False
 
 
@@ -158,14 +158,14 @@ class Commands:
     async def _caller(self, packet: Packet, peer: str) -> Caller:
         if self._auth is None or not self._auth.enabled:
             token = packet.variables.get("_sys_UserToken", "").strip()
-            return Caller(token or ANONYMOUS, admin=True)
+            return Caller(token or ANONYMOUS)
         name = packet.variables.get("_sys_User", "")
         user = await self._auth.authenticate(name, packet.variables.get("_sys_Password", ""),
                                              peer)
         if user is None:
             detail = "give _sys_User and _sys_Password" if not name else "wrong user or password"
             raise RequestError(Reply.NOT_AUTHENTICATED, detail)
-        return Caller(user.name, admin=user.is_admin, restricted=not user.is_admin)
+        return Caller(user.name, restricted=not user.is_admin)
 
     @staticmethod
     def _require_admin(caller: Caller, what: str) -> None:

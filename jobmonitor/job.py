@@ -30,6 +30,10 @@ from .stream import JobStream
 
 __all__ = ["Job"]
 
+#: The head of a plain information line, from the code table (the hot path's one
+#: formatted piece; lines.format_line makes the same for every other code).
+_INFO = Status.INFO
+_INFO_HEAD = f"J{int(_INFO):07d}: "
 #: Guards every job's batch of calls from worker threads (held for a list swap).
 _THREAD_LOCK = threading.Lock()
 
@@ -137,11 +141,11 @@ class Job:
             asyncio.CancelledError: from a worker thread, once the job is cancelled.
         """
         # The stream's hot path: one plain line from the loop, formatted in one go.
-        if (code == 100 and text.__class__ is str and text.isprintable()
+        if (code is _INFO and text.__class__ is str and text.isprintable()
                 and get_ident() == self._loop_thread):
             stream = self.stream
             if not stream.closed:
-                stream.lines.append(f"J0000100: {text}\r\n".encode())
+                stream.lines.append(f"{_INFO_HEAD}{text}\r\n".encode())
                 if not stream.scheduled:
                     stream.schedule()
                 self._last_text = text
@@ -261,10 +265,7 @@ class Job:
     # -- recording --------------------------------------------------------------
 
     def _say(self, code: int, text: str) -> None:
-        if threading.get_ident() == self._loop_thread:
-            self._record_line(code, text)
-        else:
-            self._from_any_thread(self._record_line, code, text)
+        self._from_any_thread(self._record_line, code, text)
 
     def _record_line(self, code: int, text: str) -> None:
         self.stream.extend(format_lines("J", code, text))
