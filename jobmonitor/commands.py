@@ -143,8 +143,9 @@ class Commands:
     def names(self) -> list[str]:
         return sorted(self._table)
 
-    async def run(self, packet: Packet, peer: str = "") -> Response:
-        """Execute one packet from the client at address ``peer``.
+    async def run(self, packet: Packet, peer: Callable[[], str] = str) -> Response:
+        """Execute one packet from the client whose address ``peer()`` gives (asked
+        only when credentials are checked: it may cost a system call).
 
         Raises:
             RequestError: the command is unknown or refused, or the credentials
@@ -153,12 +154,13 @@ class Commands:
         method = self._table.get(packet.command)
         if method is None:
             raise RequestError(Reply.UNKNOWN_COMMAND, clip(packet.command, 80))
-        return await method(packet, await self._caller(packet, peer))
-
-    async def _caller(self, packet: Packet, peer: str) -> Caller:
         if self._auth is None or not self._auth.enabled:
             token = packet.variables.get("_sys_UserToken", "").strip()
-            return Caller(token or ANONYMOUS)
+            return await method(packet, Caller(token or ANONYMOUS))
+        return await method(packet, await self._authenticated(packet, peer()))
+
+    async def _authenticated(self, packet: Packet, peer: str) -> Caller:
+        assert self._auth is not None
         name = packet.variables.get("_sys_User", "")
         user = await self._auth.authenticate(name, packet.variables.get("_sys_Password", ""),
                                              peer)

@@ -23,10 +23,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import socket
 from typing import TYPE_CHECKING
 
 from .codes import Reply, Status
+from .eager import start_eagerly
 from .errors import PacketError, RequestError
 from .lines import clip, format_line
 from .packet import Packet, PacketParser
@@ -84,8 +84,7 @@ class Connection(asyncio.Protocol):
         #: Where this connection is in the stream it watches (kept by the stream).
         self.stream_cursor = 0
 
-    @property
-    def peer_host(self) -> str:
+    def _peer_host(self) -> str:
         """The client's address (without the port)."""
         peer = self._transport.get_extra_info("peername") if self._transport else None
         return str(peer[0]) if isinstance(peer, tuple) else str(peer)
@@ -100,9 +99,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # No TCP_NODELAY here: asyncio and uvloop both set it on every TCP transport.
         transport.set_write_buffer_limits(high=self._config.max_pending_output_bytes)
         over_limit = self._server.connection_count >= self._config.max_connections
         self._server._connection_opened(self)
@@ -296,7 +293,9 @@ class Connection(asyncio.Protocol):
         self._cancel_timer()
         self._parser = None  # an lxml parser is kilobytes; a held connection keeps none
         self._state = _State.BUSY
-        self._task = self._loop.create_task(self._run(packet))
+        # Most commands never wait (a submit to the memory store, a status query):
+        # they run to their end here, with no task and no extra loop turn.
+        self._task = start_eagerly(self._loop, self._run(packet))
 
     async def _run(self, packet: Packet) -> None:
         try:
@@ -306,7 +305,7 @@ class Connection(asyncio.Protocol):
 
     async def _answer(self, packet: Packet) -> None:
         try:
-            response = await self._server.commands.run(packet, self.peer_host)
+            response = await self._server.commands.run(packet, self._peer_host)
         except RequestError as exc:
             self.reply(exc.code, exc.reply_text)
             self.finish()

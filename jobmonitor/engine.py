@@ -29,8 +29,7 @@ from .errors import JobFailed, RequestError
 from .handlers import Handler
 from .directory import JobDirectory
 from .job import Job
-from .lines import format_line
-from .lines import clip
+from .lines import clip, format_line
 from .records import HistoryEvent, JobRecord
 from .states import JobState, Outcome, can_transition
 from .store import Recordable, Store
@@ -63,6 +62,7 @@ class Engine:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._purger: asyncio.Task[None] | None = None
         self._hurry = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self.machine_name = config.machine_name or socket.gethostname()
         # Every stream's first line: formatted once, shared by all jobs.
         self._machine_line = format_line("J", Status.INFO, f"Machine name: {self.machine_name}")
@@ -71,6 +71,7 @@ class Engine:
 
     async def start(self) -> None:
         """Open the store, recover unfinished jobs, and start running jobs."""
+        self._loop = asyncio.get_running_loop()
         self._store.on_persisted = self._persisted
         recovery = await self._store.open()
         self._last_number = recovery.last_number
@@ -303,7 +304,7 @@ class Engine:
             job = self._queue.popleft()
             job.record.started = time.time()
             job._set_state(JobState.PROCESSING, "start")
-            self._running[job] = asyncio.ensure_future(self._run(job))
+            self._running[job] = self._loop.create_task(self._run(job))
 
     async def _run(self, job: Job) -> None:
         handler = self._handler(job)
@@ -346,12 +347,15 @@ class Engine:
         record = job.record
         record.outcome = outcome
         record.completed = time.time()
-        job._record_status(outcome.status)
-        job._record_status(Status.ENDED,
-                           Status.ENDED.text.format(transaction_id=job.transaction_id))
+        # The two last lines never vary but for the transaction ID: made here, not
+        # formatted from their texts each time.
+        job.stream.extend([_COMPLETION_LINES[outcome],
+                           _ENDED_HEAD + job.transaction_id.encode() + _ENDED_TAIL])
         job._set_state(outcome.state, _FINISH_EVENTS[outcome])
         job.stream.close()
-        log.info("job %s (%s) ended: %s", job.transaction_id, job.project, outcome.value)
+        # A job that succeeds is routine (thousands a second); the others are news.
+        log.log(logging.DEBUG if outcome is Outcome.SUCCESS else logging.INFO,
+                "job %s (%s) ended: %s", job.transaction_id, job.project, outcome.value)
 
     # -- durability --------------------------------------------------------------------
 
@@ -397,6 +401,11 @@ class Engine:
                 log.exception("purging old jobs failed")
             await asyncio.sleep(PURGE_INTERVAL_S)
 
+
+_COMPLETION_LINES = {outcome: format_line("J", outcome.status, outcome.status.text)
+                     for outcome in Outcome}
+_ENDED_HEAD, _ENDED_TAIL = (part.encode() for part in format_line(
+    "J", Status.ENDED, Status.ENDED.text).decode().split("{transaction_id}"))
 
 _FINISH_EVENTS = {
     Outcome.SUCCESS: "complete",

@@ -57,7 +57,7 @@ class JobStream:
     """The recorded lines of one job and the watchers following them."""
 
     __slots__ = ("lines", "base", "closed", "on_flush", "scheduled", "durable", "_loop",
-                 "_watchers")
+                 "_watchers", "_flush_handle")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, base: int = 0) -> None:
         self.lines: list[bytes] = []
@@ -75,6 +75,7 @@ class JobStream:
         # or none, and a one-entry dict costs four times a one-entry list.
         self._watchers: list[Watcher] = []
         self.scheduled = False
+        self._flush_handle: asyncio.Handle | None = None
 
     def __len__(self) -> int:
         """The number of lines recorded so far (in memory or not)."""
@@ -105,6 +106,8 @@ class JobStream:
         ends at once shares its watchers' first send with the reply.
         """
         self.closed = True
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()  # this flush is the last one needed
         self._flush()
 
     def watch(self, watcher: Watcher, from_line: int = 1) -> None:
@@ -162,10 +165,11 @@ class JobStream:
     def schedule(self) -> None:
         """Flush at the end of this event-loop turn (the caller checked ``scheduled``)."""
         self.scheduled = True
-        self._loop.call_soon(self._flush)
+        self._flush_handle = self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self.scheduled = False
+        self._flush_handle = None
         if self.on_flush is not None:
             self.on_flush()
         end = self._deliverable()
