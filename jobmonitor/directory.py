@@ -21,6 +21,7 @@ from .store import Store, TaskEvent
 __all__ = ["JobDirectory", "TASK_LOG_SIZE", "IDLE_TAIL_LINES"]
 
 TASK_LOG_SIZE = 200
+_new_tuple = tuple.__new__
 #: Stored lines of a job kept in memory when no monitor needs older ones.
 IDLE_TAIL_LINES = 1000
 
@@ -162,7 +163,10 @@ class JobDirectory:
             del self._monitors[transaction_id]
 
     def log_event(self, job: Job, event: HistoryEvent) -> None:
-        self._task_log.append(TaskEvent(job.transaction_id, job.project, event))
+        # tuple.__new__: a named tuple's own constructor is a Python-level call,
+        # and three of these are made for every job.
+        self._task_log.append(_new_tuple(TaskEvent, (job.record.transaction_id,
+                                                     job.record.project, event)))
 
     def seed_task_log(self, events: list[TaskEvent]) -> None:
         self._task_log.extend(events)

@@ -288,7 +288,8 @@ class Engine:
         job = Job(record, asyncio.get_running_loop())
         if self._store.durable:
             job.stream.durable = record.line_count
-        job.on_change = self._store.changed
+        if self._store.durable:  # a store that keeps nothing needs no word of changes
+            job.on_change = self._store.changed
         job.on_event = self.jobs.log_event
         self.jobs.add(job)
         return job
@@ -353,6 +354,7 @@ class Engine:
                            _ENDED_HEAD + job.transaction_id.encode() + _ENDED_TAIL])
         job._set_state(outcome.state, _FINISH_EVENTS[outcome])
         job.stream.close()
+        job.stream.on_flush = None  # no more lines; and no Job <-> stream cycle for the GC
         # A job that succeeds is routine (thousands a second); the others are news.
         log.log(logging.DEBUG if outcome is Outcome.SUCCESS else logging.INFO,
                 "job %s (%s) ended: %s", job.transaction_id, job.project, outcome.value)

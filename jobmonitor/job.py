@@ -36,6 +36,7 @@ _INFO = Status.INFO
 _INFO_HEAD = f"J{int(_INFO):07d}: "
 #: Guards every job's batch of calls from worker threads (held for a list swap).
 _THREAD_LOCK = threading.Lock()
+_new_tuple = tuple.__new__
 
 
 class Job:
@@ -307,21 +308,26 @@ class Job:
     def _set_state(self, state: JobState, event: str | None = None) -> None:
         """Move to ``state`` and record a ``job`` history event named ``event``."""
         now = time.time()
-        self.record.status = state
-        self.record.updated = now
+        record = self.record
+        record.status = state
+        record.updated = now
         if event is not None:
-            entry = HistoryEvent("job", event, now)
-            self.record.history.append(entry)
+            # tuple.__new__ skips the named tuple's Python-level constructor: a job
+            # changes state at least twice.
+            entry = _new_tuple(HistoryEvent, ("job", event, now, None, None))
+            record.history.append(entry)
             if self.on_event is not None:
                 self.on_event(self, entry)
-        self._changed()
+        if self.on_change is not None:
+            self.on_change(self, bool(self.stream._watchers))
 
     def _flushed(self) -> None:
         """New lines went out: the record's last message and update time follow."""
         record = self.record
         record.status_message = self._last_text
         record.updated = time.time()
-        self._changed()
+        if self.on_change is not None:
+            self.on_change(self, bool(self.stream._watchers))
 
     def _changed(self) -> None:
         if self.on_change is not None:

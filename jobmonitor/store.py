@@ -84,7 +84,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def changed(self, job: Recordable, urgent: bool = False) -> None:
         """The job's record or lines changed; write them soon (``urgent``: someone
-        is waiting on them, start a commit now)."""
+        is waiting on them, start a commit now).  Called only on a durable store."""
 
     async def flush(self) -> None:
         """Return once everything changed so far is written."""
