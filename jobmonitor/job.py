@@ -13,7 +13,6 @@ the engine and the store read it, handlers use the methods here.
 from __future__ import annotations
 
 import asyncio
-import copy
 import datetime as dt
 import threading
 import time
@@ -125,7 +124,7 @@ class Job:
 
     def snapshot(self) -> JobRecord:
         """A copy of the job's record as it is now."""
-        record = copy.copy(self.record)
+        record = self.record.copy()
         record.status_message = self._last_text
         record.history = list(record.history)
         record.outputs = list(record.outputs)

@@ -6,7 +6,8 @@ A live ``Job`` turns itself into a ``JobRecord`` snapshot; a store returns
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import operator
+from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
 from .states import JobState, Outcome
@@ -61,6 +62,11 @@ class JobRecord:
     history: list[HistoryEvent] = field(default_factory=list)
     outputs: list[Output] = field(default_factory=list)
 
+    def copy(self) -> JobRecord:
+        """A shallow copy (the lists and dicts are shared), several times faster
+        than ``copy.copy`` on a slotted dataclass."""
+        return JobRecord(*_ALL_FIELDS(self))
+
     @property
     def job_name(self) -> str:
         return self.params.get("JobName", "")
@@ -69,3 +75,6 @@ class JobRecord:
     def number(self) -> int:
         """The numeric part of the transaction ID."""
         return int(self.transaction_id[1:])
+
+
+_ALL_FIELDS = operator.attrgetter(*(f.name for f in fields(JobRecord)))

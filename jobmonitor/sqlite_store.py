@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import json
 import logging
 import sqlite3
@@ -65,6 +66,8 @@ _JOB_COLUMNS = ("number, project, params, doc_variables, identity, job_token, st
                 "created, started, updated, completed, estimated, line_count")
 _UNFINISHED = tuple(s.value for s in JobState if not s.is_final)
 RECENT_EVENTS = 200
+#: Most parameters in one statement (SQLite's limit is 32 766 since 3.32, 999 before).
+_MAX_VARIABLES = 999
 #: Most lines in one stored block.
 BLOCK_LINES = 2000
 
@@ -76,6 +79,9 @@ class _Written:
     lines: int = 0
     history: int = 0
     outputs: int = 0
+    #: The job's params and doc_variables as stored: they never change, so they
+    #: are encoded once, not at every commit that writes the job's row.
+    encoded: tuple[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -209,7 +215,9 @@ class SqliteStore(Store):
                                  for i, o in enumerate(record.outputs[written.outputs:]))
             written.outputs = len(record.outputs)
             record.line_count = written.lines
-            batch.rows.append(_row(record))
+            if written.encoded is None:
+                written.encoded = (json.dumps(record.params), json.dumps(record.doc_variables))
+            batch.rows.append(_row(record, *written.encoded))
             batch.stored.append((job, written.lines))
             if record.status.is_final and written.lines == len(stream):
                 del self._written[record.transaction_id]  # nothing more will change
@@ -252,18 +260,10 @@ class SqliteStore(Store):
         assert db is not None
         db.execute("BEGIN")
         try:
-            if batch.rows:
-                db.executemany(f"REPLACE INTO jobs ({_JOB_COLUMNS}) VALUES "
-                               f"({','.join('?' * 19)})", batch.rows)
-            if batch.blocks:
-                db.executemany("INSERT OR REPLACE INTO line_blocks VALUES (?, ?, ?, ?)",
-                               batch.blocks)
-            if batch.history:
-                db.executemany("INSERT OR REPLACE INTO history VALUES (?, ?, ?, ?, ?, ?, ?)",
-                               batch.history)
-            if batch.outputs:
-                db.executemany("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?, ?)",
-                               batch.outputs)
+            _insert(db, f"REPLACE INTO jobs ({_JOB_COLUMNS})", batch.rows)
+            _insert(db, "INSERT OR REPLACE INTO line_blocks", batch.blocks)
+            _insert(db, "INSERT OR REPLACE INTO history", batch.history)
+            _insert(db, "INSERT OR REPLACE INTO outputs", batch.outputs)
             db.execute("REPLACE INTO meta VALUES ('last_number', ?)", (str(batch.last_number),))
             db.execute("COMMIT")
         except BaseException:
@@ -352,6 +352,25 @@ class SqliteStore(Store):
         db.execute("COMMIT")
 
 
+def _insert(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """``head VALUES (...), (...), ...``: many rows per statement.
+
+    Not ``executemany``: it takes the GIL back after every row, and while the
+    event loop's thread is busy each such handover waits out the interpreter's
+    switch interval (5 ms), so a commit of a few hundred rows took seconds.  A
+    statement per ``_MAX_VARIABLES`` parameters hands it over a few times per commit.
+    """
+    if not rows:
+        return
+    width = len(rows[0])
+    group = "(" + ",".join("?" * width) + ")"
+    step = max(1, _MAX_VARIABLES // width)
+    for start in range(0, len(rows), step):
+        chunk = rows[start:start + step]
+        db.execute(f"{head} VALUES {','.join([group] * len(chunk))}",
+                   list(itertools.chain.from_iterable(chunk)))
+
+
 def _tid(number: int) -> str:
     return f"T{number:07d}"
 
@@ -362,8 +381,8 @@ def _number(transaction_id: str) -> int | None:
     return None
 
 
-def _row(r: JobRecord) -> tuple[Any, ...]:
-    return (r.number, r.project, json.dumps(r.params), json.dumps(r.doc_variables), r.identity,
+def _row(r: JobRecord, params: str, doc_variables: str) -> tuple[Any, ...]:
+    return (r.number, r.project, params, doc_variables, r.identity,
             r.job_token, r.status.value, r.outcome.value if r.outcome else None,
             r.progress_done, r.progress_total, r.progress_message, r.status_message, r.worker,
             r.created, r.started, r.updated, r.completed, r.estimated, r.line_count)

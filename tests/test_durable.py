@@ -282,3 +282,17 @@ async def test_a_retry_job_deaf_to_cancellation_is_still_left_to_recovery(
     lines = await exchange(again.port, xml_packet("MonitorJob", {"_sys_TransactionID": tid}))
     assert lines[-4:] == ["J0000132: Job queued to run again.", "J0000100: second run",
                           "J0000020: Job completed successfully.", ENDED.format(tid)]
+
+
+@pytest.mark.parametrize("count", [0, 1, 52, 53, 500])
+def test_multi_row_inserts_store_every_row_whatever_the_batch_size(count):
+    # 52 rows of 19 columns fill one statement (999 parameters); 53 need two.
+    import sqlite3
+
+    from jobmonitor.sqlite_store import _insert
+
+    db = sqlite3.connect(":memory:")
+    db.execute(f"CREATE TABLE t ({', '.join(f'c{i}' for i in range(19))})")
+    rows = [tuple(n * 100 + i for i in range(19)) for n in range(count)]
+    _insert(db, "INSERT INTO t", rows)
+    assert db.execute("SELECT * FROM t ORDER BY c0").fetchall() == rows
