@@ -145,10 +145,12 @@ class Connection(asyncio.Protocol):
         if self._following:
             self._server.engine.jobs.monitor_detached(self._following)
             self._following = ""
-        self._next_line = 1  # while reading from the store: the next line to send
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         self._server._connection_closed(self)
+        # The transport holds us too: without this cycle, both go as soon as the
+        # loop lets go, not at the garbage collector's next pass.
+        self._transport = None
 
     def pause_writing(self) -> None:
         self._paused = True

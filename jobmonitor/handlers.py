@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 from .job import Job
@@ -27,6 +27,9 @@ class Handler:
     #: Called with the job variables at submit time; its ``RequestError`` is the reply.
     check: CheckFunc | None = None
 
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.func)
+    #: True for an ``async def`` handler (run on the loop), False for a plain
+    #: function (run in a thread); asked once per job, so worked out once here.
+    is_async: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.func))
