@@ -79,9 +79,6 @@ class _Written:
     lines: int = 0
     history: int = 0
     outputs: int = 0
-    #: The job's params and doc_variables as stored: they never change, so they
-    #: are encoded once, not at every commit that writes the job's row.
-    encoded: tuple[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -215,9 +212,7 @@ class SqliteStore(Store):
                                  for i, o in enumerate(record.outputs[written.outputs:]))
             written.outputs = len(record.outputs)
             record.line_count = written.lines
-            if written.encoded is None:
-                written.encoded = (json.dumps(record.params), json.dumps(record.doc_variables))
-            batch.rows.append(_row(record, *written.encoded))
+            batch.rows.append(_row(record))
             batch.stored.append((job, written.lines))
             if record.status.is_final and written.lines == len(stream):
                 del self._written[record.transaction_id]  # nothing more will change
@@ -381,8 +376,10 @@ def _number(transaction_id: str) -> int | None:
     return None
 
 
-def _row(r: JobRecord, params: str, doc_variables: str) -> tuple[Any, ...]:
-    return (r.number, r.project, params, doc_variables, r.identity,
+def _row(r: JobRecord) -> tuple[Any, ...]:
+    # The params are encoded at every commit that writes the row (twice for most
+    # jobs) rather than kept encoded: a held job's memory matters more.
+    return (r.number, r.project, json.dumps(r.params), json.dumps(r.doc_variables), r.identity,
             r.job_token, r.status.value, r.outcome.value if r.outcome else None,
             r.progress_done, r.progress_total, r.progress_message, r.status_message, r.worker,
             r.created, r.started, r.updated, r.completed, r.estimated, r.line_count)
