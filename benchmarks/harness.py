@@ -20,7 +20,7 @@ import dataclasses
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,8 @@ from report import NOISY_PERCENT, OTHERS_CPU, format_value, markdown_table, resu
 __all__ = [
     "SCENARIOS", "LINE", "Sizes", "QUICK_SIZES", "FULL_SIZES", "Endpoint", "Target", "Result",
     "ServerProcess", "CpuWatch", "measure", "percentile", "rss_kb", "free_port", "find_binary",
-    "ping", "wait_until", "markdown_table", "results_json", "raise_fd_limit",
+    "ping", "wait_until", "markdown_table", "results_json", "raise_fd_limit", "job_metrics",
+    "submit_metrics", "drain",
 ]
 
 SCENARIOS = ("stream", "fanout", "jobs", "held")
@@ -274,6 +275,29 @@ def _descendants(processes: dict[int, tuple[int, str, int]], root: int) -> set[i
         found.add(pid)
         pending += children.get(pid, [])
     return found
+
+
+def job_metrics(jobs: int, latencies: Sequence[float], elapsed: float) -> dict[str, float]:
+    """The monitored phase of ``jobs``: jobs/s and latency to the job's end."""
+    return {"jobs_per_s": jobs / elapsed, "p50_ms": percentile(latencies, 0.50) * 1000,
+            "p99_ms": percentile(latencies, 0.99) * 1000, "elapsed_s": elapsed}
+
+
+def submit_metrics(submits: int, latencies: Sequence[float], elapsed: float) -> dict[str, float]:
+    """The fire-and-forget phase of ``jobs``: submits/s and latency to the acknowledgement."""
+    return {"submits_per_s": submits / elapsed, "submit_p50_ms": percentile(latencies, 0.50) * 1000,
+            "submit_p99_ms": percentile(latencies, 0.99) * 1000, "submit_elapsed_s": elapsed}
+
+
+async def drain(idle: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> float:
+    """Wait until ``idle()`` says the server has no job left; return the seconds it took.
+
+    The submit phase of ``jobs`` leaves jobs running in the background; they
+    must be finished before the next measurement, or they would load it.
+    """
+    started = time.perf_counter()
+    await wait_until(idle, timeout_s, what, interval_s=0.02)
+    return time.perf_counter() - started
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:

@@ -19,7 +19,20 @@ OTHERS_CPU = "others_cpu_pct"
 NOISY_PERCENT = 20.0
 
 _UNITS = {"lines_per_s": "lines/s", "jobs_per_s": "jobs/s", "p50_ms": "ms", "p99_ms": "ms",
+          "submits_per_s": "submits/s", "submit_p50_ms": "ms", "submit_p99_ms": "ms",
           "kb_per_conn": "KiB/conn", "release_s": "s", "elapsed_s": "s", "setup_s": "s"}
+_UNIT_SUFFIXES = ("_per_s", "_per_conn", "_ms", "_s")
+# In the JSON, not in the table: durations of whole phases, and the noise gauge.
+_NOT_TABULATED = ("elapsed_s", "submit_elapsed_s", "submit_drain_s", OTHERS_CPU)
+
+
+def metric_label(name: str) -> str:
+    """``p99_ms`` -> ``p99 (ms)``, ``submit_p99_ms`` -> ``submit p99 (ms)``."""
+    unit = _UNITS.get(name)
+    if unit is None:
+        return name
+    stem = next((name[:-len(s)] for s in _UNIT_SUFFIXES if name.endswith(s)), name)
+    return f"{stem.replace('_', ' ')} ({unit})"
 
 
 def format_value(value: float) -> str:
@@ -48,11 +61,9 @@ def markdown_table(results: Sequence[Result]) -> str:
             note += " \\*"
             noisy = True
         for name, stats in summary.items():
-            if name in ("elapsed_s", OTHERS_CPU):
+            if name in _NOT_TABULATED:
                 continue
-            unit = _UNITS.get(name, name)
-            label = name if unit == name else f"{name.split('_')[0]} ({unit})"
-            rows.append(f"| {result.scenario} | {result.target}{note} | {label} | "
+            rows.append(f"| {result.scenario} | {result.target}{note} | {metric_label(name)} | "
                         f"{format_value(stats['median'])} | {format_value(stats['min'])} | "
                         f"{format_value(stats['max'])} | {len(stats['samples'])} |")
     if noisy:

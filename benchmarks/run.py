@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     sizes.add_argument("--stream-lines", type=int, help="lines of the stream job (200000)")
     sizes.add_argument("--fanout-lines", type=int, help="lines of the fan-out job (200000)")
     sizes.add_argument("--fanout-watchers", type=int, help="clients watching it (100)")
-    sizes.add_argument("--jobs", type=int, help="tiny jobs in the jobs scenario (20000)")
+    sizes.add_argument("--jobs", type=int,
+                       help="tiny jobs in the jobs scenario: monitored, then as many "
+                            "fire and forget (20000)")
     sizes.add_argument("--clients", type=int, help="concurrent clients submitting them (50)")
     sizes.add_argument("--held", type=int, help="connections held open on a job (5000)")
     sizes.add_argument("--timeout-s", type=float, help="hard limit of one run (120)")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import wire
-from harness import Endpoint, ServerProcess, Sizes, Target, wait_until
+from harness import Endpoint, ServerProcess, Sizes, Target, drain, wait_until
 
 __all__ = ["BareTarget", "JobmonitorTarget", "BENCH_DIR", "REPO_DIR"]
 
@@ -60,7 +60,11 @@ class _WireTarget(Target):
         if scenario == "stream":
             return await wire.run_stream(endpoint, sizes.stream_lines)
         if scenario == "jobs":
-            return await wire.run_jobs(endpoint, sizes.jobs, sizes.clients)
+            metrics = await wire.run_jobs(endpoint, sizes.jobs, sizes.clients)
+            metrics.update(await wire.run_submits(endpoint, sizes.jobs, sizes.clients))
+            metrics["submit_drain_s"] = await drain(lambda: self.idle(endpoint),
+                                                    sizes.timeout_s, "background jobs done")
+            return metrics
         if scenario == "fanout":
             return await wire.run_fanout(endpoint, sizes.fanout_lines, sizes.fanout_watchers,
                                          self)  # type: ignore[arg-type]
@@ -68,6 +72,13 @@ class _WireTarget(Target):
             return await wire.run_held(endpoint, sizes.held, self,  # type: ignore[arg-type]
                                        sizes.timeout_s)
         raise ValueError(f"{self.name} cannot run {scenario}")
+
+    async def idle(self, endpoint: Endpoint) -> bool:
+        """True once no job submitted so far is queued or running.
+
+        The bare server runs nothing after its reply, so it is always idle.
+        """
+        return True
 
 
 class BareTarget(_WireTarget):
@@ -180,27 +191,29 @@ class JobmonitorTarget(_WireTarget):
             marker.write(f"{time.time()}\n")
 
     async def wait_running(self, endpoint: Endpoint, count: int, timeout_s: float) -> None:
-        await wait_until(_QueueLenProbe(endpoint, count).check, timeout_s,
-                         f"{count} bench.hold jobs running", interval_s=0.05)
+        async def running() -> bool:
+            lengths = await _queue_lengths(endpoint)
+            return lengths.get("Running", 0) >= count and lengths.get("Queued", 1) == 0
+
+        await wait_until(running, timeout_s, f"{count} bench.hold jobs running",
+                         interval_s=0.05)
+
+    async def idle(self, endpoint: Endpoint) -> bool:
+        lengths = await _queue_lengths(endpoint)
+        return lengths.get("Running", 1) == 0 and lengths.get("Queued", 1) == 0
 
 
-class _QueueLenProbe:
-    """Asks GetJobQueueLen until ``Running`` reaches ``count`` and nothing is queued."""
-
-    def __init__(self, endpoint: Endpoint, count: int) -> None:
-        self.endpoint = endpoint
-        self.count = count
-
-    async def check(self) -> bool:
-        reader, writer = await asyncio.open_connection(self.endpoint.host, self.endpoint.port)
-        try:
-            writer.write(wire.command_packet("GetJobQueueLen"))
-            text = (await asyncio.wait_for(reader.read(), 10)).decode(errors="replace")
-        finally:
-            writer.close()
-        values = {}
-        for line in text.splitlines():
-            key, _, value = line[10:].partition(":")
-            if value.strip().isdigit():
-                values[key.strip()] = int(value)
-        return values.get("Running", 0) >= self.count and values.get("Queued", 1) == 0
+async def _queue_lengths(endpoint: Endpoint) -> dict[str, int]:
+    """GetJobQueueLen: ``Queued`` and ``Running``."""
+    reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+    try:
+        writer.write(wire.command_packet("GetJobQueueLen"))
+        text = (await asyncio.wait_for(reader.read(), 10)).decode(errors="replace")
+    finally:
+        writer.close()
+    values = {}
+    for line in text.splitlines():
+        key, _, value = line[10:].partition(":")
+        if value.strip().isdigit():
+            values[key.strip()] = int(value)
+    return values

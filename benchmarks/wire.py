@@ -21,10 +21,10 @@ import uuid
 from typing import Protocol
 from xml.sax.saxutils import escape
 
-from harness import Endpoint, percentile, rss_kb
+from harness import Endpoint, job_metrics, rss_kb, submit_metrics
 
 __all__ = ["Releaser", "command_packet", "submit_packet", "exchange", "run_stream",
-           "run_jobs", "run_fanout", "run_held"]
+           "run_jobs", "run_submits", "run_fanout", "run_held"]
 
 ENDED = b"J0000001: "
 TAIL_BYTES = 80  # longer than any ended line
@@ -160,9 +160,35 @@ async def run_jobs(endpoint: Endpoint, jobs: int, clients: int) -> dict[str, flo
 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
-    elapsed = time.perf_counter() - started
-    return {"jobs_per_s": jobs / elapsed, "p50_ms": percentile(latencies, 0.50) * 1000,
-            "p99_ms": percentile(latencies, 0.99) * 1000, "elapsed_s": elapsed}
+    return job_metrics(jobs, latencies, time.perf_counter() - started)
+
+
+async def run_submits(endpoint: Endpoint, submits: int, clients: int) -> dict[str, float]:
+    """``submits`` fire-and-forget tiny jobs, one connection each, ``clients`` at a time.
+
+    Each client connects, sends an unmonitored ``SubmitJob``, reads the
+    ``R0000000: T...`` reply and closes, as jobmonitor's client does for
+    ``monitor=False``; latency runs from connect to the reply.  The jobs run
+    on in the server: the caller waits for them to finish.
+    """
+    packet = submit_packet("bench.tiny", monitor=False)
+    numbers = iter(range(submits))
+    latencies: list[float] = []
+
+    async def client() -> None:
+        for _ in numbers:
+            started = time.perf_counter()
+            protocol = await _open(endpoint, packet)
+            try:
+                _check_reply(await protocol.reply, "bench.tiny (not monitored)")
+            finally:
+                assert protocol.transport is not None
+                protocol.transport.close()
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return submit_metrics(submits, latencies, time.perf_counter() - started)
 
 
 async def run_fanout(endpoint: Endpoint, lines: int, watchers: int,

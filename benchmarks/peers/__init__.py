@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import Endpoint, ServerProcess, Sizes, Target, find_binary, free_port
+from harness import Endpoint, ServerProcess, Sizes, Target, drain, find_binary, free_port
 
 __all__ = ["GearmandTarget", "BeanstalkdTarget"]
 
@@ -134,7 +134,12 @@ class GearmandTarget(_PeerTarget):
             return await gearman.run_stream(endpoint, sizes.stream_lines)
         if scenario == "jobs":
             run = gearman.run_jobs_persistent if self.persistent else gearman.run_jobs
-            return await run(endpoint, sizes.jobs, sizes.clients)
+            submit = gearman.run_submits_persistent if self.persistent else gearman.run_submits
+            metrics = await run(endpoint, sizes.jobs, sizes.clients)
+            metrics.update(await submit(endpoint, sizes.jobs, sizes.clients))
+            metrics["submit_drain_s"] = await drain(lambda: gearman.idle(endpoint),
+                                                    sizes.timeout_s, "background jobs done")
+            return metrics
         if scenario == "held":
             return await gearman.run_held(endpoint, sizes.held, sizes.timeout_s)
         raise ValueError(f"{self.name} cannot run {scenario}")
@@ -160,6 +165,10 @@ class BeanstalkdTarget(_PeerTarget):
         from peers import beanstalk
 
         if scenario == "jobs":
-            return await beanstalk.run_jobs(endpoint, sizes.jobs, sizes.clients)
+            metrics = await beanstalk.run_jobs(endpoint, sizes.jobs, sizes.clients)
+            metrics.update(await beanstalk.run_submits(endpoint, sizes.jobs, sizes.clients))
+            metrics["submit_drain_s"] = await drain(lambda: beanstalk.idle(endpoint),
+                                                    sizes.timeout_s, "background jobs done")
+            return metrics
         raise ValueError(f"{self.name} cannot run {scenario}")
 

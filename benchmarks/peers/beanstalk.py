@@ -11,6 +11,10 @@ job, puts a one-byte notice there.  A job's latency runs from the producer's
 gearman client waiting for its job's end; it costs beanstalkd two jobs per
 benchmark job.  Producers keep their connections (beanstalkd clients do) and
 pipeline the notice's ``delete`` with their next ``put``.
+
+Fire-and-forget submits (``run_submits``) ``put`` a job whose body is
+``NO_REPLY`` and wait for ``INSERTED`` only; the worker just deletes such a
+job.  ``idle`` tells when the job tube is empty again.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ import asyncio
 import time
 from collections.abc import Iterator
 
-from harness import Endpoint, percentile
+from harness import Endpoint, job_metrics, submit_metrics
 
-__all__ = ["run_jobs", "worker"]
+__all__ = ["run_jobs", "run_submits", "idle", "worker"]
 
 JOB_TUBE = b"bench.jobs"
 TTR_S = 60
+NO_REPLY = b"-"  # a job body no tube is named (tube names cannot start with "-")
 
 
 def put(body: bytes) -> bytes:
@@ -60,6 +65,10 @@ async def worker(endpoint: Endpoint, stop: asyncio.Event, ready: asyncio.Event) 
         using = b"default"
         while not stop.is_set():
             job_id, reply_tube = await read_reserved(reader)
+            if reply_tube == NO_REPLY:
+                writer.write(b"delete " + job_id + b"\r\nreserve\r\n")
+                await expect(reader, b"DELETED")
+                continue
             switch = b"" if reply_tube == using else b"use " + reply_tube + b"\r\n"
             writer.write(b"delete " + job_id + b"\r\n" + switch + put(b"x") + b"reserve\r\n")
             await expect(reader, b"DELETED")
@@ -106,6 +115,49 @@ async def run_jobs(endpoint: Endpoint, jobs: int, clients: int) -> dict[str, flo
     latencies: list[float] = []
     started = time.perf_counter()
     await asyncio.gather(*(_producer(endpoint, i, numbers, latencies) for i in range(clients)))
-    elapsed = time.perf_counter() - started
-    return {"jobs_per_s": jobs / elapsed, "p50_ms": percentile(latencies, 0.50) * 1000,
-            "p99_ms": percentile(latencies, 0.99) * 1000, "elapsed_s": elapsed}
+    return job_metrics(jobs, latencies, time.perf_counter() - started)
+
+
+async def _submitter(endpoint: Endpoint, numbers: Iterator[int], latencies: list[float]) -> None:
+    reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+    try:
+        writer.write(b"use " + JOB_TUBE + b"\r\n")
+        await expect(reader, b"USING")
+        request = put(NO_REPLY)
+        for _ in numbers:
+            started = time.perf_counter()
+            writer.write(request)
+            await expect(reader, b"INSERTED")
+            latencies.append(time.perf_counter() - started)
+    finally:
+        writer.close()
+
+
+async def run_submits(endpoint: Endpoint, submits: int, clients: int) -> dict[str, float]:
+    """``submits`` fire-and-forget jobs from ``clients`` producers that keep their
+    connections (as in ``run_jobs``): each ``put``s, waits for ``INSERTED`` and
+    puts the next.  The workers delete the jobs meanwhile; wait for ``idle``."""
+    numbers = iter(range(submits))
+    latencies: list[float] = []
+    started = time.perf_counter()
+    await asyncio.gather(*(_submitter(endpoint, numbers, latencies) for _ in range(clients)))
+    return submit_metrics(submits, latencies, time.perf_counter() - started)
+
+
+async def idle(endpoint: Endpoint) -> bool:
+    """True once the job tube holds no job: none ready, reserved, delayed or buried."""
+    reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+    try:
+        writer.write(b"stats-tube " + JOB_TUBE + b"\r\n")
+        _, size = (await asyncio.wait_for(expect(reader, b"OK "), 10)).split()
+        text = (await reader.readexactly(int(size) + 2)).decode(errors="replace")
+    finally:
+        writer.close()
+    counts = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.startswith("current-jobs-") and value.strip().isdigit():
+            counts[key] = int(value)
+    if not counts:
+        raise RuntimeError(f"beanstalkd: no job counts in stats-tube: {text[:200]!r}")
+    return not any(counts.values())

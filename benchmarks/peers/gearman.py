@@ -7,7 +7,8 @@ Only the packet types the benchmarks need are used:
 * worker: ``CAN_DO`` each function, then ``GRAB_JOB``; ``NO_JOB`` is answered
   with ``PRE_SLEEP`` and the server's ``NOOP`` wake-up with ``GRAB_JOB``.
 * client: ``SUBMIT_JOB`` (foreground), then ``JOB_CREATED``, any number of
-  ``WORK_DATA`` and one ``WORK_COMPLETE``.
+  ``WORK_DATA`` and one ``WORK_COMPLETE``; or ``SUBMIT_JOB_BG`` (background,
+  fire and forget), then ``JOB_CREATED`` only.
 
 The worker's functions mirror ``bench_jobs.py``: ``bench.stream`` relays N
 ``WORK_DATA`` packets of one 52-byte status line each, ``BATCH`` packets per
@@ -22,15 +23,15 @@ import asyncio
 import struct
 import time
 
-from harness import LINE, Endpoint, percentile, rss_kb
+from harness import LINE, Endpoint, job_metrics, rss_kb, submit_metrics
 
-__all__ = ["Worker", "run_stream", "run_jobs", "run_jobs_persistent", "run_held",
-           "admin_status", "FUNCTIONS"]
+__all__ = ["Worker", "run_stream", "run_jobs", "run_jobs_persistent", "run_submits",
+           "run_submits_persistent", "idle", "run_held", "admin_status", "FUNCTIONS"]
 
 REQ, RES = b"\0REQ", b"\0RES"
 CAN_DO, PRE_SLEEP, NOOP, SUBMIT_JOB, JOB_CREATED = 1, 4, 6, 7, 8
 GRAB_JOB, NO_JOB, JOB_ASSIGN, WORK_COMPLETE, WORK_FAIL = 9, 10, 11, 13, 14
-ERROR, WORK_EXCEPTION, WORK_DATA = 19, 25, 28
+SUBMIT_JOB_BG, ERROR, WORK_EXCEPTION, WORK_DATA = 18, 19, 25, 28
 HEADER = struct.Struct(">4sII")
 BATCH = 1000
 FUNCTIONS = ("bench.stream", "bench.tiny", "bench.hold", "bench.release")
@@ -227,11 +228,6 @@ async def run_stream(endpoint: Endpoint, lines: int) -> dict[str, float]:
     return {"lines_per_s": lines / elapsed, "elapsed_s": elapsed}
 
 
-def _job_metrics(jobs: int, latencies: list[float], elapsed: float) -> dict[str, float]:
-    return {"jobs_per_s": jobs / elapsed, "p50_ms": percentile(latencies, 0.50) * 1000,
-            "p99_ms": percentile(latencies, 0.99) * 1000, "elapsed_s": elapsed}
-
-
 async def run_jobs(endpoint: Endpoint, jobs: int, clients: int) -> dict[str, float]:
     """``jobs`` tiny foreground jobs, a new connection per job (as jobmonitor clients do)."""
     numbers = iter(range(jobs))
@@ -249,7 +245,7 @@ async def run_jobs(endpoint: Endpoint, jobs: int, clients: int) -> dict[str, flo
 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
-    return _job_metrics(jobs, latencies, time.perf_counter() - started)
+    return job_metrics(jobs, latencies, time.perf_counter() - started)
 
 
 async def run_jobs_persistent(endpoint: Endpoint, jobs: int, clients: int) -> dict[str, float]:
@@ -272,7 +268,107 @@ async def run_jobs_persistent(endpoint: Endpoint, jobs: int, clients: int) -> di
         for connection in connections:
             assert connection.transport is not None
             connection.transport.close()
-    return _job_metrics(jobs, latencies, time.perf_counter() - started)
+    return job_metrics(jobs, latencies, time.perf_counter() - started)
+
+
+class _Background(asyncio.Protocol):
+    """A client connection for background jobs: ``created`` resolves at each JOB_CREATED.
+
+    One job at a time: ``submit`` again once ``created`` is done.
+    """
+
+    SUBMIT_TINY = packet(REQ, SUBMIT_JOB_BG, b"bench.tiny", b"", b"")  # empty ID: never merged
+
+    def __init__(self) -> None:
+        self.created: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def submit_tiny(self) -> None:
+        if self.created.done():
+            self.created = asyncio.get_running_loop().create_future()
+        assert self.transport is not None
+        self.transport.write(self.SUBMIT_TINY)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        for kind, body in split_packets(self.buffer):
+            if self.created.done():
+                continue  # nothing else is expected on a background client
+            if kind == JOB_CREATED:
+                self.created.set_result(body)
+            elif kind == ERROR:
+                self.created.set_exception(RuntimeError(f"gearman: ERROR {body[:200]!r}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.created.done():
+            self.created.set_exception(ConnectionError(f"gearman: connection lost: {exc}"))
+
+
+async def _connect_background(endpoint: Endpoint) -> _Background:
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_connection(_Background, endpoint.host, endpoint.port)
+    return protocol
+
+
+async def run_submits(endpoint: Endpoint, submits: int, clients: int) -> dict[str, float]:
+    """``submits`` tiny background jobs, a new connection per submit: connect,
+    ``SUBMIT_JOB_BG``, wait for ``JOB_CREATED``, close.  The workers run the
+    jobs meanwhile; wait for ``idle`` afterwards."""
+    numbers = iter(range(submits))
+    latencies: list[float] = []
+
+    async def client() -> None:
+        for _ in numbers:
+            started = time.perf_counter()
+            connection = await _connect_background(endpoint)
+            try:
+                connection.submit_tiny()
+                await connection.created
+            finally:
+                assert connection.transport is not None
+                connection.transport.close()
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return submit_metrics(submits, latencies, time.perf_counter() - started)
+
+
+async def run_submits_persistent(endpoint: Endpoint, submits: int,
+                                 clients: int) -> dict[str, float]:
+    """``submits`` tiny background jobs over ``clients`` long-lived connections,
+    each submitting its next job once gearmand has acknowledged the last."""
+    numbers = iter(range(submits))
+    latencies: list[float] = []
+    connections = []
+    try:
+        for _ in range(clients):
+            connections.append(await _connect_background(endpoint))
+
+        async def client(connection: _Background) -> None:
+            for _ in numbers:
+                started = time.perf_counter()
+                connection.submit_tiny()
+                await connection.created
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(c) for c in connections))
+        elapsed = time.perf_counter() - started
+    finally:
+        for connection in connections:
+            assert connection.transport is not None
+            connection.transport.close()
+    return submit_metrics(submits, latencies, elapsed)
+
+
+async def idle(endpoint: Endpoint) -> bool:
+    """True once gearmand has no bench.tiny job queued or running."""
+    return (await admin_status(endpoint)).get("bench.tiny", (0, 0, 0))[0] == 0
 
 
 async def admin_status(endpoint: Endpoint) -> dict[str, tuple[int, int, int]]:
