@@ -36,6 +36,9 @@ class Config:
         "(default: jobmonitor.db in --data-dir for `jobmonitor serve`, memory when embedded)")
     data_dir: str = _setting(".", "folder of the default SQLite database")
     keep_days: float = _setting(7.0, "days finished jobs are kept (0 keeps them forever)")
+    max_finished_in_memory: int = _setting(
+        10_000, "finished jobs the memory store keeps for queries and re-attaching, the "
+        "oldest forgotten first (0: no limit; a durable store keeps them on disk instead)")
     commit_interval_s: float = _setting(
         0.05, "longest time a change waits before the SQLite store commits it")
     sqlite_synchronous: str = _setting(
@@ -84,7 +87,8 @@ class Config:
                               f"{self.sqlite_synchronous!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key: give both or neither")
-        _check_non_negative(self, "linger_s", "shutdown_grace_s", "keep_days", "max_queued_jobs")
+        _check_non_negative(self, "linger_s", "shutdown_grace_s", "keep_days", "max_queued_jobs",
+                            "max_finished_in_memory")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: must be 0..65535, got {self.port}")
 

@@ -1,7 +1,7 @@
 """The directory of jobs: finding a job, live or stored, and what is known about it.
 
-Every unfinished job is a live ``Job`` in memory; a finished one may be too (the
-memory store keeps them all), or only in the store.  Lookups answer from memory
+Every unfinished job is a live ``Job`` in memory; a finished one may be too (with
+the memory store, the last ``max_finished_in_memory`` of them), or only in the store.  Lookups answer from memory
 first and fall back to the store, so callers never need to know which.  The
 directory also counts each job's monitors and keeps the server-wide task log.
 It runs nothing: the engine decides what jobs do.
@@ -35,6 +35,8 @@ class JobDirectory:
         self._tokens: dict[tuple[str, str], str] = {}
         self._monitors: collections.Counter[str] = collections.Counter()
         self._task_log: collections.deque[TaskEvent] = collections.deque(maxlen=TASK_LOG_SIZE)
+        #: With a store that keeps nothing: finished jobs in the order they ended.
+        self._finished: collections.deque[str] = collections.deque()
 
     # -- membership ---------------------------------------------------------------
 
@@ -49,6 +51,18 @@ class JobDirectory:
         job = self._jobs.pop(transaction_id, None)
         if job is not None and job.record.job_token:
             self._tokens.pop((job.identity, job.record.job_token), None)
+
+    def keep_finished(self, job: Job, limit: int) -> None:
+        """Keep a finished job of a store that keeps nothing, forgetting the oldest
+        beyond ``limit`` (0: no limit), so such a server's memory stays bounded."""
+        if not limit:
+            return
+        finished = self._finished
+        finished.append(job.record.transaction_id)
+        while len(finished) > limit:
+            oldest = self._jobs.get(finished.popleft())
+            if oldest is not None and oldest.state.is_final:
+                self.forget(oldest.record.transaction_id)
 
     def live_jobs(self) -> list[Job]:
         return list(self._jobs.values())

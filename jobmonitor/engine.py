@@ -7,7 +7,7 @@ async handler runs as a task on the loop; a plain function runs in a worker
 thread.  Every job ends through ``_finish``, which records exactly one
 completion line and the ``Transaction ... ended`` line and closes the stream.
 
-Live jobs (queued, running, suspended, and finished ones a memory store keeps)
+Live jobs (queued, running, suspended, and the finished ones a memory store keeps)
 are ``Job`` objects in the ``JobDirectory``; with a durable store a finished job leaves
 memory once it is stored, and lookups fall back to the store.
 """
@@ -355,6 +355,8 @@ class Engine:
         job._set_state(outcome.state, _FINISH_EVENTS[outcome])
         job.stream.close()
         job.stream.on_flush = None  # no more lines; and no Job <-> stream cycle for the GC
+        if not self._store.durable:
+            self.jobs.keep_finished(job, self._config.max_finished_in_memory)
         # A job that succeeds is routine (thousands a second); the others are news.
         log.log(logging.DEBUG if outcome is Outcome.SUCCESS else logging.INFO,
                 "job %s (%s) ended: %s", job.transaction_id, job.project, outcome.value)

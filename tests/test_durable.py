@@ -296,3 +296,16 @@ def test_multi_row_inserts_store_every_row_whatever_the_batch_size(count):
     rows = [tuple(n * 100 + i for i in range(19)) for n in range(count)]
     _insert(db, "INSERT INTO t", rows)
     assert db.execute("SELECT * FROM t ORDER BY c0").fetchall() == rows
+
+
+async def test_the_memory_store_keeps_only_the_newest_finished_jobs(make_server):
+    server = await make_server(store="memory://", max_finished_in_memory=3)
+    waiting = tid_of((await exchange(server.port, submit("wait", monitor=False, Key="cap")))[0])
+    done = [tid_of((await exchange(server.port, submit("echo")))[0]) for _ in range(5)]
+    for tid in done[:2]:
+        assert await exchange(server.port, status(tid)) == [f"R0005009: Unknown transaction: {tid}"]
+    for tid in done[2:]:
+        assert field(await exchange(server.port, status(tid)), "Status") == "Completed"
+    # Jobs still running are never forgotten, however many finish after them.
+    assert field(await exchange(server.port, status(waiting)), "Status") == "Processing"
+    await release("cap")
