@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import platform
+from sys import intern
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -211,7 +212,10 @@ class Commands:
     async def submit_job(self, packet: Packet, caller: Caller) -> Response:
         project = required(packet, "ProjectName")
         monitor = parse_bool(packet, "_sys_ClientJobMonitor")
-        params = {k: v for k, v in packet.variables.items() if not k.startswith(SYSTEM_PREFIX)}
+        # Interned names: the same few variable names come with every job, and a
+        # job kept waiting keeps its params.
+        params = {intern(k): v for k, v in packet.variables.items()
+                  if not k.startswith(SYSTEM_PREFIX)}
         transaction_id, job = await self._engine.submit(
             project, params, packet.doc_variables, identity=caller.identity,
             job_token=packet.variables.get("_sys_JobToken", "").strip() or None)

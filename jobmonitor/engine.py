@@ -54,6 +54,11 @@ class Engine:
         self._store = store
         #: Every job by transaction ID (and client key), live or stored.
         self.jobs = JobDirectory(store)
+        # Every job's hooks, as bound methods made once (one each per job would be
+        # 128 bytes more per waiting job).  A store that keeps nothing needs no word
+        # of changes.
+        self._on_change = store.changed if store.durable else None
+        self._on_event = self.jobs.log_event
         self._queue: collections.deque[Job] = collections.deque()
         self._running: dict[Job, asyncio.Future[Any]] = {}
         self._last_number = 0
@@ -288,9 +293,8 @@ class Engine:
         job = Job(record, asyncio.get_running_loop())
         if self._store.durable:
             job.stream.durable = record.line_count
-        if self._store.durable:  # a store that keeps nothing needs no word of changes
-            job.on_change = self._store.changed
-        job.on_event = self.jobs.log_event
+        job.on_change = self._on_change
+        job.on_event = self._on_event
         self.jobs.add(job)
         return job
 

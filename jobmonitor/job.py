@@ -46,15 +46,13 @@ class Job:
     ``add_output``; the rest is read by the server.
     """
 
-    __slots__ = ("record", "params", "doc_variables", "stream", "on_change", "on_event",
+    __slots__ = ("record", "stream", "on_change", "on_event",
                  "_last_text", "_loop", "_loop_thread", "_cancel_requested",
                  "_suspend_requested", "_leave_to_recovery", "_resume_waiter",
                  "_thread_resumed", "_thread_pending", "__weakref__")
 
     def __init__(self, record: JobRecord, loop: asyncio.AbstractEventLoop) -> None:
         self.record = record
-        self.params: Mapping[str, str] = MappingProxyType(record.params)
-        self.doc_variables: Mapping[str, str] = MappingProxyType(record.doc_variables)
         self.stream = JobStream(loop, base=record.line_count)
         self.stream.on_flush = self._flushed
         # The last message, kept here per line and copied to the record per flush.
@@ -71,12 +69,22 @@ class Job:
         # Made only when needed: most jobs never pause and never run in a thread.
         self._resume_waiter: asyncio.Future[None] | None = None
         self._thread_resumed: threading.Event | None = None
-        self._thread_pending: list[Callable[[], None]] = []
+        self._thread_pending: list[Callable[[], None]] | None = None
 
     def __repr__(self) -> str:
         return f"<Job {self.transaction_id} {self.project!r} {self.state.value}>"
 
     # -- what the job is ------------------------------------------------------
+
+    @property
+    def params(self) -> Mapping[str, str]:
+        """The job variables, read-only (made on each use: a waiting job keeps none)."""
+        return MappingProxyType(self.record.params)
+
+    @property
+    def doc_variables(self) -> Mapping[str, str]:
+        """The doc variables, read-only."""
+        return MappingProxyType(self.record.doc_variables)
 
     @property
     def transaction_id(self) -> str:
@@ -283,14 +291,17 @@ class Job:
         if self._cancel_requested:
             raise asyncio.CancelledError()
         with _THREAD_LOCK:
-            first = not self._thread_pending
-            self._thread_pending.append(lambda: func(*args))
+            pending = self._thread_pending
+            first = not pending
+            if pending is None:
+                pending = self._thread_pending = []
+            pending.append(lambda: func(*args))
         if first:
             self._loop.call_soon_threadsafe(self._take_from_thread)
 
     def _take_from_thread(self) -> None:
         with _THREAD_LOCK:
-            pending, self._thread_pending = self._thread_pending, []
+            pending, self._thread_pending = self._thread_pending or [], []
         for call in pending:
             call()
 

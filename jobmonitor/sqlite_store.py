@@ -66,6 +66,10 @@ _JOB_COLUMNS = ("number, project, params, doc_variables, identity, job_token, st
                 "created, started, updated, completed, estimated, line_count")
 _UNFINISHED = tuple(s.value for s in JobState if not s.is_final)
 RECENT_EVENTS = 200
+#: SQLite's page cache, in KiB (its default is 2000).  The store mostly appends
+#: and reads back recent pages; the OS caches the file anyway, and every MiB
+#: kept here is charged to a server holding thousands of waiting jobs.
+CACHE_KIB = 1024
 #: Most parameters in one statement (SQLite's limit is 32 766 since 3.32, 999 before).
 _MAX_VARIABLES = 999
 #: Most lines in one stored block.
@@ -186,6 +190,7 @@ class SqliteStore(Store):
                     if not waiter.done():
                         waiter.set_result(None)
                 self._after_commit(batch)
+            del batch  # not kept while we wait: it may hold a row for every job
             if self._closing and not self._dirty:
                 return
 
@@ -234,6 +239,7 @@ class SqliteStore(Store):
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
+        db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         db.executescript(_SCHEMA)
         self._db = db
         stored = db.execute("SELECT value FROM meta WHERE key = 'last_number'").fetchone()
@@ -352,18 +358,22 @@ def _insert(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) 
 
     Not ``executemany``: it takes the GIL back after every row, and while the
     event loop's thread is busy each such handover waits out the interpreter's
-    switch interval (5 ms), so a commit of a few hundred rows took seconds.  A
-    statement per ``_MAX_VARIABLES`` parameters hands it over a few times per commit.
+    switch interval (5 ms), so a commit of a few hundred rows took seconds.
+    Statements hold a power of two of rows (up to ``_MAX_VARIABLES`` parameters):
+    a few shapes only, so the prepared ones the connection caches stay few.
     """
     if not rows:
         return
     width = len(rows[0])
     group = "(" + ",".join("?" * width) + ")"
-    step = max(1, _MAX_VARIABLES // width)
-    for start in range(0, len(rows), step):
-        chunk = rows[start:start + step]
-        db.execute(f"{head} VALUES {','.join([group] * len(chunk))}",
+    largest = 1 << ((_MAX_VARIABLES // width).bit_length() - 1)
+    start = 0
+    while start < len(rows):
+        size = min(largest, 1 << ((len(rows) - start).bit_length() - 1))
+        chunk = rows[start:start + size]
+        db.execute(f"{head} VALUES {','.join([group] * size)}",
                    list(itertools.chain.from_iterable(chunk)))
+        start += size
 
 
 def _tid(number: int) -> str:

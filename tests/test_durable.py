@@ -284,9 +284,9 @@ async def test_a_retry_job_deaf_to_cancellation_is_still_left_to_recovery(
                           "J0000020: Job completed successfully.", ENDED.format(tid)]
 
 
-@pytest.mark.parametrize("count", [0, 1, 52, 53, 500])
+@pytest.mark.parametrize("count", [0, 1, 31, 32, 33, 63, 500])
 def test_multi_row_inserts_store_every_row_whatever_the_batch_size(count):
-    # 52 rows of 19 columns fill one statement (999 parameters); 53 need two.
+    # Rows of 19 columns go 32 to a statement at most (999 parameters), in powers of two.
     import sqlite3
 
     from jobmonitor.sqlite_store import _insert
