@@ -225,7 +225,7 @@ class PacketParser:
         self._held = ""  # text a stage cannot judge yet
         self._newlines = 0  # in the leading space and declaration that lxml never sees
         self._markup_end = ""  # in the prolog: the end of the comment or PI we are in
-        self._xml = _new_xml_parser()
+        self._xml: etree.XMLPullParser | None = None  # made when the body stage starts
         self._names: list[str] = []  # local names of the open elements: at most 3
         self._elements: list[etree._Element] = []  # the open elements themselves
         # The last element closed inside the innermost open one: its tail is the
@@ -397,6 +397,10 @@ class PacketParser:
         return self._feed_xml(text[:keep_from]) if keep_from else None
 
     def _feed_xml(self, text: str) -> Packet | None:
+        if self._xml is None:
+            # Made on first use, not per connection: it is costly to build, and a
+            # packet refused in the declaration or prolog never needs one.
+            self._xml = _new_xml_parser()
         try:
             self._xml.feed(text.encode("utf-8"))
         except etree.XMLSyntaxError as exc:
@@ -411,6 +415,7 @@ class PacketParser:
     # -- the packet's shape ----------------------------------------------------
 
     def _read_events(self) -> Packet | None:
+        assert self._xml is not None
         for event, element in self._xml.read_events():
             if event == "start":
                 self._start(element)
