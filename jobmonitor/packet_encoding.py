@@ -22,6 +22,7 @@ from .lines import clip
 
 __all__ = [
     "SPACE",
+    "ILLEGAL_CHARS",
     "ILLEGAL_CHAR",
     "PSEUDO_ATTRIBUTES",
     "ENCODING_ATTRIBUTE",
@@ -34,8 +35,10 @@ __all__ = [
     "decoder_class",
 ]
 
-# Characters XML 1.0 cannot carry, even as character references.
-ILLEGAL_CHAR = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+# Characters XML 1.0 cannot carry, even as character references: a range for
+# a regular expression's character class, and that class.
+ILLEGAL_CHARS = "\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff"
+ILLEGAL_CHAR = re.compile(f"[{ILLEGAL_CHARS}]")
 SPACE = " \t\r\n"
 # The declaration's pseudo-attributes: version="1.0" encoding="..." standalone="yes".
 PSEUDO_ATTRIBUTES = re.compile(
