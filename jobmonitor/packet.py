@@ -2,14 +2,22 @@
 
 Sans-I/O.  A :class:`PacketParser` is fed bytes as they arrive and hands back
 the :class:`Packet` the moment the root ``job_command`` element closes, because
-a telnet or netcat client never closes its side.  Bytes go through four stages:
+a telnet or netcat client never closes its side.
+
+Most packets arrive whole in the first chunk and use little of XML.  Such a
+chunk is first tried on a fast path (:mod:`jobmonitor.packet_fast`): regular
+expressions that read a strict subset of packets to exactly the Packet the
+stages below would, several times faster.  For anything outside that subset,
+including every malformed packet, it gives up without a trace and the chunk
+goes through the four stages like any other:
 
 1. *sniff*: a byte-order mark, or the zero bytes around the first ``<`` or
    whitespace, pick UTF-16 or UTF-32; anything else is ASCII-compatible.
 2. *declaration*: the XML declaration is read and removed here, not by lxml,
    so that the vendor's broken ``<?xml version="1.0">`` (no ``?``) and blank
    lines before it are accepted; in an ASCII-compatible packet it names the
-   encoding to decode the rest with.
+   encoding to decode the rest with.  (These two stages' helpers are in
+   :mod:`jobmonitor.packet_encoding`.)
 3. *prolog*: decoded text is scanned up to the root element's start tag so
    that a ``<!DOCTYPE`` is refused before lxml could read any DTD.
 4. *body*: text goes, re-encoded as UTF-8, to an lxml pull parser; its start
@@ -18,13 +26,13 @@ a telnet or netcat client never closes its side.  Bytes go through four stages:
 
 Our own incremental decoder catches bytes invalid in the packet's encoding
 and characters XML forbids.  Nothing is buffered beyond ``max_packet_bytes``.
-:func:`build_packet` goes the other way, for clients and tests.
+:func:`build_packet` (from :mod:`jobmonitor.packet_build`) goes the other
+way, for clients and tests.
 """
 
 from __future__ import annotations
 
 import codecs
-import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,48 +43,26 @@ from lxml import etree
 from .codes import Reply
 from .errors import PacketError
 from .lines import clip
+from .packet_build import build_packet
+from .packet_encoding import (
+    ILLEGAL_CHAR,
+    SPACE,
+    decoder_class,
+    is_wide,
+    lookup_codec,
+    narrow_codec,
+    read_declaration,
+    sniff,
+)
+from .packet_fast import read_simple
 
 __all__ = ["Packet", "PacketParser", "build_packet"]
 
-_PAGEFLEX_NAMESPACE = "http://www.pageflex.com/schemas"
 _ROOT = "job_command"
 _SECTIONS = ("job_variables", "doc_variables")
 _VAR = "var"
 
-# Characters XML 1.0 cannot carry, even as character references.
-_ILLEGAL_CHAR = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-_SPACE = " \t\r\n"
 _SKIP_SPACE = re.compile(r"[ \t\r\n]*")
-# The declaration's pseudo-attributes: version="1.0" encoding="..." standalone="yes".
-_PSEUDO_ATTRIBUTES = re.compile(
-    r"""(?:[ \t\r\n]+[A-Za-z]+[ \t\r\n]*=[ \t\r\n]*(?:"[\w.:\- ]*"|'[\w.:\- ]*'))*[ \t\r\n]*\??""",
-    re.ASCII,
-)
-_ENCODING_ATTRIBUTE = re.compile(r"""[ \t\r\n]encoding[ \t\r\n]*=[ \t\r\n]*["']([^"']*)["']""")
-_ENCODING_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,39}")
-# Longer than any real declaration; bounds what we hold while waiting for its ">".
-_MAX_DECLARATION = 256
-# Printable ASCII and XML's whitespace: an encoding that does not decode these
-# bytes to themselves cannot be named by an ASCII declaration.  The backslash
-# is doubled so that the escape codecs fail the test without a warning.
-_ASCII_SAMPLE = "".join(map(chr, range(0x20, 0x7F))).replace("\\", "\\\\") + _SPACE
-
-# Byte patterns that start a packet, longest first: byte-order marks, then
-# "<" or whitespace in the wide encodings (a popular client sends UTF-16LE
-# without a BOM).  The number is the length of the BOM to drop.
-_SNIFF_TABLE: list[tuple[bytes, str, int]] = [
-    (b"\xff\xfe\x00\x00", "utf-32-le", 4),
-    (b"\x00\x00\xfe\xff", "utf-32-be", 4),
-    *((c.encode("utf-32-le"), "utf-32-le", 0) for c in "<" + _SPACE),
-    *((c.encode("utf-32-be"), "utf-32-be", 0) for c in "<" + _SPACE),
-    (b"\xef\xbb\xbf", "utf-8", 3),
-    (b"\xff\xfe", "utf-16-le", 2),
-    (b"\xfe\xff", "utf-16-be", 2),
-    *((c.encode("utf-16-le"), "utf-16-le", 0) for c in "<" + _SPACE),
-    *((c.encode("utf-16-be"), "utf-16-be", 0) for c in "<" + _SPACE),
-]
-_WIDE_FIRST_BYTES = frozenset(pattern[0] for pattern, _, _ in _SNIFF_TABLE if pattern[1])
-
 
 @dataclass(frozen=True, slots=True)
 class Packet:
@@ -97,80 +83,10 @@ def _local_name(tag: str) -> str:
     return local if ":" not in local else local[local.rfind(":") + 1 :]
 
 
-def _sniff(head: bytes) -> tuple[str, int] | None:
-    """The encoding the first bytes prove and the BOM's length; None: need more."""
-    if len(head) >= 2 and head[0] not in _WIDE_FIRST_BYTES and head[1]:
-        return "", 0  # every pattern has a zero second byte or one of those first bytes
-    for pattern, codec, bom_length in _SNIFF_TABLE:
-        if len(head) < len(pattern) and pattern.startswith(head):
-            return None  # this pattern may still match once more bytes arrive
-        if head.startswith(pattern):
-            return codec, bom_length
-    return "", 0  # ASCII-compatible; the declaration may name the encoding
-
-
-@functools.lru_cache(maxsize=64)  # bounded: the names come from peers
-def _codec(name: str) -> str:
-    """The canonical codec name for a declared encoding name."""
-    if _ENCODING_NAME.fullmatch(name):
-        try:
-            return codecs.lookup(name).name
-        except LookupError:
-            pass
-    raise PacketError(Reply.UNSUPPORTED_ENCODING, f'unknown encoding "{clip(name)}"')
-
-
-@functools.lru_cache(maxsize=64)
-def _ascii_compatible(codec: str) -> bool:
-    try:
-        # bytes.decode, unlike codecs.decode, refuses bytes-to-bytes codecs such as base64.
-        return _ASCII_SAMPLE.encode("ascii").decode(codec) == _ASCII_SAMPLE
-    except (LookupError, ValueError):
-        return False
-
-
-def _is_wide(codec: str) -> bool:
-    return codec.startswith(("utf-16", "utf-32"))
-
-
-def _narrow_codec(declared: str | None) -> str:
-    """The codec for a packet whose first bytes are ASCII-compatible."""
-    if declared is None:
-        return "utf-8"
-    codec = _codec(declared)
-    if _is_wide(codec):
-        return "utf-8"  # the declaration was just read as ASCII, so the label is wrong
-    if not _ascii_compatible(codec):
-        raise PacketError(
-            Reply.UNSUPPORTED_ENCODING,
-            f'encoding "{clip(declared)}" is not ASCII-compatible,'
-            " but the XML declaration is ASCII",
-        )
-    return codec
-
-
-def _read_declaration(text: str) -> tuple[int, str | None] | None:
-    """Find the XML declaration at the start of ``text`` (leading space removed).
-
-    Returns the length of the declaration (0 when there is none) and the
-    encoding it names, or None while the text is too short to tell.  The
-    declaration ends at the first ``>``, so ``<?xml version="1.0">`` works.
-    """
-    if len(text) < 6:
-        return None if "<?xml".startswith(text[:5]) else (0, None)
-    if not text.startswith("<?xml") or text[5] not in _SPACE + "?>":
-        return 0, None  # no declaration, or another PI such as <?xml-stylesheet ...?>
-    # Look only within the limit, so the answer does not depend on how the bytes arrive.
-    end = text.find(">", 5, _MAX_DECLARATION)
-    if end < 0:
-        if len(text) >= _MAX_DECLARATION:
-            raise _fail("the XML declaration is not closed (or too long)")
-        return None
-    body = text[5:end]
-    if not _PSEUDO_ATTRIBUTES.fullmatch(body):
-        raise _fail("the XML declaration is malformed")
-    encoding = _ENCODING_ATTRIBUTE.search(body)
-    return end + 1, encoding.group(1) if encoding else None
+def _parse_simple(data: bytes) -> Packet | None:
+    """The packet, if ``data`` is a whole one the fast path reads; never raises."""
+    found = read_simple(data)
+    return None if found is None else Packet(*found)
 
 
 def _describe(exc: etree.XMLSyntaxError) -> str:
@@ -197,11 +113,6 @@ def _new_xml_parser() -> etree.XMLPullParser:
     )
 
 
-@functools.lru_cache(maxsize=64)
-def _decoder_class(codec: str) -> Callable[[], codecs.IncrementalDecoder]:
-    return codecs.getincrementaldecoder(codec)
-
-
 class PacketParser:
     """Reads one command packet from the bytes of one connection.
 
@@ -209,6 +120,8 @@ class PacketParser:
     :class:`Packet`; bytes after it are ignored.  Once a call has raised
     :class:`PacketError`, every later call raises the same error again.
     """
+
+    _try_fast_path = True  # tests turn it off to compare with the full parser
 
     def __init__(self, *, max_packet_bytes: int = 1_048_576) -> None:
         if max_packet_bytes < 1:
@@ -225,7 +138,7 @@ class PacketParser:
         self._held = ""  # text a stage cannot judge yet
         self._newlines = 0  # in the leading space and declaration that lxml never sees
         self._markup_end = ""  # in the prolog: the end of the comment or PI we are in
-        self._xml = _new_xml_parser()
+        self._xml: etree.XMLPullParser | None = None  # made when the body stage starts
         self._names: list[str] = []  # local names of the open elements: at most 3
         self._elements: list[etree._Element] = []  # the open elements themselves
         # The last element closed inside the innermost open one: its tail is the
@@ -256,9 +169,17 @@ class PacketParser:
         if self._failure is not None:
             raise PacketError(self._failure.code, self._failure.detail)
         room = self._max_packet_bytes - self._bytes_received
+        first = not self._bytes_received
         self._bytes_received += len(data)
         if self._packet is not None:
             return None
+        if first and len(data) <= room and self._try_fast_path:
+            # The usual packet arrives whole, in one chunk, and is simple enough
+            # for the fast path; anything else is read from the start below.
+            packet = _parse_simple(data)
+            if packet is not None:
+                self._packet = packet
+                return packet
         try:
             # Bytes past the limit are never parsed: the packet must close within it.
             packet = self._on_bytes(data if len(data) <= room else data[:room])
@@ -295,14 +216,14 @@ class PacketParser:
 
     def _sniff(self, data: bytes) -> Packet | None:
         head = self._sniffed + data
-        found = _sniff(head)
+        found = sniff(head)
         if found is None:
             self._sniffed = head
             return None
         self._codec, bom_length = found
         self._sniffed = b""
-        if _is_wide(self._codec):
-            self._decoder = _decoder_class(self._codec)()
+        if is_wide(self._codec):
+            self._decoder = decoder_class(self._codec)()
             self._on_bytes = self._decode
         else:
             # Until the declaration names the encoding, read bytes as Latin-1:
@@ -322,7 +243,7 @@ class PacketParser:
             text = self._valid_prefix(exc)
             detail = f"the packet is not valid {self._codec} ({exc.reason})"
             problem = PacketError(Reply.UNSUPPORTED_ENCODING, detail)
-        illegal = _ILLEGAL_CHAR.search(text)
+        illegal = ILLEGAL_CHAR.search(text)
         if illegal is not None:
             text = text[: illegal.start()]
             problem = _fail(f"character U+{ord(illegal.group()):04X} is not allowed in XML")
@@ -343,9 +264,9 @@ class PacketParser:
 
     def _declaration(self, text: str) -> Packet | None:
         held = self._held + text
-        text = held.lstrip(_SPACE)
+        text = held.lstrip(SPACE)
         self._newlines += held.count("\n", 0, len(held) - len(text))
-        found = _read_declaration(text)
+        found = read_declaration(text)
         if found is None:
             self._held = text
             return None
@@ -357,12 +278,12 @@ class PacketParser:
         self._on_text = self._prolog
         if self._decoder is not None:
             if declared is not None:
-                _codec(declared)  # a known label cannot override the sniffed UTF-16/32
+                lookup_codec(declared)  # a known label cannot override the sniffed UTF-16/32
             return self._prolog(text[length:])
         if declared is not None and self._codec:
-            _codec(declared)  # the UTF-8 byte-order mark wins over a known label
-        self._codec = self._codec or _narrow_codec(declared)
-        self._decoder = _decoder_class(self._codec)()
+            lookup_codec(declared)  # the UTF-8 byte-order mark wins over a known label
+        self._codec = self._codec or narrow_codec(declared)
+        self._decoder = decoder_class(self._codec)()
         self._on_bytes = self._decode
         return self._decode(text[length:].encode("latin-1"))
 
@@ -397,6 +318,10 @@ class PacketParser:
         return self._feed_xml(text[:keep_from]) if keep_from else None
 
     def _feed_xml(self, text: str) -> Packet | None:
+        if self._xml is None:
+            # Made on first use, not per connection: it costs more to build than
+            # the fast path takes to read a whole packet, which then needs none.
+            self._xml = _new_xml_parser()
         try:
             self._xml.feed(text.encode("utf-8"))
         except etree.XMLSyntaxError as exc:
@@ -411,6 +336,7 @@ class PacketParser:
     # -- the packet's shape ----------------------------------------------------
 
     def _read_events(self) -> Packet | None:
+        assert self._xml is not None
         for event, element in self._xml.read_events():
             if event == "start":
                 self._start(element)
@@ -460,7 +386,7 @@ class PacketParser:
         command = element.get("name")
         if command is None:
             raise _fail(f"<{_ROOT}> has no name attribute")
-        if not command.strip(_SPACE):
+        if not command.strip(SPACE):
             raise _fail(f"<{_ROOT}> has an empty name attribute")
         self._command = command
 
@@ -478,7 +404,7 @@ class PacketParser:
         var_name = element.get("name")
         if var_name is None:
             raise _fail(f"a <var> in <{section}> has no name attribute")
-        if not var_name.strip(_SPACE):
+        if not var_name.strip(SPACE):
             raise _fail(f"a <var> in <{section}> has an empty name attribute")
         if var_name in self._values:
             raise _fail(f'variable "{clip(var_name)}" appears twice in <{section}>')
@@ -496,7 +422,7 @@ class PacketParser:
 
 def _check_no_text(text: str | None, where: str) -> None:
     # Text outside a var is most likely a value typed in the wrong place.
-    if text and text.strip(_SPACE):
+    if text and text.strip(SPACE):
         raise _fail(f'unexpected text "{clip(text, 20)}" inside <{where}>')
 
 
@@ -505,57 +431,3 @@ def _may_become_markup(ahead: str) -> bool:
     return (
         "<!--".startswith(ahead) or "<?".startswith(ahead) or "<!DOCTYPE".startswith(ahead.upper())
     )
-
-
-# -- building packets ------------------------------------------------------------
-
-_BUILT_PROLOG = b'<?xml version="1.0" encoding="UTF-8"?>\n<?pf_command version="1.0"?>\n'
-
-
-def _check_xml_text(what: str, text: str) -> None:
-    illegal = _ILLEGAL_CHAR.search(text)
-    if illegal is not None:
-        raise ValueError(f"{what} contains U+{ord(illegal.group()):04X}, which XML cannot carry")
-
-
-def _check_name(what: str, name: str) -> None:
-    if not name.strip(_SPACE):
-        raise ValueError(f"{what} must not be empty")
-    _check_xml_text(what, name)
-
-
-def build_packet(
-    command: str,
-    variables: Mapping[str, str] | None = None,
-    doc_variables: Mapping[str, str] | None = None,
-    *,
-    namespace: str | None = _PAGEFLEX_NAMESPACE,
-) -> bytes:
-    """Build a UTF-8 command packet that :class:`PacketParser` reads back exactly.
-
-    ``job_variables`` is always written; ``doc_variables`` only when given and
-    not empty.  With ``namespace=None`` the elements have no namespace.
-
-    Raises:
-        ValueError: an empty command or variable name, or a character XML
-            cannot carry (most C0 controls, lone surrogates, U+FFFE, U+FFFF).
-    """
-    _check_name("the command", command)
-
-    def tag(local: str) -> str:
-        return f"{{{namespace}}}{local}" if namespace else local
-
-    root = etree.Element(tag(_ROOT), nsmap={"pfjob": namespace} if namespace else None)
-    root.set("name", command)
-    sections = [("job_variables", variables or {})]
-    if doc_variables:
-        sections.append(("doc_variables", doc_variables))
-    for section_name, values in sections:
-        section = etree.SubElement(root, tag(section_name))
-        for name, value in values.items():
-            _check_name(f"variable name {name!r}", name)
-            _check_xml_text(f"the value of variable {name!r}", value)
-            var = etree.SubElement(section, tag(_VAR))
-            var.set("name", name)
-            var.text = value
-    return _BUILT_PROLOG + etree.tostring(root, encoding="utf-8", xml_declaration=False) + b"\n"
