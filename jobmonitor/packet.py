@@ -130,8 +130,17 @@ class PacketParser:
         self._bytes_received = 0
         self._packet: Packet | None = None
         self._failure: PacketError | None = None
-        self._on_bytes: Callable[[bytes], Packet | None] = self._sniff
-        self._on_text: Callable[[str], Packet | None] = self._declaration
+        self._names: list[str] = []  # local names of the open elements: at most 3
+        # The incremental parser's stages, as bound methods: set up by _begin only
+        # when the fast path cannot read the packet, and dropped once it is read
+        # (they refer back to the parser: a cycle only the GC could free).
+        self._on_bytes: Callable[[bytes], Packet | None] | None = None
+        self._on_text: Callable[[str], Packet | None] | None = None
+
+    def _begin(self) -> None:
+        """Set up the incremental parser's state."""
+        self._on_bytes = self._sniff
+        self._on_text = self._declaration
         self._sniffed = b""  # the first bytes, until they prove an encoding
         self._codec = ""  # "" until a BOM, the sniff or the declaration decides
         self._decoder: codecs.IncrementalDecoder | None = None
@@ -139,7 +148,6 @@ class PacketParser:
         self._newlines = 0  # in the leading space and declaration that lxml never sees
         self._markup_end = ""  # in the prolog: the end of the comment or PI we are in
         self._xml: etree.XMLPullParser | None = None  # made when the body stage starts
-        self._names: list[str] = []  # local names of the open elements: at most 3
         self._elements: list[etree._Element] = []  # the open elements themselves
         # The last element closed inside the innermost open one: its tail is the
         # text since then.
@@ -180,6 +188,8 @@ class PacketParser:
             if packet is not None:
                 self._packet = packet
                 return packet
+        if self._on_bytes is None:
+            self._begin()
         try:
             # Bytes past the limit are never parsed: the packet must close within it.
             packet = self._on_bytes(data if len(data) <= room else data[:room])
@@ -190,8 +200,12 @@ class PacketParser:
                 )
         except PacketError as exc:
             self._failure = exc
+            self._on_bytes = self._on_text = None
             raise
         self._packet = packet
+        if packet is not None:
+            self._on_bytes = self._on_text = None
+            self._xml = None
         return packet
 
     def feed_eof(self) -> Packet:
