@@ -1,10 +1,11 @@
 """The fast path for the usual command packet: regular expressions, no lxml.
 
 Internal to :mod:`jobmonitor.packet`.  A :class:`~jobmonitor.packet.PacketParser`
-tries :func:`read_simple` on its first chunk; it reads a whole packet written in
-a strict, common subset of XML:
+tries :func:`read_simple` on its first chunk; it reads a whole packet, of at
+most 64 KiB, written in a strict, common subset of XML:
 
-- UTF-8 (or ASCII) with no byte-order mark and no character XML forbids;
+- UTF-8 (or ASCII) with no byte-order mark and no character XML forbids, up
+  to the root's end tag (what follows it is ignored, as ever);
 - leading whitespace, then an XML declaration that the incremental parser would
   read the same way (naming UTF-8, ASCII or no encoding), then processing
   instructions such as ``<?pf_command version="1.0"?>``;
@@ -38,9 +39,13 @@ from .packet_encoding import (
 
 __all__ = ["MAX_BYTES", "read_simple"]
 
-# Bigger chunks go to the incremental parser: it is as quick on long values,
-# and this bound keeps a failed fast attempt cheap and far below libxml2's limits.
+# Bigger chunks go to the incremental parser, which keeps a failed fast attempt
+# cheap and the fast path far below libxml2's limits.  A chunk bigger than
+# _SMALL is tried only if its end holds the root's end tag: a large packet
+# often arrives in several chunks, and a match would fail only at the end of
+# the first.
 MAX_BYTES = 65_536
+_SMALL = 512
 
 # One match of _PACKET checks the whole packet up to the root's end tag;
 # smaller expressions then pick the names and values out of the parts it
@@ -53,8 +58,8 @@ _EQUALS = rf"{_S}*+={_S}*+"
 _NCNAME = r"(?![Xx][Mm][Ll])[A-Za-z_][A-Za-z0-9_.-]{0,63}+"
 _PREFIX = rf"(?:{_NCNAME}:)?+"  # a namespace prefix and its colon, or nothing
 _REFERENCE = r"&(?:lt|gt|amp|quot|apos|#[0-9]{1,7}|#x[0-9A-Fa-f]{1,6});"
-# Character data: no markup, and no "]]>", which XML forbids there.
 _DOUBLE, _SINGLE = '"', "'"
+# Character data: no markup, and no "]]>", which XML forbids there.
 _TEXT = rf"[^<&\]{ILLEGAL_CHARS}]*+(?:(?:{_REFERENCE}|\](?!\]>))[^<&\]{ILLEGAL_CHARS}]*+)*+"
 
 
@@ -107,10 +112,12 @@ _PACKET = re.compile(
 # var's name and text, raw.
 _XMLNS_NAME = re.compile(rf"{_S}(xmlns[^ \t\r\n=]*+){_EQUALS}")
 _VAR = re.compile(
-    rf"<{_PREFIX}var{_S}++name{_EQUALS}[\"']((?<=\")[^\"]*+|(?<=')[^']*+)[\"']{_S}*+(?:/>|>([^<]*+))"
+    rf"<{_PREFIX}var{_S}++name{_EQUALS}"
+    rf"[\"']((?<=\")[^\"]*+|(?<=')[^']*+)[\"']{_S}*+(?:/>|>([^<]*+))"
 )
 _EXPAND = re.compile(r"&(#x[0-9A-Fa-f]+|#[0-9]+|[a-z]+);")
 _ENTITIES = {"lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'"}
+_EMPTY: Mapping[str, str] = MappingProxyType({})  # read-only, so packets may share it
 _UTF8_LABELS = frozenset({"utf-8", "utf8", "utf_8"})
 _ASCII_LABELS = frozenset({"us-ascii", "ascii", "us_ascii"})
 
@@ -124,8 +131,10 @@ def read_simple(data: bytes) -> tuple[str, Mapping[str, str], Mapping[str, str]]
 
     None when ``data`` is not one (see the module docstring).  Never raises.
     """
-    if len(data) > MAX_BYTES:
-        return None
+    if len(data) > _SMALL and (
+        len(data) > MAX_BYTES or data.find(b"job_command", len(data) - _SMALL) < 0
+    ):
+        return None  # not all there, most likely: not worth a match
     # Undecodable bytes become lone surrogates, which _PACKET refuses before the
     # root closes; after it they are ignored, as the incremental parser does.
     text = data.decode("utf-8", "surrogateescape")
@@ -151,7 +160,7 @@ def read_simple(data: bytes) -> tuple[str, Mapping[str, str], Mapping[str, str]]
         if len(set(names)) != len(names):
             return None
     if section1 is not None and section1 == section2:
-        return None
+        return None  # the incremental parser words this error
     if command is None:
         command = single
     try:
@@ -159,17 +168,14 @@ def read_simple(data: bytes) -> tuple[str, Mapping[str, str], Mapping[str, str]]
             command = _EXPAND.sub(_expand_one, command)
         if not command.strip(SPACE):
             return None
-        sections: dict[str, dict[str, str]] = {}
-        if section1 is not None:
-            sections[section1] = _variables(vars1)
-            if section2 is not None:
-                sections[section2] = _variables(vars2)
+        first = _variables(vars1) if vars1 else {}  # None for <job_variables/>
+        second = _variables(vars2) if vars2 else {}
     except _NotSimple:
         return None
-    return (
-        command,
-        MappingProxyType(sections.get("job_variables", {})),
-        MappingProxyType(sections.get("doc_variables", {})),
+    if section1 == "doc_variables":  # then section2 is job_variables or absent
+        first, second = second, first
+    return command, MappingProxyType(first) if first else _EMPTY, (
+        MappingProxyType(second) if second else _EMPTY
     )
 
 
@@ -178,10 +184,8 @@ def _reads_as_utf8(label: str, packet: str) -> bool:
     return label in _UTF8_LABELS or (label in _ASCII_LABELS and packet.isascii())
 
 
-def _variables(body: str | None) -> dict[str, str]:
+def _variables(body: str) -> dict[str, str]:
     """One section's variables in document order; _NotSimple for a repeated name."""
-    if not body:
-        return {}
     found: list[tuple[str, str]] = _VAR.findall(body)
     if "&" in body or "\r" in body:
         return _careful_variables(found)
