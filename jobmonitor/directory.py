@@ -33,7 +33,7 @@ class JobDirectory:
         self._store = store
         self._jobs: dict[str, Job] = {}
         self._tokens: dict[tuple[str, str], str] = {}
-        self._monitors: collections.Counter[str] = collections.Counter()
+        self._monitors: dict[str, int] = {}  # a plain dict: Counter's default is a Python call
         self._task_log: collections.deque[TaskEvent] = collections.deque(maxlen=TASK_LOG_SIZE)
         #: With a store that keeps nothing: finished jobs in the order they ended.
         self._finished: collections.deque[str] = collections.deque()
@@ -166,15 +166,19 @@ class JobDirectory:
 
     def monitor_count(self, transaction_id: str) -> int:
         """How many connections follow this job's stream now."""
-        return self._monitors[transaction_id]
+        return self._monitors.get(transaction_id, 0)
 
     def monitor_attached(self, transaction_id: str) -> None:
-        self._monitors[transaction_id] += 1
+        monitors = self._monitors
+        monitors[transaction_id] = monitors.get(transaction_id, 0) + 1
 
     def monitor_detached(self, transaction_id: str) -> None:
-        self._monitors[transaction_id] -= 1
-        if self._monitors[transaction_id] <= 0:
-            del self._monitors[transaction_id]
+        monitors = self._monitors
+        count = monitors.get(transaction_id, 0) - 1
+        if count > 0:
+            monitors[transaction_id] = count
+        else:
+            monitors.pop(transaction_id, None)
 
     def log_event(self, job: Job, event: HistoryEvent) -> None:
         # tuple.__new__: a named tuple's own constructor is a Python-level call,

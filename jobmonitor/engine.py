@@ -362,8 +362,9 @@ class Engine:
         if not self._store.durable:
             self.jobs.keep_finished(job, self._config.max_finished_in_memory)
         # A job that succeeds is routine (thousands a second); the others are news.
-        log.log(logging.DEBUG if outcome is Outcome.SUCCESS else logging.INFO,
-                "job %s (%s) ended: %s", job.transaction_id, job.project, outcome.value)
+        if outcome is not Outcome.SUCCESS or log.isEnabledFor(logging.DEBUG):
+            log.log(logging.DEBUG if outcome is Outcome.SUCCESS else logging.INFO,
+                    "job %s (%s) ended: %s", job.transaction_id, job.project, outcome.value)
 
     # -- durability --------------------------------------------------------------------
 
