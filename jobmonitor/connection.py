@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import socket
 from typing import TYPE_CHECKING
 
 from .codes import Reply, Status
@@ -39,6 +40,8 @@ __all__ = ["Connection"]
 
 log = logging.getLogger("jobmonitor.connection")
 
+#: Linux's TCP_CORK (None elsewhere: there the last bytes and the FIN go apart).
+_TCP_CORK = getattr(socket, "TCP_CORK", None)
 #: Lines read from the store at a time when a watcher catches up.
 CATCH_UP_PAGE_LINES = 2000
 
@@ -234,9 +237,12 @@ class Connection(asyncio.Protocol):
         """We have said everything: shut our side and linger for the client's."""
         if self._state in (_State.LINGERING, _State.CLOSED) or self._transport is None:
             return
+        plain = self._transport.can_write_eof()  # False for TLS
+        if plain:
+            self._hold_last_segment()
         self._uncork()
         self._cancel_timer()
-        if self._peer_eof or not self._transport.can_write_eof():
+        if self._peer_eof or not plain:
             self.close()
             return
         self._state = _State.LINGERING
@@ -246,6 +252,22 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         self._timer = self._loop.call_later(self._config.linger_s, self.close)
+
+    def _hold_last_segment(self) -> None:
+        """Cork the socket: the kernel holds our last bytes until the FIN that follows
+        them (``write_eof`` or ``close``) and sends both in one segment.  The client
+        is woken once instead of twice, and both kernels handle one segment less:
+        for a tiny job that is about a quarter of the server's time in the kernel.
+        (uvloop sends the FIN a loop turn after ``write_eof``, so without the cork
+        the bytes always went alone.)  Plain TCP only: TLS still has records to send."""
+        if _TCP_CORK is None:
+            return
+        sock = self._transport.get_extra_info("socket") if self._transport else None
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
+            except OSError:  # the peer reset the connection: nothing to hold
+                pass
 
     def close(self) -> None:
         """Close now (queued bytes are still sent)."""
