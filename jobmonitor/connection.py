@@ -319,12 +319,13 @@ class Connection(asyncio.Protocol):
         self._state = _State.BUSY
         # Most commands never wait (a submit to the memory store, a status query):
         # they run to their end here, with no task and no extra loop turn.
-        self._task = start_eagerly(self._loop, self._run(packet))
+        task = start_eagerly(self._loop, self._answer(packet))
+        if task is not None:  # kept while it runs: the loop holds tasks weakly
+            self._task = task
+            task.add_done_callback(self._forget_task)
 
-    async def _run(self, packet: Packet) -> None:
-        try:
-            await self._answer(packet)
-        finally:
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        if self._task is task:
             self._task = None
 
     async def _answer(self, packet: Packet) -> None:

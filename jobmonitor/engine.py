@@ -201,7 +201,8 @@ class Engine:
                            updated=now, history=[HistoryEvent("job", "queued", now)])
         job = self._adopt(record)
         job.stream.append(self._machine_line)
-        await self._store.add(job)
+        if self._store.durable:  # a store that keeps nothing has nothing to wait for
+            await self._store.add(job)
         self.jobs.log_event(job, record.history[0])
         self._queue.append(job)
         self._start_ready()

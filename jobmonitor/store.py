@@ -79,7 +79,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def add(self, job: Recordable) -> None:
-        """Record a new job and its lines so far; return once durable."""
+        """Record a new job and its lines so far; return once durable.  Called only
+        on a durable store."""
 
     @abc.abstractmethod
     def changed(self, job: Recordable, urgent: bool = False) -> None:
