@@ -200,7 +200,7 @@ class Engine:
                            status=JobState.QUEUED, worker=self.machine_name, created=now,
                            updated=now, history=[HistoryEvent("job", "queued", now)])
         job = self._adopt(record)
-        job.stream.append(self._machine_line)
+        job.stream.seed(self._machine_line)
         if self._store.durable:  # a store that keeps nothing has nothing to wait for
             await self._store.add(job)
         self.jobs.log_event(job, record.history[0])

@@ -92,6 +92,12 @@ class JobStream:
             if not self.scheduled:
                 self.schedule()
 
+    def seed(self, data: bytes) -> None:
+        """Record a job's first line before anyone can watch it: no flush is needed
+        (a watcher that attaches is served what is recorded; a store's ``add``
+        takes it)."""
+        self.lines.append(data)
+
     def extend(self, lines: list[bytes]) -> None:
         """Record several encoded wire lines."""
         if not self.closed:
