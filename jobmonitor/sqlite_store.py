@@ -24,7 +24,7 @@ import itertools
 import json
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -349,7 +349,10 @@ class SqliteStore(Store):
         assert db is not None
         db.execute("BEGIN")
         for table in ("jobs", "line_blocks", "history", "outputs"):
-            db.executemany(f"DELETE FROM {table} WHERE number = ?", [(n,) for n in numbers])
+            # IN lists, not executemany: see _insert.
+            for start, size in _power_of_two_chunks(len(numbers), _MAX_VARIABLES):
+                db.execute(f"DELETE FROM {table} WHERE number IN ({','.join('?' * size)})",
+                           numbers[start:start + size])
         db.execute("COMMIT")
 
 
@@ -366,13 +369,19 @@ def _insert(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) 
         return
     width = len(rows[0])
     group = "(" + ",".join("?" * width) + ")"
-    largest = 1 << ((_MAX_VARIABLES // width).bit_length() - 1)
-    start = 0
-    while start < len(rows):
-        size = min(largest, 1 << ((len(rows) - start).bit_length() - 1))
-        chunk = rows[start:start + size]
+    for start, size in _power_of_two_chunks(len(rows), _MAX_VARIABLES // width):
         db.execute(f"{head} VALUES {','.join([group] * size)}",
-                   list(itertools.chain.from_iterable(chunk)))
+                   list(itertools.chain.from_iterable(rows[start:start + size])))
+
+
+def _power_of_two_chunks(count: int, most: int) -> Iterator[tuple[int, int]]:
+    """Split ``count`` items into runs (start, size) whose sizes are powers of two
+    of at most ``most``, largest first."""
+    largest = 1 << (max(most, 1).bit_length() - 1)
+    start = 0
+    while start < count:
+        size = min(largest, 1 << ((count - start).bit_length() - 1))
+        yield start, size
         start += size
 
 

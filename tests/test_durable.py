@@ -309,3 +309,20 @@ async def test_the_memory_store_keeps_only_the_newest_finished_jobs(make_server)
     # Jobs still running are never forgotten, however many finish after them.
     assert field(await exchange(server.port, status(waiting)), "Status") == "Processing"
     await release("cap")
+
+
+@pytest.mark.parametrize("count", [1, 7, 1000, 2500])
+def test_deleting_many_jobs_deletes_exactly_those(count, tmp_path):
+    # The numbers go in IN lists of up to 512: only their rows go.
+    from jobmonitor.sqlite_store import SqliteStore
+
+    store = SqliteStore(str(tmp_path / "d.db"))
+    store._open_db()
+    db = store._db
+    keep = count + 1
+    for number in range(1, count + 2):
+        db.execute("INSERT INTO history VALUES (?, 0, 'job', 'queued', 0, NULL, NULL)", (number,))
+    store._delete_numbers(list(range(1, count + 1)))
+    assert db.execute("SELECT number FROM history").fetchall() == [(keep,)]
+    db.close()
+    store._thread.shutdown()
