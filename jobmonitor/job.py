@@ -36,6 +36,10 @@ _INFO_HEAD = f"J{int(_INFO):07d}: "
 #: Guards every job's batch of calls from worker threads (held for a list swap).
 _THREAD_LOCK = threading.Lock()
 _new_tuple = tuple.__new__
+#: With a durable store, a job at a checkpoint waits while more of its lines than
+#: this are not yet stored: a chatty job cannot fill memory faster than the
+#: store writes (lines can leave memory only once stored).
+MAX_UNSTORED_LINES = 20_000
 
 
 class Job:
@@ -221,7 +225,9 @@ class Job:
         """A safe point to pause or stop at.
 
         From an async handler: ``await job.checkpoint()``.  From a handler in a
-        worker thread: ``job.checkpoint()`` (it blocks while suspended).
+        worker thread: ``job.checkpoint()`` (it blocks while suspended).  With a
+        durable store it also waits while more than ``MAX_UNSTORED_LINES`` of the
+        job's lines are not yet stored, so a chatty job is held to the store's pace.
 
         Raises:
             asyncio.CancelledError: the job has been cancelled.
@@ -240,6 +246,7 @@ class Job:
             waiter = self._resume_waiter = self._loop.create_future()
             self._pause()
             await waiter
+        await self._until_stored()
         if self._cancel_requested:
             raise asyncio.CancelledError()
 
@@ -250,8 +257,17 @@ class Job:
             event = self._thread_resumed = threading.Event()
             self._loop.call_soon_threadsafe(self._pause)
             event.wait()
+        stream = self.stream
+        if stream.durable is not None and len(stream) - stream.durable > MAX_UNSTORED_LINES:
+            asyncio.run_coroutine_threadsafe(self._until_stored(), self._loop).result()
         if self._cancel_requested:
             raise asyncio.CancelledError()
+
+    async def _until_stored(self) -> None:
+        """Backpressure: wait while too many of this job's lines are not stored."""
+        waiter = self.stream.wait_stored(MAX_UNSTORED_LINES)
+        if waiter is not None:
+            await waiter
 
     def _pause(self) -> None:
         if not self._suspend_requested or self.state is not JobState.PROCESSING:

@@ -57,7 +57,7 @@ class JobStream:
     """The recorded lines of one job and the watchers following them."""
 
     __slots__ = ("lines", "base", "closed", "on_flush", "scheduled", "durable", "_loop",
-                 "_watchers", "_flush_handle")
+                 "_watchers", "_flush_handle", "_stored_waiter")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, base: int = 0) -> None:
         self.lines: list[bytes] = []
@@ -76,6 +76,9 @@ class JobStream:
         self._watchers: list[Watcher] = []
         self.scheduled = False
         self._flush_handle: asyncio.Handle | None = None
+        # A job waiting at a checkpoint for the store to catch up: its future, and
+        # how few unstored lines wake it.
+        self._stored_waiter: tuple[asyncio.Future[None], int] | None = None
 
     def __len__(self) -> int:
         """The number of lines recorded so far (in memory or not)."""
@@ -134,6 +137,21 @@ class JobStream:
         self.durable = count
         if self._watchers and not self.scheduled:
             self.schedule()
+        pending = self._stored_waiter
+        if pending is not None and len(self) - count <= pending[1]:
+            self._stored_waiter = None
+            if not pending[0].done():
+                pending[0].set_result(None)
+
+    def wait_stored(self, most_unstored: int) -> asyncio.Future[None] | None:
+        """None while at most ``most_unstored`` lines wait to be stored (or nothing
+        is stored at all); else a future, done once no more than half as many do."""
+        if self.durable is None or len(self) - self.durable <= most_unstored:
+            return None
+        pending = self._stored_waiter
+        if pending is None or pending[0].done():
+            pending = self._stored_waiter = (self._loop.create_future(), most_unstored // 2)
+        return pending[0]
 
     def _deliverable(self) -> int:
         end = self.base + len(self.lines)

@@ -163,6 +163,35 @@ async def burst(job: Job) -> None:
     job.info(f"emitted {count} lines in {time.perf_counter() - started:.6f} s")
 
 
+@app.job("chatty")
+async def chatty(job: Job) -> None:
+    """Count lines in bursts of Burst, with a checkpoint after each; then report the
+    most lines that were still unstored when a checkpoint returned."""
+    most = 0
+    count, burst_size = int(job.params.get("Count", "1000")), int(job.params.get("Burst", "10"))
+    for n in range(1, count + 1):
+        job.info(f"line {n}")
+        if n % burst_size == 0:
+            await job.checkpoint()
+            if job.stream.durable is not None:
+                most = max(most, len(job.stream) - job.stream.durable)
+    job.info(f"most unstored after a checkpoint: {most}")
+
+
+@app.job("thread-chatty")
+def thread_chatty(job: Job) -> None:
+    """``chatty`` in a worker thread."""
+    most = 0
+    count, burst_size = int(job.params.get("Count", "1000")), int(job.params.get("Burst", "10"))
+    for n in range(1, count + 1):
+        job.info(f"line {n}")
+        if n % burst_size == 0:
+            job.checkpoint()
+            if job.stream.durable is not None:
+                most = max(most, len(job.stream) - job.stream.durable)
+    job.info(f"most unstored after a checkpoint: {most}")
+
+
 @app.job("ticker")
 async def ticker(job: Job) -> None:
     """A line every Interval seconds, Count times: a job that is busy for a while."""

@@ -326,3 +326,27 @@ def test_deleting_many_jobs_deletes_exactly_those(count, tmp_path):
     assert db.execute("SELECT number FROM history").fetchall() == [(keep,)]
     db.close()
     store._thread.shutdown()
+
+
+@pytest.mark.parametrize("project", ["chatty", "thread-chatty"])
+async def test_a_chatty_job_waits_at_its_checkpoints_for_the_store(make_server, db_url,
+                                                                   monkeypatch, project):
+    # Bursts of 40 lines, at most 100 unstored after a checkpoint: without the wait
+    # all 3 000 would pile up ahead of the commits.
+    from jobmonitor import job as job_module
+
+    monkeypatch.setattr(job_module, "MAX_UNSTORED_LINES", 100)
+    server = await make_server(store=db_url, commit_interval_s=0.02)
+    lines = await exchange(server.port, submit(project, Count="3000", Burst="40"))
+    said = [line for line in lines if line.startswith("J0000100: line ")]
+    assert said == [f"J0000100: line {n}" for n in range(1, 3001)]
+    most = int(next(line for line in lines if "most unstored" in line).rsplit(" ", 1)[1])
+    assert most <= 100 + 40
+    if project == "chatty":  # a thread's lines reach the stream in batches, more slowly
+        assert most > 0
+
+
+async def test_without_a_durable_store_checkpoints_never_wait_for_one(make_server):
+    server = await make_server(store="memory://")
+    lines = await exchange(server.port, submit("chatty", Count="500", Burst="50"))
+    assert "J0000100: most unstored after a checkpoint: 0" in lines
