@@ -31,6 +31,8 @@ import signal
 import socket
 import sys
 
+from harness import run_on_loop
+
 LINE = b"J0000100: " + b"x" * 40 + b"\r\n"
 MACHINE = f"J0000100: Machine name: {socket.gethostname()}\r\n".encode()
 COMPLETED = b"J0000020: Job completed successfully.\r\n"
@@ -225,14 +227,7 @@ def main() -> int:
     parser.add_argument("--lines-per-write", type=int, default=1)
     parser.add_argument("--deadline-s", type=float, default=3600.0)
     args = parser.parse_args()
-    coroutine = serve(args.host, args.port, args.lines_per_write, args.deadline_s)
-    if args.loop == "uvloop":
-        import uvloop
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(coroutine)
-    else:
-        asyncio.run(coroutine)
+    run_on_loop(args.loop, serve(args.host, args.port, args.lines_per_write, args.deadline_s))
     return 0
 
 

@@ -32,7 +32,7 @@ __all__ = [
     "SCENARIOS", "LINE", "Sizes", "QUICK_SIZES", "FULL_SIZES", "Endpoint", "Target", "Result",
     "ServerProcess", "CpuWatch", "measure", "percentile", "rss_kb", "free_port", "find_binary",
     "ping", "wait_until", "markdown_table", "results_json", "raise_fd_limit", "job_metrics",
-    "submit_metrics", "drain",
+    "submit_metrics", "drain", "run_on_loop",
 ]
 
 SCENARIOS = ("stream", "fanout", "jobs", "held")
@@ -309,3 +309,11 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[rank - 1]
 
 
+def run_on_loop(loop: str, coroutine: Awaitable[Any]) -> Any:
+    """Run ``coroutine`` to its end on a new ``asyncio`` or ``uvloop`` event loop."""
+    if loop == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coroutine)
+    return asyncio.run(coroutine)  # type: ignore[arg-type]

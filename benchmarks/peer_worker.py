@@ -15,7 +15,7 @@ import asyncio
 import signal
 import sys
 
-from harness import Endpoint
+from harness import Endpoint, run_on_loop
 from peers import beanstalk, gearman
 
 
@@ -68,14 +68,7 @@ def main() -> int:
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args()
     endpoint = Endpoint(args.host, args.port, 0)
-    coroutine = serve(args.kind, endpoint, args.connections, args.deadline_s)
-    if args.loop == "uvloop":
-        import uvloop
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(coroutine)
-    else:
-        asyncio.run(coroutine)
+    run_on_loop(args.loop, serve(args.kind, endpoint, args.connections, args.deadline_s))
     return 0
 
 

@@ -14,12 +14,11 @@ status 1 if any measurement failed or timed out, else 0.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 
 from harness import (FULL_SIZES, QUICK_SIZES, SCENARIOS, Result, Sizes, Target, markdown_table,
-                     measure, raise_fd_limit, results_json)
+                     measure, raise_fd_limit, results_json, run_on_loop)
 from peers import BeanstalkdTarget, GearmandTarget
 from targets import BareTarget, JobmonitorTarget
 
@@ -131,14 +130,7 @@ def main() -> int:
     sizes = build_sizes(args)
     scenarios = [s for s in SCENARIOS if not args.scenario or s in args.scenario]
     raise_fd_limit()
-    coroutine = run_all(targets, scenarios, sizes)
-    if loop == "uvloop":
-        import uvloop
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            results = runner.run(coroutine)
-    else:
-        results = asyncio.run(coroutine)
+    results = run_on_loop(loop, run_all(targets, scenarios, sizes))
     table = markdown_table(results)
     print(table)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,11 @@
 """The directory of jobs: finding a job, live or stored, and what is known about it.
 
-Every unfinished job is a live ``Job`` in memory; a finished one may be too (with
-the memory store, the last ``max_finished_in_memory`` of them), or only in the store.  Lookups answer from memory
-first and fall back to the store, so callers never need to know which.  The
-directory also counts each job's monitors and keeps the server-wide task log.
-It runs nothing: the engine decides what jobs do.
+Every unfinished job is a live ``Job`` in memory; a finished one may be too
+(with the memory store, the last ``max_finished_in_memory`` of them), or only in
+the store.  Lookups answer from memory first and fall back to the store, so
+callers never need to know which.  The directory also counts each job's monitors
+and keeps the server-wide task log.  It runs nothing: the engine decides what
+jobs do.
 """
 
 from __future__ import annotations

@@ -363,9 +363,10 @@ class Engine:
         if not self._store.durable:
             self.jobs.keep_finished(job, self._config.max_finished_in_memory)
         # A job that succeeds is routine (thousands a second); the others are news.
-        if outcome is not Outcome.SUCCESS or log.isEnabledFor(logging.DEBUG):
-            log.log(logging.DEBUG if outcome is Outcome.SUCCESS else logging.INFO,
-                    "job %s (%s) ended: %s", job.transaction_id, job.project, outcome.value)
+        level = logging.DEBUG if outcome is Outcome.SUCCESS else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(level, "job %s (%s) ended: %s", job.transaction_id, job.project,
+                    outcome.value)
 
     # -- durability --------------------------------------------------------------------
 

@@ -257,8 +257,7 @@ class Job:
             event = self._thread_resumed = threading.Event()
             self._loop.call_soon_threadsafe(self._pause)
             event.wait()
-        stream = self.stream
-        if stream.durable is not None and len(stream) - stream.durable > MAX_UNSTORED_LINES:
+        if self.stream.unstored() > MAX_UNSTORED_LINES:
             asyncio.run_coroutine_threadsafe(self._until_stored(), self._loop).result()
         if self._cancel_requested:
             raise asyncio.CancelledError()

@@ -397,12 +397,7 @@ class PacketParser:
     def _open_root(self, element: etree._Element, name: str) -> None:
         if name != _ROOT:
             raise _fail(f"the root element is <{clip(name)}>, not <{_ROOT}>")
-        command = element.get("name")
-        if command is None:
-            raise _fail(f"<{_ROOT}> has no name attribute")
-        if not command.strip(SPACE):
-            raise _fail(f"<{_ROOT}> has an empty name attribute")
-        self._command = command
+        self._command = _name_attribute(element, f"<{_ROOT}>")
 
     def _open_section(self, name: str) -> None:
         if name not in _SECTIONS:
@@ -415,11 +410,7 @@ class PacketParser:
         section = self._names[1]
         if name != _VAR:
             raise _fail(f"unexpected element <{clip(name)}> inside <{section}>")
-        var_name = element.get("name")
-        if var_name is None:
-            raise _fail(f"a <var> in <{section}> has no name attribute")
-        if not var_name.strip(SPACE):
-            raise _fail(f"a <var> in <{section}> has an empty name attribute")
+        var_name = _name_attribute(element, f"a <var> in <{section}>")
         if var_name in self._values:
             raise _fail(f'variable "{clip(var_name)}" appears twice in <{section}>')
         self._values[var_name] = ""  # takes its place in document order now
@@ -432,6 +423,16 @@ class PacketParser:
     def _gap_text(self, parent: etree._Element) -> str | None:
         # The text since the last child closed, or since the parent opened.
         return self._previous.tail if self._previous is not None else parent.text
+
+
+def _name_attribute(element: etree._Element, what: str) -> str:
+    """The element's ``name`` attribute, which must be there and not blank."""
+    name = element.get("name")
+    if name is None:
+        raise _fail(f"{what} has no name attribute")
+    if not name.strip(SPACE):
+        raise _fail(f"{what} has an empty name attribute")
+    return name
 
 
 def _check_no_text(text: str | None, where: str) -> None:

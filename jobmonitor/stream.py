@@ -57,7 +57,7 @@ class JobStream:
     """The recorded lines of one job and the watchers following them."""
 
     __slots__ = ("lines", "base", "closed", "on_flush", "scheduled", "durable", "_loop",
-                 "_watchers", "_flush_handle", "_stored_waiter")
+                 "_watchers", "_stored_waiter")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, base: int = 0) -> None:
         self.lines: list[bytes] = []
@@ -74,8 +74,8 @@ class JobStream:
         # A list, each watcher holding its own cursor: most jobs have one watcher
         # or none, and a one-entry dict costs four times a one-entry list.
         self._watchers: list[Watcher] = []
-        self.scheduled = False
-        self._flush_handle: asyncio.Handle | None = None
+        #: The flush scheduled for the end of this loop turn, if any (truthy).
+        self.scheduled: asyncio.Handle | None = None
         # A job waiting at a checkpoint for the store to catch up: its future, and
         # how few unstored lines wake it.
         self._stored_waiter: tuple[asyncio.Future[None], int] | None = None
@@ -115,8 +115,8 @@ class JobStream:
         ends at once shares its watchers' first send with the reply.
         """
         self.closed = True
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()  # this flush is the last one needed
+        if self.scheduled is not None:
+            self.scheduled.cancel()  # this flush is the last one needed
         self._flush()
 
     def watch(self, watcher: Watcher, from_line: int = 1) -> None:
@@ -138,15 +138,19 @@ class JobStream:
         if self._watchers and not self.scheduled:
             self.schedule()
         pending = self._stored_waiter
-        if pending is not None and len(self) - count <= pending[1]:
+        if pending is not None and self.unstored() <= pending[1]:
             self._stored_waiter = None
             if not pending[0].done():
                 pending[0].set_result(None)
 
+    def unstored(self) -> int:
+        """How many lines wait to be stored (0 when nothing is stored at all)."""
+        return 0 if self.durable is None else len(self) - self.durable
+
     def wait_stored(self, most_unstored: int) -> asyncio.Future[None] | None:
-        """None while at most ``most_unstored`` lines wait to be stored (or nothing
-        is stored at all); else a future, done once no more than half as many do."""
-        if self.durable is None or len(self) - self.durable <= most_unstored:
+        """None while at most ``most_unstored`` lines wait to be stored; else a
+        future, done once no more than half as many do."""
+        if self.unstored() <= most_unstored:
             return None
         pending = self._stored_waiter
         if pending is None or pending[0].done():
@@ -188,12 +192,10 @@ class JobStream:
 
     def schedule(self) -> None:
         """Flush at the end of this event-loop turn (the caller checked ``scheduled``)."""
-        self.scheduled = True
-        self._flush_handle = self._loop.call_soon(self._flush)
+        self.scheduled = self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        self.scheduled = False
-        self._flush_handle = None
+        self.scheduled = None
         if self.on_flush is not None:
             self.on_flush()
         end = self._deliverable()

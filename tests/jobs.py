@@ -3,6 +3,7 @@
 import asyncio
 import threading
 import time
+from collections.abc import Iterator
 
 from jobmonitor import Job, JobFailed, JobMonitor, Outcome
 
@@ -163,18 +164,23 @@ async def burst(job: Job) -> None:
     job.info(f"emitted {count} lines in {time.perf_counter() - started:.6f} s")
 
 
-@app.job("chatty")
-async def chatty(job: Job) -> None:
-    """Count lines in bursts of Burst, with a checkpoint after each; then report the
-    most lines that were still unstored when a checkpoint returned."""
-    most = 0
+def _bursts(job: Job) -> Iterator[None]:
+    """Say Count lines, yielding after each Burst of them."""
     count, burst_size = int(job.params.get("Count", "1000")), int(job.params.get("Burst", "10"))
     for n in range(1, count + 1):
         job.info(f"line {n}")
         if n % burst_size == 0:
-            await job.checkpoint()
-            if job.stream.durable is not None:
-                most = max(most, len(job.stream) - job.stream.durable)
+            yield
+
+
+@app.job("chatty")
+async def chatty(job: Job) -> None:
+    """Count lines in bursts, with a checkpoint after each; then report the most
+    lines that were still unstored when a checkpoint returned."""
+    most = 0
+    for _ in _bursts(job):
+        await job.checkpoint()
+        most = max(most, job.stream.unstored())
     job.info(f"most unstored after a checkpoint: {most}")
 
 
@@ -182,13 +188,9 @@ async def chatty(job: Job) -> None:
 def thread_chatty(job: Job) -> None:
     """``chatty`` in a worker thread."""
     most = 0
-    count, burst_size = int(job.params.get("Count", "1000")), int(job.params.get("Burst", "10"))
-    for n in range(1, count + 1):
-        job.info(f"line {n}")
-        if n % burst_size == 0:
-            job.checkpoint()
-            if job.stream.durable is not None:
-                most = max(most, len(job.stream) - job.stream.durable)
+    for _ in _bursts(job):
+        job.checkpoint()
+        most = max(most, job.stream.unstored())
     job.info(f"most unstored after a checkpoint: {most}")
 
 
