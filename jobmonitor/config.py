@@ -53,7 +53,8 @@ class Config:
     max_packet_bytes: int = _setting(1024 * 1024, "largest command packet accepted, in bytes")
     packet_timeout_s: float = _setting(30.0, "seconds a client has to send a complete packet")
     linger_s: float = _setting(
-        2.0, "seconds to keep reading a closing client's input so it can read our last reply")
+        2.0, "seconds to keep reading the input of a closing client that sent more than "
+        "its packet, so it can read our last reply")
     shutdown_grace_s: float = _setting(
         10.0, "seconds running jobs get to finish at shutdown before they are cancelled")
     idle_timeout_s: float = _setting(

@@ -86,7 +86,7 @@ def _local_name(tag: str) -> str:
 def _parse_simple(data: bytes) -> Packet | None:
     """The packet, if ``data`` is a whole one the fast path reads; never raises."""
     found = read_simple(data)
-    return None if found is None else Packet(*found)
+    return None if found is None else Packet(*found[:3])
 
 
 def _describe(exc: etree.XMLSyntaxError) -> str:
@@ -130,6 +130,7 @@ class PacketParser:
         self._bytes_received = 0
         self._packet: Packet | None = None
         self._failure: PacketError | None = None
+        self._alone = False
         self._names: list[str] = []  # local names of the open elements: at most 3
         # The incremental parser's stages, as bound methods: set up by _begin only
         # when the fast path cannot read the packet, and dropped once it is read
@@ -163,6 +164,12 @@ class PacketParser:
         return self._bytes_received
 
     @property
+    def alone(self) -> bool:
+        """True when the client sent its packet and nothing after it but whitespace,
+        as far as is known: only a packet the fast path read can tell."""
+        return self._alone
+
+    @property
     def done(self) -> bool:
         """True once the packet is complete."""
         return self._packet is not None
@@ -180,14 +187,16 @@ class PacketParser:
         first = not self._bytes_received
         self._bytes_received += len(data)
         if self._packet is not None:
+            self._alone = False
             return None
         if first and len(data) <= room and self._try_fast_path:
             # The usual packet arrives whole, in one chunk, and is simple enough
             # for the fast path; anything else is read from the start below.
-            packet = _parse_simple(data)
-            if packet is not None:
-                self._packet = packet
-                return packet
+            found = read_simple(data)
+            if found is not None:
+                command, variables, doc_variables, self._alone = found
+                self._packet = Packet(command, variables, doc_variables)
+                return self._packet
         if self._on_bytes is None:
             self._begin()
         try:

@@ -126,8 +126,11 @@ class _NotSimple(Exception):
     """The packet is not for the fast path after all."""
 
 
-def read_simple(data: bytes) -> tuple[str, Mapping[str, str], Mapping[str, str]] | None:
-    """The command, job_variables and doc_variables of a whole, simple packet.
+def read_simple(
+    data: bytes,
+) -> tuple[str, Mapping[str, str], Mapping[str, str], bool] | None:
+    """The command, job_variables and doc_variables of a whole, simple packet, and
+    whether nothing but whitespace follows it in ``data``.
 
     None when ``data`` is not one (see the module docstring).  Never raises.
     """
@@ -174,9 +177,11 @@ def read_simple(data: bytes) -> tuple[str, Mapping[str, str], Mapping[str, str]]
         return None
     if section1 == "doc_variables":  # then section2 is job_variables or absent
         first, second = second, first
+    end = match.end()
+    blank_after = end == len(text) or not text[end:].strip(SPACE)
     return command, MappingProxyType(first) if first else _EMPTY, (
         MappingProxyType(second) if second else _EMPTY
-    )
+    ), blank_after
 
 
 def _reads_as_utf8(label: str, packet: str) -> bool:

@@ -338,3 +338,17 @@ def test_the_fast_path_agrees_with_the_full_parser(data: bytes) -> None:
 def test_the_fast_path_never_raises(data: bytes, cut: int) -> None:
     _parse_simple(data)
     check(TYPICAL[:cut] + data + TYPICAL[cut:])
+
+
+@pytest.mark.parametrize(
+    "chunks, alone",
+    [([TYPICAL], True), ([TYPICAL + b"\r\n \t"], True), ([TYPICAL + b"<more/>"], False),
+     ([TYPICAL + b"\r\n", b"more"], False), ([TYPICAL[:40], TYPICAL[40:]], False)],
+    ids=["packet", "then whitespace", "then more", "then a later chunk", "split (unknown)"],
+)
+def test_alone_says_whether_the_client_sent_just_its_packet(chunks: list[bytes],
+                                                            alone: bool) -> None:
+    parser = PacketParser()
+    packets = [parser.feed(chunk) for chunk in chunks]
+    assert Packet("SubmitJob", TYPICAL_VARIABLES, {}) in packets
+    assert parser.alone is alone

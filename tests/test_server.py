@@ -182,6 +182,54 @@ async def test_bytes_after_the_root_element_are_ignored(server):
     assert lines[-2] == "J0000020: Job completed successfully."
 
 
+# -- closing: lingering only for a client that sent more than its packet ---------------
+
+
+async def _until_no_connections(server, within_s: float) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while server.connection_count:
+        assert asyncio.get_running_loop().time() < deadline, "the connection was held"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("trailer", [b"", b"\r\n", b" \t\n"])
+async def test_a_client_that_sent_just_its_packet_is_closed_at_once(make_server, trailer):
+    server = await make_server(linger_s=30.0)
+    session = await Session.open(server.port, submit("echo") + trailer)
+    lines = await session.rest()  # the server closed; the client has not
+    assert lines[-1] == ENDED.format(tid_of(lines[0]))
+    await _until_no_connections(server, within_s=2.0)  # not held for linger_s
+    await session.close()
+
+
+@pytest.mark.parametrize("more", ["after the packet", "while watching"])
+async def test_a_client_that_sent_more_is_lingered_for(make_server, more):
+    server = await make_server(linger_s=30.0)
+    packet = submit("wait", Key="more")
+    session = await Session.open(server.port, packet + b"<extra/>" if more == "after the packet"
+                                 else packet)
+    tid = tid_of(await session.line())
+    if more == "while watching":
+        session.writer.write(b"are you there?\r\n")
+        await session.writer.drain()
+        # A round trip on another connection: the server has read those bytes by its end.
+        assert (await exchange(server.port, submit("echo")))[-2] == \
+            "J0000020: Job completed successfully."
+    await release("more")
+    lines = await session.rest()  # every line, then the server's end of sending
+    assert lines[-1] == ENDED.format(tid)
+    # The server still reads, so a client still talking gets no reset...
+    await asyncio.sleep(0.3)
+    assert server.connection_count == 1
+    session.writer.write(b"still talking\r\n")
+    await session.writer.drain()
+    await asyncio.sleep(0.1)
+    assert server.connection_count == 1
+    # ...until the client closes its side.
+    await session.close()
+    await _until_no_connections(server, within_s=2.0)
+
+
 async def test_pageflex_documentation_packet_with_broken_declaration(server):
     packet = (b'<?xml version="1.0">\r\n<?pf_command version="1.0"?>\r\n'
               b'<pfjob:job_command xmlns:pfjob="http://www.pageflex.com/schemas" name="SubmitJob">\r\n'
