@@ -21,6 +21,13 @@ A connection goes READING -> BUSY -> (WATCHING) -> LINGERING -> closed:
 Every byte goes out through ``write`` / ``reply``; transport flow control is
 the backpressure: while the transport is paused the stream skips this
 connection and catches it up on ``resume_writing``.
+
+On Linux, a plain TCP connection starts with its socket corked (``TCP_CORK``,
+inherited from the listening socket, see ``Server``): the kernel holds what
+we write until the FIN, so a short answer and the FIN leave in one segment.
+A connection that goes on after its first turn (a monitor of a job still
+running) uncorks once at the end of that turn, and corks again just before
+its last bytes.
 """
 
 from __future__ import annotations
@@ -66,7 +73,7 @@ class Connection(asyncio.Protocol):
     __slots__ = ("_server", "_config", "_loop", "_state", "_transport", "_parser", "_timer",
                  "_opened", "_corked", "_corked_bytes", "_stall_timer", "_lost", "_task",
                  "_stream", "_following", "_next_line", "_paused", "_drained", "_peer_eof",
-                 "_alone", "stream_cursor")
+                 "_alone", "_socket_corked", "stream_cursor")
 
     def __init__(self, server: "Server") -> None:
         self._server = server
@@ -90,6 +97,7 @@ class Connection(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self._peer_eof = False
         self._alone = False  # the client sent its packet and nothing more (see finish)
+        self._socket_corked = server.accepts_corked  # the kernel holds our bytes until the FIN
         #: Where this connection is in the stream it watches (kept by the stream).
         self.stream_cursor = 0
 
@@ -247,7 +255,7 @@ class Connection(asyncio.Protocol):
         if self._state in (_State.LINGERING, _State.CLOSED) or self._transport is None:
             return
         plain = self._transport.can_write_eof()  # False for TLS
-        if plain:
+        if plain and not self._socket_corked:
             self._hold_last_segment()
         self._uncork()
         self._cancel_timer()
@@ -273,12 +281,25 @@ class Connection(asyncio.Protocol):
         the bytes always went alone.)  Plain TCP only: TLS still has records to send."""
         if _TCP_CORK is None:
             return
+        self._socket_corked = self._set_socket_cork(True)
+
+    def _set_socket_cork(self, on: bool) -> bool:
+        """Cork or uncork the socket; return whether it is corked now."""
         sock = self._transport.get_extra_info("socket") if self._transport else None
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
-            except OSError:  # the peer reset the connection: nothing to hold
-                pass
+        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return False
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, int(on))
+        except OSError:  # the peer reset the connection: nothing to hold or send
+            return False
+        return on
+
+    def _flush(self) -> None:
+        """Send what is held, in our buffer and in the kernel's: we are about to
+        wait with the connection open (it watches a job, or reads the store)."""
+        self._uncork()
+        if self._socket_corked and self._state in (_State.BUSY, _State.WATCHING):
+            self._socket_corked = self._set_socket_cork(False)
 
     def close(self) -> None:
         """Close now (queued bytes are still sent)."""
@@ -363,7 +384,7 @@ class Connection(asyncio.Protocol):
         await self._follow(response.from_line)
         # Hold the reply until the end of this loop turn: a job that ends within
         # it goes out with the reply in one send (finish() uncorks at once).
-        self._loop.call_soon(self._uncork)
+        self._loop.call_soon(self._flush)
 
     async def _follow(self, line: int) -> None:
         """Send the followed job's lines from ``line`` on: from the store while they
@@ -375,7 +396,7 @@ class Connection(asyncio.Protocol):
                 self._stream = job.stream
                 job.stream.watch(self, line)
                 return
-            self._uncork()
+            self._flush()
             page = await engine.jobs.read_lines(self._following, line, CATCH_UP_PAGE_LINES)
             if not page:
                 if job is None:

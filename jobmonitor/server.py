@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from .commands import Commands
 from .config import Config
@@ -54,6 +54,8 @@ class Server:
         self._closing: asyncio.Task[None] | None = None
         self._close_requested = asyncio.Event()
         self._bound: tuple[str, int] = (config.host, config.port)
+        #: Whether accepted sockets start corked (see ``_cork_listeners``).
+        self.accepts_corked = False
 
     async def start(self) -> None:
         """Open the store and start listening.
@@ -73,6 +75,8 @@ class Server:
             await self.engine.stop(0)
             raise
         self._bound = self._listener.sockets[0].getsockname()[:2]
+        if self._ssl is None:
+            self.accepts_corked = _cork_listeners(self._listener.sockets)
         log.info("jobmonitor listening on %s", self.address, extra={"ready": True})
 
     def _handlers(self, *, reload: bool) -> dict[str, Handler]:
@@ -175,6 +179,35 @@ class Server:
     async def __aexit__(self, *exc_info: object) -> None:
         self.close()
         await self.wait_closed()
+
+
+def _cork_listeners(sockets: Sequence[socket.socket]) -> bool:
+    """Cork the listening sockets, so that every accepted socket starts corked
+    (Linux copies TCP_CORK to them); return whether all of them are.
+
+    A connection's bytes then wait in the kernel until it uncorks (a monitor
+    whose job goes on) or closes: the reply, the lines of a job that ended at
+    once and the FIN leave in one segment, with no system call to cork each
+    connection.  All or none: a connection must know whether it has to uncork.
+    Plain TCP only (a TLS handshake must not wait), and only where TCP_CORK
+    exists.
+    """
+    cork = getattr(socket, "TCP_CORK", None)
+    if cork is None or not sockets:
+        return False
+    try:
+        for sock in sockets:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                raise OSError("not a TCP socket")
+            sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
+    except OSError:
+        for sock in sockets:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
+            except OSError:
+                pass
+        return False
+    return True
 
 
 def _tls_context(config: Config) -> ssl.SSLContext | None:

@@ -179,6 +179,7 @@ async def test_tls_serves_the_same_protocol(make_server, certificate):
         pass
     assert lines[-2:] == ["J0000021: Job only partially completed.",
                           f"J0000001: Transaction {tid_of(lines[0])} ended"]
+    assert not server.accepts_corked  # a TLS handshake must not wait in the kernel
     # a plain-text client gets nothing it could mistake for a reply
     plain_reader, plain_writer = await asyncio.open_connection("127.0.0.1", server.port)
     plain_writer.write(submit("echo"))

@@ -230,6 +230,23 @@ async def test_a_client_that_sent_more_is_lingered_for(make_server, more):
     await _until_no_connections(server, within_s=2.0)
 
 
+@pytest.mark.skipif(not hasattr(socket, "TCP_CORK"), reason="Linux's TCP_CORK")
+async def test_a_monitor_is_uncorked_while_its_job_runs(server):
+    """Accepted sockets start corked (a short answer leaves with the FIN); one
+    that watches a job still running must not keep its lines in the kernel."""
+    assert server.accepts_corked
+    session = await Session.open(server.port, submit("wait", Key="cork"))
+    tid = tid_of(await session.line())
+    assert await session.line() == f"J0000100: Machine name: {MACHINE}"
+    assert await session.line() == "J0000100: waiting"
+    (connection,) = server._connections
+    sock = connection._transport.get_extra_info("socket")
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 0
+    await release("cork")
+    assert (await session.rest())[-1] == ENDED.format(tid)
+    await session.close()
+
+
 async def test_pageflex_documentation_packet_with_broken_declaration(server):
     packet = (b'<?xml version="1.0">\r\n<?pf_command version="1.0"?>\r\n'
               b'<pfjob:job_command xmlns:pfjob="http://www.pageflex.com/schemas" name="SubmitJob">\r\n'
