@@ -71,6 +71,7 @@ class Connection(asyncio.Protocol):
 
     # Slots: thousands of these may sit waiting on jobs at once.
     __slots__ = ("_server", "_config", "_loop", "_state", "_transport", "_parser", "_timer",
+                 "_deadline_key",
                  "_opened", "_corked", "_corked_bytes", "_stall_timer", "_lost", "_task",
                  "_stream", "_following", "_next_line", "_paused", "_drained", "_peer_eof",
                  "_alone", "_socket_corked", "stream_cursor")
@@ -78,12 +79,13 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: "Server") -> None:
         self._server = server
         self._config = server.config
-        self._loop = asyncio.get_running_loop()
+        self._loop = server._loop or asyncio.get_running_loop()
         self._state = _State.READING
         self._transport: asyncio.Transport | None = None
         self._parser: PacketParser | None = PacketParser(
             max_packet_bytes=self._config.max_packet_bytes)
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the linger's
+        self._deadline_key: int | None = None  # the reading deadline's, in server.deadlines
         self._opened = self._loop.time()
         self._corked: list[bytes] | None = None
         self._corked_bytes = 0
@@ -124,7 +126,7 @@ class Connection(asyncio.Protocol):
             self._refuse(RequestError(Reply.SERVER_BUSY, "too many connections"))
             return
         first_deadline = min(self._config.idle_timeout_s, self._config.packet_timeout_s)
-        self._timer = self._loop.call_later(first_deadline, self._deadline)
+        self._set_deadline(self._opened + first_deadline)
 
     def data_received(self, data: bytes) -> None:
         if self._state is not _State.READING or self._parser is None:
@@ -314,7 +316,15 @@ class Connection(asyncio.Protocol):
                 self._drained.set_result(None)
             self._transport.close()
 
+    def _set_deadline(self, when: float) -> None:
+        # A coarse deadline shared with other connections: one loop timer per tick
+        # instead of one per connection (see deadlines.py).
+        self._deadline_key = self._server.deadlines.add(when, self._deadline)
+
     def _cancel_timer(self) -> None:
+        if self._deadline_key is not None:
+            self._server.deadlines.discard(self._deadline_key, self._deadline)
+            self._deadline_key = None
         for timer in (self._timer, self._stall_timer):
             if timer is not None:
                 timer.cancel()
@@ -329,8 +339,8 @@ class Connection(asyncio.Protocol):
         self.finish()
 
     def _deadline(self) -> None:
-        """One timer serves both limits: silence (idle) and an unfinished packet."""
-        self._timer = None
+        """One deadline serves both limits: silence (idle) and an unfinished packet."""
+        self._deadline_key = None
         if self._state is not _State.READING:
             return
         config = self._config
@@ -340,7 +350,7 @@ class Connection(asyncio.Protocol):
             return
         left = self._opened + config.packet_timeout_s - self._loop.time()
         if left > 0:
-            self._timer = self._loop.call_later(left, self._deadline)
+            self._set_deadline(self._opened + config.packet_timeout_s)
             return
         detail = f"no complete packet within {config.packet_timeout_s:g} s"
         self._refuse(PacketError(Reply.PACKET_TIMEOUT, detail))

@@ -291,7 +291,7 @@ class Engine:
         return self._handlers[job.project]
 
     def _adopt(self, record: JobRecord) -> Job:
-        job = Job(record, asyncio.get_running_loop())
+        job = Job(record, self._loop)
         if self._store.durable:
             job.stream.durable = record.line_count
         job.on_change = self._on_change

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from .commands import Commands
 from .config import Config
 from .connection import Connection
+from .deadlines import Deadlines
 from .engine import Engine
 from .handlers import Handler
 from .loader import load_handlers
@@ -56,6 +57,10 @@ class Server:
         self._bound: tuple[str, int] = (config.host, config.port)
         #: Whether accepted sockets start corked (see ``_cork_listeners``).
         self.accepts_corked = False
+        # The loop, for connections (asyncio.get_running_loop is a system call each time).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: The connections' reading deadlines (set by start()).
+        self.deadlines: Deadlines | None = None
 
     async def start(self) -> None:
         """Open the store and start listening.
@@ -63,6 +68,8 @@ class Server:
         Raises:
             OSError: the address cannot be bound.
         """
+        self._loop = asyncio.get_running_loop()
+        self.deadlines = Deadlines(self._loop, _deadline_tick(self.config))
         await self.engine.start()
         try:
             self._listener = await asyncio.get_running_loop().create_server(
@@ -171,6 +178,8 @@ class Server:
             await self._no_connections.wait()  # connection_lost comes on the next turn
         if self._listener is not None:
             await self._listener.wait_closed()
+        if self.deadlines is not None:
+            self.deadlines.close()
         log.info("jobmonitor stopped")
 
     async def __aenter__(self) -> "Server":
@@ -179,6 +188,12 @@ class Server:
     async def __aexit__(self, *exc_info: object) -> None:
         self.close()
         await self.wait_closed()
+
+
+def _deadline_tick(config: Config) -> float:
+    """How late a connection's reading deadline may fire: 50 ms, or a quarter
+    of the shorter limit when that is under 0.2 s."""
+    return min(0.05, min(config.idle_timeout_s, config.packet_timeout_s) / 4)
 
 
 def _cork_listeners(sockets: Sequence[socket.socket]) -> bool:
