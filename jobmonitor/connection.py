@@ -275,12 +275,13 @@ class Connection(asyncio.Protocol):
         self._timer = self._loop.call_later(self._config.linger_s, self.close)
 
     def _hold_last_segment(self) -> None:
-        """Cork the socket: the kernel holds our last bytes until the FIN that follows
-        them (``write_eof`` or ``close``) and sends both in one segment.  The client
-        is woken once instead of twice, and both kernels handle one segment less:
-        for a tiny job that is about a quarter of the server's time in the kernel.
-        (uvloop sends the FIN a loop turn after ``write_eof``, so without the cork
-        the bytes always went alone.)  Plain TCP only: TLS still has records to send."""
+        """Cork the socket again (a monitor uncorked it after its first turn, or the
+        listener's cork was not inherited): the kernel holds our last bytes until
+        the FIN that follows them (``write_eof`` or ``close``) and sends both in
+        one segment.  The client is woken once instead of twice, and both kernels
+        handle one segment less.  (uvloop sends the FIN a loop turn after
+        ``write_eof``, so without the cork the bytes would always go alone.)
+        Plain TCP only: TLS still has records to send."""
         if _TCP_CORK is None:
             return
         self._socket_corked = self._set_socket_cork(True)
