@@ -83,6 +83,7 @@ def build_targets(args: argparse.Namespace, loop: str) -> list[Target]:
         GearmandTarget(args.peer_workers, loop, threads=args.gearmand_threads,
                        persistent=True),
         BeanstalkdTarget(args.peer_workers, loop),
+        BeanstalkdTarget(args.peer_workers, loop, durable=True),
     ]
     for server_loop in ("asyncio", "uvloop"):
         targets += [

@@ -146,20 +146,25 @@ class GearmandTarget(_PeerTarget):
 
 
 class BeanstalkdTarget(_PeerTarget):
-    """beanstalkd, in memory (no binlog); producers learn of completion via reply tubes."""
+    """beanstalkd, in memory (no binlog) or ``durable`` (a binlog fsynced after
+    every write, as jobmonitor's SQLite store fsyncs every commit); producers
+    learn of completion via reply tubes."""
 
     binary = "beanstalkd"
     package = "beanstalkd"
     worker_kind = "beanstalk"
     scenarios = frozenset({"jobs"})
 
-    def __init__(self, workers: int, worker_loop: str) -> None:
+    def __init__(self, workers: int, worker_loop: str, *, durable: bool = False) -> None:
         super().__init__(workers, worker_loop)
-        self.name = "beanstalkd"
-        self.description = f"beanstalkd (no binlog), {workers} worker connections, reply tubes"
+        self.durable = durable
+        self.name = "beanstalkd (binlog, fsync)" if durable else "beanstalkd"
+        storage = "binlog fsynced after every write" if durable else "no binlog"
+        self.description = f"beanstalkd ({storage}), {workers} worker connections, reply tubes"
 
     def daemon_argv(self, path: str, port: int, scratch: str) -> list[str]:
-        return [path, "-l", "127.0.0.1", "-p", str(port)]
+        durable = ["-b", scratch, "-f", "0"] if self.durable else []
+        return [path, "-l", "127.0.0.1", "-p", str(port), *durable]
 
     async def run(self, scenario: str, endpoint: Endpoint, sizes: Sizes) -> dict[str, float]:
         from peers import beanstalk
