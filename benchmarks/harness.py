@@ -32,7 +32,7 @@ __all__ = [
     "SCENARIOS", "LINE", "Sizes", "QUICK_SIZES", "FULL_SIZES", "Endpoint", "Target", "Result",
     "ServerProcess", "CpuWatch", "measure", "percentile", "rss_kb", "free_port", "find_binary",
     "ping", "wait_until", "markdown_table", "results_json", "raise_fd_limit", "job_metrics",
-    "submit_metrics", "drain", "run_on_loop",
+    "submit_metrics", "drain", "run_jobs_scenario", "run_on_loop",
 ]
 
 SCENARIOS = ("stream", "fanout", "jobs", "held")
@@ -298,6 +298,20 @@ async def drain(idle: Callable[[], Awaitable[bool]], timeout_s: float, what: str
     started = time.perf_counter()
     await wait_until(idle, timeout_s, what, interval_s=0.02)
     return time.perf_counter() - started
+
+
+async def run_jobs_scenario(endpoint: Endpoint, sizes: Sizes,
+                            run_jobs: Callable[[Endpoint, int, int], Awaitable[dict[str, float]]],
+                            run_submits: Callable[[Endpoint, int, int],
+                                                  Awaitable[dict[str, float]]],
+                            idle: Callable[[Endpoint], Awaitable[bool]]) -> dict[str, float]:
+    """The jobs scenario, the same for every target: monitored jobs, then as many
+    fire-and-forget submits, then the wait until those are done (``submit_drain_s``)."""
+    metrics = await run_jobs(endpoint, sizes.jobs, sizes.clients)
+    metrics.update(await run_submits(endpoint, sizes.jobs, sizes.clients))
+    metrics["submit_drain_s"] = await drain(lambda: idle(endpoint), sizes.timeout_s,
+                                            "background jobs done")
+    return metrics
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:

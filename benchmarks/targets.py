@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import wire
-from harness import Endpoint, ServerProcess, Sizes, Target, drain, wait_until
+from harness import Endpoint, ServerProcess, Sizes, Target, run_jobs_scenario, wait_until
 
 __all__ = ["BareTarget", "JobmonitorTarget", "BENCH_DIR", "REPO_DIR"]
 
@@ -60,11 +60,8 @@ class _WireTarget(Target):
         if scenario == "stream":
             return await wire.run_stream(endpoint, sizes.stream_lines)
         if scenario == "jobs":
-            metrics = await wire.run_jobs(endpoint, sizes.jobs, sizes.clients)
-            metrics.update(await wire.run_submits(endpoint, sizes.jobs, sizes.clients))
-            metrics["submit_drain_s"] = await drain(lambda: self.idle(endpoint),
-                                                    sizes.timeout_s, "background jobs done")
-            return metrics
+            return await run_jobs_scenario(endpoint, sizes, wire.run_jobs, wire.run_submits,
+                                           self.idle)
         if scenario == "fanout":
             return await wire.run_fanout(endpoint, sizes.fanout_lines, sizes.fanout_watchers,
                                          self)  # type: ignore[arg-type]

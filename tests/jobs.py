@@ -4,6 +4,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from jobmonitor import Job, JobFailed, JobMonitor, Outcome
 
@@ -131,17 +132,23 @@ async def history(job: Job) -> None:
     job.stage("evaluation", "complete", info="3 records")
 
 
-@app.job("retry-once", retry_on_restart=True)
-async def retry_once(job: Job) -> None:
-    """First run: leaves a marker and never ends.  After a restart: completes."""
-    from pathlib import Path
-
+def _ran_before(job: Job) -> bool:
+    """The retry jobs' marker file: after a restart, say "second run" and return
+    True; on the first run, leave the marker, say "first run" and return False."""
     marker = Path(job.params["Marker"])
     if marker.exists():
         job.info("second run")
-        return
+        return True
     marker.write_text("ran")
     job.info("first run")
+    return False
+
+
+@app.job("retry-once", retry_on_restart=True)
+async def retry_once(job: Job) -> None:
+    """First run: leaves a marker and never ends.  After a restart: completes."""
+    if _ran_before(job):
+        return
     await asyncio.Event().wait()
 
 
@@ -207,12 +214,6 @@ async def ticker(job: Job) -> None:
 def thread_retry(job: Job) -> None:
     """First run: blocks in its thread, deaf to cancellation, until its Key is released.
     After a restart: completes."""
-    from pathlib import Path
-
-    marker = Path(job.params["Marker"])
-    if marker.exists():
-        job.info("second run")
+    if _ran_before(job):
         return
-    marker.write_text("ran")
-    job.info("first run")
     thread_releases.setdefault(job.params["Key"], threading.Event()).wait(30)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import signal
 import threading
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -24,7 +26,7 @@ from jobmonitor.client import (
     connect,
 )
 from jobmonitor.client.results import info_from_json, status_from_json
-from jobmonitor.packet import PacketParser
+from jobmonitor.packet import Packet, PacketParser
 
 from . import jobs
 from .conftest import MACHINE, release
@@ -267,63 +269,55 @@ async def test_watch_reattaches_after_a_dropped_connection(server):
     assert (await tx.result()).outcome is Outcome.SUCCESS
 
 
-async def test_a_line_cut_by_a_drop_comes_again_exactly_once():
-    """A scripted server: the first stream breaks mid-line; the client asks for that line."""
-    requests = []
+@contextlib.asynccontextmanager
+async def _scripted_server(answers: list[bytes]) -> AsyncIterator[tuple[int, list[Packet]]]:
+    """A fake server on a free port: the Nth connection's packet is kept, and answered
+    with ``answers[N]`` and a close.  Yields the port and the packets so far."""
+    packets: list[Packet] = []
 
     async def scripted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         parser = PacketParser()
         packet = None
         while packet is None:
             packet = parser.feed(await reader.read(4096))
-        requests.append((packet.command, packet.variables.get("_sys_FromLine")))
-        if len(requests) == 1:
-            writer.write(b"R0000000: T0000001\r\nJ0000100: Machine name: x\r\nJ0000100: hal")
-        else:
-            writer.write(b"R0000000: T0000001\r\nJ0000100: half\r\n"
-                         b"J0000022: Job failed.\r\nJ0000001: Transaction T0000001 ended\r\n")
+        packets.append(packet)
+        writer.write(answers[len(packets) - 1])
         await writer.drain()
         writer.close()
 
     listener = await asyncio.start_server(scripted, "127.0.0.1", 0)
     async with listener:
-        port = listener.sockets[0].getsockname()[1]
+        yield listener.sockets[0].getsockname()[1], packets
+
+
+async def test_a_line_cut_by_a_drop_comes_again_exactly_once():
+    """A scripted server: the first stream breaks mid-line; the client asks for that line."""
+    answers = [b"R0000000: T0000001\r\nJ0000100: Machine name: x\r\nJ0000100: hal",
+               b"R0000000: T0000001\r\nJ0000100: half\r\n"
+               b"J0000022: Job failed.\r\nJ0000001: Transaction T0000001 ended\r\n"]
+    async with _scripted_server(answers) as (port, packets):
         tx = await Client("127.0.0.1", port).submit("anything")
         lines = [line async for line in tx]
     assert [(line.number, line.text) for line in lines] == [
         (1, "Machine name: x"), (2, "half"), (3, "Job failed."), (4, "Transaction T0000001 ended")]
-    assert requests == [("SubmitJob", None), ("MonitorJob", "2")]
+    assert [(p.command, p.variables.get("_sys_FromLine")) for p in packets] == [
+        ("SubmitJob", None), ("MonitorJob", "2")]
     assert (await tx.result()).outcome is Outcome.FAILED
 
 
 async def test_a_too_slow_monitor_notice_is_followed_not_shown():
-    requests = []
-
-    async def scripted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        parser = PacketParser()
-        packet = None
-        while packet is None:
-            packet = parser.feed(await reader.read(4096))
-        requests.append(packet.variables.get("_sys_FromLine"))
-        if len(requests) == 1:
-            writer.write(b"R0000000: T0000001\r\nJ0000100: one\r\nJ0000100: two\r\n"
-                         b"J0005003: Monitor fell too far behind: "
-                         b"re-attach with MonitorJob from line 3\r\n")
-        else:
-            writer.write(b"R0000000: T0000001\r\nJ0000100: three\r\n"
-                         b"J0000020: Job completed successfully.\r\n"
-                         b"J0000001: Transaction T0000001 ended\r\n")
-        await writer.drain()
-        writer.close()
-
-    listener = await asyncio.start_server(scripted, "127.0.0.1", 0)
-    async with listener:
-        port = listener.sockets[0].getsockname()[1]
+    answers = [b"R0000000: T0000001\r\nJ0000100: one\r\nJ0000100: two\r\n"
+               b"J0005003: Monitor fell too far behind: "
+               b"re-attach with MonitorJob from line 3\r\n",
+               b"R0000000: T0000001\r\nJ0000100: three\r\n"
+               b"J0000020: Job completed successfully.\r\n"
+               b"J0000001: Transaction T0000001 ended\r\n"]
+    async with _scripted_server(answers) as (port, packets):
         tx = await Client("127.0.0.1", port).watch("T0000001")
         lines = [(line.number, line.text) async for line in tx]
     assert lines == [(1, "one"), (2, "two"), (3, "three"), (4, "Job completed successfully."),
                      (5, "Transaction T0000001 ended")]
-    assert requests == ["1", "3"]
+    assert [p.variables.get("_sys_FromLine") for p in packets] == ["1", "3"]
 
 
 async def test_not_a_jobmonitor_server_is_a_protocol_error():

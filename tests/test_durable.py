@@ -88,19 +88,27 @@ async def test_queued_jobs_keep_their_place_across_a_restart(make_server, db_url
     assert field(cancelled, "Status") == "Cancelled"
 
 
-async def test_retry_on_restart_job_runs_again(make_server, db_url, tmp_path):
-    marker = tmp_path / "marker"
-    server = await make_server(store=db_url, shutdown_grace_s=0.1)
-    session = await Session.open(server.port, submit("retry-once", Marker=str(marker)))
+async def _stopped_in_its_first_run(server, packet: bytes) -> str:
+    """Submit a retry job, stop the server (0.1 s of grace) during its first run, and
+    check it was left to recovery: a stop notice and no completion line.  Returns
+    its transaction ID once the server has stopped."""
+    session = await Session.open(server.port, packet)
     tid = tid_of(await session.line())
     await session.line()
     assert await session.line() == "J0000100: first run"
     server.close()
-    # left to recovery: a notice, and no completion line
     assert await session.rest() == [
         "J0000190: Server stopping: running jobs have 0.1 s to finish"]
     await session.close()
     await server.wait_closed()
+    return tid
+
+
+async def test_retry_on_restart_job_runs_again(make_server, db_url, tmp_path):
+    marker = tmp_path / "marker"
+    server = await make_server(store=db_url, shutdown_grace_s=0.1)
+    tid = await _stopped_in_its_first_run(
+        server, submit("retry-once", Marker=str(marker)))
 
     again = await make_server(store=db_url)
     lines = await exchange(again.port, xml_packet("MonitorJob", {"_sys_TransactionID": tid,
@@ -265,17 +273,9 @@ async def test_a_retry_job_deaf_to_cancellation_is_still_left_to_recovery(
         make_server, db_url, tmp_path, monkeypatch):
     monkeypatch.setattr(engine_module, "CANCEL_WAIT_S", 0.2)
     server = await make_server(store=db_url, shutdown_grace_s=0.1)
-    session = await Session.open(server.port, submit("thread-retry", Marker=str(tmp_path / "m"),
-                                                     Key="deaf"))
-    tid = tid_of(await session.line())
-    await session.line()
-    assert await session.line() == "J0000100: first run"
-    server.close()
-    # the job never stops: its thread is abandoned, its stream ends without a completion
-    assert await session.rest() == [
-        "J0000190: Server stopping: running jobs have 0.1 s to finish"]
-    await session.close()
-    await server.wait_closed()
+    # The job never stops: its thread is abandoned, its stream ends without a completion.
+    tid = await _stopped_in_its_first_run(
+        server, submit("thread-retry", Marker=str(tmp_path / "m"), Key="deaf"))
     jobs.thread_releases["deaf"].set()
 
     again = await make_server(store=db_url)

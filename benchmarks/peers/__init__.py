@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import Endpoint, ServerProcess, Sizes, Target, drain, find_binary, free_port
+from harness import (Endpoint, ServerProcess, Sizes, Target, find_binary, free_port,
+                     run_jobs_scenario)
 
 __all__ = ["GearmandTarget", "BeanstalkdTarget"]
 
@@ -133,13 +134,11 @@ class GearmandTarget(_PeerTarget):
         if scenario == "stream":
             return await gearman.run_stream(endpoint, sizes.stream_lines)
         if scenario == "jobs":
-            run = gearman.run_jobs_persistent if self.persistent else gearman.run_jobs
-            submit = gearman.run_submits_persistent if self.persistent else gearman.run_submits
-            metrics = await run(endpoint, sizes.jobs, sizes.clients)
-            metrics.update(await submit(endpoint, sizes.jobs, sizes.clients))
-            metrics["submit_drain_s"] = await drain(lambda: gearman.idle(endpoint),
-                                                    sizes.timeout_s, "background jobs done")
-            return metrics
+            if self.persistent:
+                return await run_jobs_scenario(endpoint, sizes, gearman.run_jobs_persistent,
+                                               gearman.run_submits_persistent, gearman.idle)
+            return await run_jobs_scenario(endpoint, sizes, gearman.run_jobs,
+                                           gearman.run_submits, gearman.idle)
         if scenario == "held":
             return await gearman.run_held(endpoint, sizes.held, sizes.timeout_s)
         raise ValueError(f"{self.name} cannot run {scenario}")
@@ -170,10 +169,7 @@ class BeanstalkdTarget(_PeerTarget):
         from peers import beanstalk
 
         if scenario == "jobs":
-            metrics = await beanstalk.run_jobs(endpoint, sizes.jobs, sizes.clients)
-            metrics.update(await beanstalk.run_submits(endpoint, sizes.jobs, sizes.clients))
-            metrics["submit_drain_s"] = await drain(lambda: beanstalk.idle(endpoint),
-                                                    sizes.timeout_s, "background jobs done")
-            return metrics
+            return await run_jobs_scenario(endpoint, sizes, beanstalk.run_jobs,
+                                           beanstalk.run_submits, beanstalk.idle)
         raise ValueError(f"{self.name} cannot run {scenario}")
 
