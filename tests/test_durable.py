@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from jobmonitor import JobState
 from jobmonitor import engine as engine_module
 
 from . import jobs
-from .conftest import finished, release
+from .conftest import MACHINE, finished, release
 from .helpers import Session, exchange, submit, xml_packet
 from .test_cli import ROOT, ServerProcess
 
@@ -350,3 +351,25 @@ async def test_without_a_durable_store_checkpoints_never_wait_for_one(make_serve
     server = await make_server(store="memory://")
     lines = await exchange(server.port, submit("chatty", Count="500", Burst="50"))
     assert "J0000100: most unstored after a checkpoint: 0" in lines
+
+
+async def test_a_watched_job_that_says_nothing_is_not_written_again_and_again(make_server,
+                                                                             db_url):
+    # Serving a watcher its newly stored lines is no change to the job: it must
+    # not start another commit (which would serve the watcher, and so on forever).
+    server = await make_server(store=db_url, commit_interval_s=0.01)
+    session = await Session.open(server.port, submit("wait", Key="quiet"))
+    tid = tid_of(await session.line())
+    assert await session.line() == f"J0000100: Machine name: {MACHINE}"
+    assert await session.line() == "J0000100: waiting"
+    observer = sqlite3.connect(db_url.removeprefix("sqlite:///"))
+    try:
+        before = observer.execute("PRAGMA data_version").fetchone()[0]
+        await asyncio.sleep(0.3)  # thirty commit intervals
+        assert observer.execute("PRAGMA data_version").fetchone()[0] == before
+    finally:
+        observer.close()
+    await release("quiet")
+    rest = await session.rest()
+    assert rest[-1] == ENDED.format(tid)
+    await session.close()
