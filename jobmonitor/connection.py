@@ -26,8 +26,8 @@ On Linux, a plain TCP connection starts with its socket corked (``TCP_CORK``,
 inherited from the listening socket, see ``Server``): the kernel holds what
 we write until the FIN, so a short answer and the FIN leave in one segment.
 A connection that goes on after its first turn (a monitor of a job still
-running) uncorks once at the end of that turn, and corks again just before
-its last bytes.
+running) uncorks once, when its reply goes out (the end of that turn, or with
+a durable store the next commit), and corks again just before its last bytes.
 """
 
 from __future__ import annotations
@@ -393,9 +393,11 @@ class Connection(asyncio.Protocol):
         self._following = response.follow
         self._server.engine.jobs.monitor_attached(self._following)
         await self._follow(response.from_line)
-        # Hold the reply until the end of this loop turn: a job that ends within
-        # it goes out with the reply in one send (finish() uncorks at once).
-        self._loop.call_soon(self._flush)
+        # Hold the reply until the job's first lines can join it: a job that ends
+        # at once then goes out with the reply in one send (finish() uncorks at
+        # once).  That is the end of this loop turn; with a durable store, whose
+        # monitors get only stored lines, the next commit (a few ms).
+        self._server.engine.when_stored(self._flush)
 
     async def _follow(self, line: int) -> None:
         """Send the followed job's lines from ``line`` on: from the store while they

@@ -20,7 +20,7 @@ import concurrent.futures
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from .codes import Reply, Status
@@ -389,6 +389,14 @@ class Engine:
         else:
             job._record_status(Status.INTERRUPTED)
             self._finish(job, Outcome.FAILED)
+
+    def when_stored(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once what has changed so far is stored: at the end of
+        this loop turn, or with a durable store after its next commit."""
+        if self._store.durable:
+            self._store.call_when_stored(callback)
+        else:
+            self._loop.call_soon(callback)
 
     def _persisted(self, item: Recordable, stored_lines: int) -> None:
         if isinstance(item, Job):

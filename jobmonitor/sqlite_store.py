@@ -8,12 +8,18 @@ one transaction.  A new job (``add``) starts a commit at once if none is
 running; otherwise it rides the next one, so many submits share one fsync.
 Other changes wait at most ``commit_interval_s``.
 
+A job's row is inserted whole once; later commits update only the columns
+that can change (no parameters re-encoded).  Each table gets one statement
+per commit (a few for a very large batch): every statement takes the
+interpreter lock back when SQLite returns, and while the event loop is busy
+each such handover is a wait.
+
 Tables: ``jobs`` (one row per job); ``line_blocks`` (a job's J lines, numbered
 from 1, kept as runs of consecutive lines: the row for lines 101..350 holds
 their bytes joined, which costs one row per job per commit instead of one per
 line; every line ends with CRLF and has none inside, so a block splits back
 exactly); ``history``, ``outputs``; and ``meta`` (the last transaction number,
-so numbers are never reused even after jobs are deleted).
+written when jobs are deleted, so numbers are never reused).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import itertools
 import json
 import logging
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,8 +76,23 @@ RECENT_EVENTS = 200
 #: and reads back recent pages; the OS caches the file anyway, and every MiB
 #: kept here is charged to a server holding thousands of waiting jobs.
 CACHE_KIB = 1024
-#: Most parameters in one statement (SQLite's limit is 32 766 since 3.32, 999 before).
+#: Parameters in one statement when SQLite cannot say its limit (999 before 3.32).
 _MAX_VARIABLES = 999
+#: The job columns a later write updates (the rest never change).
+_UPDATED_COLUMNS = ("status", "outcome", "progress_done", "progress_total", "progress_message",
+                    "status_message", "started", "updated", "completed", "estimated",
+                    "line_count")
+# An update is an upsert of a row known to exist: the columns that never change
+# get placeholders the conflict discards (they are NOT NULL, checked first).
+_UPDATE_HEAD = ("INSERT INTO jobs (number, project, params, doc_variables, identity, worker, "
+                f"created, {', '.join(_UPDATED_COLUMNS)})")
+_UPDATE_GROUP = "(?, '', '', '', '', '', 0, " + ", ".join("?" * len(_UPDATED_COLUMNS)) + ")"
+_UPDATE_TAIL = (" ON CONFLICT (number) DO UPDATE SET "
+                + ", ".join(f"{c} = excluded.{c}" for c in _UPDATED_COLUMNS))
+#: Prepared statements a connection keeps (Python's default is 128).
+STATEMENT_CACHE = 256
+#: Loop turns the committer lets pass between a commit and the next batch.
+AFTER_COMMIT_TURNS = 2
 #: Most lines in one stored block.
 BLOCK_LINES = 2000
 
@@ -83,16 +104,20 @@ class _Written:
     lines: int = 0
     history: int = 0
     outputs: int = 0
+    #: The job's row is in the table: later writes update it.
+    row: bool = False
 
 
 @dataclass(slots=True)
 class _Batch:
     rows: list[tuple[Any, ...]] = field(default_factory=list)
+    updates: list[tuple[Any, ...]] = field(default_factory=list)
     blocks: list[tuple[int, int, int, bytes]] = field(default_factory=list)
     history: list[tuple[Any, ...]] = field(default_factory=list)
     outputs: list[tuple[Any, ...]] = field(default_factory=list)
-    last_number: int = 0
     stored: list[tuple[Recordable, int]] = field(default_factory=list)
+    #: The jobs whose rows this batch inserts (if it fails, the next one must).
+    inserted: list[_Written] = field(default_factory=list)
 
 
 class SqliteStore(Store):
@@ -106,25 +131,27 @@ class SqliteStore(Store):
         self.synchronous = "NORMAL" if synchronous == "normal" else "FULL"
         self.commit_interval_s = commit_interval_s
         self._db: sqlite3.Connection | None = None
+        self._max_variables = _MAX_VARIABLES
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by open()
         self._thread = concurrent.futures.ThreadPoolExecutor(1, "jobmonitor-sqlite")
         self._dirty: dict[str, Recordable] = {}
         self._written: dict[str, _Written] = {}
         self._waiters: list[asyncio.Future[None]] = []
+        self._when_stored: list[Callable[[], None]] = []
         self._wake = asyncio.Event()
         self._urgent = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
         self._closing = False
-        self._last_number = 0
 
     # -- life cycle -------------------------------------------------------------
 
     async def open(self) -> Recovery:
+        self._loop = asyncio.get_running_loop()
         recovery = await self._call(self._open_db)
-        self._last_number = recovery.last_number
         for record in recovery.unfinished:
             self._written[record.transaction_id] = _Written(
-                record.line_count, len(record.history), len(record.outputs))
-        self._committer = asyncio.get_running_loop().create_task(self._commit_loop())
+                record.line_count, len(record.history), len(record.outputs), row=True)
+        self._committer = self._loop.create_task(self._commit_loop())
         return recovery
 
     async def close(self) -> None:
@@ -142,7 +169,7 @@ class SqliteStore(Store):
     # -- writing ------------------------------------------------------------------
 
     async def add(self, job: Recordable) -> None:
-        waiter = asyncio.get_running_loop().create_future()
+        waiter = self._loop.create_future()
         self._waiters.append(waiter)
         self._written[job.transaction_id] = _Written()
         self._dirty[job.transaction_id] = job
@@ -160,11 +187,19 @@ class SqliteStore(Store):
     async def flush(self) -> None:
         if not self._dirty:
             return
-        waiter = asyncio.get_running_loop().create_future()
+        waiter = self._loop.create_future()
         self._waiters.append(waiter)
         self._wake.set()
         self._urgent.set()
         await waiter
+
+    def call_when_stored(self, callback: Callable[[], None]) -> None:
+        if not self._dirty:
+            self._loop.call_soon(callback)
+            return
+        self._when_stored.append(callback)
+        self._wake.set()
+        self._urgent.set()
 
     async def _commit_loop(self) -> None:
         while True:
@@ -177,11 +212,14 @@ class SqliteStore(Store):
             self._wake.clear()
             self._urgent.clear()
             waiters, self._waiters = self._waiters, []
+            when_stored, self._when_stored = self._when_stored, []
             batch = self._take_batch()
             try:
                 await self._call(self._write, batch)
             except Exception as exc:
                 log.exception("writing to %s failed", self.path)
+                for written in batch.inserted:
+                    written.row = False
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_exception(exc)
@@ -190,18 +228,24 @@ class SqliteStore(Store):
                     if not waiter.done():
                         waiter.set_result(None)
                 self._after_commit(batch)
+            if when_stored:  # after the flushes the commit scheduled (watchers' lines)
+                self._loop.call_soon(_call_each, when_stored)
             del batch  # not kept while we wait: it may hold a row for every job
             if self._closing and not self._dirty:
                 return
+            # Two loop turns before the next batch: one for the submits just
+            # acknowledged to start their jobs, one for those jobs to run.  A job
+            # that ends at once then rides the next commit, not the one after it.
+            for _ in range(AFTER_COMMIT_TURNS):
+                await asyncio.sleep(0)
 
     def _take_batch(self) -> _Batch:
-        batch = _Batch(last_number=self._last_number)
+        batch = _Batch()
         dirty, self._dirty = self._dirty, {}
         for job in dirty.values():
             record = job.snapshot()
             written = self._written[record.transaction_id]
             number = record.number
-            batch.last_number = max(batch.last_number, number)
             stream = job.stream
             new = stream.lines[written.lines - stream.base:]
             for start in range(0, len(new), BLOCK_LINES):
@@ -217,11 +261,15 @@ class SqliteStore(Store):
                                  for i, o in enumerate(record.outputs[written.outputs:]))
             written.outputs = len(record.outputs)
             record.line_count = written.lines
-            batch.rows.append(_row(record))
+            if written.row:
+                batch.updates.append(_update(record))
+            else:
+                batch.rows.append(_row(record))
+                batch.inserted.append(written)
+                written.row = True
             batch.stored.append((job, written.lines))
             if record.status.is_final and written.lines == len(stream):
                 del self._written[record.transaction_id]  # nothing more will change
-        self._last_number = batch.last_number
         return batch
 
     def _after_commit(self, batch: _Batch) -> None:
@@ -232,19 +280,22 @@ class SqliteStore(Store):
     # -- the database thread ----------------------------------------------------------
 
     async def _call(self, func: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, func, *args)
+        return await self._loop.run_in_executor(self._thread, func, *args)
 
     def _open_db(self) -> Recovery:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                             cached_statements=STATEMENT_CACHE)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         db.executescript(_SCHEMA)
         self._db = db
-        stored = db.execute("SELECT value FROM meta WHERE key = 'last_number'").fetchone()
-        highest = db.execute("SELECT MAX(number) FROM jobs").fetchone()[0] or 0
-        last = max(int(stored[0]) if stored else 0, highest)
+        try:
+            self._max_variables = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        except AttributeError:  # Python built without getlimit
+            pass
+        last = _last_number(db)
         marks = ",".join("?" * len(_UNFINISHED))
         unfinished = self._select_records(f"status IN ({marks}) ORDER BY number", _UNFINISHED)
         return Recovery(last, unfinished, self._recent_events(db))
@@ -259,13 +310,14 @@ class SqliteStore(Store):
     def _write(self, batch: _Batch) -> None:
         db = self._db
         assert db is not None
+        most = self._max_variables
         db.execute("BEGIN")
         try:
-            _insert(db, f"REPLACE INTO jobs ({_JOB_COLUMNS})", batch.rows)
-            _insert(db, "INSERT OR REPLACE INTO line_blocks", batch.blocks)
-            _insert(db, "INSERT OR REPLACE INTO history", batch.history)
-            _insert(db, "INSERT OR REPLACE INTO outputs", batch.outputs)
-            db.execute("REPLACE INTO meta VALUES ('last_number', ?)", (str(batch.last_number),))
+            _insert(db, f"REPLACE INTO jobs ({_JOB_COLUMNS})", batch.rows, most)
+            _insert(db, _UPDATE_HEAD, batch.updates, most, _UPDATE_GROUP, _UPDATE_TAIL)
+            _insert(db, "INSERT OR REPLACE INTO line_blocks", batch.blocks, most)
+            _insert(db, "INSERT OR REPLACE INTO history", batch.history, most)
+            _insert(db, "INSERT OR REPLACE INTO outputs", batch.outputs, most)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -348,6 +400,8 @@ class SqliteStore(Store):
         db = self._db
         assert db is not None
         db.execute("BEGIN")
+        # The newest job may be among those deleted: its number must stay used.
+        db.execute("REPLACE INTO meta VALUES ('last_number', ?)", (str(_last_number(db)),))
         for table in ("jobs", "line_blocks", "history", "outputs"):
             # IN lists, not executemany: see _insert.
             for start, size in _power_of_two_chunks(len(numbers), _MAX_VARIABLES):
@@ -356,22 +410,56 @@ class SqliteStore(Store):
         db.execute("COMMIT")
 
 
-def _insert(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """``head VALUES (...), (...), ...``: many rows per statement.
+def _insert(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]],
+            most_variables: int = _MAX_VARIABLES, group: str | None = None,
+            tail: str = "") -> None:
+    """``head VALUES (...), (...), ... tail``: many rows per statement.
 
-    Not ``executemany``: it takes the GIL back after every row, and while the
-    event loop's thread is busy each such handover waits out the interpreter's
-    switch interval (5 ms), so a commit of a few hundred rows took seconds.
-    Statements hold a power of two of rows (up to ``_MAX_VARIABLES`` parameters):
-    a few shapes only, so the prepared ones the connection caches stay few.
+    Not ``executemany``: it takes the interpreter lock back after every row, and
+    while the event loop's thread is busy each such handover waits (up to the
+    switch interval, 5 ms): a commit of a few hundred rows took seconds.  One
+    statement holds up to ``most_variables`` parameters.  Its row count is
+    rounded up (see ``_statement_rows``) by repeating the last row, which
+    changes nothing, since every statement here replaces a row with the same
+    key: so there are few statement shapes, and the connection's cache of
+    prepared statements keeps them all.
     """
     if not rows:
         return
     width = len(rows[0])
-    group = "(" + ",".join("?" * width) + ")"
-    for start, size in _power_of_two_chunks(len(rows), _MAX_VARIABLES // width):
-        db.execute(f"{head} VALUES {','.join([group] * size)}",
-                   list(itertools.chain.from_iterable(rows[start:start + size])))
+    group = group or "(" + ",".join("?" * width) + ")"
+    most = max(most_variables // width, 1)
+    for start in range(0, len(rows), most):
+        chunk = rows[start:start + most]
+        shape = min(_statement_rows(len(chunk)), most)
+        if shape > len(chunk):
+            chunk = [*chunk, *[chunk[-1]] * (shape - len(chunk))]
+        db.execute(f"{head} VALUES {','.join([group] * shape)}{tail}",
+                   list(itertools.chain.from_iterable(chunk)))
+
+
+def _statement_rows(count: int) -> int:
+    """The row count of the statement for ``count`` rows: exact up to 8, then
+    rounded up to a multiple of 8 (to 128), then of 64."""
+    if count <= 8:
+        return count
+    step = 8 if count <= 128 else 64
+    return -(-count // step) * step
+
+
+def _call_each(callbacks: list[Callable[[], None]]) -> None:
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:  # one bad callback must not keep the others waiting
+            log.exception("a callback after a commit failed")
+
+
+def _last_number(db: sqlite3.Connection) -> int:
+    """The highest transaction number ever stored (deleted jobs' included)."""
+    stored = db.execute("SELECT value FROM meta WHERE key = 'last_number'").fetchone()
+    highest = db.execute("SELECT MAX(number) FROM jobs").fetchone()[0] or 0
+    return max(int(stored[0]) if stored else 0, highest)
 
 
 def _power_of_two_chunks(count: int, most: int) -> Iterator[tuple[int, int]]:
@@ -402,6 +490,13 @@ def _row(r: JobRecord) -> tuple[Any, ...]:
             r.job_token, r.status.value, r.outcome.value if r.outcome else None,
             r.progress_done, r.progress_total, r.progress_message, r.status_message, r.worker,
             r.created, r.started, r.updated, r.completed, r.estimated, r.line_count)
+
+
+def _update(r: JobRecord) -> tuple[Any, ...]:
+    # In the order of _UPDATED_COLUMNS, after the number.
+    return (r.number, r.status.value, r.outcome.value if r.outcome else None, r.progress_done,
+            r.progress_total, r.progress_message, r.status_message, r.started, r.updated,
+            r.completed, r.estimated, r.line_count)
 
 
 def _record(row: tuple[Any, ...]) -> JobRecord:

@@ -13,6 +13,7 @@ apart).  The memory store keeps nothing beyond the engine's own tables.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,12 @@ class Store(abc.ABC):
 
     async def flush(self) -> None:
         """Return once everything changed so far is written."""
+
+    def call_when_stored(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on the loop once what has changed so far is stored
+        (right after the commit that takes it), or at the end of this loop turn
+        when nothing waits."""
+        asyncio.get_running_loop().call_soon(callback)
 
     async def load(self, transaction_id: str) -> JobRecord | None:
         """A stored job's record, or None."""

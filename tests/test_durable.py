@@ -285,18 +285,44 @@ async def test_a_retry_job_deaf_to_cancellation_is_still_left_to_recovery(
                           "J0000020: Job completed successfully.", ENDED.format(tid)]
 
 
-@pytest.mark.parametrize("count", [0, 1, 31, 32, 33, 63, 500])
-def test_multi_row_inserts_store_every_row_whatever_the_batch_size(count):
-    # Rows of 19 columns go 32 to a statement at most (999 parameters), in powers of two.
-    import sqlite3
-
+@pytest.mark.parametrize("count", [0, 1, 7, 9, 31, 129, 500])
+@pytest.mark.parametrize("most_variables", [999, 100])
+def test_multi_row_inserts_store_every_row_whatever_the_batch_size(count, most_variables):
+    # Statements hold up to most_variables parameters (5 rows of 19 for 100), their
+    # row counts rounded up by repeating the last row, which replaces itself.
     from jobmonitor.sqlite_store import _insert
 
     db = sqlite3.connect(":memory:")
-    db.execute(f"CREATE TABLE t ({', '.join(f'c{i}' for i in range(19))})")
+    db.execute(f"CREATE TABLE t (c0 PRIMARY KEY, {', '.join(f'c{i}' for i in range(1, 19))})")
     rows = [tuple(n * 100 + i for i in range(19)) for n in range(count)]
-    _insert(db, "INSERT INTO t", rows)
+    _insert(db, "INSERT OR REPLACE INTO t", rows, most_variables)
     assert db.execute("SELECT * FROM t ORDER BY c0").fetchall() == rows
+
+
+def test_a_later_write_changes_only_what_can_change(tmp_path):
+    # The first write of a job inserts its row; later ones update the columns that
+    # can change and keep the rest (the parameters are not written again).
+    from jobmonitor.records import JobRecord
+    from jobmonitor.sqlite_store import SqliteStore, _Batch, _row, _update
+
+    store = SqliteStore(str(tmp_path / "u.db"))
+    store._open_db()
+    first = JobRecord("T0000007", "echo", {"Text": "hi"}, {"d": "1"}, identity="ann",
+                      job_token="k1", status=JobState.QUEUED, worker="w", created=1.0,
+                      updated=1.0)
+    store._write(_Batch(rows=[_row(first)]))
+    later = first.copy()
+    later.project, later.params, later.job_token = "other", {}, None  # never written again
+    later.status, later.started, later.updated, later.line_count = \
+        JobState.PROCESSING, 2.0, 3.0, 4
+    store._write(_Batch(updates=[_update(later), _update(later)]))
+    (stored,) = store._select_records("1", ())
+    assert (stored.project, stored.params, stored.doc_variables, stored.job_token) == \
+        ("echo", {"Text": "hi"}, {"d": "1"}, "k1")
+    assert (stored.status, stored.started, stored.updated, stored.line_count) == \
+        (JobState.PROCESSING, 2.0, 3.0, 4)
+    store._db.close()
+    store._thread.shutdown()
 
 
 async def test_the_memory_store_keeps_only_the_newest_finished_jobs(make_server):
@@ -362,14 +388,65 @@ async def test_a_watched_job_that_says_nothing_is_not_written_again_and_again(ma
     tid = tid_of(await session.line())
     assert await session.line() == f"J0000100: Machine name: {MACHINE}"
     assert await session.line() == "J0000100: waiting"
-    observer = sqlite3.connect(db_url.removeprefix("sqlite:///"))
+    observer = sqlite3.connect(db_url.removeprefix("sqlite:///"))  # sees others' commits
     try:
-        before = observer.execute("PRAGMA data_version").fetchone()[0]
-        await asyncio.sleep(0.3)  # thirty commit intervals
-        assert observer.execute("PRAGMA data_version").fetchone()[0] == before
+        def version() -> int:
+            return observer.execute("PRAGMA data_version").fetchone()[0]
+
+        # A commit or two may still follow the line (its flush marks the job changed
+        # after a commit took it); then none, for thirty commit intervals.
+        before, quiet = version(), 0
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            now = version()
+            quiet, before = (quiet + 1 if now == before else 0), now
+            if quiet == 5:
+                break
+        await asyncio.sleep(0.3)
+        assert version() == before
     finally:
         observer.close()
     await release("quiet")
     rest = await session.rest()
     assert rest[-1] == ENDED.format(tid)
     await session.close()
+
+
+async def test_a_monitor_of_a_queued_job_is_answered_at_once(make_server, db_url):
+    # A monitor's reply waits for the job's next commit only while it has something
+    # unstored; a job waiting in the queue has not (and commits are a minute apart).
+    server = await make_server(store=db_url, max_running=1, commit_interval_s=60.0)
+    await exchange(server.port, submit("wait", monitor=False, Key="ahead"))
+    session = await Session.open(server.port, submit("echo", Text="queued"))
+    tid = tid_of(await asyncio.wait_for(session.line(), 2.0))
+    assert await asyncio.wait_for(session.line(), 2.0) == f"J0000100: Machine name: {MACHINE}"
+    await release("ahead")
+    rest = await session.rest()
+    assert "J0000100: Text=queued" in rest and rest[-1] == ENDED.format(tid)
+    await session.close()
+
+
+async def test_call_when_stored_starts_the_commit_it_waits_for(tmp_path):
+    # A change waits up to commit_interval_s (a minute here) for its commit; one
+    # that someone waits on with call_when_stored is committed at once.
+    from jobmonitor.job import Job
+    from jobmonitor.records import JobRecord
+    from jobmonitor.sqlite_store import SqliteStore
+
+    store = SqliteStore(str(tmp_path / "w.db"), commit_interval_s=60.0)
+    await store.open()
+    try:
+        loop = asyncio.get_running_loop()
+        job = Job(JobRecord("T0000001", "echo", {}, {}, status=JobState.PROCESSING), loop)
+        await store.add(job)
+        job.stream.lines.append(b"J0000100: one\r\n")
+        store.changed(job)
+        called = loop.create_future()
+        store.call_when_stored(lambda: called.set_result(None))
+        await asyncio.wait_for(called, 2.0)
+        assert await store.read_lines("T0000001", 1, 10) == [b"J0000100: one\r\n"]
+        nothing_waits = loop.create_future()  # nothing unstored: at the end of this turn
+        store.call_when_stored(lambda: nothing_waits.set_result(None))
+        await asyncio.wait_for(nothing_waits, 0.5)
+    finally:
+        await store.close()

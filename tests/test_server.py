@@ -231,9 +231,15 @@ async def test_a_client_that_sent_more_is_lingered_for(make_server, more):
 
 
 @pytest.mark.skipif(not hasattr(socket, "TCP_CORK"), reason="Linux's TCP_CORK")
-async def test_a_monitor_is_uncorked_while_its_job_runs(server):
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+async def test_a_monitor_is_uncorked_while_its_job_runs(make_server, tmp_path, store):
     """Accepted sockets start corked (a short answer leaves with the FIN); one
-    that watches a job still running must not keep its lines in the kernel."""
+    that watches a job still running must not keep its lines in the kernel.
+    With the SQLite store the reply waits for the job's first stored lines: the
+    next commit, which a waiting monitor starts at once (not commit_interval_s,
+    here longer than the test waits, later)."""
+    url = "memory://" if store == "memory" else f"sqlite:///{tmp_path / 'cork.db'}"
+    server = await make_server(store=url, commit_interval_s=60.0)
     assert server.accepts_corked
     session = await Session.open(server.port, submit("wait", Key="cork"))
     tid = tid_of(await session.line())
