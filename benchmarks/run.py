@@ -83,7 +83,9 @@ def build_targets(args: argparse.Namespace, loop: str) -> list[Target]:
         GearmandTarget(args.peer_workers, loop, threads=args.gearmand_threads,
                        persistent=True),
         BeanstalkdTarget(args.peer_workers, loop),
+        BeanstalkdTarget(args.peer_workers, loop, per_connection=True),
         BeanstalkdTarget(args.peer_workers, loop, durable=True),
+        BeanstalkdTarget(args.peer_workers, loop, durable=True, per_connection=True),
     ]
     for server_loop in ("asyncio", "uvloop"):
         targets += [

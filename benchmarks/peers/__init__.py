@@ -154,12 +154,18 @@ class BeanstalkdTarget(_PeerTarget):
     worker_kind = "beanstalk"
     scenarios = frozenset({"jobs"})
 
-    def __init__(self, workers: int, worker_loop: str, *, durable: bool = False) -> None:
+    def __init__(self, workers: int, worker_loop: str, *, durable: bool = False,
+                 per_connection: bool = False) -> None:
         super().__init__(workers, worker_loop)
         self.durable = durable
-        self.name = "beanstalkd (binlog, fsync)" if durable else "beanstalkd"
+        self.per_connection = per_connection
+        kinds = [k for k, on in (("binlog, fsync", durable), ("a connection per job",
+                                                               per_connection)) if on]
+        self.name = f"beanstalkd ({', '.join(kinds)})" if kinds else "beanstalkd"
         storage = "binlog fsynced after every write" if durable else "no binlog"
-        self.description = f"beanstalkd ({storage}), {workers} worker connections, reply tubes"
+        clients = "a client connection per job" if per_connection else "kept client connections"
+        self.description = (f"beanstalkd ({storage}), {workers} worker connections, reply "
+                            f"tubes, {clients}")
 
     def daemon_argv(self, path: str, port: int, scratch: str) -> list[str]:
         durable = ["-b", scratch, "-f", "0"] if self.durable else []
@@ -168,6 +174,9 @@ class BeanstalkdTarget(_PeerTarget):
     async def run(self, scenario: str, endpoint: Endpoint, sizes: Sizes) -> dict[str, float]:
         from peers import beanstalk
 
+        if scenario == "jobs" and self.per_connection:
+            return await run_jobs_scenario(endpoint, sizes, beanstalk.run_jobs_per_connection,
+                                           beanstalk.run_submits_per_connection, beanstalk.idle)
         if scenario == "jobs":
             return await run_jobs_scenario(endpoint, sizes, beanstalk.run_jobs,
                                            beanstalk.run_submits, beanstalk.idle)

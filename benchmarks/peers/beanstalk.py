@@ -12,6 +12,12 @@ gearman client waiting for its job's end; it costs beanstalkd two jobs per
 benchmark job.  Producers keep their connections (beanstalkd clients do) and
 pipeline the notice's ``delete`` with their next ``put``.
 
+``run_jobs_per_connection`` is the jobs scenario as jobmonitor and gearmand
+clients run it: a new connection per job.  It pipelines all it can in one send
+(``use``, ``watch``, ``ignore``, ``put``, ``reserve``), and after the notice
+sends its ``delete`` with ``quit`` and closes without waiting, as a jobmonitor
+client closes after its ended line.
+
 Fire-and-forget submits (``run_submits``) ``put`` a job whose body is
 ``NO_REPLY`` and wait for ``INSERTED`` only; the worker just deletes such a
 job.  ``idle`` tells when the job tube is empty again.
@@ -21,11 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from harness import Endpoint, job_metrics, submit_metrics
 
-__all__ = ["run_jobs", "run_submits", "idle", "worker"]
+__all__ = ["run_jobs", "run_jobs_per_connection", "run_submits", "run_submits_per_connection",
+           "idle", "worker"]
 
 JOB_TUBE = b"bench.jobs"
 TTR_S = 60
@@ -116,6 +123,103 @@ async def run_jobs(endpoint: Endpoint, jobs: int, clients: int) -> dict[str, flo
     started = time.perf_counter()
     await asyncio.gather(*(_producer(endpoint, i, numbers, latencies) for i in range(clients)))
     return job_metrics(jobs, latencies, time.perf_counter() - started)
+
+
+class _OneConnection(asyncio.Protocol):
+    """A connection that sends ``request`` (its commands pipelined in one send),
+    waits for ``lines`` reply lines, sends what ``last`` makes of them (then
+    closes, without waiting for the answer) and resolves ``done``."""
+
+    def __init__(self, request: bytes, lines: int, first: bytes,
+                 last: Callable[[list[bytes]], bytes], done: asyncio.Future[None]) -> None:
+        self.request = request
+        self.lines = lines
+        self.first = first
+        self.last = last
+        self.done = done
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.buffer.endswith(b"\r\n") or self.buffer.count(b"\r\n") < self.lines:
+            return
+        assert self.transport is not None
+        lines = self.buffer.split(b"\r\n")
+        if not lines[0].startswith(self.first):
+            self.done.set_exception(RuntimeError(f"beanstalkd: unexpected {self.buffer[:200]!r}"))
+        else:
+            self.transport.write(self.last(lines))
+            self.done.set_result(None)
+        self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(ConnectionError(f"beanstalkd closed the connection: {exc}"))
+
+
+async def _per_connection(endpoint: Endpoint, count: int, clients: int,
+                          request: Callable[[int], bytes], lines: int, first: bytes,
+                          last: Callable[[list[bytes]], bytes]) -> list[float]:
+    """``count`` exchanges from ``clients`` producers, a connection each; their latencies."""
+    loop = asyncio.get_running_loop()
+    numbers = iter(range(count))
+    latencies: list[float] = []
+
+    async def producer(index: int) -> None:
+        data = request(index)
+        for _ in numbers:
+            started = time.perf_counter()
+            done = loop.create_future()
+            await loop.create_connection(lambda: _OneConnection(data, lines, first, last, done),
+                                         endpoint.host, endpoint.port)
+            await done
+            latencies.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(producer(i) for i in range(clients)))
+    return latencies
+
+
+def _job_request(index: int) -> bytes:
+    reply_tube = b"bench.reply.%d" % index
+    return (b"use " + JOB_TUBE + b"\r\nwatch " + reply_tube + b"\r\nignore default\r\n"
+            + put(reply_tube) + b"reserve\r\n")
+
+
+def _delete_notice(lines: list[bytes]) -> bytes:
+    # lines: USING, WATCHING, WATCHING, INSERTED, RESERVED <id> 1, the notice's body
+    if not (lines[3].startswith(b"INSERTED") and lines[4].startswith(b"RESERVED ")):
+        raise RuntimeError(f"beanstalkd: unexpected {lines[:6]!r}")
+    return b"delete " + lines[4].split()[1] + b"\r\nquit\r\n"
+
+
+def _quit_after_insert(lines: list[bytes]) -> bytes:
+    if not lines[1].startswith(b"INSERTED"):
+        raise RuntimeError(f"beanstalkd: unexpected {lines[:2]!r}")
+    return b"quit\r\n"
+
+
+async def run_jobs_per_connection(endpoint: Endpoint, jobs: int,
+                                  clients: int) -> dict[str, float]:
+    """``jobs`` jobs from ``clients`` producers, a new connection per job."""
+    started = time.perf_counter()
+    latencies = await _per_connection(endpoint, jobs, clients, _job_request, 6, b"USING",
+                                      _delete_notice)
+    return job_metrics(jobs, latencies, time.perf_counter() - started)
+
+
+async def run_submits_per_connection(endpoint: Endpoint, submits: int,
+                                     clients: int) -> dict[str, float]:
+    """``submits`` fire-and-forget jobs, a new connection per job."""
+    started = time.perf_counter()
+    latencies = await _per_connection(
+        endpoint, submits, clients, lambda _: b"use " + JOB_TUBE + b"\r\n" + put(NO_REPLY), 2,
+        b"USING", _quit_after_insert)
+    return submit_metrics(submits, latencies, time.perf_counter() - started)
 
 
 async def _submitter(endpoint: Endpoint, numbers: Iterator[int], latencies: list[float]) -> None:
