@@ -110,8 +110,11 @@ class JobDirectory:
 
     async def earlier(self, identity: str, job_token: str) -> str | None:
         """The transaction ID of this submitter's job with this client key, if any."""
-        return (self._tokens.get((identity, job_token))
-                or await self._store.find_token(identity, job_token))
+        key = (identity, job_token)
+        found = self._tokens.get(key) or await self._store.find_token(identity, job_token)
+        # Asked again after the store: a submit with this key may have made its job
+        # while the store looked (the caller makes one without awaiting anything).
+        return found or self._tokens.get(key)
 
     async def resolve(self, transaction_id: str | None, identity: str,
                       job_token: str | None) -> str:

@@ -242,24 +242,29 @@ class SqliteStore(Store):
     def _take_batch(self) -> _Batch:
         batch = _Batch()
         dirty, self._dirty = self._dirty, {}
-        for job in dirty.values():
+        blocks, history, outputs = batch.blocks, batch.history, batch.outputs
+        for transaction_id, job in dirty.items():
             record = job.snapshot()
-            written = self._written[record.transaction_id]
+            written = self._written[transaction_id]
             number = record.number
             stream = job.stream
             new = stream.lines[written.lines - stream.base:]
-            for start in range(0, len(new), BLOCK_LINES):
-                block = new[start:start + BLOCK_LINES]
-                batch.blocks.append((number, written.lines + start + 1, len(block),
-                                     b"".join(block)))
-            written.lines += len(new)
-            batch.history.extend(
-                (number, written.history + i, e.stage, e.status, e.timestamp, e.date, e.info)
-                for i, e in enumerate(record.history[written.history:]))
-            written.history = len(record.history)
-            batch.outputs.extend((number, written.outputs + i, o.name, o.uri, o.media_type)
-                                 for i, o in enumerate(record.outputs[written.outputs:]))
-            written.outputs = len(record.outputs)
+            if new:
+                first = written.lines + 1
+                for start in range(0, len(new), BLOCK_LINES):
+                    block = new[start:start + BLOCK_LINES]
+                    blocks.append((number, first + start, len(block), b"".join(block)))
+                written.lines += len(new)
+            if len(record.history) > written.history:
+                history.extend((number, seq, e.stage, e.status, e.timestamp, e.date, e.info)
+                               for seq, e in enumerate(record.history[written.history:],
+                                                       written.history))
+                written.history = len(record.history)
+            if len(record.outputs) > written.outputs:
+                outputs.extend((number, seq, o.name, o.uri, o.media_type)
+                               for seq, o in enumerate(record.outputs[written.outputs:],
+                                                       written.outputs))
+                written.outputs = len(record.outputs)
             record.line_count = written.lines
             if written.row:
                 batch.updates.append(_update(record))
@@ -269,7 +274,7 @@ class SqliteStore(Store):
                 written.row = True
             batch.stored.append((job, written.lines))
             if record.status.is_final and written.lines == len(stream):
-                del self._written[record.transaction_id]  # nothing more will change
+                del self._written[transaction_id]  # nothing more will change
         return batch
 
     def _after_commit(self, batch: _Batch) -> None:

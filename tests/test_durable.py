@@ -450,3 +450,13 @@ async def test_call_when_stored_starts_the_commit_it_waits_for(tmp_path):
         await asyncio.wait_for(nothing_waits, 0.5)
     finally:
         await store.close()
+
+
+async def test_two_submits_with_one_job_token_at_once_make_one_job(make_server, db_url):
+    # The store is asked about the token off the loop; the second submit must
+    # still find the job the first one made meanwhile.
+    server = await make_server(store=db_url)
+    packet = submit("echo", monitor=False, _sys_JobToken="once")
+    replies = await asyncio.gather(*(exchange(server.port, packet) for _ in range(5)))
+    assert len({tuple(reply) for reply in replies}) == 1, replies
+    assert tid_of(replies[0][0]) == "T0000001"
