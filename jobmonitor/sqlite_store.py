@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import itertools
 import json
 import logging
@@ -89,6 +90,7 @@ _UPDATE_HEAD = ("INSERT INTO jobs (number, project, params, doc_variables, ident
 _UPDATE_GROUP = "(?, '', '', '', '', '', 0, " + ", ".join("?" * len(_UPDATED_COLUMNS)) + ")"
 _UPDATE_TAIL = (" ON CONFLICT (number) DO UPDATE SET "
                 + ", ".join(f"{c} = excluded.{c}" for c in _UPDATED_COLUMNS))
+_EMPTY = bytearray()
 #: Prepared statements a connection keeps (Python's default is 128).
 STATEMENT_CACHE = 256
 #: Loop turns the committer lets pass between a commit and the next batch.
@@ -112,7 +114,7 @@ class _Written:
 class _Batch:
     rows: list[tuple[Any, ...]] = field(default_factory=list)
     updates: list[tuple[Any, ...]] = field(default_factory=list)
-    blocks: list[tuple[int, int, int, bytes]] = field(default_factory=list)
+    blocks: list[tuple[int, int, int, bytearray]] = field(default_factory=list)
     history: list[tuple[Any, ...]] = field(default_factory=list)
     outputs: list[tuple[Any, ...]] = field(default_factory=list)
     stored: list[tuple[Recordable, int]] = field(default_factory=list)
@@ -253,7 +255,9 @@ class SqliteStore(Store):
                 first = written.lines + 1
                 for start in range(0, len(new), BLOCK_LINES):
                     block = new[start:start + BLOCK_LINES]
-                    blocks.append((number, first + start, len(block), b"".join(block)))
+                    # A bytearray: the sqlite3 module binds it as it is, where bytes
+                    # (like None) first go through its adapter lookup.
+                    blocks.append((number, first + start, len(block), _EMPTY.join(block)))
                 written.lines += len(new)
             if len(record.history) > written.history:
                 history.extend((number, seq, e.stage, e.status, e.timestamp, e.date, e.info)
@@ -439,8 +443,15 @@ def _insert(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]],
         shape = min(_statement_rows(len(chunk)), most)
         if shape > len(chunk):
             chunk = [*chunk, *[chunk[-1]] * (shape - len(chunk))]
-        db.execute(f"{head} VALUES {','.join([group] * shape)}{tail}",
+        db.execute(_statement(head, group, tail, shape),
                    list(itertools.chain.from_iterable(chunk)))
+
+
+@functools.lru_cache(maxsize=STATEMENT_CACHE)
+def _statement(head: str, group: str, tail: str, rows: int) -> str:
+    """The text of a statement for ``rows`` rows: made once, and the same string
+    object each time (its hash, which the statement cache looks up, is kept)."""
+    return f"{head} VALUES {','.join([group] * rows)}{tail}"
 
 
 def _statement_rows(count: int) -> int:
