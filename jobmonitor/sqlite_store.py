@@ -77,7 +77,8 @@ RECENT_EVENTS = 200
 #: and reads back recent pages; the OS caches the file anyway, and every MiB
 #: kept here is charged to a server holding thousands of waiting jobs.
 CACHE_KIB = 1024
-#: Parameters in one statement when SQLite cannot say its limit (999 before 3.32).
+#: Most parameters in one statement: SQLite's limit before 3.32, and it keeps each
+#: prepared statement (kept in the connection's cache) to a few KiB.
 _MAX_VARIABLES = 999
 #: The job columns a later write updates (the rest never change).
 _UPDATED_COLUMNS = ("status", "outcome", "progress_done", "progress_total", "progress_message",
@@ -91,7 +92,8 @@ _UPDATE_GROUP = "(?, '', '', '', '', '', 0, " + ", ".join("?" * len(_UPDATED_COL
 _UPDATE_TAIL = (" ON CONFLICT (number) DO UPDATE SET "
                 + ", ".join(f"{c} = excluded.{c}" for c in _UPDATED_COLUMNS))
 _EMPTY = bytearray()
-#: Prepared statements a connection keeps (Python's default is 128).
+#: Prepared statements a connection keeps (Python's default is 128): the store's
+#: few dozen shapes, and room for the reads.
 STATEMENT_CACHE = 256
 #: Loop turns the committer lets pass between a commit and the next batch.
 AFTER_COMMIT_TURNS = 2
@@ -133,7 +135,6 @@ class SqliteStore(Store):
         self.synchronous = "NORMAL" if synchronous == "normal" else "FULL"
         self.commit_interval_s = commit_interval_s
         self._db: sqlite3.Connection | None = None
-        self._max_variables = _MAX_VARIABLES
         self._loop: asyncio.AbstractEventLoop | None = None  # set by open()
         self._thread = concurrent.futures.ThreadPoolExecutor(1, "jobmonitor-sqlite")
         self._dirty: dict[str, Recordable] = {}
@@ -300,10 +301,6 @@ class SqliteStore(Store):
         db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         db.executescript(_SCHEMA)
         self._db = db
-        try:
-            self._max_variables = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        except AttributeError:  # Python built without getlimit
-            pass
         last = _last_number(db)
         marks = ",".join("?" * len(_UNFINISHED))
         unfinished = self._select_records(f"status IN ({marks}) ORDER BY number", _UNFINISHED)
@@ -319,14 +316,13 @@ class SqliteStore(Store):
     def _write(self, batch: _Batch) -> None:
         db = self._db
         assert db is not None
-        most = self._max_variables
         db.execute("BEGIN")
         try:
-            _insert(db, f"REPLACE INTO jobs ({_JOB_COLUMNS})", batch.rows, most)
-            _insert(db, _UPDATE_HEAD, batch.updates, most, _UPDATE_GROUP, _UPDATE_TAIL)
-            _insert(db, "INSERT OR REPLACE INTO line_blocks", batch.blocks, most)
-            _insert(db, "INSERT OR REPLACE INTO history", batch.history, most)
-            _insert(db, "INSERT OR REPLACE INTO outputs", batch.outputs, most)
+            _insert(db, f"REPLACE INTO jobs ({_JOB_COLUMNS})", batch.rows)
+            _insert(db, _UPDATE_HEAD, batch.updates, group=_UPDATE_GROUP, tail=_UPDATE_TAIL)
+            _insert(db, "INSERT OR REPLACE INTO line_blocks", batch.blocks)
+            _insert(db, "INSERT OR REPLACE INTO history", batch.history)
+            _insert(db, "INSERT OR REPLACE INTO outputs", batch.outputs)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -456,11 +452,11 @@ def _statement(head: str, group: str, tail: str, rows: int) -> str:
 
 def _statement_rows(count: int) -> int:
     """The row count of the statement for ``count`` rows: exact up to 8, then
-    rounded up to a multiple of 8 (to 128), then of 64."""
+    rounded up to the next of 12, 16, 24, 32, 48, 64... (at most a third more)."""
     if count <= 8:
         return count
-    step = 8 if count <= 128 else 64
-    return -(-count // step) * step
+    power = 1 << (count - 1).bit_length()  # the next power of two: 16, 32, 64...
+    return power * 3 // 4 if count <= power * 3 // 4 else power
 
 
 def _call_each(callbacks: list[Callable[[], None]]) -> None:
