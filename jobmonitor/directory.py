@@ -36,8 +36,9 @@ class JobDirectory:
         self._tokens: dict[tuple[str, str], str] = {}
         self._monitors: dict[str, int] = {}  # a plain dict: Counter's default is a Python call
         self._task_log: collections.deque[TaskEvent] = collections.deque(maxlen=TASK_LOG_SIZE)
-        #: With a store that keeps nothing: finished jobs in the order they ended.
-        self._finished: collections.deque[str] = collections.deque()
+        # With a store that keeps nothing: the finished jobs kept, oldest first.  An ordered dict, not
+        # a deque: a job deleted or expired leaves it at once, and is not counted.
+        self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     # -- membership ---------------------------------------------------------------
 
@@ -50,6 +51,7 @@ class JobDirectory:
     def forget(self, transaction_id: str) -> None:
         """Drop a job from memory (it is stored, deleted, or expired)."""
         job = self._jobs.pop(transaction_id, None)
+        self._finished.pop(transaction_id, None)
         if job is not None and job.record.job_token:
             self._tokens.pop((job.identity, job.record.job_token), None)
 
@@ -59,11 +61,9 @@ class JobDirectory:
         if not limit:
             return
         finished = self._finished
-        finished.append(job.record.transaction_id)
+        finished[job.record.transaction_id] = None
         while len(finished) > limit:
-            oldest = self._jobs.get(finished.popleft())
-            if oldest is not None and oldest.state.is_final:
-                self.forget(oldest.record.transaction_id)
+            self.forget(finished.popitem(last=False)[0])
 
     def live_jobs(self) -> list[Job]:
         return list(self._jobs.values())

@@ -338,6 +338,17 @@ async def test_the_memory_store_keeps_only_the_newest_finished_jobs(make_server)
     await release("cap")
 
 
+async def test_a_deleted_job_frees_its_place_among_the_finished_jobs_kept(make_server):
+    server = await make_server(store="memory://", max_finished_in_memory=3)
+    done = [tid_of((await exchange(server.port, submit("echo")))[0]) for _ in range(3)]
+    deleted = xml_packet("DeleteJob", {"_sys_TransactionID": done[1]})
+    assert await exchange(server.port, deleted) == [f"R0000000: {done[1]} deleted"]
+    done.append(tid_of((await exchange(server.port, submit("echo")))[0]))
+    # Three finished jobs are kept: the deleted one is not counted among them.
+    for tid in (done[0], done[2], done[3]):
+        assert field(await exchange(server.port, status(tid)), "Status") == "Completed"
+
+
 @pytest.mark.parametrize("count", [1, 7, 1000, 2500])
 def test_deleting_many_jobs_deletes_exactly_those(count, tmp_path):
     # The numbers go in IN lists of up to 512: only their rows go.
