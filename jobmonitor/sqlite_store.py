@@ -197,7 +197,8 @@ class SqliteStore(Store):
         await waiter
 
     def call_when_stored(self, callback: Callable[[], None]) -> None:
-        if not self._dirty:
+        if not self._dirty or self._committer is None or self._closing:
+            # Nothing to wait for, or no commit to come: now (at the end of the turn).
             self._loop.call_soon(callback)
             return
         self._when_stored.append(callback)

@@ -471,3 +471,23 @@ async def test_two_submits_with_one_job_token_at_once_make_one_job(make_server, 
     replies = await asyncio.gather(*(exchange(server.port, packet) for _ in range(5)))
     assert len({tuple(reply) for reply in replies}) == 1, replies
     assert tid_of(replies[0][0]) == "T0000001"
+
+
+async def test_call_when_stored_on_a_closed_store_still_calls_back(tmp_path):
+    # A connection answering after the store closed (a shutdown) must not wait
+    # for a commit that will never come.
+    from jobmonitor.job import Job
+    from jobmonitor.records import JobRecord
+    from jobmonitor.sqlite_store import SqliteStore
+
+    store = SqliteStore(str(tmp_path / "c.db"))
+    await store.open()
+    loop = asyncio.get_running_loop()
+    job = Job(JobRecord("T0000001", "echo", {}, {}, status=JobState.PROCESSING), loop)
+    await store.add(job)
+    await store.close()
+    job.stream.lines.append(b"J0000100: late\r\n")
+    store.changed(job)
+    called = loop.create_future()
+    store.call_when_stored(lambda: called.set_result(None))
+    await asyncio.wait_for(called, 1.0)
