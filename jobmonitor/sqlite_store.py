@@ -252,7 +252,9 @@ class SqliteStore(Store):
             written = self._written[transaction_id]
             number = record.number
             stream = job.stream
-            new = stream.lines[written.lines - stream.base:]
+            # Only the lines already announced: a line said since then comes with
+            # its flush's notice, which would otherwise start a commit for nothing.
+            new = stream.lines[written.lines - stream.base:stream.flushed - stream.base]
             if new:
                 first = written.lines + 1
                 for start in range(0, len(new), BLOCK_LINES):

@@ -28,6 +28,7 @@ __all__ = ["Store", "MemoryStore", "Recordable", "Recovery", "TaskEvent", "open_
 class _Lines(Protocol):
     lines: list[bytes]
     base: int
+    flushed: int  # lines up to here have been announced (``changed``); the rest will be
 
     def __len__(self) -> int: ...
 

@@ -57,7 +57,7 @@ class JobStream:
     """The recorded lines of one job and the watchers following them."""
 
     __slots__ = ("lines", "base", "closed", "on_flush", "scheduled", "durable", "_loop",
-                 "_watchers", "_stored_waiter", "_noted")
+                 "_watchers", "_stored_waiter", "flushed")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, base: int = 0) -> None:
         self.lines: list[bytes] = []
@@ -66,9 +66,10 @@ class JobStream:
         self.closed = False
         #: Called once per flush that had new lines (the store's cue).
         self.on_flush: Callable[[], None] | None = None
-        # How many lines there were at the last ``on_flush``: a flush that only
-        # serves watchers (newly stored lines, a watcher catching up) is no news.
-        self._noted = base
+        #: How many lines had been recorded at the last flush: what ``on_flush``
+        #: has announced, and all a store takes.  A flush that only serves
+        #: watchers (newly stored lines, a watcher catching up) is no news.
+        self.flushed = base
         #: With a durable store: how many lines are stored.  Watchers are sent
         #: only those, so a line a client has seen survives any crash, and
         #: line numbers mean the same thing before and after a restart.
@@ -103,7 +104,7 @@ class JobStream:
         (a watcher that attaches is served what is recorded; a store's ``add``
         takes it)."""
         self.lines.append(data)
-        self._noted += 1
+        self.flushed += 1
 
     def extend(self, lines: list[bytes]) -> None:
         """Record several encoded wire lines."""
@@ -200,10 +201,10 @@ class JobStream:
 
     def _flush(self) -> None:
         self.scheduled = None
-        if self.on_flush is not None:
-            count = self.base + len(self.lines)
-            if count != self._noted:
-                self._noted = count
+        count = self.base + len(self.lines)
+        if count != self.flushed:
+            self.flushed = count
+            if self.on_flush is not None:
                 self.on_flush()
         end = self._deliverable()
         shared: dict[int, bytes] = {}
