@@ -36,8 +36,8 @@ class JobDirectory:
         self._tokens: dict[tuple[str, str], str] = {}
         self._monitors: dict[str, int] = {}  # a plain dict: Counter's default is a Python call
         self._task_log: collections.deque[TaskEvent] = collections.deque(maxlen=TASK_LOG_SIZE)
-        # With a store that keeps nothing: the finished jobs kept, oldest first.  An ordered dict, not
-        # a deque: a job deleted or expired leaves it at once, and is not counted.
+        # With a store that keeps nothing: the finished jobs kept, oldest first.  An
+        # ordered dict, not a deque: a job deleted or expired leaves it at once.
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     # -- membership ---------------------------------------------------------------

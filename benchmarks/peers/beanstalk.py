@@ -128,13 +128,13 @@ async def run_jobs(endpoint: Endpoint, jobs: int, clients: int) -> dict[str, flo
 class _OneConnection(asyncio.Protocol):
     """A connection that sends ``request`` (its commands pipelined in one send),
     waits for ``lines`` reply lines, sends what ``last`` makes of them (then
-    closes, without waiting for the answer) and resolves ``done``."""
+    closes, without waiting for the answer) and resolves ``done``.  ``last``
+    raises RuntimeError if the replies are not the expected ones."""
 
-    def __init__(self, request: bytes, lines: int, first: bytes,
-                 last: Callable[[list[bytes]], bytes], done: asyncio.Future[None]) -> None:
+    def __init__(self, request: bytes, lines: int, last: Callable[[list[bytes]], bytes],
+                 done: asyncio.Future[None]) -> None:
         self.request = request
         self.lines = lines
-        self.first = first
         self.last = last
         self.done = done
         self.buffer = b""
@@ -146,14 +146,15 @@ class _OneConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        if not self.buffer.endswith(b"\r\n") or self.buffer.count(b"\r\n") < self.lines:
+        if (self.done.done() or not self.buffer.endswith(b"\r\n")
+                or self.buffer.count(b"\r\n") < self.lines):
             return
         assert self.transport is not None
-        lines = self.buffer.split(b"\r\n")
-        if not lines[0].startswith(self.first):
-            self.done.set_exception(RuntimeError(f"beanstalkd: unexpected {self.buffer[:200]!r}"))
+        try:
+            self.transport.write(self.last(self.buffer.split(b"\r\n")))
+        except RuntimeError as exc:
+            self.done.set_exception(exc)
         else:
-            self.transport.write(self.last(lines))
             self.done.set_result(None)
         self.transport.close()
 
@@ -163,7 +164,7 @@ class _OneConnection(asyncio.Protocol):
 
 
 async def _per_connection(endpoint: Endpoint, count: int, clients: int,
-                          request: Callable[[int], bytes], lines: int, first: bytes,
+                          request: Callable[[int], bytes], lines: int,
                           last: Callable[[list[bytes]], bytes]) -> list[float]:
     """``count`` exchanges from ``clients`` producers, a connection each; their latencies."""
     loop = asyncio.get_running_loop()
@@ -175,7 +176,7 @@ async def _per_connection(endpoint: Endpoint, count: int, clients: int,
         for _ in numbers:
             started = time.perf_counter()
             done = loop.create_future()
-            await loop.create_connection(lambda: _OneConnection(data, lines, first, last, done),
+            await loop.create_connection(lambda: _OneConnection(data, lines, last, done),
                                          endpoint.host, endpoint.port)
             await done
             latencies.append(time.perf_counter() - started)
@@ -192,13 +193,14 @@ def _job_request(index: int) -> bytes:
 
 def _delete_notice(lines: list[bytes]) -> bytes:
     # lines: USING, WATCHING, WATCHING, INSERTED, RESERVED <id> 1, the notice's body
-    if not (lines[3].startswith(b"INSERTED") and lines[4].startswith(b"RESERVED ")):
+    if not (lines[0].startswith(b"USING") and lines[3].startswith(b"INSERTED")
+            and lines[4].startswith(b"RESERVED ")):
         raise RuntimeError(f"beanstalkd: unexpected {lines[:6]!r}")
     return b"delete " + lines[4].split()[1] + b"\r\nquit\r\n"
 
 
 def _quit_after_insert(lines: list[bytes]) -> bytes:
-    if not lines[1].startswith(b"INSERTED"):
+    if not (lines[0].startswith(b"USING") and lines[1].startswith(b"INSERTED")):
         raise RuntimeError(f"beanstalkd: unexpected {lines[:2]!r}")
     return b"quit\r\n"
 
@@ -207,7 +209,7 @@ async def run_jobs_per_connection(endpoint: Endpoint, jobs: int,
                                   clients: int) -> dict[str, float]:
     """``jobs`` jobs from ``clients`` producers, a new connection per job."""
     started = time.perf_counter()
-    latencies = await _per_connection(endpoint, jobs, clients, _job_request, 6, b"USING",
+    latencies = await _per_connection(endpoint, jobs, clients, _job_request, 6,
                                       _delete_notice)
     return job_metrics(jobs, latencies, time.perf_counter() - started)
 
@@ -218,7 +220,7 @@ async def run_submits_per_connection(endpoint: Endpoint, submits: int,
     started = time.perf_counter()
     latencies = await _per_connection(
         endpoint, submits, clients, lambda _: b"use " + JOB_TUBE + b"\r\n" + put(NO_REPLY), 2,
-        b"USING", _quit_after_insert)
+        _quit_after_insert)
     return submit_metrics(submits, latencies, time.perf_counter() - started)
 
 
