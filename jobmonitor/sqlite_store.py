@@ -2,11 +2,12 @@
 
 All database work runs on one thread with one connection, so the event loop
 never waits on disk.  Changes are gathered on the loop: ``changed`` only marks
-a job.  A committer task takes everything marked, snapshots it (new lines,
-history and outputs since the last commit, and the job row) and writes it in
-one transaction.  A new job (``add``) starts a commit at once if none is
-running; otherwise it rides the next one, so many submits share one fsync.
-Other changes wait at most ``commit_interval_s``.
+a job.  A committer task takes everything marked, copies from it on the loop
+what the database needs (new lines, history and outputs since the last commit,
+and the job row, as tuples) and writes that in one transaction.  A new job
+(``add``) starts a commit at once if none is running; otherwise it rides the
+next one, so many submits share one fsync.  Other changes wait at most
+``commit_interval_s``.
 
 A job's row is inserted whole once; later commits update only the columns
 that can change (no parameters re-encoded).  Each table gets one statement
@@ -29,6 +30,7 @@ import concurrent.futures
 import functools
 import itertools
 import json
+import json.encoder
 import logging
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -72,6 +74,7 @@ _JOB_COLUMNS = ("number, project, params, doc_variables, identity, job_token, st
                 "progress_done, progress_total, progress_message, status_message, worker, "
                 "created, started, updated, completed, estimated, line_count")
 _UNFINISHED = tuple(s.value for s in JobState if not s.is_final)
+_FINAL = frozenset(s.value for s in JobState if s.is_final)
 RECENT_EVENTS = 200
 #: SQLite's page cache, in KiB (its default is 2000).  The store mostly appends
 #: and reads back recent pages; the OS caches the file anyway, and every MiB
@@ -244,44 +247,47 @@ class SqliteStore(Store):
                 await asyncio.sleep(0)
 
     def _take_batch(self) -> _Batch:
+        # Read from the live jobs, not snapshots: this runs on the loop, where
+        # jobs change, and keeps only tuples of immutable values.
         batch = _Batch()
         dirty, self._dirty = self._dirty, {}
         blocks, history, outputs = batch.blocks, batch.history, batch.outputs
         for transaction_id, job in dirty.items():
-            record = job.snapshot()
+            record = job.record
             written = self._written[transaction_id]
-            number = record.number
+            number = int(transaction_id[1:])
             stream = job.stream
             # Only the lines already announced: a line said since then comes with
             # its flush's notice, which would otherwise start a commit for nothing.
-            new = stream.lines[written.lines - stream.base:stream.flushed - stream.base]
+            first = written.lines
+            new = stream.lines[first - stream.base:stream.flushed - stream.base]
             if new:
-                first = written.lines + 1
                 for start in range(0, len(new), BLOCK_LINES):
                     block = new[start:start + BLOCK_LINES]
                     # A bytearray: the sqlite3 module binds it as it is, where bytes
                     # (like None) first go through its adapter lookup.
-                    blocks.append((number, first + start, len(block), _EMPTY.join(block)))
-                written.lines += len(new)
-            if len(record.history) > written.history:
-                history.extend((number, seq, e.stage, e.status, e.timestamp, e.date, e.info)
-                               for seq, e in enumerate(record.history[written.history:],
-                                                       written.history))
-                written.history = len(record.history)
+                    blocks.append((number, first + start + 1, len(block), _EMPTY.join(block)))
+                written.lines = first + len(new)
+            events = record.history
+            if len(events) > written.history:
+                seq = written.history
+                for event in events[seq:]:
+                    history.append((number, seq, *event))
+                    seq += 1
+                written.history = seq
             if len(record.outputs) > written.outputs:
                 outputs.extend((number, seq, o.name, o.uri, o.media_type)
                                for seq, o in enumerate(record.outputs[written.outputs:],
                                                        written.outputs))
                 written.outputs = len(record.outputs)
-            record.line_count = written.lines
             if written.row:
-                batch.updates.append(_update(record))
+                batch.updates.append(_update(record, number, written.lines))
             else:
-                batch.rows.append(_row(record))
+                batch.rows.append(_row(record, number, written.lines))
                 batch.inserted.append(written)
                 written.row = True
             batch.stored.append((job, written.lines))
-            if record.status.is_final and written.lines == len(stream):
+            if record.status._value_ in _FINAL and written.lines == len(stream):
                 del self._written[transaction_id]  # nothing more will change
         return batch
 
@@ -498,20 +504,37 @@ def _number(transaction_id: str) -> int | None:
     return None
 
 
-def _row(r: JobRecord) -> tuple[Any, ...]:
-    # The params are encoded at every commit that writes the row (twice for most
-    # jobs) rather than kept encoded: a held job's memory matters more.
-    return (r.number, r.project, json.dumps(r.params), json.dumps(r.doc_variables), r.identity,
-            r.job_token, r.status.value, r.outcome.value if r.outcome else None,
-            r.progress_done, r.progress_total, r.progress_message, r.status_message, r.worker,
-            r.created, r.started, r.updated, r.completed, r.estimated, r.line_count)
+def _row(r: JobRecord, number: int, line_count: int) -> tuple[Any, ...]:
+    return (number, r.project, _json(r.params), _json(r.doc_variables) if r.doc_variables else "{}",
+            r.identity, r.job_token, r.status._value_,
+            r.outcome._value_ if r.outcome is not None else None, r.progress_done,
+            r.progress_total, r.progress_message, r.status_message, r.worker, r.created,
+            r.started, r.updated, r.completed, r.estimated, line_count)
 
 
-def _update(r: JobRecord) -> tuple[Any, ...]:
+def _update(r: JobRecord, number: int, line_count: int) -> tuple[Any, ...]:
     # In the order of _UPDATED_COLUMNS, after the number.
-    return (r.number, r.status.value, r.outcome.value if r.outcome else None, r.progress_done,
-            r.progress_total, r.progress_message, r.status_message, r.started, r.updated,
-            r.completed, r.estimated, r.line_count)
+    return (number, r.status._value_, r.outcome._value_ if r.outcome is not None else None,
+            r.progress_done, r.progress_total, r.progress_message, r.status_message,
+            r.started, r.updated, r.completed, r.estimated, line_count)
+
+
+def _json_encoder() -> Callable[[Any], str]:
+    """What ``json.dumps`` makes, by one C encoder kept for good.
+
+    ``json.dumps`` builds a new encoder at every call, which costs more than
+    encoding a job's few parameters.  Without the C accelerator: ``json.dumps``.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return json.dumps
+    encode = make(None, None, json.encoder.encode_basestring_ascii, None, ": ", ", ",
+                  False, False, True)
+    join = "".join
+    return lambda value: join(encode(value, 0))
+
+
+_json = _json_encoder()
 
 
 def _record(row: tuple[Any, ...]) -> JobRecord:

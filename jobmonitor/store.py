@@ -2,7 +2,7 @@
 
 The engine owns the live jobs; a store makes them outlive the process.  A store
 deals in ``JobRecord``s and encoded lines, never in running jobs: what it needs
-of a live job is the ``Recordable`` view (a snapshot and the stream's lines).
+of a live job is the ``Recordable`` view (its record and the stream's lines).
 
 ``add`` returns only once the job is durable (a submit is acknowledged after
 it); ``changed`` only marks a job, and the store writes what changed in its
@@ -41,6 +41,10 @@ class Recordable(Protocol):
 
     @property
     def stream(self) -> _Lines: ...
+
+    #: The live record: read on the loop and copied from at once, never kept.
+    #: Its ``status_message`` is the last flushed line's; ``line_count`` is not kept.
+    record: JobRecord
 
     def snapshot(self) -> JobRecord: ...
 

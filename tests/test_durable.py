@@ -310,12 +310,11 @@ def test_a_later_write_changes_only_what_can_change(tmp_path):
     first = JobRecord("T0000007", "echo", {"Text": "hi"}, {"d": "1"}, identity="ann",
                       job_token="k1", status=JobState.QUEUED, worker="w", created=1.0,
                       updated=1.0)
-    store._write(_Batch(rows=[_row(first)]))
+    store._write(_Batch(rows=[_row(first, 7, 0)]))
     later = first.copy()
     later.project, later.params, later.job_token = "other", {}, None  # never written again
-    later.status, later.started, later.updated, later.line_count = \
-        JobState.PROCESSING, 2.0, 3.0, 4
-    store._write(_Batch(updates=[_update(later), _update(later)]))
+    later.status, later.started, later.updated = JobState.PROCESSING, 2.0, 3.0
+    store._write(_Batch(updates=[_update(later, 7, 4), _update(later, 7, 4)]))
     (stored,) = store._select_records("1", ())
     assert (stored.project, stored.params, stored.doc_variables, stored.job_token) == \
         ("echo", {"Text": "hi"}, {"d": "1"}, "k1")
