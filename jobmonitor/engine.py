@@ -231,7 +231,8 @@ class Engine:
             task.cancel()
 
     def suspend(self, job: Job) -> str:
-        """Suspend a queued job at once, or a running one at its next checkpoint.
+        """Suspend a queued job at once, or a running one at its next checkpoint
+        (at once inside ``Job.pausable``).
 
         Returns the reply text, which says which of the two happened.
 
@@ -245,6 +246,9 @@ class Engine:
             job._record_status(Status.SUSPENDED)
             return f"{job.transaction_id} suspended"
         job._suspend_requested = True
+        if job._pauser is not None:
+            job._pause()
+            return f"{job.transaction_id} suspended"
         return f"{job.transaction_id} suspend requested"
 
     def resume(self, job: Job) -> str:

@@ -13,11 +13,12 @@ the engine and the store read it, handlers use the methods here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import threading
 import time
 from threading import get_ident
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -53,7 +54,7 @@ class Job:
     __slots__ = ("record", "stream", "on_change", "on_event",
                  "_last_text", "_loop", "_loop_thread", "_cancel_requested",
                  "_suspend_requested", "_leave_to_recovery", "_resume_waiter",
-                 "_thread_resumed", "_thread_pending", "__weakref__")
+                 "_thread_resumed", "_thread_pending", "_pauser", "_held", "__weakref__")
 
     def __init__(self, record: JobRecord, loop: asyncio.AbstractEventLoop) -> None:
         self.record = record
@@ -72,6 +73,9 @@ class Job:
         self._leave_to_recovery = False
         # Made only when needed: most jobs never pause and never run in a thread.
         self._resume_waiter: asyncio.Future[None] | None = None
+        # Set inside ``pausable``: how to pause the job at once, and whether it is.
+        self._pauser: tuple[Callable[[], object], Callable[[], object]] | None = None
+        self._held = False
         self._thread_resumed: threading.Event | None = None
         self._thread_pending: list[Callable[[], None]] | None = None
 
@@ -237,6 +241,40 @@ class Job:
         self._checkpoint_thread()
         return None
 
+    @contextlib.contextmanager
+    def pausable(self, pause: Callable[[], object],
+                 resume: Callable[[], object]) -> Iterator[None]:
+        """Inside this block, ``SuspendJob`` pauses the job at once, not at a checkpoint.
+
+        For work that can be stopped from outside at any moment, such as a child
+        process (``jobmonitor.programs`` sends it SIGSTOP and SIGCONT)::
+
+            with job.pausable(lambda: proc.send_signal(signal.SIGSTOP),
+                              lambda: proc.send_signal(signal.SIGCONT)):
+                await proc.wait()
+
+        ``pause()`` stops the work and ``resume()`` lets it go on; both are called
+        on the event loop and must not block.  A suspend requested before the
+        block takes effect on entering it.  Leaving the block while paused (the
+        job was cancelled) calls ``resume()`` first.  Async handlers only.
+
+        Raises:
+            RuntimeError: called outside the event loop's thread, or nested.
+        """
+        if get_ident() != self._loop_thread:
+            raise RuntimeError("Job.pausable is for async handlers (the event loop's thread)")
+        if self._pauser is not None:
+            raise RuntimeError("Job.pausable blocks cannot be nested")
+        self._pauser = (pause, resume)
+        try:
+            if self._suspend_requested:
+                self._pause()
+            yield
+        finally:
+            held, self._held, self._pauser = self._held, False, None
+            if held:
+                resume()
+
     # -- suspension ------------------------------------------------------------
 
     async def _checkpoint_async(self) -> None:
@@ -273,11 +311,18 @@ class Job:
             self._wake()
             return
         self._suspend_requested = False
+        if self._pauser is not None and not self._held:
+            self._pauser[0]()
+            self._held = True
         self._set_state(JobState.SUSPENDED, "suspended")
         self._record_status(Status.SUSPENDED)
 
     def _wake(self) -> None:
-        """Let a job paused at a checkpoint go on (resumed or cancelled)."""
+        """Let a paused job go on (resumed or cancelled)."""
+        if self._held:
+            self._held = False
+            if self._pauser is not None:
+                self._pauser[1]()
         waiter, self._resume_waiter = self._resume_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -9,7 +9,8 @@ While it runs, each line the program writes to stdout becomes an information
 line and each line on stderr an error line, as they are produced.  Exit status
 0 is success; anything else, a timeout, or a failure to start fails the job.
 Cancelling the job (its task is cancelled) sends SIGTERM to the program's
-process group and SIGKILL after ``kill_grace_s``.  With an ``output_dir`` each
+process group and SIGKILL after ``kill_grace_s``.  Suspending a running job
+sends the group SIGSTOP (and stops its timeout); resuming it, SIGCONT.  With an ``output_dir`` each
 job gets its own folder ``<output_dir>/<transaction id>``; the files the
 program leaves there are recorded as the job's outputs.
 """
@@ -222,9 +223,10 @@ async def run_program(program: Program, job: Job) -> None:
     output = asyncio.ensure_future(asyncio.gather(_pump(process.stdout, job.info),
                                                   _pump(process.stderr, job.error)))
     try:
-        async with asyncio.timeout(program.timeout_s):
-            await asyncio.shield(output)
-            await process.wait()
+        async with asyncio.timeout(program.timeout_s) as deadline:
+            with job.pausable(*_pauser(process, deadline)):
+                await asyncio.shield(output)
+                await process.wait()
     except TimeoutError:
         await _stop(process, output, program.kill_grace_s)
         raise JobFailed(f"{argv[0]} timed out after {program.timeout_s:g} s") from None
@@ -235,6 +237,28 @@ async def run_program(program: Program, job: Job) -> None:
         if output_dir is not None:
             _record_outputs(job, output_dir)
     _check_status(argv[0], process.returncode)
+
+
+def _pauser(process: asyncio.subprocess.Process,
+            deadline: asyncio.Timeout) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Pause and resume for ``Job.pausable``: SIGSTOP and SIGCONT to the program's
+    process group, with its timeout stopped meanwhile (time suspended is not run)."""
+    loop = asyncio.get_running_loop()
+    left: list[float] = []
+
+    def pause() -> None:
+        _signal_group(process, signal.SIGSTOP)
+        when = deadline.when()
+        if when is not None:
+            left.append(max(when - loop.time(), 0.0))
+            deadline.reschedule(None)
+
+    def resume() -> None:
+        if left:
+            deadline.reschedule(loop.time() + left.pop())
+        _signal_group(process, signal.SIGCONT)
+
+    return pause, resume
 
 
 async def _start(argv: list[str], cwd: str | None,

@@ -98,6 +98,26 @@ def thread_fail(job: Job) -> None:
     raise JobFailed("thread says no")
 
 
+#: What ``pausable`` jobs were told, per Key: "pause" and "resume" in order.
+pauses: dict[str, list[str]] = {}
+
+
+@app.job("pausable")
+async def pausable(job: Job) -> None:
+    """Waits for its Key inside ``Job.pausable``; says whether it was paused meanwhile."""
+    key = job.params["Key"]
+    told = pauses.setdefault(key, [])
+    with job.pausable(lambda: told.append("pause"), lambda: told.append("resume")):
+        job.info("inside")
+        try:
+            with job.pausable(lambda: None, lambda: None):
+                pass
+        except RuntimeError as exc:
+            job.info(str(exc))
+        await releases.setdefault(key, asyncio.Event()).wait()
+    job.info(f"told: {' '.join(told) or 'nothing'}")
+
+
 @app.job("stepper")
 async def stepper(job: Job) -> None:
     """Each step waits for its Key to be released, then passes a checkpoint."""

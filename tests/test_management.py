@@ -243,6 +243,45 @@ async def test_suspend_running_job_pauses_at_checkpoint_then_resumes(server):
     await session.close()
 
 
+async def test_inside_job_pausable_a_suspend_pauses_at_once(server):
+    session = await Session.open(server.port, submit("pausable", Key="p1"))
+    tid = tid_of(await session.line())
+    await session.line()
+    assert await session.line() == "J0000100: inside"
+    assert await session.line() == "J0000100: Job.pausable blocks cannot be nested"
+    assert await exchange(server.port, command("SuspendJob", tid)) == [
+        f"R0000000: {tid} suspended"]
+    assert await session.line() == "J0000130: Job suspended."
+    assert jobs.pauses["p1"] == ["pause"]
+    assert await exchange(server.port, command("ResumeJob", tid)) == [f"R0000000: {tid} resumed"]
+    assert await session.line() == "J0000131: Job resumed."
+    assert jobs.pauses["p1"] == ["pause", "resume"]
+    # paused again and cancelled: resumed on the way out
+    await exchange(server.port, command("SuspendJob", tid))
+    assert await exchange(server.port, command("CancelJob", tid)) == [f"R0000000: {tid}"]
+    assert await session.rest() == ["J0000130: Job suspended.", "J0000023: Job cancelled by user.",
+                                    ENDED.format(tid)]
+    assert jobs.pauses["p1"] == ["pause", "resume", "pause", "resume"]
+    await session.close()
+
+
+async def test_a_suspend_requested_before_job_pausable_takes_effect_on_entering_it(make_server):
+    server = await make_server(max_running=2)
+    session = await Session.open(server.port, submit("stepper", Key="early", Count="1"))
+    tid = tid_of(await session.line())
+    await session.line()
+    assert await session.line() == "J0000100: before step 1"
+    job = server.engine.jobs.find(tid)
+    assert await exchange(server.port, command("SuspendJob", tid)) == [
+        f"R0000000: {tid} suspend requested"]
+    told = []
+    with job.pausable(lambda: told.append("pause"), lambda: told.append("resume")):
+        assert told == ["pause"] and job.state is JobState.SUSPENDED
+    assert told == ["pause", "resume"]  # left while paused
+    await exchange(server.port, command("CancelJob", tid))
+    await session.close()
+
+
 async def test_suspended_queued_job_is_not_started_until_resumed(make_server):
     server = await make_server(max_running=1)
     blocker = tid_of((await exchange(server.port, submit("wait", monitor=False, Key="b")))[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -99,6 +100,13 @@ signal.signal(signal.SIGTERM, signal.SIG_IGN)
 print("ready", flush=True)
 time.sleep(60)
 """
+TICKS = """
+import os, sys, time
+print(os.getpid(), flush=True)
+for n in range(1, int(sys.argv[1]) + 1):
+    time.sleep(0.02)
+    print("tick %d" % n, flush=True)
+"""
 WRITE = """
 import os, pathlib, sys
 out = pathlib.Path(sys.argv[1])
@@ -116,6 +124,7 @@ def programs(tmp_path: Path) -> list[Program]:
         Program("term", (PY, "-c", TERM)),
         Program("stubborn", (PY, "-c", STUBBORN), kill_grace_s=0.2),
         Program("slow", (PY, "-c", STUBBORN), timeout_s=0.5, kill_grace_s=0.1),
+        Program("ticks", (PY, "-c", TICKS, "{count}"), variables=("count",)),
         Program("write", (PY, "-c", WRITE, "{output_dir}"), output_dir=str(tmp_path / "out")),
         Program("where", (PY, "-c", "import os; print(os.getcwd()); print(os.environ['COLOR'])"),
                 cwd=str(tmp_path), env={"COLOR": "blue"}),
@@ -181,6 +190,73 @@ async def test_timeout_fails_the_job(client):
     lines, outcome = await texts(client, "slow")
     assert outcome is Outcome.FAILED
     assert lines == ["J0000100: ready", f"J0005000: {PY} timed out after 0.5 s"]
+
+
+def process_state(pid: int) -> str:
+    """A process's state letter (Linux): T when stopped."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+
+
+async def wait_for_state(pid: int, states: str) -> str:
+    """Wait (at most 5 s) until a signal sent to ``pid`` has taken effect."""
+    for _ in range(500):
+        state = process_state(pid)
+        if state in states:
+            return state
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"process {pid} is {state!r}, not one of {states!r}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+async def test_suspend_stops_a_running_program_and_resume_continues_it(client):
+    tx = await client.submit("ticks", {"count": "20"})
+    lines = [await tx.__anext__()]  # the machine line
+    lines.append(await tx.__anext__())
+    pid = int(lines[-1].text)
+    answer = await client.suspend(tx.transaction_id)
+    assert (answer.text, answer.requested) == (f"{tx.transaction_id} suspended", False)
+    assert await wait_for_state(pid, "T") == "T"
+    assert (await client.status(tx.transaction_id)).status == "Suspended"
+    await asyncio.sleep(0.3)  # longer than the rest of its run: it stays stopped
+    assert process_state(pid) == "T"
+    assert (await client.resume(tx.transaction_id)).text == f"{tx.transaction_id} resumed"
+    lines += [line async for line in tx]
+    assert (await tx.result()).outcome is Outcome.SUCCESS
+    texts = [line.wire_text() for line in lines]
+    suspended, resumed = texts.index("J0000130: Job suspended."), texts.index("J0000131: Job resumed.")
+    assert 2 <= suspended < resumed
+    # every tick, once, in order; none between the two notices but those already
+    # on their way when the program stopped (it writes a line every 20 ms)
+    assert [t for t in texts if "tick" in t] == [f"J0000100: tick {n}" for n in range(1, 21)]
+    assert resumed - suspended <= 3
+
+
+async def test_a_suspended_program_does_not_time_out_until_resumed(client):
+    tx = await client.submit("slow")  # times out after 0.5 s of running
+    async for line in tx:
+        if line.text == "ready":
+            await client.suspend(tx.transaction_id)
+            break
+    await asyncio.sleep(0.8)
+    assert (await client.status(tx.transaction_id)).status == "Suspended"
+    await client.resume(tx.transaction_id)
+    rest = [line.wire_text() async for line in tx]
+    assert rest[-3:] == [f"J0005000: {PY} timed out after 0.5 s", "J0000022: Job failed.",
+                         f"J0000001: Transaction {tx.transaction_id} ended"]
+    assert "J0000131: Job resumed." in rest
+
+
+async def test_cancelling_a_suspended_program_continues_it_to_take_sigterm(client):
+    tx = await client.submit("term")
+    async for line in tx:
+        if line.text == "ready":
+            await client.suspend(tx.transaction_id)
+            break
+    await client.cancel(tx.transaction_id)
+    rest = [line.text async for line in tx]
+    assert rest == ["Job suspended.", "got TERM", "Job cancelled by user.",
+                    f"Transaction {tx.transaction_id} ended"]
+    assert (await tx.result()).outcome is Outcome.CANCELLED
 
 
 async def test_files_in_the_output_folder_are_the_outputs(client, tmp_path):

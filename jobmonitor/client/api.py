@@ -211,7 +211,8 @@ class Client:
         return await self._acknowledged("CancelJob", transaction_id)
 
     async def suspend(self, transaction_id: str) -> Acknowledged:
-        """Suspend a job; a running one pauses at its next checkpoint (``SuspendJob``).
+        """Suspend a job (``SuspendJob``); a running one pauses at its next checkpoint,
+        or at once when it can (a program job; a handler inside ``Job.pausable``).
 
         Raises:
             ReplyError: ``R0005010`` when the job cannot be suspended; and see the class.

@@ -171,7 +171,7 @@ class JobInfo(JobStatus):
 class Acknowledged:
     """The server's answer to cancel, suspend, resume or delete.
 
-    ``requested`` is True when the server only took note (a running job is
+    ``requested`` is True when the server only took note (a running job that is
     suspended at its next checkpoint).
     """
 
