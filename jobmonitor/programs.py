@@ -10,9 +10,9 @@ line and each line on stderr an error line, as they are produced.  Exit status
 0 is success; anything else, a timeout, or a failure to start fails the job.
 Cancelling the job (its task is cancelled) sends SIGTERM to the program's
 process group and SIGKILL after ``kill_grace_s``.  Suspending a running job
-sends the group SIGSTOP (and stops its timeout); resuming it, SIGCONT.  With an ``output_dir`` each
-job gets its own folder ``<output_dir>/<transaction id>``; the files the
-program leaves there are recorded as the job's outputs.
+sends the group SIGSTOP (and stops its timeout); resuming it, SIGCONT.  With
+an ``output_dir`` each job gets its own folder ``<output_dir>/<transaction
+id>``; the files the program leaves there are recorded as the job's outputs.
 """
 
 from __future__ import annotations
