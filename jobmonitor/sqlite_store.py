@@ -505,11 +505,11 @@ def _number(transaction_id: str) -> int | None:
 
 
 def _row(r: JobRecord, number: int, line_count: int) -> tuple[Any, ...]:
-    return (number, r.project, _json(r.params), _json(r.doc_variables) if r.doc_variables else "{}",
-            r.identity, r.job_token, r.status._value_,
-            r.outcome._value_ if r.outcome is not None else None, r.progress_done,
-            r.progress_total, r.progress_message, r.status_message, r.worker, r.created,
-            r.started, r.updated, r.completed, r.estimated, line_count)
+    return (number, r.project, _json(r.params),
+            _json(r.doc_variables) if r.doc_variables else "{}", r.identity, r.job_token,
+            r.status._value_, r.outcome._value_ if r.outcome is not None else None,
+            r.progress_done, r.progress_total, r.progress_message, r.status_message, r.worker,
+            r.created, r.started, r.updated, r.completed, r.estimated, line_count)
 
 
 def _update(r: JobRecord, number: int, line_count: int) -> tuple[Any, ...]:

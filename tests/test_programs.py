@@ -223,7 +223,8 @@ async def test_suspend_stops_a_running_program_and_resume_continues_it(client):
     lines += [line async for line in tx]
     assert (await tx.result()).outcome is Outcome.SUCCESS
     texts = [line.wire_text() for line in lines]
-    suspended, resumed = texts.index("J0000130: Job suspended."), texts.index("J0000131: Job resumed.")
+    suspended = texts.index("J0000130: Job suspended.")
+    resumed = texts.index("J0000131: Job resumed.")
     assert 2 <= suspended < resumed
     # every tick, once, in order; none between the two notices but those already
     # on their way when the program stopped (it writes a line every 20 ms)

@@ -309,8 +309,9 @@ async def test_slowloris_does_not_starve_a_normal_client(make_server):
     await no_connections(server)
     print(f"\nslowloris, {TRICKLERS} connections opened in {opened_s:.2f} s: normal client "
           f"served {len(served)} times in {min(served) * 1000:.0f}-{max(served) * 1000:.0f} "
-          f"ms (median {statistics.median(served) * 1000:.0f}); idle ones closed after {min(idle):.2f}-{max(idle):.2f} s, "
-          f"trickling ones after {min(slow):.2f}-{max(slow):.2f} s")
+          f"ms (median {statistics.median(served) * 1000:.0f}); idle ones closed after "
+          f"{min(idle):.2f}-{max(idle):.2f} s, trickling ones after "
+          f"{min(slow):.2f}-{max(slow):.2f} s")
     assert (open_fds(), len(other_tasks())) == (fds, tasks)
 
 
