@@ -53,7 +53,7 @@ __all__ = ["Connection"]
 log = logging.getLogger("jobmonitor.connection")
 
 #: Linux's TCP_CORK (None elsewhere: there the last bytes and the FIN go apart).
-_TCP_CORK = getattr(socket, "TCP_CORK", None)
+TCP_CORK = getattr(socket, "TCP_CORK", None)
 #: Lines read from the store at a time when a watcher catches up.
 CATCH_UP_PAGE_LINES = 2000
 
@@ -282,7 +282,7 @@ class Connection(asyncio.Protocol):
         handle one segment less.  (uvloop sends the FIN a loop turn after
         ``write_eof``, so without the cork the bytes would always go alone.)
         Plain TCP only: TLS still has records to send."""
-        if _TCP_CORK is None:
+        if TCP_CORK is None:
             return
         self._socket_corked = self._set_socket_cork(True)
 
@@ -292,7 +292,7 @@ class Connection(asyncio.Protocol):
         if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
             return False
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, int(on))
+            sock.setsockopt(socket.IPPROTO_TCP, TCP_CORK, int(on))
         except OSError:  # the peer reset the connection: nothing to hold or send
             return False
         return on

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 from .commands import Commands
 from .config import Config
-from .connection import Connection
+from .connection import TCP_CORK, Connection
 from .deadlines import Deadlines
 from .engine import Engine
 from .handlers import Handler
@@ -72,7 +72,7 @@ class Server:
         self.deadlines = Deadlines(self._loop, _deadline_tick(self.config))
         await self.engine.start()
         try:
-            self._listener = await asyncio.get_running_loop().create_server(
+            self._listener = await self._loop.create_server(
                 lambda: Connection(self), self.config.host, self.config.port,
                 reuse_address=True, backlog=1024, ssl=self._ssl,
                 # the handshake comes out of the time a client has for its packet
@@ -207,18 +207,17 @@ def _cork_listeners(sockets: Sequence[socket.socket]) -> bool:
     Plain TCP only (a TLS handshake must not wait), and only where TCP_CORK
     exists.
     """
-    cork = getattr(socket, "TCP_CORK", None)
-    if cork is None or not sockets:
+    if TCP_CORK is None or not sockets:
         return False
     try:
         for sock in sockets:
             if sock.family not in (socket.AF_INET, socket.AF_INET6):
                 raise OSError("not a TCP socket")
-            sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, TCP_CORK, 1)
     except OSError:
         for sock in sockets:
             try:
-                sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
+                sock.setsockopt(socket.IPPROTO_TCP, TCP_CORK, 0)
             except OSError:
                 pass
         return False

@@ -36,7 +36,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .records import HistoryEvent, JobRecord, Output
 from .states import JobState, Outcome
@@ -45,6 +45,8 @@ from .store import Recordable, Recovery, Store, TaskEvent
 __all__ = ["SqliteStore"]
 
 log = logging.getLogger("jobmonitor.store")
+
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -417,10 +419,11 @@ class SqliteStore(Store):
         # The newest job may be among those deleted: its number must stay used.
         db.execute("REPLACE INTO meta VALUES ('last_number', ?)", (str(_last_number(db)),))
         for table in ("jobs", "line_blocks", "history", "outputs"):
-            # IN lists, not executemany: see _insert.
-            for start, size in _power_of_two_chunks(len(numbers), _MAX_VARIABLES):
-                db.execute(f"DELETE FROM {table} WHERE number IN ({','.join('?' * size)})",
-                           numbers[start:start + size])
+            # IN lists, not executemany, shaped like _insert's (a repeated number
+            # deletes nothing more).
+            for chunk in _shaped(numbers, _MAX_VARIABLES):
+                db.execute(f"DELETE FROM {table} WHERE number IN ({','.join('?' * len(chunk))})",
+                           chunk)
         db.execute("COMMIT")
 
 
@@ -442,14 +445,20 @@ def _insert(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]],
         return
     width = len(rows[0])
     group = group or "(" + ",".join("?" * width) + ")"
-    most = max(most_variables // width, 1)
+    for chunk in _shaped(rows, max(most_variables // width, 1)):
+        db.execute(_statement(head, group, tail, len(chunk)),
+                   list(itertools.chain.from_iterable(chunk)))
+
+
+def _shaped(rows: Sequence[T], most: int) -> Iterator[Sequence[T]]:
+    """``rows`` in chunks of at most ``most``, each made as long as its statement's
+    row count (``_statement_rows``) by repeating its last row."""
     for start in range(0, len(rows), most):
         chunk = rows[start:start + most]
         shape = min(_statement_rows(len(chunk)), most)
         if shape > len(chunk):
             chunk = [*chunk, *[chunk[-1]] * (shape - len(chunk))]
-        db.execute(_statement(head, group, tail, shape),
-                   list(itertools.chain.from_iterable(chunk)))
+        yield chunk
 
 
 @functools.lru_cache(maxsize=STATEMENT_CACHE)
@@ -481,17 +490,6 @@ def _last_number(db: sqlite3.Connection) -> int:
     stored = db.execute("SELECT value FROM meta WHERE key = 'last_number'").fetchone()
     highest = db.execute("SELECT MAX(number) FROM jobs").fetchone()[0] or 0
     return max(int(stored[0]) if stored else 0, highest)
-
-
-def _power_of_two_chunks(count: int, most: int) -> Iterator[tuple[int, int]]:
-    """Split ``count`` items into runs (start, size) whose sizes are powers of two
-    of at most ``most``, largest first."""
-    largest = 1 << (max(most, 1).bit_length() - 1)
-    start = 0
-    while start < count:
-        size = min(largest, 1 << ((count - start).bit_length() - 1))
-        yield start, size
-        start += size
 
 
 def _tid(number: int) -> str:

@@ -46,8 +46,6 @@ class Recordable(Protocol):
     #: Its ``status_message`` is the last flushed line's; ``line_count`` is not kept.
     record: JobRecord
 
-    def snapshot(self) -> JobRecord: ...
-
 
 class TaskEvent(NamedTuple):
     """One entry of the server-wide task log."""
