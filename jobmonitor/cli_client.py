@@ -60,6 +60,13 @@ def add_client_commands(commands: Any) -> None:
     listing.add_argument("--all", action="store_true", help="include jobs that have ended")
     listing.add_argument("--user-token", help="only this user's jobs")
     listing.add_argument("--json", action="store_true", help="print the server's JSON list")
+    outputs = add("outputs", _outputs, "list what a job produced")
+    outputs.add_argument("transaction_id", metavar="TX")
+    outputs.add_argument("--json", action="store_true", help="print the server's JSON list")
+    add("queue", _queue, "show how many jobs are queued and running")
+    add("log", _log, "show the server's recent task log (administrators)")
+    add("restart-server", _restart_server,
+        "restart the job engine and reload its job modules (administrators)")
 
 
 def _one_line_error(parser: argparse.ArgumentParser) -> Callable[[str], NoReturn]:
@@ -115,7 +122,8 @@ def _add_queries(add: Adder) -> None:
         parser.add_argument("--format", choices=("text", "xml", "json"), default="text")
     for name, text in (("cancel", "cancel a queued or running job"),
                        ("suspend", "suspend a job (a running one pauses at its next checkpoint)"),
-                       ("resume", "resume a suspended job")):
+                       ("resume", "resume a suspended job"),
+                       ("delete", "forget a job that has ended: its record and its lines")):
         add(name, _control(name), text).add_argument("transaction_id", metavar="TX")
 
 
@@ -298,13 +306,48 @@ async def _list(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _outputs(client: Client, args: argparse.Namespace) -> int:
+    if args.json:
+        _print_lines(await client.request("RetrieveJob", {
+            "_sys_TransactionID": args.transaction_id, "_sys_Format": "json"}))
+        return 0
+    outputs = await client.outputs(args.transaction_id)
+    _print_lines(table(("NAME", "MEDIA TYPE", "URI"),
+                       [(o.name, o.media_type or "-", o.uri) for o in outputs]))
+    return 0
+
+
+async def _queue(client: Client, args: argparse.Namespace) -> int:
+    counts = await client.queue_length()
+    _print_lines([f"Queued: {counts.queued}", f"Running: {counts.running}"])
+    return 0
+
+
+async def _log(client: Client, args: argparse.Namespace) -> int:
+    entries = await client.task_log()
+    _print_lines(table(("TIME", "TRANSACTION", "PROJECT", "EVENT"), [
+        (e.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ") if e.timestamp else "-",
+         e.transaction_id, e.project, e.event) for e in entries]))
+    return 0
+
+
+async def _restart_server(client: Client, args: argparse.Namespace) -> int:
+    _print_lines([await client.restart_server()])
+    return 0
+
+
 def job_table(jobs: list[JobStatus]) -> list[str]:
     """Aligned columns: transaction, status, project, job name (and a header)."""
-    rows = [("TRANSACTION", "STATUS", "PROJECT", "JOB NAME")]
-    rows += [(job.transaction_id, job.status.value if job.status else "Unknown",
-              job.project, job.job_name) for job in jobs]
-    widths = [max(len(row[column]) for row in rows) for column in range(3)]
-    return ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[3]]).rstrip()
+    return table(("TRANSACTION", "STATUS", "PROJECT", "JOB NAME"), [
+        (job.transaction_id, job.status.value if job.status else "Unknown", job.project,
+         job.job_name) for job in jobs])
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """A header and rows in columns two spaces apart; the last column is not padded."""
+    rows = [header, *rows]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header) - 1)]
+    return ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]).rstrip()
             for row in rows]
 
 

@@ -6,10 +6,10 @@ import asyncio
 import json
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -150,6 +150,45 @@ def test_status_info_and_list(cli_server):
         "T0000001     Completed  report   Q3"]
     listed = json.loads(cli(cli_server.port, "list", "--all", "--json").stdout)
     assert [job["Id"] for job in listed] == ["T0000001"]
+
+
+def test_outputs_queue_log_delete_and_restart(cli_server):
+    cli(cli_server.port, "submit", "report", "--job-name", "Q3")
+    cli(cli_server.port, "submit", "count", "-v", "Count=0")
+    outputs = cli(cli_server.port, "outputs", "T0000001")
+    assert (outputs.returncode, outputs.stdout.splitlines()) == (0, [
+        "NAME        MEDIA TYPE       URI",
+        "report.pdf  application/pdf  file:///srv/output/report.pdf"])
+    assert json.loads(cli(cli_server.port, "outputs", "T0000001", "--json").stdout) == [
+        {"Name": "report.pdf", "Uri": "file:///srv/output/report.pdf",
+         "MediaType": "application/pdf"}]
+    assert cli(cli_server.port, "outputs", "T0000002").stdout == "NAME  MEDIA TYPE  URI\n"
+    assert cli(cli_server.port, "queue").stdout == "Queued: 0\nRunning: 0\n"
+
+    log = cli(cli_server.port, "log").stdout.splitlines()
+    assert log[0].split() == ["TIME", "TRANSACTION", "PROJECT", "EVENT"]
+    assert [line.split()[1:] for line in log[1:]] == [
+        ["T0000001", "report", "queued"], ["T0000001", "report", "start"],
+        ["T0000001", "report", "complete"], ["T0000002", "count", "queued"],
+        ["T0000002", "count", "start"], ["T0000002", "count", "complete"]]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", line.split()[0])
+               for line in log[1:])
+
+    deleted = cli(cli_server.port, "delete", "T0000001")
+    assert (deleted.returncode, deleted.stdout) == (0, "T0000001 deleted\n")
+    assert one_error_line(cli(cli_server.port, "outputs", "T0000001")) == \
+        "jobmonitor: R0005009: Unknown transaction: T0000001"
+    restarted = cli(cli_server.port, "restart-server")
+    assert (restarted.returncode, restarted.stdout) == (0, "Job engine restarted\n")
+
+
+def test_delete_refuses_a_running_job(cli_server):
+    cli(cli_server.port, "submit", "count", "-v", "Count=100", "-v", "Delay=0.05",
+        "--no-monitor")
+    assert cli(cli_server.port, "queue").stdout == "Queued: 0\nRunning: 1\n"
+    assert one_error_line(cli(cli_server.port, "delete", "T0000001")).startswith(
+        "jobmonitor: R0005010: Invalid state for this request: T0000001 is Processing")
+    cli(cli_server.port, "cancel", "T0000001")
 
 
 def test_suspend_and_resume(cli_server):
@@ -445,6 +484,10 @@ def test_user_password_from_the_environment(tmp_path):
         missing = cli(server.port, "list", "--user", "ann", stdin="")
         assert one_error_line(missing) == \
             "jobmonitor: no password for ann: set JOBMONITOR_PASSWORD"
+        for command in ("log", "restart-server"):  # for administrators only
+            refused = cli(server.port, command, "--user", "ann",
+                          env={"JOBMONITOR_PASSWORD": "ann-pw"})
+            assert one_error_line(refused).startswith("jobmonitor: R0005013: Permission denied")
         anonymous = cli(server.port, "list")
         assert one_error_line(anonymous).startswith("jobmonitor: R0005012: Not authenticated")
     finally:

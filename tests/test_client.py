@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -20,12 +21,19 @@ from jobmonitor.client import (
     Output,
     Progress,
     ProtocolError,
+    QueueLength,
     ReplyError,
     StreamLine,
     SyncClient,
+    TaskLogEntry,
     connect,
 )
-from jobmonitor.client.results import info_from_json, status_from_json
+from jobmonitor.client.results import (
+    info_from_json,
+    queue_length_from_lines,
+    status_from_json,
+    task_log_from_lines,
+)
 from jobmonitor.packet import Packet, PacketParser
 
 from . import jobs
@@ -108,6 +116,33 @@ def test_unknown_status_number_is_none_and_history_is_read():
 def test_bad_status_objects_are_protocol_errors(bad):
     with pytest.raises(ProtocolError):
         status_from_json(bad)
+
+
+def test_queue_length_and_task_log_lines_are_read():
+    assert queue_length_from_lines(["Queued: 2", "Running: 8"]) == QueueLength(2, 8)
+    assert task_log_from_lines([
+        "2 events", "2026-11-21T05:06:02Z\tT0000001\tcount\tqueued",
+        "2026-11-21T05:06:03Z\tT0000001\tcount\tstart"])[1] == TaskLogEntry(
+        dt.datetime(2026, 11, 21, 5, 6, 3, tzinfo=dt.timezone.utc), "T0000001", "count",
+        "start")
+    assert task_log_from_lines(["0 events"]) == []
+
+
+@pytest.mark.parametrize("lines", [["Queued: 2"], ["Queued: two", "Running: 1"], []])
+def test_bad_queue_lengths_are_protocol_errors(lines):
+    with pytest.raises(ProtocolError):
+        queue_length_from_lines(lines)
+
+
+@pytest.mark.parametrize("lines", [
+    [],
+    ["2 events", "2026-11-21T05:06:02Z\tT0000001\tcount\tqueued"],  # a line is missing
+    ["1 events", "2026-11-21T05:06:02Z\tT0000001\tqueued"],  # a field is missing
+    ["1 events", "yesterday\tT0000001\tcount\tqueued"],
+])
+def test_bad_task_logs_are_protocol_errors(lines):
+    with pytest.raises(ProtocolError):
+        task_log_from_lines(lines)
 
 
 def test_reply_error_carries_code_text_and_detail():
@@ -222,6 +257,25 @@ async def test_suspend_resume_cancel_delete(server):
         await client.cancel(tx.transaction_id)
     assert caught.value.reply is Reply.INVALID_STATE
     assert (await client.delete(tx.transaction_id)).text == f"{tx.transaction_id} deleted"
+
+
+async def test_queue_length_task_log_and_restart(server):
+    client = Client("127.0.0.1", server.port)
+    assert await client.queue_length() == QueueLength(0, 0)
+    held = await client.submit("wait", {"Key": "q"}, monitor=False)
+    assert await client.queue_length() == QueueLength(0, 1)
+    await release("q")
+    await (await client.watch(held.transaction_id)).result()
+    done = await client.submit("echo")
+    await done.result()
+    log = await client.task_log()
+    assert [(e.transaction_id, e.project, e.event) for e in log] == [
+        (held.transaction_id, "wait", "queued"), (held.transaction_id, "wait", "start"),
+        (held.transaction_id, "wait", "complete"), (done.transaction_id, "echo", "queued"),
+        (done.transaction_id, "echo", "start"), (done.transaction_id, "echo", "complete")]
+    assert all(abs(e.timestamp.timestamp() - time.time()) < 60 for e in log)
+    assert await client.restart_server() == "Job engine restarted"
+    assert (await (await client.submit("echo")).result()).outcome is Outcome.SUCCESS
 
 
 async def test_job_token_resubmit_returns_the_same_job_from_line_one(server):
@@ -403,6 +457,8 @@ def test_sync_client_against_a_threaded_server(unused_port):
             assert [line.text for line in tx][1:4] == ["line 1", "line 2", "line 3"]
             assert tx.result().outcome is Outcome.SUCCESS
             assert client.status(tx.transaction_id).status is JobState.COMPLETED
+            assert client.queue_length() == QueueLength(0, 0)
+            assert [e.event for e in client.task_log()] == ["queued", "start", "complete"]
             with pytest.raises(ReplyError):
                 client.cancel(tx.transaction_id)
     with SyncClient("127.0.0.1", unused_port) as client:
@@ -462,6 +518,12 @@ async def test_user_and_password_go_with_every_command(make_server):
         await Client("127.0.0.1", server.port, user="bob", password="bob-pw").status(
             tx.transaction_id)
     assert caught.value.reply is Reply.UNKNOWN_TRANSACTION
+    for call in (ann.task_log(), ann.restart_server()):  # for administrators only
+        with pytest.raises(ReplyError) as caught:
+            await call
+        assert caught.value.reply is Reply.PERMISSION_DENIED
+    root = Client("127.0.0.1", server.port, user="root", password="root-pw")
+    assert [e.event for e in await root.task_log()][-1] == "complete"
 
 
 async def test_tls(make_server, certificate):

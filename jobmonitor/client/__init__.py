@@ -31,7 +31,9 @@ from .results import (
     JobStatus,
     Output,
     Progress,
+    QueueLength,
     StreamLine,
+    TaskLogEntry,
 )
 from .sync import SyncClient, SyncTransaction
 from .transaction import Transaction
@@ -50,6 +52,8 @@ __all__ = [
     "Output",
     "HistoryEntry",
     "Acknowledged",
+    "QueueLength",
+    "TaskLogEntry",
     "JobState",
     "Outcome",
     "ReplyError",

@@ -21,10 +21,14 @@ from .results import (
     JobInfo,
     JobStatus,
     Output,
+    QueueLength,
+    TaskLogEntry,
     info_from_json,
     load_json,
     outputs_from_json,
+    queue_length_from_lines,
     status_from_json,
+    task_log_from_lines,
 )
 from .transaction import Transaction
 from .wire import close_quietly, open_request, read_reply
@@ -234,6 +238,34 @@ class Client:
             ReplyError: ``R0005010`` while the job is active; and see the class.
         """
         return await self._acknowledged("DeleteJob", transaction_id)
+
+    # -- the server ------------------------------------------------------------------
+
+    async def queue_length(self) -> QueueLength:
+        """How many jobs wait for a slot and how many run (``GetJobQueueLen``).
+
+        Raises:
+            ReplyError, OSError, ProtocolError: see the class.
+        """
+        return queue_length_from_lines(await self.request("GetJobQueueLen"))
+
+    async def task_log(self) -> list[TaskLogEntry]:
+        """The server's recent task log, oldest first (``GetTaskLog``): the last 200
+        jobs queued, started, suspended, resumed and ended.
+
+        Raises:
+            ReplyError: ``R0005013`` for a user who is not an admin; and see the class.
+        """
+        return task_log_from_lines(await self.request("GetTaskLog"))
+
+    async def restart_server(self) -> str:
+        """Restart the server's job engine and reload its job modules
+        (``RestartServer``); return the reply's text once it runs again.
+
+        Raises:
+            ReplyError: ``R0005013`` for a user who is not an admin; and see the class.
+        """
+        return "\n".join(await self.request("RestartServer"))
 
     async def build_string(self) -> str:
         """The server's version string (``GetBuildString``).

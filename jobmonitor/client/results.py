@@ -29,9 +29,13 @@ __all__ = [
     "JobStatus",
     "JobInfo",
     "Acknowledged",
+    "QueueLength",
+    "TaskLogEntry",
     "status_from_json",
     "info_from_json",
     "outputs_from_json",
+    "queue_length_from_lines",
+    "task_log_from_lines",
 ]
 
 _COMPLETIONS = {outcome.status.value: outcome for outcome in Outcome}
@@ -181,6 +185,65 @@ class Acknowledged:
     @property
     def requested(self) -> bool:
         return self.text.endswith(" requested")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLength:
+    """How many jobs wait for a slot and how many run (``GetJobQueueLen``)."""
+
+    queued: int
+    running: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskLogEntry:
+    """One event of the server's task log: a job queued, started, suspended,
+    resumed or ended (``event`` is the history status: ``queued``, ``start``,
+    ``complete``...).  ``timestamp`` is a timezone-aware UTC datetime, to the second."""
+
+    timestamp: dt.datetime | None
+    transaction_id: str
+    project: str
+    event: str
+
+
+# -- reading text replies -----------------------------------------------------------
+
+
+def queue_length_from_lines(lines: list[str]) -> QueueLength:
+    """Read ``Queued: N`` and ``Running: N``.
+
+    Raises:
+        ProtocolError: either is missing or not a number.
+    """
+    counts = dict(line.partition(": ")[::2] for line in lines)
+    try:
+        return QueueLength(int(counts["Queued"]), int(counts["Running"]))
+    except (KeyError, ValueError):
+        raise ProtocolError(f"not a queue length: {lines!r}") from None
+
+
+def task_log_from_lines(lines: list[str]) -> list[TaskLogEntry]:
+    """Read ``N events`` and then one tab-separated line per event.
+
+    Raises:
+        ProtocolError: the count or a line is not as the protocol says.
+    """
+    if not lines or not lines[0].endswith(" events"):
+        raise ProtocolError(f"not a task log: {lines[:1]!r}")
+    entries = []
+    for line in lines[1:]:
+        fields = line.split("\t")
+        if len(fields) != 4:
+            raise ProtocolError(f"not a task log line: {line!r}")
+        try:
+            when = _time(fields[0])
+        except ValueError:
+            raise ProtocolError(f"not a time: {fields[0]!r}") from None
+        entries.append(TaskLogEntry(when, fields[1], fields[2], fields[3]))
+    if lines[0] != f"{len(entries)} events":
+        raise ProtocolError(f"{lines[0]!r}, but {len(entries)} lines followed")
+    return entries
 
 
 # -- reading JSON replies ---------------------------------------------------------

@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 from ..config import DEFAULT_PORT
 from .api import Client
-from .results import Acknowledged, JobInfo, JobResult, JobStatus, Output, StreamLine
+from .results import (Acknowledged, JobInfo, JobResult, JobStatus, Output, QueueLength,
+                      StreamLine, TaskLogEntry)
 from .transaction import Transaction
 
 __all__ = ["SyncClient", "SyncTransaction"]
@@ -107,6 +108,18 @@ class SyncClient:
     def delete(self, transaction_id: str) -> Acknowledged:
         """See ``Client.delete``."""
         return self._run(self._client.delete(transaction_id))
+
+    def queue_length(self) -> QueueLength:
+        """See ``Client.queue_length``."""
+        return self._run(self._client.queue_length())
+
+    def task_log(self) -> list[TaskLogEntry]:
+        """See ``Client.task_log``."""
+        return self._run(self._client.task_log())
+
+    def restart_server(self) -> str:
+        """See ``Client.restart_server``."""
+        return self._run(self._client.restart_server())
 
     def build_string(self) -> str:
         """See ``Client.build_string``."""
