@@ -60,6 +60,8 @@ class Engine:
         self._on_change = store.changed if store.durable else None
         self._on_event = self.jobs.log_event
         self._queue: collections.deque[Job] = collections.deque()
+        #: Jobs whose first commit is under way: what a same-token submit awaits.
+        self._adding: dict[str, list[asyncio.Future[None]] | None] = {}
         self._running: dict[Job, asyncio.Future[Any]] = {}
         self._last_number = 0
         self._accepting = False
@@ -81,8 +83,7 @@ class Engine:
         recovery = await self._store.open()
         self._last_number = recovery.last_number
         self.jobs.seed_task_log(recovery.recent_events)
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self._config.max_running, thread_name_prefix="jobmonitor-job")
+        self._executor = self._new_executor()
         for record in recovery.unfinished:
             self._recover(record)
         self._accepting = self._starting = True
@@ -120,6 +121,10 @@ class Engine:
         self._starting = True
         self._start_ready()
 
+    def _new_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        return concurrent.futures.ThreadPoolExecutor(
+            max_workers=self._config.max_running, thread_name_prefix="jobmonitor-job")
+
     def hurry(self) -> None:
         """Stop waiting for running jobs: cancel them now (a second signal)."""
         self._hurry.set()
@@ -132,6 +137,11 @@ class Engine:
                 job._leave_to_recovery = True
             self.cancel(job)
         await self._wait_running(CANCEL_WAIT_S)
+        if self._running and self._executor is not None:
+            # Its threads may still be busy with abandoned jobs: the jobs to come
+            # get new ones (the old threads end when their handlers return).
+            self._executor.shutdown(wait=False)
+            self._executor = self._new_executor()
         for job in list(self._running):
             # A blocking handler that never calls the Job API cannot be stopped;
             # its monitors still get their ending, and its thread is abandoned.
@@ -183,6 +193,8 @@ class Engine:
         if job_token:
             earlier = await self.jobs.earlier(identity, job_token)
             if earlier is not None:
+                if earlier in self._adding:  # not acknowledged before it is stored
+                    await self._until_added(earlier)
                 return earlier, self.jobs.live(earlier)
         handler = self._handlers.get(project)
         if handler is None:
@@ -202,11 +214,38 @@ class Engine:
         job = self._adopt(record)
         job.stream.seed(self._machine_line)
         if self._store.durable:  # a store that keeps nothing has nothing to wait for
-            await self._store.add(job)
+            await self._add(job)
         self.jobs.log_event(job, record.history[0])
-        self._queue.append(job)
-        self._start_ready()
+        # Cancelled or suspended while it was being stored: not queued.
+        if job.state is JobState.QUEUED:
+            self._queue.append(job)
+            self._start_ready()
         return job.transaction_id, job
+
+    async def _add(self, job: Job) -> None:
+        """Store a new job; if that fails, forget it (its submit is refused).  A
+        submit of the same job token meanwhile waits for the outcome."""
+        transaction_id = job.transaction_id
+        self._adding[transaction_id] = None
+        try:
+            await self._store.add(job)
+        except BaseException as exc:
+            self.jobs.forget(transaction_id)
+            for waiter in self._adding.pop(transaction_id) or ():
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            raise
+        for waiter in self._adding.pop(transaction_id) or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _until_added(self, transaction_id: str) -> None:
+        waiters = self._adding[transaction_id]
+        if waiters is None:
+            waiters = self._adding[transaction_id] = []
+        waiter = self._loop.create_future()
+        waiters.append(waiter)
+        await waiter
 
     def cancel(self, job: Job) -> None:
         """Cancel a queued, suspended or running job.
@@ -240,8 +279,9 @@ class Engine:
             RequestError: INVALID_STATE when the job is not queued or running.
         """
         self._check(job, JobState.SUSPENDED)
-        if job in self._queue:
-            self._queue.remove(job)
+        if job not in self._running:  # queued, or still being stored
+            if job in self._queue:
+                self._queue.remove(job)
             job._set_state(JobState.SUSPENDED, "suspended")
             job._record_status(Status.SUSPENDED)
             return f"{job.transaction_id} suspended"
@@ -266,8 +306,9 @@ class Engine:
             job._wake()
         else:
             job._set_state(JobState.QUEUED, "resumed")
-            self._queue.append(job)
-            self._start_ready()
+            if job.transaction_id not in self._adding:  # else its submit queues it
+                self._queue.append(job)
+                self._start_ready()
         return f"{job.transaction_id} resumed"
 
     async def delete(self, transaction_id: str) -> None:
@@ -312,6 +353,11 @@ class Engine:
     def _start_ready(self) -> None:
         while self._starting and self._queue and len(self._running) < self._config.max_running:
             job = self._queue.popleft()
+            if job.project not in self._handlers:  # gone with a RestartServer's reload
+                job.error(f"No handler for project {job.project!r} after the job modules "
+                          f"were reloaded")
+                self._finish(job, Outcome.FAILED)
+                continue
             job.record.started = time.time()
             job._set_state(JobState.PROCESSING, "start")
             self._running[job] = self._loop.create_task(self._run(job))

@@ -9,6 +9,12 @@ and the job row, as tuples) and writes that in one transaction.  A new job
 next one, so many submits share one fsync.  Other changes wait at most
 ``commit_interval_s``.
 
+A commit that fails (a full disk, a lock held by another program past
+``BUSY_TIMEOUT_S``) stores nothing: the submits it carried are refused (their
+jobs were never acknowledged), and for every other job the store goes back to
+what it had taken before, so the next commit, ``RETRY_DELAY_S`` later, writes
+it all again.  Monitors are told only of lines a commit stored.
+
 A job's row is inserted whole once; later commits update only the columns
 that can change (no parameters re-encoded).  Each table gets one statement
 per commit (a few for a very large batch): every statement takes the
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import itertools
 import json
@@ -104,6 +111,11 @@ STATEMENT_CACHE = 256
 AFTER_COMMIT_TURNS = 2
 #: Most lines in one stored block.
 BLOCK_LINES = 2000
+#: How long a statement waits for a lock another connection holds (SQLite's
+#: busy timeout) before the commit fails.
+BUSY_TIMEOUT_S = 5.0
+#: The pause after a failed commit before the next try.
+RETRY_DELAY_S = 1.0
 
 
 @dataclass(slots=True)
@@ -125,8 +137,10 @@ class _Batch:
     history: list[tuple[Any, ...]] = field(default_factory=list)
     outputs: list[tuple[Any, ...]] = field(default_factory=list)
     stored: list[tuple[Recordable, int]] = field(default_factory=list)
-    #: The jobs whose rows this batch inserts (if it fails, the next one must).
-    inserted: list[_Written] = field(default_factory=list)
+    #: Per job, what the store had taken before this batch (job, its _Written,
+    #: lines, history, outputs, row), to go back to if the commit fails.
+    before: list[tuple[Recordable, _Written, int, int, int, bool]] = field(
+        default_factory=list)
 
 
 class SqliteStore(Store):
@@ -150,6 +164,7 @@ class SqliteStore(Store):
         self._urgent = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
         self._closing = False
+        self._failures = 0  # commits that failed in a row
 
     # -- life cycle -------------------------------------------------------------
 
@@ -223,16 +238,24 @@ class SqliteStore(Store):
             waiters, self._waiters = self._waiters, []
             when_stored, self._when_stored = self._when_stored, []
             batch = self._take_batch()
+            failed = False
             try:
                 await self._call(self._write, batch)
             except Exception as exc:
-                log.exception("writing to %s failed", self.path)
-                for written in batch.inserted:
-                    written.row = False
+                failed = True
+                self._failures += 1
+                if self._failures == 1:  # one line for a disk that stays broken
+                    log.error("writing to %s failed (%s: %s); trying again every %g s",
+                              self.path, type(exc).__name__, exc, RETRY_DELAY_S)
+                self._take_back(batch)
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_exception(exc)
             else:
+                if self._failures:
+                    log.warning("writing to %s works again, after %d failed commits",
+                                self.path, self._failures)
+                    self._failures = 0
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(None)
@@ -240,8 +263,13 @@ class SqliteStore(Store):
             if when_stored:  # after the flushes the commit scheduled (watchers' lines)
                 self._loop.call_soon(_call_each, when_stored)
             del batch  # not kept while we wait: it may hold a row for every job
-            if self._closing and not self._dirty:
-                return
+            if self._closing and (not self._dirty or failed):
+                return  # (a server stopping does not wait for a broken disk)
+            if failed:
+                await asyncio.sleep(RETRY_DELAY_S)
+                self._wake.set()
+                self._urgent.set()
+                continue
             # Two loop turns before the next batch: one for the submits just
             # acknowledged to start their jobs, one for those jobs to run.  A job
             # that ends at once then rides the next commit, not the one after it.
@@ -254,9 +282,11 @@ class SqliteStore(Store):
         batch = _Batch()
         dirty, self._dirty = self._dirty, {}
         blocks, history, outputs = batch.blocks, batch.history, batch.outputs
+        before = batch.before.append
         for transaction_id, job in dirty.items():
             record = job.record
             written = self._written[transaction_id]
+            before((job, written, written.lines, written.history, written.outputs, written.row))
             number = int(transaction_id[1:])
             stream = job.stream
             # Only the lines already announced: a line said since then comes with
@@ -286,12 +316,24 @@ class SqliteStore(Store):
                 batch.updates.append(_update(record, number, written.lines))
             else:
                 batch.rows.append(_row(record, number, written.lines))
-                batch.inserted.append(written)
                 written.row = True
             batch.stored.append((job, written.lines))
             if record.status._value_ in _FINAL and written.lines == len(stream):
                 del self._written[transaction_id]  # nothing more will change
         return batch
+
+    def _take_back(self, batch: _Batch) -> None:
+        """After a failed commit: forget the jobs it would have inserted (their
+        submits are refused), and take the others from where they were before."""
+        for job, written, lines, history, outputs, row in batch.before:
+            transaction_id = job.transaction_id
+            if not row:
+                self._written.pop(transaction_id, None)
+                self._dirty.pop(transaction_id, None)
+                continue
+            written.lines, written.history, written.outputs = lines, history, outputs
+            self._written[transaction_id] = written  # a job that ended was let go
+            self._dirty.setdefault(transaction_id, job)
 
     def _after_commit(self, batch: _Batch) -> None:
         if self.on_persisted is not None:
@@ -305,8 +347,8 @@ class SqliteStore(Store):
 
     def _open_db(self) -> Recovery:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
-                             cached_statements=STATEMENT_CACHE)
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False,
+                             isolation_level=None, cached_statements=STATEMENT_CACHE)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
@@ -327,17 +369,12 @@ class SqliteStore(Store):
     def _write(self, batch: _Batch) -> None:
         db = self._db
         assert db is not None
-        db.execute("BEGIN")
-        try:
+        with _transaction(db):
             _insert(db, f"REPLACE INTO jobs ({_JOB_COLUMNS})", batch.rows)
             _insert(db, _UPDATE_HEAD, batch.updates, group=_UPDATE_GROUP, tail=_UPDATE_TAIL)
             _insert(db, "INSERT OR REPLACE INTO line_blocks", batch.blocks)
             _insert(db, "INSERT OR REPLACE INTO history", batch.history)
             _insert(db, "INSERT OR REPLACE INTO outputs", batch.outputs)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def _select_records(self, where: str, args: Sequence[Any]) -> list[JobRecord]:
         db = self._db
@@ -415,16 +452,29 @@ class SqliteStore(Store):
     def _delete_numbers(self, numbers: list[int]) -> None:
         db = self._db
         assert db is not None
-        db.execute("BEGIN")
-        # The newest job may be among those deleted: its number must stay used.
-        db.execute("REPLACE INTO meta VALUES ('last_number', ?)", (str(_last_number(db)),))
-        for table in ("jobs", "line_blocks", "history", "outputs"):
-            # IN lists, not executemany, shaped like _insert's (a repeated number
-            # deletes nothing more).
-            for chunk in _shaped(numbers, _MAX_VARIABLES):
-                db.execute(f"DELETE FROM {table} WHERE number IN ({','.join('?' * len(chunk))})",
-                           chunk)
+        with _transaction(db):
+            # The newest job may be among those deleted: its number must stay used.
+            db.execute("REPLACE INTO meta VALUES ('last_number', ?)", (str(_last_number(db)),))
+            for table in ("jobs", "line_blocks", "history", "outputs"):
+                # IN lists, not executemany, shaped like _insert's (a repeated number
+                # deletes nothing more).
+                for chunk in _shaped(numbers, _MAX_VARIABLES):
+                    db.execute(f"DELETE FROM {table} WHERE number IN "
+                               f"({','.join('?' * len(chunk))})", chunk)
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN`` ... ``COMMIT``; on any failure (``COMMIT``'s own included) roll back,
+    so the connection never stays inside a failed transaction."""
+    db.execute("BEGIN")
+    try:
+        yield
         db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def _insert(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]],
