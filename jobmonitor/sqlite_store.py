@@ -27,6 +27,11 @@ their bytes joined, which costs one row per job per commit instead of one per
 line; every line ends with CRLF and has none inside, so a block splits back
 exactly); ``history``, ``outputs``; and ``meta`` (the last transaction number,
 written when jobs are deleted, so numbers are never reused).
+
+One server at a time: ``open`` takes an exclusive lock on ``PATH.lock`` (which
+holds the server's process ID), so a second server on the same file, which
+would hand out the same transaction IDs and run the same jobs again, refuses
+to start instead.  The lock goes with the process, however it ends.
 """
 
 from __future__ import annotations
@@ -39,17 +44,24 @@ import itertools
 import json
 import json.encoder
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .errors import ConfigError
 from .records import HistoryEvent, JobRecord, Output
 from .states import JobState, Outcome
 from .store import Recordable, Recovery, Store, TaskEvent
 
 __all__ = ["SqliteStore"]
+
+try:
+    import fcntl
+except ImportError:  # not on this platform: no lock
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("jobmonitor.store")
 
@@ -165,6 +177,7 @@ class SqliteStore(Store):
         self._committer: asyncio.Task[None] | None = None
         self._closing = False
         self._failures = 0  # commits that failed in a row
+        self._lock_fd: int | None = None
 
     # -- life cycle -------------------------------------------------------------
 
@@ -188,6 +201,7 @@ class SqliteStore(Store):
             await self._call(self._db.close)
             self._db = None
         self._thread.shutdown(wait=True)
+        self._unlock()
 
     # -- writing ------------------------------------------------------------------
 
@@ -347,6 +361,14 @@ class SqliteStore(Store):
 
     def _open_db(self) -> Recovery:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            return self._open_locked()
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _open_locked(self) -> Recovery:
         db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False,
                              isolation_level=None, cached_statements=STATEMENT_CACHE)
         db.execute("PRAGMA journal_mode=WAL")
@@ -358,6 +380,33 @@ class SqliteStore(Store):
         marks = ",".join("?" * len(_UNFINISHED))
         unfinished = self._select_records(f"status IN ({marks}) ORDER BY number", _UNFINISHED)
         return Recovery(last, unfinished, self._recent_events(db))
+
+    def _lock(self) -> None:
+        """Take ``PATH.lock`` for this process, or refuse to open the store.
+
+        Raises:
+            ConfigError: another server holds it.
+        """
+        if fcntl is None or self.path == ":memory:":
+            return
+        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 20, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(
+                f"store: {self.path} is in use by another jobmonitor server (process "
+                f"{holder}); stop that one first, or give this one another --store or "
+                f"--data-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # (the file stays: removing it would race a new server)
+            self._lock_fd = None
 
     def _recent_events(self, db: sqlite3.Connection) -> list[TaskEvent]:
         rows = db.execute(

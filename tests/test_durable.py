@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sqlite3
 import subprocess
@@ -10,7 +11,7 @@ import sys
 
 import pytest
 
-from jobmonitor import JobState
+from jobmonitor import ConfigError, JobState
 from jobmonitor import engine as engine_module
 
 from . import jobs
@@ -221,6 +222,41 @@ def test_sigkill_under_load_loses_no_acknowledged_job(tmp_path):
         assert restarted.stop() == 0
     finally:
         restarted.kill()
+
+
+async def test_a_second_server_on_the_same_database_refuses_to_start(make_server, db_url):
+    first = await make_server(store=db_url)
+    with pytest.raises(ConfigError) as refused:
+        await make_server(store=db_url)
+    assert str(refused.value) == (
+        f"store: {db_url.removeprefix('sqlite:///')} is in use by another jobmonitor server "
+        f"(process {os.getpid()}); stop that one first, or give this one another --store or "
+        f"--data-dir")
+    assert tid_of((await exchange(first.port, submit("echo")))[0]) == "T0000001"
+    first.close()
+    await first.wait_closed()
+    second = await make_server(store=db_url)  # the lock went with the first
+    assert tid_of((await exchange(second.port, submit("echo")))[0]) == "T0000002"
+
+
+def test_a_second_server_process_on_the_same_database_exits_with_one_line(tmp_path):
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    first = ServerProcess("--jobs", "tests/jobs.py", "--store", url, memory_store=False)
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "jobmonitor", "serve", "--port", "0", "--jobs",
+             "tests/jobs.py", "--store", url], cwd=ROOT, capture_output=True, text=True,
+            timeout=30)
+        assert second.returncode == 2
+        assert second.stderr.splitlines()[-1] == (
+            f"jobmonitor: store: {tmp_path / 'jobs.db'} is in use by another jobmonitor "
+            f"server (process {first.proc.pid}); stop that one first, or give this one "
+            f"another --store or --data-dir")
+        assert "Traceback" not in second.stderr
+    finally:
+        first.kill()  # SIGKILL: the lock goes with the process all the same
+    again = ServerProcess("--jobs", "tests/jobs.py", "--store", url, memory_store=False)
+    assert again.stop() == 0
 
 
 def test_serve_defaults_to_sqlite_in_the_data_dir(tmp_path):
