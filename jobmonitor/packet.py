@@ -322,6 +322,11 @@ class PacketParser:
                 position = end + len(self._markup_end)
                 self._markup_end = ""
             position = _SKIP_SPACE.match(text, position).end()  # type: ignore[union-attr]
+            if text.startswith("\ufeff", position):
+                # Only the packet's first bytes may be a byte-order mark, and those
+                # are gone by now.  libxml2 would skip this one too, and read what
+                # follows as the start of the document, a DOCTYPE included.
+                raise PacketError(Reply.MALFORMED_PACKET, "a byte-order mark inside the packet")
             ahead = text[position : position + 9]
             if ahead.startswith("<!--"):
                 self._markup_end, position = "-->", position + 4

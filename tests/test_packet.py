@@ -643,6 +643,24 @@ def test_doctype_refused_before_its_contents_arrive(data: bytes) -> None:
     assert failing_byte(data) == data.index(b"<!DOCTYPE") + len(b"<!DOCTYPE") - 1
 
 
+BOM_DOCTYPE = ('<!DOCTYPE job_command [<!ENTITY e "EXPANDED">]><job_command name="SubmitJob">'
+               '<job_variables><var name="ProjectName">&e;</var></job_variables></job_command>')
+
+
+@pytest.mark.parametrize("data", [
+    ("\ufeff\ufeff" + BOM_DOCTYPE).encode(),
+    ("\ufeff\ufeff" + BOM_DOCTYPE).encode("utf-16-le"),
+    ('<?xml version="1.0"?>\ufeff' + BOM_DOCTYPE).encode(),
+    ("\ufeff<!-- a comment -->\ufeff" + BOM_DOCTYPE).encode(),
+], ids=["two BOMs", "two BOMs, UTF-16", "BOM after the declaration", "BOM after a comment"])
+def test_a_second_byte_order_mark_hides_no_doctype(data: bytes) -> None:
+    for parser_feed in (feed_whole, feed_bytewise):
+        with pytest.raises(PacketError) as caught:
+            parser_feed(data)
+        assert (caught.value.code, caught.value.detail) == (
+            Reply.MALFORMED_PACKET, "a byte-order mark inside the packet")
+
+
 def test_too_large_mid_stream() -> None:
     data = packet_text(f'<var name="big">{"x" * 500}</var>').encode()
     parser = PacketParser(max_packet_bytes=100)
