@@ -7,6 +7,7 @@ exactly.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 
 from lxml import etree
@@ -25,6 +26,20 @@ def _check_xml_text(what: str, text: str) -> None:
         raise ValueError(f"{what} contains U+{ord(illegal.group()):04X}, which XML cannot carry")
 
 
+def _text(what: str, value: object) -> str:
+    """A variable's value as packet text: a string as it is, a bool as ``true`` or
+    ``false`` (what ``_sys_ClientJobMonitor`` takes), any other real number as
+    ``str()`` writes it."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, numbers.Real):
+        return str(value)
+    raise TypeError(f"{what} must be a string, a number or a bool, not "
+                    f"{type(value).__name__}")
+
+
 def _check_name(what: str, name: str) -> None:
     if not name.strip(SPACE):
         raise ValueError(f"{what} must not be empty")
@@ -33,19 +48,22 @@ def _check_name(what: str, name: str) -> None:
 
 def build_packet(
     command: str,
-    variables: Mapping[str, str] | None = None,
-    doc_variables: Mapping[str, str] | None = None,
+    variables: Mapping[str, object] | None = None,
+    doc_variables: Mapping[str, object] | None = None,
     *,
     namespace: str | None = _PAGEFLEX_NAMESPACE,
 ) -> bytes:
     """Build a UTF-8 command packet that :class:`~jobmonitor.packet.PacketParser` reads back.
 
     ``job_variables`` is always written; ``doc_variables`` only when given and
-    not empty.  With ``namespace=None`` the elements have no namespace.
+    not empty.  With ``namespace=None`` the elements have no namespace.  Values
+    are strings; a number is sent as ``str()`` writes it and a bool as ``true``
+    or ``false``.
 
     Raises:
         ValueError: an empty command or variable name, or a character XML
             cannot carry (most C0 controls, lone surrogates, U+FFFE, U+FFFF).
+        TypeError: a value that is not a string, a number or a bool.
     """
     _check_name("the command", command)
 
@@ -61,8 +79,9 @@ def build_packet(
         section = etree.SubElement(root, tag(section_name))
         for name, value in values.items():
             _check_name(f"variable name {name!r}", name)
-            _check_xml_text(f"the value of variable {name!r}", value)
+            text = _text(f"the value of variable {name!r}", value)
+            _check_xml_text(f"the value of variable {name!r}", text)
             var = etree.SubElement(section, tag("var"))
             var.set("name", name)
-            var.text = value
+            var.text = text
     return _BUILT_PROLOG + etree.tostring(root, encoding="utf-8", xml_declaration=False) + b"\n"

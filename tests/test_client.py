@@ -187,6 +187,16 @@ async def test_any_value_is_escaped_in_the_packet(server):
     assert f"Odd={value}" in texts and "JobName=A & B" in texts and "doc D=<&>" in texts
 
 
+async def test_numbers_and_bools_are_sent_as_text(server):
+    client = Client("127.0.0.1", server.port)
+    tx = await client.submit("echo", {"Count": 2, "Ratio": 0.5, "Dry": True, "Text": "x"})
+    assert [line.text async for line in tx][1:6] == [
+        "Count=2", "Dry=true", "ProjectName=echo", "Ratio=0.5", "Text=x"]
+    with pytest.raises(TypeError, match="the value of variable 'Due' must be a string, a "
+                                        "number or a bool, not datetime"):
+        await client.submit("echo", {"Due": dt.datetime(2026, 11, 21)})
+
+
 async def test_error_reply_raises_reply_error(server):
     client = Client("127.0.0.1", server.port)
     with pytest.raises(ReplyError) as caught:

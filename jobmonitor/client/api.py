@@ -31,7 +31,7 @@ from .results import (
     task_log_from_lines,
 )
 from .transaction import Transaction
-from .wire import close_quietly, open_request, read_reply
+from .wire import Value, close_quietly, open_request, read_reply
 
 __all__ = ["Client", "connect"]
 
@@ -88,8 +88,8 @@ class Client:
 
     # -- the general request ------------------------------------------------------
 
-    async def request(self, command: str, variables: Mapping[str, str] | None = None,
-                      doc_variables: Mapping[str, str] | None = None) -> list[str]:
+    async def request(self, command: str, variables: Mapping[str, Value] | None = None,
+                      doc_variables: Mapping[str, Value] | None = None) -> list[str]:
         """Send any command; return the text of each line of its reply.
 
         Raises:
@@ -101,24 +101,24 @@ class Client:
         finally:
             await close_quietly(writer)
 
-    async def _open(self, command: str, variables: Mapping[str, str],
-                    doc_variables: Mapping[str, str] | None = None
+    async def _open(self, command: str, variables: Mapping[str, Value],
+                    doc_variables: Mapping[str, Value] | None = None
                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self.user is not None:
             variables = {**variables, "_sys_User": self.user, "_sys_Password": self._password}
         return await open_request(self.host, self.port, command, variables, doc_variables,
                                   timeout_s=self.connect_timeout_s, tls=self.tls)
 
-    async def _request_json(self, command: str, variables: Mapping[str, str]) -> object:
+    async def _request_json(self, command: str, variables: Mapping[str, Value]) -> object:
         lines = await self.request(command, {**variables, "_sys_Format": "json"})
         return load_json("\n".join(lines))
 
     # -- jobs -------------------------------------------------------------------------
 
-    async def submit(self, project: str, variables: Mapping[str, str] | None = None, *,
+    async def submit(self, project: str, variables: Mapping[str, Value] | None = None, *,
                      job_name: str | None = None, monitor: bool = True,
                      user_token: str | None = None, job_token: str | None = None,
-                     doc_variables: Mapping[str, str] | None = None) -> Transaction:
+                     doc_variables: Mapping[str, Value] | None = None) -> Transaction:
         """Submit a job of ``project`` with job ``variables``; return its handle.
 
         With ``monitor`` the handle follows the stream on the submit's own

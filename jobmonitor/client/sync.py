@@ -16,6 +16,7 @@ from .api import Client
 from .results import (Acknowledged, JobInfo, JobResult, JobStatus, Output, QueueLength,
                       StreamLine, TaskLogEntry)
 from .transaction import Transaction
+from .wire import Value
 
 __all__ = ["SyncClient", "SyncTransaction"]
 
@@ -63,12 +64,12 @@ class SyncClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def request(self, command: str, variables: Mapping[str, str] | None = None,
-                doc_variables: Mapping[str, str] | None = None) -> list[str]:
+    def request(self, command: str, variables: Mapping[str, Value] | None = None,
+                doc_variables: Mapping[str, Value] | None = None) -> list[str]:
         """See ``Client.request``."""
         return self._run(self._client.request(command, variables, doc_variables))
 
-    def submit(self, project: str, variables: Mapping[str, str] | None = None,
+    def submit(self, project: str, variables: Mapping[str, Value] | None = None,
                **options: Any) -> "SyncTransaction":
         """See ``Client.submit`` (same keyword arguments)."""
         return SyncTransaction(self, self._run(self._client.submit(project, variables, **options)))

@@ -17,7 +17,11 @@ from ..errors import ProtocolError, ReplyError
 from ..lines import LineError, parse_line
 from ..packet import build_packet
 
-__all__ = ["open_request", "read_reply", "close_quietly", "READ_LIMIT"]
+#: What a variable's value may be: a number is sent as ``str()`` writes it, a
+#: bool as ``true`` or ``false``.
+Value = str | int | float | bool
+
+__all__ = ["open_request", "read_reply", "close_quietly", "READ_LIMIT", "Value"]
 
 #: Longest line the client accepts (a JSON job list is one line).
 READ_LIMIT = 64 * 1024 * 1024
@@ -27,8 +31,8 @@ async def open_request(
     host: str,
     port: int,
     command: str,
-    variables: Mapping[str, str],
-    doc_variables: Mapping[str, str] | None = None,
+    variables: Mapping[str, Value],
+    doc_variables: Mapping[str, Value] | None = None,
     *,
     timeout_s: float,
     tls: ssl.SSLContext | None = None,
