@@ -100,10 +100,7 @@ class Engine:
         self._accepting = False
         if self._purger is not None:
             self._purger.cancel()
-        notice = f"Server stopping: running jobs have {grace_s:g} s to finish"
-        for job in self.jobs.live_jobs():
-            if not job.state.is_final:
-                job._record_status(Status.NOTICE, notice)
+        self._notify_live(f"Server stopping: running jobs have {grace_s:g} s to finish")
         if not self._store.durable:
             for job in list(self._queue):
                 self.cancel(job)
@@ -116,6 +113,8 @@ class Engine:
         """Let running jobs finish within ``grace_s`` (cancel the rest), swap in
         ``handlers``, and start again; queued jobs keep their place."""
         self._starting = False
+        self._notify_live(f"Job engine restarting: running jobs have {grace_s:g} s to "
+                             f"finish")
         await self._drain_running(grace_s, keep_retryable=False)
         self._handlers = dict(handlers)
         self._starting = True
@@ -124,6 +123,11 @@ class Engine:
     def _new_executor(self) -> concurrent.futures.ThreadPoolExecutor:
         return concurrent.futures.ThreadPoolExecutor(
             max_workers=self._config.max_running, thread_name_prefix="jobmonitor-job")
+
+    def _notify_live(self, notice: str) -> None:
+        for job in self.jobs.live_jobs():
+            if not job.state.is_final:
+                job._record_status(Status.NOTICE, notice)
 
     def hurry(self) -> None:
         """Stop waiting for running jobs: cancel them now (a second signal)."""

@@ -227,6 +227,7 @@ async def test_queued_jobs_of_a_project_gone_after_a_reload_fail_and_free_the_qu
     await server.engine.restart(0.5, without_echo)
     assert await orphan.rest() == [
         f"J0000100: Machine name: {MACHINE}",
+        "J0000190: Job engine restarting: running jobs have 0.5 s to finish",
         "J0005000: No handler for project 'echo' after the job modules were reloaded",
         "J0000022: Job failed.", "J0000001: Transaction T0000002 ended"]
     await blocker.close()
