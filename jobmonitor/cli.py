@@ -13,7 +13,9 @@ import argparse
 import asyncio
 import dataclasses
 import gc
+import getpass
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -54,17 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(serve)
     serve.set_defaults(run=_serve)
     hasher = commands.add_parser(
-        "hash-password", help="hash a password read from standard input",
-        description="Read a password from standard input (the first line) and print the "
-                    "hash to put in a [users.NAME] table of the config file.")
+        "hash-password", help="hash a password for the config file",
+        description="Ask for a password (twice, not shown) on a terminal, or read the first "
+                    "line of standard input, and print the hash to put in a [users.NAME] "
+                    "table of the config file.")
     hasher.set_defaults(run=_hash_password)
     add_client_commands(commands)
     return parser
 
 
 def _hash_password(args: argparse.Namespace) -> int:
-    line = sys.stdin.readline()
-    password = line.rstrip("\r\n")
+    if sys.stdin.isatty():  # a person: ask without echoing, twice
+        password = getpass.getpass("Password: ")
+        if password and getpass.getpass("Again: ") != password:
+            print("jobmonitor: the passwords differ", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
     if not password:
         print("jobmonitor: no password on standard input", file=sys.stderr)
         return 2
@@ -135,6 +143,10 @@ def _serve(args: argparse.Namespace) -> int:
     if config.store is None:
         config = config.replace(store="sqlite://")  # jobmonitor.db in data_dir
     _setup_logging(config.log_level)
+    # `--jobs mymodule:app` finds mymodule.py in the working folder, as it does
+    # under `python -m jobmonitor` (which puts that folder first on the path).
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     app = JobMonitor()
     if file is not None:
         add_programs(app, file.programs)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
 from .client import Client, JobStatus, ProtocolError, ReplyError, Transaction
+from .codes import Reply
 from .cli_output import EXIT_CODES, JsonPrinter, LivePrinter, PlainPrinter, StreamPrinter
 from .config import DEFAULT_PORT
 from .lines import escape_text
@@ -166,7 +167,11 @@ def _run(action: Action, args: argparse.Namespace) -> int:
     except UsageError as exc:
         return _fail(str(exc))
     except ReplyError as exc:
-        return _fail(escape_text(str(exc)))
+        hint = ""
+        if exc.reply is Reply.NOT_AUTHENTICATED and not (
+                args.user or os.environ.get("JOBMONITOR_USER")):
+            hint = " (give --user NAME, or set JOBMONITOR_USER and JOBMONITOR_PASSWORD)"
+        return _fail(escape_text(str(exc)) + hint)
     except ProtocolError as exc:
         return _fail(f"{where} did not answer as a jobmonitor server: {escape_text(str(exc))}")
     except BrokenPipeError:

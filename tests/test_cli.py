@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -237,3 +239,79 @@ def test_configuration_doc_lists_every_setting():
     assert table.strip() in doc, "regenerate the table with scripts/config_table.py"
     for field in dataclasses.fields(Config):
         assert f"| `{field.name}` |" in doc, field.name
+
+
+# -- hash-password ----------------------------------------------------------------------
+
+
+def test_hash_password_reads_the_first_line_of_standard_input():
+    from jobmonitor.auth import verify_password
+
+    result = subprocess.run([sys.executable, "-m", "jobmonitor", "hash-password"], cwd=ROOT,
+                            input="s3cret\nignored\n", capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0 and result.stderr == ""
+    assert verify_password("s3cret", result.stdout.strip())
+
+
+def _hash_on_a_terminal(*answers: str) -> tuple[int, str]:
+    """Run hash-password on a pseudo-terminal of its own; answer each prompt."""
+    import pty
+
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: its controlling terminal is the pty
+        os.chdir(ROOT)
+        os.execv(sys.executable, [sys.executable, "-m", "jobmonitor", "hash-password"])
+    output = b""
+    try:
+        for prompts, answer in enumerate(answers, 1):
+            while output.count(b":") < prompts:  # "Password:", then "Again:"
+                ready, _, _ = select.select([terminal], [], [], 30)
+                assert ready, f"no prompt within 30 s: {output!r}"
+                output += os.read(terminal, 1024)
+            os.write(terminal, answer.encode() + b"\n")
+        while True:
+            ready, _, _ = select.select([terminal], [], [], 30)
+            assert ready, f"no end within 30 s: {output!r}"
+            try:
+                chunk = os.read(terminal, 1024)
+            except OSError:  # the child has exited
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(terminal)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output.decode()
+
+
+def test_hash_password_asks_twice_on_a_terminal_without_echo():
+    from jobmonitor.auth import verify_password
+
+    status, output = _hash_on_a_terminal("s3cret", "s3cret")
+    assert status == 0
+    assert "Password:" in output and "Again:" in output and "s3cret" not in output
+    assert verify_password("s3cret", output.split()[-1])
+    status, output = _hash_on_a_terminal("s3cret", "other")
+    assert status == 2 and "jobmonitor: the passwords differ" in output
+
+
+def test_jobs_module_in_the_working_folder_is_found_by_name(tmp_path):
+    (tmp_path / "nightly_jobs.py").write_text(
+        "from jobmonitor import JobMonitor\napp = JobMonitor()\n\n"
+        "@app.job('hello')\nasync def hello(job):\n    job.info('hi')\n")
+    # As the console script runs: the working folder is not on the path.
+    script = "import sys; sys.path.remove(''); from jobmonitor.cli import main; sys.exit(main())"
+    proc = subprocess.Popen([sys.executable, "-c", script, "serve", "--port", "0", "--store", "memory://",
+                             "--jobs", "nightly_jobs:app"], cwd=tmp_path,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if READY.search(line) or "jobmonitor:" in line:
+                break
+        assert READY.search(line), line
+    finally:
+        proc.kill()
+        proc.communicate()

@@ -490,6 +490,8 @@ def test_user_password_from_the_environment(tmp_path):
             assert one_error_line(refused).startswith("jobmonitor: R0005013: Permission denied")
         anonymous = cli(server.port, "list")
         assert one_error_line(anonymous).startswith("jobmonitor: R0005012: Not authenticated")
+        assert one_error_line(anonymous).endswith(
+            " (give --user NAME, or set JOBMONITOR_USER and JOBMONITOR_PASSWORD)")
     finally:
         server.kill()
 
