@@ -327,5 +327,19 @@ def _check_status(program_name: str, status: int | None) -> None:
 def _record_outputs(job: Job, folder: Path) -> None:
     """Record every file the program left in its output folder (sorted by path)."""
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        media_type, _ = mimetypes.guess_type(path.name)
-        job.add_output(path.relative_to(folder).as_posix(), path.as_uri(), media_type)
+        job.add_output(path.relative_to(folder).as_posix(), path.as_uri(), media_type(path.name))
+
+
+#: What a compressed file is, whatever it holds (``mimetypes`` names what it holds).
+_COMPRESSED = {"gzip": "application/gzip", "bzip2": "application/x-bzip2",
+               "xz": "application/x-xz", "br": "application/x-brotli",
+               "compress": "application/x-compress"}
+
+
+def media_type(name: str) -> str | None:
+    """A file's media type from its name: ``archive.tar.gz`` is ``application/gzip``
+    (``mimetypes`` says ``application/x-tar``, what the gzip file holds)."""
+    guessed, encoding = mimetypes.guess_type(name)
+    if encoding is not None:
+        return _COMPRESSED.get(encoding, "application/octet-stream")
+    return guessed

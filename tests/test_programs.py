@@ -11,7 +11,7 @@ import pytest
 
 from jobmonitor import ConfigError, JobMonitor, Outcome, Reply, RequestError
 from jobmonitor.client import Client, ReplyError
-from jobmonitor.programs import MAX_LINE_BYTES, Program, add_programs
+from jobmonitor.programs import MAX_LINE_BYTES, Program, add_programs, media_type
 
 from .conftest import MACHINE
 
@@ -301,3 +301,11 @@ async def test_bad_variables_are_an_error_reply(client, variables, code):
         await client.submit("argv", variables)
     assert caught.value.code == code
     assert await client.list_jobs(all=True) == []  # nothing was accepted
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("report.txt", "text/plain"), ("archive.tar.gz", "application/gzip"),
+    ("dump.sql.xz", "application/x-xz"), ("rows.json.bz2", "application/x-bzip2"),
+    ("archive.tar", "application/x-tar"), ("no-extension", None)])
+def test_media_type_of_an_output_names_the_compressed_file(name, expected):
+    assert media_type(name) == expected
