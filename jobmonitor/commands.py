@@ -31,6 +31,9 @@ SYSTEM_PREFIX = "_sys_"
 ANONYMOUS = "anonymous"
 #: Most recorded lines one GetTaskLog reply carries (page on with _sys_FromLine).
 MAX_LOG_LINES = 10_000
+#: Most digits a line number may have: ten reach far past any job's length and stay
+#: well inside the store's 64-bit integers (and int()'s limit on digits).
+MAX_LINE_DIGITS = 10
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 
@@ -85,13 +88,14 @@ def parse_choice(packet: Packet, name: str, choices: tuple[str, ...]) -> str:
 
 
 def parse_line_number(packet: Packet, name: str) -> int:
-    """Read a line number (1 or more; default 1).
+    """Read a line number (1 or more, in at most ``MAX_LINE_DIGITS`` ASCII digits; default 1).
 
     Raises:
         RequestError: INVALID_VALUE.
     """
     raw = packet.variables.get(name, "").strip() or "1"
-    if not raw.isdigit() or int(raw) < 1:
+    # ASCII only: str.isdigit() also passes digits such as "²" that int() refuses.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_LINE_DIGITS) or int(raw) < 1:
         raise RequestError(Reply.INVALID_VALUE,
                            f"{name} must be a line number from 1, got {clip(raw)!r}")
     return int(raw)

@@ -66,8 +66,8 @@ class Config:
     max_pending_output_bytes: int = _setting(
         256 * 1024, "output queued for one slow client before the server stops adding to it")
     monitor_stall_s: float = _setting(
-        30.0, "seconds a monitor may accept no bytes while lines wait for it before it is "
-        "told where to re-attach from and closed")
+        30.0, "seconds a client may accept no bytes while output waits for it: a monitor is "
+        "then told where to re-attach from and closed, any other connection is reset")
     tls_cert: str | None = _setting(None, "PEM certificate (chain) file: serve TLS")
     tls_key: str | None = _setting(None, "PEM private key file for --tls-cert")
     allow_anonymous_network: bool = _setting(

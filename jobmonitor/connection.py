@@ -20,7 +20,10 @@ A connection goes READING -> BUSY -> (WATCHING) -> LINGERING -> closed:
 
 Every byte goes out through ``write`` / ``reply``; transport flow control is
 the backpressure: while the transport is paused the stream skips this
-connection and catches it up on ``resume_writing``.
+connection and catches it up on ``resume_writing``.  A client that stops
+reading is dropped once it has taken nothing for ``monitor_stall_s``: a
+monitor by ``_stalled`` (told where to re-attach), any connection closing with
+bytes unsent by ``_check_drain``.
 
 On Linux, a plain TCP connection starts with its socket corked (``TCP_CORK``,
 inherited from the listening socket, see ``Server``): the kernel holds what
@@ -32,10 +35,12 @@ a durable store the next commit), and corks again just before its last bytes.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import enum
 import logging
 import socket
+import sys
 from typing import TYPE_CHECKING
 
 from .codes import Reply, Status
@@ -54,6 +59,15 @@ log = logging.getLogger("jobmonitor.connection")
 
 #: Linux's TCP_CORK (None elsewhere: there the last bytes and the FIN go apart).
 TCP_CORK = getattr(socket, "TCP_CORK", None)
+if sys.platform == "linux":
+    import fcntl
+    import termios
+
+    #: Linux's ioctl for the bytes in a TCP socket's send queue that the peer has
+    #: not acknowledged (SIOCOUTQ; None elsewhere: there only our buffer is seen).
+    SIOCOUTQ: int | None = termios.TIOCOUTQ
+else:
+    SIOCOUTQ = None
 #: Lines read from the store at a time when a watcher catches up.
 CATCH_UP_PAGE_LINES = 2000
 
@@ -84,7 +98,7 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._parser: PacketParser | None = PacketParser(
             max_packet_bytes=self._config.max_packet_bytes)
-        self._timer: asyncio.TimerHandle | None = None  # the linger's
+        self._timer: asyncio.TimerHandle | None = None  # the linger's, then the drain's
         self._deadline_key: int | None = None  # the reading deadline's, in server.deadlines
         self._opened = self._loop.time()
         self._corked: list[bytes] | None = None
@@ -224,7 +238,7 @@ class Connection(asyncio.Protocol):
 
     def fell_behind(self, next_line: int) -> None:
         self._stream = None
-        self._task = self._loop.create_task(self._follow(next_line))
+        self._task = self._loop.create_task(self._follow_safely(next_line))
 
     def _stalled(self) -> None:
         """The client took no bytes for ``monitor_stall_s`` while lines waited."""
@@ -239,10 +253,9 @@ class Connection(asyncio.Protocol):
         self.write(format_line("J", Status.MONITOR_BEHIND, text))
         log.info("monitor %s of %s stalled; told it to re-attach from line %d", self.peer,
                  self._following, next_line)
-        self.close()
         # What is queued (the notice last) is still sent if the client reads again;
-        # one that still reads nothing would keep the socket and buffer forever.
-        self._loop.call_later(self._config.monitor_stall_s, self.abort)
+        # close() drops it if the client takes none of it for monitor_stall_s more.
+        self.close()
 
     def abort(self) -> None:
         """Close now, dropping whatever the client has not taken."""
@@ -305,17 +318,61 @@ class Connection(asyncio.Protocol):
             self._socket_corked = self._set_socket_cork(False)
 
     def close(self) -> None:
-        """Close now (queued bytes are still sent)."""
+        """Close now (queued bytes are still sent, to a client that takes them)."""
+        if self._state is _State.CLOSED or self._transport is None:
+            return  # (and the drain's timer, if any, runs on)
         self._cancel_timer()
-        if self._state is not _State.CLOSED and self._transport is not None:
-            self._uncork()
-            self._state = _State.CLOSED
-            if self._stream is not None:
-                self._stream.unwatch(self)
-                self._stream = None
-            if self._drained is not None and not self._drained.done():
-                self._drained.set_result(None)
-            self._transport.close()
+        self._uncork()
+        self._state = _State.CLOSED
+        if self._stream is not None:
+            self._stream.unwatch(self)
+            self._stream = None
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._transport.close()
+        self._check_drain()
+
+    def _check_drain(self, unsent: int = 0) -> None:
+        """Drop what a closed connection's client left unsent (``unsent`` bytes
+        ``monitor_stall_s`` ago) if it took none of it since.
+
+        ``transport.close()`` waits for its buffer to drain, without a deadline: a
+        client that stops reading would keep the connection, and up to a whole
+        reply, for ever.  Every connection ends through ``close``, in whatever
+        state it was, so checking here covers a reply of any size (one under the
+        write limit never pauses us) as well as a monitor's last lines.  The check
+        is for progress, not for the end: a slow client that keeps reading still
+        gets all of a big reply.  The stall limit is the monitors' (a watching
+        connection has its own check, ``pause_writing``): one setting says how
+        long a client may take nothing.
+        """
+        self._timer = None
+        if self._transport is None or self._lost or not self._transport.get_write_buffer_size():
+            return  # (once our buffer is empty the kernel has the rest, and we are done)
+        left = self._unsent()
+        if unsent and left >= unsent:
+            log.info("%s took nothing of its last %d bytes for %g s; dropped them", self.peer,
+                     left, self._config.monitor_stall_s)
+            self._transport.abort()
+        else:
+            self._timer = self._loop.call_later(self._config.monitor_stall_s,
+                                                self._check_drain, left)
+
+    def _unsent(self) -> int:
+        """Bytes the client has yet to take: in our buffer, and on Linux in the
+        kernel's.  Ours alone is not enough: the kernel takes more from it only once
+        half of its own buffer (up to megabytes) is free, which may take a reading
+        client longer than ``monitor_stall_s``."""
+        left = self._transport.get_write_buffer_size()
+        sock = self._transport.get_extra_info("socket")
+        if SIOCOUTQ is None or sock is None:
+            return left
+        queued = array.array("i", [0])
+        try:
+            fcntl.ioctl(sock.fileno(), SIOCOUTQ, queued)
+        except OSError:
+            return left
+        return left + queued[0]
 
     def _set_deadline(self, when: float) -> None:
         # A coarse deadline shared with other connections: one loop timer per tick
@@ -392,12 +449,31 @@ class Connection(asyncio.Protocol):
         self._state = _State.WATCHING
         self._following = response.follow
         self._server.engine.jobs.monitor_attached(self._following)
-        await self._follow(response.from_line)
+        if not await self._follow_safely(response.from_line):
+            return
         # Hold the reply until the job's first lines can join it: a job that ends
         # at once then goes out with the reply in one send (finish() uncorks at
         # once).  That is the end of this loop turn; with a durable store, whose
         # monitors get only stored lines, the next commit (a few ms).
         self._server.engine.when_stored(self._flush)
+
+    async def _follow_safely(self, line: int) -> bool:
+        """``_follow``; on a failure (the store cannot be read, a bug) log it, close,
+        and return False.
+
+        After ``R0000000`` no R line may come, and no J code says the server
+        failed (J lines are the job's, and count as its lines): so the stream ends
+        the way a lost connection does, after whole lines and without the ended
+        line, and the client re-attaches from the next line.  Closing, not just
+        stopping, also gives back the connection and the job's monitor place.
+        """
+        try:
+            await self._follow(line)
+        except Exception:
+            log.exception("following %s for %s failed; closing", self._following, self.peer)
+            self.close()
+            return False
+        return True
 
     async def _follow(self, line: int) -> None:
         """Send the followed job's lines from ``line`` on: from the store while they
