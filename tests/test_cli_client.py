@@ -120,6 +120,12 @@ def test_no_monitor_prints_the_id_then_watch_follows(cli_server):
         "watching", "line", "line", "result"]
 
 
+def test_watch_from_past_the_end_exits_with_the_outcome(cli_server):
+    assert cli(cli_server.port, "submit", "partial").returncode == 3
+    late = cli(cli_server.port, "watch", "T0000001", "--from-line", "99")
+    assert (late.returncode, late.stdout, late.stderr) == (3, "R0000000: T0000001\n", "")
+
+
 def test_job_token_submits_once(cli_server):
     first = cli(cli_server.port, "submit", "count", "-v", "Count=1", "--job-token", "k",
                 "--no-monitor")

@@ -306,6 +306,19 @@ async def test_watch_from_a_line(server):
         await client.watch("T0000077")
 
 
+async def test_watch_from_past_the_end_of_a_finished_job_ends_with_its_outcome(server):
+    client = Client("127.0.0.1", server.port)
+    done = await client.submit("partial")
+    lines = (await done.result()).lines
+    for from_line in (lines + 1, 99):
+        started = time.monotonic()
+        late = await client.watch(done.transaction_id, from_line=from_line)
+        assert [line async for line in late] == []
+        result = await late.result()
+        assert (result.outcome, result.lines) == (Outcome.PARTIAL, 0)
+        assert time.monotonic() - started < 1  # at once, not after retrying
+
+
 async def test_transaction_as_context_manager_drops_the_connection(server):
     client = Client("127.0.0.1", server.port)
     async with await client.submit("wait", {"Key": "ctx"}) as tx:

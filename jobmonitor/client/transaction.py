@@ -36,6 +36,8 @@ _FIRST_DELAY_S = 0.05
 _MAX_DELAY_S = 1.0
 #: Attaches in a row that bring no line at all before the server closes.
 _MAX_EMPTY_ATTACHES = 5
+#: How a job that has ended ended, from its state (for a watch from past its end).
+_OUTCOME_OF_STATE = {outcome.state: outcome for outcome in Outcome}
 
 
 class Transaction:
@@ -62,6 +64,7 @@ class Transaction:
         self._received = 0
         self._errors: list[str] = []
         self._empty_attaches = 0
+        self._attach_brought_lines = False
 
     def __repr__(self) -> str:
         state = "ended" if self._ended else f"at line {self.last_line}"
@@ -87,10 +90,14 @@ class Transaction:
         while not self._ended:
             if self._reader is None:
                 await self._attach()
+                self._attach_brought_lines = False
             raw = await self._read_raw()
             if raw is None or self._told_to_reattach(raw):
                 await self._drop()
+                if raw is None and not self._attach_brought_lines and await self._ended_before():
+                    break
                 continue
+            self._attach_brought_lines = True
             return self._accept(raw)
         raise StopAsyncIteration
 
@@ -158,6 +165,20 @@ class Transaction:
             self._ended = True
             self._close_soon()
         return line
+
+    async def _ended_before(self) -> bool:
+        """After an attach that brought no line: True, with the job's outcome, when
+        the job had ended before the line asked for (a watch from past its end,
+        which the server answers with its reply and nothing more)."""
+        try:
+            status = await self._client.status(self.transaction_id)
+        except (OSError, ReplyError, ProtocolError):
+            return False  # (the attach that follows will say what is wrong)
+        if status.status is None or not status.status.is_final or status.lines > self.last_line:
+            return False
+        self.outcome = _OUTCOME_OF_STATE[status.status]
+        self._ended = True
+        return True
 
     def _close_soon(self) -> None:
         writer, self._reader, self._writer = self._writer, None, None
