@@ -38,28 +38,35 @@ class JobMonitor:
     def handlers(self) -> Mapping[str, Handler]:
         return dict(self._handlers)
 
-    def job(self, project: str, *, retry_on_restart: bool = False) -> Callable[[F], F]:
-        """Decorator: register a handler for jobs whose ``ProjectName`` is ``project``.
+    def job(self, project: str, *, retry_on_restart: bool = False,
+            timeout_s: float | None = None) -> Callable[[F], F]:
+        """Decorator: register a handler for jobs whose ``ProjectName`` is ``project``
+        (see ``add_job`` for the options).
 
         Raises:
-            ConfigError: ``project`` already has a handler.
+            ConfigError: ``project`` already has a handler, or a bad ``timeout_s``.
         """
 
         def register(func: F) -> F:
-            self.add_job(project, func, retry_on_restart=retry_on_restart)
+            self.add_job(project, func, retry_on_restart=retry_on_restart, timeout_s=timeout_s)
             return func
 
         return register
 
     def add_job(self, project: str, func: HandlerFunc, *, retry_on_restart: bool = False,
-                check: CheckFunc | None = None) -> None:
+                check: CheckFunc | None = None, timeout_s: float | None = None) -> None:
         """Register ``func`` for ``project`` (the decorator's plain form).
 
-        ``check``, if given, sees each submit's job variables before the job is
-        accepted; the ``RequestError`` it raises becomes the error reply.
+        ``retry_on_restart``: a job the server's restart interrupted runs again
+        (else it fails).  ``check``, if given, sees each submit's job variables
+        before the job is accepted; the ``RequestError`` it raises becomes the
+        error reply.  ``timeout_s``: a job that runs longer (time suspended not
+        counted) is stopped as a cancel stops it and fails with
+        ``J0005000: Job timed out after N s``.
 
         Raises:
-            ConfigError: ``project`` is empty or already has a handler.
+            ConfigError: ``project`` is empty or already has a handler, or
+            ``timeout_s`` is not a positive number.
         """
         if not project or not project.strip():
             raise ConfigError("a job's project name must not be empty")
@@ -67,7 +74,12 @@ class JobMonitor:
             raise ConfigError(f"job {project!r} is registered twice")
         if not callable(func):
             raise ConfigError(f"handler for {project!r} is not callable")
-        self._handlers[project] = Handler(project, func, retry_on_restart, check)
+        if timeout_s is not None and not (isinstance(timeout_s, (int, float))
+                                          and not isinstance(timeout_s, bool)
+                                          and 0 < timeout_s < float("inf")):
+            raise ConfigError(f"job {project!r}: timeout_s must be a positive number of "
+                              f"seconds, not {timeout_s!r}")
+        self._handlers[project] = Handler(project, func, retry_on_restart, check, timeout_s)
 
     def merge(self, other: "JobMonitor") -> None:
         """Add every handler of ``other``.
@@ -77,7 +89,7 @@ class JobMonitor:
         """
         for handler in other._handlers.values():
             self.add_job(handler.project, handler.func, retry_on_restart=handler.retry_on_restart,
-                         check=handler.check)
+                         check=handler.check, timeout_s=handler.timeout_s)
 
     def make_server(self, config: Config) -> Server:
         """A server for these handlers, not yet started (see ``Server.start``)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import logging
 import socket
 import time
@@ -28,7 +29,7 @@ from .config import Config
 from .errors import JobFailed, RequestError
 from .handlers import Handler
 from .directory import JobDirectory
-from .job import Job
+from .job import Job, TimeLimit
 from .lines import clip, format_line
 from .records import HistoryEvent, JobRecord
 from .states import JobState, Outcome, can_transition
@@ -363,6 +364,10 @@ class Engine:
                 self._finish(job, Outcome.FAILED)
                 continue
             job.record.started = time.time()
+            timeout_s = self._handlers[job.project].timeout_s
+            if timeout_s is not None:  # (it starts with the state change below)
+                job._time_limit = TimeLimit(self._loop, timeout_s,
+                                            functools.partial(self._time_out, job))
             job._set_state(JobState.PROCESSING, "start")
             self._running[job] = self._loop.create_task(self._run(job))
 
@@ -384,8 +389,27 @@ class Engine:
             outcome = Outcome.FAILED
         finally:
             self._running.pop(job, None)
+        limit = job._time_limit
+        if limit is not None:
+            limit.stop()
+            if limit.timed_out and outcome is Outcome.CANCELLED:
+                job.error(f"Job timed out after {limit.seconds:g} s")
+                outcome = Outcome.FAILED
         self._end(job, outcome)
         self._start_ready()
+
+    def _time_out(self, job: Job) -> None:
+        """A job used up its handler's ``timeout_s``: stop it as a cancel does (it
+        then fails, see ``_run``); not a job already being cancelled."""
+        if job.state.is_final or job._cancel_requested or job._time_limit is None:
+            return
+        job._time_limit.timed_out = True
+        job._cancel_requested = True
+        job._wake()
+        task = self._running.get(job)
+        handler = self._handlers.get(job.project)
+        if task is not None and handler is not None and handler.is_async:
+            task.cancel()
 
     def _end(self, job: Job, outcome: Outcome) -> None:
         """A job has stopped running: finish it, unless it is left to recovery."""

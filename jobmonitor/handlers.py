@@ -26,6 +26,9 @@ class Handler:
     retry_on_restart: bool = False
     #: Called with the job variables at submit time; its ``RequestError`` is the reply.
     check: CheckFunc | None = None
+    #: Seconds a job may run (time suspended not counted) before it is stopped and
+    #: fails; None: no limit.
+    timeout_s: float | None = None
 
     #: True for an ``async def`` handler (run on the loop), False for a plain
     #: function (run in a thread); asked once per job, so worked out once here.

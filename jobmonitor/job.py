@@ -54,7 +54,8 @@ class Job:
     __slots__ = ("record", "stream", "on_change", "on_event",
                  "_last_text", "_loop", "_loop_thread", "_cancel_requested",
                  "_suspend_requested", "_leave_to_recovery", "_resume_waiter",
-                 "_thread_resumed", "_thread_pending", "_pauser", "_held", "__weakref__")
+                 "_thread_resumed", "_thread_pending", "_pauser", "_held", "_time_limit",
+                 "__weakref__")
 
     def __init__(self, record: JobRecord, loop: asyncio.AbstractEventLoop) -> None:
         self.record = record
@@ -78,6 +79,8 @@ class Job:
         self._held = False
         self._thread_resumed: threading.Event | None = None
         self._thread_pending: list[Callable[[], None]] | None = None
+        #: The handler's time limit, if it has one (set by the engine when it starts).
+        self._time_limit: TimeLimit | None = None
 
     def __repr__(self) -> str:
         return f"<Job {self.transaction_id} {self.project!r} {self.state.value}>"
@@ -381,6 +384,8 @@ class Job:
         record = self.record
         record.status = state
         record.updated = now
+        if self._time_limit is not None:
+            self._time_limit.follow(state)
         if event is not None:
             # tuple.__new__ skips the named tuple's Python-level constructor: a job
             # changes state at least twice.
@@ -409,3 +414,40 @@ def _timestamp(value: dt.datetime) -> float:
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.timezone.utc)
     return value.timestamp()
+
+
+class TimeLimit:
+    """A running job's time limit: it runs while the job is processing and stops
+    while the job is suspended; ``expire`` is called once the time is used up.
+    Whoever stops the job for it sets ``timed_out``."""
+
+    __slots__ = ("seconds", "timed_out", "_loop", "_left", "_since", "_timer", "_expire")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float,
+                 expire: Callable[[], None]) -> None:
+        self.seconds = seconds
+        self.timed_out = False
+        self._loop = loop
+        self._left = seconds
+        self._since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._expire = expire
+
+    def follow(self, state: JobState) -> None:
+        """Run while ``state`` is processing; stop otherwise."""
+        if state is not JobState.PROCESSING:
+            self.stop()
+        elif self._timer is None and self._left > 0:
+            self._since = self._loop.time()
+            self._timer = self._loop.call_later(self._left, self._fire)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._left -= self._loop.time() - self._since
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._left = 0.0
+        self._expire()

@@ -237,3 +237,27 @@ def thread_retry(job: Job) -> None:
     if _ran_before(job):
         return
     thread_releases.setdefault(job.params["Key"], threading.Event()).wait(30)
+
+
+@app.job("overdue", timeout_s=0.3)
+async def overdue(job: Job) -> None:
+    """Runs past its 0.3 s time limit."""
+    job.info("starting")
+    await asyncio.sleep(30)
+
+
+@app.job("thread-overdue", timeout_s=0.3)
+def thread_overdue(job: Job) -> None:
+    """Runs past its 0.3 s time limit in a thread, calling the Job API as it goes."""
+    for _ in range(600):
+        job.info("working")
+        time.sleep(0.05)
+
+
+@app.job("paced", timeout_s=0.6)
+async def paced(job: Job) -> None:
+    """Four short steps, well within its 0.6 s of running time, with checkpoints."""
+    for n in range(1, 5):
+        await asyncio.sleep(0.05)
+        await job.checkpoint()
+        job.info(f"step {n}")

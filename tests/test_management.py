@@ -3,7 +3,9 @@ status formats, history, outputs, task log, restart."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 from lxml import etree
@@ -377,3 +379,52 @@ async def test_restart_server_cancels_stragglers_and_keeps_the_queue(make_server
         assert (await finished(server, tid)).state is JobState.COMPLETED
     first, second = (server.engine.jobs.find(tid).record.started for tid in queued)
     assert first <= second
+
+
+# -- time limits ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("project", ["overdue", "thread-overdue"])
+async def test_a_job_past_its_time_limit_is_stopped_and_fails(server, project):
+    started = time.monotonic()
+    lines = await exchange(server.port, submit(project))
+    assert time.monotonic() - started < 5
+    tid = tid_of(lines[0])
+    assert lines[-3:] == ["J0005000: Job timed out after 0.3 s", "J0000022: Job failed.",
+                          ENDED.format(tid)]
+    assert fields(await exchange(server.port, command("GetJobStatus", tid)))["Status"] == "Failed"
+
+
+async def test_time_suspended_does_not_count_toward_the_limit(server):
+    session = await Session.open(server.port, submit("paced"))
+    tid = tid_of(await session.line())
+    assert await session.line() == f"J0000100: Machine name: {MACHINE}"
+    assert await session.line() == "J0000100: step 1"
+    assert await exchange(server.port, command("SuspendJob", tid)) == [
+        f"R0000000: {tid} suspend requested"]
+    assert await session.line() == "J0000130: Job suspended."
+    await asyncio.sleep(1.0)  # longer than the job's 0.6 s
+    assert await exchange(server.port, command("ResumeJob", tid)) == [f"R0000000: {tid} resumed"]
+    assert await session.rest() == [
+        "J0000131: Job resumed.", "J0000100: step 2", "J0000100: step 3", "J0000100: step 4",
+        "J0000020: Job completed successfully.", ENDED.format(tid)]
+    await session.close()
+
+
+async def test_a_cancel_before_the_limit_stays_a_cancel(server):
+    session = await Session.open(server.port, submit("overdue"))
+    tid = tid_of(await session.line())
+    await session.line()
+    assert await session.line() == "J0000100: starting"
+    await exchange(server.port, command("CancelJob", tid))
+    await asyncio.sleep(0.4)  # past the limit: the timer must not turn it into a failure
+    assert await session.rest() == ["J0000023: Job cancelled by user.", ENDED.format(tid)]
+    await session.close()
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("inf"), float("nan"), "5", True])
+def test_a_bad_time_limit_is_refused(bad):
+    from jobmonitor import ConfigError, JobMonitor
+
+    with pytest.raises(ConfigError, match="timeout_s must be a positive number"):
+        JobMonitor().add_job("x", lambda job: None, timeout_s=bad)
