@@ -64,6 +64,7 @@ def add_client_commands(commands: Any) -> None:
     outputs = add("outputs", _outputs, "list what a job produced")
     outputs.add_argument("transaction_id", metavar="TX")
     outputs.add_argument("--json", action="store_true", help="print the server's JSON list")
+    add("projects", _projects, "list the projects the server runs")
     add("queue", _queue, "show how many jobs are queued and running")
     add("log", _log, "show the server's recent task log (administrators)")
     add("restart-server", _restart_server,
@@ -319,6 +320,11 @@ async def _outputs(client: Client, args: argparse.Namespace) -> int:
     outputs = await client.outputs(args.transaction_id)
     _print_lines(table(("NAME", "MEDIA TYPE", "URI"),
                        [(o.name, o.media_type or "-", o.uri) for o in outputs]))
+    return 0
+
+
+async def _projects(client: Client, args: argparse.Namespace) -> int:
+    _print_lines(await client.projects())
     return 0
 
 

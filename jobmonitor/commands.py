@@ -137,6 +137,7 @@ class Commands:
             "GetJobStatus": self.get_job_status,
             "GetJobInformation": self.get_job_information,
             "ListJobs": self.list_jobs,
+            "ListProjects": self.list_projects,
             "RetrieveJob": self.retrieve_job,
             "GetTaskLog": self.get_task_log,
             "GetJobQueueLen": self.get_job_queue_len,
@@ -274,6 +275,10 @@ class Commands:
             "\t".join((r.transaction_id, r.status.value, _tab_safe(r.project),
                        _tab_safe(r.job_name))) for r in records]
         return Response("\n".join(rows))
+
+    async def list_projects(self, packet: Packet, caller: Caller) -> Response:
+        names = self._engine.handler_names()
+        return Response("\n".join([f"{len(names)} projects", *map(_tab_safe, names)]))
 
     async def retrieve_job(self, packet: Packet, caller: Caller) -> Response:
         form = parse_choice(packet, "_sys_Format", ("text", "json"))

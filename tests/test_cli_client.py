@@ -170,6 +170,8 @@ def test_outputs_queue_log_delete_and_restart(cli_server):
          "MediaType": "application/pdf"}]
     assert cli(cli_server.port, "outputs", "T0000002").stdout == "NAME  MEDIA TYPE  URI\n"
     assert cli(cli_server.port, "queue").stdout == "Queued: 0\nRunning: 0\n"
+    assert cli(cli_server.port, "projects").stdout.splitlines() == [
+        "blocking", "count", "fail", "long", "nightly", "partial", "report"]
 
     log = cli(cli_server.port, "log").stdout.splitlines()
     assert log[0].split() == ["TIME", "TRANSACTION", "PROJECT", "EVENT"]

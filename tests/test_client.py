@@ -30,6 +30,7 @@ from jobmonitor.client import (
 )
 from jobmonitor.client.results import (
     info_from_json,
+    projects_from_lines,
     queue_length_from_lines,
     status_from_json,
     task_log_from_lines,
@@ -116,6 +117,17 @@ def test_unknown_status_number_is_none_and_history_is_read():
 def test_bad_status_objects_are_protocol_errors(bad):
     with pytest.raises(ProtocolError):
         status_from_json(bad)
+
+
+@pytest.mark.parametrize("lines", [[], ["2 projects", "a"], ["1 project", "a"]])
+def test_bad_project_lists_are_protocol_errors(lines):
+    with pytest.raises(ProtocolError):
+        projects_from_lines(lines)
+
+
+async def test_projects_are_the_registered_handlers(server):
+    projects = await Client("127.0.0.1", server.port).projects()
+    assert projects == sorted(jobs.app.handlers) and "echo" in projects
 
 
 def test_queue_length_and_task_log_lines_are_read():
@@ -481,6 +493,7 @@ def test_sync_client_against_a_threaded_server(unused_port):
             assert tx.result().outcome is Outcome.SUCCESS
             assert client.status(tx.transaction_id).status is JobState.COMPLETED
             assert client.queue_length() == QueueLength(0, 0)
+            assert "lines" in client.projects()
             assert [e.event for e in client.task_log()] == ["queued", "start", "complete"]
             with pytest.raises(ReplyError):
                 client.cancel(tx.transaction_id)

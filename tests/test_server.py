@@ -9,6 +9,7 @@ import pytest
 
 from jobmonitor import JobState
 
+from . import jobs
 from .conftest import MACHINE, finished, release
 from .helpers import Session, exchange, split_lines, submit, xml_packet
 
@@ -430,6 +431,13 @@ async def test_get_job_status_lines(server):
 async def test_get_build_string(server):
     lines = await exchange(server.port, xml_packet("GetBuildString"))
     assert len(lines) == 1 and lines[0].startswith("R0000000: jobmonitor 0.1.0 (Python 3.")
+
+
+async def test_list_projects(server):
+    names = sorted(jobs.app.handlers)
+    assert await exchange(server.port, xml_packet("ListProjects")) == [
+        f"R0000000- {len(names)} projects", *(f"R0000000- {name}" for name in names[:-1]),
+        f"R0000000: {names[-1]}"]
 
 
 # -- shutdown --------------------------------------------------------------------------

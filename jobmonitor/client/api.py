@@ -26,6 +26,7 @@ from .results import (
     info_from_json,
     load_json,
     outputs_from_json,
+    projects_from_lines,
     queue_length_from_lines,
     status_from_json,
     task_log_from_lines,
@@ -240,6 +241,14 @@ class Client:
         return await self._acknowledged("DeleteJob", transaction_id)
 
     # -- the server ------------------------------------------------------------------
+
+    async def projects(self) -> list[str]:
+        """The projects the server runs, sorted (``ListProjects``).
+
+        Raises:
+            ReplyError, OSError, ProtocolError: see the class.
+        """
+        return projects_from_lines(await self.request("ListProjects"))
 
     async def queue_length(self) -> QueueLength:
         """How many jobs wait for a slot and how many run (``GetJobQueueLen``).

@@ -35,6 +35,7 @@ __all__ = [
     "info_from_json",
     "outputs_from_json",
     "queue_length_from_lines",
+    "projects_from_lines",
     "task_log_from_lines",
 ]
 
@@ -221,6 +222,17 @@ def queue_length_from_lines(lines: list[str]) -> QueueLength:
         return QueueLength(int(counts["Queued"]), int(counts["Running"]))
     except (KeyError, ValueError):
         raise ProtocolError(f"not a queue length: {lines!r}") from None
+
+
+def projects_from_lines(lines: list[str]) -> list[str]:
+    """Read ``N projects`` and then one name per line.
+
+    Raises:
+        ProtocolError: the count is missing or does not match the names.
+    """
+    if not lines or lines[0] != f"{len(lines) - 1} projects":
+        raise ProtocolError(f"not a list of projects: {lines[:1]!r}")
+    return lines[1:]
 
 
 def task_log_from_lines(lines: list[str]) -> list[TaskLogEntry]:

@@ -110,6 +110,10 @@ class SyncClient:
         """See ``Client.delete``."""
         return self._run(self._client.delete(transaction_id))
 
+    def projects(self) -> list[str]:
+        """See ``Client.projects``."""
+        return self._run(self._client.projects())
+
     def queue_length(self) -> QueueLength:
         """See ``Client.queue_length``."""
         return self._run(self._client.queue_length())
