@@ -7,6 +7,7 @@ option is spelled out here and only here.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,11 +109,20 @@ class Config:
 
 def _check_positive(config: Config, *names: str) -> None:
     for name in names:
-        if getattr(config, name) <= 0:
-            raise ConfigError(f"{name}: must be greater than 0, got {getattr(config, name)}")
+        value = _finite(name, getattr(config, name))
+        if value <= 0:
+            raise ConfigError(f"{name}: must be greater than 0, got {value}")
 
 
 def _check_non_negative(config: Config, *names: str) -> None:
     for name in names:
-        if getattr(config, name) < 0:
-            raise ConfigError(f"{name}: must not be negative, got {getattr(config, name)}")
+        value = _finite(name, getattr(config, name))
+        if value < 0:
+            raise ConfigError(f"{name}: must not be negative, got {value}")
+
+
+def _finite(name: str, value: float) -> float:
+    # nan compares false with everything: "value <= 0" alone would let it through.
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}: must be a finite number, got {value}")
+    return value

@@ -148,6 +148,8 @@ def test_ready_line_shown_even_at_warning_level():
         (["--jobs", "tests/jobs.py:releases"], "is a dict, not a JobMonitor"),
         (["--jobs", "tests/jobs.py", "--jobs", "tests.jobs"], "job 'echo' is registered twice"),
         (["--max-running", "0"], "max_running: must be greater than 0"),
+        (["--idle-timeout-s", "nan"], "idle_timeout_s: must be a finite number, got nan"),
+        (["--linger-s", "inf"], "linger_s: must be a finite number, got inf"),
         (["--log-level", "loud"], "log_level: unknown level 'loud'"),
     ],
 )

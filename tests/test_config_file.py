@@ -79,6 +79,8 @@ def test_the_example_file_loads():
     ("[server]\nport = true", "server.port: must be a whole number"),
     ("[server]\nport = 70000", "server.port: must be 0..65535"),
     ("[server]\nmax_running = 0", "server.max_running: must be greater than 0"),
+    ("[server]\nidle_timeout_s = nan", "server.idle_timeout_s: must be a finite number, got nan"),
+    ("[server]\nkeep_days = inf", "server.keep_days: must be a finite number, got inf"),
     ("[server]\nlinger_s = 'long'", "server.linger_s: must be a number"),
     ("[server]\njobs = 'x.py'", "server.jobs: must be a list of strings"),
     ("[server]\nallow_anonymous_network = 1", "server.allow_anonymous_network: must be true"),
