@@ -9,19 +9,26 @@ While it runs, each line the program writes to stdout becomes an information
 line and each line on stderr an error line, as they are produced.  Exit status
 0 is success; anything else, a timeout, or a failure to start fails the job.
 Cancelling the job (its task is cancelled) sends SIGTERM to the program's
-process group and SIGKILL after ``kill_grace_s``.  Suspending a running job
-sends the group SIGSTOP (and stops its timeout); resuming it, SIGCONT.  With
-an ``output_dir`` each job gets its own folder ``<output_dir>/<transaction
-id>``; the files the program leaves there are recorded as the job's outputs.
+process group and, once ``kill_grace_s`` has passed, SIGKILL to whatever is
+left of the group, even if the program itself has exited.  Suspending a
+running job sends the group SIGSTOP (and stops its timeout); resuming it,
+SIGCONT.  With an ``output_dir`` each job gets its own folder
+``<output_dir>/<transaction id>``; the files the program leaves there are
+recorded as the job's outputs.
+The program inherits the server's environment without its ``JOBMONITOR_*``
+variables.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import mimetypes
 import os
 import re
 import signal
+import subprocess
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +51,8 @@ STANDARD_VARIABLES = frozenset({"ProjectName", "JobName"})
 MAX_LINE_BYTES = 64 * 1024
 #: How long to keep reading a stopped program's output.
 DRAIN_S = 2.0
+#: How often a stop looks whether the program's process group is empty yet.
+GROUP_POLL_S = 0.05
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
@@ -111,10 +120,10 @@ class Program:
                 raise RequestError(Reply.INVALID_VALUE, f"{name} contains a NUL character")
         if not self.allow_leading_dash:
             for template in self._templates:
-                first = template[0] if template else ""
-                if isinstance(first, _Slot) and params.get(first.name, "").startswith("-"):
+                slot = _leading_slot(template, params)
+                if slot is not None and params[slot.name].startswith("-"):
                     raise RequestError(Reply.INVALID_VALUE,
-                                       f"{first.name} must not start with '-' (it starts "
+                                       f"{slot.name} must not start with '-' (it starts "
                                        "an argument, where it could pass as an option)")
 
     def argv(self, values: Mapping[str, str]) -> list[str]:
@@ -133,9 +142,28 @@ class Program:
         return (Path(self.output_dir) / transaction_id).absolute()
 
 
+def _leading_slot(template: _Template, values: Mapping[str, str]) -> _Slot | None:
+    """The placeholder whose value the filled argument starts with.
+
+    Empty values are skipped: with ``{a}{b}``, a="" and b="-rf" the argument is
+    ``-rf``.  None when the argument starts with literal text or a built-in
+    placeholder (a transaction ID or an absolute folder, never '-').
+    """
+    for part in template:
+        if isinstance(part, str) or part.name in BUILTIN_PLACEHOLDERS:
+            return None
+        if values.get(part.name):
+            return part
+    return None
+
+
 def _check_fields(program: Program) -> None:
     if not program.command or not all(isinstance(item, str) for item in program.command):
         raise ConfigError("command: must be a non-empty list of strings")
+    # The operating system cannot pass a NUL: refused here, not by every job.
+    for index, item in enumerate(program.command):
+        if "\x00" in item:
+            raise ConfigError(f"command[{index}]: contains a NUL character")
     seen: set[str] = set()
     for name in program.variables:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
@@ -146,6 +174,15 @@ def _check_fields(program: Program) -> None:
         seen.add(name)
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in program.env.items()):
         raise ConfigError("env: names and values must be strings")
+    for name, value in program.env.items():
+        if not name or "=" in name or "\x00" in name:
+            raise ConfigError(f"env: {name!r} is not a valid name "
+                              "(it must not be empty or hold '=' or a NUL character)")
+        if "\x00" in value:
+            raise ConfigError(f"env: the value of {name!r} contains a NUL character")
+    for key in ("cwd", "output_dir"):
+        if "\x00" in str(getattr(program, key) or ""):
+            raise ConfigError(f"{key}: contains a NUL character")
     if program.timeout_s is not None and not program.timeout_s > 0:
         raise ConfigError(f"timeout_s: must be greater than 0, got {program.timeout_s}")
     if not program.kill_grace_s >= 0:
@@ -213,23 +250,27 @@ async def run_program(program: Program, job: Job) -> None:
         raise JobFailed(exc.reply_text) from None
     output_dir = program.job_output_dir(job.transaction_id)
     values = {**job.params, "transaction_id": job.transaction_id}
-    env = {**os.environ, **program.env, "JOBMONITOR_TRANSACTION_ID": job.transaction_id}
+    env = _environment(program, job.transaction_id)
     if output_dir is not None:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        _make_output_dir(output_dir)
         values["output_dir"] = env["JOBMONITOR_OUTPUT_DIR"] = str(output_dir)
     argv = program.argv(values)
     process = await _start(argv, program.cwd, env)
     # Reading goes on while the program is being stopped: its last words count.
-    output = asyncio.ensure_future(asyncio.gather(_pump(process.stdout, job.info),
-                                                  _pump(process.stderr, job.error)))
+    output = asyncio.ensure_future(_read_output(process, job))
     try:
         async with asyncio.timeout(program.timeout_s) as deadline:
             with job.pausable(*_pauser(process, deadline)):
                 await asyncio.shield(output)
                 await process.wait()
     except TimeoutError:
-        await _stop(process, output, program.kill_grace_s)
-        raise JobFailed(f"{argv[0]} timed out after {program.timeout_s:g} s") from None
+        reason = f"{argv[0]} timed out after {program.timeout_s:g} s"
+        try:
+            await asyncio.shield(_stop(process, output, program.kill_grace_s))
+        except asyncio.CancelledError:
+            job.error(reason)  # cancelled while being stopped: still say why it was
+            raise
+        raise JobFailed(reason) from None
     except BaseException:
         await asyncio.shield(_stop(process, output, program.kill_grace_s))
         raise
@@ -239,7 +280,26 @@ async def run_program(program: Program, job: Job) -> None:
     _check_status(argv[0], process.returncode)
 
 
-def _pauser(process: asyncio.subprocess.Process,
+def _environment(program: Program, transaction_id: str) -> dict[str, str]:
+    """The program's environment: the server's without its ``JOBMONITOR_*``
+    variables (a password exported for the client CLI, or a stale
+    ``JOBMONITOR_OUTPUT_DIR``, is no program's business), then ``env``, then the
+    job's own."""
+    inherited = {name: value for name, value in os.environ.items()
+                 if not name.startswith("JOBMONITOR_")}
+    return {**inherited, **program.env, "JOBMONITOR_TRANSACTION_ID": transaction_id}
+
+
+def _make_output_dir(folder: Path) -> None:
+    """Raises: JobFailed: the folder cannot be made."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise JobFailed(f"cannot make the output folder {folder}: "
+                        f"{exc.strerror or exc}") from None
+
+
+def _pauser(process: _Process,
             deadline: asyncio.Timeout) -> tuple[Callable[[], None], Callable[[], None]]:
     """Pause and resume for ``Job.pausable``: SIGSTOP and SIGCONT to the program's
     process group, with its timeout stopped meanwhile (time suspended is not run)."""
@@ -261,55 +321,223 @@ def _pauser(process: asyncio.subprocess.Process,
     return pause, resume
 
 
-async def _start(argv: list[str], cwd: str | None,
-                 env: dict[str, str]) -> asyncio.subprocess.Process:
-    try:
-        return await asyncio.create_subprocess_exec(
-            *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+class _Process:
+    """A program started by the standard library, its output and exit watched
+    from the event loop.
+
+    Not the loop's own subprocess support: uvloop (which ``jobmonitor serve``
+    uses when installed) ignores ``close_fds``, so programs inherited the
+    server's descriptors, among them copies of their own job's pipes; a
+    background child that had redirected its output still held those, and the
+    job waited for it.  The exit is seen through a pidfd where there is one (no
+    thread), else by a thread blocked in ``wait``; nothing else reaps the child.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._popen = popen
+        self.pid = popen.pid
+        self.stdout = asyncio.StreamReader()
+        self.stderr = asyncio.StreamReader()
+        # Each pipe is closed by its transport once handed over, else by us.
+        self._pipes = [popen.stdout, popen.stderr]
+        self._transports: list[asyncio.BaseTransport] = []
+        self._pidfd: int | None = None
+        self._exited: asyncio.Future[int] = self._loop.create_future()
+
+    @classmethod
+    async def start(cls, argv: list[str], cwd: str | None, env: dict[str, str]) -> _Process:
+        """Raises: OSError, ValueError: from ``subprocess.Popen``."""
+        popen = subprocess.Popen(
+            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, bufsize=0, close_fds=True,
             start_new_session=True,  # its own process group, so a stop reaches its children
         )
+        process = cls(popen)
+        try:
+            process._watch_exit()
+            await process._connect_pipes()
+        except BaseException:  # (cancelled while connecting its pipes)
+            # The exit watch goes on: it reaps the killed program, then closes its pidfd.
+            process.kill()
+            process.close_pipes()
+            raise
+        return process
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+    async def wait(self) -> int:
+        """The exit status, once the program has exited (negative: killed by a signal)."""
+        return await asyncio.shield(self._exited)
+
+    def kill(self) -> None:
+        """SIGKILL what is left of the program's process group, and the program
+        itself should it have left the group."""
+        if _group_alive(self):
+            _signal_group(self, signal.SIGKILL)
+        if self._popen.returncode is None:
+            self._popen.kill()  # (Popen makes sure the pid is still its child's)
+
+    def close_pipes(self) -> None:
+        for transport in self._transports:
+            transport.close()
+        for pipe in self._pipes:
+            if pipe is not None:
+                pipe.close()
+        self._transports.clear()
+        self._pipes.clear()
+
+    def close(self) -> None:
+        """Stop watching: close the pipes and the pidfd (the program may be left
+        unreaped; the standard library reaps it later)."""
+        self.close_pipes()
+        self._close_pidfd()
+
+    def _watch_exit(self) -> None:
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+            self._loop.add_reader(self._pidfd, self._on_exit)
+        except (AttributeError, OSError):  # not Linux, Linux before 5.3, or not allowed
+            self._close_pidfd()
+            self._exited = self._loop.run_in_executor(None, self._popen.wait)
+
+    def _on_exit(self) -> None:
+        status = self._popen.poll()  # it has exited (its pidfd is readable): no blocking
+        if status is None:
+            return
+        self._close_pidfd()
+        if not self._exited.done():
+            self._exited.set_result(status)
+
+    def _close_pidfd(self) -> None:
+        pidfd, self._pidfd = self._pidfd, None
+        if pidfd is not None:
+            if not self._loop.is_closed():
+                with contextlib.suppress(ValueError, OSError):  # (add_reader failed)
+                    self._loop.remove_reader(pidfd)
+            os.close(pidfd)
+
+    async def _connect_pipes(self) -> None:
+        for reader in (self.stdout, self.stderr):
+            pipe = self._pipes.pop(0)  # the transport closes it, even if this fails
+            transport, _ = await self._loop.connect_read_pipe(
+                functools.partial(asyncio.StreamReaderProtocol, reader), pipe)
+            self._transports.append(transport)
+
+
+async def _start(argv: list[str], cwd: str | None, env: dict[str, str]) -> _Process:
+    """Raises: JobFailed: the program cannot be started."""
+    try:
+        return await _Process.start(argv, cwd, env)
     except OSError as exc:
-        raise JobFailed(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+        reason = exc.strerror or str(exc)
+        if cwd is not None and exc.filename == cwd:  # the folder, not the program
+            raise JobFailed(f"cannot run {argv[0]} in {cwd}: {reason}") from None
+        raise JobFailed(f"cannot run {argv[0]}: {reason}") from None
+    except ValueError as exc:  # a NUL character (the configuration checks refuse those)
+        raise JobFailed(f"cannot run {argv[0]}: {exc}") from None
 
 
-async def _pump(stream: asyncio.StreamReader | None, say: Callable[[str], None]) -> None:
+async def _read_output(process: _Process, job: Job) -> None:
+    """Send stdout lines to ``job.info`` and stderr lines to ``job.error`` until
+    both pipes end; then close them.  A task of its own rather than a bare
+    ``gather`` future: cancelling it (a stop gives up on a descendant that holds
+    the pipes) leaves no "exception was never retrieved" in the log."""
+    try:
+        await asyncio.gather(_pump(process.stdout, job.info), _pump(process.stderr, job.error))
+    finally:
+        process.close_pipes()
+
+
+async def _pump(stream: asyncio.StreamReader, say: Callable[[str], None]) -> None:
     """Send each line of ``stream`` to ``say`` as soon as it is complete."""
-    if stream is None:
-        return
     pending = b""
     while chunk := await stream.read(MAX_LINE_BYTES):
         *lines, pending = (pending + chunk).split(b"\n")
         for raw in lines:
-            say(_decode(raw))
-        while len(pending) >= MAX_LINE_BYTES:
-            say(_decode(pending[:MAX_LINE_BYTES]))
-            pending = pending[MAX_LINE_BYTES:]
+            pieces, rest = _pieces(raw)
+            for piece in (*pieces, rest):
+                say(_decode(piece))
+        pieces, pending = _pieces(pending)
+        for piece in pieces:
+            say(_decode(piece))
     if pending:
         say(_decode(pending))
+
+
+def _pieces(data: bytes) -> tuple[list[bytes], bytes]:
+    """``data`` cut into pieces of at most ``MAX_LINE_BYTES``, and what is left
+    (at most that long), never inside a UTF-8 character."""
+    pieces = []
+    while len(data) > MAX_LINE_BYTES:
+        cut = _character_start(data, MAX_LINE_BYTES)
+        pieces.append(data[:cut])
+        data = data[cut:]
+    return pieces, data
+
+
+def _character_start(data: bytes, limit: int) -> int:
+    """Where to cut ``data`` (longer than ``limit``) at most ``limit`` bytes in
+    without splitting a UTF-8 character: at the last character start among the
+    4 positions up to ``limit`` (data that is not UTF-8 is cut at ``limit``)."""
+    for cut in range(limit, limit - 4, -1):
+        if data[cut] & 0xC0 != 0x80:  # not a continuation byte
+            return cut
+    return limit
 
 
 def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace").removesuffix("\r")
 
 
-async def _stop(process: asyncio.subprocess.Process, output: asyncio.Future[Any],
-                grace_s: float) -> None:
-    """SIGTERM the program's process group, SIGKILL it if it outlives ``grace_s``,
-    then read what it wrote meanwhile (for at most ``DRAIN_S``)."""
-    if process.returncode is None:
-        _signal_group(process, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), grace_s)
-        except TimeoutError:
-            _signal_group(process, signal.SIGKILL)
-            await process.wait()
+async def _stop(process: _Process, output: asyncio.Future[Any], grace_s: float) -> None:
+    """Stop the program and the rest of its process group (see ``_terminate``),
+    then read what they wrote meanwhile (for at most ``DRAIN_S``)."""
+    try:
+        await _terminate(process, grace_s)
+        await process.wait()
+    except BaseException:
+        process.close()  # cancelled (the server is closing its loop): nobody waits now
+        raise
     # A descendant that left the process group may hold the pipes open: stop waiting.
     await asyncio.wait([output], timeout=DRAIN_S)
     output.cancel()
 
 
-def _signal_group(process: asyncio.subprocess.Process, signum: int) -> None:
+async def _terminate(process: _Process, grace_s: float) -> None:
+    """SIGTERM the process group, wait for the program, then for the rest of the
+    group; SIGKILL whatever is left once ``grace_s`` has passed since the SIGTERM
+    (its children too: a program that exits on SIGTERM may leave them running)."""
+    loop = asyncio.get_running_loop()
+    kill_at = loop.time() + grace_s
+    if _group_alive(process):
+        _signal_group(process, signal.SIGTERM)
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), grace_s)
+        while loop.time() < kill_at and _group_alive(process):
+            await asyncio.sleep(GROUP_POLL_S)
+    finally:
+        # Also when this stop is itself cancelled: a server shutting down gives
+        # up on a job after engine.CANCEL_WAIT_S and closes its loop, and the
+        # program must not outlive it.
+        process.kill()
+
+
+def _group_alive(process: _Process) -> bool:
+    """Whether any process is left in the program's group (zombies count)."""
+    try:
+        os.killpg(process.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member that took another identity: still there
+        return True
+    return True
+
+
+def _signal_group(process: _Process, signum: int) -> None:
     try:
         os.killpg(process.pid, signum)
     except ProcessLookupError:
@@ -320,8 +548,16 @@ def _check_status(program_name: str, status: int | None) -> None:
     if status == 0:
         return
     if status is not None and status < 0:
-        raise JobFailed(f"{program_name} was killed by {signal.Signals(-status).name}")
+        raise JobFailed(f"{program_name} was killed by {_signal_name(-status)}")
     raise JobFailed(f"{program_name} exited with status {status}")
+
+
+def _signal_name(signum: int) -> str:
+    """``SIGSEGV``, or ``signal 40`` for one Python has no name for (real-time signals)."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _record_outputs(job: Job, folder: Path) -> None:

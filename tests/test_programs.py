@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -14,6 +18,7 @@ from jobmonitor.client import Client, ReplyError
 from jobmonitor.programs import MAX_LINE_BYTES, Program, add_programs, media_type
 
 from .conftest import MACHINE
+from .test_cli import ServerProcess
 
 PY = sys.executable
 
@@ -40,6 +45,14 @@ def test_placeholders_fill_single_argv_items():
     ({"command": ("ls",), "variables": ("output_dir",)}, "is listed twice or is reserved"),
     ({"command": ("ls",), "timeout_s": 0}, "timeout_s: must be greater than 0"),
     ({"command": ("ls",), "kill_grace_s": -1}, "kill_grace_s: must not be negative"),
+    # the operating system cannot pass these: refused at start-up, not by every job
+    ({"command": ("ls", "a\x00b")}, "command[1]: contains a NUL character"),
+    ({"command": ("ls",), "env": {"": "x"}}, "env: '' is not a valid name"),
+    ({"command": ("ls",), "env": {"A=B": "x"}}, "env: 'A=B' is not a valid name"),
+    ({"command": ("ls",), "env": {"A\x00": "x"}}, "env: 'A\\x00' is not a valid name"),
+    ({"command": ("ls",), "env": {"A": "x\x00y"}}, "env: the value of 'A' contains a NUL"),
+    ({"command": ("ls",), "cwd": "/tmp\x00"}, "cwd: contains a NUL character"),
+    ({"command": ("ls",), "output_dir": "out\x00"}, "output_dir: contains a NUL character"),
 ])
 def test_bad_programs_are_config_errors_naming_the_field(fields, message):
     with pytest.raises(ConfigError, match=None) as caught:
@@ -73,6 +86,23 @@ def test_check_refuses_bad_variables(params, code, detail):
 def test_check_allows_dashes_inside_an_item_or_when_told():
     Program("p", ("ls", "--dir={dir}"), variables=("dir",)).check({"dir": "-x"})
     Program("p", ("ls", "{dir}"), variables=("dir",), allow_leading_dash=True).check({"dir": "-x"})
+
+
+def test_the_dash_check_looks_at_the_filled_argument():
+    program = Program("p", ("ls", "{a}{b}", "{transaction_id}{c}"), variables=("a", "b", "c"))
+    program.check({"a": "x", "b": "-rf", "c": "-c"})  # after text: not an option
+    for values, name in [({"a": "", "b": "-rf"}, "b"), ({"a": "-x", "b": ""}, "a")]:
+        with pytest.raises(RequestError) as caught:
+            program.check({**values, "c": ""})
+        assert caught.value.detail.startswith(f"{name} must not start with '-'")
+
+
+async def test_a_nul_character_at_start_fails_the_job_without_a_traceback():
+    from jobmonitor import JobFailed
+    from jobmonitor.programs import _start
+
+    with pytest.raises(JobFailed, match="cannot run tr\x00ue: embedded null byte"):
+        await _start(["tr\x00ue"], None, {})
 
 
 # -- real programs behind a real server -----------------------------------------------------
@@ -116,6 +146,48 @@ out = pathlib.Path(sys.argv[1])
 print(os.environ["JOBMONITOR_OUTPUT_DIR"] == str(out), os.environ["JOBMONITOR_TRANSACTION_ID"])
 """
 
+# A child that ignores SIGTERM (and holds no pipe of the job), of a program
+# that does not: it exits on it.
+ORPHAN = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import os, signal, time; "
+                          "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                          "print('ready', flush=True); os.close(1); os.close(2); "
+                          "time.sleep(60)"])
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+# A program that exits at once, leaving a child that holds its output open.
+LEFT = """
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", "import time; print('ready', flush=True); "
+                          "time.sleep(60)"])
+print(child.pid, flush=True)
+"""
+# A child that leaves the program's process group (no stop reaches it) and
+# holds its output open: a stop gives up reading after DRAIN_S.
+ESCAPE = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                         start_new_session=True)
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+STUBBORN_PID = """
+import os, signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print(os.getpid(), flush=True)
+time.sleep(60)
+"""
+UTF8 = "import sys; sys.stdout.buffer.write(b'x' + 'é'.encode() * 40000 + b'\\n')"
+ENVIRON = """
+import os
+for name in sorted(os.environ):
+    if name.startswith("JOBMONITOR_"):
+        print(name, os.environ[name])
+print("OTHER", os.environ.get("OTHER"))
+"""
+
 
 def programs(tmp_path: Path) -> list[Program]:
     return [
@@ -130,6 +202,15 @@ def programs(tmp_path: Path) -> list[Program]:
                 cwd=str(tmp_path), env={"COLOR": "blue"}),
         Program("long", (PY, "-c", f"print('x' * {MAX_LINE_BYTES * 2 + 5})")),
         Program("missing", (str(tmp_path / "no-such-program"),)),
+        Program("nowhere", (PY, "-c", "pass"), cwd=str(tmp_path / "no-such-folder")),
+        Program("orphan", (PY, "-c", ORPHAN), kill_grace_s=0.3),
+        Program("left", (PY, "-c", LEFT), kill_grace_s=0.3),
+        Program("escape", (PY, "-c", ESCAPE)),
+        Program("late", (PY, "-c", STUBBORN_PID), timeout_s=0.3, kill_grace_s=1.0),
+        Program("rt", (PY, "-c", "import os; os.kill(os.getpid(), 40)")),
+        Program("utf8", (PY, "-c", UTF8)),
+        Program("environ", (PY, "-c", ENVIRON), env={"JOBMONITOR_MINE": "kept"},
+                output_dir=str(tmp_path / "out")),
     ]
 
 
@@ -309,3 +390,214 @@ async def test_bad_variables_are_an_error_reply(client, variables, code):
     ("archive.tar", "application/x-tar"), ("no-extension", None)])
 def test_media_type_of_an_output_names_the_compressed_file(name, expected):
     assert media_type(name) == expected
+
+
+# -- stopping every process of a program, found in review ---------------------------------
+
+
+def gone(pid: int) -> bool:
+    """Whether a process has exited (a zombie has: it waits only to be reaped)."""
+    try:
+        return process_state(pid) == "Z"
+    except FileNotFoundError:
+        return True
+
+
+async def wait_gone(pid: int, within_s: float = 2.0) -> bool:
+    for _ in range(int(within_s * 100)):
+        if gone(pid):
+            return True
+        await asyncio.sleep(0.01)
+    return gone(pid)
+
+
+def kill_if_left(pid: int | None) -> None:
+    if pid is not None and not gone(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+async def pid_line(tx, wanted: str = "ready") -> int:
+    """Read up to the ``wanted`` line; the number the program printed before it."""
+    pid = None
+    async for line in tx:
+        if line.text.isdigit():
+            pid = int(line.text)
+        if line.text == wanted:
+            assert pid is not None
+            return pid
+    raise AssertionError(f"the job ended before {wanted!r}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize("project", ["orphan", "left"])
+async def test_cancel_stops_the_programs_children_too(client, project):
+    # orphan: the program exits on SIGTERM, its child ignores it (it gets SIGKILL
+    # after kill_grace_s); left: the program has exited already, its child still
+    # runs (it gets SIGTERM).  Once the job has ended, neither child runs.
+    tx = await client.submit(project)
+    child = None
+    try:
+        child = await pid_line(tx)
+        await client.cancel(tx.transaction_id)
+        assert (await tx.result()).outcome is Outcome.CANCELLED
+        assert await wait_gone(child, 0.5)
+    finally:
+        kill_if_left(child)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+async def test_a_cancel_while_a_timed_out_program_is_stopped_still_kills_it(client):
+    tx = await client.submit("late")  # ignores SIGTERM: timeout 0.3 s, then 1 s of grace
+    pid = None
+    try:
+        lines = []
+        async for line in tx:
+            lines.append(line.wire_text())
+            if line.text.isdigit():
+                pid = int(line.text)
+                await asyncio.sleep(0.6)  # timed out: it is being stopped
+                await client.cancel(tx.transaction_id)
+        assert (await tx.result()).outcome is Outcome.CANCELLED
+        assert lines[-3:] == [
+            f"J0005000: {PY} timed out after 0.3 s", "J0000023: Job cancelled by user.",
+            f"J0000001: Transaction {tx.transaction_id} ended"]
+        assert await wait_gone(pid, 2.0)  # the stop went on: SIGKILL after the grace
+    finally:
+        kill_if_left(pid)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+async def test_giving_up_on_the_output_logs_nothing(client, monkeypatch, caplog):
+    monkeypatch.setattr("jobmonitor.programs.DRAIN_S", 0.2)
+    tx = await client.submit("escape")
+    child = None
+    try:
+        async for line in tx:
+            child = int(line.text) if line.text.isdigit() else child
+            if child is not None:
+                await client.cancel(tx.transaction_id)
+                break
+        assert (await tx.result()).outcome is Outcome.CANCELLED
+        gc.collect()  # an unretrieved exception is logged when its future is collected
+        await asyncio.sleep(0.1)
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    finally:
+        kill_if_left(child)
+
+
+async def test_a_signal_without_a_name_is_named_by_its_number(client):
+    lines, outcome = await texts(client, "rt")
+    assert outcome is Outcome.FAILED
+    assert lines == [f"J0005000: {PY} was killed by signal 40"]
+
+
+async def test_a_long_line_is_cut_between_characters(client):
+    lines, outcome = await texts(client, "utf8")
+    assert outcome is Outcome.SUCCESS
+    pieces = [line.removeprefix("J0000100: ") for line in lines]
+    assert len(pieces) == 2 and "".join(pieces) == "x" + "é" * 40000
+    assert all(len(piece.encode()) <= MAX_LINE_BYTES for piece in pieces)
+
+
+async def test_a_missing_folder_is_named_when_a_program_cannot_start(client, tmp_path):
+    lines, outcome = await texts(client, "nowhere")
+    assert outcome is Outcome.FAILED
+    assert lines == [f"J0005000: cannot run {PY} in {tmp_path / 'no-such-folder'}: "
+                     "No such file or directory"]
+
+
+async def test_the_servers_jobmonitor_variables_are_not_passed_on(client, monkeypatch, tmp_path):
+    monkeypatch.setenv("JOBMONITOR_PASSWORD", "secret")
+    monkeypatch.setenv("JOBMONITOR_USER", "admin")
+    monkeypatch.setenv("JOBMONITOR_OUTPUT_DIR", "/stale")
+    monkeypatch.setenv("OTHER", "passed on")
+    lines, outcome = await texts(client, "environ")
+    assert outcome is Outcome.SUCCESS
+    assert lines == ["J0000100: JOBMONITOR_MINE kept",
+                     f"J0000100: JOBMONITOR_OUTPUT_DIR {tmp_path / 'out' / 'T0000001'}",
+                     "J0000100: JOBMONITOR_TRANSACTION_ID T0000001", "J0000100: OTHER passed on"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="reads /proc")
+async def test_no_pipe_or_pidfd_is_left_open(client):
+    def open_kinds() -> list[str]:
+        kinds = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(("pipe:", "anon_inode:[pidfd]")):
+                kinds.append(target.partition("[")[0])
+        return sorted(kinds)
+
+    before = open_kinds()
+    for project in ("mixed", "missing", "nowhere"):
+        await texts(client, project, **({"code": "0"} if project == "mixed" else {}))
+    tx = await client.submit("term")
+    async for line in tx:
+        if line.text == "ready":
+            await client.cancel(tx.transaction_id)
+    assert (await tx.result()).outcome is Outcome.CANCELLED
+    assert open_kinds() == before
+
+
+# -- the real server (it runs on uvloop when that is installed) -----------------------------
+
+SERVED = f"""
+[projects.background]
+command = ["/bin/sh", "-c", "sleep 20 >/dev/null 2>&1 </dev/null & echo started $!"]
+timeout_s = 8
+
+[projects.stubborn]
+command = {json.dumps([PY, "-c", STUBBORN_PID])}
+kill_grace_s = 30
+"""
+
+
+@pytest.fixture
+def served(tmp_path):
+    config = tmp_path / "jobmonitor.toml"
+    config.write_text(SERVED)
+    server = ServerProcess("--config", str(config), "--shutdown-grace-s", "0.2")
+    yield server
+    server.kill()
+
+
+def test_a_background_child_with_its_own_output_does_not_hold_the_job(served):
+    # Under uvloop the child inherited leaked copies of the job's pipes.
+    async def run() -> tuple[list[str], Outcome, float]:
+        client = Client("127.0.0.1", served.port)
+        started = asyncio.get_running_loop().time()
+        tx = await client.submit("background")
+        texts = [line.text async for line in tx]
+        return texts, (await tx.result()).outcome, asyncio.get_running_loop().time() - started
+
+    sleeper = None
+    try:
+        texts, outcome, took_s = asyncio.run(asyncio.wait_for(run(), 15))
+        sleeper = int(texts[1].removeprefix("started "))
+        assert outcome is Outcome.SUCCESS and took_s < 3
+    finally:
+        kill_if_left(sleeper)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_server_stopping_kills_a_program_that_ignores_sigterm(served):
+    # The server gives up on the job after engine.CANCEL_WAIT_S, long before the
+    # program's kill_grace_s; the program must not outlive the server.
+    async def started() -> int:
+        async with Client("127.0.0.1", served.port) as client:
+            tx = await client.submit("stubborn")
+            async for line in tx:
+                if line.text.isdigit():
+                    return int(line.text)
+        raise AssertionError("the job ended")
+
+    pid = None
+    try:
+        pid = asyncio.run(asyncio.wait_for(started(), 10))
+        assert served.stop() == 0
+        assert asyncio.run(wait_gone(pid, 2.0))
+    finally:
+        kill_if_left(pid)
