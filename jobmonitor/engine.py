@@ -114,8 +114,7 @@ class Engine:
         """Let running jobs finish within ``grace_s`` (cancel the rest), swap in
         ``handlers``, and start again; queued jobs keep their place."""
         self._starting = False
-        self._notify_live(f"Job engine restarting: running jobs have {grace_s:g} s to "
-                             f"finish")
+        self._notify_live(f"Job engine restarting: running jobs have {grace_s:g} s to finish")
         await self._drain_running(grace_s, keep_retryable=False)
         self._handlers = dict(handlers)
         self._starting = True

@@ -305,9 +305,10 @@ def test_jobs_module_in_the_working_folder_is_found_by_name(tmp_path):
         "@app.job('hello')\nasync def hello(job):\n    job.info('hi')\n")
     # As the console script runs: the working folder is not on the path.
     script = "import sys; sys.path.remove(''); from jobmonitor.cli import main; sys.exit(main())"
-    proc = subprocess.Popen([sys.executable, "-c", script, "serve", "--port", "0", "--store", "memory://",
-                             "--jobs", "nightly_jobs:app"], cwd=tmp_path,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", script, "serve", "--port", "0",
+                             "--store", "memory://", "--jobs", "nightly_jobs:app"],
+                            cwd=tmp_path, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True)
     try:
         assert proc.stderr is not None
         for line in proc.stderr:
