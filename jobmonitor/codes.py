@@ -79,3 +79,12 @@ class Status(_Coded):
     HANDLER_EXCEPTION = 5001, "Unexpected error in job"
     INTERRUPTED = 5002, "Job interrupted by a server restart"
     MONITOR_BEHIND = 5003, "Monitor fell too far behind"
+
+
+#: The status codes only the server says: a stream's end, its outcome, the
+#: suspend and restart notices, the server's own errors and the notice that tells
+#: a monitor to re-attach.  Clients act on them, so a job may not send them.
+SERVER_CODES = frozenset(int(status) for status in (
+    Status.ENDED, Status.SUCCESS, Status.PARTIAL, Status.FAILED, Status.CANCELLED,
+    Status.SUSPENDED, Status.RESUMED, Status.REQUEUED, Status.NOTICE,
+    Status.HANDLER_EXCEPTION, Status.INTERRUPTED, Status.MONITOR_BEHIND))

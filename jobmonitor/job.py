@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from .codes import ERROR_THRESHOLD, Status
+from .codes import ERROR_THRESHOLD, SERVER_CODES, Status
 from .lines import format_lines
 from .records import HistoryEvent, JobRecord, Output
 from .states import JobState, Outcome
@@ -156,7 +156,9 @@ class Job:
         """Send an information line (``J0000100`` unless ``code`` says otherwise).
 
         Raises:
-            ValueError: ``code`` is not an information code (1..4999).
+            ValueError: ``code`` is not an information code (1..4999), or is one
+                only the server sends (``codes.SERVER_CODES``: the end, outcomes,
+                suspend and restart notices).
             asyncio.CancelledError: from a worker thread, once the job is cancelled.
         """
         # The stream's hot path: one plain line from the loop, formatted in one go.
@@ -169,19 +171,20 @@ class Job:
                     stream.schedule()
                 self._last_text = text
             return
-        if code != Status.INFO and not 0 < code < ERROR_THRESHOLD:
-            raise ValueError(f"information codes are 1..4999, got {code}")
+        if code != Status.INFO and (not 0 < code < ERROR_THRESHOLD or code in SERVER_CODES):
+            raise ValueError(f"information codes are 1..4999 but the server's own, got {code}")
         self._say(code, str(text))
 
     def error(self, text: str, *, code: int = Status.ERROR) -> None:
         """Send an error line (``J0005000`` unless ``code`` says otherwise).
 
         Raises:
-            ValueError: ``code`` is not an error code (5000..9999999).
+            ValueError: ``code`` is not an error code (5000..9999999), or is one
+                only the server sends (``codes.SERVER_CODES``).
             asyncio.CancelledError: from a worker thread, once the job is cancelled.
         """
-        if not ERROR_THRESHOLD <= code <= 9_999_999:
-            raise ValueError(f"error codes are 5000..9999999, got {code}")
+        if not ERROR_THRESHOLD <= code <= 9_999_999 or code in SERVER_CODES:
+            raise ValueError(f"error codes are 5000..9999999 but the server's own, got {code}")
         self._say(code, str(text))
 
     def progress(self, done: int, total: int, message: str = "") -> None:

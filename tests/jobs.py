@@ -261,3 +261,16 @@ async def paced(job: Job) -> None:
         await asyncio.sleep(0.05)
         await job.checkpoint()
         job.info(f"step {n}")
+
+
+@app.job("codes")
+async def codes(job: Job) -> None:
+    """Sends a line with each code in ``Codes`` (comma-separated) as info or error;
+    a code the Job API refuses is reported as an info line saying so."""
+    for raw in job.params.get("Codes", "").split(","):
+        code = int(raw)
+        say = job.error if code >= 5000 else job.info
+        try:
+            say(f"code {code}", code=code)
+        except ValueError as exc:
+            job.info(f"refused: {exc}")

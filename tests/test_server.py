@@ -464,3 +464,16 @@ async def test_a_burst_far_larger_than_any_buffer_reaches_a_reading_monitor(serv
     lines = await exchange(server.port, submit("lines", Count="150000"))
     assert len(lines) == 150004
     assert lines[2] == "J0000100: line 1" and lines[-3] == "J0000100: line 150000"
+
+
+async def test_a_job_cannot_send_the_servers_own_codes(server):
+    reserved = [1, 20, 21, 22, 23, 130, 131, 132, 190, 5001, 5002, 5003]
+    lines = await exchange(server.port, submit("codes", Codes=",".join(
+        map(str, [150, *reserved, 5100]))))
+    def refused(code: int) -> str:
+        kind, span = ("error", "5000..9999999") if code >= 5000 else ("information", "1..4999")
+        return f"J0000100: refused: {kind} codes are {span} but the server's own, got {code}"
+
+    assert lines[2:-2] == ["J0000150: code 150", *map(refused, reserved), "J0005100: code 5100"]
+    assert lines[-2:] == ["J0000020: Job completed successfully.",
+                          f"J0000001: Transaction {lines[0][10:]} ended"]
