@@ -22,9 +22,9 @@ from typing import Any, NoReturn
 
 from .client import Client, JobStatus, ProtocolError, ReplyError, Transaction
 from .codes import Reply
-from .cli_output import EXIT_CODES, JsonPrinter, LivePrinter, PlainPrinter, StreamPrinter
+from .cli_output import (EXIT_CODES, JsonPrinter, LivePrinter, PlainPrinter, StreamPrinter,
+                         display_text)
 from .config import DEFAULT_PORT
-from .lines import escape_text
 
 __all__ = ["add_client_commands", "EXIT_CODES", "USAGE_ERROR"]
 
@@ -172,9 +172,9 @@ def _run(action: Action, args: argparse.Namespace) -> int:
         if exc.reply is Reply.NOT_AUTHENTICATED and not (
                 args.user or os.environ.get("JOBMONITOR_USER")):
             hint = " (give --user NAME, or set JOBMONITOR_USER and JOBMONITOR_PASSWORD)"
-        return _fail(escape_text(str(exc)) + hint)
+        return _fail(display_text(str(exc)) + hint)
     except ProtocolError as exc:
-        return _fail(f"{where} did not answer as a jobmonitor server: {escape_text(str(exc))}")
+        return _fail(f"{where} did not answer as a jobmonitor server: {display_text(str(exc))}")
     except BrokenPipeError:
         _silence_stdout()
         return _BROKEN_PIPE
@@ -184,7 +184,11 @@ def _run(action: Action, args: argparse.Namespace) -> int:
         hint = ""
         if isinstance(exc, ConnectionError) and not (args.tls or args.cafile):
             hint = " (if the server uses TLS, add --tls)"
-        return _fail(f"cannot reach {where}: {exc.strerror or exc or type(exc).__name__}{hint}")
+        reason = exc.strerror or str(exc) or (
+            "no answer in time" if isinstance(exc, TimeoutError) else type(exc).__name__)
+        return _fail(f"cannot reach {where}: {display_text(reason)}{hint}")
+    except ValueError as exc:  # a value no packet can carry (the packet builder's words)
+        return _fail(display_text(str(exc)))  # (after OSError: ssl's errors are both)
 
 
 def _fail(message: str) -> int:
@@ -272,12 +276,15 @@ async def _watch(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _follow(transaction: Transaction, printer: StreamPrinter, event: str) -> int:
-    async with transaction:
-        printer.begin(transaction.transaction_id, event)
-        async for line in transaction:
-            printer.line(line)
-        result = await transaction.result()
-    printer.result(result)
+    try:
+        async with transaction:
+            printer.begin(transaction.transaction_id, event)
+            async for line in transaction:
+                printer.line(line)
+            result = await transaction.result()
+        printer.result(result)
+    finally:
+        printer.close()
     return EXIT_CODES[result.outcome]
 
 
@@ -356,7 +363,8 @@ def job_table(jobs: list[JobStatus]) -> list[str]:
 
 def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     """A header and rows in columns two spaces apart; the last column is not padded."""
-    rows = [header, *rows]
+    rows = [header, *(tuple(display_text(cell).replace("\t", "\\x09") for cell in row)
+                      for row in rows)]
     widths = [max(len(row[column]) for row in rows) for column in range(len(header) - 1)]
     return ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]).rstrip()
             for row in rows]
@@ -364,4 +372,4 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
 
 def _print_lines(lines: list[str]) -> None:
     for line in lines:
-        print(escape_text(line), flush=True)
+        print(display_text(line), flush=True)

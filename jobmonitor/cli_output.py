@@ -8,12 +8,15 @@
   ``line`` and ``result`` events.
 
 Server text is printed with its control characters escaped, so a job cannot
-move the cursor, ring the bell or forge a line on the user's terminal.
+move the cursor, ring the bell or forge a line on the user's terminal; the
+Unicode characters that reorder or hide text (bidirectional controls,
+zero-width characters) are escaped too (``display_text``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from typing import TextIO
 
@@ -21,12 +24,22 @@ from .client import JobResult, Progress, StreamLine
 from .lines import escape_text
 from .states import Outcome
 
-__all__ = ["StreamPrinter", "PlainPrinter", "LivePrinter", "JsonPrinter", "EXIT_CODES"]
+__all__ = ["StreamPrinter", "PlainPrinter", "LivePrinter", "JsonPrinter", "EXIT_CODES",
+           "display_text"]
 
 #: The exit status of ``submit`` and ``watch`` for each outcome.
 EXIT_CODES = {Outcome.SUCCESS: 0, Outcome.FAILED: 1, Outcome.PARTIAL: 3, Outcome.CANCELLED: 4}
 
 _CLEAR_LINE = "\r\x1b[K"
+#: Besides what ``escape_text`` escapes: a line break (what is printed as one line
+#: must stay one) and the format characters that reorder or hide text.
+_HIDDEN = re.compile("[\n\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+
+
+def display_text(text: str) -> str:
+    """``text`` made safe to print as (part of) one terminal line."""
+    return _HIDDEN.sub(lambda match: f"\\u{ord(match.group()):04x}" if match.group() != "\n"
+                       else "\\x0a", escape_text(text))
 
 
 class StreamPrinter:
@@ -40,10 +53,13 @@ class StreamPrinter:
         self._write(f"R0000000: {transaction_id}\n")
 
     def line(self, line: StreamLine) -> None:
-        self._write(escape_text(line.wire_text()) + "\n")
+        self._write(display_text(line.wire_text()) + "\n")
 
     def result(self, result: JobResult) -> None:
         """The stream has ended."""
+
+    def close(self) -> None:
+        """The stream stops here, ended or not (an error, Ctrl-C)."""
 
     def _write(self, text: str) -> None:
         self.out.write(text)
@@ -71,13 +87,20 @@ class LivePrinter(StreamPrinter):
             return
         prefix = _CLEAR_LINE if self._bar else ""
         suffix = self._bar if not line.is_end else ""
-        self._write(prefix + escape_text(line.wire_text()) + "\n" + suffix)
+        self._write(prefix + display_text(line.wire_text()) + "\n" + suffix)
 
     def result(self, result: JobResult) -> None:
         # Leave the last progress line in the scroll-back, where a plain run has it.
         if self._bar:
             self._bar = ""
             self._write(_CLEAR_LINE)
+
+    def close(self) -> None:
+        # Cut short: end the bar's line, so that an error or the shell's prompt
+        # starts a line of its own.
+        if self._bar:
+            self._bar = ""
+            self._write("\n")
 
 
 def render_bar(progress: Progress, columns: int) -> str:
@@ -89,7 +112,7 @@ def render_bar(progress: Progress, columns: int) -> str:
     bar = "[" + "#" * filled + "-" * (width - filled) + "]"
     text = f"{bar} {counts}"
     if progress.message:
-        text += "  " + escape_text(progress.message)
+        text += "  " + display_text(progress.message)
     return text[:max(columns - 1, 1)]
 
 

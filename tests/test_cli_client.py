@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import pty
@@ -13,8 +14,9 @@ import sys
 
 import pytest
 
-from jobmonitor.cli_output import EXIT_CODES, render_bar
-from jobmonitor.client import Progress
+from jobmonitor.cli_client import table
+from jobmonitor.cli_output import EXIT_CODES, LivePrinter, display_text, render_bar
+from jobmonitor.client import Progress, StreamLine
 
 from .test_cli import ROOT, ServerProcess, cli_server  # noqa: F401  (a fixture)
 from .test_client import unused_port  # noqa: F401  (a fixture)
@@ -337,6 +339,41 @@ def test_render_bar():
         "[#####---------------]  25%  1/4  step\\x1b"
     assert render_bar(Progress(3, 0, 0, ""), 40) == "[-------------] 3 done"
     assert len(render_bar(Progress(1, 2, 50, "x" * 200), 30)) == 29
+
+
+def test_a_progress_bar_cut_short_ends_its_line():
+    out = io.StringIO()
+    printer = LivePrinter(out)
+    printer.line(StreamLine(2, 110, "Progress: 1/4 (25%)"))
+    printer.close()
+    assert out.getvalue().endswith("]  25%  1/4\n")
+    printer.close()  # once only
+    assert out.getvalue().count("\n") == 1
+
+
+def test_display_text_keeps_one_line_one_line():
+    assert display_text("a\nb\u202ec\u200bd\x1be\tf") == "a\\x0ab\\u202ec\\u200bd\\x1be\tf"
+    assert table(("A", "B"), [("x\ty", "z\nw")]) == ["A       B", "x\\x09y  z\\x0aw"]
+
+
+def test_watch_from_the_ended_line_exits_with_the_outcome(cli_server):
+    assert cli(cli_server.port, "submit", "partial").returncode == 3
+    lines = len(cli(cli_server.port, "watch", "T0000001").stdout.splitlines()) - 1
+    late = cli(cli_server.port, "watch", "T0000001", "--from-line", str(lines))
+    assert (late.returncode, late.stdout) == (
+        3, "R0000000: T0000001\nJ0000001: Transaction T0000001 ended\n")
+
+
+def test_a_job_name_cannot_forge_a_row_of_the_list(cli_server):
+    cli(cli_server.port, "submit", "report", "--no-monitor",
+        "--job-name", "evil\nT0000999     Completed  payroll  forged")
+    listed = cli(cli_server.port, "list", "--all").stdout.splitlines()
+    assert len(listed) == 2 and listed[1].endswith("evil\\x0aT0000999     Completed  payroll  forged")
+
+
+def test_a_value_no_packet_can_carry_is_one_error_line(cli_server):
+    assert one_error_line(cli(cli_server.port, "submit", "count", "-v", "B=\x01")) == (
+        "jobmonitor: the value of variable 'B' contains U+0001, which XML cannot carry")
 
 
 def test_exit_codes_are_documented():

@@ -331,6 +331,40 @@ async def test_watch_from_past_the_end_of_a_finished_job_ends_with_its_outcome(s
         assert time.monotonic() - started < 1  # at once, not after retrying
 
 
+async def test_watch_from_the_ended_line_gives_the_outcome(server):
+    client = Client("127.0.0.1", server.port)
+    done = await client.submit("partial")
+    lines = (await done.result()).lines
+    late = await client.watch(done.transaction_id, from_line=lines)
+    assert [line.text async for line in late] == [f"Transaction {done.transaction_id} ended"]
+    assert (await late.result()).outcome is Outcome.PARTIAL
+
+
+async def test_a_peer_that_takes_nothing_cannot_hold_a_request(monkeypatch):
+    from jobmonitor.client import wire
+
+    monkeypatch.setattr(wire, "CLOSE_TIMEOUT_S", 0.2)
+    stop = asyncio.Event()
+
+    async def never_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.transport.pause_reading()
+        await stop.wait()
+        writer.close()
+
+    deaf = await asyncio.start_server(never_read, "127.0.0.1", 0)
+    try:
+        port = deaf.sockets[0].getsockname()[1]
+        client = Client("127.0.0.1", port, connect_timeout_s=0.5, reply_timeout_s=0.5)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await client.request("SubmitJob", {"Big": "x" * 8_000_000})
+        assert time.monotonic() - started < 5
+    finally:
+        stop.set()
+        deaf.close()
+        await deaf.wait_closed()
+
+
 async def test_transaction_as_context_manager_drops_the_connection(server):
     client = Client("127.0.0.1", server.port)
     async with await client.submit("wait", {"Key": "ctx"}) as tx:
@@ -480,6 +514,22 @@ def test_watch_survives_a_server_crash_and_restart(tmp_path):
 
 
 # -- the blocking facade ------------------------------------------------------------------
+
+
+def test_sync_client_closes_inside_a_running_loop():
+    from jobmonitor import Controller
+
+    with Controller(jobs.app, port=0, machine_name=MACHINE, linger_s=1.0) as controller:
+        client = SyncClient("127.0.0.1", controller.port)
+        assert client.build_string().startswith("jobmonitor")
+
+        async def close_it() -> None:
+            client.close()  # from a coroutine: our loop cannot run in this thread now
+
+        asyncio.run(close_it())
+        with pytest.raises(RuntimeError, match="closed"):
+            client.build_string()
+        client.close()  # again: nothing to do
 
 
 def test_sync_client_against_a_threaded_server(unused_port):

@@ -8,6 +8,7 @@ event loop.  It is not thread-safe: use one per thread.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Coroutine, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -50,13 +51,23 @@ class SyncClient:
         return self._runner.run(coro)
 
     def close(self) -> None:
-        """Drop open transactions and close the private loop (idempotent)."""
+        """Drop open transactions and close the private loop (idempotent; also
+        from inside a running event loop, where it does so from another thread)."""
         if self._closed:
             return
-        if not _loop_running():
-            self._run(self._client.aclose())
         self._closed = True
-        self._runner.close()
+        if _loop_running():  # our loop cannot run in this thread now
+            closer = threading.Thread(target=self._close_runner, name="jobmonitor-sync-close")
+            closer.start()
+            closer.join()
+        else:
+            self._close_runner()
+
+    def _close_runner(self) -> None:
+        try:
+            self._runner.run(self._client.aclose())
+        finally:
+            self._runner.close()
 
     def __enter__(self) -> "SyncClient":
         return self

@@ -109,6 +109,9 @@ class Transaction:
         """
         async for _ in self:
             pass
+        if self.outcome is None and self._ended:
+            # Watched from the ended line itself: the outcome came before it.
+            self.outcome = await self._outcome_from_status()
         if self.outcome is None:
             raise ProtocolError(f"the stream of {self.transaction_id} ended without an outcome")
         return JobResult(self.transaction_id, self.outcome, self._received, tuple(self._errors))
@@ -170,15 +173,25 @@ class Transaction:
         """After an attach that brought no line: True, with the job's outcome, when
         the job had ended before the line asked for (a watch from past its end,
         which the server answers with its reply and nothing more)."""
+        outcome = await self._outcome_from_status(before_line=self.last_line + 1)
+        if outcome is None:
+            return False
+        self.outcome = outcome
+        self._ended = True
+        return True
+
+    async def _outcome_from_status(self, before_line: int | None = None) -> Outcome | None:
+        """How the job ended, from its status; None if it has not ended (or, with
+        ``before_line``, has lines from there on) or the status cannot be had."""
         try:
             status = await self._client.status(self.transaction_id)
         except (OSError, ReplyError, ProtocolError):
-            return False  # (the attach that follows will say what is wrong)
-        if status.status is None or not status.status.is_final or status.lines > self.last_line:
-            return False
-        self.outcome = _OUTCOME_OF_STATE[status.status]
-        self._ended = True
-        return True
+            return None  # (the attach that follows will say what is wrong)
+        if status.status is None or not status.status.is_final:
+            return None
+        if before_line is not None and status.lines >= before_line:
+            return None
+        return _OUTCOME_OF_STATE[status.status]
 
     def _close_soon(self) -> None:
         writer, self._reader, self._writer = self._writer, None, None

@@ -17,6 +17,8 @@ from ..errors import ProtocolError, ReplyError
 from ..lines import LineError, parse_line
 from ..packet import build_packet
 
+#: How long closing waits for a peer to take what is still unsent.
+CLOSE_TIMEOUT_S = 5.0
 #: What a variable's value may be: a number is sent as ``str()`` writes it, a
 #: bool as ``true`` or ``false``.
 Value = str | int | float | bool
@@ -52,10 +54,11 @@ async def open_request(
         # A stream can be silent for hours; keepalive notices a peer that vanished.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     try:
-        writer.write(packet)
-        if writer.can_write_eof():  # not over TLS, where the server needs no EOF anyway
-            writer.write_eof()
-        await writer.drain()
+        async with asyncio.timeout(timeout_s):  # a peer that takes nothing: no hang
+            writer.write(packet)
+            if writer.can_write_eof():  # not over TLS, where the server needs no EOF anyway
+                writer.write_eof()
+            await writer.drain()
     except BaseException:
         await close_quietly(writer)
         raise
@@ -102,9 +105,15 @@ async def _readline(reader: asyncio.StreamReader) -> bytes:
 
 
 async def close_quietly(writer: asyncio.StreamWriter) -> None:
-    """Close a connection, ignoring errors from a peer that already went away."""
+    """Close a connection, ignoring errors from a peer that already went away, and
+    dropping what a peer that stopped reading has not taken (``wait_closed``
+    waits for that without end)."""
     writer.close()
     try:
-        await writer.wait_closed()
-    except OSError:
-        pass
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await writer.wait_closed()
+    except (OSError, TimeoutError):
+        writer.transport.abort()
+    except asyncio.CancelledError:
+        writer.transport.abort()
+        raise
