@@ -39,22 +39,25 @@ class JobMonitor:
         return dict(self._handlers)
 
     def job(self, project: str, *, retry_on_restart: bool = False,
-            timeout_s: float | None = None) -> Callable[[F], F]:
+            timeout_s: float | None = None, retries: int = 0,
+            retry_delay_s: float = 0.0) -> Callable[[F], F]:
         """Decorator: register a handler for jobs whose ``ProjectName`` is ``project``
         (see ``add_job`` for the options).
 
         Raises:
-            ConfigError: ``project`` already has a handler, or a bad ``timeout_s``.
+            ConfigError: ``project`` already has a handler, or a bad option.
         """
 
         def register(func: F) -> F:
-            self.add_job(project, func, retry_on_restart=retry_on_restart, timeout_s=timeout_s)
+            self.add_job(project, func, retry_on_restart=retry_on_restart, timeout_s=timeout_s,
+                         retries=retries, retry_delay_s=retry_delay_s)
             return func
 
         return register
 
     def add_job(self, project: str, func: HandlerFunc, *, retry_on_restart: bool = False,
-                check: CheckFunc | None = None, timeout_s: float | None = None) -> None:
+                check: CheckFunc | None = None, timeout_s: float | None = None,
+                retries: int = 0, retry_delay_s: float = 0.0) -> None:
         """Register ``func`` for ``project`` (the decorator's plain form).
 
         ``retry_on_restart``: a job the server's restart interrupted runs again
@@ -62,11 +65,15 @@ class JobMonitor:
         before the job is accepted; the ``RequestError`` it raises becomes the
         error reply.  ``timeout_s``: a job that runs longer (time suspended not
         counted) is stopped as a cancel stops it and fails with
-        ``J0005000: Job timed out after N s``.
+        ``J0005000: Job timed out after N s``.  ``retries``: a job that fails
+        (raises, or times out; not one that is cancelled or partial) is queued
+        to run again, up to that many times, ``retry_delay_s`` after its first
+        failure and twice as long after each one after it; its stream goes on,
+        with ``J0000132`` saying so, and ``job.attempt`` counts the runs.
 
         Raises:
-            ConfigError: ``project`` is empty or already has a handler, or
-            ``timeout_s`` is not a positive number.
+            ConfigError: ``project`` is empty or already has a handler, or an
+            option is out of range.
         """
         if not project or not project.strip():
             raise ConfigError("a job's project name must not be empty")
@@ -79,7 +86,15 @@ class JobMonitor:
                                           and 0 < timeout_s < float("inf")):
             raise ConfigError(f"job {project!r}: timeout_s must be a positive number of "
                               f"seconds, not {timeout_s!r}")
-        self._handlers[project] = Handler(project, func, retry_on_restart, check, timeout_s)
+        if not (isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0):
+            raise ConfigError(f"job {project!r}: retries must be a whole number of 0 or more, "
+                              f"not {retries!r}")
+        if not (isinstance(retry_delay_s, (int, float)) and not isinstance(retry_delay_s, bool)
+                and 0 <= retry_delay_s < float("inf")):
+            raise ConfigError(f"job {project!r}: retry_delay_s must be a number of 0 or more, "
+                              f"not {retry_delay_s!r}")
+        self._handlers[project] = Handler(project, func, retry_on_restart, check, timeout_s,
+                                          retries, float(retry_delay_s))
 
     def merge(self, other: "JobMonitor") -> None:
         """Add every handler of ``other``.
@@ -89,7 +104,8 @@ class JobMonitor:
         """
         for handler in other._handlers.values():
             self.add_job(handler.project, handler.func, retry_on_restart=handler.retry_on_restart,
-                         check=handler.check, timeout_s=handler.timeout_s)
+                         check=handler.check, timeout_s=handler.timeout_s,
+                         retries=handler.retries, retry_delay_s=handler.retry_delay_s)
 
     def make_server(self, config: Config) -> Server:
         """A server for these handlers, not yet started (see ``Server.start``)."""

@@ -29,7 +29,7 @@ from .config import Config
 from .errors import JobFailed, RequestError
 from .handlers import Handler
 from .directory import JobDirectory
-from .job import Job, TimeLimit
+from .job import RETRY_EVENT, Job, TimeLimit
 from .lines import clip, format_line
 from .records import HistoryEvent, JobRecord
 from .states import JobState, Outcome, can_transition
@@ -61,6 +61,8 @@ class Engine:
         self._on_change = store.changed if store.durable else None
         self._on_event = self.jobs.log_event
         self._queue: collections.deque[Job] = collections.deque()
+        #: Failed jobs waiting out their delay before they are queued to run again.
+        self._delayed: dict[Job, asyncio.TimerHandle] = {}
         #: Jobs whose first commit is under way: what a same-token submit awaits.
         self._adding: dict[str, list[asyncio.Future[None]] | None] = {}
         self._running: dict[Job, asyncio.Future[Any]] = {}
@@ -103,8 +105,12 @@ class Engine:
             self._purger.cancel()
         self._notify_live(f"Server stopping: running jobs have {grace_s:g} s to finish")
         if not self._store.durable:
-            for job in list(self._queue):
-                self.cancel(job)
+            for job in [*self._queue, *self._delayed]:
+                if not job.state.is_final:
+                    self.cancel(job)
+        for timer in self._delayed.values():  # (a durable store keeps them queued)
+            timer.cancel()
+        self._delayed.clear()
         await self._drain_running(grace_s, keep_retryable=self._store.durable)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -394,8 +400,37 @@ class Engine:
             if limit.timed_out and outcome is Outcome.CANCELLED:
                 job.error(f"Job timed out after {limit.seconds:g} s")
                 outcome = Outcome.FAILED
-        self._end(job, outcome)
+        if not (outcome is Outcome.FAILED and self._retry(job, handler)):
+            self._end(job, outcome)
         self._start_ready()
+
+    def _retry(self, job: Job, handler: Handler) -> bool:
+        """Queue a failed job to run again if its handler's ``retries`` allow it
+        (not while the server stops); return True if it was."""
+        attempt = job.attempt
+        if attempt > handler.retries or not self._accepting or job._leave_to_recovery:
+            return False
+        delay = handler.retry_delay_s * 2 ** (attempt - 1)
+        job._cancel_requested = False  # (a time limit stops a job as a cancel does)
+        job._time_limit = None
+        job.record.started = None  # queued, not interrupted, if the server restarts now
+        later = f", in {delay:g} s" if delay else ""
+        job._record_status(Status.REQUEUED, f"Job queued to run again (attempt {attempt + 1} "
+                                            f"of {handler.retries + 1}{later}).")
+        job._set_state(JobState.QUEUED, RETRY_EVENT)
+        if delay:
+            self._delayed[job] = self._loop.call_later(delay, self._requeue, job)
+        else:
+            self._queue.append(job)
+        return True
+
+    def _requeue(self, job: Job) -> None:
+        """A failed job's delay is over: queue it, unless it was cancelled,
+        suspended or resumed meanwhile."""
+        self._delayed.pop(job, None)
+        if job.state is JobState.QUEUED and job not in self._queue and job not in self._running:
+            self._queue.append(job)
+            self._start_ready()
 
     def _time_out(self, job: Job) -> None:
         """A job used up its handler's ``timeout_s``: stop it as a cancel does (it

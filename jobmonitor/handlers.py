@@ -29,6 +29,10 @@ class Handler:
     #: Seconds a job may run (time suspended not counted) before it is stopped and
     #: fails; None: no limit.
     timeout_s: float | None = None
+    #: Times a failed job is run again (0: never).
+    retries: int = 0
+    #: Seconds before the first run again; doubled for each one after it.
+    retry_delay_s: float = 0.0
 
     #: True for an ``async def`` handler (run on the loop), False for a plain
     #: function (run in a thread); asked once per job, so worked out once here.

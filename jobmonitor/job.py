@@ -37,6 +37,8 @@ _INFO_HEAD = f"J{int(_INFO):07d}: "
 #: Guards every job's batch of calls from worker threads (held for a list swap).
 _THREAD_LOCK = threading.Lock()
 _new_tuple = tuple.__new__
+#: The history event of a failed job queued to run again (see ``Job.attempt``).
+RETRY_EVENT = "retry"
 #: With a durable store, a job at a checkpoint waits while more of its lines than
 #: this are not yet stored: a chatty job cannot fill memory faster than the
 #: store writes (lines can leave memory only once stored).
@@ -130,6 +132,13 @@ class Job:
     @property
     def progress_total(self) -> int:
         return self.record.progress_total
+
+    @property
+    def attempt(self) -> int:
+        """Which run of the job this is: 1, then 2 and on when its handler's
+        ``retries`` run it again after a failure."""
+        return 1 + sum(1 for event in self.record.history
+                       if event[0] == "job" and event[1] == RETRY_EVENT)
 
     @property
     def cancel_requested(self) -> bool:

@@ -274,3 +274,35 @@ async def codes(job: Job) -> None:
             say(f"code {code}", code=code)
         except ValueError as exc:
             job.info(f"refused: {exc}")
+
+
+@app.job("flaky", retries=2)
+async def flaky(job: Job) -> None:
+    """Fails its first ``Fail`` attempts (default 1), then succeeds."""
+    job.info(f"attempt {job.attempt}")
+    if job.attempt <= int(job.params.get("Fail", "1")):
+        raise JobFailed(f"attempt {job.attempt} failed")
+
+
+@app.job("flaky-later", retries=1, retry_delay_s=0.3)
+async def flaky_later(job: Job) -> None:
+    """Fails its first attempt; runs again 0.3 s later."""
+    job.info(f"attempt {job.attempt}")
+    if job.attempt == 1:
+        raise JobFailed("first attempt failed")
+
+
+@app.job("overdue-once", timeout_s=0.2, retries=1)
+async def overdue_once(job: Job) -> None:
+    """Runs past its time limit on the first attempt only."""
+    job.info(f"attempt {job.attempt}")
+    if job.attempt == 1:
+        await asyncio.sleep(30)
+
+
+@app.job("flaky-much-later", retries=1, retry_delay_s=30)
+async def flaky_much_later(job: Job) -> None:
+    """Fails its first attempt; would run again only 30 s later."""
+    job.info(f"attempt {job.attempt}")
+    if job.attempt == 1:
+        raise JobFailed("first attempt failed")

@@ -428,3 +428,82 @@ def test_a_bad_time_limit_is_refused(bad):
 
     with pytest.raises(ConfigError, match="timeout_s must be a positive number"):
         JobMonitor().add_job("x", lambda job: None, timeout_s=bad)
+
+
+# -- retries ------------------------------------------------------------------------------
+
+
+async def test_a_failed_job_runs_again_until_it_succeeds(server):
+    lines = await exchange(server.port, submit("flaky", Fail="2"))
+    tid = tid_of(lines[0])
+    assert lines[1:] == [
+        f"J0000100: Machine name: {MACHINE}",
+        "J0000100: attempt 1", "J0005000: attempt 1 failed",
+        "J0000132: Job queued to run again (attempt 2 of 3).",
+        "J0000100: attempt 2", "J0005000: attempt 2 failed",
+        "J0000132: Job queued to run again (attempt 3 of 3).",
+        "J0000100: attempt 3", "J0000020: Job completed successfully.", ENDED.format(tid)]
+    info = await exchange(server.port, command("GetJobInformation", tid, _sys_Format="json"))
+    events = [event["Status"] for event in json.loads(info[0][10:])["History"]
+              if event["Stage"] == "job"]
+    assert events == ["queued", "start", "retry", "start", "retry", "start", "complete"]
+
+
+async def test_a_job_that_keeps_failing_fails_after_its_retries(server):
+    lines = await exchange(server.port, submit("flaky", Fail="5"))
+    assert lines[-4:] == ["J0000100: attempt 3", "J0005000: attempt 3 failed",
+                          "J0000022: Job failed.", ENDED.format(tid_of(lines[0]))]
+    assert sum(line.startswith("J0000132") for line in lines) == 2
+
+
+async def test_a_job_waiting_to_run_again_can_be_cancelled(server):
+    session = await Session.open(server.port, submit("flaky-later"))
+    tid = tid_of(await session.line())
+    await session.line()
+    assert await session.line() == "J0000100: attempt 1"
+    assert await session.line() == "J0005000: first attempt failed"
+    assert await session.line() == "J0000132: Job queued to run again (attempt 2 of 2, in 0.3 s)."
+    assert await exchange(server.port, command("CancelJob", tid)) == [f"R0000000: {tid}"]
+    assert await session.rest() == ["J0000023: Job cancelled by user.", ENDED.format(tid)]
+    await session.close()
+    await asyncio.sleep(0.5)  # past the delay: it must not run again
+    status = fields(await exchange(server.port, command("GetJobStatus", tid)))
+    assert (status["Status"], status["Lines"]) == ("Cancelled", "6")
+
+
+async def test_a_job_past_its_time_limit_runs_again_with_a_new_limit(server):
+    lines = await exchange(server.port, submit("overdue-once"))
+    assert lines[2:] == ["J0000100: attempt 1", "J0005000: Job timed out after 0.2 s",
+                         "J0000132: Job queued to run again (attempt 2 of 2).",
+                         "J0000100: attempt 2", "J0000020: Job completed successfully.",
+                         ENDED.format(tid_of(lines[0]))]
+
+
+async def test_a_job_waiting_to_run_again_survives_a_restart(make_server, tmp_path):
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    server = await make_server(store=url)
+    session = await Session.open(server.port, submit("flaky-much-later"))
+    tid = tid_of(await session.line())
+    while not (await session.line()).startswith("J0000132"):
+        pass
+    await session.close()
+    server.close()
+    await server.wait_closed()  # within the 30 s delay: it waits, queued, for the next start
+    again = await make_server(store=url)
+    monitor = await exchange(again.port, command("MonitorJob", tid))
+    assert monitor[-3:] == ["J0000100: attempt 2", "J0000020: Job completed successfully.",
+                            ENDED.format(tid)]
+    assert "J0005002: Job interrupted by a server restart" not in monitor
+    assert "J0000132: Job queued to run again (attempt 2 of 2, in 30 s)." in monitor
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"retries": -1}, "retries must be a whole number of 0 or more"),
+    ({"retries": 1.5}, "retries must be a whole number of 0 or more"),
+    ({"retry_delay_s": -1}, "retry_delay_s must be a number of 0 or more"),
+    ({"retry_delay_s": float("nan")}, "retry_delay_s must be a number of 0 or more")])
+def test_bad_retry_options_are_refused(options, message):
+    from jobmonitor import ConfigError, JobMonitor
+
+    with pytest.raises(ConfigError, match=message):
+        JobMonitor().add_job("x", lambda job: None, **options)
