@@ -86,6 +86,8 @@ class Program:
     kill_grace_s: float = 5.0
     allow_leading_dash: bool = False
     retry_on_restart: bool = False
+    retries: int = 0
+    retry_delay_s: float = 0.0
     _templates: tuple[_Template, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -187,6 +189,11 @@ def _check_fields(program: Program) -> None:
         raise ConfigError(f"timeout_s: must be greater than 0, got {program.timeout_s}")
     if not program.kill_grace_s >= 0:
         raise ConfigError(f"kill_grace_s: must not be negative, got {program.kill_grace_s}")
+    if not program.retries >= 0:
+        raise ConfigError(f"retries: must not be negative, got {program.retries}")
+    if not 0 <= program.retry_delay_s < float("inf"):
+        raise ConfigError(f"retry_delay_s: must be a number of 0 or more, got "
+                          f"{program.retry_delay_s}")
 
 
 def _parse_template(item: str, where: str, names: frozenset[str]) -> _Template:
@@ -225,7 +232,8 @@ def add_programs(app: JobMonitor, programs: Iterable[Program]) -> None:
     """
     for program in programs:
         app.add_job(program.project, _handler(program), check=program.check,
-                    retry_on_restart=program.retry_on_restart)
+                    retry_on_restart=program.retry_on_restart, retries=program.retries,
+                    retry_delay_s=program.retry_delay_s)
 
 
 def _handler(program: Program) -> Callable[[Job], Awaitable[None]]:

@@ -601,3 +601,28 @@ def test_a_server_stopping_kills_a_program_that_ignores_sigterm(served):
         assert asyncio.run(wait_gone(pid, 2.0))
     finally:
         kill_if_left(pid)
+
+
+def test_retries_of_a_program_project_come_from_the_config():
+    app = JobMonitor()
+    add_programs(app, [Program("again", ("false",), retries=2, retry_delay_s=1.5)])
+    handler = app.handlers["again"]
+    assert (handler.retries, handler.retry_delay_s) == (2, 1.5)
+    with pytest.raises(ConfigError, match="retries: must not be negative"):
+        Program("bad", ("false",), retries=-1)
+    with pytest.raises(ConfigError, match="retry_delay_s: must be a number of 0 or more"):
+        Program("bad", ("false",), retry_delay_s=float("inf"))
+
+
+async def test_a_failing_program_runs_again(tmp_path):
+    app = JobMonitor()
+    marker = tmp_path / "ran"
+    script = f"if [ -e {marker} ]; then echo second; else touch {marker}; echo first; exit 3; fi"
+    add_programs(app, [Program("again", ("sh", "-c", script), retries=1)])
+    async with app.serve(host="127.0.0.1", port=0) as server:
+        tx = await Client("127.0.0.1", server.port).submit("again")
+        texts_seen = [line.text async for line in tx]
+    assert texts_seen[1:] == ["first", "sh exited with status 3",
+                              "Job queued to run again (attempt 2 of 2).", "second",
+                              "Job completed successfully.",
+                              f"Transaction {tx.transaction_id} ended"]
