@@ -9,12 +9,14 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from jobmonitor import ConfigError, JobMonitor, Outcome, Reply, RequestError
 from jobmonitor.client import Client, ReplyError
+from jobmonitor import programs as programs_module
 from jobmonitor.programs import MAX_LINE_BYTES, Program, add_programs, media_type
 
 from .conftest import MACHINE
@@ -110,6 +112,7 @@ async def test_a_nul_character_at_start_fails_the_job_without_a_traceback():
 ARGV = "import json, sys; print(json.dumps(sys.argv[1:]))"
 MIXED = """
 import sys
+import threading
 for n in range(1, 4):
     print("out %d" % n, flush=True)
     print("err %d" % n, file=sys.stderr, flush=True)
@@ -143,6 +146,10 @@ out = pathlib.Path(sys.argv[1])
 (out / "report.txt").write_text("hi")
 (out / "data").mkdir()
 (out / "data" / "rows.json").write_text("[]")
+(out / "data-2.txt").write_text("")          # sorted after data/rows.json, as paths are
+os.symlink(out / "report.txt", out / "link.txt")  # a link to a file is a file
+os.symlink(out / "data", out / "folder-link")     # a link to a folder is not followed
+os.mkfifo(out / "pipe")                           # not a regular file
 print(os.environ["JOBMONITOR_OUTPUT_DIR"] == str(out), os.environ["JOBMONITOR_TRANSACTION_ID"])
 """
 
@@ -349,7 +356,24 @@ async def test_files_in_the_output_folder_are_the_outputs(client, tmp_path):
     folder = tmp_path / "out" / "T0000001"
     assert [(o.name, o.uri, o.media_type) for o in outputs] == [
         ("data/rows.json", (folder / "data" / "rows.json").as_uri(), "application/json"),
+        ("data-2.txt", (folder / "data-2.txt").as_uri(), "text/plain"),
+        ("link.txt", (folder / "link.txt").as_uri(), "text/plain"),
         ("report.txt", (folder / "report.txt").as_uri(), "text/plain")]
+
+
+async def test_the_output_folder_is_read_off_the_event_loop(client, monkeypatch):
+    # A program may leave 100 000 files: listing them must not stop the server.
+    readers = []
+
+    def outputs_in(folder):
+        readers.append(threading.get_ident())
+        return outputs_in_before(folder)
+    outputs_in_before = programs_module._outputs_in
+    monkeypatch.setattr(programs_module, "_outputs_in", outputs_in)
+    lines, outcome = await texts(client, "write")
+    assert outcome is Outcome.SUCCESS
+    assert len(readers) == 1 and readers[0] != threading.get_ident()
+    assert [o.name for o in await client.outputs("T0000001")][-1] == "report.txt"
 
 
 async def test_cwd_and_env(client, tmp_path):
