@@ -393,10 +393,13 @@ async def test_watch_reattaches_after_a_dropped_connection(server):
 
 
 @contextlib.asynccontextmanager
-async def _scripted_server(answers: list[bytes]) -> AsyncIterator[tuple[int, list[Packet]]]:
+async def _scripted_server(answers: list[bytes | None]
+                           ) -> AsyncIterator[tuple[int, list[Packet]]]:
     """A fake server on a free port: the Nth connection's packet is kept, and answered
-    with ``answers[N]`` and a close.  Yields the port and the packets so far."""
+    with ``answers[N]`` and a close (None: no answer, until the fake server ends).
+    Yields the port and the packets so far."""
     packets: list[Packet] = []
+    ending = asyncio.Event()
 
     async def scripted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         parser = PacketParser()
@@ -404,13 +407,20 @@ async def _scripted_server(answers: list[bytes]) -> AsyncIterator[tuple[int, lis
         while packet is None:
             packet = parser.feed(await reader.read(4096))
         packets.append(packet)
-        writer.write(answers[len(packets) - 1])
-        await writer.drain()
+        answer = answers[len(packets) - 1]
+        if answer is None:
+            await ending.wait()
+        else:
+            writer.write(answer)
+            await writer.drain()
         writer.close()
 
     listener = await asyncio.start_server(scripted, "127.0.0.1", 0)
     async with listener:
-        yield listener.sockets[0].getsockname()[1], packets
+        try:
+            yield listener.sockets[0].getsockname()[1], packets
+        finally:
+            ending.set()
 
 
 async def test_a_line_cut_by_a_drop_comes_again_exactly_once():
@@ -426,6 +436,20 @@ async def test_a_line_cut_by_a_drop_comes_again_exactly_once():
     assert [(p.command, p.variables.get("_sys_FromLine")) for p in packets] == [
         ("SubmitJob", None), ("MonitorJob", "2")]
     assert (await tx.result()).outcome is Outcome.FAILED
+
+
+async def test_reattaching_gives_up_after_reconnect_timeout_s_even_if_the_server_hangs():
+    """The server accepts the re-attach but never answers: the client gives up when
+    ``reconnect_timeout_s`` has passed, not after its 60 s ``reply_timeout_s``."""
+    answers = [b"R0000000: T0000001\r\nJ0000100: one\r\n", None]
+    async with _scripted_server(answers) as (port, packets):
+        client = Client("127.0.0.1", port, reply_timeout_s=60, reconnect_timeout_s=0.2)
+        tx = await client.watch("T0000001")
+        assert (await tx.__anext__()).text == "one"
+        async with asyncio.timeout(10):
+            with pytest.raises(TimeoutError):
+                await tx.__anext__()
+    assert [p.variables.get("_sys_FromLine") for p in packets] == ["1", "2"]
 
 
 async def test_a_too_slow_monitor_notice_is_followed_not_shown():

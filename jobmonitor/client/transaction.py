@@ -225,8 +225,11 @@ class Transaction:
         delay = _FIRST_DELAY_S
         while True:
             try:
-                self._reader, self._writer = await self._client._open_monitor(
-                    self.transaction_id, self.last_line + 1)
+                # A server that accepts but never answers must not hold a retry
+                # for the whole connect and reply timeouts past the deadline.
+                async with asyncio.timeout_at(deadline if retry else None):
+                    self._reader, self._writer = await self._client._open_monitor(
+                        self.transaction_id, self.last_line + 1)
                 self._attached_once = True
                 return
             except (OSError, ReplyError) as exc:
