@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import unicodedata
 from typing import TextIO
 
 from .client import JobResult, Progress, StreamLine
@@ -112,8 +113,20 @@ def render_bar(progress: Progress, columns: int) -> str:
     bar = "[" + "#" * filled + "-" * (width - filled) + "]"
     text = f"{bar} {counts}"
     if progress.message:
-        text += "  " + display_text(progress.message)
-    return text[:max(columns - 1, 1)]
+        text += "  " + display_text(progress.message).replace("\t", " ")
+    return _cut_to_width(text, max(columns - 1, 1))
+
+
+def _cut_to_width(text: str, columns: int) -> str:
+    """The start of ``text`` that fills at most ``columns`` terminal cells: a wide
+    (East Asian) character takes two, a combining mark none."""
+    used = 0
+    for index, char in enumerate(text):
+        if not unicodedata.combining(char):
+            used += 2 if unicodedata.east_asian_width(char) in "WF" else 1
+            if used > columns:
+                return text[:index]
+    return text
 
 
 class JsonPrinter(StreamPrinter):

@@ -341,6 +341,15 @@ def test_render_bar():
     assert len(render_bar(Progress(1, 2, 50, "x" * 200), 30)) == 29
 
 
+def test_render_bar_fits_wide_and_combining_characters():
+    # Of 31 columns the bar leaves one for the cursor; "[#####-----]  50%  1/2  "
+    # takes 24: six cells are left for the message.
+    assert render_bar(Progress(1, 2, 50, "報告書作成中"), 31).endswith("]  50%  1/2  報告書")
+    assert render_bar(Progress(1, 2, 50, "報x告書"), 31).endswith("  報x告")
+    assert render_bar(Progress(1, 2, 50, "e\u0301" * 9), 31).endswith("  " + "e\u0301" * 6)
+    assert render_bar(Progress(1, 2, 50, "a\tb\tcdefgh"), 31).endswith("  a b cd")
+
+
 def test_a_progress_bar_cut_short_ends_its_line():
     out = io.StringIO()
     printer = LivePrinter(out)
