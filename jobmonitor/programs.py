@@ -16,30 +16,29 @@ SIGCONT.  With an ``output_dir`` each job gets its own folder
 ``<output_dir>/<transaction id>``; the files the program leaves there are
 recorded as the job's outputs.
 The program inherits the server's environment without its ``JOBMONITOR_*``
-variables.
+variables.  Starting, reading and stopping the process is ``process``'s part.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import mimetypes
 import os
 import re
 import signal
-import subprocess
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Union
+from typing import Union
 
 from .app import JobMonitor
 from .codes import Reply
 from .errors import ConfigError, JobFailed, RequestError
 from .job import Job
 from .lines import clip
+from .process import ProgramProcess, read_output, signal_group, start_program, stop_program
 
 __all__ = ["Program", "add_programs", "BUILTIN_PLACEHOLDERS", "STANDARD_VARIABLES"]
 
@@ -47,13 +46,6 @@ __all__ = ["Program", "add_programs", "BUILTIN_PLACEHOLDERS", "STANDARD_VARIABLE
 BUILTIN_PLACEHOLDERS = frozenset({"transaction_id", "output_dir"})
 #: Variables every SubmitJob may carry (they fill placeholders only when declared).
 STANDARD_VARIABLES = frozenset({"ProjectName", "JobName"})
-#: A stdout/stderr line longer than this is sent in pieces.
-MAX_LINE_BYTES = 64 * 1024
-#: How long to keep reading a stopped program's output.
-DRAIN_S = 2.0
-#: How often a stop looks whether the program's process group is empty yet.
-GROUP_POLL_S = 0.05
-
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 
@@ -263,9 +255,9 @@ async def run_program(program: Program, job: Job) -> None:
         _make_output_dir(output_dir)
         values["output_dir"] = env["JOBMONITOR_OUTPUT_DIR"] = str(output_dir)
     argv = program.argv(values)
-    process = await _start(argv, program.cwd, env)
+    process = await start_program(argv, program.cwd, env)
     # Reading goes on while the program is being stopped: its last words count.
-    output = asyncio.ensure_future(_read_output(process, job))
+    output = asyncio.ensure_future(read_output(process, job.info, job.error))
     try:
         async with asyncio.timeout(program.timeout_s) as deadline:
             with job.pausable(*_pauser(process, deadline)):
@@ -274,13 +266,13 @@ async def run_program(program: Program, job: Job) -> None:
     except TimeoutError:
         reason = f"{argv[0]} timed out after {program.timeout_s:g} s"
         try:
-            await asyncio.shield(_stop(process, output, program.kill_grace_s))
+            await asyncio.shield(stop_program(process, output, program.kill_grace_s))
         except asyncio.CancelledError:
             job.error(reason)  # cancelled while being stopped: still say why it was
             raise
         raise JobFailed(reason) from None
     except BaseException:
-        await asyncio.shield(_stop(process, output, program.kill_grace_s))
+        await asyncio.shield(stop_program(process, output, program.kill_grace_s))
         raise
     finally:
         if output_dir is not None:
@@ -307,7 +299,7 @@ def _make_output_dir(folder: Path) -> None:
                         f"{exc.strerror or exc}") from None
 
 
-def _pauser(process: _Process,
+def _pauser(process: ProgramProcess,
             deadline: asyncio.Timeout) -> tuple[Callable[[], None], Callable[[], None]]:
     """Pause and resume for ``Job.pausable``: SIGSTOP and SIGCONT to the program's
     process group, with its timeout stopped meanwhile (time suspended is not run)."""
@@ -315,7 +307,7 @@ def _pauser(process: _Process,
     left: list[float] = []
 
     def pause() -> None:
-        _signal_group(process, signal.SIGSTOP)
+        signal_group(process, signal.SIGSTOP)
         when = deadline.when()
         if when is not None:
             left.append(max(when - loop.time(), 0.0))
@@ -324,232 +316,9 @@ def _pauser(process: _Process,
     def resume() -> None:
         if left:
             deadline.reschedule(loop.time() + left.pop())
-        _signal_group(process, signal.SIGCONT)
+        signal_group(process, signal.SIGCONT)
 
     return pause, resume
-
-
-class _Process:
-    """A program started by the standard library, its output and exit watched
-    from the event loop.
-
-    Not the loop's own subprocess support: uvloop (which ``jobmonitor serve``
-    uses when installed) ignores ``close_fds``, so programs inherited the
-    server's descriptors, among them copies of their own job's pipes; a
-    background child that had redirected its output still held those, and the
-    job waited for it.  The exit is seen through a pidfd where there is one (no
-    thread), else by a thread blocked in ``wait``; nothing else reaps the child.
-    """
-
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._popen = popen
-        self.pid = popen.pid
-        self.stdout = asyncio.StreamReader()
-        self.stderr = asyncio.StreamReader()
-        # Each pipe is closed by its transport once handed over, else by us.
-        self._pipes = [popen.stdout, popen.stderr]
-        self._transports: list[asyncio.BaseTransport] = []
-        self._pidfd: int | None = None
-        self._exited: asyncio.Future[int] = self._loop.create_future()
-
-    @classmethod
-    async def start(cls, argv: list[str], cwd: str | None, env: dict[str, str]) -> _Process:
-        """Raises: OSError, ValueError: from ``subprocess.Popen``."""
-        popen = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, bufsize=0, close_fds=True,
-            start_new_session=True,  # its own process group, so a stop reaches its children
-        )
-        process = cls(popen)
-        try:
-            process._watch_exit()
-            await process._connect_pipes()
-        except BaseException:  # (cancelled while connecting its pipes)
-            # The exit watch goes on: it reaps the killed program, then closes its pidfd.
-            process.kill()
-            process.close_pipes()
-            raise
-        return process
-
-    @property
-    def returncode(self) -> int | None:
-        return self._popen.returncode
-
-    async def wait(self) -> int:
-        """The exit status, once the program has exited (negative: killed by a signal)."""
-        return await asyncio.shield(self._exited)
-
-    def kill(self) -> None:
-        """SIGKILL what is left of the program's process group, and the program
-        itself should it have left the group."""
-        if _group_alive(self):
-            _signal_group(self, signal.SIGKILL)
-        if self._popen.returncode is None:
-            self._popen.kill()  # (Popen makes sure the pid is still its child's)
-
-    def close_pipes(self) -> None:
-        for transport in self._transports:
-            transport.close()
-        for pipe in self._pipes:
-            if pipe is not None:
-                pipe.close()
-        self._transports.clear()
-        self._pipes.clear()
-
-    def close(self) -> None:
-        """Stop watching: close the pipes and the pidfd (the program may be left
-        unreaped; the standard library reaps it later)."""
-        self.close_pipes()
-        self._close_pidfd()
-
-    def _watch_exit(self) -> None:
-        try:
-            self._pidfd = os.pidfd_open(self.pid)
-            self._loop.add_reader(self._pidfd, self._on_exit)
-        except (AttributeError, OSError):  # not Linux, Linux before 5.3, or not allowed
-            self._close_pidfd()
-            self._exited = self._loop.run_in_executor(None, self._popen.wait)
-
-    def _on_exit(self) -> None:
-        status = self._popen.poll()  # it has exited (its pidfd is readable): no blocking
-        if status is None:
-            return
-        self._close_pidfd()
-        if not self._exited.done():
-            self._exited.set_result(status)
-
-    def _close_pidfd(self) -> None:
-        pidfd, self._pidfd = self._pidfd, None
-        if pidfd is not None:
-            if not self._loop.is_closed():
-                with contextlib.suppress(ValueError, OSError):  # (add_reader failed)
-                    self._loop.remove_reader(pidfd)
-            os.close(pidfd)
-
-    async def _connect_pipes(self) -> None:
-        for reader in (self.stdout, self.stderr):
-            pipe = self._pipes.pop(0)  # the transport closes it, even if this fails
-            transport, _ = await self._loop.connect_read_pipe(
-                functools.partial(asyncio.StreamReaderProtocol, reader), pipe)
-            self._transports.append(transport)
-
-
-async def _start(argv: list[str], cwd: str | None, env: dict[str, str]) -> _Process:
-    """Raises: JobFailed: the program cannot be started."""
-    try:
-        return await _Process.start(argv, cwd, env)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        if cwd is not None and exc.filename == cwd:  # the folder, not the program
-            raise JobFailed(f"cannot run {argv[0]} in {cwd}: {reason}") from None
-        raise JobFailed(f"cannot run {argv[0]}: {reason}") from None
-    except ValueError as exc:  # a NUL character (the configuration checks refuse those)
-        raise JobFailed(f"cannot run {argv[0]}: {exc}") from None
-
-
-async def _read_output(process: _Process, job: Job) -> None:
-    """Send stdout lines to ``job.info`` and stderr lines to ``job.error`` until
-    both pipes end; then close them.  A task of its own rather than a bare
-    ``gather`` future: cancelling it (a stop gives up on a descendant that holds
-    the pipes) leaves no "exception was never retrieved" in the log."""
-    try:
-        await asyncio.gather(_pump(process.stdout, job.info), _pump(process.stderr, job.error))
-    finally:
-        process.close_pipes()
-
-
-async def _pump(stream: asyncio.StreamReader, say: Callable[[str], None]) -> None:
-    """Send each line of ``stream`` to ``say`` as soon as it is complete."""
-    pending = b""
-    while chunk := await stream.read(MAX_LINE_BYTES):
-        *lines, pending = (pending + chunk).split(b"\n")
-        for raw in lines:
-            pieces, rest = _pieces(raw)
-            for piece in (*pieces, rest):
-                say(_decode(piece))
-        pieces, pending = _pieces(pending)
-        for piece in pieces:
-            say(_decode(piece))
-    if pending:
-        say(_decode(pending))
-
-
-def _pieces(data: bytes) -> tuple[list[bytes], bytes]:
-    """``data`` cut into pieces of at most ``MAX_LINE_BYTES``, and what is left
-    (at most that long), never inside a UTF-8 character."""
-    pieces = []
-    while len(data) > MAX_LINE_BYTES:
-        cut = _character_start(data, MAX_LINE_BYTES)
-        pieces.append(data[:cut])
-        data = data[cut:]
-    return pieces, data
-
-
-def _character_start(data: bytes, limit: int) -> int:
-    """Where to cut ``data`` (longer than ``limit``) at most ``limit`` bytes in
-    without splitting a UTF-8 character: at the last character start among the
-    4 positions up to ``limit`` (data that is not UTF-8 is cut at ``limit``)."""
-    for cut in range(limit, limit - 4, -1):
-        if data[cut] & 0xC0 != 0x80:  # not a continuation byte
-            return cut
-    return limit
-
-
-def _decode(raw: bytes) -> str:
-    return raw.decode("utf-8", errors="replace").removesuffix("\r")
-
-
-async def _stop(process: _Process, output: asyncio.Future[Any], grace_s: float) -> None:
-    """Stop the program and the rest of its process group (see ``_terminate``),
-    then read what they wrote meanwhile (for at most ``DRAIN_S``)."""
-    try:
-        await _terminate(process, grace_s)
-        await process.wait()
-    except BaseException:
-        process.close()  # cancelled (the server is closing its loop): nobody waits now
-        raise
-    # A descendant that left the process group may hold the pipes open: stop waiting.
-    await asyncio.wait([output], timeout=DRAIN_S)
-    output.cancel()
-
-
-async def _terminate(process: _Process, grace_s: float) -> None:
-    """SIGTERM the process group, wait for the program, then for the rest of the
-    group; SIGKILL whatever is left once ``grace_s`` has passed since the SIGTERM
-    (its children too: a program that exits on SIGTERM may leave them running)."""
-    loop = asyncio.get_running_loop()
-    kill_at = loop.time() + grace_s
-    if _group_alive(process):
-        _signal_group(process, signal.SIGTERM)
-    try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(process.wait(), grace_s)
-        while loop.time() < kill_at and _group_alive(process):
-            await asyncio.sleep(GROUP_POLL_S)
-    finally:
-        # Also when this stop is itself cancelled: a server shutting down gives
-        # up on a job after engine.CANCEL_WAIT_S and closes its loop, and the
-        # program must not outlive it.
-        process.kill()
-
-
-def _group_alive(process: _Process) -> bool:
-    """Whether any process is left in the program's group (zombies count)."""
-    try:
-        os.killpg(process.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # a member that took another identity: still there
-        return True
-    return True
-
-
-def _signal_group(process: _Process, signum: int) -> None:
-    try:
-        os.killpg(process.pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def _check_status(program_name: str, status: int | None) -> None:

@@ -17,7 +17,8 @@ import pytest
 from jobmonitor import ConfigError, JobMonitor, Outcome, Reply, RequestError
 from jobmonitor.client import Client, ReplyError
 from jobmonitor import programs as programs_module
-from jobmonitor.programs import MAX_LINE_BYTES, Program, add_programs, media_type
+from jobmonitor.process import MAX_LINE_BYTES
+from jobmonitor.programs import Program, add_programs, media_type
 
 from .conftest import MACHINE
 from .test_cli import ServerProcess
@@ -101,10 +102,10 @@ def test_the_dash_check_looks_at_the_filled_argument():
 
 async def test_a_nul_character_at_start_fails_the_job_without_a_traceback():
     from jobmonitor import JobFailed
-    from jobmonitor.programs import _start
+    from jobmonitor.process import start_program
 
     with pytest.raises(JobFailed, match="cannot run tr\x00ue: embedded null byte"):
-        await _start(["tr\x00ue"], None, {})
+        await start_program(["tr\x00ue"], None, {})
 
 
 # -- real programs behind a real server -----------------------------------------------------
@@ -492,7 +493,7 @@ async def test_a_cancel_while_a_timed_out_program_is_stopped_still_kills_it(clie
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 async def test_giving_up_on_the_output_logs_nothing(client, monkeypatch, caplog):
-    monkeypatch.setattr("jobmonitor.programs.DRAIN_S", 0.2)
+    monkeypatch.setattr("jobmonitor.process.DRAIN_S", 0.2)
     tx = await client.submit("escape")
     child = None
     try:
