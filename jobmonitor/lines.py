@@ -4,7 +4,8 @@ Sans-I/O.  A message becomes one line per line of its text; every line but the
 last separates the code from the text with ``-`` instead of ``:``.  Control
 characters that could break framing or forge a line (C0 and C1 controls, DEL,
 the Unicode line and paragraph separators) are escaped as ``\\xNN`` /
-``\\uNNNN``; a tab is kept.  Lines are UTF-8.
+``\\uNNNN``, and so are lone surrogates, which UTF-8 cannot carry (a file
+name read with ``os.fsdecode`` holds them); a tab is kept.  Lines are UTF-8.
 
 Formatting is on the stream's hot path: plain printable text takes one
 ``isprintable()`` check and one concatenation.
@@ -21,7 +22,7 @@ __all__ = ["format_line", "format_lines", "escape_text", "split_text", "clip", "
            "LineError"]
 
 _NEWLINES = re.compile(r"\r\n|\r|\n")
-_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _HEADERS: dict[tuple[str, int], tuple[bytes, bytes]] = {}
 
 

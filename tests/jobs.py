@@ -64,6 +64,24 @@ async def control(job: Job) -> None:
     job.info("caf\u00e9 \u2603")
 
 
+@app.job("surrogates")
+async def surrogates(job: Job) -> None:
+    # A name read with os.fsdecode() holds lone surrogates for bytes that are not UTF-8.
+    job.info("file \udcff.pdf")
+    raise JobFailed("cannot open \udcff.pdf")
+
+
+@app.job("thread-surrogates")
+def thread_surrogates(job: Job) -> None:
+    job.info("file \udcff.pdf")
+    job.info("done")
+
+
+@app.job("surrogate-crash")
+async def surrogate_crash(job: Job) -> None:
+    raise OSError("no such file: \udcff.pdf")
+
+
 @app.job("progress")
 async def progress(job: Job) -> None:
     job.progress(1, 4)

@@ -121,6 +121,15 @@ async def test_control_characters_cannot_forge_lines(server):
         "J0000020: Job completed successfully."]
 
 
+async def test_lone_surrogates_in_job_text_are_escaped(server):
+    assert (await exchange(server.port, submit("surrogates")))[2:4] == [
+        "J0000100: file \\udcff.pdf", "J0005000: cannot open \\udcff.pdf"]
+    assert (await exchange(server.port, submit("thread-surrogates")))[2:4] == [
+        "J0000100: file \\udcff.pdf", "J0000100: done"]
+    assert (await exchange(server.port, submit("surrogate-crash")))[2:4] == [
+        "J0005001: OSError: no such file: \\udcff.pdf", "J0000022: Job failed."]
+
+
 async def test_progress_lines_and_recorded_progress(server):
     lines = await exchange(server.port, submit("progress"))
     assert lines[2:4] == ["J0000110: Progress: 1/4 (25%)", "J0000110: Progress: 4/4 (100%) all done"]
