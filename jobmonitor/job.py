@@ -45,6 +45,12 @@ RETRY_EVENT = "retry"
 MAX_UNSTORED_LINES = 20_000
 
 
+def _storable(text: str) -> str:
+    """``text`` with each lone surrogate (a file name read with ``os.fsdecode``)
+    written out as ``\\udcff``, as the wire shows it: a store cannot encode one."""
+    return text if text.isprintable() else text.encode("utf-8", "backslashreplace").decode()
+
+
 class Job:
     """One job: what it was given, what it has said, and where it stands.
 
@@ -208,15 +214,17 @@ class Job:
             raise ValueError(f"invalid progress {done}/{total}")
         percent = f" ({done * 100 // total}%)" if total else ""
         text = f"Progress: {done}/{total}{percent}"
-        self._from_any_thread(self._set_progress, done, total, str(message))
+        message = _storable(str(message))
+        self._from_any_thread(self._set_progress, done, total, message)
         self._say(Status.PROGRESS, f"{text} {message}" if message else text)
 
     def stage(self, stage: str, status: str, *, date: dt.datetime | None = None,
               info: str | None = None) -> None:
         """Add an event to the job's history, e.g. ``job.stage("evaluation", "start")``."""
-        event = HistoryEvent(str(stage), str(status), time.time(),
-                             _timestamp(date) if date is not None else None, info)
-        text = f"Stage {event.stage}: {event.status}" + (f" ({info})" if info else "")
+        event = HistoryEvent(_storable(str(stage)), _storable(str(status)), time.time(),
+                             _timestamp(date) if date is not None else None,
+                             info if info is None else _storable(str(info)))
+        text = f"Stage {event.stage}: {event.status}" + (f" ({event.info})" if event.info else "")
         self._from_any_thread(self._add_history, event)
         self._say(Status.STAGE, text)
 
@@ -232,7 +240,8 @@ class Job:
 
     def add_output(self, name: str, uri: str, media_type: str | None = None) -> None:
         """Register something the job produced; ``RetrieveJob`` lists it."""
-        output = Output(str(name), str(uri), media_type)
+        output = Output(_storable(str(name)), _storable(str(uri)),
+                        media_type if media_type is None else _storable(str(media_type)))
 
         def apply() -> None:
             self.record.outputs.append(output)
@@ -352,7 +361,7 @@ class Job:
 
     def _record_line(self, code: int, text: str) -> None:
         self.stream.extend(format_lines("J", code, text))
-        self._last_text = text
+        self._last_text = _storable(text)
 
     def _record_status(self, code: Status, text: str | None = None) -> None:
         """Record a server-made line with a standard text (or ``text``)."""

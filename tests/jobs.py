@@ -77,6 +77,14 @@ def thread_surrogates(job: Job) -> None:
     job.info("done")
 
 
+@app.job("surrogate-record")
+async def surrogate_record(job: Job) -> None:
+    job.stage("copy \udcff", "start", info="from \udcff")
+    job.add_output("\udcff.pdf", "file:///out/\udcff.pdf", "application/pdf\udcff")
+    job.progress(1, 2, "copied \udcff.pdf")
+    job.info("last \udcff")
+
+
 @app.job("surrogate-crash")
 async def surrogate_crash(job: Job) -> None:
     raise OSError("no such file: \udcff.pdf")

@@ -59,6 +59,23 @@ async def test_finished_jobs_and_their_lines_survive_a_restart(make_server, db_u
     assert tid_of((await exchange(again.port, submit("echo", monitor=False)))[0]) == "T0000004"
 
 
+async def test_lone_surrogates_in_what_a_job_records_do_not_stop_the_store(make_server, db_url):
+    server = await make_server(store=db_url)
+    lines = await exchange(server.port, submit("surrogate-record"))
+    assert lines[-2] == "J0000020: Job completed successfully."
+    tid = tid_of(lines[0])
+    assert tid_of((await exchange(server.port, submit("echo", monitor=False)))[0]) == "T0000002"
+    server.close()
+    await server.wait_closed()
+
+    again = await make_server(store=db_url)
+    info = await exchange(again.port, xml_packet("GetJobInformation", {"_sys_TransactionID": tid}))
+    assert "R0000000- Output: \\udcff.pdf\tfile:///out/\\udcff.pdf\tapplication/pdf\\udcff" in info
+    assert any(line.endswith(" copy \\udcff start from \\udcff") for line in info)
+    assert field(info, "Last message") == "last \\udcff"
+    assert field(await exchange(again.port, status("T0000002")), "Status") == "Completed"
+
+
 async def test_transaction_ids_are_not_reused_after_deleting_the_newest(make_server, db_url):
     server = await make_server(store=db_url)
     tid = tid_of((await exchange(server.port, submit("echo")))[0])
