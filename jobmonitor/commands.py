@@ -23,7 +23,7 @@ from .errors import ConfigError, RequestError
 from .job import Job
 from .lines import clip
 from .packet import Packet
-from .representations import FORMATS, iso_time, job_dict, key_values, render
+from .representations import FORMATS, cell, iso_time, job_dict, key_values, render
 
 __all__ = ["Commands", "Caller", "Response", "parse_bool", "SYSTEM_PREFIX"]
 
@@ -111,10 +111,6 @@ def required(packet: Packet, name: str) -> str:
     if not value:
         raise RequestError(Reply.MISSING_VARIABLE, name)
     return value
-
-
-def _tab_safe(text: str) -> str:
-    return text.replace("\t", "\\t")
 
 
 class Commands:
@@ -272,13 +268,13 @@ class Commands:
             return Response(json.dumps([job_dict(r) for r in records], separators=(",", ":"),
                                        ensure_ascii=False))
         rows = [f"{len(records)} jobs"] + [
-            "\t".join((r.transaction_id, r.status.value, _tab_safe(r.project),
-                       _tab_safe(r.job_name))) for r in records]
+            "\t".join((r.transaction_id, r.status.value, cell(r.project),
+                       cell(r.job_name))) for r in records]
         return Response("\n".join(rows))
 
     async def list_projects(self, packet: Packet, caller: Caller) -> Response:
         names = self._engine.handler_names()
-        return Response("\n".join([f"{len(names)} projects", *map(_tab_safe, names)]))
+        return Response("\n".join([f"{len(names)} projects", *map(cell, names)]))
 
     async def retrieve_job(self, packet: Packet, caller: Caller) -> Response:
         form = parse_choice(packet, "_sys_Format", ("text", "json"))
@@ -287,7 +283,7 @@ class Commands:
             return Response(json.dumps(job_dict(record)["JobData"], separators=(",", ":"),
                                        ensure_ascii=False))
         rows = [f"{len(record.outputs)} outputs"] + [
-            "\t".join((_tab_safe(o.name), _tab_safe(o.uri), o.media_type or ""))
+            "\t".join((cell(o.name), cell(o.uri), cell(o.media_type or "")))
             for o in record.outputs]
         return Response("\n".join(rows))
 
@@ -297,7 +293,7 @@ class Commands:
         self._require_admin(caller, "the server's task log")
         events = self._engine.jobs.task_log()
         rows = [f"{len(events)} events"] + [
-            "\t".join((iso_time(e.event.timestamp) or "", e.transaction_id, _tab_safe(e.project),
+            "\t".join((iso_time(e.event.timestamp) or "", e.transaction_id, cell(e.project),
                        e.event.status)) for e in events]
         return Response("\n".join(rows))
 

@@ -18,7 +18,7 @@ from lxml import etree
 from .records import JobRecord
 
 __all__ = ["FORMATS", "POLL_AFTER_S", "job_dict", "render", "join_parameters",
-           "split_parameters", "iso_time", "progress_text"]
+           "split_parameters", "iso_time", "progress_text", "cell"]
 
 FORMATS = ("text", "json", "xml")
 #: Seconds a polling client should wait before asking again.
@@ -144,7 +144,7 @@ def _text(record: JobRecord, *, history: bool) -> str:
         pairs.append(("Estimated", iso_time(record.estimated)))
     if history:
         pairs.append(("Parameters", join_parameters(record.params)))
-        pairs.extend(("Output", f"{o.name}\t{o.uri}\t{o.media_type or ''}")
+        pairs.extend(("Output", "\t".join((cell(o.name), cell(o.uri), cell(o.media_type or ""))))
                      for o in record.outputs)
         pairs.extend(("History", _event_text(e)) for e in record.history)
     pairs.append(("Last message", record.status_message))
@@ -169,6 +169,12 @@ def key_values(pairs: list[tuple[str, object]]) -> str:
 def _one_line(value: object) -> str:
     text = "" if value is None else str(value)
     return text.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def cell(text: str) -> str:
+    """A value in a tab-separated row: its tabs and line breaks sent as ``\\t``,
+    ``\\n`` and ``\\r``, so that it can neither add a field nor forge a row."""
+    return _one_line(text).replace("\t", "\\t")
 
 
 def _xml(data: dict[str, Any]) -> str:

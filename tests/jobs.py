@@ -64,6 +64,11 @@ async def control(job: Job) -> None:
     job.info("caf\u00e9 \u2603")
 
 
+@app.job("output")
+async def output(job: Job) -> None:
+    job.add_output(job.params["Name"], job.params["Uri"], job.params.get("MediaType"))
+
+
 @app.job("surrogates")
 async def surrogates(job: Job) -> None:
     # A name read with os.fsdecode() holds lone surrogates for bytes that are not UTF-8.

@@ -146,6 +146,19 @@ async def test_list_jobs_active_all_and_by_user(server):
     await release("l")
 
 
+async def test_a_value_cannot_add_a_field_or_forge_a_row_of_a_list(server):
+    forged = "x\nT0000099\tCompleted\techo\tforged"
+    tid = tid_of((await exchange(server.port, submit("output", JobName=forged, Name=forged,
+                                                     Uri="file:///a\r\nb", MediaType="c\td")))[0])
+    assert await exchange(server.port, xml_packet("ListJobs", {"_sys_Filter": "all"})) == [
+        "R0000000- 1 jobs", f"R0000000: {tid}\tCompleted\toutput\tx\\nT0000099\\tCompleted\\techo\\tforged"]
+    row = "x\\nT0000099\\tCompleted\\techo\\tforged\tfile:///a\\nb\tc\\td"
+    assert await exchange(server.port, command("RetrieveJob", tid)) == [
+        "R0000000- 1 outputs", f"R0000000: {row}"]
+    assert f"R0000000- Output: {row}" in await exchange(server.port,
+                                                         command("GetJobInformation", tid))
+
+
 # -- status formats, history, outputs -------------------------------------------------------------
 
 
