@@ -103,9 +103,13 @@ def lookup_codec(name: str) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _ascii_compatible(codec: str) -> bool:
+    sample = _ASCII_SAMPLE.encode("ascii")
     try:
-        # bytes.decode, unlike codecs.decode, refuses bytes-to-bytes codecs such as base64.
-        return _ASCII_SAMPLE.encode("ascii").decode(codec) == _ASCII_SAMPLE
+        # bytes.decode, unlike codecs.decode, refuses bytes-to-bytes codecs such as
+        # base64.  The packet is decoded as it arrives: a decoder that holds text
+        # back (idna's keeps what follows the last ".") would never let it end.
+        return (sample.decode(codec) == _ASCII_SAMPLE
+                and decoder_class(codec)().decode(sample) == _ASCII_SAMPLE)
     except (LookupError, ValueError):
         return False
 
