@@ -182,13 +182,17 @@ class Commands:
         """The job a packet names: ``_sys_TransactionID``, or user and job tokens.
 
         A restricted caller's view holds only their own jobs: another user's job
-        is reported as unknown, so transaction IDs cannot be probed.
+        is reported as unknown, so transaction IDs cannot be probed.  Anyone
+        else (an admin) names another user's job token with ``_sys_UserToken``.
         """
         transaction_id = packet.variables.get("_sys_TransactionID", "").strip()
         job_token = packet.variables.get("_sys_JobToken", "").strip()
         if not transaction_id and not job_token:
             raise RequestError(Reply.MISSING_VARIABLE, "_sys_TransactionID (or _sys_JobToken)")
-        found = await self._engine.jobs.resolve(transaction_id, caller.identity, job_token)
+        owner = caller.identity
+        if not caller.restricted:
+            owner = packet.variables.get("_sys_UserToken", "").strip() or owner
+        found = await self._engine.jobs.resolve(transaction_id, owner, job_token)
         if caller.restricted and (await self._engine.jobs.record(found)).identity != caller.identity:
             raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id or found))
         return found

@@ -105,6 +105,26 @@ async def test_the_authenticated_user_is_the_identity_and_owns_the_job(make_serv
     await release("own")
 
 
+async def test_job_tokens_name_the_callers_own_jobs_and_an_admin_names_the_user(make_server):
+    server = await make_server(users=USERS)
+    ann_tid = tid_of((await exchange(server.port, job_packet(
+        "ann", "ann-pw", _sys_JobToken="nightly")))[0])
+    bob_tid = tid_of((await exchange(server.port, job_packet(
+        "bob", "bob-pw", _sys_JobToken="nightly")))[0])
+    assert ann_tid != bob_tid
+
+    async def status(user: str, password: str, **variables: str) -> list[str]:
+        return await exchange(server.port, xml_packet("GetJobStatus", as_user(
+            {"_sys_JobToken": "nightly", "_sys_Format": "json", **variables}, user, password)))
+
+    assert ann_tid in (await status("ann", "ann-pw"))[0]
+    # A user's _sys_UserToken is not theirs to choose: still their own job.
+    assert ann_tid in (await status("ann", "ann-pw", _sys_UserToken="bob"))[0]
+    assert bob_tid in (await status("root", "root-pw", _sys_UserToken="bob"))[0]
+    assert ann_tid in (await status("root", "root-pw", _sys_UserToken="ann"))[0]
+    assert (await status("root", "root-pw"))[0].startswith("R0005009: Unknown transaction")
+
+
 async def test_admin_only_commands(make_server):
     server = await make_server(users=USERS)
     for command in ("RestartServer", "GetTaskLog"):
