@@ -104,9 +104,9 @@ class Engine:
         if self._purger is not None:
             self._purger.cancel()
         self._notify_live(f"Server stopping: running jobs have {grace_s:g} s to finish")
-        if not self._store.durable:
-            for job in [*self._queue, *self._delayed]:
-                if not job.state.is_final:
+        if not self._store.durable:  # no next start to wait for: queued, delayed, suspended
+            for job in self.jobs.live_jobs():
+                if not job.state.is_final and job not in self._running:
                     self.cancel(job)
         for timer in self._delayed.values():  # (a durable store keeps them queued)
             timer.cancel()

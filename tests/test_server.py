@@ -467,6 +467,21 @@ async def test_shutdown_cancels_running_jobs_after_grace(make_server):
         socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
 
 
+async def test_shutdown_of_a_memory_store_ends_a_job_suspended_in_the_queue(make_server):
+    server = await make_server(max_running=1, shutdown_grace_s=0.2)
+    await exchange(server.port, submit("wait", monitor=False, Key="forever"))
+    session = await Session.open(server.port, submit("echo"))
+    tid = tid_of(await session.line())
+    assert await exchange(server.port, xml_packet("SuspendJob", {"_sys_TransactionID": tid})) == [
+        f"R0000000: {tid} suspended"]
+    server.close()
+    assert await session.rest() == [f"J0000100: Machine name: {MACHINE}",
+                                    "J0000130: Job suspended.",
+                                    "J0000190: Server stopping: running jobs have 0.2 s to finish",
+                                    "J0000023: Job cancelled by user.", ENDED.format(tid)]
+    await session.close()
+
+
 async def test_a_burst_far_larger_than_any_buffer_reaches_a_reading_monitor(server):
     # 150 000 lines said in one event-loop turn: the monitor lags all of them at
     # first, keeps reading, and must get every one (lagging is not stalling).
