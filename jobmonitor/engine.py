@@ -275,6 +275,7 @@ class Engine:
         if task is None:
             if job in self._queue:
                 self._queue.remove(job)
+            self._undelay(job)
             self._finish(job, Outcome.CANCELLED)
         elif self._handler(job).is_async:
             task.cancel()
@@ -292,6 +293,7 @@ class Engine:
         if job not in self._running:  # queued, or still being stored
             if job in self._queue:
                 self._queue.remove(job)
+            self._undelay(job)
             job._set_state(JobState.SUSPENDED, "suspended")
             job._record_status(Status.SUSPENDED)
             return f"{job.transaction_id} suspended"
@@ -424,9 +426,17 @@ class Engine:
             self._queue.append(job)
         return True
 
+    def _undelay(self, job: Job) -> None:
+        """A job waiting out its delay was cancelled or suspended: stop its timer
+        (left running, it would hold the job, and queue it early after a resume
+        and another failure)."""
+        timer = self._delayed.pop(job, None)
+        if timer is not None:
+            timer.cancel()
+
     def _requeue(self, job: Job) -> None:
-        """A failed job's delay is over: queue it, unless it was cancelled,
-        suspended or resumed meanwhile."""
+        """A failed job's delay is over: queue it, unless it has left the wait
+        (a cancel or a suspend stops the timer; see ``_undelay``)."""
         self._delayed.pop(job, None)
         if job.state is JobState.QUEUED and job not in self._queue and job not in self._running:
             self._queue.append(job)

@@ -337,3 +337,11 @@ async def flaky_much_later(job: Job) -> None:
     job.info(f"attempt {job.attempt}")
     if job.attempt == 1:
         raise JobFailed("first attempt failed")
+
+
+@app.job("flaky-twice-later", retries=2, retry_delay_s=0.5)
+async def flaky_twice_later(job: Job) -> None:
+    """Fails its first two attempts; runs again 0.5 s, then 1 s, after a failure."""
+    job.info(f"attempt {job.attempt}")
+    if job.attempt <= 2:
+        raise JobFailed(f"attempt {job.attempt} failed")

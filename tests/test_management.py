@@ -477,11 +477,28 @@ async def test_a_job_waiting_to_run_again_can_be_cancelled(server):
     assert await session.line() == "J0005000: first attempt failed"
     assert await session.line() == "J0000132: Job queued to run again (attempt 2 of 2, in 0.3 s)."
     assert await exchange(server.port, command("CancelJob", tid)) == [f"R0000000: {tid}"]
+    assert not server.engine._delayed  # its timer is stopped, not left to hold the job
     assert await session.rest() == ["J0000023: Job cancelled by user.", ENDED.format(tid)]
     await session.close()
     await asyncio.sleep(0.5)  # past the delay: it must not run again
     status = fields(await exchange(server.port, command("GetJobStatus", tid)))
     assert (status["Status"], status["Lines"]) == ("Cancelled", "6")
+
+
+async def test_a_job_resumed_while_waiting_to_run_again_keeps_its_next_delay(server):
+    session = await Session.open(server.port, submit("flaky-twice-later"))
+    tid = tid_of(await session.line())
+    while await session.line() != "J0000132: Job queued to run again (attempt 2 of 3, in 0.5 s).":
+        pass
+    for name in ("SuspendJob", "ResumeJob"):  # resumed: it runs again at once
+        await exchange(server.port, command(name, tid))
+    assert [await session.line() for _ in range(5)] == [
+        "J0000130: Job suspended.", "J0000131: Job resumed.", "J0000100: attempt 2",
+        "J0005000: attempt 2 failed", "J0000132: Job queued to run again (attempt 3 of 3, in 1 s)."]
+    failed = time.monotonic()
+    assert await session.line() == "J0000100: attempt 3"
+    assert time.monotonic() - failed > 0.8  # not when the first delay's timer was due
+    await session.close()
 
 
 async def test_a_job_past_its_time_limit_runs_again_with_a_new_limit(server):
