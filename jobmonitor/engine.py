@@ -408,9 +408,13 @@ class Engine:
 
     def _retry(self, job: Job, handler: Handler) -> bool:
         """Queue a failed job to run again if its handler's ``retries`` allow it
-        (not while the server stops); return True if it was."""
+        (not while the server stops, nor once it was cancelled: it failed while
+        it stopped, or after a restart abandoned it); return True if it was."""
         attempt = job.attempt
-        if attempt > handler.retries or not self._accepting or job._leave_to_recovery:
+        limit = job._time_limit
+        cancelled = job._cancel_requested and not (limit is not None and limit.timed_out)
+        if (attempt > handler.retries or not self._accepting or job._leave_to_recovery
+                or cancelled):
             return False
         delay = handler.retry_delay_s * 2 ** (attempt - 1)
         job._cancel_requested = False  # (a time limit stops a job as a cancel does)

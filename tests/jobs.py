@@ -345,3 +345,13 @@ async def flaky_twice_later(job: Job) -> None:
     job.info(f"attempt {job.attempt}")
     if job.attempt <= 2:
         raise JobFailed(f"attempt {job.attempt} failed")
+
+
+@app.job("thread-flaky", retries=1)
+def thread_flaky(job: Job) -> None:
+    """Attempt 1 waits in its thread (deaf to cancellation) for its Key, then
+    fails; attempt 2 succeeds."""
+    job.info(f"attempt {job.attempt}")
+    if job.attempt == 1:
+        thread_releases.setdefault(job.params["Key"], threading.Event()).wait(10)
+        raise JobFailed("attempt 1 failed")

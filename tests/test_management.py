@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 
 import pytest
 from lxml import etree
 
 from jobmonitor import JobState
+from jobmonitor import engine as engine_module
 from jobmonitor.representations import split_parameters
 
 from . import jobs
@@ -499,6 +501,35 @@ async def test_a_job_resumed_while_waiting_to_run_again_keeps_its_next_delay(ser
     assert await session.line() == "J0000100: attempt 3"
     assert time.monotonic() - failed > 0.8  # not when the first delay's timer was due
     await session.close()
+
+
+async def test_a_job_cancelled_while_it_runs_is_not_run_again_when_it_fails(server):
+    session = await Session.open(server.port, submit("thread-flaky", Key="cancelled"))
+    tid = tid_of(await session.line())
+    await session.line()
+    assert await session.line() == "J0000100: attempt 1"
+    assert await exchange(server.port, command("CancelJob", tid)) == [f"R0000000: {tid}"]
+    jobs.thread_releases.setdefault("cancelled", threading.Event()).set()
+    assert await session.rest() == ["J0005000: attempt 1 failed", "J0000022: Job failed.",
+                                    ENDED.format(tid)]
+    await session.close()
+
+
+async def test_a_job_abandoned_by_a_restart_is_not_run_again_when_it_fails(server, monkeypatch):
+    monkeypatch.setattr(engine_module, "CANCEL_WAIT_S", 0.2)
+    session = await Session.open(server.port, submit("thread-flaky", Key="abandoned"))
+    tid = tid_of(await session.line())
+    await session.line()
+    assert await session.line() == "J0000100: attempt 1"
+    job = server.engine.jobs.find(tid)
+    run = server.engine._running[job]
+    await server.engine.restart(0.1, jobs.app.handlers)
+    assert (await session.rest())[-2:] == ["J0000023: Job cancelled by user.", ENDED.format(tid)]
+    await session.close()
+    jobs.thread_releases.setdefault("abandoned", threading.Event()).set()
+    await asyncio.wait_for(run, 10)  # the abandoned thread failed at last
+    assert (job.state, job.attempt) == (JobState.CANCELLED, 1)
+    assert fields(await exchange(server.port, command("GetJobStatus", tid)))["Status"] == "Cancelled"
 
 
 async def test_a_job_past_its_time_limit_runs_again_with_a_new_limit(server):
