@@ -65,7 +65,8 @@ class JobMonitor:
         before the job is accepted; the ``RequestError`` it raises becomes the
         error reply.  ``timeout_s``: a job that runs longer (time suspended not
         counted) is stopped as a cancel stops it and fails with
-        ``J0005000: Job timed out after N s``.  ``retries``: a job that fails
+        ``J0005000: Job timed out after N s`` (cancelled while it stops, it
+        ends cancelled after that line).  ``retries``: a job that fails
         (raises, or times out; not one that is cancelled or partial) is queued
         to run again, up to that many times, ``retry_delay_s`` after its first
         failure and twice as long after each one after it; its stream goes on,

@@ -261,13 +261,18 @@ class Engine:
         """Cancel a queued, suspended or running job.
 
         A queued job ends at once; an async job at its next await; a job in a
-        thread at its next call to the ``Job`` API.
+        thread at its next call to the ``Job`` API.  A job being stopped for its
+        time limit says so and ends cancelled (not failed, not run again).
 
         Raises:
             RequestError: INVALID_STATE when the job has already ended.
         """
         self._check(job, JobState.CANCELLED)
         if job._cancel_requested:
+            limit = job._time_limit
+            if limit is not None and limit.timed_out:  # being stopped for its time limit:
+                limit.timed_out = False  # now it ends cancelled, and is not run again
+                job.error(f"Job timed out after {limit.seconds:g} s")
             return
         job._cancel_requested = True
         job._wake()

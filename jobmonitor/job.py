@@ -440,7 +440,8 @@ def _timestamp(value: dt.datetime) -> float:
 class TimeLimit:
     """A running job's time limit: it runs while the job is processing and stops
     while the job is suspended; ``expire`` is called once the time is used up.
-    Whoever stops the job for it sets ``timed_out``."""
+    Whoever stops the job for it sets ``timed_out``; a cancel while the job stops
+    clears it (the job then ends cancelled)."""
 
     __slots__ = ("seconds", "timed_out", "_loop", "_left", "_since", "_timer", "_expire")
 

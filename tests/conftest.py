@@ -18,6 +18,7 @@ MACHINE = "testhost"
 def _fresh_releases() -> None:
     jobs.releases.clear()
     jobs.thread_releases.clear()
+    jobs.job_stopping.clear()
 
 
 @pytest.fixture

@@ -355,3 +355,21 @@ def thread_flaky(job: Job) -> None:
     if job.attempt == 1:
         thread_releases.setdefault(job.params["Key"], threading.Event()).wait(10)
         raise JobFailed("attempt 1 failed")
+
+
+@app.job("thread-overdue-slow-stop", timeout_s=0.2, retries=1)
+def thread_overdue_slow_stop(job: Job) -> None:
+    """Attempt 1 runs past its time limit and, once told to stop, waits for its
+    Key before it does; attempt 2 succeeds."""
+    job.info(f"attempt {job.attempt}")
+    if job.attempt == 1:
+        event = thread_releases.setdefault(job.params["Key"], threading.Event())
+        while not job.cancel_requested:
+            time.sleep(0.01)
+        job_stopping.set()
+        event.wait(10)
+        job.info("stopped")
+
+
+#: Set by thread-overdue-slow-stop once its time limit has told it to stop.
+job_stopping = threading.Event()

@@ -437,6 +437,19 @@ async def test_a_cancel_before_the_limit_stays_a_cancel(server):
     await session.close()
 
 
+async def test_a_cancel_while_a_job_past_its_limit_stops_ends_it_cancelled(server):
+    session = await Session.open(server.port, submit("thread-overdue-slow-stop", Key="slow"))
+    tid = tid_of(await session.line())
+    await session.line()
+    assert await session.line() == "J0000100: attempt 1"
+    await asyncio.to_thread(jobs.job_stopping.wait, 10)  # its time limit has stopped it
+    assert await exchange(server.port, command("CancelJob", tid)) == [f"R0000000: {tid}"]
+    jobs.thread_releases["slow"].set()
+    assert await session.rest() == ["J0005000: Job timed out after 0.2 s",
+                                    "J0000023: Job cancelled by user.", ENDED.format(tid)]
+    await session.close()
+
+
 @pytest.mark.parametrize("bad", [0, -1, float("inf"), float("nan"), "5", True])
 def test_a_bad_time_limit_is_refused(bad):
     from jobmonitor import ConfigError, JobMonitor
