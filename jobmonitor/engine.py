@@ -118,13 +118,15 @@ class Engine:
 
     async def restart(self, grace_s: float, handlers: Mapping[str, Handler]) -> None:
         """Let running jobs finish within ``grace_s`` (cancel the rest), swap in
-        ``handlers``, and start again; queued jobs keep their place."""
+        ``handlers``, and start again (unless the server began to stop
+        meanwhile); queued jobs keep their place."""
         self._starting = False
         self._notify_live(f"Job engine restarting: running jobs have {grace_s:g} s to finish")
         await self._drain_running(grace_s, keep_retryable=False)
         self._handlers = dict(handlers)
-        self._starting = True
-        self._start_ready()
+        if self._accepting:  # else the server began to stop meanwhile: start nothing
+            self._starting = True
+            self._start_ready()
 
     def _new_executor(self) -> concurrent.futures.ThreadPoolExecutor:
         return concurrent.futures.ThreadPoolExecutor(

@@ -107,6 +107,28 @@ async def test_queued_jobs_keep_their_place_across_a_restart(make_server, db_url
     assert field(cancelled, "Status") == "Cancelled"
 
 
+async def test_a_shutdown_during_a_restart_leaves_queued_jobs_queued(make_server, db_url):
+    server = await make_server(store=db_url, max_running=1, shutdown_grace_s=0.2)
+    running = await Session.open(server.port, submit("wait", Key="running"))
+    await running.line()
+    queued = tid_of((await exchange(server.port, submit("wait", monitor=False, Key="q")))[0])
+    restart = asyncio.ensure_future(exchange(server.port, xml_packet("RestartServer")))
+    while await running.line() != \
+            "J0000190: Job engine restarting: running jobs have 0.2 s to finish":
+        pass
+    server.close()  # the restart ends while the server stops: it must start nothing
+    await server.wait_closed()
+    await restart
+    await running.close()
+
+    again = await make_server(store=db_url, max_running=1)
+    await release("q")
+    lines = await exchange(again.port, xml_packet("MonitorJob", {"_sys_TransactionID": queued}))
+    assert "J0005002: Job interrupted by a server restart" not in lines
+    assert lines[-3:] == ["J0000100: released", "J0000020: Job completed successfully.",
+                          ENDED.format(queued)]
+
+
 async def _stopped_in_its_first_run(server, packet: bytes) -> str:
     """Submit a retry job, stop the server (0.1 s of grace) during its first run, and
     check it was left to recovery: a stop notice and no completion line.  Returns
