@@ -431,7 +431,11 @@ class Engine:
         job._record_status(Status.REQUEUED, f"Job queued to run again (attempt {attempt + 1} "
                                             f"of {handler.retries + 1}{later}).")
         job._set_state(JobState.QUEUED, RETRY_EVENT)
-        if delay:
+        if job._suspend_requested:  # asked for during the run: its end is a safe point
+            job._suspend_requested = False
+            job._set_state(JobState.SUSPENDED, "suspended")
+            job._record_status(Status.SUSPENDED)
+        elif delay:
             self._delayed[job] = self._loop.call_later(delay, self._requeue, job)
         else:
             self._queue.append(job)

@@ -528,6 +528,25 @@ async def test_a_job_cancelled_while_it_runs_is_not_run_again_when_it_fails(serv
     await session.close()
 
 
+async def test_a_suspend_asked_for_during_a_failed_run_holds_the_next_one(server):
+    session = await Session.open(server.port, submit("thread-flaky", Key="suspended"))
+    tid = tid_of(await session.line())
+    await session.line()
+    assert await session.line() == "J0000100: attempt 1"
+    assert await exchange(server.port, command("SuspendJob", tid)) == [
+        f"R0000000: {tid} suspend requested"]
+    jobs.thread_releases.setdefault("suspended", threading.Event()).set()
+    assert [await session.line() for _ in range(3)] == [
+        "J0005000: attempt 1 failed", "J0000132: Job queued to run again (attempt 2 of 2).",
+        "J0000130: Job suspended."]
+    assert fields(await exchange(server.port, command("GetJobStatus", tid)))["Status"] == \
+        "Suspended"
+    assert await exchange(server.port, command("ResumeJob", tid)) == [f"R0000000: {tid} resumed"]
+    assert await session.rest() == ["J0000131: Job resumed.", "J0000100: attempt 2",
+                                    "J0000020: Job completed successfully.", ENDED.format(tid)]
+    await session.close()
+
+
 async def test_a_job_abandoned_by_a_restart_is_not_run_again_when_it_fails(server, monkeypatch):
     monkeypatch.setattr(engine_module, "CANCEL_WAIT_S", 0.2)
     session = await Session.open(server.port, submit("thread-flaky", Key="abandoned"))
