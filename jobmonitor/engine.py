@@ -180,7 +180,8 @@ class Engine:
 
     @property
     def queued_count(self) -> int:
-        return len(self._queue)
+        """Jobs waiting to run: in the queue, or waiting out a retry's delay."""
+        return len(self._queue) + len(self._delayed)
 
     @property
     def running_count(self) -> int:
@@ -216,7 +217,7 @@ class Engine:
         if not self._accepting:
             raise RequestError(Reply.SERVER_BUSY, "the server is shutting down")
         limit = self._config.max_queued_jobs
-        if limit and len(self._queue) >= limit:
+        if limit and self.queued_count >= limit:
             raise RequestError(Reply.SERVER_BUSY, f"{limit} jobs are already waiting")
         now = time.time()
         record = JobRecord(self._next_transaction_id(), project, dict(params),

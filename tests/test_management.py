@@ -491,6 +491,9 @@ async def test_a_job_waiting_to_run_again_can_be_cancelled(server):
     assert await session.line() == "J0000100: attempt 1"
     assert await session.line() == "J0005000: first attempt failed"
     assert await session.line() == "J0000132: Job queued to run again (attempt 2 of 2, in 0.3 s)."
+    # Waiting out its delay, it is queued: its status says so, and so does the queue's length.
+    assert await exchange(server.port, command("GetJobQueueLen")) == [
+        "R0000000- Queued: 1", "R0000000: Running: 0"]
     assert await exchange(server.port, command("CancelJob", tid)) == [f"R0000000: {tid}"]
     assert not server.engine._delayed  # its timer is stopped, not left to hold the job
     assert await session.rest() == ["J0000023: Job cancelled by user.", ENDED.format(tid)]
