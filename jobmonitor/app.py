@@ -70,7 +70,8 @@ class JobMonitor:
         (raises, or times out; not one that is cancelled or partial) is queued
         to run again, up to that many times, ``retry_delay_s`` after its first
         failure and twice as long after each one after it; its stream goes on,
-        with ``J0000132`` saying so, and ``job.attempt`` counts the runs.
+        with ``J0000132`` saying so, and ``job.attempt`` counts the runs.  With
+        a durable store the delay outlasts a restart of the server.
 
         Raises:
             ConfigError: ``project`` is empty or already has a handler, or an

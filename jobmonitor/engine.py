@@ -517,7 +517,7 @@ class Engine:
             self._finish(job, Outcome.FAILED)
         elif not was_running:
             if record.status is JobState.QUEUED:
-                self._queue.append(job)
+                self._queue_recovered(job, handler)
         elif handler.retry_on_restart:
             job._record_status(Status.INTERRUPTED)
             job._record_status(Status.REQUEUED)
@@ -527,6 +527,18 @@ class Engine:
         else:
             job._record_status(Status.INTERRUPTED)
             self._finish(job, Outcome.FAILED)
+
+    def _queue_recovered(self, job: Job, handler: Handler) -> None:
+        """Queue a job that was waiting when the server stopped; one that was
+        waiting out a retry's delay waits for what is left of it."""
+        last = next((event for event in reversed(job.record.history) if event[0] == "job"), None)
+        if last is not None and last[1] == RETRY_EVENT:
+            due = last[2] + handler.retry_delay_s * 2 ** (job.attempt - 2)
+            left = due - time.time()
+            if left > 0:
+                self._delayed[job] = self._loop.call_later(left, self._requeue, job)
+                return
+        self._queue.append(job)
 
     def when_stored(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once what has changed so far is stored: at the end of

@@ -7,6 +7,8 @@ import asyncio
 import json
 import threading
 import time
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from lxml import etree
@@ -575,7 +577,8 @@ async def test_a_job_past_its_time_limit_runs_again_with_a_new_limit(server):
                          ENDED.format(tid_of(lines[0]))]
 
 
-async def test_a_job_waiting_to_run_again_survives_a_restart(make_server, tmp_path):
+async def _restart_during_a_retry_delay(make_server, tmp_path) -> tuple[Any, str]:
+    """A flaky-much-later job fails, and the server stops within its 30 s delay."""
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     server = await make_server(store=url)
     session = await Session.open(server.port, submit("flaky-much-later"))
@@ -584,7 +587,27 @@ async def test_a_job_waiting_to_run_again_survives_a_restart(make_server, tmp_pa
         pass
     await session.close()
     server.close()
-    await server.wait_closed()  # within the 30 s delay: it waits, queued, for the next start
+    await server.wait_closed()
+    return url, tid
+
+
+async def test_a_job_waiting_to_run_again_waits_out_its_delay_after_a_restart(
+        make_server, tmp_path):
+    url, tid = await _restart_during_a_retry_delay(make_server, tmp_path)
+    again = await make_server(store=url)
+    assert await exchange(again.port, command("GetJobQueueLen")) == [
+        "R0000000- Queued: 1", "R0000000: Running: 0"]
+    [timer] = again.engine._delayed.values()
+    assert 20 < timer.when() - asyncio.get_running_loop().time() <= 30
+    assert fields(await exchange(again.port, command("GetJobStatus", tid)))["Status"] == "Queued"
+    await exchange(again.port, command("CancelJob", tid))
+
+
+async def test_a_job_whose_retry_delay_ended_while_the_server_was_down_runs_at_once(
+        make_server, tmp_path, monkeypatch):
+    url, tid = await _restart_during_a_retry_delay(make_server, tmp_path)
+    later = time.time() + 31
+    monkeypatch.setattr(engine_module, "time", SimpleNamespace(time=lambda: later))
     again = await make_server(store=url)
     monitor = await exchange(again.port, command("MonitorJob", tid))
     assert monitor[-3:] == ["J0000100: attempt 2", "J0000020: Job completed successfully.",
