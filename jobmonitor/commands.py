@@ -9,7 +9,6 @@ touches a socket.
 
 from __future__ import annotations
 
-import json
 import platform
 from sys import intern
 from collections.abc import Awaitable, Callable
@@ -23,7 +22,7 @@ from .errors import ConfigError, RequestError
 from .job import Job
 from .lines import clip
 from .packet import Packet
-from .representations import FORMATS, cell, iso_time, job_dict, key_values, render
+from .representations import FORMATS, cell, iso_time, job_dict, key_values, render, to_json
 
 __all__ = ["Commands", "Caller", "Response", "parse_bool", "SYSTEM_PREFIX"]
 
@@ -269,8 +268,7 @@ class Commands:
             identity = caller.identity
         records = await self._engine.jobs.list_records(which == "active", identity)
         if form == "json":
-            return Response(json.dumps([job_dict(r) for r in records], separators=(",", ":"),
-                                       ensure_ascii=False))
+            return Response(to_json([job_dict(r) for r in records]))
         rows = [f"{len(records)} jobs"] + [
             "\t".join((r.transaction_id, r.status.value, cell(r.project),
                        cell(r.job_name))) for r in records]
@@ -284,8 +282,7 @@ class Commands:
         form = parse_choice(packet, "_sys_Format", ("text", "json"))
         record = await self._engine.jobs.record(await self._transaction(packet, caller))
         if form == "json":
-            return Response(json.dumps(job_dict(record)["JobData"], separators=(",", ":"),
-                                       ensure_ascii=False))
+            return Response(to_json(job_dict(record)["JobData"]))
         rows = [f"{len(record.outputs)} outputs"] + [
             "\t".join((cell(o.name), cell(o.uri), cell(o.media_type or "")))
             for o in record.outputs]

@@ -10,6 +10,7 @@ The JSON and XML forms follow the JobStatus representation of job REST APIs:
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -17,12 +18,15 @@ from lxml import etree
 
 from .records import JobRecord
 
-__all__ = ["FORMATS", "POLL_AFTER_S", "job_dict", "render", "join_parameters",
+__all__ = ["FORMATS", "POLL_AFTER_S", "job_dict", "render", "to_json", "join_parameters",
            "split_parameters", "iso_time", "progress_text", "cell"]
 
 FORMATS = ("text", "json", "xml")
 #: Seconds a polling client should wait before asking again.
 POLL_AFTER_S = 2
+#: What the line layer would escape as ``\\xNN`` (invalid in JSON) but ``json``
+#: leaves raw: DEL, the C1 controls and the Unicode line separators.
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029]")
 
 
 def iso_time(timestamp: float | None) -> str | None:
@@ -119,11 +123,17 @@ def job_dict(record: JobRecord, *, history: bool = False, numeric_status: bool =
 def render(record: JobRecord, form: str, *, history: bool = False) -> str:
     """The reply text of GetJobStatus / GetJobInformation in ``form``."""
     if form == "json":
-        return json.dumps(job_dict(record, history=history), separators=(",", ":"),
-                          ensure_ascii=False)
+        return to_json(job_dict(record, history=history))
     if form == "xml":
         return _xml(job_dict(record, history=history, numeric_status=False))
     return _text(record, history=history)
+
+
+def to_json(value: Any) -> str:
+    """Compact JSON for one reply line that stays JSON on the wire: the characters
+    the line layer escapes are written as JSON escapes (``\\u0085``) first."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _JSON_UNSAFE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 def _text(record: JobRecord, *, history: bool) -> str:

@@ -258,6 +258,19 @@ async def test_status_info_list_and_outputs(server):
     await release("s")
 
 
+async def test_characters_the_line_layer_escapes_keep_json_replies_json(server):
+    # DEL, C1 controls and the Unicode line separators are escaped on the wire;
+    # inside a JSON reply that must be a JSON escape, or the reply is not JSON.
+    odd = "a\x7fb\x85c\u2028d\u2029e"
+    client = Client("127.0.0.1", server.port)
+    tx = await client.submit("echo", {"Odd": odd}, job_name=odd)
+    await tx.result()
+    status = await client.status(tx.transaction_id)
+    assert status.job_name == odd and status.parameters["Odd"] == odd
+    assert (await client.info(tx.transaction_id)).job_name == odd
+    assert [job.job_name for job in await client.list_jobs(all=True)] == [odd]
+
+
 async def test_suspend_resume_cancel_delete(server):
     client = Client("127.0.0.1", server.port)
     tx = await client.submit("stepper", {"Key": "k"})
