@@ -67,10 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _hash_password(args: argparse.Namespace) -> int:
     if sys.stdin.isatty():  # a person: ask without echoing, twice
-        password = getpass.getpass("Password: ")
-        if password and getpass.getpass("Again: ") != password:
-            print("jobmonitor: the passwords differ", file=sys.stderr)
-            return 2
+        try:
+            password = getpass.getpass("Password: ")
+            if password and getpass.getpass("Again: ") != password:
+                print("jobmonitor: the passwords differ", file=sys.stderr)
+                return 2
+        except EOFError:  # Ctrl-D at a prompt: end its line, then say why we stop
+            print(file=sys.stderr)
+            password = ""
     else:
         password = sys.stdin.readline().rstrip("\r\n")
     if not password:

@@ -217,7 +217,11 @@ def _client(args: argparse.Namespace) -> Client:
         if password is None:
             if not sys.stdin.isatty():
                 raise UsageError(f"no password for {user}: set JOBMONITOR_PASSWORD")
-            password = getpass.getpass(f"Password for {user}: ")
+            try:
+                password = getpass.getpass(f"Password for {user}: ")
+            except EOFError:  # Ctrl-D at the prompt: end its line, then say why we stop
+                print(file=sys.stderr)
+                raise UsageError(f"no password for {user}") from None
     tls: ssl.SSLContext | None = None
     if args.tls or args.cafile:
         try:

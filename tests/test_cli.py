@@ -256,14 +256,20 @@ def test_hash_password_reads_the_first_line_of_standard_input():
     assert verify_password("s3cret", result.stdout.strip())
 
 
-def _hash_on_a_terminal(*answers: str) -> tuple[int, str]:
-    """Run hash-password on a pseudo-terminal of its own; answer each prompt."""
+#: An answer that is Ctrl-D at the start of a line: the end of the input.
+CTRL_D = "\x04"
+
+
+def on_a_terminal(*answers: str, command: tuple[str, ...] = ("hash-password",)
+                        ) -> tuple[int, str]:
+    """Run hash-password (or ``command``) on a pseudo-terminal of its own; answer
+    each prompt (with a line, or ``CTRL_D``)."""
     import pty
 
     pid, terminal = pty.fork()
     if pid == 0:  # the child: its controlling terminal is the pty
         os.chdir(ROOT)
-        os.execv(sys.executable, [sys.executable, "-m", "jobmonitor", "hash-password"])
+        os.execv(sys.executable, [sys.executable, "-m", "jobmonitor", *command])
     output = b""
     try:
         for prompts, answer in enumerate(answers, 1):
@@ -271,7 +277,7 @@ def _hash_on_a_terminal(*answers: str) -> tuple[int, str]:
                 ready, _, _ = select.select([terminal], [], [], 30)
                 assert ready, f"no prompt within 30 s: {output!r}"
                 output += os.read(terminal, 1024)
-            os.write(terminal, answer.encode() + b"\n")
+            os.write(terminal, answer.encode() + (b"" if answer == CTRL_D else b"\n"))
         while True:
             ready, _, _ = select.select([terminal], [], [], 30)
             assert ready, f"no end within 30 s: {output!r}"
@@ -291,12 +297,19 @@ def _hash_on_a_terminal(*answers: str) -> tuple[int, str]:
 def test_hash_password_asks_twice_on_a_terminal_without_echo():
     from jobmonitor.auth import verify_password
 
-    status, output = _hash_on_a_terminal("s3cret", "s3cret")
+    status, output = on_a_terminal("s3cret", "s3cret")
     assert status == 0
     assert "Password:" in output and "Again:" in output and "s3cret" not in output
     assert verify_password("s3cret", output.split()[-1])
-    status, output = _hash_on_a_terminal("s3cret", "other")
+    status, output = on_a_terminal("s3cret", "other")
     assert status == 2 and "jobmonitor: the passwords differ" in output
+
+
+def test_hash_password_end_of_input_at_a_prompt_is_one_line():
+    for answers in ([CTRL_D], ["s3cret", CTRL_D]):
+        status, output = on_a_terminal(*answers)
+        assert status == 2 and "Traceback" not in output, output
+        assert output.splitlines()[-1] == "jobmonitor: no password on standard input"
 
 
 def test_jobs_module_in_the_working_folder_is_found_by_name(tmp_path):

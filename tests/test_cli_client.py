@@ -18,7 +18,8 @@ from jobmonitor.cli_client import table
 from jobmonitor.cli_output import EXIT_CODES, LivePrinter, display_text, render_bar
 from jobmonitor.client import Progress, StreamLine
 
-from .test_cli import ROOT, ServerProcess, cli_server  # noqa: F401  (a fixture)
+from .test_cli import (CTRL_D, ROOT, ServerProcess, cli_server,  # noqa: F401  (a fixture)
+                       on_a_terminal)
 from .test_client import unused_port  # noqa: F401  (a fixture)
 from .test_security import certificate  # noqa: F401  (a fixture)
 
@@ -548,6 +549,13 @@ def test_user_password_from_the_environment(tmp_path):
             " (give --user NAME, or set JOBMONITOR_USER and JOBMONITOR_PASSWORD)")
     finally:
         server.kill()
+
+
+def test_end_of_input_at_the_password_prompt_is_one_line(unused_port):
+    status, output = on_a_terminal(
+        CTRL_D, command=("list", "--user", "ann", "--port", str(unused_port)))
+    assert status == 2 and "Traceback" not in output, output
+    assert output.splitlines()[-1] == "jobmonitor: no password for ann"
 
 
 def test_tls_with_a_certificate_file(certificate):
