@@ -54,13 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", metavar="FILE",
                        help="TOML file of settings and program projects (flags override it)")
     _add_config_options(serve)
-    serve.set_defaults(run=_serve)
+    serve.set_defaults(run=_serve, command_parser=serve)
     hasher = commands.add_parser(
         "hash-password", help="hash a password for the config file",
         description="Ask for a password (twice, not shown) on a terminal, or read the first "
                     "line of standard input, and print the hash to put in a [users.NAME] "
                     "table of the config file.")
-    hasher.set_defaults(run=_hash_password)
+    hasher.set_defaults(run=_hash_password, command_parser=hasher)
     add_client_commands(commands)
     return parser
 
@@ -224,7 +224,9 @@ def _on_signal(server: Server, stop: asyncio.Event, signum: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the command's parser says so (the main one would print its own usage)
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.run(args))
     except ConfigError as exc:

@@ -50,7 +50,7 @@ def add_client_commands(commands: Any) -> None:
         parser: argparse.ArgumentParser = commands.add_parser(
             name, parents=[common], help=help_text,
             description=help_text[0].upper() + help_text[1:] + ".")
-        parser.set_defaults(run=lambda args: _run(action, args))
+        parser.set_defaults(run=lambda args: _run(action, args), command_parser=parser)
         parser.error = _one_line_error(parser)  # type: ignore[method-assign,assignment]
         return parser
 

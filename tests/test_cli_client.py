@@ -250,6 +250,8 @@ def test_unknown_host():
     (["status", "T0000001", "--format", "yaml"], "invalid choice: 'yaml'"),
     (["list", "--port", "99999"], "expected a port number 1..65535, got '99999'"),
     (["list", "--cafile", "missing.pem"], "--cafile missing.pem: No such file"),
+    (["queue", "--json"], "jobmonitor queue: unrecognized arguments: --json"),
+    (["status", "T0000001", "T0000002"], "unrecognized arguments: T0000002"),
 ])
 def test_bad_arguments(args, message):
     line = one_error_line(cli(None, *args))
