@@ -313,6 +313,19 @@ async def test_queue_length_task_log_and_restart(server):
     assert (await (await client.submit("echo")).result()).outcome is Outcome.SUCCESS
 
 
+async def test_restart_waits_for_the_grace_period_past_the_reply_timeout(make_server):
+    # The answer comes once running jobs had shutdown_grace_s to finish, which
+    # the server's settings decide, not the client's reply_timeout_s.
+    server = await make_server(shutdown_grace_s=0.5)
+    client = Client("127.0.0.1", server.port, reply_timeout_s=0.1)
+    held = await client.submit("wait")
+    async for line in held:
+        if line.text == "waiting":  # running, so the restart waits for it
+            break
+    assert await client.restart_server() == "Job engine restarted"
+    assert (await held.result()).outcome is Outcome.CANCELLED
+
+
 async def test_job_token_resubmit_returns_the_same_job_from_line_one(server):
     client = Client("127.0.0.1", server.port, user_token="ann")
     first = await client.submit("echo", job_token="nightly-42")

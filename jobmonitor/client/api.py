@@ -96,9 +96,14 @@ class Client:
         Raises:
             ReplyError, OSError, ProtocolError: see the class.
         """
+        return await self._request(command, variables, doc_variables, self.reply_timeout_s)
+
+    async def _request(self, command: str, variables: Mapping[str, Value] | None,
+                       doc_variables: Mapping[str, Value] | None,
+                       reply_timeout_s: float | None) -> list[str]:
         reader, writer = await self._open(command, variables or {}, doc_variables)
         try:
-            return await read_reply(reader, self.reply_timeout_s)
+            return await read_reply(reader, reply_timeout_s)
         finally:
             await close_quietly(writer)
 
@@ -271,10 +276,13 @@ class Client:
         """Restart the server's job engine and reload its job modules
         (``RestartServer``); return the reply's text once it runs again.
 
+        That takes as long as running jobs take to finish, up to the server's
+        ``shutdown_grace_s``, so ``reply_timeout_s`` does not apply.
+
         Raises:
             ReplyError: ``R0005013`` for a user who is not an admin; and see the class.
         """
-        return "\n".join(await self.request("RestartServer"))
+        return "\n".join(await self._request("RestartServer", None, None, None))
 
     async def build_string(self) -> str:
         """The server's version string (``GetBuildString``).
