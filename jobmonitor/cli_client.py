@@ -39,6 +39,42 @@ class UsageError(Exception):
     """A bad option value found after parsing (e.g. in the environment)."""
 
 
+class OutputError(Exception):
+    """Standard output cannot be written (a full disk): not the server's fault."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(cause.strerror or str(cause) or type(cause).__name__)
+
+
+class _Output:
+    """Standard output, whose failures are told apart from the connection's:
+    both are ``OSError``, and "cannot reach the server: No space left on
+    device" would send the user looking in the wrong place.  A closed pipe
+    stays a ``BrokenPipeError`` (the reader has gone: a quiet exit)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 Adder = Callable[[str, Action, str], argparse.ArgumentParser]
 
 
@@ -161,12 +197,18 @@ def _assignment(text: str) -> tuple[str, str]:
 def _run(action: Action, args: argparse.Namespace) -> int:
     """Run one client command; turn every failure into one line and an exit status."""
     where = "the server"
+    stdout, sys.stdout = sys.stdout, _Output(sys.stdout)
     try:
         client = _client(args)
         where = f"{client.host}:{client.port}"
-        return asyncio.run(action(client, args))
+        status = asyncio.run(action(client, args))
+        sys.stdout.flush()  # here, where a failure is reported as ours
+        return status
     except UsageError as exc:
         return _fail(str(exc))
+    except OutputError as exc:
+        _silence_stdout()  # what is still buffered cannot be written either
+        return _fail(f"cannot write the output: {display_text(str(exc))}")
     except ReplyError as exc:
         hint = ""
         if exc.reply is Reply.NOT_AUTHENTICATED and not (
@@ -189,6 +231,8 @@ def _run(action: Action, args: argparse.Namespace) -> int:
         return _fail(f"cannot reach {where}: {display_text(reason)}{hint}")
     except ValueError as exc:  # a value no packet can carry (the packet builder's words)
         return _fail(display_text(str(exc)))  # (after OSError: ssl's errors are both)
+    finally:
+        sys.stdout = stdout
 
 
 def _fail(message: str) -> int:

@@ -233,6 +233,18 @@ def test_error_reply(cli_server):
         "jobmonitor: R0005009: Unknown transaction: T0000042"
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [("submit", "count", "-v", "Count=1", "-v", "Delay=0"),
+                                  ("queue",), ("list",)])
+def test_output_that_cannot_be_written_is_not_blamed_on_the_server(cli_server, args):
+    command = [sys.executable, "-m", "jobmonitor", *args, "--port", str(cli_server.port)]
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(command, cwd=ROOT, stdout=full, stderr=subprocess.PIPE,
+                                text=True, timeout=30)
+    assert (result.returncode, result.stderr) == (
+        2, "jobmonitor: cannot write the output: No space left on device\n")
+
+
 def test_refused_connection(unused_port):
     assert one_error_line(cli(unused_port, "list")) == (
         f"jobmonitor: cannot connect to 127.0.0.1:{unused_port}: connection refused "
