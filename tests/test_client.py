@@ -597,6 +597,9 @@ def test_sync_client_against_a_threaded_server(unused_port):
             assert [e.event for e in client.task_log()] == ["queued", "start", "complete"]
             with pytest.raises(ReplyError):
                 client.cancel(tx.transaction_id)
+            watching = client.submit("lines", {"Count": "3"})
+        with watching:  # its client closed (and dropped it) first: nothing to do
+            pass
     with SyncClient("127.0.0.1", unused_port) as client:
         with pytest.raises(ConnectionRefusedError):
             client.build_string()

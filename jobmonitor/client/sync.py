@@ -180,7 +180,10 @@ class SyncTransaction:
         return self._owner._run(self._transaction.result())
 
     def close(self) -> None:
-        """Drop the connection; the job runs on."""
+        """Drop the connection; the job runs on.  Idempotent, and nothing to do
+        once the ``SyncClient`` is closed (that dropped it)."""
+        if self._owner._closed:
+            return
         self._owner._run(self._transaction.aclose())
 
     def __enter__(self) -> "SyncTransaction":
