@@ -21,12 +21,7 @@ per commit (a few for a very large batch): every statement takes the
 interpreter lock back when SQLite returns, and while the event loop is busy
 each such handover is a wait.
 
-Tables: ``jobs`` (one row per job); ``line_blocks`` (a job's J lines, numbered
-from 1, kept as runs of consecutive lines: the row for lines 101..350 holds
-their bytes joined, which costs one row per job per commit instead of one per
-line; every line ends with CRLF and has none inside, so a block splits back
-exactly); ``history``, ``outputs``; and ``meta`` (the last transaction number,
-written when jobs are deleted, so numbers are never reused).
+The tables, and how a row is written, are ``sqlite_rows``'s.
 
 One server at a time: ``open`` takes an exclusive lock on ``PATH.lock`` (which
 holds the server's process ID), so a second server on the same file, which
@@ -38,22 +33,20 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import functools
-import itertools
-import json
-import json.encoder
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from .errors import ConfigError
 from .records import HistoryEvent, JobRecord, Output
-from .states import JobState, Outcome
+from .sqlite_rows import (FINAL, JOB_COLUMNS, MAX_VARIABLES, SCHEMA, STATEMENT_CACHE, UNFINISHED,
+                          UPDATE_GROUP, UPDATE_HEAD, UPDATE_TAIL, insert_rows, job_record,
+                          job_row, job_update, last_number, number_of, shaped, transaction,
+                          transaction_id_of)
 from .store import Recordable, Recovery, Store, TaskEvent
 
 __all__ = ["SqliteStore"]
@@ -65,60 +58,12 @@ except ImportError:  # not on this platform: no lock
 
 log = logging.getLogger("jobmonitor.store")
 
-T = TypeVar("T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS jobs (
-    number INTEGER PRIMARY KEY, project TEXT NOT NULL, params TEXT NOT NULL,
-    doc_variables TEXT NOT NULL, identity TEXT NOT NULL, job_token TEXT,
-    status TEXT NOT NULL, outcome TEXT, progress_done INTEGER NOT NULL,
-    progress_total INTEGER NOT NULL, progress_message TEXT NOT NULL,
-    status_message TEXT NOT NULL, worker TEXT NOT NULL, created REAL NOT NULL,
-    started REAL, updated REAL NOT NULL, completed REAL, estimated REAL,
-    line_count INTEGER NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_token ON jobs (identity, job_token)
-    WHERE job_token IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
-CREATE TABLE IF NOT EXISTS line_blocks (
-    number INTEGER NOT NULL, first_line INTEGER NOT NULL, count INTEGER NOT NULL,
-    data BLOB NOT NULL, PRIMARY KEY (number, first_line));
-CREATE TABLE IF NOT EXISTS history (
-    number INTEGER NOT NULL, seq INTEGER NOT NULL, stage TEXT NOT NULL,
-    status TEXT NOT NULL, timestamp REAL NOT NULL, date REAL, info TEXT,
-    PRIMARY KEY (number, seq)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS outputs (
-    number INTEGER NOT NULL, seq INTEGER NOT NULL, name TEXT NOT NULL,
-    uri TEXT NOT NULL, media_type TEXT, PRIMARY KEY (number, seq)) WITHOUT ROWID;
-"""
-_JOB_COLUMNS = ("number, project, params, doc_variables, identity, job_token, status, outcome, "
-                "progress_done, progress_total, progress_message, status_message, worker, "
-                "created, started, updated, completed, estimated, line_count")
-_UNFINISHED = tuple(s.value for s in JobState if not s.is_final)
-_FINAL = frozenset(s.value for s in JobState if s.is_final)
 RECENT_EVENTS = 200
 #: SQLite's page cache, in KiB (its default is 2000).  The store mostly appends
 #: and reads back recent pages; the OS caches the file anyway, and every MiB
 #: kept here is charged to a server holding thousands of waiting jobs.
 CACHE_KIB = 1024
-#: Most parameters in one statement: SQLite's limit before 3.32, and it keeps each
-#: prepared statement (kept in the connection's cache) to a few KiB.
-_MAX_VARIABLES = 999
-#: The job columns a later write updates (the rest never change).
-_UPDATED_COLUMNS = ("status", "outcome", "progress_done", "progress_total", "progress_message",
-                    "status_message", "started", "updated", "completed", "estimated",
-                    "line_count")
-# An update is an upsert of a row known to exist: the columns that never change
-# get placeholders the conflict discards (they are NOT NULL, checked first).
-_UPDATE_HEAD = ("INSERT INTO jobs (number, project, params, doc_variables, identity, worker, "
-                f"created, {', '.join(_UPDATED_COLUMNS)})")
-_UPDATE_GROUP = "(?, '', '', '', '', '', 0, " + ", ".join("?" * len(_UPDATED_COLUMNS)) + ")"
-_UPDATE_TAIL = (" ON CONFLICT (number) DO UPDATE SET "
-                + ", ".join(f"{c} = excluded.{c}" for c in _UPDATED_COLUMNS))
 _EMPTY = bytearray()
-#: Prepared statements a connection keeps (Python's default is 128): the store's
-#: few dozen shapes, and room for the reads.
-STATEMENT_CACHE = 256
 #: Loop turns the committer lets pass between a commit and the next batch.
 AFTER_COMMIT_TURNS = 2
 #: Most lines in one stored block.
@@ -327,12 +272,12 @@ class SqliteStore(Store):
                                                        written.outputs))
                 written.outputs = len(record.outputs)
             if written.row:
-                batch.updates.append(_update(record, number, written.lines))
+                batch.updates.append(job_update(record, number, written.lines))
             else:
-                batch.rows.append(_row(record, number, written.lines))
+                batch.rows.append(job_row(record, number, written.lines))
                 written.row = True
             batch.stored.append((job, written.lines))
-            if record.status._value_ in _FINAL and written.lines == len(stream):
+            if record.status._value_ in FINAL and written.lines == len(stream):
                 del self._written[transaction_id]  # nothing more will change
         return batch
 
@@ -374,11 +319,11 @@ class SqliteStore(Store):
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        db.executescript(_SCHEMA)
+        db.executescript(SCHEMA)
         self._db = db
-        last = _last_number(db)
-        marks = ",".join("?" * len(_UNFINISHED))
-        unfinished = self._select_records(f"status IN ({marks}) ORDER BY number", _UNFINISHED)
+        last = last_number(db)
+        marks = ",".join("?" * len(UNFINISHED))
+        unfinished = self._select_records(f"status IN ({marks}) ORDER BY number", UNFINISHED)
         return Recovery(last, unfinished, self._recent_events(db))
 
     def _lock(self) -> None:
@@ -413,23 +358,23 @@ class SqliteStore(Store):
             "SELECT j.number, j.project, h.stage, h.status, h.timestamp, h.date, h.info "
             "FROM history h JOIN jobs j ON j.number = h.number WHERE h.stage = 'job' "
             "ORDER BY h.timestamp DESC LIMIT ?", (RECENT_EVENTS,)).fetchall()
-        return [TaskEvent(_tid(r[0]), r[1], HistoryEvent(*r[2:])) for r in reversed(rows)]
+        return [TaskEvent(transaction_id_of(r[0]), r[1], HistoryEvent(*r[2:])) for r in reversed(rows)]
 
     def _write(self, batch: _Batch) -> None:
         db = self._db
         assert db is not None
-        with _transaction(db):
-            _insert(db, f"REPLACE INTO jobs ({_JOB_COLUMNS})", batch.rows)
-            _insert(db, _UPDATE_HEAD, batch.updates, group=_UPDATE_GROUP, tail=_UPDATE_TAIL)
-            _insert(db, "INSERT OR REPLACE INTO line_blocks", batch.blocks)
-            _insert(db, "INSERT OR REPLACE INTO history", batch.history)
-            _insert(db, "INSERT OR REPLACE INTO outputs", batch.outputs)
+        with transaction(db):
+            insert_rows(db, f"REPLACE INTO jobs ({JOB_COLUMNS})", batch.rows)
+            insert_rows(db, UPDATE_HEAD, batch.updates, group=UPDATE_GROUP, tail=UPDATE_TAIL)
+            insert_rows(db, "INSERT OR REPLACE INTO line_blocks", batch.blocks)
+            insert_rows(db, "INSERT OR REPLACE INTO history", batch.history)
+            insert_rows(db, "INSERT OR REPLACE INTO outputs", batch.outputs)
 
     def _select_records(self, where: str, args: Sequence[Any]) -> list[JobRecord]:
         db = self._db
         assert db is not None
-        rows = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where}", args).fetchall()
-        records = [_record(row) for row in rows]
+        rows = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where}", args).fetchall()
+        records = [job_record(row) for row in rows]
         for record in records:
             number = record.number
             record.history = [HistoryEvent(*r) for r in db.execute(
@@ -443,7 +388,7 @@ class SqliteStore(Store):
     # -- reading ------------------------------------------------------------------------
 
     async def load(self, transaction_id: str) -> JobRecord | None:
-        number = _number(transaction_id)
+        number = number_of(transaction_id)
         if number is None:
             return None
         records = await self._call(self._select_records, "number = ?", (number,))
@@ -454,12 +399,12 @@ class SqliteStore(Store):
             assert self._db is not None
             row = self._db.execute("SELECT number FROM jobs WHERE identity = ? AND job_token = ?",
                                    (identity, job_token)).fetchone()
-            return _tid(row[0]) if row else None
+            return transaction_id_of(row[0]) if row else None
 
         return await self._call(find)
 
     async def read_lines(self, transaction_id: str, from_line: int, limit: int) -> list[bytes]:
-        number = _number(transaction_id)
+        number = number_of(transaction_id)
 
         def read() -> list[bytes]:
             assert self._db is not None
@@ -482,7 +427,7 @@ class SqliteStore(Store):
         return await self._call(self._select_records, "identity = ? ORDER BY number", (identity,))
 
     async def delete(self, transaction_id: str) -> None:
-        number = _number(transaction_id)
+        number = number_of(transaction_id)
         if number is not None:
             await self._call(self._delete_numbers, [number])
 
@@ -501,79 +446,15 @@ class SqliteStore(Store):
     def _delete_numbers(self, numbers: list[int]) -> None:
         db = self._db
         assert db is not None
-        with _transaction(db):
+        with transaction(db):
             # The newest job may be among those deleted: its number must stay used.
-            db.execute("REPLACE INTO meta VALUES ('last_number', ?)", (str(_last_number(db)),))
+            db.execute("REPLACE INTO meta VALUES ('last_number', ?)", (str(last_number(db)),))
             for table in ("jobs", "line_blocks", "history", "outputs"):
-                # IN lists, not executemany, shaped like _insert's (a repeated number
+                # IN lists, not executemany, shaped like insert_rows's (a repeated number
                 # deletes nothing more).
-                for chunk in _shaped(numbers, _MAX_VARIABLES):
+                for chunk in shaped(numbers, MAX_VARIABLES):
                     db.execute(f"DELETE FROM {table} WHERE number IN "
                                f"({','.join('?' * len(chunk))})", chunk)
-
-
-@contextlib.contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """``BEGIN`` ... ``COMMIT``; on any failure (``COMMIT``'s own included) roll back,
-    so the connection never stays inside a failed transaction."""
-    db.execute("BEGIN")
-    try:
-        yield
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-
-
-def _insert(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]],
-            most_variables: int = _MAX_VARIABLES, group: str | None = None,
-            tail: str = "") -> None:
-    """``head VALUES (...), (...), ... tail``: many rows per statement.
-
-    Not ``executemany``: it takes the interpreter lock back after every row, and
-    while the event loop's thread is busy each such handover waits (up to the
-    switch interval, 5 ms): a commit of a few hundred rows took seconds.  One
-    statement holds up to ``most_variables`` parameters.  Its row count is
-    rounded up (see ``_statement_rows``) by repeating the last row, which
-    changes nothing, since every statement here replaces a row with the same
-    key: so there are few statement shapes, and the connection's cache of
-    prepared statements keeps them all.
-    """
-    if not rows:
-        return
-    width = len(rows[0])
-    group = group or "(" + ",".join("?" * width) + ")"
-    for chunk in _shaped(rows, max(most_variables // width, 1)):
-        db.execute(_statement(head, group, tail, len(chunk)),
-                   list(itertools.chain.from_iterable(chunk)))
-
-
-def _shaped(rows: Sequence[T], most: int) -> Iterator[Sequence[T]]:
-    """``rows`` in chunks of at most ``most``, each made as long as its statement's
-    row count (``_statement_rows``) by repeating its last row."""
-    for start in range(0, len(rows), most):
-        chunk = rows[start:start + most]
-        shape = min(_statement_rows(len(chunk)), most)
-        if shape > len(chunk):
-            chunk = [*chunk, *[chunk[-1]] * (shape - len(chunk))]
-        yield chunk
-
-
-@functools.lru_cache(maxsize=STATEMENT_CACHE)
-def _statement(head: str, group: str, tail: str, rows: int) -> str:
-    """The text of a statement for ``rows`` rows: made once, and the same string
-    object each time (its hash, which the statement cache looks up, is kept)."""
-    return f"{head} VALUES {','.join([group] * rows)}{tail}"
-
-
-def _statement_rows(count: int) -> int:
-    """The row count of the statement for ``count`` rows: exact up to 8, then
-    rounded up to the next of 12, 16, 24, 32, 48, 64... (at most a third more)."""
-    if count <= 8:
-        return count
-    power = 1 << (count - 1).bit_length()  # the next power of two: 16, 32, 64...
-    return power * 3 // 4 if count <= power * 3 // 4 else power
 
 
 def _call_each(callbacks: list[Callable[[], None]]) -> None:
@@ -584,64 +465,3 @@ def _call_each(callbacks: list[Callable[[], None]]) -> None:
             log.exception("a callback after a commit failed")
 
 
-def _last_number(db: sqlite3.Connection) -> int:
-    """The highest transaction number ever stored (deleted jobs' included)."""
-    stored = db.execute("SELECT value FROM meta WHERE key = 'last_number'").fetchone()
-    highest = db.execute("SELECT MAX(number) FROM jobs").fetchone()[0] or 0
-    return max(int(stored[0]) if stored else 0, highest)
-
-
-def _tid(number: int) -> str:
-    return f"T{number:07d}"
-
-
-def _number(transaction_id: str) -> int | None:
-    if len(transaction_id) == 8 and transaction_id[0] == "T" and transaction_id[1:].isdigit():
-        return int(transaction_id[1:])
-    return None
-
-
-def _row(r: JobRecord, number: int, line_count: int) -> tuple[Any, ...]:
-    return (number, r.project, _json(r.params),
-            _json(r.doc_variables) if r.doc_variables else "{}", r.identity, r.job_token,
-            r.status._value_, r.outcome._value_ if r.outcome is not None else None,
-            r.progress_done, r.progress_total, r.progress_message, r.status_message, r.worker,
-            r.created, r.started, r.updated, r.completed, r.estimated, line_count)
-
-
-def _update(r: JobRecord, number: int, line_count: int) -> tuple[Any, ...]:
-    # In the order of _UPDATED_COLUMNS, after the number.
-    return (number, r.status._value_, r.outcome._value_ if r.outcome is not None else None,
-            r.progress_done, r.progress_total, r.progress_message, r.status_message,
-            r.started, r.updated, r.completed, r.estimated, line_count)
-
-
-def _json_encoder() -> Callable[[Any], str]:
-    """What ``json.dumps`` makes, by one C encoder kept for good.
-
-    ``json.dumps`` builds a new encoder at every call, which costs more than
-    encoding a job's few parameters.  Without the C accelerator: ``json.dumps``.
-    """
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return json.dumps
-    encode = make(None, None, json.encoder.encode_basestring_ascii, None, ": ", ", ",
-                  False, False, True)
-    join = "".join
-    return lambda value: join(encode(value, 0))
-
-
-_json = _json_encoder()
-
-
-def _record(row: tuple[Any, ...]) -> JobRecord:
-    (number, project, params, doc_variables, identity, job_token, status, outcome, done, total,
-     progress_message, status_message, worker, created, started, updated, completed, estimated,
-     line_count) = row
-    return JobRecord(
-        transaction_id=_tid(number), project=project, params=json.loads(params),
-        doc_variables=json.loads(doc_variables), identity=identity, job_token=job_token,
-        status=JobState(status), outcome=Outcome(outcome) if outcome else None,
-        progress_done=done, progress_total=total, progress_message=progress_message,
-        status_message=status_message, worker=worker, created=created, started=started,
-        updated=updated, completed=completed, estimated=estimated, line_count=line_count)

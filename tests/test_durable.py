@@ -365,12 +365,12 @@ async def test_a_retry_job_deaf_to_cancellation_is_still_left_to_recovery(
 def test_multi_row_inserts_store_every_row_whatever_the_batch_size(count, most_variables):
     # Statements hold up to most_variables parameters (5 rows of 19 for 100), their
     # row counts rounded up by repeating the last row, which replaces itself.
-    from jobmonitor.sqlite_store import _insert
+    from jobmonitor.sqlite_rows import insert_rows
 
     db = sqlite3.connect(":memory:")
     db.execute(f"CREATE TABLE t (c0 PRIMARY KEY, {', '.join(f'c{i}' for i in range(1, 19))})")
     rows = [tuple(n * 100 + i for i in range(19)) for n in range(count)]
-    _insert(db, "INSERT OR REPLACE INTO t", rows, most_variables)
+    insert_rows(db, "INSERT OR REPLACE INTO t", rows, most_variables)
     assert db.execute("SELECT * FROM t ORDER BY c0").fetchall() == rows
 
 
@@ -378,18 +378,19 @@ def test_a_later_write_changes_only_what_can_change(tmp_path):
     # The first write of a job inserts its row; later ones update the columns that
     # can change and keep the rest (the parameters are not written again).
     from jobmonitor.records import JobRecord
-    from jobmonitor.sqlite_store import SqliteStore, _Batch, _row, _update
+    from jobmonitor.sqlite_rows import job_row, job_update
+    from jobmonitor.sqlite_store import SqliteStore, _Batch
 
     store = SqliteStore(str(tmp_path / "u.db"))
     store._open_db()
     first = JobRecord("T0000007", "echo", {"Text": "hi"}, {"d": "1"}, identity="ann",
                       job_token="k1", status=JobState.QUEUED, worker="w", created=1.0,
                       updated=1.0)
-    store._write(_Batch(rows=[_row(first, 7, 0)]))
+    store._write(_Batch(rows=[job_row(first, 7, 0)]))
     later = first.copy()
     later.project, later.params, later.job_token = "other", {}, None  # never written again
     later.status, later.started, later.updated = JobState.PROCESSING, 2.0, 3.0
-    store._write(_Batch(updates=[_update(later, 7, 4), _update(later, 7, 4)]))
+    store._write(_Batch(updates=[job_update(later, 7, 4), job_update(later, 7, 4)]))
     (stored,) = store._select_records("1", ())
     assert (stored.project, stored.params, stored.doc_variables, stored.job_token) == \
         ("echo", {"Text": "hi"}, {"d": "1"}, "k1")
