@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 from .client import Client, JobStatus, ProtocolError, ReplyError, Transaction
 from .codes import Reply
 from .cli_output import (EXIT_CODES, JsonPrinter, LivePrinter, PlainPrinter, StreamPrinter,
-                         display_text)
+                         display_text, display_width)
 from .config import DEFAULT_PORT
 
 __all__ = ["add_client_commands", "EXIT_CODES", "USAGE_ERROR"]
@@ -56,16 +56,15 @@ class _Output:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        try:
-            return self._stream.write(text)
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise OutputError(exc) from None
+        return self._guarded(self._stream.write, text)
 
     def flush(self) -> None:
+        self._guarded(self._stream.flush)
+
+    @staticmethod
+    def _guarded(call: Callable[..., Any], *args: Any) -> Any:
         try:
-            self._stream.flush()
+            return call(*args)
         except BrokenPipeError:
             raise
         except OSError as exc:
@@ -410,11 +409,14 @@ def job_table(jobs: list[JobStatus]) -> list[str]:
 
 
 def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    """A header and rows in columns two spaces apart; the last column is not padded."""
+    """A header and rows in columns two spaces apart (in terminal cells: a wide
+    character fills two); the last column is not padded."""
     rows = [header, *(tuple(display_text(cell).replace("\t", "\\x09") for cell in row)
                       for row in rows)]
-    widths = [max(len(row[column]) for row in rows) for column in range(len(header) - 1)]
-    return ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]).rstrip()
+    widths = [max(display_width(row[column]) for row in rows)
+              for column in range(len(header) - 1)]
+    return ["  ".join([*(cell + " " * (width - display_width(cell))
+                         for cell, width in zip(row, widths)), row[-1]]).rstrip()
             for row in rows]
 
 

@@ -26,7 +26,7 @@ from .lines import escape_text
 from .states import Outcome
 
 __all__ = ["StreamPrinter", "PlainPrinter", "LivePrinter", "JsonPrinter", "EXIT_CODES",
-           "display_text"]
+           "display_text", "display_width"]
 
 #: The exit status of ``submit`` and ``watch`` for each outcome.
 EXIT_CODES = {Outcome.SUCCESS: 0, Outcome.FAILED: 1, Outcome.PARTIAL: 3, Outcome.CANCELLED: 4}
@@ -117,15 +117,25 @@ def render_bar(progress: Progress, columns: int) -> str:
     return _cut_to_width(text, max(columns - 1, 1))
 
 
+def display_width(text: str) -> int:
+    """How many terminal cells ``text`` fills: a wide (East Asian) character
+    takes two, a combining mark none."""
+    return sum(map(_cells, text))
+
+
+def _cells(char: str) -> int:
+    if unicodedata.combining(char):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in "WF" else 1
+
+
 def _cut_to_width(text: str, columns: int) -> str:
-    """The start of ``text`` that fills at most ``columns`` terminal cells: a wide
-    (East Asian) character takes two, a combining mark none."""
+    """The start of ``text`` that fills at most ``columns`` terminal cells."""
     used = 0
     for index, char in enumerate(text):
-        if not unicodedata.combining(char):
-            used += 2 if unicodedata.east_asian_width(char) in "WF" else 1
-            if used > columns:
-                return text[:index]
+        used += _cells(char)
+        if used > columns:
+            return text[:index]
     return text
 
 

@@ -275,7 +275,7 @@ class Engine:
             limit = job._time_limit
             if limit is not None and limit.timed_out:  # being stopped for its time limit:
                 limit.timed_out = False  # now it ends cancelled, and is not run again
-                job.error(f"Job timed out after {limit.seconds:g} s")
+                job.error(limit.reason)
             return
         job._cancel_requested = True
         job._wake()
@@ -408,7 +408,7 @@ class Engine:
         if limit is not None:
             limit.stop()
             if limit.timed_out and outcome is Outcome.CANCELLED:
-                job.error(f"Job timed out after {limit.seconds:g} s")
+                job.error(limit.reason)
                 outcome = Outcome.FAILED
         if not (outcome is Outcome.FAILED and self._retry(job, handler)):
             self._end(job, outcome)
@@ -424,7 +424,7 @@ class Engine:
         if (attempt > handler.retries or not self._accepting or job._leave_to_recovery
                 or cancelled):
             return False
-        delay = handler.retry_delay_s * 2 ** (attempt - 1)
+        delay = handler.retry_delay(attempt)
         job._cancel_requested = False  # (a time limit stops a job as a cancel does)
         job._time_limit = None
         job.record.started = None  # queued, not interrupted, if the server restarts now
@@ -533,7 +533,7 @@ class Engine:
         waiting out a retry's delay waits for what is left of it."""
         last = next((event for event in reversed(job.record.history) if event[0] == "job"), None)
         if last is not None and last[1] == RETRY_EVENT:
-            due = last[2] + handler.retry_delay_s * 2 ** (job.attempt - 2)
+            due = last[2] + handler.retry_delay(job.attempt - 1)
             left = due - time.time()
             if left > 0:
                 self._delayed[job] = self._loop.call_later(left, self._requeue, job)

@@ -38,5 +38,10 @@ class Handler:
     #: function (run in a thread); asked once per job, so worked out once here.
     is_async: bool = field(init=False)
 
+    def retry_delay(self, failed_attempt: int) -> float:
+        """Seconds from the failure of run ``failed_attempt`` (1 for the first) to
+        the next run: ``retry_delay_s``, doubled for each failure before it."""
+        return self.retry_delay_s * 2 ** (failed_attempt - 1)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.func))

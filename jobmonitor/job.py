@@ -455,6 +455,11 @@ class TimeLimit:
         self._timer: asyncio.TimerHandle | None = None
         self._expire = expire
 
+    @property
+    def reason(self) -> str:
+        """The error line of a job stopped for its limit."""
+        return f"Job timed out after {self.seconds:g} s"
+
     def follow(self, state: JobState) -> None:
         """Run while ``state`` is processing; stop otherwise."""
         if state is not JobState.PROCESSING:

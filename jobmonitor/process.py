@@ -204,7 +204,8 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace").removesuffix("\r")
 
 
-async def stop_program(process: ProgramProcess, output: asyncio.Future[Any], grace_s: float) -> None:
+async def stop_program(process: ProgramProcess, output: asyncio.Future[Any],
+                       grace_s: float) -> None:
     """Stop the program and the rest of its process group (see ``_terminate``),
     then read what they wrote meanwhile (for at most ``DRAIN_S``)."""
     try:

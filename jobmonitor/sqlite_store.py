@@ -358,7 +358,8 @@ class SqliteStore(Store):
             "SELECT j.number, j.project, h.stage, h.status, h.timestamp, h.date, h.info "
             "FROM history h JOIN jobs j ON j.number = h.number WHERE h.stage = 'job' "
             "ORDER BY h.timestamp DESC LIMIT ?", (RECENT_EVENTS,)).fetchall()
-        return [TaskEvent(transaction_id_of(r[0]), r[1], HistoryEvent(*r[2:])) for r in reversed(rows)]
+        return [TaskEvent(transaction_id_of(r[0]), r[1], HistoryEvent(*r[2:]))
+                for r in reversed(rows)]
 
     def _write(self, batch: _Batch) -> None:
         db = self._db
@@ -463,5 +464,3 @@ def _call_each(callbacks: list[Callable[[], None]]) -> None:
             callback()
         except Exception:  # one bad callback must not keep the others waiting
             log.exception("a callback after a commit failed")
-
-

@@ -316,8 +316,10 @@ async def flaky(job: Job) -> None:
 
 
 @app.job("flaky-later", retries=1, retry_delay_s=0.3)
+@app.job("flaky-much-later", retries=1, retry_delay_s=30)
 async def flaky_later(job: Job) -> None:
-    """Fails its first attempt; runs again 0.3 s later."""
+    """Fails its first attempt; runs again 0.3 s later (``flaky-much-later``:
+    would run again only 30 s later)."""
     job.info(f"attempt {job.attempt}")
     if job.attempt == 1:
         raise JobFailed("first attempt failed")
@@ -329,14 +331,6 @@ async def overdue_once(job: Job) -> None:
     job.info(f"attempt {job.attempt}")
     if job.attempt == 1:
         await asyncio.sleep(30)
-
-
-@app.job("flaky-much-later", retries=1, retry_delay_s=30)
-async def flaky_much_later(job: Job) -> None:
-    """Fails its first attempt; would run again only 30 s later."""
-    job.info(f"attempt {job.attempt}")
-    if job.attempt == 1:
-        raise JobFailed("first attempt failed")
 
 
 @app.job("flaky-twice-later", retries=2, retry_delay_s=0.5)

@@ -380,6 +380,12 @@ def test_display_text_keeps_one_line_one_line():
     assert table(("A", "B"), [("x\ty", "z\nw")]) == ["A       B", "x\\x09y  z\\x0aw"]
 
 
+def test_table_columns_line_up_in_terminal_cells():
+    # "報告" fills four cells, like "abcd"; "e\u0301" one, like "x".
+    assert table(("NAME", "N"), [("報告", "1"), ("e\u0301", "2"), ("abcd", "3")]) == [
+        "NAME  N", "報告  1", "e\u0301     2", "abcd  3"]
+
+
 def test_watch_from_the_ended_line_exits_with_the_outcome(cli_server):
     assert cli(cli_server.port, "submit", "partial").returncode == 3
     lines = len(cli(cli_server.port, "watch", "T0000001").stdout.splitlines()) - 1
