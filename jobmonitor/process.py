@@ -234,7 +234,7 @@ async def _terminate(process: ProgramProcess, grace_s: float) -> None:
             await asyncio.sleep(GROUP_POLL_S)
     finally:
         # Also when this stop is itself cancelled: a server shutting down gives
-        # up on a job after engine.CANCEL_WAIT_S and closes its loop, and the
+        # up on a job after runner.CANCEL_WAIT_S and closes its loop, and the
         # program must not outlive it.
         process.kill()
 

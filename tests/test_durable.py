@@ -8,11 +8,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 
 import pytest
 
 from jobmonitor import ConfigError, JobState
-from jobmonitor import engine as engine_module
+from jobmonitor import runner as runner_module
 
 from . import jobs
 from .conftest import MACHINE, finished, release
@@ -347,7 +348,7 @@ def test_every_line_a_watcher_saw_survives_a_crash_with_the_same_number(tmp_path
 
 async def test_a_retry_job_deaf_to_cancellation_is_still_left_to_recovery(
         make_server, db_url, tmp_path, monkeypatch):
-    monkeypatch.setattr(engine_module, "CANCEL_WAIT_S", 0.2)
+    monkeypatch.setattr(runner_module, "CANCEL_WAIT_S", 0.2)
     server = await make_server(store=db_url, shutdown_grace_s=0.1)
     # The job never stops: its thread is abandoned, its stream ends without a completion.
     tid = await _stopped_in_its_first_run(
@@ -555,3 +556,33 @@ async def test_call_when_stored_on_a_closed_store_still_calls_back(tmp_path):
     called = loop.create_future()
     store.call_when_stored(lambda: called.set_result(None))
     await asyncio.wait_for(called, 1.0)
+
+
+async def test_a_job_that_fails_while_the_server_stops_runs_again_at_the_next_start(
+        make_server, db_url):
+    server = await make_server(store=db_url, shutdown_grace_s=10)
+    session = await Session.open(server.port, submit("thread-flaky", Key="fails-at-stop-sqlite"))
+    tid = tid_of(await session.line())
+    await session.line()
+    assert await session.line() == "J0000100: attempt 1"
+    server.close()
+    assert await session.line() == "J0000190: Server stopping: running jobs have 10 s to finish"
+    jobs.thread_releases.setdefault("fails-at-stop-sqlite", threading.Event()).set()
+    # Queued in the store, not failed: the stream ends without a completion line.
+    assert await session.rest() == ["J0005000: attempt 1 failed",
+                                    "J0000132: Job queued to run again (attempt 2 of 2)."]
+    await session.close()
+    await server.wait_closed()
+
+    again = await make_server(store=db_url)
+    lines = await exchange(again.port, xml_packet("MonitorJob", {"_sys_TransactionID": tid,
+                                                                 "_sys_FromLine": "2"}))
+    assert lines[1:] == [
+        "J0000100: attempt 1",
+        "J0000190: Server stopping: running jobs have 10 s to finish",
+        "J0005000: attempt 1 failed",
+        "J0000132: Job queued to run again (attempt 2 of 2).",
+        "J0000100: attempt 2",
+        "J0000020: Job completed successfully.",
+        ENDED.format(tid),
+    ]

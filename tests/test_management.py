@@ -14,7 +14,7 @@ import pytest
 from lxml import etree
 
 from jobmonitor import JobState
-from jobmonitor import engine as engine_module
+from jobmonitor import runner as runner_module
 from jobmonitor.representations import split_parameters
 
 from . import jobs
@@ -497,7 +497,7 @@ async def test_a_job_waiting_to_run_again_can_be_cancelled(server):
     assert await exchange(server.port, command("GetJobQueueLen")) == [
         "R0000000- Queued: 1", "R0000000: Running: 0"]
     assert await exchange(server.port, command("CancelJob", tid)) == [f"R0000000: {tid}"]
-    assert not server.engine._delayed  # its timer is stopped, not left to hold the job
+    assert not server.engine._runner._delayed  # its timer is stopped, not left to hold the job
     assert await session.rest() == ["J0000023: Job cancelled by user.", ENDED.format(tid)]
     await session.close()
     await asyncio.sleep(0.5)  # past the delay: it must not run again
@@ -533,6 +533,23 @@ async def test_a_job_cancelled_while_it_runs_is_not_run_again_when_it_fails(serv
     await session.close()
 
 
+async def test_a_job_that_fails_while_a_memory_store_server_stops_is_not_run_again(
+        make_server):
+    # Nothing would run it again: it fails (with SQLite it stays queued, see test_durable).
+    server = await make_server(shutdown_grace_s=10)
+    session = await Session.open(server.port, submit("thread-flaky", Key="fails-at-stop-memory"))
+    tid = tid_of(await session.line())
+    await session.line()
+    assert await session.line() == "J0000100: attempt 1"
+    server.close()
+    assert await session.line() == "J0000190: Server stopping: running jobs have 10 s to finish"
+    jobs.thread_releases.setdefault("fails-at-stop-memory", threading.Event()).set()
+    assert await session.rest() == ["J0005000: attempt 1 failed", "J0000022: Job failed.",
+                                    ENDED.format(tid)]
+    await session.close()
+    await server.wait_closed()
+
+
 async def test_a_suspend_asked_for_during_a_failed_run_holds_the_next_one(server):
     session = await Session.open(server.port, submit("thread-flaky", Key="suspended"))
     tid = tid_of(await session.line())
@@ -553,13 +570,13 @@ async def test_a_suspend_asked_for_during_a_failed_run_holds_the_next_one(server
 
 
 async def test_a_job_abandoned_by_a_restart_is_not_run_again_when_it_fails(server, monkeypatch):
-    monkeypatch.setattr(engine_module, "CANCEL_WAIT_S", 0.2)
+    monkeypatch.setattr(runner_module, "CANCEL_WAIT_S", 0.2)
     session = await Session.open(server.port, submit("thread-flaky", Key="abandoned"))
     tid = tid_of(await session.line())
     await session.line()
     assert await session.line() == "J0000100: attempt 1"
     job = server.engine.jobs.find(tid)
-    run = server.engine._running[job]
+    run = server.engine._runner._running[job]
     await server.engine.restart(0.1, jobs.app.handlers)
     assert (await session.rest())[-2:] == ["J0000023: Job cancelled by user.", ENDED.format(tid)]
     await session.close()
@@ -597,7 +614,7 @@ async def test_a_job_waiting_to_run_again_waits_out_its_delay_after_a_restart(
     again = await make_server(store=url)
     assert await exchange(again.port, command("GetJobQueueLen")) == [
         "R0000000- Queued: 1", "R0000000: Running: 0"]
-    [timer] = again.engine._delayed.values()
+    [timer] = again.engine._runner._delayed.values()
     assert 20 < timer.when() - asyncio.get_running_loop().time() <= 30
     assert fields(await exchange(again.port, command("GetJobStatus", tid)))["Status"] == "Queued"
     await exchange(again.port, command("CancelJob", tid))
@@ -607,7 +624,7 @@ async def test_a_job_whose_retry_delay_ended_while_the_server_was_down_runs_at_o
         make_server, tmp_path, monkeypatch):
     url, tid = await _restart_during_a_retry_delay(make_server, tmp_path)
     later = time.time() + 31
-    monkeypatch.setattr(engine_module, "time", SimpleNamespace(time=lambda: later))
+    monkeypatch.setattr(runner_module, "time", SimpleNamespace(time=lambda: later))
     again = await make_server(store=url)
     monitor = await exchange(again.port, command("MonitorJob", tid))
     assert monitor[-3:] == ["J0000100: attempt 2", "J0000020: Job completed successfully.",

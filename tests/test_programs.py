@@ -609,7 +609,7 @@ def test_a_background_child_with_its_own_output_does_not_hold_the_job(served):
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_a_server_stopping_kills_a_program_that_ignores_sigterm(served):
-    # The server gives up on the job after engine.CANCEL_WAIT_S, long before the
+    # The server gives up on the job after runner.CANCEL_WAIT_S, long before the
     # program's kill_grace_s; the program must not outlive the server.
     async def started() -> int:
         async with Client("127.0.0.1", served.port) as client:

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from jobmonitor import engine as engine_module
+from jobmonitor import runner as runner_module
 from jobmonitor import sqlite_store
 
 from . import jobs
@@ -238,7 +238,7 @@ async def test_queued_jobs_of_a_project_gone_after_a_reload_fail_and_free_the_qu
 
 async def test_a_thread_abandoned_by_a_restart_holds_no_slot(make_server, tmp_path,
                                                               monkeypatch):
-    monkeypatch.setattr(engine_module, "CANCEL_WAIT_S", 0.2)
+    monkeypatch.setattr(runner_module, "CANCEL_WAIT_S", 0.2)
     server = await make_server(max_running=1, shutdown_grace_s=0.1)
     deaf = await Session.open(server.port, submit("thread-retry", Marker=str(tmp_path / "m"),
                                                   Key="deaf"))
