@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from .config import Config
-from .handlers import CheckFunc, Handler, HandlerFunc
+from .handlers import CheckFunc, Handler, HandlerFunc, check_job_options
 from .errors import ConfigError
 from .server import Server
 
@@ -75,7 +75,8 @@ class JobMonitor:
 
         Raises:
             ConfigError: ``project`` is empty or already has a handler, or an
-            option is out of range.
+            option is bad (``job 'NAME': retries: must be a whole number of 0 or
+            more, got -1``: ``check_job_options``'s words, as for a program project).
         """
         if not project or not project.strip():
             raise ConfigError("a job's project name must not be empty")
@@ -83,20 +84,13 @@ class JobMonitor:
             raise ConfigError(f"job {project!r} is registered twice")
         if not callable(func):
             raise ConfigError(f"handler for {project!r} is not callable")
-        if timeout_s is not None and not (isinstance(timeout_s, (int, float))
-                                          and not isinstance(timeout_s, bool)
-                                          and 0 < timeout_s < float("inf")):
-            raise ConfigError(f"job {project!r}: timeout_s must be a positive number of "
-                              f"seconds, not {timeout_s!r}")
-        if not (isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0):
-            raise ConfigError(f"job {project!r}: retries must be a whole number of 0 or more, "
-                              f"not {retries!r}")
-        if not (isinstance(retry_delay_s, (int, float)) and not isinstance(retry_delay_s, bool)
-                and 0 <= retry_delay_s < float("inf")):
-            raise ConfigError(f"job {project!r}: retry_delay_s must be a number of 0 or more, "
-                              f"not {retry_delay_s!r}")
+        try:
+            timeout_s, retries, retry_delay_s = check_job_options(timeout_s, retries,
+                                                                  retry_delay_s)
+        except ConfigError as exc:
+            raise ConfigError(f"job {project!r}: {exc}") from None
         self._handlers[project] = Handler(project, func, retry_on_restart, check, timeout_s,
-                                          retries, float(retry_delay_s))
+                                          retries, retry_delay_s)
 
     def merge(self, other: "JobMonitor") -> None:
         """Add every handler of ``other``.

@@ -30,6 +30,7 @@ from typing import Any
 from .auth import User
 from .config import Config
 from .errors import ConfigError
+from .handlers import JOB_OPTIONS
 from .programs import Program
 
 __all__ = ["ConfigFile", "load_config_file"]
@@ -93,7 +94,10 @@ def _program(project: str, table: dict[str, Any]) -> Program:
     _check_keys(table, set(fields), where)
     if "command" not in table:
         raise ConfigError(f"{where}.command: missing (every program project needs one)")
-    values = {key: _value(value, fields[key], f"{where}.{key}") for key, value in table.items()}
+    # The job options go to Program as they are: it checks them (type too) in
+    # add_job's words, so a bad value reads the same here and in Python.
+    values = {key: value if key in JOB_OPTIONS else _value(value, fields[key], f"{where}.{key}")
+              for key, value in table.items()}
     try:
         return Program(project, **values)
     except ConfigError as exc:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from .errors import ConfigError
 from .job import Job
 
-__all__ = ["Handler", "HandlerFunc", "CheckFunc"]
+__all__ = ["Handler", "HandlerFunc", "CheckFunc", "JOB_OPTIONS", "check_job_options"]
 
 HandlerFunc = Callable[[Job], Union[Awaitable[Any], Any]]
 #: Checks a submit's job variables; raises ``RequestError`` to refuse the job.
@@ -45,3 +47,41 @@ class Handler:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.func))
+
+
+#: The options ``check_job_options`` checks, type and all: a handler's (``add_job``,
+#: ``@app.job``) and a program project's (``Program``, a config file's project table).
+JOB_OPTIONS = ("timeout_s", "retries", "retry_delay_s")
+
+
+def check_job_options(timeout_s: object = None, retries: object = 0,
+                      retry_delay_s: object = 0.0) -> tuple[float | None, int, float]:
+    """The options of a project, checked: one check and one wording, wherever they
+    were set (the caller puts where in front of the message).  Returns them as the
+    engine keeps them (seconds as floats).
+
+    Raises:
+        ConfigError: ``<option>: must be ..., got <value>`` for the first bad one.
+    """
+    timeout = _seconds(timeout_s)
+    if timeout_s is not None and not (timeout is not None and 0 < timeout < math.inf):
+        raise ConfigError(f"timeout_s: must be a finite number greater than 0, "
+                          f"got {timeout_s!r}")
+    if not (isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0):
+        raise ConfigError(f"retries: must be a whole number of 0 or more, got {retries!r}")
+    delay = _seconds(retry_delay_s)
+    if delay is None or not 0 <= delay < math.inf:
+        raise ConfigError(f"retry_delay_s: must be a finite number of 0 or more, "
+                          f"got {retry_delay_s!r}")
+    return timeout, retries, delay
+
+
+def _seconds(value: object) -> float | None:
+    """An int or a float as a float (too large an int: inf); None for anything
+    else, True and False too."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf

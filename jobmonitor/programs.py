@@ -36,6 +36,7 @@ from typing import Union
 from .app import JobMonitor
 from .codes import Reply
 from .errors import ConfigError, JobFailed, RequestError
+from .handlers import check_job_options
 from .job import Job
 from .lines import clip
 from .process import ProgramProcess, read_output, signal_group, start_program, stop_program
@@ -63,6 +64,9 @@ _Template = tuple[Union[str, _Slot], ...]
 @dataclass(frozen=True, slots=True)
 class Program:
     """A program project: what to run, where, and which job variables it takes.
+
+    ``timeout_s``, ``retries`` and ``retry_delay_s`` are checked as ``add_job``
+    checks a handler's (``check_job_options``: the same words).
 
     Raises (on construction):
         ConfigError: a bad field; the message starts with the field's name.
@@ -177,15 +181,14 @@ def _check_fields(program: Program) -> None:
     for key in ("cwd", "output_dir"):
         if "\x00" in str(getattr(program, key) or ""):
             raise ConfigError(f"{key}: contains a NUL character")
-    if program.timeout_s is not None and not program.timeout_s > 0:
-        raise ConfigError(f"timeout_s: must be greater than 0, got {program.timeout_s}")
+    # The same check and words as a handler's (add_job); stored as the engine keeps them.
+    timeout_s, retries, retry_delay_s = check_job_options(program.timeout_s, program.retries,
+                                                          program.retry_delay_s)
+    object.__setattr__(program, "timeout_s", timeout_s)
+    object.__setattr__(program, "retries", retries)
+    object.__setattr__(program, "retry_delay_s", retry_delay_s)
     if not program.kill_grace_s >= 0:
         raise ConfigError(f"kill_grace_s: must not be negative, got {program.kill_grace_s}")
-    if not program.retries >= 0:
-        raise ConfigError(f"retries: must not be negative, got {program.retries}")
-    if not 0 <= program.retry_delay_s < float("inf"):
-        raise ConfigError(f"retry_delay_s: must be a number of 0 or more, got "
-                          f"{program.retry_delay_s}")
 
 
 def _parse_template(item: str, where: str, names: frozenset[str]) -> _Template:

@@ -456,7 +456,8 @@ async def test_a_cancel_while_a_job_past_its_limit_stops_ends_it_cancelled(serve
 def test_a_bad_time_limit_is_refused(bad):
     from jobmonitor import ConfigError, JobMonitor
 
-    with pytest.raises(ConfigError, match="timeout_s must be a positive number"):
+    with pytest.raises(ConfigError, match=r"^job 'x': timeout_s: must be a finite number greater "
+                                          r"than 0, got "):
         JobMonitor().add_job("x", lambda job: None, timeout_s=bad)
 
 
@@ -634,12 +635,15 @@ async def test_a_job_whose_retry_delay_ended_while_the_server_was_down_runs_at_o
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"retries": -1}, "retries must be a whole number of 0 or more"),
-    ({"retries": 1.5}, "retries must be a whole number of 0 or more"),
-    ({"retry_delay_s": -1}, "retry_delay_s must be a number of 0 or more"),
-    ({"retry_delay_s": float("nan")}, "retry_delay_s must be a number of 0 or more")])
+    ({"retries": -1}, "job 'x': retries: must be a whole number of 0 or more, got -1"),
+    ({"retries": 1.5}, "job 'x': retries: must be a whole number of 0 or more, got 1.5"),
+    ({"retry_delay_s": -1}, "job 'x': retry_delay_s: must be a finite number of 0 or more, "
+                            "got -1"),
+    ({"retry_delay_s": float("nan")}, "job 'x': retry_delay_s: must be a finite number of 0 "
+                                      "or more, got nan")])
 def test_bad_retry_options_are_refused(options, message):
     from jobmonitor import ConfigError, JobMonitor
 
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError) as caught:
         JobMonitor().add_job("x", lambda job: None, **options)
+    assert str(caught.value) == message

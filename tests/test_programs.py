@@ -46,7 +46,7 @@ def test_placeholders_fill_single_argv_items():
     ({"command": ("ls",), "variables": ("two words",)}, "variables: 'two words' is not a valid"),
     ({"command": ("ls",), "variables": ("a", "a")}, "variables: 'a' is listed twice"),
     ({"command": ("ls",), "variables": ("output_dir",)}, "is listed twice or is reserved"),
-    ({"command": ("ls",), "timeout_s": 0}, "timeout_s: must be greater than 0"),
+    ({"command": ("ls",), "timeout_s": 0}, "timeout_s: must be a finite number greater than 0"),
     ({"command": ("ls",), "kill_grace_s": -1}, "kill_grace_s: must not be negative"),
     # the operating system cannot pass these: refused at start-up, not by every job
     ({"command": ("ls", "a\x00b")}, "command[1]: contains a NUL character"),
@@ -633,10 +633,85 @@ def test_retries_of_a_program_project_come_from_the_config():
     add_programs(app, [Program("again", ("false",), retries=2, retry_delay_s=1.5)])
     handler = app.handlers["again"]
     assert (handler.retries, handler.retry_delay_s) == (2, 1.5)
-    with pytest.raises(ConfigError, match="retries: must not be negative"):
+    with pytest.raises(ConfigError, match="retries: must be a whole number of 0 or more"):
         Program("bad", ("false",), retries=-1)
-    with pytest.raises(ConfigError, match="retry_delay_s: must be a number of 0 or more"):
+    with pytest.raises(ConfigError, match="retry_delay_s: must be a finite number of 0 or more"):
         Program("bad", ("false",), retry_delay_s=float("inf"))
+
+
+def handler(job):
+    pass
+
+
+# A bad value and the words it gets: the same from a config file's project table, a
+# Program, add_job and @app.job (they differed: "retries: must not be negative, got -1"
+# against "retries must be a whole number of 0 or more, not -1", a Program took
+# retries=1.5 that add_programs then refused, timeout_s=inf only for a program, ...).
+BAD_JOB_OPTIONS = [
+    ("timeout_s", "0", 0, "timeout_s: must be a finite number greater than 0, got 0"),
+    ("timeout_s", "-1", -1, "timeout_s: must be a finite number greater than 0, got -1"),
+    ("timeout_s", "inf", float("inf"), "timeout_s: must be a finite number greater than 0, "
+                                       "got inf"),
+    ("timeout_s", "nan", float("nan"), "timeout_s: must be a finite number greater than 0, "
+                                       "got nan"),
+    ("timeout_s", '"5"', "5", "timeout_s: must be a finite number greater than 0, got '5'"),
+    ("timeout_s", "true", True, "timeout_s: must be a finite number greater than 0, got True"),
+    ("retries", "-1", -1, "retries: must be a whole number of 0 or more, got -1"),
+    ("retries", "1.5", 1.5, "retries: must be a whole number of 0 or more, got 1.5"),
+    ("retries", '"2"', "2", "retries: must be a whole number of 0 or more, got '2'"),
+    ("retries", "true", True, "retries: must be a whole number of 0 or more, got True"),
+    ("retry_delay_s", "-1", -1, "retry_delay_s: must be a finite number of 0 or more, got -1"),
+    ("retry_delay_s", "-0.5", -0.5, "retry_delay_s: must be a finite number of 0 or more, "
+                                    "got -0.5"),
+    ("retry_delay_s", "inf", float("inf"), "retry_delay_s: must be a finite number of 0 or "
+                                           "more, got inf"),
+    ("retry_delay_s", "nan", float("nan"), "retry_delay_s: must be a finite number of 0 or "
+                                           "more, got nan"),
+    ("retry_delay_s", '"5"', "5", "retry_delay_s: must be a finite number of 0 or more, "
+                                  "got '5'"),
+]
+
+
+@pytest.mark.parametrize(("key", "toml", "value", "message"), BAD_JOB_OPTIONS,
+                         ids=[f"{key}={toml}" for key, toml, _, _ in BAD_JOB_OPTIONS])
+def test_a_bad_job_option_reads_the_same_from_a_config_file_and_from_python(
+        tmp_path, key, toml, value, message):
+    from jobmonitor.config_file import load_config_file
+
+    path = tmp_path / "jobmonitor.toml"
+    path.write_text(f'[projects."Build Docs"]\ncommand = ["make"]\n{key} = {toml}\n')
+    said = {}
+    with pytest.raises(ConfigError) as caught:
+        load_config_file(path)
+    said["config file"] = str(caught.value).removeprefix(f'{path}: projects."Build Docs".')
+    with pytest.raises(ConfigError) as caught:
+        add_programs(JobMonitor(), [Program("Build Docs", ("make",), **{key: value})])
+    said["Program"] = str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        JobMonitor().add_job("Build Docs", handler, **{key: value})
+    said["add_job"] = str(caught.value).removeprefix("job 'Build Docs': ")
+    with pytest.raises(ConfigError) as caught:
+        JobMonitor().job("Build Docs", **{key: value})(handler)
+    said["@app.job"] = str(caught.value).removeprefix("job 'Build Docs': ")
+    assert said == dict.fromkeys(said, message)
+
+
+def test_good_job_options_are_kept_as_the_engine_keeps_them(tmp_path):
+    from jobmonitor.config_file import load_config_file
+
+    path = tmp_path / "jobmonitor.toml"
+    path.write_text('[projects.x]\ncommand = ["make"]\ntimeout_s = 60\nretries = 2\n'
+                    'retry_delay_s = 1\n')
+    [program] = load_config_file(path).programs
+    app = JobMonitor()
+    add_programs(app, [program])
+    app.add_job("y", handler, timeout_s=60, retries=2, retry_delay_s=1)
+    x, y = app.handlers["x"], app.handlers["y"]
+    kept = [(program.timeout_s, program.retries, program.retry_delay_s),
+            (y.timeout_s, y.retries, y.retry_delay_s)]
+    assert kept == [(60.0, 2, 1.0)] * 2
+    assert [tuple(map(type, options)) for options in kept] == [(float, int, float)] * 2
+    assert (x.timeout_s, x.retries, x.retry_delay_s) == (None, 2, 1.0)  # it times itself
 
 
 async def test_a_failing_program_runs_again(tmp_path):
