@@ -6,7 +6,9 @@ the password comes from ``JOBMONITOR_PASSWORD`` or a prompt) and ``--tls`` /
 ``--cafile``, calls the library, and prints.  Every
 failure becomes one line on stderr and an exit status (see ``EXIT_CODES``):
 0 success, 1 the job failed, 3 partial, 4 cancelled, 2 a usage error, an
-unreachable server or an error reply.
+unreachable server or an error reply.  While ``submit`` or ``watch`` follows a
+job whose connection was lost, a line on stderr says so, and another when it
+has re-attached (the library's ``on_reattach`` hook).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
-from .client import Client, JobStatus, ProtocolError, ReplyError, Transaction
+from .client import Client, JobStatus, ProtocolError, Reattach, ReplyError, Transaction
 from .codes import Reply
 from .cli_output import (EXIT_CODES, JsonPrinter, LivePrinter, PlainPrinter, StreamPrinter,
                          display_text, display_width)
@@ -299,9 +301,9 @@ def _address(args: argparse.Namespace) -> tuple[str, int]:
 
 def _printer(args: argparse.Namespace) -> StreamPrinter:
     if args.json:
-        return JsonPrinter(sys.stdout)
+        return JsonPrinter(sys.stdout, sys.stderr)
     live = sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
-    return LivePrinter(sys.stdout) if live else PlainPrinter(sys.stdout)
+    return (LivePrinter if live else PlainPrinter)(sys.stdout, sys.stderr)
 
 
 async def _submit(client: Client, args: argparse.Namespace) -> int:
@@ -314,15 +316,17 @@ async def _submit(client: Client, args: argparse.Namespace) -> int:
         else:
             print(transaction.transaction_id, flush=True)
         return 0
-    return await _follow(transaction, _printer(args), "submitted")
+    return await _follow(client, transaction, _printer(args), "submitted")
 
 
 async def _watch(client: Client, args: argparse.Namespace) -> int:
     transaction = await client.watch(args.transaction_id, args.from_line)
-    return await _follow(transaction, _printer(args), "watching")
+    return await _follow(client, transaction, _printer(args), "watching")
 
 
-async def _follow(transaction: Transaction, printer: StreamPrinter, event: str) -> int:
+async def _follow(client: Client, transaction: Transaction, printer: StreamPrinter,
+                  event: str) -> int:
+    client.on_reattach = lambda reattach: printer.notice(_reattach_notice(client, reattach))
     try:
         async with transaction:
             printer.begin(transaction.transaction_id, event)
@@ -333,6 +337,15 @@ async def _follow(transaction: Transaction, printer: StreamPrinter, event: str) 
     finally:
         printer.close()
     return EXIT_CODES[result.outcome]
+
+
+def _reattach_notice(client: Client, reattach: Reattach) -> str:
+    """The stderr line for a transaction that lost its connection, or is back."""
+    if reattach.reattached:
+        return f"jobmonitor: re-attached to {reattach.transaction_id}"
+    return (f"jobmonitor: lost the connection to {client.host}:{client.port}; re-attaching "
+            f"to {reattach.transaction_id} from line {reattach.from_line} "
+            f"(for up to {client.reconnect_timeout_s:g} s)")
 
 
 def _formatted(command: str) -> Action:

@@ -7,6 +7,9 @@
 * JSON: one object per line for programs: ``submitted`` (or ``watching``),
   ``line`` and ``result`` events.
 
+Notices for the user (the connection was lost, re-attaching, re-attached) go
+to stderr in every mode, so that stdout stays the stream and nothing else.
+
 Server text is printed with its control characters escaped, so a job cannot
 move the cursor, ring the bell or forge a line on the user's terminal; the
 Unicode characters that reorder or hide text (bidirectional controls,
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 import unicodedata
 from typing import TextIO
 
@@ -44,10 +48,12 @@ def display_text(text: str) -> str:
 
 
 class StreamPrinter:
-    """Prints a transaction's events to ``out``."""
+    """Prints a transaction's events to ``out``, and notices to ``err``
+    (default: ``sys.stderr``)."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, err: TextIO | None = None) -> None:
         self.out = out
+        self.err: TextIO | None = err if err is not None else sys.stderr
 
     def begin(self, transaction_id: str, event: str) -> None:
         """The stream of ``transaction_id`` starts (``event``: submitted or watching)."""
@@ -62,6 +68,16 @@ class StreamPrinter:
     def close(self) -> None:
         """The stream stops here, ended or not (an error, Ctrl-C)."""
 
+    def notice(self, text: str) -> None:
+        """One line for the user about the stream, on ``err``."""
+        if self.err is None:  # (Python started without a stderr)
+            return
+        try:
+            self.err.write(text + "\n")
+            self.err.flush()
+        except OSError:
+            pass  # a notice that cannot be shown must not stop the stream
+
     def _write(self, text: str) -> None:
         self.out.write(text)
         self.out.flush()
@@ -74,8 +90,8 @@ class PlainPrinter(StreamPrinter):
 class LivePrinter(StreamPrinter):
     """Plain lines, with progress lines shown as a bar on the last terminal line."""
 
-    def __init__(self, out: TextIO) -> None:
-        super().__init__(out)
+    def __init__(self, out: TextIO, err: TextIO | None = None) -> None:
+        super().__init__(out, err)
         self._bar = ""
         self._last_progress: StreamLine | None = None
 
@@ -102,6 +118,15 @@ class LivePrinter(StreamPrinter):
         if self._bar:
             self._bar = ""
             self._write("\n")
+
+    def notice(self, text: str) -> None:
+        # The notice takes the bar's line (stderr is most likely the same
+        # terminal), and the bar comes back below it.
+        if self._bar:
+            self._write(_CLEAR_LINE)
+        super().notice(text)
+        if self._bar:
+            self._write(self._bar)
 
 
 def render_bar(progress: Progress, columns: int) -> str:
@@ -142,8 +167,8 @@ def _cut_to_width(text: str, columns: int) -> str:
 class JsonPrinter(StreamPrinter):
     """One JSON object per line: ``submitted`` (or ``watching``), ``line``, ``result``."""
 
-    def __init__(self, out: TextIO) -> None:
-        super().__init__(out)
+    def __init__(self, out: TextIO, err: TextIO | None = None) -> None:
+        super().__init__(out, err)
         self._transaction_id = ""
 
     def begin(self, transaction_id: str, event: str) -> None:

@@ -20,7 +20,7 @@ from jobmonitor.client import Progress, StreamLine
 
 from .test_cli import (CTRL_D, ROOT, ServerProcess, cli_server,  # noqa: F401  (a fixture)
                        on_a_terminal)
-from .test_client import unused_port  # noqa: F401  (a fixture)
+from .test_client import scripted_server, unused_port  # noqa: F401  (a fixture)
 from .test_security import certificate  # noqa: F401  (a fixture)
 
 COUNT = [
@@ -75,6 +75,7 @@ def test_submit_streams_the_lines_and_exits_zero(cli_server):
     result = cli(cli_server.port, "submit", "count", "-v", "Count=2", "-v", "Delay=0")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == COUNT
+    assert result.stderr == ""
 
 
 @pytest.mark.parametrize(("project", "status"), [("partial", 3), ("fail", 1)])
@@ -270,6 +271,89 @@ def test_bad_arguments(args, message):
     assert line.startswith("jobmonitor") and message in line
 
 
+# -- a lost connection -------------------------------------------------------------------
+
+
+def stderr_line(proc: subprocess.Popen[str], timeout_s: float = 10) -> str:
+    """The next line the process writes on stderr, within ``timeout_s``."""
+    assert proc.stderr is not None
+    ready, _, _ = select.select([proc.stderr], [], [], timeout_s)
+    assert ready, f"nothing on stderr for {timeout_s} s"
+    return proc.stderr.readline()
+
+
+def test_a_lost_connection_is_told_on_stderr_while_the_server_is_gone(tmp_path):
+    """The server is killed mid-job: while it is gone, submit says on stderr that it is
+    re-attaching and from which line; once a new server is up, that it is back.  Its
+    stdout is what a watch of the whole job prints."""
+    store = f"sqlite:///{tmp_path / 'jobs.db'}"
+    server = ServerProcess("--jobs", "tests/jobs.py", "--store", store)
+    port = server.port
+    follower = started(port, "submit", "wait", "-v", "Key=never")
+    restarted: list[ServerProcess] = []
+    try:
+        seen = read_until(follower, "J0000100: waiting")
+        # An acknowledged submit is durable, and so is everything recorded before it.
+        assert cli(port, "submit", "echo", "--no-monitor").returncode == 0
+        server.proc.kill()
+        server.proc.communicate(timeout=10)
+        assert stderr_line(follower) == (
+            f"jobmonitor: lost the connection to 127.0.0.1:{port}; re-attaching to "
+            "T0000001 from line 3 (for up to 60 s)\n")
+        restarted.append(ServerProcess("--jobs", "tests/jobs.py", "--store", store,
+                                       "--port", str(port)))
+        rest, err = follower.communicate(timeout=30)
+        replay = cli(port, "watch", "T0000001")
+    finally:
+        follower.kill()
+        server.kill()
+        for process in restarted:
+            process.kill()
+    assert (follower.returncode, err) == (1, "jobmonitor: re-attached to T0000001\n")
+    assert rest.splitlines() == ["J0005002: Job interrupted by a server restart",
+                                 "J0000022: Job failed.",
+                                 "J0000001: Transaction T0000001 ended"]
+    assert (replay.stdout.splitlines(), replay.stderr) == (seen + rest.splitlines(), "")
+
+
+#: A job's stream in one piece, and the same stream broken after line 2: the
+#: submit's connection ends there, the re-attach (MonitorJob) gets the rest.
+WHOLE_STREAM = (b"R0000000: T0000001\r\nJ0000100: Machine name: x\r\nJ0000100: one\r\n"
+                b"J0000100: two\r\nJ0000020: Job completed successfully.\r\n"
+                b"J0000001: Transaction T0000001 ended\r\n")
+_CUT = WHOLE_STREAM.index(b"J0000100: two")
+BROKEN_STREAM = (WHOLE_STREAM[:_CUT], b"R0000000: T0000001\r\n" + WHOLE_STREAM[_CUT:])
+
+
+@pytest.mark.parametrize("mode", [(), ("--json",)], ids=["plain", "json"])
+async def test_a_lost_connection_changes_stderr_only(mode):
+    """Against a server that drops the stream after line 2, stdout is what it is when
+    the stream never breaks (and stderr then is empty); stderr has the two notices."""
+    async def submit(answers: list[bytes | None]
+                     ) -> tuple[int | None, str, list[str], list[str | None]]:
+        async with scripted_server(answers) as (port, packets):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "jobmonitor", "submit", "x", *mode, "--port", str(port),
+                cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
+        notices = err.decode().replace(f"127.0.0.1:{port}", "HOST:PORT").splitlines()
+        return (proc.returncode, out.decode(), notices,
+                [p.variables.get("_sys_FromLine") for p in packets])
+
+    unbroken = await submit([WHOLE_STREAM])
+    broken = await submit(list(BROKEN_STREAM))
+    assert unbroken[0] == broken[0] == 0
+    assert broken[1] == unbroken[1] and "Transaction T0000001 ended" in broken[1]
+    assert (unbroken[2], unbroken[3]) == ([], [None])
+    assert (broken[2], broken[3]) == ([
+        ("jobmonitor: lost the connection to HOST:PORT; re-attaching to T0000001 from line 3 "
+         "(for up to 60 s)"),
+        "jobmonitor: re-attached to T0000001"], [None, "3"])
+    doc = (ROOT / "docs" / "client.md").read_text()
+    for notice in broken[2]:  # the documented lines are the ones printed
+        assert "\n  " + notice.replace("HOST:PORT", "127.0.0.1:7400") + "\n" in doc
+
+
 def test_address_from_the_environment(cli_server):
     env = {"JOBMONITOR_HOST": "127.0.0.1", "JOBMONITOR_PORT": str(cli_server.port)}
     assert cli(None, "list", env=env).returncode == 0
@@ -373,6 +457,18 @@ def test_a_progress_bar_cut_short_ends_its_line():
     assert out.getvalue().endswith("]  25%  1/4\n")
     printer.close()  # once only
     assert out.getvalue().count("\n") == 1
+
+
+def test_a_notice_takes_the_progress_bars_line_and_the_bar_comes_back():
+    out, err = io.StringIO(), io.StringIO()
+    printer = LivePrinter(out, err)
+    printer.notice("jobmonitor: before any bar")
+    assert (out.getvalue(), err.getvalue()) == ("", "jobmonitor: before any bar\n")
+    printer.line(StreamLine(2, 110, "Progress: 1/4 (25%)"))
+    bar = out.getvalue()
+    printer.notice("jobmonitor: re-attached to T0000001")
+    assert out.getvalue() == bar + "\r\x1b[K" + bar.removeprefix("\r\x1b[K")
+    assert err.getvalue().splitlines()[-1] == "jobmonitor: re-attached to T0000001"
 
 
 def test_display_text_keeps_one_line_one_line():

@@ -22,6 +22,7 @@ from jobmonitor.client import (
     Progress,
     ProtocolError,
     QueueLength,
+    Reattach,
     ReplyError,
     StreamLine,
     SyncClient,
@@ -419,7 +420,7 @@ async def test_watch_reattaches_after_a_dropped_connection(server):
 
 
 @contextlib.asynccontextmanager
-async def _scripted_server(answers: list[bytes | None]
+async def scripted_server(answers: list[bytes | None]
                            ) -> AsyncIterator[tuple[int, list[Packet]]]:
     """A fake server on a free port: the Nth connection's packet is kept, and answered
     with ``answers[N]`` and a close (None: no answer, until the fake server ends).
@@ -454,7 +455,7 @@ async def test_a_line_cut_by_a_drop_comes_again_exactly_once():
     answers = [b"R0000000: T0000001\r\nJ0000100: Machine name: x\r\nJ0000100: hal",
                b"R0000000: T0000001\r\nJ0000100: half\r\n"
                b"J0000022: Job failed.\r\nJ0000001: Transaction T0000001 ended\r\n"]
-    async with _scripted_server(answers) as (port, packets):
+    async with scripted_server(answers) as (port, packets):
         tx = await Client("127.0.0.1", port).submit("anything")
         lines = [line async for line in tx]
     assert [(line.number, line.text) for line in lines] == [
@@ -468,14 +469,17 @@ async def test_reattaching_gives_up_after_reconnect_timeout_s_even_if_the_server
     """The server accepts the re-attach but never answers: the client gives up when
     ``reconnect_timeout_s`` has passed, not after its 60 s ``reply_timeout_s``."""
     answers = [b"R0000000: T0000001\r\nJ0000100: one\r\n", None]
-    async with _scripted_server(answers) as (port, packets):
-        client = Client("127.0.0.1", port, reply_timeout_s=60, reconnect_timeout_s=0.2)
+    async with scripted_server(answers) as (port, packets):
+        told: list[Reattach] = []
+        client = Client("127.0.0.1", port, reply_timeout_s=60, reconnect_timeout_s=0.2,
+                        on_reattach=told.append)
         tx = await client.watch("T0000001")
         assert (await tx.__anext__()).text == "one"
         async with asyncio.timeout(10):
             with pytest.raises(TimeoutError):
                 await tx.__anext__()
     assert [p.variables.get("_sys_FromLine") for p in packets] == ["1", "2"]
+    assert told == [Reattach("T0000001", 2, reattached=False)]  # and never back
 
 
 async def test_a_too_slow_monitor_notice_is_followed_not_shown():
@@ -485,12 +489,89 @@ async def test_a_too_slow_monitor_notice_is_followed_not_shown():
                b"R0000000: T0000001\r\nJ0000100: three\r\n"
                b"J0000020: Job completed successfully.\r\n"
                b"J0000001: Transaction T0000001 ended\r\n"]
-    async with _scripted_server(answers) as (port, packets):
-        tx = await Client("127.0.0.1", port).watch("T0000001")
+    told: list[Reattach] = []
+    async with scripted_server(answers) as (port, packets):
+        tx = await Client("127.0.0.1", port, on_reattach=told.append).watch("T0000001")
         lines = [(line.number, line.text) async for line in tx]
     assert lines == [(1, "one"), (2, "two"), (3, "three"), (4, "Job completed successfully."),
                      (5, "Transaction T0000001 ended")]
     assert [p.variables.get("_sys_FromLine") for p in packets] == ["1", "3"]
+    # The server closed it: re-attaching from the line its notice named is told too.
+    assert told == [Reattach("T0000001", 3, reattached=False),
+                    Reattach("T0000001", 3, reattached=True)]
+
+
+async def test_on_reattach_is_told_once_when_the_connection_is_lost_and_once_when_back():
+    """The stream breaks after line 2; the first re-attach finds the server busy, the
+    second works: one call before the wait, one after it, however many attempts."""
+    answers = [b"R0000000: T0000001\r\nJ0000100: Machine name: x\r\nJ0000100: one\r\n",
+               b"R0005011: Server busy\r\n",
+               (b"R0000000: T0000001\r\nJ0000100: two\r\n"
+                b"J0000020: Job completed successfully.\r\n"
+                b"J0000001: Transaction T0000001 ended\r\n")]
+    seen: list[object] = []
+    async with scripted_server(answers) as (port, packets):
+        client = Client("127.0.0.1", port, on_reattach=seen.append)
+        tx = await client.submit("anything")
+        async with asyncio.timeout(10):
+            async for line in tx:
+                seen.append(line.number)
+    assert seen == [1, 2, Reattach("T0000001", 3, reattached=False),
+                    Reattach("T0000001", 3, reattached=True), 3, 4, 5]
+    assert [p.variables.get("_sys_FromLine") for p in packets] == [None, "3", "3"]
+    assert (await tx.result()).outcome is Outcome.SUCCESS
+
+
+async def test_what_on_reattach_raises_comes_out_of_the_iteration():
+    """Even an OSError: it is the hook's, not a failed attach to retry."""
+    rest = (b"R0000000: T0000001\r\nJ0000020: Job completed successfully.\r\n"
+            b"J0000001: Transaction T0000001 ended\r\n")
+    answers = [b"R0000000: T0000001\r\nJ0000100: Machine name: x\r\n", rest, rest]
+
+    def hook(reattach: Reattach) -> None:
+        if reattach.reattached:
+            raise OSError("the hook's own")
+
+    async with scripted_server(answers) as (port, packets):
+        tx = await Client("127.0.0.1", port, on_reattach=hook).submit("anything")
+        assert (await tx.__anext__()).number == 1
+        async with asyncio.timeout(10):
+            with pytest.raises(OSError, match="the hook's own"):
+                await tx.__anext__()
+        await tx.aclose()
+    assert len(packets) == 2  # the submit and one re-attach
+
+
+async def test_on_reattach_is_not_told_when_the_connection_was_not_lost(server):
+    """A stream read to its end, and one dropped on purpose (``async with``) and
+    iterated again, lost nothing: the hook is not called."""
+    told: list[Reattach] = []
+    client = Client("127.0.0.1", server.port, on_reattach=told.append)
+    assert (await (await client.submit("partial")).result()).outcome is Outcome.PARTIAL
+    async with await client.submit("wait", {"Key": "kept"}) as tx:
+        await tx.__anext__()
+    await release("kept")
+    assert [line async for line in tx][-1].is_end
+    assert told == []
+
+
+def test_on_reattach_through_sync_client_over_a_real_server():
+    """The network drops a SyncClient's stream while the job waits after line 2
+    (``SyncClient`` takes ``Client``'s options): the hook hears of it, re-attaching
+    from line 3, before line 3 comes."""
+    from jobmonitor import Controller
+
+    seen: list[object] = []
+    with (Controller(jobs.app, port=0, machine_name=MACHINE, linger_s=1.0) as controller,
+          SyncClient("127.0.0.1", controller.port, on_reattach=seen.append) as client):
+        tx = client.submit("thread-stepper", {"Key": "sync-drop"})
+        seen += [next(tx).number, next(tx).number]
+        tx._transaction._writer.transport.abort()  # the network drops the connection
+        jobs.thread_releases.setdefault("sync-drop", threading.Event()).set()
+        for line in tx:
+            seen.append(line.number)
+    assert seen == [1, 2, Reattach(tx.transaction_id, 3, reattached=False),
+                    Reattach(tx.transaction_id, 3, reattached=True), 3, 4, 5]
 
 
 async def test_not_a_jobmonitor_server_is_a_protocol_error():

@@ -18,6 +18,10 @@ drop), ``api`` (``Client``) and ``sync`` (``SyncClient`` for blocking code).
 Errors: an error reply raises ``ReplyError`` (``.code``, ``.text``); an
 unreachable server raises ``OSError``; an answer outside the protocol raises
 ``ProtocolError``.
+
+The library prints nothing: ``Client(on_reattach=...)`` is how a program
+hears that a transaction lost its connection and is re-attaching (the
+``jobmonitor`` command prints a line on stderr for each).
 """
 
 from ..errors import ProtocolError, ReplyError
@@ -32,6 +36,7 @@ from .results import (
     Output,
     Progress,
     QueueLength,
+    Reattach,
     StreamLine,
     TaskLogEntry,
 )
@@ -46,6 +51,7 @@ __all__ = [
     "SyncTransaction",
     "StreamLine",
     "JobResult",
+    "Reattach",
     "JobStatus",
     "JobInfo",
     "Progress",

@@ -11,7 +11,7 @@ import asyncio
 import re
 import ssl
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..config import DEFAULT_PORT
@@ -22,6 +22,7 @@ from .results import (
     JobStatus,
     Output,
     QueueLength,
+    Reattach,
     TaskLogEntry,
     info_from_json,
     load_json,
@@ -49,6 +50,12 @@ class Client:
     with submits and job lists unless a call gives its own (a server with users
     uses the user's name instead).  ``reconnect_timeout_s`` bounds how long a
     transaction keeps trying to re-attach after its connection dropped.
+    ``on_reattach``, if given, is called with a ``Reattach`` when a
+    transaction's connection is lost and it starts re-attaching, and again
+    when it has re-attached (never when the stream does not break): a
+    program can tell its user why no line comes meanwhile.  It is called on
+    the event loop, from inside the transaction's iteration, so it must not
+    block, and what it raises comes out of that iteration.
 
     Every method can raise ``ReplyError`` (an error reply: ``.code`` and
     ``.text``), ``OSError`` (the server cannot be reached: refused, timed out,
@@ -59,7 +66,8 @@ class Client:
                  user: str | None = None, password: str | None = None,
                  tls: ssl.SSLContext | bool | None = None, user_token: str | None = None,
                  connect_timeout_s: float = 10.0, reply_timeout_s: float = 30.0,
-                 reconnect_timeout_s: float = 60.0) -> None:
+                 reconnect_timeout_s: float = 60.0,
+                 on_reattach: Callable[[Reattach], None] | None = None) -> None:
         self.host = host
         self.port = port
         self.user = user
@@ -69,6 +77,7 @@ class Client:
         self.connect_timeout_s = connect_timeout_s
         self.reply_timeout_s = reply_timeout_s
         self.reconnect_timeout_s = reconnect_timeout_s
+        self.on_reattach = on_reattach
         #: What ``GetBuildString`` answered, once ``connect()`` has asked.
         self.server_build: str | None = None
         self._transactions: weakref.WeakSet[Transaction] = weakref.WeakSet()

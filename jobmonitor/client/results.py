@@ -23,6 +23,7 @@ from ..states import JobState, Outcome
 __all__ = [
     "StreamLine",
     "JobResult",
+    "Reattach",
     "Progress",
     "Output",
     "HistoryEntry",
@@ -111,6 +112,18 @@ class JobResult:
     @property
     def ok(self) -> bool:
         return self.outcome is Outcome.SUCCESS
+
+
+@dataclass(frozen=True, slots=True)
+class Reattach:
+    """A transaction's connection ended before the job's ``ended`` line
+    (``reattached`` False: re-attaching starts), or it has re-attached
+    (``reattached`` True).  ``from_line`` is the line it asks the server for,
+    the one after the last it received."""
+
+    transaction_id: str
+    from_line: int
+    reattached: bool
 
 
 @dataclass(frozen=True, slots=True)

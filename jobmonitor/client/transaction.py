@@ -8,6 +8,11 @@ line cut off by the drop is discarded and comes again.  A server that dropped
 a monitor for reading too slowly says so with a ``J0005003`` notice naming the
 line to re-attach from; that notice is not one of the job's lines and is not
 handed out.  So the caller sees every line exactly once, in order.
+
+The client's ``on_reattach`` hook hears of it: once when the connection is
+lost and re-attaching starts, once when the handle has re-attached (and
+nothing when the stream never breaks), so that a program can tell its user
+why no line comes; the handle itself prints nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from ..codes import Reply, Status
 from ..errors import ProtocolError, ReplyError
 from ..lines import LineError, parse_line
 from ..states import Outcome
-from .results import JobResult, StreamLine
+from .results import JobResult, Reattach, StreamLine
 from .wire import close_quietly
 
 if TYPE_CHECKING:
@@ -65,6 +70,8 @@ class Transaction:
         self._errors: list[str] = []
         self._empty_attaches = 0
         self._attach_brought_lines = False
+        #: The connection was lost (and ``on_reattach`` told) and not yet re-attached.
+        self._lost = False
 
     def __repr__(self) -> str:
         state = "ended" if self._ended else f"at line {self.last_line}"
@@ -86,6 +93,7 @@ class Transaction:
             ReplyError: re-attaching was refused (e.g. a server that forgot the job).
             OSError: the server stayed unreachable for ``reconnect_timeout_s``.
             ProtocolError: the server sent something that is not a status line.
+            Whatever the client's ``on_reattach`` hook raises.
         """
         while not self._ended:
             if self._reader is None:
@@ -96,6 +104,7 @@ class Transaction:
                 await self._drop()
                 if raw is None and not self._attach_brought_lines and await self._ended_before():
                     break
+                self._connection_lost()
                 continue
             self._attach_brought_lines = True
             return self._accept(raw)
@@ -209,7 +218,8 @@ class Transaction:
         """Open a MonitorJob stream from the line after the last one received.
 
         The first attach of a handle fails at once; later ones (after a drop)
-        retry until ``reconnect_timeout_s`` has passed.
+        retry until ``reconnect_timeout_s`` has passed.  After a lost
+        connection, ``on_reattach`` hears of the attach that worked.
         """
         retry = self._attached_once
         if retry:
@@ -230,13 +240,28 @@ class Transaction:
                 async with asyncio.timeout_at(deadline if retry else None):
                     self._reader, self._writer = await self._client._open_monitor(
                         self.transaction_id, self.last_line + 1)
-                self._attached_once = True
-                return
+                break
             except (OSError, ReplyError) as exc:
                 if not retry or not _worth_retrying(exc) or loop.time() + delay > deadline:
                     raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_DELAY_S)
+        self._attached_once = True
+        if self._lost:  # (out of the try: what the hook raises is not a failed attach)
+            self._lost = False
+            self._tell(reattached=True)
+
+    def _connection_lost(self) -> None:
+        """The stream ended before its ended line: re-attaching starts.  Said once,
+        however many attempts (or give-ups and later iterations) it takes."""
+        if not self._lost:
+            self._lost = True
+            self._tell(reattached=False)
+
+    def _tell(self, *, reattached: bool) -> None:
+        hook = self._client.on_reattach
+        if hook is not None:
+            hook(Reattach(self.transaction_id, self.last_line + 1, reattached))
 
 
 def _worth_retrying(exc: Exception) -> bool:
