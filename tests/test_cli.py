@@ -154,14 +154,15 @@ def test_ready_line_shown_even_at_warning_level():
     ],
 )
 def test_start_up_errors_are_one_clear_line(args, message):
-    result = run_cli("serve", "--port", "0", *args)
+    result = run_cli("serve", "--port", "0", "--store", "memory://", *args)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_address_in_use_is_a_clear_error(cli_server):
-    result = run_cli("serve", "--port", str(cli_server.port), "--jobs", "tests/jobs.py")
+    result = run_cli("serve", "--port", str(cli_server.port), "--store", "memory://",
+                     "--jobs", "tests/jobs.py")
     assert result.returncode == 2
     assert "cannot start" in result.stderr and "Traceback" not in result.stderr
 
