@@ -108,7 +108,7 @@ def required(packet: Packet, name: str) -> str:
     """
     value = packet.variables.get(name, "").strip()
     if not value:
-        raise RequestError(Reply.MISSING_VARIABLE, name)
+        raise RequestError(Reply.MISSING_VARIABLE, name + packet.value_hint(name))
     return value
 
 
@@ -166,8 +166,12 @@ class Commands:
         user = await self._auth.authenticate(name, packet.variables.get("_sys_Password", ""),
                                              peer)
         if user is None:
+            # The password is never quoted back, even to its sender.
+            hint = packet.value_hint("_sys_Password", quote=False)
+            if not name:
+                hint = packet.value_hint("_sys_User") or hint
             detail = "give _sys_User and _sys_Password" if not name else "wrong user or password"
-            raise RequestError(Reply.NOT_AUTHENTICATED, detail)
+            raise RequestError(Reply.NOT_AUTHENTICATED, detail + hint)
         return Caller(user.name, restricted=not user.is_admin)
 
     @staticmethod
@@ -187,7 +191,9 @@ class Commands:
         transaction_id = packet.variables.get("_sys_TransactionID", "").strip()
         job_token = packet.variables.get("_sys_JobToken", "").strip()
         if not transaction_id and not job_token:
-            raise RequestError(Reply.MISSING_VARIABLE, "_sys_TransactionID (or _sys_JobToken)")
+            hint = packet.value_hint("_sys_TransactionID") or packet.value_hint("_sys_JobToken")
+            raise RequestError(Reply.MISSING_VARIABLE,
+                               "_sys_TransactionID (or _sys_JobToken)" + hint)
         owner = caller.identity
         if not caller.restricted:
             owner = packet.variables.get("_sys_UserToken", "").strip() or owner

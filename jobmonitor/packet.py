@@ -35,8 +35,10 @@ from __future__ import annotations
 import codecs
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import ClassVar
+from xml.sax.saxutils import escape
 
 from lxml import etree
 
@@ -64,6 +66,9 @@ _VAR = "var"
 
 _SKIP_SPACE = re.compile(r"[ \t\r\n]*")
 
+_NONE: Mapping[str, str] = MappingProxyType({})  # read-only, so packets may share it
+
+
 @dataclass(frozen=True, slots=True)
 class Packet:
     """One command packet, as read from the wire."""
@@ -71,6 +76,40 @@ class Packet:
     command: str  # the job_command name attribute
     variables: Mapping[str, str]  # job_variables, in document order
     doc_variables: Mapping[str, str]  # doc_variables; empty when absent
+    #: The ``value`` attribute of each blank job_variables var that has one:
+    #: none here, some in a :class:`PacketWithValueAttributes`.
+    value_attributes: ClassVar[Mapping[str, str]] = _NONE
+
+    def value_hint(self, name: str, *, quote: bool = True) -> str:
+        """What to add to an error that job variable ``name`` is missing or blank,
+        when it is because the client put its value in a ``value`` attribute:
+        " (a variable's value goes in the element's text: ...)", or "".
+
+        The attribute is quoted (as XML text, at most 40 characters) unless
+        ``quote`` is False, for a secret.
+        """
+        attribute = self.value_attributes.get(name)
+        if attribute is None or not attribute.strip() or self.variables.get(name, "").strip():
+            return ""
+        shown = clip(escape(attribute), 40) if quote else "..."
+        return (f' (a variable\'s value goes in the element\'s text: <var name="{name}">{shown}'
+                f"</var>; the value attribute is ignored)")
+
+
+@dataclass(frozen=True, slots=True)
+class PacketWithValueAttributes(Packet):
+    """A packet with ``value`` attributes on job_variables vars whose text is
+    blank, as a client may write who guesses the format.  Such an attribute is
+    not the value (the text is) and is otherwise ignored: it is kept only for
+    :meth:`Packet.value_hint`.  (On a var with text, it is not kept at all.)
+
+    Only the incremental parser makes one: the fast path takes no attribute but
+    ``name`` on a var.  A subclass, so that the usual packet, which has none,
+    costs no more to make: a fourth field of a frozen dataclass is one more
+    ``object.__setattr__`` for every packet.
+    """
+
+    value_attributes: Mapping[str, str] = field()
 
 
 def _fail(detail: str) -> PacketError:
@@ -156,6 +195,7 @@ class PacketParser:
         self._command = ""
         self._sections: dict[str, dict[str, str]] = {}
         self._values: dict[str, str] = {}  # the open section's variables
+        self._value_attributes: dict[str, str] = {}  # job_variables' value attributes
         self._var_name = ""
 
     @property
@@ -369,11 +409,13 @@ class PacketParser:
             if event == "start":
                 self._start(element)
             elif self._end(element):
-                return Packet(
-                    self._command,
-                    MappingProxyType(self._sections.get("job_variables", {})),
-                    MappingProxyType(self._sections.get("doc_variables", {})),
-                )
+                variables = MappingProxyType(self._sections.get("job_variables", {}))
+                doc_variables = MappingProxyType(self._sections.get("doc_variables", {}))
+                if self._value_attributes:
+                    return PacketWithValueAttributes(
+                        self._command, variables, doc_variables,
+                        MappingProxyType(self._value_attributes))
+                return Packet(self._command, variables, doc_variables)
         return None
 
     def _start(self, element: etree._Element) -> None:
@@ -399,7 +441,11 @@ class PacketParser:
         name = self._names.pop()
         self._elements.pop()
         if len(self._names) == 2:
-            self._values[self._var_name] = element.text or ""
+            text = self._values[self._var_name] = element.text or ""
+            if not text or text.isspace():  # blank: a value attribute may be what was meant
+                attribute = element.get("value")
+                if attribute is not None and self._names[1] == "job_variables":
+                    self._value_attributes[self._var_name] = attribute
         else:
             # A container: check the text after its last child (or its only text).
             _check_no_text(self._gap_text(element), name)

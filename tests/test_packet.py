@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import jobmonitor.packet
 from jobmonitor.codes import Reply
 from jobmonitor.errors import PacketError
-from jobmonitor.packet import Packet, PacketParser, build_packet
+from jobmonitor.packet import Packet, PacketParser, PacketWithValueAttributes, build_packet
 
 PAGEFLEX = "http://www.pageflex.com/schemas"
 PAGEFLEX_INC = "http://www.pageflexinc.com/schemas"
@@ -224,6 +224,66 @@ def test_names_are_kept_exactly(feed: Callable[[bytes], Packet]) -> None:
         b"</job_variables></job_command>"
     )
     assert feed(data) == Packet(" Spaced ", {" a": "1", "a": "2"}, {})
+
+
+VALUE_ATTRIBUTES = (
+    b'<pfjob:job_command xmlns:pfjob="http://www.pageflex.com/schemas" name="SubmitJob">'
+    b"<pfjob:job_variables>"
+    b'<pfjob:var name="ProjectName" value="Sample Project.pf"/>'
+    b'<pfjob:var name="JobName" value="from the attribute">from the text</pfjob:var>'
+    b'<pfjob:var name="Blank" value="x"> </pfjob:var>'
+    b'<pfjob:var name="Empty" value=""/><pfjob:var name="plain">1</pfjob:var>'
+    b'</pfjob:job_variables><pfjob:doc_variables><pfjob:var name="d" value="x"/>'
+    b"</pfjob:doc_variables></pfjob:job_command>"
+)
+
+
+def test_a_value_attribute_is_not_the_value_but_is_kept_for_a_hint(
+    feed: Callable[[bytes], Packet],
+) -> None:
+    packet = feed(VALUE_ATTRIBUTES)
+    # The text is the value, as ever; the value attribute of a blank job
+    # variable is kept apart, for the hint.
+    assert packet == PacketWithValueAttributes(
+        "SubmitJob",
+        {"ProjectName": "", "JobName": "from the text", "Blank": " ", "Empty": "", "plain": "1"},
+        {"d": ""},
+        {"ProjectName": "Sample Project.pf", "Blank": "x", "Empty": ""},
+    )
+    assert list(packet.value_attributes) == ["ProjectName", "Blank", "Empty"]
+    with pytest.raises(TypeError):
+        packet.value_attributes["x"] = "y"  # type: ignore[index]
+    hint = (" (a variable's value goes in the element's text: "
+            '<var name="ProjectName">Sample Project.pf</var>; the value attribute is ignored)')
+    assert packet.value_hint("ProjectName") == hint
+    assert packet.value_hint("Blank") == hint.replace("ProjectName", "Blank").replace(
+        "Sample Project.pf", "x")
+    assert packet.value_hint("ProjectName", quote=False) == hint.replace("Sample Project.pf", "...")
+    # No hint where the value is the text, the attribute is blank or there is none.
+    for name in ("JobName", "Empty", "plain", "d", "absent"):
+        assert packet.value_hint(name) == "", name
+    usual = feed(packet_text('<var name="ProjectName">x</var>').encode())
+    assert type(usual) is Packet and usual.value_attributes == {}
+    assert usual.value_hint("ProjectName") == ""
+
+
+@pytest.mark.parametrize(
+    "attribute, shown",
+    [
+        ("A &amp; &lt;B&gt;", "A &amp; &lt;B&gt;"),  # shown as the text it must become
+        ("line&#10;break&#9;tab", "line break tab"),
+        ("p" * 41, "p" * 37 + "..."),
+        ("&amp;" * 10, "&amp;" * 7 + "&a..."),  # escaped, then cut: never past 40
+    ],
+)
+def test_a_quoted_value_attribute_is_one_line_of_at_most_40_characters(
+    attribute: str, shown: str
+) -> None:
+    packet = feed_whole(packet_text(f'<var name="ProjectName" value="{attribute}"/>').encode())
+    assert packet.value_hint("ProjectName") == (
+        " (a variable's value goes in the element's text: "
+        f'<var name="ProjectName">{shown}</var>; the value attribute is ignored)'
+    )
 
 
 def test_blank_lines_comments_and_pis_around_the_declaration(

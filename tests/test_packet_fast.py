@@ -18,7 +18,13 @@ from hypothesis import strategies as st
 
 from jobmonitor.codes import Reply
 from jobmonitor.errors import PacketError
-from jobmonitor.packet import Packet, PacketParser, _parse_simple, build_packet
+from jobmonitor.packet import (
+    Packet,
+    PacketParser,
+    PacketWithValueAttributes,
+    _parse_simple,
+    build_packet,
+)
 from jobmonitor.packet_fast import MAX_BYTES
 
 from .test_packet import DOC_EXAMPLE, DOC_EXAMPLE_VARIABLES, NAMES, PAGEFLEX, VALUES
@@ -165,6 +171,22 @@ def test_too_big_or_split_goes_the_full_way() -> None:
     assert caught.value.code is Reply.PACKET_TOO_LARGE
 
 
+@pytest.mark.parametrize(
+    "var",
+    [b'<var name="ProjectName" value="bench.tiny"/>',
+     b'<var name="ProjectName" value="bench.tiny"></var>',
+     b"<var value='bench.tiny' name='ProjectName'>\n</var>"],
+)
+def test_a_value_attribute_goes_the_full_way(var: bytes) -> None:
+    # The fast path takes no attribute but name on a var, so it never has to
+    # keep a value attribute for Packet.value_hint: the full parser does.
+    data = TYPICAL.replace(b'<var name="ProjectName">bench.tiny</var>', var)
+    text = "\n" if b"\n" in var else ""
+    assert check(data) is None
+    assert run([data]) == PacketWithValueAttributes(
+        "SubmitJob", {**TYPICAL_VARIABLES, "ProjectName": text}, {}, {"ProjectName": "bench.tiny"})
+
+
 # -- the grammar ----------------------------------------------------------------------------
 #
 # Every choice is between what the fast path reads (the first list of a pair)
@@ -258,7 +280,8 @@ def _var(draw: st.DrawFn, prefix: str) -> str:
     attributes = draw(_attribute("name", draw(_text(_NAME_TOKENS))))
     kind = draw(_choice((["text", "text", "empty"], ["other attribute", "no name"])))
     if kind == "other attribute":
-        attributes += draw(_attribute(draw(st.sampled_from(["type", "name", "p:name"])), "x"))
+        other = draw(st.sampled_from(["type", "name", "p:name", "value"]))
+        attributes += draw(_attribute(other, "x"))
     elif kind == "no name":
         attributes = ""
     tag = prefix + draw(_choice((["var"], ["variable", "Var"])))
@@ -329,6 +352,7 @@ def packets(draw: st.DrawFn) -> bytes:
 @example(data=TYPICAL.replace(b"bench.tiny", b"a&#0;b"))
 @example(data=TYPICAL.replace(b"bench.tiny", b"]]>"))
 @example(data=TYPICAL.replace(b'name="ProjectName"', b'name="_sys_ClientJobMonitor"'))
+@example(data=TYPICAL.replace(b'"ProjectName">bench.tiny', b'"ProjectName" value="x">'))
 def test_the_fast_path_agrees_with_the_full_parser(data: bytes) -> None:
     event("fast" if check(data) is not None else "full")
 

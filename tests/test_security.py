@@ -83,6 +83,33 @@ async def test_packets_without_valid_credentials_are_refused(make_server):
     assert lines[-2] == "J0000020: Job completed successfully."
 
 
+async def test_credentials_in_value_attributes_are_named_in_the_reply(make_server):
+    server = await make_server(users=USERS)
+
+    def packet(user: str, password: str) -> bytes:
+        return ('<job_command name="SubmitJob"><job_variables>'
+                f'<var name="ProjectName">echo</var>{user}{password}'
+                "</job_variables></job_command>").encode()
+
+    hint = ("(a variable's value goes in the element's text: <var name=\"{}\">{}</var>; "
+            "the value attribute is ignored)")
+    password = '<var name="_sys_Password" value="ann-pw"/>'
+    both = packet('<var name="_sys_User" value="ann"/>', password)
+    assert await exchange(server.port, both) == [
+        "R0005012: Not authenticated: give _sys_User and _sys_Password "
+        + hint.format("_sys_User", "ann")]
+    # The password is never quoted back.
+    assert await exchange(server.port, packet('<var name="_sys_User">ann</var>', password)) == [
+        "R0005012: Not authenticated: wrong user or password "
+        + hint.format("_sys_Password", "...")]
+    assert await exchange(server.port, packet("", password)) == [
+        "R0005012: Not authenticated: give _sys_User and _sys_Password "
+        + hint.format("_sys_Password", "...")]
+    text = packet('<var name="_sys_User" value="bob">ann</var>',
+                  '<var name="_sys_Password" value="x">ann-pw</var>')
+    assert (await exchange(server.port, text))[0].startswith("R0000000: T")
+
+
 async def test_the_authenticated_user_is_the_identity_and_owns_the_job(make_server):
     server = await make_server(users=USERS)
     tid = tid_of((await exchange(server.port, job_packet(

@@ -315,6 +315,75 @@ async def test_each_refusal_gets_exactly_one_error_line(server, packet, expected
     assert lines[0].startswith(expected), lines[0]
 
 
+# -- a value in a value attribute --------------------------------------------------------
+
+VALUE_HINT = ("{} (a variable's value goes in the element's text: <var name=\"{}\">{}</var>; "
+              "the value attribute is ignored)")
+
+
+def vars_packet(command: str, body: str) -> bytes:
+    """A packet with these var elements, written by hand."""
+    return (f'<?xml version="1.0"?>\n<job_command name="{command}"><job_variables>{body}'
+            "</job_variables></job_command>\n").encode()
+
+
+@pytest.mark.parametrize("send", ["whole", "byte by byte", "with trailing bytes"])
+async def test_a_value_attribute_on_an_empty_var_is_named_in_the_reply(server, send):
+    packet = vars_packet("SubmitJob", '<var name="ProjectName" value="echo"/>'
+                                      '<var name="_sys_ClientJobMonitor">true</var>')
+    if send == "with trailing bytes":
+        packet += b"<junk>\x00\xff garbage"
+    lines = await exchange(server.port, packet, chunk=1 if send == "byte by byte" else None)
+    assert lines == ['R0005006: Missing required variable: ProjectName (a variable\'s value goes '
+                     'in the element\'s text: <var name="ProjectName">echo</var>; the value '
+                     'attribute is ignored)']
+
+
+@pytest.mark.parametrize(
+    ("packet", "expected"),
+    [
+        # the vendor's namespace and prefix, text that is only whitespace
+        (b'<pfjob:job_command xmlns:pfjob="http://www.pageflex.com/schemas" name="SubmitJob">'
+         b'<pfjob:job_variables><pfjob:var name="ProjectName" value="Sample Project.pf">\n'
+         b"</pfjob:var></pfjob:job_variables></pfjob:job_command>",
+         "R0005006: Missing required variable: "
+         + VALUE_HINT.format("ProjectName", "ProjectName", "Sample Project.pf")),
+        # the value quoted as the text it must become, cut at 40 characters
+        (vars_packet("SubmitJob", '<var name="ProjectName" value="Sales &amp; Marketing"/>'),
+         "R0005006: Missing required variable: "
+         + VALUE_HINT.format("ProjectName", "ProjectName", "Sales &amp; Marketing")),
+        (vars_packet("SubmitJob", f'<var name="ProjectName" value="{"p" * 5000}"/>'),
+         "R0005006: Missing required variable: "
+         + VALUE_HINT.format("ProjectName", "ProjectName", "p" * 37 + "...")),
+        (vars_packet("CancelJob", '<var name="_sys_TransactionID" value="T0000001"/>'),
+         "R0005006: Missing required variable: "
+         + VALUE_HINT.format("_sys_TransactionID (or _sys_JobToken)", "_sys_TransactionID",
+                             "T0000001")),
+        (vars_packet("GetJobStatus", '<var name="_sys_JobToken" value="order-17"></var>'),
+         "R0005006: Missing required variable: "
+         + VALUE_HINT.format("_sys_TransactionID (or _sys_JobToken)", "_sys_JobToken",
+                             "order-17")),
+        # no hint: the variable is absent, or its value attribute is blank too
+        (vars_packet("SubmitJob", '<var name="JobName" value="echo"/>'),
+         "R0005006: Missing required variable: ProjectName"),
+        (vars_packet("SubmitJob", '<var name="ProjectName" value=" "/>'),
+         "R0005006: Missing required variable: ProjectName"),
+    ],
+)
+async def test_value_attribute_hints(server, packet, expected):
+    assert await exchange(server.port, packet) == [expected]
+
+
+async def test_a_var_with_text_and_a_value_attribute_has_the_text_as_its_value(server):
+    packet = vars_packet("SubmitJob", '<var name="ProjectName" value="no-such-project">echo</var>'
+                                      '<var name="JobName" value="ignored">PDF</var>'
+                                      '<var name="_sys_ClientJobMonitor">true</var>')
+    lines = await exchange(server.port, packet)
+    assert lines[0] == "R0000000: T0000001"
+    assert "J0000100: ProjectName=echo" in lines and "J0000100: JobName=PDF" in lines
+    assert lines[-2] == "J0000020: Job completed successfully."
+
+
 async def test_truncated_packet_at_eof(server):
     lines = await exchange(server.port, b"<job_command name='SubmitJob'><job_va", shut_wr=True)
     assert len(lines) == 1 and lines[0].startswith("R0005000: Malformed command packet")
