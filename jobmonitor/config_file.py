@@ -30,8 +30,7 @@ from typing import Any
 from .auth import User
 from .config import Config
 from .errors import ConfigError
-from .handlers import JOB_OPTIONS
-from .programs import Program
+from .programs import SELF_CHECKED, Program
 
 __all__ = ["ConfigFile", "load_config_file"]
 
@@ -94,9 +93,9 @@ def _program(project: str, table: dict[str, Any]) -> Program:
     _check_keys(table, set(fields), where)
     if "command" not in table:
         raise ConfigError(f"{where}.command: missing (every program project needs one)")
-    # The job options go to Program as they are: it checks them (type too) in
-    # add_job's words, so a bad value reads the same here and in Python.
-    values = {key: value if key in JOB_OPTIONS else _value(value, fields[key], f"{where}.{key}")
+    # The job options (and kill_grace_s) go to Program as they are: it checks them
+    # (type too) in add_job's words, so a bad value reads the same here and in Python.
+    values = {key: value if key in SELF_CHECKED else _value(value, fields[key], f"{where}.{key}")
               for key, value in table.items()}
     try:
         return Program(project, **values)

@@ -11,7 +11,8 @@ from typing import Any, Union
 from .errors import ConfigError
 from .job import Job
 
-__all__ = ["Handler", "HandlerFunc", "CheckFunc", "JOB_OPTIONS", "check_job_options"]
+__all__ = ["Handler", "HandlerFunc", "CheckFunc", "JOB_OPTIONS", "check_job_options",
+           "check_seconds"]
 
 HandlerFunc = Callable[[Job], Union[Awaitable[Any], Any]]
 #: Checks a submit's job variables; raises ``RequestError`` to refuse the job.
@@ -63,17 +64,25 @@ def check_job_options(timeout_s: object = None, retries: object = 0,
     Raises:
         ConfigError: ``<option>: must be ..., got <value>`` for the first bad one.
     """
-    timeout = _seconds(timeout_s)
-    if timeout_s is not None and not (timeout is not None and 0 < timeout < math.inf):
-        raise ConfigError(f"timeout_s: must be a finite number greater than 0, "
-                          f"got {timeout_s!r}")
+    timeout = None if timeout_s is None else check_seconds("timeout_s", timeout_s, zero=False)
     if not (isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0):
         raise ConfigError(f"retries: must be a whole number of 0 or more, got {retries!r}")
-    delay = _seconds(retry_delay_s)
-    if delay is None or not 0 <= delay < math.inf:
-        raise ConfigError(f"retry_delay_s: must be a finite number of 0 or more, "
-                          f"got {retry_delay_s!r}")
-    return timeout, retries, delay
+    return timeout, retries, check_seconds("retry_delay_s", retry_delay_s)
+
+
+def check_seconds(name: str, value: object, *, zero: bool = True) -> float:
+    """A number of seconds, checked (finite; more than 0 unless ``zero``) and
+    returned as a float.
+
+    Raises:
+        ConfigError: ``<name>: must be a finite number of 0 or more, got <value>``
+        (``greater than 0`` when not ``zero``).
+    """
+    seconds = _seconds(value)
+    if seconds is None or not (0 <= seconds if zero else 0 < seconds) or seconds == math.inf:
+        bound = "of 0 or more" if zero else "greater than 0"
+        raise ConfigError(f"{name}: must be a finite number {bound}, got {value!r}")
+    return seconds
 
 
 def _seconds(value: object) -> float | None:

@@ -36,12 +36,16 @@ from typing import Union
 from .app import JobMonitor
 from .codes import Reply
 from .errors import ConfigError, JobFailed, RequestError
-from .handlers import check_job_options
+from .handlers import JOB_OPTIONS, check_job_options, check_seconds
 from .job import Job
 from .lines import clip
 from .process import ProgramProcess, read_output, signal_group, start_program, stop_program
 
-__all__ = ["Program", "add_programs", "BUILTIN_PLACEHOLDERS", "STANDARD_VARIABLES"]
+__all__ = ["Program", "add_programs", "BUILTIN_PLACEHOLDERS", "STANDARD_VARIABLES", "SELF_CHECKED"]
+
+#: The fields a ``Program`` checks itself, type and all, in the words a handler's
+#: options get (a config file passes them on as they are).
+SELF_CHECKED = (*JOB_OPTIONS, "kill_grace_s")
 
 #: Placeholders every program may use besides its declared variables.
 BUILTIN_PLACEHOLDERS = frozenset({"transaction_id", "output_dir"})
@@ -187,8 +191,8 @@ def _check_fields(program: Program) -> None:
     object.__setattr__(program, "timeout_s", timeout_s)
     object.__setattr__(program, "retries", retries)
     object.__setattr__(program, "retry_delay_s", retry_delay_s)
-    if not program.kill_grace_s >= 0:
-        raise ConfigError(f"kill_grace_s: must not be negative, got {program.kill_grace_s}")
+    object.__setattr__(program, "kill_grace_s", check_seconds("kill_grace_s",
+                                                             program.kill_grace_s))
 
 
 def _parse_template(item: str, where: str, names: frozenset[str]) -> _Template:

@@ -47,7 +47,12 @@ def test_placeholders_fill_single_argv_items():
     ({"command": ("ls",), "variables": ("a", "a")}, "variables: 'a' is listed twice"),
     ({"command": ("ls",), "variables": ("output_dir",)}, "is listed twice or is reserved"),
     ({"command": ("ls",), "timeout_s": 0}, "timeout_s: must be a finite number greater than 0"),
-    ({"command": ("ls",), "kill_grace_s": -1}, "kill_grace_s: must not be negative"),
+    ({"command": ("ls",), "kill_grace_s": -1},
+     "kill_grace_s: must be a finite number of 0 or more, got -1"),
+    ({"command": ("ls",), "kill_grace_s": float("inf")},
+     "kill_grace_s: must be a finite number of 0 or more, got inf"),
+    ({"command": ("ls",), "kill_grace_s": "5"},
+     "kill_grace_s: must be a finite number of 0 or more, got '5'"),
     # the operating system cannot pass these: refused at start-up, not by every job
     ({"command": ("ls", "a\x00b")}, "command[1]: contains a NUL character"),
     ({"command": ("ls",), "env": {"": "x"}}, "env: '' is not a valid name"),
