@@ -22,7 +22,8 @@ goes through the four stages like any other:
    that a ``<!DOCTYPE`` is refused before lxml could read any DTD.
 4. *body*: text goes, re-encoded as UTF-8, to an lxml pull parser; its start
    and end events are checked against the packet's shape as they come, so a
-   bad or deeply nested element fails at once.
+   bad or deeply nested element fails at once (the rules are
+   :mod:`jobmonitor.packet_shape`'s).
 
 Our own incremental decoder catches bytes invalid in the packet's encoding
 and characters XML forbids.  Nothing is buffered beyond ``max_packet_bytes``.
@@ -34,11 +35,7 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import ClassVar
-from xml.sax.saxutils import escape
+from collections.abc import Callable
 
 from lxml import etree
 
@@ -57,70 +54,12 @@ from .packet_encoding import (
     sniff,
 )
 from .packet_fast import read_simple
+from .packet_shape import Packet, PacketShape
+from .packet_shape import malformed as _fail
 
 __all__ = ["Packet", "PacketParser", "build_packet"]
 
-_ROOT = "job_command"
-_SECTIONS = ("job_variables", "doc_variables")
-_VAR = "var"
-
 _SKIP_SPACE = re.compile(r"[ \t\r\n]*")
-
-_NONE: Mapping[str, str] = MappingProxyType({})  # read-only, so packets may share it
-
-
-@dataclass(frozen=True, slots=True)
-class Packet:
-    """One command packet, as read from the wire."""
-
-    command: str  # the job_command name attribute
-    variables: Mapping[str, str]  # job_variables, in document order
-    doc_variables: Mapping[str, str]  # doc_variables; empty when absent
-    #: The ``value`` attribute of each blank job_variables var that has one:
-    #: none here, some in a :class:`PacketWithValueAttributes`.
-    value_attributes: ClassVar[Mapping[str, str]] = _NONE
-
-    def value_hint(self, name: str, *, quote: bool = True) -> str:
-        """What to add to an error that job variable ``name`` is missing or blank,
-        when it is because the client put its value in a ``value`` attribute:
-        " (a variable's value goes in the element's text: ...)", or "".
-
-        The attribute is quoted (as XML text, at most 40 characters) unless
-        ``quote`` is False, for a secret.
-        """
-        attribute = self.value_attributes.get(name)
-        if attribute is None or not attribute.strip() or self.variables.get(name, "").strip():
-            return ""
-        shown = clip(escape(attribute), 40) if quote else "..."
-        return (f' (a variable\'s value goes in the element\'s text: <var name="{name}">{shown}'
-                f"</var>; the value attribute is ignored)")
-
-
-@dataclass(frozen=True, slots=True)
-class PacketWithValueAttributes(Packet):
-    """A packet with ``value`` attributes on job_variables vars whose text is
-    blank, as a client may write who guesses the format.  Such an attribute is
-    not the value (the text is) and is otherwise ignored: it is kept only for
-    :meth:`Packet.value_hint`.  (On a var with text, it is not kept at all.)
-
-    Only the incremental parser makes one: the fast path takes no attribute but
-    ``name`` on a var.  A subclass, so that the usual packet, which has none,
-    costs no more to make: a fourth field of a frozen dataclass is one more
-    ``object.__setattr__`` for every packet.
-    """
-
-    value_attributes: Mapping[str, str] = field()
-
-
-def _fail(detail: str) -> PacketError:
-    return PacketError(Reply.MALFORMED_PACKET, detail)
-
-
-def _local_name(tag: str) -> str:
-    # "{uri}var" and "pfjob:var" (a prefix the client forgot to declare) are both "var".
-    local = tag[tag.rfind("}") + 1 :]
-    return local if ":" not in local else local[local.rfind(":") + 1 :]
-
 
 def _parse_simple(data: bytes) -> Packet | None:
     """The packet, if ``data`` is a whole one the fast path reads; never raises."""
@@ -170,7 +109,7 @@ class PacketParser:
         self._packet: Packet | None = None
         self._failure: PacketError | None = None
         self._alone = False
-        self._names: list[str] = []  # local names of the open elements: at most 3
+        self._shape: PacketShape | None = None  # made by _begin
         # The incremental parser's stages, as bound methods: set up by _begin only
         # when the fast path cannot read the packet, and dropped once it is read
         # (they refer back to the parser: a cycle only the GC could free).
@@ -188,15 +127,7 @@ class PacketParser:
         self._newlines = 0  # in the leading space and declaration that lxml never sees
         self._markup_end = ""  # in the prolog: the end of the comment or PI we are in
         self._xml: etree.XMLPullParser | None = None  # made when the body stage starts
-        self._elements: list[etree._Element] = []  # the open elements themselves
-        # The last element closed inside the innermost open one: its tail is the
-        # text since then.
-        self._previous: etree._Element | None = None
-        self._command = ""
-        self._sections: dict[str, dict[str, str]] = {}
-        self._values: dict[str, str] = {}  # the open section's variables
-        self._value_attributes: dict[str, str] = {}  # job_variables' value attributes
-        self._var_name = ""
+        self._shape = PacketShape()
 
     @property
     def bytes_received(self) -> int:
@@ -269,8 +200,9 @@ class PacketParser:
         if self._failure is None:
             if self._bytes_received == 0:
                 self._failure = _fail("empty packet: no data was received")
-            elif self._names:
-                self._failure = _fail(f"incomplete packet: input ended inside <{self._names[-1]}>")
+            elif self._shape is not None and self._shape.open_elements:
+                inside = self._shape.open_elements[-1]
+                self._failure = _fail(f"incomplete packet: input ended inside <{inside}>")
             else:
                 self._failure = _fail("incomplete packet: input ended before <job_command>")
         raise PacketError(self._failure.code, self._failure.detail)
@@ -395,111 +327,11 @@ class PacketParser:
         except etree.XMLSyntaxError as exc:
             # Events before the error come first: a shape error there is the
             # earlier problem, and the root may have closed before junk after it.
-            packet = self._read_events()
+            packet = self._shape.read(self._xml.read_events())
             if packet is not None:
                 return packet
             raise _fail(_describe(exc)) from exc
-        return self._read_events()
-
-    # -- the packet's shape ----------------------------------------------------
-
-    def _read_events(self) -> Packet | None:
-        assert self._xml is not None
-        for event, element in self._xml.read_events():
-            if event == "start":
-                self._start(element)
-            elif self._end(element):
-                variables = MappingProxyType(self._sections.get("job_variables", {}))
-                doc_variables = MappingProxyType(self._sections.get("doc_variables", {}))
-                if self._value_attributes:
-                    return PacketWithValueAttributes(
-                        self._command, variables, doc_variables,
-                        MappingProxyType(self._value_attributes))
-                return Packet(self._command, variables, doc_variables)
-        return None
-
-    def _start(self, element: etree._Element) -> None:
-        name = _local_name(element.tag)
-        depth = len(self._names)
-        if depth == 2:  # the common case first
-            self._check_gap()
-            self._open_var(element, name)
-        elif depth == 1:
-            self._check_gap()
-            self._open_section(name)
-        elif depth == 0:
-            self._open_root(element, name)
-        else:  # also what stops a deep-nesting attack at its fourth level
-            var = clip(self._var_name)
-            raise _fail(f'element <{clip(name)}> inside <var name="{var}">: values are plain text')
-        self._names.append(name)
-        self._elements.append(element)
-        self._previous = None
-
-    def _end(self, element: etree._Element) -> bool:
-        """Handle an end tag; True when it closes the root element."""
-        name = self._names.pop()
-        self._elements.pop()
-        if len(self._names) == 2:
-            text = self._values[self._var_name] = element.text or ""
-            if not text or text.isspace():  # blank: a value attribute may be what was meant
-                attribute = element.get("value")
-                if attribute is not None and self._names[1] == "job_variables":
-                    self._value_attributes[self._var_name] = attribute
-        else:
-            # A container: check the text after its last child (or its only text).
-            _check_no_text(self._gap_text(element), name)
-            if not self._names:
-                return True
-        self._previous = element
-        return False
-
-    def _open_root(self, element: etree._Element, name: str) -> None:
-        if name != _ROOT:
-            raise _fail(f"the root element is <{clip(name)}>, not <{_ROOT}>")
-        self._command = _name_attribute(element, f"<{_ROOT}>")
-
-    def _open_section(self, name: str) -> None:
-        if name not in _SECTIONS:
-            raise _fail(f"unexpected element <{clip(name)}> inside <{_ROOT}>")
-        if name in self._sections:
-            raise _fail(f"<{name}> appears twice")
-        self._values = self._sections[name] = {}
-
-    def _open_var(self, element: etree._Element, name: str) -> None:
-        section = self._names[1]
-        if name != _VAR:
-            raise _fail(f"unexpected element <{clip(name)}> inside <{section}>")
-        var_name = _name_attribute(element, f"a <var> in <{section}>")
-        if var_name in self._values:
-            raise _fail(f'variable "{clip(var_name)}" appears twice in <{section}>')
-        self._values[var_name] = ""  # takes its place in document order now
-        self._var_name = var_name
-
-    def _check_gap(self) -> None:
-        """Check the text before a child of the innermost open element."""
-        _check_no_text(self._gap_text(self._elements[-1]), self._names[-1])
-
-    def _gap_text(self, parent: etree._Element) -> str | None:
-        # The text since the last child closed, or since the parent opened.
-        return self._previous.tail if self._previous is not None else parent.text
-
-
-def _name_attribute(element: etree._Element, what: str) -> str:
-    """The element's ``name`` attribute, which must be there and not blank."""
-    name = element.get("name")
-    if name is None:
-        raise _fail(f"{what} has no name attribute")
-    if not name.strip(SPACE):
-        raise _fail(f"{what} has an empty name attribute")
-    return name
-
-
-def _check_no_text(text: str | None, where: str) -> None:
-    # Text outside a var is most likely a value typed in the wrong place.
-    if text and text.strip(SPACE):
-        raise _fail(f'unexpected text "{clip(text, 20)}" inside <{where}>')
-
+        return self._shape.read(self._xml.read_events())
 
 def _may_become_markup(ahead: str) -> bool:
     """True if more text could make ``ahead`` a comment, PI or DOCTYPE."""

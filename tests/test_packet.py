@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 import jobmonitor.packet
 from jobmonitor.codes import Reply
 from jobmonitor.errors import PacketError
-from jobmonitor.packet import Packet, PacketParser, PacketWithValueAttributes, build_packet
+from jobmonitor.packet import Packet, PacketParser, build_packet
+from jobmonitor.packet_shape import PacketWithValueAttributes
 
 PAGEFLEX = "http://www.pageflex.com/schemas"
 PAGEFLEX_INC = "http://www.pageflexinc.com/schemas"

@@ -18,13 +18,8 @@ from hypothesis import strategies as st
 
 from jobmonitor.codes import Reply
 from jobmonitor.errors import PacketError
-from jobmonitor.packet import (
-    Packet,
-    PacketParser,
-    PacketWithValueAttributes,
-    _parse_simple,
-    build_packet,
-)
+from jobmonitor.packet import Packet, PacketParser, _parse_simple, build_packet
+from jobmonitor.packet_shape import PacketWithValueAttributes
 from jobmonitor.packet_fast import MAX_BYTES
 
 from .test_packet import DOC_EXAMPLE, DOC_EXAMPLE_VARIABLES, NAMES, PAGEFLEX, VALUES
