@@ -26,7 +26,7 @@ monitor by ``_stalled`` (told where to re-attach), any connection closing with
 bytes unsent by ``_check_drain``.
 
 On Linux, a plain TCP connection starts with its socket corked (``TCP_CORK``,
-inherited from the listening socket, see ``Server``): the kernel holds what
+inherited from the listening socket, see ``sockets``): the kernel holds what
 we write until the FIN, so a short answer and the FIN leave in one segment.
 A connection that goes on after its first turn (a monitor of a job still
 running) uncorks once, when its reply goes out (the end of that turn, or with
@@ -35,12 +35,9 @@ a durable store the next commit), and corks again just before its last bytes.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import enum
 import logging
-import socket
-import sys
 from typing import TYPE_CHECKING
 
 from .codes import Reply, Status
@@ -48,6 +45,7 @@ from .eager import start_eagerly
 from .errors import PacketError, RequestError
 from .lines import clip, format_line
 from .packet import Packet, PacketParser
+from .sockets import set_cork, unsent_bytes
 from .stream import JobStream
 
 if TYPE_CHECKING:
@@ -57,17 +55,6 @@ __all__ = ["Connection"]
 
 log = logging.getLogger("jobmonitor.connection")
 
-#: Linux's TCP_CORK (None elsewhere: there the last bytes and the FIN go apart).
-TCP_CORK = getattr(socket, "TCP_CORK", None)
-if sys.platform == "linux":
-    import fcntl
-    import termios
-
-    #: Linux's ioctl for the bytes in a TCP socket's send queue that the peer has
-    #: not acknowledged (SIOCOUTQ; None elsewhere: there only our buffer is seen).
-    SIOCOUTQ: int | None = termios.TIOCOUTQ
-else:
-    SIOCOUTQ = None
 #: Lines read from the store at a time when a watcher catches up.
 CATCH_UP_PAGE_LINES = 2000
 
@@ -295,27 +282,14 @@ class Connection(asyncio.Protocol):
         handle one segment less.  (uvloop sends the FIN a loop turn after
         ``write_eof``, so without the cork the bytes would always go alone.)
         Plain TCP only: TLS still has records to send."""
-        if TCP_CORK is None:
-            return
-        self._socket_corked = self._set_socket_cork(True)
-
-    def _set_socket_cork(self, on: bool) -> bool:
-        """Cork or uncork the socket; return whether it is corked now."""
-        sock = self._transport.get_extra_info("socket") if self._transport else None
-        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-            return False
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, TCP_CORK, int(on))
-        except OSError:  # the peer reset the connection: nothing to hold or send
-            return False
-        return on
+        self._socket_corked = set_cork(self._transport, True)
 
     def _flush(self) -> None:
         """Send what is held, in our buffer and in the kernel's: we are about to
         wait with the connection open (it watches a job, or reads the store)."""
         self._uncork()
         if self._socket_corked and self._state in (_State.BUSY, _State.WATCHING):
-            self._socket_corked = self._set_socket_cork(False)
+            self._socket_corked = set_cork(self._transport, False)
 
     def close(self) -> None:
         """Close now (queued bytes are still sent, to a client that takes them)."""
@@ -349,7 +323,7 @@ class Connection(asyncio.Protocol):
         self._timer = None
         if self._transport is None or self._lost or not self._transport.get_write_buffer_size():
             return  # (once our buffer is empty the kernel has the rest, and we are done)
-        left = self._unsent()
+        left = unsent_bytes(self._transport)
         if unsent and left >= unsent:
             log.info("%s took nothing of its last %d bytes for %g s; dropped them", self.peer,
                      left, self._config.monitor_stall_s)
@@ -357,22 +331,6 @@ class Connection(asyncio.Protocol):
         else:
             self._timer = self._loop.call_later(self._config.monitor_stall_s,
                                                 self._check_drain, left)
-
-    def _unsent(self) -> int:
-        """Bytes the client has yet to take: in our buffer, and on Linux in the
-        kernel's.  Ours alone is not enough: the kernel takes more from it only once
-        half of its own buffer (up to megabytes) is free, which may take a reading
-        client longer than ``monitor_stall_s``."""
-        left = self._transport.get_write_buffer_size()
-        sock = self._transport.get_extra_info("socket")
-        if SIOCOUTQ is None or sock is None:
-            return left
-        queued = array.array("i", [0])
-        try:
-            fcntl.ioctl(sock.fileno(), SIOCOUTQ, queued)
-        except OSError:
-            return left
-        return left + queued[0]
 
     def _set_deadline(self, when: float) -> None:
         # A coarse deadline shared with other connections: one loop timer per tick

@@ -15,15 +15,16 @@ import ipaddress
 import logging
 import socket
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from .commands import Commands
 from .config import Config
-from .connection import TCP_CORK, Connection
+from .connection import Connection
 from .deadlines import Deadlines
 from .engine import Engine
 from .handlers import Handler
 from .loader import load_handlers
+from .sockets import cork_listeners
 from .store import open_store
 from .auth import Authenticator
 from .errors import ConfigError
@@ -55,7 +56,7 @@ class Server:
         self._closing: asyncio.Task[None] | None = None
         self._close_requested = asyncio.Event()
         self._bound: tuple[str, int] = (config.host, config.port)
-        #: Whether accepted sockets start corked (see ``_cork_listeners``).
+        #: Whether accepted sockets start corked (see ``sockets.cork_listeners``).
         self.accepts_corked = False
         # The loop, for connections (asyncio.get_running_loop is a system call each time).
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -83,7 +84,7 @@ class Server:
             raise
         self._bound = self._listener.sockets[0].getsockname()[:2]
         if self._ssl is None:
-            self.accepts_corked = _cork_listeners(self._listener.sockets)
+            self.accepts_corked = cork_listeners(self._listener.sockets)
         log.info("jobmonitor listening on %s", self.address, extra={"ready": True})
 
     def _handlers(self, *, reload: bool) -> dict[str, Handler]:
@@ -194,34 +195,6 @@ def _deadline_tick(config: Config) -> float:
     """How late a connection's reading deadline may fire: 50 ms, or a quarter
     of the shorter limit when that is under 0.2 s."""
     return min(0.05, min(config.idle_timeout_s, config.packet_timeout_s) / 4)
-
-
-def _cork_listeners(sockets: Sequence[socket.socket]) -> bool:
-    """Cork the listening sockets, so that every accepted socket starts corked
-    (Linux copies TCP_CORK to them); return whether all of them are.
-
-    A connection's bytes then wait in the kernel until it uncorks (a monitor
-    whose job goes on) or closes: the reply, the lines of a job that ended at
-    once and the FIN leave in one segment, with no system call to cork each
-    connection.  All or none: a connection must know whether it has to uncork.
-    Plain TCP only (a TLS handshake must not wait), and only where TCP_CORK
-    exists.
-    """
-    if TCP_CORK is None or not sockets:
-        return False
-    try:
-        for sock in sockets:
-            if sock.family not in (socket.AF_INET, socket.AF_INET6):
-                raise OSError("not a TCP socket")
-            sock.setsockopt(socket.IPPROTO_TCP, TCP_CORK, 1)
-    except OSError:
-        for sock in sockets:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, TCP_CORK, 0)
-            except OSError:
-                pass
-        return False
-    return True
 
 
 def _tls_context(config: Config) -> ssl.SSLContext | None:
