@@ -43,8 +43,12 @@ class Handler:
 
     def retry_delay(self, failed_attempt: int) -> float:
         """Seconds from the failure of run ``failed_attempt`` (1 for the first) to
-        the next run: ``retry_delay_s``, doubled for each failure before it."""
-        return self.retry_delay_s * 2 ** (failed_attempt - 1)
+        the next run: ``retry_delay_s``, doubled for each failure before it.
+
+        Doubled at most 63 times: ``retries`` has no bound, and from 2 ** 1024 on
+        the power is too large for a float (a delay of 0 s too would raise).
+        """
+        return self.retry_delay_s * 2.0 ** min(failed_attempt - 1, 63)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.func))

@@ -341,6 +341,12 @@ async def flaky_twice_later(job: Job) -> None:
         raise JobFailed(f"attempt {job.attempt} failed")
 
 
+@app.job("flaky-often", retries=1100)
+async def flaky_often(job: Job) -> None:
+    """Fails every one of its 1 101 attempts (no delay between them)."""
+    raise JobFailed(f"attempt {job.attempt} failed")
+
+
 @app.job("thread-flaky", retries=1)
 def thread_flaky(job: Job) -> None:
     """Attempt 1 waits in its thread (deaf to cancellation) for its Key, then

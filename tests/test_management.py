@@ -487,6 +487,15 @@ async def test_a_job_that_keeps_failing_fails_after_its_retries(server):
     assert sum(line.startswith("J0000132") for line in lines) == 2
 
 
+async def test_a_job_with_more_than_1024_retries_runs_them_all(server):
+    # Its 1 025th failure must not overflow the delay (2 ** 1024 is no float): the
+    # job hung there, never ending.
+    lines = await exchange(server.port, submit("flaky-often"))
+    assert lines[-4:] == ["J0000132: Job queued to run again (attempt 1101 of 1101).",
+                          "J0005000: attempt 1101 failed", "J0000022: Job failed.",
+                          ENDED.format(tid_of(lines[0]))]
+
+
 async def test_a_job_waiting_to_run_again_can_be_cancelled(server):
     session = await Session.open(server.port, submit("flaky-later"))
     tid = tid_of(await session.line())
