@@ -220,12 +220,13 @@ class JobRunner:
             job._suspend_requested = False
             job._set_state(JobState.SUSPENDED, "suspended")
             job._record_status(Status.SUSPENDED)
-        elif not self.retrying:  # the server is stopping: left queued in the store
-            job.stream.close()  # (its monitors re-attach to it after the restart)
-        elif delay:
-            self._delay(job, delay)
-        else:
-            self._queue.append(job)
+        elif self.retrying:
+            if delay:
+                self._delay(job, delay)
+            else:
+                self._queue.append(job)
+        # (else the server is stopping: the store keeps it queued, as it keeps the
+        # jobs that were queued; their monitors re-attach after the restart)
         return True
 
     def _time_out(self, job: Job) -> None:

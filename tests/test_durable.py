@@ -586,3 +586,37 @@ async def test_a_job_that_fails_while_the_server_stops_runs_again_at_the_next_st
         "J0000020: Job completed successfully.",
         ENDED.format(tid),
     ]
+
+
+async def test_a_job_left_queued_by_a_stop_and_cancelled_before_it_ends_says_so(
+        make_server, db_url):
+    server = await make_server(store=db_url, shutdown_grace_s=10)
+    running = await Session.open(server.port, submit("wait", Key="holds-the-stop"))
+    assert (await running.line()).startswith("R0000000: T")
+    session = await Session.open(server.port, submit("thread-flaky", Key="left-queued"))
+    tid = tid_of(await session.line())
+    await session.line()
+    assert await session.line() == "J0000100: attempt 1"
+    # Connected before the stop (the listener closes): its CancelJob comes during it.
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    server.close()
+    assert await session.line() == "J0000190: Server stopping: running jobs have 10 s to finish"
+    jobs.thread_releases.setdefault("left-queued", threading.Event()).set()
+    assert await session.line() == "J0005000: attempt 1 failed"
+    assert await session.line() == "J0000132: Job queued to run again (attempt 2 of 2)."
+    writer.write(xml_packet("CancelJob", {"_sys_TransactionID": tid}))
+    assert await asyncio.wait_for(reader.read(), 10) == f"R0000000: {tid}\r\n".encode()
+    writer.close()
+    assert await session.rest() == ["J0000023: Job cancelled by user.", ENDED.format(tid)]
+    await session.close()
+    await release("holds-the-stop")
+    await running.rest()
+    await running.close()
+    await server.wait_closed()
+
+    again = await make_server(store=db_url)
+    assert field(await exchange(again.port, status(tid)), "Status") == "Cancelled"
+    lines = await exchange(again.port, xml_packet("MonitorJob", {"_sys_TransactionID": tid}))
+    assert lines[-4:] == ["J0005000: attempt 1 failed",
+                          "J0000132: Job queued to run again (attempt 2 of 2).",
+                          "J0000023: Job cancelled by user.", ENDED.format(tid)]
