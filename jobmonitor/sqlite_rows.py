@@ -1,7 +1,8 @@
-"""The SQLite store's tables, and the statements and rows that fill them.
+"""The SQLite store's tables, and the SQL that fills, reads and deletes them.
 
 No threads and no batching (``sqlite_store`` does those): the schema, a job
-record as a row and back, and many rows written with one statement.  Each
+record as a row and back, many rows written with one statement, and the
+queries, each a function given the connection.  Each
 table gets one ``INSERT`` per commit (a few for a very large batch), its row
 count rounded up to one of a few shapes by repeating the last row, so the
 connection's cache of prepared statements keeps every shape it meets.
@@ -25,13 +26,15 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from .records import JobRecord
+from .records import HistoryEvent, JobRecord, Output
 from .states import JobState, Outcome
+from .store import TaskEvent
 
 __all__ = ["SCHEMA", "JOB_COLUMNS", "UNFINISHED", "FINAL", "MAX_VARIABLES", "STATEMENT_CACHE",
            "UPDATE_HEAD", "UPDATE_GROUP", "UPDATE_TAIL", "transaction", "insert_rows", "shaped",
            "last_number", "transaction_id_of", "number_of", "job_row", "job_update",
-           "job_record", "encode_json"]
+           "job_record", "encode_json", "select_records", "recent_events", "find_token",
+           "read_lines", "finished_before_numbers", "delete_numbers"]
 
 T = TypeVar("T")
 
@@ -208,3 +211,73 @@ def job_record(row: tuple[Any, ...]) -> JobRecord:
         progress_done=done, progress_total=total, progress_message=progress_message,
         status_message=status_message, worker=worker, created=created, started=started,
         updated=updated, completed=completed, estimated=estimated, line_count=line_count)
+
+
+# -- reading and deleting (each given the connection; the caller picks the thread) --
+
+
+def select_records(db: sqlite3.Connection, where: str, args: Sequence[Any]) -> list[JobRecord]:
+    """The jobs ``WHERE where`` (which may end in ``ORDER BY``), with their history
+    and outputs."""
+    rows = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where}", args).fetchall()
+    records = [job_record(row) for row in rows]
+    for record in records:
+        number = record.number
+        record.history = [HistoryEvent(*r) for r in db.execute(
+            "SELECT stage, status, timestamp, date, info FROM history WHERE number = ? "
+            "ORDER BY seq", (number,))]
+        record.outputs = [Output(*r) for r in db.execute(
+            "SELECT name, uri, media_type FROM outputs WHERE number = ? ORDER BY seq",
+            (number,))]
+    return records
+
+
+def recent_events(db: sqlite3.Connection, limit: int) -> list[TaskEvent]:
+    """The last ``limit`` job events of all jobs, oldest first (the task log)."""
+    rows = db.execute(
+        "SELECT j.number, j.project, h.stage, h.status, h.timestamp, h.date, h.info "
+        "FROM history h JOIN jobs j ON j.number = h.number WHERE h.stage = 'job' "
+        "ORDER BY h.timestamp DESC LIMIT ?", (limit,)).fetchall()
+    return [TaskEvent(transaction_id_of(r[0]), r[1], HistoryEvent(*r[2:]))
+            for r in reversed(rows)]
+
+
+def find_token(db: sqlite3.Connection, identity: str, job_token: str) -> str | None:
+    """The transaction ID of ``identity``'s job with ``job_token``, if any."""
+    row = db.execute("SELECT number FROM jobs WHERE identity = ? AND job_token = ?",
+                     (identity, job_token)).fetchone()
+    return transaction_id_of(row[0]) if row else None
+
+
+def read_lines(db: sqlite3.Connection, number: int, from_line: int, limit: int) -> list[bytes]:
+    """Up to ``limit`` of job ``number``'s stored lines from ``from_line`` (1-based) on."""
+    found: list[bytes] = []
+    rows = db.execute(
+        "SELECT first_line, data FROM line_blocks WHERE number = ? "
+        "AND first_line + count > ? ORDER BY first_line", (number, from_line))
+    for first_line, data in rows:
+        lines = [part + b"\r\n" for part in data.split(b"\r\n")[:-1]]
+        found.extend(lines[max(from_line - first_line, 0):])
+        if len(found) >= limit:
+            break
+    return found[:limit]
+
+
+def finished_before_numbers(db: sqlite3.Connection, finished_before: float) -> list[int]:
+    """The numbers of the jobs that finished before ``finished_before``."""
+    return [row[0] for row in db.execute(
+        "SELECT number FROM jobs WHERE completed IS NOT NULL AND completed < ?",
+        (finished_before,))]
+
+
+def delete_numbers(db: sqlite3.Connection, numbers: list[int]) -> None:
+    """Delete these jobs, their lines, history and outputs, in one transaction."""
+    with transaction(db):
+        # The newest job may be among those deleted: its number must stay used.
+        db.execute("REPLACE INTO meta VALUES ('last_number', ?)", (str(last_number(db)),))
+        for table in ("jobs", "line_blocks", "history", "outputs"):
+            # IN lists, not executemany, shaped like insert_rows's (a repeated number
+            # deletes nothing more).
+            for chunk in shaped(numbers, MAX_VARIABLES):
+                db.execute(f"DELETE FROM {table} WHERE number IN "
+                           f"({','.join('?' * len(chunk))})", chunk)

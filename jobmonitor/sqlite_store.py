@@ -21,7 +21,7 @@ per commit (a few for a very large batch): every statement takes the
 interpreter lock back when SQLite returns, and while the event loop is busy
 each such handover is a wait.
 
-The tables, and how a row is written, are ``sqlite_rows``'s.
+The tables, how a row is written and the queries are ``sqlite_rows``'s.
 
 One server at a time: ``open`` takes an exclusive lock on ``PATH.lock`` (which
 holds the server's process ID), so a second server on the same file, which
@@ -39,15 +39,16 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ConfigError
-from .records import HistoryEvent, JobRecord, Output
-from .sqlite_rows import (FINAL, JOB_COLUMNS, MAX_VARIABLES, SCHEMA, STATEMENT_CACHE, UNFINISHED,
-                          UPDATE_GROUP, UPDATE_HEAD, UPDATE_TAIL, insert_rows, job_record,
-                          job_row, job_update, last_number, number_of, shaped, transaction,
-                          transaction_id_of)
-from .store import Recordable, Recovery, Store, TaskEvent
+from .records import JobRecord
+from .sqlite_rows import (FINAL, JOB_COLUMNS, SCHEMA, STATEMENT_CACHE, UNFINISHED, UPDATE_GROUP,
+                          UPDATE_HEAD, UPDATE_TAIL, delete_numbers, find_token,
+                          finished_before_numbers, insert_rows, job_row, job_update,
+                          last_number, number_of, read_lines, recent_events, select_records,
+                          transaction)
+from .store import Recordable, Recovery, Store
 
 __all__ = ["SqliteStore"]
 
@@ -57,6 +58,8 @@ except ImportError:  # not on this platform: no lock
     fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("jobmonitor.store")
+
+T = TypeVar("T")
 
 RECENT_EVENTS = 200
 #: SQLite's page cache, in KiB (its default is 2000).  The store mostly appends
@@ -323,8 +326,8 @@ class SqliteStore(Store):
         self._db = db
         last = last_number(db)
         marks = ",".join("?" * len(UNFINISHED))
-        unfinished = self._select_records(f"status IN ({marks}) ORDER BY number", UNFINISHED)
-        return Recovery(last, unfinished, self._recent_events(db))
+        unfinished = select_records(db, f"status IN ({marks}) ORDER BY number", UNFINISHED)
+        return Recovery(last, unfinished, recent_events(db, RECENT_EVENTS))
 
     def _lock(self) -> None:
         """Take ``PATH.lock`` for this process, or refuse to open the store.
@@ -353,14 +356,6 @@ class SqliteStore(Store):
             os.close(self._lock_fd)  # (the file stays: removing it would race a new server)
             self._lock_fd = None
 
-    def _recent_events(self, db: sqlite3.Connection) -> list[TaskEvent]:
-        rows = db.execute(
-            "SELECT j.number, j.project, h.stage, h.status, h.timestamp, h.date, h.info "
-            "FROM history h JOIN jobs j ON j.number = h.number WHERE h.stage = 'job' "
-            "ORDER BY h.timestamp DESC LIMIT ?", (RECENT_EVENTS,)).fetchall()
-        return [TaskEvent(transaction_id_of(r[0]), r[1], HistoryEvent(*r[2:]))
-                for r in reversed(rows)]
-
     def _write(self, batch: _Batch) -> None:
         db = self._db
         assert db is not None
@@ -371,91 +366,49 @@ class SqliteStore(Store):
             insert_rows(db, "INSERT OR REPLACE INTO history", batch.history)
             insert_rows(db, "INSERT OR REPLACE INTO outputs", batch.outputs)
 
-    def _select_records(self, where: str, args: Sequence[Any]) -> list[JobRecord]:
-        db = self._db
-        assert db is not None
-        rows = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where}", args).fetchall()
-        records = [job_record(row) for row in rows]
-        for record in records:
-            number = record.number
-            record.history = [HistoryEvent(*r) for r in db.execute(
-                "SELECT stage, status, timestamp, date, info FROM history WHERE number = ? "
-                "ORDER BY seq", (number,))]
-            record.outputs = [Output(*r) for r in db.execute(
-                "SELECT name, uri, media_type FROM outputs WHERE number = ? ORDER BY seq",
-                (number,))]
-        return records
-
     # -- reading ------------------------------------------------------------------------
+
+    # (Each runs on the database thread, with the one connection.)
 
     async def load(self, transaction_id: str) -> JobRecord | None:
         number = number_of(transaction_id)
         if number is None:
             return None
-        records = await self._call(self._select_records, "number = ?", (number,))
+        records = await self._call_db(select_records, "number = ?", (number,))
         return records[0] if records else None
 
     async def find_token(self, identity: str, job_token: str) -> str | None:
-        def find() -> str | None:
-            assert self._db is not None
-            row = self._db.execute("SELECT number FROM jobs WHERE identity = ? AND job_token = ?",
-                                   (identity, job_token)).fetchone()
-            return transaction_id_of(row[0]) if row else None
-
-        return await self._call(find)
+        return await self._call_db(find_token, identity, job_token)
 
     async def read_lines(self, transaction_id: str, from_line: int, limit: int) -> list[bytes]:
         number = number_of(transaction_id)
-
-        def read() -> list[bytes]:
-            assert self._db is not None
-            found: list[bytes] = []
-            rows = self._db.execute(
-                "SELECT first_line, data FROM line_blocks WHERE number = ? "
-                "AND first_line + count > ? ORDER BY first_line", (number, from_line))
-            for first_line, data in rows:
-                lines = [part + b"\r\n" for part in data.split(b"\r\n")[:-1]]
-                found.extend(lines[max(from_line - first_line, 0):])
-                if len(found) >= limit:
-                    break
-            return found[:limit]
-
-        return await self._call(read) if number is not None else []
+        if number is None:
+            return []
+        return await self._call_db(read_lines, number, from_line, limit)
 
     async def list_records(self, identity: str | None) -> Sequence[JobRecord]:
         if identity is None:
-            return await self._call(self._select_records, "1 ORDER BY number", ())
-        return await self._call(self._select_records, "identity = ? ORDER BY number", (identity,))
+            return await self._call_db(select_records, "1 ORDER BY number", ())
+        return await self._call_db(select_records, "identity = ? ORDER BY number", (identity,))
 
     async def delete(self, transaction_id: str) -> None:
         number = number_of(transaction_id)
         if number is not None:
-            await self._call(self._delete_numbers, [number])
+            await self._call_db(delete_numbers, [number])
 
     async def purge(self, finished_before: float) -> int:
-        def find() -> list[int]:
-            assert self._db is not None
-            return [row[0] for row in self._db.execute(
-                "SELECT number FROM jobs WHERE completed IS NOT NULL AND completed < ?",
-                (finished_before,))]
-
-        numbers = await self._call(find)
+        numbers = await self._call_db(finished_before_numbers, finished_before)
         if numbers:
-            await self._call(self._delete_numbers, numbers)
+            await self._call_db(delete_numbers, numbers)
         return len(numbers)
 
-    def _delete_numbers(self, numbers: list[int]) -> None:
-        db = self._db
-        assert db is not None
-        with transaction(db):
-            # The newest job may be among those deleted: its number must stay used.
-            db.execute("REPLACE INTO meta VALUES ('last_number', ?)", (str(last_number(db)),))
-            for table in ("jobs", "line_blocks", "history", "outputs"):
-                # IN lists, not executemany, shaped like insert_rows's (a repeated number
-                # deletes nothing more).
-                for chunk in shaped(numbers, MAX_VARIABLES):
-                    db.execute(f"DELETE FROM {table} WHERE number IN "
-                               f"({','.join('?' * len(chunk))})", chunk)
+    async def _call_db(self, func: Callable[..., T], *args: Any) -> T:
+        """``func(connection, *args)`` on the database thread."""
+        def call() -> T:
+            assert self._db is not None
+            return func(self._db, *args)
+
+        return await self._call(call)  # type: ignore[no-any-return]
 
 
 def _call_each(callbacks: list[Callable[[], None]]) -> None:

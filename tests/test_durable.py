@@ -379,7 +379,7 @@ def test_a_later_write_changes_only_what_can_change(tmp_path):
     # The first write of a job inserts its row; later ones update the columns that
     # can change and keep the rest (the parameters are not written again).
     from jobmonitor.records import JobRecord
-    from jobmonitor.sqlite_rows import job_row, job_update
+    from jobmonitor.sqlite_rows import job_row, job_update, select_records
     from jobmonitor.sqlite_store import SqliteStore, _Batch
 
     store = SqliteStore(str(tmp_path / "u.db"))
@@ -392,7 +392,7 @@ def test_a_later_write_changes_only_what_can_change(tmp_path):
     later.project, later.params, later.job_token = "other", {}, None  # never written again
     later.status, later.started, later.updated = JobState.PROCESSING, 2.0, 3.0
     store._write(_Batch(updates=[job_update(later, 7, 4), job_update(later, 7, 4)]))
-    (stored,) = store._select_records("1", ())
+    (stored,) = select_records(store._db, "1", ())
     assert (stored.project, stored.params, stored.doc_variables, stored.job_token) == \
         ("echo", {"Text": "hi"}, {"d": "1"}, "k1")
     assert (stored.status, stored.started, stored.updated, stored.line_count) == \
@@ -428,6 +428,7 @@ async def test_a_deleted_job_frees_its_place_among_the_finished_jobs_kept(make_s
 @pytest.mark.parametrize("count", [1, 7, 1000, 2500])
 def test_deleting_many_jobs_deletes_exactly_those(count, tmp_path):
     # The numbers go in IN lists of up to 512: only their rows go.
+    from jobmonitor.sqlite_rows import delete_numbers
     from jobmonitor.sqlite_store import SqliteStore
 
     store = SqliteStore(str(tmp_path / "d.db"))
@@ -436,7 +437,7 @@ def test_deleting_many_jobs_deletes_exactly_those(count, tmp_path):
     keep = count + 1
     for number in range(1, count + 2):
         db.execute("INSERT INTO history VALUES (?, 0, 'job', 'queued', 0, NULL, NULL)", (number,))
-    store._delete_numbers(list(range(1, count + 1)))
+    delete_numbers(db, list(range(1, count + 1)))
     assert db.execute("SELECT number FROM history").fetchall() == [(keep,)]
     db.close()
     store._thread.shutdown()
