@@ -40,7 +40,8 @@ PURGE_INTERVAL_S = 3600.0
 
 
 class Engine:
-    """Runs jobs for one server."""
+    """One server's jobs: what the commands do to them, and their life across starts
+    and stops (the ``JobRunner`` runs them)."""
 
     def __init__(self, handlers: Mapping[str, Handler], config: Config, store: Store) -> None:
         self._config = config
