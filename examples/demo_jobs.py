@@ -44,11 +44,12 @@ async def fail(job: Job) -> None:
 
 @app.job("long")
 async def long(job: Job) -> None:
-    """Runs for ``Seconds`` (default 600): a job to cancel."""
+    """Runs for ``Seconds`` (default 600): a job to suspend, resume and cancel."""
     seconds = int(job.params.get("Seconds", "600"))
     for n in range(1, seconds + 1):
         await asyncio.sleep(1)
         job.progress(n, seconds)
+        await job.checkpoint()  # where SuspendJob pauses it
 
 
 @app.job("report")

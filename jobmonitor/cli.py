@@ -221,9 +221,25 @@ def _on_signal(server: Server, stop: asyncio.Event, signum: int) -> None:
         server.hurry()
 
 
+def _option_before_command(argv: Sequence[str]) -> str | None:
+    """The first option given before the command's name (only --help and --version
+    belong there), or None."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return None
+        if arg not in ("-h", "--help", "--version"):
+            return arg.partition("=")[0]
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
     parser = build_parser()
+    early = _option_before_command(sys.argv[1:] if argv is None else argv)
+    if early is not None:  # argparse would take the option's value for the command's name
+        print(f"jobmonitor: options go after the command's name: jobmonitor COMMAND {early} "
+              f"... (see jobmonitor --help)", file=sys.stderr)
+        return 2
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # the command's parser says so (the main one would print its own usage)
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")

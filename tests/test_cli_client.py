@@ -271,6 +271,20 @@ def test_bad_arguments(args, message):
     assert line.startswith("jobmonitor") and message in line
 
 
+@pytest.mark.parametrize("args", [["--port", "7401", "queue"], ["--port=7401", "queue"],
+                                  ["--tls", "list"], ["--port", "7401"]])
+def test_an_option_before_the_command_says_where_it_goes(args):
+    # argparse alone would take 7401 for the command's name ("invalid choice").
+    assert one_error_line(cli(None, *args)) == (
+        f"jobmonitor: options go after the command's name: jobmonitor COMMAND "
+        f"{args[0].partition('=')[0]} ... (see jobmonitor --help)")
+
+
+def test_help_and_version_still_come_before_the_command():
+    assert cli(None, "--version").stdout.startswith("jobmonitor ")
+    assert "COMMAND" in cli(None, "--help").stdout
+
+
 # -- a lost connection -------------------------------------------------------------------
 
 
