@@ -83,7 +83,9 @@ class ReplyError(JobMonitorError):
     def reply(self) -> Reply | None:
         """The code as a ``Reply`` member, or None for a code not in the table."""
         try:
-            return Reply(self.code)
+            # A lookup by value (EnumMeta.__call__), which mypy checks against the
+            # members' __new__(number, text).
+            return Reply(self.code)  # type: ignore[call-arg]
         except ValueError:
             return None
 

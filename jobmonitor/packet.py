@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import cast
 
 from lxml import etree
 
@@ -60,6 +61,9 @@ from .packet_shape import malformed as _fail
 __all__ = ["Packet", "PacketParser", "build_packet"]
 
 _SKIP_SPACE = re.compile(r"[ \t\r\n]*")
+#: What our pull parser's read_events() yields: it asks for start and end events
+#: only, each with its element (lxml-stubs types it for every kind of event).
+_Events = Iterator[tuple[str, etree._Element]]
 
 def _parse_simple(data: bytes) -> Packet | None:
     """The packet, if ``data`` is a whole one the fast path reads; never raises."""
@@ -81,7 +85,8 @@ def _new_xml_parser() -> etree.XMLPullParser:
     return etree.XMLPullParser(
         events=("start", "end"),
         encoding="utf-8",
-        resolve_entities="internal",
+        # lxml takes "internal"; lxml-stubs types the argument as a bool only.
+        resolve_entities="internal",  # type: ignore[arg-type]
         load_dtd=False,
         no_network=True,
         huge_tree=False,
@@ -116,8 +121,8 @@ class PacketParser:
         self._on_bytes: Callable[[bytes], Packet | None] | None = None
         self._on_text: Callable[[str], Packet | None] | None = None
 
-    def _begin(self) -> None:
-        """Set up the incremental parser's state."""
+    def _begin(self) -> Callable[[bytes], Packet | None]:
+        """Set up the incremental parser's state; return its first stage."""
         self._on_bytes = self._sniff
         self._on_text = self._declaration
         self._sniffed = b""  # the first bytes, until they prove an encoding
@@ -128,6 +133,7 @@ class PacketParser:
         self._markup_end = ""  # in the prolog: the end of the comment or PI we are in
         self._xml: etree.XMLPullParser | None = None  # made when the body stage starts
         self._shape = PacketShape()
+        return self._on_bytes
 
     @property
     def bytes_received(self) -> int:
@@ -168,11 +174,12 @@ class PacketParser:
                 command, variables, doc_variables, self._alone = found
                 self._packet = Packet(command, variables, doc_variables)
                 return self._packet
-        if self._on_bytes is None:
-            self._begin()
+        on_bytes = self._on_bytes
+        if on_bytes is None:
+            on_bytes = self._begin()
         try:
             # Bytes past the limit are never parsed: the packet must close within it.
-            packet = self._on_bytes(data if len(data) <= room else data[:room])
+            packet = on_bytes(data if len(data) <= room else data[:room])
             if packet is None and self._bytes_received > self._max_packet_bytes:
                 raise PacketError(
                     Reply.PACKET_TOO_LARGE,
@@ -231,6 +238,7 @@ class PacketParser:
 
     def _decode(self, data: bytes) -> Packet | None:
         assert self._decoder is not None
+        assert self._on_text is not None  # both set while bytes are decoded
         problem: PacketError | None = None
         try:
             text = self._decoder.decode(data)
@@ -318,20 +326,23 @@ class PacketParser:
         return self._feed_xml(text[:keep_from]) if keep_from else None
 
     def _feed_xml(self, text: str) -> Packet | None:
-        if self._xml is None:
+        xml = self._xml
+        if xml is None:
             # Made on first use, not per connection: a packet the fast path
             # reads needs none, and building one costs a third as much as that read.
-            self._xml = _new_xml_parser()
+            xml = self._xml = _new_xml_parser()
+        shape = self._shape
+        assert shape is not None  # made by _begin, with the other stages
         try:
-            self._xml.feed(text.encode("utf-8"))
+            xml.feed(text.encode("utf-8"))
         except etree.XMLSyntaxError as exc:
             # Events before the error come first: a shape error there is the
             # earlier problem, and the root may have closed before junk after it.
-            packet = self._shape.read(self._xml.read_events())
+            packet = shape.read(cast(_Events, xml.read_events()))
             if packet is not None:
                 return packet
             raise _fail(_describe(exc)) from exc
-        return self._shape.read(self._xml.read_events())
+        return shape.read(cast(_Events, xml.read_events()))
 
 def _may_become_markup(ahead: str) -> bool:
     """True if more text could make ``ahead`` a comment, PI or DOCTYPE."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 from xml.sax.saxutils import escape
 
 from lxml import etree
@@ -41,9 +41,16 @@ class Packet:
     command: str  # the job_command name attribute
     variables: Mapping[str, str]  # job_variables, in document order
     doc_variables: Mapping[str, str]  # doc_variables; empty when absent
-    #: The ``value`` attribute of each blank job_variables var that has one:
-    #: none here, some in a :class:`PacketWithValueAttributes`.
-    value_attributes: ClassVar[Mapping[str, str]] = _NONE
+    if TYPE_CHECKING:
+        # To type checkers, a read-only attribute of every packet.  At run time it
+        # is a class attribute here and a field of the subclass, and a ClassVar
+        # may not become a field in a subclass.
+        @property
+        def value_attributes(self) -> Mapping[str, str]: ...
+    else:
+        #: The ``value`` attribute of each blank job_variables var that has one:
+        #: none here, some in a :class:`PacketWithValueAttributes`.
+        value_attributes: ClassVar[Mapping[str, str]] = _NONE
 
     def value_hint(self, name: str, *, quote: bool = True) -> str:
         """What to add to an error that job variable ``name`` is missing or blank,
