@@ -92,7 +92,7 @@ class Connection(asyncio.Protocol):
         self._corked_bytes = 0
         self._stall_timer: asyncio.TimerHandle | None = None
         self._lost = False
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | asyncio.Task[bool] | None = None
         self._stream: JobStream | None = None
         self._following = ""
         self._next_line = 1  # while reading from the store: the next line to send
@@ -118,9 +118,10 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        tcp: asyncio.Transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        self._transport = tcp
         # No TCP_NODELAY here: asyncio and uvloop both set it on every TCP transport.
-        transport.set_write_buffer_limits(high=self._config.max_pending_output_bytes)
+        tcp.set_write_buffer_limits(high=self._config.max_pending_output_bytes)
         over_limit = self._server.connection_count >= self._config.max_connections
         self._server._connection_opened(self)
         if over_limit:
@@ -130,27 +131,30 @@ class Connection(asyncio.Protocol):
         self._set_deadline(self._opened + first_deadline)
 
     def data_received(self, data: bytes) -> None:
-        if self._state is not _State.READING or self._parser is None:
+        parser = self._parser
+        if self._state is not _State.READING or parser is None:
             # After the packet, input is not expected and is discarded; but a
             # client that sends more is lingered for before we close.
             self._alone = False
             return
         try:
-            packet = self._parser.feed(data)
+            packet = parser.feed(data)
         except PacketError as exc:
             self._refuse(exc)
             return
         if packet is not None:
-            self._dispatch(packet)
+            self._dispatch(packet, parser.alone)
 
     def eof_received(self) -> bool:
         self._peer_eof = True
         if self._state is _State.READING:
-            if self._parser.bytes_received == 0:
+            parser = self._parser
+            assert parser is not None  # (until _dispatch, which ends READING)
+            if parser.bytes_received == 0:
                 self.close()
                 return False
             try:
-                self._dispatch(self._parser.feed_eof())
+                self._dispatch(parser.feed_eof(), parser.alone)
             except PacketError as exc:
                 self._refuse(exc)
         elif self._state is _State.LINGERING:
@@ -335,11 +339,15 @@ class Connection(asyncio.Protocol):
     def _set_deadline(self, when: float) -> None:
         # A coarse deadline shared with other connections: one loop timer per tick
         # instead of one per connection (see deadlines.py).
-        self._deadline_key = self._server.deadlines.add(when, self._deadline)
+        deadlines = self._server.deadlines
+        assert deadlines is not None  # (the server made them before it listened)
+        self._deadline_key = deadlines.add(when, self._deadline)
 
     def _cancel_timer(self) -> None:
         if self._deadline_key is not None:
-            self._server.deadlines.discard(self._deadline_key, self._deadline)
+            deadlines = self._server.deadlines
+            assert deadlines is not None  # (a deadline was set in them)
+            deadlines.discard(self._deadline_key, self._deadline)
             self._deadline_key = None
         for timer in (self._timer, self._stall_timer):
             if timer is not None:
@@ -360,6 +368,7 @@ class Connection(asyncio.Protocol):
         if self._state is not _State.READING:
             return
         config = self._config
+        assert self._parser is not None  # (until _dispatch, which ends READING)
         if self._parser.bytes_received == 0 and config.idle_timeout_s <= config.packet_timeout_s:
             detail = f"nothing received within {config.idle_timeout_s:g} s"
             self._refuse(RequestError(Reply.IDLE_TIMEOUT, detail))
@@ -371,9 +380,9 @@ class Connection(asyncio.Protocol):
         detail = f"no complete packet within {config.packet_timeout_s:g} s"
         self._refuse(PacketError(Reply.PACKET_TIMEOUT, detail))
 
-    def _dispatch(self, packet: Packet) -> None:
+    def _dispatch(self, packet: Packet, alone: bool) -> None:
         self._cancel_timer()
-        self._alone = self._parser.alone
+        self._alone = alone
         self._parser = None  # an lxml parser is kilobytes; a held connection keeps none
         self._state = _State.BUSY
         # Most commands never wait (a submit to the memory store, a status query):

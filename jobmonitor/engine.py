@@ -201,6 +201,7 @@ class Engine:
         waiters = self._adding[transaction_id]
         if waiters is None:
             waiters = self._adding[transaction_id] = []
+        assert self._loop is not None  # (a job is being added: the engine has started)
         waiter = self._loop.create_future()
         waiters.append(waiter)
         await waiter
@@ -280,6 +281,7 @@ class Engine:
                                f"{job.transaction_id} is {job.state.value}")
 
     def _adopt(self, record: JobRecord) -> Job:
+        assert self._loop is not None  # (jobs are made from start() on)
         job = Job(record, self._loop)
         if self._store.durable:
             job.stream.durable = record.line_count
@@ -322,6 +324,7 @@ class Engine:
         if self._store.durable:
             self._store.call_when_stored(callback)
         else:
+            assert self._loop is not None  # (there are connections: the engine has started)
             self._loop.call_soon(callback)
 
     def _persisted(self, item: Recordable, stored_lines: int) -> None:

@@ -143,7 +143,9 @@ class JobRunner:
     # -- running --------------------------------------------------------------------
 
     def start_ready(self) -> None:
+        loop = self._loop
         while self.starting and self._queue and len(self._running) < self._config.max_running:
+            assert loop is not None  # (the engine starts jobs only once it has opened us)
             job = self._queue.popleft()
             handler = self.handlers.get(job.project)
             if handler is None:  # gone with a RestartServer's reload
@@ -153,10 +155,10 @@ class JobRunner:
                 continue
             job.record.started = time.time()
             if handler.timeout_s is not None:  # (it starts with the state change below)
-                job._time_limit = TimeLimit(self._loop, handler.timeout_s,
+                job._time_limit = TimeLimit(loop, handler.timeout_s,
                                             functools.partial(self._time_out, job))
             job._set_state(JobState.PROCESSING, "start")
-            self._running[job] = self._loop.create_task(self._run(job))
+            self._running[job] = loop.create_task(self._run(job))
 
     async def _run(self, job: Job) -> None:
         handler = self.handler(job)

@@ -154,6 +154,7 @@ class SqliteStore(Store):
     # -- writing ------------------------------------------------------------------
 
     async def add(self, job: Recordable) -> None:
+        assert self._loop is not None  # (open() comes first)
         waiter = self._loop.create_future()
         self._waiters.append(waiter)
         self._written[job.transaction_id] = _Written()
@@ -172,6 +173,7 @@ class SqliteStore(Store):
     async def flush(self) -> None:
         if not self._dirty:
             return
+        assert self._loop is not None
         waiter = self._loop.create_future()
         self._waiters.append(waiter)
         self._wake.set()
@@ -181,6 +183,7 @@ class SqliteStore(Store):
     def call_when_stored(self, callback: Callable[[], None]) -> None:
         if not self._dirty or self._committer is None or self._closing:
             # Nothing to wait for, or no commit to come: now (at the end of the turn).
+            assert self._loop is not None
             self._loop.call_soon(callback)
             return
         self._when_stored.append(callback)
@@ -188,6 +191,8 @@ class SqliteStore(Store):
         self._urgent.set()
 
     async def _commit_loop(self) -> None:
+        loop = self._loop
+        assert loop is not None  # open() sets it before it starts this task
         while True:
             await self._wake.wait()
             if not self._urgent.is_set():
@@ -223,7 +228,7 @@ class SqliteStore(Store):
                         waiter.set_result(None)
                 self._after_commit(batch)
             if when_stored:  # after the flushes the commit scheduled (watchers' lines)
-                self._loop.call_soon(_call_each, when_stored)
+                loop.call_soon(_call_each, when_stored)
             del batch  # not kept while we wait: it may hold a row for every job
             if self._closing and (not self._dirty or failed):
                 return  # (a server stopping does not wait for a broken disk)
@@ -305,6 +310,7 @@ class SqliteStore(Store):
     # -- the database thread ----------------------------------------------------------
 
     async def _call(self, func: Any, *args: Any) -> Any:
+        assert self._loop is not None
         return await self._loop.run_in_executor(self._thread, func, *args)
 
     def _open_db(self) -> Recovery:
