@@ -24,6 +24,7 @@ serve: $(VENV)/.installed-test
 	$(BIN)/jobmonitor serve --host $(HOST) --port $(PORT) --jobs examples/demo_jobs.py
 
 test: $(VENV)/.installed-test
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed-fast soak
@@ -35,4 +36,4 @@ soak: $(VENV)/.installed-test
 	JOBMONITOR_SOAK=1 $(BIN)/python -m pytest -q -s tests/test_robustness.py -k stalled_reader
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache
