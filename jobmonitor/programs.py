@@ -345,13 +345,17 @@ def _signal_name(signum: int) -> str:
 
 
 async def _record_outputs(job: Job, folder: Path) -> None:
-    """Record every file the program left in its output folder, sorted by path.
+    """Record every file the program left in its output folder, sorted by path,
+    but those recorded already: a job run again (``retries``, ``retry_on_restart``)
+    has the same folder, and each run recorded what was there then.
 
     The folder is read in a worker thread: a program that leaves 100 000 files
     would otherwise hold the event loop for about two seconds.
     """
+    recorded = {output.name for output in job.record.outputs}
     for name, uri, media in await asyncio.to_thread(_outputs_in, folder):
-        job.add_output(name, uri, media)
+        if name not in recorded:
+            job.add_output(name, uri, media)
 
 
 def _outputs_in(folder: Path) -> list[tuple[str, str, str | None]]:

@@ -731,3 +731,19 @@ async def test_a_failing_program_runs_again(tmp_path):
                               "Job queued to run again (attempt 2 of 2).", "second",
                               "Job completed successfully.",
                               f"Transaction {tx.transaction_id} ended"]
+
+
+async def test_a_program_run_again_lists_each_output_once(tmp_path):
+    # Every run recorded the whole folder, which a run again shares with the
+    # runs before it: report.txt was listed once per run.
+    app = JobMonitor()
+    script = ('echo hi > "$1/report.txt"; [ -e "$1/.ran" ] && exit 0; '
+              'touch "$1/.ran"; exit 3')
+    add_programs(app, [Program("again", ("sh", "-c", script, "sh", "{output_dir}"), retries=1,
+                               output_dir=str(tmp_path / "out"))])
+    async with app.serve(host="127.0.0.1", port=0) as server:
+        client = Client("127.0.0.1", server.port)
+        tx = await client.submit("again")
+        assert "Job queued to run again (attempt 2 of 2)." in [line.text async for line in tx]
+        assert (await tx.result()).outcome is Outcome.SUCCESS
+        assert [o.name for o in await client.outputs(tx.transaction_id)] == [".ran", "report.txt"]
