@@ -3,9 +3,10 @@
 The mechanics under program jobs (``programs``), with no notion of jobs: a
 program starts in a process group of its own, so a stop reaches its children;
 its stdout and stderr are read from the event loop and handed on a line at a
-time (a line longer than ``MAX_LINE_BYTES`` in pieces, never inside a UTF-8
-character); a stop sends SIGTERM to the group and SIGKILL to whatever is left
-once the grace time has passed, even if the program itself has exited.
+time (a line ends with LF, CRLF or a lone CR; one longer than ``MAX_LINE_BYTES``
+goes in pieces, never cut inside a UTF-8 character); a stop sends SIGTERM to
+the group and SIGKILL to whatever is left once the grace time has passed, even
+if the program itself has exited.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Callable
@@ -30,6 +32,9 @@ MAX_LINE_BYTES = 64 * 1024
 DRAIN_S = 2.0
 #: How often a stop looks whether the program's process group is empty yet.
 GROUP_POLL_S = 0.05
+#: What ends a line: LF, CRLF or a lone CR (a progress display rewrites its line
+#: after a CR), but not a CR last in what was read so far (an LF may follow).
+_LINE_END = re.compile(rb"\r\n|\r(?!\Z)|\n")
 
 
 class ProgramProcess:
@@ -167,7 +172,8 @@ async def _pump(stream: asyncio.StreamReader, say: Callable[[str], None]) -> Non
     """Send each line of ``stream`` to ``say`` as soon as it is complete."""
     pending = b""
     while chunk := await stream.read(MAX_LINE_BYTES):
-        *lines, pending = (pending + chunk).split(b"\n")
+        data = pending + chunk
+        *lines, pending = _LINE_END.split(data) if b"\r" in data else data.split(b"\n")
         for raw in lines:
             pieces, rest = _pieces(raw)
             for piece in (*pieces, rest):

@@ -193,6 +193,9 @@ print(os.getpid(), flush=True)
 time.sleep(60)
 """
 UTF8 = "import sys; sys.stdout.buffer.write(b'x' + 'é'.encode() * 40000 + b'\\n')"
+# A progress display: each step rewrites the line, after a CR (as curl and tqdm do).
+PROGRESS = ("import sys, time; sys.stdout.write('\\rstep 1\\rstep 2'); sys.stdout.flush(); "
+            "time.sleep(60)")
 ENVIRON = """
 import os
 for name in sorted(os.environ):
@@ -222,6 +225,7 @@ def programs(tmp_path: Path) -> list[Program]:
         Program("late", (PY, "-c", STUBBORN_PID), timeout_s=0.3, kill_grace_s=1.0),
         Program("rt", (PY, "-c", "import os; os.kill(os.getpid(), 40)")),
         Program("utf8", (PY, "-c", UTF8)),
+        Program("progress", (PY, "-c", PROGRESS), kill_grace_s=0.2),
         Program("environ", (PY, "-c", ENVIRON), env={"JOBMONITOR_MINE": "kept"},
                 output_dir=str(tmp_path / "out")),
     ]
@@ -747,3 +751,37 @@ async def test_a_program_run_again_lists_each_output_once(tmp_path):
         assert "Job queued to run again (attempt 2 of 2)." in [line.text async for line in tx]
         assert (await tx.result()).outcome is Outcome.SUCCESS
         assert [o.name for o in await client.outputs(tx.transaction_id)] == [".ran", "report.txt"]
+
+
+async def test_a_line_ended_by_a_lone_cr_is_sent_as_it_is_written(client):
+    # Only LF ended a line: a progress display sent nothing until the program
+    # wrote an LF or 64 KiB (then cut anywhere), or exited.
+    tx = await client.submit("progress")
+
+    async def first_step() -> str:
+        async for line in tx:
+            if line.text.startswith("step"):
+                return line.wire_text()
+        raise AssertionError("the job ended")
+
+    try:
+        assert await asyncio.wait_for(first_step(), 5) == "J0000100: step 1"
+    finally:
+        await client.cancel(tx.transaction_id)
+    assert [line.wire_text() async for line in tx][0] == "J0000100: step 2"  # its last words
+    assert (await tx.result()).outcome is Outcome.CANCELLED
+
+
+async def test_lines_end_with_lf_crlf_or_a_lone_cr_across_reads():
+    from jobmonitor.process import _pump
+
+    reader = asyncio.StreamReader()
+    said: list[str] = []
+    pump = asyncio.ensure_future(_pump(reader, said.append))
+    for data in (b"a\r", b"\nb\rc\r\n", b"d\r", b"e\n\r\n", b"f\r"):
+        reader.feed_data(data)  # a CR last in a read may be the first half of a CRLF
+        for _ in range(3):
+            await asyncio.sleep(0)
+    reader.feed_eof()
+    await pump
+    assert said == ["a", "b", "c", "d", "e", "", "f"]
