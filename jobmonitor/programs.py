@@ -314,6 +314,8 @@ def _pauser(process: ProgramProcess,
     left: list[float] = []
 
     def pause() -> None:
+        if deadline.expired():  # it ran out as the suspend came: the program is stopped next
+            return
         signal_group(process, signal.SIGSTOP)
         when = deadline.when()
         if when is not None:

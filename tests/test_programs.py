@@ -785,3 +785,37 @@ async def test_lines_end_with_lf_crlf_or_a_lone_cr_across_reads():
     reader.feed_eof()
     await pump
     assert said == ["a", "b", "c", "d", "e", "", "f"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+async def test_a_suspend_as_the_timeout_runs_out_leaves_the_program_to_be_stopped():
+    # Between timeout_s running out and the job seeing it, a SuspendJob stopped the
+    # program and then failed (RuntimeError: Cannot change state of expiring
+    # Timeout): an internal error reply, and a program stopped when its SIGTERM
+    # came, so it could not act on it, and was killed after kill_grace_s.
+    from jobmonitor.process import start_program
+    from jobmonitor.programs import _pauser
+
+    loop = asyncio.get_running_loop()
+    process = await start_program(["sleep", "5"], None, dict(os.environ))
+    failed = []
+
+    def suspend() -> None:  # as SuspendJob does
+        try:
+            pause()
+        except Exception as exc:
+            failed.append(exc)
+
+    try:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(None) as deadline:
+                pause, _ = _pauser(process, deadline)
+                deadline.reschedule(loop.time())  # it runs out now,
+                loop.call_soon(suspend)  # and a suspend comes before the job sees it
+                await process.wait()
+        await asyncio.sleep(0.1)
+        assert failed == [] and process_state(process.pid) != "T"
+    finally:
+        process.kill()
+        await process.wait()
+        process.close()
