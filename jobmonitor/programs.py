@@ -259,7 +259,7 @@ async def run_program(program: Program, job: Job) -> None:
     values = {**job.params, "transaction_id": job.transaction_id}
     env = _environment(program, job.transaction_id)
     if output_dir is not None:
-        _make_output_dir(output_dir)
+        _make_output_dir(output_dir, job.transaction_id, first_run=_first_run(job))
         values["output_dir"] = env["JOBMONITOR_OUTPUT_DIR"] = str(output_dir)
     argv = program.argv(values)
     process = await start_program(argv, program.cwd, env)
@@ -297,13 +297,35 @@ def _environment(program: Program, transaction_id: str) -> dict[str, str]:
     return {**inherited, **program.env, "JOBMONITOR_TRANSACTION_ID": transaction_id}
 
 
-def _make_output_dir(folder: Path) -> None:
-    """Raises: JobFailed: the folder cannot be made."""
+def _make_output_dir(folder: Path, transaction_id: str, *, first_run: bool) -> None:
+    """Make the job's output folder.  On its first run the folder must be new or
+    empty: files in it were left by an earlier job with the same transaction ID
+    (the memory store numbers jobs from T0000001 at every start, as does a new
+    database), and would be listed as this job's outputs.  A run again keeps
+    what the runs before it left.
+
+    Raises:
+        JobFailed: the folder cannot be made, or holds another job's files.
+    """
+    taken = False
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        if first_run:
+            with os.scandir(folder) as entries:
+                taken = next(entries, None) is not None
     except OSError as exc:
         raise JobFailed(f"cannot make the output folder {folder}: "
                         f"{exc.strerror or exc}") from None
+    if taken:
+        raise JobFailed(f"the output folder {folder} already holds files, left by an "
+                        f"earlier job numbered {transaction_id}; move them away, or give "
+                        f"this project another output_dir")
+
+
+def _first_run(job: Job) -> bool:
+    """True unless the job has started before (``retries``, ``retry_on_restart``)."""
+    return sum(1 for event in job.record.history
+               if event[0] == "job" and event[1] == "start") <= 1
 
 
 def _pauser(process: ProgramProcess,

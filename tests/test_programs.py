@@ -819,3 +819,30 @@ async def test_a_suspend_as_the_timeout_runs_out_leaves_the_program_to_be_stoppe
         process.kill()
         await process.wait()
         process.close()
+
+
+async def test_a_first_run_refuses_an_output_folder_left_by_another_job(tmp_path):
+    # The memory store numbers jobs from T0000001 at every start: the files an
+    # earlier server's T0000001 left were listed as the new job's outputs, and
+    # the new program wrote over them.
+    app = JobMonitor()
+    out = tmp_path / "out"
+    add_programs(app, [Program("report", ("sh", "-c", 'echo new > "$1/report.txt"', "sh",
+                                          "{output_dir}"), output_dir=str(out))])
+    (out / "T0000001").mkdir(parents=True)
+    (out / "T0000001" / "report.txt").write_text("old\n")
+    async with app.serve(host="127.0.0.1", port=0) as server:
+        client = Client("127.0.0.1", server.port)
+        tx = await client.submit("report")
+        lines = [line.wire_text() async for line in tx]
+        assert lines[-3] == (f"J0005000: the output folder {out / 'T0000001'} already holds "
+                             "files, left by an earlier job numbered T0000001; move them "
+                             "away, or give this project another output_dir")
+        assert (await tx.result()).outcome is Outcome.FAILED
+        assert (out / "T0000001" / "report.txt").read_text() == "old\n"  # left as it was
+        assert not await client.outputs(tx.transaction_id)
+        # An empty folder (a job that left nothing) is no one's: the next job uses it.
+        (out / "T0000002").mkdir()
+        tx = await client.submit("report")
+        assert (await tx.result()).outcome is Outcome.SUCCESS
+        assert [o.name for o in await client.outputs(tx.transaction_id)] == ["report.txt"]
