@@ -257,7 +257,10 @@ def _group_alive(process: ProgramProcess) -> bool:
 
 
 def signal_group(process: ProgramProcess, signum: int) -> None:
+    """Send ``signum`` to the program's process group, if anything is left of it
+    that we may signal (every member may have taken another identity: a setuid
+    program, which no signal of ours can stop)."""
     try:
         os.killpg(process.pid, signum)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass

@@ -162,6 +162,8 @@ def _leading_slot(template: _Template, values: Mapping[str, str]) -> _Slot | Non
 def _check_fields(program: Program) -> None:
     if not program.command or not all(isinstance(item, str) for item in program.command):
         raise ConfigError("command: must be a non-empty list of strings")
+    if not program.command[0].strip():
+        raise ConfigError("command[0]: the program to run must not be empty")
     # The operating system cannot pass a NUL: refused here, not by every job.
     for index, item in enumerate(program.command):
         if "\x00" in item:
@@ -183,7 +185,10 @@ def _check_fields(program: Program) -> None:
         if "\x00" in value:
             raise ConfigError(f"env: the value of {name!r} contains a NUL character")
     for key in ("cwd", "output_dir"):
-        if "\x00" in str(getattr(program, key) or ""):
+        value = getattr(program, key)
+        if value is not None and not str(value).strip():
+            raise ConfigError(f"{key}: must not be empty (leave it out for none)")
+        if "\x00" in str(value or ""):
             raise ConfigError(f"{key}: contains a NUL character")
     # The same check and words as a handler's (add_job); stored as the engine keeps them.
     timeout_s, retries, retry_delay_s = check_job_options(program.timeout_s, program.retries,

@@ -61,6 +61,10 @@ def test_placeholders_fill_single_argv_items():
     ({"command": ("ls",), "env": {"A": "x\x00y"}}, "env: the value of 'A' contains a NUL"),
     ({"command": ("ls",), "cwd": "/tmp\x00"}, "cwd: contains a NUL character"),
     ({"command": ("ls",), "output_dir": "out\x00"}, "output_dir: contains a NUL character"),
+    ({"command": ("",)}, "command[0]: the program to run must not be empty"),
+    ({"command": (" ", "x")}, "command[0]: the program to run must not be empty"),
+    ({"command": ("ls",), "cwd": ""}, "cwd: must not be empty (leave it out for none)"),
+    ({"command": ("ls",), "output_dir": " "}, "output_dir: must not be empty"),
 ])
 def test_bad_programs_are_config_errors_naming_the_field(fields, message):
     with pytest.raises(ConfigError, match=None) as caught:
