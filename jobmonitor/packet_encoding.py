@@ -12,7 +12,10 @@ decoder, the fast path and the builder all check.
 from __future__ import annotations
 
 import codecs
+import encodings
+import encodings.aliases
 import functools
+import pkgutil
 import re
 from collections.abc import Callable
 
@@ -86,18 +89,40 @@ def sniff(head: bytes) -> tuple[str, int] | None:
     return "", 0  # ASCII-compatible; the declaration may name the encoding
 
 
+@functools.lru_cache(maxsize=1)
+def _known_encodings() -> frozenset[str]:
+    """The normalized names the standard library's codecs go by: its aliases and
+    the modules of its ``encodings`` package."""
+    aliases = encodings.aliases.aliases
+    modules = (module.name for module in pkgutil.iter_modules(encodings.__path__))
+    return frozenset([*aliases, *aliases.values(), *modules])
+
+
 @functools.lru_cache(maxsize=64)  # bounded: the names come from peers
 def lookup_codec(name: str) -> str:
     """The canonical codec name for a declared encoding name.
+
+    Only a name the standard library knows (as ``encodings.normalize_encoding``
+    spells it) reaches ``codecs.lookup``, and in that one spelling: the
+    standard library remembers every name it was asked for, found or not, for
+    the life of the process, so a peer's made-up names (``x1``, ``x2``, ...) or
+    spellings (``utf--8``, ``utf---8``, ...) would each take memory for good.
 
     Raises:
         PacketError: UNSUPPORTED_ENCODING for a name Python does not know.
     """
     if _ENCODING_NAME.fullmatch(name):
-        try:
-            return codecs.lookup(name).name
-        except LookupError:
-            pass
+        key = encodings.normalize_encoding(name.lower())
+        known = _known_encodings()
+        if key not in known:
+            key = key.replace(".", "_")  # as the standard library's search tries it,
+            if key not in encodings.aliases.aliases:  # for an alias only
+                key = ""
+        if key:
+            try:
+                return codecs.lookup(key).name
+            except LookupError:
+                pass
     raise PacketError(Reply.UNSUPPORTED_ENCODING, f'unknown encoding "{clip(name)}"')
 
 

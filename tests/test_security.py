@@ -327,3 +327,28 @@ async def test_an_unknown_user_costs_the_same_check_as_a_wrong_password():
     finally:
         auth_module.verify_password = real
     assert len(checked) == 2 and all(stored.startswith("scrypt$") for stored in checked)
+
+
+def test_made_up_encoding_names_take_no_memory_for_good():
+    """The standard library remembers every name codecs.lookup was asked for, found
+    or not: a peer's made-up names and spellings must never reach it."""
+    import encodings
+
+    from jobmonitor.errors import PacketError
+    from jobmonitor.packet import PacketParser
+
+    def feed(label: str) -> PacketError | None:
+        packet = (f'<?xml version="1.0" encoding="{label}"?>'
+                  '<job_command name="GetBuildString"/>').encode()
+        try:
+            PacketParser().feed(packet)
+        except PacketError as exc:
+            return exc
+        return None
+
+    assert feed("UTF-8") is None and feed("latin_1") is None  # (the known ones are remembered)
+    before = len(encodings._cache)  # type: ignore[attr-defined]
+    for number in range(2000):
+        assert "unknown encoding" in feed(f"x{number}").detail  # type: ignore[union-attr]
+        assert feed("utf" + "-" * (number % 30 + 1) + "8") is None
+    assert len(encodings._cache) - before < 10  # type: ignore[attr-defined]
