@@ -352,3 +352,24 @@ def test_made_up_encoding_names_take_no_memory_for_good():
         assert "unknown encoding" in feed(f"x{number}").detail  # type: ignore[union-attr]
         assert feed("utf" + "-" * (number % 30 + 1) + "8") is None
     assert len(encodings._cache) - before < 10  # type: ignore[attr-defined]
+
+
+async def test_guesses_sent_in_parallel_take_their_turn(make_server):
+    """The throttle is per address, not per connection: guesses sent on many
+    connections at once are checked one after another, each after the delay the
+    failure before it earned, and the right password among them waits its turn."""
+    server = await make_server(users=USERS)
+    started = time.monotonic()
+
+    async def attempt(password: str) -> tuple[str, float]:
+        lines = await exchange(server.port, job_packet("ann", password))
+        return lines[0], time.monotonic() - started
+
+    wrong = [asyncio.create_task(attempt(f"guess-{number}")) for number in range(5)]
+    await asyncio.sleep(0.2)  # all five are being checked or waiting their turn
+    reply, elapsed = await attempt("ann-pw")
+    assert reply.startswith("R0000000: T")
+    # 3 free failures, then 0.25 s after the fourth and 0.5 s after the fifth
+    assert elapsed >= 0.75
+    for refused, _ in await asyncio.gather(*wrong):
+        assert refused == "R0005012: Not authenticated: wrong user or password"
