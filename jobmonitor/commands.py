@@ -152,13 +152,31 @@ class Commands:
             RequestError: the command is unknown or refused, or the credentials
             are missing or wrong when users are configured.
         """
-        method = self._table.get(packet.command)
-        if method is None:
+        return await self.execute(packet, await self.caller(packet, peer))
+
+    async def caller(self, packet: Packet, peer: Callable[[], str] = str) -> Caller:
+        """Who sent the packet: the first half of ``run``, which checks the
+        credentials (and may wait: see ``Authenticator.authenticate``).
+
+        Raises:
+            RequestError: the command is unknown, or the credentials are missing
+            or wrong when users are configured.
+        """
+        if packet.command not in self._table:
             raise RequestError(Reply.UNKNOWN_COMMAND, clip(packet.command, 80))
         if self._auth is None or not self._auth.enabled:
             token = packet.variables.get("_sys_UserToken", "").strip()
-            return await method(packet, Caller(token or ANONYMOUS))
-        return await method(packet, await self._authenticated(packet, peer()))
+            return Caller(token or ANONYMOUS)
+        return await self._authenticated(packet, peer())
+
+    async def execute(self, packet: Packet, caller: Caller) -> Response:
+        """Carry out a packet of a known command for ``caller`` (the second half of
+        ``run``).
+
+        Raises:
+            RequestError: the command is refused.
+        """
+        return await self._table[packet.command](packet, caller)
 
     async def _authenticated(self, packet: Packet, peer: str) -> Caller:
         assert self._auth is not None

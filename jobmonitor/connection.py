@@ -75,7 +75,7 @@ class Connection(asyncio.Protocol):
                  "_deadline_key",
                  "_opened", "_corked", "_corked_bytes", "_stall_timer", "_lost", "_task",
                  "_stream", "_following", "_next_line", "_paused", "_drained", "_peer_eof",
-                 "_alone", "_socket_corked", "stream_cursor")
+                 "_alone", "_socket_corked", "_checking", "stream_cursor")
 
     def __init__(self, server: "Server") -> None:
         self._server = server
@@ -100,6 +100,7 @@ class Connection(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self._peer_eof = False
         self._alone = False  # the client sent its packet and nothing more (see finish)
+        self._checking = False  # the task waits for the client's credentials to be checked
         self._socket_corked = server.accepts_corked  # the kernel holds our bytes until the FIN
         #: Where this connection is in the stream it watches (kept by the stream).
         self.stream_cursor = 0
@@ -166,6 +167,11 @@ class Connection(asyncio.Protocol):
         self._state = _State.CLOSED
         self._lost = True
         self._cancel_timer()
+        if self._checking and self._task is not None:
+            # Nobody is left to answer, and the connection's place is given back
+            # now: its password check (which may wait its turn behind others from
+            # the same address) must not stay behind, holding the packet.
+            self._task.cancel()
         if self._stream is not None:
             self._stream.unwatch(self)
             self._stream = None
@@ -397,13 +403,19 @@ class Connection(asyncio.Protocol):
             self._task = None
 
     async def _answer(self, packet: Packet) -> None:
+        commands = self._server.commands
         try:
-            response = await self._server.commands.run(packet, self._peer_host)
+            self._checking = True
+            caller = await commands.caller(packet, self._peer_host)
+            self._checking = False
+            response = await commands.execute(packet, caller)
         except RequestError as exc:
+            self._checking = False
             self.reply(exc.code, exc.reply_text)
             self.finish()
             return
         except Exception:
+            self._checking = False
             log.exception("command %s from %s failed", clip(packet.command), self.peer)
             self.reply(Reply.INTERNAL_ERROR)
             self.finish()

@@ -429,6 +429,32 @@ async def test_clients_vanishing_mid_packet_and_mid_stream_leak_nothing(make_ser
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+async def test_clients_resetting_while_their_password_is_checked_leave_no_work(make_server):
+    """A connection reset while its password waits to be checked gives back its
+    place at once; its check must go with it, or resets would let a client keep
+    any number of checks (and packets) waiting beyond max_connections."""
+    from jobmonitor.auth import User, hash_password
+
+    server = await make_server(users=(User("ann", hash_password("ann-pw")),),
+                               max_connections=10)
+    tasks = await task_count(server)
+    packet = xml_packet("SubmitJob", {"ProjectName": "echo", "_sys_User": "ann",
+                                      "_sys_Password": "wrong", "Filler": "x" * 100_000})
+    for _ in range(40):
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(packet)
+        await writer.drain()
+        await asyncio.sleep(0.01)  # the server has it
+        reset(writer)
+    await no_connections(server)
+    await asyncio.sleep(0.2)
+    assert len(other_tasks()) == tasks
+    # the address is slowed down by what was checked, but served
+    ok = await exchange(server.port, xml_packet("SubmitJob", {
+        "ProjectName": "echo", "_sys_User": "ann", "_sys_Password": "ann-pw"}))
+    assert ok[0].startswith("R0000000: T")
+
+
 async def test_a_client_that_stopped_reading_does_not_outlive_the_server():
     fds = open_fds()
     stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
