@@ -16,6 +16,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import ipaddress
 import os
 import time
 from collections import OrderedDict
@@ -23,7 +24,8 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
-__all__ = ["User", "ROLES", "hash_password", "verify_password", "Authenticator"]
+__all__ = ["User", "ROLES", "hash_password", "verify_password", "Authenticator",
+           "throttled_address"]
 
 ROLES = ("user", "admin")
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
@@ -113,6 +115,7 @@ class Authenticator:
         record and no attempt under way, skips the line (a client submitting
         many jobs at once).
         """
+        address = throttled_address(address)
         user = self._users.get(name)
         if (user is not None and address not in self._turns and address not in self._failures
                 and self._remembered(user, password)):
@@ -177,6 +180,25 @@ class Authenticator:
         while len(self._failures) > _MAX_TRACKED:
             self._failures.popitem(last=False)
         return _delay(count)
+
+
+def throttled_address(address: str) -> str:
+    """What failures are counted against: an IPv4 address as it is (also when
+    written as an IPv4-mapped IPv6 address), an IPv6 address's /64 network.
+
+    A single IPv6 host usually has a whole /64 to itself (SLAAC, privacy
+    addresses): counted per address, it could take a new one for every three
+    guesses.
+    """
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 
 def _delay(failures: int) -> float:

@@ -373,3 +373,22 @@ async def test_guesses_sent_in_parallel_take_their_turn(make_server):
     assert elapsed >= 0.75
     for refused, _ in await asyncio.gather(*wrong):
         assert refused == "R0005012: Not authenticated: wrong user or password"
+
+
+async def test_failures_are_counted_per_ipv6_network_and_mapped_ipv4_address():
+    """One IPv6 host has a /64 of addresses to pick from: counted per address, it
+    could take a new one for every three guesses."""
+    from jobmonitor.auth import Authenticator, throttled_address
+
+    assert throttled_address("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert throttled_address("fe80::1%eth0") == "fe80::/64"
+    assert throttled_address("::ffff:10.0.0.7") == throttled_address("10.0.0.7") == "10.0.0.7"
+    auth = Authenticator(USERS)
+    for number in range(3):
+        assert await auth.authenticate("ann", "guess", f"2001:db8::{number + 1}") is None
+    started = time.monotonic()
+    assert await auth.authenticate("ann", "guess", "2001:db8::99") is None
+    assert time.monotonic() - started >= 0.25  # the fourth failure of that network
+    started = time.monotonic()
+    assert await auth.authenticate("ann", "guess", "2001:db8:0:1::1") is None
+    assert time.monotonic() - started < 0.25  # another network
