@@ -48,7 +48,8 @@ class JobRunner:
         self.handlers = dict(handlers)
         #: Queued jobs are started (not while the engine is stopped or restarting).
         self.starting = False
-        #: Failed jobs may run again (not once the server is stopping).
+        #: Failed jobs are queued to run again here (not once the server is stopping:
+        #: then only a durable store keeps them queued, for the next start).
         self.retrying = False
         self._config = config
         self._jobs = jobs
