@@ -140,10 +140,13 @@ class Authenticator:
         await asyncio.sleep(delay)  # (the next attempt waits for it too: _penalty)
         return None
 
+    def _token(self, user: User, password: str) -> bytes:
+        """What is kept of a password that checked out: a digest keyed for this process."""
+        return hmac.new(self._key, f"{user.name}\0{password}".encode(), "sha256").digest()
+
     def _remembered(self, user: User, password: str) -> bool:
-        token = hmac.new(self._key, f"{user.name}\0{password}".encode(), "sha256").digest()
         known = self._verified.get(user.name)
-        return known is not None and hmac.compare_digest(known, token)
+        return known is not None and hmac.compare_digest(known, self._token(user, password))
 
     async def _check(self, user: User | None, password: str) -> bool:
         if user is None:
@@ -155,8 +158,7 @@ class Authenticator:
             return True
         if not await asyncio.to_thread(verify_password, password, user.password_hash):
             return False
-        self._verified[user.name] = hmac.new(
-            self._key, f"{user.name}\0{password}".encode(), "sha256").digest()
+        self._verified[user.name] = self._token(user, password)
         return True
 
     def _penalty(self, address: str) -> float:

@@ -144,19 +144,12 @@ class Commands:
     def names(self) -> list[str]:
         return sorted(self._table)
 
-    async def run(self, packet: Packet, peer: Callable[[], str] = str) -> Response:
-        """Execute one packet from the client whose address ``peer()`` gives (asked
-        only when credentials are checked: it may cost a system call).
-
-        Raises:
-            RequestError: the command is unknown or refused, or the credentials
-            are missing or wrong when users are configured.
-        """
-        return await self.execute(packet, await self.caller(packet, peer))
-
     async def caller(self, packet: Packet, peer: Callable[[], str] = str) -> Caller:
-        """Who sent the packet: the first half of ``run``, which checks the
-        credentials (and may wait: see ``Authenticator.authenticate``).
+        """Who sent the packet, whose address ``peer()`` gives (asked only when
+        credentials are checked: it may cost a system call).  The credentials'
+        check may wait (see ``Authenticator.authenticate``); a connection lost
+        meanwhile cancels it, where a command under way runs to its end: so
+        ``caller`` and ``execute`` are two steps.
 
         Raises:
             RequestError: the command is unknown, or the credentials are missing
@@ -170,8 +163,7 @@ class Commands:
         return await self._authenticated(packet, peer())
 
     async def execute(self, packet: Packet, caller: Caller) -> Response:
-        """Carry out a packet of a known command for ``caller`` (the second half of
-        ``run``).
+        """Carry out a packet of a known command (``caller`` checked it) for ``caller``.
 
         Raises:
             RequestError: the command is refused.

@@ -405,17 +405,17 @@ class Connection(asyncio.Protocol):
     async def _answer(self, packet: Packet) -> None:
         commands = self._server.commands
         try:
-            self._checking = True
-            caller = await commands.caller(packet, self._peer_host)
-            self._checking = False
+            self._checking = True  # (a lost connection cancels the check: see connection_lost)
+            try:
+                caller = await commands.caller(packet, self._peer_host)
+            finally:
+                self._checking = False
             response = await commands.execute(packet, caller)
         except RequestError as exc:
-            self._checking = False
             self.reply(exc.code, exc.reply_text)
             self.finish()
             return
         except Exception:
-            self._checking = False
             log.exception("command %s from %s failed", clip(packet.command), self.peer)
             self.reply(Reply.INTERNAL_ERROR)
             self.finish()

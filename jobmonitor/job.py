@@ -42,6 +42,8 @@ _THREAD_LOCK = threading.Lock()
 _new_tuple = tuple.__new__
 #: The history event of a failed job queued to run again (see ``Job.attempt``).
 RETRY_EVENT = "retry"
+#: The history event of a job that starts running (each run has one).
+START_EVENT = "start"
 #: With a durable store, a job at a checkpoint waits while more of its lines than
 #: this are not yet stored: a chatty job cannot fill memory faster than the
 #: store writes (lines can leave memory only once stored).

@@ -142,7 +142,8 @@ class PacketShape:
             self._open_root(element, name)
         else:  # also what stops a deep-nesting attack at its fourth level
             var = clip(self._var_name)
-            raise malformed(f'element <{clip(name)}> inside <var name="{var}">: values are plain text')
+            raise malformed(f'element <{clip(name)}> inside <var name="{var}">: '
+                            'values are plain text')
         self.open_elements.append(name)
         self._elements.append(element)
         self._previous = None

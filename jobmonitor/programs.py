@@ -37,7 +37,7 @@ from .app import JobMonitor
 from .codes import Reply
 from .errors import ConfigError, JobFailed, RequestError
 from .handlers import JOB_OPTIONS, check_job_options, check_seconds
-from .job import Job
+from .job import START_EVENT, Job
 from .lines import clip
 from .process import ProgramProcess, read_output, signal_group, start_program, stop_program
 
@@ -330,7 +330,7 @@ def _make_output_dir(folder: Path, transaction_id: str, *, first_run: bool) -> N
 def _first_run(job: Job) -> bool:
     """True unless the job has started before (``retries``, ``retry_on_restart``)."""
     return sum(1 for event in job.record.history
-               if event[0] == "job" and event[1] == "start") <= 1
+               if event[0] == "job" and event[1] == START_EVENT) <= 1
 
 
 def _pauser(process: ProgramProcess,

@@ -27,7 +27,7 @@ from .config import Config
 from .directory import JobDirectory
 from .errors import JobFailed
 from .handlers import Handler
-from .job import RETRY_EVENT, Job
+from .job import RETRY_EVENT, START_EVENT, Job
 from .lines import format_line
 from .states import JobState, Outcome
 
@@ -158,7 +158,7 @@ class JobRunner:
             if handler.timeout_s is not None:  # (it starts with the state change below)
                 job._time_limit = TimeLimit(loop, handler.timeout_s,
                                             functools.partial(self._time_out, job))
-            job._set_state(JobState.PROCESSING, "start")
+            job._set_state(JobState.PROCESSING, START_EVENT)
             self._running[job] = loop.create_task(self._run(job))
 
     async def _run(self, job: Job) -> None:
