@@ -26,6 +26,7 @@ from .errors import (
     ProtocolError,
     ReplyError,
     RequestError,
+    StoreUnavailable,
 )
 from .job import Job
 from .server import Server
@@ -47,6 +48,7 @@ __all__ = [
     "JobFailed",
     "RequestError",
     "PacketError",
+    "StoreUnavailable",
     "ReplyError",
     "ProtocolError",
 ]
