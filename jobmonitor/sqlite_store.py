@@ -14,7 +14,7 @@ A commit that fails (a full disk, a lock held by another program past
 jobs were never acknowledged), and for every other job the store goes back to
 what it had taken before, so the next commit, ``RETRY_DELAY_S`` later, writes
 it all again.  Monitors are told only of lines a commit stored.  A failure that
-is the environment's (``_unavailable``) refuses the commands it touches with
+is the environment's (``unavailable``) refuses the commands it touches with
 ``StoreUnavailable``; ``Outage`` logs each spell of failures once, at its start
 and at its end.
 
@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import ConfigError, StoreUnavailable
+from .errors import ConfigError
 from .records import JobRecord
 from .sqlite_rows import (FINAL, JOB_COLUMNS, SCHEMA, STATEMENT_CACHE, UNFINISHED, UPDATE_GROUP,
                           UPDATE_HEAD, UPDATE_TAIL, delete_numbers, find_token,
@@ -52,7 +52,7 @@ from .sqlite_rows import (FINAL, JOB_COLUMNS, SCHEMA, STATEMENT_CACHE, UNFINISHE
                           last_number, number_of, read_lines, recent_events, select_records,
                           transaction)
 from .store import Recordable, Recovery, Store
-from .store_outage import Outage
+from .store_outage import Outage, unavailable
 
 __all__ = ["SqliteStore"]
 
@@ -80,12 +80,6 @@ BLOCK_LINES = 2000
 BUSY_TIMEOUT_S = 5.0
 #: The pause after a failed commit before the next try.
 RETRY_DELAY_S = 1.0
-#: SQLite's primary result codes for a database that cannot be used now through no
-#: fault of the server's: busy or locked past the busy timeout, out of memory,
-#: read-only, an I/O error, full, cannot be opened, a broken lock protocol.
-UNAVAILABLE_CODES = frozenset({
-    sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_READONLY,
-    sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL})
 
 
 @dataclass(slots=True)
@@ -220,14 +214,7 @@ class SqliteStore(Store):
                 await self._call(self._write, batch)
             except Exception as exc:
                 failed = True
-                self._take_back(batch)
-                refusal = _unavailable(exc)
-                refused = 0
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_exception(refusal or exc)
-                        refused += 1
-                self._outage.failed(exc, refused, expected=refusal is not None)
+                self._commit_failed(batch, waiters, exc)
             else:
                 if batch.stored:  # (a retry with nothing left to write proves nothing)
                     self._outage.worked()
@@ -296,6 +283,20 @@ class SqliteStore(Store):
             if record.status._value_ in FINAL and written.lines == len(stream):
                 del self._written[transaction_id]  # nothing more will change
         return batch
+
+    def _commit_failed(self, batch: _Batch, waiters: list[asyncio.Future[None]],
+                       exc: Exception) -> None:
+        """Take back what the commit carried, refuse the commands that waited for it
+        (with ``StoreUnavailable`` when the failure is the environment's), and tell
+        the outage."""
+        self._take_back(batch)
+        refusal = unavailable(exc)
+        refused = 0
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(refusal or exc)
+                refused += 1
+        self._outage.failed(exc, refused, expected=refusal is not None)
 
     def _take_back(self, batch: _Batch) -> None:
         """After a failed commit: forget the jobs it would have inserted (their
@@ -421,7 +422,7 @@ class SqliteStore(Store):
         its success ends a spell of failures).
 
         Raises:
-            StoreUnavailable: the database cannot be used now (see ``_unavailable``).
+            StoreUnavailable: the database cannot be used now (see ``unavailable``).
         """
         def call() -> T:
             assert self._db is not None
@@ -430,7 +431,7 @@ class SqliteStore(Store):
         try:
             result: T = await self._call(call)
         except Exception as exc:
-            refusal = _unavailable(exc)
+            refusal = unavailable(exc)
             if refusal is None:
                 raise  # a bug: logged in full by whoever answers the command
             self._outage.failed(exc, 1, expected=True)
@@ -438,19 +439,6 @@ class SqliteStore(Store):
         if writes:
             self._outage.worked()
         return result
-
-
-def _unavailable(exc: Exception) -> StoreUnavailable | None:
-    """The refusal for commands a failure of the database touches, when the failure is
-    the environment's doing (a full disk, a lock held by another program), not a bug."""
-    # (An error the sqlite3 module raises itself, such as for a closed connection,
-    # has no SQLite code.)
-    code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
-    if code is not None and code & 0xFF in UNAVAILABLE_CODES:
-        refusal = StoreUnavailable(str(exc))
-        refusal.__cause__ = exc
-        return refusal
-    return None
 
 
 def _call_each(callbacks: list[Callable[[], None]]) -> None:

@@ -1,4 +1,5 @@
-"""A store's spells of failing, told in two log lines each: when one starts and when it ends.
+"""A store's failures that are the environment's doing, and its spells of failing,
+told in two log lines each: when one starts and when it ends.
 
 A full disk, or another program holding the database's lock, makes every write
 fail until it is dealt with, and every command that must write is refused
@@ -8,14 +9,42 @@ the first failure of a spell is logged with its reason; later ones are only
 counted; the first write that works again logs that the store recovered, after
 how long, and how many commands were refused in between.  A failure that is not
 the environment's (a bug) is logged with its traceback, once per spell.
+
+``unavailable`` tells SQLite's failures of the environment (a full disk, a
+lock, an I/O error) from the rest: commands they touch are refused with
+``StoreUnavailable`` instead of being answered as a server bug.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 
-__all__ = ["Outage"]
+from .errors import StoreUnavailable
+
+__all__ = ["Outage", "unavailable", "UNAVAILABLE_CODES"]
+
+#: SQLite's primary result codes for a database that cannot be used now through no
+#: fault of the server's: busy or locked past the busy timeout, out of memory,
+#: read-only, an I/O error, full, cannot be opened, a broken lock protocol.
+UNAVAILABLE_CODES = frozenset({
+    sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL})
+
+
+def unavailable(exc: BaseException) -> StoreUnavailable | None:
+    """The refusal for the commands a failure of the database touches, when the
+    failure is the environment's doing (a full disk, a lock held by another
+    program), not a bug; else None."""
+    # (An error the sqlite3 module raises itself, such as for a closed connection,
+    # has no SQLite code.)
+    code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
+    if code is not None and code & 0xFF in UNAVAILABLE_CODES:
+        refusal = StoreUnavailable(str(exc))
+        refusal.__cause__ = exc
+        return refusal
+    return None
 
 
 class Outage:
