@@ -6,10 +6,10 @@ Clients send XML command packets over TCP; the server answers with coded
 Layers, from the wire up: ``codes`` (the code table), ``lines`` and ``packet``
 (sans-I/O wire format); ``states``, ``records``, ``job``, ``stream``,
 ``handlers``, ``directory`` and ``engine`` (running jobs and recording what
-they say); ``store`` and ``sqlite_store`` (persistence); ``auth``,
-``representations``, ``commands``, ``connection`` and ``server`` (the network
-side); ``app`` (the embedding API); ``programs`` and ``config_file`` (program
-jobs and ``jobmonitor.toml``); ``client`` (the Python client) and
+they say); ``store``, ``sqlite_store`` and ``store_outage`` (persistence);
+``auth``, ``representations``, ``commands``, ``connection`` and ``server`` (the
+network side); ``app`` (the embedding API); ``programs`` and ``config_file``
+(program jobs and ``jobmonitor.toml``); ``client`` (the Python client) and
 ``cli``/``cli_client`` (the command).
 """
 
@@ -26,6 +26,7 @@ from .errors import (
     ProtocolError,
     ReplyError,
     RequestError,
+    StoreUnavailable,
 )
 from .job import Job
 from .server import Server
@@ -47,6 +48,7 @@ __all__ = [
     "JobFailed",
     "RequestError",
     "PacketError",
+    "StoreUnavailable",
     "ReplyError",
     "ProtocolError",
 ]

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 
 from .codes import Reply, Status
 from .config import Config
-from .errors import RequestError
+from .errors import RequestError, StoreUnavailable
 from .handlers import Handler
 from .directory import JobDirectory
 from .job import Job
@@ -147,7 +147,8 @@ class Engine:
         Raises:
             RequestError: UNKNOWN_PROJECT; whatever the handler's ``check`` raises;
             SERVER_BUSY while shutting down, when the queue is full, or when
-            transaction numbers are exhausted.
+            transaction numbers are exhausted; StoreUnavailable (SERVER_BUSY) when
+            the store cannot write the job (no job is left behind).
         """
         if job_token:
             earlier = await self.jobs.earlier(identity, job_token)
@@ -263,7 +264,8 @@ class Engine:
         """Delete a finished job's record and lines.
 
         Raises:
-            RequestError: UNKNOWN_TRANSACTION; INVALID_STATE while it is active.
+            RequestError: UNKNOWN_TRANSACTION; INVALID_STATE while it is active;
+            StoreUnavailable when the store cannot write (nothing is deleted).
         """
         record = await self.jobs.record(transaction_id)
         if not record.status.is_final:
@@ -345,6 +347,8 @@ class Engine:
         while True:
             try:
                 await self.purge_expired()
+            except StoreUnavailable:
+                pass  # (the store logs its failing once; the next round tries again)
             except Exception:
                 log.exception("purging old jobs failed")
             await asyncio.sleep(PURGE_INTERVAL_S)

@@ -6,7 +6,8 @@
     ├── ConfigError                bad settings or job modules; raised at start-up
     ├── JobFailed                  raised by a job handler to fail its job with a reason
     ├── RequestError               a request the server refuses; carries an R code
-    │   └── PacketError            the packet itself could not be read (wire layer)
+    │   ├── PacketError            the packet itself could not be read (wire layer)
+    │   └── StoreUnavailable       the store cannot be used now (a full disk, a lock held)
     ├── ReplyError                 (client side) the server answered with an R error
     └── ProtocolError              (client side) the server sent something not in the protocol
 
@@ -24,6 +25,7 @@ __all__ = [
     "JobFailed",
     "RequestError",
     "PacketError",
+    "StoreUnavailable",
     "ReplyError",
     "ProtocolError",
 ]
@@ -65,6 +67,19 @@ class RequestError(JobMonitorError):
 
 class PacketError(RequestError):
     """A command packet that cannot be read: malformed, too large, refused."""
+
+
+class StoreUnavailable(RequestError):
+    """The store cannot be used now, through no fault of the request: the disk is
+    full, another program holds the database's lock, an I/O error.
+
+    Answered ``R0005011: Server busy: store unavailable: <reason>``: like the other
+    busy replies, the request may be sent again later, and nothing of it was kept.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(Reply.SERVER_BUSY, f"store unavailable: {reason}")
+        self.reason = reason
 
 
 class ReplyError(JobMonitorError):

@@ -13,7 +13,10 @@ A commit that fails (a full disk, a lock held by another program past
 ``BUSY_TIMEOUT_S``) stores nothing: the submits it carried are refused (their
 jobs were never acknowledged), and for every other job the store goes back to
 what it had taken before, so the next commit, ``RETRY_DELAY_S`` later, writes
-it all again.  Monitors are told only of lines a commit stored.
+it all again.  Monitors are told only of lines a commit stored.  A failure that
+is the environment's (``unavailable``) refuses the commands it touches with
+``StoreUnavailable``; ``Outage`` logs each spell of failures once, at its start
+and at its end.
 
 A job's row is inserted whole once; later commits update only the columns
 that can change (no parameters re-encoded).  Each table gets one statement
@@ -49,6 +52,7 @@ from .sqlite_rows import (FINAL, JOB_COLUMNS, SCHEMA, STATEMENT_CACHE, UNFINISHE
                           last_number, number_of, read_lines, recent_events, select_records,
                           transaction)
 from .store import Recordable, Recovery, Store
+from .store_outage import Outage, unavailable
 
 __all__ = ["SqliteStore"]
 
@@ -124,7 +128,7 @@ class SqliteStore(Store):
         self._urgent = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
         self._closing = False
-        self._failures = 0  # commits that failed in a row
+        self._outage = Outage(log, f"the store at {path}")
         self._lock_fd: int | None = None
 
     # -- life cycle -------------------------------------------------------------
@@ -210,19 +214,10 @@ class SqliteStore(Store):
                 await self._call(self._write, batch)
             except Exception as exc:
                 failed = True
-                self._failures += 1
-                if self._failures == 1:  # one line for a disk that stays broken
-                    log.error("writing to %s failed (%s: %s); trying again every %g s",
-                              self.path, type(exc).__name__, exc, RETRY_DELAY_S)
-                self._take_back(batch)
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_exception(exc)
+                self._commit_failed(batch, waiters, exc)
             else:
-                if self._failures:
-                    log.warning("writing to %s works again, after %d failed commits",
-                                self.path, self._failures)
-                    self._failures = 0
+                if batch.stored:  # (a retry with nothing left to write proves nothing)
+                    self._outage.worked()
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(None)
@@ -288,6 +283,20 @@ class SqliteStore(Store):
             if record.status._value_ in FINAL and written.lines == len(stream):
                 del self._written[transaction_id]  # nothing more will change
         return batch
+
+    def _commit_failed(self, batch: _Batch, waiters: list[asyncio.Future[None]],
+                       exc: Exception) -> None:
+        """Take back what the commit carried, refuse the commands that waited for it
+        (with ``StoreUnavailable`` when the failure is the environment's), and tell
+        the outage."""
+        self._take_back(batch)
+        refusal = unavailable(exc)
+        refused = 0
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(refusal or exc)
+                refused += 1
+        self._outage.failed(exc, refused, expected=refusal is not None)
 
     def _take_back(self, batch: _Batch) -> None:
         """After a failed commit: forget the jobs it would have inserted (their
@@ -400,21 +409,36 @@ class SqliteStore(Store):
     async def delete(self, transaction_id: str) -> None:
         number = number_of(transaction_id)
         if number is not None:
-            await self._call_db(delete_numbers, [number])
+            await self._call_db(delete_numbers, [number], writes=True)
 
     async def purge(self, finished_before: float) -> int:
         numbers = await self._call_db(finished_before_numbers, finished_before)
         if numbers:
-            await self._call_db(delete_numbers, numbers)
+            await self._call_db(delete_numbers, numbers, writes=True)
         return len(numbers)
 
-    async def _call_db(self, func: Callable[..., T], *args: Any) -> T:
-        """``func(connection, *args)`` on the database thread."""
+    async def _call_db(self, func: Callable[..., T], *args: Any, writes: bool = False) -> T:
+        """``func(connection, *args)`` on the database thread (``writes``: it writes, so
+        its success ends a spell of failures).
+
+        Raises:
+            StoreUnavailable: the database cannot be used now (see ``unavailable``).
+        """
         def call() -> T:
             assert self._db is not None
             return func(self._db, *args)
 
-        return await self._call(call)  # type: ignore[no-any-return]
+        try:
+            result: T = await self._call(call)
+        except Exception as exc:
+            refusal = unavailable(exc)
+            if refusal is None:
+                raise  # a bug: logged in full by whoever answers the command
+            self._outage.failed(exc, 1, expected=True)
+            raise refusal from exc
+        if writes:
+            self._outage.worked()
+        return result
 
 
 def _call_each(callbacks: list[Callable[[], None]]) -> None:

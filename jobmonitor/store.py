@@ -8,6 +8,11 @@ of a live job is the ``Recordable`` view (its record and the stream's lines).
 it); ``changed`` only marks a job, and the store writes what changed in its
 own time (the SQLite store: in group commits at most ``commit_interval_s``
 apart).  The memory store keeps nothing beyond the engine's own tables.
+
+A store that cannot be used now (a full disk, a database another program has
+locked) raises ``StoreUnavailable`` from ``add``, ``flush``, ``delete``,
+``purge`` and its reads; what it was given to write and did not refuse, it keeps
+and writes once it can.
 """
 
 from __future__ import annotations
@@ -84,7 +89,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def add(self, job: Recordable) -> None:
         """Record a new job and its lines so far; return once durable.  Called only
-        on a durable store."""
+        on a durable store.
+
+        Raises:
+            StoreUnavailable: the job could not be stored, and nothing of it is kept.
+        """
 
     @abc.abstractmethod
     def changed(self, job: Recordable, urgent: bool = False) -> None:
