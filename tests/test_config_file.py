@@ -243,13 +243,13 @@ async def test_the_example_archive_project_leaves_its_archive_as_an_output(tmp_p
     from jobmonitor import JobMonitor
     from jobmonitor.programs import add_programs
 
-    programs = [dataclasses.replace(p, output_dir=str(tmp_path / "out"))
+    programs = [dataclasses.replace(p, output_dir=str(tmp_path / "out"), cwd=str(ROOT))
                 for p in load_config_file(EXAMPLE).programs]
     app = JobMonitor()
     add_programs(app, programs)
     async with app.serve(host="127.0.0.1", port=0, linger_s=1.0) as server:
         client = Client("127.0.0.1", server.port)
-        tx = await client.submit("Archive", {"folder": str(ROOT / "examples")})
+        tx = await client.submit("Archive", {"folder": "examples"})
         assert (await tx.result()).ok
         (output,) = await client.outputs(tx.transaction_id)
     archive = tmp_path / "out" / tx.transaction_id / "archive.tar.gz"
