@@ -6,7 +6,7 @@ argument, so it can never add, split or remove an argument; what else it may
 do is up to the program, so a project can hold each variable to rules:
 
 - every value: no NUL character (no program could be given one);
-- ``Variable(kind="name")``: a plain file name (``NAME_RULES``);
+- ``Variable(kind="name")``: a plain file name (see ``Variable``);
 - ``Variable(pattern=...)``: a regular expression the whole value must match;
 - a value that starts an argument: no leading ``-`` (``allow_leading_dash``);
 - an argument in which ``{output_dir}`` is followed by a variable
@@ -16,8 +16,8 @@ do is up to the program, so a project can hold each variable to rules:
   component (checked at submit); nor may it lead out through a symbolic link
   (checked when the job starts, once the folder exists).
 
-The checks here return why a value is refused, a phrase that starts with the
-variable's name, or None; ``programs`` turns it into the submit's reply.
+The checks here return why a value is refused, in words for the submit's reply
+(``programs`` raises it as INVALID_VALUE), or None.
 """
 
 from __future__ import annotations
