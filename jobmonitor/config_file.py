@@ -10,12 +10,19 @@
     command = ["make", "-C", "{dir}", "html"]
     variables = ["dir"]
 
+    [projects.render]             # variables as a table: each with its rules
+    command = ["render", "{output_dir}/{name}"]
+    output_dir = "renders"
+    [projects.render.variables.name]
+    kind = "name"
+    pattern = "[a-z0-9_-]{1,40}[.]pdf"
+
     [users.ann]                   # users who may connect (Config.users)
     password_hash = "scrypt$..."  # from `jobmonitor hash-password`
     role = "admin"
 
-The keys and their types come from the ``Config``, ``Program`` and ``User``
-dataclasses, so no option list is spelled out here.  Every unknown key and bad value is a
+The keys and their types come from the ``Config``, ``Program``, ``Variable``
+and ``User`` dataclasses, so no option list is spelled out here.  Every unknown key and bad value is a
 ``ConfigError`` that names the file and the key.
 """
 
@@ -30,12 +37,15 @@ from typing import Any
 from .auth import User
 from .config import Config
 from .errors import ConfigError
-from .programs import SELF_CHECKED, Program
+from .programs import SELF_CHECKED, Program, Variable
 
 __all__ = ["ConfigFile", "load_config_file"]
 
-#: Program fields that are not keys of a project table.
-_NOT_KEYS = frozenset({"project", "_templates"})
+#: The keys of a project table: Program's fields but its name and what it works out.
+_PROGRAM_KEYS = {f.name: str(f.type) for f in dataclasses.fields(Program)
+                 if f.init and f.name != "project"}
+#: The keys of a variable's table (``[projects.x.variables.name]``).
+_VARIABLE_KEYS = {f.name: str(f.type) for f in dataclasses.fields(Variable) if f.init}
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,18 +99,40 @@ def _server(table: dict[str, Any]) -> Config:
 
 def _program(project: str, table: dict[str, Any]) -> Program:
     where = _key("projects", project)
-    fields = {f.name: str(f.type) for f in dataclasses.fields(Program) if f.name not in _NOT_KEYS}
-    _check_keys(table, set(fields), where)
+    _check_keys(table, set(_PROGRAM_KEYS), where)
     if "command" not in table:
         raise ConfigError(f"{where}.command: missing (every program project needs one)")
     # The job options (and kill_grace_s) go to Program as they are: it checks them
     # (type too) in add_job's words, so a bad value reads the same here and in Python.
-    values = {key: value if key in SELF_CHECKED else _value(value, fields[key], f"{where}.{key}")
-              for key, value in table.items()}
+    values = {key: value if key in SELF_CHECKED else _value(value, _PROGRAM_KEYS[key],
+                                                            f"{where}.{key}")
+              for key, value in table.items() if key != "variables"}
+    if "variables" in table:
+        values["variables"] = _variables(table["variables"], f"{where}.variables")
     try:
         return Program(project, **values)
     except ConfigError as exc:
         raise ConfigError(f"{where}.{exc}") from None
+
+
+def _variables(value: Any, where: str) -> tuple[str, ...] | dict[str, Variable]:
+    """A project's variables: a list of names, or a table of each name's rules."""
+    if not isinstance(value, dict):
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{where}: must be a list of names or a table of variables, "
+                              f"got {value!r}")
+        return tuple(value)
+    rules = {}
+    for name, table in value.items():
+        at = _key(where, name)
+        _check_keys(_table(table, at), set(_VARIABLE_KEYS), at)
+        values = {key: _value(item, _VARIABLE_KEYS[key], f"{at}.{key}")
+                  for key, item in table.items()}
+        try:
+            rules[name] = Variable(**values)
+        except ConfigError as exc:
+            raise ConfigError(f"{at}.{exc}") from None
+    return rules
 
 
 def _user(name: str, table: dict[str, Any]) -> User:

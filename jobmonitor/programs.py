@@ -14,7 +14,8 @@ left of the group, even if the program itself has exited.  Suspending a
 running job sends the group SIGSTOP (and stops its timeout); resuming it,
 SIGCONT.  With an ``output_dir`` each job gets its own folder
 ``<output_dir>/<transaction id>``; the files the program leaves there are
-recorded as the job's outputs.
+recorded as the job's outputs.  What a variable's value may be (``Variable``
+rules, paths under ``{output_dir}``) is ``program_args``'s part.
 The program inherits the server's environment without its ``JOBMONITOR_*``
 variables.  Starting, reading and stopping the process is ``process``'s part.
 """
@@ -25,13 +26,11 @@ import asyncio
 import contextlib
 import mimetypes
 import os
-import re
 import signal
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Union
 
 from .app import JobMonitor
 from .codes import Reply
@@ -40,37 +39,39 @@ from .handlers import JOB_OPTIONS, check_job_options, check_seconds
 from .job import START_EVENT, Job
 from .lines import clip
 from .process import ProgramProcess, read_output, signal_group, start_program, stop_program
+from .program_args import (
+    BUILTIN_PLACEHOLDERS,
+    OutputPath,
+    Template,
+    Variable,
+    Variables,
+    leading_slot,
+    output_path,
+    parse_template,
+    variable_rules,
+)
 
-__all__ = ["Program", "add_programs", "BUILTIN_PLACEHOLDERS", "STANDARD_VARIABLES", "SELF_CHECKED"]
+__all__ = ["Program", "Variable", "add_programs", "BUILTIN_PLACEHOLDERS", "STANDARD_VARIABLES",
+           "SELF_CHECKED"]
 
 #: The fields a ``Program`` checks itself, type and all, in the words a handler's
 #: options get (a config file passes them on as they are).
 SELF_CHECKED = (*JOB_OPTIONS, "kill_grace_s")
 
-#: Placeholders every program may use besides its declared variables.
-BUILTIN_PLACEHOLDERS = frozenset({"transaction_id", "output_dir"})
 #: Variables every SubmitJob may carry (they fill placeholders only when declared).
 STANDARD_VARIABLES = frozenset({"ProjectName", "JobName"})
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
-
-
-@dataclass(frozen=True, slots=True)
-class _Slot:
-    """A ``{name}`` placeholder inside an argv item."""
-
-    name: str
-
-
-_Template = tuple[Union[str, _Slot], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Program:
     """A program project: what to run, where, and which job variables it takes.
 
-    ``timeout_s``, ``retries`` and ``retry_delay_s`` are checked as ``add_job``
-    checks a handler's (``check_job_options``: the same words).
+    ``variables`` lists the variables' names, or maps each name to the
+    ``Variable`` rules its values must keep; either way it reads back as a
+    read-only mapping of each name to its ``Variable`` (``Variable()`` for a
+    name given alone), in the order given.  ``timeout_s``, ``retries`` and
+    ``retry_delay_s`` are checked as ``add_job`` checks a handler's
+    (``check_job_options``: the same words).
 
     Raises (on construction):
         ConfigError: a bad field; the message starts with the field's name.
@@ -78,7 +79,7 @@ class Program:
 
     project: str
     command: tuple[str, ...]
-    variables: tuple[str, ...] = ()
+    variables: Variables = ()
     cwd: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     timeout_s: float | None = None
@@ -88,45 +89,66 @@ class Program:
     retry_on_restart: bool = False
     retries: int = 0
     retry_delay_s: float = 0.0
-    _templates: tuple[_Template, ...] = field(init=False, repr=False, compare=False)
+    _rules: Mapping[str, Variable] = field(init=False, repr=False, compare=False)
+    _templates: tuple[Template, ...] = field(init=False, repr=False, compare=False)
+    _output_paths: tuple[OutputPath, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "command", tuple(self.command))
-        object.__setattr__(self, "variables", tuple(self.variables))
+        rules = variable_rules(self.variables)
+        object.__setattr__(self, "variables", rules)
+        object.__setattr__(self, "_rules", rules)
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
         _check_fields(self)
-        object.__setattr__(self, "_templates", tuple(
-            _parse_template(item, f"command[{index}]", self._placeholder_names())
-            for index, item in enumerate(self.command)))
+        names = self._placeholder_names()
+        templates = tuple(parse_template(item, f"command[{index}]", names)
+                          for index, item in enumerate(self.command))
+        object.__setattr__(self, "_templates", templates)
+        paths = (output_path(template, f"command[{index}]")
+                 for index, template in enumerate(templates))
+        object.__setattr__(self, "_output_paths", tuple(path for path in paths if path))
 
     def _placeholder_names(self) -> frozenset[str]:
         builtins = BUILTIN_PLACEHOLDERS if self.output_dir else {"transaction_id"}
-        return frozenset(self.variables) | builtins
+        return frozenset(self._rules) | builtins
 
     def check(self, params: Mapping[str, str]) -> None:
         """Refuse job variables this program does not take, or values it must not get.
 
         Raises:
-            RequestError: INVALID_VALUE for an unknown variable or a bad value,
-            MISSING_VARIABLE for a declared variable that is absent.
+            RequestError: INVALID_VALUE for an unknown variable or a value that
+            breaks a rule (``program_args``), MISSING_VARIABLE for a declared
+            variable that is absent.
         """
-        unknown = sorted(set(params) - set(self.variables) - STANDARD_VARIABLES)
+        unknown = sorted(set(params) - set(self._rules) - STANDARD_VARIABLES)
         if unknown:
-            accepted = ", ".join(self.variables) or "none"
+            accepted = ", ".join(self._rules) or "none"
             raise RequestError(Reply.INVALID_VALUE, f"{self.project!r} takes no variable "
                                f"{clip(', '.join(unknown), 80)} (it takes: {accepted})")
-        for name in self.variables:
+        for name, rule in self._rules.items():
             if name not in params:
                 raise RequestError(Reply.MISSING_VARIABLE, name)
             if "\x00" in params[name]:
                 raise RequestError(Reply.INVALID_VALUE, f"{name} contains a NUL character")
+            refusal = rule.refusal(params[name])
+            if refusal is not None:
+                raise RequestError(Reply.INVALID_VALUE, f"{name} {refusal}")
+        self._check_arguments(params)
+
+    def _check_arguments(self, params: Mapping[str, str]) -> None:
+        """Refuse values that would start an argument with '-', or take a path
+        under ``{output_dir}`` out of the job's folder."""
         if not self.allow_leading_dash:
             for template in self._templates:
-                slot = _leading_slot(template, params)
+                slot = leading_slot(template, params)
                 if slot is not None and params[slot.name].startswith("-"):
                     raise RequestError(Reply.INVALID_VALUE,
                                        f"{slot.name} must not start with '-' (it starts "
                                        "an argument, where it could pass as an option)")
+        for path in self._output_paths:
+            refusal = path.refusal(params)
+            if refusal is not None:
+                raise RequestError(Reply.INVALID_VALUE, refusal)
 
     def argv(self, values: Mapping[str, str]) -> list[str]:
         """The command with every placeholder filled from ``values``.
@@ -143,20 +165,15 @@ class Program:
             return None
         return (Path(self.output_dir) / transaction_id).absolute()
 
-
-def _leading_slot(template: _Template, values: Mapping[str, str]) -> _Slot | None:
-    """The placeholder whose value the filled argument starts with.
-
-    Empty values are skipped: with ``{a}{b}``, a="" and b="-rf" the argument is
-    ``-rf``.  None when the argument starts with literal text or a built-in
-    placeholder (a transaction ID or an absolute folder, never '-').
-    """
-    for part in template:
-        if isinstance(part, str) or part.name in BUILTIN_PLACEHOLDERS:
-            return None
-        if values.get(part.name):
-            return part
-    return None
+    def link_refusal(self, values: Mapping[str, str], folder: Path) -> str | None:
+        """Why a path under ``{output_dir}``, filled from ``values`` (every
+        placeholder's), leads out of ``folder`` through a symbolic link; None
+        when none does.  Made once the job's folder exists, before it starts."""
+        for path in self._output_paths:
+            refusal = path.link_refusal(values, folder)
+            if refusal is not None:
+                return refusal
+        return None
 
 
 def _check_fields(program: Program) -> None:
@@ -168,14 +185,6 @@ def _check_fields(program: Program) -> None:
     for index, item in enumerate(program.command):
         if "\x00" in item:
             raise ConfigError(f"command[{index}]: contains a NUL character")
-    seen: set[str] = set()
-    for name in program.variables:
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise ConfigError(f"variables: {name!r} is not a valid name "
-                              "(letters, digits and _, not starting with a digit)")
-        if name in seen or name in BUILTIN_PLACEHOLDERS or name.startswith("_sys_"):
-            raise ConfigError(f"variables: {name!r} is listed twice or is reserved")
-        seen.add(name)
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in program.env.items()):
         raise ConfigError("env: names and values must be strings")
     for name, value in program.env.items():
@@ -198,31 +207,6 @@ def _check_fields(program: Program) -> None:
     object.__setattr__(program, "retry_delay_s", retry_delay_s)
     object.__setattr__(program, "kill_grace_s", check_seconds("kill_grace_s",
                                                              program.kill_grace_s))
-
-
-def _parse_template(item: str, where: str, names: frozenset[str]) -> _Template:
-    """Split an argv item into literal text and placeholders.
-
-    Raises:
-        ConfigError: a lone brace, or a placeholder that names no variable.
-    """
-    parts: list[str | _Slot] = []
-    position = 0
-    for match in _TOKEN.finditer(item):
-        parts.append(item[position:match.start()])
-        token, name = match.group(0), match.group(1)
-        if token in ("{{", "}}"):
-            parts.append(token[0])
-        elif name is None:
-            raise ConfigError(f"{where}: lone {token!r} in {item!r} (write {token * 2} for a brace)")
-        elif name not in names:
-            raise ConfigError(f"{where}: placeholder {{{name}}} is not a declared variable "
-                              f"(variables: {', '.join(sorted(names))})")
-        else:
-            parts.append(_Slot(name))
-        position = match.end()
-    parts.append(item[position:])
-    return tuple(part for part in parts if part != "")
 
 
 # -- running -----------------------------------------------------------------------------
@@ -266,6 +250,9 @@ async def run_program(program: Program, job: Job) -> None:
     if output_dir is not None:
         _make_output_dir(output_dir, job.transaction_id, first_run=_first_run(job))
         values["output_dir"] = env["JOBMONITOR_OUTPUT_DIR"] = str(output_dir)
+        refusal = program.link_refusal(values, output_dir)
+        if refusal is not None:
+            raise JobFailed(refusal)
     argv = program.argv(values)
     process = await start_program(argv, program.cwd, env)
     # Reading goes on while the program is being stopped: its last words count.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from jobmonitor import Config, ConfigError, Outcome
 from jobmonitor.auth import hash_password
 from jobmonitor.client import Client, ReplyError
 from jobmonitor.config_file import load_config_file
+from jobmonitor.programs import Variable
 
 from .test_cli import ROOT, ServerProcess
 
@@ -43,14 +45,24 @@ timeout_s = 600
 [projects.list]
 command = ["ls"]
 retry_on_restart = true
+
+[projects.render]
+command = ["render", "{output_dir}/{name}", "{size}"]
+output_dir = "renders"
+variables.size = {}
+[projects.render.variables.name]
+kind = "name"
+pattern = "[a-z]+[.]pdf"
 """))
     assert file.config == Config(port=7500, max_running=2, packet_timeout_s=5.0,
                                  jobs=("tests/jobs.py",))
-    docs, listing = file.programs
+    docs, listing, render = file.programs
+    assert dict(render.variables) == {"size": Variable(),
+                                      "name": Variable(kind="name", pattern="[a-z]+[.]pdf")}
     assert docs.project == "Build Docs" and docs.command == ("make", "-C", "{dir}", "html")
-    assert docs.variables == ("dir",) and docs.cwd == "/srv/docs"
+    assert list(docs.variables) == ["dir"] and docs.cwd == "/srv/docs"
     assert dict(docs.env) == {"LANG": "C.UTF-8"} and docs.timeout_s == 600.0
-    assert listing.project == "list" and listing.variables == ()
+    assert listing.project == "list" and dict(listing.variables) == {}
     assert listing.retry_on_restart and not docs.retry_on_restart
 
 
@@ -99,6 +111,28 @@ def test_the_example_file_loads():
     ('[projects.x]\ncommand = ["ls"]\nkill_grace_s = inf',
      "projects.x.kill_grace_s: must be a finite number of 0 or more, got inf"),
     ('[projects.x]\ncommand = ["ls"]\nenv = { A = 1 }', "projects.x.env: must be a table of"),
+    ('[projects.x]\ncommand = ["ls", "{name}"]\n[projects.x.variables.name]\npattern = "("',
+     "projects.x.variables.name.pattern: must be a regular expression, got '(' (missing ), "
+     "unterminated subpattern at position 0)"),
+    ('[projects.x]\ncommand = ["ls"]\n[projects.x.variables.name]\npattern = ""',
+     "projects.x.variables.name.pattern: must be a regular expression (leave it out for none)"),
+    ('[projects.x]\ncommand = ["ls"]\n[projects.x.variables.name]\npattern = 5',
+     "projects.x.variables.name.pattern: must be a string, got 5"),
+    ('[projects.x]\ncommand = ["ls"]\n[projects.x.variables.name]\nkind = "file"',
+     "projects.x.variables.name.kind: must be 'text' or 'name', got 'file'"),
+    ('[projects.x]\ncommand = ["ls"]\n[projects.x.variables.name]\nregex = "a"',
+     "unknown key projects.x.variables.name.regex (known: kind, pattern)"),
+    ('[projects.x]\ncommand = ["ls"]\nvariables = { name = "name" }',
+     "projects.x.variables.name: must be a table"),
+    ('[projects.x]\ncommand = ["ls"]\nvariables = "name"',
+     "projects.x.variables: must be a list of names or a table of variables, got 'name'"),
+    ('[projects.x]\ncommand = ["ls"]\nvariables = ["a", 1]',
+     "projects.x.variables: must be a list of names or a table of variables, got ['a', 1]"),
+    ('[projects.x]\ncommand = ["ls"]\n[projects.x.variables."a b"]',
+     "projects.x.variables: 'a b' is not a valid name"),
+    ('[projects.x]\ncommand = ["touch", "{output_dir}/../{name}"]\noutput_dir = "o"\n'
+     'variables = ["name"]', "projects.x.command[1]: leads out of the job's output folder "
+                             "whatever the value of name (a path component is '..')"),
     ("[users.ann]\nrole = 'user'", "users.ann.password_hash: missing"),
     ("[users.ann]\npassword_hash = 'x'\npassword = 'pw'", "unknown key users.ann.password"),
     ("[users.ann]\npassword_hash = 'plain'", "users.ann.password_hash: not a hash"),
@@ -130,11 +164,18 @@ jobs = ["tests/jobs.py"]
 [projects.greet]
 command = ["{sys.executable}", "-c", "import sys; print('hello', sys.argv[1])", "{{name}}"]
 variables = ["name"]
+
+[projects.touch]
+command = ["{sys.executable}", "-c", "import sys; open(sys.argv[1], 'w')", "{{output_dir}}/{{name}}"]
+output_dir = "out"
+[projects.touch.variables.name]
+kind = "name"
+pattern = "[a-z]+"
 """
 
 
 def test_serve_with_a_config_file_runs_program_projects(tmp_path):
-    config = write(tmp_path, PROGRAMS)
+    config = write(tmp_path, PROGRAMS.replace('"out"', json.dumps(str(tmp_path / "out"))))
     server = ServerProcess("--config", str(config), "--machine-name", "from-flag")
     try:
         async def use() -> None:
@@ -147,6 +188,14 @@ def test_serve_with_a_config_file_runs_program_projects(tmp_path):
             with pytest.raises(ReplyError) as caught:
                 await client.submit("greet", {"name": "x", "shell": "y"})
             assert caught.value.code == 5007
+            for value, why in [("../../x", "is not a plain file name (kind \"name\"): it holds '/'"),
+                               ("x1", "does not match its pattern [a-z]+")]:
+                with pytest.raises(ReplyError) as caught:
+                    await client.submit("touch", {"name": value})
+                assert (caught.value.code, caught.value.text) == (
+                    5007, f"Invalid variable value: name {why}")
+            assert (await (await client.submit("touch", {"name": "x"})).result()).ok
+            assert [path.name for path in (tmp_path / "out").rglob("*")] == ["T0000003", "x"]
 
         asyncio.run(use())
         assert server.stop() == 0
@@ -158,6 +207,9 @@ def test_serve_with_a_config_file_runs_program_projects(tmp_path):
     ("[server]\nmax_runing = 2", "unknown key server.max_runing"),
     ('[projects.echo]\ncommand = ["ls"]\n[server]\njobs = ["tests/jobs.py"]',
      "job 'echo' is registered twice"),
+    ('[projects.x]\ncommand = ["ls"]\n[projects.x.variables.name]\npattern = "[a-"',
+     "projects.x.variables.name.pattern: must be a regular expression, got '[a-' "
+     "(unterminated character set at position 0)"),
 ])
 def test_serve_start_up_errors_from_the_file_are_one_line(tmp_path, text, message):
     import subprocess
@@ -173,11 +225,14 @@ def test_serve_start_up_errors_from_the_file_are_one_line(tmp_path, text, messag
 def test_every_program_key_is_documented():
     import dataclasses
 
-    from jobmonitor.programs import Program
+    from jobmonitor.programs import Program, Variable
 
     doc = (ROOT / "docs" / "configuration.md").read_text()
     for field in dataclasses.fields(Program):
-        if field.name not in ("project", "_templates"):
+        if field.init and field.name != "project":
+            assert f"| `{field.name}` |" in doc, field.name
+    for field in dataclasses.fields(Variable):
+        if field.init:
             assert f"| `{field.name}` |" in doc, field.name
 
 
@@ -188,13 +243,13 @@ async def test_the_example_archive_project_leaves_its_archive_as_an_output(tmp_p
     from jobmonitor import JobMonitor
     from jobmonitor.programs import add_programs
 
-    programs = [dataclasses.replace(p, output_dir=str(tmp_path / "out"))
+    programs = [dataclasses.replace(p, output_dir=str(tmp_path / "out"), cwd=str(ROOT))
                 for p in load_config_file(EXAMPLE).programs]
     app = JobMonitor()
     add_programs(app, programs)
     async with app.serve(host="127.0.0.1", port=0, linger_s=1.0) as server:
         client = Client("127.0.0.1", server.port)
-        tx = await client.submit("Archive", {"folder": str(ROOT / "examples")})
+        tx = await client.submit("Archive", {"folder": "examples"})
         assert (await tx.result()).ok
         (output,) = await client.outputs(tx.transaction_id)
     archive = tmp_path / "out" / tx.transaction_id / "archive.tar.gz"
