@@ -259,11 +259,10 @@ class _Stopper:
             self._exit_after(bound_s, signum, f"the shutdown took more than {bound_s:g} s")
         elif self._signals == 2:
             self._soon(self._hurry, name)
-            self._exit_after(HURRIED_EXIT_S, signum,
-                             f"{name} came twice and the jobs did not stop within "
-                             f"{HURRIED_EXIT_S:g} s")
+            self._exit_after(HURRIED_EXIT_S, signum, f"the shutdown did not end within "
+                                                     f"{HURRIED_EXIT_S:g} s of the second {name}")
         else:
-            self._exit(128 + signum, f"{name} came a third time")
+            self._exit(128 + signum, f"received {name} a third time")
 
     def _soon(self, callback: Callable[..., None], *args: Any) -> None:
         """Run ``callback`` on the loop (not in the signal handler, which may have
@@ -291,8 +290,10 @@ class _Stopper:
         self._deadline.start()
 
     def _exit(self, status: int, reason: str) -> None:
-        _exit_now(status, f"{reason}: exiting now; the next start recovers the jobs left "
-                          f"running", self.server.stuck_jobs())
+        stuck = self.server.stuck_jobs()
+        left = (f"; the next start recovers the jobs still running: {_job_names(stuck)}"
+                if stuck else "")
+        _exit_now(status, f"{reason}: exiting now{left}")
 
 
 def _exit_if_stuck(server: Server) -> None:
@@ -301,15 +302,18 @@ def _exit_if_stuck(server: Server) -> None:
     the interpreter's exit would wait for it)."""
     stuck = server.stuck_jobs()
     if stuck:
-        _exit_now(0, "exiting without waiting for job handlers that did not return when "
-                     "cancelled", stuck)
+        _exit_now(0, f"exiting without waiting for job handlers that did not stop when "
+                     f"cancelled: {_job_names(stuck)}")
 
 
-def _exit_now(status: int, reason: str, jobs: Sequence[Job]) -> NoReturn:
-    """Log why, flush the log, and end the process at once with ``status``
+def _job_names(jobs: Sequence[Job]) -> str:
+    return ", ".join(f"{job.transaction_id} ({job.project})" for job in jobs)
+
+
+def _exit_now(status: int, message: str) -> NoReturn:
+    """Log ``message``, flush the log, and end the process at once with ``status``
     (no clean-up: the store's lock and files go with the process)."""
-    running = ", ".join(f"{job.transaction_id} ({job.project})" for job in jobs)
-    log.warning("%s%s", reason, f" ({running})" if running else "")
+    log.warning("%s", message)
     for handler in logging.getLogger().handlers:
         handler.flush()
     os._exit(status)

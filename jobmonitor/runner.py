@@ -4,7 +4,8 @@ The engine decides what a command does to a job; this module runs them.  A
 job waits in ``_queue`` (or in ``_delayed``, waiting out a retry's delay,
 then queued) until a slot is free.  There is no scheduler task: starting
 happens whenever a job is queued or one ends (``start_ready``).  An async
-handler runs as a task on the loop; a plain function runs in a worker thread.
+handler runs as a task on the loop; a plain function runs in a worker thread
+(one that does not stop when cancelled is abandoned there: see ``drain``).
 A handler's ``timeout_s`` stops the job as a cancel does, and the job fails;
 a failed job runs again while its handler's ``retries`` allow.  Every job
 ends through ``finish``, which records exactly one completion line and the
