@@ -187,7 +187,9 @@ class Controller:
             raise self._error
 
     def stop(self, timeout_s: float = 60.0) -> None:
-        """Shut the server down and join its thread (idempotent)."""
+        """Shut the server down and join its thread (idempotent).  A job handler
+        that did not stop when cancelled is left running in its thread (see
+        ``Server.close``)."""
         if self._thread is None or self._loop is None or self._server is None:
             return
         self._loop.call_soon_threadsafe(self._server.close)

@@ -84,6 +84,9 @@ class Engine:
     async def stop(self, grace_s: float) -> None:
         """Stop starting jobs, give running ones ``grace_s``, cancel the rest, close the store.
 
+        A cancelled job whose handler has not stopped ``runner.CANCEL_WAIT_S``
+        later is abandoned (it ends cancelled, or is left to recovery), and its
+        thread goes on: the store stays locked until that thread returns.
         With a durable store, queued jobs stay queued for the next start and
         running jobs of ``retry_on_restart`` handlers are left to recovery.
         """
@@ -98,7 +101,10 @@ class Engine:
         self._runner.clear_delays()  # (a durable store keeps those jobs queued)
         await self._runner.drain(grace_s, keep_retryable=self._store.durable)
         self._runner.close()
-        await self._store.close()
+        # A handler abandoned in its thread may still be at work: the store stays
+        # locked until it returns, so that no new server runs its job beside it.
+        await self._store.close(keep_lock=True)
+        self._runner.when_threads_end(self._store.release_lock)
 
     async def restart(self, grace_s: float, handlers: Mapping[str, Handler]) -> None:
         """Let running jobs finish within ``grace_s`` (cancel the rest), swap in
@@ -121,6 +127,16 @@ class Engine:
     def hurry(self) -> None:
         """Stop waiting for running jobs: cancel them now (a second signal)."""
         self._runner.hurry()
+
+    def stuck_jobs(self) -> list[Job]:
+        """Jobs whose handlers still run: running, or abandoned by a stop or a
+        restart in a thread that has not returned.  Safe from any thread."""
+        return self._runner.stuck_jobs()
+
+    def when_threads_end(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once no abandoned handler thread is left (at once if
+        none is; else in the thread that returns last)."""
+        self._runner.when_threads_end(callback)
 
     # -- counts ---------------------------------------------------------------------
 

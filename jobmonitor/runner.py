@@ -4,7 +4,8 @@ The engine decides what a command does to a job; this module runs them.  A
 job waits in ``_queue`` (or in ``_delayed``, waiting out a retry's delay,
 then queued) until a slot is free.  There is no scheduler task: starting
 happens whenever a job is queued or one ends (``start_ready``).  An async
-handler runs as a task on the loop; a plain function runs in a worker thread.
+handler runs as a task on the loop; a plain function runs in a worker thread
+(one that does not stop when cancelled is abandoned there: see ``drain``).
 A handler's ``timeout_s`` stops the job as a cancel does, and the job fails;
 a failed job runs again while its handler's ``retries`` allow.  Every job
 ends through ``finish``, which records exactly one completion line and the
@@ -18,6 +19,7 @@ import collections
 import concurrent.futures
 import functools
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -58,6 +60,11 @@ class JobRunner:
         #: Failed jobs waiting out their delay before they are queued to run again.
         self._delayed: dict[Job, asyncio.TimerHandle] = {}
         self._running: dict[Job, asyncio.Future[Any]] = {}
+        #: The worker-thread runs of the running plain-function jobs.
+        self._threads: dict[Job, concurrent.futures.Future[Any]] = {}
+        #: Runs abandoned because their handlers did not stop when cancelled: the
+        #: thread goes on until the handler returns (Python cannot stop a thread).
+        self._abandoned: dict[concurrent.futures.Future[Any], Job] = {}
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._hurry = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None  # set by open()
@@ -179,6 +186,8 @@ class JobRunner:
             outcome = Outcome.FAILED
         finally:
             self._running.pop(job, None)
+            if not handler.is_async:
+                self._threads.pop(job, None)
         limit = job._time_limit
         if limit is not None:
             limit.stop()
@@ -194,7 +203,11 @@ class JobRunner:
         its run in a worker thread."""
         if handler.is_async:
             return handler.func(job)  # type: ignore[return-value]
-        return asyncio.get_running_loop().run_in_executor(self._executor, handler.func, job)
+        assert self._executor is not None and self._loop is not None  # (opened)
+        # run_in_executor's two steps, keeping the thread's own future: it says
+        # when the handler has returned, even once the loop is gone.
+        run = self._threads[job] = self._executor.submit(handler.func, job)
+        return asyncio.wrap_future(run, loop=self._loop)
 
     def _retry(self, job: Job, handler: Handler) -> bool:
         """Queue a failed job to run again if its handler's ``retries`` allow it
@@ -320,7 +333,38 @@ class JobRunner:
             # its monitors still get their ending, and its thread is abandoned.
             log.warning("job %s did not stop when cancelled; abandoning it", job.transaction_id)
             self._running.pop(job)
+            run = self._threads.pop(job, None)
+            if run is not None:
+                self._abandoned[run] = job
             self._end(job, Outcome.CANCELLED)
+        for run in [run for run in self._abandoned if run.done()]:
+            del self._abandoned[run]  # (a restart's, returned since)
+
+    def stuck_jobs(self) -> list[Job]:
+        """The jobs whose handlers still run: running, or abandoned in a thread
+        that has not returned.  Safe to call from another thread."""
+        abandoned = [job for run, job in list(self._abandoned.items()) if not run.done()]
+        return [*list(self._running), *abandoned]
+
+    def when_threads_end(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every abandoned thread has returned: at once if
+        none is left, else in the last one to return (the loop may be gone by then)."""
+        left = [run for run in list(self._abandoned) if not run.done()]
+        if not left:
+            callback()
+            return
+        count = [len(left)]
+        lock = threading.Lock()
+
+        def one_ended(_: object) -> None:
+            with lock:
+                count[0] -= 1
+                last = count[0] == 0
+            if last:
+                callback()
+
+        for run in left:
+            run.add_done_callback(one_ended)
 
     async def _wait_running(self, timeout_s: float, *, hurriable: bool = False) -> None:
         """Wait until no job runs or ``timeout_s`` passes; if ``hurriable``, also

@@ -3,8 +3,8 @@
 ``Server`` mirrors ``asyncio.Server``: ``close()`` is idempotent and starts an
 ordered shutdown, ``wait_closed()`` waits for it, ``async with`` does both.
 Shutdown order: stop listening; let running jobs finish within the grace
-period, then cancel them (their monitors get the cancelled and ended lines);
-close the store; give connections ``linger_s`` to take their last lines, then
+period, then cancel them (their monitors get the cancelled and ended lines),
+and abandon those that do not stop; close the store; give connections ``linger_s`` to take their last lines, then
 abort the rest.
 """
 
@@ -23,6 +23,7 @@ from .connection import Connection
 from .deadlines import Deadlines
 from .engine import Engine
 from .handlers import Handler
+from .job import Job
 from .loader import load_handlers
 from .sockets import cork_listeners
 from .store import open_store
@@ -145,7 +146,17 @@ class Server:
     # -- life cycle ----------------------------------------------------------------------
 
     def close(self) -> None:
-        """Start an orderly shutdown (idempotent)."""
+        """Start an orderly shutdown (idempotent).
+
+        It ends at most ``shutdown_grace_s`` + ``runner.CANCEL_WAIT_S`` (5 s) +
+        ``linger_s`` later, plus the store's last commit.  A job whose handler
+        has not stopped 5 s after it was cancelled (a plain function that never
+        calls the ``Job`` API) is abandoned: it ends cancelled (or is left to
+        the next start's recovery), but its thread runs on until the handler
+        returns, since Python cannot stop a thread; meanwhile the store stays
+        locked against other servers, and the interpreter's exit waits for the
+        thread (``stuck_jobs`` lists such jobs).
+        """
         if self._closing is None:
             self._closing = asyncio.get_running_loop().create_task(self._shutdown())
             self._close_requested.set()
@@ -153,6 +164,12 @@ class Server:
     def hurry(self) -> None:
         """During shutdown: cancel running jobs now instead of after the grace period."""
         self.engine.hurry()
+
+    def stuck_jobs(self) -> list[Job]:
+        """Jobs whose handlers have not returned.  After ``wait_closed``: those
+        abandoned in a thread that still runs (see ``close``).  Safe to call
+        from any thread."""
+        return self.engine.stuck_jobs()
 
     async def wait_closed(self) -> None:
         """Wait until a shutdown started by ``close()`` is complete."""

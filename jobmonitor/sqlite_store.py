@@ -29,7 +29,9 @@ The tables, how a row is written and the queries are ``sqlite_rows``'s.
 One server at a time: ``open`` takes an exclusive lock on ``PATH.lock`` (which
 holds the server's process ID), so a second server on the same file, which
 would hand out the same transaction IDs and run the same jobs again, refuses
-to start instead.  The lock goes with the process, however it ends.
+to start instead.  The lock goes with the process, however it ends; a
+server that stops while a handler's thread still runs keeps it until that
+thread returns (``close(keep_lock=True)``, then ``release_lock``).
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ class SqliteStore(Store):
         self._committer = self._loop.create_task(self._commit_loop())
         return recovery
 
-    async def close(self) -> None:
+    async def close(self, *, keep_lock: bool = False) -> None:
         if self._committer is not None:
             self._closing = True
             self._wake.set()
@@ -153,6 +155,10 @@ class SqliteStore(Store):
             await self._call(self._db.close)
             self._db = None
         self._thread.shutdown(wait=True)
+        if not keep_lock:
+            self._unlock()
+
+    def release_lock(self) -> None:
         self._unlock()
 
     # -- writing ------------------------------------------------------------------

@@ -83,8 +83,15 @@ class Store(abc.ABC):
         """Open (creating if needed) and say what was there."""
 
     @abc.abstractmethod
-    async def close(self) -> None:
-        """Write everything pending and close."""
+    async def close(self, *, keep_lock: bool = False) -> None:
+        """Write everything pending and close.  ``keep_lock``: a store that only
+        one server may open at a time goes on refusing others until
+        ``release_lock`` (or the process's end): a handler of this server still
+        runs, and a new server would run its job again beside it."""
+
+    def release_lock(self) -> None:
+        """Let other servers open the store, after ``close(keep_lock=True)``
+        (idempotent; the store is closed, so any thread may call it)."""
 
     @abc.abstractmethod
     async def add(self, job: Recordable) -> None:
@@ -141,7 +148,7 @@ class MemoryStore(Store):
     async def open(self) -> Recovery:
         return Recovery()
 
-    async def close(self) -> None:
+    async def close(self, *, keep_lock: bool = False) -> None:
         return None
 
     async def add(self, job: Recordable) -> None:

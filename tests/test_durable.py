@@ -354,6 +354,9 @@ async def test_a_retry_job_deaf_to_cancellation_is_still_left_to_recovery(
     tid = await _stopped_in_its_first_run(
         server, submit("thread-retry", Marker=str(tmp_path / "m"), Key="deaf"))
     jobs.thread_releases["deaf"].set()
+    returned = threading.Event()  # the database stays locked until the thread returns
+    server.engine.when_threads_end(returned.set)
+    assert await asyncio.to_thread(returned.wait, 10)
 
     again = await make_server(store=db_url)
     lines = await exchange(again.port, xml_packet("MonitorJob", {"_sys_TransactionID": tid}))
