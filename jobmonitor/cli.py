@@ -30,7 +30,6 @@ from .app import JobMonitor
 from .auth import hash_password
 from .programs import add_programs
 from .server import Server
-from .sqlite_file import STORE_DAMAGED
 from .store import open_store
 
 __all__ = ["main", "build_parser"]
@@ -172,6 +171,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _check_store(config: Config) -> int:
     """``serve --check-store``: one line per problem, then a summary; 0 when
     nothing is wrong, 1 otherwise."""
+    from .sqlite_file import STORE_DAMAGED  # (here: the client commands need no sqlite3)
+
     assert config.store is not None
     store = open_store(config.store, data_dir=config.data_dir)
     problems = asyncio.run(store.check())

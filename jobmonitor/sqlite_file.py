@@ -106,28 +106,37 @@ class DatabaseFile:
             os.close(self._lock_fd)  # (the file stays: removing it would race a new server)
             self._lock_fd = None
 
-    def refuse_unfit(self) -> None:
-        """Refuse a file that exists but cannot be this store's database as it is.
-        (A path with nothing there is a new database.)
+    def refuse_other_names(self) -> None:
+        """Refuse a database that has more than one name.
 
         Raises:
-            ConfigError: the file has several names, or is empty.
+            ConfigError: it has hard links.
         """
         try:
-            stat = os.stat(self.real)
+            links = os.stat(self.real).st_nlink
         except FileNotFoundError:
             return
-        if stat.st_nlink > 1:
+        if links > 1:
             raise ConfigError(
-                f"store: {self.path} has {stat.st_nlink} names (hard links); SQLite keeps "
-                f"its write-ahead log beside the name it is given, so under another name "
-                f"the last commits could be missed: remove the other names (find -samefile "
+                f"store: {self.path} has {links} names (hard links); SQLite keeps its "
+                f"write-ahead log beside the name it is given, so under another name the "
+                f"last commits could be missed: remove the other names (find -samefile "
                 f"lists them) and use one")
-        if stat.st_size == 0:
-            raise ConfigError(
-                f"store: {self.path} is an empty file, not a database: the jobs it held "
-                f"are gone; " + _MOVE_AWAY)
 
+    def refuse_empty(self) -> None:
+        """Refuse an empty file (a path with nothing there is a new database).
+
+        Raises:
+            ConfigError: the file is empty.
+        """
+        try:
+            size = os.stat(self.real).st_size
+        except FileNotFoundError:
+            return
+        if size == 0:
+            raise ConfigError(
+                f"store: {self.path} is an empty file, not a database (if it held jobs, "
+                f"they are gone); " + _MOVE_AWAY)
 
     def numbered_up_to(self, stored: int) -> int:
         """The highest number that may have been handed out: the database's
@@ -151,9 +160,10 @@ class DatabaseFile:
         """
         if not os.path.exists(self.real):
             raise ConfigError(f"store: there is no database at {self.path}")
+        self.refuse_other_names()
         self.lock()
         try:
-            self.refuse_unfit()
+            self.refuse_empty()
             db = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None)
             try:
                 db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # its first page

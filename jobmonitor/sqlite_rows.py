@@ -95,9 +95,9 @@ _TIME = (float, int)
 _OPTIONAL_TIME = (float, int, type(None))
 #: What each of JOB_COLUMNS must hold (the numbers are INTEGER or REAL columns,
 #: but SQLite keeps whatever it is given).
-_COLUMN_TYPES = (int, _TEXT, _TEXT, _TEXT, _TEXT, _OPTIONAL_TEXT, _TEXT, _OPTIONAL_TEXT, int,
-                 int, _TEXT, _TEXT, _TEXT, _TIME, _OPTIONAL_TIME, _TIME, _OPTIONAL_TIME,
-                 _OPTIONAL_TIME, int)
+_COLUMN_TYPES: tuple[Any, ...] = (
+    int, _TEXT, _TEXT, _TEXT, _TEXT, _OPTIONAL_TEXT, _TEXT, _OPTIONAL_TEXT, int, int, _TEXT,
+    _TEXT, _TEXT, _TIME, _OPTIONAL_TIME, _TIME, _OPTIONAL_TIME, _OPTIONAL_TIME, int)
 _COLUMN_NAMES = tuple(JOB_COLUMNS.split(", "))
 _HISTORY_COLUMNS = "stage, status, timestamp, date, info"
 _HISTORY_TYPES: tuple[Any, ...] = (_TEXT, _TEXT, _TIME, _OPTIONAL_TIME, _OPTIONAL_TEXT)
@@ -105,6 +105,9 @@ _HISTORY_NAMES = tuple(f"history {name}" for name in _HISTORY_COLUMNS.split(", "
 _OUTPUT_COLUMNS = "name, uri, media_type"
 _OUTPUT_TYPES: tuple[Any, ...] = (_TEXT, _TEXT, _OPTIONAL_TEXT)
 _OUTPUT_NAMES = tuple(f"output {name}" for name in _OUTPUT_COLUMNS.split(", "))
+_SELECT_HISTORY = f"SELECT {_HISTORY_COLUMNS} FROM history WHERE number = ? ORDER BY seq"
+_SELECT_OUTPUTS = f"SELECT {_OUTPUT_COLUMNS} FROM outputs WHERE number = ? ORDER BY seq"
+_ONLY_TEXT = frozenset([str])
 #: Prepared statements a connection keeps (Python's default is 128): the store's
 #: few dozen shapes, and room for the reads.
 STATEMENT_CACHE = 256
@@ -232,7 +235,8 @@ def job_record(row: tuple[Any, ...]) -> JobRecord:
             that is not valid UTF-8, parameters that are not a JSON object of
             strings, an unknown status or outcome).
     """
-    _check_types(row, _COLUMN_TYPES, _COLUMN_NAMES)
+    if not all(map(isinstance, row, _COLUMN_TYPES)):
+        _refuse(row, _COLUMN_TYPES, _COLUMN_NAMES)
     (number, project, params, doc_variables, identity, job_token, status, outcome, done, total,
      progress_message, status_message, worker, created, started, updated, completed, estimated,
      line_count) = row
@@ -247,10 +251,8 @@ def job_record(row: tuple[Any, ...]) -> JobRecord:
         updated=updated, completed=completed, estimated=estimated, line_count=line_count)
 
 
-def _check_types(row: tuple[Any, ...], types: tuple[Any, ...], names: Sequence[str]) -> None:
-    """Raises ValueError unless each value of ``row`` is of its type."""
-    if all(map(isinstance, row, types)):
-        return
+def _refuse(row: tuple[Any, ...], types: tuple[Any, ...], names: Sequence[str]) -> None:
+    """Raise a ValueError that names the first value of ``row`` not of its type."""
     for name, value, kind in zip(names, row, types):
         if not isinstance(value, kind):
             what = "text that is not UTF-8" if type(value) is bytes else type(value).__name__
@@ -262,7 +264,7 @@ def _string_map(text: str, column: str) -> dict[str, str]:
         value = json.loads(text)
     except ValueError as exc:
         raise ValueError(f"{column} is not JSON ({exc})") from None
-    if type(value) is not dict or not all(type(item) is str for item in value.values()):
+    if type(value) is not dict or not _ONLY_TEXT.issuperset(map(type, value.values())):
         raise ValueError(f"{column} is not a JSON object of strings")
     return value
 
@@ -321,14 +323,14 @@ def _whole_record(db: sqlite3.Connection, row: tuple[Any, ...]) -> JobRecord:
     """
     record = job_record(row)
     number = row[0]
-    history = _fetch(db, f"SELECT {_HISTORY_COLUMNS} FROM history WHERE number = ? "
-                         "ORDER BY seq", (number,))
-    outputs = _fetch(db, f"SELECT {_OUTPUT_COLUMNS} FROM outputs WHERE number = ? "
-                         "ORDER BY seq", (number,))
+    history = _fetch(db, _SELECT_HISTORY, (number,))
+    outputs = _fetch(db, _SELECT_OUTPUTS, (number,))
     for event in history:
-        _check_types(event, _HISTORY_TYPES, _HISTORY_NAMES)
+        if not all(map(isinstance, event, _HISTORY_TYPES)):
+            _refuse(event, _HISTORY_TYPES, _HISTORY_NAMES)
     for output in outputs:
-        _check_types(output, _OUTPUT_TYPES, _OUTPUT_NAMES)
+        if not all(map(isinstance, output, _OUTPUT_TYPES)):
+            _refuse(output, _OUTPUT_TYPES, _OUTPUT_NAMES)
     record.history = [HistoryEvent(*r) for r in history]
     record.outputs = [Output(*r) for r in outputs]
     return record

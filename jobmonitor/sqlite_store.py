@@ -320,9 +320,10 @@ class SqliteStore(Store):
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         if self._file is None:
             return self._open_locked()
+        self._file.refuse_other_names()
         self._file.lock()
         try:
-            self._file.refuse_unfit()
+            self._file.refuse_empty()
             return self._open_locked()
         except BaseException:
             if self._db is not None:
@@ -347,15 +348,18 @@ class SqliteStore(Store):
             db.execute(f"PRAGMA synchronous={self.synchronous}")
             db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             db.executescript(SCHEMA)
-            last = last_number(db)
+            stored = last_number(db)
+            last = stored if self._file is None else self._file.numbered_up_to(stored)
+            if last > stored:  # the database keeps the mark too (and warns only once)
+                db.execute("REPLACE INTO meta VALUES ('last_number', ?)", (str(last),))
             marks = ",".join("?" * len(UNFINISHED))
             unfinished = select_records(db, f"status IN ({marks}) ORDER BY number", UNFINISHED,
                                         self._bad_rows)
             events = recent_events(db, RECENT_EVENTS)
         except sqlite3.Error as exc:
             raise open_error(self.path, exc) from None
-        self._highest = last if self._file is None else self._file.numbered_up_to(last)
-        return Recovery(self._highest, unfinished, events)
+        self._highest = last
+        return Recovery(last, unfinished, events)
 
     def _close_db(self) -> None:
         assert self._db is not None
