@@ -151,8 +151,7 @@ class SqliteStore(Store):
         if self._db is not None:
             await self._call(self._close_db)
         self._thread.shutdown(wait=True)
-        if self._file is not None:
-            self._file.unlock()
+        self._unlock()
 
     # -- writing ------------------------------------------------------------------
 
@@ -329,7 +328,7 @@ class SqliteStore(Store):
             if self._db is not None:
                 self._db.close()
                 self._db = None
-            self._file.unlock()
+            self._unlock()
             raise
 
     def _open_locked(self) -> Recovery:
@@ -360,6 +359,10 @@ class SqliteStore(Store):
             raise open_error(self.path, exc) from None
         self._highest = last
         return Recovery(last, unfinished, events)
+
+    def _unlock(self) -> None:
+        if self._file is not None:
+            self._file.unlock()
 
     def _close_db(self) -> None:
         assert self._db is not None
