@@ -32,6 +32,7 @@ from .auth import hash_password
 from .job import Job
 from .programs import add_programs
 from .server import Server
+from .store import open_store
 
 __all__ = ["main", "build_parser"]
 
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Run the jobmonitor server until SIGINT/SIGTERM.")
     serve.add_argument("--config", metavar="FILE",
                        help="TOML file of settings and program projects (flags override it)")
+    serve.add_argument("--check-store", action="store_true",
+                       help="check the store's database (SQLite's quick_check, every job "
+                            "row) instead of serving; exit 0 if sound, 1 if not")
     _add_config_options(serve)
     serve.set_defaults(run=_serve, command_parser=serve)
     hasher = commands.add_parser(
@@ -157,6 +161,8 @@ def _serve(args: argparse.Namespace) -> int:
     if config.store is None:
         config = config.replace(store="sqlite://")  # jobmonitor.db in data_dir
     _setup_logging(config.log_level)
+    if args.check_store:
+        return _check_store(config)
     # `--jobs mymodule:app` finds mymodule.py in the working folder, as it does
     # under `python -m jobmonitor` (which puts that folder first on the path).
     if os.getcwd() not in sys.path and "" not in sys.path:
@@ -171,6 +177,25 @@ def _serve(args: argparse.Namespace) -> int:
         runner.run(_serve_until_signal(server))
     _exit_if_stuck(server)
     return 0
+
+
+def _check_store(config: Config) -> int:
+    """``serve --check-store``: one line per problem, then a summary; 0 when
+    nothing is wrong, 1 otherwise."""
+    from .sqlite_file import STORE_DAMAGED  # (here: the client commands need no sqlite3)
+
+    assert config.store is not None
+    store = open_store(config.store, data_dir=config.data_dir)
+    problems = asyncio.run(store.check())
+    where = getattr(store, "path", config.store)
+    for problem in problems:
+        print(f"{where}: {problem}")
+    if not problems:
+        print(f"{where}: no problems found")
+        return 0
+    print(f"{where}: {len(problems)} problem{'s' if len(problems) > 1 else ''} found; "
+          f"{STORE_DAMAGED}")
+    return 1
 
 
 def _runner() -> asyncio.Runner:

@@ -13,6 +13,11 @@ their bytes joined, which costs one row per job per commit instead of one per
 line; every line ends with CRLF and has none inside, so a block splits back
 exactly); ``history``, ``outputs``; and ``meta`` (the last transaction number,
 written when jobs are deleted, so numbers are never reused).
+
+A job row read back is checked as it is decoded (every column of its type, the
+parameters a JSON object of strings, text valid UTF-8): a row damaged on disk
+is logged and left out of what a query returns, so it cannot stop a start or
+fail a ``ListJobs`` for everyone.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import functools
 import itertools
 import json
 import json.encoder
+import logging
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -34,9 +40,11 @@ __all__ = ["SCHEMA", "JOB_COLUMNS", "UNFINISHED", "FINAL", "MAX_VARIABLES", "STA
            "UPDATE_HEAD", "UPDATE_GROUP", "UPDATE_TAIL", "transaction", "insert_rows", "shaped",
            "last_number", "transaction_id_of", "number_of", "job_row", "job_update",
            "job_record", "encode_json", "select_records", "recent_events", "find_token",
-           "read_lines", "finished_before_numbers", "delete_numbers"]
+           "read_lines", "finished_before_numbers", "delete_numbers", "undecodable_jobs"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("jobmonitor.store")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -81,6 +89,25 @@ UPDATE_HEAD = ("INSERT INTO jobs (number, project, params, doc_variables, identi
 UPDATE_GROUP = "(?, '', '', '', '', '', 0, " + ", ".join("?" * len(_UPDATED_COLUMNS)) + ")"
 UPDATE_TAIL = (" ON CONFLICT (number) DO UPDATE SET "
                 + ", ".join(f"{c} = excluded.{c}" for c in _UPDATED_COLUMNS))
+_TEXT = str
+_OPTIONAL_TEXT = (str, type(None))
+_TIME = (float, int)
+_OPTIONAL_TIME = (float, int, type(None))
+#: What each of JOB_COLUMNS must hold (the numbers are INTEGER or REAL columns,
+#: but SQLite keeps whatever it is given).
+_COLUMN_TYPES: tuple[Any, ...] = (
+    int, _TEXT, _TEXT, _TEXT, _TEXT, _OPTIONAL_TEXT, _TEXT, _OPTIONAL_TEXT, int, int, _TEXT,
+    _TEXT, _TEXT, _TIME, _OPTIONAL_TIME, _TIME, _OPTIONAL_TIME, _OPTIONAL_TIME, int)
+_COLUMN_NAMES = tuple(JOB_COLUMNS.split(", "))
+_HISTORY_COLUMNS = "stage, status, timestamp, date, info"
+_HISTORY_TYPES: tuple[Any, ...] = (_TEXT, _TEXT, _TIME, _OPTIONAL_TIME, _OPTIONAL_TEXT)
+_HISTORY_NAMES = tuple(f"history {name}" for name in _HISTORY_COLUMNS.split(", "))
+_OUTPUT_COLUMNS = "name, uri, media_type"
+_OUTPUT_TYPES: tuple[Any, ...] = (_TEXT, _TEXT, _OPTIONAL_TEXT)
+_OUTPUT_NAMES = tuple(f"output {name}" for name in _OUTPUT_COLUMNS.split(", "))
+_SELECT_HISTORY = f"SELECT {_HISTORY_COLUMNS} FROM history WHERE number = ? ORDER BY seq"
+_SELECT_OUTPUTS = f"SELECT {_OUTPUT_COLUMNS} FROM outputs WHERE number = ? ORDER BY seq"
+_ONLY_TEXT = frozenset([str])
 #: Prepared statements a connection keeps (Python's default is 128): the store's
 #: few dozen shapes, and room for the reads.
 STATEMENT_CACHE = 256
@@ -201,45 +228,135 @@ encode_json = _json_encoder()
 
 
 def job_record(row: tuple[Any, ...]) -> JobRecord:
+    """The record a job row holds.
+
+    Raises:
+        ValueError: the row does not hold a job (a column of another type, text
+            that is not valid UTF-8, parameters that are not a JSON object of
+            strings, an unknown status or outcome).
+    """
+    if not all(map(isinstance, row, _COLUMN_TYPES)):
+        _refuse(row, _COLUMN_TYPES, _COLUMN_NAMES)
     (number, project, params, doc_variables, identity, job_token, status, outcome, done, total,
      progress_message, status_message, worker, created, started, updated, completed, estimated,
      line_count) = row
     return JobRecord(
-        transaction_id=transaction_id_of(number), project=project, params=json.loads(params),
-        doc_variables=json.loads(doc_variables), identity=identity, job_token=job_token,
-        status=JobState(status), outcome=Outcome(outcome) if outcome else None,
+        transaction_id=transaction_id_of(number), project=project,
+        params=_string_map(params, "params"),
+        doc_variables=_string_map(doc_variables, "doc_variables"), identity=identity,
+        job_token=job_token, status=JobState(status),
+        outcome=Outcome(outcome) if outcome else None,
         progress_done=done, progress_total=total, progress_message=progress_message,
         status_message=status_message, worker=worker, created=created, started=started,
         updated=updated, completed=completed, estimated=estimated, line_count=line_count)
 
 
+def _refuse(row: tuple[Any, ...], types: tuple[Any, ...], names: Sequence[str]) -> None:
+    """Raise a ValueError that names the first value of ``row`` not of its type."""
+    for name, value, kind in zip(names, row, types):
+        if not isinstance(value, kind):
+            what = "text that is not UTF-8" if type(value) is bytes else type(value).__name__
+            raise ValueError(f"{name} holds {what}")
+
+
+def _string_map(text: str, column: str) -> dict[str, str]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{column} is not JSON ({exc})") from None
+    if type(value) is not dict or not _ONLY_TEXT.issuperset(map(type, value.values())):
+        raise ValueError(f"{column} is not a JSON object of strings")
+    return value
+
+
+def _fetch(db: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """The rows of a query (of columns that are not BLOBs); text that is not valid
+    UTF-8, which fails the whole query in the sqlite3 module, comes as bytes."""
+    try:
+        return db.execute(sql, args).fetchall()
+    except sqlite3.OperationalError as exc:
+        if not str(exc).startswith("Could not decode to UTF-8"):
+            raise
+    db.text_factory = bytes  # (the connection is this thread's alone meanwhile)
+    try:
+        rows = db.execute(sql, args).fetchall()
+    finally:
+        db.text_factory = str
+    return [tuple(map(_decoded, row)) for row in rows]
+
+
+def _decoded(value: Any) -> Any:
+    if type(value) is bytes:
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            pass
+    return value
+
+
 # -- reading and deleting (each given the connection; the caller picks the thread) --
 
 
-def select_records(db: sqlite3.Connection, where: str, args: Sequence[Any]) -> list[JobRecord]:
+def select_records(db: sqlite3.Connection, where: str, args: Sequence[Any],
+                   reported: set[int] | None = None) -> list[JobRecord]:
     """The jobs ``WHERE where`` (which may end in ``ORDER BY``), with their history
-    and outputs."""
-    rows = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where}", args).fetchall()
-    records = [job_record(row) for row in rows]
-    for record in records:
-        number = record.number
-        record.history = [HistoryEvent(*r) for r in db.execute(
-            "SELECT stage, status, timestamp, date, info FROM history WHERE number = ? "
-            "ORDER BY seq", (number,))]
-        record.outputs = [Output(*r) for r in db.execute(
-            "SELECT name, uri, media_type FROM outputs WHERE number = ? ORDER BY seq",
-            (number,))]
+    and outputs.  A job that does not decode is logged (once, if its number goes
+    in ``reported``) and left out."""
+    records = []
+    for row in _fetch(db, f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where}", args):
+        try:
+            records.append(_whole_record(db, row))
+        except ValueError as exc:
+            if reported is None or row[0] not in reported:
+                log.error("job %s is damaged in the database and left out: %s",
+                          transaction_id_of(row[0]), exc)
+                if reported is not None:
+                    reported.add(row[0])
     return records
 
 
+def _whole_record(db: sqlite3.Connection, row: tuple[Any, ...]) -> JobRecord:
+    """A job's record with its history and outputs.
+
+    Raises:
+        ValueError: one of its rows does not decode.
+    """
+    record = job_record(row)
+    number = row[0]
+    history = _fetch(db, _SELECT_HISTORY, (number,))
+    outputs = _fetch(db, _SELECT_OUTPUTS, (number,))
+    for event in history:
+        if not all(map(isinstance, event, _HISTORY_TYPES)):
+            _refuse(event, _HISTORY_TYPES, _HISTORY_NAMES)
+    for output in outputs:
+        if not all(map(isinstance, output, _OUTPUT_TYPES)):
+            _refuse(output, _OUTPUT_TYPES, _OUTPUT_NAMES)
+    record.history = [HistoryEvent(*r) for r in history]
+    record.outputs = [Output(*r) for r in outputs]
+    return record
+
+
+def undecodable_jobs(db: sqlite3.Connection) -> list[str]:
+    """What is wrong with each job that does not decode (for a check)."""
+    found = []
+    for row in _fetch(db, f"SELECT {JOB_COLUMNS} FROM jobs ORDER BY number", ()):
+        try:
+            _whole_record(db, row)
+        except ValueError as exc:
+            found.append(f"job {transaction_id_of(row[0])} does not decode: {exc}")
+    return found
+
+
 def recent_events(db: sqlite3.Connection, limit: int) -> list[TaskEvent]:
-    """The last ``limit`` job events of all jobs, oldest first (the task log)."""
-    rows = db.execute(
+    """The last ``limit`` job events of all jobs, oldest first (the task log);
+    an event damaged on disk is left out."""
+    rows = _fetch(db,
         "SELECT j.number, j.project, h.stage, h.status, h.timestamp, h.date, h.info "
         "FROM history h JOIN jobs j ON j.number = h.number WHERE h.stage = 'job' "
-        "ORDER BY h.timestamp DESC LIMIT ?", (limit,)).fetchall()
+        "ORDER BY h.timestamp DESC LIMIT ?", (limit,))
     return [TaskEvent(transaction_id_of(r[0]), r[1], HistoryEvent(*r[2:]))
-            for r in reversed(rows)]
+            for r in reversed(rows)
+            if isinstance(r[1], str) and all(map(isinstance, r[2:], _HISTORY_TYPES))]
 
 
 def find_token(db: sqlite3.Connection, identity: str, job_token: str) -> str | None:

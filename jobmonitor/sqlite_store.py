@@ -26,12 +26,15 @@ each such handover is a wait.
 
 The tables, how a row is written and the queries are ``sqlite_rows``'s.
 
-One server at a time: ``open`` takes an exclusive lock on ``PATH.lock`` (which
-holds the server's process ID), so a second server on the same file, which
-would hand out the same transaction IDs and run the same jobs again, refuses
-to start instead.  The lock goes with the process, however it ends; a
-server that stops while a handler's thread still runs keeps it until that
-thread returns (``close(keep_lock=True)``, then ``release_lock``).
+One server at a time: ``open`` takes an exclusive lock beside the database
+file (``sqlite_file`` says how every spelling of the file finds it), so a second
+server on the same file, which would hand out the same transaction IDs and run
+the same jobs again, refuses to start instead.  The lock is let go by ``close``
+or with the process, however it ends; a server that stops while a handler's
+thread still runs keeps it until that thread returns (``close(keep_lock=True)``,
+then ``release_lock``).  ``open`` refuses an empty or damaged
+file in one line, and numbers jobs above the mark ``sqlite_file`` keeps beside
+the database too (raised by ``_write`` before a commit goes past it).
 """
 
 from __future__ import annotations
@@ -39,15 +42,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import ConfigError
+from .errors import ConfigError, StoreUnavailable
 from .records import JobRecord
+from .sqlite_file import DatabaseFile, open_error, reclaim_space
 from .sqlite_rows import (FINAL, JOB_COLUMNS, SCHEMA, STATEMENT_CACHE, UNFINISHED, UPDATE_GROUP,
                           UPDATE_HEAD, UPDATE_TAIL, delete_numbers, find_token,
                           finished_before_numbers, insert_rows, job_row, job_update,
@@ -57,11 +60,6 @@ from .store import Recordable, Recovery, Store
 from .store_outage import Outage, unavailable
 
 __all__ = ["SqliteStore"]
-
-try:
-    import fcntl
-except ImportError:  # not on this platform: no lock
-    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("jobmonitor.store")
 
@@ -131,7 +129,12 @@ class SqliteStore(Store):
         self._committer: asyncio.Task[None] | None = None
         self._closing = False
         self._outage = Outage(log, f"the store at {path}")
-        self._lock_fd: int | None = None
+        #: The file, its lock and its number mark (None for ":memory:").
+        self._file = DatabaseFile(path) if path != ":memory:" else None
+        #: The highest transaction number stored, or handed out before this start.
+        self._highest = 0
+        #: Numbers of job rows that did not decode, each logged once.
+        self._bad_rows: set[int] = set()
 
     # -- life cycle -------------------------------------------------------------
 
@@ -152,8 +155,7 @@ class SqliteStore(Store):
             await self._committer
             self._committer = None
         if self._db is not None:
-            await self._call(self._db.close)
-            self._db = None
+            await self._call(self._close_db)
         self._thread.shutdown(wait=True)
         if not keep_lock:
             self._unlock()
@@ -330,62 +332,76 @@ class SqliteStore(Store):
 
     def _open_db(self) -> Recovery:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        if self._file is None:
+            return self._open_locked()
+        self._file.refuse_other_names()
+        self._file.lock()
         try:
+            self._file.refuse_empty()
             return self._open_locked()
         except BaseException:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
             self._unlock()
             raise
 
     def _open_locked(self) -> Recovery:
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False,
-                             isolation_level=None, cached_statements=STATEMENT_CACHE)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={self.synchronous}")
-        db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        db.executescript(SCHEMA)
-        self._db = db
-        last = last_number(db)
-        marks = ",".join("?" * len(UNFINISHED))
-        unfinished = select_records(db, f"status IN ({marks}) ORDER BY number", UNFINISHED)
-        return Recovery(last, unfinished, recent_events(db, RECENT_EVENTS))
-
-    def _lock(self) -> None:
-        """Take ``PATH.lock`` for this process, or refuse to open the store.
+        """Open the database, and say what is there.
 
         Raises:
-            ConfigError: another server holds it.
+            ConfigError: SQLite cannot open or read it (one line, saying what to do).
         """
-        if fcntl is None or self.path == ":memory:":
-            return
-        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 20, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise ConfigError(
-                f"store: {self.path} is in use by another jobmonitor server (process "
-                f"{holder}); stop that one first, or give this one another --store or "
-                f"--data-dir") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+            db = self._db = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False,
+                isolation_level=None, cached_statements=STATEMENT_CACHE)
+            # Only a new database takes it (before its first table); see reclaim_space.
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self.synchronous}")
+            db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            db.executescript(SCHEMA)
+            stored = last_number(db)
+            last = stored if self._file is None else self._file.numbered_up_to(stored)
+            if last > stored:  # the database keeps the mark too (and warns only once)
+                db.execute("REPLACE INTO meta VALUES ('last_number', ?)", (str(last),))
+            marks = ",".join("?" * len(UNFINISHED))
+            unfinished = select_records(db, f"status IN ({marks}) ORDER BY number", UNFINISHED,
+                                        self._bad_rows)
+            events = recent_events(db, RECENT_EVENTS)
+        except sqlite3.Error as exc:
+            raise open_error(self.path, exc) from None
+        self._highest = last
+        return Recovery(last, unfinished, events)
 
     def _unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # (the file stays: removing it would race a new server)
-            self._lock_fd = None
+        if self._file is not None:
+            self._file.unlock()
+
+    def _close_db(self) -> None:
+        assert self._db is not None
+        self._db.close()
+        self._db = None
+        if self._file is not None:
+            try:
+                self._file.numbers.stopped(self._highest)
+            except OSError as exc:  # the file keeps its reserved mark, which is higher
+                log.error("cannot write %s: %s", self._file.numbers.path, exc)
 
     def _write(self, batch: _Batch) -> None:
         db = self._db
         assert db is not None
+        newest = max(row[0] for row in batch.rows) if batch.rows else 0
+        if newest > self._highest and self._file is not None:
+            self._file.numbers.cover(newest)  # before any job may be stored under it
         with transaction(db):
             insert_rows(db, f"REPLACE INTO jobs ({JOB_COLUMNS})", batch.rows)
             insert_rows(db, UPDATE_HEAD, batch.updates, group=UPDATE_GROUP, tail=UPDATE_TAIL)
             insert_rows(db, "INSERT OR REPLACE INTO line_blocks", batch.blocks)
             insert_rows(db, "INSERT OR REPLACE INTO history", batch.history)
             insert_rows(db, "INSERT OR REPLACE INTO outputs", batch.outputs)
+        self._highest = max(self._highest, newest)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -395,7 +411,7 @@ class SqliteStore(Store):
         number = number_of(transaction_id)
         if number is None:
             return None
-        records = await self._call_db(select_records, "number = ?", (number,))
+        records = await self._call_db(select_records, "number = ?", (number,), self._bad_rows)
         return records[0] if records else None
 
     async def find_token(self, identity: str, job_token: str) -> str | None:
@@ -409,8 +425,9 @@ class SqliteStore(Store):
 
     async def list_records(self, identity: str | None) -> Sequence[JobRecord]:
         if identity is None:
-            return await self._call_db(select_records, "1 ORDER BY number", ())
-        return await self._call_db(select_records, "identity = ? ORDER BY number", (identity,))
+            return await self._call_db(select_records, "1 ORDER BY number", (), self._bad_rows)
+        return await self._call_db(select_records, "identity = ? ORDER BY number", (identity,),
+                                   self._bad_rows)
 
     async def delete(self, transaction_id: str) -> None:
         number = number_of(transaction_id)
@@ -421,7 +438,20 @@ class SqliteStore(Store):
         numbers = await self._call_db(finished_before_numbers, finished_before)
         if numbers:
             await self._call_db(delete_numbers, numbers, writes=True)
+            try:
+                freed = await self._call_db(reclaim_space, writes=True)
+            except (StoreUnavailable, sqlite3.Error) as exc:  # the jobs are gone all the same
+                log.warning("giving back the space of %d purged jobs failed: %s",
+                            len(numbers), exc)
+            else:
+                if freed:
+                    log.info("gave back %.1f MB of %s", freed / 1e6, self.path)
         return len(numbers)
+
+    async def check(self) -> list[str]:
+        if self._file is None:
+            return []
+        return await asyncio.to_thread(self._file.check, BUSY_TIMEOUT_S)
 
     async def _call_db(self, func: Callable[..., T], *args: Any, writes: bool = False) -> T:
         """``func(connection, *args)`` on the database thread (``writes``: it writes, so

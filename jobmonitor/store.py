@@ -139,6 +139,16 @@ class Store(abc.ABC):
         """Delete jobs that finished before this time; return how many."""
         return 0
 
+    async def check(self) -> list[str]:
+        """Check what is stored, without opening the store for a server; return
+        the problems found (none: an empty list).
+
+        Raises:
+            ConfigError: the store cannot be checked (a server is using it, it is
+                missing, or it is not fit to open at all).
+        """
+        return []
+
 
 class MemoryStore(Store):
     """Keeps nothing: jobs live only in the engine's tables, for one process."""
