@@ -16,7 +16,7 @@ jobs and ``jobmonitor.toml``); ``client`` (the Python client) and
 __version__ = "0.1.0"
 
 from .app import Controller, JobMonitor
-from .codes import Reply, Status
+from .wire.codes import Reply, Status
 from .config import Config
 from .errors import (
     ConfigError,
@@ -27,9 +27,9 @@ from .errors import (
     ReplyError,
     RequestError,
 )
-from .job import Job
-from .server import Server
-from .states import JobState, Outcome
+from .engine.job import Job
+from .server.server import Server
+from .wire.states import JobState, Outcome
 
 __all__ = [
     "__version__",

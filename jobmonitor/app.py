@@ -19,9 +19,9 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from .config import Config
-from .handlers import CheckFunc, Handler, HandlerFunc, check_job_options
+from .engine.handlers import CheckFunc, Handler, HandlerFunc, check_job_options
 from .errors import ConfigError
-from .server import Server
+from .server.server import Server
 
 __all__ = ["JobMonitor", "Controller"]
 

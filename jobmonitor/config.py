@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .auth import User
+from .server.auth import User
 from .errors import ConfigError
 
 __all__ = ["Config", "DEFAULT_PORT"]

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .auth import User
+from .server.auth import User
 from .config import Config
 from .errors import ConfigError
-from .programs import SELF_CHECKED, Program
+from .programs.program import SELF_CHECKED, Program
 
 __all__ = ["ConfigFile", "load_config_file"]
 

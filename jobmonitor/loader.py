@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Mapping
 
 from .errors import ConfigError
-from .handlers import Handler
+from .engine.handlers import Handler
 
 if TYPE_CHECKING:
     from .app import JobMonitor

@@ -25,7 +25,7 @@ hears that a transaction lost its connection and is re-attaching (the
 """
 
 from ..errors import ProtocolError, ReplyError
-from ..states import JobState, Outcome
+from ..wire.states import JobState, Outcome
 from .api import Client, connect
 from .results import (
     Acknowledged,

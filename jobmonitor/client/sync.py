@@ -17,7 +17,7 @@ from .api import Client
 from .results import (Acknowledged, JobInfo, JobResult, JobStatus, Output, QueueLength,
                       StreamLine, TaskLogEntry)
 from .transaction import Transaction
-from .wire import Value
+from .connection import Value
 
 __all__ = ["SyncClient", "SyncTransaction"]
 

@@ -21,12 +21,12 @@ import asyncio
 import re
 from typing import TYPE_CHECKING
 
-from ..codes import Reply, Status
+from ..wire.codes import Reply, Status
 from ..errors import ProtocolError, ReplyError
-from ..lines import LineError, parse_line
-from ..states import Outcome
+from ..wire.lines import LineError, parse_line
+from ..wire.states import Outcome
 from .results import JobResult, Reattach, StreamLine
-from .wire import close_quietly
+from .connection import close_quietly
 
 if TYPE_CHECKING:
     from .api import Client
