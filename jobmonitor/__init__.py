@@ -13,8 +13,7 @@ jobs and ``jobmonitor.toml``); ``client`` (the Python client) and
 ``cli``/``cli_client`` (the command).
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .app import Controller, JobMonitor
 from .wire.codes import Reply, Status
 from .config import Config

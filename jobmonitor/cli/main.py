@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from .client_commands import add_client_commands
 from ..config import Config
 from ..config_file import load_config_file

@@ -14,7 +14,7 @@ from sys import intern
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .. import __version__
+from .._version import __version__
 from ..wire.codes import Reply
 from .auth import Authenticator
 from ..engine.engine import Engine
