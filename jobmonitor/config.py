@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .server.auth import User
+from .users import User
 from .errors import ConfigError
 
 __all__ = ["Config", "DEFAULT_PORT"]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .server.auth import User
+from .users import User
 from .config import Config
 from .errors import ConfigError
 from .programs.program import SELF_CHECKED, Program

@@ -27,7 +27,7 @@ from ..config import Config
 from ..config_file import load_config_file
 from ..errors import ConfigError
 from ..app import JobMonitor
-from ..server.auth import hash_password
+from ..users import hash_password
 from ..programs.program import add_programs
 from ..server.server import Server
 

@@ -1,10 +1,9 @@
-"""Users, password hashes, and who may do what.
+"""Checking a client's credentials against the configured users.
 
-Passwords are stored as ``scrypt$N$r$p$salt$hash`` (salt and hash in base64),
-made by ``jobmonitor hash-password``.  Checking one costs tens of milliseconds
-of CPU by design, so it runs in a worker thread, and a password that checked
-out is remembered as a keyed digest so that a client submitting many jobs pays
-that cost once.  An address that keeps failing is answered more and more
+Users and their password hashes are ``users``'s part.  Checking a password
+costs tens of milliseconds of CPU by design, so it runs in a worker thread,
+and a password that checked out is remembered as a keyed digest so that a
+client submitting many jobs pays that cost once.  An address that keeps failing is answered more and more
 slowly, and its attempts are checked one at a time: one after a failure waits
 out that failure's delay first, so connections opened in parallel give no
 more guesses than one connection after another.
@@ -13,22 +12,16 @@ more guesses than one connection after another.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import hmac
 import ipaddress
 import os
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
-from ..errors import ConfigError
+from ..users import User, hash_password, verify_password
 
-__all__ = ["User", "ROLES", "hash_password", "verify_password", "Authenticator",
-           "throttled_address"]
+__all__ = ["Authenticator", "throttled_address"]
 
-ROLES = ("user", "admin")
-_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 #: Failures from one address allowed before replies to it are slowed down.
 FREE_FAILURES = 3
 #: The longest a failing address is made to wait.
@@ -36,54 +29,6 @@ MAX_FAILURE_DELAY_S = 5.0
 #: Failures are forgotten after this long without another.
 FAILURE_MEMORY_S = 600.0
 _MAX_TRACKED = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class User:
-    """A user from the configuration; the hash never shows in a repr."""
-
-    name: str
-    password_hash: str = field(repr=False)
-    role: str = "user"
-
-    def __post_init__(self) -> None:
-        if self.role not in ROLES:
-            raise ConfigError(f"users.{self.name}.role: must be user or admin, got {self.role!r}")
-        _parse_hash(self.password_hash, f"users.{self.name}.password_hash")
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
-
-
-def hash_password(password: str, *, salt: bytes | None = None) -> str:
-    """Hash a password for the configuration file (scrypt, random salt)."""
-    salt = os.urandom(16) if salt is None else salt
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P,
-                            maxmem=64 * 1024 * 1024)
-    encode = base64.b64encode
-    return (f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}$"
-            f"{encode(salt).decode()}${encode(digest).decode()}")
-
-
-def _parse_hash(stored: str, where: str) -> tuple[int, int, int, bytes, bytes]:
-    parts = stored.split("$")
-    try:
-        if len(parts) != 6 or parts[0] != "scrypt":
-            raise ValueError
-        n, r, p = (int(x) for x in parts[1:4])
-        return n, r, p, base64.b64decode(parts[4], validate=True), base64.b64decode(
-            parts[5], validate=True)
-    except ValueError:
-        raise ConfigError(f"{where}: not a hash made by `jobmonitor hash-password`") from None
-
-
-def verify_password(password: str, stored: str) -> bool:
-    """Check a password against a stored hash, in constant time."""
-    n, r, p, salt, expected = _parse_hash(stored, "password_hash")
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=len(expected),
-                            maxmem=64 * 1024 * 1024)
-    return hmac.compare_digest(digest, expected)
 
 
 class Authenticator:

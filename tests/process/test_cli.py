@@ -248,7 +248,7 @@ def test_configuration_doc_lists_every_setting():
 
 
 def test_hash_password_reads_the_first_line_of_standard_input():
-    from jobmonitor.server.auth import verify_password
+    from jobmonitor.users import verify_password
 
     result = subprocess.run([sys.executable, "-m", "jobmonitor", "hash-password"], cwd=ROOT,
                             input="s3cret\nignored\n", capture_output=True, text=True,
@@ -296,7 +296,7 @@ def on_a_terminal(*answers: str, command: tuple[str, ...] = ("hash-password",)
 
 
 def test_hash_password_asks_twice_on_a_terminal_without_echo():
-    from jobmonitor.server.auth import verify_password
+    from jobmonitor.users import verify_password
 
     status, output = on_a_terminal("s3cret", "s3cret")
     assert status == 0

@@ -650,7 +650,7 @@ def test_readme_python_client_example(cli_server):
 
 
 def test_user_password_from_the_environment(tmp_path):
-    from jobmonitor.server.auth import hash_password
+    from jobmonitor.users import hash_password
 
     config = tmp_path / "jobmonitor.toml"
     config.write_text(f'[server]\njobs = ["examples/demo_jobs.py"]\n'

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from jobmonitor import Config, ConfigError, Outcome
-from jobmonitor.server.auth import hash_password
+from jobmonitor.users import hash_password
 from jobmonitor.client import Client, ReplyError
 from jobmonitor.config_file import load_config_file
 

@@ -433,7 +433,7 @@ async def test_clients_resetting_while_their_password_is_checked_leave_no_work(m
     """A connection reset while its password waits to be checked gives back its
     place at once; its check must go with it, or resets would let a client keep
     any number of checks (and packets) waiting beyond max_connections."""
-    from jobmonitor.server.auth import User, hash_password
+    from jobmonitor.users import User, hash_password
 
     server = await make_server(users=(User("ann", hash_password("ann-pw")),),
                                max_connections=10)

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from jobmonitor import ConfigError, Controller
-from jobmonitor.server.auth import User, hash_password, verify_password
+from jobmonitor.users import User, hash_password, verify_password
 
 from ..support import jobs
 from ..conftest import release
