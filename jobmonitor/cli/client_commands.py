@@ -26,7 +26,7 @@ from ..client import Client, JobStatus, ProtocolError, Reattach, ReplyError, Tra
 from ..wire.codes import Reply
 from .output import (EXIT_CODES, JsonPrinter, LivePrinter, PlainPrinter, StreamPrinter,
                          display_text, display_width)
-from ..config import DEFAULT_PORT
+from ..wire import DEFAULT_PORT
 
 __all__ = ["add_client_commands", "EXIT_CODES", "USAGE_ERROR"]
 

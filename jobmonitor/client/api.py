@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..config import DEFAULT_PORT
+from ..wire import DEFAULT_PORT
 from ..errors import ProtocolError
 from .results import (
     Acknowledged,

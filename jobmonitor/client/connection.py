@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from ..errors import ProtocolError, ReplyError
 from ..wire.lines import LineError, parse_line
-from ..wire.packet import build_packet
+from ..wire.packet_build import build_packet
 
 #: How long closing waits for a peer to take what is still unsent.
 CLOSE_TIMEOUT_S = 5.0

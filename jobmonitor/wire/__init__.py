@@ -8,3 +8,8 @@ text/JSON/XML status formats (``formats``).  Shared by the server and the client
 Rule: no asyncio, no sockets, no jobs.  Imports only ``jobmonitor.errors``
 (which imports only ``codes``) and the standard library and lxml.
 """
+
+__all__ = ["DEFAULT_PORT"]
+
+#: The TCP port a server listens on, and a client connects to, unless told otherwise.
+DEFAULT_PORT = 7400
