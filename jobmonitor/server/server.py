@@ -25,7 +25,7 @@ from ..engine.engine import Engine
 from ..engine.handlers import Handler
 from ..loader import load_handlers
 from .sockets import cork_listeners
-from ..store.base import open_store
+from ..store import open_store
 from .auth import Authenticator
 from ..errors import ConfigError
 

@@ -1,4 +1,4 @@
-"""Where jobs are kept: the store interface, the in-memory store, and store URLs.
+"""Where jobs are kept: the store interface every backend implements.
 
 The engine owns the live jobs; a store makes them outlive the process.  A store
 deals in ``JobRecord``s and encoded lines, never in running jobs: what it needs
@@ -8,6 +8,8 @@ of a live job is the ``Recordable`` view (its record and the stream's lines).
 it); ``changed`` only marks a job, and the store writes what changed in its
 own time (the SQLite store: in group commits at most ``commit_interval_s``
 apart).  The memory store keeps nothing beyond the engine's own tables.
+Backends live beside this module (``memory``, ``sqlite/``); the package's
+``open_store`` picks one from a store URL.
 """
 
 from __future__ import annotations
@@ -16,13 +18,11 @@ import abc
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import NamedTuple, Protocol
 
-from ..errors import ConfigError
 from ..wire.records import HistoryEvent, JobRecord
 
-__all__ = ["Store", "MemoryStore", "Recordable", "Recovery", "TaskEvent", "open_store"]
+__all__ = ["Store", "Recordable", "Recovery", "TaskEvent"]
 
 
 class _Lines(Protocol):
@@ -123,43 +123,3 @@ class Store(abc.ABC):
         """Delete jobs that finished before this time; return how many."""
         return 0
 
-
-class MemoryStore(Store):
-    """Keeps nothing: jobs live only in the engine's tables, for one process."""
-
-    durable = False
-
-    async def open(self) -> Recovery:
-        return Recovery()
-
-    async def close(self) -> None:
-        return None
-
-    async def add(self, job: Recordable) -> None:
-        return None
-
-    def changed(self, job: Recordable, urgent: bool = False) -> None:
-        return None
-
-
-def open_store(url: str, *, data_dir: str = ".", commit_interval_s: float = 0.05,
-               synchronous: str = "full") -> Store:
-    """Make the store a URL names.
-
-    ``memory://``; ``sqlite:///relative/path.db`` (relative to the working
-    directory); ``sqlite:////absolute/path.db``; ``sqlite://`` alone means
-    ``jobmonitor.db`` in ``data_dir``.
-
-    Raises:
-        ConfigError: the URL names no known store.
-    """
-    if url in ("memory://", "memory"):
-        return MemoryStore()
-    if url.startswith("sqlite://"):
-        from .sqlite.store import SqliteStore
-
-        path = url.removeprefix("sqlite://").removeprefix("/")
-        if not path:
-            path = str(Path(data_dir) / "jobmonitor.db")
-        return SqliteStore(path, commit_interval_s=commit_interval_s, synchronous=synchronous)
-    raise ConfigError(f"store: unknown store URL {url!r} (expected memory:// or sqlite:///PATH)")
