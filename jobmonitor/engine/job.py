@@ -20,16 +20,14 @@ import time
 from threading import get_ident
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..wire.codes import ERROR_THRESHOLD, SERVER_CODES, Status
 from ..wire.lines import format_lines
 from ..wire.records import HistoryEvent, JobRecord, Output
 from ..wire.states import JobState, Outcome
 from .stream import JobStream
-
-if TYPE_CHECKING:
-    from .runner import TimeLimit
+from .time_limit import TimeLimit
 
 __all__ = ["Job"]
 

@@ -19,7 +19,7 @@ import concurrent.futures
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from ..wire.codes import Status
@@ -30,8 +30,9 @@ from .handlers import Handler
 from .job import RETRY_EVENT, START_EVENT, Job
 from ..wire.lines import format_line
 from ..wire.states import JobState, Outcome
+from .time_limit import TimeLimit
 
-__all__ = ["JobRunner", "TimeLimit"]
+__all__ = ["JobRunner"]
 
 log = logging.getLogger("jobmonitor.engine")
 
@@ -336,49 +337,6 @@ class JobRunner:
                                    return_when=asyncio.FIRST_COMPLETED)
         finally:
             hurry.cancel()
-
-
-class TimeLimit:
-    """A running job's time limit: it runs while the job is processing and stops
-    while the job is suspended; ``expire`` is called once the time is used up.
-    Whoever stops the job for it sets ``timed_out``; a cancel while the job stops
-    clears it (the job then ends cancelled)."""
-
-    __slots__ = ("seconds", "timed_out", "_loop", "_left", "_since", "_timer", "_expire")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float,
-                 expire: Callable[[], None]) -> None:
-        self.seconds = seconds
-        self.timed_out = False
-        self._loop = loop
-        self._left = seconds
-        self._since = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-        self._expire = expire
-
-    @property
-    def reason(self) -> str:
-        """The error line of a job stopped for its limit."""
-        return f"Job timed out after {self.seconds:g} s"
-
-    def follow(self, state: JobState) -> None:
-        """Run while ``state`` is processing; stop otherwise."""
-        if state is not JobState.PROCESSING:
-            self.stop()
-        elif self._timer is None and self._left > 0:
-            self._since = self._loop.time()
-            self._timer = self._loop.call_later(self._left, self._fire)
-
-    def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-            self._left -= self._loop.time() - self._since
-
-    def _fire(self) -> None:
-        self._timer = None
-        self._left = 0.0
-        self._expire()
 
 
 _COMPLETION_LINES = {outcome: format_line("J", outcome.status, outcome.status.text)
