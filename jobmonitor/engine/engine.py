@@ -27,7 +27,8 @@ from .job import Job
 from ..wire.lines import clip, format_line
 from ..wire.records import HistoryEvent, JobRecord
 from .runner import JobRunner
-from ..wire.states import JobState, Outcome, can_transition
+from ..wire.states import JobState, Outcome
+from .lifecycle import can_transition
 from ..store.base import Recordable, Store
 
 __all__ = ["Engine"]

@@ -1,4 +1,7 @@
-"""Job states, outcomes, and the one table of allowed state transitions."""
+"""Job states and outcomes: the words and numbers status replies use for them.
+
+Which state may follow which is the engine's rule (``engine.lifecycle``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import enum
 
 from .codes import Status
 
-__all__ = ["JobState", "Outcome", "TRANSITIONS", "can_transition"]
+__all__ = ["JobState", "Outcome"]
 
 
 class JobState(str, enum.Enum):
@@ -44,28 +47,6 @@ _NUMBERS = {
     JobState.CANCELLED: 6,
     JobState.SUSPENDED: 7,
 }
-
-#: state -> the states it may move to.  Anything else is an invalid-state error.
-TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.CREATED: frozenset({JobState.QUEUED, JobState.CANCELLED, JobState.FAILED}),
-    JobState.QUEUED: frozenset({JobState.PROCESSING, JobState.SUSPENDED, JobState.CANCELLED}),
-    JobState.PROCESSING: frozenset(
-        {JobState.SUSPENDED, JobState.CANCELLED, JobState.FAILED, JobState.COMPLETED,
-         JobState.COMPLETED_WITH_ERRORS, JobState.QUEUED}
-    ),
-    JobState.SUSPENDED: frozenset({JobState.QUEUED, JobState.PROCESSING, JobState.CANCELLED,
-                                   JobState.FAILED}),
-    JobState.COMPLETED: frozenset(),
-    JobState.COMPLETED_WITH_ERRORS: frozenset(),
-    JobState.FAILED: frozenset(),
-    JobState.CANCELLED: frozenset(),
-}
-
-
-def can_transition(current: JobState, new: JobState) -> bool:
-    """Return True when the table allows moving from ``current`` to ``new``."""
-    return new in TRANSITIONS[current]
-
 
 class Outcome(str, enum.Enum):
     """How a job ended.  A handler returns one (or None for SUCCESS)."""
