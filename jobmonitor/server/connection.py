@@ -38,18 +38,19 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from ..config import Config
+from ..engine.engine import Engine
 from ..wire.codes import Reply, Status
+from .commands import Commands
+from .deadlines import Deadlines
 from .eager import start_eagerly
 from ..errors import PacketError, RequestError
 from ..wire.lines import clip, format_line
 from ..wire.packet import Packet, PacketParser
 from .sockets import set_cork, unsent_bytes
 from ..engine.stream import JobStream
-
-if TYPE_CHECKING:
-    from .server import Server
 
 __all__ = ["Connection"]
 
@@ -67,6 +68,28 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
+class ServerView(Protocol):
+    """What a connection uses of its ``Server`` (a protocol: the server module
+    imports this one, so this one does not import it)."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def engine(self) -> Engine: ...
+    @property
+    def commands(self) -> Commands: ...
+    @property
+    def deadlines(self) -> Deadlines | None: ...
+    @property
+    def accepts_corked(self) -> bool: ...
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop | None: ...
+    @property
+    def connection_count(self) -> int: ...
+    def _connection_opened(self, connection: Connection) -> None: ...
+    def _connection_closed(self, connection: Connection) -> None: ...
+
+
 class Connection(asyncio.Protocol):
     """The protocol object of one client connection."""
 
@@ -77,7 +100,7 @@ class Connection(asyncio.Protocol):
                  "_stream", "_following", "_next_line", "_paused", "_drained", "_peer_eof",
                  "_alone", "_socket_corked", "_checking", "stream_cursor")
 
-    def __init__(self, server: "Server") -> None:
+    def __init__(self, server: ServerView) -> None:
         self._server = server
         self._config = server.config
         self._loop = server._loop or asyncio.get_running_loop()
