@@ -33,11 +33,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Union
 
-from ..app import JobMonitor
 from ..wire.codes import Reply
 from ..errors import ConfigError, JobFailed, RequestError
 from ..engine.handlers import JOB_OPTIONS, check_job_options, check_seconds
 from ..engine.job import START_EVENT, Job
+from ..engine.registry import HandlerRegistry
 from ..wire.lines import clip
 from .process import ProgramProcess, read_output, signal_group, start_program, stop_program
 
@@ -228,7 +228,7 @@ def _parse_template(item: str, where: str, names: frozenset[str]) -> _Template:
 # -- running -----------------------------------------------------------------------------
 
 
-def add_programs(app: JobMonitor, programs: Iterable[Program]) -> None:
+def add_programs(app: HandlerRegistry, programs: Iterable[Program]) -> None:
     """Register each program as a job handler of ``app``.
 
     Raises:

@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from .commands import Commands
 from ..config import Config
@@ -23,7 +23,6 @@ from .connection import Connection
 from .deadlines import Deadlines
 from ..engine.engine import Engine
 from ..engine.handlers import Handler
-from ..loader import load_handlers
 from .sockets import cork_listeners
 from ..store import open_store
 from .auth import Authenticator
@@ -37,13 +36,19 @@ log = logging.getLogger("jobmonitor.server")
 class Server:
     """A jobmonitor server bound to a host and port."""
 
-    def __init__(self, handlers: Mapping[str, Handler], config: Config) -> None:
+    def __init__(self, handlers: Mapping[str, Handler], config: Config, *,
+                 reload: Callable[[], Mapping[str, Handler]] | None = None) -> None:
+        """``reload``, if given, is what ``RestartServer`` calls for the handlers to
+        run from then on (``JobMonitor.make_server`` passes one that re-imports the
+        ``config.jobs`` modules); it raises ``ConfigError`` to keep the old ones.
+        Without it a restart keeps ``handlers``."""
         self.config = config
         self._own_handlers = dict(handlers)
+        self._reload = reload
         store = open_store(config.store or "memory://", data_dir=config.data_dir,
                            commit_interval_s=config.commit_interval_s,
                            synchronous=config.sqlite_synchronous)
-        self.engine = Engine(self._handlers(reload=False), config, store)
+        self.engine = Engine(self._own_handlers, config, store)
         self.commands = Commands(self.engine, auth=Authenticator(config.users),
                                  restart=self.restart_engine,
                                  max_monitors_per_job=config.max_monitors_per_job)
@@ -87,21 +92,13 @@ class Server:
             self.accepts_corked = cork_listeners(self._listener.sockets)
         log.info("jobmonitor listening on %s", self.address, extra={"ready": True})
 
-    def _handlers(self, *, reload: bool) -> dict[str, Handler]:
-        """The embedding app's handlers plus those of the ``jobs`` modules.
-
-        Raises:
-            ConfigError: a module cannot be loaded, or a project is registered twice.
-        """
-        return load_handlers(self.config.jobs, self._own_handlers, reload=reload)
-
     async def restart_engine(self) -> None:
         """RestartServer: finish or cancel running jobs, reload job modules, go on.
 
         Raises:
             ConfigError: a job module no longer loads (the old handlers stay).
         """
-        handlers = self._handlers(reload=True)
+        handlers = self._own_handlers if self._reload is None else dict(self._reload())
         log.info("restarting the job engine")
         await self.engine.restart(self.config.shutdown_grace_s, handlers)
 
