@@ -3,8 +3,8 @@
 ``jobmonitor serve`` takes one option per ``Config`` field, generated from the
 dataclass so the option list lives in one place, and ``--config FILE`` (a TOML
 file of the same settings plus program projects; flags override it).  The
-client commands (submit, watch, status, ...) live in ``cli_client``.  Only the
-CLI modules print, exit, or install signal handlers.
+client commands (submit, watch, status, ...) live in ``client_commands``.  Only
+the CLI modules print, exit, or install signal handlers.
 """
 
 from __future__ import annotations

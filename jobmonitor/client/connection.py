@@ -1,9 +1,9 @@
 """The client's socket work: open a connection, send one packet, read the reply.
 
 The protocol is one packet per connection, so every request opens its own
-connection.  Packets are built with ``packet.build_packet`` (lxml, so any value
-is escaped correctly) and lines are read with ``lines.parse_line``, the same
-code the server uses.
+connection.  Packets are built with ``wire.packet_build`` (lxml, so any value
+is escaped correctly) and lines are read with ``wire.lines.parse_line``, the
+same code the server uses.
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@
 Users and their password hashes are ``users``'s part.  Checking a password
 costs tens of milliseconds of CPU by design, so it runs in a worker thread,
 and a password that checked out is remembered as a keyed digest so that a
-client submitting many jobs pays that cost once.  An address that keeps failing is answered more and more
-slowly, and its attempts are checked one at a time: one after a failure waits
-out that failure's delay first, so connections opened in parallel give no
-more guesses than one connection after another.
+client submitting many jobs pays that cost once.  An address that keeps
+failing is answered more and more slowly, and its attempts are checked one at
+a time: one after a failure waits out that failure's delay first, so
+connections opened in parallel give no more guesses than one connection after
+another.
 """
 
 from __future__ import annotations

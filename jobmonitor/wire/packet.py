@@ -5,7 +5,7 @@ the :class:`Packet` the moment the root ``job_command`` element closes, because
 a telnet or netcat client never closes its side.
 
 Most packets arrive whole in the first chunk and use little of XML.  Such a
-chunk is first tried on a fast path (:mod:`jobmonitor.packet_fast`): regular
+chunk is first tried on a fast path (:mod:`jobmonitor.wire.packet_fast`): regular
 expressions that read a strict subset of packets to exactly the Packet the
 stages below would, several times faster.  For anything outside that subset,
 including every malformed packet, it gives up without a trace and the chunk
@@ -17,17 +17,17 @@ goes through the four stages like any other:
    so that the vendor's broken ``<?xml version="1.0">`` (no ``?``) and blank
    lines before it are accepted; in an ASCII-compatible packet it names the
    encoding to decode the rest with.  (These two stages' helpers are in
-   :mod:`jobmonitor.packet_encoding`.)
+   :mod:`jobmonitor.wire.packet_encoding`.)
 3. *prolog*: decoded text is scanned up to the root element's start tag so
    that a ``<!DOCTYPE`` is refused before lxml could read any DTD.
 4. *body*: text goes, re-encoded as UTF-8, to an lxml pull parser; its start
    and end events are checked against the packet's shape as they come, so a
    bad or deeply nested element fails at once (the rules are
-   :mod:`jobmonitor.packet_shape`'s).
+   :mod:`jobmonitor.wire.packet_shape`'s).
 
 Our own incremental decoder catches bytes invalid in the packet's encoding
 and characters XML forbids.  Nothing is buffered beyond ``max_packet_bytes``.
-:func:`build_packet` (from :mod:`jobmonitor.packet_build`) goes the other
+:func:`build_packet` (from :mod:`jobmonitor.wire.packet_build`) goes the other
 way, for clients and tests.
 """
 

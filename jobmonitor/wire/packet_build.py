@@ -1,7 +1,8 @@
-"""Building command packets, for clients and tests: the reverse of :mod:`jobmonitor.packet`.
+"""Building command packets, for clients and tests: the reverse of
+:mod:`jobmonitor.wire.packet`.
 
-:func:`build_packet` is re-exported by :mod:`jobmonitor.packet`; import it from
-there.  lxml escapes every name and value, so any text XML can carry reads back
+:func:`build_packet` is re-exported by :mod:`jobmonitor.wire.packet`; the
+client imports it from here, so as not to load the parser.  lxml escapes every name and value, so any text XML can carry reads back
 exactly.
 """
 
@@ -53,7 +54,7 @@ def build_packet(
     *,
     namespace: str | None = _PAGEFLEX_NAMESPACE,
 ) -> bytes:
-    """Build a UTF-8 command packet that :class:`~jobmonitor.packet.PacketParser` reads back.
+    """Build a UTF-8 command packet that :class:`~jobmonitor.wire.packet.PacketParser` reads back.
 
     ``job_variables`` is always written; ``doc_variables`` only when given and
     not empty.  With ``namespace=None`` the elements have no namespace.  Values

@@ -1,6 +1,6 @@
 """A command packet's encoding: what its first bytes and its XML declaration say.
 
-Internal to :mod:`jobmonitor.packet`, whose parser runs these steps before any
+Internal to :mod:`jobmonitor.wire.packet`, whose parser runs these steps before any
 XML is read: :func:`sniff` finds a byte-order mark or the zero bytes of UTF-16
 or UTF-32; otherwise :func:`read_declaration` reads the XML declaration by
 hand (the vendor's ``<?xml version="1.0">`` has no ``?``) and

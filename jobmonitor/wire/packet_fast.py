@@ -1,6 +1,6 @@
 """The fast path for the usual command packet: regular expressions, no lxml.
 
-Internal to :mod:`jobmonitor.packet`.  A :class:`~jobmonitor.packet.PacketParser`
+Internal to :mod:`jobmonitor.wire.packet`.  A :class:`~jobmonitor.wire.packet.PacketParser`
 tries :func:`read_simple` on its first chunk; it reads a whole packet, of at
 most 64 KiB, written in a strict, common subset of XML:
 
@@ -20,7 +20,7 @@ bytes from the start: comments, CDATA, a DOCTYPE, other entities, text between
 elements, duplicate attributes, sections or variables, a root not closed in
 this chunk, and every malformed packet, since only that parser words the
 errors.  What this accepts that parser accepts too, with the same values:
-tests/test_packet_fast.py checks it against that parser.
+tests/unit/test_packet_fast.py checks it against that parser.
 """
 
 from __future__ import annotations

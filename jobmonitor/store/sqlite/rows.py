@@ -1,6 +1,6 @@
 """The SQLite store's tables, and the SQL that fills, reads and deletes them.
 
-No threads and no batching (``sqlite_store`` does those): the schema, a job
+No threads and no batching (``store`` does those): the schema, a job
 record as a row and back, many rows written with one statement, and the
 queries, each a function given the connection.  Each
 table gets one ``INSERT`` per commit (a few for a very large batch), its row

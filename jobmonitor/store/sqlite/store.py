@@ -21,7 +21,7 @@ per commit (a few for a very large batch): every statement takes the
 interpreter lock back when SQLite returns, and while the event loop is busy
 each such handover is a wait.
 
-The tables, how a row is written and the queries are ``sqlite_rows``'s.
+The tables, how a row is written and the queries are ``rows``'s.
 
 One server at a time: ``open`` takes an exclusive lock on ``PATH.lock`` (which
 holds the server's process ID), so a second server on the same file, which
