@@ -33,7 +33,7 @@ bench: $(VENV)/.installed-fast soak
 
 # The stalled-reader test at full size: a million lines (docs/security.md).
 soak: $(VENV)/.installed-test
-	JOBMONITOR_SOAK=1 $(BIN)/python -m pytest -q -s tests/test_robustness.py -k stalled_reader
+	JOBMONITOR_SOAK=1 $(BIN)/python -m pytest -q -s tests/server/test_robustness.py -k stalled_reader
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache

@@ -127,11 +127,11 @@ class JobmonitorTarget(_WireTarget):
         self._release_dir: tempfile.TemporaryDirectory[str] | None = None
 
     def unavailable(self) -> str | None:
-        if not (REPO_DIR / "jobmonitor" / "server.py").is_file():
-            return "jobmonitor/server.py does not exist yet"
+        if not (REPO_DIR / "jobmonitor" / "server" / "server.py").is_file():
+            return "jobmonitor/server/server.py is missing"
         if self._import_error is None:
             # One check up front instead of one failed start per scenario.
-            probe = subprocess.run([sys.executable, "-c", "import jobmonitor.server"],
+            probe = subprocess.run([sys.executable, "-c", "import jobmonitor.server.server"],
                                    env=self.env(), cwd=str(REPO_DIR), capture_output=True,
                                    text=True, timeout=60)
             lines = probe.stderr.strip().splitlines()

@@ -1,5 +1,5 @@
 """``python -m jobmonitor`` runs the same CLI as the ``jobmonitor`` command."""
 
-from .cli import main
+from .cli.main import main
 
 raise SystemExit(main())

@@ -14,98 +14,36 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 from .config import Config
-from .handlers import CheckFunc, Handler, HandlerFunc, check_job_options
-from .errors import ConfigError
-from .server import Server
+from .engine.handlers import Handler
+from .engine.registry import HandlerRegistry
+from .loader import load_handlers
+from .server.server import Server
 
 __all__ = ["JobMonitor", "Controller"]
 
-F = TypeVar("F", bound=HandlerFunc)
 
-
-class JobMonitor:
-    """A set of job handlers, keyed by the ``ProjectName`` they answer to."""
-
-    def __init__(self) -> None:
-        self._handlers: dict[str, Handler] = {}
-
-    @property
-    def handlers(self) -> Mapping[str, Handler]:
-        return dict(self._handlers)
-
-    def job(self, project: str, *, retry_on_restart: bool = False,
-            timeout_s: float | None = None, retries: int = 0,
-            retry_delay_s: float = 0.0) -> Callable[[F], F]:
-        """Decorator: register a handler for jobs whose ``ProjectName`` is ``project``
-        (see ``add_job`` for the options).
-
-        Raises:
-            ConfigError: ``project`` already has a handler, or a bad option.
-        """
-
-        def register(func: F) -> F:
-            self.add_job(project, func, retry_on_restart=retry_on_restart, timeout_s=timeout_s,
-                         retries=retries, retry_delay_s=retry_delay_s)
-            return func
-
-        return register
-
-    def add_job(self, project: str, func: HandlerFunc, *, retry_on_restart: bool = False,
-                check: CheckFunc | None = None, timeout_s: float | None = None,
-                retries: int = 0, retry_delay_s: float = 0.0) -> None:
-        """Register ``func`` for ``project`` (the decorator's plain form).
-
-        ``retry_on_restart``: a job the server's restart interrupted runs again
-        (else it fails).  ``check``, if given, sees each submit's job variables
-        before the job is accepted; the ``RequestError`` it raises becomes the
-        error reply.  ``timeout_s``: a job that runs longer (time suspended not
-        counted) is stopped as a cancel stops it and fails with
-        ``J0005000: Job timed out after N s`` (cancelled while it stops, it
-        ends cancelled after that line).  ``retries``: a job that fails
-        (raises, or times out; not one that is cancelled or partial) is queued
-        to run again, up to that many times, ``retry_delay_s`` after its first
-        failure and twice as long after each one after it; its stream goes on,
-        with ``J0000132`` saying so, and ``job.attempt`` counts the runs.  With
-        a durable store the delay outlasts a restart of the server.
-
-        Raises:
-            ConfigError: ``project`` is empty or already has a handler, or an
-            option is bad (``job 'NAME': retries: must be a whole number of 0 or
-            more, got -1``: ``check_job_options``'s words, as for a program project).
-        """
-        if not project or not project.strip():
-            raise ConfigError("a job's project name must not be empty")
-        if project in self._handlers:
-            raise ConfigError(f"job {project!r} is registered twice")
-        if not callable(func):
-            raise ConfigError(f"handler for {project!r} is not callable")
-        try:
-            timeout_s, retries, retry_delay_s = check_job_options(timeout_s, retries,
-                                                                  retry_delay_s)
-        except ConfigError as exc:
-            raise ConfigError(f"job {project!r}: {exc}") from None
-        self._handlers[project] = Handler(project, func, retry_on_restart, check, timeout_s,
-                                          retries, retry_delay_s)
-
-    def merge(self, other: "JobMonitor") -> None:
-        """Add every handler of ``other``.
-
-        Raises:
-            ConfigError: a project is registered in both.
-        """
-        for handler in other._handlers.values():
-            self.add_job(handler.project, handler.func, retry_on_restart=handler.retry_on_restart,
-                         check=handler.check, timeout_s=handler.timeout_s,
-                         retries=handler.retries, retry_delay_s=handler.retry_delay_s)
+class JobMonitor(HandlerRegistry):
+    """A set of job handlers, keyed by the ``ProjectName`` they answer to, and
+    the servers that run them (``serve``, ``make_server``, ``Controller``)."""
 
     def make_server(self, config: Config) -> Server:
-        """A server for these handlers, not yet started (see ``Server.start``)."""
-        return Server(self._handlers, config)
+        """A server for these handlers and those of the ``config.jobs`` modules, not
+        yet started (see ``Server.start``).  ``RestartServer`` re-imports the modules.
+
+        Raises:
+            ConfigError: a job module cannot be loaded, or a project is registered twice.
+        """
+        own = dict(self._handlers)
+
+        def reload() -> dict[str, Handler]:
+            return load_handlers(config.jobs, own, reload=True)
+
+        return Server(load_handlers(config.jobs, own), config, reload=reload)
 
     @asynccontextmanager
     async def serve(

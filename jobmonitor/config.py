@@ -11,12 +11,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .auth import User
+from .users import User
 from .errors import ConfigError
+from .wire import DEFAULT_PORT
 
 __all__ = ["Config", "DEFAULT_PORT"]
-
-DEFAULT_PORT = 7400
 
 
 def _setting(default: Any, help: str, *, flag: bool = True) -> Any:

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .auth import User
+from .users import User
 from .config import Config
 from .errors import ConfigError
-from .programs import SELF_CHECKED, Program, Variable
+from .programs.program import SELF_CHECKED, Program, Variable
 
 __all__ = ["ConfigFile", "load_config_file"]
 

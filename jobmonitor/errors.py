@@ -17,7 +17,7 @@ wire as a traceback.
 
 from __future__ import annotations
 
-from .codes import Reply
+from .wire.codes import Reply
 
 __all__ = [
     "JobMonitorError",

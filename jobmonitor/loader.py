@@ -14,26 +14,22 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 from .errors import ConfigError
-from .handlers import Handler
-
-if TYPE_CHECKING:
-    from .app import JobMonitor
+from .engine.handlers import Handler
+from .engine.registry import HandlerRegistry
 
 __all__ = ["load_handlers", "load_app"]
 
 
-def load_app(spec: str, *, reload: bool = False) -> "JobMonitor":
+def load_app(spec: str, *, reload: bool = False) -> HandlerRegistry:
     """Import the ``JobMonitor`` a spec names.
 
     Raises:
         ConfigError: the module or attribute is missing, fails to import, or is
         not a ``JobMonitor``.
     """
-    from .app import JobMonitor  # the app layer imports the server, which imports us
-
     target, _, attr = spec.partition(":")
     attr = attr or "app"
     if not target:
@@ -46,7 +42,7 @@ def load_app(spec: str, *, reload: bool = False) -> "JobMonitor":
         app = getattr(module, attr)
     except AttributeError:
         raise ConfigError(f"--jobs {spec!r}: {target} has no attribute {attr!r}") from None
-    if not isinstance(app, JobMonitor):
+    if not isinstance(app, HandlerRegistry):
         raise ConfigError(
             f"--jobs {spec!r}: {target}:{attr} is a {type(app).__name__}, not a JobMonitor"
         )

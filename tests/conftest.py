@@ -9,7 +9,7 @@ import pytest
 
 from jobmonitor import Job, Server
 
-from . import jobs
+from .support import jobs
 
 MACHINE = "testhost"
 

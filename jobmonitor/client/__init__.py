@@ -10,10 +10,12 @@
             print(line.code, line.text, line.is_error)
         print((await tx.result()).outcome)
 
-Layers: ``results`` (typed results, sans-I/O), ``wire`` (one packet per
-connection, built with ``packet.build_packet`` and read with
-``lines.parse_line``), ``transaction`` (a stream that re-attaches after a
+Layers: ``results`` (typed results, sans-I/O), ``connection`` (one packet per
+connection, built with ``wire.packet_build`` and read with
+``wire.lines.parse_line``), ``transaction`` (a stream that re-attaches after a
 drop), ``api`` (``Client``) and ``sync`` (``SyncClient`` for blocking code).
+The client imports only the wire layer and ``errors`` of the rest of the
+package: nothing of the server's side.
 
 Errors: an error reply raises ``ReplyError`` (``.code``, ``.text``); an
 unreachable server raises ``OSError``; an answer outside the protocol raises
@@ -25,7 +27,7 @@ hears that a transaction lost its connection and is re-attaching (the
 """
 
 from ..errors import ProtocolError, ReplyError
-from ..states import JobState, Outcome
+from ..wire.states import JobState, Outcome
 from .api import Client, connect
 from .results import (
     Acknowledged,

@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..config import DEFAULT_PORT
+from ..wire import DEFAULT_PORT
 from ..errors import ProtocolError
 from .results import (
     Acknowledged,
@@ -33,7 +33,7 @@ from .results import (
     task_log_from_lines,
 )
 from .transaction import Transaction
-from .wire import Value, close_quietly, open_request, read_reply
+from .connection import Value, close_quietly, open_request, read_reply
 
 __all__ = ["Client", "connect"]
 

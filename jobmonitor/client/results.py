@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from ..codes import ERROR_THRESHOLD, Status
+from ..wire.codes import ERROR_THRESHOLD, Status
 from ..errors import ProtocolError
-from ..representations import split_parameters
-from ..states import JobState, Outcome
+from ..wire.formats import split_parameters
+from ..wire.states import JobState, Outcome
 
 __all__ = [
     "StreamLine",

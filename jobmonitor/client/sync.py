@@ -12,12 +12,12 @@ import threading
 from collections.abc import Coroutine, Iterator, Mapping
 from typing import Any, TypeVar
 
-from ..config import DEFAULT_PORT
+from ..wire import DEFAULT_PORT
 from .api import Client
 from .results import (Acknowledged, JobInfo, JobResult, JobStatus, Output, QueueLength,
                       StreamLine, TaskLogEntry)
 from .transaction import Transaction
-from .wire import Value
+from .connection import Value
 
 __all__ = ["SyncClient", "SyncTransaction"]
 

@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
-from ..codes import Reply, Status
+from ..wire.codes import Reply, Status
 from ..errors import ProtocolError, ReplyError
-from ..lines import LineError, parse_line
-from ..states import Outcome
-from .results import JobResult, Reattach, StreamLine
-from .wire import close_quietly
-
-if TYPE_CHECKING:
-    from .api import Client
+from ..wire.lines import LineError, parse_line
+from ..wire.states import Outcome
+from .results import JobResult, JobStatus, Reattach, StreamLine
+from .connection import close_quietly
 
 __all__ = ["Transaction"]
 
@@ -45,6 +43,19 @@ _MAX_EMPTY_ATTACHES = 5
 _OUTCOME_OF_STATE = {outcome.state: outcome for outcome in Outcome}
 
 
+class _Client(Protocol):
+    """What a transaction needs of its ``api.Client`` to re-attach (a protocol:
+    ``api`` imports this module, so this one does not import ``api``)."""
+
+    reconnect_timeout_s: float
+    on_reattach: Callable[[Reattach], None] | None
+
+    async def status(self, transaction_id: str) -> JobStatus: ...
+
+    async def _open_monitor(self, transaction_id: str, from_line: int
+                            ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
+
+
 class Transaction:
     """A submitted or watched job.
 
@@ -53,7 +64,7 @@ class Transaction:
     Use ``async with`` (or ``aclose()``) to drop the connection early.
     """
 
-    def __init__(self, client: "Client", transaction_id: str,
+    def __init__(self, client: _Client, transaction_id: str,
                  reader: asyncio.StreamReader | None = None,
                  writer: asyncio.StreamWriter | None = None, *, from_line: int = 1) -> None:
         self.transaction_id = transaction_id

@@ -1,0 +1,378 @@
+"""The ``jobmonitor`` command.  It only builds settings and calls the library.
+
+``jobmonitor serve`` takes one option per ``Config`` field, generated from the
+dataclass so the option list lives in one place, and ``--config FILE`` (a TOML
+file of the same settings plus program projects; flags override it).  The
+client commands (submit, watch, status, ...) live in ``client_commands``.  Only
+the CLI modules print, exit, or install signal handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import gc
+import getpass
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from .._version import __version__
+from .client_commands import add_client_commands
+from ..config import Config
+from ..config_file import load_config_file
+from ..errors import ConfigError
+from ..app import JobMonitor
+from ..users import hash_password
+from ..programs.program import add_programs
+from ..server.server import Server
+from ..engine.job import Job
+from ..store import open_store
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("jobmonitor.cli")
+
+#: Open files the server needs besides its connections (store, logs, modules, threads).
+FILE_MARGIN = 64
+#: After a first SIGINT/SIGTERM, how much longer than shutdown_grace_s and linger_s
+#: the shutdown may take before the process exits anyway: the time a cancelled job
+#: has to stop (runner.CANCEL_WAIT_S, 5 s), and as long again for the store's last
+#: commit (a database another program holds waits SQLite's busy timeout, 5 s).
+STOP_MARGIN_S = 10.0
+#: After a second one, how long jobs have to stop, now cancelled, before the
+#: process exits anyway.
+HURRIED_EXIT_S = 1.0
+#: Allocations between collections of the youngest generation (Python's default: 700).
+GC_YOUNG_THRESHOLD = 50_000
+
+_TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "str | None": str}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobmonitor", description="Run jobs and stream their status over TCP."
+    )
+    parser.add_argument("--version", action="version", version=f"jobmonitor {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    serve = commands.add_parser("serve", help="run the server",
+                                description="Run the jobmonitor server until SIGINT/SIGTERM.")
+    serve.add_argument("--config", metavar="FILE",
+                       help="TOML file of settings and program projects (flags override it)")
+    serve.add_argument("--check-store", action="store_true",
+                       help="check the store's database (SQLite's quick_check, every job "
+                            "row) instead of serving; exit 0 if sound, 1 if not")
+    _add_config_options(serve)
+    serve.set_defaults(run=_serve, command_parser=serve)
+    hasher = commands.add_parser(
+        "hash-password", help="hash a password for the config file",
+        description="Ask for a password (twice, not shown) on a terminal, or read the first "
+                    "line of standard input, and print the hash to put in a [users.NAME] "
+                    "table of the config file.")
+    hasher.set_defaults(run=_hash_password, command_parser=hasher)
+    add_client_commands(commands)
+    return parser
+
+
+def _hash_password(args: argparse.Namespace) -> int:
+    if sys.stdin.isatty():  # a person: ask without echoing, twice
+        try:
+            password = getpass.getpass("Password: ")
+            if password and getpass.getpass("Again: ") != password:
+                print("jobmonitor: the passwords differ", file=sys.stderr)
+                return 2
+        except EOFError:  # Ctrl-D at a prompt: end its line, then say why we stop
+            print(file=sys.stderr)
+            password = ""
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("jobmonitor: no password on standard input", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    for field in dataclasses.fields(Config):
+        if not field.metadata.get("flag"):
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        help_text = field.metadata["help"]
+        if field.type == "tuple[str, ...]":
+            parser.add_argument(flag, dest=field.name, action="append", metavar="SPEC",
+                                help=help_text)
+        elif field.type == "bool":
+            parser.add_argument(flag, dest=field.name, action="store_const", const=True,
+                                help=help_text)
+        else:
+            default = field.default
+            shown = f" (default: {default})" if default not in (None, ()) else ""
+            parser.add_argument(flag, dest=field.name, type=_TYPES[str(field.type)],
+                                metavar=field.name.upper(), help=help_text + shown)
+
+
+def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
+    """Build the server settings from parsed options (unset options keep ``base``'s).
+
+    Raises:
+        ConfigError: a bad value.
+    """
+    changes = {}
+    for field in dataclasses.fields(Config):
+        value = getattr(args, field.name, None)
+        if value is not None:
+            changes[field.name] = tuple(value) if isinstance(value, list) else value
+    return (base or Config()).replace(**changes)
+
+
+class _ReadyOrLevel(logging.Filter):
+    """Passes records at the chosen level, and always the 'listening on' line."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level or getattr(record, "ready", False)
+
+
+def _setup_logging(level_name: str) -> None:
+    level = logging.getLevelName(level_name.upper())
+    if not isinstance(level, int):
+        raise ConfigError(f"log_level: unknown level {level_name!r}")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_ReadyOrLevel(level))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("jobmonitor.server").setLevel(min(level, logging.INFO))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    file = load_config_file(args.config) if args.config else None
+    config = config_from_args(args, file.config if file else None)
+    if config.store is None:
+        config = config.replace(store="sqlite://")  # jobmonitor.db in data_dir
+    _setup_logging(config.log_level)
+    if args.check_store:
+        return _check_store(config)
+    # `--jobs mymodule:app` finds mymodule.py in the working folder, as it does
+    # under `python -m jobmonitor` (which puts that folder first on the path).
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    app = JobMonitor()
+    if file is not None:
+        add_programs(app, file.programs)
+    server = app.make_server(config)  # loads config.jobs; may raise ConfigError
+    if not server.engine.handler_names():
+        log.warning("no jobs loaded: every SubmitJob will be refused (use --jobs)")
+    with _runner() as runner:
+        runner.run(_serve_until_signal(server))
+    _exit_if_stuck(server)
+    return 0
+
+
+def _check_store(config: Config) -> int:
+    """``serve --check-store``: one line per problem, then a summary; 0 when
+    nothing is wrong, 1 otherwise."""
+    from ..store.sqlite.file import STORE_DAMAGED  # (here: the client commands need no sqlite3)
+
+    assert config.store is not None
+    store = open_store(config.store, data_dir=config.data_dir)
+    problems = asyncio.run(store.check())
+    where = getattr(store, "path", config.store)
+    for problem in problems:
+        print(f"{where}: {problem}")
+    if not problems:
+        print(f"{where}: no problems found")
+        return 0
+    print(f"{where}: {len(problems)} problem{'s' if len(problems) > 1 else ''} found; "
+          f"{STORE_DAMAGED}")
+    return 1
+
+
+def _runner() -> asyncio.Runner:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
+async def _serve_until_signal(server: Server) -> None:
+    # Handlers go in before the server starts: a script that signals us as soon
+    # as it sees the ready line must get an orderly stop, not a default death.
+    stopper = _Stopper(server)
+    stopper.install()
+    await server.start()
+    _tune_gc()
+    _fit_open_file_limit(server.config.max_connections)
+    await stopper.stopping.wait()
+    server.close()
+    await server.wait_closed()
+
+
+def _tune_gc() -> None:
+    """A server keeps many objects alive (jobs, their lines, connections): move what
+    start-up made out of the collector's way, and collect young objects less often,
+    so that each job does not pay for scanning the ones before it.  Process-wide,
+    so the CLI does it, never the library."""
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
+def _fit_open_file_limit(max_connections: int) -> None:
+    """Each connection is an open file: raise the soft limit (up to the hard one)
+    so that max_connections can be reached, and say so when it cannot."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    wanted = max_connections + FILE_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new - FILE_MARGIN < max_connections * 0.9:  # a few short is not worth a word
+            log.warning("the open-file limit is %d: about %d connections at most, not "
+                        "max_connections=%d", new, new - FILE_MARGIN, max_connections)
+
+
+class _Stopper:
+    """What SIGINT and SIGTERM do to ``serve``.
+
+    The first starts the server's orderly shutdown; the process exits when it is
+    done, and at the latest ``shutdown_grace_s + linger_s + STOP_MARGIN_S`` after
+    the signal.  A second cancels running jobs at once; the process exits when
+    they have stopped, and at the latest ``HURRIED_EXIT_S`` after it.  A third
+    exits at once.  An exit that cuts the shutdown short has status 128 plus the
+    signal's number, as a shell shows a process the signal killed; what the
+    store had committed stays, and the next start recovers the jobs that were
+    running.
+
+    Plain signal handlers, not the loop's: they run in the main thread between
+    two bytecodes, so a job that blocks the loop cannot keep them from running;
+    the deadlines run in a timer thread for the same reason.
+    """
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        #: Set by the first signal: the server is to stop.
+        self.stopping = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._signals = 0
+        self._deadline: threading.Timer | None = None
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._signals += 1
+        name = signal.Signals(signum).name
+        if self._signals == 1:
+            config = self.server.config
+            bound_s = config.shutdown_grace_s + config.linger_s + STOP_MARGIN_S
+            self._soon(self._stop, name, bound_s)
+            self._exit_after(bound_s, signum, f"the shutdown took more than {bound_s:g} s")
+        elif self._signals == 2:
+            self._soon(self._hurry, name)
+            self._exit_after(HURRIED_EXIT_S, signum, f"the shutdown did not end within "
+                                                     f"{HURRIED_EXIT_S:g} s of the second {name}")
+        else:
+            self._exit(128 + signum, f"received {name} a third time")
+
+    def _soon(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run ``callback`` on the loop (not in the signal handler, which may have
+        interrupted the loop anywhere); nothing if the loop has ended."""
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: the server has stopped already
+            pass
+
+    def _stop(self, name: str, bound_s: float) -> None:
+        log.info("received %s: stopping within %g s (again to stop at once)", name, bound_s)
+        self.stopping.set()
+
+    def _hurry(self, name: str) -> None:
+        log.warning("received %s again: cancelling running jobs now, exiting within %g s",
+                    name, HURRIED_EXIT_S)
+        self.stopping.set()
+        self.server.hurry()
+
+    def _exit_after(self, delay_s: float, signum: int, reason: str) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = threading.Timer(delay_s, self._exit, (128 + signum, reason))
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _exit(self, status: int, reason: str) -> None:
+        stuck = self.server.stuck_jobs()
+        left = (f"; the next start recovers the jobs still running: {_job_names(stuck)}"
+                if stuck else "")
+        _exit_now(status, f"{reason}: exiting now{left}")
+
+
+def _exit_if_stuck(server: Server) -> None:
+    """After an orderly stop: exit at once if a job's handler is still running in
+    its thread (it did not stop when cancelled, and Python cannot stop a thread;
+    the interpreter's exit would wait for it)."""
+    stuck = server.stuck_jobs()
+    if stuck:
+        _exit_now(0, f"exiting without waiting for job handlers that did not stop when "
+                     f"cancelled: {_job_names(stuck)}")
+
+
+def _job_names(jobs: Sequence[Job]) -> str:
+    return ", ".join(f"{job.transaction_id} ({job.project})" for job in jobs)
+
+
+def _exit_now(status: int, message: str) -> NoReturn:
+    """Log ``message``, flush the log, and end the process at once with ``status``
+    (no clean-up: the store's lock and files go with the process)."""
+    log.warning("%s", message)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(status)
+
+
+def _option_before_command(argv: Sequence[str]) -> str | None:
+    """The first option given before the command's name (only --help and --version
+    belong there), or None."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return None
+        if arg not in ("-h", "--help", "--version"):
+            return arg.partition("=")[0]
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the process exit code."""
+    parser = build_parser()
+    early = _option_before_command(sys.argv[1:] if argv is None else argv)
+    if early is not None:  # argparse would take the option's value for the command's name
+        print(f"jobmonitor: options go after the command's name: jobmonitor COMMAND {early} "
+              f"... (see jobmonitor --help)", file=sys.stderr)
+        return 2
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the command's parser says so (the main one would print its own usage)
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    try:
+        return int(args.run(args))
+    except ConfigError as exc:
+        print(f"jobmonitor: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"jobmonitor: cannot start: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

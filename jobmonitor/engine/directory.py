@@ -1,0 +1,198 @@
+"""The directory of jobs: finding a job, live or stored, and what is known about it.
+
+Every unfinished job is a live ``Job`` in memory; a finished one may be too
+(with the memory store, the last ``max_finished_in_memory`` of them), or only in
+the store.  Lookups answer from memory first and fall back to the store, so
+callers never need to know which.  The directory also counts each job's monitors
+and keeps the server-wide task log.  It runs nothing: the engine decides what
+jobs do.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from ..wire.codes import Reply
+from ..errors import RequestError
+from .job import Job
+from ..wire.lines import clip
+from ..wire.records import HistoryEvent, JobRecord
+from ..store.base import Store, TaskEvent
+
+__all__ = ["JobDirectory", "TASK_LOG_SIZE", "IDLE_TAIL_LINES"]
+
+TASK_LOG_SIZE = 200
+_new_tuple = tuple.__new__
+#: Stored lines of a job kept in memory when no monitor needs older ones.
+IDLE_TAIL_LINES = 1000
+
+
+class JobDirectory:
+    """Live jobs by transaction ID and by client key, with the store behind them."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._jobs: dict[str, Job] = {}
+        self._tokens: dict[tuple[str, str], str] = {}
+        self._monitors: dict[str, int] = {}  # a plain dict: Counter's default is a Python call
+        self._task_log: collections.deque[TaskEvent] = collections.deque(maxlen=TASK_LOG_SIZE)
+        # With a store that keeps nothing: the finished jobs kept, oldest first.  An
+        # ordered dict, not a deque: a job deleted or expired leaves it at once.
+        self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    # -- membership ---------------------------------------------------------------
+
+    def add(self, job: Job) -> None:
+        self._jobs[job.transaction_id] = job
+        token = job.record.job_token
+        if token:
+            self._tokens[(job.identity, token)] = job.transaction_id
+
+    def forget(self, transaction_id: str) -> None:
+        """Drop a job from memory (it is stored, deleted, or expired)."""
+        job = self._jobs.pop(transaction_id, None)
+        self._finished.pop(transaction_id, None)
+        if job is not None and job.record.job_token:
+            self._tokens.pop((job.identity, job.record.job_token), None)
+
+    def keep_finished(self, job: Job, limit: int) -> None:
+        """Keep a finished job of a store that keeps nothing, forgetting the oldest
+        beyond ``limit`` (0: no limit), so such a server's memory stays bounded."""
+        if not limit:
+            return
+        finished = self._finished
+        finished[job.record.transaction_id] = None
+        while len(finished) > limit:
+            self.forget(finished.popitem(last=False)[0])
+
+    def live_jobs(self) -> list[Job]:
+        return list(self._jobs.values())
+
+    def expire(self, cutoff: float) -> None:
+        """Forget jobs that finished before ``cutoff``."""
+        for job in list(self._jobs.values()):
+            if job.record.completed is not None and job.record.completed < cutoff:
+                self.forget(job.transaction_id)
+
+    def stored(self, job: Job, stored_lines: int, max_lines_in_memory: int) -> None:
+        """After a commit: let monitors have the stored lines; drop stored lines no
+        monitor needs (and, past the cap, those a slow monitor needs: it reads them
+        back from the store); let a stored, finished job go."""
+        stream = job.stream
+        stream.stored(stored_lines)  # before anything else: watchers wait on it
+        if self._jobs.get(job.transaction_id) is not job:
+            return
+        keep_from = len(stream) + 1 - IDLE_TAIL_LINES  # a short tail for re-attaching
+        needed = stream.first_needed_line()
+        if needed is not None:
+            keep_from = min(keep_from, needed)  # what monitors still have to be sent...
+        keep_from = max(keep_from, len(stream) + 1 - max_lines_in_memory)
+        stream.trim(min(keep_from, stored_lines + 1))  # ...never what is not stored
+        if job.state.is_final and stored_lines == len(stream):
+            self.forget(job.transaction_id)
+
+    # -- lookups ------------------------------------------------------------------
+
+    def live(self, transaction_id: str) -> Job | None:
+        """The job if it is in memory (every unfinished job is)."""
+        return self._jobs.get(transaction_id)
+
+    def find(self, transaction_id: str) -> Job:
+        """The in-memory job with this transaction ID.
+
+        Raises:
+            RequestError: UNKNOWN_TRANSACTION.
+        """
+        job = self._jobs.get(transaction_id.strip().upper())
+        if job is None:
+            raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id))
+        return job
+
+    async def earlier(self, identity: str, job_token: str) -> str | None:
+        """The transaction ID of this submitter's job with this client key, if any."""
+        key = (identity, job_token)
+        found = self._tokens.get(key) or await self._store.find_token(identity, job_token)
+        # Asked again after the store: a submit with this key may have made its job
+        # while the store looked (the caller makes one without awaiting anything).
+        return found or self._tokens.get(key)
+
+    async def resolve(self, transaction_id: str | None, identity: str,
+                      job_token: str | None) -> str:
+        """The transaction ID named directly, or by the submitter's job token.
+
+        Raises:
+            RequestError: UNKNOWN_TRANSACTION.
+        """
+        if transaction_id:
+            return transaction_id.strip().upper()
+        found = await self.earlier(identity, job_token) if job_token else None
+        if found is None:
+            raise RequestError(Reply.UNKNOWN_TRANSACTION,
+                               f"no job with job token {clip(job_token or '')!r}")
+        return found
+
+    async def record(self, transaction_id: str) -> JobRecord:
+        """A snapshot of a job, live or stored.
+
+        Raises:
+            RequestError: UNKNOWN_TRANSACTION.
+        """
+        job = self._jobs.get(transaction_id)
+        if job is not None:
+            return job.snapshot()
+        record = await self._store.load(transaction_id)
+        if record is None:
+            raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id))
+        return record
+
+    async def list_records(self, active_only: bool, identity: str | None) -> list[JobRecord]:
+        """Jobs oldest first: active ones, or all that are kept."""
+        records = {tid: job.snapshot() for tid, job in self._jobs.items()
+                   if identity is None or job.identity == identity}
+        if not active_only:
+            for record in await self._store.list_records(identity):
+                records.setdefault(record.transaction_id, record)
+        chosen = [r for r in records.values() if not (active_only and r.status.is_final)]
+        return sorted(chosen, key=lambda r: r.number)
+
+    async def read_lines(self, transaction_id: str, from_line: int, limit: int) -> list[bytes]:
+        """Recorded lines from ``from_line`` on, from memory or the store."""
+        job = self._jobs.get(transaction_id)
+        if job is not None and job.stream.in_memory(from_line):
+            start = from_line - 1 - job.stream.base
+            durable = job.stream.durable
+            if durable is not None:  # only what a crash cannot take back
+                limit = min(limit, durable - from_line + 1)
+            return job.stream.lines[start:start + max(limit, 0)]
+        return await self._store.read_lines(transaction_id, from_line, limit)
+
+    # -- monitors and the task log ----------------------------------------------------
+
+    def monitor_count(self, transaction_id: str) -> int:
+        """How many connections follow this job's stream now."""
+        return self._monitors.get(transaction_id, 0)
+
+    def monitor_attached(self, transaction_id: str) -> None:
+        monitors = self._monitors
+        monitors[transaction_id] = monitors.get(transaction_id, 0) + 1
+
+    def monitor_detached(self, transaction_id: str) -> None:
+        monitors = self._monitors
+        count = monitors.get(transaction_id, 0) - 1
+        if count > 0:
+            monitors[transaction_id] = count
+        else:
+            monitors.pop(transaction_id, None)
+
+    def log_event(self, job: Job, event: HistoryEvent) -> None:
+        # tuple.__new__: a named tuple's own constructor is a Python-level call,
+        # and three of these are made for every job.
+        self._task_log.append(_new_tuple(TaskEvent, (job.record.transaction_id,
+                                                     job.record.project, event)))
+
+    def seed_task_log(self, events: list[TaskEvent]) -> None:
+        self._task_log.extend(events)
+
+    def task_log(self) -> list[TaskEvent]:
+        """Recent job events across the server, oldest first."""
+        return list(self._task_log)

@@ -1,0 +1,372 @@
+"""The job engine: what each command does to a job, and the server's jobs across restarts.
+
+A submitted job is stored, then handed to the ``JobRunner`` (``runner``),
+which starts it at once if a slot is free and otherwise queues it.  The
+engine checks that a command may change a job's state, recovers the jobs a
+stopped server left unfinished, and stops and restarts the runner.
+
+Live jobs (queued, running, suspended, and the finished ones a memory store keeps)
+are ``Job`` objects in the ``JobDirectory``; with a durable store a finished job leaves
+memory once it is stored, and lookups fall back to the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable, Mapping
+
+from ..wire.codes import Reply, Status
+from ..config import Config
+from ..errors import RequestError, StoreUnavailable
+from .handlers import Handler
+from .directory import JobDirectory
+from .job import Job
+from ..wire.lines import clip, format_line
+from ..wire.records import HistoryEvent, JobRecord
+from .runner import JobRunner
+from ..wire.states import JobState, Outcome
+from .lifecycle import can_transition
+from ..store.base import Recordable, Store
+
+__all__ = ["Engine"]
+
+log = logging.getLogger("jobmonitor.engine")
+
+MAX_TRANSACTION_NUMBER = 9_999_999
+#: How often finished jobs older than ``keep_days`` are deleted.
+PURGE_INTERVAL_S = 3600.0
+
+
+class Engine:
+    """One server's jobs: what the commands do to them, and their life across starts
+    and stops (the ``JobRunner`` runs them)."""
+
+    def __init__(self, handlers: Mapping[str, Handler], config: Config, store: Store) -> None:
+        self._config = config
+        self._store = store
+        #: Every job by transaction ID (and client key), live or stored.
+        self.jobs = JobDirectory(store)
+        # Every job's hooks, as bound methods made once (one each per job would be
+        # 128 bytes more per waiting job).  A store that keeps nothing needs no word
+        # of changes.
+        self._on_change = store.changed if store.durable else None
+        self._on_event = self.jobs.log_event
+        self._runner = JobRunner(handlers, config, self.jobs, durable=store.durable)
+        #: Jobs whose first commit is under way: what a same-token submit awaits.
+        self._adding: dict[str, list[asyncio.Future[None]] | None] = {}
+        self._last_number = 0
+        self._accepting = False
+        self._purger: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by start()
+        self.machine_name = config.machine_name or socket.gethostname()
+        # Every stream's first line: formatted once, shared by all jobs.
+        self._machine_line = format_line("J", Status.INFO, f"Machine name: {self.machine_name}")
+
+    # -- life cycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store, recover unfinished jobs, and start running jobs."""
+        self._loop = asyncio.get_running_loop()
+        self._store.on_persisted = self._persisted
+        recovery = await self._store.open()
+        self._last_number = recovery.last_number
+        self.jobs.seed_task_log(recovery.recent_events)
+        self._runner.open(self._loop)
+        for record in recovery.unfinished:
+            self._recover(record)
+        self._accepting = self._runner.starting = self._runner.retrying = True
+        if self._config.keep_days > 0:
+            self._purger = asyncio.get_running_loop().create_task(self._purge_loop())
+        self._runner.start_ready()
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop starting jobs, give running ones ``grace_s``, cancel the rest, close the store.
+
+        A cancelled job whose handler has not stopped ``runner.CANCEL_WAIT_S``
+        later is abandoned (it ends cancelled, or is left to recovery), and its
+        thread goes on: the store stays locked until that thread returns.
+        With a durable store, queued jobs stay queued for the next start and
+        running jobs of ``retry_on_restart`` handlers are left to recovery.
+        """
+        self._accepting = self._runner.retrying = False
+        if self._purger is not None:
+            self._purger.cancel()
+        self._notify_live(f"Server stopping: running jobs have {grace_s:g} s to finish")
+        if not self._store.durable:  # no next start to wait for: queued, delayed, suspended
+            for job in self.jobs.live_jobs():
+                if not job.state.is_final and not self._runner.is_running(job):
+                    self.cancel(job)
+        self._runner.clear_delays()  # (a durable store keeps those jobs queued)
+        await self._runner.drain(grace_s, keep_retryable=self._store.durable)
+        self._runner.close()
+        # A handler abandoned in its thread may still be at work: the store stays
+        # locked until it returns, so that no new server runs its job beside it.
+        await self._store.close(keep_lock=True)
+        self._runner.when_threads_end(self._store.release_lock)
+
+    async def restart(self, grace_s: float, handlers: Mapping[str, Handler]) -> None:
+        """Let running jobs finish within ``grace_s`` (cancel the rest), swap in
+        ``handlers``, and start again (unless the server began to stop
+        meanwhile); queued jobs keep their place."""
+        runner = self._runner
+        runner.starting = False
+        self._notify_live(f"Job engine restarting: running jobs have {grace_s:g} s to finish")
+        await runner.drain(grace_s, keep_retryable=False)
+        runner.handlers = dict(handlers)
+        if self._accepting:  # else the server began to stop meanwhile: start nothing
+            runner.starting = True
+            runner.start_ready()
+
+    def _notify_live(self, notice: str) -> None:
+        for job in self.jobs.live_jobs():
+            if not job.state.is_final:
+                job._record_status(Status.NOTICE, notice)
+
+    def hurry(self) -> None:
+        """Stop waiting for running jobs: cancel them now (a second signal)."""
+        self._runner.hurry()
+
+    def stuck_jobs(self) -> list[Job]:
+        """Jobs whose handlers still run: running, or abandoned by a stop or a
+        restart in a thread that has not returned.  Safe from any thread."""
+        return self._runner.stuck_jobs()
+
+    def when_threads_end(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once no abandoned handler thread is left (at once if
+        none is; else in the thread that returns last)."""
+        self._runner.when_threads_end(callback)
+
+    # -- counts ---------------------------------------------------------------------
+
+    @property
+    def queued_count(self) -> int:
+        """Jobs waiting to run: in the queue, or waiting out a retry's delay."""
+        return self._runner.queued_count
+
+    @property
+    def running_count(self) -> int:
+        return self._runner.running_count
+
+    def handler_names(self) -> list[str]:
+        return sorted(self._runner.handlers)
+
+    # -- commands ---------------------------------------------------------------
+
+    async def submit(self, project: str, params: Mapping[str, str],
+                     doc_variables: Mapping[str, str], *, identity: str = "anonymous",
+                     job_token: str | None = None) -> tuple[str, Job | None]:
+        """Create, store and queue (or start) a job; return its transaction ID and
+        the live job (None for an earlier, finished job with the same token).
+
+        Raises:
+            RequestError: UNKNOWN_PROJECT; whatever the handler's ``check`` raises;
+            SERVER_BUSY while shutting down, when the queue is full, or when
+            transaction numbers are exhausted; StoreUnavailable (SERVER_BUSY) when
+            the store cannot write the job (no job is left behind).
+        """
+        if job_token:
+            earlier = await self.jobs.earlier(identity, job_token)
+            if earlier is not None:
+                if earlier in self._adding:  # not acknowledged before it is stored
+                    await self._until_added(earlier)
+                return earlier, self.jobs.live(earlier)
+        handler = self._runner.handlers.get(project)
+        if handler is None:
+            raise RequestError(Reply.UNKNOWN_PROJECT, clip(project, 80))
+        if handler.check is not None:
+            handler.check(params)
+        if not self._accepting:
+            raise RequestError(Reply.SERVER_BUSY, "the server is shutting down")
+        limit = self._config.max_queued_jobs
+        if limit and self.queued_count >= limit:
+            raise RequestError(Reply.SERVER_BUSY, f"{limit} jobs are already waiting")
+        now = time.time()
+        record = JobRecord(self._next_transaction_id(), project, dict(params),
+                           dict(doc_variables), identity=identity, job_token=job_token or None,
+                           status=JobState.QUEUED, worker=self.machine_name, created=now,
+                           updated=now, history=[HistoryEvent("job", "queued", now)])
+        job = self._adopt(record)
+        job.stream.seed(self._machine_line)
+        if self._store.durable:  # a store that keeps nothing has nothing to wait for
+            await self._add(job)
+        self.jobs.log_event(job, record.history[0])
+        # Cancelled or suspended while it was being stored: not queued.
+        if job.state is JobState.QUEUED:
+            self._runner.enqueue(job)
+        return job.transaction_id, job
+
+    async def _add(self, job: Job) -> None:
+        """Store a new job; if that fails, forget it (its submit is refused).  A
+        submit of the same job token meanwhile waits for the outcome."""
+        transaction_id = job.transaction_id
+        self._adding[transaction_id] = None
+        try:
+            await self._store.add(job)
+        except BaseException as exc:
+            self.jobs.forget(transaction_id)
+            for waiter in self._adding.pop(transaction_id) or ():
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            raise
+        for waiter in self._adding.pop(transaction_id) or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _until_added(self, transaction_id: str) -> None:
+        waiters = self._adding[transaction_id]
+        if waiters is None:
+            waiters = self._adding[transaction_id] = []
+        assert self._loop is not None  # (a job is being added: the engine has started)
+        waiter = self._loop.create_future()
+        waiters.append(waiter)
+        await waiter
+
+    def cancel(self, job: Job) -> None:
+        """Cancel a queued, suspended or running job.
+
+        A queued job ends at once; an async job at its next await; a job in a
+        thread at its next call to the ``Job`` API.  A job being stopped for its
+        time limit says so and ends cancelled (not failed, not run again).
+
+        Raises:
+            RequestError: INVALID_STATE when the job has already ended.
+        """
+        self._check(job, JobState.CANCELLED)
+        self._runner.cancel(job)
+
+    def suspend(self, job: Job) -> str:
+        """Suspend a queued job at once, or a running one at its next checkpoint
+        (at once inside ``Job.pausable``).
+
+        Returns the reply text, which says which of the two happened.
+
+        Raises:
+            RequestError: INVALID_STATE when the job is not queued or running.
+        """
+        self._check(job, JobState.SUSPENDED)
+        if not self._runner.is_running(job):  # queued, or still being stored
+            self._runner.withdraw(job)
+            job._set_state(JobState.SUSPENDED, "suspended")
+            job._record_status(Status.SUSPENDED)
+            return f"{job.transaction_id} suspended"
+        job._suspend_requested = True
+        if job._pauser is not None:
+            job._pause()
+            return f"{job.transaction_id} suspended"
+        return f"{job.transaction_id} suspend requested"
+
+    def resume(self, job: Job) -> str:
+        """Resume a suspended job.
+
+        Raises:
+            RequestError: INVALID_STATE when the job is not suspended.
+        """
+        if job.state is not JobState.SUSPENDED:
+            raise RequestError(Reply.INVALID_STATE,
+                               f"{job.transaction_id} is {job.state.value}, not Suspended")
+        job._record_status(Status.RESUMED)
+        if self._runner.is_running(job):
+            job._set_state(JobState.PROCESSING, "resumed")
+            job._wake()
+        else:
+            job._set_state(JobState.QUEUED, "resumed")
+            if job.transaction_id not in self._adding:  # else its submit queues it
+                self._runner.enqueue(job)
+        return f"{job.transaction_id} resumed"
+
+    async def delete(self, transaction_id: str) -> None:
+        """Delete a finished job's record and lines.
+
+        Raises:
+            RequestError: UNKNOWN_TRANSACTION; INVALID_STATE while it is active;
+            StoreUnavailable when the store cannot write (nothing is deleted).
+        """
+        record = await self.jobs.record(transaction_id)
+        if not record.status.is_final:
+            raise RequestError(Reply.INVALID_STATE,
+                               f"{transaction_id} is {record.status.value}; cancel it first")
+        self.jobs.forget(transaction_id)
+        await self._store.flush()
+        await self._store.delete(transaction_id)
+
+    # -- jobs -------------------------------------------------------------------
+
+    def _check(self, job: Job, new: JobState) -> None:
+        if not can_transition(job.state, new):
+            raise RequestError(Reply.INVALID_STATE,
+                               f"{job.transaction_id} is {job.state.value}")
+
+    def _adopt(self, record: JobRecord) -> Job:
+        assert self._loop is not None  # (jobs are made from start() on)
+        job = Job(record, self._loop)
+        if self._store.durable:
+            job.stream.durable = record.line_count
+        job.on_change = self._on_change
+        job.on_event = self._on_event
+        self.jobs.add(job)
+        return job
+
+    def _next_transaction_id(self) -> str:
+        if self._last_number >= MAX_TRANSACTION_NUMBER:
+            raise RequestError(Reply.SERVER_BUSY, "transaction numbers are exhausted")
+        self._last_number += 1
+        return f"T{self._last_number:07d}"
+
+    # -- durability --------------------------------------------------------------------
+
+    def _recover(self, record: JobRecord) -> None:
+        job = self._adopt(record)
+        handler = self._runner.handlers.get(record.project)
+        was_running = record.started is not None
+        if handler is None:
+            job.error(f"No handler for project {record.project!r} after a server restart")
+            self._runner.finish(job, Outcome.FAILED)
+        elif not was_running:
+            if record.status is JobState.QUEUED:
+                self._runner.queue_recovered(job, handler)
+        elif handler.retry_on_restart:
+            job._record_status(Status.INTERRUPTED)
+            job._record_status(Status.REQUEUED)
+            record.started = None
+            job._set_state(JobState.QUEUED, "requeued")
+            self._runner.append(job)
+        else:
+            job._record_status(Status.INTERRUPTED)
+            self._runner.finish(job, Outcome.FAILED)
+
+    def when_stored(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once what has changed so far is stored: at the end of
+        this loop turn, or with a durable store after its next commit."""
+        if self._store.durable:
+            self._store.call_when_stored(callback)
+        else:
+            assert self._loop is not None  # (there are connections: the engine has started)
+            self._loop.call_soon(callback)
+
+    def _persisted(self, item: Recordable, stored_lines: int) -> None:
+        if isinstance(item, Job):
+            self.jobs.stored(item, stored_lines, self._config.max_lines_in_memory)
+
+    async def purge_expired(self) -> int:
+        """Delete finished jobs older than ``keep_days``; return how many the store had."""
+        cutoff = time.time() - self._config.keep_days * 86400
+        self.jobs.expire(cutoff)
+        await self._store.flush()
+        purged = await self._store.purge(cutoff)
+        if purged:
+            log.info("deleted %d jobs older than %g days", purged, self._config.keep_days)
+        return purged
+
+    async def _purge_loop(self) -> None:
+        while True:
+            try:
+                await self.purge_expired()
+            except StoreUnavailable:
+                pass  # (the store logs its failing once; the next round tries again)
+            except Exception:
+                log.exception("purging old jobs failed")
+            await asyncio.sleep(PURGE_INTERVAL_S)
+

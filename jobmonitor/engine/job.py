@@ -1,0 +1,441 @@
+"""The ``Job`` a handler receives: its inputs, and the calls that report progress.
+
+``info``, ``error`` and ``progress`` format the message once and append it to
+the job's stream; they never block and never wait for a monitor.  A handler
+that is a plain function runs in a worker thread: its calls are handed to the
+event loop in batches (one wake-up per batch, not per line), and once the job
+is cancelled its next call raises ``asyncio.CancelledError`` in that thread.
+
+Everything recorded about the job lives in one ``JobRecord`` (``job.record``);
+the engine and the store read it, handlers use the methods here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import threading
+import time
+from threading import get_ident
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from ..wire.codes import ERROR_THRESHOLD, SERVER_CODES, Status
+from ..wire.lines import format_lines
+from ..wire.records import HistoryEvent, JobRecord, Output
+from ..wire.states import JobState, Outcome
+from .stream import JobStream
+from .time_limit import TimeLimit
+
+__all__ = ["Job"]
+
+#: The head of a plain information line, from the code table (the hot path's one
+#: formatted piece; lines.format_line makes the same for every other code).
+_INFO = Status.INFO
+_INFO_HEAD = f"J{int(_INFO):07d}: "
+#: Guards every job's batch of calls from worker threads (held for a list swap).
+_THREAD_LOCK = threading.Lock()
+_new_tuple = tuple.__new__
+#: The history event of a failed job queued to run again (see ``Job.attempt``).
+RETRY_EVENT = "retry"
+#: The history event of a job that starts running (each run has one).
+START_EVENT = "start"
+#: With a durable store, a job at a checkpoint waits while more of its lines than
+#: this are not yet stored: a chatty job cannot fill memory faster than the
+#: store writes (lines can leave memory only once stored).
+MAX_UNSTORED_LINES = 20_000
+
+
+def _storable(text: str) -> str:
+    """``text`` with each lone surrogate (a file name read with ``os.fsdecode``)
+    written out as ``\\udcff``, as the wire shows it: a store cannot encode one."""
+    return text if text.isprintable() else text.encode("utf-8", "backslashreplace").decode()
+
+
+class Job:
+    """One job: what it was given, what it has said, and where it stands.
+
+    Handlers use ``params``, ``doc_variables``, ``transaction_id``, ``info``,
+    ``error``, ``progress``, ``checkpoint``, ``stage``, ``estimate`` and
+    ``add_output``; the rest is read by the server.
+    """
+
+    __slots__ = ("record", "stream", "on_change", "on_event",
+                 "_last_text", "_loop", "_loop_thread", "_cancel_requested",
+                 "_suspend_requested", "_leave_to_recovery", "_resume_waiter",
+                 "_thread_resumed", "_thread_pending", "_pauser", "_held", "_time_limit",
+                 "__weakref__")
+
+    def __init__(self, record: JobRecord, loop: asyncio.AbstractEventLoop) -> None:
+        self.record = record
+        self.stream = JobStream(loop, base=record.line_count)
+        self.stream.on_flush = self._flushed
+        # The last message, kept here per line and copied to the record per flush.
+        self._last_text = record.status_message
+        #: Called (on the loop) whenever the record or the lines changed.
+        self.on_change: Callable[[Job, bool], None] | None = None
+        #: Called (on the loop) with each ``job`` stage event (for the task log).
+        self.on_event: Callable[[Job, HistoryEvent], None] | None = None
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._cancel_requested = False
+        self._suspend_requested = False
+        self._leave_to_recovery = False
+        # Made only when needed: most jobs never pause and never run in a thread.
+        self._resume_waiter: asyncio.Future[None] | None = None
+        # Set inside ``pausable``: how to pause the job at once, and whether it is.
+        self._pauser: tuple[Callable[[], object], Callable[[], object]] | None = None
+        self._held = False
+        self._thread_resumed: threading.Event | None = None
+        self._thread_pending: list[Callable[[], None]] | None = None
+        #: The handler's time limit, if it has one (set by the engine when it starts).
+        self._time_limit: TimeLimit | None = None
+
+    def __repr__(self) -> str:
+        return f"<Job {self.transaction_id} {self.project!r} {self.state.value}>"
+
+    # -- what the job is ------------------------------------------------------
+
+    @property
+    def params(self) -> Mapping[str, str]:
+        """The job variables, read-only (made on each use: a waiting job keeps none)."""
+        return MappingProxyType(self.record.params)
+
+    @property
+    def doc_variables(self) -> Mapping[str, str]:
+        """The doc variables, read-only."""
+        return MappingProxyType(self.record.doc_variables)
+
+    @property
+    def transaction_id(self) -> str:
+        return self.record.transaction_id
+
+    @property
+    def project(self) -> str:
+        return self.record.project
+
+    @property
+    def job_name(self) -> str:
+        """The optional ``JobName`` job variable ("" when absent)."""
+        return self.record.job_name
+
+    @property
+    def identity(self) -> str:
+        """Who submitted the job."""
+        return self.record.identity
+
+    @property
+    def state(self) -> JobState:
+        return self.record.status
+
+    @property
+    def outcome(self) -> Outcome | None:
+        return self.record.outcome
+
+    @property
+    def progress_done(self) -> int:
+        return self.record.progress_done
+
+    @property
+    def progress_total(self) -> int:
+        return self.record.progress_total
+
+    @property
+    def attempt(self) -> int:
+        """Which run of the job this is: 1, then 2 and on when its handler's
+        ``retries`` run it again after a failure."""
+        return 1 + sum(1 for event in self.record.history
+                       if event[0] == "job" and event[1] == RETRY_EVENT)
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once someone asked to cancel this job."""
+        return self._cancel_requested
+
+    @property
+    def suspend_requested(self) -> bool:
+        """True while a suspension waits for the job's next checkpoint."""
+        return self._suspend_requested
+
+    def snapshot(self) -> JobRecord:
+        """A copy of the job's record as it is now."""
+        record = self.record.copy()
+        record.status_message = self._last_text
+        record.history = list(record.history)
+        record.outputs = list(record.outputs)
+        record.line_count = len(self.stream)
+        return record
+
+    # -- the handler's API ------------------------------------------------
+
+    def info(self, text: str, *, code: int = Status.INFO) -> None:
+        """Send an information line (``J0000100`` unless ``code`` says otherwise).
+
+        Raises:
+            ValueError: ``code`` is not an information code (1..4999), or is one
+                only the server sends (``codes.SERVER_CODES``: the end, outcomes,
+                suspend and restart notices).
+            asyncio.CancelledError: from a worker thread, once the job is cancelled.
+        """
+        # The stream's hot path: one plain line from the loop, formatted in one go.
+        if (code is _INFO and text.__class__ is str and text.isprintable()
+                and get_ident() == self._loop_thread):
+            stream = self.stream
+            if not stream.closed:
+                stream.lines.append(f"{_INFO_HEAD}{text}\r\n".encode())
+                if not stream.scheduled:
+                    stream.schedule()
+                self._last_text = text
+            return
+        if code != Status.INFO and (not 0 < code < ERROR_THRESHOLD or code in SERVER_CODES):
+            raise ValueError(f"information codes are 1..4999 but the server's own, got {code}")
+        self._say(code, str(text))
+
+    def error(self, text: str, *, code: int = Status.ERROR) -> None:
+        """Send an error line (``J0005000`` unless ``code`` says otherwise).
+
+        Raises:
+            ValueError: ``code`` is not an error code (5000..9999999), or is one
+                only the server sends (``codes.SERVER_CODES``).
+            asyncio.CancelledError: from a worker thread, once the job is cancelled.
+        """
+        if not ERROR_THRESHOLD <= code <= 9_999_999 or code in SERVER_CODES:
+            raise ValueError(f"error codes are 5000..9999999 but the server's own, got {code}")
+        self._say(code, str(text))
+
+    def progress(self, done: int, total: int, message: str = "") -> None:
+        """Record progress and send a ``J0000110`` line such as ``Progress: 3/10 (30%)``.
+
+        Raises:
+            ValueError: ``done`` or ``total`` is negative, or ``done > total > 0``.
+            asyncio.CancelledError: from a worker thread, once the job is cancelled.
+        """
+        done, total = int(done), int(total)
+        if done < 0 or total < 0 or (total and done > total):
+            raise ValueError(f"invalid progress {done}/{total}")
+        percent = f" ({done * 100 // total}%)" if total else ""
+        text = f"Progress: {done}/{total}{percent}"
+        message = _storable(str(message))
+        self._from_any_thread(self._set_progress, done, total, message)
+        self._say(Status.PROGRESS, f"{text} {message}" if message else text)
+
+    def stage(self, stage: str, status: str, *, date: dt.datetime | None = None,
+              info: str | None = None) -> None:
+        """Add an event to the job's history, e.g. ``job.stage("evaluation", "start")``."""
+        event = HistoryEvent(_storable(str(stage)), _storable(str(status)), time.time(),
+                             _timestamp(date) if date is not None else None,
+                             info if info is None else _storable(str(info)))
+        text = f"Stage {event.stage}: {event.status}" + (f" ({event.info})" if event.info else "")
+        self._from_any_thread(self._add_history, event)
+        self._say(Status.STAGE, text)
+
+    def estimate(self, completion: dt.datetime) -> None:
+        """Record an estimated completion time (shown in status replies and history)."""
+        when = _timestamp(completion)
+
+        def apply() -> None:
+            self.record.estimated = when
+            self._add_history(HistoryEvent("job", "estimate", time.time(), when))
+
+        self._from_any_thread(apply)
+
+    def add_output(self, name: str, uri: str, media_type: str | None = None) -> None:
+        """Register something the job produced; ``RetrieveJob`` lists it."""
+        output = Output(_storable(str(name)), _storable(str(uri)),
+                        media_type if media_type is None else _storable(str(media_type)))
+
+        def apply() -> None:
+            self.record.outputs.append(output)
+            self._changed()
+
+        self._from_any_thread(apply)
+
+    def checkpoint(self) -> Any:
+        """A safe point to pause or stop at.
+
+        From an async handler: ``await job.checkpoint()``.  From a handler in a
+        worker thread: ``job.checkpoint()`` (it blocks while suspended).  With a
+        durable store it also waits while more than ``MAX_UNSTORED_LINES`` of the
+        job's lines are not yet stored, so a chatty job is held to the store's pace.
+
+        Raises:
+            asyncio.CancelledError: the job has been cancelled.
+        """
+        if threading.get_ident() == self._loop_thread:
+            return self._checkpoint_async()
+        self._checkpoint_thread()
+        return None
+
+    @contextlib.contextmanager
+    def pausable(self, pause: Callable[[], object],
+                 resume: Callable[[], object]) -> Iterator[None]:
+        """Inside this block, ``SuspendJob`` pauses the job at once, not at a checkpoint.
+
+        For work that can be stopped from outside at any moment, such as a child
+        process (``jobmonitor.programs`` sends it SIGSTOP and SIGCONT)::
+
+            with job.pausable(lambda: proc.send_signal(signal.SIGSTOP),
+                              lambda: proc.send_signal(signal.SIGCONT)):
+                await proc.wait()
+
+        ``pause()`` stops the work and ``resume()`` lets it go on; both are called
+        on the event loop and must not block.  A suspend requested before the
+        block takes effect on entering it.  Leaving the block while paused (the
+        job was cancelled) calls ``resume()`` first.  Async handlers only.
+
+        Raises:
+            RuntimeError: called outside the event loop's thread, or nested.
+        """
+        if get_ident() != self._loop_thread:
+            raise RuntimeError("Job.pausable is for async handlers (the event loop's thread)")
+        if self._pauser is not None:
+            raise RuntimeError("Job.pausable blocks cannot be nested")
+        self._pauser = (pause, resume)
+        try:
+            if self._suspend_requested:
+                self._pause()
+            yield
+        finally:
+            held, self._held, self._pauser = self._held, False, None
+            if held:
+                resume()
+
+    # -- suspension ------------------------------------------------------------
+
+    async def _checkpoint_async(self) -> None:
+        if self._cancel_requested:
+            raise asyncio.CancelledError()
+        if self._suspend_requested:
+            waiter = self._resume_waiter = self._loop.create_future()
+            self._pause()
+            await waiter
+        await self._until_stored()
+        if self._cancel_requested:
+            raise asyncio.CancelledError()
+
+    def _checkpoint_thread(self) -> None:
+        if self._cancel_requested:
+            raise asyncio.CancelledError()
+        if self._suspend_requested:
+            event = self._thread_resumed = threading.Event()
+            self._loop.call_soon_threadsafe(self._pause)
+            event.wait()
+        if self.stream.unstored() > MAX_UNSTORED_LINES:
+            asyncio.run_coroutine_threadsafe(self._until_stored(), self._loop).result()
+        if self._cancel_requested:
+            raise asyncio.CancelledError()
+
+    async def _until_stored(self) -> None:
+        """Backpressure: wait while too many of this job's lines are not stored."""
+        waiter = self.stream.wait_stored(MAX_UNSTORED_LINES)
+        if waiter is not None:
+            await waiter
+
+    def _pause(self) -> None:
+        if not self._suspend_requested or self.state is not JobState.PROCESSING:
+            self._wake()
+            return
+        self._suspend_requested = False
+        if self._pauser is not None and not self._held:
+            self._pauser[0]()
+            self._held = True
+        self._set_state(JobState.SUSPENDED, "suspended")
+        self._record_status(Status.SUSPENDED)
+
+    def _wake(self) -> None:
+        """Let a paused job go on (resumed or cancelled)."""
+        if self._held:
+            self._held = False
+            if self._pauser is not None:
+                self._pauser[1]()
+        waiter, self._resume_waiter = self._resume_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        event, self._thread_resumed = self._thread_resumed, None
+        if event is not None:
+            event.set()
+
+    # -- recording --------------------------------------------------------------
+
+    def _say(self, code: int, text: str) -> None:
+        self._from_any_thread(self._record_line, code, text)
+
+    def _record_line(self, code: int, text: str) -> None:
+        self.stream.extend(format_lines("J", code, text))
+        self._last_text = _storable(text)
+
+    def _record_status(self, code: Status, text: str | None = None) -> None:
+        """Record a server-made line with a standard text (or ``text``)."""
+        self.stream.extend(format_lines("J", code, code.text if text is None else text))
+
+    def _from_any_thread(self, func: Callable[..., None], *args: Any) -> None:
+        """Run ``func`` on the loop: now if we are on it, else batched from a thread."""
+        if threading.get_ident() == self._loop_thread:
+            func(*args)
+            return
+        if self._cancel_requested:
+            raise asyncio.CancelledError()
+        with _THREAD_LOCK:
+            pending = self._thread_pending
+            first = not pending
+            if pending is None:
+                pending = self._thread_pending = []
+            pending.append(lambda: func(*args))
+        if first:
+            self._loop.call_soon_threadsafe(self._take_from_thread)
+
+    def _take_from_thread(self) -> None:
+        with _THREAD_LOCK:
+            pending, self._thread_pending = self._thread_pending or [], []
+        for call in pending:
+            call()
+
+    def _set_progress(self, done: int, total: int, message: str) -> None:
+        record = self.record
+        record.progress_done, record.progress_total = done, total
+        record.progress_message = message
+        self._changed()
+
+    def _add_history(self, event: HistoryEvent) -> None:
+        self.record.history.append(event)
+        self._changed()
+
+    def _set_state(self, state: JobState, event: str | None = None) -> None:
+        """Move to ``state`` and record a ``job`` history event named ``event``."""
+        now = time.time()
+        record = self.record
+        record.status = state
+        record.updated = now
+        if self._time_limit is not None:
+            self._time_limit.follow(state)
+        if event is not None:
+            # tuple.__new__ skips the named tuple's Python-level constructor: a job
+            # changes state at least twice.
+            entry = _new_tuple(HistoryEvent, ("job", event, now, None, None))
+            record.history.append(entry)
+            if self.on_event is not None:
+                self.on_event(self, entry)
+        if self.on_change is not None:
+            self.on_change(self, bool(self.stream._watchers))
+
+    def _flushed(self) -> None:
+        """New lines went out: the record's last message and update time follow."""
+        record = self.record
+        record.status_message = self._last_text
+        record.updated = time.time()
+        if self.on_change is not None:
+            self.on_change(self, bool(self.stream._watchers))
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            # Monitors see only stored lines: while any wait, do not let it wait.
+            self.on_change(self, self.stream.watcher_count > 0)
+
+
+def _timestamp(value: dt.datetime) -> float:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.timestamp()
+

@@ -1,0 +1,406 @@
+"""Program jobs: run an existing program as a job, without writing Python.
+
+A ``Program`` is an argv template such as ``("make", "-C", "{dir}", "html")``.
+Job variables fill ``{name}`` placeholders inside single argv items; the
+program is started directly (never through a shell), so a value can never add,
+split or remove an argument.  ``{{`` and ``}}`` stand for literal braces.
+
+While it runs, each line the program writes to stdout becomes an information
+line and each line on stderr an error line, as they are produced.  Exit status
+0 is success; anything else, a timeout, or a failure to start fails the job.
+Cancelling the job (its task is cancelled) sends SIGTERM to the program's
+process group and, once ``kill_grace_s`` has passed, SIGKILL to whatever is
+left of the group, even if the program itself has exited.  Suspending a
+running job sends the group SIGSTOP (and stops its timeout); resuming it,
+SIGCONT.  With an ``output_dir`` each job gets its own folder
+``<output_dir>/<transaction id>``; the files the program leaves there are
+recorded as the job's outputs.  What a variable's value may be (``Variable``
+rules, paths under ``{output_dir}``) is ``program_args``'s part.
+The program inherits the server's environment without its ``JOBMONITOR_*``
+variables.  Starting, reading and stopping the process is ``process``'s part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import mimetypes
+import os
+import signal
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from ..wire.codes import Reply
+from ..errors import ConfigError, JobFailed, RequestError
+from ..engine.handlers import JOB_OPTIONS, check_job_options, check_seconds
+from ..engine.job import START_EVENT, Job
+from ..engine.registry import HandlerRegistry
+from ..wire.lines import clip
+from .process import ProgramProcess, read_output, signal_group, start_program, stop_program
+from .args import (
+    BUILTIN_PLACEHOLDERS,
+    OutputPath,
+    Template,
+    Variable,
+    Variables,
+    leading_slot,
+    output_path,
+    parse_template,
+    variable_rules,
+)
+
+__all__ = ["Program", "Variable", "add_programs", "BUILTIN_PLACEHOLDERS", "STANDARD_VARIABLES",
+           "SELF_CHECKED"]
+
+#: The fields a ``Program`` checks itself, type and all, in the words a handler's
+#: options get (a config file passes them on as they are).
+SELF_CHECKED = (*JOB_OPTIONS, "kill_grace_s")
+
+#: Variables every SubmitJob may carry (they fill placeholders only when declared).
+STANDARD_VARIABLES = frozenset({"ProjectName", "JobName"})
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """A program project: what to run, where, and which job variables it takes.
+
+    ``variables`` lists the variables' names, or maps each name to the
+    ``Variable`` rules its values must keep; either way it reads back as a
+    read-only mapping of each name to its ``Variable`` (``Variable()`` for a
+    name given alone), in the order given.  ``timeout_s``, ``retries`` and
+    ``retry_delay_s`` are checked as ``add_job`` checks a handler's
+    (``check_job_options``: the same words).
+
+    Raises (on construction):
+        ConfigError: a bad field; the message starts with the field's name.
+    """
+
+    project: str
+    command: tuple[str, ...]
+    variables: Variables = ()
+    cwd: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    timeout_s: float | None = None
+    output_dir: str | None = None
+    kill_grace_s: float = 5.0
+    allow_leading_dash: bool = False
+    retry_on_restart: bool = False
+    retries: int = 0
+    retry_delay_s: float = 0.0
+    _rules: Mapping[str, Variable] = field(init=False, repr=False, compare=False)
+    _templates: tuple[Template, ...] = field(init=False, repr=False, compare=False)
+    _output_paths: tuple[OutputPath, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "command", tuple(self.command))
+        rules = variable_rules(self.variables)
+        object.__setattr__(self, "variables", rules)
+        object.__setattr__(self, "_rules", rules)
+        object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+        _check_fields(self)
+        names = self._placeholder_names()
+        templates = tuple(parse_template(item, f"command[{index}]", names)
+                          for index, item in enumerate(self.command))
+        object.__setattr__(self, "_templates", templates)
+        paths = (output_path(template, f"command[{index}]")
+                 for index, template in enumerate(templates))
+        object.__setattr__(self, "_output_paths", tuple(path for path in paths if path))
+
+    def _placeholder_names(self) -> frozenset[str]:
+        builtins = BUILTIN_PLACEHOLDERS if self.output_dir else {"transaction_id"}
+        return frozenset(self._rules) | builtins
+
+    def check(self, params: Mapping[str, str]) -> None:
+        """Refuse job variables this program does not take, or values it must not get.
+
+        Raises:
+            RequestError: INVALID_VALUE for an unknown variable or a value that
+            breaks a rule (``program_args``), MISSING_VARIABLE for a declared
+            variable that is absent.
+        """
+        unknown = sorted(set(params) - set(self._rules) - STANDARD_VARIABLES)
+        if unknown:
+            accepted = ", ".join(self._rules) or "none"
+            raise RequestError(Reply.INVALID_VALUE, f"{self.project!r} takes no variable "
+                               f"{clip(', '.join(unknown), 80)} (it takes: {accepted})")
+        for name, rule in self._rules.items():
+            if name not in params:
+                raise RequestError(Reply.MISSING_VARIABLE, name)
+            if "\x00" in params[name]:
+                raise RequestError(Reply.INVALID_VALUE, f"{name} contains a NUL character")
+            refusal = rule.refusal(params[name])
+            if refusal is not None:
+                raise RequestError(Reply.INVALID_VALUE, f"{name} {refusal}")
+        self._check_arguments(params)
+
+    def _check_arguments(self, params: Mapping[str, str]) -> None:
+        """Refuse values that would start an argument with '-', or take a path
+        under ``{output_dir}`` out of the job's folder."""
+        if not self.allow_leading_dash:
+            for template in self._templates:
+                slot = leading_slot(template, params)
+                if slot is not None and params[slot.name].startswith("-"):
+                    raise RequestError(Reply.INVALID_VALUE,
+                                       f"{slot.name} must not start with '-' (it starts "
+                                       "an argument, where it could pass as an option)")
+        for path in self._output_paths:
+            refusal = path.refusal(params)
+            if refusal is not None:
+                raise RequestError(Reply.INVALID_VALUE, refusal)
+
+    def argv(self, values: Mapping[str, str]) -> list[str]:
+        """The command with every placeholder filled from ``values``.
+
+        Raises:
+            KeyError: a placeholder has no value.
+        """
+        return ["".join(part if isinstance(part, str) else values[part.name]
+                        for part in template) for template in self._templates]
+
+    def job_output_dir(self, transaction_id: str) -> Path | None:
+        """The folder of one job's outputs (None without ``output_dir``)."""
+        if self.output_dir is None:
+            return None
+        return (Path(self.output_dir) / transaction_id).absolute()
+
+    def link_refusal(self, values: Mapping[str, str], folder: Path) -> str | None:
+        """Why a path under ``{output_dir}``, filled from ``values`` (every
+        placeholder's), leads out of ``folder`` through a symbolic link; None
+        when none does.  Made once the job's folder exists, before it starts."""
+        for path in self._output_paths:
+            refusal = path.link_refusal(values, folder)
+            if refusal is not None:
+                return refusal
+        return None
+
+
+def _check_fields(program: Program) -> None:
+    if not program.command or not all(isinstance(item, str) for item in program.command):
+        raise ConfigError("command: must be a non-empty list of strings")
+    if not program.command[0].strip():
+        raise ConfigError("command[0]: the program to run must not be empty")
+    # The operating system cannot pass a NUL: refused here, not by every job.
+    for index, item in enumerate(program.command):
+        if "\x00" in item:
+            raise ConfigError(f"command[{index}]: contains a NUL character")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in program.env.items()):
+        raise ConfigError("env: names and values must be strings")
+    for name, value in program.env.items():
+        if not name or "=" in name or "\x00" in name:
+            raise ConfigError(f"env: {name!r} is not a valid name "
+                              "(it must not be empty or hold '=' or a NUL character)")
+        if "\x00" in value:
+            raise ConfigError(f"env: the value of {name!r} contains a NUL character")
+    for key in ("cwd", "output_dir"):
+        value = getattr(program, key)
+        if value is not None and not str(value).strip():
+            raise ConfigError(f"{key}: must not be empty (leave it out for none)")
+        if "\x00" in str(value or ""):
+            raise ConfigError(f"{key}: contains a NUL character")
+    # The same check and words as a handler's (add_job); stored as the engine keeps them.
+    timeout_s, retries, retry_delay_s = check_job_options(program.timeout_s, program.retries,
+                                                          program.retry_delay_s)
+    object.__setattr__(program, "timeout_s", timeout_s)
+    object.__setattr__(program, "retries", retries)
+    object.__setattr__(program, "retry_delay_s", retry_delay_s)
+    object.__setattr__(program, "kill_grace_s", check_seconds("kill_grace_s",
+                                                             program.kill_grace_s))
+
+
+# -- running -----------------------------------------------------------------------------
+
+
+def add_programs(app: HandlerRegistry, programs: Iterable[Program]) -> None:
+    """Register each program as a job handler of ``app``.
+
+    Raises:
+        ConfigError: a project is already registered.
+    """
+    for program in programs:
+        app.add_job(program.project, _handler(program), check=program.check,
+                    retry_on_restart=program.retry_on_restart, retries=program.retries,
+                    retry_delay_s=program.retry_delay_s)
+
+
+def _handler(program: Program) -> Callable[[Job], Awaitable[None]]:
+    async def run(job: Job) -> None:
+        await run_program(program, job)
+
+    run.__qualname__ = run.__name__ = f"program {program.project!r}"
+    return run
+
+
+async def run_program(program: Program, job: Job) -> None:
+    """Run one job of ``program``; return on exit status 0.
+
+    Raises:
+        JobFailed: the variables are refused, the program cannot start, exits
+        with another status, or runs longer than ``timeout_s``.
+        asyncio.CancelledError: the job was cancelled (the program is stopped first).
+    """
+    try:
+        program.check(job.params)
+    except RequestError as exc:
+        raise JobFailed(exc.reply_text) from None
+    output_dir = program.job_output_dir(job.transaction_id)
+    values = {**job.params, "transaction_id": job.transaction_id}
+    env = _environment(program, job.transaction_id)
+    if output_dir is not None:
+        _make_output_dir(output_dir, job.transaction_id, first_run=_first_run(job))
+        values["output_dir"] = env["JOBMONITOR_OUTPUT_DIR"] = str(output_dir)
+        refusal = program.link_refusal(values, output_dir)
+        if refusal is not None:
+            raise JobFailed(refusal)
+    argv = program.argv(values)
+    process = await start_program(argv, program.cwd, env)
+    # Reading goes on while the program is being stopped: its last words count.
+    output = asyncio.ensure_future(read_output(process, job.info, job.error))
+    try:
+        async with asyncio.timeout(program.timeout_s) as deadline:
+            with job.pausable(*_pauser(process, deadline)):
+                await asyncio.shield(output)
+                await process.wait()
+    except TimeoutError:
+        reason = f"{argv[0]} timed out after {program.timeout_s:g} s"
+        try:
+            await asyncio.shield(stop_program(process, output, program.kill_grace_s))
+        except asyncio.CancelledError:
+            job.error(reason)  # cancelled while being stopped: still say why it was
+            raise
+        raise JobFailed(reason) from None
+    except BaseException:
+        await asyncio.shield(stop_program(process, output, program.kill_grace_s))
+        raise
+    finally:
+        if output_dir is not None:
+            await _record_outputs(job, output_dir)
+    _check_status(argv[0], process.returncode)
+
+
+def _environment(program: Program, transaction_id: str) -> dict[str, str]:
+    """The program's environment: the server's without its ``JOBMONITOR_*``
+    variables (a password exported for the client CLI, or a stale
+    ``JOBMONITOR_OUTPUT_DIR``, is no program's business), then ``env``, then the
+    job's own."""
+    inherited = {name: value for name, value in os.environ.items()
+                 if not name.startswith("JOBMONITOR_")}
+    return {**inherited, **program.env, "JOBMONITOR_TRANSACTION_ID": transaction_id}
+
+
+def _make_output_dir(folder: Path, transaction_id: str, *, first_run: bool) -> None:
+    """Make the job's output folder.  On its first run the folder must be new or
+    empty: files in it were left by an earlier job with the same transaction ID
+    (the memory store numbers jobs from T0000001 at every start, as does a new
+    database), and would be listed as this job's outputs.  A run again keeps
+    what the runs before it left.
+
+    Raises:
+        JobFailed: the folder cannot be made, or holds another job's files.
+    """
+    taken = False
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if first_run:
+            with os.scandir(folder) as entries:
+                taken = next(entries, None) is not None
+    except OSError as exc:
+        raise JobFailed(f"cannot make the output folder {folder}: "
+                        f"{exc.strerror or exc}") from None
+    if taken:
+        raise JobFailed(f"the output folder {folder} already holds files, left by an "
+                        f"earlier job numbered {transaction_id}; move them away, or give "
+                        f"this project another output_dir")
+
+
+def _first_run(job: Job) -> bool:
+    """True unless the job has started before (``retries``, ``retry_on_restart``)."""
+    return sum(1 for event in job.record.history
+               if event[0] == "job" and event[1] == START_EVENT) <= 1
+
+
+def _pauser(process: ProgramProcess,
+            deadline: asyncio.Timeout) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Pause and resume for ``Job.pausable``: SIGSTOP and SIGCONT to the program's
+    process group, with its timeout stopped meanwhile (time suspended is not run)."""
+    loop = asyncio.get_running_loop()
+    left: list[float] = []
+
+    def pause() -> None:
+        if deadline.expired():  # it ran out as the suspend came: the program is stopped next
+            return
+        signal_group(process, signal.SIGSTOP)
+        when = deadline.when()
+        if when is not None:
+            left.append(max(when - loop.time(), 0.0))
+            deadline.reschedule(None)
+
+    def resume() -> None:
+        if left:
+            deadline.reschedule(loop.time() + left.pop())
+        signal_group(process, signal.SIGCONT)
+
+    return pause, resume
+
+
+def _check_status(program_name: str, status: int | None) -> None:
+    if status == 0:
+        return
+    if status is not None and status < 0:
+        raise JobFailed(f"{program_name} was killed by {_signal_name(-status)}")
+    raise JobFailed(f"{program_name} exited with status {status}")
+
+
+def _signal_name(signum: int) -> str:
+    """``SIGSEGV``, or ``signal 40`` for one Python has no name for (real-time signals)."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+async def _record_outputs(job: Job, folder: Path) -> None:
+    """Record every file the program left in its output folder, sorted by path,
+    but those recorded already: a job run again (``retries``, ``retry_on_restart``)
+    has the same folder, and each run recorded what was there then.
+
+    The folder is read in a worker thread: a program that leaves 100 000 files
+    would otherwise hold the event loop for about two seconds.
+    """
+    recorded = {output.name for output in job.record.outputs}
+    for name, uri, media in await asyncio.to_thread(_outputs_in, folder):
+        if name not in recorded:
+            job.add_output(name, uri, media)
+
+
+def _outputs_in(folder: Path) -> list[tuple[str, str, str | None]]:
+    """(name relative to ``folder``, file URI, media type) of each regular file
+    under ``folder``, sorted by path; links to folders are not followed."""
+    names: list[str] = []
+    pending = [""]
+    while pending:
+        prefix = pending.pop()
+        with contextlib.suppress(OSError), os.scandir(folder / prefix) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(f"{prefix}{entry.name}/")
+                elif entry.is_file():
+                    names.append(prefix + entry.name)
+    names.sort(key=lambda name: name.split("/"))
+    return [(name, (folder / name).as_uri(), media_type(name)) for name in names]
+
+
+#: What a compressed file is, whatever it holds (``mimetypes`` names what it holds).
+_COMPRESSED = {"gzip": "application/gzip", "bzip2": "application/x-bzip2",
+               "xz": "application/x-xz", "br": "application/x-brotli",
+               "compress": "application/x-compress"}
+
+
+def media_type(name: str) -> str | None:
+    """A file's media type from its name: ``archive.tar.gz`` is ``application/gzip``
+    (``mimetypes`` says ``application/x-tar``, what the gzip file holds)."""
+    guessed, encoding = mimetypes.guess_type(name)
+    if encoding is not None:
+        return _COMPRESSED.get(encoding, "application/octet-stream")
+    return guessed

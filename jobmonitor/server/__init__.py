@@ -1,0 +1,12 @@
+"""The server layer: the listener, its connections, and the commands they run.
+
+``server`` (``Server``: listening, connections, ordered shutdown),
+``connection`` (one client: read a packet, answer, maybe stream a job),
+``commands`` (one method per command), ``auth`` (checking credentials and
+throttling), and the socket-level helpers ``deadlines``, ``sockets`` and
+``eager``.
+
+Rule: imports the engine, the store, ``config``, ``users``, the wire layer and
+``errors``; never the app, the loader of job modules, programs, the client or
+the CLI.
+"""

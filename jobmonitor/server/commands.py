@@ -1,0 +1,348 @@
+"""The commands: one method per ``job_command`` name, packets in, responses out.
+
+A command reads the packet's variables, asks the engine, and returns a
+``Response``: the text of the ``R0000000`` reply and, for a monitored job, the
+transaction whose stream the connection should follow.  Refusals are
+``RequestError``s; the connection turns them into error replies.  Nothing here
+touches a socket.
+"""
+
+from __future__ import annotations
+
+import platform
+from sys import intern
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from .._version import __version__
+from ..wire.codes import Reply
+from .auth import Authenticator
+from ..engine.engine import Engine
+from ..errors import ConfigError, RequestError
+from ..engine.job import Job
+from ..wire.lines import clip
+from ..wire.packet import Packet
+from ..wire.formats import FORMATS, cell, iso_time, job_dict, key_values, render, to_json
+
+__all__ = ["Commands", "Caller", "Response", "parse_bool", "SYSTEM_PREFIX"]
+
+SYSTEM_PREFIX = "_sys_"
+ANONYMOUS = "anonymous"
+#: Most recorded lines one GetTaskLog reply carries (page on with _sys_FromLine).
+MAX_LOG_LINES = 10_000
+#: Most digits a line number may have: ten reach far past any job's length and stay
+#: well inside the store's 64-bit integers (and int()'s limit on digits).
+MAX_LINE_DIGITS = 10
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent a packet: the job identity to use, and what they may do."""
+
+    identity: str
+    #: True for a user who is not an admin: they see and act on their own jobs
+    #: only.  False for an admin, and for everyone on an open server (no users).
+    restricted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """What a command answers: reply text, and optionally a job stream to follow."""
+
+    text: str
+    follow: str | None = None  # a transaction ID
+    from_line: int = 1
+
+
+def parse_bool(packet: Packet, name: str, default: bool = False) -> bool:
+    """Read a boolean variable: true/false, 1/0, yes/no, any case.
+
+    Raises:
+        RequestError: INVALID_VALUE for anything else.
+    """
+    raw = packet.variables.get(name)
+    if raw is None or not raw.strip():
+        return default
+    word = raw.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise RequestError(Reply.INVALID_VALUE, f"{name} must be true or false, got {clip(raw)!r}")
+
+
+def parse_choice(packet: Packet, name: str, choices: tuple[str, ...]) -> str:
+    """Read a variable that is one of ``choices`` (the first is the default).
+
+    Raises:
+        RequestError: INVALID_VALUE.
+    """
+    value = packet.variables.get(name, "").strip().lower() or choices[0]
+    if value not in choices:
+        raise RequestError(Reply.INVALID_VALUE,
+                           f"{name} must be one of {', '.join(choices)}, got {clip(value)!r}")
+    return value
+
+
+def parse_line_number(packet: Packet, name: str) -> int:
+    """Read a line number (1 or more, in at most ``MAX_LINE_DIGITS`` ASCII digits; default 1).
+
+    Raises:
+        RequestError: INVALID_VALUE.
+    """
+    raw = packet.variables.get(name, "").strip() or "1"
+    # ASCII only: str.isdigit() also passes digits such as "²" that int() refuses.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_LINE_DIGITS) or int(raw) < 1:
+        raise RequestError(Reply.INVALID_VALUE,
+                           f"{name} must be a line number from 1, got {clip(raw)!r}")
+    return int(raw)
+
+
+def required(packet: Packet, name: str) -> str:
+    """Read a variable that must be present and not blank.
+
+    Raises:
+        RequestError: MISSING_VARIABLE.
+    """
+    value = packet.variables.get(name, "").strip()
+    if not value:
+        raise RequestError(Reply.MISSING_VARIABLE, name + packet.value_hint(name))
+    return value
+
+
+class Commands:
+    """Executes command packets against an engine."""
+
+    def __init__(self, engine: Engine, *, auth: Authenticator | None = None,
+                 restart: Callable[[], Awaitable[None]] | None = None,
+                 max_monitors_per_job: int = 0) -> None:
+        self._engine = engine
+        self._auth = auth
+        self._restart = restart
+        self._max_monitors = max_monitors_per_job
+        self._table: dict[str, Callable[[Packet, Caller], Awaitable[Response]]] = {
+            "SubmitJob": self.submit_job,
+            "MonitorJob": self.monitor_job,
+            "CancelJob": self.cancel_job,
+            "SuspendJob": self.suspend_job,
+            "ResumeJob": self.resume_job,
+            "DeleteJob": self.delete_job,
+            "GetJobStatus": self.get_job_status,
+            "GetJobInformation": self.get_job_information,
+            "ListJobs": self.list_jobs,
+            "ListProjects": self.list_projects,
+            "RetrieveJob": self.retrieve_job,
+            "GetTaskLog": self.get_task_log,
+            "GetJobQueueLen": self.get_job_queue_len,
+            "GetBuildString": self.get_build_string,
+            "RestartServer": self.restart_server,
+        }
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._table)
+
+    async def caller(self, packet: Packet, peer: Callable[[], str] = str) -> Caller:
+        """Who sent the packet, whose address ``peer()`` gives (asked only when
+        credentials are checked: it may cost a system call).  The credentials'
+        check may wait (see ``Authenticator.authenticate``); a connection lost
+        meanwhile cancels it, where a command under way runs to its end: so
+        ``caller`` and ``execute`` are two steps.
+
+        Raises:
+            RequestError: the command is unknown, or the credentials are missing
+            or wrong when users are configured.
+        """
+        if packet.command not in self._table:
+            raise RequestError(Reply.UNKNOWN_COMMAND, clip(packet.command, 80))
+        if self._auth is None or not self._auth.enabled:
+            token = packet.variables.get("_sys_UserToken", "").strip()
+            return Caller(token or ANONYMOUS)
+        return await self._authenticated(packet, peer())
+
+    async def execute(self, packet: Packet, caller: Caller) -> Response:
+        """Carry out a packet of a known command (``caller`` checked it) for ``caller``.
+
+        Raises:
+            RequestError: the command is refused.
+        """
+        return await self._table[packet.command](packet, caller)
+
+    async def _authenticated(self, packet: Packet, peer: str) -> Caller:
+        assert self._auth is not None
+        name = packet.variables.get("_sys_User", "")
+        user = await self._auth.authenticate(name, packet.variables.get("_sys_Password", ""),
+                                             peer)
+        if user is None:
+            # The password is never quoted back, even to its sender.
+            hint = packet.value_hint("_sys_Password", quote=False)
+            if not name:
+                hint = packet.value_hint("_sys_User") or hint
+            detail = "give _sys_User and _sys_Password" if not name else "wrong user or password"
+            raise RequestError(Reply.NOT_AUTHENTICATED, detail + hint)
+        return Caller(user.name, restricted=not user.is_admin)
+
+    @staticmethod
+    def _require_admin(caller: Caller, what: str) -> None:
+        if caller.restricted:
+            raise RequestError(Reply.PERMISSION_DENIED, f"{what} is for administrators")
+
+    # -- naming a job ------------------------------------------------------------------
+
+    async def _transaction(self, packet: Packet, caller: Caller) -> str:
+        """The job a packet names: ``_sys_TransactionID``, or user and job tokens.
+
+        A restricted caller's view holds only their own jobs: another user's job
+        is reported as unknown, so transaction IDs cannot be probed.  Anyone
+        else (an admin) names another user's job token with ``_sys_UserToken``.
+        """
+        transaction_id = packet.variables.get("_sys_TransactionID", "").strip()
+        job_token = packet.variables.get("_sys_JobToken", "").strip()
+        if not transaction_id and not job_token:
+            hint = packet.value_hint("_sys_TransactionID") or packet.value_hint("_sys_JobToken")
+            raise RequestError(Reply.MISSING_VARIABLE,
+                               "_sys_TransactionID (or _sys_JobToken)" + hint)
+        owner = caller.identity
+        if not caller.restricted:
+            owner = packet.variables.get("_sys_UserToken", "").strip() or owner
+        found = await self._engine.jobs.resolve(transaction_id, owner, job_token)
+        if caller.restricted and (await self._engine.jobs.record(found)).identity != caller.identity:
+            raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id or found))
+        return found
+
+    def _check_monitors(self, transaction_id: str) -> None:
+        if self._max_monitors and self._engine.jobs.monitor_count(transaction_id) >= self._max_monitors:
+            raise RequestError(Reply.SERVER_BUSY,
+                               f"{transaction_id} already has {self._max_monitors} monitors")
+
+    async def _active_job(self, packet: Packet, caller: Caller) -> Job:
+        """The live job a packet names; a finished one is an invalid-state error."""
+        transaction_id = await self._transaction(packet, caller)
+        job = self._engine.jobs.live(transaction_id)
+        if job is None or job.state.is_final:
+            record = await self._engine.jobs.record(transaction_id)
+            raise RequestError(Reply.INVALID_STATE,
+                               f"{transaction_id} has already ended ({record.status.value})")
+        return job
+
+    # -- commands ---------------------------------------------------------------------
+
+    async def submit_job(self, packet: Packet, caller: Caller) -> Response:
+        project = required(packet, "ProjectName")
+        monitor = parse_bool(packet, "_sys_ClientJobMonitor")
+        # Interned names: the same few variable names come with every job, and a
+        # job kept waiting keeps its params.
+        params = {intern(k): v for k, v in packet.variables.items()
+                  if not k.startswith(SYSTEM_PREFIX)}
+        transaction_id, job = await self._engine.submit(
+            project, params, packet.doc_variables, identity=caller.identity,
+            job_token=packet.variables.get("_sys_JobToken", "").strip() or None)
+        if monitor and job is not None:
+            self._check_monitors(transaction_id)
+        return Response(transaction_id, transaction_id if monitor else None)
+
+    async def monitor_job(self, packet: Packet, caller: Caller) -> Response:
+        from_line = parse_line_number(packet, "_sys_FromLine")
+        transaction_id = await self._transaction(packet, caller)
+        await self._engine.jobs.record(transaction_id)  # unknown transaction: refused here
+        self._check_monitors(transaction_id)
+        return Response(transaction_id, transaction_id, from_line)
+
+    async def cancel_job(self, packet: Packet, caller: Caller) -> Response:
+        job = await self._active_job(packet, caller)
+        self._engine.cancel(job)
+        return Response(job.transaction_id)
+
+    async def suspend_job(self, packet: Packet, caller: Caller) -> Response:
+        return Response(self._engine.suspend(await self._active_job(packet, caller)))
+
+    async def resume_job(self, packet: Packet, caller: Caller) -> Response:
+        return Response(self._engine.resume(await self._active_job(packet, caller)))
+
+    async def delete_job(self, packet: Packet, caller: Caller) -> Response:
+        transaction_id = await self._transaction(packet, caller)
+        await self._engine.delete(transaction_id)
+        return Response(f"{transaction_id} deleted")
+
+    async def get_job_status(self, packet: Packet, caller: Caller) -> Response:
+        form = parse_choice(packet, "_sys_Format", FORMATS)
+        record = await self._engine.jobs.record(await self._transaction(packet, caller))
+        return Response(render(record, form))
+
+    async def get_job_information(self, packet: Packet, caller: Caller) -> Response:
+        form = parse_choice(packet, "_sys_Format", FORMATS)
+        record = await self._engine.jobs.record(await self._transaction(packet, caller))
+        return Response(render(record, form, history=True))
+
+    async def list_jobs(self, packet: Packet, caller: Caller) -> Response:
+        which = parse_choice(packet, "_sys_Filter", ("active", "all"))
+        form = parse_choice(packet, "_sys_Format", ("text", "json"))
+        identity = packet.variables.get("_sys_UserToken", "").strip() or None
+        if caller.restricted:
+            identity = caller.identity
+        records = await self._engine.jobs.list_records(which == "active", identity)
+        if form == "json":
+            return Response(to_json([job_dict(r) for r in records]))
+        rows = [f"{len(records)} jobs"] + [
+            "\t".join((r.transaction_id, r.status.value, cell(r.project),
+                       cell(r.job_name))) for r in records]
+        return Response("\n".join(rows))
+
+    async def list_projects(self, packet: Packet, caller: Caller) -> Response:
+        names = self._engine.handler_names()
+        return Response("\n".join([f"{len(names)} projects", *map(cell, names)]))
+
+    async def retrieve_job(self, packet: Packet, caller: Caller) -> Response:
+        form = parse_choice(packet, "_sys_Format", ("text", "json"))
+        record = await self._engine.jobs.record(await self._transaction(packet, caller))
+        if form == "json":
+            return Response(to_json(job_dict(record)["JobData"]))
+        rows = [f"{len(record.outputs)} outputs"] + [
+            "\t".join((cell(o.name), cell(o.uri), cell(o.media_type or "")))
+            for o in record.outputs]
+        return Response("\n".join(rows))
+
+    async def get_task_log(self, packet: Packet, caller: Caller) -> Response:
+        if "_sys_TransactionID" in packet.variables or "_sys_JobToken" in packet.variables:
+            return await self._job_log(packet, caller)
+        self._require_admin(caller, "the server's task log")
+        events = self._engine.jobs.task_log()
+        rows = [f"{len(events)} events"] + [
+            "\t".join((iso_time(e.event.timestamp) or "", e.transaction_id, cell(e.project),
+                       e.event.status)) for e in events]
+        return Response("\n".join(rows))
+
+    async def _job_log(self, packet: Packet, caller: Caller) -> Response:
+        from_line = parse_line_number(packet, "_sys_FromLine")
+        transaction_id = await self._transaction(packet, caller)
+        total = (await self._engine.jobs.record(transaction_id)).line_count
+        lines = await self._engine.jobs.read_lines(transaction_id, from_line, MAX_LOG_LINES)
+        header = (f"Lines: {from_line}-{from_line + len(lines) - 1} of {total}" if lines
+                  else f"Lines: 0 of {total}")
+        return Response("\n".join([header] + [line.decode().rstrip("\r\n") for line in lines]))
+
+    async def get_job_queue_len(self, packet: Packet, caller: Caller) -> Response:
+        engine = self._engine
+        return Response(key_values([("Queued", engine.queued_count),
+                                    ("Running", engine.running_count)]))
+
+    async def get_build_string(self, packet: Packet, caller: Caller) -> Response:
+        return Response(build_string())
+
+    async def restart_server(self, packet: Packet, caller: Caller) -> Response:
+        self._require_admin(caller, "RestartServer")
+        if self._restart is None:
+            raise RequestError(Reply.INVALID_STATE, "this server cannot restart its engine")
+        try:
+            await self._restart()
+        except ConfigError as exc:
+            raise RequestError(Reply.INTERNAL_ERROR, f"reloading job modules failed: {exc}") from None
+        return Response("Job engine restarted")
+
+
+def build_string() -> str:
+    """The server's version and build, as GetBuildString answers it."""
+    return (f"jobmonitor {__version__} (Python {platform.python_version()}, "
+            f"{platform.system() or 'unknown OS'})")

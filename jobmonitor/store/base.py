@@ -1,0 +1,151 @@
+"""Where jobs are kept: the store interface every backend implements.
+
+The engine owns the live jobs; a store makes them outlive the process.  A store
+deals in ``JobRecord``s and encoded lines, never in running jobs: what it needs
+of a live job is the ``Recordable`` view (its record and the stream's lines).
+
+``add`` returns only once the job is durable (a submit is acknowledged after
+it); ``changed`` only marks a job, and the store writes what changed in its
+own time (the SQLite store: in group commits at most ``commit_interval_s``
+apart).  The memory store keeps nothing beyond the engine's own tables.
+
+A store that cannot be used now (a full disk, a database another program has
+locked) raises ``StoreUnavailable`` from ``add``, ``flush``, ``delete``,
+``purge`` and its reads; what it was given to write and did not refuse, it keeps
+and writes once it can.
+
+Backends live beside this module (``memory``, ``sqlite/``); the package's
+``open_store`` picks one from a store URL.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+from ..wire.records import HistoryEvent, JobRecord
+
+__all__ = ["Store", "Recordable", "Recovery", "TaskEvent"]
+
+
+class _Lines(Protocol):
+    lines: list[bytes]
+    base: int
+    flushed: int  # lines up to here have been announced (``changed``); the rest will be
+
+    def __len__(self) -> int: ...
+
+
+class Recordable(Protocol):
+    """What a store reads from a live job."""
+
+    @property
+    def transaction_id(self) -> str: ...
+
+    @property
+    def stream(self) -> _Lines: ...
+
+    #: The live record: read on the loop and copied from at once, never kept.
+    #: Its ``status_message`` is the last flushed line's; ``line_count`` is not kept.
+    record: JobRecord
+
+
+class TaskEvent(NamedTuple):
+    """One entry of the server-wide task log."""
+
+    transaction_id: str
+    project: str
+    event: HistoryEvent
+
+
+@dataclass(slots=True)
+class Recovery:
+    """What a store hands the engine when it opens."""
+
+    last_number: int = 0
+    unfinished: list[JobRecord] = field(default_factory=list)
+    recent_events: list[TaskEvent] = field(default_factory=list)
+
+
+class Store(abc.ABC):
+    """Persistence for jobs, their lines, history and outputs."""
+
+    #: True when jobs survive a restart (queued jobs are kept at shutdown).
+    durable: bool = False
+    #: Called on the loop after a commit, with the jobs whose lines it stored and
+    #: how many of their lines are now stored.
+    on_persisted: Callable[[Recordable, int], None] | None = None
+
+    @abc.abstractmethod
+    async def open(self) -> Recovery:
+        """Open (creating if needed) and say what was there."""
+
+    @abc.abstractmethod
+    async def close(self, *, keep_lock: bool = False) -> None:
+        """Write everything pending and close.  ``keep_lock``: a store that only
+        one server may open at a time goes on refusing others until
+        ``release_lock`` (or the process's end): a handler of this server still
+        runs, and a new server would run its job again beside it."""
+
+    def release_lock(self) -> None:
+        """Let other servers open the store, after ``close(keep_lock=True)``
+        (idempotent; the store is closed, so any thread may call it)."""
+
+    @abc.abstractmethod
+    async def add(self, job: Recordable) -> None:
+        """Record a new job and its lines so far; return once durable.  Called only
+        on a durable store.
+
+        Raises:
+            StoreUnavailable: the job could not be stored, and nothing of it is kept.
+        """
+
+    @abc.abstractmethod
+    def changed(self, job: Recordable, urgent: bool = False) -> None:
+        """The job's record or lines changed; write them soon (``urgent``: someone
+        is waiting on them, start a commit now).  Called only on a durable store."""
+
+    async def flush(self) -> None:
+        """Return once everything changed so far is written."""
+
+    def call_when_stored(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on the loop once what has changed so far is stored
+        (right after the commit that takes it), or at the end of this loop turn
+        when nothing waits."""
+        asyncio.get_running_loop().call_soon(callback)
+
+    async def load(self, transaction_id: str) -> JobRecord | None:
+        """A stored job's record, or None."""
+        return None
+
+    async def find_token(self, identity: str, job_token: str) -> str | None:
+        """The transaction ID of the job with this client key, or None."""
+        return None
+
+    async def read_lines(self, transaction_id: str, from_line: int, limit: int) -> list[bytes]:
+        """Up to ``limit`` stored lines from line number ``from_line`` on."""
+        return []
+
+    async def list_records(self, identity: str | None) -> Sequence[JobRecord]:
+        """Stored jobs (optionally one submitter's), oldest first."""
+        return []
+
+    async def delete(self, transaction_id: str) -> None:
+        """Remove a job, its lines, history and outputs."""
+
+    async def purge(self, finished_before: float) -> int:
+        """Delete jobs that finished before this time; return how many."""
+        return 0
+
+    async def check(self) -> list[str]:
+        """Check what is stored, without opening the store for a server; return
+        the problems found (none: an empty list).
+
+        Raises:
+            ConfigError: the store cannot be checked (a server is using it, it is
+                missing, or it is not fit to open at all).
+        """
+        return []

@@ -1,0 +1,351 @@
+"""Command packets: bytes <-> :class:`Packet`.
+
+Sans-I/O.  A :class:`PacketParser` is fed bytes as they arrive and hands back
+the :class:`Packet` the moment the root ``job_command`` element closes, because
+a telnet or netcat client never closes its side.
+
+Most packets arrive whole in the first chunk and use little of XML.  Such a
+chunk is first tried on a fast path (:mod:`jobmonitor.wire.packet_fast`): regular
+expressions that read a strict subset of packets to exactly the Packet the
+stages below would, several times faster.  For anything outside that subset,
+including every malformed packet, it gives up without a trace and the chunk
+goes through the four stages like any other:
+
+1. *sniff*: a byte-order mark, or the zero bytes around the first ``<`` or
+   whitespace, pick UTF-16 or UTF-32; anything else is ASCII-compatible.
+2. *declaration*: the XML declaration is read and removed here, not by lxml,
+   so that the vendor's broken ``<?xml version="1.0">`` (no ``?``) and blank
+   lines before it are accepted; in an ASCII-compatible packet it names the
+   encoding to decode the rest with.  (These two stages' helpers are in
+   :mod:`jobmonitor.wire.packet_encoding`.)
+3. *prolog*: decoded text is scanned up to the root element's start tag so
+   that a ``<!DOCTYPE`` is refused before lxml could read any DTD.
+4. *body*: text goes, re-encoded as UTF-8, to an lxml pull parser; its start
+   and end events are checked against the packet's shape as they come, so a
+   bad or deeply nested element fails at once (the rules are
+   :mod:`jobmonitor.wire.packet_shape`'s).
+
+Our own incremental decoder catches bytes invalid in the packet's encoding
+and characters XML forbids.  Nothing is buffered beyond ``max_packet_bytes``.
+:func:`build_packet` (from :mod:`jobmonitor.wire.packet_build`) goes the other
+way, for clients and tests.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from collections.abc import Callable, Iterator
+from typing import cast
+
+from lxml import etree
+
+from .codes import Reply
+from ..errors import PacketError
+from .lines import clip
+from .packet_build import build_packet
+from .packet_encoding import (
+    ILLEGAL_CHAR,
+    SPACE,
+    decoder_class,
+    is_wide,
+    lookup_codec,
+    narrow_codec,
+    read_declaration,
+    sniff,
+)
+from .packet_fast import read_simple
+from .packet_shape import Packet, PacketShape
+from .packet_shape import malformed as _fail
+
+__all__ = ["Packet", "PacketParser", "build_packet"]
+
+_SKIP_SPACE = re.compile(r"[ \t\r\n]*")
+#: What our pull parser's read_events() yields: it asks for start and end events
+#: only, each with its element (lxml-stubs types it for every kind of event).
+_Events = Iterator[tuple[str, etree._Element]]
+
+def _parse_simple(data: bytes) -> Packet | None:
+    """The packet, if ``data`` is a whole one the fast path reads; never raises."""
+    found = read_simple(data)
+    return None if found is None else Packet(*found[:3])
+
+
+def _describe(exc: etree.XMLSyntaxError) -> str:
+    """lxml's message on one clean line (it may hold newlines)."""
+    message = " ".join(str(exc.msg or "syntax error").split()).replace(" ,", ",")
+    return clip(f"not well-formed XML: {message}", 200)
+
+
+def _new_xml_parser() -> etree.XMLPullParser:
+    # resolve_entities="internal", not False: with False, lxml's pull parser
+    # stops at an undefined entity without an error or any further event, so
+    # the packet would just hang.  No entity can be defined anyway: a DOCTYPE
+    # never reaches lxml, and no DTD or network resource is ever loaded.
+    return etree.XMLPullParser(
+        events=("start", "end"),
+        encoding="utf-8",
+        # lxml takes "internal"; lxml-stubs types the argument as a bool only.
+        resolve_entities="internal",  # type: ignore[arg-type]
+        load_dtd=False,
+        no_network=True,
+        huge_tree=False,
+        remove_comments=True,
+        remove_pis=True,
+        collect_ids=False,
+    )
+
+
+class PacketParser:
+    """Reads one command packet from the bytes of one connection.
+
+    :meth:`feed` returns None until the root element closes, then the
+    :class:`Packet`; bytes after it are ignored.  Once a call has raised
+    :class:`PacketError`, every later call raises the same error again.
+    """
+
+    _try_fast_path = True  # tests turn it off to compare with the full parser
+
+    def __init__(self, *, max_packet_bytes: int = 1_048_576) -> None:
+        if max_packet_bytes < 1:
+            raise ValueError("max_packet_bytes must be at least 1")
+        self._max_packet_bytes = max_packet_bytes
+        self._bytes_received = 0
+        self._packet: Packet | None = None
+        self._failure: PacketError | None = None
+        self._alone = False
+        self._shape: PacketShape | None = None  # made by _begin
+        # The incremental parser's stages, as bound methods: set up by _begin only
+        # when the fast path cannot read the packet, and dropped once it is read
+        # (they refer back to the parser: a cycle only the GC could free).
+        self._on_bytes: Callable[[bytes], Packet | None] | None = None
+        self._on_text: Callable[[str], Packet | None] | None = None
+
+    def _begin(self) -> Callable[[bytes], Packet | None]:
+        """Set up the incremental parser's state; return its first stage."""
+        self._on_bytes = self._sniff
+        self._on_text = self._declaration
+        self._sniffed = b""  # the first bytes, until they prove an encoding
+        self._codec = ""  # "" until a BOM, the sniff or the declaration decides
+        self._decoder: codecs.IncrementalDecoder | None = None
+        self._held = ""  # text a stage cannot judge yet
+        self._newlines = 0  # in the leading space and declaration that lxml never sees
+        self._markup_end = ""  # in the prolog: the end of the comment or PI we are in
+        self._xml: etree.XMLPullParser | None = None  # made when the body stage starts
+        self._shape = PacketShape()
+        return self._on_bytes
+
+    @property
+    def bytes_received(self) -> int:
+        """Every byte passed to :meth:`feed`, including any ignored after the packet."""
+        return self._bytes_received
+
+    @property
+    def alone(self) -> bool:
+        """True when the client sent its packet and nothing after it but whitespace,
+        as far as is known: only a packet the fast path read can tell."""
+        return self._alone
+
+    @property
+    def done(self) -> bool:
+        """True once the packet is complete."""
+        return self._packet is not None
+
+    def feed(self, data: bytes) -> Packet | None:
+        """Parse the next bytes; return the packet once its root element closes.
+
+        Raises:
+            PacketError: the packet is malformed, too large, in an unsupported
+                encoding or has a DOCTYPE; raised as soon as that is known.
+        """
+        if self._failure is not None:
+            raise PacketError(self._failure.code, self._failure.detail)
+        room = self._max_packet_bytes - self._bytes_received
+        first = not self._bytes_received
+        self._bytes_received += len(data)
+        if self._packet is not None:
+            self._alone = False
+            return None
+        if first and len(data) <= room and self._try_fast_path:
+            # The usual packet arrives whole, in one chunk, and is simple enough
+            # for the fast path; anything else is read from the start below.
+            found = read_simple(data)
+            if found is not None:
+                command, variables, doc_variables, self._alone = found
+                self._packet = Packet(command, variables, doc_variables)
+                return self._packet
+        on_bytes = self._on_bytes
+        if on_bytes is None:
+            on_bytes = self._begin()
+        try:
+            # Bytes past the limit are never parsed: the packet must close within it.
+            packet = on_bytes(data if len(data) <= room else data[:room])
+            if packet is None and self._bytes_received > self._max_packet_bytes:
+                raise PacketError(
+                    Reply.PACKET_TOO_LARGE,
+                    f"no complete packet within {self._max_packet_bytes} bytes",
+                )
+        except PacketError as exc:
+            self._failure = exc
+            self._on_bytes = self._on_text = None
+            raise
+        self._packet = packet
+        if packet is not None:
+            self._on_bytes = self._on_text = None
+            self._xml = None
+        return packet
+
+    def feed_eof(self) -> Packet:
+        """The client has closed its side: return the packet if it is complete.
+
+        Raises:
+            PacketError: MALFORMED_PACKET for an empty or incomplete packet, or
+                the error an earlier call raised.
+        """
+        if self._packet is not None:
+            return self._packet
+        if self._failure is None:
+            if self._bytes_received == 0:
+                self._failure = _fail("empty packet: no data was received")
+            elif self._shape is not None and self._shape.open_elements:
+                inside = self._shape.open_elements[-1]
+                self._failure = _fail(f"incomplete packet: input ended inside <{inside}>")
+            else:
+                self._failure = _fail("incomplete packet: input ended before <job_command>")
+        raise PacketError(self._failure.code, self._failure.detail)
+
+    # -- bytes to text -------------------------------------------------------
+
+    def _sniff(self, data: bytes) -> Packet | None:
+        head = self._sniffed + data
+        found = sniff(head)
+        if found is None:
+            self._sniffed = head
+            return None
+        self._codec, bom_length = found
+        self._sniffed = b""
+        if is_wide(self._codec):
+            self._decoder = decoder_class(self._codec)()
+            self._on_bytes = self._decode
+        else:
+            # Until the declaration names the encoding, read bytes as Latin-1:
+            # one character per byte, so its length is a byte offset.
+            self._on_bytes = self._narrow_declaration
+        return self._on_bytes(head[bom_length:])
+
+    def _narrow_declaration(self, data: bytes) -> Packet | None:
+        return self._declaration(data.decode("latin-1"))
+
+    def _decode(self, data: bytes) -> Packet | None:
+        assert self._decoder is not None
+        assert self._on_text is not None  # both set while bytes are decoded
+        problem: PacketError | None = None
+        try:
+            text = self._decoder.decode(data)
+        except UnicodeDecodeError as exc:
+            text = self._valid_prefix(exc)
+            detail = f"the packet is not valid {self._codec} ({exc.reason})"
+            problem = PacketError(Reply.UNSUPPORTED_ENCODING, detail)
+        illegal = ILLEGAL_CHAR.search(text)
+        if illegal is not None:
+            text = text[: illegal.start()]
+            problem = _fail(f"character U+{ord(illegal.group()):04X} is not allowed in XML")
+        # What came before a bad byte is parsed first: it may complete the
+        # packet, and then the bad byte was trailing garbage.
+        packet = self._on_text(text) if text else None
+        if packet is None and problem is not None:
+            raise problem
+        return packet
+
+    def _valid_prefix(self, exc: UnicodeDecodeError) -> str:
+        try:
+            return exc.object[: exc.start].decode(self._codec)
+        except UnicodeDecodeError:
+            return ""
+
+    # -- text stages: declaration, prolog, body --------------------------------
+
+    def _declaration(self, text: str) -> Packet | None:
+        held = self._held + text
+        text = held.lstrip(SPACE)
+        self._newlines += held.count("\n", 0, len(held) - len(text))
+        found = read_declaration(text)
+        if found is None:
+            self._held = text
+            return None
+        length, declared = found
+        self._newlines += text.count("\n", 0, length)
+        # lxml gets a newline for each one removed, to keep its line numbers
+        # right, and never a second declaration where it would pass for the first.
+        self._held = "\n" * self._newlines or (" " if length else "")
+        self._on_text = self._prolog
+        if self._decoder is not None:
+            if declared is not None:
+                lookup_codec(declared)  # a known label cannot override the sniffed UTF-16/32
+            return self._prolog(text[length:])
+        if declared is not None and self._codec:
+            lookup_codec(declared)  # the UTF-8 byte-order mark wins over a known label
+        self._codec = self._codec or narrow_codec(declared)
+        self._decoder = decoder_class(self._codec)()
+        self._on_bytes = self._decode
+        return self._decode(text[length:].encode("latin-1"))
+
+    def _prolog(self, text: str) -> Packet | None:
+        """Pass comments and PIs before the root element; refuse a DOCTYPE."""
+        text = self._held + text
+        position = 0
+        while True:
+            if self._markup_end:
+                end = text.find(self._markup_end, position)
+                if end < 0:  # hold what may be the start of a split end marker
+                    return self._hold(text, max(position, len(text) - len(self._markup_end) + 1))
+                position = end + len(self._markup_end)
+                self._markup_end = ""
+            position = _SKIP_SPACE.match(text, position).end()  # type: ignore[union-attr]
+            if text.startswith("\ufeff", position):
+                # Only the packet's first bytes may be a byte-order mark, and those
+                # are gone by now.  libxml2 would skip this one too, and read what
+                # follows as the start of the document, a DOCTYPE included.
+                raise PacketError(Reply.MALFORMED_PACKET, "a byte-order mark inside the packet")
+            ahead = text[position : position + 9]
+            if ahead.startswith("<!--"):
+                self._markup_end, position = "-->", position + 4
+            elif ahead.startswith("<?"):
+                self._markup_end, position = "?>", position + 2
+            elif ahead.upper().startswith("<!DOCTYPE"):
+                raise PacketError(Reply.DOCTYPE_REFUSED, "the packet has a <!DOCTYPE>")
+            elif len(ahead) < 9 and _may_become_markup(ahead):
+                return self._hold(text, position)
+            else:  # the root element's start tag, or something lxml will reject
+                self._held = ""
+                self._on_text = self._feed_xml
+                return self._feed_xml(text)
+
+    def _hold(self, text: str, keep_from: int) -> Packet | None:
+        self._held = text[keep_from:]
+        return self._feed_xml(text[:keep_from]) if keep_from else None
+
+    def _feed_xml(self, text: str) -> Packet | None:
+        xml = self._xml
+        if xml is None:
+            # Made on first use, not per connection: a packet the fast path
+            # reads needs none, and building one costs a third as much as that read.
+            xml = self._xml = _new_xml_parser()
+        shape = self._shape
+        assert shape is not None  # made by _begin, with the other stages
+        try:
+            xml.feed(text.encode("utf-8"))
+        except etree.XMLSyntaxError as exc:
+            # Events before the error come first: a shape error there is the
+            # earlier problem, and the root may have closed before junk after it.
+            packet = shape.read(cast(_Events, xml.read_events()))
+            if packet is not None:
+                return packet
+            raise _fail(_describe(exc)) from exc
+        return shape.read(cast(_Events, xml.read_events()))
+
+def _may_become_markup(ahead: str) -> bool:
+    """True if more text could make ``ahead`` a comment, PI or DOCTYPE."""
+    return (
+        "<!--".startswith(ahead) or "<?".startswith(ahead) or "<!DOCTYPE".startswith(ahead.upper())
+    )

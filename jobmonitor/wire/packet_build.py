@@ -1,0 +1,88 @@
+"""Building command packets, for clients and tests: the reverse of
+:mod:`jobmonitor.wire.packet`.
+
+:func:`build_packet` is re-exported by :mod:`jobmonitor.wire.packet`; the
+client imports it from here, so as not to load the parser.  lxml escapes every name and value, so any text XML can carry reads back
+exactly.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+
+from lxml import etree
+
+from .packet_encoding import ILLEGAL_CHAR, SPACE
+
+__all__ = ["build_packet"]
+
+_PAGEFLEX_NAMESPACE = "http://www.pageflex.com/schemas"
+_BUILT_PROLOG = b'<?xml version="1.0" encoding="UTF-8"?>\n<?pf_command version="1.0"?>\n'
+
+
+def _check_xml_text(what: str, text: str) -> None:
+    illegal = ILLEGAL_CHAR.search(text)
+    if illegal is not None:
+        raise ValueError(f"{what} contains U+{ord(illegal.group()):04X}, which XML cannot carry")
+
+
+def _text(what: str, value: object) -> str:
+    """A variable's value as packet text: a string as it is, a bool as ``true`` or
+    ``false`` (what ``_sys_ClientJobMonitor`` takes), any other real number as
+    ``str()`` writes it."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, numbers.Real):
+        return str(value)
+    raise TypeError(f"{what} must be a string, a number or a bool, not "
+                    f"{type(value).__name__}")
+
+
+def _check_name(what: str, name: str) -> None:
+    if not name.strip(SPACE):
+        raise ValueError(f"{what} must not be empty")
+    _check_xml_text(what, name)
+
+
+def build_packet(
+    command: str,
+    variables: Mapping[str, object] | None = None,
+    doc_variables: Mapping[str, object] | None = None,
+    *,
+    namespace: str | None = _PAGEFLEX_NAMESPACE,
+) -> bytes:
+    """Build a UTF-8 command packet that :class:`~jobmonitor.wire.packet.PacketParser` reads back.
+
+    ``job_variables`` is always written; ``doc_variables`` only when given and
+    not empty.  With ``namespace=None`` the elements have no namespace.  Values
+    are strings; a number is sent as ``str()`` writes it and a bool as ``true``
+    or ``false``.
+
+    Raises:
+        ValueError: an empty command or variable name, or a character XML
+            cannot carry (most C0 controls, lone surrogates, U+FFFE, U+FFFF).
+        TypeError: a value that is not a string, a number or a bool.
+    """
+    _check_name("the command", command)
+
+    def tag(local: str) -> str:
+        return f"{{{namespace}}}{local}" if namespace else local
+
+    root = etree.Element(tag("job_command"), nsmap={"pfjob": namespace} if namespace else None)
+    root.set("name", command)
+    sections = [("job_variables", variables or {})]
+    if doc_variables:
+        sections.append(("doc_variables", doc_variables))
+    for section_name, values in sections:
+        section = etree.SubElement(root, tag(section_name))
+        for name, value in values.items():
+            _check_name(f"variable name {name!r}", name)
+            text = _text(f"the value of variable {name!r}", value)
+            _check_xml_text(f"the value of variable {name!r}", text)
+            var = etree.SubElement(section, tag("var"))
+            var.set("name", name)
+            var.text = text
+    return _BUILT_PROLOG + etree.tostring(root, encoding="utf-8", xml_declaration=False) + b"\n"
