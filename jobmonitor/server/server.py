@@ -50,7 +50,8 @@ class Server:
                            commit_interval_s=config.commit_interval_s,
                            synchronous=config.sqlite_synchronous)
         self.engine = Engine(self._own_handlers, config, store)
-        self.commands = Commands(self.engine, auth=Authenticator(config.users),
+        self._auth = Authenticator(config.users)
+        self.commands = Commands(self.engine, auth=self._auth,
                                  restart=self.restart_engine,
                                  max_monitors_per_job=config.max_monitors_per_job)
         self._ssl = _tls_context(config)
@@ -193,6 +194,7 @@ class Server:
             await self._no_connections.wait()  # connection_lost comes on the next turn
         if self._listener is not None:
             await self._listener.wait_closed()
+        await self._auth.close()  # (no connection is left to ask for a check)
         if self.deadlines is not None:
             self.deadlines.close()
         log.info("jobmonitor stopped")

@@ -326,6 +326,7 @@ async def test_an_unknown_user_costs_the_same_check_as_a_wrong_password():
         assert await auth.authenticate("ann", "x", "10.0.0.2") is None
     finally:
         auth_module.verify_password = real
+        await auth.close()
     assert len(checked) == 2 and all(stored.startswith("scrypt$") for stored in checked)
 
 
@@ -379,16 +380,23 @@ async def test_failures_are_counted_per_ipv6_network_and_mapped_ipv4_address():
     """One IPv6 host has a /64 of addresses to pick from: counted per address, it
     could take a new one for every three guesses."""
     from jobmonitor.server.auth import Authenticator, throttled_address
+    from jobmonitor.server.throttle import throttled_network
 
     assert throttled_address("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
     assert throttled_address("fe80::1%eth0") == "fe80::/64"
     assert throttled_address("::ffff:10.0.0.7") == throttled_address("10.0.0.7") == "10.0.0.7"
+    assert throttled_network("::ffff:10.0.0.7") == throttled_network("10.0.0.9") == "10.0.0.0/24"
+    assert throttled_network("2001:db8:1:2:aaaa::1") == "2001:db8:1::/48"
+    assert throttled_network("fe80::1%eth0") == "fe80::/48"
     auth = Authenticator(USERS)
-    for number in range(3):
-        assert await auth.authenticate("ann", "guess", f"2001:db8::{number + 1}") is None
-    started = time.monotonic()
-    assert await auth.authenticate("ann", "guess", "2001:db8::99") is None
-    assert time.monotonic() - started >= 0.25  # the fourth failure of that network
-    started = time.monotonic()
-    assert await auth.authenticate("ann", "guess", "2001:db8:0:1::1") is None
-    assert time.monotonic() - started < 0.25  # another network
+    try:
+        for number in range(3):
+            assert await auth.authenticate("ann", "guess", f"2001:db8::{number + 1}") is None
+        started = time.monotonic()
+        assert await auth.authenticate("ann", "guess", "2001:db8::99") is None
+        assert time.monotonic() - started >= 0.25  # the fourth failure of that /64
+        started = time.monotonic()
+        assert await auth.authenticate("ann", "guess", "2001:db8:0:1::1") is None
+        assert time.monotonic() - started < 0.25  # another /64
+    finally:
+        await auth.close()

@@ -30,9 +30,11 @@ def submit(project: str, monitor: bool = True, **variables: str) -> bytes:
 
 
 async def exchange(port: int, data: bytes, *, host: str = "127.0.0.1", shut_wr: bool = False,
-                   chunk: int | None = None) -> list[str]:
-    """Send ``data`` (optionally in ``chunk``-byte pieces), read to EOF, return the lines."""
-    reader, writer = await asyncio.open_connection(host, port)
+                   chunk: int | None = None, source: str | None = None) -> list[str]:
+    """Send ``data`` (optionally in ``chunk``-byte pieces), read to EOF, return the lines.
+    ``source`` is the local address to connect from (any of 127.0.0.0/8 on Linux)."""
+    reader, writer = await asyncio.open_connection(
+        host, port, local_addr=(source, 0) if source else None)
     try:
         if chunk:
             for start in range(0, len(data), chunk):
