@@ -120,7 +120,7 @@ class Server:
                 raise
             self._log_changes(config, handlers)
             log.info("restarting the job engine")
-            await self.engine.restart(self.config.shutdown_grace_s, handlers)
+            await self.engine.restart(config.shutdown_grace_s, handlers)
             self._configure(config)  # (after: no job starts only to be stopped)
 
     async def reload(self) -> bool:

@@ -116,3 +116,27 @@ async def test_a_window_with_refusals_past_its_limit_sums_them_up_when_it_ends(c
         "event=login_failed_summary peer=2001:db8::7 count=3 window_s=0.2")
     log.refused(Reply.NOT_AUTHENTICATED, lambda: "2001:db8::8", packet)  # a new window
     assert len(refusals(caplog)) == 4
+
+
+async def test_the_fail2ban_filter_in_the_docs_matches_failed_logins(make_server, caplog,
+                                                                     monkeypatch):
+    import re
+    from pathlib import Path
+
+    from jobmonitor.cli.logs import TEXT_FORMAT
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    [failregex] = re.findall(r"^failregex = (.*)$", doc, re.MULTILINE)
+    # fail2ban's <HOST> (an address, then the rest of the pattern must follow)
+    pattern = re.compile(failregex.replace("<HOST>", r"(?P<host>[0-9A-Fa-f:.]+)"))
+    monkeypatch.setattr(auth, "MAX_FAILURE_DELAY_S", 0.01)
+    server = await make_server(users=(cheap_user("eve", "right"), *USERS))
+    for number in range(LINES_PER_WINDOW + 2):
+        await exchange(server.port, job_packet("eve", f"guess-{number}"))
+    await exchange(server.port, xml_packet("RestartServer", as_user({}, "ann", "ann-pw")))
+    server.close()
+    await server.wait_closed()
+    formatter = logging.Formatter(TEXT_FORMAT)
+    hosts = [match.group("host") for record in refusals(caplog)
+             if (match := pattern.search(formatter.format(record)))]
+    assert hosts == ["127.0.0.1"] * (LINES_PER_WINDOW + 1)  # not the permission refusal
