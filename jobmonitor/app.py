@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 from .config import Config
+from .errors import ConfigError
 from .engine.handlers import Handler
 from .engine.registry import HandlerRegistry
 from .loader import load_handlers
-from .server.server import Server
+from .server.server import Reloaded, Server
 
 __all__ = ["JobMonitor", "Controller"]
 
@@ -31,19 +32,29 @@ class JobMonitor(HandlerRegistry):
     """A set of job handlers, keyed by the ``ProjectName`` they answer to, and
     the servers that run them (``serve``, ``make_server``, ``Controller``)."""
 
-    def make_server(self, config: Config) -> Server:
-        """A server for these handlers and those of the ``config.jobs`` modules, not
-        yet started (see ``Server.start``).  ``RestartServer`` re-imports the modules.
+    def make_server(self, config: Config, *, projects: Mapping[str, Handler] | None = None,
+                    reread: Callable[[], tuple[Config, Mapping[str, Handler]]] | None = None
+                    ) -> Server:
+        """A server for these handlers, ``projects`` (more handlers: a config file's
+        program projects) and those of the ``config.jobs`` modules, not yet
+        started (see ``Server.start``).
+
+        A reload (``Server.reload``, ``RestartServer``) imports the modules
+        again; with ``reread``, it first calls it for the settings and the
+        ``projects`` to use from then on (``jobmonitor serve`` reads its config
+        file again), and a ``ConfigError`` it raises keeps the old ones.
 
         Raises:
             ConfigError: a job module cannot be loaded, or a project is registered twice.
         """
         own = dict(self._handlers)
 
-        def reload() -> dict[str, Handler]:
-            return load_handlers(config.jobs, own, reload=True)
+        def reload() -> Reloaded:
+            fresh, fresh_projects = (config, projects) if reread is None else reread()
+            return Reloaded(fresh, load_handlers(fresh.jobs, _merged(own, fresh_projects),
+                                                 reload=True))
 
-        return Server(load_handlers(config.jobs, own), config, reload=reload)
+        return Server(load_handlers(config.jobs, _merged(own, projects)), config, reload=reload)
 
     @asynccontextmanager
     async def serve(
@@ -70,6 +81,19 @@ class JobMonitor(HandlerRegistry):
         finally:
             server.close()
             await server.wait_closed()
+
+
+def _merged(own: Mapping[str, Handler], projects: Mapping[str, Handler] | None
+            ) -> dict[str, Handler]:
+    """The app's handlers and ``projects``.
+
+    Raises:
+        ConfigError: a project is in both.
+    """
+    both = sorted(own.keys() & (projects or {}).keys())
+    if both:
+        raise ConfigError(f"job {both[0]!r} is registered twice")
+    return {**own, **(projects or {})}
 
 
 class Controller:

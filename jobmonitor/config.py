@@ -15,7 +15,14 @@ from .users import User
 from .errors import ConfigError
 from .wire import DEFAULT_PORT
 
-__all__ = ["Config", "DEFAULT_PORT"]
+__all__ = ["Config", "DEFAULT_PORT", "LOG_FORMATS", "NEEDS_RESTART"]
+
+LOG_FORMATS = ("text", "json")
+#: The settings a reload (SIGHUP, RestartServer) cannot change: what the server
+#: bound, opened or wrote into every stream at its start.  Every other one takes
+#: effect at a reload (a connection already open keeps the limits it started with).
+NEEDS_RESTART = ("host", "port", "store", "data_dir", "commit_interval_s",
+                 "sqlite_synchronous", "tls_cert", "tls_key", "machine_name")
 
 
 def _setting(default: Any, help: str, *, flag: bool = True) -> Any:
@@ -77,6 +84,9 @@ class Config:
     machine_name: str | None = _setting(
         None, "machine name reported at the start of each stream (default: host name)")
     log_level: str = _setting("info", "debug, info, warning or error")
+    log_format: str = _setting(
+        "text", "text, or json: one JSON object a line (time, level, logger, message and "
+        "the fields of a refusal), for log shippers")
 
     def __post_init__(self) -> None:
         _check_positive(self, "max_running", "max_packet_bytes", "packet_timeout_s",
@@ -86,6 +96,8 @@ class Config:
         if self.sqlite_synchronous not in ("full", "normal"):
             raise ConfigError(f"sqlite_synchronous: must be full or normal, got "
                               f"{self.sqlite_synchronous!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log_format: must be text or json, got {self.log_format!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key: give both or neither")
         _check_non_negative(self, "linger_s", "shutdown_grace_s", "keep_days", "max_queued_jobs",

@@ -19,17 +19,20 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from .._version import __version__
 from .client_commands import add_client_commands
+from .logs import check_level, setup_logging
 from ..config import Config
 from ..config_file import load_config_file
 from ..errors import ConfigError
 from ..app import JobMonitor
 from ..users import hash_password
 from ..programs.program import add_programs
+from ..engine.handlers import Handler
+from ..engine.registry import HandlerRegistry
 from ..server.server import Server
 from ..engine.job import Job
 from ..store import open_store
@@ -131,52 +134,49 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
     return (base or Config()).replace(**changes)
 
 
-class _ReadyOrLevel(logging.Filter):
-    """Passes records at the chosen level, and always the 'listening on' line."""
-
-    def __init__(self, level: int) -> None:
-        super().__init__()
-        self.level = level
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= self.level or getattr(record, "ready", False)
-
-
-def _setup_logging(level_name: str) -> None:
-    level = logging.getLevelName(level_name.upper())
-    if not isinstance(level, int):
-        raise ConfigError(f"log_level: unknown level {level_name!r}")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_ReadyOrLevel(level))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    logging.getLogger("jobmonitor.server").setLevel(min(level, logging.INFO))
-
-
 def _serve(args: argparse.Namespace) -> int:
-    file = load_config_file(args.config) if args.config else None
-    config = config_from_args(args, file.config if file else None)
-    if config.store is None:
-        config = config.replace(store="sqlite://")  # jobmonitor.db in data_dir
-    _setup_logging(config.log_level)
+    config, projects = _settings(args)
+    setup_logging(config.log_level, config.log_format)
     if args.check_store:
         return _check_store(config)
     # `--jobs mymodule:app` finds mymodule.py in the working folder, as it does
     # under `python -m jobmonitor` (which puts that folder first on the path).
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
-    app = JobMonitor()
-    if file is not None:
-        add_programs(app, file.programs)
-    server = app.make_server(config)  # loads config.jobs; may raise ConfigError
+    # (loads config.jobs; may raise ConfigError)
+    server = JobMonitor().make_server(config, projects=projects,
+                                      reread=lambda: _settings(args))
+    server.on_reload = _reloaded
     if not server.engine.handler_names():
         log.warning("no jobs loaded: every SubmitJob will be refused (use --jobs)")
     with _runner() as runner:
         runner.run(_serve_until_signal(server))
     _exit_if_stuck(server)
     return 0
+
+
+def _settings(args: argparse.Namespace) -> tuple[Config, Mapping[str, Handler]]:
+    """The server's settings (the config file's, the options over them) and the
+    config file's program projects; read again at each reload.
+
+    Raises:
+        ConfigError: the file cannot be read or has a bad value.
+    """
+    file = load_config_file(args.config) if args.config else None
+    config = config_from_args(args, file.config if file else None)
+    if config.store is None:
+        config = config.replace(store="sqlite://")  # jobmonitor.db in data_dir
+    check_level(config.log_level)  # (a reload that would fail to set it fails)
+    programs = HandlerRegistry()
+    if file is not None:
+        add_programs(programs, file.programs)
+    return config, programs.handlers
+
+
+def _reloaded(config: Config) -> None:
+    """After a reload: the log and the open-file limit follow the new settings."""
+    setup_logging(config.log_level, config.log_format)
+    _fit_open_file_limit(config.max_connections)
 
 
 def _check_store(config: Config) -> int:
@@ -246,7 +246,10 @@ def _fit_open_file_limit(max_connections: int) -> None:
 
 
 class _Stopper:
-    """What SIGINT and SIGTERM do to ``serve``.
+    """What SIGINT, SIGTERM and SIGHUP do to ``serve``.
+
+    SIGHUP reloads: the config file and the job modules are read again and the
+    server goes on with them (``Server.reload``); not once it is stopping.
 
     The first starts the server's orderly shutdown; the process exits when it is
     done, and at the latest ``shutdown_grace_s + linger_s + STOP_MARGIN_S`` after
@@ -269,10 +272,27 @@ class _Stopper:
         self._loop = asyncio.get_running_loop()
         self._signals = 0
         self._deadline: threading.Timer | None = None
+        self._reloads: set[asyncio.Task[bool]] = set()  # (the loop holds tasks weakly)
 
     def install(self) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._on_signal)
+        if hasattr(signal, "SIGHUP"):  # (not on Windows)
+            signal.signal(signal.SIGHUP, lambda signum, frame: self._soon(self._reload))
+
+    def _reload(self) -> None:
+        if self.stopping.is_set():
+            log.info("received SIGHUP while stopping: not reloading")
+            return
+        log.info("received SIGHUP: reloading the settings and the job modules")
+        task = self._loop.create_task(self.server.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloaded)
+
+    def _reloaded(self, task: asyncio.Task[bool]) -> None:
+        self._reloads.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("reloading failed", exc_info=task.exception())
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._signals += 1

@@ -120,6 +120,22 @@ class Engine:
             runner.starting = True
             runner.start_ready()
 
+    def configure(self, config: Config) -> None:
+        """Use these settings from now on (a reload; the store's and the machine
+        name stay as they were opened)."""
+        self._config = config
+        self._runner.configure(config)
+        purging = self._purger is not None and not self._purger.done()
+        if config.keep_days > 0 and not purging and self._accepting:
+            assert self._loop is not None  # (accepting: started)
+            self._purger = self._loop.create_task(self._purge_loop())
+
+    def replace_handlers(self, handlers: Mapping[str, Handler]) -> None:
+        """Run new and queued jobs with ``handlers`` from now on (a reload); running
+        jobs go on with the handlers they started with."""
+        self._runner.handlers = dict(handlers)
+        self._runner.start_ready()  # (nothing if stopped or restarting)
+
     def _notify_live(self, notice: str) -> None:
         for job in self.jobs.live_jobs():
             if not job.state.is_final:
@@ -361,7 +377,7 @@ class Engine:
         return purged
 
     async def _purge_loop(self) -> None:
-        while True:
+        while self._config.keep_days > 0:  # (a reload may set it to 0: keep all)
             try:
                 await self.purge_expired()
             except StoreUnavailable:

@@ -61,6 +61,9 @@ class JobRunner:
         #: Failed jobs waiting out their delay before they are queued to run again.
         self._delayed: dict[Job, asyncio.TimerHandle] = {}
         self._running: dict[Job, asyncio.Future[Any]] = {}
+        #: The handler each running job started with (a reload may replace its
+        #: project's, or remove it, while it runs).
+        self._started_with: dict[Job, Handler] = {}
         #: The worker-thread runs of the running plain-function jobs.
         self._threads: dict[Job, concurrent.futures.Future[Any]] = {}
         #: Runs abandoned because their handlers did not stop when cancelled: the
@@ -78,6 +81,16 @@ class JobRunner:
         """Drop the jobs still waiting for a worker thread (the server is stopping)."""
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def configure(self, config: Config) -> None:
+        """Use these settings from now on (a reload): a new ``max_running`` gets a
+        pool of as many threads (the old one's go on with the jobs they run)."""
+        resized = config.max_running != self._config.max_running
+        self._config = config
+        if resized and self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = self._new_executor()
+        self.start_ready()
 
     def _new_executor(self) -> concurrent.futures.ThreadPoolExecutor:
         return concurrent.futures.ThreadPoolExecutor(
@@ -98,7 +111,8 @@ class JobRunner:
         return job in self._running
 
     def handler(self, job: Job) -> Handler:
-        return self.handlers[job.project]
+        """The handler a running job started with, else its project's."""
+        return self._started_with.get(job) or self.handlers[job.project]
 
     def enqueue(self, job: Job) -> None:
         """Queue a job and start what can start."""
@@ -167,6 +181,7 @@ class JobRunner:
                 job._time_limit = TimeLimit(loop, handler.timeout_s,
                                             functools.partial(self._time_out, job))
             job._set_state(JobState.PROCESSING, START_EVENT)
+            self._started_with[job] = handler
             self._running[job] = loop.create_task(self._run(job))
 
     async def _run(self, job: Job) -> None:
@@ -187,6 +202,7 @@ class JobRunner:
             outcome = Outcome.FAILED
         finally:
             self._running.pop(job, None)
+            self._started_with.pop(job, None)
             if not handler.is_async:
                 self._threads.pop(job, None)
         limit = job._time_limit
@@ -255,7 +271,7 @@ class JobRunner:
         job._cancel_requested = True
         job._wake()
         task = self._running.get(job)
-        handler = self.handlers.get(job.project)
+        handler = self._started_with.get(job)
         if task is not None and handler is not None and handler.is_async:
             task.cancel()
 

@@ -152,6 +152,14 @@ class Authenticator:
         """Wait for the checks under way and end the checking threads."""
         await self._checks.close()
 
+    def set_users(self, users: tuple[User, ...]) -> None:
+        """Check against ``users`` from now on (a reload).  The passwords that
+        checked out are forgotten (one may have changed); failures are kept."""
+        self._users = {user.name: user for user in users}
+        self._verified.clear()
+        if users and not self._decoy:
+            self._decoy = hash_password(os.urandom(16).hex())
+
     async def authenticate(self, name: str, password: str, address: str) -> User | None:
         """The user these credentials name, or None (after a delay if this
         address keeps failing).

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from .._version import __version__
 from ..wire.codes import Reply
 from .auth import Authenticator
+from ..users import User
 from ..engine.engine import Engine
 from ..errors import ConfigError, RequestError
 from ..engine.job import Job
@@ -143,6 +144,15 @@ class Commands:
     @property
     def names(self) -> list[str]:
         return sorted(self._table)
+
+    def configure(self, users: tuple[User, ...], max_monitors_per_job: int) -> None:
+        """Check credentials against ``users`` and allow ``max_monitors_per_job``
+        from now on (a reload)."""
+        if self._auth is None:
+            self._auth = Authenticator(users)
+        else:
+            self._auth.set_users(users)
+        self._max_monitors = max_monitors_per_job
 
     async def caller(self, packet: Packet, peer: Callable[[], str] = str) -> Caller:
         """Who sent the packet, whose address ``peer()`` gives (asked only when

@@ -46,6 +46,7 @@ from ..wire.codes import Reply, Status
 from .commands import Commands
 from .deadlines import Deadlines
 from .eager import start_eagerly
+from .refusals import RefusalLog
 from ..errors import PacketError, RequestError
 from ..wire.lines import clip, format_line
 from ..wire.packet import Packet, PacketParser
@@ -78,6 +79,8 @@ class ServerView(Protocol):
     def engine(self) -> Engine: ...
     @property
     def commands(self) -> Commands: ...
+    @property
+    def refusals(self) -> RefusalLog: ...
     @property
     def deadlines(self) -> Deadlines | None: ...
     @property
@@ -184,7 +187,9 @@ class Connection(asyncio.Protocol):
         elif self._state is _State.LINGERING:
             self.close()
             return False
-        return True  # a half-closed client still reads our replies and stream
+        # A half-closed client still reads our replies and stream; but TLS cannot
+        # half-close (asyncio closes it anyway, and warns if we say otherwise).
+        return self._transport is not None and self._transport.can_write_eof()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = _State.CLOSED
@@ -435,6 +440,7 @@ class Connection(asyncio.Protocol):
                 self._checking = False
             response = await commands.execute(packet, caller)
         except RequestError as exc:
+            self._server.refusals.refused(exc.code, self._peer_host, packet)
             self.reply(exc.code, exc.reply_text)
             self.finish()
             return

@@ -27,9 +27,11 @@ from ..engine.job import Job
 from .sockets import cork_listeners
 from ..store import open_store
 from .auth import Authenticator
+from .refusals import RefusalLog
+from .reloading import Reloaded, changes, settings_to_use
 from ..errors import ConfigError
 
-__all__ = ["Server"]
+__all__ = ["Server", "Reloaded"]
 
 log = logging.getLogger("jobmonitor.server")
 
@@ -38,14 +40,23 @@ class Server:
     """A jobmonitor server bound to a host and port."""
 
     def __init__(self, handlers: Mapping[str, Handler], config: Config, *,
-                 reload: Callable[[], Mapping[str, Handler]] | None = None) -> None:
-        """``reload``, if given, is what ``RestartServer`` calls for the handlers to
-        run from then on (``JobMonitor.make_server`` passes one that re-imports the
-        ``config.jobs`` modules); it raises ``ConfigError`` to keep the old ones.
-        Without it a restart keeps ``handlers``."""
+                 reload: Callable[[], Reloaded | Mapping[str, Handler]] | None = None
+                 ) -> None:
+        """``reload``, if given, is what a reload (``reload()``, ``RestartServer``)
+        calls for the settings and handlers to use from then on, or the handlers
+        alone (``JobMonitor.make_server`` passes one that re-imports the
+        ``config.jobs`` modules, and reads a config file again when told how);
+        it raises ``ConfigError`` to keep the old ones.  Without it a reload
+        keeps ``handlers`` and ``config``."""
         self.config = config
         self._own_handlers = dict(handlers)
         self._reload = reload
+        #: Called with the settings after each reload that took effect (the CLI
+        #: sets its logging and its open-file limit from them).
+        self.on_reload: Callable[[Config], None] | None = None
+        self._reloading = asyncio.Lock()
+        #: The log of refused logins and permissions.
+        self.refusals = RefusalLog(user.name for user in config.users)
         store = open_store(config.store or "memory://", data_dir=config.data_dir,
                            commit_interval_s=config.commit_interval_s,
                            synchronous=config.sqlite_synchronous)
@@ -95,14 +106,73 @@ class Server:
         log.info("jobmonitor listening on %s", self.address, extra={"ready": True})
 
     async def restart_engine(self) -> None:
-        """RestartServer: finish or cancel running jobs, reload job modules, go on.
+        """RestartServer: reload (as ``reload`` does), then finish or cancel running
+        jobs and start again with the reloaded handlers.
 
         Raises:
-            ConfigError: a job module no longer loads (the old handlers stay).
+            ConfigError: the settings or a job module no longer load (nothing
+            changes: the old ones stay, and no job is stopped).
         """
-        handlers = self._own_handlers if self._reload is None else dict(self._reload())
-        log.info("restarting the job engine")
-        await self.engine.restart(self.config.shutdown_grace_s, handlers)
+        async with self._reloading:
+            try:
+                config, handlers = self._reread()
+            except ConfigError as exc:
+                log.error("reload failed, nothing changed: %s", exc)
+                raise
+            self._log_changes(config, handlers)
+            log.info("restarting the job engine")
+            await self.engine.restart(config.shutdown_grace_s, handlers)
+            self._configure(config)  # (after: no job starts only to be stopped)
+
+    async def reload(self) -> bool:
+        """Read the settings and the job modules again and use them from now on,
+        without stopping anything (SIGHUP in ``jobmonitor serve``).  Running jobs
+        go on with the handlers they started with; new and queued ones get the
+        new ones.  Settings in ``config.NEEDS_RESTART`` keep their values.  Each
+        change is logged; so is a failure, which changes nothing.  Returns
+        whether the reload took effect."""
+        async with self._reloading:
+            try:
+                config, handlers = self._reread()
+            except ConfigError as exc:
+                log.error("reload failed, nothing changed: %s", exc)
+                return False
+            self._log_changes(config, handlers)
+            self.engine.replace_handlers(handlers)
+            self._configure(config)
+            return True
+
+    def _reread(self) -> tuple[Config, dict[str, Handler]]:
+        """The settings and handlers to use after a reload, checked.
+
+        Raises:
+            ConfigError: they cannot be loaded, or the settings are refused.
+        """
+        fresh = (self._reload() if self._reload is not None
+                 else Reloaded(self.config, self._own_handlers))
+        if not isinstance(fresh, Reloaded):  # a callback that gives the handlers alone
+            fresh = Reloaded(self.config, fresh)
+        config, kept = settings_to_use(self.config, fresh.config)
+        _check_exposure(config)
+        for warning in kept:
+            log.warning("reload: %s", warning)
+        return config, dict(fresh.handlers)
+
+    def _log_changes(self, config: Config, handlers: Mapping[str, Handler]) -> None:
+        lines = changes(self.config, config, self.engine.handler_names(), handlers)
+        for line in lines:
+            log.info("reload: %s", line)
+        count = f"{len(lines)} change{'s' if len(lines) > 1 else ''}" if lines else "no change"
+        log.info("reloaded the settings and the job modules: %s", count)
+
+    def _configure(self, config: Config) -> None:
+        """Take reloaded settings (the handlers are the engine's part)."""
+        self.config = config
+        self.engine.configure(config)
+        self.commands.configure(config.users, config.max_monitors_per_job)
+        self.refusals.users = frozenset(user.name for user in config.users)
+        if self.on_reload is not None:
+            self.on_reload(config)
 
     # -- addresses -----------------------------------------------------------------
 
@@ -197,6 +267,7 @@ class Server:
         await self._auth.close()  # (no connection is left to ask for a check)
         if self.deadlines is not None:
             self.deadlines.close()
+        self.refusals.flush()
         log.info("jobmonitor stopped")
 
     async def __aenter__(self) -> "Server":

@@ -235,6 +235,24 @@ async def test_tls_serves_the_same_protocol(make_server, certificate):
     assert not data.startswith(b"R0000000")
 
 
+async def test_tls_connections_log_no_asyncio_warning(make_server, certificate, caplog):
+    """asyncio warns when a TLS connection's protocol asks to stay half-open."""
+    server = await make_server(tls_cert=str(certificate / "cert.pem"),
+                               tls_key=str(certificate / "key.pem"))
+    context = ssl.create_default_context(cafile=str(certificate / "ca.pem"))
+    for packet in (submit("echo"), xml_packet("GetJobQueueLen")):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=context)
+        writer.write(packet)
+        assert split_lines(await asyncio.wait_for(reader.read(), 10))[0].startswith("R0000000")
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except ssl.SSLError:
+            pass
+    await asyncio.wait_for(server._no_connections.wait(), 10)  # both closed on our side
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+
+
 def test_tls_certificate_that_cannot_load_is_a_start_up_error(tmp_path):
     (tmp_path / "bad.pem").write_text("not a certificate")
     with pytest.raises(ConfigError, match="tls_cert: cannot load"):
