@@ -171,7 +171,7 @@ def _serve(args: argparse.Namespace) -> int:
     if file is not None:
         add_programs(app, file.programs)
     server = app.make_server(config)  # loads config.jobs; may raise ConfigError
-    if not server.engine.handler_names():
+    if not server.handler_names():
         log.warning("no jobs loaded: every SubmitJob will be refused (use --jobs)")
     with _runner() as runner:
         runner.run(_serve_until_signal(server))
