@@ -147,7 +147,7 @@ def _serve(args: argparse.Namespace) -> int:
     server = JobMonitor().make_server(config, projects=projects,
                                       reread=lambda: _settings(args))
     server.on_reload = _reloaded
-    if not server.engine.handler_names():
+    if not server.handler_names():
         log.warning("no jobs loaded: every SubmitJob will be refused (use --jobs)")
     with _runner() as runner:
         runner.run(_serve_until_signal(server))

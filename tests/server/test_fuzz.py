@@ -143,7 +143,7 @@ async def _task_count() -> int:
 
 
 async def _no_connections(controller: Controller) -> None:
-    await asyncio.wait_for(controller.server._no_connections.wait(), SOCKET_TIMEOUT_S)
+    await asyncio.wait_for(controller.server.wait_connections_closed(), SOCKET_TIMEOUT_S)
 
 
 @pytest.mark.timeout(180)

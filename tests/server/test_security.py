@@ -267,16 +267,14 @@ def test_tls_certificate_that_cannot_load_is_a_start_up_error(tmp_path):
 
 async def test_connections_beyond_the_limit_get_a_busy_reply(make_server):
     server = await make_server(max_connections=3, idle_timeout_s=30)
+    # Connected before the fourth: the server accepts them, and counts them, first.
     held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(3)]
-    while server.connection_count < 3:
-        await asyncio.sleep(0.01)
     assert await exchange(server.port, submit("echo")) == [
         "R0005011: Server busy: too many connections"]
     for _, writer in held:
         writer.close()
         await writer.wait_closed()
-    while server.connection_count:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(server.wait_connections_closed(), 5)
     assert (await exchange(server.port, submit("echo")))[-2] == \
         "J0000020: Job completed successfully."
 
