@@ -42,13 +42,14 @@ from typing import Protocol
 
 from ..config import Config
 from ..engine.engine import Engine
-from ..wire.codes import Reply, Status
+from ..wire.codes import Reply
 from .commands import Commands
 from .deadlines import Deadlines
 from .eager import start_eagerly
 from ..errors import PacketError, RequestError
 from ..wire.lines import clip, format_line
 from ..wire.packet import Packet, PacketParser
+from ..wire.variables import behind_notice
 from .sockets import set_cork, unsent_bytes
 from ..engine.stream import JobStream
 
@@ -269,8 +270,7 @@ class Connection(asyncio.Protocol):
         if self._stream is not None:
             next_line = self._stream.unwatch(self) or next_line
             self._stream = None
-        text = f"{Status.MONITOR_BEHIND.text}: re-attach with MonitorJob from line {next_line}"
-        self.write(format_line("J", Status.MONITOR_BEHIND, text))
+        self.write(behind_notice(next_line))
         log.info("monitor %s of %s stalled; told it to re-attach from line %d", self.peer,
                  self._following, next_line)
         # What is queued (the notice last) is still sent if the client reads again;
