@@ -65,6 +65,7 @@ BUSY_TIMEOUT_S = 5.0
 class SqliteStore(GroupCommitStore):
     """Jobs in one SQLite file."""
 
+    # A record as a new row of the jobs table, and as the update of a stored one.
     job_row = staticmethod(job_row)
     job_update = staticmethod(job_update)
 
