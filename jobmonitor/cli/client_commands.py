@@ -27,6 +27,7 @@ from ..wire.codes import Reply
 from .output import (EXIT_CODES, JsonPrinter, LivePrinter, PlainPrinter, StreamPrinter,
                          display_text, display_width)
 from ..wire import DEFAULT_PORT
+from ..wire.variables import FILTER, FORMAT, TRANSACTION_ID, USER_TOKEN
 
 __all__ = ["add_client_commands", "EXIT_CODES", "USAGE_ERROR"]
 
@@ -350,8 +351,8 @@ def _reattach_notice(client: Client, reattach: Reattach) -> str:
 
 def _formatted(command: str) -> Action:
     async def show(client: Client, args: argparse.Namespace) -> int:
-        lines = await client.request(command, {"_sys_TransactionID": args.transaction_id,
-                                               "_sys_Format": args.format})
+        lines = await client.request(command, {TRANSACTION_ID: args.transaction_id,
+                                               FORMAT: args.format})
         _print_lines(lines)
         return 0
 
@@ -369,9 +370,9 @@ def _control(name: str) -> Action:
 
 async def _list(client: Client, args: argparse.Namespace) -> int:
     if args.json:
-        variables = {"_sys_Filter": "all" if args.all else "active", "_sys_Format": "json"}
+        variables = {FILTER: "all" if args.all else "active", FORMAT: "json"}
         if args.user_token:
-            variables["_sys_UserToken"] = args.user_token
+            variables[USER_TOKEN] = args.user_token
         _print_lines(await client.request("ListJobs", variables))
         return 0
     jobs = await client.list_jobs(all=args.all, user_token=args.user_token)
@@ -382,7 +383,7 @@ async def _list(client: Client, args: argparse.Namespace) -> int:
 async def _outputs(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _print_lines(await client.request("RetrieveJob", {
-            "_sys_TransactionID": args.transaction_id, "_sys_Format": "json"}))
+            TRANSACTION_ID: args.transaction_id, FORMAT: "json"}))
         return 0
     outputs = await client.outputs(args.transaction_id)
     _print_lines(table(("NAME", "MEDIA TYPE", "URI"),

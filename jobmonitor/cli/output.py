@@ -26,6 +26,7 @@ import unicodedata
 from typing import TextIO
 
 from ..client import JobResult, Progress, StreamLine
+from ..wire.codes import Reply
 from ..wire.lines import escape_text
 from ..wire.states import Outcome
 
@@ -57,7 +58,7 @@ class StreamPrinter:
 
     def begin(self, transaction_id: str, event: str) -> None:
         """The stream of ``transaction_id`` starts (``event``: submitted or watching)."""
-        self._write(f"R0000000: {transaction_id}\n")
+        self._write(f"R{Reply.OK:07d}: {transaction_id}\n")
 
     def line(self, line: StreamLine) -> None:
         self._write(display_text(line.wire_text()) + "\n")

@@ -16,6 +16,8 @@ from typing import Any
 
 from ..wire import DEFAULT_PORT
 from ..errors import ProtocolError
+from ..wire.variables import (CLIENT_JOB_MONITOR, FILTER, FORMAT, FROM_LINE, JOB_NAME, JOB_TOKEN,
+                              PASSWORD, PROJECT_NAME, TRANSACTION_ID, USER, USER_TOKEN)
 from .results import (
     Acknowledged,
     JobInfo,
@@ -120,12 +122,12 @@ class Client:
                     doc_variables: Mapping[str, Value] | None = None
                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self.user is not None:
-            variables = {**variables, "_sys_User": self.user, "_sys_Password": self._password}
+            variables = {**variables, USER: self.user, PASSWORD: self._password}
         return await open_request(self.host, self.port, command, variables, doc_variables,
                                   timeout_s=self.connect_timeout_s, tls=self.tls)
 
     async def _request_json(self, command: str, variables: Mapping[str, Value]) -> object:
-        lines = await self.request(command, {**variables, "_sys_Format": "json"})
+        lines = await self.request(command, {**variables, FORMAT: "json"})
         return load_json("\n".join(lines))
 
     # -- jobs -------------------------------------------------------------------------
@@ -144,15 +146,15 @@ class Client:
         Raises:
             ReplyError, OSError, ProtocolError: see the class.
         """
-        packet = {**(variables or {}), "ProjectName": project,
-                  "_sys_ClientJobMonitor": "true" if monitor else "false"}
+        packet = {**(variables or {}), PROJECT_NAME: project,
+                  CLIENT_JOB_MONITOR: "true" if monitor else "false"}
         if job_name is not None:
-            packet["JobName"] = job_name
+            packet[JOB_NAME] = job_name
         user_token = user_token if user_token is not None else self.user_token
         if user_token is not None:
-            packet["_sys_UserToken"] = user_token
+            packet[USER_TOKEN] = user_token
         if job_token is not None:
-            packet["_sys_JobToken"] = job_token
+            packet[JOB_TOKEN] = job_token
         reader, writer = await self._open("SubmitJob", packet, doc_variables)
         try:
             transaction_id = _transaction_id(await read_reply(reader, self.reply_timeout_s))
@@ -183,7 +185,7 @@ class Client:
         Raises:
             ReplyError, OSError, ProtocolError: see the class.
         """
-        data = await self._request_json("GetJobStatus", {"_sys_TransactionID": transaction_id})
+        data = await self._request_json("GetJobStatus", {TRANSACTION_ID: transaction_id})
         return status_from_json(data)
 
     async def info(self, transaction_id: str) -> JobInfo:
@@ -193,7 +195,7 @@ class Client:
             ReplyError, OSError, ProtocolError: see the class.
         """
         data = await self._request_json("GetJobInformation",
-                                        {"_sys_TransactionID": transaction_id})
+                                        {TRANSACTION_ID: transaction_id})
         return info_from_json(data)
 
     async def list_jobs(self, *, all: bool = False,
@@ -203,10 +205,10 @@ class Client:
         Raises:
             ReplyError, OSError, ProtocolError: see the class.
         """
-        variables = {"_sys_Filter": "all" if all else "active"}
+        variables = {FILTER: "all" if all else "active"}
         user_token = user_token if user_token is not None else self.user_token
         if user_token is not None:
-            variables["_sys_UserToken"] = user_token
+            variables[USER_TOKEN] = user_token
         data = await self._request_json("ListJobs", variables)
         if not isinstance(data, list):
             raise ProtocolError("ListJobs did not answer a JSON list")
@@ -218,7 +220,7 @@ class Client:
         Raises:
             ReplyError, OSError, ProtocolError: see the class.
         """
-        data = await self._request_json("RetrieveJob", {"_sys_TransactionID": transaction_id})
+        data = await self._request_json("RetrieveJob", {TRANSACTION_ID: transaction_id})
         return outputs_from_json(data)
 
     async def cancel(self, transaction_id: str) -> Acknowledged:
@@ -273,8 +275,9 @@ class Client:
         return queue_length_from_lines(await self.request("GetJobQueueLen"))
 
     async def task_log(self) -> list[TaskLogEntry]:
-        """The server's recent task log, oldest first (``GetTaskLog``): the last 200
-        jobs queued, started, suspended, resumed and ended.
+        """The server's recent task log, oldest first (``GetTaskLog``): the last
+        ``wire.variables.TASK_LOG_SIZE`` (200) jobs queued, started, suspended,
+        resumed and ended.
 
         Raises:
             ReplyError: ``R0005013`` for a user who is not an admin; and see the class.
@@ -304,13 +307,13 @@ class Client:
     # -- helpers ------------------------------------------------------------------------
 
     async def _acknowledged(self, command: str, transaction_id: str) -> Acknowledged:
-        lines = await self.request(command, {"_sys_TransactionID": transaction_id})
+        lines = await self.request(command, {TRANSACTION_ID: transaction_id})
         text = "\n".join(lines)
         return Acknowledged(text.split(" ", 1)[0] or transaction_id, text)
 
     async def _open_monitor(self, transaction_id: str, from_line: int
                             ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        variables = {"_sys_TransactionID": transaction_id, "_sys_FromLine": str(from_line)}
+        variables = {TRANSACTION_ID: transaction_id, FROM_LINE: str(from_line)}
         reader, writer = await self._open("MonitorJob", variables)
         try:
             _transaction_id(await read_reply(reader, self.reply_timeout_s))

@@ -18,23 +18,19 @@ why no line comes; the handle itself prints nothing.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable
 from typing import Protocol
 
-from ..wire.codes import Reply, Status
+from ..wire.codes import Reply
 from ..errors import ProtocolError, ReplyError
 from ..wire.lines import LineError, parse_line
 from ..wire.states import Outcome
+from ..wire.variables import behind_notice_line
 from .results import JobResult, JobStatus, Reattach, StreamLine
 from .connection import close_quietly
 
 __all__ = ["Transaction"]
 
-#: Sent to a monitor that read nothing for too long; it is not one of the job's lines.
-_BEHIND_PREFIX = f"J{Status.MONITOR_BEHIND.value:07d}: ".encode()
-_BEHIND = re.compile(re.escape(_BEHIND_PREFIX + Status.MONITOR_BEHIND.text.encode())
-                     + rb": re-attach with MonitorJob from line (\d+)")
 _FIRST_DELAY_S = 0.05
 _MAX_DELAY_S = 1.0
 #: Attaches in a row that bring no line at all before the server closes.
@@ -161,12 +157,10 @@ class Transaction:
 
     def _told_to_reattach(self, raw: bytes) -> bool:
         """True for the server's "fell too far behind" notice (not a line of the job)."""
-        if not raw.startswith(_BEHIND_PREFIX):
+        next_line = behind_notice_line(raw)
+        if next_line is None:
             return False
-        match = _BEHIND.fullmatch(raw.rstrip(b"\r\n"))
-        if match is None:
-            return False
-        self.last_line = int(match.group(1)) - 1
+        self.last_line = next_line - 1
         return True
 
     def _accept(self, raw: bytes) -> StreamLine:

@@ -17,11 +17,11 @@ from ..errors import RequestError
 from .job import Job
 from ..wire.lines import clip
 from ..wire.records import HistoryEvent, JobRecord
+from ..wire.variables import TASK_LOG_SIZE
 from ..store.base import Store, TaskEvent
 
 __all__ = ["JobDirectory", "TASK_LOG_SIZE", "IDLE_TAIL_LINES"]
 
-TASK_LOG_SIZE = 200
 _new_tuple = tuple.__new__
 #: Stored lines of a job kept in memory when no monitor needs older ones.
 IDLE_TAIL_LINES = 1000

@@ -24,18 +24,15 @@ from ..engine.job import Job
 from ..wire.lines import clip
 from ..wire.packet import Packet
 from ..wire.formats import FORMATS, cell, iso_time, job_dict, key_values, render, to_json
+from ..wire.variables import (CLIENT_JOB_MONITOR, FILTER, FORMAT, FROM_LINE, JOB_TOKEN, PASSWORD,
+                              PROJECT_NAME, SYSTEM_PREFIX, TRANSACTION_ID, USER, USER_TOKEN,
+                              parse_bool, parse_choice, parse_line_number, required)
 
-__all__ = ["Commands", "Caller", "Response", "parse_bool", "SYSTEM_PREFIX"]
+__all__ = ["Commands", "Caller", "Response"]
 
-SYSTEM_PREFIX = "_sys_"
 ANONYMOUS = "anonymous"
 #: Most recorded lines one GetTaskLog reply carries (page on with _sys_FromLine).
 MAX_LOG_LINES = 10_000
-#: Most digits a line number may have: ten reach far past any job's length and stay
-#: well inside the store's 64-bit integers (and int()'s limit on digits).
-MAX_LINE_DIGITS = 10
-_TRUE = frozenset({"true", "1", "yes"})
-_FALSE = frozenset({"false", "0", "no"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,62 +52,6 @@ class Response:
     text: str
     follow: str | None = None  # a transaction ID
     from_line: int = 1
-
-
-def parse_bool(packet: Packet, name: str, default: bool = False) -> bool:
-    """Read a boolean variable: true/false, 1/0, yes/no, any case.
-
-    Raises:
-        RequestError: INVALID_VALUE for anything else.
-    """
-    raw = packet.variables.get(name)
-    if raw is None or not raw.strip():
-        return default
-    word = raw.strip().lower()
-    if word in _TRUE:
-        return True
-    if word in _FALSE:
-        return False
-    raise RequestError(Reply.INVALID_VALUE, f"{name} must be true or false, got {clip(raw)!r}")
-
-
-def parse_choice(packet: Packet, name: str, choices: tuple[str, ...]) -> str:
-    """Read a variable that is one of ``choices`` (the first is the default).
-
-    Raises:
-        RequestError: INVALID_VALUE.
-    """
-    value = packet.variables.get(name, "").strip().lower() or choices[0]
-    if value not in choices:
-        raise RequestError(Reply.INVALID_VALUE,
-                           f"{name} must be one of {', '.join(choices)}, got {clip(value)!r}")
-    return value
-
-
-def parse_line_number(packet: Packet, name: str) -> int:
-    """Read a line number (1 or more, in at most ``MAX_LINE_DIGITS`` ASCII digits; default 1).
-
-    Raises:
-        RequestError: INVALID_VALUE.
-    """
-    raw = packet.variables.get(name, "").strip() or "1"
-    # ASCII only: str.isdigit() also passes digits such as "²" that int() refuses.
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_LINE_DIGITS) or int(raw) < 1:
-        raise RequestError(Reply.INVALID_VALUE,
-                           f"{name} must be a line number from 1, got {clip(raw)!r}")
-    return int(raw)
-
-
-def required(packet: Packet, name: str) -> str:
-    """Read a variable that must be present and not blank.
-
-    Raises:
-        RequestError: MISSING_VARIABLE.
-    """
-    value = packet.variables.get(name, "").strip()
-    if not value:
-        raise RequestError(Reply.MISSING_VARIABLE, name + packet.value_hint(name))
-    return value
 
 
 class Commands:
@@ -168,7 +109,7 @@ class Commands:
         if packet.command not in self._table:
             raise RequestError(Reply.UNKNOWN_COMMAND, clip(packet.command, 80))
         if self._auth is None or not self._auth.enabled:
-            token = packet.variables.get("_sys_UserToken", "").strip()
+            token = packet.variables.get(USER_TOKEN, "").strip()
             return Caller(token or ANONYMOUS)
         return await self._authenticated(packet, peer())
 
@@ -182,15 +123,15 @@ class Commands:
 
     async def _authenticated(self, packet: Packet, peer: str) -> Caller:
         assert self._auth is not None
-        name = packet.variables.get("_sys_User", "")
-        user = await self._auth.authenticate(name, packet.variables.get("_sys_Password", ""),
+        name = packet.variables.get(USER, "")
+        user = await self._auth.authenticate(name, packet.variables.get(PASSWORD, ""),
                                              peer)
         if user is None:
             # The password is never quoted back, even to its sender.
-            hint = packet.value_hint("_sys_Password", quote=False)
+            hint = packet.value_hint(PASSWORD, quote=False)
             if not name:
-                hint = packet.value_hint("_sys_User") or hint
-            detail = "give _sys_User and _sys_Password" if not name else "wrong user or password"
+                hint = packet.value_hint(USER) or hint
+            detail = f"give {USER} and {PASSWORD}" if not name else "wrong user or password"
             raise RequestError(Reply.NOT_AUTHENTICATED, detail + hint)
         return Caller(user.name, restricted=not user.is_admin)
 
@@ -208,15 +149,15 @@ class Commands:
         is reported as unknown, so transaction IDs cannot be probed.  Anyone
         else (an admin) names another user's job token with ``_sys_UserToken``.
         """
-        transaction_id = packet.variables.get("_sys_TransactionID", "").strip()
-        job_token = packet.variables.get("_sys_JobToken", "").strip()
+        transaction_id = packet.variables.get(TRANSACTION_ID, "").strip()
+        job_token = packet.variables.get(JOB_TOKEN, "").strip()
         if not transaction_id and not job_token:
-            hint = packet.value_hint("_sys_TransactionID") or packet.value_hint("_sys_JobToken")
+            hint = packet.value_hint(TRANSACTION_ID) or packet.value_hint(JOB_TOKEN)
             raise RequestError(Reply.MISSING_VARIABLE,
-                               "_sys_TransactionID (or _sys_JobToken)" + hint)
+                               f"{TRANSACTION_ID} (or {JOB_TOKEN})" + hint)
         owner = caller.identity
         if not caller.restricted:
-            owner = packet.variables.get("_sys_UserToken", "").strip() or owner
+            owner = packet.variables.get(USER_TOKEN, "").strip() or owner
         found = await self._engine.jobs.resolve(transaction_id, owner, job_token)
         if caller.restricted and (await self._engine.jobs.record(found)).identity != caller.identity:
             raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id or found))
@@ -240,21 +181,21 @@ class Commands:
     # -- commands ---------------------------------------------------------------------
 
     async def submit_job(self, packet: Packet, caller: Caller) -> Response:
-        project = required(packet, "ProjectName")
-        monitor = parse_bool(packet, "_sys_ClientJobMonitor")
+        project = required(packet, PROJECT_NAME)
+        monitor = parse_bool(packet, CLIENT_JOB_MONITOR)
         # Interned names: the same few variable names come with every job, and a
         # job kept waiting keeps its params.
         params = {intern(k): v for k, v in packet.variables.items()
                   if not k.startswith(SYSTEM_PREFIX)}
         transaction_id, job = await self._engine.submit(
             project, params, packet.doc_variables, identity=caller.identity,
-            job_token=packet.variables.get("_sys_JobToken", "").strip() or None)
+            job_token=packet.variables.get(JOB_TOKEN, "").strip() or None)
         if monitor and job is not None:
             self._check_monitors(transaction_id)
         return Response(transaction_id, transaction_id if monitor else None)
 
     async def monitor_job(self, packet: Packet, caller: Caller) -> Response:
-        from_line = parse_line_number(packet, "_sys_FromLine")
+        from_line = parse_line_number(packet, FROM_LINE)
         transaction_id = await self._transaction(packet, caller)
         await self._engine.jobs.record(transaction_id)  # unknown transaction: refused here
         self._check_monitors(transaction_id)
@@ -277,19 +218,19 @@ class Commands:
         return Response(f"{transaction_id} deleted")
 
     async def get_job_status(self, packet: Packet, caller: Caller) -> Response:
-        form = parse_choice(packet, "_sys_Format", FORMATS)
+        form = parse_choice(packet, FORMAT, FORMATS)
         record = await self._engine.jobs.record(await self._transaction(packet, caller))
         return Response(render(record, form))
 
     async def get_job_information(self, packet: Packet, caller: Caller) -> Response:
-        form = parse_choice(packet, "_sys_Format", FORMATS)
+        form = parse_choice(packet, FORMAT, FORMATS)
         record = await self._engine.jobs.record(await self._transaction(packet, caller))
         return Response(render(record, form, history=True))
 
     async def list_jobs(self, packet: Packet, caller: Caller) -> Response:
-        which = parse_choice(packet, "_sys_Filter", ("active", "all"))
-        form = parse_choice(packet, "_sys_Format", ("text", "json"))
-        identity = packet.variables.get("_sys_UserToken", "").strip() or None
+        which = parse_choice(packet, FILTER, ("active", "all"))
+        form = parse_choice(packet, FORMAT, ("text", "json"))
+        identity = packet.variables.get(USER_TOKEN, "").strip() or None
         if caller.restricted:
             identity = caller.identity
         records = await self._engine.jobs.list_records(which == "active", identity)
@@ -305,7 +246,7 @@ class Commands:
         return Response("\n".join([f"{len(names)} projects", *map(cell, names)]))
 
     async def retrieve_job(self, packet: Packet, caller: Caller) -> Response:
-        form = parse_choice(packet, "_sys_Format", ("text", "json"))
+        form = parse_choice(packet, FORMAT, ("text", "json"))
         record = await self._engine.jobs.record(await self._transaction(packet, caller))
         if form == "json":
             return Response(to_json(job_dict(record)["JobData"]))
@@ -315,7 +256,7 @@ class Commands:
         return Response("\n".join(rows))
 
     async def get_task_log(self, packet: Packet, caller: Caller) -> Response:
-        if "_sys_TransactionID" in packet.variables or "_sys_JobToken" in packet.variables:
+        if TRANSACTION_ID in packet.variables or JOB_TOKEN in packet.variables:
             return await self._job_log(packet, caller)
         self._require_admin(caller, "the server's task log")
         events = self._engine.jobs.task_log()
@@ -325,7 +266,7 @@ class Commands:
         return Response("\n".join(rows))
 
     async def _job_log(self, packet: Packet, caller: Caller) -> Response:
-        from_line = parse_line_number(packet, "_sys_FromLine")
+        from_line = parse_line_number(packet, FROM_LINE)
         transaction_id = await self._transaction(packet, caller)
         total = (await self._engine.jobs.record(transaction_id)).line_count
         lines = await self._engine.jobs.read_lines(transaction_id, from_line, MAX_LOG_LINES)

@@ -30,14 +30,15 @@ from ..config import Config
 from ..engine.engine import Engine
 from ..engine.stream import JobStream
 from ..errors import PacketError, RequestError
-from ..wire.codes import Reply, Status
-from ..wire.lines import clip, format_line
+from ..wire.codes import Reply
+from ..wire.lines import clip
 from ..wire.packet import Packet, PacketParser
 from .commands import Commands
 from .deadlines import Deadlines
 from .eager import start_eagerly
 from .output import ConnectionState, Output
 from .refusals import RefusalLog
+from ..wire.variables import behind_notice
 
 __all__ = ["Connection", "ConnectionContext"]
 
@@ -190,8 +191,7 @@ class Connection(Output):
     def _stalled(self) -> None:
         """The client took no bytes for ``monitor_stall_s`` while lines waited."""
         next_line = self._leave_stream() or self._next_line
-        text = f"{Status.MONITOR_BEHIND.text}: re-attach with MonitorJob from line {next_line}"
-        self.write(format_line("J", Status.MONITOR_BEHIND, text))
+        self.write(behind_notice(next_line))
         log.info("monitor %s of %s stalled; told it to re-attach from line %d", self.peer,
                  self._followed, next_line)
         # What is queued (the notice last) is still sent if the client reads again;

@@ -386,18 +386,19 @@ def test_a_later_write_changes_only_what_can_change(tmp_path):
     # can change and keep the rest (the parameters are not written again).
     from jobmonitor.wire.records import JobRecord
     from jobmonitor.store.sqlite.rows import job_row, job_update, select_records
-    from jobmonitor.store.sqlite.store import SqliteStore, _Batch
+    from jobmonitor.store.batching import Batch
+    from jobmonitor.store.sqlite.store import SqliteStore
 
     store = SqliteStore(str(tmp_path / "u.db"))
     store._open_db()
     first = JobRecord("T0000007", "echo", {"Text": "hi"}, {"d": "1"}, identity="ann",
                       job_token="k1", status=JobState.QUEUED, worker="w", created=1.0,
                       updated=1.0)
-    store._write(_Batch(rows=[job_row(first, 7, 0)]))
+    store._write(Batch(rows=[job_row(first, 7, 0)]))
     later = first.copy()
     later.project, later.params, later.job_token = "other", {}, None  # never written again
     later.status, later.started, later.updated = JobState.PROCESSING, 2.0, 3.0
-    store._write(_Batch(updates=[job_update(later, 7, 4), job_update(later, 7, 4)]))
+    store._write(Batch(updates=[job_update(later, 7, 4), job_update(later, 7, 4)]))
     (stored,) = select_records(store._db, "1", ())
     assert (stored.project, stored.params, stored.doc_variables, stored.job_token) == \
         ("echo", {"Text": "hi"}, {"d": "1"}, "k1")

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from jobmonitor.engine import runner as runner_module
+from jobmonitor.store import batching
 from jobmonitor.store.sqlite import store as sqlite_store
 
 from ..support import jobs
@@ -31,7 +32,7 @@ REFUSED = "R0005011: Server busy: store unavailable: database is locked"
 @pytest.fixture(autouse=True)
 def _short_timeouts(monkeypatch) -> None:
     monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_S", BUSY_TIMEOUT_S)
-    monkeypatch.setattr(sqlite_store, "RETRY_DELAY_S", RETRY_DELAY_S)
+    monkeypatch.setattr(batching, "RETRY_DELAY_S", RETRY_DELAY_S)
 
 
 @pytest.fixture

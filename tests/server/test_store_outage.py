@@ -16,7 +16,7 @@ import logging
 
 import pytest
 
-from jobmonitor.store.sqlite import store as sqlite_store
+from jobmonitor.store import batching
 
 from ..support.helpers import exchange, submit, xml_packet
 from .test_durable import field, status, tid_of
@@ -31,7 +31,7 @@ EPISODE_RECORDS = 2
 
 @pytest.fixture(autouse=True)
 def _quick_retries(monkeypatch) -> None:
-    monkeypatch.setattr(sqlite_store, "RETRY_DELAY_S", RETRY_DELAY_S)
+    monkeypatch.setattr(batching, "RETRY_DELAY_S", RETRY_DELAY_S)
 
 
 @pytest.fixture

@@ -1,0 +1,148 @@
+"""The variables of a command packet that the protocol itself defines, and how
+their values are read; and the facts about them both sides must agree on.
+
+A packet's variables are the job's parameters, except those named with the
+``_sys_`` prefix, which steer the server (who asks, which job, which format)
+and are never handed to a job.  Their names are spelled here once: the server's
+commands read them and the client library and the CLI send them.
+
+The parsers read one variable of a ``Packet`` and refuse a bad value with the
+``RequestError`` (and so the reply code) the protocol gives for it.
+
+Two facts that involve a variable: a monitor that fell behind is told, in the
+``J0005003`` notice this module formats and parses, which ``FROM_LINE`` to send
+``MonitorJob`` again with; and ``GetTaskLog`` answers the last
+``TASK_LOG_SIZE`` events.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import RequestError
+from .codes import Reply, Status
+from .lines import clip, format_line
+from .packet import Packet
+
+__all__ = [
+    "SYSTEM_PREFIX", "PROJECT_NAME", "JOB_NAME", "USER", "PASSWORD", "USER_TOKEN", "JOB_TOKEN",
+    "TRANSACTION_ID", "CLIENT_JOB_MONITOR", "FROM_LINE", "FORMAT", "FILTER",
+    "MAX_LINE_DIGITS", "TASK_LOG_SIZE", "parse_bool", "parse_choice", "parse_line_number",
+    "required", "behind_notice", "behind_notice_line",
+]
+
+#: Variables named with it steer the server and are not the job's parameters.
+SYSTEM_PREFIX = "_sys_"
+
+#: ``SubmitJob``: the project (handler) to run, and the job's name.
+PROJECT_NAME = "ProjectName"
+JOB_NAME = "JobName"
+#: Credentials, checked when the server has users.
+USER = "_sys_User"
+PASSWORD = "_sys_Password"
+#: Whose jobs: the submitter's identity on an open server, or the user an admin
+#: acts for.
+USER_TOKEN = "_sys_UserToken"
+#: The client's own key for a job: a second submit with it finds the first job.
+JOB_TOKEN = "_sys_JobToken"
+#: The job a command is about.
+TRANSACTION_ID = "_sys_TransactionID"
+#: ``SubmitJob``: follow the job's stream on this connection (true/false).
+CLIENT_JOB_MONITOR = "_sys_ClientJobMonitor"
+#: ``MonitorJob``, ``GetTaskLog``: the first line wanted (from 1).
+FROM_LINE = "_sys_FromLine"
+#: Status replies: text, json (or xml, where a status offers it).
+FORMAT = "_sys_Format"
+#: ``ListJobs``: active or all.
+FILTER = "_sys_Filter"
+
+#: Most digits a line number may have: ten reach far past any job's length and stay
+#: well inside the store's 64-bit integers (and int()'s limit on digits).
+MAX_LINE_DIGITS = 10
+#: Events of the server-wide task log kept, and so the most ``GetTaskLog`` answers.
+TASK_LOG_SIZE = 200
+
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+
+
+def parse_bool(packet: Packet, name: str, default: bool = False) -> bool:
+    """Read a boolean variable: true/false, 1/0, yes/no, any case.
+
+    Raises:
+        RequestError: INVALID_VALUE for anything else.
+    """
+    raw = packet.variables.get(name)
+    if raw is None or not raw.strip():
+        return default
+    word = raw.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise RequestError(Reply.INVALID_VALUE, f"{name} must be true or false, got {clip(raw)!r}")
+
+
+def parse_choice(packet: Packet, name: str, choices: tuple[str, ...]) -> str:
+    """Read a variable that is one of ``choices`` (the first is the default).
+
+    Raises:
+        RequestError: INVALID_VALUE.
+    """
+    value = packet.variables.get(name, "").strip().lower() or choices[0]
+    if value not in choices:
+        raise RequestError(Reply.INVALID_VALUE,
+                           f"{name} must be one of {', '.join(choices)}, got {clip(value)!r}")
+    return value
+
+
+def parse_line_number(packet: Packet, name: str) -> int:
+    """Read a line number (1 or more, in at most ``MAX_LINE_DIGITS`` ASCII digits; default 1).
+
+    Raises:
+        RequestError: INVALID_VALUE.
+    """
+    raw = packet.variables.get(name, "").strip() or "1"
+    # ASCII only: str.isdigit() also passes digits such as "²" that int() refuses.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_LINE_DIGITS) or int(raw) < 1:
+        raise RequestError(Reply.INVALID_VALUE,
+                           f"{name} must be a line number from 1, got {clip(raw)!r}")
+    return int(raw)
+
+
+def required(packet: Packet, name: str) -> str:
+    """Read a variable that must be present and not blank.
+
+    Raises:
+        RequestError: MISSING_VARIABLE.
+    """
+    value = packet.variables.get(name, "").strip()
+    if not value:
+        raise RequestError(Reply.MISSING_VARIABLE, name + packet.value_hint(name))
+    return value
+
+
+# -- the notice that names the line to re-attach from ------------------------------------
+
+_BEHIND_TEXT = f"{Status.MONITOR_BEHIND.text}: re-attach with MonitorJob from line "
+_BEHIND_PREFIX = f"J{Status.MONITOR_BEHIND.value:07d}: ".encode()
+_BEHIND = re.compile(re.escape(_BEHIND_PREFIX + _BEHIND_TEXT.encode()) + rb"(\d+)")
+
+
+def behind_notice(next_line: int) -> bytes:
+    """The line that tells a monitor it fell too far behind, and to send
+    ``MonitorJob`` again with ``FROM_LINE`` set to ``next_line``.
+
+    >>> behind_notice(3)
+    b'J0005003: Monitor fell too far behind: re-attach with MonitorJob from line 3\\r\\n'
+    """
+    return format_line("J", Status.MONITOR_BEHIND, f"{_BEHIND_TEXT}{next_line}")
+
+
+def behind_notice_line(raw: bytes) -> int | None:
+    """The line to re-attach from, if ``raw`` (with or without its CRLF) is the
+    notice ``behind_notice`` makes; else None (a job's own line)."""
+    if not raw.startswith(_BEHIND_PREFIX):  # (every line of a stream is asked)
+        return None
+    match = _BEHIND.fullmatch(raw.rstrip(b"\r\n"))
+    return int(match.group(1)) if match is not None else None
