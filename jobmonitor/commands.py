@@ -9,7 +9,9 @@ touches a socket.
 
 from __future__ import annotations
 
+import asyncio
 import platform
+import re
 from sys import intern
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,7 +24,9 @@ from .errors import ConfigError, RequestError
 from .job import Job
 from .lines import clip
 from .packet import Packet
-from .representations import FORMATS, cell, iso_time, job_dict, key_values, render, to_json
+from .records import JobRecord
+from .representations import (FORMATS, ListRenderer, cell, iso_time, job_dict, key_values,
+                              render, to_json)
 
 __all__ = ["Commands", "Caller", "Response", "parse_bool", "SYSTEM_PREFIX"]
 
@@ -30,9 +34,17 @@ SYSTEM_PREFIX = "_sys_"
 ANONYMOUS = "anonymous"
 #: Most recorded lines one GetTaskLog reply carries (page on with _sys_FromLine).
 MAX_LOG_LINES = 10_000
+#: Jobs one ListJobs reply carries unless _sys_Limit asks for fewer or more, and
+#: the most it may ask for: a page is read, rendered and sent in one piece.
+LIST_LIMIT = 1_000
+MAX_LIST_LIMIT = 10_000
+#: Longest a ListJobs page is rendered before the event loop gets a turn (a page
+#: of 1 000 jobs takes some 50 ms in JSON or XML).
+RENDER_TURN_S = 0.002
 #: Most digits a line number may have: ten reach far past any job's length and stay
 #: well inside the store's 64-bit integers (and int()'s limit on digits).
 MAX_LINE_DIGITS = 10
+_TRANSACTION_ID = re.compile("T[0-9]{7}")  # (not \d, which other scripts' digits match)
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 
@@ -98,6 +110,38 @@ def parse_line_number(packet: Packet, name: str) -> int:
         raise RequestError(Reply.INVALID_VALUE,
                            f"{name} must be a line number from 1, got {clip(raw)!r}")
     return int(raw)
+
+
+def parse_count(packet: Packet, name: str, default: int, most: int) -> int:
+    """Read a count from 1 to ``most`` in ASCII digits (``default`` when absent or blank).
+
+    Raises:
+        RequestError: INVALID_VALUE.
+    """
+    raw = packet.variables.get(name, "").strip()
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_LINE_DIGITS
+            and 1 <= int(raw) <= most):
+        raise RequestError(Reply.INVALID_VALUE,
+                           f"{name} must be a number from 1 to {most}, got {clip(raw)!r}")
+    return int(raw)
+
+
+def parse_transaction_id(packet: Packet, name: str) -> str | None:
+    """Read a transaction ID (``T`` and seven ASCII digits, any case), or None when
+    absent or blank.
+
+    Raises:
+        RequestError: INVALID_VALUE.
+    """
+    raw = packet.variables.get(name, "").strip()
+    if not raw:
+        return None
+    if not (raw.isascii() and _TRANSACTION_ID.fullmatch(raw.upper())):
+        raise RequestError(Reply.INVALID_VALUE,
+                           f"{name} must be a transaction ID such as T0000001, got {clip(raw)!r}")
+    return raw.upper()
 
 
 def required(packet: Packet, name: str) -> str:
@@ -278,17 +322,15 @@ class Commands:
 
     async def list_jobs(self, packet: Packet, caller: Caller) -> Response:
         which = parse_choice(packet, "_sys_Filter", ("active", "all"))
-        form = parse_choice(packet, "_sys_Format", ("text", "json"))
+        form = parse_choice(packet, "_sys_Format", FORMATS)
+        limit = parse_count(packet, "_sys_Limit", LIST_LIMIT, MAX_LIST_LIMIT)
+        after = parse_transaction_id(packet, "_sys_After")
         identity = packet.variables.get("_sys_UserToken", "").strip() or None
         if caller.restricted:
             identity = caller.identity
-        records = await self._engine.jobs.list_records(which == "active", identity)
-        if form == "json":
-            return Response(to_json([job_dict(r) for r in records]))
-        rows = [f"{len(records)} jobs"] + [
-            "\t".join((r.transaction_id, r.status.value, cell(r.project),
-                       cell(r.job_name))) for r in records]
-        return Response("\n".join(rows))
+        page = await self._engine.jobs.list_page(which == "active", identity, after=after,
+                                                 limit=limit)
+        return Response(await _rendered(page.records, page.next_after, form))
 
     async def list_projects(self, packet: Packet, caller: Caller) -> Response:
         names = self._engine.handler_names()
@@ -340,6 +382,24 @@ class Commands:
         except ConfigError as exc:
             raise RequestError(Reply.INTERNAL_ERROR, f"reloading job modules failed: {exc}") from None
         return Response("Job engine restarted")
+
+
+async def _rendered(records: list[JobRecord], next_after: str | None, form: str) -> str:
+    """A ListJobs page's reply text, made in turns of ``RENDER_TURN_S`` so that
+    others' commands (a submit) are not held up for the whole page."""
+    renderer = ListRenderer(form)
+    loop = asyncio.get_running_loop()
+    turn_ends = loop.time() + RENDER_TURN_S
+    for start in range(0, len(records), _RENDER_STEP):
+        if loop.time() > turn_ends:
+            await asyncio.sleep(0)
+            turn_ends = loop.time() + RENDER_TURN_S
+        renderer.add(records[start:start + _RENDER_STEP])
+    return renderer.text(next_after)
+
+
+#: Jobs rendered between two looks at the clock.
+_RENDER_STEP = 10
 
 
 def build_string() -> str:

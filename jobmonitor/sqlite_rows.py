@@ -33,8 +33,8 @@ from .store import TaskEvent
 __all__ = ["SCHEMA", "JOB_COLUMNS", "UNFINISHED", "FINAL", "MAX_VARIABLES", "STATEMENT_CACHE",
            "UPDATE_HEAD", "UPDATE_GROUP", "UPDATE_TAIL", "transaction", "insert_rows", "shaped",
            "last_number", "transaction_id_of", "number_of", "job_row", "job_update",
-           "job_record", "encode_json", "select_records", "recent_events", "find_token",
-           "read_lines", "finished_before_numbers", "delete_numbers"]
+           "job_record", "encode_json", "select_records", "list_page", "recent_events",
+           "find_token", "read_lines", "finished_before_numbers", "delete_numbers"]
 
 T = TypeVar("T")
 
@@ -198,16 +198,22 @@ def _json_encoder() -> Callable[[Any], str]:
 
 
 encode_json = _json_encoder()
+_decode_json = json.JSONDecoder().decode
+_STATES = {state.value: state for state in JobState}
+_OUTCOMES = {outcome.value: outcome for outcome in Outcome}
 
 
 def job_record(row: tuple[Any, ...]) -> JobRecord:
     (number, project, params, doc_variables, identity, job_token, status, outcome, done, total,
      progress_message, status_message, worker, created, started, updated, completed, estimated,
      line_count) = row
+    # (A listing makes a thousand of these at a time: the decoder and the states'
+    # tables are used directly, and the usual empty doc variables are not decoded.)
     return JobRecord(
-        transaction_id=transaction_id_of(number), project=project, params=json.loads(params),
-        doc_variables=json.loads(doc_variables), identity=identity, job_token=job_token,
-        status=JobState(status), outcome=Outcome(outcome) if outcome else None,
+        transaction_id=f"T{number:07d}", project=project, params=_decode_json(params),
+        doc_variables=_decode_json(doc_variables) if doc_variables != "{}" else {},
+        identity=identity, job_token=job_token, status=_STATES[status],
+        outcome=_OUTCOMES[outcome] if outcome else None,
         progress_done=done, progress_total=total, progress_message=progress_message,
         status_message=status_message, worker=worker, created=created, started=started,
         updated=updated, completed=completed, estimated=estimated, line_count=line_count)
@@ -229,6 +235,32 @@ def select_records(db: sqlite3.Connection, where: str, args: Sequence[Any]) -> l
         record.outputs = [Output(*r) for r in db.execute(
             "SELECT name, uri, media_type FROM outputs WHERE number = ? ORDER BY seq",
             (number,))]
+    return records
+
+
+def list_page(db: sqlite3.Connection, identity: str | None, after: int,
+              limit: int) -> list[JobRecord]:
+    """Up to ``limit`` jobs numbered above ``after`` (only ``identity``'s, if given),
+    in number order, with their outputs but not their history: a page of a listing.
+
+    Keyset paging: each page starts where the last one ended, by the primary key,
+    so a page costs the same wherever it is; the caller holds a read transaction,
+    so the outputs read match the jobs.
+    """
+    where = "number > ?"
+    args: list[Any] = [after]
+    if identity is not None:
+        where += " AND identity = ?"
+        args.append(identity)
+    page = f"FROM jobs WHERE {where} ORDER BY number LIMIT ?"
+    rows = db.execute(f"SELECT {JOB_COLUMNS} {page}", (*args, limit)).fetchall()
+    records = [job_record(row) for row in rows]
+    if records:
+        by_number = {record.number: record for record in records}
+        for number, *output in db.execute(
+                f"SELECT number, name, uri, media_type FROM outputs WHERE number IN "
+                f"(SELECT number {page}) ORDER BY number, seq", (*args, limit)):
+            by_number[number].outputs.append(Output(*output))
     return records
 
 

@@ -1,10 +1,15 @@
-"""The SQLite store: WAL mode, one database thread, group commits.
+"""The SQLite store: WAL mode, a writer thread with group commits, a reader thread.
 
-All database work runs on one thread with one connection, so the event loop
-never waits on disk.  Changes are gathered on the loop: ``changed`` only marks
-a job.  A committer task takes everything marked, copies from it on the loop
-what the database needs (new lines, history and outputs since the last commit,
-and the job row, as tuples) and writes that in one transaction.  A new job
+Database work runs on two threads, each with its own connection, so the event
+loop never waits on disk: one writes (every change, and deletes), one reads
+(lookups, job lines, listings).  In WAL mode a reader sees the last commit and
+neither waits for the other, so a long listing, read page by page, does not
+hold up the commits that acknowledge submits.
+
+Changes are gathered on the loop: ``changed`` only marks a job.  A committer
+task takes everything marked, copies from it on the loop what the database
+needs (new lines, history and outputs since the last commit, and the job row,
+as tuples) and writes that in one transaction.  A new job
 (``add``) starts a commit at once if none is running; otherwise it rides the
 next one, so many submits share one fsync.  Other changes wait at most
 ``commit_interval_s``.
@@ -46,8 +51,8 @@ from .records import JobRecord
 from .sqlite_rows import (FINAL, JOB_COLUMNS, SCHEMA, STATEMENT_CACHE, UNFINISHED, UPDATE_GROUP,
                           UPDATE_HEAD, UPDATE_TAIL, delete_numbers, find_token,
                           finished_before_numbers, insert_rows, job_row, job_update,
-                          last_number, number_of, read_lines, recent_events, select_records,
-                          transaction)
+                          last_number, list_page, number_of, read_lines, recent_events,
+                          select_records, transaction)
 from .store import Recordable, Recovery, Store
 
 __all__ = ["SqliteStore"]
@@ -114,8 +119,12 @@ class SqliteStore(Store):
         self.synchronous = "NORMAL" if synchronous == "normal" else "FULL"
         self.commit_interval_s = commit_interval_s
         self._db: sqlite3.Connection | None = None
+        #: The reading connection (None until open(), and for a ":memory:"
+        #: database, which a second connection would not see: it reads with _db).
+        self._reader: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # set by open()
         self._thread = concurrent.futures.ThreadPoolExecutor(1, "jobmonitor-sqlite")
+        self._read_thread = concurrent.futures.ThreadPoolExecutor(1, "jobmonitor-sqlite-read")
         self._dirty: dict[str, Recordable] = {}
         self._written: dict[str, _Written] = {}
         self._waiters: list[asyncio.Future[None]] = []
@@ -132,6 +141,8 @@ class SqliteStore(Store):
     async def open(self) -> Recovery:
         self._loop = asyncio.get_running_loop()
         recovery = await self._call(self._open_db)
+        if self.path != ":memory:":
+            self._reader = await self._call_reader(self._connect, True)
         for record in recovery.unfinished:
             self._written[record.transaction_id] = _Written(
                 record.line_count, len(record.history), len(record.outputs), row=True)
@@ -145,6 +156,10 @@ class SqliteStore(Store):
             self._urgent.set()
             await self._committer
             self._committer = None
+        if self._reader is not None:
+            await self._call_reader(self._reader.close)
+            self._reader = None
+        self._read_thread.shutdown(wait=True)
         if self._db is not None:
             await self._call(self._db.close)
             self._db = None
@@ -313,6 +328,10 @@ class SqliteStore(Store):
         assert self._loop is not None
         return await self._loop.run_in_executor(self._thread, func, *args)
 
+    async def _call_reader(self, func: Any, *args: Any) -> Any:
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._read_thread, func, *args)
+
     def _open_db(self) -> Recovery:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock()
@@ -322,12 +341,18 @@ class SqliteStore(Store):
             self._unlock()
             raise
 
-    def _open_locked(self) -> Recovery:
+    def _connect(self, reader: bool = False) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False,
                              isolation_level=None, cached_statements=STATEMENT_CACHE)
+        db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        if reader:
+            db.execute("PRAGMA query_only=1")
+        return db
+
+    def _open_locked(self) -> Recovery:
+        db = self._connect()
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
-        db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         db.executescript(SCHEMA)
         self._db = db
         last = last_number(db)
@@ -374,28 +399,30 @@ class SqliteStore(Store):
 
     # -- reading ------------------------------------------------------------------------
 
-    # (Each runs on the database thread, with the one connection.)
+    # (Each runs on the reading thread, with the reading connection, in a read
+    # transaction: one consistent view of the last commit.)
 
     async def load(self, transaction_id: str) -> JobRecord | None:
         number = number_of(transaction_id)
         if number is None:
             return None
-        records = await self._call_db(select_records, "number = ?", (number,))
+        records = await self._read(select_records, "number = ?", (number,))
         return records[0] if records else None
 
     async def find_token(self, identity: str, job_token: str) -> str | None:
-        return await self._call_db(find_token, identity, job_token)
+        return await self._read(find_token, identity, job_token)
 
     async def read_lines(self, transaction_id: str, from_line: int, limit: int) -> list[bytes]:
         number = number_of(transaction_id)
         if number is None:
             return []
-        return await self._call_db(read_lines, number, from_line, limit)
+        return await self._read(read_lines, number, from_line, limit)
 
-    async def list_records(self, identity: str | None) -> Sequence[JobRecord]:
-        if identity is None:
-            return await self._call_db(select_records, "1 ORDER BY number", ())
-        return await self._call_db(select_records, "identity = ? ORDER BY number", (identity,))
+    async def list_records(self, identity: str | None, after: int,
+                           limit: int) -> Sequence[JobRecord]:
+        return await self._read(list_page, identity, after, limit)
+
+    # (Deleting runs on the writing thread.)
 
     async def delete(self, transaction_id: str) -> None:
         number = number_of(transaction_id)
@@ -409,12 +436,27 @@ class SqliteStore(Store):
         return len(numbers)
 
     async def _call_db(self, func: Callable[..., T], *args: Any) -> T:
-        """``func(connection, *args)`` on the database thread."""
+        """``func(connection, *args)`` on the writing thread."""
         def call() -> T:
             assert self._db is not None
             return func(self._db, *args)
 
         return await self._call(call)  # type: ignore[no-any-return]
+
+    async def _read(self, func: Callable[..., T], *args: Any) -> T:
+        """``func(connection, *args)`` in a read transaction on the reading thread
+        (on the writing one for a ":memory:" database)."""
+        reader = self._reader
+
+        def call() -> T:
+            db = reader or self._db
+            assert db is not None
+            with transaction(db):
+                return func(db, *args)
+
+        if reader is None:
+            return await self._call(call)  # type: ignore[no-any-return]
+        return await self._call_reader(call)  # type: ignore[no-any-return]
 
 
 def _call_each(callbacks: list[Callable[[], None]]) -> None:
