@@ -39,7 +39,7 @@ MAX_LOG_LINES = 10_000
 LIST_LIMIT = 1_000
 MAX_LIST_LIMIT = 10_000
 #: Longest a ListJobs page is rendered before the event loop gets a turn (a page
-#: of 1 000 jobs takes some 50 ms in JSON or XML).
+#: of 1 000 jobs takes tens of milliseconds in JSON, more in XML).
 RENDER_TURN_S = 0.002
 #: Most digits a line number may have: ten reach far past any job's length and stay
 #: well inside the store's 64-bit integers (and int()'s limit on digits).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 
 from jobmonitor.records import HistoryEvent, JobRecord, Output
 from jobmonitor.sqlite_rows import JOB_COLUMNS, SCHEMA, insert_rows, job_row, transaction
@@ -33,8 +34,10 @@ def finished_job(number: int, now: float, identity: str = "anonymous") -> JobRec
     return record
 
 
-def fill(path: str, count: int, *, identity_of=lambda number: "anonymous") -> None:
-    """Write ``count`` finished jobs, T0000001 on, into the store file at ``path``."""
+def fill(path: str, count: int, *,
+         identity_of: Callable[[int], str] = lambda number: "anonymous") -> None:
+    """Write ``count`` finished jobs, T0000001 on, into the store file at ``path``
+    (the submitter of job number N is ``identity_of(N)``)."""
     now = time.time()
     db = sqlite3.connect(path, isolation_level=None)
     try:

@@ -13,12 +13,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 from lxml import etree
 
-from jobmonitor import Controller
+from jobmonitor import Controller, sqlite_rows
 from jobmonitor.client import Client, ProtocolError, ReplyError, SyncClient
 
 from . import jobs
@@ -133,8 +134,13 @@ async def test_a_bad_limit_or_cursor_gets_one_clear_error_line(server, name, val
     assert await exchange(server.port, listing(_sys_Filter="all", **{name: value})) == [expected]
 
 
-async def test_the_largest_limit_is_taken(server):
-    assert await exchange(server.port, listing(_sys_Limit="10000")) == ["R0000000: 0 jobs"]
+async def test_the_smallest_and_the_largest_limit_are_taken(server):
+    t1, t2 = await finished_echoes(server, 2)
+    assert await exchange(server.port, listing(_sys_Filter="all", _sys_Limit="1")) == [
+        "R0000000- 1 jobs", f"R0000000- {t1}\tCompleted\techo\t", f"R0000000: Next: {t1}"]
+    assert await exchange(server.port, listing(_sys_Filter="all", _sys_Limit="10000")) == [
+        "R0000000- 2 jobs", f"R0000000- {t1}\tCompleted\techo\t",
+        f"R0000000: {t2}\tCompleted\techo\t"]
 
 
 async def test_pages_join_live_and_stored_jobs_in_transaction_order(make_server, tmp_path):
@@ -172,6 +178,28 @@ async def test_pages_join_live_and_stored_jobs_in_transaction_order(make_server,
     assert await exchange(server.port, listing(_sys_Limit="1")) == [
         "R0000000- 1 jobs", "R0000000: T0000004\tProcessing\twait\t"]
     await release("lp")
+
+
+async def test_a_listing_being_read_does_not_hold_up_a_submit(make_server, tmp_path,
+                                                              monkeypatch):
+    server = await make_server(store=store_url(tmp_path, 10))
+    reading, go_on = threading.Event(), threading.Event()
+    make_record = sqlite_rows.job_record
+
+    def held(row):  # the store's reading waits here until the submit is answered
+        reading.set()
+        go_on.wait(10)
+        return make_record(row)
+
+    monkeypatch.setattr(sqlite_rows, "job_record", held)
+    listed = asyncio.ensure_future(exchange(server.port, listing(_sys_Filter="all")))
+    assert await asyncio.get_running_loop().run_in_executor(None, reading.wait, 10)
+    try:
+        reply = await asyncio.wait_for(exchange(server.port, submit("echo", monitor=False)), 3)
+    finally:
+        go_on.set()
+    assert reply == ["R0000000: T0000011"]
+    assert (await listed)[0] == "R0000000- 10 jobs"
 
 
 # -- the client and the CLI ----------------------------------------------------------------
@@ -224,27 +252,36 @@ def test_the_sync_client_pages_through_every_job(tmp_path):
         assert (len(page), page.next_after) == (3, None)
 
 
-def test_the_cli_lists_every_page(tmp_path):
-    server = ServerProcess("--jobs", "tests/jobs.py", "--store", store_url(tmp_path, 2_100),
-                           memory_store=False)
-    try:
-        def cli(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run([sys.executable, "-m", "jobmonitor", *args, "--port",
-                                   str(server.port)], cwd=ROOT, capture_output=True, text=True,
-                                  timeout=30)
+def job_page(numbers: range, next_after: str | None) -> bytes:
+    """A ListJobs JSON reply of these (made-up) jobs."""
+    jobs = [{"Id": f"T{n:07d}", "Type": "echo", "JobName": f"job {n}", "Status": 3}
+            for n in numbers]
+    return f"R0000000: {json.dumps({'Jobs': jobs, 'Next': next_after})}\r\n".encode()
 
-        table = cli("list", "--all")
-        assert table.returncode == 0, table.stderr
-        lines = table.stdout.splitlines()
-        assert lines[0].split() == ["TRANSACTION", "STATUS", "PROJECT", "JOB", "NAME"]
-        assert [line.split()[0] for line in lines[1:]] == numbered(*range(1, 2_101))
-        assert lines[-1].split() == ["T0002100", "Completed", "echo", "stored", "job", "2100"]
-        as_json = cli("list", "--all", "--json")
-        assert as_json.returncode == 0 and as_json.stdout.count("\n") == 1
-        listed = json.loads(as_json.stdout)
-        assert [job["Id"] for job in listed] == numbered(*range(1, 2_101))
-    finally:
-        server.kill()
+
+async def test_the_cli_follows_every_page_and_prints_what_it_printed_before():
+    from .test_client import scripted_server
+
+    pages = [job_page(range(1, 3), "T0000002"), job_page(range(3, 4), None)]
+    async with scripted_server(pages * 2) as (port, packets):
+        async def cli(*args: str) -> str:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "jobmonitor", "list", "--all", *args, "--port", str(port),
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            out, err = await asyncio.wait_for(process.communicate(), 30)
+            assert process.returncode == 0, err
+            return out.decode()
+
+        assert (await cli()).splitlines() == [
+            "TRANSACTION  STATUS     PROJECT  JOB NAME",
+            "T0000001     Completed  echo     job 1",
+            "T0000002     Completed  echo     job 2",
+            "T0000003     Completed  echo     job 3"]
+        as_json = await cli("--json")
+    assert as_json.count("\n") == 1
+    assert [job["Id"] for job in json.loads(as_json)] == numbered(1, 2, 3)
+    assert [packet.variables.get("_sys_After") for packet in packets] == [
+        None, "T0000002", None, "T0000002"]
 
 
 # -- a big store -----------------------------------------------------------------------------
