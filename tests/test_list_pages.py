@@ -213,7 +213,7 @@ async def test_the_client_pages_through_every_job(make_server, tmp_path):
     assert [job.transaction_id for job in every] == numbered(*range(1, 2_501))
     assert every[0].outputs[0].name == "out-1.pdf" and every[0].job_name == "stored job 1"
 
-    page = await client.list_jobs(all=True, limit=2, after="T0000010")
+    page = await client.list_jobs(all=True, limit=2, after="t0000010")  # (any case)
     assert [job.transaction_id for job in page] == numbered(11, 12)
     assert page.next_after == "T0000012"
     tail = await client.list_jobs(all=True, limit=10, after="T0002495")

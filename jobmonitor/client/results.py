@@ -339,7 +339,7 @@ def job_page_from_json(data: Any, after: str | None) -> tuple[list[Any], str | N
     if next_after is None:
         return jobs, None
     if not (isinstance(next_after, str) and _TRANSACTION_ID.fullmatch(next_after)
-            and (after is None or next_after > after)):
+            and (after is None or next_after > after.upper())):
         raise ProtocolError(f"bad next page cursor {str(next_after)[:40]!r} after {after!r}")
     return jobs, next_after
 
