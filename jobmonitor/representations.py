@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import json.encoder
+import math
 import re
 import time
 from collections.abc import Callable
@@ -41,7 +42,13 @@ def iso_time(timestamp: float | None) -> str | None:
     """ISO 8601 UTC with a ``Z``, or None for no time."""
     if timestamp is None:
         return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+    return _iso_second(math.floor(timestamp))  # (what gmtime does with a fraction)
+
+
+@functools.lru_cache(maxsize=1024)
+def _iso_second(second: int) -> str:
+    # Cached: a page of a listing shows thousands of times, many in the same seconds.
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
 
 
 def _escape(text: str) -> str:
@@ -50,6 +57,11 @@ def _escape(text: str) -> str:
 
 def join_parameters(params: dict[str, str]) -> str:
     """``a=1;b=2``, escaping ``\\``, ``;`` and ``=`` with a backslash."""
+    pairs = [f"{key}={value}" for key, value in params.items()]
+    text = ";".join(pairs)
+    # Only the separators joined in, and no backslash: nothing to escape (the usual case).
+    if "\\" not in text and text.count("=") == len(pairs) and text.count(";") == len(pairs) - 1:
+        return text
     return ";".join(f"{_escape(k)}={_escape(v)}" for k, v in params.items())
 
 
