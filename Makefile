@@ -31,9 +31,11 @@ bench: $(VENV)/.installed-fast soak
 	bash benchmarks/install_peers.sh
 	$(BIN)/python benchmarks/run.py
 
-# The stalled-reader test at full size: a million lines (docs/security.md).
+# The stalled-reader test at full size: a million lines; and submits while a
+# store of 200 000 jobs is listed (docs/security.md).
 soak: $(VENV)/.installed-test
 	JOBMONITOR_SOAK=1 $(BIN)/python -m pytest -q -s tests/server/test_robustness.py -k stalled_reader
+	JOBMONITOR_SOAK=1 $(BIN)/python -m pytest -q -s tests/server/test_list_pages.py -k big_store
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache

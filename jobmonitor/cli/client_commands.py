@@ -23,11 +23,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
 from ..client import Client, JobStatus, ProtocolError, Reattach, ReplyError, Transaction
+from ..client.results import job_page_from_json, load_json
 from ..wire.codes import Reply
 from .output import (EXIT_CODES, JsonPrinter, LivePrinter, PlainPrinter, StreamPrinter,
                          display_text, display_width)
 from ..wire import DEFAULT_PORT
-from ..wire.variables import FILTER, FORMAT, TRANSACTION_ID, USER_TOKEN
+from ..wire.formats import to_json
+from ..wire.variables import AFTER, FILTER, FORMAT, TRANSACTION_ID, USER_TOKEN
 
 __all__ = ["add_client_commands", "EXIT_CODES", "USAGE_ERROR"]
 
@@ -370,14 +372,28 @@ def _control(name: str) -> Action:
 
 async def _list(client: Client, args: argparse.Namespace) -> int:
     if args.json:
-        variables = {FILTER: "all" if args.all else "active", FORMAT: "json"}
-        if args.user_token:
-            variables[USER_TOKEN] = args.user_token
-        _print_lines(await client.request("ListJobs", variables))
+        _print_lines([await _jobs_json(client, args.all, args.user_token)])
         return 0
     jobs = await client.list_jobs(all=args.all, user_token=args.user_token)
     _print_lines(job_table(jobs))
     return 0
+
+
+async def _jobs_json(client: Client, every: bool, user_token: str | None) -> str:
+    """The jobs of every page as one JSON list: what the server sent before its
+    list had pages."""
+    variables = {FILTER: "all" if every else "active", FORMAT: "json"}
+    if user_token:
+        variables[USER_TOKEN] = user_token
+    items: list[str] = []
+    after: str | None = None
+    while True:
+        cursor = {AFTER: after} if after else {}
+        reply = load_json("\n".join(await client.request("ListJobs", {**variables, **cursor})))
+        jobs, after = job_page_from_json(reply, after)
+        items.extend(map(to_json, jobs))
+        if after is None:
+            return f"[{','.join(items)}]"
 
 
 async def _outputs(client: Client, args: argparse.Namespace) -> int:

@@ -11,22 +11,25 @@ import asyncio
 import re
 import ssl
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from ..wire import DEFAULT_PORT
 from ..errors import ProtocolError
-from ..wire.variables import (CLIENT_JOB_MONITOR, FILTER, FORMAT, FROM_LINE, JOB_NAME, JOB_TOKEN,
-                              PASSWORD, PROJECT_NAME, TRANSACTION_ID, USER, USER_TOKEN)
+from ..wire.variables import (AFTER, CLIENT_JOB_MONITOR, FILTER, FORMAT, FROM_LINE, JOB_NAME,
+                              JOB_TOKEN, LIMIT, PASSWORD, PROJECT_NAME, TRANSACTION_ID, USER,
+                              USER_TOKEN)
 from .results import (
     Acknowledged,
     JobInfo,
+    JobList,
     JobStatus,
     Output,
     QueueLength,
     Reattach,
     TaskLogEntry,
     info_from_json,
+    job_page_from_json,
     load_json,
     outputs_from_json,
     projects_from_lines,
@@ -198,21 +201,58 @@ class Client:
                                         {TRANSACTION_ID: transaction_id})
         return info_from_json(data)
 
-    async def list_jobs(self, *, all: bool = False,
-                        user_token: str | None = None) -> list[JobStatus]:
-        """Active jobs (every kept job with ``all``), optionally only one user's.
+    async def list_jobs(self, *, all: bool = False, user_token: str | None = None,
+                        limit: int | None = None, after: str | None = None) -> JobList:
+        """Active jobs (every kept job with ``all``), optionally only one user's, in
+        transaction order (``ListJobs``).
+
+        Without ``limit``, every such job after transaction ``after`` (from the
+        first without), asked for a page at a time (see ``iter_jobs``).  With
+        ``limit`` (1 to the server's maximum, 10 000), one request for at most
+        that many; the list's ``next_after`` is then the ``after`` of the next
+        page, or None when no job follows.
+
+        Raises:
+            ReplyError: ``R0005007`` for a ``limit`` or ``after`` the server
+            refuses; and see the class.
+        """
+        if limit is not None:
+            return await self._job_page(all, user_token, after, limit)
+        return JobList([job async for job in self.iter_jobs(all=all, user_token=user_token,
+                                                            after=after)])
+
+    async def iter_jobs(self, *, all: bool = False, user_token: str | None = None,
+                        after: str | None = None,
+                        page_size: int | None = None) -> AsyncIterator[JobStatus]:
+        """Like ``list_jobs`` without a ``limit``, one job at a time: a request
+        per page of ``page_size`` jobs (the server's default, 1 000, without),
+        the next one sent only when this one's jobs have been taken.  A job
+        submitted meanwhile is met on a later page; one deleted is not.
 
         Raises:
             ReplyError, OSError, ProtocolError: see the class.
         """
-        variables = {FILTER: "all" if all else "active"}
+        while True:
+            page = await self._job_page(all, user_token, after, page_size)
+            for job in page:
+                yield job
+            if page.next_after is None:
+                return
+            after = page.next_after
+
+    async def _job_page(self, all: bool, user_token: str | None, after: str | None,
+                        limit: int | None) -> JobList:
+        variables: dict[str, Value] = {FILTER: "all" if all else "active"}
         user_token = user_token if user_token is not None else self.user_token
         if user_token is not None:
             variables[USER_TOKEN] = user_token
-        data = await self._request_json("ListJobs", variables)
-        if not isinstance(data, list):
-            raise ProtocolError("ListJobs did not answer a JSON list")
-        return [status_from_json(item) for item in data]
+        if limit is not None:
+            variables[LIMIT] = limit
+        if after is not None:
+            variables[AFTER] = after
+        jobs, next_after = job_page_from_json(await self._request_json("ListJobs", variables),
+                                              after)
+        return JobList((status_from_json(item) for item in jobs), next_after)
 
     async def outputs(self, transaction_id: str) -> tuple[Output, ...]:
         """What the job produced (``RetrieveJob``).

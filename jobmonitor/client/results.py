@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -29,11 +29,13 @@ __all__ = [
     "HistoryEntry",
     "JobStatus",
     "JobInfo",
+    "JobList",
     "Acknowledged",
     "QueueLength",
     "TaskLogEntry",
     "status_from_json",
     "info_from_json",
+    "job_page_from_json",
     "outputs_from_json",
     "queue_length_from_lines",
     "projects_from_lines",
@@ -43,6 +45,7 @@ __all__ = [
 _COMPLETIONS = {outcome.status.value: outcome for outcome in Outcome}
 _PROGRESS = re.compile(r"Progress: (\d+)/(\d+)(?: \((\d+)%\))?(?: (.*))?", re.DOTALL)
 _STATES_BY_NUMBER = {state.number: state for state in JobState}
+_TRANSACTION_ID = re.compile("T[0-9]{7}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +188,20 @@ class JobInfo(JobStatus):
     history: tuple[HistoryEntry, ...] = ()
 
 
+class JobList(list[JobStatus]):
+    """Jobs in transaction order, as ``list_jobs`` returns them: a list, and
+    ``next_after``, the cursor of the jobs that follow (None when none do)."""
+
+    __slots__ = ("next_after",)
+
+    def __init__(self, jobs: Iterable[JobStatus] = (), next_after: str | None = None) -> None:
+        super().__init__(jobs)
+        self.next_after = next_after
+
+    def __repr__(self) -> str:
+        return f"JobList({list.__repr__(self)}, next_after={self.next_after!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class Acknowledged:
     """The server's answer to cancel, suspend, resume or delete.
@@ -304,6 +321,27 @@ def info_from_json(data: Any) -> JobInfo:
     data = _object(data)
     history = tuple(_history_entry(item) for item in _list(data.get("History") or []))
     return JobInfo(**_status_fields(data), history=history)
+
+
+def job_page_from_json(data: Any, after: str | None) -> tuple[list[Any], str | None]:
+    """The job objects and the next page's cursor of a ``ListJobs`` JSON reply
+    (``{"Jobs": [...], "Next": ...}``) to a request for the jobs after ``after``.
+    A plain list, what a server without pages answers, is all there is.
+
+    Raises:
+        ProtocolError: not that shape, or a cursor that does not move forward
+        (following it could go on for ever).
+    """
+    if isinstance(data, list):
+        return data, None
+    data = _object(data)
+    jobs, next_after = _list(data.get("Jobs")), data.get("Next")
+    if next_after is None:
+        return jobs, None
+    if not (isinstance(next_after, str) and _TRANSACTION_ID.fullmatch(next_after)
+            and (after is None or next_after > after.upper())):
+        raise ProtocolError(f"bad next page cursor {str(next_after)[:40]!r} after {after!r}")
+    return jobs, next_after
 
 
 def outputs_from_json(data: Any) -> tuple[Output, ...]:

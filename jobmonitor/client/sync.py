@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from typing import Any, TypeVar
 
 from ..wire import DEFAULT_PORT
 from .api import Client
-from .results import (Acknowledged, JobInfo, JobResult, JobStatus, Output, QueueLength,
-                      StreamLine, TaskLogEntry)
+from .results import (Acknowledged, JobInfo, JobList, JobResult, JobStatus, Output,
+                      QueueLength, StreamLine, TaskLogEntry)
 from .transaction import Transaction
 from .connection import Value
 
@@ -97,9 +97,22 @@ class SyncClient:
         """See ``Client.info``."""
         return self._run(self._client.info(transaction_id))
 
-    def list_jobs(self, *, all: bool = False, user_token: str | None = None) -> list[JobStatus]:
+    def list_jobs(self, *, all: bool = False, user_token: str | None = None,
+                  limit: int | None = None, after: str | None = None) -> JobList:
         """See ``Client.list_jobs``."""
-        return self._run(self._client.list_jobs(all=all, user_token=user_token))
+        return self._run(self._client.list_jobs(all=all, user_token=user_token, limit=limit,
+                                                after=after))
+
+    def iter_jobs(self, *, all: bool = False, user_token: str | None = None,
+                  after: str | None = None, page_size: int | None = None) -> Iterator[JobStatus]:
+        """See ``Client.iter_jobs``: a request per page, as the loop reaches it."""
+        jobs = self._client.iter_jobs(all=all, user_token=user_token, after=after,
+                                      page_size=page_size)
+        while True:
+            try:
+                yield self._run(_next(jobs))
+            except StopAsyncIteration:
+                return
 
     def outputs(self, transaction_id: str) -> tuple[Output, ...]:
         """See ``Client.outputs``."""
@@ -140,6 +153,10 @@ class SyncClient:
     def build_string(self) -> str:
         """See ``Client.build_string``."""
         return self._run(self._client.build_string())
+
+
+async def _next(jobs: AsyncIterator[T]) -> T:
+    return await anext(jobs)
 
 
 def _loop_running() -> bool:

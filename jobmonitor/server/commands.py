@@ -9,7 +9,9 @@ touches a socket.
 
 from __future__ import annotations
 
+import asyncio
 import platform
+
 from sys import intern
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,16 +25,26 @@ from ..errors import ConfigError, RequestError
 from ..engine.job import Job
 from ..wire.lines import clip
 from ..wire.packet import Packet
-from ..wire.formats import FORMATS, cell, iso_time, job_dict, key_values, render, to_json
-from ..wire.variables import (CLIENT_JOB_MONITOR, FILTER, FORMAT, FROM_LINE, JOB_TOKEN, PASSWORD,
-                              PROJECT_NAME, SYSTEM_PREFIX, TRANSACTION_ID, USER, USER_TOKEN,
-                              parse_bool, parse_choice, parse_line_number, required)
+from ..wire.formats import (FORMATS, ListRenderer, cell, iso_time, job_dict, key_values,
+                            render, to_json)
+from ..wire.records import JobRecord
+from ..wire.variables import (AFTER, CLIENT_JOB_MONITOR, FILTER, FORMAT, FROM_LINE, JOB_TOKEN,
+                              LIMIT, PASSWORD, PROJECT_NAME, SYSTEM_PREFIX, TRANSACTION_ID, USER,
+                              USER_TOKEN, parse_bool, parse_choice, parse_count,
+                              parse_line_number, parse_transaction_id, required)
 
 __all__ = ["Commands", "Caller", "Response"]
 
 ANONYMOUS = "anonymous"
 #: Most recorded lines one GetTaskLog reply carries (page on with _sys_FromLine).
 MAX_LOG_LINES = 10_000
+#: Jobs one ListJobs reply carries unless _sys_Limit asks for fewer or more, and
+#: the most it may ask for: a page is read, rendered and sent in one piece.
+LIST_LIMIT = 1_000
+MAX_LIST_LIMIT = 10_000
+#: Longest a ListJobs page is rendered before the event loop gets a turn (a page
+#: of 1 000 jobs takes tens of milliseconds in JSON, more in XML).
+RENDER_TURN_S = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,17 +241,15 @@ class Commands:
 
     async def list_jobs(self, packet: Packet, caller: Caller) -> Response:
         which = parse_choice(packet, FILTER, ("active", "all"))
-        form = parse_choice(packet, FORMAT, ("text", "json"))
+        form = parse_choice(packet, FORMAT, FORMATS)
+        limit = parse_count(packet, LIMIT, LIST_LIMIT, MAX_LIST_LIMIT)
+        after = parse_transaction_id(packet, AFTER)
         identity = packet.variables.get(USER_TOKEN, "").strip() or None
         if caller.restricted:
             identity = caller.identity
-        records = await self._engine.jobs.list_records(which == "active", identity)
-        if form == "json":
-            return Response(to_json([job_dict(r) for r in records]))
-        rows = [f"{len(records)} jobs"] + [
-            "\t".join((r.transaction_id, r.status.value, cell(r.project),
-                       cell(r.job_name))) for r in records]
-        return Response("\n".join(rows))
+        page = await self._engine.jobs.list_page(which == "active", identity, after=after,
+                                                 limit=limit)
+        return Response(await _rendered(page.records, page.next_after, form))
 
     async def list_projects(self, packet: Packet, caller: Caller) -> Response:
         names = self._engine.handler_names()
@@ -291,6 +301,24 @@ class Commands:
         except ConfigError as exc:
             raise RequestError(Reply.INTERNAL_ERROR, f"reloading job modules failed: {exc}") from None
         return Response("Job engine restarted")
+
+
+async def _rendered(records: list[JobRecord], next_after: str | None, form: str) -> str:
+    """A ListJobs page's reply text, made in turns of ``RENDER_TURN_S`` so that
+    others' commands (a submit) are not held up for the whole page."""
+    renderer = ListRenderer(form)
+    loop = asyncio.get_running_loop()
+    turn_ends = loop.time() + RENDER_TURN_S
+    for start in range(0, len(records), _RENDER_STEP):
+        if loop.time() > turn_ends:
+            await asyncio.sleep(0)
+            turn_ends = loop.time() + RENDER_TURN_S
+        renderer.add(records[start:start + _RENDER_STEP])
+    return renderer.text(next_after)
+
+
+#: Jobs rendered between two looks at the clock.
+_RENDER_STEP = 10
 
 
 def build_string() -> str:

@@ -142,8 +142,12 @@ class Store(abc.ABC):
         """Up to ``limit`` stored lines from line number ``from_line`` on."""
 
     @abc.abstractmethod
-    async def list_records(self, identity: str | None) -> Sequence[JobRecord]:
-        """Stored jobs (optionally one submitter's), oldest first."""
+    async def list_records(self, identity: str | None, after: int,
+                           limit: int) -> Sequence[JobRecord]:
+        """A page of stored jobs: up to ``limit`` of those numbered above ``after``
+        (optionally one submitter's), in number order, with their outputs but
+        without their history (a listing shows none).  A store that keeps jobs
+        reads them page by page, never all at once."""
 
     @abc.abstractmethod
     async def delete(self, transaction_id: str) -> None:

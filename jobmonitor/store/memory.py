@@ -56,7 +56,8 @@ class MemoryStore(Store):
         """A job's lines are all in memory while the engine holds it: none here."""
         return []
 
-    async def list_records(self, identity: str | None) -> Sequence[JobRecord]:
+    async def list_records(self, identity: str | None, after: int,
+                           limit: int) -> Sequence[JobRecord]:
         """The engine lists the jobs it holds; there are no others."""
         return []
 

@@ -9,16 +9,22 @@ The JSON and XML forms follow the JobStatus representation of job REST APIs:
 
 from __future__ import annotations
 
+import functools
 import json
+import json.encoder
+import math
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from lxml import etree
 
 from .records import JobRecord
 
-__all__ = ["FORMATS", "POLL_AFTER_S", "job_dict", "render", "to_json", "join_parameters",
+__all__ = ["FORMATS", "POLL_AFTER_S", "job_dict", "render", "render_list", "ListRenderer",
+           "to_json",
+           "join_parameters",
            "split_parameters", "iso_time", "progress_text", "cell"]
 
 FORMATS = ("text", "json", "xml")
@@ -27,13 +33,22 @@ POLL_AFTER_S = 2
 #: What the line layer would escape as ``\\xNN`` (invalid in JSON) but ``json``
 #: leaves raw: DEL, the C1 controls and the Unicode line separators.
 _JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029]")
+#: What XML 1.0 cannot carry: all but its ``Char`` production (tab, line feed,
+#: carriage return, and the rest from the space on, less surrogates, U+FFFE and U+FFFF).
+_XML_UNSAFE = re.compile("[^\t\n\r -\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def iso_time(timestamp: float | None) -> str | None:
     """ISO 8601 UTC with a ``Z``, or None for no time."""
     if timestamp is None:
         return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+    return _iso_second(math.floor(timestamp))  # (what gmtime does with a fraction)
+
+
+@functools.lru_cache(maxsize=1024)
+def _iso_second(second: int) -> str:
+    # Cached: a page of a listing shows thousands of times, many in the same seconds.
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
 
 
 def _escape(text: str) -> str:
@@ -42,6 +57,11 @@ def _escape(text: str) -> str:
 
 def join_parameters(params: dict[str, str]) -> str:
     """``a=1;b=2``, escaping ``\\``, ``;`` and ``=`` with a backslash."""
+    pairs = [f"{key}={value}" for key, value in params.items()]
+    text = ";".join(pairs)
+    # Only the separators joined in, and no backslash: nothing to escape (the usual case).
+    if "\\" not in text and text.count("=") == len(pairs) and text.count(";") == len(pairs) - 1:
+        return text
     return ";".join(f"{_escape(k)}={_escape(v)}" for k, v in params.items())
 
 
@@ -129,11 +149,77 @@ def render(record: JobRecord, form: str, *, history: bool = False) -> str:
     return _text(record, history=history)
 
 
+class ListRenderer:
+    """The reply text of a ListJobs page in ``form``, made a slice of jobs at a
+    time (``add``), so that a caller can give others a turn between slices.
+
+    Text keeps the lines a list had before it had pages (a count, then a row per
+    job) and adds ``Next: T...`` only when a page follows; JSON is an object,
+    ``Jobs`` and ``Next`` (null on the last page); XML is a ``Jobs`` document of
+    ``JobStatus`` elements and ``Next`` (empty on the last page).
+    """
+
+    def __init__(self, form: str) -> None:
+        self.form = form
+        self._count = 0
+        self._parts: list[str] = []  # text rows, or each job's JSON
+        self._root = etree.Element("Jobs") if form == "xml" else None
+
+    def add(self, records: list[JobRecord]) -> None:
+        """Render these jobs, which follow those added before."""
+        self._count += len(records)
+        if self._root is not None:
+            for record in records:
+                _xml_fill(etree.SubElement(self._root, "JobStatus"),
+                          job_dict(record, numeric_status=False))
+        elif self.form == "json":
+            self._parts.extend(to_json(job_dict(record)) for record in records)
+        else:
+            self._parts.extend("\t".join((r.transaction_id, r.status.value, cell(r.project),
+                                          cell(r.job_name))) for r in records)
+
+    def text(self, next_after: str | None) -> str:
+        """The whole reply; ``next_after`` is the next page's cursor (None: none follows)."""
+        if self._root is not None:
+            _xml_fill(self._root, {"Next": next_after})
+            return etree.tostring(self._root, pretty_print=True, encoding="unicode").rstrip("\n")
+        if self.form == "json":  # what to_json makes of the whole object, in pieces
+            return f'{{"Jobs":[{",".join(self._parts)}],"Next":{to_json(next_after)}}}'
+        rows = [f"{self._count} jobs", *self._parts]
+        if next_after is not None:
+            rows.append(f"Next: {next_after}")
+        return "\n".join(rows)
+
+
+def render_list(records: list[JobRecord], next_after: str | None, form: str) -> str:
+    """The reply text of a ListJobs page in ``form`` in one go (see ``ListRenderer``)."""
+    renderer = ListRenderer(form)
+    renderer.add(records)
+    return renderer.text(next_after)
+
+
 def to_json(value: Any) -> str:
     """Compact JSON for one reply line that stays JSON on the wire: the characters
     the line layer escapes are written as JSON escapes (``\\u0085``) first."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    text = _compact_json(value)
+    if text.isascii() and "\x7f" not in text:  # (a listing makes thousands: skip the scan)
+        return text
     return _JSON_UNSAFE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+def _compact_json_encoder() -> Callable[[Any], str]:
+    """What ``json.dumps(value, separators=(",", ":"), ensure_ascii=False)`` makes,
+    by one C encoder kept for good (``json.dumps`` builds one per call, which
+    costs more than encoding a job's status).  Without the C accelerator: that."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return functools.partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
+    encode = make(None, None, json.encoder.encode_basestring, None, ":", ",", False, False,
+                  True)
+    return lambda value: "".join(encode(value, 0))
+
+
+_compact_json = _compact_json_encoder()
 
 
 def _text(record: JobRecord, *, history: bool) -> str:
@@ -208,5 +294,4 @@ def _xml_fill(parent: etree._Element, data: dict[str, Any]) -> None:
 
 def _xml_safe(text: str) -> str:
     """Drop characters XML 1.0 cannot carry (they are escaped in J lines already)."""
-    return "".join(c for c in text if c in "\t\n\r" or (c >= " " and c not in "\ufffe\uffff"
-                                                          and not "\ud800" <= c <= "\udfff"))
+    return _XML_UNSAFE.sub("", text)

@@ -26,9 +26,9 @@ from .packet import Packet
 
 __all__ = [
     "SYSTEM_PREFIX", "PROJECT_NAME", "JOB_NAME", "USER", "PASSWORD", "USER_TOKEN", "JOB_TOKEN",
-    "TRANSACTION_ID", "CLIENT_JOB_MONITOR", "FROM_LINE", "FORMAT", "FILTER",
+    "TRANSACTION_ID", "CLIENT_JOB_MONITOR", "FROM_LINE", "FORMAT", "FILTER", "LIMIT", "AFTER",
     "MAX_LINE_DIGITS", "TASK_LOG_SIZE", "parse_bool", "parse_choice", "parse_line_number",
-    "required", "behind_notice", "behind_notice_line",
+    "parse_count", "parse_transaction_id", "required", "behind_notice", "behind_notice_line",
 ]
 
 #: Variables named with it steer the server and are not the job's parameters.
@@ -55,6 +55,10 @@ FROM_LINE = "_sys_FromLine"
 FORMAT = "_sys_Format"
 #: ``ListJobs``: active or all.
 FILTER = "_sys_Filter"
+#: ``ListJobs``: the most jobs on one page, and the last transaction ID seen
+#: (the page starts after it).
+LIMIT = "_sys_Limit"
+AFTER = "_sys_After"
 
 #: Most digits a line number may have: ten reach far past any job's length and stay
 #: well inside the store's 64-bit integers (and int()'s limit on digits).
@@ -62,6 +66,7 @@ MAX_LINE_DIGITS = 10
 #: Events of the server-wide task log kept, and so the most ``GetTaskLog`` answers.
 TASK_LOG_SIZE = 200
 
+_TRANSACTION_ID = re.compile("T[0-9]{7}")  # (not \d, which other scripts' digits match)
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 
@@ -108,6 +113,38 @@ def parse_line_number(packet: Packet, name: str) -> int:
         raise RequestError(Reply.INVALID_VALUE,
                            f"{name} must be a line number from 1, got {clip(raw)!r}")
     return int(raw)
+
+
+def parse_count(packet: Packet, name: str, default: int, most: int) -> int:
+    """Read a count from 1 to ``most`` in ASCII digits (``default`` when absent or blank).
+
+    Raises:
+        RequestError: INVALID_VALUE.
+    """
+    raw = packet.variables.get(name, "").strip()
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_LINE_DIGITS
+            and 1 <= int(raw) <= most):
+        raise RequestError(Reply.INVALID_VALUE,
+                           f"{name} must be a number from 1 to {most}, got {clip(raw)!r}")
+    return int(raw)
+
+
+def parse_transaction_id(packet: Packet, name: str) -> str | None:
+    """Read a transaction ID (``T`` and seven ASCII digits, any case), or None when
+    absent or blank.
+
+    Raises:
+        RequestError: INVALID_VALUE.
+    """
+    raw = packet.variables.get(name, "").strip()
+    if not raw:
+        return None
+    if not (raw.isascii() and _TRANSACTION_ID.fullmatch(raw.upper())):
+        raise RequestError(Reply.INVALID_VALUE,
+                           f"{name} must be a transaction ID such as T0000001, got {clip(raw)!r}")
+    return raw.upper()
 
 
 def required(packet: Packet, name: str) -> str:

@@ -144,7 +144,8 @@ async def test_list_jobs_active_all_and_by_user(server):
     as_json = await exchange(server.port, xml_packet("ListJobs", {"_sys_Format": "json"}))
     assert len(as_json) == 1
     listed = json.loads(as_json[0].removeprefix("R0000000: "))
-    assert [(j["Id"], j["Status"], j["Identity"]) for j in listed] == [(running, 2, "ann")]
+    assert [(j["Id"], j["Status"], j["Identity"]) for j in listed["Jobs"]] == [(running, 2, "ann")]
+    assert listed["Next"] is None
     assert await exchange(server.port, xml_packet("ListJobs", {"_sys_Filter": "some"})) == [
         "R0005007: Invalid variable value: _sys_Filter must be one of active, all, got 'some'"]
     await release("l")

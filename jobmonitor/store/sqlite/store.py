@@ -1,7 +1,12 @@
-"""The SQLite store: WAL mode, one database thread; group commits (``batching``).
+"""The SQLite store: WAL mode, a writer thread, a reader thread; group commits
+(``batching``).
 
-All database work runs on one thread with one connection, so the event loop
-never waits on disk.  What to write and when is ``batching``'s: this module
+Database work runs on two threads, each with its own connection, so the event
+loop never waits on disk: one writes (every change, and deletes), one reads
+(lookups, job lines, listings).  In WAL mode a reader sees the last commit and
+neither waits for the other, so a long listing, read page by page, does not
+hold up the commits that acknowledge submits.  What to write and when is
+``batching``'s: this module
 writes a ``Batch`` in one transaction, tells the failures that are the
 environment's (``unavailable``: a full disk, a lock held by another program
 past ``BUSY_TIMEOUT_S``) from bugs, and answers the reads.
@@ -44,8 +49,8 @@ from ..outage import Outage, unavailable
 from .file import DatabaseFile, open_error, reclaim_space
 from .rows import (JOB_COLUMNS, SCHEMA, STATEMENT_CACHE, UNFINISHED, UPDATE_GROUP, UPDATE_HEAD,
                    UPDATE_TAIL, delete_numbers, find_token, finished_before_numbers, insert_rows,
-                   job_row, job_update, last_number, number_of, read_lines, recent_events,
-                   select_records, transaction)
+                   job_row, job_update, last_number, list_page, number_of, read_lines,
+                   recent_events, select_records, transaction)
 
 __all__ = ["SqliteStore"]
 
@@ -76,7 +81,11 @@ class SqliteStore(GroupCommitStore):
         self.path = path
         self.synchronous = "NORMAL" if synchronous == "normal" else "FULL"
         self._db: sqlite3.Connection | None = None
+        #: The reading connection (None until open(), and for a ":memory:"
+        #: database, which a second connection would not see: it reads with _db).
+        self._reader: sqlite3.Connection | None = None
         self._thread = concurrent.futures.ThreadPoolExecutor(1, "jobmonitor-sqlite")
+        self._read_thread = concurrent.futures.ThreadPoolExecutor(1, "jobmonitor-sqlite-read")
         #: The file, its lock and its number mark (None for ":memory:").
         self._file = DatabaseFile(path) if path != ":memory:" else None
         #: The highest transaction number stored, or handed out before this start.
@@ -89,11 +98,21 @@ class SqliteStore(GroupCommitStore):
     async def open(self) -> Recovery:
         self._loop = asyncio.get_running_loop()
         recovery: Recovery = await self._call(self._open_db)
+        if self.path != ":memory:":
+            try:
+                self._reader = await self._call_reader(self._connect, True)
+            except BaseException:
+                await self.close()
+                raise
         self._start_commits(recovery)
         return recovery
 
     async def close(self, *, keep_lock: bool = False) -> None:
         await self._stop_commits()
+        if self._reader is not None:
+            await self._call_reader(self._reader.close)
+            self._reader = None
+        self._read_thread.shutdown(wait=True)
         if self._db is not None:
             await self._call(self._close_db)
         self._thread.shutdown(wait=True)
@@ -116,6 +135,26 @@ class SqliteStore(GroupCommitStore):
     async def _call(self, func: Any, *args: Any) -> Any:
         assert self._loop is not None
         return await self._loop.run_in_executor(self._thread, func, *args)
+
+    async def _call_reader(self, func: Any, *args: Any) -> Any:
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._read_thread, func, *args)
+
+    def _connect(self, reader: bool = False) -> sqlite3.Connection:
+        """A connection to the database (``reader``: one that only reads).
+
+        Raises:
+            ConfigError: SQLite cannot open it (one line, saying what to do).
+        """
+        try:
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False,
+                                 isolation_level=None, cached_statements=STATEMENT_CACHE)
+            db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            if reader:
+                db.execute("PRAGMA query_only=1")
+        except sqlite3.Error as exc:
+            raise open_error(self.path, exc) from None
+        return db
 
     def _open_db(self) -> Recovery:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -140,14 +179,11 @@ class SqliteStore(GroupCommitStore):
             ConfigError: SQLite cannot open or read it (one line, saying what to do).
         """
         try:
-            db = self._db = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False,
-                isolation_level=None, cached_statements=STATEMENT_CACHE)
+            db = self._db = self._connect()
             # Only a new database takes it (before its first table); see reclaim_space.
             db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.synchronous}")
-            db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             db.executescript(SCHEMA)
             stored = last_number(db)
             last = stored if self._file is None else self._file.numbered_up_to(stored)
@@ -192,29 +228,30 @@ class SqliteStore(GroupCommitStore):
 
     # -- reading ------------------------------------------------------------------------
 
-    # (Each runs on the database thread, with the one connection.)
+    # (Each runs on the reading thread, with the reading connection, in a read
+    # transaction: one consistent view of the last commit.)
 
     async def load(self, transaction_id: str) -> JobRecord | None:
         number = number_of(transaction_id)
         if number is None:
             return None
-        records = await self._call_db(select_records, "number = ?", (number,), self._bad_rows)
+        records = await self._read(select_records, "number = ?", (number,), self._bad_rows)
         return records[0] if records else None
 
     async def find_token(self, identity: str, job_token: str) -> str | None:
-        return await self._call_db(find_token, identity, job_token)
+        return await self._read(find_token, identity, job_token)
 
     async def read_lines(self, transaction_id: str, from_line: int, limit: int) -> list[bytes]:
         number = number_of(transaction_id)
         if number is None:
             return []
-        return await self._call_db(read_lines, number, from_line, limit)
+        return await self._read(read_lines, number, from_line, limit)
 
-    async def list_records(self, identity: str | None) -> Sequence[JobRecord]:
-        if identity is None:
-            return await self._call_db(select_records, "1 ORDER BY number", (), self._bad_rows)
-        return await self._call_db(select_records, "identity = ? ORDER BY number", (identity,),
-                                   self._bad_rows)
+    async def list_records(self, identity: str | None, after: int,
+                           limit: int) -> Sequence[JobRecord]:
+        return await self._read(list_page, identity, after, limit, self._bad_rows)
+
+    # (Deleting runs on the writing thread.)
 
     async def delete(self, transaction_id: str) -> None:
         number = number_of(transaction_id)
@@ -261,5 +298,30 @@ class SqliteStore(GroupCommitStore):
             raise refusal from exc
         if writes:
             self._outage.worked()
+        return result
+
+    async def _read(self, func: Callable[..., T], *args: Any) -> T:
+        """``func(connection, *args)`` in a read transaction on the reading thread
+        (on the writing one for a ":memory:" database).
+
+        Raises:
+            StoreUnavailable: the database cannot be read now (see ``unavailable``).
+        """
+        reader = self._reader
+
+        def call() -> T:
+            db = reader or self._db
+            assert db is not None
+            with transaction(db):
+                return func(db, *args)
+
+        try:
+            result: T = await (self._call(call) if reader is None else self._call_reader(call))
+        except Exception as exc:
+            refusal = unavailable(exc)
+            if refusal is None:
+                raise  # a bug: logged in full by whoever answers the command
+            self._outage.failed(exc, 1, expected=True)
+            raise refusal from exc
         return result
 

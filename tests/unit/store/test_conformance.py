@@ -112,7 +112,7 @@ async def test_a_new_store_has_nothing_to_recover_or_find(make, opened):
     assert await store.load("T0000001") is None
     assert await store.find_token("ann", "key") is None
     assert await store.read_lines("T0000001", 1, 10) == []
-    assert list(await store.list_records(None)) == []
+    assert list(await store.list_records(None, 0, 1000)) == []
     assert await store.purge(1e12) == 0
     await store.delete("T0000001")  # nothing to delete: no error either
     await store.flush()
@@ -203,11 +203,26 @@ async def test_list_records_oldest_first_and_by_submitter(make, opened):
     await opened(store)
     for number, identity in [(1, "ann"), (2, "bob"), (3, "ann")]:
         await store.add(job(number, identity=identity))
-    assert [r.transaction_id for r in await store.list_records(None)] == [
+    assert [r.transaction_id for r in await store.list_records(None, 0, 1000)] == [
         "T0000001", "T0000002", "T0000003"]
-    assert [r.transaction_id for r in await store.list_records("ann")] == [
+    assert [r.transaction_id for r in await store.list_records("ann", 0, 1000)] == [
         "T0000001", "T0000003"]
-    assert list(await store.list_records("carol")) == []
+    assert list(await store.list_records("carol", 0, 1000)) == []
+
+
+@pytest.mark.parametrize("make", DURABLE_STORES, indirect=True)
+async def test_list_records_pages_by_number(make, opened):
+    store = make()
+    await opened(store)
+    for number in range(1, 6):
+        await store.add(job(number))
+    await store.flush()
+    assert [r.transaction_id for r in await store.list_records(None, 0, 2)] == [
+        "T0000001", "T0000002"]
+    assert [r.transaction_id for r in await store.list_records(None, 2, 2)] == [
+        "T0000003", "T0000004"]
+    assert [r.transaction_id for r in await store.list_records(None, 4, 2)] == ["T0000005"]
+    assert list(await store.list_records(None, 5, 2)) == []
 
 
 @pytest.mark.parametrize("make", DURABLE_STORES, indirect=True)
@@ -222,7 +237,7 @@ async def test_delete_removes_a_job_and_its_lines_but_not_its_number(make, opene
     assert await store.load("T0000002") is None
     assert await store.read_lines("T0000002", 1, 10) == []
     assert await store.find_token("ann", "key2") is None
-    assert [r.transaction_id for r in await store.list_records(None)] == ["T0000001"]
+    assert [r.transaction_id for r in await store.list_records(None, 0, 1000)] == ["T0000001"]
 
 
 @pytest.mark.parametrize("make", DURABLE_STORES, indirect=True)
@@ -238,7 +253,7 @@ async def test_purge_deletes_only_jobs_finished_before_the_cutoff(make, opened):
         store.changed(item)
     await store.flush()
     assert await store.purge(200.0) == 1
-    assert [r.transaction_id for r in await store.list_records(None)] == ["T0000002", "T0000003"]
+    assert [r.transaction_id for r in await store.list_records(None, 0, 1000)] == ["T0000002", "T0000003"]
 
 
 @pytest.mark.parametrize("make", DURABLE_STORES, indirect=True)
