@@ -5,8 +5,8 @@ Each command builds a ``Client`` from ``--host``/``--port`` (or
 the password comes from ``JOBMONITOR_PASSWORD`` or a prompt) and ``--tls`` /
 ``--cafile``, calls the library, and prints.  Every
 failure becomes one line on stderr and an exit status (see ``EXIT_CODES``):
-0 success, 1 the job failed, 3 partial, 4 cancelled, 2 a usage error, an
-unreachable server or an error reply.  While ``submit`` or ``watch`` follows a
+0 success, 1 the job failed, 3 partial, 4 cancelled, 5 cancelled because the
+server shut down, 2 a usage error, an unreachable server or an error reply.  While ``submit`` or ``watch`` follows a
 job whose connection was lost, a line on stderr says so, and another when it
 has re-attached (the library's ``on_reattach`` hook).
 """
@@ -26,7 +26,7 @@ from ..client import Client, JobStatus, ProtocolError, Reattach, ReplyError, Tra
 from ..client.results import job_page_from_json, load_json
 from ..wire.codes import Reply
 from .output import (EXIT_CODES, JsonPrinter, LivePrinter, PlainPrinter, StreamPrinter,
-                         display_text, display_width)
+                     display_text, display_width, exit_status)
 from ..wire import DEFAULT_PORT
 from ..wire.formats import to_json
 from ..wire.variables import AFTER, FILTER, FORMAT, TRANSACTION_ID, USER_TOKEN
@@ -339,7 +339,7 @@ async def _follow(client: Client, transaction: Transaction, printer: StreamPrint
         printer.result(result)
     finally:
         printer.close()
-    return EXIT_CODES[result.outcome]
+    return exit_status(result)
 
 
 def _reattach_notice(client: Client, reattach: Reattach) -> str:

@@ -31,10 +31,17 @@ from ..wire.lines import escape_text
 from ..wire.states import Outcome
 
 __all__ = ["StreamPrinter", "PlainPrinter", "LivePrinter", "JsonPrinter", "EXIT_CODES",
-           "display_text", "display_width"]
+           "SHUTDOWN_EXIT", "exit_status", "display_text", "display_width"]
 
 #: The exit status of ``submit`` and ``watch`` for each outcome.
 EXIT_CODES = {Outcome.SUCCESS: 0, Outcome.FAILED: 1, Outcome.PARTIAL: 3, Outcome.CANCELLED: 4}
+#: ... and for a job the server cancelled because it was shutting down.
+SHUTDOWN_EXIT = 5
+
+
+def exit_status(result: JobResult) -> int:
+    """The exit status of ``submit`` and ``watch`` for a job that ended so."""
+    return SHUTDOWN_EXIT if result.cancelled_by_shutdown else EXIT_CODES[result.outcome]
 
 _CLEAR_LINE = "\r\x1b[K"
 #: Besides what ``escape_text`` escapes: a line break (what is printed as one line
@@ -183,7 +190,7 @@ class JsonPrinter(StreamPrinter):
 
     def result(self, result: JobResult) -> None:
         self._emit({"event": "result", "transaction_id": result.transaction_id,
-                    "outcome": result.outcome.value, "exit_code": EXIT_CODES[result.outcome]})
+                    "outcome": result.outcome.value, "exit_code": exit_status(result)})
 
     def _emit(self, event: dict[str, object]) -> None:
         self._write(json.dumps(event) + "\n")

@@ -105,12 +105,18 @@ class StreamLine:
 
 @dataclass(frozen=True, slots=True)
 class JobResult:
-    """How a job ended, as seen through one transaction handle."""
+    """How a job ended, as seen through one transaction handle.
+
+    ``cancelled_by_shutdown`` is True for a job the server cancelled because it
+    was shutting down: its stream said so (``J0005004``) before ``J0000023``.
+    It is False for a cancel someone asked for, and for a watch that began past
+    the job's end (no line was seen)."""
 
     transaction_id: str
     outcome: Outcome
     lines: int
     errors: tuple[str, ...] = ()
+    cancelled_by_shutdown: bool = False
 
     @property
     def ok(self) -> bool:

@@ -21,7 +21,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
-from ..wire.codes import Reply
+from ..wire.codes import Reply, Status
 from ..errors import ProtocolError, ReplyError
 from ..wire.lines import LineError, parse_line
 from ..wire.states import Outcome
@@ -75,6 +75,7 @@ class Transaction:
         self._ended = False
         self._received = 0
         self._errors: list[str] = []
+        self._shutdown = False  # the server said it cancelled the job as it stopped
         self._empty_attaches = 0
         self._attach_brought_lines = False
         #: The connection was lost (and ``on_reattach`` told) and not yet re-attached.
@@ -130,7 +131,8 @@ class Transaction:
             self.outcome = await self._outcome_from_status()
         if self.outcome is None:
             raise ProtocolError(f"the stream of {self.transaction_id} ended without an outcome")
-        return JobResult(self.transaction_id, self.outcome, self._received, tuple(self._errors))
+        return JobResult(self.transaction_id, self.outcome, self._received, tuple(self._errors),
+                         cancelled_by_shutdown=self._shutdown and self.outcome is Outcome.CANCELLED)
 
     async def aclose(self) -> None:
         """Drop the connection (the job runs on; iterating again re-attaches)."""
@@ -176,6 +178,8 @@ class Transaction:
         line = StreamLine(self.last_line, parsed.code, parsed.text, parsed.more)
         if line.is_error:
             self._errors.append(line.text)
+            if line.code == Status.SHUTDOWN:
+                self._shutdown = True
         if line.outcome is not None:
             self.outcome = line.outcome
         if line.is_end:

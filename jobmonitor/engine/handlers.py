@@ -11,12 +11,14 @@ from typing import Any, Union
 from ..errors import ConfigError
 from .job import Job
 
-__all__ = ["Handler", "HandlerFunc", "CheckFunc", "JOB_OPTIONS", "check_job_options",
-           "check_seconds"]
+__all__ = ["Handler", "HandlerFunc", "CheckFunc", "TimeoutReason", "JOB_OPTIONS",
+           "check_job_options", "check_seconds"]
 
 HandlerFunc = Callable[[Job], Union[Awaitable[Any], Any]]
 #: Checks a submit's job variables; raises ``RequestError`` to refuse the job.
 CheckFunc = Callable[[Mapping[str, str]], None]
+#: Says why a job was stopped for its time limit (the text of its error line).
+TimeoutReason = Callable[[Job], str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,9 @@ class Handler:
     retries: int = 0
     #: Seconds before the first run again; doubled for each one after it.
     retry_delay_s: float = 0.0
+    #: The error line of a job stopped for ``timeout_s``, made from the job;
+    #: None: ``Job timed out after N s``.
+    timeout_reason: TimeoutReason | None = None
 
     #: True for an ``async def`` handler (run on the loop), False for a plain
     #: function (run in a thread); asked once per job, so worked out once here.

@@ -99,6 +99,29 @@ def test_cancelled_job_exits_four(cli_server):
                                      "J0000001: Transaction T0000001 ended"]
 
 
+@pytest.mark.parametrize("json_lines", [False, True])
+def test_a_job_the_shutdown_cancelled_exits_five(cli_server, json_lines):
+    # It exited 4, as if someone had cancelled it: a script could not tell a
+    # job to submit again from one a user stopped.
+    follower = started(cli_server.port, "submit", "long", *(["--json"] if json_lines else []))
+    try:
+        assert follower.stdout is not None
+        assert "T0000001" in follower.stdout.readline()  # submitted: the job runs
+        assert cli_server.stop() == 0  # shutdown_grace_s 0.5, then its cancel
+        out, _ = follower.communicate(timeout=30)
+    finally:
+        follower.kill()
+    assert follower.returncode == 5
+    if json_lines:
+        assert json.loads(out.splitlines()[-1]) == {
+            "event": "result", "transaction_id": "T0000001", "outcome": "cancelled",
+            "exit_code": 5}
+    else:
+        assert out.splitlines()[-3:] == ["J0005004: Job cancelled: the server is shutting down.",
+                                         "J0000023: Job cancelled by user.",
+                                         "J0000001: Transaction T0000001 ended"]
+
+
 def test_json_lines_for_programs(cli_server):
     result = cli(cli_server.port, "submit", "partial", "--job-name", "J", "--json")
     assert result.returncode == 3

@@ -314,6 +314,25 @@ async def test_queue_length_task_log_and_restart(server):
     assert (await (await client.submit("echo")).result()).outcome is Outcome.SUCCESS
 
 
+async def test_a_result_says_when_the_shutdown_cancelled_the_job(make_server):
+    server = await make_server(shutdown_grace_s=0.1)
+    client = Client("127.0.0.1", server.port)
+    stopped = await client.submit("wait", {"Key": "a"})
+    cancelled = await client.submit("wait", {"Key": "b"})
+    for tx in (stopped, cancelled):
+        async for line in tx:
+            if line.text == "waiting":
+                break
+    await client.cancel(cancelled.transaction_id)
+    by_user = await cancelled.result()
+    server.close()
+    by_shutdown = await stopped.result()
+    assert (by_user.outcome, by_user.cancelled_by_shutdown, by_user.errors) == (
+        Outcome.CANCELLED, False, ())
+    assert (by_shutdown.outcome, by_shutdown.cancelled_by_shutdown, by_shutdown.errors) == (
+        Outcome.CANCELLED, True, ("Job cancelled: the server is shutting down.",))
+
+
 async def test_restart_waits_for_the_grace_period_past_the_reply_timeout(make_server):
     # The answer comes once running jobs had shutdown_grace_s to finish, which
     # the server's settings decide, not the client's reply_timeout_s.

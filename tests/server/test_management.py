@@ -587,7 +587,7 @@ async def test_a_job_abandoned_by_a_restart_is_not_run_again_when_it_fails(serve
     await session.line()
     assert await session.line() == "J0000100: attempt 1"
     job = server.engine.jobs.find(tid)
-    run = server.engine._runner._running[job]
+    run = job.run.task  # the task that waits for the handler's thread
     await server.engine.restart(0.1, jobs.app.handlers)
     assert (await session.rest())[-2:] == ["J0000023: Job cancelled by user.", ENDED.format(tid)]
     await session.close()

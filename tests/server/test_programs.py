@@ -724,7 +724,9 @@ def test_good_job_options_are_kept_as_the_engine_keeps_them(tmp_path):
             (y.timeout_s, y.retries, y.retry_delay_s)]
     assert kept == [(60.0, 2, 1.0)] * 2
     assert [tuple(map(type, options)) for options in kept] == [(float, int, float)] * 2
-    assert (x.timeout_s, x.retries, x.retry_delay_s) == (None, 2, 1.0)  # it times itself
+    # The engine keeps a program's time limit as it keeps a handler's: one limit.
+    assert (x.timeout_s, x.retries, x.retry_delay_s) == (60.0, 2, 1.0)
+    assert x.timeout_reason is not None
 
 
 async def test_a_failing_program_runs_again(tmp_path):
@@ -791,38 +793,29 @@ async def test_lines_end_with_lf_crlf_or_a_lone_cr_across_reads():
     assert said == ["a", "b", "c", "d", "e", "", "f"]
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-async def test_a_suspend_as_the_timeout_runs_out_leaves_the_program_to_be_stopped():
+async def test_a_suspend_as_the_timeout_runs_out_leaves_the_program_to_be_stopped(monkeypatch):
     # Between timeout_s running out and the job seeing it, a SuspendJob stopped the
-    # program and then failed (RuntimeError: Cannot change state of expiring
-    # Timeout): an internal error reply, and a program stopped when its SIGTERM
-    # came, so it could not act on it, and was killed after kill_grace_s.
-    from jobmonitor.programs.process import start_program
-    from jobmonitor.programs.program import _pauser
+    # program (SIGSTOP) and the job: a program stopped when its SIGTERM came could
+    # not act on it.  A run being stopped is not paused: the suspend stays a request.
+    from jobmonitor.engine.run import Run
 
-    loop = asyncio.get_running_loop()
-    process = await start_program(["sleep", "5"], None, dict(os.environ))
-    failed = []
+    app = JobMonitor()
+    add_programs(app, [Program("term", (PY, "-c", TERM), timeout_s=0.3)])
+    answers = []
+    time_out = Run._time_out
 
-    def suspend() -> None:  # as SuspendJob does
-        try:
-            pause()
-        except Exception as exc:
-            failed.append(exc)
+    def time_out_then_suspend(run: Run) -> None:
+        time_out(run)
+        answers.append(server.engine.suspend(run.job))  # before the job sees the stop
 
-    try:
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(None) as deadline:
-                pause, _ = _pauser(process, deadline)
-                deadline.reschedule(loop.time())  # it runs out now,
-                loop.call_soon(suspend)  # and a suspend comes before the job sees it
-                await process.wait()
-        await asyncio.sleep(0.1)
-        assert failed == [] and process_state(process.pid) != "T"
-    finally:
-        process.kill()
-        await process.wait()
-        process.close()
+    monkeypatch.setattr(Run, "_time_out", time_out_then_suspend)
+    async with app.serve(host="127.0.0.1", port=0) as server:
+        tx = await Client("127.0.0.1", server.port).submit("term")
+        lines = [line.wire_text() async for line in tx]
+    assert answers == [f"{tx.transaction_id} suspend requested"]
+    assert lines[1:] == ["J0000100: ready", "J0000100: got TERM",
+                         f"J0005000: {PY} timed out after 0.3 s", "J0000022: Job failed.",
+                         f"J0000001: Transaction {tx.transaction_id} ended"]
 
 
 async def test_a_first_run_refuses_an_output_folder_left_by_another_job(tmp_path):

@@ -14,6 +14,8 @@ from ..conftest import MACHINE, finished, release
 from ..support.helpers import Session, exchange, split_lines, submit, xml_packet
 
 ENDED = "J0000001: Transaction {} ended"
+#: Before the cancelled line of a job the server cancelled because it stopped.
+SHUTDOWN_CANCEL = "J0005004: Job cancelled: the server is shutting down."
 
 
 def tid_of(reply: str) -> str:
@@ -529,7 +531,8 @@ async def test_shutdown_cancels_running_jobs_after_grace(make_server):
     await session.line()
     server.close()
     assert await session.rest() == ["J0000190: Server stopping: running jobs have 0.2 s to finish",
-                                    "J0000023: Job cancelled by user.", ENDED.format(tid)]
+                                    SHUTDOWN_CANCEL, "J0000023: Job cancelled by user.",
+                                    ENDED.format(tid)]
     await session.close()
     await server.wait_closed()
     with pytest.raises(OSError):
@@ -547,7 +550,8 @@ async def test_shutdown_of_a_memory_store_ends_a_job_suspended_in_the_queue(make
     assert await session.rest() == [f"J0000100: Machine name: {MACHINE}",
                                     "J0000130: Job suspended.",
                                     "J0000190: Server stopping: running jobs have 0.2 s to finish",
-                                    "J0000023: Job cancelled by user.", ENDED.format(tid)]
+                                    SHUTDOWN_CANCEL, "J0000023: Job cancelled by user.",
+                                    ENDED.format(tid)]
     await session.close()
 
 
