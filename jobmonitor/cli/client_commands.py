@@ -361,7 +361,10 @@ def _formatted(command: str) -> Action:
 def _control(name: str) -> Action:
     async def control(client: Client, args: argparse.Namespace) -> int:
         acknowledged = await getattr(client, name)(args.transaction_id)
-        _print_lines([acknowledged.text])
+        text = acknowledged.text
+        if text == acknowledged.transaction_id:  # CancelJob answers with the ID alone
+            text += f" {name} requested"
+        _print_lines([text])
         return 0
 
     return control
@@ -387,6 +390,10 @@ async def _outputs(client: Client, args: argparse.Namespace) -> int:
     outputs = await client.outputs(args.transaction_id)
     _print_lines(table(("NAME", "MEDIA TYPE", "URI"),
                        [(o.name, o.media_type or "-", o.uri) for o in outputs]))
+    if any(output.partial for output in outputs):
+        # On stderr, where a person sees it and a script reading the table does not trip.
+        print("jobmonitor: the job failed or was cancelled: these outputs are partial",
+              file=sys.stderr)
     return 0
 
 

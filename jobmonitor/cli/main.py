@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import difflib
 import gc
 import getpass
 import logging
@@ -355,6 +356,21 @@ def _option_before_command(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _unknown_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
+    """The error line for a first argument that names no command, with the
+    nearest command's name when one is close; None when it names one (or is an
+    option: argparse deals with those)."""
+    if not argv or argv[0].startswith("-"):
+        return None
+    names = [name for action in parser._actions
+             if isinstance(action, argparse._SubParsersAction) for name in action.choices]
+    if argv[0] in names:
+        return None
+    close = difflib.get_close_matches(argv[0], names, n=1)
+    hint = f"did you mean {close[0]}?" if close else f"the commands are {', '.join(names)}"
+    return f"jobmonitor: unknown command {argv[0]!r}: {hint} (see jobmonitor --help)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
     parser = build_parser()
@@ -362,6 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if early is not None:  # argparse would take the option's value for the command's name
         print(f"jobmonitor: options go after the command's name: jobmonitor COMMAND {early} "
               f"... (see jobmonitor --help)", file=sys.stderr)
+        return 2
+    unknown_command = _unknown_command(parser, sys.argv[1:] if argv is None else argv)
+    if unknown_command is not None:  # argparse would list every command, and suggest none
+        print(unknown_command, file=sys.stderr)
         return 2
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # the command's parser says so (the main one would print its own usage)

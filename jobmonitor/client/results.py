@@ -128,11 +128,13 @@ class Reattach:
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    """Something a job produced, by reference."""
+    """Something a job produced, by reference.  ``partial`` is True when the job
+    failed or was cancelled: the file may be cut short, not a result."""
 
     name: str
     uri: str
     media_type: str | None = None
+    partial: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +309,8 @@ def info_from_json(data: Any) -> JobInfo:
 
 
 def outputs_from_json(data: Any) -> tuple[Output, ...]:
-    """Read a list of ``{Name, Uri, MediaType}`` objects.
+    """Read a list of ``{Name, Uri, MediaType, Partial}`` objects (``Partial``
+    may be missing: a server before it said nothing of it).
 
     Raises:
         ProtocolError: not such a list.
@@ -370,7 +373,8 @@ def _output(data: Any) -> Output:
     try:
         media_type = data.get("MediaType")
         return Output(str(data["Name"]), str(data["Uri"]),
-                      None if media_type is None else str(media_type))
+                      None if media_type is None else str(media_type),
+                      data.get("Partial") is True)
     except KeyError as exc:
         raise ProtocolError(f"output without {exc.args[0]}") from None
 

@@ -9,6 +9,7 @@ touches a socket.
 
 from __future__ import annotations
 
+import difflib
 import platform
 from sys import intern
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,8 @@ from ..errors import ConfigError, RequestError
 from ..engine.job import Job
 from ..wire.lines import clip
 from ..wire.packet import Packet
-from ..wire.formats import FORMATS, cell, iso_time, job_dict, key_values, render, to_json
+from ..wire.formats import (FORMATS, cell, iso_time, job_dict, key_values, outputs_header,
+                            render, to_json)
 
 __all__ = ["Commands", "Caller", "Response", "parse_bool", "SYSTEM_PREFIX"]
 
@@ -33,6 +35,8 @@ MAX_LOG_LINES = 10_000
 #: Most digits a line number may have: ten reach far past any job's length and stay
 #: well inside the store's 64-bit integers (and int()'s limit on digits).
 MAX_LINE_DIGITS = 10
+#: Longest unknown command name compared with the known ones for a suggestion.
+MAX_SUGGESTED_LENGTH = 40
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 
@@ -87,16 +91,19 @@ def parse_choice(packet: Packet, name: str, choices: tuple[str, ...]) -> str:
 
 
 def parse_line_number(packet: Packet, name: str) -> int:
-    """Read a line number (1 or more, in at most ``MAX_LINE_DIGITS`` ASCII digits; default 1).
+    """Read a line number (1 or more, in at most ``MAX_LINE_DIGITS`` ASCII digits,
+    nothing else, not even a space; default 1 when absent or empty).
 
     Raises:
         RequestError: INVALID_VALUE.
     """
-    raw = packet.variables.get(name, "").strip() or "1"
+    raw = packet.variables.get(name) or "1"
     # ASCII only: str.isdigit() also passes digits such as "²" that int() refuses.
     if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_LINE_DIGITS) or int(raw) < 1:
+        # (clip() folds white space away: say that it was there)
+        spaced = " with white space around it" if raw != raw.strip() else ""
         raise RequestError(Reply.INVALID_VALUE,
-                           f"{name} must be a line number from 1, got {clip(raw)!r}")
+                           f"{name} must be a line number from 1, got {clip(raw)!r}{spaced}")
     return int(raw)
 
 
@@ -156,11 +163,21 @@ class Commands:
             or wrong when users are configured.
         """
         if packet.command not in self._table:
-            raise RequestError(Reply.UNKNOWN_COMMAND, clip(packet.command, 80))
+            raise RequestError(Reply.UNKNOWN_COMMAND,
+                               clip(packet.command, 80) + self._suggestion(packet.command))
         if self._auth is None or not self._auth.enabled:
             token = packet.variables.get("_sys_UserToken", "").strip()
             return Caller(token or ANONYMOUS)
         return await self._authenticated(packet, peer())
+
+    def _suggestion(self, command: str) -> str:
+        """`` (did you mean GetJobStatus?)`` for a name close to a command's (in
+        any case), else nothing.  A long name is no typo: it is not compared."""
+        if len(command) > MAX_SUGGESTED_LENGTH:
+            return ""
+        by_folded = {name.casefold(): name for name in self._table}
+        close = difflib.get_close_matches(command.strip().casefold(), by_folded, n=1)
+        return f" (did you mean {by_folded[close[0]]}?)" if close else ""
 
     async def execute(self, packet: Packet, caller: Caller) -> Response:
         """Carry out a packet of a known command (``caller`` checked it) for ``caller``.
@@ -209,7 +226,7 @@ class Commands:
             owner = packet.variables.get("_sys_UserToken", "").strip() or owner
         found = await self._engine.jobs.resolve(transaction_id, owner, job_token)
         if caller.restricted and (await self._engine.jobs.record(found)).identity != caller.identity:
-            raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id or found))
+            raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(found))
         return found
 
     def _check_monitors(self, transaction_id: str) -> None:
@@ -299,7 +316,7 @@ class Commands:
         record = await self._engine.jobs.record(await self._transaction(packet, caller))
         if form == "json":
             return Response(to_json(job_dict(record)["JobData"]))
-        rows = [f"{len(record.outputs)} outputs"] + [
+        rows = [outputs_header(record)] + [
             "\t".join((cell(o.name), cell(o.uri), cell(o.media_type or "")))
             for o in record.outputs]
         return Response("\n".join(rows))

@@ -90,7 +90,9 @@ def test_cancelled_job_exits_four(cli_server):
     try:
         read_until(follower, "J0000100: Machine name: demo-host")
         cancel = cli(cli_server.port, "cancel", "T0000001")
-        assert cancel.returncode == 0 and cancel.stdout == "T0000001\n"
+        # A sentence, as suspend, resume and delete print: the job stops at its
+        # next await (a program after SIGTERM), so "requested".
+        assert (cancel.returncode, cancel.stdout) == (0, "T0000001 cancel requested\n")
         out, _ = follower.communicate(timeout=30)
     finally:
         follower.kill()
@@ -171,7 +173,8 @@ def test_outputs_queue_log_delete_and_restart(cli_server):
         "report.pdf  application/pdf  file:///srv/output/report.pdf"])
     assert json.loads(cli(cli_server.port, "outputs", "T0000001", "--json").stdout) == [
         {"Name": "report.pdf", "Uri": "file:///srv/output/report.pdf",
-         "MediaType": "application/pdf"}]
+         "MediaType": "application/pdf", "Partial": False}]
+    assert outputs.stderr == ""  # (a job that completed: nothing partial to warn of)
     assert cli(cli_server.port, "outputs", "T0000002").stdout == "NAME  MEDIA TYPE  URI\n"
     assert cli(cli_server.port, "queue").stdout == "Queued: 0\nRunning: 0\n"
     assert cli(cli_server.port, "projects").stdout.splitlines() == [
@@ -192,6 +195,42 @@ def test_outputs_queue_log_delete_and_restart(cli_server):
         "jobmonitor: R0005009: Unknown transaction: T0000001"
     restarted = cli(cli_server.port, "restart-server")
     assert (restarted.returncode, restarted.stdout) == (0, "Job engine restarted\n")
+
+
+HALF = """
+[projects.half]
+command = [PYTHON, "-c", "import sys; open(sys.argv[1] + '/archive.tar.gz', 'wb').write(b'ha'); sys.exit(2)", "{output_dir}"]
+output_dir = OUT
+"""
+
+
+def test_the_outputs_of_a_failed_job_are_listed_as_partial(tmp_path):
+    config = tmp_path / "jobmonitor.toml"
+    config.write_text(HALF.replace("PYTHON", json.dumps(sys.executable))
+                      .replace("OUT", json.dumps(str(tmp_path / "out"))))
+    server = ServerProcess("--config", str(config))
+    try:
+        assert cli(server.port, "submit", "half").returncode == 1  # failed
+        archive = (tmp_path / "out" / "T0000001" / "archive.tar.gz").as_uri()
+        listed = cli(server.port, "outputs", "T0000001")
+        assert (listed.returncode, listed.stdout.splitlines()) == (0, [
+            "NAME            MEDIA TYPE        URI",
+            f"archive.tar.gz  application/gzip  {archive}"])
+        assert listed.stderr == ("jobmonitor: the job failed or was cancelled: these outputs "
+                                 "are partial\n")
+        assert json.loads(cli(server.port, "outputs", "T0000001", "--json").stdout) == [
+            {"Name": "archive.tar.gz", "Uri": archive, "MediaType": "application/gzip",
+             "Partial": True}]
+    finally:
+        server.kill()
+
+
+def test_watch_names_a_job_given_in_lower_case_in_its_canonical_form(cli_server):
+    cli(cli_server.port, "submit", "count", "-v", "Count=2", "-v", "Delay=0")
+    watched = cli(cli_server.port, "watch", "t0000001")
+    assert (watched.returncode, watched.stdout.splitlines()) == (0, COUNT)
+    as_json = cli(cli_server.port, "watch", "t0000001", "--json").stdout.splitlines()
+    assert {json.loads(line)["transaction_id"] for line in as_json} == {"T0000001"}
 
 
 def test_delete_refuses_a_running_job(cli_server):
@@ -278,6 +317,20 @@ def test_an_option_before_the_command_says_where_it_goes(args):
     assert one_error_line(cli(None, *args)) == (
         f"jobmonitor: options go after the command's name: jobmonitor COMMAND "
         f"{args[0].partition('=')[0]} ... (see jobmonitor --help)")
+
+
+@pytest.mark.parametrize(("command", "suggested"), [("stauts", "status"), ("sever", "serve"),
+                                                    ("cancle", "cancel"), ("outptus", "outputs")])
+def test_an_unknown_command_suggests_the_nearest(command, suggested):
+    assert one_error_line(cli(None, command, "T0000001")) == (
+        f"jobmonitor: unknown command {command!r}: did you mean {suggested}? "
+        "(see jobmonitor --help)")
+
+
+def test_an_unknown_command_far_from_any_lists_them():
+    line = one_error_line(cli(None, "xyzzy"))
+    assert line.startswith("jobmonitor: unknown command 'xyzzy': the commands are serve, ")
+    assert ", restart-server (see jobmonitor --help)" in line
 
 
 def test_help_and_version_still_come_before_the_command():
