@@ -10,9 +10,7 @@ the CLI modules print, exit, or install signal handlers.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
-import difflib
 import gc
 import getpass
 import logging
@@ -23,17 +21,23 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from typing import TYPE_CHECKING
+
 from .._version import __version__
 from .client_commands import add_client_commands
-from ..config import Config
-from ..config_file import load_config_file
 from ..errors import ConfigError
-from ..app import JobMonitor
-from ..users import hash_password
-from ..programs.program import add_programs
-from ..server.server import Server
-from ..engine.job import Job
-from ..store import open_store
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from ..config import Config
+    from ..server.server import Server
+    from ..engine.job import Job
+
+# The server's side (the app, the engine, the store, the config file reader) is
+# imported by the commands that serve, not here: a client command such as
+# `jobmonitor status` starts in a fraction of the time without lxml, sqlite3 and
+# the engine (benchmarks/cli_startup.py).
 
 __all__ = ["main", "build_parser"]
 
@@ -55,7 +59,10 @@ GC_YOUNG_THRESHOLD = 50_000
 _TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "str | None": str}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, serve_options: bool = True) -> argparse.ArgumentParser:
+    """The ``jobmonitor`` parser.  Without ``serve_options``, ``serve`` lacks its
+    options from the ``Config`` fields: what any other command runs without
+    importing the server's settings (``main`` leaves them out for those)."""
     parser = argparse.ArgumentParser(
         prog="jobmonitor", description="Run jobs and stream their status over TCP."
     )
@@ -68,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--check-store", action="store_true",
                        help="check the store's database (SQLite's quick_check, every job "
                             "row) instead of serving; exit 0 if sound, 1 if not")
-    _add_config_options(serve)
+    if serve_options:
+        _add_config_options(serve)
     serve.set_defaults(run=_serve, command_parser=serve)
     hasher = commands.add_parser(
         "hash-password", help="hash a password for the config file",
@@ -81,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _hash_password(args: argparse.Namespace) -> int:
+    from ..users import hash_password
+
     if sys.stdin.isatty():  # a person: ask without echoing, twice
         try:
             password = getpass.getpass("Password: ")
@@ -100,6 +110,8 @@ def _hash_password(args: argparse.Namespace) -> int:
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    from ..config import Config
+
     for field in dataclasses.fields(Config):
         if not field.metadata.get("flag"):
             continue
@@ -124,6 +136,8 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
     Raises:
         ConfigError: a bad value.
     """
+    from ..config import Config
+
     changes = {}
     for field in dataclasses.fields(Config):
         value = getattr(args, field.name, None)
@@ -157,6 +171,10 @@ def _setup_logging(level_name: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from ..app import JobMonitor
+    from ..config_file import load_config_file
+    from ..programs.program import add_programs
+
     file = load_config_file(args.config) if args.config else None
     config = config_from_args(args, file.config if file else None)
     if config.store is None:
@@ -183,7 +201,10 @@ def _serve(args: argparse.Namespace) -> int:
 def _check_store(config: Config) -> int:
     """``serve --check-store``: one line per problem, then a summary; 0 when
     nothing is wrong, 1 otherwise."""
-    from ..store.sqlite.file import STORE_DAMAGED  # (here: the client commands need no sqlite3)
+    import asyncio
+
+    from ..store import open_store
+    from ..store.sqlite.file import STORE_DAMAGED
 
     assert config.store is not None
     store = open_store(config.store, data_dir=config.data_dir)
@@ -200,6 +221,8 @@ def _check_store(config: Config) -> int:
 
 
 def _runner() -> asyncio.Runner:
+    import asyncio
+
     try:
         import uvloop
     except ImportError:
@@ -264,6 +287,8 @@ class _Stopper:
     """
 
     def __init__(self, server: Server) -> None:
+        import asyncio
+
         self.server = server
         #: Set by the first signal: the server is to stop.
         self.stopping = asyncio.Event()
@@ -366,6 +391,8 @@ def _unknown_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> st
              if isinstance(action, argparse._SubParsersAction) for name in action.choices]
     if argv[0] in names:
         return None
+    import difflib
+
     close = difflib.get_close_matches(argv[0], names, n=1)
     hint = f"did you mean {close[0]}?" if close else f"the commands are {', '.join(names)}"
     return f"jobmonitor: unknown command {argv[0]!r}: {hint} (see jobmonitor --help)"
@@ -373,13 +400,14 @@ def _unknown_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> st
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
-    parser = build_parser()
-    early = _option_before_command(sys.argv[1:] if argv is None else argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    parser = build_parser(serve_options=bool(arguments) and arguments[0] == "serve")
+    early = _option_before_command(arguments)
     if early is not None:  # argparse would take the option's value for the command's name
         print(f"jobmonitor: options go after the command's name: jobmonitor COMMAND {early} "
               f"... (see jobmonitor --help)", file=sys.stderr)
         return 2
-    unknown_command = _unknown_command(parser, sys.argv[1:] if argv is None else argv)
+    unknown_command = _unknown_command(parser, arguments)
     if unknown_command is not None:  # argparse would list every command, and suggest none
         print(unknown_command, file=sys.stderr)
         return 2

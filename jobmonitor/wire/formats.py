@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Any
-
-from lxml import etree
+from typing import TYPE_CHECKING, Any
 
 from .records import JobRecord
 from .states import JobState
+
+if TYPE_CHECKING:
+    from lxml import etree
 
 __all__ = ["FORMATS", "POLL_AFTER_S", "job_dict", "render", "to_json", "join_parameters",
            "split_parameters", "iso_time", "progress_text", "cell", "outputs_partial",
@@ -220,12 +221,17 @@ def cell(text: str) -> str:
 
 
 def _xml(data: dict[str, Any]) -> str:
+    # Imported here: the client reads parameters with this module, and needs no lxml.
+    from lxml import etree
+
     root = etree.Element("JobStatus")
     _xml_fill(root, data)
     return etree.tostring(root, pretty_print=True, encoding="unicode").rstrip("\n")
 
 
 def _xml_fill(parent: etree._Element, data: dict[str, Any]) -> None:
+    from lxml import etree
+
     for key, value in data.items():
         child = etree.SubElement(parent, key)
         if isinstance(value, dict):

@@ -291,6 +291,60 @@ def test_refused_connection(unused_port):
         "(is the server running?)")
 
 
+# The one-shot commands ask on a plain socket (client.blocking), the stream and list
+# commands with the asyncio client: the same answers come to the same lines.
+ASKED = [["status", "T0000001"], ["cancel", "T0000001"], ["queue"], ["outputs", "T0000001"],
+         ["list"]]
+
+
+@pytest.mark.parametrize("args", ASKED, ids=[args[0] for args in ASKED])
+@pytest.mark.parametrize(("answer", "error"), [
+    (b"HTTP/1.1 400 Bad Request\r\n\r\n", "HOST:PORT did not answer as a jobmonitor server: "
+                                         "not a coded line: 'HTTP/1.1 400 Bad Request'"),
+    (b"R0000000- Queued: 0\r\n", "cannot reach HOST:PORT: the server closed the connection "
+                                  "before its reply was complete (if the server uses TLS, add "
+                                  "--tls)"),
+    (b"R0005009- Unknown transaction:\r\nR0005009: T0000001\r\n",
+     "R0005009: Unknown transaction:\\x0aT0000001"),
+    (b"R0000000- a\r\nJ0000100: b\r\n", "HOST:PORT did not answer as a jobmonitor server: "
+                                         "unexpected line in a reply: b'J0000100: b\\r\\n'"),
+])
+async def test_an_answer_outside_the_protocol_is_one_line_whoever_asks(args, answer, error):
+    async with scripted_server([answer]) as (port, packets):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "jobmonitor", *args, "--port", str(port), cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert (proc.returncode, out) == (2, b"")
+    assert err.decode().replace(f"127.0.0.1:{port}", "HOST:PORT") == f"jobmonitor: {error}\n"
+    assert len(packets) == 1 and packets[0].command in (
+        "GetJobStatus", "CancelJob", "GetJobQueueLen", "RetrieveJob", "ListJobs")
+
+
+@pytest.mark.parametrize("args", ASKED, ids=[args[0] for args in ASKED])
+def test_a_refused_connection_is_one_line_whoever_asks(unused_port, args):
+    assert one_error_line(cli(unused_port, *args)) == (
+        f"jobmonitor: cannot connect to 127.0.0.1:{unused_port}: connection refused "
+        "(is the server running?)")
+
+
+def test_a_client_command_asks_without_asyncio_or_lxml(cli_server):
+    # What makes `jobmonitor status` start fast: it imports neither (nor the server).
+    code = ("import sys; from jobmonitor.cli import main; status = main(sys.argv[1:]); "
+            "print(sorted(name for name in sys.modules if name.split('.')[0] in "
+            "('asyncio', 'lxml', 'sqlite3', 'ssl', 'tomllib') or name.startswith(("
+            "'jobmonitor.server', 'jobmonitor.engine', 'jobmonitor.store', 'jobmonitor.app', "
+            "'jobmonitor.programs')))); sys.exit(status)")
+    cli(cli_server.port, "submit", "count", "-v", "Count=1", "-v", "Delay=0")
+    for args in (["status", "T0000001"], ["info", "T0000001"], ["queue"], ["projects"],
+                 ["outputs", "T0000001"], ["log"], ["delete", "T0000001"]):
+        result = subprocess.run([sys.executable, "-c", code, *args, "--port",
+                                 str(cli_server.port)], cwd=ROOT, capture_output=True,
+                                text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[-1] == "[]", args
+
+
 def test_unknown_host():
     line = one_error_line(cli(7400, "list", "--host", "no-such-host.invalid"))
     assert line.startswith("jobmonitor: cannot reach no-such-host.invalid:7400: ")
@@ -748,11 +802,14 @@ def test_tls_with_a_certificate_file(certificate):
     try:
         result = cli(server.port, "submit", "partial", "--cafile", str(certificate / "ca.pem"))
         assert result.returncode == 3
-        untrusted = cli(server.port, "list", "--tls")
-        assert one_error_line(untrusted).startswith(
-            f"jobmonitor: cannot reach 127.0.0.1:{server.port}: ")
-        assert "certificate verify failed" in untrusted.stderr
-        plain = cli(server.port, "list")
-        assert one_error_line(plain).endswith("(if the server uses TLS, add --tls)")
+        asked = cli(server.port, "status", "T0000001", "--cafile", str(certificate / "ca.pem"))
+        assert asked.returncode == 0 and "Status: CompletedWithErrors" in asked.stdout
+        for command in ("list", "queue"):  # the asyncio client; a plain socket
+            untrusted = cli(server.port, command, "--tls")
+            assert one_error_line(untrusted).startswith(
+                f"jobmonitor: cannot reach 127.0.0.1:{server.port}: ")
+            assert "certificate verify failed" in untrusted.stderr
+            plain = cli(server.port, command)
+            assert one_error_line(plain).endswith("(if the server uses TLS, add --tls)")
     finally:
         server.kill()
