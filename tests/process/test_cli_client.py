@@ -9,6 +9,7 @@ import os
 import pty
 import re
 import select
+import shutil
 import subprocess
 import sys
 
@@ -725,6 +726,21 @@ def test_readme_program_projects_session(on_path):
         assert server.stop() == 0
     finally:
         server.kill()
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="needs socat")
+def test_the_socat_example_in_the_client_doc_is_what_socat_does(cli_server, tmp_path):
+    section = (ROOT / "docs" / "client.md").read_text()
+    section = section[section.index("### Without the client: netcat and socat"):]
+    packet = section[section.index("```xml\n") + len("```xml\n"):]
+    (tmp_path / "long.xml").write_text(packet[:packet.index("```")])
+    steps = transcript(section[:section.index("\n## ")])
+    assert [command.split(" - ")[0] for command, _ in steps] == ["socat", "socat -t 3600"]
+    for command, shown in steps:  # without -t the stream is cut after half a second
+        command = command.replace("127.0.0.1:7400", f"127.0.0.1:{cli_server.port}")
+        result = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True,
+                                text=True, timeout=30)
+        assert (result.returncode, result.stdout.splitlines()) == (0, shown), command
 
 
 def test_readme_config_file_is_the_example_file():
