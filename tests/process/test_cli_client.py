@@ -743,6 +743,20 @@ def test_the_socat_example_in_the_client_doc_is_what_socat_does(cli_server, tmp_
         assert (result.returncode, result.stdout.splitlines()) == (0, shown), command
 
 
+@pytest.mark.parametrize(("heading", "started"), [
+    ("## Write jobs", "Serve it with `jobmonitor serve --jobs myjobs.py`"),
+    ("## Run programs as jobs", "$ jobmonitor serve --config examples/jobmonitor.toml")])
+def test_the_readme_stops_make_serve_before_it_starts_another_server(heading, started):
+    # Read top to bottom, `make serve` still runs: a second server on its port and
+    # database would stop at "address already in use" (or the database's lock).
+    section = readme_section(heading)
+    said = " ".join(section[:section.index(started) + 400].split())
+    assert "`make serve`, Ctrl-C in its terminal" in said or \
+        "after stopping `make serve` (Ctrl-C in its terminal)" in said
+    if heading == "## Write jobs":  # or side by side, on a port and database of its own
+        assert "--port 7401 --store sqlite:///myjobs.db" in said
+
+
 def test_readme_config_file_is_the_example_file():
     section = readme_section("## Run programs as jobs")
     block = section[section.index("```toml\n") + len("```toml\n"):]
