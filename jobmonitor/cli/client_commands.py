@@ -1,6 +1,6 @@
 """The client commands of ``jobmonitor``: submit, watch, status, info, cancel, ...
 
-Each command finds its ``Server`` from ``--host``/``--port`` (or
+Each command finds its ``Endpoint`` from ``--host``/``--port`` (or
 ``JOBMONITOR_HOST``/``JOBMONITOR_PORT``), ``--user`` (or ``JOBMONITOR_USER``;
 the password comes from ``JOBMONITOR_PASSWORD`` or a prompt) and ``--tls`` /
 ``--cafile``, calls the library, and prints.  Every
@@ -15,7 +15,7 @@ plain socket (``client.blocking``) and never imports asyncio: its start-up is
 most of its time (``benchmarks/cli_startup.py``).  Only the commands that
 follow a stream, or take typed results from ``Client`` (``list``), run an
 event loop: an ``async def`` action is given a ``Client``, any other action
-the ``Server`` it asks.
+the ``Endpoint`` it asks.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ __all__ = ["add_client_commands", "EXIT_CODES", "USAGE_ERROR"]
 USAGE_ERROR = 2
 _BROKEN_PIPE = 141  # what a shell reports for a process killed by SIGPIPE
 
-#: What a command does: asks its ``Server`` and returns the exit status, or (an
+#: What a command does: asks its ``Endpoint`` and returns the exit status, or (an
 #: ``async def``) runs on an event loop with a ``Client``.
-_AskAction = Callable[["Server", argparse.Namespace], int]
+_AskAction = Callable[["Endpoint", argparse.Namespace], int]
 _StreamAction = Callable[["Client", argparse.Namespace], Coroutine[Any, Any, int]]
 Action = Union[_AskAction, _StreamAction]
 
@@ -214,14 +214,14 @@ def _run(action: Action, args: argparse.Namespace) -> int:
     where = "the server"
     stdout, sys.stdout = sys.stdout, _Output(sys.stdout)
     try:
-        server = _server(args)
-        where = f"{server.host}:{server.port}"
+        endpoint = _endpoint(args)
+        where = f"{endpoint.host}:{endpoint.port}"
         if inspect.iscoroutinefunction(action):
             import asyncio
 
-            status = asyncio.run(cast(_StreamAction, action)(server.client(), args))
+            status = asyncio.run(cast(_StreamAction, action)(endpoint.client(), args))
         else:
-            status = cast(_AskAction, action)(server, args)
+            status = cast(_AskAction, action)(endpoint, args)
         sys.stdout.flush()  # here, where a failure is reported as ours
         return int(status)
     except UsageError as exc:
@@ -266,7 +266,7 @@ def _silence_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
-class Server:
+class Endpoint:
     """The server a command asks, and as whom: from the options and the environment."""
 
     def __init__(self, host: str, port: int, user: str | None, password: str | None,
@@ -295,7 +295,7 @@ class Server:
                       tls=self._tls)
 
 
-def _server(args: argparse.Namespace) -> Server:
+def _endpoint(args: argparse.Namespace) -> Endpoint:
     """The server to ask, from the options and the environment.
 
     Raises:
@@ -327,7 +327,7 @@ def _server(args: argparse.Namespace) -> Server:
             raise UsageError(f"--cafile {args.cafile}: not a PEM certificate file") from None
         except OSError as exc:
             raise UsageError(f"--cafile {args.cafile}: {exc.strerror or exc}") from None
-    return Server(host, port, user, password, tls)
+    return Endpoint(host, port, user, password, tls)
 
 
 def _address(args: argparse.Namespace) -> tuple[str, int]:
@@ -401,8 +401,8 @@ def _reattach_notice(client: Client, reattach: Reattach) -> str:
 
 
 def _formatted(command: str) -> Action:
-    def show(server: Server, args: argparse.Namespace) -> int:
-        _print_lines(server.request(command, {"_sys_TransactionID": args.transaction_id,
+    def show(endpoint: Endpoint, args: argparse.Namespace) -> int:
+        _print_lines(endpoint.request(command, {"_sys_TransactionID": args.transaction_id,
                                               "_sys_Format": args.format}))
         return 0
 
@@ -415,8 +415,8 @@ _CONTROLS = {"cancel": "CancelJob", "suspend": "SuspendJob", "resume": "ResumeJo
 
 
 def _control(name: str) -> Action:
-    def control(server: Server, args: argparse.Namespace) -> int:
-        text = "\n".join(server.request(_CONTROLS[name],
+    def control(endpoint: Endpoint, args: argparse.Namespace) -> int:
+        text = "\n".join(endpoint.request(_CONTROLS[name],
                                         {"_sys_TransactionID": args.transaction_id}))
         if text and " " not in text:  # CancelJob answers with the transaction ID alone
             text += f" {name} requested"
@@ -438,8 +438,8 @@ async def _list(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _outputs(server: Server, args: argparse.Namespace) -> int:
-    lines = server.request("RetrieveJob", {"_sys_TransactionID": args.transaction_id,
+def _outputs(endpoint: Endpoint, args: argparse.Namespace) -> int:
+    lines = endpoint.request("RetrieveJob", {"_sys_TransactionID": args.transaction_id,
                                            "_sys_Format": "json"})
     if args.json:
         _print_lines(lines)
@@ -456,34 +456,34 @@ def _outputs(server: Server, args: argparse.Namespace) -> int:
     return 0
 
 
-def _projects(server: Server, args: argparse.Namespace) -> int:
+def _projects(endpoint: Endpoint, args: argparse.Namespace) -> int:
     from ..client.results import projects_from_lines
 
-    _print_lines(projects_from_lines(server.request("ListProjects")))
+    _print_lines(projects_from_lines(endpoint.request("ListProjects")))
     return 0
 
 
-def _queue(server: Server, args: argparse.Namespace) -> int:
+def _queue(endpoint: Endpoint, args: argparse.Namespace) -> int:
     from ..client.results import queue_length_from_lines
 
-    counts = queue_length_from_lines(server.request("GetJobQueueLen"))
+    counts = queue_length_from_lines(endpoint.request("GetJobQueueLen"))
     _print_lines([f"Queued: {counts.queued}", f"Running: {counts.running}"])
     return 0
 
 
-def _log(server: Server, args: argparse.Namespace) -> int:
+def _log(endpoint: Endpoint, args: argparse.Namespace) -> int:
     from ..client.results import task_log_from_lines
 
-    entries = task_log_from_lines(server.request("GetTaskLog"))
+    entries = task_log_from_lines(endpoint.request("GetTaskLog"))
     _print_lines(table(("TIME", "TRANSACTION", "PROJECT", "EVENT"), [
         (e.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ") if e.timestamp else "-",
          e.transaction_id, e.project, e.event) for e in entries]))
     return 0
 
 
-def _restart_server(server: Server, args: argparse.Namespace) -> int:
+def _restart_server(endpoint: Endpoint, args: argparse.Namespace) -> int:
     # As long as running jobs take to finish (the server's grace): no reply timeout.
-    _print_lines(["\n".join(server.request("RestartServer", reply_timeout_s=None))])
+    _print_lines(["\n".join(endpoint.request("RestartServer", reply_timeout_s=None))])
     return 0
 
 

@@ -19,9 +19,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .._version import __version__
 from .client_commands import add_client_commands
@@ -34,10 +32,10 @@ if TYPE_CHECKING:
     from ..server.server import Server
     from ..engine.job import Job
 
-# The server's side (the app, the engine, the store, the config file reader) is
-# imported by the commands that serve, not here: a client command such as
-# `jobmonitor status` starts in a fraction of the time without lxml, sqlite3 and
-# the engine (benchmarks/cli_startup.py).
+# The server's side (the app, the engine, the store, the config file reader) and
+# asyncio are imported by the commands that serve, not here: a client command
+# such as `jobmonitor status` starts in a fraction of the time without lxml,
+# sqlite3, the engine and an event loop (benchmarks/cli_startup.py).
 
 __all__ = ["main", "build_parser"]
 
