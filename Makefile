@@ -15,8 +15,10 @@ PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# Nothing compiled at install, in the build's own environment either (which
+# --no-compile does not reach): Python compiles what it imports, when it does.
 $(VENV)/.installed-serve: setup.cfg pyproject.toml | $(BIN)/python
-	$(PIP) --no-compile -e .
+	PIP_COMPILE=false $(PIP) -e .
 	touch $@
 
 # (the test tools come with what serving needs: serving installs nothing more)
