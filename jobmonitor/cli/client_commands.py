@@ -1,6 +1,6 @@
 """The client commands of ``jobmonitor``: submit, watch, status, info, cancel, ...
 
-Each command builds a ``Client`` from ``--host``/``--port`` (or
+Each command finds its ``Endpoint`` from ``--host``/``--port`` (or
 ``JOBMONITOR_HOST``/``JOBMONITOR_PORT``), ``--user`` (or ``JOBMONITOR_USER``;
 the password comes from ``JOBMONITOR_PASSWORD`` or a prompt) and ``--tls`` /
 ``--cafile``, calls the library, and prints.  Every
@@ -9,27 +9,35 @@ failure becomes one line on stderr and an exit status (see ``EXIT_CODES``):
 server shut down, 2 a usage error, an unreachable server or an error reply.  While ``submit`` or ``watch`` follows a
 job whose connection was lost, a line on stderr says so, and another when it
 has re-attached (the library's ``on_reattach`` hook).
+
+A command that asks one question (status, cancel, queue, ...) asks it on a
+plain socket (``client.blocking``) and never imports asyncio: its start-up is
+most of its time (``benchmarks/cli_startup.py``).  Only the commands that
+follow a stream, or take typed results from ``Client`` (``list``), run an
+event loop: an ``async def`` action is given a ``Client``, any other action
+the ``Endpoint`` it asks.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import getpass
+import inspect
 import os
-import ssl
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Any, NoReturn
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn, Union, cast
 
-from ..client import Client, JobStatus, ProtocolError, Reattach, ReplyError, Transaction
-from ..client.results import job_page_from_json, load_json
+from ..errors import ProtocolError, ReplyError
 from ..wire.codes import Reply
 from .output import (EXIT_CODES, JsonPrinter, LivePrinter, PlainPrinter, StreamPrinter,
                      display_text, display_width, exit_status)
 from ..wire import DEFAULT_PORT
-from ..wire.formats import to_json
 from ..wire.variables import AFTER, FILTER, FORMAT, TRANSACTION_ID, USER_TOKEN
+
+if TYPE_CHECKING:
+    import ssl
+
+    from ..client import Client, JobStatus, Reattach, Transaction
 
 __all__ = ["add_client_commands", "EXIT_CODES", "USAGE_ERROR"]
 
@@ -37,7 +45,11 @@ __all__ = ["add_client_commands", "EXIT_CODES", "USAGE_ERROR"]
 USAGE_ERROR = 2
 _BROKEN_PIPE = 141  # what a shell reports for a process killed by SIGPIPE
 
-Action = Callable[[Client, argparse.Namespace], Coroutine[Any, Any, int]]
+#: What a command does: asks its ``Endpoint`` and returns the exit status, or (an
+#: ``async def``) runs on an event loop with a ``Client``.
+_AskAction = Callable[["Endpoint", argparse.Namespace], int]
+_StreamAction = Callable[["Client", argparse.Namespace], Coroutine[Any, Any, int]]
+Action = Union[_AskAction, _StreamAction]
 
 
 class UsageError(Exception):
@@ -203,11 +215,16 @@ def _run(action: Action, args: argparse.Namespace) -> int:
     where = "the server"
     stdout, sys.stdout = sys.stdout, _Output(sys.stdout)
     try:
-        client = _client(args)
-        where = f"{client.host}:{client.port}"
-        status = asyncio.run(action(client, args))
+        endpoint = _endpoint(args)
+        where = f"{endpoint.host}:{endpoint.port}"
+        if inspect.iscoroutinefunction(action):
+            import asyncio
+
+            status = asyncio.run(cast(_StreamAction, action)(endpoint.client(), args))
+        else:
+            status = cast(_AskAction, action)(endpoint, args)
         sys.stdout.flush()  # here, where a failure is reported as ours
-        return status
+        return int(status)
     except UsageError as exc:
         return _fail(str(exc))
     except OutputError as exc:
@@ -250,8 +267,37 @@ def _silence_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
-def _client(args: argparse.Namespace) -> Client:
-    """A client from the options and the environment.
+class Endpoint:
+    """The server a command asks, and as whom: from the options and the environment."""
+
+    def __init__(self, host: str, port: int, user: str | None, password: str | None,
+                 tls: ssl.SSLContext | None) -> None:
+        self.host, self.port = host, port
+        self._user, self._password, self._tls = user, password, tls
+
+    def request(self, command: str, variables: Mapping[str, str] | None = None, *,
+                reply_timeout_s: float | None = 30.0) -> list[str]:
+        """Ask once, on a plain socket; the reply's lines (``blocking.request``).
+
+        Raises:
+            ReplyError, ProtocolError, OSError, ValueError: see ``blocking.request``.
+        """
+        from ..client.blocking import request
+
+        return request(self.host, self.port, command, variables or {}, user=self._user,
+                       password=self._password, tls=self._tls,
+                       reply_timeout_s=reply_timeout_s)
+
+    def client(self) -> Client:
+        """The asyncio client, for the commands that follow a stream."""
+        from ..client.api import Client
+
+        return Client(self.host, self.port, user=self._user, password=self._password,
+                      tls=self._tls)
+
+
+def _endpoint(args: argparse.Namespace) -> Endpoint:
+    """The server to ask, from the options and the environment.
 
     Raises:
         UsageError: a bad value, no password for ``--user``, or a ``--cafile``
@@ -265,6 +311,8 @@ def _client(args: argparse.Namespace) -> Client:
         if password is None:
             if not sys.stdin.isatty():
                 raise UsageError(f"no password for {user}: set JOBMONITOR_PASSWORD")
+            import getpass
+
             try:
                 password = getpass.getpass(f"Password for {user}: ")
             except EOFError:  # Ctrl-D at the prompt: end its line, then say why we stop
@@ -272,13 +320,15 @@ def _client(args: argparse.Namespace) -> Client:
                 raise UsageError(f"no password for {user}") from None
     tls: ssl.SSLContext | None = None
     if args.tls or args.cafile:
+        import ssl
+
         try:
             tls = ssl.create_default_context(cafile=args.cafile)
         except ssl.SSLError:
             raise UsageError(f"--cafile {args.cafile}: not a PEM certificate file") from None
         except OSError as exc:
             raise UsageError(f"--cafile {args.cafile}: {exc.strerror or exc}") from None
-    return Client(host, port, user=user, password=password, tls=tls)
+    return Endpoint(host, port, user, password, tls)
 
 
 def _address(args: argparse.Namespace) -> tuple[str, int]:
@@ -352,19 +402,26 @@ def _reattach_notice(client: Client, reattach: Reattach) -> str:
 
 
 def _formatted(command: str) -> Action:
-    async def show(client: Client, args: argparse.Namespace) -> int:
-        lines = await client.request(command, {TRANSACTION_ID: args.transaction_id,
-                                               FORMAT: args.format})
-        _print_lines(lines)
+    def show(endpoint: Endpoint, args: argparse.Namespace) -> int:
+        _print_lines(endpoint.request(command, {TRANSACTION_ID: args.transaction_id,
+                                                FORMAT: args.format}))
         return 0
 
     return show
 
 
+#: The command each control command sends.
+_CONTROLS = {"cancel": "CancelJob", "suspend": "SuspendJob", "resume": "ResumeJob",
+             "delete": "DeleteJob"}
+
+
 def _control(name: str) -> Action:
-    async def control(client: Client, args: argparse.Namespace) -> int:
-        acknowledged = await getattr(client, name)(args.transaction_id)
-        _print_lines([acknowledged.text])
+    def control(endpoint: Endpoint, args: argparse.Namespace) -> int:
+        text = "\n".join(endpoint.request(_CONTROLS[name],
+                                          {TRANSACTION_ID: args.transaction_id}))
+        if text and " " not in text:  # CancelJob answers with the transaction ID alone
+            text += f" {name} requested"
+        _print_lines([text])
         return 0
 
     return control
@@ -382,6 +439,9 @@ async def _list(client: Client, args: argparse.Namespace) -> int:
 async def _jobs_json(client: Client, every: bool, user_token: str | None) -> str:
     """The jobs of every page as one JSON list: what the server sent before its
     list had pages."""
+    from ..client.results import job_page_from_json, load_json
+    from ..wire.formats import to_json
+
     variables = {FILTER: "all" if every else "active", FORMAT: "json"}
     if user_token:
         variables[USER_TOKEN] = user_token
@@ -396,38 +456,52 @@ async def _jobs_json(client: Client, every: bool, user_token: str | None) -> str
             return f"[{','.join(items)}]"
 
 
-async def _outputs(client: Client, args: argparse.Namespace) -> int:
+def _outputs(endpoint: Endpoint, args: argparse.Namespace) -> int:
+    lines = endpoint.request("RetrieveJob", {TRANSACTION_ID: args.transaction_id,
+                                             FORMAT: "json"})
     if args.json:
-        _print_lines(await client.request("RetrieveJob", {
-            TRANSACTION_ID: args.transaction_id, FORMAT: "json"}))
+        _print_lines(lines)
         return 0
-    outputs = await client.outputs(args.transaction_id)
+    from ..client.results import load_json, outputs_from_json
+
+    outputs = outputs_from_json(load_json("\n".join(lines)))
     _print_lines(table(("NAME", "MEDIA TYPE", "URI"),
                        [(o.name, o.media_type or "-", o.uri) for o in outputs]))
+    if any(output.partial for output in outputs):
+        # On stderr, where a person sees it and a script reading the table does not trip.
+        print("jobmonitor: the job failed or was cancelled: these outputs are partial",
+              file=sys.stderr)
     return 0
 
 
-async def _projects(client: Client, args: argparse.Namespace) -> int:
-    _print_lines(await client.projects())
+def _projects(endpoint: Endpoint, args: argparse.Namespace) -> int:
+    from ..client.results import projects_from_lines
+
+    _print_lines(projects_from_lines(endpoint.request("ListProjects")))
     return 0
 
 
-async def _queue(client: Client, args: argparse.Namespace) -> int:
-    counts = await client.queue_length()
+def _queue(endpoint: Endpoint, args: argparse.Namespace) -> int:
+    from ..client.results import queue_length_from_lines
+
+    counts = queue_length_from_lines(endpoint.request("GetJobQueueLen"))
     _print_lines([f"Queued: {counts.queued}", f"Running: {counts.running}"])
     return 0
 
 
-async def _log(client: Client, args: argparse.Namespace) -> int:
-    entries = await client.task_log()
+def _log(endpoint: Endpoint, args: argparse.Namespace) -> int:
+    from ..client.results import task_log_from_lines
+
+    entries = task_log_from_lines(endpoint.request("GetTaskLog"))
     _print_lines(table(("TIME", "TRANSACTION", "PROJECT", "EVENT"), [
         (e.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ") if e.timestamp else "-",
          e.transaction_id, e.project, e.event) for e in entries]))
     return 0
 
 
-async def _restart_server(client: Client, args: argparse.Namespace) -> int:
-    _print_lines([await client.restart_server()])
+def _restart_server(endpoint: Endpoint, args: argparse.Namespace) -> int:
+    # As long as running jobs take to finish (the server's grace): no reply timeout.
+    _print_lines(["\n".join(endpoint.request("RestartServer", reply_timeout_s=None))])
     return 0
 
 

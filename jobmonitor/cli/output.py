@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sys
 import unicodedata
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from ..client import JobResult, Progress, StreamLine
 from ..wire.codes import Reply
 from ..wire.lines import escape_text
 from ..wire.states import Outcome
+
+if TYPE_CHECKING:  # (the commands that print no stream need not import them)
+    from ..client import JobResult, Progress, StreamLine
 
 __all__ = ["StreamPrinter", "PlainPrinter", "LivePrinter", "JsonPrinter", "EXIT_CODES",
            "SHUTDOWN_EXIT", "exit_status", "display_text", "display_width"]
@@ -107,6 +108,8 @@ class LivePrinter(StreamPrinter):
         progress = line.progress
         if progress is not None:
             self._last_progress = line
+            import shutil  # (here: only a terminal shows a bar)
+
             self._bar = render_bar(progress, shutil.get_terminal_size().columns)
             self._write(_CLEAR_LINE + self._bar)
             return

@@ -178,7 +178,8 @@ class Client:
         Raises:
             ReplyError, OSError, ProtocolError: see the class.
         """
-        reader, writer = await self._open_monitor(transaction_id, from_line)
+        # The server's spelling of the ID (t0000001 names T0000001), for the handle.
+        transaction_id, reader, writer = await self._open_monitor(transaction_id, from_line)
         return self._track(Transaction(self, transaction_id, reader, writer,
                                        from_line=from_line))
 
@@ -352,15 +353,16 @@ class Client:
         return Acknowledged(text.split(" ", 1)[0] or transaction_id, text)
 
     async def _open_monitor(self, transaction_id: str, from_line: int
-                            ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+                            ) -> tuple[str, asyncio.StreamReader, asyncio.StreamWriter]:
+        """Attach to a job's stream; the transaction ID as the server answered it."""
         variables = {TRANSACTION_ID: transaction_id, FROM_LINE: str(from_line)}
         reader, writer = await self._open("MonitorJob", variables)
         try:
-            _transaction_id(await read_reply(reader, self.reply_timeout_s))
+            answered = _transaction_id(await read_reply(reader, self.reply_timeout_s))
         except BaseException:
             await close_quietly(writer)
             raise
-        return reader, writer
+        return answered, reader, writer
 
     def _track(self, transaction: Transaction) -> Transaction:
         self._transactions.add(transaction)

@@ -137,11 +137,13 @@ class Reattach:
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    """Something a job produced, by reference."""
+    """Something a job produced, by reference.  ``partial`` is True when the job
+    failed or was cancelled: the file may be cut short, not a result."""
 
     name: str
     uri: str
     media_type: str | None = None
+    partial: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,7 +353,8 @@ def job_page_from_json(data: Any, after: str | None) -> tuple[list[Any], str | N
 
 
 def outputs_from_json(data: Any) -> tuple[Output, ...]:
-    """Read a list of ``{Name, Uri, MediaType}`` objects.
+    """Read a list of ``{Name, Uri, MediaType, Partial}`` objects (``Partial``
+    may be missing: a server before it said nothing of it).
 
     Raises:
         ProtocolError: not such a list.
@@ -414,7 +417,8 @@ def _output(data: Any) -> Output:
     try:
         media_type = data.get("MediaType")
         return Output(str(data["Name"]), str(data["Uri"]),
-                      None if media_type is None else str(media_type))
+                      None if media_type is None else str(media_type),
+                      data.get("Partial") is True)
     except KeyError as exc:
         raise ProtocolError(f"output without {exc.args[0]}") from None
 

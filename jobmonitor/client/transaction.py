@@ -49,7 +49,7 @@ class _Client(Protocol):
     async def status(self, transaction_id: str) -> JobStatus: ...
 
     async def _open_monitor(self, transaction_id: str, from_line: int
-                            ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
+                            ) -> tuple[str, asyncio.StreamReader, asyncio.StreamWriter]: ...
 
 
 class Transaction:
@@ -247,7 +247,7 @@ class Transaction:
                 # A server that accepts but never answers must not hold a retry
                 # for the whole connect and reply timeouts past the deadline.
                 async with asyncio.timeout_at(deadline if retry else None):
-                    self._reader, self._writer = await self._client._open_monitor(
+                    _, self._reader, self._writer = await self._client._open_monitor(
                         self.transaction_id, self.last_line + 1)
                 break
             except (OSError, ReplyError) as exc:

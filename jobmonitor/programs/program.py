@@ -6,15 +6,17 @@ program is started directly (never through a shell), so a value can never add,
 split or remove an argument.  ``{{`` and ``}}`` stand for literal braces.
 
 While it runs, each line the program writes to stdout becomes an information
-line and each line on stderr an error line, as they are produced.  Exit status
-0 is success; anything else, a timeout, or a failure to start fails the job.
-``timeout_s`` is the handler's time limit, which the engine keeps as for any
-handler (time suspended is not counted), with the program's own line:
-``make timed out after 60 s``.  Cancelling the job, or its time running out
-(its task is cancelled), sends SIGTERM to the program's process group and,
-once ``kill_grace_s`` has passed, SIGKILL to whatever is left of the group,
-even if the program itself has exited.  Suspending a running job sends the
-group SIGSTOP; resuming it, SIGCONT.  With an ``output_dir`` each job gets its own folder
+line and each line on stderr an error line (an information line too with
+``stderr="info"``, for programs such as tar, curl, git and ffmpeg that write
+their progress there), as they are produced.  Exit status 0 is success;
+anything else, a timeout, or a failure to start fails the job.  ``timeout_s``
+is the handler's time limit, which the engine keeps as for any handler (time
+suspended is not counted), with the program's own line: ``make timed out
+after 60 s``.  Cancelling the job, or its time running out (its task is
+cancelled), sends SIGTERM to the program's process group and, once
+``kill_grace_s`` has passed, SIGKILL to whatever is left of the group, even if
+the program itself has exited.  Suspending a running job sends the group
+SIGSTOP; resuming it, SIGCONT.  With an ``output_dir`` each job gets its own folder
 ``<output_dir>/<transaction id>``; the files the program leaves there are
 recorded as the job's outputs.  What a variable's value may be (``Variable``
 rules, paths under ``{output_dir}``) is ``program_args``'s part.
@@ -63,6 +65,9 @@ SELF_CHECKED = (*JOB_OPTIONS, "kill_grace_s")
 
 #: Variables every SubmitJob may carry (they fill placeholders only when declared).
 STANDARD_VARIABLES = frozenset({"ProjectName", "JobName"})
+#: What a program's stderr lines become: error lines (J0005000), or information
+#: lines (J0000100) for programs that write their progress there.
+STDERR_MODES = ("error", "info")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +79,9 @@ class Program:
     read-only mapping of each name to its ``Variable`` (``Variable()`` for a
     name given alone), in the order given.  ``timeout_s``, ``retries`` and
     ``retry_delay_s`` are checked as ``add_job`` checks a handler's
-    (``check_job_options``: the same words).
+    (``check_job_options``: the same words).  ``stderr`` says what the
+    program's stderr lines become: ``"error"`` lines (the default) or ``"info"``
+    lines; either way only the exit status decides how the job ends.
 
     Raises (on construction):
         ConfigError: a bad field; the message starts with the field's name.
@@ -92,6 +99,7 @@ class Program:
     retry_on_restart: bool = False
     retries: int = 0
     retry_delay_s: float = 0.0
+    stderr: str = "error"
     _rules: Mapping[str, Variable] = field(init=False, repr=False, compare=False)
     _templates: tuple[Template, ...] = field(init=False, repr=False, compare=False)
     _output_paths: tuple[OutputPath, ...] = field(init=False, repr=False, compare=False)
@@ -121,7 +129,7 @@ class Program:
         Raises:
             RequestError: INVALID_VALUE for an unknown variable or a value that
             breaks a rule (``program_args``), MISSING_VARIABLE for a declared
-            variable that is absent.
+            variable that is absent or blank (empty or only white space).
         """
         unknown = sorted(set(params) - set(self._rules) - STANDARD_VARIABLES)
         if unknown:
@@ -131,6 +139,8 @@ class Program:
         for name, rule in self._rules.items():
             if name not in params:
                 raise RequestError(Reply.MISSING_VARIABLE, name)
+            if not params[name].strip():
+                raise RequestError(Reply.MISSING_VARIABLE, f"{name} (its value is blank)")
             if "\x00" in params[name]:
                 raise RequestError(Reply.INVALID_VALUE, f"{name} contains a NUL character")
             refusal = rule.refusal(params[name])
@@ -182,6 +192,9 @@ class Program:
 def _check_fields(program: Program) -> None:
     if not program.command or not all(isinstance(item, str) for item in program.command):
         raise ConfigError("command: must be a non-empty list of strings")
+    if program.stderr not in STDERR_MODES:
+        raise ConfigError(f"stderr: must be {' or '.join(map(repr, STDERR_MODES))}, "
+                          f"got {program.stderr!r}")
     if not program.command[0].strip():
         raise ConfigError("command[0]: the program to run must not be empty")
     # The operating system cannot pass a NUL: refused here, not by every job.
@@ -286,7 +299,8 @@ async def run_program(program: Program, job: Job) -> None:
     argv = program.argv(values)
     process = await start_program(argv, program.cwd, env)
     # Reading goes on while the program is being stopped: its last words count.
-    output = asyncio.ensure_future(read_output(process, job.info, job.error))
+    on_stderr = job.info if program.stderr == "info" else job.error
+    output = asyncio.ensure_future(read_output(process, job.info, on_stderr))
     try:
         with job.pausable(*_pauser(process)):
             await asyncio.shield(output)

@@ -10,6 +10,7 @@ touches a socket.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import platform
 
 from sys import intern
@@ -26,7 +27,7 @@ from ..engine.job import Job
 from ..wire.lines import clip
 from ..wire.packet import Packet
 from ..wire.formats import (FORMATS, ListRenderer, cell, iso_time, job_dict, key_values,
-                            render, to_json)
+                            outputs_header, render, to_json)
 from ..wire.records import JobRecord
 from ..wire.variables import (AFTER, CLIENT_JOB_MONITOR, FILTER, FORMAT, FROM_LINE, JOB_TOKEN,
                               LIMIT, PASSWORD, PROJECT_NAME, SYSTEM_PREFIX, TRANSACTION_ID, USER,
@@ -45,6 +46,8 @@ MAX_LIST_LIMIT = 10_000
 #: Longest a ListJobs page is rendered before the event loop gets a turn (a page
 #: of 1 000 jobs takes tens of milliseconds in JSON, more in XML).
 RENDER_TURN_S = 0.002
+#: Longest unknown command name compared with the known ones for a suggestion.
+MAX_SUGGESTED_LENGTH = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +122,21 @@ class Commands:
             or wrong when users are configured.
         """
         if packet.command not in self._table:
-            raise RequestError(Reply.UNKNOWN_COMMAND, clip(packet.command, 80))
+            raise RequestError(Reply.UNKNOWN_COMMAND,
+                               clip(packet.command, 80) + self._suggestion(packet.command))
         if self._auth is None or not self._auth.enabled:
             token = packet.variables.get(USER_TOKEN, "").strip()
             return Caller(token or ANONYMOUS)
         return await self._authenticated(packet, peer())
+
+    def _suggestion(self, command: str) -> str:
+        """`` (did you mean GetJobStatus?)`` for a name close to a command's (in
+        any case), else nothing.  A long name is no typo: it is not compared."""
+        if len(command) > MAX_SUGGESTED_LENGTH:
+            return ""
+        by_folded = {name.casefold(): name for name in self._table}
+        close = difflib.get_close_matches(command.strip().casefold(), by_folded, n=1)
+        return f" (did you mean {by_folded[close[0]]}?)" if close else ""
 
     async def execute(self, packet: Packet, caller: Caller) -> Response:
         """Carry out a packet of a known command (``caller`` checked it) for ``caller``.
@@ -172,7 +185,7 @@ class Commands:
             owner = packet.variables.get(USER_TOKEN, "").strip() or owner
         found = await self._engine.jobs.resolve(transaction_id, owner, job_token)
         if caller.restricted and (await self._engine.jobs.record(found)).identity != caller.identity:
-            raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id or found))
+            raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(found))
         return found
 
     def _check_monitors(self, transaction_id: str) -> None:
@@ -260,7 +273,7 @@ class Commands:
         record = await self._engine.jobs.record(await self._transaction(packet, caller))
         if form == "json":
             return Response(to_json(job_dict(record)["JobData"]))
-        rows = [f"{len(record.outputs)} outputs"] + [
+        rows = [outputs_header(record)] + [
             "\t".join((cell(o.name), cell(o.uri), cell(o.media_type or "")))
             for o in record.outputs]
         return Response("\n".join(rows))

@@ -5,6 +5,11 @@ The JSON and XML forms follow the JobStatus representation of job REST APIs:
 ``Created``/``Updated``/``Completed``, ``Progress``, ``JobData`` and
 ``Parameters`` (``name=value`` pairs joined by ``;``, with ``\\`` escaping
 ``\\``, ``;`` and ``=``).  JSON gives ``Status`` as a number, XML as a word.
+
+Two fields follow from the job's state: each output is ``Partial`` when the
+job failed or was cancelled (a file it left may be cut short), and the
+suggested wait before polling again (``PollAfter``) is given only while the
+job can still change.
 """
 
 from __future__ import annotations
@@ -16,16 +21,17 @@ import math
 import re
 import time
 from collections.abc import Callable
-from typing import Any
-
-from lxml import etree
+from typing import TYPE_CHECKING, Any
 
 from .records import JobRecord
+from .states import JobState
+
+if TYPE_CHECKING:
+    from lxml import etree
 
 __all__ = ["FORMATS", "POLL_AFTER_S", "job_dict", "render", "render_list", "ListRenderer",
-           "to_json",
-           "join_parameters",
-           "split_parameters", "iso_time", "progress_text", "cell"]
+           "to_json", "join_parameters", "split_parameters", "iso_time", "progress_text",
+           "cell", "outputs_partial", "outputs_header"]
 
 FORMATS = ("text", "json", "xml")
 #: Seconds a polling client should wait before asking again.
@@ -36,6 +42,29 @@ _JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029]")
 #: What XML 1.0 cannot carry: all but its ``Char`` production (tab, line feed,
 #: carriage return, and the rest from the space on, less surrogates, U+FFFE and U+FFFF).
 _XML_UNSAFE = re.compile("[^\t\n\r -\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+#: The states in which a job stopped before it completed: what it left is partial.
+_CUT_SHORT = {JobState.FAILED: "failed", JobState.CANCELLED: "was cancelled"}
+
+
+def outputs_partial(record: JobRecord) -> bool:
+    """Whether the job's outputs may be incomplete: it failed or was cancelled."""
+    return record.status in _CUT_SHORT
+
+
+def outputs_header(record: JobRecord) -> str:
+    """The first line of a RetrieveJob text reply: ``2 outputs``, with
+    ``(partial: the job failed)`` or ``(partial: the job was cancelled)`` after
+    it when the job stopped before it completed."""
+    header = f"{len(record.outputs)} outputs"
+    if record.outputs and outputs_partial(record):
+        header += f" (partial: the job {_CUT_SHORT[record.status]})"
+    return header
+
+
+def _poll_after(record: JobRecord) -> int | None:
+    """Seconds before polling again; None once the job has ended (it will not change)."""
+    return None if record.status.is_final else POLL_AFTER_S
 
 
 def iso_time(timestamp: float | None) -> str | None:
@@ -112,6 +141,7 @@ def _percent(record: JobRecord) -> int | None:
 def job_dict(record: JobRecord, *, history: bool = False, numeric_status: bool = True
              ) -> dict[str, Any]:
     """The JobStatus object of a job (with ``History`` for GetJobInformation)."""
+    partial = outputs_partial(record)
     data: dict[str, Any] = {
         "Id": record.transaction_id,
         "Type": record.project,
@@ -127,10 +157,10 @@ def job_dict(record: JobRecord, *, history: bool = False, numeric_status: bool =
         "Estimated": iso_time(record.estimated),
         "Progress": {"Done": record.progress_done, "Total": record.progress_total,
                      "Percent": _percent(record), "Message": record.progress_message},
-        "JobData": [{"Name": o.name, "Uri": o.uri, "MediaType": o.media_type}
-                    for o in record.outputs],
+        "JobData": [{"Name": o.name, "Uri": o.uri, "MediaType": o.media_type,
+                     "Partial": partial} for o in record.outputs],
         "Parameters": join_parameters(record.params),
-        "PollAfter": POLL_AFTER_S,
+        "PollAfter": _poll_after(record),
         "Lines": record.line_count,
     }
     if history:
@@ -163,12 +193,18 @@ class ListRenderer:
         self.form = form
         self._count = 0
         self._parts: list[str] = []  # text rows, or each job's JSON
-        self._root = etree.Element("Jobs") if form == "xml" else None
+        self._root: etree._Element | None = None
+        if form == "xml":
+            from lxml import etree
+
+            self._root = etree.Element("Jobs")
 
     def add(self, records: list[JobRecord]) -> None:
         """Render these jobs, which follow those added before."""
         self._count += len(records)
         if self._root is not None:
+            from lxml import etree
+
             for record in records:
                 _xml_fill(etree.SubElement(self._root, "JobStatus"),
                           job_dict(record, numeric_status=False))
@@ -181,6 +217,8 @@ class ListRenderer:
     def text(self, next_after: str | None) -> str:
         """The whole reply; ``next_after`` is the next page's cursor (None: none follows)."""
         if self._root is not None:
+            from lxml import etree
+
             _xml_fill(self._root, {"Next": next_after})
             return etree.tostring(self._root, pretty_print=True, encoding="unicode").rstrip("\n")
         if self.form == "json":  # what to_json makes of the whole object, in pieces
@@ -244,7 +282,9 @@ def _text(record: JobRecord, *, history: bool) -> str:
                      for o in record.outputs)
         pairs.extend(("History", _event_text(e)) for e in record.history)
     pairs.append(("Last message", record.status_message))
-    pairs.append(("Poll after", POLL_AFTER_S))
+    poll_after = _poll_after(record)
+    if poll_after is not None:
+        pairs.append(("Poll after", poll_after))
     return key_values(pairs)
 
 
@@ -274,12 +314,17 @@ def cell(text: str) -> str:
 
 
 def _xml(data: dict[str, Any]) -> str:
+    # Imported here: the client reads parameters with this module, and needs no lxml.
+    from lxml import etree
+
     root = etree.Element("JobStatus")
     _xml_fill(root, data)
     return etree.tostring(root, pretty_print=True, encoding="unicode").rstrip("\n")
 
 
 def _xml_fill(parent: etree._Element, data: dict[str, Any]) -> None:
+    from lxml import etree
+
     for key, value in data.items():
         child = etree.SubElement(parent, key)
         if isinstance(value, dict):
@@ -288,6 +333,8 @@ def _xml_fill(parent: etree._Element, data: dict[str, Any]) -> None:
             item_tag = {"JobData": "Output", "History": "Event"}.get(key, "Item")
             for item in value:
                 _xml_fill(etree.SubElement(child, item_tag), item)
+        elif isinstance(value, bool):
+            child.text = "true" if value else "false"
         elif value is not None:
             child.text = _xml_safe(str(value))
 

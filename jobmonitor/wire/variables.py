@@ -18,11 +18,14 @@ Two facts that involve a variable: a monitor that fell behind is told, in the
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from ..errors import RequestError
 from .codes import Reply, Status
 from .lines import clip, format_line
-from .packet import Packet
+
+if TYPE_CHECKING:
+    from .packet import Packet
 
 __all__ = [
     "SYSTEM_PREFIX", "PROJECT_NAME", "JOB_NAME", "USER", "PASSWORD", "USER_TOKEN", "JOB_TOKEN",
@@ -102,16 +105,19 @@ def parse_choice(packet: Packet, name: str, choices: tuple[str, ...]) -> str:
 
 
 def parse_line_number(packet: Packet, name: str) -> int:
-    """Read a line number (1 or more, in at most ``MAX_LINE_DIGITS`` ASCII digits; default 1).
+    """Read a line number (1 or more, in at most ``MAX_LINE_DIGITS`` ASCII digits,
+    nothing else, not even a space; default 1 when absent or empty).
 
     Raises:
         RequestError: INVALID_VALUE.
     """
-    raw = packet.variables.get(name, "").strip() or "1"
+    raw = packet.variables.get(name) or "1"
     # ASCII only: str.isdigit() also passes digits such as "²" that int() refuses.
     if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_LINE_DIGITS) or int(raw) < 1:
+        # (clip() folds white space away: say that it was there)
+        spaced = " with white space around it" if raw != raw.strip() else ""
         raise RequestError(Reply.INVALID_VALUE,
-                           f"{name} must be a line number from 1, got {clip(raw)!r}")
+                           f"{name} must be a line number from 1, got {clip(raw)!r}{spaced}")
     return int(raw)
 
 

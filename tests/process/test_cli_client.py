@@ -9,6 +9,7 @@ import os
 import pty
 import re
 import select
+import shutil
 import subprocess
 import sys
 
@@ -90,7 +91,9 @@ def test_cancelled_job_exits_four(cli_server):
     try:
         read_until(follower, "J0000100: Machine name: demo-host")
         cancel = cli(cli_server.port, "cancel", "T0000001")
-        assert cancel.returncode == 0 and cancel.stdout == "T0000001\n"
+        # A sentence, as suspend, resume and delete print: the job stops at its
+        # next await (a program after SIGTERM), so "requested".
+        assert (cancel.returncode, cancel.stdout) == (0, "T0000001 cancel requested\n")
         out, _ = follower.communicate(timeout=30)
     finally:
         follower.kill()
@@ -194,7 +197,8 @@ def test_outputs_queue_log_delete_and_restart(cli_server):
         "report.pdf  application/pdf  file:///srv/output/report.pdf"])
     assert json.loads(cli(cli_server.port, "outputs", "T0000001", "--json").stdout) == [
         {"Name": "report.pdf", "Uri": "file:///srv/output/report.pdf",
-         "MediaType": "application/pdf"}]
+         "MediaType": "application/pdf", "Partial": False}]
+    assert outputs.stderr == ""  # (a job that completed: nothing partial to warn of)
     assert cli(cli_server.port, "outputs", "T0000002").stdout == "NAME  MEDIA TYPE  URI\n"
     assert cli(cli_server.port, "queue").stdout == "Queued: 0\nRunning: 0\n"
     assert cli(cli_server.port, "projects").stdout.splitlines() == [
@@ -215,6 +219,42 @@ def test_outputs_queue_log_delete_and_restart(cli_server):
         "jobmonitor: R0005009: Unknown transaction: T0000001"
     restarted = cli(cli_server.port, "restart-server")
     assert (restarted.returncode, restarted.stdout) == (0, "Job engine restarted\n")
+
+
+HALF = """
+[projects.half]
+command = [PYTHON, "-c", "import sys; open(sys.argv[1] + '/archive.tar.gz', 'wb').write(b'ha'); sys.exit(2)", "{output_dir}"]
+output_dir = OUT
+"""
+
+
+def test_the_outputs_of_a_failed_job_are_listed_as_partial(tmp_path):
+    config = tmp_path / "jobmonitor.toml"
+    config.write_text(HALF.replace("PYTHON", json.dumps(sys.executable))
+                      .replace("OUT", json.dumps(str(tmp_path / "out"))))
+    server = ServerProcess("--config", str(config))
+    try:
+        assert cli(server.port, "submit", "half").returncode == 1  # failed
+        archive = (tmp_path / "out" / "T0000001" / "archive.tar.gz").as_uri()
+        listed = cli(server.port, "outputs", "T0000001")
+        assert (listed.returncode, listed.stdout.splitlines()) == (0, [
+            "NAME            MEDIA TYPE        URI",
+            f"archive.tar.gz  application/gzip  {archive}"])
+        assert listed.stderr == ("jobmonitor: the job failed or was cancelled: these outputs "
+                                 "are partial\n")
+        assert json.loads(cli(server.port, "outputs", "T0000001", "--json").stdout) == [
+            {"Name": "archive.tar.gz", "Uri": archive, "MediaType": "application/gzip",
+             "Partial": True}]
+    finally:
+        server.kill()
+
+
+def test_watch_names_a_job_given_in_lower_case_in_its_canonical_form(cli_server):
+    cli(cli_server.port, "submit", "count", "-v", "Count=2", "-v", "Delay=0")
+    watched = cli(cli_server.port, "watch", "t0000001")
+    assert (watched.returncode, watched.stdout.splitlines()) == (0, COUNT)
+    as_json = cli(cli_server.port, "watch", "t0000001", "--json").stdout.splitlines()
+    assert {json.loads(line)["transaction_id"] for line in as_json} == {"T0000001"}
 
 
 def test_delete_refuses_a_running_job(cli_server):
@@ -275,6 +315,60 @@ def test_refused_connection(unused_port):
         "(is the server running?)")
 
 
+# The one-shot commands ask on a plain socket (client.blocking), the stream and list
+# commands with the asyncio client: the same answers come to the same lines.
+ASKED = [["status", "T0000001"], ["cancel", "T0000001"], ["queue"], ["outputs", "T0000001"],
+         ["list"]]
+
+
+@pytest.mark.parametrize("args", ASKED, ids=[args[0] for args in ASKED])
+@pytest.mark.parametrize(("answer", "error"), [
+    (b"HTTP/1.1 400 Bad Request\r\n\r\n", "HOST:PORT did not answer as a jobmonitor server: "
+                                         "not a coded line: 'HTTP/1.1 400 Bad Request'"),
+    (b"R0000000- Queued: 0\r\n", "cannot reach HOST:PORT: the server closed the connection "
+                                  "before its reply was complete (if the server uses TLS, add "
+                                  "--tls)"),
+    (b"R0005009- Unknown transaction:\r\nR0005009: T0000001\r\n",
+     "R0005009: Unknown transaction:\\x0aT0000001"),
+    (b"R0000000- a\r\nJ0000100: b\r\n", "HOST:PORT did not answer as a jobmonitor server: "
+                                         "unexpected line in a reply: b'J0000100: b\\r\\n'"),
+])
+async def test_an_answer_outside_the_protocol_is_one_line_whoever_asks(args, answer, error):
+    async with scripted_server([answer]) as (port, packets):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "jobmonitor", *args, "--port", str(port), cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert (proc.returncode, out) == (2, b"")
+    assert err.decode().replace(f"127.0.0.1:{port}", "HOST:PORT") == f"jobmonitor: {error}\n"
+    assert len(packets) == 1 and packets[0].command in (
+        "GetJobStatus", "CancelJob", "GetJobQueueLen", "RetrieveJob", "ListJobs")
+
+
+@pytest.mark.parametrize("args", ASKED, ids=[args[0] for args in ASKED])
+def test_a_refused_connection_is_one_line_whoever_asks(unused_port, args):
+    assert one_error_line(cli(unused_port, *args)) == (
+        f"jobmonitor: cannot connect to 127.0.0.1:{unused_port}: connection refused "
+        "(is the server running?)")
+
+
+def test_a_client_command_asks_without_asyncio_or_lxml(cli_server):
+    # What makes `jobmonitor status` start fast: it imports neither (nor the server).
+    code = ("import sys; from jobmonitor.cli import main; status = main(sys.argv[1:]); "
+            "print(sorted(name for name in sys.modules if name.split('.')[0] in "
+            "('asyncio', 'lxml', 'sqlite3', 'ssl', 'tomllib') or name.startswith(("
+            "'jobmonitor.server', 'jobmonitor.engine', 'jobmonitor.store', 'jobmonitor.app', "
+            "'jobmonitor.programs')))); sys.exit(status)")
+    cli(cli_server.port, "submit", "count", "-v", "Count=1", "-v", "Delay=0")
+    for args in (["status", "T0000001"], ["info", "T0000001"], ["queue"], ["projects"],
+                 ["outputs", "T0000001"], ["log"], ["delete", "T0000001"]):
+        result = subprocess.run([sys.executable, "-c", code, *args, "--port",
+                                 str(cli_server.port)], cwd=ROOT, capture_output=True,
+                                text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[-1] == "[]", args
+
+
 def test_unknown_host():
     line = one_error_line(cli(7400, "list", "--host", "no-such-host.invalid"))
     assert line.startswith("jobmonitor: cannot reach no-such-host.invalid:7400: ")
@@ -301,6 +395,20 @@ def test_an_option_before_the_command_says_where_it_goes(args):
     assert one_error_line(cli(None, *args)) == (
         f"jobmonitor: options go after the command's name: jobmonitor COMMAND "
         f"{args[0].partition('=')[0]} ... (see jobmonitor --help)")
+
+
+@pytest.mark.parametrize(("command", "suggested"), [("stauts", "status"), ("sever", "serve"),
+                                                    ("cancle", "cancel"), ("outptus", "outputs")])
+def test_an_unknown_command_suggests_the_nearest(command, suggested):
+    assert one_error_line(cli(None, command, "T0000001")) == (
+        f"jobmonitor: unknown command {command!r}: did you mean {suggested}? "
+        "(see jobmonitor --help)")
+
+
+def test_an_unknown_command_far_from_any_lists_them():
+    line = one_error_line(cli(None, "xyzzy"))
+    assert line.startswith("jobmonitor: unknown command 'xyzzy': the commands are serve, ")
+    assert ", restart-server (see jobmonitor --help)" in line
 
 
 def test_help_and_version_still_come_before_the_command():
@@ -643,6 +751,35 @@ def test_readme_program_projects_session(on_path):
         server.kill()
 
 
+@pytest.mark.skipif(shutil.which("socat") is None, reason="needs socat")
+def test_the_socat_example_in_the_client_doc_is_what_socat_does(cli_server, tmp_path):
+    section = (ROOT / "docs" / "client.md").read_text()
+    section = section[section.index("### Without the client: netcat and socat"):]
+    packet = section[section.index("```xml\n") + len("```xml\n"):]
+    (tmp_path / "long.xml").write_text(packet[:packet.index("```")])
+    steps = transcript(section[:section.index("\n## ")])
+    assert [command.split(" - ")[0] for command, _ in steps] == ["socat", "socat -t 3600"]
+    for command, shown in steps:  # without -t the stream is cut after half a second
+        command = command.replace("127.0.0.1:7400", f"127.0.0.1:{cli_server.port}")
+        result = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True,
+                                text=True, timeout=30)
+        assert (result.returncode, result.stdout.splitlines()) == (0, shown), command
+
+
+@pytest.mark.parametrize(("heading", "started"), [
+    ("## Write jobs", "Serve it with `jobmonitor serve --jobs myjobs.py`"),
+    ("## Run programs as jobs", "$ jobmonitor serve --config examples/jobmonitor.toml")])
+def test_the_readme_stops_make_serve_before_it_starts_another_server(heading, started):
+    # Read top to bottom, `make serve` still runs: a second server on its port and
+    # database would stop at "address already in use" (or the database's lock).
+    section = readme_section(heading)
+    said = " ".join(section[:section.index(started) + 400].split())
+    assert "`make serve`, Ctrl-C in its terminal" in said or \
+        "after stopping `make serve` (Ctrl-C in its terminal)" in said
+    if heading == "## Write jobs":  # or side by side, on a port and database of its own
+        assert "--port 7401 --store sqlite:///myjobs.db" in said
+
+
 def test_readme_config_file_is_the_example_file():
     section = readme_section("## Run programs as jobs")
     block = section[section.index("```toml\n") + len("```toml\n"):]
@@ -718,11 +855,14 @@ def test_tls_with_a_certificate_file(certificate):
     try:
         result = cli(server.port, "submit", "partial", "--cafile", str(certificate / "ca.pem"))
         assert result.returncode == 3
-        untrusted = cli(server.port, "list", "--tls")
-        assert one_error_line(untrusted).startswith(
-            f"jobmonitor: cannot reach 127.0.0.1:{server.port}: ")
-        assert "certificate verify failed" in untrusted.stderr
-        plain = cli(server.port, "list")
-        assert one_error_line(plain).endswith("(if the server uses TLS, add --tls)")
+        asked = cli(server.port, "status", "T0000001", "--cafile", str(certificate / "ca.pem"))
+        assert asked.returncode == 0 and "Status: CompletedWithErrors" in asked.stdout
+        for command in ("list", "queue"):  # the asyncio client; a plain socket
+            untrusted = cli(server.port, command, "--tls")
+            assert one_error_line(untrusted).startswith(
+                f"jobmonitor: cannot reach 127.0.0.1:{server.port}: ")
+            assert "certificate verify failed" in untrusted.stderr
+            plain = cli(server.port, command)
+            assert one_error_line(plain).endswith("(if the server uses TLS, add --tls)")
     finally:
         server.kill()

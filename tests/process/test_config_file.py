@@ -85,7 +85,18 @@ def test_the_example_file_loads():
 
 @pytest.mark.parametrize(("text", "message"), [
     ("portt = 1", "unknown key portt (known: projects, server, users)"),
-    ("[server]\nmax_runing = 2", "unknown key server.max_runing (known: "),
+    ("[server]\nmax_runing = 2", "unknown key server.max_runing (did you mean "
+                                 "server.max_running?) (known: "),
+    ("[server]\nprot = 1\nhots = 'x'", "unknown key server.hots (did you mean server.host?), "
+                                      "server.prot (did you mean server.port?) (known: "),
+    ("[server]\nqwertyuiop = 1", "unknown key server.qwertyuiop (known: "),
+    ('[projects.x]\ncommand = ["ls"]\ntimeout = 5',
+     "unknown key projects.x.timeout (did you mean projects.x.timeout_s?) (known: "),
+    ('[projects.x]\ncommand = ["ls"]\n[projects.x.variables.name]\npatern = "a"',
+     "unknown key projects.x.variables.name.patern (did you mean "
+     "projects.x.variables.name.pattern?) (known: kind, pattern)"),
+    ("[user.ann]\npassword_hash = 'x'", "unknown key user (did you mean users?) (known: "
+                                        "projects, server, users)"),
     ("[server]\nusers = []", "unknown key server.users"),
     ("[server]\nport = '7400'", "server.port: must be a whole number, got '7400'"),
     ("[server]\nport = true", "server.port: must be a whole number"),

@@ -364,6 +364,21 @@ async def test_watch_from_a_line(server):
         await client.watch("T0000077")
 
 
+async def test_a_transaction_id_in_lower_case_is_answered_in_its_canonical_form(server):
+    client = Client("127.0.0.1", server.port)
+    full = [line async for line in await client.submit("partial")]
+    watched = await client.watch("t0000001")
+    assert watched.transaction_id == "T0000001"
+    assert [line async for line in watched] == full
+    assert (await watched.result()).transaction_id == "T0000001"
+    for ask in (client.status, client.info):
+        assert (await ask("t0000001")).transaction_id == "T0000001"
+    assert (await client.delete("t0000001")).text == "T0000001 deleted"
+    with pytest.raises(ReplyError) as caught:
+        await client.status("t0000001")
+    assert caught.value.text == "Unknown transaction: T0000001"
+
+
 async def test_watch_from_past_the_end_of_a_finished_job_ends_with_its_outcome(server):
     client = Client("127.0.0.1", server.port)
     done = await client.submit("partial")

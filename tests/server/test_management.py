@@ -104,6 +104,23 @@ async def test_monitor_refusals(server, variables, expected):
     assert await exchange(server.port, xml_packet("MonitorJob", variables)) == [expected]
 
 
+@pytest.mark.parametrize(("from_line", "shown"), [(" 3", "3"), ("3 ", "3"), ("\t3\n", "3"),
+                                                  (" ", "")])
+@pytest.mark.parametrize("command_name", ["MonitorJob", "GetTaskLog"])
+async def test_a_line_number_with_white_space_around_it_is_refused(server, command_name,
+                                                                    from_line, shown):
+    # docs/protocol.md: 1 to 10 ASCII digits; any other value is refused.
+    tid = tid_of((await exchange(server.port, submit("partial")))[0])
+    packet = command(command_name, tid, _sys_FromLine=from_line)
+    assert await exchange(server.port, packet) == [
+        "R0005007: Invalid variable value: _sys_FromLine must be a line number from 1, "
+        f"got {shown!r} with white space around it"]
+    # An empty value is the default, line 1, as if it were not given.
+    reply = await exchange(server.port, command(command_name, tid, _sys_FromLine=""))
+    assert ("R0000000- Lines: 1-6 of 6" if command_name == "GetTaskLog"
+            else "J0000100: Machine name: testhost") in reply[:2]
+
+
 # -- identity and job tokens ------------------------------------------------------------------
 
 
@@ -182,11 +199,12 @@ async def test_status_json_follows_the_jobstatus_representation(server):
     assert status["Estimated"] == "2030-01-02T03:04:05Z"
     assert status["Progress"] == {"Done": 0, "Total": 0, "Percent": None, "Message": ""}
     assert status["JobData"] == [
-        {"Name": "report", "Uri": "file:///out/report.pdf", "MediaType": "application/pdf"},
-        {"Name": "log", "Uri": "file:///out/job.log", "MediaType": None}]
+        {"Name": "report", "Uri": "file:///out/report.pdf", "MediaType": "application/pdf",
+         "Partial": False},
+        {"Name": "log", "Uri": "file:///out/job.log", "MediaType": None, "Partial": False}]
     assert split_parameters(status["Parameters"]) == {
         "JobName": "Flyer", "ProjectName": "history", "Size": "a;b=c"}
-    assert status["PollAfter"] == 2
+    assert status["PollAfter"] is None  # it has ended: nothing to poll for
     assert "History" not in status
 
 
@@ -222,6 +240,30 @@ async def test_job_information_text_and_stage_lines(server):
     assert "R0000000- Output: report\tfile:///out/report.pdf\tapplication/pdf" in info
 
 
+async def poll_after(port: int, tid: str) -> tuple[str | None, object, str]:
+    """What the text, JSON and XML status say of polling again."""
+    text = fields(await exchange(port, command("GetJobStatus", tid))).get("Poll after")
+    as_json = json.loads((await exchange(port, command("GetJobStatus", tid,
+                                                       _sys_Format="json")))[0][10:])
+    xml = etree.fromstring("\n".join(line[10:] for line in await exchange(
+        port, command("GetJobInformation", tid, _sys_Format="xml"))).encode())
+    return text, as_json["PollAfter"], etree.tostring(xml.find("PollAfter"), with_tail=False).decode()
+
+
+async def test_poll_after_only_while_the_job_can_change(server):
+    session = await Session.open(server.port, submit("wait", Key="poll"))
+    tid = tid_of(await session.line())
+    assert [await session.line(), await session.line()][1] == "J0000100: waiting"
+    assert await poll_after(server.port, tid) == ("2", 2, "<PollAfter>2</PollAfter>")
+    await release("poll")
+    assert (await session.rest())[-1] == ENDED.format(tid)
+    await session.close()
+    # Ended: it will not change, and nothing suggests asking again.
+    assert await poll_after(server.port, tid) == (None, None, "<PollAfter/>")
+    status = await exchange(server.port, command("GetJobStatus", tid))
+    assert status[-1] == "R0000000: Last message: released"
+
+
 async def test_bad_format_is_refused(server):
     tid = tid_of((await exchange(server.port, submit("echo", monitor=False)))[0])
     assert await exchange(server.port, command("GetJobStatus", tid, _sys_Format="yaml")) == [
@@ -235,7 +277,7 @@ async def test_retrieve_job_lists_outputs(server):
         "R0000000: log\tfile:///out/job.log\t"]
     reply = await exchange(server.port, command("RetrieveJob", tid, _sys_Format="json"))
     assert json.loads(reply[0][10:])[1] == {"Name": "log", "Uri": "file:///out/job.log",
-                                            "MediaType": None}
+                                            "MediaType": None, "Partial": False}
 
 
 # -- suspend and resume -----------------------------------------------------------------------------

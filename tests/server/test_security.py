@@ -122,6 +122,11 @@ async def test_the_authenticated_user_is_the_identity_and_owns_the_job(make_serv
         theirs = await exchange(server.port, xml_packet(command, as_user(
             {"_sys_TransactionID": tid}, "bob", "bob-pw")))
         assert theirs == [f"R0005009: Unknown transaction: {tid}"], command
+        # In lower case too, answered as a job that does not exist is: in its canonical
+        # form (an echo of the spelling sent would tell the two apart).
+        theirs = await exchange(server.port, xml_packet(command, as_user(
+            {"_sys_TransactionID": tid.lower()}, "bob", "bob-pw")))
+        assert theirs == [f"R0005009: Unknown transaction: {tid}"], command
     assert await exchange(server.port, xml_packet("ListJobs", as_user({}, "bob", "bob-pw"))) \
         == ["R0000000: 0 jobs"]
     listed = await exchange(server.port, xml_packet("ListJobs", as_user({}, "root", "root-pw")))
