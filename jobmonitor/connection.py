@@ -167,6 +167,7 @@ class Connection(asyncio.Protocol):
         self._state = _State.CLOSED
         self._lost = True
         self._cancel_timer()
+        self._drop_parser()
         if self._checking and self._task is not None:
             # Nobody is left to answer, and the connection's place is given back
             # now: its password check (which may wait its turn behind others from
@@ -362,8 +363,15 @@ class Connection(asyncio.Protocol):
 
     # -- the command ------------------------------------------------------------------
 
+    def _drop_parser(self) -> None:
+        # Its lxml parser and half-built tree go now, not at the next collection.
+        parser, self._parser = self._parser, None
+        if parser is not None:
+            parser.close()
+
     def _refuse(self, exc: RequestError) -> None:
         log.info("refused packet from %s: %s", self.peer, exc.reply_text)
+        self._drop_parser()
         self._state = _State.BUSY
         self.reply(exc.code, exc.reply_text)
         self.finish()
@@ -389,7 +397,7 @@ class Connection(asyncio.Protocol):
     def _dispatch(self, packet: Packet, alone: bool) -> None:
         self._cancel_timer()
         self._alone = alone
-        self._parser = None  # an lxml parser is kilobytes; a held connection keeps none
+        self._drop_parser()  # a held connection keeps none
         self._state = _State.BUSY
         # Most commands never wait (a submit to the memory store, a status query):
         # they run to their end here, with no task and no extra loop turn.

@@ -1,0 +1,181 @@
+"""Big packets from hostile clients, sent to a real ``jobmonitor serve``: the memory
+they leave behind, and the time they take from everyone else.
+
+Packets the fast path does not take (over 64 KiB, or with CDATA, a comment or an
+entity) go through lxml.  The CLI freezes the heap and collects young objects
+rarely (cli._tune_gc), so whatever such a packet leaves in a reference cycle
+would stay, and lxml's C memory with it; and a big packet parsed in one go
+holds the event loop for everyone else.  Here each kind of such packet (read
+to its end, refused, left unfinished by a client that closes, resets or times
+out) is sent many times, and the server's resident memory is compared before
+and after; then a normal client measures its round trips while others send big
+packets in a loop, or hold unfinished ones.
+
+Every test runs small in ``make test``; ``JOBMONITOR_SOAK=1`` runs them at the
+sizes docs/security.md reports (1 000 packets of 1 MB, 100 clients).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import statistics
+import struct
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jobmonitor.auth import hash_password
+
+from .helpers import split_lines, xml_packet
+from .test_cli import ServerProcess
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="reads the server's memory from /proc")
+
+SOAK = os.environ.get("JOBMONITOR_SOAK") == "1"
+
+# -- the packets ------------------------------------------------------------------------
+
+#: Bytes of each big packet: just under max_packet_bytes at full size.
+BIG = 1_000_000 if SOAK else 250_000
+USER, PASSWORD = "ann", "ann-pw"
+CREDENTIALS = {"_sys_User": USER, "_sys_Password": PASSWORD}
+OPEN = b'<job_command name="GetBuildString"><job_variables>'
+CLOSE = b"</job_variables></job_command>"
+
+
+def head(credentials: dict[str, str]) -> bytes:
+    """The start of a GetBuildString packet, with credentials when there are users."""
+    return OPEN + b"".join(b'<var name="%s">%s</var>' % (name.encode(), value.encode())
+                           for name, value in credentials.items())
+
+
+def big_value(size: int, credentials: dict[str, str]) -> bytes:
+    """A packet whose one variable's value (in CDATA: no fast path) fills ``size``."""
+    start = head(credentials) + b'<var name="Filler"><![CDATA['
+    return start + b"x" * (size - len(start) - 40)
+
+
+def many_elements(size: int, credentials: dict[str, str]) -> bytes:
+    """A complete packet of as many empty variables as fit in ``size`` bytes."""
+    body = bytearray(head(credentials))
+    number = 0
+    while len(body) < size - 40:
+        body += b'<var name="v%d"/>' % number
+        number += 1
+    return bytes(body + CLOSE)
+
+
+# -- the server ---------------------------------------------------------------------------
+
+
+def serve(tmp_path: Path, *, store: str, users: bool, packet_timeout_s: float = 30) \
+        -> ServerProcess:
+    """``jobmonitor serve`` with the memory or the SQLite store, with or without a user."""
+    args = ["--log-level", "warning", "--packet-timeout-s", str(packet_timeout_s),
+            "--linger-s", "0.2"]
+    if store == "sqlite":
+        args += ["--store", f"sqlite:///{tmp_path / 'jobs.db'}"]
+    if users:
+        config = tmp_path / "jobmonitor.toml"
+        config.write_text(f'[users.{USER}]\npassword_hash = "{hash_password(PASSWORD)}"\n')
+        args += ["--config", str(config)]
+    return ServerProcess(*args)
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident memory now, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def send(port: int, data: bytes, *, then: str = "read") -> list[str]:
+    """Send ``data``; then read the reply to the end ("read"), half-close and read
+    ("eof"), or reset the connection at once ("reset", no reply)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        if then == "reset":
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return []
+        if then == "eof":
+            writer.write_eof()
+        return split_lines(await asyncio.wait_for(reader.read(), 30))
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except ConnectionError:
+            pass
+
+
+# -- memory ---------------------------------------------------------------------------------
+
+#: Packets of each kind (five kinds, a fifth of them each; the sixth, timed out, on top).
+PACKETS = 1000 if SOAK else 40
+#: Growth allowed: what one packet's parse may leave with the allocator, and some.
+MAX_GROWTH_MB = 50 if SOAK else 20
+SHORT_TIMEOUT_S = 0.5
+
+
+async def one_of_each(port: int, credentials: dict[str, str], number: int) -> None:
+    """The ``number``-th hostile packet: five kinds in turn."""
+    kind = number % 5
+    if kind == 0:  # read to its end and answered
+        lines = await send(port, big_value(BIG, credentials) + b"]]></var>" + CLOSE)
+        assert lines[0].startswith("R0000000: jobmonitor"), lines
+    elif kind == 1:  # the same, as elements
+        lines = await send(port, many_elements(BIG, credentials))
+        assert len(lines) == 1 and lines[0].startswith("R000"), lines
+    elif kind == 2:  # refused at its end
+        lines = await send(port, big_value(BIG, credentials) + b"]]></wrong>")
+        assert lines[0].startswith("R0005000: Malformed command packet: not well-formed"), lines
+    elif kind == 3:  # left unfinished: the client half-closes
+        lines = await send(port, big_value(BIG, credentials), then="eof")
+        assert lines[0].startswith("R0005000: Malformed command packet: incomplete"), lines
+    else:  # left unfinished: the client resets
+        await send(port, big_value(BIG, credentials), then="reset")
+
+
+@pytest.mark.timeout(900 if SOAK else 60)
+@pytest.mark.parametrize("store, users", [("memory", False), ("sqlite", True)] + (
+    [("memory", True), ("sqlite", False)] if SOAK else []))
+async def test_big_packets_leave_no_memory_behind(tmp_path, store, users):
+    server = serve(tmp_path, store=store, users=users, packet_timeout_s=SHORT_TIMEOUT_S)
+    pid, port = server.proc.pid, server.port
+    credentials = CREDENTIALS if users else {}
+    try:
+        for number in range(10):  # the allocator's and the imports' first needs
+            await one_of_each(port, credentials, number)
+        started_mb = rss_mb(pid)
+        began = time.monotonic()
+        for number in range(PACKETS):
+            await one_of_each(port, credentials, number)
+        # unfinished packets that time out, a few at a time (each waits for it)
+        partial = big_value(BIG, credentials)
+        for _ in range(0, PACKETS // 5, 20):
+            replies = await asyncio.gather(*(send(port, partial) for _ in range(20)))
+            assert {tuple(lines) for lines in replies} == {(
+                f"R0005004: Command packet not complete in time: no complete packet within "
+                f"{SHORT_TIMEOUT_S:g} s",)}
+        # a normal request last: every connection before it has been handled
+        assert (await send(port, xml_packet("GetBuildString", credentials)))[0] \
+            .startswith("R0000000: jobmonitor")
+        grown_mb = rss_mb(pid) - started_mb
+        print(f"\n{PACKETS + PACKETS // 5} big packets ({BIG} bytes, {store} store, "
+              f"{'with' if users else 'without'} users) in {time.monotonic() - began:.1f} s: "
+              f"{started_mb:.1f} MiB -> {started_mb + grown_mb:.1f} MiB")
+        assert grown_mb < MAX_GROWTH_MB
+        assert server.stop() == 0
+    finally:
+        server.kill()
