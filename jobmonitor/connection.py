@@ -2,7 +2,9 @@
 
 A connection goes READING -> BUSY -> (WATCHING) -> LINGERING -> closed:
 
-* READING feeds bytes to the sans-I/O ``PacketParser`` under a deadline;
+* READING feeds bytes to the sans-I/O ``PacketParser`` under a deadline,
+  through a ``PacketReader`` that gives a big packet's parsing its turns on
+  the loop (``parse_turns``): it calls ``_dispatch`` or ``_refuse``;
 * BUSY runs the command (a task: a submit waits for the store);
 * WATCHING follows a job's stream: lines still in memory come from the
   ``JobStream``; older ones (a re-attach far back, a job that left memory, a
@@ -45,6 +47,7 @@ from .eager import start_eagerly
 from .errors import PacketError, RequestError
 from .lines import clip, format_line
 from .packet import Packet, PacketParser
+from .parse_turns import PacketReader
 from .sockets import set_cork, unsent_bytes
 from .stream import JobStream
 
@@ -71,7 +74,7 @@ class Connection(asyncio.Protocol):
     """The protocol object of one client connection."""
 
     # Slots: thousands of these may sit waiting on jobs at once.
-    __slots__ = ("_server", "_config", "_loop", "_state", "_transport", "_parser", "_timer",
+    __slots__ = ("_server", "_config", "_loop", "_state", "_transport", "_reader", "_timer",
                  "_deadline_key",
                  "_opened", "_corked", "_corked_bytes", "_stall_timer", "_lost", "_task",
                  "_stream", "_following", "_next_line", "_paused", "_drained", "_peer_eof",
@@ -83,8 +86,7 @@ class Connection(asyncio.Protocol):
         self._loop = server._loop or asyncio.get_running_loop()
         self._state = _State.READING
         self._transport: asyncio.Transport | None = None
-        self._parser: PacketParser | None = PacketParser(
-            max_packet_bytes=self._config.max_packet_bytes)
+        self._reader: PacketReader | None = None  # made by connection_made
         self._timer: asyncio.TimerHandle | None = None  # the linger's, then the drain's
         self._deadline_key: int | None = None  # the reading deadline's, in server.deadlines
         self._opened = self._loop.time()
@@ -128,36 +130,32 @@ class Connection(asyncio.Protocol):
         if over_limit:
             self._refuse(RequestError(Reply.SERVER_BUSY, "too many connections"))
             return
+        turns = self._server.parse_turns
+        assert turns is not None  # (the server made them before it listened)
+        parser = PacketParser(max_packet_bytes=self._config.max_packet_bytes,
+                              max_packet_variables=self._config.max_packet_variables)
+        self._reader = PacketReader(parser, turns, tcp, self._dispatch, self._refuse)
         first_deadline = min(self._config.idle_timeout_s, self._config.packet_timeout_s)
         self._set_deadline(self._opened + first_deadline)
 
     def data_received(self, data: bytes) -> None:
-        parser = self._parser
-        if self._state is not _State.READING or parser is None:
+        reader = self._reader
+        if self._state is not _State.READING or reader is None:
             # After the packet, input is not expected and is discarded; but a
             # client that sends more is lingered for before we close.
             self._alone = False
             return
-        try:
-            packet = parser.feed(data)
-        except PacketError as exc:
-            self._refuse(exc)
-            return
-        if packet is not None:
-            self._dispatch(packet, parser.alone)
+        reader.feed(data)  # it calls _dispatch or _refuse, now or on a later turn
 
     def eof_received(self) -> bool:
         self._peer_eof = True
         if self._state is _State.READING:
-            parser = self._parser
-            assert parser is not None  # (until _dispatch, which ends READING)
-            if parser.bytes_received == 0:
+            reader = self._reader
+            assert reader is not None  # (until _dispatch, which ends READING)
+            if reader.bytes_received == 0:
                 self.close()
                 return False
-            try:
-                self._dispatch(parser.feed_eof(), parser.alone)
-            except PacketError as exc:
-                self._refuse(exc)
+            reader.feed_eof()
         elif self._state is _State.LINGERING:
             self.close()
             return False
@@ -167,7 +165,7 @@ class Connection(asyncio.Protocol):
         self._state = _State.CLOSED
         self._lost = True
         self._cancel_timer()
-        self._drop_parser()
+        self._drop_reader()
         if self._checking and self._task is not None:
             # Nobody is left to answer, and the connection's place is given back
             # now: its password check (which may wait its turn behind others from
@@ -363,15 +361,15 @@ class Connection(asyncio.Protocol):
 
     # -- the command ------------------------------------------------------------------
 
-    def _drop_parser(self) -> None:
+    def _drop_reader(self) -> None:
         # Its lxml parser and half-built tree go now, not at the next collection.
-        parser, self._parser = self._parser, None
-        if parser is not None:
-            parser.close()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
 
     def _refuse(self, exc: RequestError) -> None:
         log.info("refused packet from %s: %s", self.peer, exc.reply_text)
-        self._drop_parser()
+        self._drop_reader()
         self._state = _State.BUSY
         self.reply(exc.code, exc.reply_text)
         self.finish()
@@ -382,8 +380,8 @@ class Connection(asyncio.Protocol):
         if self._state is not _State.READING:
             return
         config = self._config
-        assert self._parser is not None  # (until _dispatch, which ends READING)
-        if self._parser.bytes_received == 0 and config.idle_timeout_s <= config.packet_timeout_s:
+        assert self._reader is not None  # (until _dispatch, which ends READING)
+        if self._reader.bytes_received == 0 and config.idle_timeout_s <= config.packet_timeout_s:
             detail = f"nothing received within {config.idle_timeout_s:g} s"
             self._refuse(RequestError(Reply.IDLE_TIMEOUT, detail))
             return
@@ -397,7 +395,7 @@ class Connection(asyncio.Protocol):
     def _dispatch(self, packet: Packet, alone: bool) -> None:
         self._cancel_timer()
         self._alone = alone
-        self._drop_parser()  # a held connection keeps none
+        self._drop_reader()  # a held connection keeps none
         self._state = _State.BUSY
         # Most commands never wait (a submit to the memory store, a status query):
         # they run to their end here, with no task and no extra loop turn.

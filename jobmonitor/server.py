@@ -21,6 +21,7 @@ from .commands import Commands
 from .config import Config
 from .connection import Connection
 from .deadlines import Deadlines
+from .parse_turns import ParseTurns
 from .engine import Engine
 from .handlers import Handler
 from .loader import load_handlers
@@ -62,6 +63,8 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: The connections' reading deadlines (set by start()).
         self.deadlines: Deadlines | None = None
+        #: The loop's budget for parsing big packets (set by start()).
+        self.parse_turns: ParseTurns | None = None
 
     async def start(self) -> None:
         """Open the store and start listening.
@@ -71,6 +74,7 @@ class Server:
         """
         self._loop = asyncio.get_running_loop()
         self.deadlines = Deadlines(self._loop, _deadline_tick(self.config))
+        self.parse_turns = ParseTurns(self._loop)
         await self.engine.start()
         try:
             self._listener = await self._loop.create_server(
@@ -181,6 +185,8 @@ class Server:
             await self._listener.wait_closed()
         if self.deadlines is not None:
             self.deadlines.close()
+        if self.parse_turns is not None:
+            self.parse_turns.close()
         log.info("jobmonitor stopped")
 
     async def __aenter__(self) -> "Server":

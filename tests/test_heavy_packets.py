@@ -22,6 +22,7 @@ import os
 import socket
 import statistics
 import struct
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -31,8 +32,9 @@ import pytest
 
 from jobmonitor.auth import hash_password
 
+from .big_clients import CLOSE, big_value, many_elements
 from .helpers import split_lines, xml_packet
-from .test_cli import ServerProcess
+from .test_cli import ROOT, ServerProcess
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="reads the server's memory from /proc")
@@ -45,30 +47,6 @@ SOAK = os.environ.get("JOBMONITOR_SOAK") == "1"
 BIG = 1_000_000 if SOAK else 250_000
 USER, PASSWORD = "ann", "ann-pw"
 CREDENTIALS = {"_sys_User": USER, "_sys_Password": PASSWORD}
-OPEN = b'<job_command name="GetBuildString"><job_variables>'
-CLOSE = b"</job_variables></job_command>"
-
-
-def head(credentials: dict[str, str]) -> bytes:
-    """The start of a GetBuildString packet, with credentials when there are users."""
-    return OPEN + b"".join(b'<var name="%s">%s</var>' % (name.encode(), value.encode())
-                           for name, value in credentials.items())
-
-
-def big_value(size: int, credentials: dict[str, str]) -> bytes:
-    """A packet whose one variable's value (in CDATA: no fast path) fills ``size``."""
-    start = head(credentials) + b'<var name="Filler"><![CDATA['
-    return start + b"x" * (size - len(start) - 40)
-
-
-def many_elements(size: int, credentials: dict[str, str]) -> bytes:
-    """A complete packet of as many empty variables as fit in ``size`` bytes."""
-    body = bytearray(head(credentials))
-    number = 0
-    while len(body) < size - 40:
-        body += b'<var name="v%d"/>' % number
-        number += 1
-    return bytes(body + CLOSE)
 
 
 # -- the server ---------------------------------------------------------------------------
@@ -128,6 +106,10 @@ MAX_GROWTH_MB = 50 if SOAK else 20
 SHORT_TIMEOUT_S = 0.5
 
 
+#: Unfinished packets that time out are sent this many at a time (each waits for it).
+AT_ONCE = 10
+
+
 async def one_of_each(port: int, credentials: dict[str, str], number: int) -> None:
     """The ``number``-th hostile packet: five kinds in turn."""
     kind = number % 5
@@ -147,6 +129,15 @@ async def one_of_each(port: int, credentials: dict[str, str], number: int) -> No
         await send(port, big_value(BIG, credentials), then="reset")
 
 
+async def timing_out(port: int, credentials: dict[str, str]) -> None:
+    """AT_ONCE unfinished packets, each left to time out."""
+    partial = big_value(BIG, credentials)
+    replies = await asyncio.gather(*(send(port, partial) for _ in range(AT_ONCE)))
+    assert {tuple(lines) for lines in replies} == {(
+        f"R0005004: Command packet not complete in time: no complete packet within "
+        f"{SHORT_TIMEOUT_S:g} s",)}
+
+
 @pytest.mark.timeout(900 if SOAK else 60)
 @pytest.mark.parametrize("store, users", [("memory", False), ("sqlite", True)] + (
     [("memory", True), ("sqlite", False)] if SOAK else []))
@@ -155,19 +146,16 @@ async def test_big_packets_leave_no_memory_behind(tmp_path, store, users):
     pid, port = server.proc.pid, server.port
     credentials = CREDENTIALS if users else {}
     try:
-        for number in range(10):  # the allocator's and the imports' first needs
+        # first what the allocator and the imports need once, for AT_ONCE packets too
+        for number in range(10):
             await one_of_each(port, credentials, number)
+        await timing_out(port, credentials)
         started_mb = rss_mb(pid)
         began = time.monotonic()
         for number in range(PACKETS):
             await one_of_each(port, credentials, number)
-        # unfinished packets that time out, a few at a time (each waits for it)
-        partial = big_value(BIG, credentials)
-        for _ in range(0, PACKETS // 5, 20):
-            replies = await asyncio.gather(*(send(port, partial) for _ in range(20)))
-            assert {tuple(lines) for lines in replies} == {(
-                f"R0005004: Command packet not complete in time: no complete packet within "
-                f"{SHORT_TIMEOUT_S:g} s",)}
+        for _ in range(0, PACKETS // 5, AT_ONCE):
+            await timing_out(port, credentials)
         # a normal request last: every connection before it has been handled
         assert (await send(port, xml_packet("GetBuildString", credentials)))[0] \
             .startswith("R0000000: jobmonitor")
@@ -178,4 +166,86 @@ async def test_big_packets_leave_no_memory_behind(tmp_path, store, users):
         assert grown_mb < MAX_GROWTH_MB
         assert server.stop() == 0
     finally:
+        server.kill()
+
+
+# -- fairness ---------------------------------------------------------------------------------
+
+#: Clients sending a 990 KB packet of 45 000 empty variables again and again.
+LOOPERS = 4
+#: Clients holding an unfinished packet of BIG bytes each.
+HOLDERS = 100 if SOAK else 60
+#: The normal client's round trips, and bounds on them: well under what they took
+#: before (looping: a median of 150-420 ms, p99 450-700 ms; holding: up to 850 ms),
+#: well over what they take (about 10 ms), for a loaded machine's pauses.
+ROUNDS = 200 if SOAK else 100
+MAX_MEDIAN_S = 0.08
+MAX_P99_S = 0.3
+MAX_S = 0.6
+
+
+async def round_trips(port: int, count: int, within_s: float = 10) -> list[float]:
+    """A normal client's round trips (as many as fit in ``within_s``): GetBuildString,
+    each on a connection of its own."""
+    packet = xml_packet("GetBuildString", {})
+    times: list[float] = []
+    end = time.perf_counter() + within_s
+    while len(times) < count and time.perf_counter() < end:
+        began = time.perf_counter()
+        lines = await send(port, packet)
+        times.append(time.perf_counter() - began)
+        assert lines[0].startswith("R0000000: jobmonitor")
+    return times
+
+
+def p99(times: list[float]) -> float:
+    return statistics.quantiles(times, n=100, method="inclusive")[98]
+
+
+class BigClients:
+    """tests/big_clients.py in a process of its own (see there)."""
+
+    def __init__(self, port: int, *args: int | str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.big_clients", str(port), *map(str, args)], cwd=ROOT,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.started = self.proc.stdout.readline() == "started\n"
+
+    def stop(self) -> list[str]:
+        """Stop them; the answers they got."""
+        out, _ = self.proc.communicate(timeout=60)
+        assert self.proc.returncode == 0
+        return out.splitlines()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+
+@pytest.mark.timeout(300 if SOAK else 60)
+@pytest.mark.parametrize("others", ["looping", "holding"])
+async def test_a_normal_client_is_served_while_others_send_big_packets(tmp_path, others):
+    server = serve(tmp_path, store="memory", users=False)
+    count = LOOPERS if others == "looping" else HOLDERS
+    # looping: the round trips start once the first big packet is answered;
+    # holding: as the packets are sent
+    clients = BigClients(server.port, others, count, BIG)
+    try:
+        assert clients.started
+        began = time.perf_counter()
+        times = await round_trips(server.port, ROUNDS, within_s=60 if SOAK else 5)
+        took = time.perf_counter() - began
+        answered = clients.stop()
+        print(f"\nwith {count} clients {others}: {len(times)} round trips in {took:.2f} s, "
+              f"median {statistics.median(times) * 1000:.1f} ms, p99 {p99(times) * 1000:.1f} "
+              f"ms, max {max(times) * 1000:.1f} ms ({len(answered)} big packets answered)")
+        assert set(answered) <= {"R0005003: Command packet too large: more than 10000 variables"}
+        assert statistics.median(times) < MAX_MEDIAN_S
+        assert p99(times) < MAX_P99_S
+        assert max(times) < MAX_S
+        assert server.stop() == 0
+    finally:
+        clients.kill()
         server.kill()

@@ -134,9 +134,3 @@ def test_the_full_parser_leaves_nothing_for_the_collector(no_collector, outcome,
     outcome(data)
     assert gc.collect() == 0, "objects in reference cycles were left behind"
 
-
-def test_a_read_packet_keeps_nothing_of_lxml() -> None:
-    parser = PacketParser()
-    packet = parser.feed(full_parser_packet())
-    assert isinstance(packet, Packet)
-    assert parser._xml is None and parser._on_bytes is None
