@@ -16,7 +16,7 @@ from .codes import Reply
 from .errors import RequestError
 from .job import Job
 from .lines import clip
-from .records import HistoryEvent, JobRecord
+from .records import HistoryEvent, JobRecord, parse_transaction_id
 from .store import Store, TaskEvent
 
 __all__ = ["JobDirectory", "TASK_LOG_SIZE", "IDLE_TAIL_LINES"]
@@ -103,7 +103,7 @@ class JobDirectory:
         Raises:
             RequestError: UNKNOWN_TRANSACTION.
         """
-        job = self._jobs.get(transaction_id.strip().upper())
+        job = self._jobs.get(parse_transaction_id(transaction_id) or "")
         if job is None:
             raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id))
         return job
@@ -124,7 +124,10 @@ class JobDirectory:
             RequestError: UNKNOWN_TRANSACTION.
         """
         if transaction_id:
-            return transaction_id.strip().upper()
+            named = parse_transaction_id(transaction_id)
+            if named is None:
+                raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id))
+            return named
         found = await self.earlier(identity, job_token) if job_token else None
         if found is None:
             raise RequestError(Reply.UNKNOWN_TRANSACTION,
