@@ -49,7 +49,7 @@ from .packet_encoding import (
     SPACE,
     decoder_class,
     is_wide,
-    lookup_codec,
+    listed_codec,
     narrow_codec,
     read_declaration,
     sniff,
@@ -333,10 +333,10 @@ class PacketParser:
         self._on_text = self._prolog
         if self._decoder is not None:
             if declared is not None:
-                lookup_codec(declared)  # a known label cannot override the sniffed UTF-16/32
+                listed_codec(declared)  # a listed label cannot override the sniffed UTF-16/32
             return self._prolog(text[length:])
         if declared is not None and self._codec:
-            lookup_codec(declared)  # the UTF-8 byte-order mark wins over a known label
+            listed_codec(declared)  # the UTF-8 byte-order mark wins over a listed label
         self._codec = self._codec or narrow_codec(declared)
         self._decoder = decoder_class(self._codec)()
         self._on_bytes = self._decode

@@ -209,6 +209,8 @@ _DECLARATIONS: Pair = (
         '<?xml version="1.0" encoding="UTF-16"?>',
         '<?xml version="1.0" encoding="klingon"?>',
         '<?xml version="1.0" encoding="utf-8" encoding="latin-1"?>',
+        '<?xml version="1.0" version="1.0"?>',
+        '<?xml version="1.0" encoding="raw_unicode_escape"?>',
         "<?XML version='1.0'?>",
         "<?xml version=1.0?>",
         '<?xml version="1.0"' + " " * 260 + "?>",
