@@ -125,8 +125,8 @@ class JobDirectory:
         """
         if transaction_id:
             named = parse_transaction_id(transaction_id)
-            if named is None:
-                raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id))
+            if named is None:  # (quoted as it always was: upper case)
+                raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id.strip().upper()))
             return named
         found = await self.earlier(identity, job_token) if job_token else None
         if found is None:
