@@ -58,6 +58,8 @@ class Config:
         100_000, "most stored lines of one job kept in memory for slow monitors (older ones "
         "are read back from the store)")
     max_packet_bytes: int = _setting(1024 * 1024, "largest command packet accepted, in bytes")
+    max_packet_variables: int = _setting(
+        10_000, "most variables (var elements, in both sections) in one command packet")
     packet_timeout_s: float = _setting(30.0, "seconds a client has to send a complete packet")
     linger_s: float = _setting(
         2.0, "seconds to keep reading the input of a closing client that sent more than "
@@ -89,10 +91,10 @@ class Config:
         "the fields of a refusal), for log shippers")
 
     def __post_init__(self) -> None:
-        _check_positive(self, "max_running", "max_packet_bytes", "packet_timeout_s",
-                        "commit_interval_s", "max_lines_in_memory", "idle_timeout_s",
-                        "max_connections", "max_monitors_per_job", "max_pending_output_bytes",
-                        "monitor_stall_s")
+        _check_positive(self, "max_running", "max_packet_bytes", "max_packet_variables",
+                        "packet_timeout_s", "commit_interval_s", "max_lines_in_memory",
+                        "idle_timeout_s", "max_connections", "max_monitors_per_job",
+                        "max_pending_output_bytes", "monitor_stall_s")
         if self.sqlite_synchronous not in ("full", "normal"):
             raise ConfigError(f"sqlite_synchronous: must be full or normal, got "
                               f"{self.sqlite_synchronous!r}")

@@ -186,7 +186,7 @@ def _add_queries(add: Adder) -> None:
 
 def _port(text: str) -> int:
     try:
-        port = int(text)
+        port = int(text) if text.isascii() else -1  # (int() reads any script's digits)
     except ValueError:
         port = -1
     if not 0 < port < 65536:
@@ -195,7 +195,7 @@ def _port(text: str) -> int:
 
 
 def _line_number(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a line number of 1 or more, got {text!r}")
     return int(text)
 

@@ -42,7 +42,7 @@ from .connection import Value, close_quietly, open_request, read_reply
 
 __all__ = ["Client", "connect"]
 
-_TRANSACTION_ID = re.compile(r"T\d{7}")
+_TRANSACTION_ID = re.compile(r"T[0-9]{7}")  # (\d would take any script's digits)
 
 
 class Client:

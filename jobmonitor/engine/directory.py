@@ -18,7 +18,7 @@ from ..wire.codes import Reply
 from ..errors import RequestError
 from .job import Job
 from ..wire.lines import clip
-from ..wire.records import HistoryEvent, JobRecord
+from ..wire.records import HistoryEvent, JobRecord, parse_transaction_id
 from ..wire.variables import TASK_LOG_SIZE
 from ..store.base import Store, TaskEvent
 
@@ -114,7 +114,7 @@ class JobDirectory:
         Raises:
             RequestError: UNKNOWN_TRANSACTION.
         """
-        job = self._jobs.get(transaction_id.strip().upper())
+        job = self._jobs.get(parse_transaction_id(transaction_id) or "")
         if job is None:
             raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id))
         return job
@@ -135,7 +135,10 @@ class JobDirectory:
             RequestError: UNKNOWN_TRANSACTION.
         """
         if transaction_id:
-            return transaction_id.strip().upper()
+            named = parse_transaction_id(transaction_id)
+            if named is None:  # (quoted as it always was: upper case)
+                raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id.strip().upper()))
+            return named
         found = await self.earlier(identity, job_token) if job_token else None
         if found is None:
             raise RequestError(Reply.UNKNOWN_TRANSACTION,

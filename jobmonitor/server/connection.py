@@ -2,7 +2,9 @@
 
 A connection goes READING -> BUSY -> (WATCHING) -> LINGERING -> closed:
 
-* READING feeds bytes to the sans-I/O ``PacketParser`` under a deadline;
+* READING feeds bytes to the sans-I/O ``PacketParser`` under a deadline,
+  through a ``PacketReader`` that gives a big packet's parsing its turns on
+  the loop (``parse_turns``): it calls ``_dispatch`` or ``_refuse``;
 * BUSY runs the command (a task: a submit waits for the store);
 * WATCHING follows a job's stream: lines still in memory come from the
   ``JobStream``; older ones (a re-attach far back, a job that left memory, a
@@ -37,6 +39,7 @@ from .commands import Commands
 from .deadlines import Deadlines
 from .eager import start_eagerly
 from .output import ConnectionState, Output
+from .parse_turns import PacketReader, ParseTurns
 from .refusals import RefusalLog
 from ..wire.variables import behind_notice
 
@@ -66,6 +69,8 @@ class ConnectionContext:
     accepts_corked: bool
     #: The log of refused logins and permissions.
     refusals: RefusalLog
+    #: The loop's budget for parsing big packets, shared by every connection.
+    parse_turns: ParseTurns
     #: Called once a connection is made: count it, and say whether there is room
     #: for it (False past ``max_connections``: it is refused, and counted until lost).
     opened: Callable[[Connection], bool]
@@ -76,14 +81,13 @@ class ConnectionContext:
 class Connection(Output):
     """The protocol object of one client connection."""
 
-    __slots__ = ("_context", "_parser", "_deadline_key", "_opened", "_task", "_stream",
+    __slots__ = ("_context", "_reader", "_deadline_key", "_opened", "_task", "_stream",
                  "_followed", "_next_line", "_checking", "stream_cursor")
 
     def __init__(self, context: ConnectionContext) -> None:
         super().__init__(context.loop, context.config, context.accepts_corked)
         self._context = context
-        self._parser: PacketParser | None = PacketParser(
-            max_packet_bytes=self._config.max_packet_bytes)
+        self._reader: PacketReader | None = None  # made by connection_made
         self._deadline_key: int | None = None  # the reading deadline's, in context.deadlines
         self._opened = self._loop.time()
         self._task: asyncio.Task[None] | asyncio.Task[bool] | None = None
@@ -111,36 +115,31 @@ class Connection(Output):
         if not self._context.opened(self):
             self._refuse(RequestError(Reply.SERVER_BUSY, "too many connections"))
             return
+        parser = PacketParser(max_packet_bytes=self._config.max_packet_bytes,
+                              max_packet_variables=self._config.max_packet_variables)
+        self._reader = PacketReader(parser, self._context.parse_turns, tcp, self._dispatch,
+                                    self._refuse)
         first_deadline = min(self._config.idle_timeout_s, self._config.packet_timeout_s)
         self._set_deadline(self._opened + first_deadline)
 
     def data_received(self, data: bytes) -> None:
-        parser = self._parser
-        if self._state is not _READING or parser is None:
+        reader = self._reader
+        if self._state is not _READING or reader is None:
             # After the packet, input is not expected and is discarded; but a
             # client that sends more is lingered for before we close.
             self._alone = False
             return
-        try:
-            packet = parser.feed(data)
-        except PacketError as exc:
-            self._refuse(exc)
-            return
-        if packet is not None:
-            self._dispatch(packet, parser.alone)
+        reader.feed(data)  # it calls _dispatch or _refuse, now or on a later turn
 
     def eof_received(self) -> bool:
         self._peer_eof = True
         if self._state is _READING:
-            parser = self._parser
-            assert parser is not None  # (until _dispatch, which ends READING)
-            if parser.bytes_received == 0:
+            reader = self._reader
+            assert reader is not None  # (until _dispatch, which ends READING)
+            if reader.bytes_received == 0:
                 self.close()
                 return False
-            try:
-                self._dispatch(parser.feed_eof(), parser.alone)
-            except PacketError as exc:
-                self._refuse(exc)
+            reader.feed_eof()
         elif self._state is _LINGERING:
             self.close()
             return False
@@ -150,6 +149,7 @@ class Connection(Output):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
+        self._drop_reader()
         if self._checking and self._task is not None:
             # Nobody is left to answer, and the connection's place is given back
             # now: its password check (which may wait its turn behind others from
@@ -216,8 +216,8 @@ class Connection(Output):
         if self._state is not _READING:
             return
         config = self._config
-        assert self._parser is not None  # (until _dispatch, which ends READING)
-        if self._parser.bytes_received == 0 and config.idle_timeout_s <= config.packet_timeout_s:
+        assert self._reader is not None  # (until _dispatch, which ends READING)
+        if self._reader.bytes_received == 0 and config.idle_timeout_s <= config.packet_timeout_s:
             detail = f"nothing received within {config.idle_timeout_s:g} s"
             self._refuse(RequestError(Reply.IDLE_TIMEOUT, detail))
             return
@@ -230,9 +230,16 @@ class Connection(Output):
 
     # -- the command ------------------------------------------------------------------
 
+    def _drop_reader(self) -> None:
+        # Its lxml parser and half-built tree go now, not at the next collection.
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+
     def _refuse(self, exc: RequestError) -> None:
         log.info("refused packet from %s: %s", self.peer, exc.reply_text)
         self._cancel_deadline()
+        self._drop_reader()
         self._state = _BUSY
         self.reply(exc.code, exc.reply_text)
         self.finish()
@@ -240,7 +247,7 @@ class Connection(Output):
     def _dispatch(self, packet: Packet, alone: bool) -> None:
         self._cancel_deadline()
         self._alone = alone
-        self._parser = None  # an lxml parser is kilobytes; a held connection keeps none
+        self._drop_reader()  # a held connection keeps none
         self._state = _BUSY
         # Most commands never wait (a submit to the memory store, a status query):
         # they run to their end here, with no task and no extra loop turn.

@@ -29,6 +29,7 @@ from .auth import Authenticator
 from .commands import Commands
 from .connection import Connection, ConnectionContext
 from .deadlines import Deadlines
+from .parse_turns import ParseTurns
 from .refusals import RefusalLog
 from .reloading import Reloaded, changes, settings_to_use
 from .sockets import cork_listeners
@@ -121,6 +122,7 @@ class Server:
                             max_monitors_per_job=config.max_monitors_per_job)
         await engine.start()
         deadlines = Deadlines(loop, _deadline_tick(config))
+        turns = ParseTurns(loop)
         listener: asyncio.Server | None = None
         try:
             listener = await loop.create_server(
@@ -133,7 +135,7 @@ class Server:
             corked = tls is None and cork_listeners(listener.sockets)
             self._context = ConnectionContext(
                 loop, config, engine, commands, deadlines, accepts_corked=corked,
-                refusals=self.refusals,
+                refusals=self.refusals, parse_turns=turns,
                 opened=self._connection_opened, closed=self._connection_closed)
             self._engine, self._listener = engine, listener
             self._commands, self._auth = commands, auth
@@ -147,6 +149,7 @@ class Server:
                 listener.close()
             await engine.stop(0)
             deadlines.close()
+            turns.close()
             raise
 
     async def start_serving(self) -> None:
@@ -405,6 +408,7 @@ class Server:
         if self._auth is not None:
             await self._auth.close()  # (no connection is left to ask for a check)
         self._context.deadlines.close()
+        self._context.parse_turns.close()
         self.refusals.flush()
         log.info("jobmonitor stopped")
 

@@ -106,7 +106,7 @@ class Line:
         return self.code >= ERROR_THRESHOLD
 
 
-_LINE = re.compile(r"([RJ])(\d{7})([:-]) ?(.*)", re.DOTALL)
+_LINE = re.compile(r"([RJ])([0-9]{7})([:-]) ?(.*)", re.DOTALL)  # ASCII digits only
 
 
 def parse_line(raw: bytes | str) -> Line:

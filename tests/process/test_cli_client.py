@@ -377,6 +377,9 @@ def test_unknown_host():
 @pytest.mark.parametrize(("args", "message"), [
     (["submit", "count", "-v", "Count"], "expected NAME=VALUE, got 'Count'"),
     (["watch", "T0000001", "--from-line", "0"], "expected a line number of 1 or more"),
+    (["watch", "T0000001", "--from-line", "\u0661\u0662"],
+     "expected a line number of 1 or more"),
+    (["list", "--port", "\uff17\uff14\uff10\uff11"], "expected a port number 1..65535"),
     (["status", "T0000001", "--format", "yaml"], "invalid choice: 'yaml'"),
     (["list", "--port", "99999"], "expected a port number 1..65535, got '99999'"),
     (["list", "--cafile", "missing.pem"], "--cafile missing.pem: No such file"),

@@ -620,6 +620,25 @@ async def test_not_a_jobmonitor_server_is_a_protocol_error():
             await connect("127.0.0.1", listener.sockets[0].getsockname()[1])
 
 
+@pytest.mark.parametrize("reply", [
+    "R0000000: T\u0660\u0660\u0660\u0660\u0660\u0660\u0661",  # Arabic-Indic digits
+    "R0000000: T\uff10\uff10\uff10\uff10\uff10\uff10\uff11",  # fullwidth digits
+    "R\u0660\u0660\u0660\u0660\u0660\u0660\u0660: T0000001",  # and in the code
+])
+async def test_only_ascii_digits_make_a_code_or_a_transaction_id(reply):
+    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"job_command>")  # (its end tag)
+        writer.write(reply.encode() + b"\r\n")
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(server, "127.0.0.1", 0)
+    async with listener:
+        client = Client("127.0.0.1", listener.sockets[0].getsockname()[1])
+        with pytest.raises(ProtocolError):
+            await client.submit("echo", monitor=False)
+
+
 async def test_watch_survives_a_graceful_server_restart(make_server, tmp_path):
     """A retry-on-restart job runs again after the restart; the watcher sees it all once."""
     db_url = f"sqlite:///{tmp_path / 'jobs.db'}"

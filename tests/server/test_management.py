@@ -121,6 +121,33 @@ async def test_a_line_number_with_white_space_around_it_is_refused(server, comma
             else "J0000100: Machine name: testhost") in reply[:2]
 
 
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+async def test_only_t_and_seven_ascii_digits_name_a_job(make_server, tmp_path, store):
+    """Digits of other scripts read as the same number by int(): they named real jobs
+    (from the SQLite store: a running job's stored row, with misleading answers)."""
+    server = await make_server(store=f"sqlite:///{tmp_path / 'tid.db'}" if store == "sqlite"
+                               else "memory://")
+    running = tid_of((await exchange(server.port, submit("wait", monitor=False, Key="t")))[0])
+    done = tid_of((await exchange(server.port, submit("echo", monitor=False)))[0])
+    await finished(server, done)
+    for tid in (running, done):
+        digits = tid[1:]
+        for other in (
+            "T" + digits.translate(str.maketrans("0123456789", "\u0660\u0661\u0662\u0663"
+                                                 "\u0664\u0665\u0666\u0667\u0668\u0669")),
+            "T" + digits.translate(str.maketrans("0123456789", "\uff10\uff11\uff12\uff13"
+                                                 "\uff14\uff15\uff16\uff17\uff18\uff19")),
+            "T" + digits[:-1] + "\u00b9", tid + "0", tid[:-1], "T+" + digits[1:],
+        ):
+            for name in ("GetJobStatus", "CancelJob", "MonitorJob", "DeleteJob"):
+                assert await exchange(server.port, command(name, other)) == [
+                    f"R0005009: Unknown transaction: {other}"], (name, other)
+    # what names a job still does: T (or t) and seven ASCII digits, space around them
+    assert (await exchange(server.port, command("GetJobStatus", f" t{running[1:]}\n")))[0] \
+        == f"R0000000- Transaction: {running}"
+    await release("t")
+
+
 # -- identity and job tokens ------------------------------------------------------------------
 
 

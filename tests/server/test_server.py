@@ -422,6 +422,17 @@ async def test_packet_too_large_while_client_keeps_sending(make_server):
         split_lines(received)[0].startswith("R0005003: Command packet too large")
 
 
+@pytest.mark.parametrize("comment", ["", "<!-- the full parser -->"])
+async def test_max_packet_variables_is_the_servers(make_server, comment):
+    server = await make_server(max_packet_variables=3)
+    packet = xml_packet("SubmitJob", {"ProjectName": "echo", "a": "1"}, {"b": "2"})
+    assert (await exchange(server.port, packet.replace(b"?>", b"?>" + comment.encode(), 1))
+            )[0].startswith("R0000000: T")
+    assert await exchange(server.port, xml_packet(
+        "SubmitJob", {"ProjectName": "echo", "a": "1"}, {"b": "2", "c": "3"})) == [
+        "R0005003: Command packet too large: more than 3 variables"]
+
+
 async def test_packet_timeout(make_server):
     server = await make_server(packet_timeout_s=0.3)
     lines = await exchange(server.port, b"<job_command name='SubmitJob'>")

@@ -20,6 +20,7 @@ import jobmonitor.wire.packet
 from jobmonitor.wire.codes import Reply
 from jobmonitor.errors import PacketError
 from jobmonitor.wire.packet import Packet, PacketParser, build_packet
+from jobmonitor.wire.packet_encoding import ENCODINGS
 from jobmonitor.wire.packet_shape import PacketWithValueAttributes
 
 PAGEFLEX = "http://www.pageflex.com/schemas"
@@ -599,6 +600,11 @@ def test_ten_thousand_deep_nesting_fails_fast_at_the_first_extra_level() -> None
             '<?xml version="1.0" encoding="idna"?>',
             'encoding "idna" is not ASCII-compatible, but the XML declaration is ASCII',
         ),
+        # ASCII-compatible, but not in the list of plain text encodings
+        ('<?xml version="1.0" encoding="raw_unicode_escape"?>',
+         'encoding "raw_unicode_escape" is not supported'),
+        ('<?xml version="1.0" encoding="mac_roman"?>', 'encoding "mac_roman" is not supported'),
+        ('<?xml version="1.0" encoding="UTF-8-SIG"?>', 'encoding "UTF-8-SIG" is not supported'),
     ],
 )
 def test_unsupported_declared_encoding(
@@ -607,6 +613,58 @@ def test_unsupported_declared_encoding(
     error = refuse(packet_text("", declaration=declaration).encode())
     assert (error.code, error.detail) == (Reply.UNSUPPORTED_ENCODING, detail)
     assert_clean(error.detail)
+
+
+def test_markup_cannot_hide_behind_an_escape_codec(
+    refuse: Callable[[bytes], PacketError],
+) -> None:
+    # raw_unicode_escape would read \u003c as "<": a packet with no markup in its bytes
+    data = (b'<?xml version="1.0" encoding="raw_unicode_escape"?>'
+            b'\\u003cjob_command name="SubmitJob"/\\u003e')
+    error = refuse(data)
+    assert (error.code, error.detail) == (
+        Reply.UNSUPPORTED_ENCODING, 'encoding "raw_unicode_escape" is not supported')
+
+
+@pytest.mark.parametrize("codec", sorted(ENCODINGS))
+def test_every_listed_encoding_is_read(feed: Callable[[bytes], Packet], codec: str) -> None:
+    value = next((char for char in "\u00e9\u0436\u20ac\u65e5\ud55c\u0e01\u00c5" + "x"
+                  if _encodes(char, codec)))
+    data = packet_text(f'<var name="v">{value}</var>',
+                       declaration=f'<?xml version="1.0" encoding="{codec}"?>').encode(codec)
+    assert feed(data).variables == {"v": value}
+
+
+def _encodes(char: str, codec: str) -> bool:
+    try:
+        return char.encode(codec).decode(codec) == char
+    except UnicodeError:
+        return False
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_an_unlisted_label_on_utf16_bytes(refuse: Callable[[bytes], PacketError],
+                                          codec: str) -> None:
+    error = refuse(packet_text(
+        "", declaration='<?xml version="1.0" encoding="raw_unicode_escape"?>').encode(codec))
+    assert (error.code, error.detail) == (
+        Reply.UNSUPPORTED_ENCODING, 'encoding "raw_unicode_escape" is not supported')
+
+
+@pytest.mark.parametrize("declaration, repeated", [
+    ('<?xml version="1.0" encoding="utf-8" encoding="raw_unicode_escape"?>', "encoding"),
+    ("<?xml version='1.0' encoding='latin-1' encoding='latin-1'>", "encoding"),
+    ('<?xml version="1.0" version="1.1"?>', "version"),
+    ('<?xml version="1.0" standalone="yes" encoding="utf-8" standalone="no"?>', "standalone"),
+])
+def test_a_declaration_names_each_attribute_once(
+    refuse: Callable[[bytes], PacketError], declaration: str, repeated: str
+) -> None:
+    data = packet_text('<var name="v">1</var>', declaration=declaration).encode()
+    error = refuse(data)
+    assert (error.code, error.detail) == (
+        Reply.MALFORMED_PACKET, f"the XML declaration has two {repeated} attributes")
+    assert jobmonitor.wire.packet._parse_simple(data) is None
 
 
 @pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])

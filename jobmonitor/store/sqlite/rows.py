@@ -32,7 +32,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from ...wire.records import HistoryEvent, JobRecord, Output
+from ...wire.records import HistoryEvent, JobRecord, Output, parse_transaction_id
 from ...wire.states import JobState, Outcome
 from ..base import TaskEvent
 
@@ -190,7 +190,8 @@ def transaction_id_of(number: int) -> str:
 
 
 def number_of(transaction_id: str) -> int | None:
-    if len(transaction_id) == 8 and transaction_id[0] == "T" and transaction_id[1:].isdigit():
+    """The number of a transaction ID as the engine spells it ("T0000042"), or None."""
+    if transaction_id[:1] == "T" and parse_transaction_id(transaction_id) == transaction_id:
         return int(transaction_id[1:])
     return None
 
