@@ -5,6 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 7400
+LINTED := jobmonitor tests benchmarks scripts examples
 
 .PHONY: serve test bench soak clean
 
@@ -23,7 +24,10 @@ $(VENV)/.installed-fast: setup.cfg pyproject.toml | $(BIN)/python
 serve: $(VENV)/.installed-test
 	$(BIN)/jobmonitor serve --host $(HOST) --port $(PORT) --jobs examples/demo_jobs.py
 
+# Lint and import order (ruff, configured in pyproject.toml), types (mypy --strict,
+# setup.cfg), then the tests.
 test: $(VENV)/.installed-test
+	$(BIN)/python -m ruff check $(LINTED)
 	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest
 

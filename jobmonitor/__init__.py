@@ -22,8 +22,8 @@ Layers, from the bottom; each imports only those below it (and itself):
 
 from ._version import __version__
 from .app import Controller, JobMonitor
-from .wire.codes import Reply, Status
 from .config import Config
+from .engine.job import Job
 from .errors import (
     ConfigError,
     JobFailed,
@@ -34,8 +34,8 @@ from .errors import (
     RequestError,
     StoreUnavailable,
 )
-from .engine.job import Job
 from .server.server import Server
+from .wire.codes import Reply, Status
 from .wire.states import JobState, Outcome
 
 __all__ = [

@@ -6,9 +6,10 @@ the password comes from ``JOBMONITOR_PASSWORD`` or a prompt) and ``--tls`` /
 ``--cafile``, calls the library, and prints.  Every
 failure becomes one line on stderr and an exit status (see ``EXIT_CODES``):
 0 success, 1 the job failed, 3 partial, 4 cancelled, 5 cancelled because the
-server shut down, 2 a usage error, an unreachable server or an error reply.  While ``submit`` or ``watch`` follows a
-job whose connection was lost, a line on stderr says so, and another when it
-has re-attached (the library's ``on_reattach`` hook).
+server shut down, 2 a usage error, an unreachable server or an error reply.
+While ``submit`` or ``watch`` follows a job whose connection was lost, a line on
+stderr says so, and another when it has re-attached (the library's
+``on_reattach`` hook).
 """
 
 from __future__ import annotations
@@ -20,16 +21,24 @@ import os
 import ssl
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO, TypeVar
 
 from ..client import Client, JobStatus, ProtocolError, Reattach, ReplyError, Transaction
 from ..client.results import job_page_from_json, load_json
-from ..wire.codes import Reply
-from .output import (EXIT_CODES, JsonPrinter, LivePrinter, PlainPrinter, StreamPrinter,
-                     display_text, display_width, exit_status)
 from ..wire import DEFAULT_PORT
+from ..wire.codes import Reply
 from ..wire.formats import to_json
 from ..wire.variables import AFTER, FILTER, FORMAT, TRANSACTION_ID, USER_TOKEN
+from .output import (
+    EXIT_CODES,
+    JsonPrinter,
+    LivePrinter,
+    PlainPrinter,
+    StreamPrinter,
+    display_text,
+    display_width,
+    exit_status,
+)
 
 __all__ = ["add_client_commands", "EXIT_CODES", "USAGE_ERROR"]
 
@@ -51,13 +60,16 @@ class OutputError(Exception):
         super().__init__(cause.strerror or str(cause) or type(cause).__name__)
 
 
+_Result = TypeVar("_Result")
+
+
 class _Output:
     """Standard output, whose failures are told apart from the connection's:
     both are ``OSError``, and "cannot reach the server: No space left on
     device" would send the user looking in the wrong place.  A closed pipe
     stays a ``BrokenPipeError`` (the reader has gone: a quiet exit)."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: TextIO) -> None:
         self._stream = stream
 
     def write(self, text: str) -> int:
@@ -67,7 +79,7 @@ class _Output:
         self._guarded(self._stream.flush)
 
     @staticmethod
-    def _guarded(call: Callable[..., Any], *args: Any) -> Any:
+    def _guarded(call: Callable[..., _Result], *args: Any) -> _Result:
         try:
             return call(*args)
         except BrokenPipeError:
@@ -91,6 +103,7 @@ def add_client_commands(commands: Any) -> None:
             name, parents=[common], help=help_text,
             description=help_text[0].upper() + help_text[1:] + ".")
         parser.set_defaults(run=lambda args: _run(action, args), command_parser=parser)
+        # One parser's error method replaced, for its one-line message.
         parser.error = _one_line_error(parser)  # type: ignore[method-assign,assignment]
         return parser
 
@@ -446,7 +459,7 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     widths = [max(display_width(row[column]) for row in rows)
               for column in range(len(header) - 1)]
     return ["  ".join([*(cell + " " * (width - display_width(cell))
-                         for cell, width in zip(row, widths)), row[-1]]).rstrip()
+                         for cell, width in zip(row, widths, strict=False)), row[-1]]).rstrip()
             for row in rows]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import getpass
@@ -23,19 +24,19 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from .._version import __version__
-from .client_commands import add_client_commands
-from .logs import check_level, setup_logging
+from ..app import JobMonitor
 from ..config import Config
 from ..config_file import load_config_file
-from ..errors import ConfigError
-from ..app import JobMonitor
-from ..users import hash_password
-from ..programs.program import add_programs
 from ..engine.handlers import Handler
-from ..engine.registry import HandlerRegistry
-from ..server.server import Server
 from ..engine.job import Job
+from ..engine.registry import HandlerRegistry
+from ..errors import ConfigError
+from ..programs.program import add_programs
+from ..server.server import Server
 from ..store import open_store
+from ..users import hash_password
+from .client_commands import add_client_commands
+from .logs import check_level, setup_logging
 
 __all__ = ["main", "build_parser"]
 
@@ -312,10 +313,9 @@ class _Stopper:
     def _soon(self, callback: Callable[..., None], *args: Any) -> None:
         """Run ``callback`` on the loop (not in the signal handler, which may have
         interrupted the loop anywhere); nothing if the loop has ended."""
-        try:
+        # RuntimeError: the loop is closed, the server has stopped already.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:  # the loop is closed: the server has stopped already
-            pass
 
     def _stop(self, name: str, bound_s: float) -> None:
         log.info("received %s: stopping within %g s (again to stop at once)", name, bound_s)

@@ -40,8 +40,8 @@ from typing import cast
 
 from lxml import etree
 
-from .codes import Reply
 from ..errors import PacketError
+from .codes import Reply
 from .lines import clip
 from .packet_build import build_packet
 from .packet_encoding import (
@@ -301,6 +301,7 @@ class PacketParser:
                     return self._hold(text, max(position, len(text) - len(self._markup_end) + 1))
                 position = end + len(self._markup_end)
                 self._markup_end = ""
+            # The pattern matches the empty string too: never None.
             position = _SKIP_SPACE.match(text, position).end()  # type: ignore[union-attr]
             if text.startswith("\ufeff", position):
                 # Only the packet's first bytes may be a byte-order mark, and those

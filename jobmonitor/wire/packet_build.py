@@ -2,8 +2,8 @@
 :mod:`jobmonitor.wire.packet`.
 
 :func:`build_packet` is re-exported by :mod:`jobmonitor.wire.packet`; the
-client imports it from here, so as not to load the parser.  lxml escapes every name and value, so any text XML can carry reads back
-exactly.
+client imports it from here, so as not to load the parser.  lxml escapes every
+name and value, so any text XML can carry reads back exactly.
 """
 
 from __future__ import annotations
