@@ -123,7 +123,8 @@ def test_paths_the_command_itself_keeps_inside_are_taken():
 def test_variables_read_back_as_rules_and_survive_replace():
     listed = Program("p", ("ls", "{a}"), variables=("a",))
     assert dict(listed.variables) == {"a": Variable()} and list(listed.variables) == ["a"]
-    ruled = Program("p", ("ls", "{b}", "{a}"), variables={"b": Variable(kind="name"), "a": Variable()})
+    ruled = Program("p", ("ls", "{b}", "{a}"),
+                    variables={"b": Variable(kind="name"), "a": Variable()})
     assert list(ruled.variables) == ["b", "a"]
     moved = dataclasses.replace(ruled, output_dir="o")
     assert moved.variables == ruled.variables

@@ -384,7 +384,7 @@ async def test_the_output_folder_is_read_off_the_event_loop(client, monkeypatch)
         return outputs_in_before(folder)
     outputs_in_before = programs_module._outputs_in
     monkeypatch.setattr(programs_module, "_outputs_in", outputs_in)
-    lines, outcome = await texts(client, "write")
+    _lines, outcome = await texts(client, "write")
     assert outcome is Outcome.SUCCESS
     assert len(readers) == 1 and readers[0] != threading.get_ident()
     assert [o.name for o in await client.outputs("T0000001")][-1] == "report.txt"
@@ -774,7 +774,8 @@ async def test_a_line_ended_by_a_lone_cr_is_sent_as_it_is_written(client):
         assert await asyncio.wait_for(first_step(), 5) == "J0000100: step 1"
     finally:
         await client.cancel(tx.transaction_id)
-    assert [line.wire_text() async for line in tx][0] == "J0000100: step 2"  # its last words
+    # Its last words; the stream is read to its end.
+    assert [line.wire_text() async for line in tx][0] == "J0000100: step 2"  # noqa: RUF015
     assert (await tx.result()).outcome is Outcome.CANCELLED
 
 

@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from jobmonitor.wire.codes import Reply
 from jobmonitor.errors import PacketError
+from jobmonitor.wire.codes import Reply
 from jobmonitor.wire.packet import Packet, PacketParser, _parse_simple, build_packet
-from jobmonitor.wire.packet_shape import PacketWithValueAttributes
 from jobmonitor.wire.packet_fast import MAX_BYTES
+from jobmonitor.wire.packet_shape import PacketWithValueAttributes
 
 from .test_packet import DOC_EXAMPLE, DOC_EXAMPLE_VARIABLES, NAMES, PAGEFLEX, VALUES
 
