@@ -9,6 +9,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 7400
 PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check
+LINTED := jobmonitor tests benchmarks scripts examples
 
 .PHONY: serve test bench soak clean
 
@@ -33,7 +34,10 @@ $(VENV)/.installed-fast: setup.cfg pyproject.toml | $(BIN)/python
 serve: $(VENV)/.installed-serve
 	$(BIN)/jobmonitor serve --host $(HOST) --port $(PORT) --jobs examples/demo_jobs.py
 
+# Lint and import order (ruff, configured in pyproject.toml), types (mypy --strict,
+# setup.cfg), then the tests.
 test: $(VENV)/.installed-test
+	$(BIN)/python -m ruff check $(LINTED)
 	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest
 

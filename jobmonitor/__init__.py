@@ -27,7 +27,6 @@ imports ``jobmonitor`` does not pay for the server's side.
 from typing import TYPE_CHECKING
 
 from ._version import __version__
-from .wire.codes import Reply, Status
 from .errors import (
     ConfigError,
     JobFailed,
@@ -38,6 +37,7 @@ from .errors import (
     RequestError,
     StoreUnavailable,
 )
+from .wire.codes import Reply, Status
 from .wire.states import JobState, Outcome
 
 if TYPE_CHECKING:

@@ -20,9 +20,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from .config import Config
-from .errors import ConfigError
 from .engine.handlers import Handler
 from .engine.registry import HandlerRegistry
+from .errors import ConfigError
 from .loader import load_handlers
 from .server.server import Reloaded, Server
 
@@ -168,10 +168,9 @@ class Controller:
         ``Server.close``)."""
         if self._thread is None or self._loop is None or self._server is None:
             return
-        try:
+        # RuntimeError: the loop has closed, the server has stopped already.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._server.close)
-        except RuntimeError:  # the loop has closed: the server has stopped already
-            pass
         self._thread.join(timeout_s)
         self._thread = None
 
@@ -187,10 +186,9 @@ class Controller:
             self._called_off = True
             loop, task = self._loop, self._main_task
         if loop is not None and task is not None:
-            try:
+            # RuntimeError: the loop has closed, the thread is ending.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(task.cancel)
-            except RuntimeError:  # the loop has closed: the thread is ending
-                pass
 
     def _main(self) -> None:
         asyncio.run(self._serve())
@@ -204,7 +202,9 @@ class Controller:
         try:
             server = self._app.make_server(self.config)
             await server.start()
-        except BaseException as exc:  # (CancelledError too: start() gave up waiting)
+        # start() raises the failure in its own thread (a CancelledError: start()
+        # gave up waiting, and has nothing to raise).
+        except BaseException as exc:  # noqa: BLE001 - handed on to start()
             self._error = exc
             self._ready.set()
             return
@@ -213,7 +213,7 @@ class Controller:
         with contextlib.suppress(asyncio.CancelledError):  # (the close is done by then)
             await server.serve_forever()
 
-    def __enter__(self) -> "Controller":
+    def __enter__(self) -> Controller:
         self.start()
         return self
 

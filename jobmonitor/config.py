@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .users import User
 from .errors import ConfigError
+from .users import User
 from .wire import DEFAULT_PORT
 
 __all__ = ["Config", "DEFAULT_PORT", "LOG_FORMATS", "NEEDS_RESTART"]
@@ -107,7 +107,7 @@ class Config:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: must be 0..65535, got {self.port}")
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         """Return a copy with ``changes`` applied (None values are ignored).
 
         Raises:

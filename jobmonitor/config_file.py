@@ -22,8 +22,8 @@
     role = "admin"
 
 The keys and their types come from the ``Config``, ``Program``, ``Variable``
-and ``User`` dataclasses, so no option list is spelled out here.  Every unknown key and bad value is a
-``ConfigError`` that names the file and the key.
+and ``User`` dataclasses, so no option list is spelled out here.  Every unknown
+key and bad value is a ``ConfigError`` that names the file and the key.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .users import User
 from .config import Config
 from .errors import ConfigError
 from .programs.program import SELF_CHECKED, Program, Variable
+from .users import User
 
 __all__ = ["ConfigFile", "load_config_file"]
 

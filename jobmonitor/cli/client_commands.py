@@ -6,9 +6,10 @@ the password comes from ``JOBMONITOR_PASSWORD`` or a prompt) and ``--tls`` /
 ``--cafile``, calls the library, and prints.  Every
 failure becomes one line on stderr and an exit status (see ``EXIT_CODES``):
 0 success, 1 the job failed, 3 partial, 4 cancelled, 5 cancelled because the
-server shut down, 2 a usage error, an unreachable server or an error reply.  While ``submit`` or ``watch`` follows a
-job whose connection was lost, a line on stderr says so, and another when it
-has re-attached (the library's ``on_reattach`` hook).
+server shut down, 2 a usage error, an unreachable server or an error reply.
+While ``submit`` or ``watch`` follows a job whose connection was lost, a line on
+stderr says so, and another when it has re-attached (the library's
+``on_reattach`` hook).
 
 A command that asks one question (status, cancel, queue, ...) asks it on a
 plain socket (``client.blocking``) and never imports asyncio: its start-up is
@@ -25,14 +26,22 @@ import inspect
 import os
 import sys
 from collections.abc import Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, NoReturn, Union, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar, cast
 
 from ..errors import ProtocolError, ReplyError
-from ..wire.codes import Reply
-from .output import (EXIT_CODES, JsonPrinter, LivePrinter, PlainPrinter, StreamPrinter,
-                     display_text, display_width, exit_status)
 from ..wire import DEFAULT_PORT
+from ..wire.codes import Reply
 from ..wire.variables import AFTER, FILTER, FORMAT, TRANSACTION_ID, USER_TOKEN
+from .output import (
+    EXIT_CODES,
+    JsonPrinter,
+    LivePrinter,
+    PlainPrinter,
+    StreamPrinter,
+    display_text,
+    display_width,
+    exit_status,
+)
 
 if TYPE_CHECKING:
     import ssl
@@ -49,7 +58,7 @@ _BROKEN_PIPE = 141  # what a shell reports for a process killed by SIGPIPE
 #: ``async def``) runs on an event loop with a ``Client``.
 _AskAction = Callable[["Endpoint", argparse.Namespace], int]
 _StreamAction = Callable[["Client", argparse.Namespace], Coroutine[Any, Any, int]]
-Action = Union[_AskAction, _StreamAction]
+Action = _AskAction | _StreamAction
 
 
 class UsageError(Exception):
@@ -63,13 +72,16 @@ class OutputError(Exception):
         super().__init__(cause.strerror or str(cause) or type(cause).__name__)
 
 
+_Result = TypeVar("_Result")
+
+
 class _Output:
     """Standard output, whose failures are told apart from the connection's:
     both are ``OSError``, and "cannot reach the server: No space left on
     device" would send the user looking in the wrong place.  A closed pipe
     stays a ``BrokenPipeError`` (the reader has gone: a quiet exit)."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: TextIO) -> None:
         self._stream = stream
 
     def write(self, text: str) -> int:
@@ -79,7 +91,7 @@ class _Output:
         self._guarded(self._stream.flush)
 
     @staticmethod
-    def _guarded(call: Callable[..., Any], *args: Any) -> Any:
+    def _guarded(call: Callable[..., _Result], *args: Any) -> _Result:
         try:
             return call(*args)
         except BrokenPipeError:
@@ -103,6 +115,7 @@ def add_client_commands(commands: Any) -> None:
             name, parents=[common], help=help_text,
             description=help_text[0].upper() + help_text[1:] + ".")
         parser.set_defaults(run=lambda args: _run(action, args), command_parser=parser)
+        # One parser's error method replaced, for its one-line message.
         parser.error = _one_line_error(parser)  # type: ignore[method-assign,assignment]
         return parser
 
@@ -520,7 +533,7 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     widths = [max(display_width(row[column]) for row in rows)
               for column in range(len(header) - 1)]
     return ["  ".join([*(cell + " " * (width - display_width(cell))
-                         for cell, width in zip(row, widths)), row[-1]]).rstrip()
+                         for cell, width in zip(row, widths, strict=False)), row[-1]]).rstrip()
             for row in rows]
 
 

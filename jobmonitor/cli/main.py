@@ -10,6 +10,7 @@ the CLI modules print, exit, or install signal handlers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import getpass
@@ -22,8 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .._version import __version__
-from .client_commands import add_client_commands
 from ..errors import ConfigError
+from .client_commands import add_client_commands
 from .logs import check_level, setup_logging
 
 if TYPE_CHECKING:
@@ -31,8 +32,8 @@ if TYPE_CHECKING:
 
     from ..config import Config
     from ..engine.handlers import Handler
-    from ..server.server import Server
     from ..engine.job import Job
+    from ..server.server import Server
 
 # The server's side (the app, the engine, the store, the config file reader) and
 # asyncio are imported by the commands that serve, not here: a client command
@@ -337,10 +338,9 @@ class _Stopper:
     def _soon(self, callback: Callable[..., None], *args: Any) -> None:
         """Run ``callback`` on the loop (not in the signal handler, which may have
         interrupted the loop anywhere); nothing if the loop has ended."""
-        try:
+        # RuntimeError: the loop is closed, the server has stopped already.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:  # the loop is closed: the server has stopped already
-            pass
 
     def _stop(self, name: str, bound_s: float) -> None:
         log.info("received %s: stopping within %g s (again to stop at once)", name, bound_s)

@@ -14,11 +14,24 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from ..wire import DEFAULT_PORT
 from ..errors import ProtocolError
-from ..wire.variables import (AFTER, CLIENT_JOB_MONITOR, FILTER, FORMAT, FROM_LINE, JOB_NAME,
-                              JOB_TOKEN, LIMIT, PASSWORD, PROJECT_NAME, TRANSACTION_ID, USER,
-                              USER_TOKEN)
+from ..wire import DEFAULT_PORT
+from ..wire.variables import (
+    AFTER,
+    CLIENT_JOB_MONITOR,
+    FILTER,
+    FORMAT,
+    FROM_LINE,
+    JOB_NAME,
+    JOB_TOKEN,
+    LIMIT,
+    PASSWORD,
+    PROJECT_NAME,
+    TRANSACTION_ID,
+    USER,
+    USER_TOKEN,
+)
+from .connection import Value, close_quietly, open_request, read_reply
 from .results import (
     Acknowledged,
     JobInfo,
@@ -38,7 +51,6 @@ from .results import (
     task_log_from_lines,
 )
 from .transaction import Transaction
-from .connection import Value, close_quietly, open_request, read_reply
 
 __all__ = ["Client", "connect"]
 
@@ -90,7 +102,7 @@ class Client:
     def __repr__(self) -> str:
         return f"<Client {self.host}:{self.port}>"
 
-    async def __aenter__(self) -> "Client":
+    async def __aenter__(self) -> Client:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

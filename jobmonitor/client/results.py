@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from ..wire.codes import ERROR_THRESHOLD, Status
 from ..errors import ProtocolError
+from ..wire.codes import ERROR_THRESHOLD, Status
 from ..wire.formats import split_parameters
 from ..wire.states import JobState, Outcome
 
@@ -403,7 +403,7 @@ def _time(value: Any) -> dt.datetime | None:
     if value in (None, ""):
         return None
     parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def _progress(data: Any) -> Progress:

@@ -14,10 +14,19 @@ from typing import Any, TypeVar
 
 from ..wire import DEFAULT_PORT
 from .api import Client
-from .results import (Acknowledged, JobInfo, JobList, JobResult, JobStatus, Output,
-                      QueueLength, StreamLine, TaskLogEntry)
-from .transaction import Transaction
 from .connection import Value
+from .results import (
+    Acknowledged,
+    JobInfo,
+    JobList,
+    JobResult,
+    JobStatus,
+    Output,
+    QueueLength,
+    StreamLine,
+    TaskLogEntry,
+)
+from .transaction import Transaction
 
 __all__ = ["SyncClient", "SyncTransaction"]
 
@@ -69,7 +78,7 @@ class SyncClient:
         finally:
             self._runner.close()
 
-    def __enter__(self) -> "SyncClient":
+    def __enter__(self) -> SyncClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -81,11 +90,11 @@ class SyncClient:
         return self._run(self._client.request(command, variables, doc_variables))
 
     def submit(self, project: str, variables: Mapping[str, Value] | None = None,
-               **options: Any) -> "SyncTransaction":
+               **options: Any) -> SyncTransaction:
         """See ``Client.submit`` (same keyword arguments)."""
         return SyncTransaction(self, self._run(self._client.submit(project, variables, **options)))
 
-    def watch(self, transaction_id: str, from_line: int = 1) -> "SyncTransaction":
+    def watch(self, transaction_id: str, from_line: int = 1) -> SyncTransaction:
         """See ``Client.watch``."""
         return SyncTransaction(self, self._run(self._client.watch(transaction_id, from_line)))
 
@@ -203,7 +212,7 @@ class SyncTransaction:
             return
         self._owner._run(self._transaction.aclose())
 
-    def __enter__(self) -> "SyncTransaction":
+    def __enter__(self) -> SyncTransaction:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -21,13 +21,13 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
-from ..wire.codes import Reply, Status
 from ..errors import ProtocolError, ReplyError
+from ..wire.codes import Reply, Status
 from ..wire.lines import LineError, parse_line
 from ..wire.states import Outcome
 from ..wire.variables import behind_notice_line
-from .results import JobResult, JobStatus, Reattach, StreamLine
 from .connection import close_quietly
+from .results import JobResult, JobStatus, Reattach, StreamLine
 
 __all__ = ["Transaction"]
 
@@ -90,7 +90,7 @@ class Transaction:
         """True once the ``Transaction ... ended`` line has been received."""
         return self._ended
 
-    def __aiter__(self) -> "Transaction":
+    def __aiter__(self) -> Transaction:
         return self
 
     async def __anext__(self) -> StreamLine:
@@ -132,13 +132,14 @@ class Transaction:
         if self.outcome is None:
             raise ProtocolError(f"the stream of {self.transaction_id} ended without an outcome")
         return JobResult(self.transaction_id, self.outcome, self._received, tuple(self._errors),
-                         cancelled_by_shutdown=self._shutdown and self.outcome is Outcome.CANCELLED)
+                         cancelled_by_shutdown=(self._shutdown
+                                                and self.outcome is Outcome.CANCELLED))
 
     async def aclose(self) -> None:
         """Drop the connection (the job runs on; iterating again re-attaches)."""
         await self._drop()
 
-    async def __aenter__(self) -> "Transaction":
+    async def __aenter__(self) -> Transaction:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -14,13 +14,13 @@ import collections
 import heapq
 from typing import NamedTuple
 
-from ..wire.codes import Reply
 from ..errors import RequestError
-from .job import Job
+from ..store.base import Store, TaskEvent
+from ..wire.codes import Reply
 from ..wire.lines import clip
 from ..wire.records import HistoryEvent, JobRecord, parse_transaction_id
 from ..wire.variables import TASK_LOG_SIZE
-from ..store.base import Store, TaskEvent
+from .job import Job
 
 __all__ = ["JobDirectory", "JobPage", "TASK_LOG_SIZE", "IDLE_TAIL_LINES"]
 

@@ -390,6 +390,6 @@ class Job:
 
 def _timestamp(value: dt.datetime) -> float:
     if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
+        value = value.replace(tzinfo=dt.UTC)
     return value.timestamp()
 

@@ -33,8 +33,16 @@ from ..wire.codes import Status
 from ..wire.lines import format_line, format_lines
 from ..wire.records import HistoryEvent, JobRecord
 from ..wire.states import JobState, Outcome
-from .history import (FINISH_EVENTS, JOB_STAGE, QUEUED_EVENT, REQUEUE_EVENT, RESUME_EVENT,
-                      RETRY_EVENT, START_EVENT, SUSPEND_EVENT)
+from .history import (
+    FINISH_EVENTS,
+    JOB_STAGE,
+    QUEUED_EVENT,
+    REQUEUE_EVENT,
+    RESUME_EVENT,
+    RETRY_EVENT,
+    START_EVENT,
+    SUSPEND_EVENT,
+)
 from .job import Job
 
 __all__ = ["Move", "MOVES", "TRANSITIONS", "IllegalTransition", "CancelReason", "SHUTDOWN_INFO",

@@ -204,7 +204,7 @@ class JobRunner:
         its run in a worker thread."""
         handler = run.handler
         if handler.is_async:
-            return handler.func(run.job)  # type: ignore[return-value]
+            return handler.func(run.job)
         # run_in_executor's two steps, keeping the thread's own future: it says
         # when the handler has returned, even once the loop is gone.
         run.thread = self._executor.submit(handler.func, run.job)

@@ -36,14 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from ..wire.codes import Reply
-from ..errors import ConfigError, JobFailed, RequestError
 from ..engine.handlers import JOB_OPTIONS, TimeoutReason, check_job_options, check_seconds
 from ..engine.history import START_EVENT, count_events
 from ..engine.job import Job
 from ..engine.registry import HandlerRegistry
+from ..errors import ConfigError, JobFailed, RequestError
+from ..wire.codes import Reply
 from ..wire.lines import clip
-from .process import ProgramProcess, read_output, signal_group, start_program, stop_program
 from .args import (
     BUILTIN_PLACEHOLDERS,
     OutputPath,
@@ -55,6 +54,7 @@ from .args import (
     parse_template,
     variable_rules,
 )
+from .process import ProgramProcess, read_output, signal_group, start_program, stop_program
 
 __all__ = ["Program", "Variable", "add_programs", "BUILTIN_PLACEHOLDERS", "STANDARD_VARIABLES",
            "SELF_CHECKED"]

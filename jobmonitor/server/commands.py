@@ -12,27 +12,52 @@ from __future__ import annotations
 import asyncio
 import difflib
 import platform
-
-from sys import intern
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from sys import intern
 
 from .._version import __version__
-from ..wire.codes import Reply
-from .auth import Authenticator
-from ..users import User
 from ..engine.engine import Engine
-from ..errors import ConfigError, RequestError
 from ..engine.job import Job
+from ..errors import ConfigError, RequestError
+from ..users import User
+from ..wire.codes import Reply
+from ..wire.formats import (
+    FORMATS,
+    ListRenderer,
+    cell,
+    iso_time,
+    job_dict,
+    key_values,
+    outputs_header,
+    render,
+    to_json,
+)
 from ..wire.lines import clip
 from ..wire.packet import Packet
-from ..wire.formats import (FORMATS, ListRenderer, cell, iso_time, job_dict, key_values,
-                            outputs_header, render, to_json)
 from ..wire.records import JobRecord
-from ..wire.variables import (AFTER, CLIENT_JOB_MONITOR, FILTER, FORMAT, FROM_LINE, JOB_TOKEN,
-                              LIMIT, PASSWORD, PROJECT_NAME, SYSTEM_PREFIX, TRANSACTION_ID, USER,
-                              USER_TOKEN, parse_bool, parse_choice, parse_count,
-                              parse_line_number, parse_transaction_id, required)
+from ..wire.variables import (
+    AFTER,
+    CLIENT_JOB_MONITOR,
+    FILTER,
+    FORMAT,
+    FROM_LINE,
+    JOB_TOKEN,
+    LIMIT,
+    PASSWORD,
+    PROJECT_NAME,
+    SYSTEM_PREFIX,
+    TRANSACTION_ID,
+    USER,
+    USER_TOKEN,
+    parse_bool,
+    parse_choice,
+    parse_count,
+    parse_line_number,
+    parse_transaction_id,
+    required,
+)
+from .auth import Authenticator
 
 __all__ = ["Commands", "Caller", "Response"]
 
@@ -184,14 +209,15 @@ class Commands:
         if not caller.restricted:
             owner = packet.variables.get(USER_TOKEN, "").strip() or owner
         found = await self._engine.jobs.resolve(transaction_id, owner, job_token)
-        if caller.restricted and (await self._engine.jobs.record(found)).identity != caller.identity:
+        if (caller.restricted
+                and (await self._engine.jobs.record(found)).identity != caller.identity):
             raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(found))
         return found
 
     def _check_monitors(self, transaction_id: str) -> None:
-        if self._max_monitors and self._engine.jobs.monitor_count(transaction_id) >= self._max_monitors:
-            raise RequestError(Reply.SERVER_BUSY,
-                               f"{transaction_id} already has {self._max_monitors} monitors")
+        limit = self._max_monitors
+        if limit and self._engine.jobs.monitor_count(transaction_id) >= limit:
+            raise RequestError(Reply.SERVER_BUSY, f"{transaction_id} already has {limit} monitors")
 
     async def _active_job(self, packet: Packet, caller: Caller) -> Job:
         """The live job a packet names; a finished one is an invalid-state error."""
@@ -312,7 +338,8 @@ class Commands:
         try:
             await self._restart()
         except ConfigError as exc:
-            raise RequestError(Reply.INTERNAL_ERROR, f"reloading job modules failed: {exc}") from None
+            raise RequestError(Reply.INTERNAL_ERROR,
+                               f"reloading job modules failed: {exc}") from None
         return Response("Job engine restarted")
 
 

@@ -35,13 +35,13 @@ from ..errors import PacketError, RequestError
 from ..wire.codes import Reply
 from ..wire.lines import clip
 from ..wire.packet import Packet, PacketParser
+from ..wire.variables import behind_notice
 from .commands import Commands
 from .deadlines import Deadlines
 from .eager import start_eagerly
 from .output import ConnectionState, Output
 from .parse_turns import PacketReader, ParseTurns
 from .refusals import RefusalLog
-from ..wire.variables import behind_notice
 
 __all__ = ["Connection", "ConnectionContext"]
 

@@ -398,7 +398,7 @@ class Server:
         await self._engine.stop(self.config.shutdown_grace_s)
         try:
             await asyncio.wait_for(self._no_connections.wait(), self.config.linger_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             # Closing politely would wait for a client that stopped reading to take
             # our last bytes, and keep its socket past the end of the server.
             for connection in list(self._connections):
@@ -412,7 +412,7 @@ class Server:
         self.refusals.flush()
         log.info("jobmonitor stopped")
 
-    async def __aenter__(self) -> "Server":
+    async def __aenter__(self) -> Server:
         """Start (unless started) and return the server.
 
         Raises:

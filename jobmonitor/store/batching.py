@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -208,10 +209,8 @@ class GroupCommitStore(Store):
         """Wait for a change, then up to ``commit_interval_s`` for an urgent one."""
         await self._wake.wait()
         if not self._urgent.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._urgent.wait(), self.commit_interval_s)
-            except asyncio.TimeoutError:
-                pass
         self._wake.clear()
         self._urgent.clear()
 
@@ -225,7 +224,7 @@ class GroupCommitStore(Store):
         failed = False
         try:
             await self._write_batch(batch)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is answered to each waiter
             failed = True
             self._commit_failed(batch, waiters, exc)
         else:

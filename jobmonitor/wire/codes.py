@@ -27,7 +27,7 @@ class _Coded(enum.IntEnum):
 
     text: str
 
-    def __new__(cls, number: int, text: str) -> "_Coded":
+    def __new__(cls, number: int, text: str) -> _Coded:
         member = int.__new__(cls, number)
         member._value_ = number
         member.text = text

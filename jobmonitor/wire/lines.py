@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from .codes import ERROR_THRESHOLD
 
-__all__ = ["format_line", "format_lines", "escape_text", "split_text", "clip", "Line", "parse_line",
-           "LineError"]
+__all__ = ["format_line", "format_lines", "escape_text", "split_text", "clip", "Line",
+           "parse_line", "LineError"]
 
 _NEWLINES = re.compile(r"\r\n|\r|\n")
 _UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")

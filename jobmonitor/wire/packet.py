@@ -34,14 +34,15 @@ way, for clients and tests.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import re
 from collections.abc import Callable, Iterator
 from typing import cast
 
 from lxml import etree
 
-from .codes import Reply
 from ..errors import PacketError
+from .codes import Reply
 from .lines import clip
 from .packet_build import build_packet
 from .packet_encoding import (
@@ -353,6 +354,7 @@ class PacketParser:
                     return self._hold(text, max(position, len(text) - len(self._markup_end) + 1))
                 position = end + len(self._markup_end)
                 self._markup_end = ""
+            # The pattern matches the empty string too: never None.
             position = _SKIP_SPACE.match(text, position).end()  # type: ignore[union-attr]
             if text.startswith("\ufeff", position):
                 # Only the packet's first bytes may be a byte-order mark, and those
@@ -400,10 +402,10 @@ def _close_xml_parser(xml: etree.XMLPullParser) -> None:
     """Close lxml's parser and take its last events: that is what frees it and its
     document by reference counting.  Until then the parser, its events and the
     document's elements (which name their parser) hold each other in a cycle."""
-    try:
-        xml.close()  # (also ends the elements still open, as events)
-    except etree.LxmlError:
-        pass  # an unfinished or refused document: nothing is wanted from it
+    # (close() also ends the elements still open, as events; an unfinished or
+    # refused document raises, and nothing is wanted from it)
+    with contextlib.suppress(etree.LxmlError):
+        xml.close()
     for _ in cast(_Events, xml.read_events()):
         pass
 

@@ -22,8 +22,8 @@ import pkgutil
 import re
 from collections.abc import Callable
 
-from .codes import Reply
 from ..errors import PacketError
+from .codes import Reply
 from .lines import clip
 
 __all__ = [

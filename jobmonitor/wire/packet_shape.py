@@ -25,8 +25,8 @@ from xml.sax.saxutils import escape
 
 from lxml import etree
 
-from .codes import Reply
 from ..errors import PacketError
+from .codes import Reply
 from .lines import clip
 from .packet_encoding import SPACE
 

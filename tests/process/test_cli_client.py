@@ -19,10 +19,9 @@ from jobmonitor.cli.client_commands import table
 from jobmonitor.cli.output import EXIT_CODES, LivePrinter, display_text, render_bar
 from jobmonitor.client import Progress, StreamLine
 
-from .test_cli import (CTRL_D, ROOT, ServerProcess, cli_server,  # noqa: F401  (a fixture)
-                       on_a_terminal)
 from ..server.test_client import scripted_server, unused_port  # noqa: F401  (a fixture)
 from ..server.test_security import certificate  # noqa: F401  (a fixture)
+from .test_cli import CTRL_D, ROOT, ServerProcess, cli_server, on_a_terminal  # noqa: F401  (a fixture)
 
 COUNT = [
     "R0000000: T0000001",
@@ -144,7 +143,7 @@ def test_no_monitor_prints_the_id_then_watch_follows(cli_server):
     watched = cli(cli_server.port, "watch", "T0000001")
     assert watched.returncode == 0 and watched.stdout.splitlines() == COUNT
     later = cli(cli_server.port, "watch", "T0000001", "--from-line", "6")
-    assert later.stdout.splitlines() == [COUNT[0]] + COUNT[6:]
+    assert later.stdout.splitlines() == [COUNT[0], *COUNT[6:]]
     as_json = cli(cli_server.port, "watch", "T0000001", "--from-line", "6", "--json")
     assert [json.loads(line)["event"] for line in as_json.stdout.splitlines()] == [
         "watching", "line", "line", "result"]
@@ -223,7 +222,9 @@ def test_outputs_queue_log_delete_and_restart(cli_server):
 
 HALF = """
 [projects.half]
-command = [PYTHON, "-c", "import sys; open(sys.argv[1] + '/archive.tar.gz', 'wb').write(b'ha'); sys.exit(2)", "{output_dir}"]
+command = [PYTHON, "-c",
+           "import sys; open(sys.argv[1] + '/archive.tar.gz', 'wb').write(b'ha'); sys.exit(2)",
+           "{output_dir}"]
 output_dir = OUT
 """
 
@@ -642,7 +643,8 @@ def test_a_job_name_cannot_forge_a_row_of_the_list(cli_server):
     cli(cli_server.port, "submit", "report", "--no-monitor",
         "--job-name", "evil\nT0000999     Completed  payroll  forged")
     listed = cli(cli_server.port, "list", "--all").stdout.splitlines()
-    assert len(listed) == 2 and listed[1].endswith("evil\\x0aT0000999     Completed  payroll  forged")
+    assert len(listed) == 2
+    assert listed[1].endswith("evil\\x0aT0000999     Completed  payroll  forged")
 
 
 def test_a_value_no_packet_can_carry_is_one_error_line(cli_server):
@@ -733,7 +735,7 @@ def replay(steps: list[tuple[str, list[str]]], env: dict[str, str]) -> None:
                             capture_output=True, text=True, timeout=60)
     outputs = result.stdout.split("@@@\n")[:-1]
     assert len(outputs) == len(steps), result.stdout
-    for (command, expected), output in zip(steps, outputs):
+    for (command, expected), output in zip(steps, outputs, strict=True):
         assert output.splitlines() == expected, command
 
 

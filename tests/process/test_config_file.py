@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from jobmonitor import Config, ConfigError, Outcome
-from jobmonitor.users import hash_password
 from jobmonitor.client import Client, ReplyError
 from jobmonitor.config_file import load_config_file
 from jobmonitor.programs import Variable
+from jobmonitor.users import hash_password
 
 from .test_cli import ROOT, ServerProcess
 
@@ -177,7 +177,8 @@ command = ["{sys.executable}", "-c", "import sys; print('hello', sys.argv[1])", 
 variables = ["name"]
 
 [projects.touch]
-command = ["{sys.executable}", "-c", "import sys; open(sys.argv[1], 'w')", "{{output_dir}}/{{name}}"]
+command = ["{sys.executable}", "-c", "import sys; open(sys.argv[1], 'w')",
+           "{{output_dir}}/{{name}}"]
 output_dir = "out"
 [projects.touch.variables.name]
 kind = "name"
@@ -199,8 +200,9 @@ def test_serve_with_a_config_file_runs_program_projects(tmp_path):
             with pytest.raises(ReplyError) as caught:
                 await client.submit("greet", {"name": "x", "shell": "y"})
             assert caught.value.code == 5007
-            for value, why in [("../../x", "is not a plain file name (kind \"name\"): it holds '/'"),
-                               ("x1", "does not match its pattern [a-z]+")]:
+            for value, why in [
+                    ("../../x", "is not a plain file name (kind \"name\"): it holds '/'"),
+                    ("x1", "does not match its pattern [a-z]+")]:
                 with pytest.raises(ReplyError) as caught:
                     await client.submit("touch", {"name": value})
                 assert (caught.value.code, caught.value.text) == (

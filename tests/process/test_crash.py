@@ -31,8 +31,8 @@ COMMIT_WINDOW_S = 1.0
 def serve(url: str, *args: str) -> ServerProcess:
     # Warnings only: nobody reads the log while the test runs, and hundreds of
     # 'job ended' lines would fill the pipe and block the server.
-    return ServerProcess("--jobs", "tests/support/jobs.py", "--store", url, "--machine-name", "testhost",
-                         "--log-level", "warning", *args)
+    return ServerProcess("--jobs", "tests/support/jobs.py", "--store", url,
+                         "--machine-name", "testhost", "--log-level", "warning", *args)
 
 
 def check_stream(tid: str, lines: list[str]) -> int:

@@ -38,10 +38,10 @@ from jobmonitor.client.results import (
 )
 from jobmonitor.wire.packet import Packet, PacketParser
 
-from ..support import jobs
 from ..conftest import MACHINE, release
-from ..support.helpers import exchange, xml_packet
 from ..process.test_cli import ServerProcess
+from ..support import jobs
+from ..support.helpers import exchange, xml_packet
 from .test_security import certificate  # noqa: F401  (a fixture)
 
 
@@ -97,7 +97,7 @@ def test_status_json_becomes_a_typed_status():
     status = status_from_json(STATUS)
     assert status.transaction_id == "T0000007" and status.project == "Build Docs"
     assert status.status is JobState.PROCESSING and not status.is_final
-    assert status.created == dt.datetime(2026, 11, 21, 5, 30, tzinfo=dt.timezone.utc)
+    assert status.created == dt.datetime(2026, 11, 21, 5, 30, tzinfo=dt.UTC)
     assert status.completed is None
     assert status.progress == Progress(2, 4, 50, "half")
     assert status.outputs == (Output("out.pdf", "file:///o/out.pdf", "application/pdf"),)
@@ -136,7 +136,7 @@ def test_queue_length_and_task_log_lines_are_read():
     assert task_log_from_lines([
         "2 events", "2026-11-21T05:06:02Z\tT0000001\tcount\tqueued",
         "2026-11-21T05:06:03Z\tT0000001\tcount\tstart"])[1] == TaskLogEntry(
-        dt.datetime(2026, 11, 21, 5, 6, 3, tzinfo=dt.timezone.utc), "T0000001", "count",
+        dt.datetime(2026, 11, 21, 5, 6, 3, tzinfo=dt.UTC), "T0000001", "count",
         "start")
     assert task_log_from_lines(["0 events"]) == []
 
@@ -681,8 +681,8 @@ def test_watch_survives_a_server_crash_and_restart(tmp_path):
                     client.submit("echo", monitor=False)
                     server.proc.send_signal(signal.SIGKILL)
                     server.proc.communicate(timeout=10)
-                    restarted.append(ServerProcess("--jobs", "tests/support/jobs.py", "--store", db_url,
-                                                   "--port", str(port)))
+                    restarted.append(ServerProcess("--jobs", "tests/support/jobs.py",
+                                                   "--store", db_url, "--port", str(port)))
             result = tx.result()
             replay = list(client.watch(tx.transaction_id))
         assert [line.text for line in seen[-3:]] == [
@@ -734,15 +734,13 @@ def test_sync_client_against_a_threaded_server(unused_port):
             watching = client.submit("lines", {"Count": "3"})
         with watching:  # its client closed (and dropped it) first: nothing to do
             pass
-    with SyncClient("127.0.0.1", unused_port) as client:
-        with pytest.raises(ConnectionRefusedError):
-            client.build_string()
+    with SyncClient("127.0.0.1", unused_port) as client, pytest.raises(ConnectionRefusedError):
+        client.build_string()
 
 
 async def test_sync_client_refuses_to_run_inside_an_event_loop(server):
-    with SyncClient("127.0.0.1", server.port) as client:
-        with pytest.raises(RuntimeError):
-            client.build_string()
+    with SyncClient("127.0.0.1", server.port) as client, pytest.raises(RuntimeError):
+        client.build_string()
 
 
 def test_many_sync_clients_in_threads(unused_port):

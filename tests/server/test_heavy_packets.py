@@ -18,6 +18,7 @@ sizes docs/security.md reports (1 000 packets of 1 MB, 100 clients).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import statistics
@@ -25,16 +26,15 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from jobmonitor.users import hash_password
 
+from ..process.test_cli import ROOT, ServerProcess
 from ..support.big_clients import CLOSE, big_value, many_elements
 from ..support.helpers import split_lines, xml_packet
-from ..process.test_cli import ROOT, ServerProcess
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="reads the server's memory from /proc")
@@ -91,10 +91,8 @@ async def send(port: int, data: bytes, *, then: str = "read") -> list[str]:
         return split_lines(await asyncio.wait_for(reader.read(), 30))
     finally:
         writer.close()
-        try:
+        with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
-        except ConnectionError:
-            pass
 
 
 # -- memory ---------------------------------------------------------------------------------
@@ -207,7 +205,8 @@ class BigClients:
 
     def __init__(self, port: int, *args: int | str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.big_clients", str(port), *map(str, args)], cwd=ROOT,
+            [sys.executable, "-m", "tests.support.big_clients", str(port), *map(str, args)],
+            cwd=ROOT,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         self.started = self.proc.stdout.readline() == "started\n"

@@ -14,20 +14,19 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from lxml import etree
 
 from jobmonitor import Controller
-from jobmonitor.store.sqlite import rows as sqlite_rows
 from jobmonitor.client import Client, ProtocolError, ReplyError, SyncClient
+from jobmonitor.store.sqlite import rows as sqlite_rows
 
-from ..support import jobs
 from ..conftest import MACHINE, finished, release
+from ..process.test_cli import ROOT, ServerProcess
+from ..support import jobs
 from ..support.helpers import exchange, submit, xml_packet
 from ..support.stored import fill
-from ..process.test_cli import ROOT, ServerProcess
 from .test_management import tid_of
 
 SOAK = os.environ.get("JOBMONITOR_SOAK") == "1"
@@ -292,8 +291,8 @@ async def test_the_cli_follows_every_page_and_prints_what_it_printed_before():
 async def test_submits_go_on_while_a_big_store_is_listed(tmp_path):
     # The server in a process of its own: this one's heap (pytest's) would make
     # its garbage collector, not the listing, what a submit waits for.
-    server = ServerProcess("--jobs", "tests/support/jobs.py", "--store", store_url(tmp_path, BIG_STORE),
-                           memory_store=False)
+    server = ServerProcess("--jobs", "tests/support/jobs.py",
+                           "--store", store_url(tmp_path, BIG_STORE), memory_store=False)
     try:
         latencies, rows = await submits_beside_a_listing(server.port)
     finally:

@@ -17,8 +17,8 @@ from jobmonitor import JobState
 from jobmonitor.engine import runner as runner_module
 from jobmonitor.wire.formats import split_parameters
 
-from ..support import jobs
 from ..conftest import MACHINE, finished, release
+from ..support import jobs
 from ..support.helpers import Session, exchange, submit, xml_packet
 
 ENDED = "J0000001: Transaction {} ended"
@@ -67,7 +67,7 @@ async def test_monitor_finished_job_replays_and_closes(server):
     tid = tid_of(full[0])
     assert await exchange(server.port, command("MonitorJob", tid)) == full
     assert await exchange(server.port, command("MonitorJob", tid, _sys_FromLine="3")) == \
-        [full[0]] + full[3:]
+        [full[0], *full[3:]]
     assert await exchange(server.port, command("MonitorJob", tid, _sys_FromLine="99")) == [full[0]]
 
 
@@ -89,7 +89,7 @@ async def test_reattach_from_the_next_line_misses_nothing(server):
     rest = ["J0000100: step 2 done", "J0000100: before step 3"] + await watcher.rest()
     await watcher.close()
     full = await exchange(server.port, command("MonitorJob", tid))
-    assert seen + ["J0000100: step 1 done", "J0000100: before step 2"] + rest == full[1:]
+    assert [*seen, "J0000100: step 1 done", "J0000100: before step 2", *rest] == full[1:]
 
 
 @pytest.mark.parametrize(("variables", "expected"), [
@@ -200,7 +200,8 @@ async def test_a_value_cannot_add_a_field_or_forge_a_row_of_a_list(server):
     tid = tid_of((await exchange(server.port, submit("output", JobName=forged, Name=forged,
                                                      Uri="file:///a\r\nb", MediaType="c\td")))[0])
     assert await exchange(server.port, xml_packet("ListJobs", {"_sys_Filter": "all"})) == [
-        "R0000000- 1 jobs", f"R0000000: {tid}\tCompleted\toutput\tx\\nT0000099\\tCompleted\\techo\\tforged"]
+        "R0000000- 1 jobs",
+        f"R0000000: {tid}\tCompleted\toutput\tx\\nT0000099\\tCompleted\\techo\\tforged"]
     row = "x\\nT0000099\\tCompleted\\techo\\tforged\tfile:///a\\nb\tc\\td"
     assert await exchange(server.port, command("RetrieveJob", tid)) == [
         "R0000000- 1 outputs", f"R0000000: {row}"]
@@ -274,7 +275,8 @@ async def poll_after(port: int, tid: str) -> tuple[str | None, object, str]:
                                                        _sys_Format="json")))[0][10:])
     xml = etree.fromstring("\n".join(line[10:] for line in await exchange(
         port, command("GetJobInformation", tid, _sys_Format="xml"))).encode())
-    return text, as_json["PollAfter"], etree.tostring(xml.find("PollAfter"), with_tail=False).decode()
+    poll_after = etree.tostring(xml.find("PollAfter"), with_tail=False).decode()
+    return text, as_json["PollAfter"], poll_after
 
 
 async def test_poll_after_only_while_the_job_can_change(server):
@@ -307,7 +309,7 @@ async def test_retrieve_job_lists_outputs(server):
                                             "MediaType": None, "Partial": False}
 
 
-# -- suspend and resume -----------------------------------------------------------------------------
+# -- suspend and resume ---------------------------------------------------------------------------
 
 
 async def test_suspend_running_job_pauses_at_checkpoint_then_resumes(server):
@@ -420,7 +422,7 @@ async def test_thread_job_suspends_at_its_checkpoint(server):
     await session.close()
 
 
-# -- delete, task log ---------------------------------------------------------------------------------
+# -- delete, task log -----------------------------------------------------------------------------
 
 
 async def test_delete_finished_job_but_not_an_active_one(server):
@@ -448,7 +450,7 @@ async def test_task_log_of_a_job_and_of_the_server(server):
         [tid, "partial", "queued"], [tid, "partial", "start"], [tid, "partial", "complete"]]
 
 
-# -- RestartServer ------------------------------------------------------------------------------------
+# -- RestartServer --------------------------------------------------------------------------------
 
 
 async def test_restart_server_cancels_stragglers_and_keeps_the_queue(make_server):
@@ -594,7 +596,8 @@ async def test_a_job_resumed_while_waiting_to_run_again_keeps_its_next_delay(ser
         await exchange(server.port, command(name, tid))
     assert [await session.line() for _ in range(5)] == [
         "J0000130: Job suspended.", "J0000131: Job resumed.", "J0000100: attempt 2",
-        "J0005000: attempt 2 failed", "J0000132: Job queued to run again (attempt 3 of 3, in 1 s)."]
+        "J0005000: attempt 2 failed",
+        "J0000132: Job queued to run again (attempt 3 of 3, in 1 s)."]
     failed = time.monotonic()
     assert await session.line() == "J0000100: attempt 3"
     assert time.monotonic() - failed > 0.8  # not when the first delay's timer was due
@@ -663,7 +666,8 @@ async def test_a_job_abandoned_by_a_restart_is_not_run_again_when_it_fails(serve
     jobs.thread_releases.setdefault("abandoned", threading.Event()).set()
     await asyncio.wait_for(run, 10)  # the abandoned thread failed at last
     assert (job.state, job.attempt) == (JobState.CANCELLED, 1)
-    assert fields(await exchange(server.port, command("GetJobStatus", tid)))["Status"] == "Cancelled"
+    status = fields(await exchange(server.port, command("GetJobStatus", tid)))
+    assert status["Status"] == "Cancelled"
 
 
 async def test_a_job_past_its_time_limit_runs_again_with_a_new_limit(server):

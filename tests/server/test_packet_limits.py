@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from jobmonitor.wire.codes import Reply
 from jobmonitor.errors import PacketError
+from jobmonitor.wire.codes import Reply
 from jobmonitor.wire.packet import Packet, PacketParser, build_packet
 
 

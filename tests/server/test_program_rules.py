@@ -79,7 +79,8 @@ def test_a_blank_value_is_missing_whatever_the_rules(rule, value):
 
 def test_the_rules_still_say_why_an_empty_value_breaks_them():
     # (Program.check refuses a blank value before asking the rules.)
-    assert Variable(kind="name").refusal("") == 'is not a plain file name (kind "name"): it is empty'
+    assert Variable(kind="name").refusal("") == (
+        'is not a plain file name (kind "name"): it is empty')
     assert Variable(pattern="[a-z]+").refusal("") == "does not match its pattern [a-z]+"
 
 
@@ -136,7 +137,8 @@ def test_paths_the_command_itself_keeps_inside_are_taken():
 def test_variables_read_back_as_rules_and_survive_replace():
     listed = Program("p", ("ls", "{a}"), variables=("a",))
     assert dict(listed.variables) == {"a": Variable()} and list(listed.variables) == ["a"]
-    ruled = Program("p", ("ls", "{b}", "{a}"), variables={"b": Variable(kind="name"), "a": Variable()})
+    ruled = Program("p", ("ls", "{b}", "{a}"),
+                    variables={"b": Variable(kind="name"), "a": Variable()})
     assert list(ruled.variables) == ["b", "a"]
     moved = dataclasses.replace(ruled, output_dir="o")
     assert moved.variables == ruled.variables

@@ -21,8 +21,8 @@ from jobmonitor.programs.process import MAX_LINE_BYTES
 from jobmonitor.programs.program import Program, add_programs, media_type
 
 from ..conftest import MACHINE
-from ..support.helpers import exchange, xml_packet
 from ..process.test_cli import ServerProcess
+from ..support.helpers import exchange, xml_packet
 
 PY = sys.executable
 
@@ -406,7 +406,7 @@ async def test_files_in_the_output_folder_are_the_outputs(client, tmp_path):
 
 
 async def test_the_outputs_of_a_job_that_completed_are_not_partial(client):
-    lines, outcome = await texts(client, "write")
+    _, outcome = await texts(client, "write")
     assert outcome is Outcome.SUCCESS
     assert not any(output.partial for output in await client.outputs("T0000001"))
     reply = await exchange(client.port, xml_packet("RetrieveJob",
@@ -415,7 +415,7 @@ async def test_the_outputs_of_a_job_that_completed_are_not_partial(client):
 
 
 async def test_the_outputs_of_a_failed_job_are_partial_everywhere_they_are_listed(client):
-    lines, outcome = await texts(client, "half")
+    _, outcome = await texts(client, "half")
     assert outcome is Outcome.FAILED
     await check_partial(client, "T0000001", "the job failed")
 
@@ -460,7 +460,7 @@ async def test_the_output_folder_is_read_off_the_event_loop(client, monkeypatch)
         return outputs_in_before(folder)
     outputs_in_before = programs_module._outputs_in
     monkeypatch.setattr(programs_module, "_outputs_in", outputs_in)
-    lines, outcome = await texts(client, "write")
+    _lines, outcome = await texts(client, "write")
     assert outcome is Outcome.SUCCESS
     assert len(readers) == 1 and readers[0] != threading.get_ident()
     assert [o.name for o in await client.outputs("T0000001")][-1] == "report.txt"
@@ -850,7 +850,8 @@ async def test_a_line_ended_by_a_lone_cr_is_sent_as_it_is_written(client):
         assert await asyncio.wait_for(first_step(), 5) == "J0000100: step 1"
     finally:
         await client.cancel(tx.transaction_id)
-    assert [line.wire_text() async for line in tx][0] == "J0000100: step 2"  # its last words
+    # Its last words; the stream is read to its end.
+    assert [line.wire_text() async for line in tx][0] == "J0000100: step 2"  # noqa: RUF015
     assert (await tx.result()).outcome is Outcome.CANCELLED
 
 

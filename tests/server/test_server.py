@@ -9,8 +9,8 @@ import pytest
 
 from jobmonitor import JobState
 
-from ..support import jobs
 from ..conftest import MACHINE, finished, release
+from ..support import jobs
 from ..support.helpers import Session, exchange, split_lines, submit, xml_packet
 
 ENDED = "J0000001: Transaction {} ended"
@@ -134,7 +134,8 @@ async def test_lone_surrogates_in_job_text_are_escaped(server):
 
 async def test_progress_lines_and_recorded_progress(server):
     lines = await exchange(server.port, submit("progress"))
-    assert lines[2:4] == ["J0000110: Progress: 1/4 (25%)", "J0000110: Progress: 4/4 (100%) all done"]
+    assert lines[2:4] == ["J0000110: Progress: 1/4 (25%)",
+                          "J0000110: Progress: 4/4 (100%) all done"]
     job = server.engine.jobs.find(tid_of(lines[0]))
     assert (job.progress_done, job.progress_total) == (4, 4)
 
@@ -200,7 +201,7 @@ async def test_bytes_after_the_root_element_are_ignored(server):
 async def _until_no_connections(server, within_s: float) -> None:
     try:
         await asyncio.wait_for(server.wait_connections_closed(), within_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise AssertionError("the connection was held") from None
 
 
@@ -267,7 +268,8 @@ async def test_a_monitor_is_uncorked_while_its_job_runs(make_server, tmp_path, s
 
 async def test_pageflex_documentation_packet_with_broken_declaration(server):
     packet = (b'<?xml version="1.0">\r\n<?pf_command version="1.0"?>\r\n'
-              b'<pfjob:job_command xmlns:pfjob="http://www.pageflex.com/schemas" name="SubmitJob">\r\n'
+              b'<pfjob:job_command xmlns:pfjob="http://www.pageflex.com/schemas"'
+              b' name="SubmitJob">\r\n'
               b'   <pfjob:job_variables>\r\n'
               b'      <pfjob:var name="ProjectName">echo</pfjob:var>\r\n'
               b'      <pfjob:var name="_sys_ClientJobMonitor">true</pfjob:var>\r\n'
@@ -305,7 +307,8 @@ async def test_utf16le_without_bom_from_a_widely_used_client(server):
         (xml_packet("SubmitJobs"), "R0005005: Unknown command: SubmitJobs "
                                    "(did you mean SubmitJob?)"),
         (xml_packet("CancelJob" * 5), "R0005005: Unknown command: " + "CancelJob" * 5),
-        (xml_packet("SubmitJob", {"JobName": "x"}), "R0005006: Missing required variable: ProjectName"),
+        (xml_packet("SubmitJob", {"JobName": "x"}),
+         "R0005006: Missing required variable: ProjectName"),
         (submit("echo", monitor=False, _sys_ClientJobMonitor="maybe"),
          "R0005007: Invalid variable value"),
         (submit("no-such-project"), "R0005008: Unknown project: no-such-project"),
@@ -313,7 +316,8 @@ async def test_utf16le_without_bom_from_a_widely_used_client(server):
          "R0005009: Unknown transaction: T7654321"),
         (xml_packet("CancelJob", {}), "R0005006: Missing required variable: _sys_TransactionID"),
         # what the client sent is quoted on one short line: it can neither split nor swell a reply
-        (xml_packet("Frob\r\nR0000000: T0000001"), "R0005005: Unknown command: Frob R0000000: T0000001"),
+        (xml_packet("Frob\r\nR0000000: T0000001"),
+         "R0005005: Unknown command: Frob R0000000: T0000001"),
         (submit("p" * 5000), "R0005008: Unknown project: " + "p" * 77 + "..."),
         (xml_packet("GetJobStatus", {"_sys_TransactionID": "T1\nx"}),
          "R0005009: Unknown transaction: T1 X"),
@@ -436,7 +440,8 @@ async def test_max_packet_variables_is_the_servers(make_server, comment):
 async def test_packet_timeout(make_server):
     server = await make_server(packet_timeout_s=0.3)
     lines = await exchange(server.port, b"<job_command name='SubmitJob'>")
-    assert lines == ["R0005004: Command packet not complete in time: no complete packet within 0.3 s"]
+    assert lines == [
+        "R0005004: Command packet not complete in time: no complete packet within 0.3 s"]
 
 
 async def test_server_keeps_serving_after_bad_packets(server):
@@ -460,7 +465,8 @@ async def test_cancel_running_job_ends_its_monitors(server):
     assert await session.rest() == ["J0000023: Job cancelled by user.", ENDED.format(tid)]
     await session.close()
     again = await exchange(server.port, xml_packet("CancelJob", {"_sys_TransactionID": tid}))
-    assert again == [f"R0005010: Invalid state for this request: {tid} has already ended (Cancelled)"]
+    assert again == [
+        f"R0005010: Invalid state for this request: {tid} has already ended (Cancelled)"]
 
 
 async def test_cancel_queued_job_drops_it(make_server):

@@ -11,8 +11,8 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from jobmonitor.wire.records import HistoryEvent, JobRecord, Output
 from jobmonitor.store.sqlite.rows import JOB_COLUMNS, SCHEMA, insert_rows, job_row, transaction
+from jobmonitor.wire.records import HistoryEvent, JobRecord, Output
 from jobmonitor.wire.states import JobState, Outcome
 
 #: Jobs written per transaction.

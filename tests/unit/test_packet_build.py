@@ -71,7 +71,8 @@ def test_what_needs_escaping_is_escaped():
 def test_a_client_command_does_not_import_lxml_or_the_server():
     # What `jobmonitor status` imports before it sends its packet.
     code = ("import sys; import jobmonitor.cli.main, jobmonitor.client; "
-            "from jobmonitor.wire.packet_build import build_packet; build_packet('X', {'a': 'b'}); "
+            "from jobmonitor.wire.packet_build import build_packet; "
+            "build_packet('X', {'a': 'b'}); "
             "heavy = sorted(name for name in sys.modules if name.split('.')[0] == 'lxml' "
             "or name in ('sqlite3', 'tomllib', 'hashlib') or name.startswith(("
             "'jobmonitor.server', 'jobmonitor.engine', 'jobmonitor.store', "

@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from jobmonitor.wire.codes import Reply
 from jobmonitor.errors import PacketError
+from jobmonitor.wire.codes import Reply
 from jobmonitor.wire.packet import Packet, PacketParser, _parse_simple, build_packet
-from jobmonitor.wire.packet_shape import PacketWithValueAttributes
 from jobmonitor.wire.packet_fast import MAX_BYTES
+from jobmonitor.wire.packet_shape import PacketWithValueAttributes
 
 from .test_packet import DOC_EXAMPLE, DOC_EXAMPLE_VARIABLES, NAMES, PAGEFLEX, VALUES
 
@@ -263,7 +263,7 @@ def _choice(pair: Pair) -> st.SearchStrategy[str]:
     return _choice_of(tuple(pair[0]), tuple(pair[1]))
 
 
-@functools.lru_cache(maxsize=None)  # (made once: a new strategy per draw cost a fifth)
+@functools.cache  # (made once: a new strategy per draw cost a fifth)
 def _choice_of(good: tuple[str, ...], bad: tuple[str, ...]) -> st.SearchStrategy[str]:
     good_strategy, bad_strategy = st.sampled_from(good), st.sampled_from(bad)
 

@@ -14,10 +14,10 @@ import asyncio
 
 import pytest
 
-from jobmonitor.wire.codes import Reply
 from jobmonitor.errors import PacketError
-from jobmonitor.wire.packet import Packet, PacketParser, build_packet
 from jobmonitor.server.parse_turns import MAX_UNPARSED_BYTES, SLICE_BYTES, PacketReader, ParseTurns
+from jobmonitor.wire.codes import Reply
+from jobmonitor.wire.packet import Packet, PacketParser, build_packet
 
 ONE_SLICE = 1e-9  # a budget that one slice always spends
 

@@ -12,8 +12,15 @@ from jobmonitor.errors import RequestError
 from jobmonitor.wire import variables
 from jobmonitor.wire.codes import Reply
 from jobmonitor.wire.packet import Packet
-from jobmonitor.wire.variables import (SYSTEM_PREFIX, behind_notice, behind_notice_line,
-                                       parse_bool, parse_choice, parse_line_number, required)
+from jobmonitor.wire.variables import (
+    SYSTEM_PREFIX,
+    behind_notice,
+    behind_notice_line,
+    parse_bool,
+    parse_choice,
+    parse_line_number,
+    required,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 

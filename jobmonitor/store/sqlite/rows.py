@@ -258,7 +258,7 @@ def job_record(row: tuple[Any, ...]) -> JobRecord:
 
 def _refuse(row: tuple[Any, ...], types: tuple[Any, ...], names: Sequence[str]) -> None:
     """Raise a ValueError that names the first value of ``row`` not of its type."""
-    for name, value, kind in zip(names, row, types):
+    for name, value, kind in zip(names, row, types, strict=True):
         if not isinstance(value, kind):
             what = "text that is not UTF-8" if type(value) is bytes else type(value).__name__
             raise ValueError(f"{name} holds {what}")

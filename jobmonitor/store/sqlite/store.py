@@ -47,10 +47,28 @@ from ..base import Recovery
 from ..batching import Batch, GroupCommitStore
 from ..outage import Outage, unavailable
 from .file import DatabaseFile, open_error, reclaim_space
-from .rows import (JOB_COLUMNS, SCHEMA, STATEMENT_CACHE, UNFINISHED, UPDATE_GROUP, UPDATE_HEAD,
-                   UPDATE_TAIL, delete_numbers, find_token, finished_before_numbers, insert_rows,
-                   job_row, job_update, last_number, list_page, number_of, read_lines,
-                   recent_events, select_records, transaction)
+from .rows import (
+    JOB_COLUMNS,
+    SCHEMA,
+    STATEMENT_CACHE,
+    UNFINISHED,
+    UPDATE_GROUP,
+    UPDATE_HEAD,
+    UPDATE_TAIL,
+    delete_numbers,
+    find_token,
+    finished_before_numbers,
+    insert_rows,
+    job_row,
+    job_update,
+    last_number,
+    list_page,
+    number_of,
+    read_lines,
+    recent_events,
+    select_records,
+    transaction,
+)
 
 __all__ = ["SqliteStore"]
 

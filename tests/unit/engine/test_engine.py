@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from jobmonitor import JobFailed, JobState, Outcome, RequestError
+from jobmonitor import JobFailed, JobState, RequestError
 from jobmonitor.engine import lifecycle
 from jobmonitor.engine.job import Job
 from jobmonitor.engine.registry import HandlerRegistry

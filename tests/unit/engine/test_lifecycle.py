@@ -10,8 +10,14 @@ import pytest
 from jobmonitor import JobState, Outcome
 from jobmonitor.engine import lifecycle
 from jobmonitor.engine.job import Job
-from jobmonitor.engine.lifecycle import (MOVES, TRANSITIONS, CancelReason, IllegalTransition,
-                                         Move, can_transition)
+from jobmonitor.engine.lifecycle import (
+    MOVES,
+    TRANSITIONS,
+    CancelReason,
+    IllegalTransition,
+    Move,
+    can_transition,
+)
 from jobmonitor.engine.time_limit import TimeLimit
 from jobmonitor.wire.records import JobRecord
 
@@ -74,11 +80,13 @@ async def test_a_job_interrupted_by_a_restart_is_queued_again_or_fails():
     assert (again.state, again.record.started, events(again)[-1]) == (S.QUEUED, None, "requeued")
     assert failed.state is S.FAILED
     assert [line.decode() for line in again.stream.lines] == [
-        "J0005002: Job interrupted by a server restart\r\n", "J0000132: Job queued to run again.\r\n"]
+        "J0005002: Job interrupted by a server restart\r\n",
+        "J0000132: Job queued to run again.\r\n"]
 
 
 @pytest.mark.parametrize(("moves", "illegal", "message"), [
-    ([], lambda job: lifecycle.resume(job, running=False), "a Queued job cannot resume to the queue"),
+    ([], lambda job: lifecycle.resume(job, running=False),
+     "a Queued job cannot resume to the queue"),
     ([], lambda job: lifecycle.retry(job, "again"), "a Queued job cannot retry"),
     ([], lambda job: lifecycle.finish(job, Outcome.SUCCESS), "a Queued job cannot complete"),
     ([lifecycle.start], lifecycle.start, "a Processing job cannot start"),

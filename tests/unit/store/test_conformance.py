@@ -253,7 +253,8 @@ async def test_purge_deletes_only_jobs_finished_before_the_cutoff(make, opened):
         store.changed(item)
     await store.flush()
     assert await store.purge(200.0) == 1
-    assert [r.transaction_id for r in await store.list_records(None, 0, 1000)] == ["T0000002", "T0000003"]
+    listed = await store.list_records(None, 0, 1000)
+    assert [r.transaction_id for r in listed] == ["T0000002", "T0000003"]
 
 
 @pytest.mark.parametrize("make", DURABLE_STORES, indirect=True)
