@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import shutil
 import sys
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar, cast
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     import ssl
 
     from ..client import Client, JobStatus, Reattach, Transaction
+    from ..wire.states import JobState
 
 __all__ = ["add_client_commands", "EXIT_CODES", "USAGE_ERROR"]
 
@@ -126,6 +128,9 @@ def add_client_commands(commands: Any) -> None:
     listing.add_argument("--all", action="store_true", help="include jobs that have ended")
     listing.add_argument("--user-token", help="only this user's jobs")
     listing.add_argument("--json", action="store_true", help="print the server's JSON list")
+    listing.add_argument("--status", type=_job_state, metavar="STATUS",
+                         help="only jobs in this state (Queued, Processing, Failed, ...)")
+    listing.add_argument("--project", help="only this project's jobs")
     outputs = add("outputs", _outputs, "list what a job produced")
     outputs.add_argument("transaction_id", metavar="TX")
     outputs.add_argument("--json", action="store_true", help="print the server's JSON list")
@@ -441,17 +446,38 @@ def _control(name: str) -> Action:
 
 
 async def _list(client: Client, args: argparse.Namespace) -> int:
+    # (--status and --project are kept here: ListJobs lists by owner and page only)
     if args.json:
-        _print_lines([await _jobs_json(client, args.all, args.user_token)])
+        _print_lines([await _jobs_json(client, args.all, args.user_token,
+                                       args.status, args.project)])
         return 0
-    jobs = await client.list_jobs(all=args.all, user_token=args.user_token)
-    _print_lines(job_table(jobs))
+    jobs = [job async for job in client.iter_jobs(all=args.all, user_token=args.user_token)
+            if (args.status is None or job.status is args.status)
+            and (args.project is None or job.project == args.project)]
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    _print_lines(job_table(jobs, width))
     return 0
 
 
-async def _jobs_json(client: Client, every: bool, user_token: str | None) -> str:
+def _job_state(word: str) -> JobState:
+    """``--status``: a job state's name, in any case.
+
+    Raises:
+        argparse.ArgumentTypeError: no state has that name.
+    """
+    from ..wire.states import JobState
+
+    for state in JobState:
+        if state.value.lower() == word.lower():
+            return state
+    names = ", ".join(state.value for state in JobState)
+    raise argparse.ArgumentTypeError(f"{word!r} is not a job state (one of {names})")
+
+
+async def _jobs_json(client: Client, every: bool, user_token: str | None,
+                     status: JobState | None = None, project: str | None = None) -> str:
     """The jobs of every page as one JSON list: what the server sent before its
-    list had pages."""
+    list had pages (only those in ``status`` and of ``project``, when given)."""
     from ..client.results import job_page_from_json, load_json
     from ..wire.formats import to_json
 
@@ -464,7 +490,9 @@ async def _jobs_json(client: Client, every: bool, user_token: str | None) -> str
         cursor = {AFTER: after} if after else {}
         reply = load_json("\n".join(await client.request("ListJobs", {**variables, **cursor})))
         jobs, after = job_page_from_json(reply, after)
-        items.extend(map(to_json, jobs))
+        items.extend(to_json(job) for job in jobs
+                     if (status is None or job.get("Status") == status.number)
+                     and (project is None or job.get("Type") == project))
         if after is None:
             return f"[{','.join(items)}]"
 
@@ -518,11 +546,27 @@ def _restart_server(endpoint: Endpoint, args: argparse.Namespace) -> int:
     return 0
 
 
-def job_table(jobs: list[JobStatus]) -> list[str]:
-    """Aligned columns: transaction, status, project, job name (and a header)."""
-    return table(("TRANSACTION", "STATUS", "PROJECT", "JOB NAME"), [
+def job_table(jobs: list[JobStatus], width: int | None = None) -> list[str]:
+    """Aligned columns: transaction, status, project, job name (and a header);
+    with a terminal ``width``, a job name that would not fit is cut to it, with
+    an ellipsis (the other columns are short)."""
+    lines = table(("TRANSACTION", "STATUS", "PROJECT", "JOB NAME"), [
         (job.transaction_id, job.status.value if job.status else "Unknown", job.project,
          job.job_name) for job in jobs])
+    return lines if width is None else [_cut(line, width) for line in lines]
+
+
+def _cut(line: str, width: int) -> str:
+    """``line`` in at most ``width`` terminal cells, ending in "…" when cut."""
+    if display_width(line) <= width:
+        return line
+    kept, cells = [], 0
+    for char in line:
+        cells += display_width(char)
+        if cells > width - 1:
+            break
+        kept.append(char)
+    return "".join(kept) + "\u2026"
 
 
 def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:

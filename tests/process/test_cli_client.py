@@ -647,6 +647,39 @@ def test_a_job_name_cannot_forge_a_row_of_the_list(cli_server):
     assert listed[1].endswith("evil\\x0aT0000999     Completed  payroll  forged")
 
 
+def test_list_filters_by_status_and_project(cli_server):
+    cli(cli_server.port, "submit", "report", "--job-name", "Q3")
+    cli(cli_server.port, "submit", "count", "-v", "Count=0")
+    cli(cli_server.port, "submit", "fail")
+    port, every = cli_server.port, ["list", "--all"]
+    assert cli(port, *every, "--status", "completed").stdout.splitlines() == [
+        "TRANSACTION  STATUS     PROJECT  JOB NAME",
+        "T0000001     Completed  report   Q3",
+        "T0000002     Completed  count"]
+    assert cli(port, *every, "--status", "Completed", "--project", "count").stdout.splitlines() \
+        == ["TRANSACTION  STATUS     PROJECT  JOB NAME", "T0000002     Completed  count"]
+    assert [job["Id"] for job in json.loads(
+        cli(port, *every, "--status", "failed", "--json").stdout)] == ["T0000003"]
+    assert json.loads(cli(port, *every, "--project", "none", "--json").stdout) == []
+    wrong = cli(port, *every, "--status", "done")
+    assert wrong.returncode == 2 and "'done' is not a job state (one of Created, Queued" \
+        in wrong.stderr
+
+
+def test_list_cuts_long_job_names_to_the_terminal(cli_server):
+    name = "quarterly-report-" * 6
+    cli(cli_server.port, "submit", "report", "--job-name", name)
+    status, output = read_pty([sys.executable, "-m", "jobmonitor", "list", "--all",
+                               "--port", str(cli_server.port)])
+    assert status == 0
+    lines = output.splitlines()
+    assert lines[1].startswith("T0000001     Completed  report   quarterly-report-")
+    assert [len(line) for line in lines] == [len(lines[0]), 60]  # COLUMNS=60
+    assert lines[1].endswith("\u2026")
+    # not a terminal: whole names, for scripts
+    assert cli(cli_server.port, "list", "--all").stdout.splitlines()[1].endswith(name)
+
+
 def test_a_value_no_packet_can_carry_is_one_error_line(cli_server):
     assert one_error_line(cli(cli_server.port, "submit", "count", "-v", "B=\x01")) == (
         "jobmonitor: the value of variable 'B' contains U+0001, which XML cannot carry")
