@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -16,8 +17,12 @@ def dry_run(tmp_path, target: str) -> list[str]:
     """The commands ``make TARGET`` would run in a clone without a .venv."""
     for name in ("Makefile", "setup.cfg", "pyproject.toml"):
         shutil.copy(ROOT / name, tmp_path / name)
-    result = subprocess.run(["make", "-n", target], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=30, check=True)
+    # (under `make test` the outer make's variables would make this one a sub-make,
+    # which prints the folders it enters)
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    result = subprocess.run(["make", "--no-print-directory", "-n", target], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30, check=True, env=env)
     return result.stdout.splitlines()
 
 
