@@ -36,6 +36,8 @@ class Handler:
     retries: int = 0
     #: Seconds before the first run again; doubled for each one after it.
     retry_delay_s: float = 0.0
+    #: The queue of its jobs that name none (None: ``default``).
+    queue: str | None = None
 
     #: True for an ``async def`` handler (run on the loop), False for a plain
     #: function (run in a thread); asked once per job, so worked out once here.

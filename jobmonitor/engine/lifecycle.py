@@ -14,14 +14,17 @@ __all__ = ["TRANSITIONS", "can_transition"]
 
 #: state -> the states it may move to.  Anything else is an invalid-state error.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.CREATED: frozenset({JobState.QUEUED, JobState.CANCELLED, JobState.FAILED}),
+    # (issue 20) a job waiting for its due time may be suspended, and waits again
+    # when resumed before that time
+    JobState.CREATED: frozenset({JobState.QUEUED, JobState.CANCELLED, JobState.FAILED,
+                                 JobState.SUSPENDED}),
     JobState.QUEUED: frozenset({JobState.PROCESSING, JobState.SUSPENDED, JobState.CANCELLED}),
     JobState.PROCESSING: frozenset(
         {JobState.SUSPENDED, JobState.CANCELLED, JobState.FAILED, JobState.COMPLETED,
          JobState.COMPLETED_WITH_ERRORS, JobState.QUEUED}
     ),
     JobState.SUSPENDED: frozenset({JobState.QUEUED, JobState.PROCESSING, JobState.CANCELLED,
-                                   JobState.FAILED}),
+                                   JobState.FAILED, JobState.CREATED}),
     JobState.COMPLETED: frozenset(),
     JobState.COMPLETED_WITH_ERRORS: frozenset(),
     JobState.FAILED: frozenset(),

@@ -1,8 +1,9 @@
-"""Running jobs: at most ``max_running`` at once, in FIFO order, each to its end.
+"""Running jobs: at most ``max_running`` at once, by queue and priority, each to its end.
 
 The engine decides what a command does to a job; this module runs them.  A
-job waits in ``_queue`` (or in ``_delayed``, waiting out a retry's delay,
-then queued) until a slot is free.  There is no scheduler task: starting
+job waits in its queue's line in ``lines`` (``queues.WaitingLines``: by
+priority, then age; each queue with its own limit and pause), or in
+``_delayed``, waiting out a retry's delay, then queued, until a slot is free.  There is no scheduler task: starting
 happens whenever a job is queued or one ends (``start_ready``).  An async
 handler runs as a task on the loop; a plain function runs in a worker thread
 (one that does not stop when cancelled is abandoned there: see ``drain``).
@@ -15,7 +16,6 @@ ends through ``finish``, which records exactly one completion line and the
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import functools
 import logging
@@ -30,6 +30,7 @@ from .directory import JobDirectory
 from ..errors import JobFailed
 from .handlers import Handler
 from .job import RETRY_EVENT, START_EVENT, Job
+from .queues import WaitingLines
 from ..wire.lines import format_line
 from ..wire.states import JobState, Outcome
 from .time_limit import TimeLimit
@@ -57,7 +58,8 @@ class JobRunner:
         self._config = config
         self._jobs = jobs
         self._durable = durable
-        self._queue: collections.deque[Job] = collections.deque()
+        #: The queues' waiting lines (issue 20: was one FIFO deque).
+        self.lines = WaitingLines(config)
         #: Failed jobs waiting out their delay before they are queued to run again.
         self._delayed: dict[Job, asyncio.TimerHandle] = {}
         self._running: dict[Job, asyncio.Future[Any]] = {}
@@ -87,6 +89,7 @@ class JobRunner:
         pool of as many threads (the old one's go on with the jobs they run)."""
         resized = config.max_running != self._config.max_running
         self._config = config
+        self.lines.configure(config)
         if resized and self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = self._new_executor()
@@ -101,7 +104,11 @@ class JobRunner:
     @property
     def queued_count(self) -> int:
         """Jobs waiting to run: in the queue, or waiting out a retry's delay."""
-        return len(self._queue) + len(self._delayed)
+        return self.lines.count + len(self._delayed)
+
+    def delayed_jobs(self) -> list[Job]:
+        """The jobs waiting out a retry's delay."""
+        return list(self._delayed)
 
     @property
     def running_count(self) -> int:
@@ -116,19 +123,18 @@ class JobRunner:
 
     def enqueue(self, job: Job) -> None:
         """Queue a job and start what can start."""
-        self._queue.append(job)
+        self.lines.push(job)
         self.start_ready()
 
     def append(self, job: Job) -> None:
         """Queue a job without starting anything (recovery, before the start)."""
-        self._queue.append(job)
+        self.lines.push(job)
 
     def withdraw(self, job: Job) -> None:
         """Take a job that is not running out of the queue, or out of its retry's
         delay (its timer, left running, would hold the job, and queue it early
         after a resume and another failure)."""
-        if job in self._queue:
-            self._queue.remove(job)
+        self.lines.remove(job)
         timer = self._delayed.pop(job, None)
         if timer is not None:
             timer.cancel()
@@ -143,7 +149,7 @@ class JobRunner:
             if left > 0:
                 self._delay(job, left)
                 return
-        self._queue.append(job)
+        self.lines.push(job)
 
     def clear_delays(self) -> None:
         """Stop every retry's timer (the server is stopping: a durable store keeps
@@ -160,16 +166,19 @@ class JobRunner:
         """A failed job's delay is over: queue it, unless it has left the wait
         (a cancel or a suspend stops the timer; see ``withdraw``)."""
         self._delayed.pop(job, None)
-        if job.state is JobState.QUEUED and job not in self._queue and job not in self._running:
+        if job.state is JobState.QUEUED and job not in self.lines and job not in self._running:
             self.enqueue(job)
 
     # -- running --------------------------------------------------------------------
 
     def start_ready(self) -> None:
         loop = self._loop
-        while self.starting and self._queue and len(self._running) < self._config.max_running:
+        lines = self.lines
+        while self.starting and lines.count and len(self._running) < self._config.max_running:
             assert loop is not None  # (the engine starts jobs only once it has opened us)
-            job = self._queue.popleft()
+            job = lines.pop_next()
+            if job is None:  # every queue with jobs waiting is paused or at its limit
+                break
             handler = self.handlers.get(job.project)
             if handler is None:  # gone with a RestartServer's reload
                 job.error(f"No handler for project {job.project!r} after the job modules "
@@ -182,6 +191,7 @@ class JobRunner:
                                             functools.partial(self._time_out, job))
             job._set_state(JobState.PROCESSING, START_EVENT)
             self._started_with[job] = handler
+            lines.started(job)
             self._running[job] = loop.create_task(self._run(job))
 
     async def _run(self, job: Job) -> None:
@@ -201,7 +211,8 @@ class JobRunner:
             job._record_status(Status.HANDLER_EXCEPTION, f"{type(exc).__name__}: {exc}")
             outcome = Outcome.FAILED
         finally:
-            self._running.pop(job, None)
+            if self._running.pop(job, None) is not None:
+                self.lines.stopped(job)
             self._started_with.pop(job, None)
             if not handler.is_async:
                 self._threads.pop(job, None)
@@ -257,7 +268,7 @@ class JobRunner:
             if delay:
                 self._delay(job, delay)
             else:
-                self._queue.append(job)
+                self.lines.push(job)
         # (else the server is stopping: the store keeps it queued, as it keeps the
         # jobs that were queued; their monitors re-attach after the restart)
         return True
@@ -350,6 +361,7 @@ class JobRunner:
             # its monitors still get their ending, and its thread is abandoned.
             log.warning("job %s did not stop when cancelled; abandoning it", job.transaction_id)
             self._running.pop(job)
+            self.lines.stopped(job)
             run = self._threads.pop(job, None)
             if run is not None:
                 self._abandoned[run] = job

@@ -30,6 +30,7 @@ from .auth import Authenticator
 from .refusals import RefusalLog
 from .reloading import Reloaded, changes, settings_to_use
 from ..errors import ConfigError
+from ..engine.schedule import Clock, check_queue_names
 
 __all__ = ["Server", "Reloaded"]
 
@@ -40,14 +41,21 @@ class Server:
     """A jobmonitor server bound to a host and port."""
 
     def __init__(self, handlers: Mapping[str, Handler], config: Config, *,
-                 reload: Callable[[], Reloaded | Mapping[str, Handler]] | None = None
-                 ) -> None:
+                 reload: Callable[[], Reloaded | Mapping[str, Handler]] | None = None,
+                 clock: Clock | None = None) -> None:
         """``reload``, if given, is what a reload (``reload()``, ``RestartServer``)
         calls for the settings and handlers to use from then on, or the handlers
         alone (``JobMonitor.make_server`` passes one that re-imports the
         ``config.jobs`` modules, and reads a config file again when told how);
         it raises ``ConfigError`` to keep the old ones.  Without it a reload
-        keeps ``handlers`` and ``config``."""
+        keeps ``handlers`` and ``config``.  ``clock``: what due times and
+        schedules read the time from (default: the system's; see ``Engine``).
+
+        Raises:
+            ConfigError: a schedule or a project names a project or a queue the
+            server does not have.
+        """
+        check_queue_names(config, handlers)
         self.config = config
         self._own_handlers = dict(handlers)
         self._reload = reload
@@ -60,7 +68,7 @@ class Server:
         store = open_store(config.store or "memory://", data_dir=config.data_dir,
                            commit_interval_s=config.commit_interval_s,
                            synchronous=config.sqlite_synchronous)
-        self.engine = Engine(self._own_handlers, config, store)
+        self.engine = Engine(self._own_handlers, config, store, clock=clock)
         self._auth = Authenticator(config.users)
         self.commands = Commands(self.engine, auth=self._auth,
                                  restart=self.restart_engine,
@@ -154,6 +162,7 @@ class Server:
             fresh = Reloaded(self.config, fresh)
         config, kept = settings_to_use(self.config, fresh.config)
         _check_exposure(config)
+        check_queue_names(config, fresh.handlers)
         for warning in kept:
             log.warning("reload: %s", warning)
         return config, dict(fresh.handlers)

@@ -489,12 +489,12 @@ async def test_get_job_status_lines(server):
     lines = await exchange(server.port, submit("progress", JobName="Flyer"))
     tid = tid_of(lines[0])
     status = await exchange(server.port, xml_packet("GetJobStatus", {"_sys_TransactionID": tid}))
-    assert [line[:10] for line in status] == ["R0000000- "] * 12 + ["R0000000: "]
+    assert [line[:10] for line in status] == ["R0000000- "] * 14 + ["R0000000: "]
     fields = dict(line[10:].split(": ", 1) if ": " in line[10:] else (line[10:-1], "")
                   for line in status)
     assert list(fields) == ["Transaction", "Project", "Job name", "Status", "Progress",
                             "Created", "Started", "Updated", "Completed", "Identity", "Lines",
-                            "Last message", "Poll after"]
+                            "Queue", "Priority", "Last message", "Poll after"]
     assert fields["Transaction"] == tid
     assert fields["Project"] == "progress"
     assert fields["Job name"] == "Flyer"

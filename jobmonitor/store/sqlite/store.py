@@ -56,6 +56,9 @@ from .rows import (FINAL, JOB_COLUMNS, SCHEMA, STATEMENT_CACHE, UNFINISHED, UPDA
                           finished_before_numbers, insert_rows, job_row, job_update,
                           last_number, number_of, read_lines, recent_events, select_records,
                           transaction)
+# (queues and schedules, issue 20)
+from .rows import (SCHEDULE_MARK_HEAD, SCHEDULE_MARK_TAIL, schedule_marks_of,
+                   stored_schedule_marks, upgrade_schema)
 from ..base import Recordable, Recovery, Store
 from ..outage import Outage, unavailable
 
@@ -362,6 +365,7 @@ class SqliteStore(Store):
             db.execute(f"PRAGMA synchronous={self.synchronous}")
             db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             db.executescript(SCHEMA)
+            upgrade_schema(db)  # (issue 20: a database of an earlier version)
             stored = last_number(db)
             last = stored if self._file is None else self._file.numbered_up_to(stored)
             if last > stored:  # the database keeps the mark too (and warns only once)
@@ -370,10 +374,11 @@ class SqliteStore(Store):
             unfinished = select_records(db, f"status IN ({marks}) ORDER BY number", UNFINISHED,
                                         self._bad_rows)
             events = recent_events(db, RECENT_EVENTS)
+            schedule_marks = stored_schedule_marks(db)
         except sqlite3.Error as exc:
             raise open_error(self.path, exc) from None
         self._highest = last
-        return Recovery(last, unfinished, events)
+        return Recovery(last, unfinished, events, schedule_marks)
 
     def _unlock(self) -> None:
         if self._file is not None:
@@ -401,6 +406,9 @@ class SqliteStore(Store):
             insert_rows(db, "INSERT OR REPLACE INTO line_blocks", batch.blocks)
             insert_rows(db, "INSERT OR REPLACE INTO history", batch.history)
             insert_rows(db, "INSERT OR REPLACE INTO outputs", batch.outputs)
+            # (issue 20) a job a schedule made, and the schedule's mark: one commit
+            insert_rows(db, SCHEDULE_MARK_HEAD, schedule_marks_of(batch.rows),
+                        tail=SCHEDULE_MARK_TAIL)
         self._highest = max(self._highest, newest)
 
     # -- reading ------------------------------------------------------------------------
