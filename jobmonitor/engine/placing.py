@@ -22,7 +22,7 @@ from .handlers import Handler
 from .job import Job
 from .queues import QueueRow
 from .runner import JobRunner
-from .schedule import Clock, DueJobs
+from .schedule import Clock, DueJobs, Recurring
 
 __all__ = ["Placing", "scheduled", "scheduled_line"]
 
@@ -33,6 +33,7 @@ class Placing:
     # (defined by Engine)
     _runner: JobRunner
     _due: DueJobs
+    _schedules: Recurring
     jobs: JobDirectory
     clock: Clock
     machine_name: str
@@ -47,6 +48,10 @@ class Placing:
     async def _accept(self, record: JobRecord, *more_lines: bytes) -> Job:
         raise NotImplementedError
 
+
+    async def schedules_settled(self) -> None:
+        """Return once no recurring schedule is making a job (after a clock moved)."""
+        await self._schedules.settled()
 
     def queue_rows(self) -> list[QueueRow]:
         """Every queue: jobs waiting, running, its limit, pause, and jobs not due yet."""

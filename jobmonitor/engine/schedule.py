@@ -234,6 +234,12 @@ class Recurring:
         for task in list(self._tasks):
             task.cancel()
 
+    async def settled(self) -> None:
+        """Return once no schedule is making a job (each it was making is stored,
+        or has failed)."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+
     def marks(self) -> dict[str, float | None]:
         return {name: entry.last for name, entry in self._entries.items()}
 
