@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 
 from ..wire import DEFAULT_PORT
 from .api import Client
-from .results import (Acknowledged, JobInfo, JobResult, JobStatus, Output, QueueLength,
-                      StreamLine, TaskLogEntry)
+from .results import (Acknowledged, JobInfo, JobResult, JobStatus, Output, QueueInfo,
+                      QueueLength, StreamLine, TaskLogEntry)
 from .transaction import Transaction
 from .connection import Value
 
@@ -89,6 +89,11 @@ class SyncClient:
         """See ``Client.watch``."""
         return SyncTransaction(self, self._run(self._client.watch(transaction_id, from_line)))
 
+    def rerun(self, transaction_id: str, *, monitor: bool = True) -> "SyncTransaction":
+        """See ``Client.rerun``."""
+        return SyncTransaction(self, self._run(self._client.rerun(transaction_id,
+                                                                  monitor=monitor)))
+
     def status(self, transaction_id: str) -> JobStatus:
         """See ``Client.status``."""
         return self._run(self._client.status(transaction_id))
@@ -128,6 +133,18 @@ class SyncClient:
     def queue_length(self) -> QueueLength:
         """See ``Client.queue_length``."""
         return self._run(self._client.queue_length())
+
+    def queues(self) -> list[QueueInfo]:
+        """See ``Client.queues``."""
+        return self._run(self._client.queues())
+
+    def pause_queue(self, name: str) -> str:
+        """See ``Client.pause_queue``."""
+        return self._run(self._client.pause_queue(name))
+
+    def resume_queue(self, name: str) -> str:
+        """See ``Client.resume_queue``."""
+        return self._run(self._client.resume_queue(name))
 
     def task_log(self) -> list[TaskLogEntry]:
         """See ``Client.task_log``."""
