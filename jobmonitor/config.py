@@ -55,8 +55,8 @@ class Config:
     max_running: int = _setting(
         8, "jobs that may run at once, in all queues together; the rest wait, by priority "
         "then age")
-    max_queued_jobs: int = _setting(0, "most jobs that may wait; beyond it SubmitJob is "
-                                       "refused as busy (0: no limit)")
+    max_queued_jobs: int = _setting(0, "most jobs that may wait, those not due yet included; "
+                                       "beyond it SubmitJob is refused as busy (0: no limit)")
     max_lines_in_memory: int = _setting(
         100_000, "most stored lines of one job kept in memory for slow monitors (older ones "
         "are read back from the store)")

@@ -248,7 +248,8 @@ class Engine(Placing):
         if not self._accepting:
             raise RequestError(Reply.SERVER_BUSY, "the server is shutting down")
         limit = self._config.max_queued_jobs
-        if limit and self.queued_count >= limit:
+        # (jobs not due yet count too: each is held in memory all the same)
+        if limit and self.queued_count + len(self._due) >= limit:
             raise RequestError(Reply.SERVER_BUSY, f"{limit} jobs are already waiting")
 
     async def _accept(self, record: JobRecord, *more_lines: bytes) -> Job:

@@ -252,3 +252,14 @@ async def test_a_schedule_of_an_unknown_project_is_a_start_up_error(make_server,
     bad = (ScheduleSettings("typo", "0 * * * *", "no-such-project"),)
     with pytest.raises(ConfigError, match="schedules.typo.project: no project 'no-such-project'"):
         await make_server(clock=clock, schedules=bad)
+
+
+async def test_jobs_not_due_yet_count_against_max_queued_jobs(make_server, clock):
+    server = await make_server(clock=clock, max_queued_jobs=2)
+    for _ in range(2):
+        tid_of(await exchange(server.port, submit("echo", monitor=False,
+                                                  _sys_DelaySeconds="60")))
+    assert await exchange(server.port, submit("echo", monitor=False, _sys_DelaySeconds="60")
+                          ) == ["R0005011: Server busy: 2 jobs are already waiting"]
+    clock.advance(60)
+    await all_finished(server)
