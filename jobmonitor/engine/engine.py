@@ -35,7 +35,7 @@ from ..wire.states import JobState, Outcome
 from .lifecycle import can_transition
 from ..store.base import Recordable, Store
 # (queues, priorities, due times and schedules: issue 20)
-from .placing import Placing, scheduled, scheduled_line
+from .placing import Placing
 from .queues import Placement
 from .schedule import Clock, DueJobs, Recurring, WallClock
 
@@ -227,17 +227,8 @@ class Engine(Placing):
                            status=JobState.QUEUED, worker=self.machine_name, created=now,
                            updated=now, history=[HistoryEvent("job", "queued", now)])
         record.queue = queue
-        if placement is None:
-            return record.transaction_id, await self._accept(record)
-        record.priority = placement.priority
-        due = placement.run_at
-        if placement.delay_s is not None:
-            due = self.clock.time() + placement.delay_s
-        if due is None or due <= self.clock.time():
-            record.run_at = due
-            return record.transaction_id, await self._accept(record)
-        scheduled(record, due, now)
-        return record.transaction_id, await self._accept(record, scheduled_line(due))
+        more_lines = self._placed(record, placement) if placement is not None else ()
+        return record.transaction_id, await self._accept(record, *more_lines)
 
     def _admit(self) -> None:
         """Refuse a new job while stopping, or when too many jobs wait.

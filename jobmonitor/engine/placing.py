@@ -20,11 +20,11 @@ from ..wire.states import JobState
 from .directory import JobDirectory
 from .handlers import Handler
 from .job import Job
-from .queues import QueueRow
+from .queues import Placement, QueueRow
 from .runner import JobRunner
 from .schedule import Clock, DueJobs, Recurring
 
-__all__ = ["Placing", "scheduled", "scheduled_line"]
+__all__ = ["Placing"]
 
 
 class Placing:
@@ -108,6 +108,21 @@ class Placing:
             transaction_id=transaction_id))
         return await self._accept(record, line)
 
+    def _placed(self, record: JobRecord, placement: Placement) -> tuple[bytes, ...]:
+        """Give a new job's record its priority and due time; a job due later is
+        ``Created``, with a ``scheduled`` event dated at the due time, and the
+        line that says so (returned) after its machine line."""
+        record.priority = placement.priority
+        due = placement.run_at
+        if placement.delay_s is not None:
+            due = self.clock.time() + placement.delay_s
+        record.run_at = due
+        if due is None or due <= self.clock.time():
+            return ()
+        record.status = JobState.CREATED
+        record.history = [HistoryEvent("job", "scheduled", record.created, due)]
+        return (_scheduled_line(due),)
+
     def _queue_for(self, asked: str | None, handler: Handler | None) -> str:
         """The queue a job goes to: the one it asks for, else its project's.
 
@@ -152,14 +167,7 @@ class Placing:
         await self._accept(record)
 
 
-def scheduled(record: JobRecord, due: float, now: float) -> None:
-    """Make a new job's record wait for ``due``: ``Created``, with a ``scheduled``
-    event whose date is the due time."""
-    record.status = JobState.CREATED
-    record.run_at = due
-    record.history = [HistoryEvent("job", "scheduled", now, due)]
 
-
-def scheduled_line(due: float) -> bytes:
+def _scheduled_line(due: float) -> bytes:
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due))
     return format_line("J", Status.SCHEDULED, Status.SCHEDULED.text.format(due=when))
