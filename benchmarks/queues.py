@@ -16,8 +16,11 @@ clients, each followed to its end (jobs/s, p50 and p99 latency from connect to
 the ended line); and ``backlog``, K fire-and-forget submits as fast as C
 clients can send them, then the wait until the server has run them all (jobs/s
 from the first submit to an empty server): with ``--max-running 8`` thousands
-of jobs wait at once, so the waiting lines are deep.  The table gives each
-variant's median over the runs and the ratio ``queues / single``.  Everything
+of jobs wait at once, so the waiting lines are deep.  Besides the rates, each
+phase records the server process's CPU time per job (user + system, from
+``/proc``): on a machine shared with other work the rates swing with the
+neighbours' load, the CPU a job costs the server much less.  The table gives
+each variant's median over the runs and the ratio ``queues / single``.  Everything
 runs on loopback; the server is stopped at the end.
 """
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -52,6 +56,12 @@ def packets(variant: str, *, monitor: bool) -> list[bytes]:
             for i in range(QUEUES * len(PRIORITIES))]
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def monitored(endpoint: Endpoint, variant: str, jobs: int, clients: int) -> dict[str, float]:
     kinds = packets(variant, monitor=True)
     numbers = iter(range(jobs))
@@ -65,11 +75,12 @@ async def monitored(endpoint: Endpoint, variant: str, jobs: int, clients: int) -
             if not protocol.ended:
                 raise RuntimeError("bench.tiny: closed before the ended line")
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_s(endpoint.pid)
     await asyncio.gather(*(client() for _ in range(clients)))
     elapsed = time.perf_counter() - started
     return {"jobs_per_s": jobs / elapsed, "p50_ms": percentile(latencies, 0.5) * 1000,
-            "p99_ms": percentile(latencies, 0.99) * 1000}
+            "p99_ms": percentile(latencies, 0.99) * 1000,
+            "server_cpu_us_per_job": (cpu_s(endpoint.pid) - cpu) / jobs * 1e6}
 
 
 async def backlog(endpoint: Endpoint, variant: str, jobs: int, clients: int) -> dict[str, float]:
@@ -85,12 +96,13 @@ async def backlog(endpoint: Endpoint, variant: str, jobs: int, clients: int) -> 
                 assert protocol.transport is not None
                 protocol.transport.close()
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_s(endpoint.pid)
     await asyncio.gather(*(client() for _ in range(clients)))
     submitted = time.perf_counter() - started
     await wait_until(lambda: idle(endpoint), 300, "the backlog run", interval_s=0.01)
     return {"backlog_jobs_per_s": jobs / (time.perf_counter() - started),
-            "submits_per_s": jobs / submitted}
+            "submits_per_s": jobs / submitted,
+            "backlog_server_cpu_us_per_job": (cpu_s(endpoint.pid) - cpu) / jobs * 1e6}
 
 
 async def idle(endpoint: Endpoint) -> bool:

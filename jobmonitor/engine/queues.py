@@ -127,7 +127,7 @@ class WaitingLines:
         return queue
 
     def _drop_if_idle(self, queue: _Queue) -> None:
-        if not (queue.kept or queue.waiting or queue.running):
+        if not (queue.waiting or queue.running or queue.kept):
             self._queues.pop(queue.name, None)
 
     # -- waiting ----------------------------------------------------------------------
@@ -169,15 +169,16 @@ class WaitingLines:
             if queue.paused or queue.running >= queue.limit:
                 continue
             priority = max(queue.lines)
-            if best is not None:
-                if priority < best_priority:
-                    continue
-                number = queue.lines[priority][0].record.number
-                if priority == best_priority and number > best_number:
-                    continue
-            else:
-                number = queue.lines[priority][0].record.number
-            best, best_priority, best_number = queue, priority, number
+            if best is None:
+                best, best_priority = queue, priority
+                continue
+            if priority < best_priority:
+                continue
+            number = queue.lines[priority][0].record.number
+            if not best_number:  # (worked out only once there is something to compare)
+                best_number = best.lines[best_priority][0].record.number
+            if priority > best_priority or number < best_number:
+                best, best_priority, best_number = queue, priority, number
         if best is None:
             return None
         line = best.lines[best_priority]

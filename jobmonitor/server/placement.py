@@ -24,7 +24,6 @@ QUEUE_NAME = "_sys_QueueName"
 PRIORITY = "_sys_Priority"
 RUN_AT = "_sys_RunAt"
 DELAY_SECONDS = "_sys_DelaySeconds"
-_ALL = (QUEUE_NAME, PRIORITY, RUN_AT, DELAY_SECONDS)
 #: Seconds, with up to 6 decimals; at most 9 digits (some 31 years).
 _SECONDS = re.compile(r"\d{1,9}(\.\d{1,6})?")
 #: Longer than any ISO 8601 time with a zone: refused before parsing.
@@ -38,7 +37,8 @@ def placement_of(packet: Packet) -> Placement | None:
         RequestError: INVALID_VALUE for a bad value (one reply, for the first).
     """
     variables = packet.variables
-    if not any(name in variables for name in _ALL):
+    if (QUEUE_NAME not in variables and PRIORITY not in variables and RUN_AT not in variables
+            and DELAY_SECONDS not in variables):  # (the common case: four look-ups)
         return None
     queue = variables.get(QUEUE_NAME, "").strip() or None
     if queue is not None:
