@@ -3,6 +3,7 @@
     python benchmarks/queues.py                 # 20 000 jobs, 50 clients, 5 runs
     python benchmarks/queues.py --quick         # a smoke test, a few seconds
     python benchmarks/queues.py --jobs 5000 --runs 3 --json out.json
+    python benchmarks/queues.py --engine        # the engine alone, in this process
 
 Two variants of the same work, on the same server and in the same run,
 alternating (the order flips every run, so neither always goes first):
@@ -20,7 +21,14 @@ of jobs wait at once, so the waiting lines are deep.  Besides the rates, each
 phase records the server process's CPU time per job (user + system, from
 ``/proc``): on a machine shared with other work the rates swing with the
 neighbours' load, the CPU a job costs the server much less.  The table gives
-each variant's median over the runs and the ratio ``queues / single``.  Everything
+each variant's median over the runs and the ratio ``queues / single``.
+
+``--engine`` measures the part queues can change, without sockets or packets:
+the engine, in this process, with the memory store, is handed K jobs of a
+handler that does nothing (``Engine.submit``, each with its ``Placement`` in
+the ``queues`` variant) and runs them all, ``max_running`` at a time, while K
+minus ``max_running`` wait; CPU time of this process (``time.process_time``),
+the least of ``--runs`` interleaved rounds per variant (the least disturbed).  Everything
 runs on loopback; the server is stopped at the end.
 """
 
@@ -144,6 +152,63 @@ async def main(args: argparse.Namespace) -> int:
     return 0
 
 
+async def engine_round(variant: str, jobs: int, max_running: int) -> float:
+    """CPU seconds for the engine to take and run ``jobs`` no-op jobs."""
+    from jobmonitor import Config, JobMonitor
+    from jobmonitor.engine.engine import Engine
+    from jobmonitor.store.memory import MemoryStore
+
+    app = JobMonitor()
+
+    @app.job("tiny")
+    async def tiny(job: object) -> None:
+        return None
+
+    engine = Engine(app.handlers, Config(max_running=max_running, max_finished_in_memory=1000),
+                    MemoryStore())
+    await engine.start()
+    kinds: list[object] = [None]
+    if variant == "queues":
+        from jobmonitor.engine.queues import Placement
+
+        kinds = [Placement(f"q{i % QUEUES}", int(PRIORITIES[(i // QUEUES) % len(PRIORITIES)]))
+                 for i in range(QUEUES * len(PRIORITIES))]
+    started = time.process_time()
+    for number in range(jobs):
+        placement = kinds[number % len(kinds)]
+        if placement is None:  # (no keyword: runs on an engine from before queues too)
+            await engine.submit("tiny", {}, {})
+        else:
+            await engine.submit("tiny", {}, {}, placement=placement)
+    while engine.queued_count or engine.running_count:
+        await asyncio.sleep(0)
+    elapsed = time.process_time() - started
+    await engine.stop(0)
+    return elapsed
+
+
+async def engine_main(args: argparse.Namespace) -> int:
+    variants = ("single",) if args.single_only else ("single", "queues")
+    best = {variant: float("inf") for variant in variants}
+    await engine_round(variants[-1], min(args.jobs, 2000), args.max_running)  # warm-up
+    for run in range(args.runs):
+        for variant in variants if run % 2 == 0 else variants[::-1]:
+            seconds = await engine_round(variant, args.jobs, args.max_running)
+            best[variant] = min(best[variant], seconds)
+            print(f"round {run + 1} {variant}: {seconds / args.jobs * 1e6:.2f} us/job",
+                  file=sys.stderr)
+    if args.single_only:
+        print(f"engine_cpu_us_per_job, single queue: {best['single'] / args.jobs * 1e6:.2f}")
+        return 0
+    single, queued = (best[v] / args.jobs * 1e6 for v in ("single", "queues"))
+    print(f"The engine alone: {args.jobs} no-op jobs, max_running {args.max_running}, "
+          f"least of {args.runs} rounds\n")
+    print("| metric | single queue | 4 queues x 3 priorities | queues / single |")
+    print("|---|---|---|---|")
+    print(f"| engine_cpu_us_per_job | {single:.2f} | {queued:.2f} | {queued / single:.3f} |")
+    return 0
+
+
 def report(samples: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> None:
     print(f"{args.jobs} tiny jobs, {args.clients} clients, max_running {args.max_running}, "
           f"{args.runs} runs (medians)\n")
@@ -163,6 +228,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-running", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="500 jobs, 2 runs")
     parser.add_argument("--json", metavar="FILE", help="write every sample here")
+    parser.add_argument("--engine", action="store_true",
+                        help="measure the engine alone, in this process (no sockets)")
+    parser.add_argument("--single-only", action="store_true",
+                        help="with --engine: the single queue only (also runs on an engine "
+                             "from before queues, for a baseline)")
     args = parser.parse_args(argv)
     if args.quick:
         args.jobs, args.runs = 500, 2
@@ -170,4 +240,5 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(parse(sys.argv[1:]))))
+    arguments = parse(sys.argv[1:])
+    sys.exit(asyncio.run(engine_main(arguments) if arguments.engine else main(arguments)))

@@ -57,7 +57,7 @@ class QueueRow:
 
 
 class _Queue:
-    __slots__ = ("name", "limit", "paused", "configured", "lines", "waiting", "running")
+    __slots__ = ("name", "limit", "paused", "configured", "lines", "top", "waiting", "running")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -66,6 +66,8 @@ class _Queue:
         self.configured = False
         #: priority -> its jobs, oldest first; only priorities with jobs waiting.
         self.lines: dict[int, collections.deque[Job]] = {}
+        #: The highest priority with jobs waiting (0: none).
+        self.top = 0
         self.waiting = 0
         self.running = 0
 
@@ -136,9 +138,12 @@ class WaitingLines:
         """Put a job at the end of its priority's line in its queue."""
         record = job.record
         queue = self._queues.get(record.queue) or self._get(record.queue)
-        line = queue.lines.get(record.priority)
+        priority = record.priority
+        line = queue.lines.get(priority)
         if line is None:
-            line = queue.lines[record.priority] = collections.deque()
+            line = queue.lines[priority] = collections.deque()
+            if priority > queue.top:
+                queue.top = priority
         line.append(job)
         if not queue.waiting:
             self._active[queue.name] = queue
@@ -162,23 +167,34 @@ class WaitingLines:
 
     def pop_next(self) -> Job | None:
         """Take the job to start now, or None when no queue may start one."""
+        active = self._active
+        if len(active) == 1:  # the common case: one queue has jobs waiting
+            for only in active.values():
+                if only.paused or only.running >= only.limit:
+                    return None
+                line = only.lines[only.top]
+                job = line.popleft()
+                self._taken(only, only.top, line)
+                return job
         best: _Queue | None = None
         best_priority = 0
-        best_number = 0
-        for queue in self._active.values():
+        best_id = ""
+        for queue in active.values():
             if queue.paused or queue.running >= queue.limit:
                 continue
-            priority = max(queue.lines)
+            priority = queue.top
             if best is None:
                 best, best_priority = queue, priority
                 continue
             if priority < best_priority:
                 continue
-            number = queue.lines[priority][0].record.number
-            if not best_number:  # (worked out only once there is something to compare)
-                best_number = best.lines[best_priority][0].record.number
-            if priority > best_priority or number < best_number:
-                best, best_priority, best_number = queue, priority, number
+            # Transaction IDs have one width (T and seven digits): as strings they
+            # sort as their numbers do, without making an int of each.
+            head_id = queue.lines[priority][0].record.transaction_id
+            if not best_id:  # (looked up only once there is something to compare)
+                best_id = best.lines[best_priority][0].record.transaction_id
+            if priority > best_priority or head_id < best_id:
+                best, best_priority, best_id = queue, priority, head_id
         if best is None:
             return None
         line = best.lines[best_priority]
@@ -189,6 +205,8 @@ class WaitingLines:
     def _taken(self, queue: _Queue, priority: int, line: collections.deque[Job]) -> None:
         if not line:
             del queue.lines[priority]
+            if priority == queue.top:
+                queue.top = max(queue.lines) if queue.lines else 0
         queue.waiting -= 1
         self.count -= 1
         if not queue.waiting:
@@ -199,14 +217,18 @@ class WaitingLines:
 
     def started(self, job: Job) -> None:
         """A job of this queue started running (it counts against its limit)."""
-        self._get(job.record.queue).running += 1
+        queue = self._queues.get(job.record.queue)
+        if queue is None:
+            queue = self._get(job.record.queue)
+        queue.running += 1
 
     def stopped(self, job: Job) -> None:
         """A running job of this queue stopped."""
         queue = self._queues.get(job.record.queue)
         if queue is not None and queue.running > 0:
             queue.running -= 1
-            self._drop_if_idle(queue)
+            if not (queue.running or queue.waiting or queue.kept):
+                del self._queues[queue.name]
 
     # -- pausing ----------------------------------------------------------------------
 
