@@ -48,7 +48,6 @@ class Placing:
     async def _accept(self, record: JobRecord, *more_lines: bytes) -> Job:
         raise NotImplementedError
 
-
     async def schedules_settled(self) -> None:
         """Return once no recurring schedule is making a job (after a clock moved)."""
         await self._schedules.settled()
@@ -113,11 +112,10 @@ class Placing:
         ``Created``, with a ``scheduled`` event dated at the due time, and the
         line that says so (returned) after its machine line."""
         record.priority = placement.priority
-        due = placement.run_at
-        if placement.delay_s is not None:
-            due = self.clock.time() + placement.delay_s
+        now = self.clock.time()
+        due = placement.run_at if placement.delay_s is None else now + placement.delay_s
         record.run_at = due
-        if due is None or due <= self.clock.time():
+        if due is None or due <= now:
             return ()
         record.status = JobState.CREATED
         record.history = [HistoryEvent("job", "scheduled", record.created, due)]
@@ -165,7 +163,6 @@ class Placing:
                            queue=settings.queue or handler.queue or DEFAULT_QUEUE,
                            priority=settings.priority, run_at=due, schedule=settings.name)
         await self._accept(record)
-
 
 
 def _scheduled_line(due: float) -> bytes:
