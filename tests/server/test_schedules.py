@@ -263,3 +263,22 @@ async def test_jobs_not_due_yet_count_against_max_queued_jobs(make_server, clock
                           ) == ["R0005011: Server busy: 2 jobs are already waiting"]
     clock.advance(60)
     await all_finished(server)
+
+
+async def test_a_reload_adds_changes_and_removes_schedules(make_server, clock):
+    server = await make_server(clock=clock, schedules=every_five_minutes())
+    clock.advance(300)
+    await all_finished(server)
+    config = server.config
+    server.engine.configure(config.replace(schedules=()))
+    assert clock.pending == 0  # (no timer left for it)
+    clock.advance(600)
+    assert len(await scheduled_jobs(server)) == 1
+    hourly = (ScheduleSettings("tick", "0 * * * *", "echo"),)
+    server.engine.configure(config.replace(schedules=hourly))
+    clock.advance(300)  # to 00:20: nothing is due on the hour's schedule
+    assert len(await scheduled_jobs(server)) == 1
+    clock.advance(2400)  # to 01:00
+    await all_finished(server)
+    assert [due for _, due in await scheduled_jobs(server)] == [
+        "2026-01-01T00:05:00Z", "2026-01-01T01:00:00Z"]
