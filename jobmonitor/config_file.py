@@ -30,8 +30,9 @@
     variables = { name = "nightly.pdf" }
 
 The keys and their types come from the ``Config``, ``Program``, ``Variable``,
-``User``, ``QueueSettings`` and ``ScheduleSettings`` dataclasses, so no option list is spelled out here.  Every unknown key and bad value is a
-``ConfigError`` that names the file and the key.
+``User``, ``QueueSettings`` and ``ScheduleSettings`` dataclasses, so no option
+list is spelled out here.  Every unknown key and bad value is a ``ConfigError``
+that names the file and the key.
 """
 
 from __future__ import annotations

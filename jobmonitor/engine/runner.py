@@ -3,7 +3,8 @@
 The engine decides what a command does to a job; this module runs them.  A
 job waits in its queue's line in ``lines`` (``queues.WaitingLines``: by
 priority, then age; each queue with its own limit and pause), or in
-``_delayed``, waiting out a retry's delay, then queued, until a slot is free.  There is no scheduler task: starting
+``_delayed``, waiting out a retry's delay, then queued, until a slot is
+free.  There is no scheduler task: starting
 happens whenever a job is queued or one ends (``start_ready``).  An async
 handler runs as a task on the loop; a plain function runs in a worker thread
 (one that does not stop when cancelled is abandoned there: see ``drain``).
