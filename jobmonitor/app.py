@@ -13,20 +13,25 @@ caller's thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 from .config import Config
-from .errors import ConfigError
 from .engine.handlers import Handler
 from .engine.registry import HandlerRegistry
 from .engine.schedule import Clock
+from .errors import ConfigError
 from .loader import load_handlers
 from .server.server import Reloaded, Server
 
 __all__ = ["JobMonitor", "Controller"]
+
+#: How long ``Controller.stop`` waits for the server thread by default, and
+#: ``start`` for a start it called off.
+STOP_TIMEOUT_S = 60.0
 
 
 class JobMonitor(HandlerRegistry):
@@ -79,13 +84,8 @@ class JobMonitor(HandlerRegistry):
             OSError: the address cannot be bound.
         """
         config = (config or Config()).replace(host=host, port=port, **settings)
-        server = self.make_server(config, clock=clock)
-        await server.start()
-        try:
+        async with self.make_server(config, clock=clock) as server:
             yield server
-        finally:
-            server.close()
-            await server.wait_closed()
 
 
 def _merged(own: Mapping[str, Handler], projects: Mapping[str, Handler] | None
@@ -119,6 +119,10 @@ class Controller:
         self._server: Server | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        # What start() needs to call off a start it gave up waiting for.
+        self._lock = threading.Lock()
+        self._called_off = False
+        self._main_task: asyncio.Task[None] | None = None
 
     @property
     def server(self) -> Server:
@@ -135,31 +139,43 @@ class Controller:
         return self.server.host
 
     def start(self, timeout_s: float = 30.0) -> None:
-        """Start the server thread; return once it listens.
+        """Start the server thread; return once it listens.  A start that fails
+        or times out leaves no thread behind, and may be tried again.
 
         Raises:
             OSError, ConfigError: the server could not start (raised here).
-            TimeoutError: it did not start within ``timeout_s``.
+            TimeoutError: it did not start within ``timeout_s`` (its start is
+            called off; an error that start ran into meanwhile is raised instead).
         """
         if self._thread is not None:
             raise RuntimeError("the controller is already started")
-        self._thread = threading.Thread(target=self._main, name="jobmonitor-controller",
-                                        daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout_s):
-            raise TimeoutError("the jobmonitor server did not start in time")
-        if self._error is not None:
-            self._thread.join()
+        self._ready.clear()
+        self._error = self._server = self._loop = self._main_task = None
+        self._called_off = False
+        thread = self._thread = threading.Thread(target=self._main,
+                                                 name="jobmonitor-controller", daemon=True)
+        thread.start()
+        started = self._ready.wait(timeout_s)
+        if not started:
+            self._call_off()
+        if self._error is not None or not started:
+            thread.join(STOP_TIMEOUT_S)
             self._thread = None
-            raise self._error
+            if self._error is not None and not isinstance(self._error, asyncio.CancelledError):
+                raise self._error
+            self._server = None
+            raise TimeoutError(f"the jobmonitor server did not start within {timeout_s:g} s"
+                               + ("; its thread still runs" if thread.is_alive() else ""))
 
-    def stop(self, timeout_s: float = 60.0) -> None:
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Shut the server down and join its thread (idempotent).  A job handler
         that did not stop when cancelled is left running in its thread (see
         ``Server.close``)."""
         if self._thread is None or self._loop is None or self._server is None:
             return
-        self._loop.call_soon_threadsafe(self._server.close)
+        # RuntimeError: the loop has closed, the server has stopped already.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._server.close)
         self._thread.join(timeout_s)
         self._thread = None
 
@@ -168,23 +184,41 @@ class Controller:
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
+    def _call_off(self) -> None:
+        """Cancel the server thread's work from start()'s thread: a start under
+        way is undone, a server that has just started is closed."""
+        with self._lock:
+            self._called_off = True
+            loop, task = self._loop, self._main_task
+        if loop is not None and task is not None:
+            # RuntimeError: the loop has closed, the thread is ending.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(task.cancel)
+
     def _main(self) -> None:
         asyncio.run(self._serve())
 
     async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._called_off:
+                return
+            self._loop = asyncio.get_running_loop()
+            self._main_task = asyncio.current_task()
         try:
             server = self._app.make_server(self.config)
             await server.start()
-        except BaseException as exc:
+        # start() raises the failure in its own thread (a CancelledError: start()
+        # gave up waiting, and has nothing to raise).
+        except BaseException as exc:  # noqa: BLE001 - handed on to start()
             self._error = exc
             self._ready.set()
             return
         self._server = server
         self._ready.set()
-        await server.serve_forever()
+        with contextlib.suppress(asyncio.CancelledError):  # (the close is done by then)
+            await server.serve_forever()
 
-    def __enter__(self) -> "Controller":
+    def __enter__(self) -> Controller:
         self.start()
         return self
 

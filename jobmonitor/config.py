@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .users import User
 from .errors import ConfigError
 from .queueing import DEFAULT_QUEUE, QueueSettings, ScheduleSettings
+from .users import User
 from .wire import DEFAULT_PORT
 
 __all__ = ["Config", "DEFAULT_PORT", "LOG_FORMATS", "NEEDS_RESTART"]
@@ -61,6 +61,8 @@ class Config:
         100_000, "most stored lines of one job kept in memory for slow monitors (older ones "
         "are read back from the store)")
     max_packet_bytes: int = _setting(1024 * 1024, "largest command packet accepted, in bytes")
+    max_packet_variables: int = _setting(
+        10_000, "most variables (var elements, in both sections) in one command packet")
     packet_timeout_s: float = _setting(30.0, "seconds a client has to send a complete packet")
     linger_s: float = _setting(
         2.0, "seconds to keep reading the input of a closing client that sent more than "
@@ -101,10 +103,10 @@ class Config:
         "the fields of a refusal), for log shippers")
 
     def __post_init__(self) -> None:
-        _check_positive(self, "max_running", "max_packet_bytes", "packet_timeout_s",
-                        "commit_interval_s", "max_lines_in_memory", "idle_timeout_s",
-                        "max_connections", "max_monitors_per_job", "max_pending_output_bytes",
-                        "monitor_stall_s")
+        _check_positive(self, "max_running", "max_packet_bytes", "max_packet_variables",
+                        "packet_timeout_s", "commit_interval_s", "max_lines_in_memory",
+                        "idle_timeout_s", "max_connections", "max_monitors_per_job",
+                        "max_pending_output_bytes", "monitor_stall_s")
         if self.sqlite_synchronous not in ("full", "normal"):
             raise ConfigError(f"sqlite_synchronous: must be full or normal, got "
                               f"{self.sqlite_synchronous!r}")
@@ -118,7 +120,7 @@ class Config:
             raise ConfigError(f"port: must be 0..65535, got {self.port}")
         _check_queues(self)
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         """Return a copy with ``changes`` applied (None values are ignored).
 
         Raises:

@@ -38,16 +38,17 @@ that names the file and the key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .users import User
 from .config import Config
-from .queueing import QueueSettings, ScheduleSettings
 from .errors import ConfigError
 from .programs.program import SELF_CHECKED, Program, Variable
+from .queueing import QueueSettings, ScheduleSettings
+from .users import User
 
 __all__ = ["ConfigFile", "load_config_file"]
 
@@ -183,10 +184,17 @@ def _settings_table(kind: Any, where: str, name: str, value: Any) -> Any:
 
 
 def _check_keys(table: dict[str, Any], known: set[str], where: str) -> None:
+    """Raises: ConfigError: ``unknown key server.prot (did you mean server.port?)
+    (known: ...)``: each unknown key, with the nearest known one if any is close."""
     unknown = sorted(set(table) - known)
     if unknown:
-        keys = ", ".join(_key(where, key) for key in unknown)
+        keys = ", ".join(_key(where, key) + _suggestion(key, known, where) for key in unknown)
         raise ConfigError(f"unknown key {keys} (known: {', '.join(sorted(known))})")
+
+
+def _suggestion(key: str, known: set[str], where: str) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f" (did you mean {_key(where, close[0])}?)" if close else ""
 
 
 def _table(value: Any, where: str) -> dict[str, Any]:

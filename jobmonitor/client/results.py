@@ -10,13 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from ..wire.codes import ERROR_THRESHOLD, Status
 from ..errors import ProtocolError
+from ..wire.codes import ERROR_THRESHOLD, Status
 from ..wire.formats import split_parameters
 from ..wire.states import JobState, Outcome
 
@@ -29,6 +29,7 @@ __all__ = [
     "HistoryEntry",
     "JobStatus",
     "JobInfo",
+    "JobList",
     "Acknowledged",
     "QueueLength",
     "QueueInfo",
@@ -36,6 +37,7 @@ __all__ = [
     "status_from_json",
     "queues_from_json",
     "info_from_json",
+    "job_page_from_json",
     "outputs_from_json",
     "queue_length_from_lines",
     "projects_from_lines",
@@ -45,6 +47,7 @@ __all__ = [
 _COMPLETIONS = {outcome.status.value: outcome for outcome in Outcome}
 _PROGRESS = re.compile(r"Progress: (\d+)/(\d+)(?: \((\d+)%\))?(?: (.*))?", re.DOTALL)
 _STATES_BY_NUMBER = {state.number: state for state in JobState}
+_TRANSACTION_ID = re.compile("T[0-9]{7}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +107,18 @@ class StreamLine:
 
 @dataclass(frozen=True, slots=True)
 class JobResult:
-    """How a job ended, as seen through one transaction handle."""
+    """How a job ended, as seen through one transaction handle.
+
+    ``cancelled_by_shutdown`` is True for a job the server cancelled because it
+    was shutting down: its stream said so (``J0005004``) before ``J0000023``.
+    It is False for a cancel someone asked for, and for a watch that began past
+    the job's end (no line was seen)."""
 
     transaction_id: str
     outcome: Outcome
     lines: int
     errors: tuple[str, ...] = ()
+    cancelled_by_shutdown: bool = False
 
     @property
     def ok(self) -> bool:
@@ -130,11 +139,13 @@ class Reattach:
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    """Something a job produced, by reference."""
+    """Something a job produced, by reference.  ``partial`` is True when the job
+    failed or was cancelled: the file may be cut short, not a result."""
 
     name: str
     uri: str
     media_type: str | None = None
+    partial: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +203,20 @@ class JobInfo(JobStatus):
     """A job's status and history, as ``GetJobInformation`` reports it."""
 
     history: tuple[HistoryEntry, ...] = ()
+
+
+class JobList(list[JobStatus]):
+    """Jobs in transaction order, as ``list_jobs`` returns them: a list, and
+    ``next_after``, the cursor of the jobs that follow (None when none do)."""
+
+    __slots__ = ("next_after",)
+
+    def __init__(self, jobs: Iterable[JobStatus] = (), next_after: str | None = None) -> None:
+        super().__init__(jobs)
+        self.next_after = next_after
+
+    def __repr__(self) -> str:
+        return f"JobList({list.__repr__(self)}, next_after={self.next_after!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,8 +353,30 @@ def info_from_json(data: Any) -> JobInfo:
     return JobInfo(**_status_fields(data), history=history)
 
 
+def job_page_from_json(data: Any, after: str | None) -> tuple[list[Any], str | None]:
+    """The job objects and the next page's cursor of a ``ListJobs`` JSON reply
+    (``{"Jobs": [...], "Next": ...}``) to a request for the jobs after ``after``.
+    A plain list, what a server without pages answers, is all there is.
+
+    Raises:
+        ProtocolError: not that shape, or a cursor that does not move forward
+        (following it could go on for ever).
+    """
+    if isinstance(data, list):
+        return data, None
+    data = _object(data)
+    jobs, next_after = _list(data.get("Jobs")), data.get("Next")
+    if next_after is None:
+        return jobs, None
+    if not (isinstance(next_after, str) and _TRANSACTION_ID.fullmatch(next_after)
+            and (after is None or next_after > after.upper())):
+        raise ProtocolError(f"bad next page cursor {str(next_after)[:40]!r} after {after!r}")
+    return jobs, next_after
+
+
 def outputs_from_json(data: Any) -> tuple[Output, ...]:
-    """Read a list of ``{Name, Uri, MediaType}`` objects.
+    """Read a list of ``{Name, Uri, MediaType, Partial}`` objects (``Partial``
+    may be missing: a server before it said nothing of it).
 
     Raises:
         ProtocolError: not such a list.
@@ -400,7 +447,7 @@ def _time(value: Any) -> dt.datetime | None:
     if value in (None, ""):
         return None
     parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def _progress(data: Any) -> Progress:
@@ -414,7 +461,8 @@ def _output(data: Any) -> Output:
     try:
         media_type = data.get("MediaType")
         return Output(str(data["Name"]), str(data["Uri"]),
-                      None if media_type is None else str(media_type))
+                      None if media_type is None else str(media_type),
+                      data.get("Partial") is True)
     except KeyError as exc:
         raise ProtocolError(f"output without {exc.args[0]}") from None
 

@@ -2,8 +2,10 @@
 
 A submitted job is stored, then handed to the ``JobRunner`` (``runner``),
 which starts it at once if a slot is free and otherwise queues it.  The
-engine checks that a command may change a job's state, recovers the jobs a
-stopped server left unfinished, and stops and restarts the runner.
+engine checks that a command may change a job's state (``lifecycle``'s
+table), recovers the jobs a stopped server left unfinished, and stops and
+restarts the runner.  A job the shutdown cancels says so
+(``CancelReason.SHUTDOWN``); a ``RestartServer`` or ``CancelJob`` does not.
 
 A job may name its queue and priority (``queues``), and a due time: it then
 waits as ``Created`` in ``DueJobs`` until that time, and recurring schedules
@@ -22,21 +24,21 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 
-from ..wire.codes import Reply, Status
 from ..config import Config
 from ..errors import RequestError, StoreUnavailable
-from .handlers import Handler
-from .directory import JobDirectory
-from .job import Job
-from ..wire.lines import clip, format_line
-from ..wire.records import HistoryEvent, JobRecord
-from .runner import JobRunner
-from ..wire.states import JobState, Outcome
-from .lifecycle import can_transition
 from ..store.base import Recordable, Store
-# (queues, priorities, due times and schedules: issue 20)
+from ..wire.codes import Reply, Status
+from ..wire.lines import clip, format_line
+from ..wire.records import JobRecord
+from ..wire.states import JobState, Outcome
+from . import lifecycle
+from .directory import JobDirectory
+from .handlers import Handler
+from .job import Job
+from .lifecycle import CancelReason, can_transition
 from .placing import Placing
 from .queues import Placement
+from .runner import JobRunner
 from .schedule import Clock, DueJobs, Recurring, WallClock
 
 __all__ = ["Engine"]
@@ -76,7 +78,6 @@ class Engine(Placing):
         self._last_number = 0
         self._accepting = False
         self._purger: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self.machine_name = config.machine_name or socket.gethostname()
         # Every stream's first line: formatted once, shared by all jobs.
         self._machine_line = format_line("J", Status.INFO, f"Machine name: {self.machine_name}")
@@ -85,12 +86,10 @@ class Engine(Placing):
 
     async def start(self) -> None:
         """Open the store, recover unfinished jobs, and start running jobs."""
-        self._loop = asyncio.get_running_loop()
         self._store.on_persisted = self._persisted
         recovery = await self._store.open()
         self._last_number = recovery.last_number
         self.jobs.seed_task_log(recovery.recent_events)
-        self._runner.open(self._loop)
         for record in recovery.unfinished:
             self._recover(record)
         self._accepting = self._runner.starting = self._runner.retrying = True
@@ -108,6 +107,7 @@ class Engine(Placing):
         thread goes on: the store stays locked until that thread returns.
         With a durable store, queued jobs stay queued for the next start and
         running jobs of ``retry_on_restart`` handlers are left to recovery.
+        The jobs it cancels end with ``J0005004`` before ``J0000023``.
         """
         self._accepting = self._runner.retrying = False
         self._schedules.stop()
@@ -118,9 +118,10 @@ class Engine(Placing):
         if not self._store.durable:  # no next start to wait for: queued, delayed, suspended
             for job in self.jobs.live_jobs():
                 if not job.state.is_final and not self._runner.is_running(job):
-                    self.cancel(job)
+                    self.cancel(job, CancelReason.SHUTDOWN)
         self._runner.clear_delays()  # (a durable store keeps those jobs queued)
-        await self._runner.drain(grace_s, keep_retryable=self._store.durable)
+        await self._runner.drain(grace_s, keep_retryable=self._store.durable,
+                                 reason=CancelReason.SHUTDOWN)
         self._runner.close()
         # A handler abandoned in its thread may still be at work: the store stays
         # locked until it returns, so that no new server runs its job beside it.
@@ -148,8 +149,7 @@ class Engine(Placing):
         self._schedules.configure(config.schedules)
         purging = self._purger is not None and not self._purger.done()
         if config.keep_days > 0 and not purging and self._accepting:
-            assert self._loop is not None  # (accepting: started)
-            self._purger = self._loop.create_task(self._purge_loop())
+            self._purger = asyncio.get_running_loop().create_task(self._purge_loop())
 
     def replace_handlers(self, handlers: Mapping[str, Handler]) -> None:
         """Run new and queued jobs with ``handlers`` from now on (a reload); running
@@ -160,7 +160,7 @@ class Engine(Placing):
     def _notify_live(self, notice: str) -> None:
         for job in self.jobs.live_jobs():
             if not job.state.is_final:
-                job._record_status(Status.NOTICE, notice)
+                lifecycle.notice(job, notice)
 
     def hurry(self) -> None:
         """Stop waiting for running jobs: cancel them now (a second signal)."""
@@ -224,10 +224,9 @@ class Engine(Placing):
         now = time.time()
         record = JobRecord(self._next_transaction_id(), project, dict(params),
                            dict(doc_variables), identity=identity, job_token=job_token or None,
-                           status=JobState.QUEUED, worker=self.machine_name, created=now,
-                           updated=now, history=[HistoryEvent("job", "queued", now)])
+                           worker=self.machine_name, created=now)
         record.queue = queue
-        more_lines = self._placed(record, placement) if placement is not None else ()
+        more_lines = self._placed(record, placement, now)
         return record.transaction_id, await self._accept(record, *more_lines)
 
     def _admit(self) -> None:
@@ -281,13 +280,12 @@ class Engine(Placing):
         waiters = self._adding[transaction_id]
         if waiters is None:
             waiters = self._adding[transaction_id] = []
-        assert self._loop is not None  # (a job is being added: the engine has started)
-        waiter = self._loop.create_future()
+        waiter = asyncio.get_running_loop().create_future()
         waiters.append(waiter)
         await waiter
 
-    def cancel(self, job: Job) -> None:
-        """Cancel a queued, suspended or running job.
+    def cancel(self, job: Job, reason: CancelReason = CancelReason.USER) -> None:
+        """Cancel a queued, suspended or running job (for ``reason``).
 
         A queued job ends at once; an async job at its next await; a job in a
         thread at its next call to the ``Job`` API.  A job being stopped for its
@@ -298,7 +296,7 @@ class Engine(Placing):
         """
         self._check(job, JobState.CANCELLED)
         self._due.remove(job)
-        self._runner.cancel(job)
+        self._runner.cancel(job, reason)
 
     def suspend(self, job: Job) -> str:
         """Suspend a queued job at once, or a running one at its next checkpoint
@@ -310,17 +308,14 @@ class Engine(Placing):
             RequestError: INVALID_STATE when the job is not queued or running.
         """
         self._check(job, JobState.SUSPENDED)
-        if not self._runner.is_running(job):  # queued, scheduled, or still being stored
+        run = self._runner.run_of(job)
+        if run is None:  # queued, scheduled, or still being stored
             self._due.remove(job)
             self._runner.withdraw(job)
-            job._set_state(JobState.SUSPENDED, "suspended")
-            job._record_status(Status.SUSPENDED)
-            return f"{job.transaction_id} suspended"
-        job._suspend_requested = True
-        if job._pauser is not None:
-            job._pause()
-            return f"{job.transaction_id} suspended"
-        return f"{job.transaction_id} suspend requested"
+            lifecycle.suspend(job)
+        elif not run.suspend():
+            return f"{job.transaction_id} suspend requested"
+        return f"{job.transaction_id} suspended"
 
     def resume(self, job: Job) -> str:
         """Resume a suspended job.
@@ -331,16 +326,15 @@ class Engine(Placing):
         if job.state is not JobState.SUSPENDED:
             raise RequestError(Reply.INVALID_STATE,
                                f"{job.transaction_id} is {job.state.value}, not Suspended")
-        job._record_status(Status.RESUMED)
-        if self._runner.is_running(job):
-            job._set_state(JobState.PROCESSING, "resumed")
-            job._wake()
+        run = self._runner.run_of(job)
+        if run is not None:
+            run.resume()
         elif job.record.run_at is not None and job.record.run_at > self.clock.time():
-            job._set_state(JobState.CREATED, "resumed")  # (not due yet: waits again)
+            lifecycle.resume(job, running=False, waiting=True)  # (not due yet: waits again)
             if job.transaction_id not in self._adding:
                 self._due.add(job)
         else:
-            job._set_state(JobState.QUEUED, "resumed")
+            lifecycle.resume(job, running=False)
             if job.transaction_id not in self._adding:  # else its submit queues it
                 self._runner.enqueue(job)
         return f"{job.transaction_id} resumed"
@@ -368,8 +362,7 @@ class Engine(Placing):
                                f"{job.transaction_id} is {job.state.value}")
 
     def _adopt(self, record: JobRecord) -> Job:
-        assert self._loop is not None  # (jobs are made from start() on)
-        job = Job(record, self._loop)
+        job = Job(record, asyncio.get_running_loop())
         if self._store.durable:
             job.stream.durable = record.line_count
         job.on_change = self._on_change
@@ -397,18 +390,16 @@ class Engine(Placing):
                 self._runner.queue_recovered(job, handler)
             elif record.status is JobState.CREATED:  # (queued by start() if due by now)
                 if record.run_at is None:
-                    job._set_state(JobState.QUEUED, "queued")
+                    lifecycle.fall_due(job)
                     self._runner.append(job)
                 else:
                     self._due.add(job)
         elif handler.retry_on_restart:
-            job._record_status(Status.INTERRUPTED)
-            job._record_status(Status.REQUEUED)
-            record.started = None
-            job._set_state(JobState.QUEUED, "requeued")
+            lifecycle.interrupt(job)
+            lifecycle.requeue(job)
             self._runner.append(job)
         else:
-            job._record_status(Status.INTERRUPTED)
+            lifecycle.interrupt(job)
             self._runner.finish(job, Outcome.FAILED)
 
     def when_stored(self, callback: Callable[[], None]) -> None:
@@ -417,8 +408,7 @@ class Engine(Placing):
         if self._store.durable:
             self._store.call_when_stored(callback)
         else:
-            assert self._loop is not None  # (there are connections: the engine has started)
-            self._loop.call_soon(callback)
+            asyncio.get_running_loop().call_soon(callback)
 
     def _persisted(self, item: Recordable, stored_lines: int) -> None:
         if isinstance(item, Job):

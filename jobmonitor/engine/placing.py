@@ -15,8 +15,9 @@ from ..errors import RequestError
 from ..queueing import DEFAULT_QUEUE, ScheduleSettings
 from ..wire.codes import Reply, Status
 from ..wire.lines import clip, format_line
-from ..wire.records import HistoryEvent, JobRecord
-from ..wire.states import JobState
+from ..wire.records import JobRecord
+from ..wire.variables import QUEUE_NAME
+from . import lifecycle
 from .directory import JobDirectory
 from .handlers import Handler
 from .job import Job
@@ -98,27 +99,30 @@ class Placing:
         now = time.time()
         record = JobRecord(self._next_transaction_id(), earlier.project, dict(earlier.params),
                            dict(earlier.doc_variables), identity=identity,
-                           status=JobState.QUEUED, worker=self.machine_name, created=now,
-                           updated=now, history=[HistoryEvent("job", "rerun", now, None,
-                                                              transaction_id),
-                                                 HistoryEvent("job", "queued", now)],
+                           worker=self.machine_name, created=now,
                            queue=earlier.queue, priority=earlier.priority)
+        lifecycle.rerun_of(record, now, transaction_id)
         line = format_line("J", Status.RERUN, Status.RERUN.text.format(
             transaction_id=transaction_id))
         return await self._accept(record, line)
 
-    def _placed(self, record: JobRecord, placement: Placement) -> tuple[bytes, ...]:
-        """Give a new job's record its priority and due time; a job due later is
-        ``Created``, with a ``scheduled`` event dated at the due time, and the
-        line that says so (returned) after its machine line."""
-        record.priority = placement.priority
-        now = self.clock.time()
-        due = placement.run_at if placement.delay_s is None else now + placement.delay_s
-        record.run_at = due
-        if due is None or due <= now:
+    def _placed(self, record: JobRecord, placement: Placement | None,
+                now: float) -> tuple[bytes, ...]:
+        """Give a new job's record its first state at ``now``, its priority and
+        due time: a job due later stays ``Created``, with a ``scheduled`` event
+        dated at the due time, and the line that says so (returned) after its
+        machine line; any other is queued."""
+        if placement is None:
+            lifecycle.queue(record, now)
             return ()
-        record.status = JobState.CREATED
-        record.history = [HistoryEvent("job", "scheduled", record.created, due)]
+        record.priority = placement.priority
+        clock_now = self.clock.time()
+        due = placement.run_at if placement.delay_s is None else clock_now + placement.delay_s
+        record.run_at = due
+        if due is None or due <= clock_now:
+            lifecycle.queue(record, now)
+            return ()
+        lifecycle.schedule(record, now, due)
         return (_scheduled_line(due),)
 
     def _queue_for(self, asked: str | None, handler: Handler | None) -> str:
@@ -130,12 +134,12 @@ class Placing:
         name = asked or (handler.queue if handler is not None else None) or DEFAULT_QUEUE
         refusal = self._runner.lines.refusal(name)
         if refusal is not None:
-            raise RequestError(Reply.INVALID_VALUE, f"_sys_QueueName: {refusal}")
+            raise RequestError(Reply.INVALID_VALUE, f"{QUEUE_NAME}: {refusal}")
         return name
 
     def _now_due(self, job: Job) -> None:
         """A scheduled job's time has come: queue it."""
-        job._set_state(JobState.QUEUED, "queued")
+        lifecycle.fall_due(job)
         self._runner.enqueue(job)
 
     async def _make_scheduled(self, settings: ScheduleSettings, due: float) -> None:
@@ -156,12 +160,11 @@ class Placing:
             raise RequestError(Reply.SERVER_BUSY, "the server is shutting down")
         now = time.time()
         record = JobRecord(self._next_transaction_id(), settings.project, params, {},
-                           identity=f"schedule:{settings.name}", status=JobState.QUEUED,
-                           worker=self.machine_name, created=now, updated=now,
-                           history=[HistoryEvent("job", "queued", now, due,
-                                                 f"schedule {settings.name}")],
+                           identity=f"schedule:{settings.name}",
+                           worker=self.machine_name, created=now,
                            queue=settings.queue or handler.queue or DEFAULT_QUEUE,
                            priority=settings.priority, run_at=due, schedule=settings.name)
+        lifecycle.queue(record, now, due, f"schedule {settings.name}")
         await self._accept(record)
 
 

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from ..errors import ConfigError
 from ..queueing import queue_name_refusal
-from .handlers import CheckFunc, Handler, HandlerFunc, check_job_options
+from .handlers import CheckFunc, Handler, HandlerFunc, TimeoutReason, check_job_options
 
 __all__ = ["HandlerRegistry"]
 
@@ -49,7 +49,8 @@ class HandlerRegistry:
 
     def add_job(self, project: str, func: HandlerFunc, *, retry_on_restart: bool = False,
                 check: CheckFunc | None = None, timeout_s: float | None = None,
-                retries: int = 0, retry_delay_s: float = 0.0, queue: str | None = None) -> None:
+                retries: int = 0, retry_delay_s: float = 0.0,
+                timeout_reason: TimeoutReason | None = None, queue: str | None = None) -> None:
         """Register ``func`` for ``project`` (the decorator's plain form).
 
         ``retry_on_restart``: a job the server's restart interrupted runs again
@@ -58,7 +59,8 @@ class HandlerRegistry:
         error reply.  ``timeout_s``: a job that runs longer (time suspended not
         counted) is stopped as a cancel stops it and fails with
         ``J0005000: Job timed out after N s`` (cancelled while it stops, it
-        ends cancelled after that line).  ``retries``: a job that fails
+        ends cancelled after that line); ``timeout_reason``, if given, makes
+        that line's text from the job instead.  ``retries``: a job that fails
         (raises, or times out; not one that is cancelled or partial) is queued
         to run again, up to that many times, ``retry_delay_s`` after its first
         failure and twice as long after each one after it; its stream goes on,
@@ -85,7 +87,7 @@ class HandlerRegistry:
         if queue is not None and queue_name_refusal(queue) is not None:
             raise ConfigError(f"job {project!r}: queue: {queue_name_refusal(queue)}")
         self._handlers[project] = Handler(project, func, retry_on_restart, check, timeout_s,
-                                          retries, retry_delay_s, queue)
+                                          retries, retry_delay_s, timeout_reason, queue)
 
     def merge(self, other: HandlerRegistry) -> None:
         """Add every handler of ``other``.
@@ -93,8 +95,8 @@ class HandlerRegistry:
         Raises:
             ConfigError: a project is registered in both.
         """
-        for handler in other._handlers.values():
+        for handler in other.handlers.values():
             self.add_job(handler.project, handler.func, retry_on_restart=handler.retry_on_restart,
                          check=handler.check, timeout_s=handler.timeout_s,
                          retries=handler.retries, retry_delay_s=handler.retry_delay_s,
-                         queue=handler.queue)
+                         timeout_reason=handler.timeout_reason, queue=handler.queue)

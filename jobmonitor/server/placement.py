@@ -16,14 +16,10 @@ from ..queueing import DEFAULT_PRIORITY, queue_name_refusal
 from ..wire.codes import Reply
 from ..wire.lines import clip
 from ..wire.packet import Packet
+from ..wire.variables import DELAY_SECONDS, PRIORITY, QUEUE_NAME, RUN_AT
 
-__all__ = ["placement_of", "queue_name_of", "QUEUE_NAME", "PRIORITY", "RUN_AT",
-           "DELAY_SECONDS"]
+__all__ = ["placement_of", "queue_name_of"]
 
-QUEUE_NAME = "_sys_QueueName"
-PRIORITY = "_sys_Priority"
-RUN_AT = "_sys_RunAt"
-DELAY_SECONDS = "_sys_DelaySeconds"
 #: Seconds, with up to 6 decimals; at most 9 digits (some 31 years).
 _SECONDS = re.compile(r"\d{1,9}(\.\d{1,6})?")
 #: Longer than any ISO 8601 time with a zone: refused before parsing.

@@ -7,12 +7,24 @@ A live ``Job`` turns itself into a ``JobRecord`` snapshot; a store returns
 from __future__ import annotations
 
 import operator
+import re
 from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
 from .states import JobState, Outcome
 
-__all__ = ["JobRecord", "HistoryEvent", "Output"]
+__all__ = ["JobRecord", "HistoryEvent", "Output", "parse_transaction_id"]
+
+# "T" and seven ASCII digits: str.isdigit and int() also take other scripts'
+# digits ("T\u0660\u0660\u0660\u0660\u0660\u0660\u0661" would be job 1).
+_TRANSACTION_ID = re.compile(r"[Tt][0-9]{7}")
+
+
+def parse_transaction_id(text: str) -> str | None:
+    """The transaction ID ``text`` names ("T0000042"; a lowercase "t" and
+    surrounding whitespace are allowed), or None if it names none."""
+    text = text.strip(" \t\r\n")
+    return "T" + text[1:] if _TRANSACTION_ID.fullmatch(text) else None
 
 
 class HistoryEvent(NamedTuple):

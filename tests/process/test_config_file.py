@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from jobmonitor import Config, ConfigError, Outcome
-from jobmonitor.users import hash_password
 from jobmonitor.client import Client, ReplyError
 from jobmonitor.config_file import load_config_file
 from jobmonitor.programs import Variable
+from jobmonitor.users import hash_password
 
 from .test_cli import ROOT, ServerProcess
 
@@ -125,7 +125,18 @@ def test_the_example_file_loads():
 
 @pytest.mark.parametrize(("text", "message"), [
     ("portt = 1", "unknown key portt (known: projects, queues, schedules, server, users)"),
-    ("[server]\nmax_runing = 2", "unknown key server.max_runing (known: "),
+    ("[server]\nmax_runing = 2", "unknown key server.max_runing (did you mean "
+                                 "server.max_running?) (known: "),
+    ("[server]\nprot = 1\nhots = 'x'", "unknown key server.hots (did you mean server.host?), "
+                                      "server.prot (did you mean server.port?) (known: "),
+    ("[server]\nqwertyuiop = 1", "unknown key server.qwertyuiop (known: "),
+    ('[projects.x]\ncommand = ["ls"]\ntimeout = 5',
+     "unknown key projects.x.timeout (did you mean projects.x.timeout_s?) (known: "),
+    ('[projects.x]\ncommand = ["ls"]\n[projects.x.variables.name]\npatern = "a"',
+     "unknown key projects.x.variables.name.patern (did you mean "
+     "projects.x.variables.name.pattern?) (known: kind, pattern)"),
+    ("[user.ann]\npassword_hash = 'x'", "unknown key user (did you mean users?) (known: "
+                                        "projects, queues, schedules, server, users)"),
     ("[server]\nusers = []", "unknown key server.users"),
     ("[server]\nport = '7400'", "server.port: must be a whole number, got '7400'"),
     ("[server]\nport = true", "server.port: must be a whole number"),
@@ -223,7 +234,8 @@ command = ["{sys.executable}", "-c", "import sys; print('hello', sys.argv[1])", 
 variables = ["name"]
 
 [projects.touch]
-command = ["{sys.executable}", "-c", "import sys; open(sys.argv[1], 'w')", "{{output_dir}}/{{name}}"]
+command = ["{sys.executable}", "-c", "import sys; open(sys.argv[1], 'w')",
+           "{{output_dir}}/{{name}}"]
 output_dir = "out"
 [projects.touch.variables.name]
 kind = "name"
@@ -245,8 +257,9 @@ def test_serve_with_a_config_file_runs_program_projects(tmp_path):
             with pytest.raises(ReplyError) as caught:
                 await client.submit("greet", {"name": "x", "shell": "y"})
             assert caught.value.code == 5007
-            for value, why in [("../../x", "is not a plain file name (kind \"name\"): it holds '/'"),
-                               ("x1", "does not match its pattern [a-z]+")]:
+            for value, why in [
+                    ("../../x", "is not a plain file name (kind \"name\"): it holds '/'"),
+                    ("x1", "does not match its pattern [a-z]+")]:
                 with pytest.raises(ReplyError) as caught:
                     await client.submit("touch", {"name": value})
                 assert (caught.value.code, caught.value.text) == (

@@ -22,10 +22,10 @@ async def test_submit_with_queue_priority_and_due_time(make_server):
     later = await client.submit("echo", queue="reports", priority=8, run_at=due, monitor=False)
     status = await client.status(later.transaction_id)
     assert (status.status, status.queue, status.priority, status.due, status.schedule) == (
-        JobState.CREATED, "reports", 8, dt.datetime(2026, 1, 1, 1, tzinfo=dt.timezone.utc), None)
+        JobState.CREATED, "reports", 8, dt.datetime(2026, 1, 1, 1, tzinfo=dt.UTC), None)
     delayed = await client.submit("echo", delay_s=1.5, monitor=False)
     assert (await client.status(delayed.transaction_id)).due == dt.datetime(
-        2026, 1, 1, 0, 0, 1, tzinfo=dt.timezone.utc)  # (shown to the second)
+        2026, 1, 1, 0, 0, 1, tzinfo=dt.UTC)  # (shown to the second)
     assert await client.queues() == [QueueInfo("default", 0, 0, 8, False, 1),
                                      QueueInfo("reports", 0, 0, 2, False, 1)]
     clock.advance(2)
@@ -62,7 +62,7 @@ async def test_a_due_time_needs_a_time_zone():
     with pytest.raises(ValueError, match="run_at must have a time zone"):
         await client.submit("echo", run_at=dt.datetime(2026, 1, 1))
     with pytest.raises(ValueError, match="give run_at or delay_s, not both"):
-        await client.submit("echo", run_at=dt.datetime.now(dt.timezone.utc), delay_s=1)
+        await client.submit("echo", run_at=dt.datetime.now(dt.UTC), delay_s=1)
 
 
 async def test_the_sync_client_has_the_same_commands(make_server):

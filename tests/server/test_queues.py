@@ -116,7 +116,7 @@ async def test_max_running_stays_the_server_wide_cap(make_server):
     assert [state(server, t) for t in tids].count(JobState.PROCESSING) == 2
     assert await exchange(server.port, xml_packet("GetJobQueueLen")) == [
         "R0000000- Queued: 2", "R0000000: Running: 2"]
-    for n, tid in enumerate(tids):
+    for n in range(len(tids)):
         await release(f"k{n}")
     for tid in tids:
         await finished(server, tid)

@@ -10,7 +10,7 @@ import pytest
 from jobmonitor import JobState
 from jobmonitor.queueing import ScheduleSettings
 
-from ..conftest import finished, release
+from ..conftest import finished
 from ..support.clock import ManualClock
 from ..support.helpers import Session, exchange, submit, xml_packet
 
@@ -170,7 +170,7 @@ async def scheduled_jobs(server) -> list[tuple[str, str | None]]:
     await server.engine.schedules_settled()
     lines = await exchange(server.port, xml_packet("ListJobs", {"_sys_Filter": "all",
                                                                 "_sys_Format": "json"}))
-    return [(job["Id"], job["Due"]) for job in json.loads(lines[0][10:])
+    return [(job["Id"], job["Due"]) for job in json.loads(lines[0][10:])["Jobs"]
             if job["Schedule"] == "tick"]
 
 
@@ -250,7 +250,8 @@ async def test_a_schedule_of_an_unknown_project_is_a_start_up_error(make_server,
     from jobmonitor import ConfigError
 
     bad = (ScheduleSettings("typo", "0 * * * *", "no-such-project"),)
-    with pytest.raises(ConfigError, match="schedules.typo.project: no project 'no-such-project'"):
+    with pytest.raises(ConfigError,
+                       match=r"schedules\.typo\.project: no project 'no-such-project'"):
         await make_server(clock=clock, schedules=bad)
 
 

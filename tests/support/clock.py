@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 
 class _Timer:
-    def __init__(self, clock: "ManualClock", when: float, callback: Callable[[], None]) -> None:
+    def __init__(self, clock: ManualClock, when: float, callback: Callable[[], None]) -> None:
         self.when, self.callback, self.cancelled = when, callback, False
         self._clock = clock
 
@@ -53,5 +53,5 @@ class ManualClock:
 
     def iso(self, offset_s: float = 0) -> str:
         """The time ``offset_s`` from now, as ``_sys_RunAt`` takes it."""
-        when = dt.datetime.fromtimestamp(self.now + offset_s, dt.timezone.utc)
+        when = dt.datetime.fromtimestamp(self.now + offset_s, dt.UTC)
         return when.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -34,17 +34,17 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from ...wire.records import HistoryEvent, JobRecord, Output
+from ...wire.records import HistoryEvent, JobRecord, Output, parse_transaction_id
 from ...wire.states import JobState, Outcome
 from ..base import TaskEvent
 
 __all__ = ["SCHEMA", "JOB_COLUMNS", "UNFINISHED", "FINAL", "MAX_VARIABLES", "STATEMENT_CACHE",
            "UPDATE_HEAD", "UPDATE_GROUP", "UPDATE_TAIL", "transaction", "insert_rows", "shaped",
            "last_number", "transaction_id_of", "number_of", "job_row", "job_update",
-           "job_record", "encode_json", "select_records", "recent_events", "find_token",
-           "read_lines", "finished_before_numbers", "delete_numbers", "undecodable_jobs",
-           "ADDED_COLUMNS", "SCHEDULE_MARK_HEAD", "SCHEDULE_MARK_TAIL", "upgrade_schema",
-           "schedule_marks_of", "stored_schedule_marks"]
+           "job_record", "encode_json", "select_records", "list_page", "recent_events",
+           "find_token", "read_lines", "finished_before_numbers", "delete_numbers",
+           "undecodable_jobs", "ADDED_COLUMNS", "SCHEDULE_MARK_HEAD",
+           "SCHEDULE_MARK_TAIL", "upgrade_schema", "schedule_marks_of", "stored_schedule_marks"]
 
 T = TypeVar("T")
 
@@ -226,7 +226,8 @@ def transaction_id_of(number: int) -> str:
 
 
 def number_of(transaction_id: str) -> int | None:
-    if len(transaction_id) == 8 and transaction_id[0] == "T" and transaction_id[1:].isdigit():
+    """The number of a transaction ID as the engine spells it ("T0000042"), or None."""
+    if transaction_id[:1] == "T" and parse_transaction_id(transaction_id) == transaction_id:
         return int(transaction_id[1:])
     return None
 
@@ -278,11 +279,14 @@ def job_record(row: tuple[Any, ...]) -> JobRecord:
     (number, project, params, doc_variables, identity, job_token, status, outcome, done, total,
      progress_message, status_message, worker, created, started, updated, completed, estimated,
      line_count, queue, priority, run_at, schedule) = row
+    # (A listing makes a thousand of these at a time: the usual empty doc
+    # variables are not decoded.)
     return JobRecord(
-        transaction_id=transaction_id_of(number), project=project,
+        transaction_id=f"T{number:07d}", project=project,
         params=_string_map(params, "params"),
-        doc_variables=_string_map(doc_variables, "doc_variables"), identity=identity,
-        job_token=job_token, status=JobState(status),
+        doc_variables=(_string_map(doc_variables, "doc_variables")
+                       if doc_variables != "{}" else {}),
+        identity=identity, job_token=job_token, status=JobState(status),
         outcome=Outcome(outcome) if outcome else None,
         progress_done=done, progress_total=total, progress_message=progress_message,
         status_message=status_message, worker=worker, created=created, started=started,
@@ -292,7 +296,7 @@ def job_record(row: tuple[Any, ...]) -> JobRecord:
 
 def _refuse(row: tuple[Any, ...], types: tuple[Any, ...], names: Sequence[str]) -> None:
     """Raise a ValueError that names the first value of ``row`` not of its type."""
-    for name, value, kind in zip(names, row, types):
+    for name, value, kind in zip(names, row, types, strict=True):
         if not isinstance(value, kind):
             what = "text that is not UTF-8" if type(value) is bytes else type(value).__name__
             raise ValueError(f"{name} holds {what}")
@@ -346,11 +350,7 @@ def select_records(db: sqlite3.Connection, where: str, args: Sequence[Any],
         try:
             records.append(_whole_record(db, row))
         except ValueError as exc:
-            if reported is None or row[0] not in reported:
-                log.error("job %s is damaged in the database and left out: %s",
-                          transaction_id_of(row[0]), exc)
-                if reported is not None:
-                    reported.add(row[0])
+            _report_damage(row[0], exc, reported)
     return records
 
 
@@ -384,6 +384,49 @@ def undecodable_jobs(db: sqlite3.Connection) -> list[str]:
         except ValueError as exc:
             found.append(f"job {transaction_id_of(row[0])} does not decode: {exc}")
     return found
+
+
+def list_page(db: sqlite3.Connection, identity: str | None, after: int, limit: int,
+              reported: set[int] | None = None) -> list[JobRecord]:
+    """Up to ``limit`` jobs numbered above ``after`` (only ``identity``'s, if given),
+    in number order, with their outputs but not their history: a page of a listing.
+    A job that does not decode is logged (once, as ``select_records`` does) and
+    left out; the page may then hold fewer than ``limit``, and the caller's
+    cursor still moves past it.
+
+    Keyset paging: each page starts where the last one ended, by the primary key,
+    so a page costs the same wherever it is; the caller holds a read transaction,
+    so the outputs read match the jobs.
+    """
+    where = "number > ?"
+    args: list[Any] = [after]
+    if identity is not None:
+        where += " AND identity = ?"
+        args.append(identity)
+    page = f"FROM jobs WHERE {where} ORDER BY number LIMIT ?"
+    records = []
+    for row in _fetch(db, f"SELECT {JOB_COLUMNS} {page}", (*args, limit)):
+        try:
+            records.append(job_record(row))
+        except ValueError as exc:
+            _report_damage(row[0], exc, reported)
+    if records:
+        by_number = {record.number: record for record in records}
+        for number, *output in _fetch(
+                db, f"SELECT number, name, uri, media_type FROM outputs WHERE number IN "
+                    f"(SELECT number {page}) ORDER BY number, seq", (*args, limit)):
+            record = by_number.get(number)
+            if record is not None and all(map(isinstance, output, _OUTPUT_TYPES)):
+                record.outputs.append(Output(*output))
+    return records
+
+
+def _report_damage(number: int, exc: ValueError, reported: set[int] | None) -> None:
+    if reported is None or number not in reported:
+        log.error("job %s is damaged in the database and left out: %s",
+                  transaction_id_of(number), exc)
+        if reported is not None:
+            reported.add(number)
 
 
 def recent_events(db: sqlite3.Connection, limit: int) -> list[TaskEvent]:
