@@ -8,7 +8,8 @@ Layers, from the bottom; each imports only those below it (and itself):
 * ``wire/``: the protocol's bytes and values (codes, lines, packets, states,
   records, the status formats), sans-I/O; ``errors``: the exception tree;
 * ``client/``: the Python client, on the wire layer alone;
-* ``users``, ``config``: the server's settings, one frozen ``Config``;
+* ``users``, ``queueing``, ``config``: the server's settings, one frozen ``Config``
+  (``queueing``: its queues and recurring schedules);
 * ``store/``: persistence (the interface, memory, ``sqlite/``);
 * ``engine/``: running jobs and recording what they say;
 * ``programs/``: program jobs, handlers built on the engine;

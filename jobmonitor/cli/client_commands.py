@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar, cast
 from ..errors import ProtocolError, ReplyError
 from ..wire import DEFAULT_PORT
 from ..wire.codes import Reply
-from ..wire.variables import AFTER, FILTER, FORMAT, TRANSACTION_ID, USER_TOKEN
+from ..wire.variables import AFTER, FILTER, FORMAT, QUEUE_NAME, TRANSACTION_ID, USER_TOKEN
 from .output import (
     EXIT_CODES,
     JsonPrinter,
@@ -45,6 +45,7 @@ from .output import (
 )
 
 if TYPE_CHECKING:
+    import datetime as dt
     import ssl
 
     from ..client import Client, JobStatus, Reattach, Transaction
@@ -139,6 +140,7 @@ def add_client_commands(commands: Any) -> None:
     add("log", _log, "show the server's recent task log (administrators)")
     add("restart-server", _restart_server,
         "restart the job engine and reload its job modules (administrators)")
+    _add_queue_commands(add)
 
 
 def _one_line_error(parser: argparse.ArgumentParser) -> Callable[[str], NoReturn]:
@@ -176,6 +178,30 @@ def _add_submit(add: Adder) -> None:
     submit.add_argument("--job-token", help="a key of your own: submitting it again "
                                             "returns the same job")
     submit.add_argument("--json", action="store_true", help="one JSON object per line")
+    submit.add_argument("--queue", metavar="NAME", help="the queue it waits in (default: "
+                                                       "its project's, else 'default')")
+    submit.add_argument("--priority", type=_priority, metavar="N",
+                        help="1 to 9, higher first (default 5)")
+    due = submit.add_mutually_exclusive_group()
+    due.add_argument("--at", type=_due_time, metavar="TIME", dest="run_at",
+                     help="run it at this ISO 8601 time with a time zone, e.g. "
+                          "2026-12-24T06:00:00Z (until then it is Created)")
+    due.add_argument("--delay", type=_seconds, metavar="SECONDS", dest="delay_s",
+                     help="run it this many seconds from now")
+
+
+def _add_queue_commands(add: Adder) -> None:
+    queues = add("queues", _queues, "list the queues: jobs waiting, running and scheduled")
+    queues.add_argument("--json", action="store_true", help="print the server's JSON list")
+    for name, text in (("pause-queue", "start no more jobs of a queue (administrators)"),
+                       ("resume-queue", "start jobs of a paused queue again (administrators)")):
+        add(name, _queue_control(name), text).add_argument(
+            "queue", metavar="NAME")
+    rerun = add("rerun", _rerun, "run a finished job again as a new job, and stream it")
+    rerun.add_argument("transaction_id", metavar="TX")
+    rerun.add_argument("--no-monitor", dest="monitor", action="store_false",
+                       help="print the new transaction ID and return at once")
+    rerun.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
 def _add_watch(add: Adder) -> None:
@@ -216,6 +242,36 @@ def _line_number(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a line number of 1 or more, got {text!r}")
     return int(text)
+
+
+def _priority(text: str) -> int:
+    if not (len(text) == 1 and "1" <= text <= "9"):
+        raise argparse.ArgumentTypeError(f"expected a priority 1 to 9, got {text!r}")
+    return int(text)
+
+
+def _due_time(text: str) -> dt.datetime:
+    import datetime as dt
+
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 time with a time zone, such "
+                                         f"as 2026-12-24T06:00:00Z, got {text!r}")
+    return when
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < 1e9:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds of 0 or more, "
+                                         f"got {text!r}")
+    return seconds
 
 
 def _assignment(text: str) -> tuple[str, str]:
@@ -380,14 +436,26 @@ def _printer(args: argparse.Namespace) -> StreamPrinter:
 async def _submit(client: Client, args: argparse.Namespace) -> int:
     transaction = await client.submit(
         args.project, dict(args.variables), job_name=args.job_name, monitor=args.monitor,
-        user_token=args.user_token, job_token=args.job_token)
+        user_token=args.user_token, job_token=args.job_token, queue=args.queue,
+        priority=args.priority, run_at=args.run_at, delay_s=args.delay_s)
+    return await _started(client, transaction, args, "submitted")
+
+
+async def _rerun(client: Client, args: argparse.Namespace) -> int:
+    transaction = await client.rerun(args.transaction_id, monitor=args.monitor)
+    return await _started(client, transaction, args, "rerun")
+
+
+async def _started(client: Client, transaction: Transaction, args: argparse.Namespace,
+                   event: str) -> int:
+    """A new job's ID (``--no-monitor``), or its stream to its end."""
     if not args.monitor:
         if args.json:
-            JsonPrinter(sys.stdout).begin(transaction.transaction_id, "submitted")
+            JsonPrinter(sys.stdout).begin(transaction.transaction_id, event)
         else:
             print(transaction.transaction_id, flush=True)
         return 0
-    return await _follow(client, transaction, _printer(args), "submitted")
+    return await _follow(client, transaction, _printer(args), event)
 
 
 async def _watch(client: Client, args: argparse.Namespace) -> int:
@@ -528,6 +596,33 @@ def _queue(endpoint: Endpoint, args: argparse.Namespace) -> int:
     counts = queue_length_from_lines(endpoint.request("GetJobQueueLen"))
     _print_lines([f"Queued: {counts.queued}", f"Running: {counts.running}"])
     return 0
+
+
+def _queues(endpoint: Endpoint, args: argparse.Namespace) -> int:
+    lines = endpoint.request("ListQueues", {FORMAT: "json"})
+    if args.json:
+        _print_lines(lines)
+        return 0
+    from ..client.results import load_json, queues_from_json
+
+    queues = queues_from_json(load_json("\n".join(lines)))
+    _print_lines(table(("QUEUE", "WAITING", "RUNNING", "MAX RUNNING", "PAUSED", "SCHEDULED"), [
+        (q.name, str(q.waiting), str(q.running), str(q.max_running),
+         "yes" if q.paused else "no", str(q.scheduled)) for q in queues]))
+    return 0
+
+
+#: The command each queue control command sends.
+_QUEUE_CONTROLS = {"pause-queue": "PauseQueue", "resume-queue": "ResumeQueue"}
+
+
+def _queue_control(name: str) -> Action:
+    def control(endpoint: Endpoint, args: argparse.Namespace) -> int:
+        _print_lines(["\n".join(endpoint.request(_QUEUE_CONTROLS[name],
+                                                 {QUEUE_NAME: args.queue}))])
+        return 0
+
+    return control
 
 
 def _log(endpoint: Endpoint, args: argparse.Namespace) -> int:

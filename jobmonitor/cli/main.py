@@ -121,6 +121,9 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         if field.type == "tuple[str, ...]":
             parser.add_argument(flag, dest=field.name, action="append", metavar="SPEC",
                                 help=help_text)
+        elif field.type == "bool" and field.default:  # on unless --no-...
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
         elif field.type == "bool":
             parser.add_argument(flag, dest=field.name, action="store_const", const=True,
                                 help=help_text)

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
         JobStatus,
         Output,
         Progress,
+        QueueInfo,
         QueueLength,
         Reattach,
         StreamLine,
@@ -58,8 +59,8 @@ if TYPE_CHECKING:
 _LAZY = {
     **dict.fromkeys(("Client", "connect"), ".api"),
     **dict.fromkeys(("Acknowledged", "HistoryEntry", "JobInfo", "JobList", "JobResult",
-                     "JobStatus", "Output", "Progress", "QueueLength", "Reattach", "StreamLine",
-                     "TaskLogEntry"), ".results"),
+                     "JobStatus", "Output", "Progress", "QueueInfo", "QueueLength", "Reattach",
+                     "StreamLine", "TaskLogEntry"), ".results"),
     **dict.fromkeys(("SyncClient", "SyncTransaction"), ".sync"),
     "Transaction": ".transaction",
 }
@@ -81,6 +82,7 @@ __all__ = [
     "HistoryEntry",
     "Acknowledged",
     "QueueLength",
+    "QueueInfo",
     "TaskLogEntry",
     "JobState",
     "Outcome",

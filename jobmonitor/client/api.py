@@ -8,6 +8,7 @@ a ``Transaction`` keeps one open while it follows a job's stream.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import re
 import ssl
 import weakref
@@ -19,6 +20,7 @@ from ..wire import DEFAULT_PORT
 from ..wire.variables import (
     AFTER,
     CLIENT_JOB_MONITOR,
+    DELAY_SECONDS,
     FILTER,
     FORMAT,
     FROM_LINE,
@@ -26,7 +28,10 @@ from ..wire.variables import (
     JOB_TOKEN,
     LIMIT,
     PASSWORD,
+    PRIORITY,
     PROJECT_NAME,
+    QUEUE_NAME,
+    RUN_AT,
     TRANSACTION_ID,
     USER,
     USER_TOKEN,
@@ -38,6 +43,7 @@ from .results import (
     JobList,
     JobStatus,
     Output,
+    QueueInfo,
     QueueLength,
     Reattach,
     TaskLogEntry,
@@ -47,6 +53,7 @@ from .results import (
     outputs_from_json,
     projects_from_lines,
     queue_length_from_lines,
+    queues_from_json,
     status_from_json,
     task_log_from_lines,
 )
@@ -150,19 +157,28 @@ class Client:
     async def submit(self, project: str, variables: Mapping[str, Value] | None = None, *,
                      job_name: str | None = None, monitor: bool = True,
                      user_token: str | None = None, job_token: str | None = None,
-                     doc_variables: Mapping[str, Value] | None = None) -> Transaction:
+                     doc_variables: Mapping[str, Value] | None = None,
+                     queue: str | None = None, priority: int | None = None,
+                     run_at: dt.datetime | None = None,
+                     delay_s: float | None = None) -> Transaction:
         """Submit a job of ``project`` with job ``variables``; return its handle.
 
         With ``monitor`` the handle follows the stream on the submit's own
         connection; without it, the handle attaches (``MonitorJob``) only if
         it is iterated or asked for its result.  Submitting again with the
         same ``user_token`` and ``job_token`` returns the existing job.
+        ``queue`` and ``priority`` (1 to 9, higher first; the server's default
+        is 5) say where it waits; ``run_at`` (a timezone-aware datetime) or
+        ``delay_s`` when it is due: until then it is ``Created``.
 
         Raises:
-            ReplyError, OSError, ProtocolError: see the class.
+            ValueError: ``run_at`` has no time zone, or both ``run_at`` and
+            ``delay_s`` are given.
+            ReplyError: ``R0005007`` for a value the server refuses; and see the class.
         """
         packet = {**(variables or {}), PROJECT_NAME: project,
-                  CLIENT_JOB_MONITOR: "true" if monitor else "false"}
+                  CLIENT_JOB_MONITOR: "true" if monitor else "false",
+                  **_placement(queue, priority, run_at, delay_s)}
         if job_name is not None:
             packet[JOB_NAME] = job_name
         user_token = user_token if user_token is not None else self.user_token
@@ -180,6 +196,27 @@ class Client:
             await close_quietly(writer)
             return self._track(Transaction(self, transaction_id))
         return self._track(Transaction(self, transaction_id, reader, writer))
+
+    async def rerun(self, transaction_id: str, *, monitor: bool = True) -> Transaction:
+        """Run a finished job again (``RerunJob``): a new job with its project,
+        variables, queue and priority; return the new job's handle (following
+        its stream with ``monitor``, as ``submit`` does).
+
+        Raises:
+            ReplyError: ``R0005010`` while the job has not ended; and see the class.
+        """
+        packet = {TRANSACTION_ID: transaction_id,
+                  CLIENT_JOB_MONITOR: "true" if monitor else "false"}
+        reader, writer = await self._open("RerunJob", packet)
+        try:
+            new = _transaction_id(await read_reply(reader, self.reply_timeout_s))
+        except BaseException:
+            await close_quietly(writer)
+            raise
+        if not monitor:
+            await close_quietly(writer)
+            return self._track(Transaction(self, new))
+        return self._track(Transaction(self, new, reader, writer))
 
     async def watch(self, transaction_id: str, from_line: int = 1) -> Transaction:
         """Follow a job's stream from line ``from_line`` (1 is its first line).
@@ -327,6 +364,32 @@ class Client:
         """
         return queue_length_from_lines(await self.request("GetJobQueueLen"))
 
+    async def queues(self) -> list[QueueInfo]:
+        """Every queue, by name (``ListQueues``).
+
+        Raises:
+            ReplyError, OSError, ProtocolError: see the class.
+        """
+        return queues_from_json(await self._request_json("ListQueues", {}))
+
+    async def pause_queue(self, name: str) -> str:
+        """Start no more jobs of queue ``name`` until ``resume_queue`` (``PauseQueue``;
+        its running jobs go on); return the reply's text.
+
+        Raises:
+            ReplyError: ``R0005013`` for a user who is not an admin, ``R0005007``
+            for a queue the server does not allow; and see the class.
+        """
+        return "\n".join(await self.request("PauseQueue", {QUEUE_NAME: name}))
+
+    async def resume_queue(self, name: str) -> str:
+        """Start jobs of queue ``name`` again (``ResumeQueue``); return the reply's text.
+
+        Raises:
+            ReplyError: as ``pause_queue``; and see the class.
+        """
+        return "\n".join(await self.request("ResumeQueue", {QUEUE_NAME: name}))
+
     async def task_log(self) -> list[TaskLogEntry]:
         """The server's recent task log, oldest first (``GetTaskLog``): the last
         ``wire.variables.TASK_LOG_SIZE`` (200) jobs queued, started, suspended,
@@ -379,6 +442,25 @@ class Client:
     def _track(self, transaction: Transaction) -> Transaction:
         self._transactions.add(transaction)
         return transaction
+
+
+def _placement(queue: str | None, priority: int | None, run_at: dt.datetime | None,
+               delay_s: float | None) -> dict[str, str]:
+    """The submit variables of a job's queue, priority and due time."""
+    if run_at is not None and delay_s is not None:
+        raise ValueError("give run_at or delay_s, not both")
+    placement = {}
+    if queue is not None:
+        placement[QUEUE_NAME] = queue
+    if priority is not None:
+        placement[PRIORITY] = str(priority)
+    if run_at is not None:
+        if run_at.tzinfo is None:
+            raise ValueError("run_at must have a time zone (e.g. datetime.timezone.utc)")
+        placement[RUN_AT] = run_at.isoformat()
+    if delay_s is not None:
+        placement[DELAY_SECONDS] = f"{delay_s:.6f}".rstrip("0").rstrip(".")
+    return placement
 
 
 def _transaction_id(lines: list[str]) -> str:

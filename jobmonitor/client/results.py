@@ -32,8 +32,10 @@ __all__ = [
     "JobList",
     "Acknowledged",
     "QueueLength",
+    "QueueInfo",
     "TaskLogEntry",
     "status_from_json",
+    "queues_from_json",
     "info_from_json",
     "job_page_from_json",
     "outputs_from_json",
@@ -164,6 +166,9 @@ class JobStatus:
     ``status`` is None when the server reports a state this client does not
     know (``Unknown``).  Times are timezone-aware UTC datetimes, or None;
     ``estimated`` is the job's own estimate of when it will complete.
+    ``queue`` and ``priority`` say where it waits; ``due`` is when it is due
+    (a job whose time has not come is ``Created``); ``schedule`` names the
+    recurring schedule that made it.
     """
 
     transaction_id: str
@@ -183,6 +188,10 @@ class JobStatus:
     parameters: Mapping[str, str]
     poll_after_s: float
     lines: int
+    queue: str = "default"
+    priority: int = 5
+    due: dt.datetime | None = None
+    schedule: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -232,6 +241,19 @@ class QueueLength:
 
     queued: int
     running: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    """One queue, as ``ListQueues`` reports it: jobs waiting and running, its
+    ``max_running``, whether it is paused, and its jobs not due yet."""
+
+    name: str
+    waiting: int
+    running: int
+    max_running: int
+    paused: bool
+    scheduled: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,9 +404,31 @@ def _status_fields(data: dict[str, Any]) -> dict[str, Any]:
             "parameters": MappingProxyType(split_parameters(str(data.get("Parameters") or ""))),
             "poll_after_s": float(data.get("PollAfter") or 0),
             "lines": int(data.get("Lines") or 0),
+            "queue": str(data.get("Queue") or "default"),
+            "priority": int(data.get("Priority") or 5),
+            "due": _time(data.get("Due")),
+            "schedule": None if data.get("Schedule") is None else str(data["Schedule"]),
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"bad job status object: {exc!r}") from None
+
+
+def queues_from_json(data: Any) -> list[QueueInfo]:
+    """Read ``ListQueues``'s JSON list.
+
+    Raises:
+        ProtocolError: not such a list.
+    """
+    queues = []
+    for item in _list(data):
+        item = _object(item)
+        try:
+            queues.append(QueueInfo(str(item["Name"]), int(item["Waiting"]),
+                                    int(item["Running"]), int(item["MaxRunning"]),
+                                    bool(item["Paused"]), int(item["Scheduled"])))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"bad queue object: {exc!r}") from None
+    return queues
 
 
 def _object(data: Any) -> dict[str, Any]:

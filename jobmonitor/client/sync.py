@@ -22,6 +22,7 @@ from .results import (
     JobResult,
     JobStatus,
     Output,
+    QueueInfo,
     QueueLength,
     StreamLine,
     TaskLogEntry,
@@ -98,6 +99,11 @@ class SyncClient:
         """See ``Client.watch``."""
         return SyncTransaction(self, self._run(self._client.watch(transaction_id, from_line)))
 
+    def rerun(self, transaction_id: str, *, monitor: bool = True) -> SyncTransaction:
+        """See ``Client.rerun``."""
+        return SyncTransaction(self, self._run(self._client.rerun(transaction_id,
+                                                                  monitor=monitor)))
+
     def status(self, transaction_id: str) -> JobStatus:
         """See ``Client.status``."""
         return self._run(self._client.status(transaction_id))
@@ -150,6 +156,18 @@ class SyncClient:
     def queue_length(self) -> QueueLength:
         """See ``Client.queue_length``."""
         return self._run(self._client.queue_length())
+
+    def queues(self) -> list[QueueInfo]:
+        """See ``Client.queues``."""
+        return self._run(self._client.queues())
+
+    def pause_queue(self, name: str) -> str:
+        """See ``Client.pause_queue``."""
+        return self._run(self._client.pause_queue(name))
+
+    def resume_queue(self, name: str) -> str:
+        """See ``Client.resume_queue``."""
+        return self._run(self._client.resume_queue(name))
 
     def task_log(self) -> list[TaskLogEntry]:
         """See ``Client.task_log``."""

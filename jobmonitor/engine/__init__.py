@@ -7,9 +7,12 @@ place a job's state changes), ``handlers`` (a registered project) and
 ``registry`` (the set of them an app or a config file fills), ``directory``
 (the table of live and stored jobs), ``run`` (one run of a job: cancel,
 suspend, time limit), ``time_limit`` (a run's clock, which stops while the job
-is suspended), ``runner`` (the queue and the running jobs) and ``engine``
-(what each command does to a job).
+is suspended), ``queues`` (the waiting lines, by queue and priority),
+``schedule`` (due times, recurring schedules and the clock they read),
+``runner`` (the waiting lines and the running jobs), ``engine`` (what each
+command does to a job) and ``placing`` (its part for queues, due times and
+reruns).
 
-Rule: imports the wire layer, ``errors``, ``config`` and the store; never a
+Rule: imports the wire layer, ``errors``, ``config``, ``queueing`` and the store; never a
 socket, the server, the app or anything above them.
 """

@@ -7,7 +7,11 @@ table), recovers the jobs a stopped server left unfinished, and stops and
 restarts the runner.  A job the shutdown cancels says so
 (``CancelReason.SHUTDOWN``); a ``RestartServer`` or ``CancelJob`` does not.
 
-Live jobs (queued, running, suspended, and the finished ones a memory store keeps)
+A job may name its queue and priority (``queues``), and a due time: it then
+waits as ``Created`` in ``DueJobs`` until that time, and recurring schedules
+make jobs at theirs (``schedule``); ``rerun`` makes a new job like a finished one.
+
+Live jobs (scheduled, queued, running, suspended, and the finished ones a memory store keeps)
 are ``Job`` objects in the ``JobDirectory``; with a durable store a finished job leaves
 memory once it is stored, and lookups fall back to the store.
 """
@@ -32,7 +36,10 @@ from .directory import JobDirectory
 from .handlers import Handler
 from .job import Job
 from .lifecycle import CancelReason, can_transition
+from .placing import Placing
+from .queues import Placement
 from .runner import JobRunner
+from .schedule import Clock, DueJobs, Recurring, WallClock
 
 __all__ = ["Engine"]
 
@@ -43,11 +50,15 @@ MAX_TRANSACTION_NUMBER = 9_999_999
 PURGE_INTERVAL_S = 3600.0
 
 
-class Engine:
+class Engine(Placing):
     """One server's jobs: what the commands do to them, and their life across starts
-    and stops (the ``JobRunner`` runs them)."""
+    and stops (the ``JobRunner`` runs them; ``Placing`` holds the parts for
+    queues, due times, schedules and reruns)."""
 
-    def __init__(self, handlers: Mapping[str, Handler], config: Config, store: Store) -> None:
+    def __init__(self, handlers: Mapping[str, Handler], config: Config, store: Store, *,
+                 clock: Clock | None = None) -> None:
+        """``clock``: what due times and schedules read the time from (default: the
+        system's; a test passes one it moves by hand)."""
         self._config = config
         self._store = store
         #: Every job by transaction ID (and client key), live or stored.
@@ -58,6 +69,10 @@ class Engine:
         self._on_change = store.changed if store.durable else None
         self._on_event = self.jobs.log_event
         self._runner = JobRunner(handlers, config, self.jobs, durable=store.durable)
+        self.clock: Clock = clock or WallClock()
+        #: Jobs waiting for their due time (``Created``), and the recurring schedules.
+        self._due = DueJobs(self.clock, self._now_due)
+        self._schedules = Recurring(self.clock, self._make_scheduled)
         #: Jobs whose first commit is under way: what a same-token submit awaits.
         self._adding: dict[str, list[asyncio.Future[None]] | None] = {}
         self._last_number = 0
@@ -78,6 +93,8 @@ class Engine:
         for record in recovery.unfinished:
             self._recover(record)
         self._accepting = self._runner.starting = self._runner.retrying = True
+        self._due.start()  # (what fell due while the server was down is queued now)
+        self._schedules.start(self._config.schedules, recovery.schedule_marks)
         if self._config.keep_days > 0:
             self._purger = asyncio.get_running_loop().create_task(self._purge_loop())
         self._runner.start_ready()
@@ -93,6 +110,8 @@ class Engine:
         The jobs it cancels end with ``J0005004`` before ``J0000023``.
         """
         self._accepting = self._runner.retrying = False
+        self._schedules.stop()
+        self._due.stop()
         if self._purger is not None:
             self._purger.cancel()
         self._notify_live(f"Server stopping: running jobs have {grace_s:g} s to finish")
@@ -127,6 +146,7 @@ class Engine:
         name stay as they were opened)."""
         self._config = config
         self._runner.configure(config)
+        self._schedules.configure(config.schedules)
         purging = self._purger is not None and not self._purger.done()
         if config.keep_days > 0 and not purging and self._accepting:
             self._purger = asyncio.get_running_loop().create_task(self._purge_loop())
@@ -174,15 +194,19 @@ class Engine:
 
     async def submit(self, project: str, params: Mapping[str, str],
                      doc_variables: Mapping[str, str], *, identity: str = "anonymous",
-                     job_token: str | None = None) -> tuple[str, Job | None]:
+                     job_token: str | None = None,
+                     placement: Placement | None = None) -> tuple[str, Job | None]:
         """Create, store and queue (or start) a job; return its transaction ID and
         the live job (None for an earlier, finished job with the same token).
+        ``placement``: its queue, priority and due time (a job due later waits as
+        ``Created``).
 
         Raises:
             RequestError: UNKNOWN_PROJECT; whatever the handler's ``check`` raises;
-            SERVER_BUSY while shutting down, when the queue is full, or when
-            transaction numbers are exhausted; StoreUnavailable (SERVER_BUSY) when
-            the store cannot write the job (no job is left behind).
+            INVALID_VALUE for a queue the server does not allow; SERVER_BUSY while
+            shutting down, when the queue is full, or when transaction numbers are
+            exhausted; StoreUnavailable (SERVER_BUSY) when the store cannot write
+            the job (no job is left behind).
         """
         if job_token:
             earlier = await self.jobs.earlier(identity, job_token)
@@ -195,25 +219,45 @@ class Engine:
             raise RequestError(Reply.UNKNOWN_PROJECT, clip(project, 80))
         if handler.check is not None:
             handler.check(params)
-        if not self._accepting:
-            raise RequestError(Reply.SERVER_BUSY, "the server is shutting down")
-        limit = self._config.max_queued_jobs
-        if limit and self.queued_count >= limit:
-            raise RequestError(Reply.SERVER_BUSY, f"{limit} jobs are already waiting")
+        queue = self._queue_for(placement.queue if placement else None, handler)
+        self._admit()
         now = time.time()
         record = JobRecord(self._next_transaction_id(), project, dict(params),
                            dict(doc_variables), identity=identity, job_token=job_token or None,
                            worker=self.machine_name, created=now)
-        lifecycle.queue(record, now)
+        record.queue = queue
+        more_lines = self._placed(record, placement, now)
+        return record.transaction_id, await self._accept(record, *more_lines)
+
+    def _admit(self) -> None:
+        """Refuse a new job while stopping, or when too many jobs wait.
+
+        Raises:
+            RequestError: SERVER_BUSY.
+        """
+        if not self._accepting:
+            raise RequestError(Reply.SERVER_BUSY, "the server is shutting down")
+        limit = self._config.max_queued_jobs
+        # (jobs not due yet count too: each is held in memory all the same)
+        if limit and self.queued_count + len(self._due) >= limit:
+            raise RequestError(Reply.SERVER_BUSY, f"{limit} jobs are already waiting")
+
+    async def _accept(self, record: JobRecord, *more_lines: bytes) -> Job:
+        """Make a new job of ``record``, store it, and queue it (or hold it until due)."""
         job = self._adopt(record)
         job.stream.seed(self._machine_line)
+        for line in more_lines:
+            job.stream.seed(line)
         if self._store.durable:  # a store that keeps nothing has nothing to wait for
             await self._add(job)
-        self.jobs.log_event(job, record.history[0])
+        for event in record.history:
+            self.jobs.log_event(job, event)
         # Cancelled or suspended while it was being stored: not queued.
         if job.state is JobState.QUEUED:
             self._runner.enqueue(job)
-        return job.transaction_id, job
+        elif job.state is JobState.CREATED:
+            self._due.add(job)
+        return job
 
     async def _add(self, job: Job) -> None:
         """Store a new job; if that fails, forget it (its submit is refused).  A
@@ -251,6 +295,7 @@ class Engine:
             RequestError: INVALID_STATE when the job has already ended.
         """
         self._check(job, JobState.CANCELLED)
+        self._due.remove(job)
         self._runner.cancel(job, reason)
 
     def suspend(self, job: Job) -> str:
@@ -264,7 +309,8 @@ class Engine:
         """
         self._check(job, JobState.SUSPENDED)
         run = self._runner.run_of(job)
-        if run is None:  # queued, or still being stored
+        if run is None:  # queued, scheduled, or still being stored
+            self._due.remove(job)
             self._runner.withdraw(job)
             lifecycle.suspend(job)
         elif not run.suspend():
@@ -283,6 +329,10 @@ class Engine:
         run = self._runner.run_of(job)
         if run is not None:
             run.resume()
+        elif job.record.run_at is not None and job.record.run_at > self.clock.time():
+            lifecycle.resume(job, running=False, waiting=True)  # (not due yet: waits again)
+            if job.transaction_id not in self._adding:
+                self._due.add(job)
         else:
             lifecycle.resume(job, running=False)
             if job.transaction_id not in self._adding:  # else its submit queues it
@@ -338,6 +388,12 @@ class Engine:
         elif not was_running:
             if record.status is JobState.QUEUED:
                 self._runner.queue_recovered(job, handler)
+            elif record.status is JobState.CREATED:  # (queued by start() if due by now)
+                if record.run_at is None:
+                    lifecycle.fall_due(job)
+                    self._runner.append(job)
+                else:
+                    self._due.add(job)
         elif handler.retry_on_restart:
             lifecycle.interrupt(job)
             lifecycle.requeue(job)

@@ -41,6 +41,8 @@ class Handler:
     #: The error line of a job stopped for ``timeout_s``, made from the job;
     #: None: ``Job timed out after N s``.
     timeout_reason: TimeoutReason | None = None
+    #: The queue of its jobs that name none (None: ``default``).
+    queue: str | None = None
 
     #: True for an ``async def`` handler (run on the loop), False for a plain
     #: function (run in a thread); asked once per job, so worked out once here.

@@ -12,14 +12,18 @@ from __future__ import annotations
 from ..wire.records import HistoryEvent, JobRecord
 from ..wire.states import Outcome
 
-__all__ = ["JOB_STAGE", "QUEUED_EVENT", "START_EVENT", "SUSPEND_EVENT", "RESUME_EVENT",
-           "RETRY_EVENT", "REQUEUE_EVENT", "ESTIMATE_EVENT", "FINISH_EVENTS",
-           "count_events", "last_job_event"]
+__all__ = ["JOB_STAGE", "QUEUED_EVENT", "SCHEDULED_EVENT", "RERUN_EVENT", "START_EVENT",
+           "SUSPEND_EVENT", "RESUME_EVENT", "RETRY_EVENT", "REQUEUE_EVENT", "ESTIMATE_EVENT",
+           "FINISH_EVENTS", "count_events", "last_job_event"]
 
 #: The stage of the events the server records about the job itself.
 JOB_STAGE = "job"
 #: A new job waits for a slot.
 QUEUED_EVENT = "queued"
+#: A new job waits for its due time (the event's ``date``), ``Created`` until then.
+SCHEDULED_EVENT = "scheduled"
+#: A new job runs a finished one again (``RerunJob``; the event's ``info`` names it).
+RERUN_EVENT = "rerun"
 #: A run starts (each run has one).
 START_EVENT = "start"
 #: The job paused (at a checkpoint, at once in ``Job.pausable``) or left the queue.

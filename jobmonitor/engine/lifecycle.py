@@ -38,16 +38,19 @@ from .history import (
     JOB_STAGE,
     QUEUED_EVENT,
     REQUEUE_EVENT,
+    RERUN_EVENT,
     RESUME_EVENT,
     RETRY_EVENT,
+    SCHEDULED_EVENT,
     START_EVENT,
     SUSPEND_EVENT,
 )
 from .job import Job
 
 __all__ = ["Move", "MOVES", "TRANSITIONS", "IllegalTransition", "CancelReason", "SHUTDOWN_INFO",
-           "can_transition", "queue", "start", "suspend", "resume", "retry", "interrupt",
-           "requeue", "finish", "leave_to_recovery", "notice", "handler_raised"]
+           "can_transition", "queue", "schedule", "rerun_of", "fall_due", "start", "suspend",
+           "resume", "retry", "interrupt", "requeue", "finish", "leave_to_recovery", "notice",
+           "handler_raised"]
 
 
 class Move(enum.Enum):
@@ -58,6 +61,7 @@ class Move(enum.Enum):
     SUSPEND = "suspend"
     RESUME = "resume"
     RESUME_QUEUED = "resume to the queue"
+    RESUME_WAITING = "resume to wait for its time"
     RETRY = "retry"
     REQUEUE = "requeue"
     COMPLETE = "complete"
@@ -75,11 +79,13 @@ _ACTIVE = frozenset({_S.CREATED, _S.QUEUED, _S.PROCESSING, _S.SUSPENDED})
 #: restart); a job paused at once (``Job.pausable``) may still complete, its work
 #: having ended as the pause came, or fail and be queued to run again.
 MOVES: dict[Move, tuple[frozenset[JobState], JobState]] = {
-    Move.QUEUE: (frozenset({_S.CREATED}), _S.QUEUED),  # a new job
+    Move.QUEUE: (frozenset({_S.CREATED}), _S.QUEUED),  # a new job, or one now due
     Move.START: (frozenset({_S.QUEUED}), _S.PROCESSING),
-    Move.SUSPEND: (frozenset({_S.QUEUED, _S.PROCESSING}), _S.SUSPENDED),
+    # (a job waiting for its due time may be suspended too)
+    Move.SUSPEND: (frozenset({_S.CREATED, _S.QUEUED, _S.PROCESSING}), _S.SUSPENDED),
     Move.RESUME: (frozenset({_S.SUSPENDED}), _S.PROCESSING),  # its run was paused
     Move.RESUME_QUEUED: (frozenset({_S.SUSPENDED}), _S.QUEUED),  # it was not running
+    Move.RESUME_WAITING: (frozenset({_S.SUSPENDED}), _S.CREATED),  # not due yet: waits again
     Move.RETRY: (_RAN, _S.QUEUED),  # a failed run, for the handler's ``retries``
     Move.REQUEUE: (_RAN, _S.QUEUED),  # a run a server restart interrupted
     Move.COMPLETE: (_RAN, _S.COMPLETED),
@@ -138,14 +144,38 @@ def can_transition(current: JobState, new: JobState) -> bool:
 # -- the transitions -----------------------------------------------------------------
 
 
-def queue(record: JobRecord, now: float) -> None:
+def queue(record: JobRecord, now: float, date: float | None = None,
+          info: str | None = None) -> None:
     """A new job's first state at ``now``: queued, with its history's first
-    event.  Made on the record before the job has hooks (the engine logs the
-    event once the job is stored: a refused submit leaves nothing)."""
+    event (``date`` and ``info``: a recurring schedule's due time and name).
+    Made on the record before the job has hooks (the engine logs the event
+    once the job is stored: a refused submit leaves nothing)."""
     _check(record, Move.QUEUE)
     record.status = _S.QUEUED
     record.updated = now
-    record.history.append(_new_tuple(HistoryEvent, (JOB_STAGE, QUEUED_EVENT, now, None, None)))
+    record.history.append(_new_tuple(HistoryEvent, (JOB_STAGE, QUEUED_EVENT, now, date, info)))
+
+
+def schedule(record: JobRecord, now: float, due: float) -> None:
+    """A new job due later stays created until ``due``: its history's first
+    event is ``scheduled``, dated at the due time (made on the record, as ``queue``)."""
+    if record.status is not _S.CREATED:
+        raise IllegalTransition(record.transaction_id, Move.QUEUE, record.status)
+    record.updated = now
+    record.history.append(_new_tuple(HistoryEvent, (JOB_STAGE, SCHEDULED_EVENT, now, due, None)))
+
+
+def rerun_of(record: JobRecord, now: float, earlier: str) -> None:
+    """A new job that runs the finished job ``earlier`` again: a ``rerun`` event
+    naming it, then queued (made on the record, as ``queue``)."""
+    record.history.append(_new_tuple(HistoryEvent, (JOB_STAGE, RERUN_EVENT, now, None, earlier)))
+    queue(record, now)
+
+
+def fall_due(job: Job) -> None:
+    """A job waiting for its due time is due now: created -> queued."""
+    _check(job.record, Move.QUEUE)
+    _record_state(job, _S.QUEUED, QUEUED_EVENT)
 
 
 def start(job: Job) -> None:
@@ -162,10 +192,12 @@ def suspend(job: Job) -> None:
     job.stream.append(_SUSPENDED_LINE)
 
 
-def resume(job: Job, *, running: bool) -> None:
-    """A suspended job goes on (``running``: its run is paused) or back to the
-    queue: ``J0000131``."""
-    new = _check(job.record, Move.RESUME if running else Move.RESUME_QUEUED)
+def resume(job: Job, *, running: bool, waiting: bool = False) -> None:
+    """A suspended job goes on (``running``: its run is paused), back to the
+    queue, or (``waiting``: it is not due yet) back to wait for its time:
+    ``J0000131``."""
+    move = Move.RESUME if running else Move.RESUME_WAITING if waiting else Move.RESUME_QUEUED
+    new = _check(job.record, move)
     job.stream.append(_RESUMED_LINE)
     _record_state(job, new, RESUME_EVENT)
 

@@ -1,8 +1,10 @@
-"""Running jobs: at most ``max_running`` at once, in FIFO order, each to its end.
+"""Running jobs: at most ``max_running`` at once, by queue and priority, each to its end.
 
 The engine decides what a command does to a job; this module runs them.  A
-job waits in ``_queue`` (or in ``_delayed``, waiting out a retry's delay,
-then queued) until a slot is free.  There is no scheduler task: starting
+job waits in its queue's line in ``lines`` (``queues.WaitingLines``: by
+priority, then age; each queue with its own limit and pause), or in
+``_delayed``, waiting out a retry's delay, then queued, until a slot is
+free.  There is no scheduler task: starting
 happens whenever a job is queued or one ends (``start_ready``).  Each start
 makes a ``Run`` (``run``), which holds what that run is asked (cancel,
 suspend, its time limit) until its handler ends.  An async handler runs as a
@@ -15,7 +17,6 @@ again while its handler's ``retries`` allow.  Every job ends through
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import logging
 import threading
@@ -32,6 +33,7 @@ from .handlers import Handler
 from .history import RETRY_EVENT, last_job_event
 from .job import Job
 from .lifecycle import CancelReason
+from .queues import WaitingLines
 from .run import Run
 
 __all__ = ["JobRunner", "CANCEL_WAIT_S"]
@@ -57,7 +59,8 @@ class JobRunner:
         self._config = config
         self._jobs = jobs
         self._durable = durable
-        self._queue: collections.deque[Job] = collections.deque()
+        #: The queues' waiting lines (issue 20: was one FIFO deque).
+        self.lines = WaitingLines(config)
         #: Failed jobs waiting out their delay before they are queued to run again.
         self._delayed: dict[Job, asyncio.TimerHandle] = {}
         self._running: dict[Job, Run] = {}
@@ -77,6 +80,7 @@ class JobRunner:
         pool of as many threads (the old one's go on with the jobs they run)."""
         resized = config.max_running != self._config.max_running
         self._config = config
+        self.lines.configure(config)
         if resized and self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = self._new_executor()
@@ -91,7 +95,11 @@ class JobRunner:
     @property
     def queued_count(self) -> int:
         """Jobs waiting to run: in the queue, or waiting out a retry's delay."""
-        return len(self._queue) + len(self._delayed)
+        return self.lines.count + len(self._delayed)
+
+    def delayed_jobs(self) -> list[Job]:
+        """The jobs waiting out a retry's delay."""
+        return list(self._delayed)
 
     @property
     def running_count(self) -> int:
@@ -106,19 +114,18 @@ class JobRunner:
 
     def enqueue(self, job: Job) -> None:
         """Queue a job and start what can start."""
-        self._queue.append(job)
+        self.lines.push(job)
         self.start_ready()
 
     def append(self, job: Job) -> None:
         """Queue a job without starting anything (recovery, before the start)."""
-        self._queue.append(job)
+        self.lines.push(job)
 
     def withdraw(self, job: Job) -> None:
         """Take a job that is not running out of the queue, or out of its retry's
         delay (its timer, left running, would hold the job, and queue it early
         after a resume and another failure)."""
-        if job in self._queue:
-            self._queue.remove(job)
+        self.lines.remove(job)
         timer = self._delayed.pop(job, None)
         if timer is not None:
             timer.cancel()
@@ -133,7 +140,7 @@ class JobRunner:
             if left > 0:
                 self._delay(job, left)
                 return
-        self._queue.append(job)
+        self.lines.push(job)
 
     def clear_delays(self) -> None:
         """Stop every retry's timer (the server is stopping: a durable store keeps
@@ -150,18 +157,21 @@ class JobRunner:
         """A failed job's delay is over: queue it, unless it has left the wait
         (a cancel or a suspend stops the timer; see ``withdraw``)."""
         self._delayed.pop(job, None)
-        if job.state is JobState.QUEUED and job not in self._queue and job not in self._running:
+        if job.state is JobState.QUEUED and job not in self.lines and job not in self._running:
             self.enqueue(job)
 
     # -- running --------------------------------------------------------------------
 
     def start_ready(self) -> None:
         """Start queued jobs while slots are free (on the loop)."""
-        if not (self.starting and self._queue):
+        lines = self.lines
+        if not (self.starting and lines.count):
             return
         loop = asyncio.get_running_loop()
-        while self.starting and self._queue and len(self._running) < self._config.max_running:
-            job = self._queue.popleft()
+        while self.starting and lines.count and len(self._running) < self._config.max_running:
+            job = lines.pop_next()
+            if job is None:  # every queue with jobs waiting is paused or at its limit
+                break
             handler = self.handlers.get(job.project)
             if handler is None:  # gone with a RestartServer's reload
                 job.error(f"No handler for project {job.project!r} after the job modules "
@@ -170,6 +180,7 @@ class JobRunner:
                 continue
             lifecycle.start(job)
             run = self._running[job] = job.run = Run(job, handler, loop)
+            lines.started(job)
             run.started(loop.create_task(self._run(run)))
 
     async def _run(self, run: Run) -> None:
@@ -192,6 +203,7 @@ class JobRunner:
         finally:
             if self._running.get(job) is run:  # (else it was abandoned)
                 del self._running[job]
+                self.lines.stopped(job)
         outcome = run.end(outcome)
         if not (outcome is Outcome.FAILED and self._retry(run)):
             self._end(run, outcome)
@@ -235,7 +247,7 @@ class JobRunner:
             if delay:
                 self._delay(job, delay)
             else:
-                self._queue.append(job)
+                self.lines.push(job)
         # (else the server is stopping: the store keeps it queued, as it keeps the
         # jobs that were queued; their monitors re-attach after the restart)
         return True
@@ -304,6 +316,7 @@ class JobRunner:
             # its monitors still get their ending, and its thread is abandoned.
             log.warning("job %s did not stop when cancelled; abandoning it", job.transaction_id)
             del self._running[job]
+            self.lines.stopped(job)
             if run.thread is not None:
                 self._abandoned[run.thread] = job
             self._end(run, Outcome.CANCELLED)

@@ -100,6 +100,8 @@ class Program:
     retries: int = 0
     retry_delay_s: float = 0.0
     stderr: str = "error"
+    #: The queue of its jobs that name none (None: ``default``).
+    queue: str | None = None
     _rules: Mapping[str, Variable] = field(init=False, repr=False, compare=False)
     _templates: tuple[Template, ...] = field(init=False, repr=False, compare=False)
     _output_paths: tuple[OutputPath, ...] = field(init=False, repr=False, compare=False)
@@ -238,7 +240,7 @@ def add_programs(app: HandlerRegistry, programs: Iterable[Program]) -> None:
         app.add_job(program.project, _handler(program), check=program.check,
                     retry_on_restart=program.retry_on_restart, timeout_s=program.timeout_s,
                     timeout_reason=_timeout_reason(program), retries=program.retries,
-                    retry_delay_s=program.retry_delay_s)
+                    retry_delay_s=program.retry_delay_s, queue=program.queue)
 
 
 def _handler(program: Program) -> Callable[[Job], Awaitable[None]]:

@@ -58,6 +58,7 @@ from ..wire.variables import (
     required,
 )
 from .auth import Authenticator
+from .placement import placement_of, queue_name_of
 
 __all__ = ["Commands", "Caller", "Response"]
 
@@ -120,6 +121,11 @@ class Commands:
             "GetJobQueueLen": self.get_job_queue_len,
             "GetBuildString": self.get_build_string,
             "RestartServer": self.restart_server,
+            # (queues and reruns: issue 20)
+            "ListQueues": self.list_queues,
+            "PauseQueue": self.pause_queue,
+            "ResumeQueue": self.resume_queue,
+            "RerunJob": self.rerun_job,
         }
 
     @property
@@ -240,7 +246,8 @@ class Commands:
                   if not k.startswith(SYSTEM_PREFIX)}
         transaction_id, job = await self._engine.submit(
             project, params, packet.doc_variables, identity=caller.identity,
-            job_token=packet.variables.get(JOB_TOKEN, "").strip() or None)
+            job_token=packet.variables.get(JOB_TOKEN, "").strip() or None,
+            placement=placement_of(packet))
         if monitor and job is not None:
             self._check_monitors(transaction_id)
         return Response(transaction_id, transaction_id if monitor else None)
@@ -341,6 +348,39 @@ class Commands:
             raise RequestError(Reply.INTERNAL_ERROR,
                                f"reloading job modules failed: {exc}") from None
         return Response("Job engine restarted")
+
+    # -- queues and reruns ------------------------------------------------------------
+
+    async def list_queues(self, packet: Packet, caller: Caller) -> Response:
+        form = parse_choice(packet, FORMAT, ("text", "json"))
+        rows = self._engine.queue_rows()
+        if form == "json":
+            return Response(to_json([{"Name": r.name, "Waiting": r.waiting,
+                                      "Running": r.running, "MaxRunning": r.max_running,
+                                      "Paused": r.paused, "Scheduled": r.scheduled}
+                                     for r in rows]))
+        return Response("\n".join([f"{len(rows)} queues"] + [
+            "\t".join((cell(r.name), str(r.waiting), str(r.running), str(r.max_running),
+                       "true" if r.paused else "false", str(r.scheduled))) for r in rows]))
+
+    async def pause_queue(self, packet: Packet, caller: Caller) -> Response:
+        self._require_admin(caller, "PauseQueue")
+        name = queue_name_of(packet)
+        self._engine.pause_queue(name)
+        return Response(f"Queue {name} paused")
+
+    async def resume_queue(self, packet: Packet, caller: Caller) -> Response:
+        self._require_admin(caller, "ResumeQueue")
+        name = queue_name_of(packet)
+        self._engine.resume_queue(name)
+        return Response(f"Queue {name} resumed")
+
+    async def rerun_job(self, packet: Packet, caller: Caller) -> Response:
+        monitor = parse_bool(packet, CLIENT_JOB_MONITOR)
+        job = await self._engine.rerun(await self._transaction(packet, caller), caller.identity)
+        if monitor:
+            self._check_monitors(job.transaction_id)
+        return Response(job.transaction_id, job.transaction_id if monitor else None)
 
 
 async def _rendered(records: list[JobRecord], next_after: str | None, form: str) -> str:

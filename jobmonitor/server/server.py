@@ -23,6 +23,7 @@ from ..config import Config
 from ..engine.engine import Engine
 from ..engine.handlers import Handler
 from ..engine.job import Job
+from ..engine.schedule import Clock, check_queue_names
 from ..errors import ConfigError
 from ..store import open_store
 from .auth import Authenticator
@@ -43,8 +44,8 @@ class Server:
     """A jobmonitor server bound to a host and port."""
 
     def __init__(self, handlers: Mapping[str, Handler], config: Config, *,
-                 reload: Callable[[], Reloaded | Mapping[str, Handler]] | None = None
-                 ) -> None:
+                 reload: Callable[[], Reloaded | Mapping[str, Handler]] | None = None,
+                 clock: Clock | None = None) -> None:
         """Nothing is opened or read here: ``start`` does that, and raises what
         goes wrong.
 
@@ -53,12 +54,15 @@ class Server:
         alone (``JobMonitor.make_server`` passes one that re-imports the
         ``config.jobs`` modules, and reads a config file again when told how);
         it raises ``ConfigError`` to keep the old ones.  Without it a reload
-        keeps ``handlers`` and ``config``.
+        keeps ``handlers`` and ``config``.  ``clock``: what due times and
+        schedules read the time from (default: the system's; see ``Engine``).
 
         Raises:
             ConfigError: the host is reachable from the network, no users are
-            configured, and ``allow_anonymous_network`` is off.
+            configured, and ``allow_anonymous_network`` is off; a schedule or a
+            project names a project or a queue the server does not have.
         """
+        check_queue_names(config, handlers)
         self.config = config
         self._own_handlers = dict(handlers)
         self._reload = reload
@@ -72,6 +76,7 @@ class Server:
         self._started = False
         #: Set once start() has ended, well or not (what a shutdown waits for).
         self._start_ended = asyncio.Event()
+        self._clock = clock
         self._engine: Engine | None = None
         self._commands: Commands | None = None
         self._auth: Authenticator | None = None
@@ -116,7 +121,7 @@ class Server:
         store = open_store(config.store or "memory://", data_dir=config.data_dir,
                            commit_interval_s=config.commit_interval_s,
                            synchronous=config.sqlite_synchronous)
-        engine = Engine(self._own_handlers, config, store)
+        engine = Engine(self._own_handlers, config, store, clock=self._clock)
         auth = Authenticator(config.users)
         commands = Commands(engine, auth=auth, restart=self.restart_engine,
                             max_monitors_per_job=config.max_monitors_per_job)
@@ -248,6 +253,7 @@ class Server:
             fresh = Reloaded(self.config, fresh)
         config, kept = settings_to_use(self.config, fresh.config)
         _check_exposure(config)
+        check_queue_names(config, fresh.handlers)
         for warning in kept:
             log.warning("reload: %s", warning)
         return config, dict(fresh.handlers)

@@ -68,6 +68,8 @@ class Recovery:
     last_number: int = 0
     unfinished: list[JobRecord] = field(default_factory=list)
     recent_events: list[TaskEvent] = field(default_factory=list)
+    #: Per recurring schedule, the last due time a job was made for (issue 20).
+    schedule_marks: dict[str, float] = field(default_factory=dict)
 
 
 class Store(abc.ABC):

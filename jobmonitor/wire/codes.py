@@ -74,6 +74,8 @@ class Status(_Coded):
     SUSPENDED = 130, "Job suspended."
     RESUMED = 131, "Job resumed."
     REQUEUED = 132, "Job queued to run again."
+    SCHEDULED = 133, "Job scheduled to run at {due}."
+    RERUN = 134, "Job runs {transaction_id} again."
     NOTICE = 190, "Server notice"
     ERROR = 5000, "Error"
     HANDLER_EXCEPTION = 5001, "Unexpected error in job"
@@ -89,5 +91,6 @@ class Status(_Coded):
 #: on them, so a job may not send them.
 SERVER_CODES = frozenset(int(status) for status in (
     Status.ENDED, Status.SUCCESS, Status.PARTIAL, Status.FAILED, Status.CANCELLED,
-    Status.SUSPENDED, Status.RESUMED, Status.REQUEUED, Status.NOTICE,
+    Status.SUSPENDED, Status.RESUMED, Status.REQUEUED, Status.SCHEDULED, Status.RERUN,
+    Status.NOTICE,
     Status.HANDLER_EXCEPTION, Status.INTERRUPTED, Status.MONITOR_BEHIND, Status.SHUTDOWN))

@@ -162,6 +162,10 @@ def job_dict(record: JobRecord, *, history: bool = False, numeric_status: bool =
         "Parameters": join_parameters(record.params),
         "PollAfter": _poll_after(record),
         "Lines": record.line_count,
+        "Queue": record.queue,
+        "Priority": record.priority,
+        "Due": iso_time(record.run_at),
+        "Schedule": record.schedule,
     }
     if history:
         data["History"] = [{"Stage": e.stage, "Status": e.status,
@@ -276,6 +280,11 @@ def _text(record: JobRecord, *, history: bool) -> str:
     ]
     if record.estimated is not None:
         pairs.append(("Estimated", iso_time(record.estimated)))
+    pairs += [("Queue", record.queue), ("Priority", record.priority)]
+    if record.run_at is not None:
+        pairs.append(("Due", iso_time(record.run_at)))
+    if record.schedule is not None:
+        pairs.append(("Schedule", record.schedule))
     if history:
         pairs.append(("Parameters", join_parameters(record.params)))
         pairs.extend(("Output", "\t".join((cell(o.name), cell(o.uri), cell(o.media_type or ""))))

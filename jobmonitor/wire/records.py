@@ -73,6 +73,15 @@ class JobRecord:
     line_count: int = 0
     history: list[HistoryEvent] = field(default_factory=list)
     outputs: list[Output] = field(default_factory=list)
+    # -- queues and schedules (issue 20) --
+    #: The queue the job waits in, and its priority there (1..9, higher first).
+    queue: str = "default"
+    priority: int = 5
+    #: When the job is due (POSIX seconds): a job whose time has not come is
+    #: ``Created``; None for a job that runs as soon as a slot is free.
+    run_at: float | None = None
+    #: The recurring schedule that made the job, if one did.
+    schedule: str | None = None
 
     def copy(self) -> JobRecord:
         """A shallow copy (the lists and dicts are shared), several times faster

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SYSTEM_PREFIX", "PROJECT_NAME", "JOB_NAME", "USER", "PASSWORD", "USER_TOKEN", "JOB_TOKEN",
     "TRANSACTION_ID", "CLIENT_JOB_MONITOR", "FROM_LINE", "FORMAT", "FILTER", "LIMIT", "AFTER",
+    "QUEUE_NAME", "PRIORITY", "RUN_AT", "DELAY_SECONDS",
     "MAX_LINE_DIGITS", "TASK_LOG_SIZE", "parse_bool", "parse_choice", "parse_line_number",
     "parse_count", "parse_transaction_id", "required", "behind_notice", "behind_notice_line",
 ]
@@ -62,6 +63,13 @@ FILTER = "_sys_Filter"
 #: (the page starts after it).
 LIMIT = "_sys_Limit"
 AFTER = "_sys_After"
+#: ``SubmitJob``: the queue the job waits in and its priority there (1 to 9);
+#: ``PauseQueue``, ``ResumeQueue``: the queue.
+QUEUE_NAME = "_sys_QueueName"
+PRIORITY = "_sys_Priority"
+#: ``SubmitJob``: when the job is due, as an ISO 8601 time or in seconds from now.
+RUN_AT = "_sys_RunAt"
+DELAY_SECONDS = "_sys_DelaySeconds"
 
 #: Most digits a line number may have: ten reach far past any job's length and stay
 #: well inside the store's 64-bit integers (and int()'s limit on digits).

@@ -412,7 +412,8 @@ def test_an_unknown_command_suggests_the_nearest(command, suggested):
 def test_an_unknown_command_far_from_any_lists_them():
     line = one_error_line(cli(None, "xyzzy"))
     assert line.startswith("jobmonitor: unknown command 'xyzzy': the commands are serve, ")
-    assert ", restart-server (see jobmonitor --help)" in line
+    assert ", restart-server, queues, pause-queue, resume-queue, rerun (see jobmonitor --help)" \
+        in line
 
 
 def test_help_and_version_still_come_before_the_command():

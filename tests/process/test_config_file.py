@@ -78,13 +78,53 @@ role = "admin"
     assert [(u.name, u.role) for u in file.config.users] == [("ann", "user"), ("root", "admin")]
 
 
+def test_queues_and_schedules_are_read(tmp_path):
+    from jobmonitor.queueing import QueueSettings
+
+    file = load_config_file(write(tmp_path, """
+[server]
+allow_new_queues = false
+
+[queues.reports]
+max_running = 2
+
+[queues."night-shift"]
+paused = true
+
+[schedules.nightly]
+cron = "30 2 * * 1-5"
+timezone = "Europe/Paris"
+project = "Build Docs"
+variables = { dir = "docs" }
+queue = "reports"
+priority = 7
+job_name = "nightly docs"
+catch_up = "skip"
+
+[projects."Build Docs"]
+command = ["make", "-C", "{dir}", "html"]
+variables = ["dir"]
+queue = "reports"
+"""))
+    config = file.config
+    assert config.queues == (QueueSettings("reports", 2), QueueSettings("night-shift",
+                                                                         paused=True))
+    assert not config.allow_new_queues
+    [schedule] = config.schedules
+    assert (schedule.name, schedule.cron, schedule.timezone, schedule.project, schedule.queue,
+            schedule.priority, schedule.catch_up) == (
+        "nightly", "30 2 * * 1-5", "Europe/Paris", "Build Docs", "reports", 7, "skip")
+    assert schedule.params() == {"dir": "docs", "JobName": "nightly docs"}
+    assert file.programs[0].queue == "reports"
+
+
 def test_the_example_file_loads():
     file = load_config_file(EXAMPLE)
     assert [program.project for program in file.programs] == ["Checksum", "Archive"]
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("portt = 1", "unknown key portt (known: projects, server, users)"),
+    ("portt = 1", "unknown key portt (known: projects, queues, schedules, server, users)"),
     ("[server]\nmax_runing = 2", "unknown key server.max_runing (did you mean "
                                  "server.max_running?) (known: "),
     ("[server]\nprot = 1\nhots = 'x'", "unknown key server.hots (did you mean server.host?), "
@@ -96,7 +136,7 @@ def test_the_example_file_loads():
      "unknown key projects.x.variables.name.patern (did you mean "
      "projects.x.variables.name.pattern?) (known: kind, pattern)"),
     ("[user.ann]\npassword_hash = 'x'", "unknown key user (did you mean users?) (known: "
-                                        "projects, server, users)"),
+                                        "projects, queues, schedules, server, users)"),
     ("[server]\nusers = []", "unknown key server.users"),
     ("[server]\nport = '7400'", "server.port: must be a whole number, got '7400'"),
     ("[server]\nport = true", "server.port: must be a whole number"),
@@ -148,6 +188,23 @@ def test_the_example_file_loads():
     ("[users.ann]\npassword_hash = 'x'\npassword = 'pw'", "unknown key users.ann.password"),
     ("[users.ann]\npassword_hash = 'plain'", "users.ann.password_hash: not a hash"),
     ("[server\nport = 1", "not valid TOML"),
+    ("[queues.q]\nmax_running = 0", "queues.q.max_running: must be a whole number of 1 or more"),
+    ("[queues.q]\nlimit = 2", "unknown key queues.q.limit (known: max_running, paused)"),
+    ("[queues.q]\npaused = 'yes'", "queues.q.paused: must be true or false, got 'yes'"),
+    ('[queues."a b"]', 'queues."a b".name: a queue name must be 1 to 64 letters'),
+    ("[schedules.s]\nproject = 'x'", "schedules.s.cron: missing"),
+    ("[schedules.s]\ncron = '0 6 * * *'", "schedules.s.project: missing"),
+    ("[schedules.s]\ncron = '0 6 * *'\nproject = 'x'", "schedules.s.cron: must have five"),
+    ("[schedules.s]\ncron = '0 6 * * *'\nproject = 'x'\ntimezone = 'Nowhere'",
+     "schedules.s.timezone: unknown time zone 'Nowhere'"),
+    ("[schedules.s]\ncron = '0 6 * * *'\nproject = 'x'\ncatch_up = 'all'",
+     "schedules.s.catch_up: must be once or skip, got 'all'"),
+    ("[schedules.s]\ncron = '0 6 * * *'\nproject = 'x'\npriority = 10",
+     "schedules.s.priority: must be a whole number 1 to 9, got 10"),
+    ("[schedules.s]\ncron = '0 6 * * *'\nproject = 'x'\nvariables = { a = 1 }",
+     "schedules.s.variables: must be a table of strings"),
+    ("[server]\nallow_new_queues = false\n[schedules.s]\ncron = '0 6 * * *'\n"
+     "project = 'x'\nqueue = 'y'", "schedules.s.queue: unknown queue 'y'"),
 ])
 def test_bad_files_name_the_key(tmp_path, text, message):
     path = write(tmp_path, text)

@@ -516,11 +516,12 @@ async def test_get_job_status_lines(server):
     lines = await exchange(server.port, submit("progress", JobName="Flyer"))
     tid = tid_of(lines[0])
     status = await exchange(server.port, xml_packet("GetJobStatus", {"_sys_TransactionID": tid}))
-    assert [line[:10] for line in status] == ["R0000000- "] * 11 + ["R0000000: "]
+    assert [line[:10] for line in status] == ["R0000000- "] * 13 + ["R0000000: "]
     fields = dict(line[10:].split(": ", 1) if ": " in line[10:] else (line[10:-1], "")
                   for line in status)
     assert list(fields) == ["Transaction", "Project", "Job name", "Status", "Progress",
                             "Created", "Started", "Updated", "Completed", "Identity", "Lines",
+                            "Queue", "Priority",
                             "Last message"]  # no "Poll after": the job has ended
     assert fields["Transaction"] == tid
     assert fields["Project"] == "progress"

@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("errors", ("jobmonitor.errors",)),
     ("wire", ("jobmonitor.wire",)),
     ("client", ("jobmonitor.client",)),
-    ("settings", ("jobmonitor.users", "jobmonitor.config")),
+    ("settings", ("jobmonitor.users", "jobmonitor.queueing", "jobmonitor.config")),
     ("store", ("jobmonitor.store",)),
     ("engine", ("jobmonitor.engine",)),
     ("programs", ("jobmonitor.programs",)),

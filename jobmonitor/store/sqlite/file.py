@@ -33,7 +33,7 @@ import sqlite3
 from pathlib import Path
 
 from ...errors import ConfigError
-from .rows import last_number, transaction_id_of, undecodable_jobs
+from .rows import last_number, transaction_id_of, undecodable_jobs, upgrade_schema
 
 __all__ = ["DatabaseFile", "NumberMark", "NUMBER_BLOCK", "STORE_DAMAGED", "open_error",
            "reclaim_space", "quick_check"]
@@ -177,7 +177,10 @@ class DatabaseFile:
 
     def _problems(self, db: sqlite3.Connection) -> list[str]:
         try:
-            problems = quick_check(db) or undecodable_jobs(db)
+            problems = quick_check(db)
+            if not problems:
+                upgrade_schema(db)  # (what the next start would do: the jobs decode with it)
+                problems = undecodable_jobs(db)
             stored = last_number(db)
         except sqlite3.DatabaseError as exc:  # damage that stops the check itself
             return [f"the check stopped: {exc}"]

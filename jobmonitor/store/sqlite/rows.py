@@ -11,8 +11,10 @@ Tables: ``jobs`` (one row per job); ``line_blocks`` (a job's J lines, numbered
 from 1, kept as runs of consecutive lines: the row for lines 101..350 holds
 their bytes joined, which costs one row per job per commit instead of one per
 line; every line ends with CRLF and has none inside, so a block splits back
-exactly); ``history``, ``outputs``; and ``meta`` (the last transaction number,
-written when jobs are deleted, so numbers are never reused).
+exactly); ``history``, ``outputs``; ``meta`` (the last transaction number,
+written when jobs are deleted, so numbers are never reused); and
+``schedule_marks`` (per recurring schedule, the last due time a job was made
+for: written in the commit that stores that job, so a restart makes no job twice).
 
 A job row read back is checked as it is decoded (every column of its type, the
 parameters a JSON object of strings, text valid UTF-8): a row damaged on disk
@@ -41,7 +43,8 @@ __all__ = ["SCHEMA", "JOB_COLUMNS", "UNFINISHED", "FINAL", "MAX_VARIABLES", "STA
            "last_number", "transaction_id_of", "number_of", "job_row", "job_update",
            "job_record", "encode_json", "select_records", "list_page", "recent_events",
            "find_token", "read_lines", "finished_before_numbers", "delete_numbers",
-           "undecodable_jobs"]
+           "undecodable_jobs", "ADDED_COLUMNS", "SCHEDULE_MARK_HEAD",
+           "SCHEDULE_MARK_TAIL", "upgrade_schema", "schedule_marks_of", "stored_schedule_marks"]
 
 T = TypeVar("T")
 
@@ -56,7 +59,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     progress_total INTEGER NOT NULL, progress_message TEXT NOT NULL,
     status_message TEXT NOT NULL, worker TEXT NOT NULL, created REAL NOT NULL,
     started REAL, updated REAL NOT NULL, completed REAL, estimated REAL,
-    line_count INTEGER NOT NULL);
+    line_count INTEGER NOT NULL, queue TEXT NOT NULL DEFAULT 'default',
+    priority INTEGER NOT NULL DEFAULT 5, run_at REAL, schedule TEXT);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_token ON jobs (identity, job_token)
     WHERE job_token IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
@@ -70,10 +74,21 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE TABLE IF NOT EXISTS outputs (
     number INTEGER NOT NULL, seq INTEGER NOT NULL, name TEXT NOT NULL,
     uri TEXT NOT NULL, media_type TEXT, PRIMARY KEY (number, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS schedule_marks (name TEXT PRIMARY KEY, last_due REAL NOT NULL);
 """
+#: The job columns added by later versions, each with its definition: a database
+#: made before them gets them at open (``upgrade_schema``).
+ADDED_COLUMNS = (("queue", "TEXT NOT NULL DEFAULT 'default'"),
+                 ("priority", "INTEGER NOT NULL DEFAULT 5"), ("run_at", "REAL"),
+                 ("schedule", "TEXT"))
+#: A schedule's mark moves only forward: the last due time it made a job for.
+SCHEDULE_MARK_HEAD = "INSERT INTO schedule_marks (name, last_due)"
+SCHEDULE_MARK_TAIL = (" ON CONFLICT (name) DO UPDATE SET "
+                      "last_due = max(last_due, excluded.last_due)")
 JOB_COLUMNS = ("number, project, params, doc_variables, identity, job_token, status, outcome, "
                 "progress_done, progress_total, progress_message, status_message, worker, "
-                "created, started, updated, completed, estimated, line_count")
+                "created, started, updated, completed, estimated, line_count, queue, priority, "
+                "run_at, schedule")
 UNFINISHED = tuple(s.value for s in JobState if not s.is_final)
 FINAL = frozenset(s.value for s in JobState if s.is_final)
 #: Most parameters in one statement: SQLite's limit before 3.32, and it keeps each
@@ -98,7 +113,8 @@ _OPTIONAL_TIME = (float, int, type(None))
 #: but SQLite keeps whatever it is given).
 _COLUMN_TYPES: tuple[Any, ...] = (
     int, _TEXT, _TEXT, _TEXT, _TEXT, _OPTIONAL_TEXT, _TEXT, _OPTIONAL_TEXT, int, int, _TEXT,
-    _TEXT, _TEXT, _TIME, _OPTIONAL_TIME, _TIME, _OPTIONAL_TIME, _OPTIONAL_TIME, int)
+    _TEXT, _TEXT, _TIME, _OPTIONAL_TIME, _TIME, _OPTIONAL_TIME, _OPTIONAL_TIME, int, _TEXT,
+    int, _OPTIONAL_TIME, _OPTIONAL_TEXT)
 _COLUMN_NAMES = tuple(JOB_COLUMNS.split(", "))
 _HISTORY_COLUMNS = "stage, status, timestamp, date, info"
 _HISTORY_TYPES: tuple[Any, ...] = (_TEXT, _TEXT, _TIME, _OPTIONAL_TIME, _OPTIONAL_TEXT)
@@ -185,6 +201,26 @@ def last_number(db: sqlite3.Connection) -> int:
     return max(int(stored[0]) if stored else 0, highest)
 
 
+def upgrade_schema(db: sqlite3.Connection) -> None:
+    """Add the job columns a database made by an earlier version lacks."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    for name, definition in ADDED_COLUMNS:
+        if name not in present:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
+
+
+def schedule_marks_of(rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, float]]:
+    """The schedule marks new job rows carry: (schedule, due time) of each job a
+    schedule made, written in the commit that stores the job."""
+    return [(row[-1], row[-2]) for row in rows if row[-1] is not None and row[-2] is not None]
+
+
+def stored_schedule_marks(db: sqlite3.Connection) -> dict[str, float]:
+    """Each schedule's last due time that a job was made for."""
+    return {name: last for name, last in db.execute("SELECT name, last_due FROM schedule_marks")
+            if isinstance(name, str) and isinstance(last, (int, float))}
+
+
 def transaction_id_of(number: int) -> str:
     return f"T{number:07d}"
 
@@ -201,7 +237,8 @@ def job_row(r: JobRecord, number: int, line_count: int) -> tuple[Any, ...]:
             encode_json(r.doc_variables) if r.doc_variables else "{}", r.identity, r.job_token,
             r.status._value_, r.outcome._value_ if r.outcome is not None else None,
             r.progress_done, r.progress_total, r.progress_message, r.status_message, r.worker,
-            r.created, r.started, r.updated, r.completed, r.estimated, line_count)
+            r.created, r.started, r.updated, r.completed, r.estimated, line_count, r.queue,
+            r.priority, r.run_at, r.schedule)
 
 
 def job_update(r: JobRecord, number: int, line_count: int) -> tuple[Any, ...]:
@@ -241,7 +278,7 @@ def job_record(row: tuple[Any, ...]) -> JobRecord:
         _refuse(row, _COLUMN_TYPES, _COLUMN_NAMES)
     (number, project, params, doc_variables, identity, job_token, status, outcome, done, total,
      progress_message, status_message, worker, created, started, updated, completed, estimated,
-     line_count) = row
+     line_count, queue, priority, run_at, schedule) = row
     # (A listing makes a thousand of these at a time: the usual empty doc
     # variables are not decoded.)
     return JobRecord(
@@ -253,7 +290,8 @@ def job_record(row: tuple[Any, ...]) -> JobRecord:
         outcome=Outcome(outcome) if outcome else None,
         progress_done=done, progress_total=total, progress_message=progress_message,
         status_message=status_message, worker=worker, created=created, started=started,
-        updated=updated, completed=completed, estimated=estimated, line_count=line_count)
+        updated=updated, completed=completed, estimated=estimated, line_count=line_count,
+        queue=queue, priority=priority, run_at=run_at, schedule=schedule)
 
 
 def _refuse(row: tuple[Any, ...], types: tuple[Any, ...], names: Sequence[str]) -> None:

@@ -49,6 +49,8 @@ from ..outage import Outage, unavailable
 from .file import DatabaseFile, open_error, reclaim_space
 from .rows import (
     JOB_COLUMNS,
+    SCHEDULE_MARK_HEAD,
+    SCHEDULE_MARK_TAIL,
     SCHEMA,
     STATEMENT_CACHE,
     UNFINISHED,
@@ -66,8 +68,11 @@ from .rows import (
     number_of,
     read_lines,
     recent_events,
+    schedule_marks_of,
     select_records,
+    stored_schedule_marks,
     transaction,
+    upgrade_schema,
 )
 
 __all__ = ["SqliteStore"]
@@ -203,6 +208,7 @@ class SqliteStore(GroupCommitStore):
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.synchronous}")
             db.executescript(SCHEMA)
+            upgrade_schema(db)  # (issue 20: a database of an earlier version)
             stored = last_number(db)
             last = stored if self._file is None else self._file.numbered_up_to(stored)
             if last > stored:  # the database keeps the mark too (and warns only once)
@@ -211,10 +217,11 @@ class SqliteStore(GroupCommitStore):
             unfinished = select_records(db, f"status IN ({marks}) ORDER BY number", UNFINISHED,
                                         self._bad_rows)
             events = recent_events(db, TASK_LOG_SIZE)
+            schedule_marks = stored_schedule_marks(db)
         except sqlite3.Error as exc:
             raise open_error(self.path, exc) from None
         self._highest = last
-        return Recovery(last, unfinished, events)
+        return Recovery(last, unfinished, events, schedule_marks)
 
     def _unlock(self) -> None:
         if self._file is not None:
@@ -242,6 +249,9 @@ class SqliteStore(GroupCommitStore):
             insert_rows(db, "INSERT OR REPLACE INTO line_blocks", batch.blocks)
             insert_rows(db, "INSERT OR REPLACE INTO history", batch.history)
             insert_rows(db, "INSERT OR REPLACE INTO outputs", batch.outputs)
+            # (issue 20) a job a schedule made, and the schedule's mark: one commit
+            insert_rows(db, SCHEDULE_MARK_HEAD, schedule_marks_of(batch.rows),
+                        tail=SCHEDULE_MARK_TAIL)
         self._highest = max(self._highest, newest)
 
     # -- reading ------------------------------------------------------------------------

@@ -35,8 +35,11 @@ def new_job() -> Job:
 
 def test_the_table_of_states_is_made_from_the_moves():
     assert TRANSITIONS[S.QUEUED] == {S.PROCESSING, S.SUSPENDED, S.CANCELLED, S.FAILED}
+    # (a job waiting for its due time may be suspended, and waits again when
+    # resumed before that time)
+    assert TRANSITIONS[S.CREATED] == {S.QUEUED, S.SUSPENDED, S.CANCELLED, S.FAILED}
     assert TRANSITIONS[S.SUSPENDED] == {S.QUEUED, S.PROCESSING, S.CANCELLED, S.FAILED,
-                                        S.COMPLETED, S.COMPLETED_WITH_ERRORS}
+                                        S.COMPLETED, S.COMPLETED_WITH_ERRORS, S.CREATED}
     assert all(not TRANSITIONS[state] for state in JobState if state.is_final)
     assert can_transition(S.PROCESSING, S.CANCELLED) and not can_transition(S.QUEUED, S.QUEUED)
     assert set(MOVES) == set(Move)
