@@ -21,6 +21,7 @@ from typing import Any
 from .config import Config
 from .engine.handlers import Handler
 from .engine.registry import HandlerRegistry
+from .http import HttpServer, start_serving, stop_serving
 from .loader import load_handlers
 from .server.server import Server
 
@@ -64,12 +65,11 @@ class JobMonitor(HandlerRegistry):
         """
         config = (config or Config()).replace(host=host, port=port, **settings)
         server = self.make_server(config)
-        await server.start()
+        http = await start_serving(server)  # (with config.http_port, its HTTP listener too)
         try:
             yield server
         finally:
-            server.close()
-            await server.wait_closed()
+            await stop_serving(server, http)
 
 
 class Controller:
@@ -88,6 +88,7 @@ class Controller:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Server | None = None
+        self._http: HttpServer | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
 
@@ -100,6 +101,11 @@ class Controller:
     @property
     def port(self) -> int:
         return self.server.port
+
+    @property
+    def http(self) -> HttpServer | None:
+        """The HTTP listener (None unless ``http_port`` is set)."""
+        return self._http
 
     @property
     def host(self) -> str:
@@ -130,7 +136,7 @@ class Controller:
         ``Server.close``)."""
         if self._thread is None or self._loop is None or self._server is None:
             return
-        self._loop.call_soon_threadsafe(self._server.close)
+        self._loop.call_soon_threadsafe(self._close)
         self._thread.join(timeout_s)
         self._thread = None
 
@@ -142,11 +148,17 @@ class Controller:
     def _main(self) -> None:
         asyncio.run(self._serve())
 
+    def _close(self) -> None:
+        if self._http is not None:
+            self._http.close()  # first: no new requests while the server stops
+        if self._server is not None:
+            self._server.close()
+
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         try:
             server = self._app.make_server(self.config)
-            await server.start()
+            self._http = await start_serving(server)
         except BaseException as exc:
             self._error = exc
             self._ready.set()
@@ -154,6 +166,8 @@ class Controller:
         self._server = server
         self._ready.set()
         await server.serve_forever()
+        if self._http is not None:
+            await self._http.wait_closed()
 
     def __enter__(self) -> "Controller":
         self.start()

@@ -31,6 +31,7 @@ from ..app import JobMonitor
 from ..users import hash_password
 from ..programs.program import add_programs
 from ..server.server import Server
+from ..http import start_serving, stop_serving
 from ..engine.job import Job
 from ..store import open_store
 
@@ -211,12 +212,11 @@ async def _serve_until_signal(server: Server) -> None:
     # as it sees the ready line must get an orderly stop, not a default death.
     stopper = _Stopper(server)
     stopper.install()
-    await server.start()
+    http = await start_serving(server)  # (and its HTTP listener, with --http-port)
     _tune_gc()
     _fit_open_file_limit(server.config.max_connections)
     await stopper.stopping.wait()
-    server.close()
-    await server.wait_closed()
+    await stop_serving(server, http)
 
 
 def _tune_gc() -> None:

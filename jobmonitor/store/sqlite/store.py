@@ -58,6 +58,7 @@ from .rows import (FINAL, JOB_COLUMNS, SCHEMA, STATEMENT_CACHE, UNFINISHED, UPDA
                           transaction)
 from ..base import Recordable, Recovery, Store
 from ..outage import Outage, unavailable
+from ..timings import Durations
 
 __all__ = ["SqliteStore"]
 
@@ -135,6 +136,7 @@ class SqliteStore(Store):
         self._highest = 0
         #: Numbers of job rows that did not decode, each logged once.
         self._bad_rows: set[int] = set()
+        self.commit_durations: Durations | None = Durations()
 
     # -- life cycle -------------------------------------------------------------
 
@@ -218,6 +220,7 @@ class SqliteStore(Store):
             when_stored, self._when_stored = self._when_stored, []
             batch = self._take_batch()
             failed = False
+            started = loop.time()
             try:
                 await self._call(self._write, batch)
             except Exception as exc:
@@ -226,6 +229,8 @@ class SqliteStore(Store):
             else:
                 if batch.stored:  # (a retry with nothing left to write proves nothing)
                     self._outage.worked()
+                    if self.commit_durations is not None:
+                        self.commit_durations.observe(loop.time() - started)
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(None)
