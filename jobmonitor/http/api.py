@@ -159,7 +159,7 @@ class JobsApi:
         form = negotiate(request.headers.get("accept"), _JOB_FORMATS)
         if form is None:
             raise _not_acceptable(_JOB_FORMATS)
-        history = request.query.get("history", "") in ("1", "true", "yes")
+        history = _flag(request, "history")
         if form == "application/json":
             return await self._status(request, {"_sys_TransactionID": transaction_id},
                                       history=history)
@@ -235,6 +235,15 @@ class JobsApi:
 
     async def openapi(self, request: Request) -> HttpResponse:
         return json_text_response(self._openapi)
+
+
+def _flag(request: Request, name: str) -> bool:
+    """A boolean query parameter: ``true`` or ``false`` (absent: false)."""
+    value = request.query.get(name, "false")
+    if value not in ("true", "false"):
+        raise RequestError(Reply.INVALID_VALUE, f"{name} must be true or false, got "
+                                                f"{value[:20]!r}")
+    return value == "true"
 
 
 def _address(transaction_id: str) -> str:
