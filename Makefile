@@ -5,6 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 7400
+HTTP_PORT ?= 7401
 
 .PHONY: serve test bench soak clean
 
@@ -21,7 +22,7 @@ $(VENV)/.installed-fast: setup.cfg pyproject.toml | $(BIN)/python
 	touch $@
 
 serve: $(VENV)/.installed-test
-	$(BIN)/jobmonitor serve --host $(HOST) --port $(PORT) --jobs examples/demo_jobs.py
+	$(BIN)/jobmonitor serve --host $(HOST) --port $(PORT) --http-port $(HTTP_PORT) --jobs examples/demo_jobs.py
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m mypy

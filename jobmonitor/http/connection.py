@@ -253,6 +253,9 @@ class HttpConnection(asyncio.Protocol):
             return  # the client left meanwhile
         if isinstance(response, HttpResponse):
             self.respond(response, head_only=request.method == "HEAD")
+        elif request.method == "HEAD":  # the head of a stream, and no stream
+            response.stop()
+            self.respond(HttpResponse(200, response.headers), head_only=True)
         else:
             self._stream(response)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 
 import pytest
 
@@ -303,3 +304,22 @@ def test_config_has_the_http_settings():
     with pytest.raises(ConfigError, match="http_port: must be 0..65535"):
         Config(http_port=70000)
     assert json.dumps(Config(http_port=7401, http_host="::1").http_port) == "7401"
+
+
+async def test_the_http_listener_serves_the_servers_tls_certificate(web, tmp_path):
+    trustme = pytest.importorskip("trustme")
+    authority = trustme.CA()
+    cert = authority.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    server, http = await web(tls_cert=str(tmp_path / "cert.pem"),
+                             tls_key=str(tmp_path / "key.pem"))
+    assert http.url.startswith("https://")
+    context = ssl.create_default_context()
+    authority.configure_trust(context)
+    async with await HttpClient.open(http.port, ssl=context) as client:
+        assert (await client.get("/healthz")).text == "ok\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", http.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # plain text: no answer
+    assert not (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200")
+    writer.close()

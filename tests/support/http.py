@@ -50,15 +50,15 @@ class HttpClient:
     _pending: bytes = b""
 
     @classmethod
-    async def open(cls, port: int, **headers: str) -> "HttpClient":
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def open(cls, port: int, *, ssl: Any = None, **headers: str) -> "HttpClient":
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ssl)
         return cls(reader, writer, port, dict(headers))
 
     async def close(self) -> None:
         self.writer.close()
         try:
             await self.writer.wait_closed()
-        except OSError:
+        except OSError:  # (ssl.SSLError is one: a TLS peer that closed without notice)
             pass
 
     async def __aenter__(self) -> "HttpClient":
