@@ -173,7 +173,7 @@ class JobsApi:
                       history: bool = False) -> HttpResponse:
         command = "GetJobInformation" if history else "GetJobStatus"
         reply = await self.run(request, command, {**names, "_sys_Format": "json"})
-        return json_response(_addressed(json.loads(reply.text)), status)
+        return json_text_response(_status_with_address(reply.text), status)
 
     async def act(self, request: Request, transaction_id: str, command: str) -> HttpResponse:
         names = {"_sys_TransactionID": transaction_id}
@@ -248,6 +248,15 @@ def _flag(request: Request, name: str) -> bool:
 
 def _address(transaction_id: str) -> str:
     return f"{PREFIX}jobs/{transaction_id}"
+
+
+def _status_with_address(text: str) -> bytes:
+    """A job's JSON status (``{"Id":"T...",...}``, as ``formats.to_json`` writes it)
+    with its ``Address`` added at the end, without parsing it again."""
+    if not (text.startswith('{"Id":"') and text.endswith("}")):
+        return json.dumps(_addressed(json.loads(text)), ensure_ascii=False).encode()
+    transaction_id = text[7:text.index('"', 7)]
+    return f'{text[:-1]},"Address":"{_address(transaction_id)}"}}'.encode()
 
 
 def _addressed(job: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import asyncio
 import enum
 import logging
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 from typing import Protocol
 
@@ -32,6 +33,7 @@ import h11
 
 from ..config import Config
 from ..errors import RequestError
+from ..server.deadlines import Deadlines
 from ..server.eager import start_eagerly
 from ..wire.codes import Reply
 from .messages import HttpResponse, Request, problem, reason
@@ -83,6 +85,7 @@ class Site(Protocol):
 
     config: Config
     closing: bool
+    deadlines: Deadlines
 
     async def handle(self, request: Request) -> HttpResponse | Streamer: ...
     def connection_opened(self, connection: HttpConnection) -> bool: ...
@@ -99,7 +102,9 @@ class HttpConnection(asyncio.Protocol):
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self._state = _State.READING
         self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadlines = site.deadlines
+        #: The pending deadline (idle or request) and its callback, to discard it.
+        self._deadline: tuple[int, Callable[[], None]] | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
         self._request: h11.Request | None = None
         self._receiving = False
@@ -129,11 +134,13 @@ class HttpConnection(asyncio.Protocol):
             return
         self._h11.receive_data(data)
         if self._state is _State.READING:
-            if not self._receiving:
-                # From the first byte on, the whole request is due within packet_timeout_s.
+            self._read_events()
+            if self._state is _State.READING and not self._receiving and (
+                    self._request is not None or self._h11.trailing_data[0]):
+                # Part of a request is in: all of it is due within packet_timeout_s
+                # (counted from now, as a request that came whole needs no timer).
                 self._receiving = True
                 self._set_timer(self._config.packet_timeout_s, self._late)
-            self._read_events()
         elif len(self._h11.trailing_data[0]) > MAX_HEAD_BYTES:
             self.abort()  # pipelining more than one request's head ahead: not a browser
 
@@ -264,10 +271,13 @@ class HttpConnection(asyncio.Protocol):
     def respond(self, response: HttpResponse, *, head_only: bool = False) -> None:
         """Send a whole response, then read the next request or close."""
         headers = [*response.headers, ("Content-Length", str(len(response.body)))]
-        self._write(self._head(response.status, headers))
-        if response.body and not head_only:
-            self._write(h11.Data(data=response.body))
-        self._write(h11.EndOfMessage())
+        if self._transport is not None and self._state is not _State.CLOSED:
+            send = self._h11.send
+            # One write: a small answer goes out in one send, not three.
+            data = send(self._head(response.status, headers)) or b""
+            if response.body and not head_only:
+                data += send(h11.Data(data=response.body)) or b""
+            self._transport.write(data + (send(h11.EndOfMessage()) or b""))
         self._next()
 
     def _stream(self, streamer: Streamer) -> None:
@@ -326,7 +336,9 @@ class HttpConnection(asyncio.Protocol):
         if self._h11.trailing_data[0]:  # a pipelined request is on its way, or in
             self._receiving = True
             self._set_timer(self._config.packet_timeout_s, self._late)
-            self._read_events()
+            # On the next turn, not from here: a client that pipelines many
+            # requests would otherwise have them answered ever deeper in this stack.
+            self._loop.call_soon(self._read_events)
 
     # -- ending ---------------------------------------------------------------------------
 
@@ -352,12 +364,12 @@ class HttpConnection(asyncio.Protocol):
     def _idle(self) -> None:
         """Nothing of a request came within idle_timeout_s: close without a word
         (a browser's idle keep-alive connection ends this way)."""
-        self._timer = None
+        self._deadline = None
         if self._state is _State.READING:
             self.close()
 
     def _late(self) -> None:
-        self._timer = None
+        self._deadline = None
         if self._state is _State.READING:
             detail = f"no complete request within {self._config.packet_timeout_s:g} s"
             self._refuse(RequestError(Reply.PACKET_TIMEOUT, detail), 408)
@@ -399,16 +411,22 @@ class HttpConnection(asyncio.Protocol):
         if transport is not None:
             transport.abort()
 
-    def _set_timer(self, delay_s: float, callback: object) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._loop.call_later(delay_s, callback)  # type: ignore[arg-type]
+    def _set_timer(self, delay_s: float, callback: Callable[[], None]) -> None:
+        # A coarse deadline shared with other connections (the TCP port's): a set
+        # add and discard per request, where a loop timer each would cost more.
+        self._cancel_deadline()
+        self._deadline = (self._deadlines.add(self._loop.time() + delay_s, callback), callback)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadlines.discard(*self._deadline)
+            self._deadline = None
 
     def _cancel_timers(self) -> None:
-        for timer in (self._timer, self._stall_timer):
-            if timer is not None:
-                timer.cancel()
-        self._timer = self._stall_timer = None
+        self._cancel_deadline()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
 
 
 def _header(request: h11.Request, name: bytes) -> str | None:

@@ -43,6 +43,7 @@ RETRY_MS = 2000
 EVENT_HEADERS = [("Content-Type", "text/event-stream; charset=utf-8"),
                  ("Cache-Control", "no-store"), ("X-Accel-Buffering", "no")]
 _ENDED_PREFIX = b"J0000001"
+_EVENT = b"id: %d\nevent: line\ndata: %s\n\n"
 OUTCOME_OF_STATE = {
     JobState.COMPLETED: ("success", "J0000020"),
     JobState.COMPLETED_WITH_ERRORS: ("partial", "J0000021"),
@@ -117,14 +118,12 @@ class JobEvents:
         sink = self._sink
         if sink is None:
             return
-        number = self._next_line
-        events = []
-        for line in data.split(b"\r\n")[:-1]:
-            events.append(b"id: %d\nevent: line\ndata: %s\n\n" % (number, line))
-            number += 1
-        self._next_line = number
-        self._saw_end = data.startswith(_ENDED_PREFIX, data.rfind(b"\n", 0, -1) + 1)
-        sink.send(b"".join(events))
+        lines = data.split(b"\r\n")
+        lines.pop()  # (what follows the last CRLF: nothing)
+        first = self._next_line
+        self._next_line = first + len(lines)
+        self._saw_end = lines[-1].startswith(_ENDED_PREFIX)
+        sink.send(b"".join([_EVENT % pair for pair in zip(range(first, self._next_line), lines)]))
 
     def stream_ended(self) -> None:
         self._stream = None

@@ -74,9 +74,10 @@ class Request:
 
     def __post_init__(self) -> None:
         raw_path, _, raw_query = self.target.partition("?")
-        self.path = unquote(raw_path, errors="replace")
+        self.path = unquote(raw_path, errors="replace") if "%" in raw_path else raw_path
         # The last of a repeated parameter wins, as in most servers.
-        self.query = dict(parse_qsl(raw_query, keep_blank_values=True, errors="replace"))
+        self.query = (dict(parse_qsl(raw_query, keep_blank_values=True, errors="replace"))
+                      if raw_query else {})
 
 
 @dataclass(slots=True)

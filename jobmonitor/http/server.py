@@ -22,6 +22,7 @@ import logging
 from importlib import resources
 
 from ..errors import RequestError
+from ..server.deadlines import Deadlines
 from ..server.server import Server, _check_exposure, _tls_context
 from ..wire.codes import Reply
 from .api import PREFIX, JobsApi
@@ -31,7 +32,9 @@ from .metrics import CONTENT_TYPE, render_metrics
 
 __all__ = ["HttpServer", "start_serving", "stop_serving"]
 
-log = logging.getLogger("jobmonitor.http")
+#: The ready line's logger: under "jobmonitor.server", whose ready line the CLI
+#: lets through at any log level, so a script can wait for this one too.
+ready_log = logging.getLogger("jobmonitor.server.http")
 
 #: The page's files and their types (nothing else is served from the package).
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -82,12 +85,14 @@ class HttpServer:
             OSError: the address cannot be bound.
         """
         loop = asyncio.get_running_loop()
+        #: The connections' reading deadlines (the server's own, when it has them).
+        self.deadlines = self.server.deadlines or Deadlines(loop, 0.05)
         self._listener = await loop.create_server(
             lambda: HttpConnection(self), self._host, self._port, reuse_address=True,
             backlog=1024, ssl=self._ssl,
             ssl_handshake_timeout=self.config.packet_timeout_s if self._ssl else None)
         self._bound = self._listener.sockets[0].getsockname()[:2]
-        log.info("jobmonitor HTTP listening on %s", self.url, extra={"ready": True})
+        ready_log.info("jobmonitor HTTP listening on %s", self.url, extra={"ready": True})
 
     @property
     def port(self) -> int:
