@@ -24,9 +24,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import time
 from collections.abc import Callable
-from email.utils import formatdate
 from typing import Protocol
 
 import h11
@@ -36,7 +34,8 @@ from ..errors import RequestError
 from ..server.deadlines import Deadlines
 from ..server.eager import start_eagerly
 from ..wire.codes import Reply
-from .messages import HttpResponse, Request, problem, reason
+from .messages import (COMMON_HEADERS, HttpResponse, Request, http_date, problem, reason,
+                       too_large)
 
 __all__ = ["HttpConnection", "Streamer", "Site", "MAX_HEAD_BYTES", "MAX_HEADERS"]
 
@@ -46,16 +45,6 @@ log = logging.getLogger("jobmonitor.http")
 MAX_HEAD_BYTES = 16 * 1024
 #: Most header fields in one request.
 MAX_HEADERS = 64
-#: Headers on every response: no sniffing, no framing, no referrer, and a policy
-#: that lets a page run only its own files (no inline script or style, no CDN).
-COMMON_HEADERS = (
-    ("X-Content-Type-Options", "nosniff"),
-    ("Content-Security-Policy",
-     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-     "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
-    ("Referrer-Policy", "no-referrer"),
-    ("X-Frame-Options", "DENY"),
-)
 
 
 class _State(enum.Enum):
@@ -203,7 +192,7 @@ class HttpConnection(asyncio.Protocol):
             elif isinstance(event, h11.Data):
                 self._body_bytes += len(event.data)
                 if self._body_bytes > self._config.max_packet_bytes:
-                    self._refuse(_too_large(self._config), 413)
+                    self._refuse(too_large(self._config.max_packet_bytes), 413)
                     return
                 self._body.append(event.data)
             elif isinstance(event, h11.EndOfMessage):
@@ -217,9 +206,10 @@ class HttpConnection(asyncio.Protocol):
             self._refuse(RequestError(Reply.PACKET_TOO_LARGE,
                                       f"more than {MAX_HEADERS} header fields"), 431)
             return
-        length = _header(event, b"content-length")
+        length = next((v.decode("latin-1").strip() for k, v in event.headers
+                       if k == b"content-length"), None)
         if length is not None and length.isdigit() and int(length) > self._config.max_packet_bytes:
-            self._refuse(_too_large(self._config), 413)
+            self._refuse(too_large(self._config.max_packet_bytes), 413)
             return
         if self._h11.they_are_waiting_for_100_continue:
             self._write(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
@@ -290,7 +280,7 @@ class HttpConnection(asyncio.Protocol):
         if self._site.closing:
             headers = [*headers, ("Connection", "close")]
         return h11.Response(status_code=status, reason=reason(status), headers=[
-            ("Date", _http_date()), *COMMON_HEADERS, *headers])
+            ("Date", http_date()), *COMMON_HEADERS, *headers])
 
     def _write(self, event: h11.Event) -> None:
         if self._transport is not None and self._state is not _State.CLOSED:
@@ -427,27 +417,3 @@ class HttpConnection(asyncio.Protocol):
         if self._stall_timer is not None:
             self._stall_timer.cancel()
             self._stall_timer = None
-
-
-def _header(request: h11.Request, name: bytes) -> str | None:
-    for key, value in request.headers:
-        if key == name:
-            return value.decode("latin-1").strip()
-    return None
-
-
-def _too_large(config: Config) -> RequestError:
-    return RequestError(Reply.PACKET_TOO_LARGE,
-                        f"the body is over {config.max_packet_bytes} bytes")
-
-
-_date_cache: tuple[int, str] = (0, "")
-
-
-def _http_date() -> str:
-    """The Date header's value, made once a second."""
-    global _date_cache
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, formatdate(now, usegmt=True))
-    return _date_cache[1]

@@ -11,7 +11,9 @@ HTTP status ``STATUS_OF`` gives.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -44,6 +46,16 @@ STATUS_OF: dict[Reply, int] = {
 PROBLEM_TYPE = "about:blank"
 #: Seconds a client told "busy" should wait before it tries again.
 RETRY_AFTER_S = 1
+#: Headers on every response: no sniffing, no framing, no referrer, and a policy
+#: that lets a page run only its own files (no inline script or style, no CDN).
+COMMON_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Content-Security-Policy",
+     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+     "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Frame-Options", "DENY"),
+)
 #: The realm browsers show when they ask for a user name and password.
 REALM = 'Basic realm="jobmonitor", charset="UTF-8"'
 
@@ -123,10 +135,6 @@ def problem(error: RequestError, status: int | None = None) -> HttpResponse:
     return HttpResponse(status, [("Content-Type", "application/problem+json"), *headers], body)
 
 
-def json_body(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-
-
 def reason(status: int) -> bytes:
     """The reason phrase of a status line."""
     try:
@@ -161,3 +169,19 @@ def negotiate(accept: str | None, offered: tuple[str, ...]) -> str | None:
         if weights and weights[0] > 0 and (best is None or weights[0] > best[0]):
             best = (weights[0], choice)
     return None if best is None else best[1]
+
+
+def too_large(max_bytes: int) -> RequestError:
+    return RequestError(Reply.PACKET_TOO_LARGE, f"the body is over {max_bytes} bytes")
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def http_date() -> str:
+    """The Date header's value, made once a second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True))
+    return _date_cache[1]

@@ -323,3 +323,15 @@ async def test_the_http_listener_serves_the_servers_tls_certificate(web, tmp_pat
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # plain text: no answer
     assert not (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200")
     writer.close()
+
+
+async def test_connections_beyond_max_connections_are_told_busy(web):
+    server, http = await web(max_connections=1)
+    async with await HttpClient.open(http.port) as first:
+        assert (await first.get("/healthz")).status == 200
+        reader, writer = await asyncio.open_connection("127.0.0.1", http.port)
+        refused = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert refused.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+        assert b'"code": "R0005011"' in refused and b"Retry-After: 1" in refused
+        assert (await first.get("/healthz")).status == 200  # the first goes on
