@@ -57,7 +57,8 @@ class JobMonitor(HandlerRegistry):
     ) -> AsyncIterator[Server]:
         """Run a server for the duration of an ``async with`` block.
 
-        ``host``, ``port`` and ``settings`` override fields of ``config``.
+        ``host``, ``port`` and ``settings`` override fields of ``config``.  With an
+        ``http_port``, the HTTP listener (``jobmonitor.http``) runs beside the server.
 
         Raises:
             ConfigError: an unknown setting or a bad value.
