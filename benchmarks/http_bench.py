@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from processes import free_port, raise_fd_limit, rss_kb  # noqa: E402
+from processes import free_port, raise_fd_limit, rss_kb
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 120.0
@@ -180,7 +180,7 @@ async def wrk_against_bare(served: Served, seconds: int, connections: int) -> di
     writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
     answer = await asyncio.wait_for(reader.read(), TIMEOUT_S)
     writer.close()
-    head, _, body = answer.partition(b"\r\n\r\n")
+    _head, _, _body = answer.partition(b"\r\n\r\n")
     ours = wrk(f"http://127.0.0.1:{served.http_port}{path}", seconds, connections)
     with tempfile.NamedTemporaryFile() as saved:
         saved.write(answer)

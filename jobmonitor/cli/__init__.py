@@ -1,7 +1,8 @@
 """The ``jobmonitor`` command: the top layer, the only one that prints or exits.
 
-``main`` (the parser, ``serve`` and ``hash-password``), ``client_commands``
-(submit, watch, status, ...) and ``output`` (how they print).  The console
+``main`` (the parser, ``serve`` and its signals, ``hash-password``),
+``client_commands`` (submit, watch, status, ...), ``output`` (how they print)
+and ``logs`` (the server's log: text or JSON lines).  The console
 script is ``jobmonitor.cli:main``.
 
 Rule: anything may be imported from here; nothing imports the CLI.

@@ -10,7 +10,7 @@ the CLI modules print, exit, or install signal handlers.
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import dataclasses
 import gc
 import getpass
@@ -19,21 +19,26 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .._version import __version__
-from .client_commands import add_client_commands
-from ..config import Config
-from ..config_file import load_config_file
 from ..errors import ConfigError
-from ..app import JobMonitor
-from ..users import hash_password
-from ..programs.program import add_programs
-from ..server.server import Server
-from ..http import start_serving, stop_serving
-from ..engine.job import Job
-from ..store import open_store
+from .client_commands import add_client_commands
+from .logs import check_level, setup_logging
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from ..config import Config
+    from ..engine.handlers import Handler
+    from ..engine.job import Job
+    from ..server.server import Server
+
+# The server's side (the app, the engine, the store, the config file reader) and
+# asyncio are imported by the commands that serve, not here: a client command
+# such as `jobmonitor status` starts in a fraction of the time without lxml,
+# sqlite3, the engine and an event loop (benchmarks/cli_startup.py).
 
 __all__ = ["main", "build_parser"]
 
@@ -55,7 +60,10 @@ GC_YOUNG_THRESHOLD = 50_000
 _TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "str | None": str}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, serve_options: bool = True) -> argparse.ArgumentParser:
+    """The ``jobmonitor`` parser.  Without ``serve_options``, ``serve`` lacks its
+    options from the ``Config`` fields: what any other command runs without
+    importing the server's settings (``main`` leaves them out for those)."""
     parser = argparse.ArgumentParser(
         prog="jobmonitor", description="Run jobs and stream their status over TCP."
     )
@@ -68,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--check-store", action="store_true",
                        help="check the store's database (SQLite's quick_check, every job "
                             "row) instead of serving; exit 0 if sound, 1 if not")
-    _add_config_options(serve)
+    if serve_options:
+        _add_config_options(serve)
     serve.set_defaults(run=_serve, command_parser=serve)
     hasher = commands.add_parser(
         "hash-password", help="hash a password for the config file",
@@ -81,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _hash_password(args: argparse.Namespace) -> int:
+    from ..users import hash_password
+
     if sys.stdin.isatty():  # a person: ask without echoing, twice
         try:
             password = getpass.getpass("Password: ")
@@ -100,6 +111,8 @@ def _hash_password(args: argparse.Namespace) -> int:
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    from ..config import Config
+
     for field in dataclasses.fields(Config):
         if not field.metadata.get("flag"):
             continue
@@ -108,6 +121,9 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         if field.type == "tuple[str, ...]":
             parser.add_argument(flag, dest=field.name, action="append", metavar="SPEC",
                                 help=help_text)
+        elif field.type == "bool" and field.default:  # on unless --no-...
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
         elif field.type == "bool":
             parser.add_argument(flag, dest=field.name, action="store_const", const=True,
                                 help=help_text)
@@ -124,6 +140,8 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
     Raises:
         ConfigError: a bad value.
     """
+    from ..config import Config
+
     changes = {}
     for field in dataclasses.fields(Config):
         value = getattr(args, field.name, None)
@@ -132,47 +150,22 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
     return (base or Config()).replace(**changes)
 
 
-class _ReadyOrLevel(logging.Filter):
-    """Passes records at the chosen level, and always the 'listening on' line."""
-
-    def __init__(self, level: int) -> None:
-        super().__init__()
-        self.level = level
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= self.level or getattr(record, "ready", False)
-
-
-def _setup_logging(level_name: str) -> None:
-    level = logging.getLevelName(level_name.upper())
-    if not isinstance(level, int):
-        raise ConfigError(f"log_level: unknown level {level_name!r}")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_ReadyOrLevel(level))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    logging.getLogger("jobmonitor.server").setLevel(min(level, logging.INFO))
-
-
 def _serve(args: argparse.Namespace) -> int:
-    file = load_config_file(args.config) if args.config else None
-    config = config_from_args(args, file.config if file else None)
-    if config.store is None:
-        config = config.replace(store="sqlite://")  # jobmonitor.db in data_dir
-    _setup_logging(config.log_level)
+    from ..app import JobMonitor
+
+    config, projects = _settings(args)
+    setup_logging(config.log_level, config.log_format)
     if args.check_store:
         return _check_store(config)
     # `--jobs mymodule:app` finds mymodule.py in the working folder, as it does
     # under `python -m jobmonitor` (which puts that folder first on the path).
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
-    app = JobMonitor()
-    if file is not None:
-        add_programs(app, file.programs)
-    server = app.make_server(config)  # loads config.jobs; may raise ConfigError
-    if not server.engine.handler_names():
+    # (loads config.jobs; may raise ConfigError)
+    server = JobMonitor().make_server(config, projects=projects,
+                                      reread=lambda: _settings(args))
+    server.on_reload = _reloaded
+    if not server.handler_names():
         log.warning("no jobs loaded: every SubmitJob will be refused (use --jobs)")
     with _runner() as runner:
         runner.run(_serve_until_signal(server))
@@ -180,10 +173,41 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace) -> tuple[Config, Mapping[str, Handler]]:
+    """The server's settings (the config file's, the options over them) and the
+    config file's program projects; read again at each reload.
+
+    Raises:
+        ConfigError: the file cannot be read or has a bad value.
+    """
+    from ..config_file import load_config_file
+    from ..engine.registry import HandlerRegistry
+    from ..programs.program import add_programs
+
+    file = load_config_file(args.config) if args.config else None
+    config = config_from_args(args, file.config if file else None)
+    if config.store is None:
+        config = config.replace(store="sqlite://")  # jobmonitor.db in data_dir
+    check_level(config.log_level)  # (a reload that would fail to set it fails)
+    programs = HandlerRegistry()
+    if file is not None:
+        add_programs(programs, file.programs)
+    return config, programs.handlers
+
+
+def _reloaded(config: Config) -> None:
+    """After a reload: the log and the open-file limit follow the new settings."""
+    setup_logging(config.log_level, config.log_format)
+    _fit_open_file_limit(config.max_connections)
+
+
 def _check_store(config: Config) -> int:
     """``serve --check-store``: one line per problem, then a summary; 0 when
     nothing is wrong, 1 otherwise."""
-    from ..store.sqlite.file import STORE_DAMAGED  # (here: the client commands need no sqlite3)
+    import asyncio
+
+    from ..store import open_store
+    from ..store.sqlite.file import STORE_DAMAGED
 
     assert config.store is not None
     store = open_store(config.store, data_dir=config.data_dir)
@@ -200,6 +224,8 @@ def _check_store(config: Config) -> int:
 
 
 def _runner() -> asyncio.Runner:
+    import asyncio
+
     try:
         import uvloop
     except ImportError:
@@ -210,6 +236,8 @@ def _runner() -> asyncio.Runner:
 async def _serve_until_signal(server: Server) -> None:
     # Handlers go in before the server starts: a script that signals us as soon
     # as it sees the ready line must get an orderly stop, not a default death.
+    from ..http import start_serving, stop_serving
+
     stopper = _Stopper(server)
     stopper.install()
     http = await start_serving(server)  # (and its HTTP listener, with --http-port)
@@ -246,7 +274,10 @@ def _fit_open_file_limit(max_connections: int) -> None:
 
 
 class _Stopper:
-    """What SIGINT and SIGTERM do to ``serve``.
+    """What SIGINT, SIGTERM and SIGHUP do to ``serve``.
+
+    SIGHUP reloads: the config file and the job modules are read again and the
+    server goes on with them (``Server.reload``); not once it is stopping.
 
     The first starts the server's orderly shutdown; the process exits when it is
     done, and at the latest ``shutdown_grace_s + linger_s + STOP_MARGIN_S`` after
@@ -263,16 +294,35 @@ class _Stopper:
     """
 
     def __init__(self, server: Server) -> None:
+        import asyncio
+
         self.server = server
         #: Set by the first signal: the server is to stop.
         self.stopping = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._signals = 0
         self._deadline: threading.Timer | None = None
+        self._reloads: set[asyncio.Task[bool]] = set()  # (the loop holds tasks weakly)
 
     def install(self) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._on_signal)
+        if hasattr(signal, "SIGHUP"):  # (not on Windows)
+            signal.signal(signal.SIGHUP, lambda signum, frame: self._soon(self._reload))
+
+    def _reload(self) -> None:
+        if self.stopping.is_set():
+            log.info("received SIGHUP while stopping: not reloading")
+            return
+        log.info("received SIGHUP: reloading the settings and the job modules")
+        task = self._loop.create_task(self.server.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloaded)
+
+    def _reloaded(self, task: asyncio.Task[bool]) -> None:
+        self._reloads.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("reloading failed", exc_info=task.exception())
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._signals += 1
@@ -292,10 +342,9 @@ class _Stopper:
     def _soon(self, callback: Callable[..., None], *args: Any) -> None:
         """Run ``callback`` on the loop (not in the signal handler, which may have
         interrupted the loop anywhere); nothing if the loop has ended."""
-        try:
+        # RuntimeError: the loop is closed, the server has stopped already.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:  # the loop is closed: the server has stopped already
-            pass
 
     def _stop(self, name: str, bound_s: float) -> None:
         log.info("received %s: stopping within %g s (again to stop at once)", name, bound_s)
@@ -355,13 +404,35 @@ def _option_before_command(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _unknown_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
+    """The error line for a first argument that names no command, with the
+    nearest command's name when one is close; None when it names one (or is an
+    option: argparse deals with those)."""
+    if not argv or argv[0].startswith("-"):
+        return None
+    names = [name for action in parser._actions
+             if isinstance(action, argparse._SubParsersAction) for name in action.choices]
+    if argv[0] in names:
+        return None
+    import difflib
+
+    close = difflib.get_close_matches(argv[0], names, n=1)
+    hint = f"did you mean {close[0]}?" if close else f"the commands are {', '.join(names)}"
+    return f"jobmonitor: unknown command {argv[0]!r}: {hint} (see jobmonitor --help)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
-    parser = build_parser()
-    early = _option_before_command(sys.argv[1:] if argv is None else argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    parser = build_parser(serve_options=bool(arguments) and arguments[0] == "serve")
+    early = _option_before_command(arguments)
     if early is not None:  # argparse would take the option's value for the command's name
         print(f"jobmonitor: options go after the command's name: jobmonitor COMMAND {early} "
               f"... (see jobmonitor --help)", file=sys.stderr)
+        return 2
+    unknown_command = _unknown_command(parser, arguments)
+    if unknown_command is not None:  # argparse would list every command, and suggest none
+        print(unknown_command, file=sys.stderr)
         return 2
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # the command's parser says so (the main one would print its own usage)

@@ -3,7 +3,7 @@
 The protocol is one packet per connection, so every request opens its own
 connection.  Packets are built with ``wire.packet_build`` (lxml, so any value
 is escaped correctly) and lines are read with ``wire.lines.parse_line``, the
-same code the server uses.
+same code the server uses; ``replies.ReplyReader`` decides what a reply is.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import socket
 import ssl
 from collections.abc import Mapping
 
-from ..errors import ProtocolError, ReplyError
-from ..wire.lines import LineError, parse_line
+from ..errors import ProtocolError
 from ..wire.packet_build import build_packet
+from .replies import READ_LIMIT, ReplyReader
 
 #: How long closing waits for a peer to take what is still unsent.
 CLOSE_TIMEOUT_S = 5.0
@@ -24,9 +24,6 @@ CLOSE_TIMEOUT_S = 5.0
 Value = str | int | float | bool
 
 __all__ = ["open_request", "read_reply", "close_quietly", "READ_LIMIT", "Value"]
-
-#: Longest line the client accepts (a JSON job list is one line).
-READ_LIMIT = 64 * 1024 * 1024
 
 
 async def open_request(
@@ -74,34 +71,18 @@ async def read_reply(reader: asyncio.StreamReader, timeout_s: float | None) -> l
         ConnectionError: the connection closed before the reply was complete.
         TimeoutError: no complete reply within ``timeout_s``.
     """
-    texts: list[str] = []
-    code: int | None = None
+    lines = ReplyReader()
     async with asyncio.timeout(timeout_s):
-        while True:
-            raw = await _readline(reader)
-            try:
-                line = parse_line(raw)
-            except LineError as exc:
-                raise ProtocolError(str(exc)) from None
-            if line.letter != "R" or code not in (None, line.code):
-                raise ProtocolError(f"unexpected line in a reply: {raw[:80]!r}")
-            code = line.code
-            texts.append(line.text)
-            if not line.more:
-                break
-    if line.is_error:
-        raise ReplyError(line.code, "\n".join(texts))
-    return texts
+        while not lines.feed(await _readline(reader)):
+            pass
+    return lines.texts()
 
 
 async def _readline(reader: asyncio.StreamReader) -> bytes:
     try:
-        raw = await reader.readline()
+        return await reader.readline()
     except ValueError:  # longer than READ_LIMIT
         raise ProtocolError("reply line too long") from None
-    if not raw.endswith(b"\n"):
-        raise ConnectionError("the server closed the connection before its reply was complete")
-    return raw
 
 
 async def close_quietly(writer: asyncio.StreamWriter) -> None:

@@ -22,18 +22,43 @@ from urllib.parse import urlsplit
 from ..engine.engine import Engine
 from ..errors import RequestError
 from ..server.commands import Commands, Response
+from ..server.refusals import RefusalLog
 from ..wire.codes import Reply
 from ..wire.packet import Packet
+from ..wire.variables import (
+    AFTER,
+    FILTER,
+    FORMAT,
+    FROM_LINE,
+    JOB_NAME,
+    JOB_TOKEN,
+    LIMIT,
+    PASSWORD,
+    PROJECT_NAME,
+    SYSTEM_PREFIX,
+    TRANSACTION_ID,
+    USER,
+)
 from .events import JobEvents
-from .messages import (HttpRefusal, HttpResponse, Request, json_response, json_text_response,
-                       negotiate, text_response)
+from .messages import (
+    HttpRefusal,
+    HttpResponse,
+    Request,
+    json_response,
+    json_text_response,
+    negotiate,
+    text_response,
+)
 
 __all__ = ["JobsApi", "PREFIX", "credentials", "same_origin"]
 
 PREFIX = "/api/v1/"
 _LINES_HEADER = re.compile(r"Lines: (?:\d+-\d+|0) of (\d+)")
+#: The query parameters of a page of jobs, and what they must be.
+_LIMIT = (re.compile("[0-9]{1,10}"), "a number of jobs")
+_AFTER = (re.compile("T[0-9]{7}"), "a transaction ID such as T0000001")
 _ACTIONS = {"cancel": "CancelJob", "suspend": "SuspendJob", "resume": "ResumeJob"}
-_SUBMIT_FIELDS = {"ProjectName", "JobName", "Parameters", "DocVariables", "JobToken"}
+_SUBMIT_FIELDS = {PROJECT_NAME, JOB_NAME, "Parameters", "DocVariables", "JobToken"}
 #: Methods that change something: refused when another site's page sends them.
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _JOB_FORMATS = ("application/json", "application/xml", "text/xml")
@@ -55,7 +80,7 @@ def credentials(request: Request) -> dict[str, str]:
     except UnicodeDecodeError:
         text = raw.decode("latin-1")
     user, sep, password = text.partition(":")
-    return {"_sys_User": user, "_sys_Password": password} if sep else {}
+    return {USER: user, PASSWORD: password} if sep else {}
 
 
 def same_origin(request: Request) -> None:
@@ -79,9 +104,11 @@ def same_origin(request: Request) -> None:
 class JobsApi:
     """Answers ``/api/v1/...`` requests through a server's ``Commands``."""
 
-    def __init__(self, commands: Commands, engine: Engine, openapi: bytes) -> None:
+    def __init__(self, commands: Commands, engine: Engine, refusals: RefusalLog,
+                 openapi: bytes) -> None:
         self._commands = commands
         self._engine = engine
+        self._refusals = refusals
         self._openapi = openapi
 
     async def run(self, request: Request, command: str, variables: Mapping[str, str],
@@ -89,11 +116,20 @@ class JobsApi:
         """Carry out one command packet for the request's caller.
 
         Raises:
-            RequestError: as the same packet over TCP would be refused.
+            RequestError: as the same packet over TCP would be refused, and logged
+            as it would be (``server.refusals``): a permission refused, or Basic
+            credentials refused.  A request that sent none is not logged: asking
+            for them is how a browser is told to log in.
         """
-        packet = Packet(command, {**variables, **credentials(request)}, doc_variables or {})
-        caller = await self._commands.caller(packet, lambda: request.peer)
-        return await self._commands.execute(packet, caller)
+        given = credentials(request)
+        packet = Packet(command, {**variables, **given}, doc_variables or {})
+        try:
+            caller = await self._commands.caller(packet, lambda: request.peer)
+            return await self._commands.execute(packet, caller)
+        except RequestError as exc:
+            if given or exc.code is not Reply.NOT_AUTHENTICATED:
+                self._refusals.refused(exc.code, lambda: request.peer, packet)
+            raise
 
     async def handle(self, request: Request) -> HttpResponse | JobEvents:
         parts = request.path[len(PREFIX):].split("/")
@@ -107,7 +143,8 @@ class JobsApi:
                                                          f"{request.path[:80]}", 404)
             raise HttpRefusal(Reply.UNKNOWN_COMMAND, f"{method[:10]} is not allowed here", 405,
                               (("Allow", ", ".join(allowed)),))
-        return await route(request, *parts[1:2])
+        response: HttpResponse | JobEvents = await route(request, *parts[1:2])
+        return response
 
     def _route(self, parts: list[str], method: str) -> tuple[Any, tuple[str, ...]]:
         """The handler for a path and method, and the methods the path allows."""
@@ -136,22 +173,36 @@ class JobsApi:
     # -- jobs -----------------------------------------------------------------------------
 
     async def list_jobs(self, request: Request) -> HttpResponse:
-        which = request.query.get("filter", "active")
-        reply = await self.run(request, "ListJobs", {"_sys_Filter": which, "_sys_Format": "json"})
-        return json_response([_addressed(job) for job in json.loads(reply.text)])
+        """A page of jobs: ``{"Jobs": [...], "Next": ...}`` as ListJobs pages them
+        (``limit``, and ``after`` the ``Next`` of the page before)."""
+        variables = {FILTER: request.query.get("filter", "active"), FORMAT: "json"}
+        # Exactly as the OpenAPI document has them (ListJobs itself lets white space
+        # and a blank through); ListJobs checks the limit's range.
+        for name, variable, (form, what) in (("limit", LIMIT, _LIMIT), ("after", AFTER, _AFTER)):
+            value = request.query.get(name)
+            if value is None:
+                continue
+            if not form.fullmatch(value):
+                raise RequestError(Reply.INVALID_VALUE, f"{name} must be {what}, got "
+                                                        f"{value[:20]!r}")
+            variables[variable] = value
+        reply = await self.run(request, "ListJobs", variables)
+        page = json.loads(reply.text)
+        return json_response({"Jobs": [_addressed(job) for job in page["Jobs"]],
+                              "Next": page["Next"]})
 
     async def submit(self, request: Request) -> HttpResponse:
         fields = _json_object(request)
         variables, doc_variables, token = _submit_variables(fields)
         if token:
             try:  # the job this token already names, if any: 200 with it, as it is
-                return await self._status(request, {"_sys_JobToken": token})
+                return await self._status(request, {JOB_TOKEN: token})
             except RequestError as exc:
                 if exc.code is not Reply.UNKNOWN_TRANSACTION:
                     raise
-            variables["_sys_JobToken"] = token
+            variables[JOB_TOKEN] = token
         reply = await self.run(request, "SubmitJob", variables, doc_variables)
-        response = await self._status(request, {"_sys_TransactionID": reply.text}, status=201)
+        response = await self._status(request, {TRANSACTION_ID: reply.text}, status=201)
         response.headers.append(("Location", _address(reply.text)))
         return response
 
@@ -161,32 +212,32 @@ class JobsApi:
             raise _not_acceptable(_JOB_FORMATS)
         history = _flag(request, "history")
         if form == "application/json":
-            return await self._status(request, {"_sys_TransactionID": transaction_id},
+            return await self._status(request, {TRANSACTION_ID: transaction_id},
                                       history=history)
         command = "GetJobInformation" if history else "GetJobStatus"
-        reply = await self.run(request, command, {"_sys_TransactionID": transaction_id,
-                                                  "_sys_Format": "xml"})
+        reply = await self.run(request, command, {TRANSACTION_ID: transaction_id,
+                                                  FORMAT: "xml"})
         xml = _xml_with_address(reply.text)
         return text_response(xml, f"{form}; charset=utf-8")
 
     async def _status(self, request: Request, names: dict[str, str], *, status: int = 200,
                       history: bool = False) -> HttpResponse:
         command = "GetJobInformation" if history else "GetJobStatus"
-        reply = await self.run(request, command, {**names, "_sys_Format": "json"})
+        reply = await self.run(request, command, {**names, FORMAT: "json"})
         return json_text_response(_status_with_address(reply.text), status)
 
     async def act(self, request: Request, transaction_id: str, command: str) -> HttpResponse:
-        names = {"_sys_TransactionID": transaction_id}
+        names = {TRANSACTION_ID: transaction_id}
         await self.run(request, command, names)
         return await self._status(request, names)
 
     async def delete(self, request: Request, transaction_id: str) -> HttpResponse:
-        await self.run(request, "DeleteJob", {"_sys_TransactionID": transaction_id})
+        await self.run(request, "DeleteJob", {TRANSACTION_ID: transaction_id})
         return HttpResponse(204, [])
 
     async def outputs(self, request: Request, transaction_id: str) -> HttpResponse:
-        reply = await self.run(request, "RetrieveJob", {"_sys_TransactionID": transaction_id,
-                                                        "_sys_Format": "json"})
+        reply = await self.run(request, "RetrieveJob", {TRANSACTION_ID: transaction_id,
+                                                        FORMAT: "json"})
         return json_text_response(reply.text.encode())
 
     async def lines(self, request: Request, transaction_id: str) -> HttpResponse:
@@ -194,8 +245,8 @@ class JobsApi:
         if form is None:
             raise _not_acceptable(_LINE_FORMATS)
         first = request.query.get("from", "1")
-        reply = await self.run(request, "GetTaskLog", {"_sys_TransactionID": transaction_id,
-                                                       "_sys_FromLine": first})
+        reply = await self.run(request, "GetTaskLog", {TRANSACTION_ID: transaction_id,
+                                                       FROM_LINE: first})
         header, *lines = reply.text.split("\n")
         if form == "text/plain":
             return text_response("".join(line + "\r\n" for line in lines))
@@ -213,8 +264,8 @@ class JobsApi:
             first = str(int(last_seen) + 1)
         else:
             first = request.query.get("from", "1")
-        reply = await self.run(request, "MonitorJob", {"_sys_TransactionID": transaction_id,
-                                                       "_sys_FromLine": first})
+        reply = await self.run(request, "MonitorJob", {TRANSACTION_ID: transaction_id,
+                                                       FROM_LINE: first})
         assert reply.follow is not None  # (MonitorJob always names the job to follow)
         engine = self._engine
         record = await engine.jobs.record(reply.follow)
@@ -294,16 +345,16 @@ def _submit_variables(fields: dict[str, Any]) -> tuple[dict[str, str], dict[str,
                                                 f"{', '.join(sorted(_SUBMIT_FIELDS))})")
     parameters = _strings(fields.get("Parameters", {}), "Parameters")
     doc_variables = _strings(fields.get("DocVariables", {}), "DocVariables")
-    for name in ("ProjectName", "JobName", "JobToken"):
+    for name in (PROJECT_NAME, JOB_NAME, "JobToken"):
         value = fields.get(name)
         if value is not None and not isinstance(value, str):
             raise RequestError(Reply.INVALID_VALUE, f"{name} must be a string")
     # As a packet has them: ProjectName first, then JobName, then the job's own.
-    variables = {"ProjectName": fields.get("ProjectName") or ""}
-    if fields.get("JobName") is not None:
-        variables["JobName"] = fields["JobName"]
+    variables = {PROJECT_NAME: fields.get(PROJECT_NAME) or ""}
+    if fields.get(JOB_NAME) is not None:
+        variables[JOB_NAME] = fields[JOB_NAME]
     for name, value in parameters.items():
-        if name.startswith("_sys_") or name in variables:
+        if name.startswith(SYSTEM_PREFIX) or name in variables:
             raise RequestError(Reply.INVALID_VALUE, f"Parameters: {name[:40]!r} is not a job "
                                                     f"parameter (a system variable or a field)")
         variables[name] = value

@@ -34,8 +34,7 @@ from ..errors import RequestError
 from ..server.deadlines import Deadlines
 from ..server.eager import start_eagerly
 from ..wire.codes import Reply
-from .messages import (COMMON_HEADERS, HttpResponse, Request, http_date, problem, reason,
-                       too_large)
+from .messages import COMMON_HEADERS, HttpResponse, Request, http_date, problem, reason, too_large
 
 __all__ = ["HttpConnection", "Streamer", "Site", "MAX_HEAD_BYTES", "MAX_HEADERS"]
 
@@ -72,9 +71,12 @@ class Streamer(Protocol):
 class Site(Protocol):
     """What a connection uses of its ``HttpServer``."""
 
-    config: Config
     closing: bool
-    deadlines: Deadlines
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def deadlines(self) -> Deadlines: ...
 
     async def handle(self, request: Request) -> HttpResponse | Streamer: ...
     def connection_opened(self, connection: HttpConnection) -> bool: ...

@@ -123,7 +123,8 @@ class JobEvents:
         first = self._next_line
         self._next_line = first + len(lines)
         self._saw_end = lines[-1].startswith(_ENDED_PREFIX)
-        sink.send(b"".join([_EVENT % pair for pair in zip(range(first, self._next_line), lines)]))
+        numbered = zip(range(first, self._next_line), lines, strict=True)
+        sink.send(b"".join([_EVENT % pair for pair in numbered]))
 
     def stream_ended(self) -> None:
         self._stream = None

@@ -3,13 +3,15 @@
 ``HttpServer`` shares its ``Server``'s engine, commands (so its users, roles
 and password throttling), TLS certificate and limits, and refuses, like it,
 to serve an open server (no users) on an address other machines can reach.
-Its life follows the server's: ``start()`` after ``Server.start()``;
-``close()`` before ``Server.close()`` stops listening and closes idle
-connections, so the server's shutdown runs with no new requests coming;
-``wait_closed()`` after ``Server.wait_closed()`` ends what is left (event
-streams of jobs that stay queued for the next start, then anything slower
-than ``linger_s``).  ``start_serving`` and ``stop_serving`` do all that for a
-server whose config asks for an HTTP port.
+Its life follows the server's: made before or after ``Server.start()`` (it
+checks its settings at once), ``start()`` once the server has started (it
+needs the server's engine and commands); ``close()`` before
+``Server.close()`` stops listening and closes idle connections, so the
+server's shutdown runs with no new requests coming; ``wait_closed()`` after
+``Server.wait_closed()`` ends what is left (event streams of jobs that stay
+queued for the next start, then anything slower than ``linger_s``).
+``start_serving`` and ``stop_serving`` do all that for a server whose config
+asks for an HTTP port.
 
 Routes: ``/`` and ``/static/*`` (the page), ``/healthz``, ``/readyz``,
 ``/metrics``, and ``/api/v1/...`` (``api``).
@@ -21,9 +23,10 @@ import asyncio
 import logging
 from importlib import resources
 
+from ..config import Config
 from ..errors import RequestError
 from ..server.deadlines import Deadlines
-from ..server.server import Server, _check_exposure, _tls_context
+from ..server.server import Server, check_exposure, tls_context
 from ..wire.codes import Reply
 from .api import PREFIX, JobsApi
 from .connection import HttpConnection, Streamer
@@ -62,14 +65,13 @@ class HttpServer:
             TLS certificate that cannot be loaded.
         """
         config = server.config
-        self.config = config
         self.server = server
         self._host = host or config.http_host or config.host
         self._port = config.http_port if port is None else port
-        _check_exposure(config.replace(host=self._host))
-        self._ssl = _tls_context(config)
+        check_exposure(config.replace(host=self._host))
+        self._ssl = tls_context(config)
         self._files = _package_files()
-        self._api = JobsApi(server.commands, server.engine, self._files["openapi.json"])
+        self._api: JobsApi | None = None  # (start() makes it: the server's engine is needed)
         self._listener: asyncio.Server | None = None
         self._connections: set[HttpConnection] = set()
         self._no_connections = asyncio.Event()
@@ -77,20 +79,42 @@ class HttpServer:
         self._bound: tuple[str, int] = (self._host, self._port)
         #: True once ``close()`` was called: answers say ``Connection: close``.
         self.closing = False
+        self._deadlines: Deadlines | None = None  # (made by start(): it needs the loop)
+
+    @property
+    def config(self) -> Config:
+        """The server's settings (a reload's, once it took effect)."""
+        return self.server.config
+
+    @property
+    def deadlines(self) -> Deadlines:
+        """The connections' reading deadlines (made by ``start``)."""
+        if self._deadlines is None:
+            raise RuntimeError("the HTTP listener has not started")
+        return self._deadlines
 
     async def start(self) -> None:
-        """Start listening.
+        """Start listening, once the server has started.
 
         Raises:
             OSError: the address cannot be bound.
+            RuntimeError: the server has not started.
         """
+        server, config = self.server, self.config
+        self._api = JobsApi(server.commands, server.engine, server.refusals,
+                            self._files["openapi.json"])
         loop = asyncio.get_running_loop()
-        #: The connections' reading deadlines (the server's own, when it has them).
-        self.deadlines = self.server.deadlines or Deadlines(loop, 0.05)
-        self._listener = await loop.create_server(
-            lambda: HttpConnection(self), self._host, self._port, reuse_address=True,
-            backlog=1024, ssl=self._ssl,
-            ssl_handshake_timeout=self.config.packet_timeout_s if self._ssl else None)
+        # Our own: the server's stop with its shutdown, before our last streams end.
+        deadlines = self._deadlines = Deadlines(
+            loop, min(0.05, min(config.idle_timeout_s, config.packet_timeout_s) / 4))
+        try:
+            self._listener = await loop.create_server(
+                lambda: HttpConnection(self), self._host, self._port, reuse_address=True,
+                backlog=1024, ssl=self._ssl,
+                ssl_handshake_timeout=config.packet_timeout_s if self._ssl else None)
+        except BaseException:
+            deadlines.close()
+            raise
         self._bound = self._listener.sockets[0].getsockname()[:2]
         ready_log.info("jobmonitor HTTP listening on %s", self.url, extra={"ready": True})
 
@@ -144,20 +168,24 @@ class HttpServer:
             connection.end_stream()
         try:
             await asyncio.wait_for(self._no_connections.wait(), self.config.linger_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             for connection in list(self._connections):
                 connection.abort()
             await self._no_connections.wait()  # connection_lost comes on the next turn
         if self._listener is not None:
             await self._listener.wait_closed()
+        if self._deadlines is not None:
+            self._deadlines.close()
 
     # -- requests -------------------------------------------------------------------------
 
     async def handle(self, request: Request) -> HttpResponse | Streamer:
         """Answer one request (``connection`` turns refusals into problems)."""
         path, method = request.path, request.method
+        api = self._api
+        assert api is not None  # (made by start(), before any connection)
         if path.startswith(PREFIX):
-            return await self._api.handle(request)
+            return await api.handle(request)
         if method not in ("GET", "HEAD"):
             raise HttpRefusal(Reply.UNKNOWN_COMMAND, f"{method[:10]} is not allowed here", 405,
                               (("Allow", "GET, HEAD"),))
@@ -166,10 +194,10 @@ class HttpServer:
         if path == "/readyz":
             return await self._ready()
         if path == "/metrics":
-            await self._api.run(request, "GetJobQueueLen", {})  # the same users as the API
+            await api.run(request, "GetJobQueueLen", {})  # the same users as the API
             return text_response(self._metrics(), CONTENT_TYPE)
         if path == "/":
-            await self._api.run(request, "GetBuildString", {})  # asks a browser to log in
+            await api.run(request, "GetBuildString", {})  # asks a browser to log in
             return self._file("index.html", "no-cache")
         name = path.removeprefix("/static/")
         if name != path and name in self._files and "/" not in name:
@@ -208,7 +236,7 @@ async def start_serving(server: Server) -> HttpServer | None:
         ConfigError, OSError: as ``Server``, ``HttpServer`` and their ``start``.
     """
     http = HttpServer(server) if server.config.http_port else None
-    await server.start()
+    await server.start_serving()  # (a server started already is left as it is)
     if http is not None:
         try:
             await http.start()

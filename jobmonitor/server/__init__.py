@@ -2,9 +2,12 @@
 
 ``server`` (``Server``: listening, connections, ordered shutdown),
 ``connection`` (one client: read a packet, answer, maybe stream a job),
-``commands`` (one method per command), ``auth`` (checking credentials and
-throttling), and the socket-level helpers ``deadlines``, ``sockets`` and
-``eager``.
+``output`` (a connection's write path: batching, corks, flow control, ending),
+``commands`` (one method per command), ``placement`` (reading a submit's
+queue, priority and due time), ``auth`` (checking credentials and
+throttling), ``refusals`` (the operator's log of refused logins and
+permissions), ``reloading`` (what a reload changes), and the socket-level
+helpers ``deadlines``, ``sockets`` and ``eager``.
 
 Rule: imports the engine, the store, ``config``, ``users``, the wire layer and
 ``errors``; never the app, the loader of job modules, programs, the client or

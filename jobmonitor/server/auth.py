@@ -32,8 +32,18 @@ from typing import Any, TypeVar
 from ..errors import RequestError
 from ..users import User, hash_password, verify_password
 from ..wire.codes import Reply
-from .throttle import (CLEAN, MAX_FAILURE_DELAY_S, UNRECORDED, FailureTable, Line, Turns,
-                       failure_delay, penalty, throttled_address, throttled_network)
+from .throttle import (
+    CLEAN,
+    MAX_FAILURE_DELAY_S,
+    UNRECORDED,
+    FailureTable,
+    Line,
+    Turns,
+    failure_delay,
+    penalty,
+    throttled_address,
+    throttled_network,
+)
 
 __all__ = ["Authenticator", "throttled_address"]
 
@@ -151,6 +161,14 @@ class Authenticator:
     async def close(self) -> None:
         """Wait for the checks under way and end the checking threads."""
         await self._checks.close()
+
+    def set_users(self, users: tuple[User, ...]) -> None:
+        """Check against ``users`` from now on (a reload).  The passwords that
+        checked out are forgotten (one may have changed); failures are kept."""
+        self._users = {user.name: user for user in users}
+        self._verified.clear()
+        if users and not self._decoy:
+            self._decoy = hash_password(os.urandom(16).hex())
 
     async def authenticate(self, name: str, password: str, address: str) -> User | None:
         """The user these credentials name, or None (after a delay if this

@@ -34,7 +34,7 @@ class Durations:
     def cumulative(self) -> list[tuple[float, int]]:
         """``(upper bound, count at or under it)`` per bucket, ending with infinity."""
         running, out = 0, []
-        for bound, count in zip((*self.bounds, float("inf")), self.counts):
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
             running += count
             out.append((bound, running))
         return out

@@ -147,8 +147,8 @@ def test_a_job_submitted_from_the_page_streams_live_and_its_progress_moves(page,
         page.screenshot(path=shot, full_page=True)
     _step(site, "p")
     expect(page.locator("[data-testid=job-status]")).to_have_text("Completed")
-    expect(lines.last).to_have_text(f"J0000001: Transaction "
-                                    f"{page.locator('[data-testid=job-title]').inner_text()} ended")
+    title = page.locator("[data-testid=job-title]").inner_text()
+    expect(lines.last).to_have_text(f"J0000001: Transaction {title} ended")
     expect(bar).to_have_js_property("value", 3)
 
 

@@ -26,11 +26,10 @@ def db_url(tmp_path) -> str:
 
 async def connections_end(server, within_s: float = ENDS_WITHIN_S) -> None:
     """Wait until the server holds no connection; fail after ``within_s``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while server.connection_count:
-        assert loop.time() < deadline, f"{server.connection_count} connections still open"
-        await asyncio.sleep(0.02)
+    try:
+        await asyncio.wait_for(server.wait_connections_closed(), within_s)
+    except TimeoutError:
+        raise AssertionError(f"{server.connection_count} connections still open") from None
 
 
 async def left_memory(server, tid: str) -> None:
@@ -186,16 +185,6 @@ async def test_a_client_that_never_reads_a_reply_is_dropped(make_server, pending
         await connections_end(server)
 
 
-async def held_until(server) -> float:
-    """When the server's one connection (opening now) is gone."""
-    loop = asyncio.get_running_loop()
-    while not server.connection_count:
-        await asyncio.sleep(0.005)
-    while server.connection_count:
-        await asyncio.sleep(0.005)
-    return loop.time()
-
-
 async def test_a_slow_but_reading_client_gets_all_of_a_big_reply(make_server):
     stall_s = 0.25
     server = await make_server(monitor_stall_s=stall_s)
@@ -203,7 +192,6 @@ async def test_a_slow_but_reading_client_gets_all_of_a_big_reply(make_server):
     expected = await exchange(server.port, LIST_ALL)
     assert len(expected[0]) > 5_000_000  # more than the kernel's buffers hold
     loop = asyncio.get_running_loop()
-    held = asyncio.ensure_future(held_until(server))
     started = loop.time()
     sock = await small_window(server.port, LIST_ALL, window=16384)
     with sock:
@@ -211,4 +199,5 @@ async def test_a_slow_but_reading_client_gets_all_of_a_big_reply(make_server):
     assert got == expected
     # The server closed at once, then kept its connection (bytes the client had
     # not taken) for several stall periods: the client never paused that long.
-    assert await asyncio.wait_for(held, ENDS_WITHIN_S) - started > 2 * stall_s
+    await connections_end(server)
+    assert loop.time() - started > 2 * stall_s

@@ -66,7 +66,8 @@ async def test_every_endpoint_over_one_kept_alive_connection(web):
         assert f"<Address>{API}/jobs/{tid}</Address>" in xml.text
 
         outputs = await client.get(f"{API}/jobs/{tid}/outputs")
-        assert outputs.json() == [{"Name": "a.pdf", "Uri": "file:///a.pdf", "MediaType": None}]
+        assert outputs.json() == [{"Name": "a.pdf", "Uri": "file:///a.pdf", "MediaType": None,
+                                   "Partial": False}]
 
         lines = (await client.get(f"{API}/jobs/{tid}/lines?from=2")).json()
         assert lines["From"] == 2 and lines["Total"] == 3 and lines["Next"] == 4
@@ -80,10 +81,15 @@ async def test_every_endpoint_over_one_kept_alive_connection(web):
         waiting = (await client.post(f"{API}/jobs", json_body={
             "ProjectName": "wait", "Parameters": {"Key": "k1"}})).json()["Id"]
         listed = (await client.get(f"{API}/jobs")).json()
-        assert [job["Id"] for job in listed] == [waiting]
-        assert listed[0]["Address"] == f"{API}/jobs/{waiting}"
-        everything = (await client.get(f"{API}/jobs?filter=all")).json()
+        assert [job["Id"] for job in listed["Jobs"]] == [waiting] and listed["Next"] is None
+        assert listed["Jobs"][0]["Address"] == f"{API}/jobs/{waiting}"
+        everything = (await client.get(f"{API}/jobs?filter=all")).json()["Jobs"]
         assert [job["Id"] for job in everything] == [tid, waiting]
+        first = (await client.get(f"{API}/jobs?filter=all&limit=1")).json()
+        assert ([job["Id"] for job in first["Jobs"]], first["Next"]) == ([tid], tid)
+        second = (await client.get(f"{API}/jobs?filter=all&limit=1&after={tid}")).json()
+        assert [job["Id"] for job in second["Jobs"]] == [waiting]
+        assert (await client.get(f"{API}/jobs?limit=0")).json()["code"] == "R0005007"
         assert (await client.get(f"{API}/queue")).json() == {"Queued": 0, "Running": 1}
         assert "wait" in (await client.get(f"{API}/projects")).json()
 
@@ -122,7 +128,7 @@ async def test_suspend_and_resume_a_queued_job(web):
 
 
 async def test_a_job_token_names_the_earlier_job_with_200(web):
-    server, http = await web()
+    _server, http = await web()
     async with await HttpClient.open(http.port) as client:
         body = {"ProjectName": "echo", "JobToken": "order-7"}
         first = await client.post(f"{API}/jobs", json_body=body)
@@ -175,7 +181,7 @@ async def test_errors_are_problems_with_the_r_code_and_status(web):
 
 
 async def test_basic_auth_roles_and_per_user_scoping(web):
-    server, http = await web(users=(ADMIN, BOB, CAT))
+    _server, http = await web(users=(ADMIN, BOB, CAT))
     async with await HttpClient.open(http.port) as client:
         anonymous = await client.get(f"{API}/jobs")
         assert anonymous.status == 401 and anonymous.json()["code"] == "R0005012"
@@ -194,11 +200,24 @@ async def test_basic_auth_roles_and_per_user_scoping(web):
                      f"{API}/jobs/{tid}/events"):
             assert (await client.get(path, headers=basic("cat", "cat-pw"))).status == 404
         cat_list = await client.get(f"{API}/jobs?filter=all", headers=basic("cat", "cat-pw"))
-        assert cat_list.json() == []
+        assert cat_list.json() == {"Jobs": [], "Next": None}
         root_list = await client.get(f"{API}/jobs?filter=all", headers=basic("root", "root-pw"))
-        assert [job["Id"] for job in root_list.json()] == [tid]
+        assert [job["Id"] for job in root_list.json()["Jobs"]] == [tid]
         page = await client.get("/", headers=basic("cat", "cat-pw"))
         assert page.status == 200 and page.headers["content-type"].startswith("text/html")
+
+
+async def test_refused_credentials_and_permissions_are_logged_as_over_tcp(web, caplog):
+    _server, http = await web(users=(ADMIN, BOB))
+    caplog.set_level("WARNING", logger="jobmonitor.security")
+    async with await HttpClient.open(http.port) as client:
+        assert (await client.get(f"{API}/jobs")).status == 401  # no credentials: a prompt
+        assert (await client.get(f"{API}/jobs", headers=basic("bob", "nope"))).status == 401
+        assert (await client.get(f"{API}/jobs", headers=basic("eve", "x"))).status == 401
+    assert [record.getMessage() for record in caplog.records
+            if record.name == "jobmonitor.security"] == [
+        "event=login_failed peer=127.0.0.1 user=bob command=ListJobs reason=wrong_password",
+        "event=login_failed peer=127.0.0.1 user=eve command=ListJobs reason=unknown_user"]
 
 
 async def test_the_tcp_port_and_the_api_see_the_same_jobs(web):
@@ -213,14 +232,14 @@ async def test_the_tcp_port_and_the_api_see_the_same_jobs(web):
 
 
 async def test_cross_origin_state_changes_are_refused(web):
-    server, http = await web()
+    _server, http = await web()
     async with await HttpClient.open(http.port) as client:
         body = {"ProjectName": "echo"}
         for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
                         {"Sec-Fetch-Site": "same-site"}, {"Origin": "null"}):
             refused = await client.post(f"{API}/jobs", json_body=body, headers=headers)
             assert refused.status == 403 and refused.json()["code"] == "R0005013", headers
-        assert (await client.get(f"{API}/jobs?filter=all")).json() == []
+        assert (await client.get(f"{API}/jobs?filter=all")).json()["Jobs"] == []
         own = f"http://127.0.0.1:{http.port}"
         for headers in ({"Origin": own, "Sec-Fetch-Site": "same-origin"}, {}):
             accepted = await client.post(f"{API}/jobs", json_body=body, headers=headers)
@@ -238,7 +257,7 @@ async def test_an_open_http_listener_is_refused_beyond_loopback(make_server):
 
 
 async def test_limits_and_malformed_requests(web):
-    server, http = await web(max_packet_bytes=1000, idle_timeout_s=0.3, packet_timeout_s=0.5)
+    _server, http = await web(max_packet_bytes=1000, idle_timeout_s=0.3, packet_timeout_s=0.5)
 
     async def raw(data: bytes) -> bytes:
         reader, writer = await asyncio.open_connection("127.0.0.1", http.port)
@@ -267,7 +286,7 @@ async def test_limits_and_malformed_requests(web):
 
 
 async def test_static_files_and_security_headers(web):
-    server, http = await web()
+    _server, http = await web()
     async with await HttpClient.open(http.port) as client:
         page = await client.get("/")
         assert page.status == 200 and b'src="/static/app.js"' in page.body
@@ -284,7 +303,7 @@ async def test_static_files_and_security_headers(web):
 
 
 async def test_the_listener_closes_with_the_server(web):
-    server, http = await web()
+    _server, http = await web()
     client = await HttpClient.open(http.port)
     assert (await client.get("/healthz")).status == 200
     http.close()
@@ -301,7 +320,7 @@ def test_config_has_the_http_settings():
     from jobmonitor.config import Config
 
     assert Config().http_port == 0 and Config().http_host is None
-    with pytest.raises(ConfigError, match="http_port: must be 0..65535"):
+    with pytest.raises(ConfigError, match=r"http_port: must be 0\.\.65535"):
         Config(http_port=70000)
     assert json.dumps(Config(http_port=7401, http_host="::1").http_port) == "7401"
 
@@ -312,7 +331,7 @@ async def test_the_http_listener_serves_the_servers_tls_certificate(web, tmp_pat
     cert = authority.issue_cert("127.0.0.1")
     cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
     cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    server, http = await web(tls_cert=str(tmp_path / "cert.pem"),
+    _server, http = await web(tls_cert=str(tmp_path / "cert.pem"),
                              tls_key=str(tmp_path / "key.pem"))
     assert http.url.startswith("https://")
     context = ssl.create_default_context()
@@ -326,7 +345,7 @@ async def test_the_http_listener_serves_the_servers_tls_certificate(web, tmp_pat
 
 
 async def test_connections_beyond_max_connections_are_told_busy(web):
-    server, http = await web(max_connections=1)
+    _server, http = await web(max_connections=1)
     async with await HttpClient.open(http.port) as first:
         assert (await first.get("/healthz")).status == 200
         reader, writer = await asyncio.open_connection("127.0.0.1", http.port)

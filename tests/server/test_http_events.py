@@ -173,7 +173,7 @@ async def test_metrics_parse_as_prometheus_text(web, tmp_path):
 
 
 async def test_health_and_readiness(web):
-    server, http = await web()
+    _server, http = await web()
     async with await HttpClient.open(http.port) as client:
         assert (await client.get("/healthz")).status == 200
         assert (await client.get("/readyz")).status == 200

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,18 +51,17 @@ class HttpClient:
     _pending: bytes = b""
 
     @classmethod
-    async def open(cls, port: int, *, ssl: Any = None, **headers: str) -> "HttpClient":
+    async def open(cls, port: int, *, ssl: Any = None, **headers: str) -> HttpClient:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ssl)
         return cls(reader, writer, port, dict(headers))
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        # (ssl.SSLError is an OSError: a TLS peer that closed without notice)
+        with contextlib.suppress(OSError):
             await self.writer.wait_closed()
-        except OSError:  # (ssl.SSLError is one: a TLS peer that closed without notice)
-            pass
 
-    async def __aenter__(self) -> "HttpClient":
+    async def __aenter__(self) -> HttpClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

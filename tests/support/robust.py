@@ -31,7 +31,7 @@ def need_fds(count: int, ceiling: int = 8192) -> None:
 
 async def no_connections(server: Server, timeout_s: float = 10.0) -> None:
     """Wait until the server has no connection left."""
-    await asyncio.wait_for(server._no_connections.wait(), timeout_s)
+    await asyncio.wait_for(server.wait_connections_closed(), timeout_s)
 
 
 def other_tasks() -> set[asyncio.Task]:

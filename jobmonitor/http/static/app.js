@@ -87,14 +87,28 @@ function renderJobs(jobs) {
   $("no-jobs").hidden = rows.length > 0;
 }
 
+// The jobs a page at a time, following Next (at most MAX_PAGES pages a refresh).
+const MAX_PAGES = 10;
+async function listJobs(which) {
+  const jobs = [];
+  let after = "";
+  for (let pages = 0; pages < MAX_PAGES; pages++) {
+    const page = await call("GET", `/jobs?filter=${which}${after ? "&after=" + after : ""}`);
+    jobs.push(...page.Jobs);
+    if (!page.Next) break;
+    after = page.Next;
+  }
+  return jobs;
+}
+
 async function refreshList() {
   try {
-    const [jobs, queue] = await Promise.all([
-      call("GET", `/jobs?filter=${$("which").value}`), call("GET", "/queue")]);
+    const [jobs, queue] = await Promise.all([listJobs($("which").value), call("GET", "/queue")]);
     lastJobs = jobs;
     renderJobs(jobs);
     $("queue").textContent = `${queue.Running} running, ${queue.Queued} queued`;
-    if (jobs.length) pollSeconds = Math.max(1, jobs[0].PollAfter || 2);
+    const changing = jobs.find((job) => job.PollAfter);  // (null once a job has ended)
+    if (jobs.length) pollSeconds = Math.max(1, changing ? changing.PollAfter : 2);
     showProblem("");
   } catch (error) {
     showProblem(`Cannot list jobs: ${error.message}`);
