@@ -8,6 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 7400
+HTTP_PORT ?= 7401
 PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check
 LINTED := jobmonitor tests benchmarks scripts examples
 
@@ -32,7 +33,7 @@ $(VENV)/.installed-fast: setup.cfg pyproject.toml | $(BIN)/python
 	touch $@
 
 serve: $(VENV)/.installed-serve
-	$(BIN)/jobmonitor serve --host $(HOST) --port $(PORT) --jobs examples/demo_jobs.py
+	$(BIN)/jobmonitor serve --host $(HOST) --port $(PORT) --http-port $(HTTP_PORT) --jobs examples/demo_jobs.py
 
 # Lint and import order (ruff, configured in pyproject.toml), types (mypy --strict,
 # setup.cfg), then the tests.

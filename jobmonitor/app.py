@@ -24,6 +24,7 @@ from .engine.handlers import Handler
 from .engine.registry import HandlerRegistry
 from .engine.schedule import Clock
 from .errors import ConfigError
+from .http import HttpServer, start_serving, stop_serving
 from .loader import load_handlers
 from .server.server import Reloaded, Server
 
@@ -78,14 +79,21 @@ class JobMonitor(HandlerRegistry):
 
         ``host``, ``port`` and ``settings`` override fields of ``config``;
         ``clock``: what due times and schedules read the time from (see ``Engine``).
+        With an ``http_port``, the HTTP listener (``jobmonitor.http``) runs beside
+        the server.
 
         Raises:
             ConfigError: an unknown setting or a bad value.
             OSError: the address cannot be bound.
         """
         config = (config or Config()).replace(host=host, port=port, **settings)
-        async with self.make_server(config, clock=clock) as server:
+        # (as ``async with server``, and with config.http_port, its HTTP listener too)
+        server = self.make_server(config, clock=clock)
+        http = await start_serving(server)
+        try:
             yield server
+        finally:
+            await stop_serving(server, http)
 
 
 def _merged(own: Mapping[str, Handler], projects: Mapping[str, Handler] | None
@@ -117,6 +125,7 @@ class Controller:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Server | None = None
+        self._http: HttpServer | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
         # What start() needs to call off a start it gave up waiting for.
@@ -135,6 +144,11 @@ class Controller:
         return self.server.port
 
     @property
+    def http(self) -> HttpServer | None:
+        """The HTTP listener (None unless ``http_port`` is set)."""
+        return self._http
+
+    @property
     def host(self) -> str:
         return self.server.host
 
@@ -150,7 +164,7 @@ class Controller:
         if self._thread is not None:
             raise RuntimeError("the controller is already started")
         self._ready.clear()
-        self._error = self._server = self._loop = self._main_task = None
+        self._error = self._server = self._http = self._loop = self._main_task = None
         self._called_off = False
         thread = self._thread = threading.Thread(target=self._main,
                                                  name="jobmonitor-controller", daemon=True)
@@ -175,7 +189,7 @@ class Controller:
             return
         # RuntimeError: the loop has closed, the server has stopped already.
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._server.close)
+            self._loop.call_soon_threadsafe(self._close)
         self._thread.join(timeout_s)
         self._thread = None
 
@@ -198,6 +212,12 @@ class Controller:
     def _main(self) -> None:
         asyncio.run(self._serve())
 
+    def _close(self) -> None:
+        if self._http is not None:
+            self._http.close()  # first: no new requests while the server stops
+        if self._server is not None:
+            self._server.close()
+
     async def _serve(self) -> None:
         with self._lock:
             if self._called_off:
@@ -206,7 +226,7 @@ class Controller:
             self._main_task = asyncio.current_task()
         try:
             server = self._app.make_server(self.config)
-            await server.start()
+            self._http = await start_serving(server)
         # start() raises the failure in its own thread (a CancelledError: start()
         # gave up waiting, and has nothing to raise).
         except BaseException as exc:  # noqa: BLE001 - handed on to start()
@@ -217,6 +237,8 @@ class Controller:
         self._ready.set()
         with contextlib.suppress(asyncio.CancelledError):  # (the close is done by then)
             await server.serve_forever()
+        if self._http is not None:
+            await self._http.wait_closed()
 
     def __enter__(self) -> Controller:
         self.start()

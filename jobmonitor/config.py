@@ -80,6 +80,9 @@ class Config:
     monitor_stall_s: float = _setting(
         30.0, "seconds a client may accept no bytes while output waits for it: a monitor is "
         "then told where to re-attach from and closed, any other connection is reset")
+    http_port: int = _setting(
+        0, "port of the HTTP API, live page and metrics (0: no HTTP listener)")
+    http_host: str | None = _setting(None, "address of the HTTP listener (default: --host)")
     tls_cert: str | None = _setting(None, "PEM certificate (chain) file: serve TLS")
     tls_key: str | None = _setting(None, "PEM private key file for --tls-cert")
     allow_anonymous_network: bool = _setting(
@@ -116,8 +119,9 @@ class Config:
             raise ConfigError("tls_cert and tls_key: give both or neither")
         _check_non_negative(self, "linger_s", "shutdown_grace_s", "keep_days", "max_queued_jobs",
                             "max_finished_in_memory")
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"port: must be 0..65535, got {self.port}")
+        for name in ("port", "http_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ConfigError(f"{name}: must be 0..65535, got {getattr(self, name)}")
         _check_queues(self)
 
     def replace(self, **changes: Any) -> Config:

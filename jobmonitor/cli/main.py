@@ -236,14 +236,15 @@ def _runner() -> asyncio.Runner:
 async def _serve_until_signal(server: Server) -> None:
     # Handlers go in before the server starts: a script that signals us as soon
     # as it sees the ready line must get an orderly stop, not a default death.
+    from ..http import start_serving, stop_serving
+
     stopper = _Stopper(server)
     stopper.install()
-    await server.start()
+    http = await start_serving(server)  # (and its HTTP listener, with --http-port)
     _tune_gc()
     _fit_open_file_limit(server.config.max_connections)
     await stopper.stopping.wait()
-    server.close()
-    await server.wait_closed()
+    await stop_serving(server, http)
 
 
 def _tune_gc() -> None:

@@ -20,6 +20,7 @@ from ..wire.codes import Reply
 from ..wire.lines import clip
 from ..wire.records import HistoryEvent, JobRecord, parse_transaction_id
 from ..wire.variables import TASK_LOG_SIZE
+from .counters import JobCounters
 from .job import Job
 
 __all__ = ["JobDirectory", "JobPage", "TASK_LOG_SIZE", "IDLE_TAIL_LINES"]
@@ -50,6 +51,8 @@ class JobDirectory:
         # With a store that keeps nothing: the finished jobs kept, oldest first.  An
         # ordered dict, not a deque: a job deleted or expired leaves it at once.
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
+        #: What the metrics endpoint reports (jobs submitted and finished, lines sent).
+        self.counters = JobCounters()
 
     # -- membership ---------------------------------------------------------------
 
@@ -196,14 +199,21 @@ class JobDirectory:
             durable = job.stream.durable
             if durable is not None:  # only what a crash cannot take back
                 limit = min(limit, durable - from_line + 1)
-            return job.stream.lines[start:start + max(limit, 0)]
-        return await self._store.read_lines(transaction_id, from_line, limit)
+            lines = job.stream.lines[start:start + max(limit, 0)]
+        else:
+            lines = await self._store.read_lines(transaction_id, from_line, limit)
+        self.counters.lines_sent += len(lines)
+        return lines
 
     # -- monitors and the task log ----------------------------------------------------
 
     def monitor_count(self, transaction_id: str) -> int:
         """How many connections follow this job's stream now."""
         return self._monitors.get(transaction_id, 0)
+
+    def monitor_total(self) -> int:
+        """How many connections follow job streams now, over all jobs."""
+        return sum(self._monitors.values())
 
     def monitor_attached(self, transaction_id: str) -> None:
         monitors = self._monitors
@@ -220,8 +230,10 @@ class JobDirectory:
     def log_event(self, job: Job, event: HistoryEvent) -> None:
         # tuple.__new__: a named tuple's own constructor is a Python-level call,
         # and three of these are made for every job.
-        self._task_log.append(_new_tuple(TaskEvent, (job.record.transaction_id,
-                                                     job.record.project, event)))
+        record = job.record
+        self._task_log.append(_new_tuple(TaskEvent, (record.transaction_id, record.project,
+                                                     event)))
+        self.counters.job_event(record.project, event, record.outcome)
 
     def seed_task_log(self, events: list[TaskEvent]) -> None:
         self._task_log.extend(events)

@@ -187,6 +187,11 @@ class Engine(Placing):
     def running_count(self) -> int:
         return self._runner.running_count
 
+    @property
+    def store(self) -> Store:
+        """Where the jobs are kept (read-only use: the metrics read its commit times)."""
+        return self._store
+
     def handler_names(self) -> list[str]:
         return sorted(self._runner.handlers)
 
@@ -367,6 +372,7 @@ class Engine(Placing):
             job.stream.durable = record.line_count
         job.on_change = self._on_change
         job.on_event = self._on_event
+        job.stream.counters = self.jobs.counters
         self.jobs.add(job)
         return job
 

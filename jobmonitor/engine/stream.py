@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .counters import JobCounters
 
 __all__ = ["Watcher", "JobStream", "WRITE_LINES"]
 
@@ -57,7 +60,7 @@ class JobStream:
     """The recorded lines of one job and the watchers following them."""
 
     __slots__ = ("lines", "base", "closed", "on_flush", "scheduled", "durable", "_loop",
-                 "_watchers", "_stored_waiter", "flushed")
+                 "_watchers", "_stored_waiter", "flushed", "counters")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, base: int = 0) -> None:
         self.lines: list[bytes] = []
@@ -83,6 +86,8 @@ class JobStream:
         # A job waiting at a checkpoint for the store to catch up: its future, and
         # how few unstored lines wake it.
         self._stored_waiter: tuple[asyncio.Future[None], int] | None = None
+        #: Where the lines handed to watchers are counted (the engine's), if anywhere.
+        self.counters: JobCounters | None = None
 
     def __len__(self) -> int:
         """The number of lines recorded so far (in memory or not)."""
@@ -233,4 +238,6 @@ class JobStream:
             start = position - self.base
             chunk = shared[position] = b"".join(self.lines[start:start + stop - position])
         watcher.write(chunk)
+        if self.counters is not None:
+            self.counters.lines_sent += stop - position
         return stop

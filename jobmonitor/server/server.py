@@ -35,7 +35,7 @@ from .refusals import RefusalLog
 from .reloading import Reloaded, changes, settings_to_use
 from .sockets import cork_listeners
 
-__all__ = ["Server", "Reloaded"]
+__all__ = ["Server", "Reloaded", "check_exposure", "tls_context"]
 
 log = logging.getLogger("jobmonitor.server")
 
@@ -72,7 +72,7 @@ class Server:
         self._reloading = asyncio.Lock()
         #: The log of refused logins and permissions.
         self.refusals = RefusalLog(user.name for user in config.users)
-        self._anonymous_network = _check_exposure(config)
+        self._anonymous_network = check_exposure(config)
         self._started = False
         #: Set once start() has ended, well or not (what a shutdown waits for).
         self._start_ended = asyncio.Event()
@@ -114,7 +114,7 @@ class Server:
     async def _start(self) -> None:
         config = self.config
         loop = asyncio.get_running_loop()
-        tls = _tls_context(config)
+        tls = tls_context(config)
         if self._anonymous_network:
             log.warning("serving %s without authentication: anyone who can reach it can "
                         "run jobs", config.host)
@@ -252,7 +252,7 @@ class Server:
         if not isinstance(fresh, Reloaded):  # a callback that gives the handlers alone
             fresh = Reloaded(self.config, fresh)
         config, kept = settings_to_use(self.config, fresh.config)
-        _check_exposure(config)
+        check_exposure(config)
         check_queue_names(config, fresh.handlers)
         for warning in kept:
             log.warning("reload: %s", warning)
@@ -438,7 +438,7 @@ def _deadline_tick(config: Config) -> float:
     return min(0.05, min(config.idle_timeout_s, config.packet_timeout_s) / 4)
 
 
-def _tls_context(config: Config) -> ssl.SSLContext | None:
+def tls_context(config: Config) -> ssl.SSLContext | None:
     """The server's TLS context, or None without a certificate.
 
     Raises:
@@ -456,7 +456,7 @@ def _tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-def _check_exposure(config: Config) -> bool:
+def check_exposure(config: Config) -> bool:
     """Refuse to serve an open (user-less) server beyond this machine unless told
     to; return whether it will be served so (``start`` logs a warning).
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from ..wire.records import HistoryEvent, JobRecord
+from .timings import Durations
 
 __all__ = ["Store", "Recordable", "Recovery", "TaskEvent"]
 
@@ -86,6 +87,8 @@ class Store(abc.ABC):
     #: Called on the loop after a commit, with the jobs whose lines it stored and
     #: how many of their lines are now stored.
     on_persisted: Callable[[Recordable, int], None] | None = None
+    #: How long commits take (a store that commits nothing has none).
+    commit_durations: Durations | None = None
 
     @abc.abstractmethod
     async def open(self) -> Recovery:

@@ -41,6 +41,7 @@ from ..wire.records import JobRecord
 from ..wire.states import JobState
 from .base import Recordable, Recovery, Store
 from .outage import Outage
+from .timings import Durations
 
 __all__ = ["GroupCommitStore", "Batch", "Taken", "BLOCK_LINES"]
 
@@ -106,6 +107,7 @@ class GroupCommitStore(Store):
         self._urgent = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
         self._closing = False
+        self.commit_durations: Durations | None = Durations()
 
     # -- what a backend supplies ------------------------------------------------------
 
@@ -222,13 +224,15 @@ class GroupCommitStore(Store):
         when_stored, self._when_stored = self._when_stored, []
         batch = self._take_batch()
         failed = False
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             await self._write_batch(batch)
         except Exception as exc:  # noqa: BLE001 - any failure is answered to each waiter
             failed = True
             self._commit_failed(batch, waiters, exc)
         else:
-            self._committed(batch, waiters)
+            self._committed(batch, waiters, loop.time() - started)
         if when_stored:  # after the flushes the commit scheduled (watchers' lines)
             asyncio.get_running_loop().call_soon(_call_each, when_stored)
         return failed
@@ -275,11 +279,14 @@ class GroupCommitStore(Store):
                 del self._taken[transaction_id]  # nothing more will change
         return batch
 
-    def _committed(self, batch: Batch, waiters: list[asyncio.Future[None]]) -> None:
-        """Answer the commands that waited for the commit, and tell the engine which
-        lines are stored."""
+    def _committed(self, batch: Batch, waiters: list[asyncio.Future[None]],
+                   took_s: float) -> None:
+        """Answer the commands that waited for the commit (which took ``took_s``),
+        and tell the engine which lines are stored."""
         if batch.stored:  # (a retry with nothing left to write proves nothing)
             self._outage.worked()
+            if self.commit_durations is not None:
+                self.commit_durations.observe(took_s)
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)

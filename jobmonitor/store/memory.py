@@ -20,6 +20,8 @@ class MemoryStore(Store):
     """Keeps nothing: jobs live only in the engine's tables, for one process."""
 
     durable = False
+    #: No commits, so no commit times for the metrics.
+    commit_durations = None
 
     async def open(self) -> Recovery:
         """Nothing was kept before this process: no job to recover."""

@@ -373,3 +373,15 @@ def thread_overdue_slow_stop(job: Job) -> None:
 
 #: Set by thread-overdue-slow-stop once its time limit has told it to stop.
 job_stopping = threading.Event()
+
+
+@app.job("progress-steps")
+async def progress_steps(job: Job) -> None:
+    """Reports progress n/Count after each release of its Key (for the page's tests)."""
+    key, count = job.params["Key"], int(job.params.get("Count", "3"))
+    job.info("starting")
+    for n in range(1, count + 1):
+        event = releases.setdefault(key, asyncio.Event())
+        await event.wait()
+        event.clear()
+        job.progress(n, count, f"step {n}")

@@ -21,7 +21,8 @@ PACKAGE_DIR = Path(jobmonitor.__file__).resolve().parent
 #: the rest of the wire layer above it.  The client shares the wire's vocabulary
 #: and nothing of the server's side, so it sits right above the wire.  Program
 #: jobs are handlers built on the engine alone, so they sit right above it;
-#: ``config_file`` (which reads program projects) sits with the app.
+#: ``config_file`` (which reads program projects) sits with the app.  The HTTP
+#: listener is an adapter over the server's commands, above it and below the app.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("jobmonitor._version", "jobmonitor.wire.codes")),
     ("errors", ("jobmonitor.errors",)),
@@ -32,6 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engine", ("jobmonitor.engine",)),
     ("programs", ("jobmonitor.programs",)),
     ("server", ("jobmonitor.server",)),
+    ("http", ("jobmonitor.http",)),
     ("app", ("jobmonitor.app", "jobmonitor.loader", "jobmonitor.config_file")),
     ("cli", ("jobmonitor.cli",)),
     ("top", ("jobmonitor", "jobmonitor.__main__")),
