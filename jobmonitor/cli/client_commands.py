@@ -275,7 +275,9 @@ def _client(args: argparse.Namespace) -> Client:
             raise UsageError(f"--cafile {args.cafile}: not a PEM certificate file") from None
         except OSError as exc:
             raise UsageError(f"--cafile {args.cafile}: {exc.strerror or exc}") from None
-    return Client(host, port, user=user, password=password, tls=tls)
+    # One connection per command, as the protocol's original format has it: a CLI
+    # command sends one or two packets, and a kept connection would gain nothing.
+    return Client(host, port, user=user, password=password, tls=tls, keep_open=False)
 
 
 def _address(args: argparse.Namespace) -> tuple[str, int]:

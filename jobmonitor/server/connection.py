@@ -97,7 +97,8 @@ class Connection(Output):
 
     __slots__ = ("_context", "_parser", "_deadline_key", "_reading_since", "_task", "_stream",
                  "_followed", "_next_line", "_checking", "stream_cursor", "_keep_open",
-                 "_kept", "_pending", "_offset", "_feeding", "_reading_paused", "_stopping")
+                 "_kept", "_pending", "_offset", "_feeding", "_reading_paused", "_stopping",
+                 "_follow_from")
 
     def __init__(self, context: ConnectionContext) -> None:
         super().__init__(context.loop, context.config, context.accepts_corked)
@@ -125,6 +126,7 @@ class Connection(Output):
         self._feeding = False  # _read_pending is handing _pending to parsers
         self._reading_paused = False  # _pending is full: the transport's reading is paused
         self._stopping = False  # the server is stopping: keep no connection open
+        self._follow_from = 1  # the first line the monitor asked for
 
     def _peer_host(self) -> str:
         """The client's address (without the port)."""
@@ -274,6 +276,14 @@ class Connection(Output):
             self._keep_open = False
             self.finish()
 
+    def _stream_done(self, sent_the_end: bool) -> None:
+        """A monitor has had every line.  Without its ended line (it asked from
+        past the end) the client can tell the end of the stream only by the
+        connection's close: so then even a kept connection ends."""
+        if not sent_the_end:
+            self._keep_open = False
+        self._answered()
+
     def _next_packet(self) -> None:
         if self._state is not _BUSY and self._state is not _WATCHING:
             return  # closed meanwhile
@@ -297,11 +307,11 @@ class Connection(Output):
 
     def stream_ended(self) -> None:
         self._stream = None
-        if self._keep_open and not self._stopping:
+        if self._keep_open and not self._stopping and self.stream_cursor >= self._follow_from:
             # On the next turn: not from inside the stream's flush, which may be
             # inside the job's own code.
             self._loop.call_soon(self._next_packet)
-        else:
+        else:  # (a kept connection too, when no ended line was sent: see _stream_done)
             self._keep_open = False
             self.finish()
 
@@ -421,6 +431,7 @@ class Connection(Output):
             return
         self._state = _WATCHING
         self._followed = response.follow
+        self._follow_from = response.from_line
         self._context.engine.jobs.monitor_attached(response.follow)
         if not await self._follow_safely(response.follow, response.from_line):
             return
@@ -462,7 +473,7 @@ class Connection(Output):
             page = await jobs.read_lines(transaction_id, line, CATCH_UP_PAGE_LINES)
             if not page:
                 if job is None:
-                    self._answered()  # a finished job, replayed to its end
+                    self._stream_done(line > self._follow_from)  # replayed to its end
                     return
                 line = job.stream.base + 1  # nothing stored before the memory window
                 continue

@@ -214,3 +214,14 @@ async def test_stopping_closes_a_kept_connection_between_packets(make_server):
     assert await asyncio.wait_for(session.reader.read(), 5.0) == b""
     await server.wait_closed()
     await session.close()
+
+
+async def test_a_monitor_from_past_the_end_closes_even_a_kept_connection(server):
+    # no ended line comes: the close is all that tells the client its stream is over
+    session = await Session.open(server.port, kept_submit("echo"))
+    lines = await lines_until_ended(session, "T0000001")
+    past_the_end = str(len(lines) + 1)
+    session.writer.write(kept("MonitorJob", _sys_TransactionID="T0000001",
+                              _sys_FromLine=past_the_end))
+    assert split_lines(await closed(session)) == ["R0000000: T0000001"]
+    await session.close()
