@@ -54,7 +54,7 @@ class BareServer:
         self.lines_per_write = lines_per_write
         self.transaction_ids = itertools.count(1)
         self.groups: dict[bytes, asyncio.Event] = {}
-        self.fanout_jobs: dict[bytes, list["Connection"]] = {}
+        self.fanout_jobs: dict[bytes, list[Connection]] = {}
 
     def group(self, name: bytes) -> asyncio.Event:
         event = self.groups.get(name)
@@ -152,8 +152,8 @@ class Connection(asyncio.Protocol):
                 return
             job = {b"bench.stream": self.stream, b"bench.fanout": self.fanout}.get(project)
             if job is None:
-                self.write(ended(transaction_id).replace(b"J0000020: Job completed "
-                                                         b"successfully.", b"J0000022: Job failed."))
+                self.write(ended(transaction_id).replace(
+                    b"J0000020: Job completed successfully.", b"J0000022: Job failed."))
                 self.close()
                 return
             self.task = asyncio.ensure_future(job(transaction_id, variables))
@@ -214,7 +214,7 @@ async def serve(host: str, port: int, lines_per_write: int, deadline_s: float) -
         loop.add_signal_handler(signum, stop.set)
     try:
         await asyncio.wait_for(stop.wait(), deadline_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         print("bare: deadline reached, exiting", file=sys.stderr, flush=True)
     listener.close()
 

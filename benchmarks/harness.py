@@ -24,8 +24,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from processes import (Endpoint, ServerProcess, find_binary, free_port, ping, raise_fd_limit,
-                       rss_kb, wait_until)
+from processes import (
+    Endpoint,
+    ServerProcess,
+    find_binary,
+    free_port,
+    ping,
+    raise_fd_limit,
+    rss_kb,
+    wait_until,
+)
 from report import NOISY_PERCENT, OTHERS_CPU, format_value, markdown_table, results_json
 
 __all__ = [
@@ -57,7 +65,7 @@ class Sizes:
     timeout_s: float = 120.0
     noisy_retries: int = 2
 
-    def replace(self, **changes: Any) -> "Sizes":
+    def replace(self, **changes: Any) -> Sizes:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
@@ -138,7 +146,7 @@ async def measure(target: Target, scenario: str, sizes: Sizes,
             result.samples.append(sample)
             log(f"  {target.name} {scenario} run {run}: " + ", ".join(
                 f"{k}={format_value(v)}" for k, v in sample.items()))
-    except Exception as exc:  # a broken target must not stop the other measurements
+    except Exception as exc:  # noqa: BLE001 - a broken target must not stop the others
         result.status, result.message = "error", f"{type(exc).__name__}: {exc}"
     finally:
         await runner.stop()
@@ -175,7 +183,7 @@ class _Runner:
         try:
             sample = await asyncio.wait_for(
                 self.target.run(self.scenario, endpoint, self.sizes), self.sizes.timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
         others = watch.others_percent()
         if others is not None:
@@ -183,7 +191,8 @@ class _Runner:
         self.busiest_others = watch.busiest_others
         return sample
 
-    async def quietest_sample(self, run: int, log: Callable[[str], None]) -> dict[str, float] | None:
+    async def quietest_sample(self, run: int,
+                              log: Callable[[str], None]) -> dict[str, float] | None:
         best: dict[str, float] | None = None
         for attempt in range(1 + self.sizes.noisy_retries):
             sample = await self.sample()
@@ -285,7 +294,8 @@ def job_metrics(jobs: int, latencies: Sequence[float], elapsed: float) -> dict[s
 
 def submit_metrics(submits: int, latencies: Sequence[float], elapsed: float) -> dict[str, float]:
     """The fire-and-forget phase of ``jobs``: submits/s and latency to the acknowledgement."""
-    return {"submits_per_s": submits / elapsed, "submit_p50_ms": percentile(latencies, 0.50) * 1000,
+    return {"submits_per_s": submits / elapsed,
+            "submit_p50_ms": percentile(latencies, 0.50) * 1000,
             "submit_p99_ms": percentile(latencies, 0.99) * 1000, "submit_elapsed_s": elapsed}
 
 

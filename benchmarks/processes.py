@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ctypes
 import os
 import re
@@ -100,10 +101,8 @@ def _die_with_parent() -> None:
 
 
 def _signal(pid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 class ServerProcess:
@@ -156,7 +155,7 @@ class ServerProcess:
                 assert port is not None
                 await wait_until(self._alive_and_listening(host, port), timeout_s,
                                  f"{self.name} listening on {host}:{port}")
-        except (asyncio.TimeoutError, TimeoutError, EOFError) as exc:
+        except (TimeoutError, EOFError) as exc:
             await self.stop()
             raise RuntimeError(f"{self.name} did not start: {exc or 'timeout'}; "
                                f"stderr: {' | '.join(self.stderr_tail)}") from None
@@ -190,14 +189,12 @@ class ServerProcess:
             _signal(process.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(process.wait(), timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 _signal(process.pid, signal.SIGKILL)
                 await process.wait()
         if self._reader is not None:
-            try:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._reader, 1)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                pass
             self._reader = None
         if self._ready_line is not None:
             if not self._ready_line.done():

@@ -17,8 +17,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness import (FULL_SIZES, QUICK_SIZES, SCENARIOS, Result, Sizes, Target, markdown_table,
-                     measure, raise_fd_limit, results_json, run_on_loop)
+from harness import (
+    FULL_SIZES,
+    QUICK_SIZES,
+    SCENARIOS,
+    Result,
+    Sizes,
+    Target,
+    markdown_table,
+    measure,
+    raise_fd_limit,
+    results_json,
+    run_on_loop,
+)
 from peers import BeanstalkdTarget, GearmandTarget
 from targets import BareTarget, JobmonitorTarget
 

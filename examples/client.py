@@ -31,5 +31,5 @@ async def main(host: str, port: int) -> int:
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:] + [None, None]
+    args = [*sys.argv[1:], None, None]
     sys.exit(asyncio.run(main(args[0] or "127.0.0.1", int(args[1] or 7400))))

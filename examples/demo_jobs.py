@@ -56,7 +56,7 @@ async def long(job: Job) -> None:
 async def report(job: Job) -> None:
     """Stages, an estimate and an output: what GetJobInformation and RetrieveJob show."""
     job.stage("evaluation", "start")
-    job.estimate(datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=1))
+    job.estimate(datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=1))
     await asyncio.sleep(0.2)
     job.stage("evaluation", "complete", info="12 records")
     job.add_output("report.pdf", "file:///srv/output/report.pdf", "application/pdf")

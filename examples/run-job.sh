@@ -1,7 +1,8 @@
 #!/bin/sh
 # Run a job and act on how it ended: `jobmonitor submit` exits with
-# 0 (success), 1 (failed), 3 (partial), 4 (cancelled) or 2 (usage or
-# connection error, or the server refused the job).
+# 0 (success), 1 (failed), 3 (partial), 4 (cancelled), 5 (cancelled because
+# the server shut down) or 2 (usage or connection error, or the server
+# refused the job).
 #
 #     examples/run-job.sh PROJECT [NAME=VALUE]...
 #
@@ -27,6 +28,7 @@ case $status in
     3) echo "run-job: $project only partially completed: check the errors above" ;;
     1) echo "run-job: $project failed" ;;
     4) echo "run-job: $project was cancelled" ;;
+    5) echo "run-job: $project was cancelled: the server shut down; submit it again" ;;
     *) echo "run-job: could not run $project" ;;
 esac
 exit $status

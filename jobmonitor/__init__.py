@@ -8,7 +8,8 @@ Layers, from the bottom; each imports only those below it (and itself):
 * ``wire/``: the protocol's bytes and values (codes, lines, packets, states,
   records, the status formats), sans-I/O; ``errors``: the exception tree;
 * ``client/``: the Python client, on the wire layer alone;
-* ``users``, ``config``: the server's settings, one frozen ``Config``;
+* ``users``, ``queueing``, ``config``: the server's settings, one frozen ``Config``
+  (``queueing``: its queues and recurring schedules);
 * ``store/``: persistence (the interface, memory, ``sqlite/``);
 * ``engine/``: running jobs and recording what they say;
 * ``programs/``: program jobs, handlers built on the engine;
@@ -18,12 +19,15 @@ Layers, from the bottom; each imports only those below it (and itself):
 * ``cli/``: the ``jobmonitor`` command.
 
 ``tests/unit/test_layers.py`` fails on an import that points up.
+
+``JobMonitor``, ``Controller``, ``Server``, ``Config`` and ``Job`` are imported
+on first use: a client (the ``jobmonitor`` command's client commands) that
+imports ``jobmonitor`` does not pay for the server's side.
 """
 
+from typing import TYPE_CHECKING
+
 from ._version import __version__
-from .app import Controller, JobMonitor
-from .wire.codes import Reply, Status
-from .config import Config
 from .errors import (
     ConfigError,
     JobFailed,
@@ -34,9 +38,19 @@ from .errors import (
     RequestError,
     StoreUnavailable,
 )
-from .engine.job import Job
-from .server.server import Server
+from .wire.codes import Reply, Status
 from .wire.states import JobState, Outcome
+
+if TYPE_CHECKING:
+    from .app import Controller, JobMonitor
+    from .config import Config
+    from .engine.job import Job
+    from .server.server import Server
+
+#: Names imported on first use, from the module that defines each: the server's
+#: side (lxml, sqlite3, the engine) costs a client command most of its start-up.
+_LAZY = {"JobMonitor": ".app", "Controller": ".app", "Server": ".server.server",
+         "Config": ".config", "Job": ".engine.job"}
 
 __all__ = [
     "__version__",
@@ -58,3 +72,18 @@ __all__ = [
     "ReplyError",
     "ProtocolError",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -20,9 +20,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from .config import Config
-from .errors import ConfigError
 from .engine.handlers import Handler
 from .engine.registry import HandlerRegistry
+from .engine.schedule import Clock
+from .errors import ConfigError
 from .loader import load_handlers
 from .server.server import Reloaded, Server
 
@@ -38,8 +39,8 @@ class JobMonitor(HandlerRegistry):
     the servers that run them (``serve``, ``make_server``, ``Controller``)."""
 
     def make_server(self, config: Config, *, projects: Mapping[str, Handler] | None = None,
-                    reread: Callable[[], tuple[Config, Mapping[str, Handler]]] | None = None
-                    ) -> Server:
+                    reread: Callable[[], tuple[Config, Mapping[str, Handler]]] | None = None,
+                    clock: Clock | None = None) -> Server:
         """A server for these handlers, ``projects`` (more handlers: a config file's
         program projects) and those of the ``config.jobs`` modules, not yet
         started (see ``Server.start``).
@@ -48,6 +49,7 @@ class JobMonitor(HandlerRegistry):
         again; with ``reread``, it first calls it for the settings and the
         ``projects`` to use from then on (``jobmonitor serve`` reads its config
         file again), and a ``ConfigError`` it raises keeps the old ones.
+        ``clock``: what due times and schedules read the time from (see ``Engine``).
 
         Raises:
             ConfigError: a job module cannot be loaded, or a project is registered twice.
@@ -59,7 +61,8 @@ class JobMonitor(HandlerRegistry):
             return Reloaded(fresh, load_handlers(fresh.jobs, _merged(own, fresh_projects),
                                                  reload=True))
 
-        return Server(load_handlers(config.jobs, _merged(own, projects)), config, reload=reload)
+        return Server(load_handlers(config.jobs, _merged(own, projects)), config, reload=reload,
+                      clock=clock)
 
     @asynccontextmanager
     async def serve(
@@ -68,18 +71,20 @@ class JobMonitor(HandlerRegistry):
         port: int | None = None,
         *,
         config: Config | None = None,
+        clock: Clock | None = None,
         **settings: Any,
     ) -> AsyncIterator[Server]:
         """Run a server for the duration of an ``async with`` block.
 
-        ``host``, ``port`` and ``settings`` override fields of ``config``.
+        ``host``, ``port`` and ``settings`` override fields of ``config``;
+        ``clock``: what due times and schedules read the time from (see ``Engine``).
 
         Raises:
             ConfigError: an unknown setting or a bad value.
             OSError: the address cannot be bound.
         """
         config = (config or Config()).replace(host=host, port=port, **settings)
-        async with self.make_server(config) as server:
+        async with self.make_server(config, clock=clock) as server:
             yield server
 
 
@@ -168,10 +173,9 @@ class Controller:
         ``Server.close``)."""
         if self._thread is None or self._loop is None or self._server is None:
             return
-        try:
+        # RuntimeError: the loop has closed, the server has stopped already.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._server.close)
-        except RuntimeError:  # the loop has closed: the server has stopped already
-            pass
         self._thread.join(timeout_s)
         self._thread = None
 
@@ -187,10 +191,9 @@ class Controller:
             self._called_off = True
             loop, task = self._loop, self._main_task
         if loop is not None and task is not None:
-            try:
+            # RuntimeError: the loop has closed, the thread is ending.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(task.cancel)
-            except RuntimeError:  # the loop has closed: the thread is ending
-                pass
 
     def _main(self) -> None:
         asyncio.run(self._serve())
@@ -204,7 +207,9 @@ class Controller:
         try:
             server = self._app.make_server(self.config)
             await server.start()
-        except BaseException as exc:  # (CancelledError too: start() gave up waiting)
+        # start() raises the failure in its own thread (a CancelledError: start()
+        # gave up waiting, and has nothing to raise).
+        except BaseException as exc:  # noqa: BLE001 - handed on to start()
             self._error = exc
             self._ready.set()
             return
@@ -213,7 +218,7 @@ class Controller:
         with contextlib.suppress(asyncio.CancelledError):  # (the close is done by then)
             await server.serve_forever()
 
-    def __enter__(self) -> "Controller":
+    def __enter__(self) -> Controller:
         self.start()
         return self
 

@@ -11,8 +11,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .users import User
 from .errors import ConfigError
+from .queueing import DEFAULT_QUEUE, QueueSettings, ScheduleSettings
+from .users import User
 from .wire import DEFAULT_PORT
 
 __all__ = ["Config", "DEFAULT_PORT", "LOG_FORMATS", "NEEDS_RESTART"]
@@ -51,13 +52,17 @@ class Config:
     sqlite_synchronous: str = _setting(
         "full", "full: an acknowledged job survives a power loss (fsync per commit); normal: "
         "it survives a crash of the server, not of the machine (faster)")
-    max_running: int = _setting(8, "jobs that may run at once; the rest wait in FIFO order")
-    max_queued_jobs: int = _setting(0, "most jobs that may wait; beyond it SubmitJob is "
-                                       "refused as busy (0: no limit)")
+    max_running: int = _setting(
+        8, "jobs that may run at once, in all queues together; the rest wait, by priority "
+        "then age")
+    max_queued_jobs: int = _setting(0, "most jobs that may wait, those not due yet included; "
+                                       "beyond it SubmitJob is refused as busy (0: no limit)")
     max_lines_in_memory: int = _setting(
         100_000, "most stored lines of one job kept in memory for slow monitors (older ones "
         "are read back from the store)")
     max_packet_bytes: int = _setting(1024 * 1024, "largest command packet accepted, in bytes")
+    max_packet_variables: int = _setting(
+        10_000, "most variables (var elements, in both sections) in one command packet")
     packet_timeout_s: float = _setting(30.0, "seconds a client has to send a complete packet")
     linger_s: float = _setting(
         2.0, "seconds to keep reading the input of a closing client that sent more than "
@@ -79,6 +84,15 @@ class Config:
     tls_key: str | None = _setting(None, "PEM private key file for --tls-cert")
     allow_anonymous_network: bool = _setting(
         False, "serve without users on a non-loopback address (not recommended)")
+    # -- queues and schedules (issue 20) --
+    queues: tuple[QueueSettings, ...] = _setting(
+        (), "queues with their own max_running or paused ([queues.NAME] tables in the "
+        "config file)", flag=False)
+    allow_new_queues: bool = _setting(
+        True, "a job may name a queue that is not configured (it gets the server's limits); "
+        "--no-allow-new-queues refuses it")
+    schedules: tuple[ScheduleSettings, ...] = _setting(
+        (), "recurring jobs ([schedules.NAME] tables in the config file)", flag=False)
     users: tuple[User, ...] = _setting(
         (), "users who may connect ([users.NAME] tables in the config file)", flag=False)
     machine_name: str | None = _setting(
@@ -89,10 +103,10 @@ class Config:
         "the fields of a refusal), for log shippers")
 
     def __post_init__(self) -> None:
-        _check_positive(self, "max_running", "max_packet_bytes", "packet_timeout_s",
-                        "commit_interval_s", "max_lines_in_memory", "idle_timeout_s",
-                        "max_connections", "max_monitors_per_job", "max_pending_output_bytes",
-                        "monitor_stall_s")
+        _check_positive(self, "max_running", "max_packet_bytes", "max_packet_variables",
+                        "packet_timeout_s", "commit_interval_s", "max_lines_in_memory",
+                        "idle_timeout_s", "max_connections", "max_monitors_per_job",
+                        "max_pending_output_bytes", "monitor_stall_s")
         if self.sqlite_synchronous not in ("full", "normal"):
             raise ConfigError(f"sqlite_synchronous: must be full or normal, got "
                               f"{self.sqlite_synchronous!r}")
@@ -104,8 +118,9 @@ class Config:
                             "max_finished_in_memory")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: must be 0..65535, got {self.port}")
+        _check_queues(self)
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         """Return a copy with ``changes`` applied (None values are ignored).
 
         Raises:
@@ -116,6 +131,23 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _check_queues(config: Config) -> None:
+    names = [queue.name for queue in config.queues]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ConfigError(f"queues: {twice[0]!r} is configured twice")
+    schedules = [schedule.name for schedule in config.schedules]
+    twice = sorted({name for name in schedules if schedules.count(name) > 1})
+    if twice:
+        raise ConfigError(f"schedules: {twice[0]!r} is configured twice")
+    if not config.allow_new_queues:
+        known = {DEFAULT_QUEUE, *names}
+        for schedule in config.schedules:
+            if schedule.queue is not None and schedule.queue not in known:
+                raise ConfigError(f"schedules.{schedule.name}.queue: unknown queue "
+                                  f"{schedule.queue!r} (allow_new_queues is false)")
 
 
 def _check_positive(config: Config, *names: str) -> None:

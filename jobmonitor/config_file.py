@@ -21,23 +21,34 @@
     password_hash = "scrypt$..."  # from `jobmonitor hash-password`
     role = "admin"
 
-The keys and their types come from the ``Config``, ``Program``, ``Variable``
-and ``User`` dataclasses, so no option list is spelled out here.  Every unknown key and bad value is a
-``ConfigError`` that names the file and the key.
+    [queues.reports]              # a queue's own limit, or paused (Config.queues)
+    max_running = 2
+
+    [schedules.nightly]           # a recurring job (Config.schedules)
+    cron = "0 2 * * *"
+    project = "render"
+    variables = { name = "nightly.pdf" }
+
+The keys and their types come from the ``Config``, ``Program``, ``Variable``,
+``User``, ``QueueSettings`` and ``ScheduleSettings`` dataclasses, so no option
+list is spelled out here.  Every unknown key and bad value is a ``ConfigError``
+that names the file and the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .users import User
 from .config import Config
 from .errors import ConfigError
 from .programs.program import SELF_CHECKED, Program, Variable
+from .queueing import QueueSettings, ScheduleSettings
+from .users import User
 
 __all__ = ["ConfigFile", "load_config_file"]
 
@@ -73,12 +84,13 @@ def load_config_file(path: str | Path) -> ConfigFile:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{name}: not valid TOML: {exc}") from None
     try:
-        _check_keys(data, {"server", "projects", "users"}, "")
+        _check_keys(data, {"server", "projects", "users", "queues", "schedules"}, "")
         config = _server(_table(data.get("server", {}), "server"))
         users = _table(data.get("users", {}), "users")
         if users:
             config = config.replace(users=tuple(
                 _user(name, _table(table, _key("users", name))) for name, table in users.items()))
+        config = _queues_and_schedules(config, data)
         projects = _table(data.get("projects", {}), "projects")
         programs = tuple(_program(project, _table(table, _key("projects", project)))
                          for project, table in projects.items())
@@ -146,11 +158,43 @@ def _user(name: str, table: dict[str, Any]) -> User:
     return User(name, **values)
 
 
+def _queues_and_schedules(config: Config, data: dict[str, Any]) -> Config:
+    """``config`` with the file's ``[queues.NAME]`` and ``[schedules.NAME]`` tables."""
+    queues = tuple(_settings_table(QueueSettings, "queues", name, table)
+                   for name, table in _table(data.get("queues", {}), "queues").items())
+    schedules = tuple(_settings_table(ScheduleSettings, "schedules", name, table)
+                      for name, table in _table(data.get("schedules", {}), "schedules").items())
+    return config.replace(queues=queues or None, schedules=schedules or None)
+
+
+def _settings_table(kind: Any, where: str, name: str, value: Any) -> Any:
+    """A ``QueueSettings`` or ``ScheduleSettings`` from its table, each key checked."""
+    at = _key(where, name)
+    table = _table(value, at)
+    fields = {f.name: str(f.type) for f in dataclasses.fields(kind) if f.init and f.name != "name"}
+    _check_keys(table, set(fields), at)
+    for required in ("cron", "project") if kind is ScheduleSettings else ():
+        if required not in table:
+            raise ConfigError(f"{at}.{required}: missing")
+    values = {key: _value(item, fields[key], f"{at}.{key}") for key, item in table.items()}
+    try:
+        return kind(name, **values)
+    except ConfigError as exc:
+        raise ConfigError(f"{at}.{exc}") from None
+
+
 def _check_keys(table: dict[str, Any], known: set[str], where: str) -> None:
+    """Raises: ConfigError: ``unknown key server.prot (did you mean server.port?)
+    (known: ...)``: each unknown key, with the nearest known one if any is close."""
     unknown = sorted(set(table) - known)
     if unknown:
-        keys = ", ".join(_key(where, key) for key in unknown)
+        keys = ", ".join(_key(where, key) + _suggestion(key, known, where) for key in unknown)
         raise ConfigError(f"unknown key {keys} (known: {', '.join(sorted(known))})")
+
+
+def _suggestion(key: str, known: set[str], where: str) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f" (did you mean {_key(where, close[0])}?)" if close else ""
 
 
 def _table(value: Any, where: str) -> dict[str, Any]:

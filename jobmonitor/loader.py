@@ -10,15 +10,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
 
-from typing import Mapping
-
-from .errors import ConfigError
 from .engine.handlers import Handler
 from .engine.registry import HandlerRegistry
+from .errors import ConfigError
 
 __all__ = ["load_handlers", "load_app"]
 

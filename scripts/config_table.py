@@ -16,7 +16,8 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 def table() -> str:
     rows = ["| setting | `serve` option | default | meaning |", "|---|---|---|---|"]
     for field in dataclasses.fields(Config):
-        option = f"`--{field.name.replace('_', '-')}`" if field.metadata["flag"] else "(config file)"
+        flag = f"`--{field.name.replace('_', '-')}`"
+        option = flag if field.metadata["flag"] else "(config file)"
         default = "(none)" if field.default in (None, ()) else field.default
         rows.append(f"| `{field.name}` | {option} | `{default}` | {field.metadata['help']} |")
     return "\n".join(rows)

@@ -16,8 +16,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import (Endpoint, ServerProcess, Sizes, Target, find_binary, free_port,
-                     run_jobs_scenario)
+from harness import (
+    Endpoint,
+    ServerProcess,
+    Sizes,
+    Target,
+    find_binary,
+    free_port,
+    run_jobs_scenario,
+)
 
 __all__ = ["GearmandTarget", "BeanstalkdTarget"]
 

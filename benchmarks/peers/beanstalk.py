@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 
 from harness import Endpoint, job_metrics, submit_metrics
 
@@ -176,7 +177,7 @@ async def _per_connection(endpoint: Endpoint, count: int, clients: int,
         for _ in numbers:
             started = time.perf_counter()
             done = loop.create_future()
-            await loop.create_connection(lambda: _OneConnection(data, lines, last, done),
+            await loop.create_connection(partial(_OneConnection, data, lines, last, done),
                                          endpoint.host, endpoint.port)
             await done
             latencies.append(time.perf_counter() - started)

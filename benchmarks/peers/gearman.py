@@ -69,7 +69,7 @@ GRAB = packet(REQ, GRAB_JOB)
 class Worker(asyncio.Protocol):
     """One worker connection; several share ``held`` through their ``pool``."""
 
-    def __init__(self, pool: list["Worker"]) -> None:
+    def __init__(self, pool: list[Worker]) -> None:
         self.pool = pool
         self.held: list[bytes] = []
         self.transport: asyncio.Transport | None = None
@@ -77,6 +77,8 @@ class Worker(asyncio.Protocol):
         self.paused: asyncio.Event = asyncio.Event()
         self.paused.set()
         self.closed = asyncio.get_running_loop().create_future()
+        # The streams under way: the loop keeps only a weak reference to a task.
+        self.streams: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -119,7 +121,9 @@ class Worker(asyncio.Protocol):
                 worker.complete_held()
             self.transport.write(packet(REQ, WORK_COMPLETE, handle, b"") + GRAB)
         elif function == b"bench.stream":
-            asyncio.ensure_future(self.stream(handle, int(workload or b"0")))
+            stream = asyncio.ensure_future(self.stream(handle, int(workload or b"0")))
+            self.streams.add(stream)
+            stream.add_done_callback(self.streams.discard)
         else:
             self.transport.write(packet(REQ, WORK_FAIL, handle) + GRAB)
 
@@ -249,7 +253,8 @@ async def run_jobs(endpoint: Endpoint, jobs: int, clients: int) -> dict[str, flo
 
 
 async def run_jobs_persistent(endpoint: Endpoint, jobs: int, clients: int) -> dict[str, float]:
-    """``jobs`` tiny foreground jobs over ``clients`` long-lived connections, one job at a time each."""
+    """``jobs`` tiny foreground jobs over ``clients`` long-lived connections, one job at a
+    time each."""
     numbers = iter(range(jobs))
     latencies: list[float] = []
     connections = [await _connect(endpoint) for _ in range(clients)]

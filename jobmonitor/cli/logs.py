@@ -29,7 +29,7 @@ class JsonFormatter(logging.Formatter):
     by what a peer sent)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        when = datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+        when = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
         entry: dict[str, Any] = {
             "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname, "logger": record.name, "message": record.getMessage()}

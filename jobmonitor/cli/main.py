@@ -4,14 +4,15 @@
 dataclass so the option list lives in one place, ``--config FILE`` (a TOML
 file of the same settings plus program projects; flags override it), and
 ``--loop`` (the process's event loop: uvloop by default, which only the CLI
-picks; the library runs on the loop it is given).  The client commands (submit, watch, status, ...) live in ``client_commands``.  Only
-the CLI modules print, exit, or install signal handlers.
+picks; the library runs on the loop it is given).  The client commands (submit,
+watch, status, ...) live in ``client_commands``.  Only the CLI modules print,
+exit, or install signal handlers.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import dataclasses
 import gc
 import getpass
@@ -21,22 +22,25 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .._version import __version__
+from ..errors import ConfigError
 from .client_commands import add_client_commands
 from .logs import check_level, setup_logging
-from ..config import Config
-from ..config_file import load_config_file
-from ..errors import ConfigError
-from ..app import JobMonitor
-from ..users import hash_password
-from ..programs.program import add_programs
-from ..engine.handlers import Handler
-from ..engine.registry import HandlerRegistry
-from ..server.server import Server
-from ..engine.job import Job
-from ..store import open_store
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from ..config import Config
+    from ..engine.handlers import Handler
+    from ..engine.job import Job
+    from ..server.server import Server
+
+# The server's side (the app, the engine, the store, the config file reader) and
+# asyncio are imported by the commands that serve, not here: a client command
+# such as `jobmonitor status` starts in a fraction of the time without lxml,
+# sqlite3, the engine and an event loop (benchmarks/cli_startup.py).
 
 __all__ = ["main", "build_parser"]
 
@@ -60,7 +64,10 @@ _TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "str | None": 
 LOOPS = ("uvloop", "asyncio")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, serve_options: bool = True) -> argparse.ArgumentParser:
+    """The ``jobmonitor`` parser.  Without ``serve_options``, ``serve`` lacks its
+    options from the ``Config`` fields: what any other command runs without
+    importing the server's settings (``main`` leaves them out for those)."""
     parser = argparse.ArgumentParser(
         prog="jobmonitor", description="Run jobs and stream their status over TCP."
     )
@@ -76,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--check-store", action="store_true",
                        help="check the store's database (SQLite's quick_check, every job "
                             "row) instead of serving; exit 0 if sound, 1 if not")
-    _add_config_options(serve)
+    if serve_options:
+        _add_config_options(serve)
     serve.set_defaults(run=_serve, command_parser=serve)
     hasher = commands.add_parser(
         "hash-password", help="hash a password for the config file",
@@ -89,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _hash_password(args: argparse.Namespace) -> int:
+    from ..users import hash_password
+
     if sys.stdin.isatty():  # a person: ask without echoing, twice
         try:
             password = getpass.getpass("Password: ")
@@ -108,6 +118,8 @@ def _hash_password(args: argparse.Namespace) -> int:
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    from ..config import Config
+
     for field in dataclasses.fields(Config):
         if not field.metadata.get("flag"):
             continue
@@ -116,6 +128,9 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         if field.type == "tuple[str, ...]":
             parser.add_argument(flag, dest=field.name, action="append", metavar="SPEC",
                                 help=help_text)
+        elif field.type == "bool" and field.default:  # on unless --no-...
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
         elif field.type == "bool":
             parser.add_argument(flag, dest=field.name, action="store_const", const=True,
                                 help=help_text)
@@ -132,6 +147,8 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
     Raises:
         ConfigError: a bad value.
     """
+    from ..config import Config
+
     changes = {}
     for field in dataclasses.fields(Config):
         value = getattr(args, field.name, None)
@@ -141,6 +158,8 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from ..app import JobMonitor
+
     config, projects = _settings(args)
     setup_logging(config.log_level, config.log_format)
     if args.check_store:
@@ -169,6 +188,10 @@ def _settings(args: argparse.Namespace) -> tuple[Config, Mapping[str, Handler]]:
     Raises:
         ConfigError: the file cannot be read or has a bad value.
     """
+    from ..config_file import load_config_file
+    from ..engine.registry import HandlerRegistry
+    from ..programs.program import add_programs
+
     file = load_config_file(args.config) if args.config else None
     config = config_from_args(args, file.config if file else None)
     if config.store is None:
@@ -189,7 +212,10 @@ def _reloaded(config: Config) -> None:
 def _check_store(config: Config) -> int:
     """``serve --check-store``: one line per problem, then a summary; 0 when
     nothing is wrong, 1 otherwise."""
-    from ..store.sqlite.file import STORE_DAMAGED  # (here: the client commands need no sqlite3)
+    import asyncio
+
+    from ..store import open_store
+    from ..store.sqlite.file import STORE_DAMAGED
 
     assert config.store is not None
     store = open_store(config.store, data_dir=config.data_dir)
@@ -213,6 +239,8 @@ def _runner(loop: str | None) -> tuple[asyncio.Runner, str]:
     Raises:
         ConfigError: ``--loop uvloop`` without uvloop.
     """
+    import asyncio
+
     if loop == "asyncio":
         return asyncio.Runner(), "asyncio"
     try:
@@ -222,7 +250,8 @@ def _runner(loop: str | None) -> tuple[asyncio.Runner, str]:
             raise ConfigError("--loop uvloop: uvloop is not installed "
                               "(pip install uvloop)") from None
         return asyncio.Runner(), "asyncio (uvloop is not installed)"
-    return asyncio.Runner(loop_factory=uvloop.new_event_loop), f"uvloop {uvloop.__version__}"
+    version = getattr(uvloop, "__version__", "")  # (its stubs do not export it)
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop), f"uvloop {version}".rstrip()
 
 
 async def _serve_until_signal(server: Server, loop_name: str) -> None:
@@ -286,6 +315,8 @@ class _Stopper:
     """
 
     def __init__(self, server: Server) -> None:
+        import asyncio
+
         self.server = server
         #: Set by the first signal: the server is to stop.
         self.stopping = asyncio.Event()
@@ -332,10 +363,9 @@ class _Stopper:
     def _soon(self, callback: Callable[..., None], *args: Any) -> None:
         """Run ``callback`` on the loop (not in the signal handler, which may have
         interrupted the loop anywhere); nothing if the loop has ended."""
-        try:
+        # RuntimeError: the loop is closed, the server has stopped already.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:  # the loop is closed: the server has stopped already
-            pass
 
     def _stop(self, name: str, bound_s: float) -> None:
         log.info("received %s: stopping within %g s (again to stop at once)", name, bound_s)
@@ -395,13 +425,35 @@ def _option_before_command(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _unknown_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
+    """The error line for a first argument that names no command, with the
+    nearest command's name when one is close; None when it names one (or is an
+    option: argparse deals with those)."""
+    if not argv or argv[0].startswith("-"):
+        return None
+    names = [name for action in parser._actions
+             if isinstance(action, argparse._SubParsersAction) for name in action.choices]
+    if argv[0] in names:
+        return None
+    import difflib
+
+    close = difflib.get_close_matches(argv[0], names, n=1)
+    hint = f"did you mean {close[0]}?" if close else f"the commands are {', '.join(names)}"
+    return f"jobmonitor: unknown command {argv[0]!r}: {hint} (see jobmonitor --help)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
-    parser = build_parser()
-    early = _option_before_command(sys.argv[1:] if argv is None else argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    parser = build_parser(serve_options=bool(arguments) and arguments[0] == "serve")
+    early = _option_before_command(arguments)
     if early is not None:  # argparse would take the option's value for the command's name
         print(f"jobmonitor: options go after the command's name: jobmonitor COMMAND {early} "
               f"... (see jobmonitor --help)", file=sys.stderr)
+        return 2
+    unknown_command = _unknown_command(parser, arguments)
+    if unknown_command is not None:  # argparse would list every command, and suggest none
+        print(unknown_command, file=sys.stderr)
         return 2
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # the command's parser says so (the main one would print its own usage)

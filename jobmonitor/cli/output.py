@@ -20,20 +20,29 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sys
 import unicodedata
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from ..client import JobResult, Progress, StreamLine
+from ..wire.codes import Reply
 from ..wire.lines import escape_text
 from ..wire.states import Outcome
 
+if TYPE_CHECKING:  # (the commands that print no stream need not import them)
+    from ..client import JobResult, Progress, StreamLine
+
 __all__ = ["StreamPrinter", "PlainPrinter", "LivePrinter", "JsonPrinter", "EXIT_CODES",
-           "display_text", "display_width"]
+           "SHUTDOWN_EXIT", "exit_status", "display_text", "display_width"]
 
 #: The exit status of ``submit`` and ``watch`` for each outcome.
 EXIT_CODES = {Outcome.SUCCESS: 0, Outcome.FAILED: 1, Outcome.PARTIAL: 3, Outcome.CANCELLED: 4}
+#: ... and for a job the server cancelled because it was shutting down.
+SHUTDOWN_EXIT = 5
+
+
+def exit_status(result: JobResult) -> int:
+    """The exit status of ``submit`` and ``watch`` for a job that ended so."""
+    return SHUTDOWN_EXIT if result.cancelled_by_shutdown else EXIT_CODES[result.outcome]
 
 _CLEAR_LINE = "\r\x1b[K"
 #: Besides what ``escape_text`` escapes: a line break (what is printed as one line
@@ -57,7 +66,7 @@ class StreamPrinter:
 
     def begin(self, transaction_id: str, event: str) -> None:
         """The stream of ``transaction_id`` starts (``event``: submitted or watching)."""
-        self._write(f"R0000000: {transaction_id}\n")
+        self._write(f"R{Reply.OK:07d}: {transaction_id}\n")
 
     def line(self, line: StreamLine) -> None:
         self._write(display_text(line.wire_text()) + "\n")
@@ -99,6 +108,8 @@ class LivePrinter(StreamPrinter):
         progress = line.progress
         if progress is not None:
             self._last_progress = line
+            import shutil  # (here: only a terminal shows a bar)
+
             self._bar = render_bar(progress, shutil.get_terminal_size().columns)
             self._write(_CLEAR_LINE + self._bar)
             return
@@ -182,7 +193,7 @@ class JsonPrinter(StreamPrinter):
 
     def result(self, result: JobResult) -> None:
         self._emit({"event": "result", "transaction_id": result.transaction_id,
-                    "outcome": result.outcome.value, "exit_code": EXIT_CODES[result.outcome]})
+                    "outcome": result.outcome.value, "exit_code": exit_status(result)})
 
     def _emit(self, event: dict[str, object]) -> None:
         self._write(json.dumps(event) + "\n")

@@ -10,10 +10,13 @@
             print(line.code, line.text, line.is_error)
         print((await tx.result()).outcome)
 
-Layers: ``results`` (typed results, sans-I/O), ``connection`` (one packet per
-connection, built with ``wire.packet_build`` and read with
-``wire.lines.parse_line``), ``transaction`` (a stream that re-attaches after a
-drop), ``api`` (``Client``) and ``sync`` (``SyncClient`` for blocking code).
+Layers: ``results`` (typed results, sans-I/O), ``replies`` (one reply's
+lines, sans-I/O), ``connection`` (one packet per connection, built with
+``wire.packet_build`` and read with ``wire.lines.parse_line``),
+``transaction`` (a stream that re-attaches after a drop), ``api``
+(``Client``) and ``sync`` (``SyncClient`` for blocking code); ``blocking``
+asks one question on a plain socket, without asyncio (the ``jobmonitor``
+command's one-shot commands).  The names below are imported on first use.
 The client imports only the wire layer and ``errors`` of the rest of the
 package: nothing of the server's side.
 
@@ -26,24 +29,41 @@ hears that a transaction lost its connection and is re-attaching (the
 ``jobmonitor`` command prints a line on stderr for each).
 """
 
+from typing import TYPE_CHECKING
+
 from ..errors import ProtocolError, ReplyError
 from ..wire.states import JobState, Outcome
-from .api import Client, connect
-from .results import (
-    Acknowledged,
-    HistoryEntry,
-    JobInfo,
-    JobResult,
-    JobStatus,
-    Output,
-    Progress,
-    QueueLength,
-    Reattach,
-    StreamLine,
-    TaskLogEntry,
-)
-from .sync import SyncClient, SyncTransaction
-from .transaction import Transaction
+
+if TYPE_CHECKING:
+    from .api import Client, connect
+    from .results import (
+        Acknowledged,
+        HistoryEntry,
+        JobInfo,
+        JobList,
+        JobResult,
+        JobStatus,
+        Output,
+        Progress,
+        QueueInfo,
+        QueueLength,
+        Reattach,
+        StreamLine,
+        TaskLogEntry,
+    )
+    from .sync import SyncClient, SyncTransaction
+    from .transaction import Transaction
+
+#: Names imported on first use, from the module that defines each: asyncio and
+#: the result types cost a one-shot command (``blocking``) most of its start-up.
+_LAZY = {
+    **dict.fromkeys(("Client", "connect"), ".api"),
+    **dict.fromkeys(("Acknowledged", "HistoryEntry", "JobInfo", "JobList", "JobResult",
+                     "JobStatus", "Output", "Progress", "QueueInfo", "QueueLength", "Reattach",
+                     "StreamLine", "TaskLogEntry"), ".results"),
+    **dict.fromkeys(("SyncClient", "SyncTransaction"), ".sync"),
+    "Transaction": ".transaction",
+}
 
 __all__ = [
     "connect",
@@ -56,14 +76,31 @@ __all__ = [
     "Reattach",
     "JobStatus",
     "JobInfo",
+    "JobList",
     "Progress",
     "Output",
     "HistoryEntry",
     "Acknowledged",
     "QueueLength",
+    "QueueInfo",
     "TaskLogEntry",
     "JobState",
     "Outcome",
     "ReplyError",
     "ProtocolError",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

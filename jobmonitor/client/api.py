@@ -16,39 +16,71 @@ as the protocol's original format has it.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import re
 import ssl
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+from ..errors import ProtocolError, ReplyError
 from ..wire import DEFAULT_PORT
 from ..wire.codes import Reply
 from ..wire.packet_build import build_packet
-from ..errors import ProtocolError, ReplyError
+from ..wire.variables import (
+    AFTER,
+    CLIENT_JOB_MONITOR,
+    DELAY_SECONDS,
+    FILTER,
+    FORMAT,
+    FROM_LINE,
+    JOB_NAME,
+    JOB_TOKEN,
+    KEEP_OPEN,
+    LIMIT,
+    PASSWORD,
+    PRIORITY,
+    PROJECT_NAME,
+    QUEUE_NAME,
+    RUN_AT,
+    TRANSACTION_ID,
+    USER,
+    USER_TOKEN,
+)
+from .connection import (
+    IdleConnections,
+    Value,
+    close_quietly,
+    open_connection,
+    read_reply,
+    safe_to_resend,
+    send_packet,
+)
 from .results import (
     Acknowledged,
     JobInfo,
+    JobList,
     JobStatus,
     Output,
+    QueueInfo,
     QueueLength,
     Reattach,
     TaskLogEntry,
     info_from_json,
+    job_page_from_json,
     load_json,
     outputs_from_json,
     projects_from_lines,
     queue_length_from_lines,
+    queues_from_json,
     status_from_json,
     task_log_from_lines,
 )
 from .transaction import Transaction
-from .connection import (KEEP_OPEN, IdleConnections, Value, close_quietly, open_connection,
-                         read_reply, safe_to_resend, send_packet)
 
 __all__ = ["Client", "connect"]
 
-_TRANSACTION_ID = re.compile(r"T\d{7}")
+_TRANSACTION_ID = re.compile("T[0-9]{7}")  # (\d would take any script's digits)
 #: Most idle kept connections a client holds (calls made at the same time open more).
 MAX_IDLE_CONNECTIONS = 4
 _Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -110,7 +142,7 @@ class Client:
     def __repr__(self) -> str:
         return f"<Client {self.host}:{self.port}>"
 
-    async def __aenter__(self) -> "Client":
+    async def __aenter__(self) -> Client:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -181,7 +213,7 @@ class Client:
     def _packet(self, command: str, variables: Mapping[str, Value],
                 doc_variables: Mapping[str, Value] | None) -> bytes:
         if self.user is not None:
-            variables = {**variables, "_sys_User": self.user, "_sys_Password": self._password}
+            variables = {**variables, USER: self.user, PASSWORD: self._password}
         if self.keep_open:
             variables = {**variables, KEEP_OPEN: "true"}
         return build_packet(command, dict(variables),
@@ -241,7 +273,7 @@ class Client:
             writer.close()
 
     async def _request_json(self, command: str, variables: Mapping[str, Value]) -> object:
-        lines = await self.request(command, {**variables, "_sys_Format": "json"})
+        lines = await self.request(command, {**variables, FORMAT: "json"})
         return load_json("\n".join(lines))
 
     # -- jobs -------------------------------------------------------------------------
@@ -249,26 +281,35 @@ class Client:
     async def submit(self, project: str, variables: Mapping[str, Value] | None = None, *,
                      job_name: str | None = None, monitor: bool = True,
                      user_token: str | None = None, job_token: str | None = None,
-                     doc_variables: Mapping[str, Value] | None = None) -> Transaction:
+                     doc_variables: Mapping[str, Value] | None = None,
+                     queue: str | None = None, priority: int | None = None,
+                     run_at: dt.datetime | None = None,
+                     delay_s: float | None = None) -> Transaction:
         """Submit a job of ``project`` with job ``variables``; return its handle.
 
         With ``monitor`` the handle follows the stream on the submit's own
         connection; without it, the handle attaches (``MonitorJob``) only if
         it is iterated or asked for its result.  Submitting again with the
         same ``user_token`` and ``job_token`` returns the existing job.
+        ``queue`` and ``priority`` (1 to 9, higher first; the server's default
+        is 5) say where it waits; ``run_at`` (a timezone-aware datetime) or
+        ``delay_s`` when it is due: until then it is ``Created``.
 
         Raises:
-            ReplyError, OSError, ProtocolError: see the class.
+            ValueError: ``run_at`` has no time zone, or both ``run_at`` and
+            ``delay_s`` are given.
+            ReplyError: ``R0005007`` for a value the server refuses; and see the class.
         """
-        packet = {**(variables or {}), "ProjectName": project,
-                  "_sys_ClientJobMonitor": "true" if monitor else "false"}
+        packet = {**(variables or {}), PROJECT_NAME: project,
+                  CLIENT_JOB_MONITOR: "true" if monitor else "false",
+                  **_placement(queue, priority, run_at, delay_s)}
         if job_name is not None:
-            packet["JobName"] = job_name
+            packet[JOB_NAME] = job_name
         user_token = user_token if user_token is not None else self.user_token
         if user_token is not None:
-            packet["_sys_UserToken"] = user_token
+            packet[USER_TOKEN] = user_token
         if job_token is not None:
-            packet["_sys_JobToken"] = job_token
+            packet[JOB_TOKEN] = job_token
         reader, writer, lines = await self._exchange("SubmitJob", packet, doc_variables,
                                                      self.reply_timeout_s)
         try:
@@ -281,6 +322,28 @@ class Client:
             return self._track(Transaction(self, transaction_id))
         return self._track(Transaction(self, transaction_id, reader, writer))
 
+    async def rerun(self, transaction_id: str, *, monitor: bool = True) -> Transaction:
+        """Run a finished job again (``RerunJob``): a new job with its project,
+        variables, queue and priority; return the new job's handle (following
+        its stream with ``monitor``, as ``submit`` does).
+
+        Raises:
+            ReplyError: ``R0005010`` while the job has not ended; and see the class.
+        """
+        packet = {TRANSACTION_ID: transaction_id,
+                  CLIENT_JOB_MONITOR: "true" if monitor else "false"}
+        reader, writer, lines = await self._exchange("RerunJob", packet, None,
+                                                     self.reply_timeout_s)
+        try:
+            new = _transaction_id(lines)
+        except BaseException:
+            await close_quietly(writer)
+            raise
+        if not monitor:
+            await self._done_with(reader, writer)
+            return self._track(Transaction(self, new))
+        return self._track(Transaction(self, new, reader, writer))
+
     async def watch(self, transaction_id: str, from_line: int = 1) -> Transaction:
         """Follow a job's stream from line ``from_line`` (1 is its first line).
 
@@ -290,7 +353,8 @@ class Client:
         Raises:
             ReplyError, OSError, ProtocolError: see the class.
         """
-        reader, writer = await self._open_monitor(transaction_id, from_line)
+        # The server's spelling of the ID (t0000001 names T0000001), for the handle.
+        transaction_id, reader, writer = await self._open_monitor(transaction_id, from_line)
         return self._track(Transaction(self, transaction_id, reader, writer,
                                        from_line=from_line))
 
@@ -300,7 +364,7 @@ class Client:
         Raises:
             ReplyError, OSError, ProtocolError: see the class.
         """
-        data = await self._request_json("GetJobStatus", {"_sys_TransactionID": transaction_id})
+        data = await self._request_json("GetJobStatus", {TRANSACTION_ID: transaction_id})
         return status_from_json(data)
 
     async def info(self, transaction_id: str) -> JobInfo:
@@ -310,24 +374,61 @@ class Client:
             ReplyError, OSError, ProtocolError: see the class.
         """
         data = await self._request_json("GetJobInformation",
-                                        {"_sys_TransactionID": transaction_id})
+                                        {TRANSACTION_ID: transaction_id})
         return info_from_json(data)
 
-    async def list_jobs(self, *, all: bool = False,
-                        user_token: str | None = None) -> list[JobStatus]:
-        """Active jobs (every kept job with ``all``), optionally only one user's.
+    async def list_jobs(self, *, all: bool = False, user_token: str | None = None,
+                        limit: int | None = None, after: str | None = None) -> JobList:
+        """Active jobs (every kept job with ``all``), optionally only one user's, in
+        transaction order (``ListJobs``).
+
+        Without ``limit``, every such job after transaction ``after`` (from the
+        first without), asked for a page at a time (see ``iter_jobs``).  With
+        ``limit`` (1 to the server's maximum, 10 000), one request for at most
+        that many; the list's ``next_after`` is then the ``after`` of the next
+        page, or None when no job follows.
+
+        Raises:
+            ReplyError: ``R0005007`` for a ``limit`` or ``after`` the server
+            refuses; and see the class.
+        """
+        if limit is not None:
+            return await self._job_page(all, user_token, after, limit)
+        return JobList([job async for job in self.iter_jobs(all=all, user_token=user_token,
+                                                            after=after)])
+
+    async def iter_jobs(self, *, all: bool = False, user_token: str | None = None,
+                        after: str | None = None,
+                        page_size: int | None = None) -> AsyncIterator[JobStatus]:
+        """Like ``list_jobs`` without a ``limit``, one job at a time: a request
+        per page of ``page_size`` jobs (the server's default, 1 000, without),
+        the next one sent only when this one's jobs have been taken.  A job
+        submitted meanwhile is met on a later page; one deleted is not.
 
         Raises:
             ReplyError, OSError, ProtocolError: see the class.
         """
-        variables = {"_sys_Filter": "all" if all else "active"}
+        while True:
+            page = await self._job_page(all, user_token, after, page_size)
+            for job in page:
+                yield job
+            if page.next_after is None:
+                return
+            after = page.next_after
+
+    async def _job_page(self, all: bool, user_token: str | None, after: str | None,
+                        limit: int | None) -> JobList:
+        variables: dict[str, Value] = {FILTER: "all" if all else "active"}
         user_token = user_token if user_token is not None else self.user_token
         if user_token is not None:
-            variables["_sys_UserToken"] = user_token
-        data = await self._request_json("ListJobs", variables)
-        if not isinstance(data, list):
-            raise ProtocolError("ListJobs did not answer a JSON list")
-        return [status_from_json(item) for item in data]
+            variables[USER_TOKEN] = user_token
+        if limit is not None:
+            variables[LIMIT] = limit
+        if after is not None:
+            variables[AFTER] = after
+        jobs, next_after = job_page_from_json(await self._request_json("ListJobs", variables),
+                                              after)
+        return JobList((status_from_json(item) for item in jobs), next_after)
 
     async def outputs(self, transaction_id: str) -> tuple[Output, ...]:
         """What the job produced (``RetrieveJob``).
@@ -335,7 +436,7 @@ class Client:
         Raises:
             ReplyError, OSError, ProtocolError: see the class.
         """
-        data = await self._request_json("RetrieveJob", {"_sys_TransactionID": transaction_id})
+        data = await self._request_json("RetrieveJob", {TRANSACTION_ID: transaction_id})
         return outputs_from_json(data)
 
     async def cancel(self, transaction_id: str) -> Acknowledged:
@@ -389,9 +490,36 @@ class Client:
         """
         return queue_length_from_lines(await self.request("GetJobQueueLen"))
 
+    async def queues(self) -> list[QueueInfo]:
+        """Every queue, by name (``ListQueues``).
+
+        Raises:
+            ReplyError, OSError, ProtocolError: see the class.
+        """
+        return queues_from_json(await self._request_json("ListQueues", {}))
+
+    async def pause_queue(self, name: str) -> str:
+        """Start no more jobs of queue ``name`` until ``resume_queue`` (``PauseQueue``;
+        its running jobs go on); return the reply's text.
+
+        Raises:
+            ReplyError: ``R0005013`` for a user who is not an admin, ``R0005007``
+            for a queue the server does not allow; and see the class.
+        """
+        return "\n".join(await self.request("PauseQueue", {QUEUE_NAME: name}))
+
+    async def resume_queue(self, name: str) -> str:
+        """Start jobs of queue ``name`` again (``ResumeQueue``); return the reply's text.
+
+        Raises:
+            ReplyError: as ``pause_queue``; and see the class.
+        """
+        return "\n".join(await self.request("ResumeQueue", {QUEUE_NAME: name}))
+
     async def task_log(self) -> list[TaskLogEntry]:
-        """The server's recent task log, oldest first (``GetTaskLog``): the last 200
-        jobs queued, started, suspended, resumed and ended.
+        """The server's recent task log, oldest first (``GetTaskLog``): the last
+        ``wire.variables.TASK_LOG_SIZE`` (200) jobs queued, started, suspended,
+        resumed and ended.
 
         Raises:
             ReplyError: ``R0005013`` for a user who is not an admin; and see the class.
@@ -421,25 +549,45 @@ class Client:
     # -- helpers ------------------------------------------------------------------------
 
     async def _acknowledged(self, command: str, transaction_id: str) -> Acknowledged:
-        lines = await self.request(command, {"_sys_TransactionID": transaction_id})
+        lines = await self.request(command, {TRANSACTION_ID: transaction_id})
         text = "\n".join(lines)
         return Acknowledged(text.split(" ", 1)[0] or transaction_id, text)
 
     async def _open_monitor(self, transaction_id: str, from_line: int
-                            ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        variables = {"_sys_TransactionID": transaction_id, "_sys_FromLine": str(from_line)}
+                            ) -> tuple[str, asyncio.StreamReader, asyncio.StreamWriter]:
+        """Attach to a job's stream; the transaction ID as the server answered it."""
+        variables = {TRANSACTION_ID: transaction_id, FROM_LINE: str(from_line)}
         reader, writer, lines = await self._exchange("MonitorJob", variables, None,
                                                      self.reply_timeout_s)
         try:
-            _transaction_id(lines)
+            answered = _transaction_id(lines)
         except BaseException:
             await close_quietly(writer)
             raise
-        return reader, writer
+        return answered, reader, writer
 
     def _track(self, transaction: Transaction) -> Transaction:
         self._transactions.add(transaction)
         return transaction
+
+
+def _placement(queue: str | None, priority: int | None, run_at: dt.datetime | None,
+               delay_s: float | None) -> dict[str, str]:
+    """The submit variables of a job's queue, priority and due time."""
+    if run_at is not None and delay_s is not None:
+        raise ValueError("give run_at or delay_s, not both")
+    placement = {}
+    if queue is not None:
+        placement[QUEUE_NAME] = queue
+    if priority is not None:
+        placement[PRIORITY] = str(priority)
+    if run_at is not None:
+        if run_at.tzinfo is None:
+            raise ValueError("run_at must have a time zone (e.g. datetime.timezone.utc)")
+        placement[RUN_AT] = run_at.isoformat()
+    if delay_s is not None:
+        placement[DELAY_SECONDS] = f"{delay_s:.6f}".rstrip("0").rstrip(".")
+    return placement
 
 
 def _transaction_id(lines: list[str]) -> str:

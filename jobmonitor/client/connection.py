@@ -7,19 +7,21 @@ answer is complete, and takes it from there for the next command, after
 checking that the server has not closed it meanwhile (``still_open``).
 Packets are built with ``wire.packet_build`` (lxml, so any value is escaped
 correctly) and lines are read with ``wire.lines.parse_line``, the same code
-the server uses.
+the server uses; ``replies.ReplyReader`` decides what a reply is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections.abc import Mapping
 
-from ..errors import ProtocolError, ReplyError
-from ..wire.lines import LineError, parse_line
+from ..errors import ProtocolError
 from ..wire.packet_build import build_packet
+from ..wire.variables import JOB_TOKEN, KEEP_OPEN
+from .replies import READ_LIMIT, ReplyReader
 
 #: How long closing waits for a peer to take what is still unsent.
 CLOSE_TIMEOUT_S = 5.0
@@ -30,10 +32,6 @@ Value = str | int | float | bool
 __all__ = ["open_request", "open_connection", "send_packet", "read_reply", "close_quietly",
            "still_open", "safe_to_resend", "IdleConnections", "READ_LIMIT", "KEEP_OPEN", "Value"]
 
-#: Longest line the client accepts (a JSON job list is one line).
-READ_LIMIT = 64 * 1024 * 1024
-#: The variable that asks the server to keep the connection for the next packet.
-KEEP_OPEN = "_sys_KeepOpen"
 #: Commands that change nothing: sent again on a new connection when a kept one
 #: broke before their reply.  (A submit is safe with a job token: see safe_to_resend.)
 SAFE_TO_RESEND = frozenset({
@@ -47,7 +45,7 @@ def safe_to_resend(command: str, variables: Mapping[str, Value]) -> bool:
     answers a second one with the first one's job)."""
     if command in SAFE_TO_RESEND:
         return True
-    return command == "SubmitJob" and bool(str(variables.get("_sys_JobToken", "")).strip())
+    return command == "SubmitJob" and bool(str(variables.get(JOB_TOKEN, "")).strip())
 
 
 async def open_request(
@@ -122,34 +120,18 @@ async def read_reply(reader: asyncio.StreamReader, timeout_s: float | None) -> l
         ConnectionError: the connection closed before the reply was complete.
         TimeoutError: no complete reply within ``timeout_s``.
     """
-    texts: list[str] = []
-    code: int | None = None
+    lines = ReplyReader()
     async with asyncio.timeout(timeout_s):
-        while True:
-            raw = await _readline(reader)
-            try:
-                line = parse_line(raw)
-            except LineError as exc:
-                raise ProtocolError(str(exc)) from None
-            if line.letter != "R" or code not in (None, line.code):
-                raise ProtocolError(f"unexpected line in a reply: {raw[:80]!r}")
-            code = line.code
-            texts.append(line.text)
-            if not line.more:
-                break
-    if line.is_error:
-        raise ReplyError(line.code, "\n".join(texts))
-    return texts
+        while not lines.feed(await _readline(reader)):
+            pass
+    return lines.texts()
 
 
 async def _readline(reader: asyncio.StreamReader) -> bytes:
     try:
-        raw = await reader.readline()
+        return await reader.readline()
     except ValueError:  # longer than READ_LIMIT
         raise ProtocolError("reply line too long") from None
-    if not raw.endswith(b"\n"):
-        raise ConnectionError("the server closed the connection before its reply was complete")
-    return raw
 
 
 def still_open(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
@@ -233,10 +215,9 @@ class IdleConnections:
         """Drop every idle connection now, without waiting (the client is gone)."""
         idle, self._idle = self._idle, []
         for _, writer in idle:
-            try:
+            # RuntimeError: its event loop is closed, and the socket goes with it.
+            with contextlib.suppress(RuntimeError):
                 writer.transport.abort()
-            except RuntimeError:  # its event loop is closed: the socket goes with it
-                pass
 
 
 async def close_quietly(writer: asyncio.StreamWriter) -> None:

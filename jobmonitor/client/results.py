@@ -10,13 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from ..wire.codes import ERROR_THRESHOLD, Status
 from ..errors import ProtocolError
+from ..wire.codes import ERROR_THRESHOLD, Status
 from ..wire.formats import split_parameters
 from ..wire.states import JobState, Outcome
 
@@ -29,11 +29,15 @@ __all__ = [
     "HistoryEntry",
     "JobStatus",
     "JobInfo",
+    "JobList",
     "Acknowledged",
     "QueueLength",
+    "QueueInfo",
     "TaskLogEntry",
     "status_from_json",
+    "queues_from_json",
     "info_from_json",
+    "job_page_from_json",
     "outputs_from_json",
     "queue_length_from_lines",
     "projects_from_lines",
@@ -43,6 +47,7 @@ __all__ = [
 _COMPLETIONS = {outcome.status.value: outcome for outcome in Outcome}
 _PROGRESS = re.compile(r"Progress: (\d+)/(\d+)(?: \((\d+)%\))?(?: (.*))?", re.DOTALL)
 _STATES_BY_NUMBER = {state.number: state for state in JobState}
+_TRANSACTION_ID = re.compile("T[0-9]{7}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +107,18 @@ class StreamLine:
 
 @dataclass(frozen=True, slots=True)
 class JobResult:
-    """How a job ended, as seen through one transaction handle."""
+    """How a job ended, as seen through one transaction handle.
+
+    ``cancelled_by_shutdown`` is True for a job the server cancelled because it
+    was shutting down: its stream said so (``J0005004``) before ``J0000023``.
+    It is False for a cancel someone asked for, and for a watch that began past
+    the job's end (no line was seen)."""
 
     transaction_id: str
     outcome: Outcome
     lines: int
     errors: tuple[str, ...] = ()
+    cancelled_by_shutdown: bool = False
 
     @property
     def ok(self) -> bool:
@@ -128,11 +139,13 @@ class Reattach:
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    """Something a job produced, by reference."""
+    """Something a job produced, by reference.  ``partial`` is True when the job
+    failed or was cancelled: the file may be cut short, not a result."""
 
     name: str
     uri: str
     media_type: str | None = None
+    partial: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +166,9 @@ class JobStatus:
     ``status`` is None when the server reports a state this client does not
     know (``Unknown``).  Times are timezone-aware UTC datetimes, or None;
     ``estimated`` is the job's own estimate of when it will complete.
+    ``queue`` and ``priority`` say where it waits; ``due`` is when it is due
+    (a job whose time has not come is ``Created``); ``schedule`` names the
+    recurring schedule that made it.
     """
 
     transaction_id: str
@@ -172,6 +188,10 @@ class JobStatus:
     parameters: Mapping[str, str]
     poll_after_s: float
     lines: int
+    queue: str = "default"
+    priority: int = 5
+    due: dt.datetime | None = None
+    schedule: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -183,6 +203,20 @@ class JobInfo(JobStatus):
     """A job's status and history, as ``GetJobInformation`` reports it."""
 
     history: tuple[HistoryEntry, ...] = ()
+
+
+class JobList(list[JobStatus]):
+    """Jobs in transaction order, as ``list_jobs`` returns them: a list, and
+    ``next_after``, the cursor of the jobs that follow (None when none do)."""
+
+    __slots__ = ("next_after",)
+
+    def __init__(self, jobs: Iterable[JobStatus] = (), next_after: str | None = None) -> None:
+        super().__init__(jobs)
+        self.next_after = next_after
+
+    def __repr__(self) -> str:
+        return f"JobList({list.__repr__(self)}, next_after={self.next_after!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +241,19 @@ class QueueLength:
 
     queued: int
     running: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    """One queue, as ``ListQueues`` reports it: jobs waiting and running, its
+    ``max_running``, whether it is paused, and its jobs not due yet."""
+
+    name: str
+    waiting: int
+    running: int
+    max_running: int
+    paused: bool
+    scheduled: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,8 +353,30 @@ def info_from_json(data: Any) -> JobInfo:
     return JobInfo(**_status_fields(data), history=history)
 
 
+def job_page_from_json(data: Any, after: str | None) -> tuple[list[Any], str | None]:
+    """The job objects and the next page's cursor of a ``ListJobs`` JSON reply
+    (``{"Jobs": [...], "Next": ...}``) to a request for the jobs after ``after``.
+    A plain list, what a server without pages answers, is all there is.
+
+    Raises:
+        ProtocolError: not that shape, or a cursor that does not move forward
+        (following it could go on for ever).
+    """
+    if isinstance(data, list):
+        return data, None
+    data = _object(data)
+    jobs, next_after = _list(data.get("Jobs")), data.get("Next")
+    if next_after is None:
+        return jobs, None
+    if not (isinstance(next_after, str) and _TRANSACTION_ID.fullmatch(next_after)
+            and (after is None or next_after > after.upper())):
+        raise ProtocolError(f"bad next page cursor {str(next_after)[:40]!r} after {after!r}")
+    return jobs, next_after
+
+
 def outputs_from_json(data: Any) -> tuple[Output, ...]:
-    """Read a list of ``{Name, Uri, MediaType}`` objects.
+    """Read a list of ``{Name, Uri, MediaType, Partial}`` objects (``Partial``
+    may be missing: a server before it said nothing of it).
 
     Raises:
         ProtocolError: not such a list.
@@ -335,9 +404,31 @@ def _status_fields(data: dict[str, Any]) -> dict[str, Any]:
             "parameters": MappingProxyType(split_parameters(str(data.get("Parameters") or ""))),
             "poll_after_s": float(data.get("PollAfter") or 0),
             "lines": int(data.get("Lines") or 0),
+            "queue": str(data.get("Queue") or "default"),
+            "priority": int(data.get("Priority") or 5),
+            "due": _time(data.get("Due")),
+            "schedule": None if data.get("Schedule") is None else str(data["Schedule"]),
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"bad job status object: {exc!r}") from None
+
+
+def queues_from_json(data: Any) -> list[QueueInfo]:
+    """Read ``ListQueues``'s JSON list.
+
+    Raises:
+        ProtocolError: not such a list.
+    """
+    queues = []
+    for item in _list(data):
+        item = _object(item)
+        try:
+            queues.append(QueueInfo(str(item["Name"]), int(item["Waiting"]),
+                                    int(item["Running"]), int(item["MaxRunning"]),
+                                    bool(item["Paused"]), int(item["Scheduled"])))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"bad queue object: {exc!r}") from None
+    return queues
 
 
 def _object(data: Any) -> dict[str, Any]:
@@ -356,7 +447,7 @@ def _time(value: Any) -> dt.datetime | None:
     if value in (None, ""):
         return None
     parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def _progress(data: Any) -> Progress:
@@ -370,7 +461,8 @@ def _output(data: Any) -> Output:
     try:
         media_type = data.get("MediaType")
         return Output(str(data["Name"]), str(data["Uri"]),
-                      None if media_type is None else str(media_type))
+                      None if media_type is None else str(media_type),
+                      data.get("Partial") is True)
     except KeyError as exc:
         raise ProtocolError(f"output without {exc.args[0]}") from None
 

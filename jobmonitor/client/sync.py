@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from typing import Any, TypeVar
 
 from ..wire import DEFAULT_PORT
 from .api import Client
-from .results import (Acknowledged, JobInfo, JobResult, JobStatus, Output, QueueLength,
-                      StreamLine, TaskLogEntry)
-from .transaction import Transaction
 from .connection import Value
+from .results import (
+    Acknowledged,
+    JobInfo,
+    JobList,
+    JobResult,
+    JobStatus,
+    Output,
+    QueueInfo,
+    QueueLength,
+    StreamLine,
+    TaskLogEntry,
+)
+from .transaction import Transaction
 
 __all__ = ["SyncClient", "SyncTransaction"]
 
@@ -69,7 +79,7 @@ class SyncClient:
         finally:
             self._runner.close()
 
-    def __enter__(self) -> "SyncClient":
+    def __enter__(self) -> SyncClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -81,13 +91,18 @@ class SyncClient:
         return self._run(self._client.request(command, variables, doc_variables))
 
     def submit(self, project: str, variables: Mapping[str, Value] | None = None,
-               **options: Any) -> "SyncTransaction":
+               **options: Any) -> SyncTransaction:
         """See ``Client.submit`` (same keyword arguments)."""
         return SyncTransaction(self, self._run(self._client.submit(project, variables, **options)))
 
-    def watch(self, transaction_id: str, from_line: int = 1) -> "SyncTransaction":
+    def watch(self, transaction_id: str, from_line: int = 1) -> SyncTransaction:
         """See ``Client.watch``."""
         return SyncTransaction(self, self._run(self._client.watch(transaction_id, from_line)))
+
+    def rerun(self, transaction_id: str, *, monitor: bool = True) -> SyncTransaction:
+        """See ``Client.rerun``."""
+        return SyncTransaction(self, self._run(self._client.rerun(transaction_id,
+                                                                  monitor=monitor)))
 
     def status(self, transaction_id: str) -> JobStatus:
         """See ``Client.status``."""
@@ -97,9 +112,22 @@ class SyncClient:
         """See ``Client.info``."""
         return self._run(self._client.info(transaction_id))
 
-    def list_jobs(self, *, all: bool = False, user_token: str | None = None) -> list[JobStatus]:
+    def list_jobs(self, *, all: bool = False, user_token: str | None = None,
+                  limit: int | None = None, after: str | None = None) -> JobList:
         """See ``Client.list_jobs``."""
-        return self._run(self._client.list_jobs(all=all, user_token=user_token))
+        return self._run(self._client.list_jobs(all=all, user_token=user_token, limit=limit,
+                                                after=after))
+
+    def iter_jobs(self, *, all: bool = False, user_token: str | None = None,
+                  after: str | None = None, page_size: int | None = None) -> Iterator[JobStatus]:
+        """See ``Client.iter_jobs``: a request per page, as the loop reaches it."""
+        jobs = self._client.iter_jobs(all=all, user_token=user_token, after=after,
+                                      page_size=page_size)
+        while True:
+            try:
+                yield self._run(_next(jobs))
+            except StopAsyncIteration:
+                return
 
     def outputs(self, transaction_id: str) -> tuple[Output, ...]:
         """See ``Client.outputs``."""
@@ -129,6 +157,18 @@ class SyncClient:
         """See ``Client.queue_length``."""
         return self._run(self._client.queue_length())
 
+    def queues(self) -> list[QueueInfo]:
+        """See ``Client.queues``."""
+        return self._run(self._client.queues())
+
+    def pause_queue(self, name: str) -> str:
+        """See ``Client.pause_queue``."""
+        return self._run(self._client.pause_queue(name))
+
+    def resume_queue(self, name: str) -> str:
+        """See ``Client.resume_queue``."""
+        return self._run(self._client.resume_queue(name))
+
     def task_log(self) -> list[TaskLogEntry]:
         """See ``Client.task_log``."""
         return self._run(self._client.task_log())
@@ -140,6 +180,10 @@ class SyncClient:
     def build_string(self) -> str:
         """See ``Client.build_string``."""
         return self._run(self._client.build_string())
+
+
+async def _next(jobs: AsyncIterator[T]) -> T:
+    return await anext(jobs)
 
 
 def _loop_running() -> bool:
@@ -186,7 +230,7 @@ class SyncTransaction:
             return
         self._owner._run(self._transaction.aclose())
 
-    def __enter__(self) -> "SyncTransaction":
+    def __enter__(self) -> SyncTransaction:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -18,23 +18,19 @@ why no line comes; the handle itself prints nothing.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable
 from typing import Protocol
 
-from ..wire.codes import Reply, Status
 from ..errors import ProtocolError, ReplyError
+from ..wire.codes import Reply, Status
 from ..wire.lines import LineError, parse_line
 from ..wire.states import Outcome
-from .results import JobResult, JobStatus, Reattach, StreamLine
+from ..wire.variables import behind_notice_line
 from .connection import close_quietly
+from .results import JobResult, JobStatus, Reattach, StreamLine
 
 __all__ = ["Transaction"]
 
-#: Sent to a monitor that read nothing for too long; it is not one of the job's lines.
-_BEHIND_PREFIX = f"J{Status.MONITOR_BEHIND.value:07d}: ".encode()
-_BEHIND = re.compile(re.escape(_BEHIND_PREFIX + Status.MONITOR_BEHIND.text.encode())
-                     + rb": re-attach with MonitorJob from line (\d+)")
 _FIRST_DELAY_S = 0.05
 _MAX_DELAY_S = 1.0
 #: Attaches in a row that bring no line at all before the server closes.
@@ -53,7 +49,7 @@ class _Client(Protocol):
     async def status(self, transaction_id: str) -> JobStatus: ...
 
     async def _open_monitor(self, transaction_id: str, from_line: int
-                            ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
+                            ) -> tuple[str, asyncio.StreamReader, asyncio.StreamWriter]: ...
 
     def _stream_ended(self, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None: ...
@@ -82,6 +78,7 @@ class Transaction:
         self._ended = False
         self._received = 0
         self._errors: list[str] = []
+        self._shutdown = False  # the server said it cancelled the job as it stopped
         self._empty_attaches = 0
         self._attach_brought_lines = False
         #: The connection was lost (and ``on_reattach`` told) and not yet re-attached.
@@ -96,7 +93,7 @@ class Transaction:
         """True once the ``Transaction ... ended`` line has been received."""
         return self._ended
 
-    def __aiter__(self) -> "Transaction":
+    def __aiter__(self) -> Transaction:
         return self
 
     async def __anext__(self) -> StreamLine:
@@ -137,13 +134,15 @@ class Transaction:
             self.outcome = await self._outcome_from_status()
         if self.outcome is None:
             raise ProtocolError(f"the stream of {self.transaction_id} ended without an outcome")
-        return JobResult(self.transaction_id, self.outcome, self._received, tuple(self._errors))
+        return JobResult(self.transaction_id, self.outcome, self._received, tuple(self._errors),
+                         cancelled_by_shutdown=(self._shutdown
+                                                and self.outcome is Outcome.CANCELLED))
 
     async def aclose(self) -> None:
         """Drop the connection (the job runs on; iterating again re-attaches)."""
         await self._drop()
 
-    async def __aenter__(self) -> "Transaction":
+    async def __aenter__(self) -> Transaction:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -164,12 +163,10 @@ class Transaction:
 
     def _told_to_reattach(self, raw: bytes) -> bool:
         """True for the server's "fell too far behind" notice (not a line of the job)."""
-        if not raw.startswith(_BEHIND_PREFIX):
+        next_line = behind_notice_line(raw)
+        if next_line is None:
             return False
-        match = _BEHIND.fullmatch(raw.rstrip(b"\r\n"))
-        if match is None:
-            return False
-        self.last_line = int(match.group(1)) - 1
+        self.last_line = next_line - 1
         return True
 
     def _accept(self, raw: bytes) -> StreamLine:
@@ -185,6 +182,8 @@ class Transaction:
         line = StreamLine(self.last_line, parsed.code, parsed.text, parsed.more)
         if line.is_error:
             self._errors.append(line.text)
+            if line.code == Status.SHUTDOWN:
+                self._shutdown = True
         if line.outcome is not None:
             self.outcome = line.outcome
         if line.is_end:
@@ -255,7 +254,7 @@ class Transaction:
                 # A server that accepts but never answers must not hold a retry
                 # for the whole connect and reply timeouts past the deadline.
                 async with asyncio.timeout_at(deadline if retry else None):
-                    self._reader, self._writer = await self._client._open_monitor(
+                    _, self._reader, self._writer = await self._client._open_monitor(
                         self.transaction_id, self.last_line + 1)
                 break
             except (OSError, ReplyError) as exc:

@@ -1,12 +1,18 @@
 """The engine layer: running jobs and recording what they say.
 
-``job`` (the handler's API and a job's state), ``stream`` (a job's status lines
-and their watchers), ``handlers`` (a registered project) and ``registry`` (the
-set of them an app or a config file fills), ``lifecycle`` (the table of allowed
-state transitions), ``directory`` (the table of live and stored jobs),
-``runner`` (the queue and the running jobs), ``time_limit`` (a running job's
-timeout) and ``engine`` (what each command does to a job).
+``job`` (the handler's API and what is recorded about a job), ``stream`` (a
+job's status lines and their watchers), ``history`` (the names of a job's own
+history events), ``lifecycle`` (the table of moves between states, and the one
+place a job's state changes), ``handlers`` (a registered project) and
+``registry`` (the set of them an app or a config file fills), ``directory``
+(the table of live and stored jobs), ``run`` (one run of a job: cancel,
+suspend, time limit), ``time_limit`` (a run's clock, which stops while the job
+is suspended), ``queues`` (the waiting lines, by queue and priority),
+``schedule`` (due times, recurring schedules and the clock they read),
+``runner`` (the waiting lines and the running jobs), ``engine`` (what each
+command does to a job) and ``placing`` (its part for queues, due times and
+reruns).
 
-Rule: imports the wire layer, ``errors``, ``config`` and the store; never a
+Rule: imports the wire layer, ``errors``, ``config``, ``queueing`` and the store; never a
 socket, the server, the app or anything above them.
 """

@@ -11,20 +11,31 @@ jobs do.
 from __future__ import annotations
 
 import collections
+import heapq
+from typing import NamedTuple
 
-from ..wire.codes import Reply
 from ..errors import RequestError
-from .job import Job
-from ..wire.lines import clip
-from ..wire.records import HistoryEvent, JobRecord
 from ..store.base import Store, TaskEvent
+from ..wire.codes import Reply
+from ..wire.lines import clip
+from ..wire.records import HistoryEvent, JobRecord, parse_transaction_id
+from ..wire.variables import TASK_LOG_SIZE
+from .job import Job
 
-__all__ = ["JobDirectory", "TASK_LOG_SIZE", "IDLE_TAIL_LINES"]
+__all__ = ["JobDirectory", "JobPage", "TASK_LOG_SIZE", "IDLE_TAIL_LINES"]
 
-TASK_LOG_SIZE = 200
 _new_tuple = tuple.__new__
 #: Stored lines of a job kept in memory when no monitor needs older ones.
 IDLE_TAIL_LINES = 1000
+
+
+class JobPage(NamedTuple):
+    """A page of a job listing."""
+
+    records: list[JobRecord]
+    #: The cursor for the next page (the last listed transaction ID), or None
+    #: when no job follows.
+    next_after: str | None
 
 
 class JobDirectory:
@@ -103,7 +114,7 @@ class JobDirectory:
         Raises:
             RequestError: UNKNOWN_TRANSACTION.
         """
-        job = self._jobs.get(transaction_id.strip().upper())
+        job = self._jobs.get(parse_transaction_id(transaction_id) or "")
         if job is None:
             raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id))
         return job
@@ -124,7 +135,10 @@ class JobDirectory:
             RequestError: UNKNOWN_TRANSACTION.
         """
         if transaction_id:
-            return transaction_id.strip().upper()
+            named = parse_transaction_id(transaction_id)
+            if named is None:  # (quoted as it always was: upper case)
+                raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id.strip().upper()))
+            return named
         found = await self.earlier(identity, job_token) if job_token else None
         if found is None:
             raise RequestError(Reply.UNKNOWN_TRANSACTION,
@@ -145,15 +159,34 @@ class JobDirectory:
             raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id))
         return record
 
-    async def list_records(self, active_only: bool, identity: str | None) -> list[JobRecord]:
-        """Jobs oldest first: active ones, or all that are kept."""
-        records = {tid: job.snapshot() for tid, job in self._jobs.items()
-                   if identity is None or job.identity == identity}
-        if not active_only:
-            for record in await self._store.list_records(identity):
+    async def list_page(self, active_only: bool, identity: str | None, *,
+                        after: str | None, limit: int) -> JobPage:
+        """Up to ``limit`` jobs after transaction ``after`` (from the first without),
+        in transaction order: active ones, or all that are kept; optionally only
+        one submitter's.  ``next_after`` is set when more jobs follow.
+
+        Live jobs come from memory, the rest from the store a page at a time; a
+        job in both is shown as it is in memory.  Each source gives its first
+        ``limit`` + 1 jobs after the cursor, so together they hold this page and
+        tell whether another follows.
+        """
+        # Transaction IDs have a fixed width, so they sort as their numbers do.
+        after = after or ""
+        chosen = heapq.nsmallest(limit + 1, (
+            transaction_id for transaction_id, job in self._jobs.items()
+            if transaction_id > after and (identity is None or job.identity == identity)
+            and not (active_only and job.state.is_final)))
+        # Taken before the store is asked: a job let go meanwhile is stored by then.
+        records = {tid: self._jobs[tid].snapshot() for tid in chosen}
+        if not active_only:  # (every active job is in memory)
+            stored = await self._store.list_records(
+                identity, int(after[1:]) if after else 0, limit + 1)
+            for record in stored:
                 records.setdefault(record.transaction_id, record)
-        chosen = [r for r in records.values() if not (active_only and r.status.is_final)]
-        return sorted(chosen, key=lambda r: r.number)
+        page = [records[tid] for tid in sorted(records)[:limit + 1]]
+        if len(page) > limit:
+            return JobPage(page[:limit], page[limit - 1].transaction_id)
+        return JobPage(page, None)
 
     async def read_lines(self, transaction_id: str, from_line: int, limit: int) -> list[bytes]:
         """Recorded lines from ``from_line`` on, from memory or the store."""

@@ -2,10 +2,16 @@
 
 A submitted job is stored, then handed to the ``JobRunner`` (``runner``),
 which starts it at once if a slot is free and otherwise queues it.  The
-engine checks that a command may change a job's state, recovers the jobs a
-stopped server left unfinished, and stops and restarts the runner.
+engine checks that a command may change a job's state (``lifecycle``'s
+table), recovers the jobs a stopped server left unfinished, and stops and
+restarts the runner.  A job the shutdown cancels says so
+(``CancelReason.SHUTDOWN``); a ``RestartServer`` or ``CancelJob`` does not.
 
-Live jobs (queued, running, suspended, and the finished ones a memory store keeps)
+A job may name its queue and priority (``queues``), and a due time: it then
+waits as ``Created`` in ``DueJobs`` until that time, and recurring schedules
+make jobs at theirs (``schedule``); ``rerun`` makes a new job like a finished one.
+
+Live jobs (scheduled, queued, running, suspended, and the finished ones a memory store keeps)
 are ``Job`` objects in the ``JobDirectory``; with a durable store a finished job leaves
 memory once it is stored, and lookups fall back to the store.
 """
@@ -18,18 +24,22 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 
-from ..wire.codes import Reply, Status
 from ..config import Config
 from ..errors import RequestError, StoreUnavailable
-from .handlers import Handler
-from .directory import JobDirectory
-from .job import Job
-from ..wire.lines import clip, format_line
-from ..wire.records import HistoryEvent, JobRecord
-from .runner import JobRunner
-from ..wire.states import JobState, Outcome
-from .lifecycle import can_transition
 from ..store.base import Recordable, Store
+from ..wire.codes import Reply, Status
+from ..wire.lines import clip, format_line
+from ..wire.records import JobRecord
+from ..wire.states import JobState, Outcome
+from . import lifecycle
+from .directory import JobDirectory
+from .handlers import Handler
+from .job import Job
+from .lifecycle import CancelReason, can_transition
+from .placing import Placing
+from .queues import Placement
+from .runner import JobRunner
+from .schedule import Clock, DueJobs, Recurring, WallClock
 
 __all__ = ["Engine"]
 
@@ -40,11 +50,15 @@ MAX_TRANSACTION_NUMBER = 9_999_999
 PURGE_INTERVAL_S = 3600.0
 
 
-class Engine:
+class Engine(Placing):
     """One server's jobs: what the commands do to them, and their life across starts
-    and stops (the ``JobRunner`` runs them)."""
+    and stops (the ``JobRunner`` runs them; ``Placing`` holds the parts for
+    queues, due times, schedules and reruns)."""
 
-    def __init__(self, handlers: Mapping[str, Handler], config: Config, store: Store) -> None:
+    def __init__(self, handlers: Mapping[str, Handler], config: Config, store: Store, *,
+                 clock: Clock | None = None) -> None:
+        """``clock``: what due times and schedules read the time from (default: the
+        system's; a test passes one it moves by hand)."""
         self._config = config
         self._store = store
         #: Every job by transaction ID (and client key), live or stored.
@@ -55,12 +69,15 @@ class Engine:
         self._on_change = store.changed if store.durable else None
         self._on_event = self.jobs.log_event
         self._runner = JobRunner(handlers, config, self.jobs, durable=store.durable)
+        self.clock: Clock = clock or WallClock()
+        #: Jobs waiting for their due time (``Created``), and the recurring schedules.
+        self._due = DueJobs(self.clock, self._now_due)
+        self._schedules = Recurring(self.clock, self._make_scheduled)
         #: Jobs whose first commit is under way: what a same-token submit awaits.
         self._adding: dict[str, list[asyncio.Future[None]] | None] = {}
         self._last_number = 0
         self._accepting = False
         self._purger: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self.machine_name = config.machine_name or socket.gethostname()
         # Every stream's first line: formatted once, shared by all jobs.
         self._machine_line = format_line("J", Status.INFO, f"Machine name: {self.machine_name}")
@@ -69,15 +86,15 @@ class Engine:
 
     async def start(self) -> None:
         """Open the store, recover unfinished jobs, and start running jobs."""
-        self._loop = asyncio.get_running_loop()
         self._store.on_persisted = self._persisted
         recovery = await self._store.open()
         self._last_number = recovery.last_number
         self.jobs.seed_task_log(recovery.recent_events)
-        self._runner.open(self._loop)
         for record in recovery.unfinished:
             self._recover(record)
         self._accepting = self._runner.starting = self._runner.retrying = True
+        self._due.start()  # (what fell due while the server was down is queued now)
+        self._schedules.start(self._config.schedules, recovery.schedule_marks)
         if self._config.keep_days > 0:
             self._purger = asyncio.get_running_loop().create_task(self._purge_loop())
         self._runner.start_ready()
@@ -90,17 +107,21 @@ class Engine:
         thread goes on: the store stays locked until that thread returns.
         With a durable store, queued jobs stay queued for the next start and
         running jobs of ``retry_on_restart`` handlers are left to recovery.
+        The jobs it cancels end with ``J0005004`` before ``J0000023``.
         """
         self._accepting = self._runner.retrying = False
+        self._schedules.stop()
+        self._due.stop()
         if self._purger is not None:
             self._purger.cancel()
         self._notify_live(f"Server stopping: running jobs have {grace_s:g} s to finish")
         if not self._store.durable:  # no next start to wait for: queued, delayed, suspended
             for job in self.jobs.live_jobs():
                 if not job.state.is_final and not self._runner.is_running(job):
-                    self.cancel(job)
+                    self.cancel(job, CancelReason.SHUTDOWN)
         self._runner.clear_delays()  # (a durable store keeps those jobs queued)
-        await self._runner.drain(grace_s, keep_retryable=self._store.durable)
+        await self._runner.drain(grace_s, keep_retryable=self._store.durable,
+                                 reason=CancelReason.SHUTDOWN)
         self._runner.close()
         # A handler abandoned in its thread may still be at work: the store stays
         # locked until it returns, so that no new server runs its job beside it.
@@ -125,10 +146,10 @@ class Engine:
         name stay as they were opened)."""
         self._config = config
         self._runner.configure(config)
+        self._schedules.configure(config.schedules)
         purging = self._purger is not None and not self._purger.done()
         if config.keep_days > 0 and not purging and self._accepting:
-            assert self._loop is not None  # (accepting: started)
-            self._purger = self._loop.create_task(self._purge_loop())
+            self._purger = asyncio.get_running_loop().create_task(self._purge_loop())
 
     def replace_handlers(self, handlers: Mapping[str, Handler]) -> None:
         """Run new and queued jobs with ``handlers`` from now on (a reload); running
@@ -139,7 +160,7 @@ class Engine:
     def _notify_live(self, notice: str) -> None:
         for job in self.jobs.live_jobs():
             if not job.state.is_final:
-                job._record_status(Status.NOTICE, notice)
+                lifecycle.notice(job, notice)
 
     def hurry(self) -> None:
         """Stop waiting for running jobs: cancel them now (a second signal)."""
@@ -173,15 +194,19 @@ class Engine:
 
     async def submit(self, project: str, params: Mapping[str, str],
                      doc_variables: Mapping[str, str], *, identity: str = "anonymous",
-                     job_token: str | None = None) -> tuple[str, Job | None]:
+                     job_token: str | None = None,
+                     placement: Placement | None = None) -> tuple[str, Job | None]:
         """Create, store and queue (or start) a job; return its transaction ID and
         the live job (None for an earlier, finished job with the same token).
+        ``placement``: its queue, priority and due time (a job due later waits as
+        ``Created``).
 
         Raises:
             RequestError: UNKNOWN_PROJECT; whatever the handler's ``check`` raises;
-            SERVER_BUSY while shutting down, when the queue is full, or when
-            transaction numbers are exhausted; StoreUnavailable (SERVER_BUSY) when
-            the store cannot write the job (no job is left behind).
+            INVALID_VALUE for a queue the server does not allow; SERVER_BUSY while
+            shutting down, when the queue is full, or when transaction numbers are
+            exhausted; StoreUnavailable (SERVER_BUSY) when the store cannot write
+            the job (no job is left behind).
         """
         if job_token:
             earlier = await self.jobs.earlier(identity, job_token)
@@ -194,25 +219,45 @@ class Engine:
             raise RequestError(Reply.UNKNOWN_PROJECT, clip(project, 80))
         if handler.check is not None:
             handler.check(params)
-        if not self._accepting:
-            raise RequestError(Reply.SERVER_BUSY, "the server is shutting down")
-        limit = self._config.max_queued_jobs
-        if limit and self.queued_count >= limit:
-            raise RequestError(Reply.SERVER_BUSY, f"{limit} jobs are already waiting")
+        queue = self._queue_for(placement.queue if placement else None, handler)
+        self._admit()
         now = time.time()
         record = JobRecord(self._next_transaction_id(), project, dict(params),
                            dict(doc_variables), identity=identity, job_token=job_token or None,
-                           status=JobState.QUEUED, worker=self.machine_name, created=now,
-                           updated=now, history=[HistoryEvent("job", "queued", now)])
+                           worker=self.machine_name, created=now)
+        record.queue = queue
+        more_lines = self._placed(record, placement, now)
+        return record.transaction_id, await self._accept(record, *more_lines)
+
+    def _admit(self) -> None:
+        """Refuse a new job while stopping, or when too many jobs wait.
+
+        Raises:
+            RequestError: SERVER_BUSY.
+        """
+        if not self._accepting:
+            raise RequestError(Reply.SERVER_BUSY, "the server is shutting down")
+        limit = self._config.max_queued_jobs
+        # (jobs not due yet count too: each is held in memory all the same)
+        if limit and self.queued_count + len(self._due) >= limit:
+            raise RequestError(Reply.SERVER_BUSY, f"{limit} jobs are already waiting")
+
+    async def _accept(self, record: JobRecord, *more_lines: bytes) -> Job:
+        """Make a new job of ``record``, store it, and queue it (or hold it until due)."""
         job = self._adopt(record)
         job.stream.seed(self._machine_line)
+        for line in more_lines:
+            job.stream.seed(line)
         if self._store.durable:  # a store that keeps nothing has nothing to wait for
             await self._add(job)
-        self.jobs.log_event(job, record.history[0])
+        for event in record.history:
+            self.jobs.log_event(job, event)
         # Cancelled or suspended while it was being stored: not queued.
         if job.state is JobState.QUEUED:
             self._runner.enqueue(job)
-        return job.transaction_id, job
+        elif job.state is JobState.CREATED:
+            self._due.add(job)
+        return job
 
     async def _add(self, job: Job) -> None:
         """Store a new job; if that fails, forget it (its submit is refused).  A
@@ -235,13 +280,12 @@ class Engine:
         waiters = self._adding[transaction_id]
         if waiters is None:
             waiters = self._adding[transaction_id] = []
-        assert self._loop is not None  # (a job is being added: the engine has started)
-        waiter = self._loop.create_future()
+        waiter = asyncio.get_running_loop().create_future()
         waiters.append(waiter)
         await waiter
 
-    def cancel(self, job: Job) -> None:
-        """Cancel a queued, suspended or running job.
+    def cancel(self, job: Job, reason: CancelReason = CancelReason.USER) -> None:
+        """Cancel a queued, suspended or running job (for ``reason``).
 
         A queued job ends at once; an async job at its next await; a job in a
         thread at its next call to the ``Job`` API.  A job being stopped for its
@@ -251,7 +295,8 @@ class Engine:
             RequestError: INVALID_STATE when the job has already ended.
         """
         self._check(job, JobState.CANCELLED)
-        self._runner.cancel(job)
+        self._due.remove(job)
+        self._runner.cancel(job, reason)
 
     def suspend(self, job: Job) -> str:
         """Suspend a queued job at once, or a running one at its next checkpoint
@@ -263,16 +308,14 @@ class Engine:
             RequestError: INVALID_STATE when the job is not queued or running.
         """
         self._check(job, JobState.SUSPENDED)
-        if not self._runner.is_running(job):  # queued, or still being stored
+        run = self._runner.run_of(job)
+        if run is None:  # queued, scheduled, or still being stored
+            self._due.remove(job)
             self._runner.withdraw(job)
-            job._set_state(JobState.SUSPENDED, "suspended")
-            job._record_status(Status.SUSPENDED)
-            return f"{job.transaction_id} suspended"
-        job._suspend_requested = True
-        if job._pauser is not None:
-            job._pause()
-            return f"{job.transaction_id} suspended"
-        return f"{job.transaction_id} suspend requested"
+            lifecycle.suspend(job)
+        elif not run.suspend():
+            return f"{job.transaction_id} suspend requested"
+        return f"{job.transaction_id} suspended"
 
     def resume(self, job: Job) -> str:
         """Resume a suspended job.
@@ -283,12 +326,15 @@ class Engine:
         if job.state is not JobState.SUSPENDED:
             raise RequestError(Reply.INVALID_STATE,
                                f"{job.transaction_id} is {job.state.value}, not Suspended")
-        job._record_status(Status.RESUMED)
-        if self._runner.is_running(job):
-            job._set_state(JobState.PROCESSING, "resumed")
-            job._wake()
+        run = self._runner.run_of(job)
+        if run is not None:
+            run.resume()
+        elif job.record.run_at is not None and job.record.run_at > self.clock.time():
+            lifecycle.resume(job, running=False, waiting=True)  # (not due yet: waits again)
+            if job.transaction_id not in self._adding:
+                self._due.add(job)
         else:
-            job._set_state(JobState.QUEUED, "resumed")
+            lifecycle.resume(job, running=False)
             if job.transaction_id not in self._adding:  # else its submit queues it
                 self._runner.enqueue(job)
         return f"{job.transaction_id} resumed"
@@ -316,8 +362,7 @@ class Engine:
                                f"{job.transaction_id} is {job.state.value}")
 
     def _adopt(self, record: JobRecord) -> Job:
-        assert self._loop is not None  # (jobs are made from start() on)
-        job = Job(record, self._loop)
+        job = Job(record, asyncio.get_running_loop())
         if self._store.durable:
             job.stream.durable = record.line_count
         job.on_change = self._on_change
@@ -343,14 +388,18 @@ class Engine:
         elif not was_running:
             if record.status is JobState.QUEUED:
                 self._runner.queue_recovered(job, handler)
+            elif record.status is JobState.CREATED:  # (queued by start() if due by now)
+                if record.run_at is None:
+                    lifecycle.fall_due(job)
+                    self._runner.append(job)
+                else:
+                    self._due.add(job)
         elif handler.retry_on_restart:
-            job._record_status(Status.INTERRUPTED)
-            job._record_status(Status.REQUEUED)
-            record.started = None
-            job._set_state(JobState.QUEUED, "requeued")
+            lifecycle.interrupt(job)
+            lifecycle.requeue(job)
             self._runner.append(job)
         else:
-            job._record_status(Status.INTERRUPTED)
+            lifecycle.interrupt(job)
             self._runner.finish(job, Outcome.FAILED)
 
     def when_stored(self, callback: Callable[[], None]) -> None:
@@ -359,8 +408,7 @@ class Engine:
         if self._store.durable:
             self._store.call_when_stored(callback)
         else:
-            assert self._loop is not None  # (there are connections: the engine has started)
-            self._loop.call_soon(callback)
+            asyncio.get_running_loop().call_soon(callback)
 
     def _persisted(self, item: Recordable, stored_lines: int) -> None:
         if isinstance(item, Job):

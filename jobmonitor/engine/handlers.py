@@ -6,17 +6,19 @@ import inspect
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from ..errors import ConfigError
 from .job import Job
 
-__all__ = ["Handler", "HandlerFunc", "CheckFunc", "JOB_OPTIONS", "check_job_options",
-           "check_seconds"]
+__all__ = ["Handler", "HandlerFunc", "CheckFunc", "TimeoutReason", "JOB_OPTIONS",
+           "check_job_options", "check_seconds"]
 
-HandlerFunc = Callable[[Job], Union[Awaitable[Any], Any]]
+HandlerFunc = Callable[[Job], Awaitable[Any] | Any]
 #: Checks a submit's job variables; raises ``RequestError`` to refuse the job.
 CheckFunc = Callable[[Mapping[str, str]], None]
+#: Says why a job was stopped for its time limit (the text of its error line).
+TimeoutReason = Callable[[Job], str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,11 @@ class Handler:
     retries: int = 0
     #: Seconds before the first run again; doubled for each one after it.
     retry_delay_s: float = 0.0
+    #: The error line of a job stopped for ``timeout_s``, made from the job;
+    #: None: ``Job timed out after N s``.
+    timeout_reason: TimeoutReason | None = None
+    #: The queue of its jobs that name none (None: ``default``).
+    queue: str | None = None
 
     #: True for an ``async def`` handler (run on the loop), False for a plain
     #: function (run in a thread); asked once per job, so worked out once here.
@@ -83,7 +90,7 @@ def check_seconds(name: str, value: object, *, zero: bool = True) -> float:
         (``greater than 0`` when not ``zero``).
     """
     seconds = _seconds(value)
-    if seconds is None or not (0 <= seconds if zero else 0 < seconds) or seconds == math.inf:
+    if seconds is None or not (seconds >= 0 if zero else seconds > 0) or seconds == math.inf:
         bound = "of 0 or more" if zero else "greater than 0"
         raise ConfigError(f"{name}: must be a finite number {bound}, got {value!r}")
     return seconds

@@ -7,7 +7,10 @@ event loop in batches (one wake-up per batch, not per line), and once the job
 is cancelled its next call raises ``asyncio.CancelledError`` in that thread.
 
 Everything recorded about the job lives in one ``JobRecord`` (``job.record``);
-the engine and the store read it, handlers use the methods here.
+the engine and the store read it, handlers use the methods here.  Its state
+changes only through ``lifecycle``; what a run was asked (cancel, suspend) and
+how it pauses is its ``run``'s (``run.Run``, which the runner owns): a
+checkpoint asks the run.
 """
 
 from __future__ import annotations
@@ -17,19 +20,19 @@ import contextlib
 import datetime as dt
 import threading
 import time
+from collections.abc import Callable, Mapping
 from threading import get_ident
-from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from ..wire.codes import ERROR_THRESHOLD, SERVER_CODES, Status
 from ..wire.lines import format_lines
 from ..wire.records import HistoryEvent, JobRecord, Output
 from ..wire.states import JobState, Outcome
+from .history import ESTIMATE_EVENT, JOB_STAGE, RETRY_EVENT, count_events
 from .stream import JobStream
-from .time_limit import TimeLimit
 
-__all__ = ["Job"]
+__all__ = ["Job", "JobRun", "MAX_UNSTORED_LINES"]
 
 #: The head of a plain information line, from the code table (the hot path's one
 #: formatted piece; lines.format_line makes the same for every other code).
@@ -37,11 +40,6 @@ _INFO = Status.INFO
 _INFO_HEAD = f"J{int(_INFO):07d}: "
 #: Guards every job's batch of calls from worker threads (held for a list swap).
 _THREAD_LOCK = threading.Lock()
-_new_tuple = tuple.__new__
-#: The history event of a failed job queued to run again (see ``Job.attempt``).
-RETRY_EVENT = "retry"
-#: The history event of a job that starts running (each run has one).
-START_EVENT = "start"
 #: With a durable store, a job at a checkpoint waits while more of its lines than
 #: this are not yet stored: a chatty job cannot fill memory faster than the
 #: store writes (lines can leave memory only once stored).
@@ -54,6 +52,27 @@ def _storable(text: str) -> str:
     return text if text.isprintable() else text.encode("utf-8", "backslashreplace").decode()
 
 
+class JobRun(Protocol):
+    """What a job asks of its run (``run.Run``, made by the runner for each run).
+    Spelled here, where it is used, so that this module imports nothing above it."""
+
+    @property
+    def cancel_requested(self) -> bool: ...
+
+    @property
+    def suspend_requested(self) -> bool: ...
+
+    async def pause_point(self) -> None:
+        """On the loop: raise ``CancelledError`` once cancelled; wait while a
+        requested suspension lasts."""
+
+    def pause_point_blocking(self) -> None:
+        """The same from a worker thread (it blocks while suspended)."""
+
+    def pausable(self, pause: Callable[[], object],
+                 resume: Callable[[], object]) -> contextlib.AbstractContextManager[None]: ...
+
+
 class Job:
     """One job: what it was given, what it has said, and where it stands.
 
@@ -62,36 +81,27 @@ class Job:
     ``add_output``; the rest is read by the server.
     """
 
-    __slots__ = ("record", "stream", "on_change", "on_event",
-                 "_last_text", "_loop", "_loop_thread", "_cancel_requested",
-                 "_suspend_requested", "_leave_to_recovery", "_resume_waiter",
-                 "_thread_resumed", "_thread_pending", "_pauser", "_held", "_time_limit",
-                 "__weakref__")
+    __slots__ = ("record", "stream", "on_change", "on_event", "last_message", "run",
+                 "_loop", "_loop_thread", "_thread_pending", "__weakref__")
 
     def __init__(self, record: JobRecord, loop: asyncio.AbstractEventLoop) -> None:
         self.record = record
         self.stream = JobStream(loop, base=record.line_count)
         self.stream.on_flush = self._flushed
-        # The last message, kept here per line and copied to the record per flush.
-        self._last_text = record.status_message
+        #: The job's last message (its status message): kept here per line and
+        #: copied to the record per flush.
+        self.last_message = record.status_message
         #: Called (on the loop) whenever the record or the lines changed.
         self.on_change: Callable[[Job, bool], None] | None = None
         #: Called (on the loop) with each ``job`` stage event (for the task log).
         self.on_event: Callable[[Job, HistoryEvent], None] | None = None
+        #: The job's run, set by the runner when it starts; once the run is over,
+        #: kept until the next one (a thread abandoned in it still sees it
+        #: cancelled), but not while the job waits to run again.
+        self.run: JobRun | None = None
         self._loop = loop
-        self._loop_thread = threading.get_ident()
-        self._cancel_requested = False
-        self._suspend_requested = False
-        self._leave_to_recovery = False
-        # Made only when needed: most jobs never pause and never run in a thread.
-        self._resume_waiter: asyncio.Future[None] | None = None
-        # Set inside ``pausable``: how to pause the job at once, and whether it is.
-        self._pauser: tuple[Callable[[], object], Callable[[], object]] | None = None
-        self._held = False
-        self._thread_resumed: threading.Event | None = None
+        self._loop_thread = get_ident()
         self._thread_pending: list[Callable[[], None]] | None = None
-        #: The handler's time limit, if it has one (set by the engine when it starts).
-        self._time_limit: TimeLimit | None = None
 
     def __repr__(self) -> str:
         return f"<Job {self.transaction_id} {self.project!r} {self.state.value}>"
@@ -146,23 +156,26 @@ class Job:
     def attempt(self) -> int:
         """Which run of the job this is: 1, then 2 and on when its handler's
         ``retries`` run it again after a failure."""
-        return 1 + sum(1 for event in self.record.history
-                       if event[0] == "job" and event[1] == RETRY_EVENT)
+        return 1 + count_events(self.record, RETRY_EVENT)
 
     @property
     def cancel_requested(self) -> bool:
-        """True once someone asked to cancel this job."""
-        return self._cancel_requested
+        """True once someone asked to cancel this job (or its run is being
+        stopped for its time limit)."""
+        run = self.run
+        return (run.cancel_requested if run is not None
+                else self.record.status is JobState.CANCELLED)
 
     @property
     def suspend_requested(self) -> bool:
         """True while a suspension waits for the job's next checkpoint."""
-        return self._suspend_requested
+        run = self.run
+        return run is not None and run.suspend_requested
 
     def snapshot(self) -> JobRecord:
         """A copy of the job's record as it is now."""
         record = self.record.copy()
-        record.status_message = self._last_text
+        record.status_message = self.last_message
         record.history = list(record.history)
         record.outputs = list(record.outputs)
         record.line_count = len(self.stream)
@@ -187,7 +200,7 @@ class Job:
                 stream.lines.append(f"{_INFO_HEAD}{text}\r\n".encode())
                 if not stream.scheduled:
                     stream.schedule()
-                self._last_text = text
+                self.last_message = text
             return
         if code != Status.INFO and (not 0 < code < ERROR_THRESHOLD or code in SERVER_CODES):
             raise ValueError(f"information codes are 1..4999 but the server's own, got {code}")
@@ -237,7 +250,7 @@ class Job:
 
         def apply() -> None:
             self.record.estimated = when
-            self._add_history(HistoryEvent("job", "estimate", time.time(), when))
+            self._add_history(HistoryEvent(JOB_STAGE, ESTIMATE_EVENT, time.time(), when))
 
         self._from_any_thread(apply)
 
@@ -263,14 +276,13 @@ class Job:
         Raises:
             asyncio.CancelledError: the job has been cancelled.
         """
-        if threading.get_ident() == self._loop_thread:
+        if get_ident() == self._loop_thread:
             return self._checkpoint_async()
         self._checkpoint_thread()
         return None
 
-    @contextlib.contextmanager
     def pausable(self, pause: Callable[[], object],
-                 resume: Callable[[], object]) -> Iterator[None]:
+                 resume: Callable[[], object]) -> contextlib.AbstractContextManager[None]:
         """Inside this block, ``SuspendJob`` pauses the job at once, not at a checkpoint.
 
         For work that can be stopped from outside at any moment, such as a child
@@ -290,41 +302,28 @@ class Job:
         """
         if get_ident() != self._loop_thread:
             raise RuntimeError("Job.pausable is for async handlers (the event loop's thread)")
-        if self._pauser is not None:
-            raise RuntimeError("Job.pausable blocks cannot be nested")
-        self._pauser = (pause, resume)
-        try:
-            if self._suspend_requested:
-                self._pause()
-            yield
-        finally:
-            held, self._held, self._pauser = self._held, False, None
-            if held:
-                resume()
+        run = self.run
+        if run is None:  # not started by a runner: nothing can suspend it
+            return contextlib.nullcontext()
+        return run.pausable(pause, resume)
 
-    # -- suspension ------------------------------------------------------------
+    # -- checkpoints --------------------------------------------------------------
 
     async def _checkpoint_async(self) -> None:
-        if self._cancel_requested:
-            raise asyncio.CancelledError()
-        if self._suspend_requested:
-            waiter = self._resume_waiter = self._loop.create_future()
-            self._pause()
-            await waiter
+        run = self.run
+        if run is not None:
+            await run.pause_point()
         await self._until_stored()
-        if self._cancel_requested:
+        if run is not None and run.cancel_requested:
             raise asyncio.CancelledError()
 
     def _checkpoint_thread(self) -> None:
-        if self._cancel_requested:
-            raise asyncio.CancelledError()
-        if self._suspend_requested:
-            event = self._thread_resumed = threading.Event()
-            self._loop.call_soon_threadsafe(self._pause)
-            event.wait()
+        run = self.run
+        if run is not None:
+            run.pause_point_blocking()
         if self.stream.unstored() > MAX_UNSTORED_LINES:
             asyncio.run_coroutine_threadsafe(self._until_stored(), self._loop).result()
-        if self._cancel_requested:
+        if run is not None and run.cancel_requested:
             raise asyncio.CancelledError()
 
     async def _until_stored(self) -> None:
@@ -333,30 +332,6 @@ class Job:
         if waiter is not None:
             await waiter
 
-    def _pause(self) -> None:
-        if not self._suspend_requested or self.state is not JobState.PROCESSING:
-            self._wake()
-            return
-        self._suspend_requested = False
-        if self._pauser is not None and not self._held:
-            self._pauser[0]()
-            self._held = True
-        self._set_state(JobState.SUSPENDED, "suspended")
-        self._record_status(Status.SUSPENDED)
-
-    def _wake(self) -> None:
-        """Let a paused job go on (resumed or cancelled)."""
-        if self._held:
-            self._held = False
-            if self._pauser is not None:
-                self._pauser[1]()
-        waiter, self._resume_waiter = self._resume_waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        event, self._thread_resumed = self._thread_resumed, None
-        if event is not None:
-            event.set()
-
     # -- recording --------------------------------------------------------------
 
     def _say(self, code: int, text: str) -> None:
@@ -364,18 +339,15 @@ class Job:
 
     def _record_line(self, code: int, text: str) -> None:
         self.stream.extend(format_lines("J", code, text))
-        self._last_text = _storable(text)
-
-    def _record_status(self, code: Status, text: str | None = None) -> None:
-        """Record a server-made line with a standard text (or ``text``)."""
-        self.stream.extend(format_lines("J", code, code.text if text is None else text))
+        self.last_message = _storable(text)
 
     def _from_any_thread(self, func: Callable[..., None], *args: Any) -> None:
         """Run ``func`` on the loop: now if we are on it, else batched from a thread."""
-        if threading.get_ident() == self._loop_thread:
+        if get_ident() == self._loop_thread:
             func(*args)
             return
-        if self._cancel_requested:
+        run = self.run
+        if run is not None and run.cancel_requested:
             raise asyncio.CancelledError()
         with _THREAD_LOCK:
             pending = self._thread_pending
@@ -402,31 +374,13 @@ class Job:
         self.record.history.append(event)
         self._changed()
 
-    def _set_state(self, state: JobState, event: str | None = None) -> None:
-        """Move to ``state`` and record a ``job`` history event named ``event``."""
-        now = time.time()
-        record = self.record
-        record.status = state
-        record.updated = now
-        if self._time_limit is not None:
-            self._time_limit.follow(state)
-        if event is not None:
-            # tuple.__new__ skips the named tuple's Python-level constructor: a job
-            # changes state at least twice.
-            entry = _new_tuple(HistoryEvent, ("job", event, now, None, None))
-            record.history.append(entry)
-            if self.on_event is not None:
-                self.on_event(self, entry)
-        if self.on_change is not None:
-            self.on_change(self, bool(self.stream._watchers))
-
     def _flushed(self) -> None:
         """New lines went out: the record's last message and update time follow."""
         record = self.record
-        record.status_message = self._last_text
+        record.status_message = self.last_message
         record.updated = time.time()
         if self.on_change is not None:
-            self.on_change(self, bool(self.stream._watchers))
+            self.on_change(self, self.stream.watcher_count > 0)
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -436,6 +390,6 @@ class Job:
 
 def _timestamp(value: dt.datetime) -> float:
     if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
+        value = value.replace(tzinfo=dt.UTC)
     return value.timestamp()
 

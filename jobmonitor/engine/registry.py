@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from ..errors import ConfigError
-from .handlers import CheckFunc, Handler, HandlerFunc, check_job_options
+from ..queueing import queue_name_refusal
+from .handlers import CheckFunc, Handler, HandlerFunc, TimeoutReason, check_job_options
 
 __all__ = ["HandlerRegistry"]
 
@@ -31,7 +32,7 @@ class HandlerRegistry:
 
     def job(self, project: str, *, retry_on_restart: bool = False,
             timeout_s: float | None = None, retries: int = 0,
-            retry_delay_s: float = 0.0) -> Callable[[F], F]:
+            retry_delay_s: float = 0.0, queue: str | None = None) -> Callable[[F], F]:
         """Decorator: register a handler for jobs whose ``ProjectName`` is ``project``
         (see ``add_job`` for the options).
 
@@ -41,14 +42,15 @@ class HandlerRegistry:
 
         def register(func: F) -> F:
             self.add_job(project, func, retry_on_restart=retry_on_restart, timeout_s=timeout_s,
-                         retries=retries, retry_delay_s=retry_delay_s)
+                         retries=retries, retry_delay_s=retry_delay_s, queue=queue)
             return func
 
         return register
 
     def add_job(self, project: str, func: HandlerFunc, *, retry_on_restart: bool = False,
                 check: CheckFunc | None = None, timeout_s: float | None = None,
-                retries: int = 0, retry_delay_s: float = 0.0) -> None:
+                retries: int = 0, retry_delay_s: float = 0.0,
+                timeout_reason: TimeoutReason | None = None, queue: str | None = None) -> None:
         """Register ``func`` for ``project`` (the decorator's plain form).
 
         ``retry_on_restart``: a job the server's restart interrupted runs again
@@ -57,12 +59,14 @@ class HandlerRegistry:
         error reply.  ``timeout_s``: a job that runs longer (time suspended not
         counted) is stopped as a cancel stops it and fails with
         ``J0005000: Job timed out after N s`` (cancelled while it stops, it
-        ends cancelled after that line).  ``retries``: a job that fails
+        ends cancelled after that line); ``timeout_reason``, if given, makes
+        that line's text from the job instead.  ``retries``: a job that fails
         (raises, or times out; not one that is cancelled or partial) is queued
         to run again, up to that many times, ``retry_delay_s`` after its first
         failure and twice as long after each one after it; its stream goes on,
         with ``J0000132`` saying so, and ``job.attempt`` counts the runs.  With
-        a durable store the delay outlasts a restart of the server.
+        a durable store the delay outlasts a restart of the server.  ``queue``: the
+        queue of its jobs that name none with ``_sys_QueueName`` (default ``default``).
 
         Raises:
             ConfigError: ``project`` is empty or already has a handler, or an
@@ -80,8 +84,10 @@ class HandlerRegistry:
                                                                   retry_delay_s)
         except ConfigError as exc:
             raise ConfigError(f"job {project!r}: {exc}") from None
+        if queue is not None and queue_name_refusal(queue) is not None:
+            raise ConfigError(f"job {project!r}: queue: {queue_name_refusal(queue)}")
         self._handlers[project] = Handler(project, func, retry_on_restart, check, timeout_s,
-                                          retries, retry_delay_s)
+                                          retries, retry_delay_s, timeout_reason, queue)
 
     def merge(self, other: HandlerRegistry) -> None:
         """Add every handler of ``other``.
@@ -89,7 +95,8 @@ class HandlerRegistry:
         Raises:
             ConfigError: a project is registered in both.
         """
-        for handler in other._handlers.values():
+        for handler in other.handlers.values():
             self.add_job(handler.project, handler.func, retry_on_restart=handler.retry_on_restart,
                          check=handler.check, timeout_s=handler.timeout_s,
-                         retries=handler.retries, retry_delay_s=handler.retry_delay_s)
+                         retries=handler.retries, retry_delay_s=handler.retry_delay_s,
+                         timeout_reason=handler.timeout_reason, queue=handler.queue)

@@ -7,7 +7,14 @@ Rule: programs register through the engine's handler registry; they never
 import the app, the server or the CLI.
 """
 
-from .program import (BUILTIN_PLACEHOLDERS, SELF_CHECKED, STANDARD_VARIABLES, Program,
-                      Variable, add_programs)
+from .program import (
+    BUILTIN_PLACEHOLDERS,
+    SELF_CHECKED,
+    STANDARD_VARIABLES,
+    Program,
+    Variable,
+    add_programs,
+)
 
-__all__ = ["Program", "Variable", "add_programs", "BUILTIN_PLACEHOLDERS", "STANDARD_VARIABLES", "SELF_CHECKED"]
+__all__ = ["Program", "Variable", "add_programs", "BUILTIN_PLACEHOLDERS", "STANDARD_VARIABLES",
+           "SELF_CHECKED"]

@@ -28,7 +28,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Union
 
 from ..errors import ConfigError
 from ..wire.lines import clip
@@ -117,7 +116,7 @@ def _not_a_plain_name(value: str) -> str | None:
 
 #: What ``Program(variables=...)`` takes: the names of variables without rules,
 #: or each name with its ``Variable`` (in the order its checks are made).
-Variables = Union[Iterable[str], Mapping[str, Variable]]
+Variables = Iterable[str] | Mapping[str, Variable]
 
 
 def variable_rules(variables: Variables) -> Mapping[str, Variable]:
@@ -155,7 +154,7 @@ class Slot:
     name: str
 
 
-Template = tuple[Union[str, Slot], ...]
+Template = tuple[str | Slot, ...]
 
 
 def parse_template(item: str, where: str, names: frozenset[str]) -> Template:
@@ -172,7 +171,8 @@ def parse_template(item: str, where: str, names: frozenset[str]) -> Template:
         if token in ("{{", "}}"):
             parts.append(token[0])
         elif name is None:
-            raise ConfigError(f"{where}: lone {token!r} in {item!r} (write {token * 2} for a brace)")
+            raise ConfigError(f"{where}: lone {token!r} in {item!r} "
+                              f"(write {token * 2} for a brace)")
         elif name not in names:
             raise ConfigError(f"{where}: placeholder {{{name}}} is not a declared variable "
                               f"(variables: {', '.join(sorted(names))})")

@@ -260,7 +260,5 @@ def signal_group(process: ProgramProcess, signum: int) -> None:
     """Send ``signum`` to the program's process group, if anything is left of it
     that we may signal (every member may have taken another identity: a setuid
     program, which no signal of ours can stop)."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -6,13 +6,17 @@ program is started directly (never through a shell), so a value can never add,
 split or remove an argument.  ``{{`` and ``}}`` stand for literal braces.
 
 While it runs, each line the program writes to stdout becomes an information
-line and each line on stderr an error line, as they are produced.  Exit status
-0 is success; anything else, a timeout, or a failure to start fails the job.
-Cancelling the job (its task is cancelled) sends SIGTERM to the program's
-process group and, once ``kill_grace_s`` has passed, SIGKILL to whatever is
-left of the group, even if the program itself has exited.  Suspending a
-running job sends the group SIGSTOP (and stops its timeout); resuming it,
-SIGCONT.  With an ``output_dir`` each job gets its own folder
+line and each line on stderr an error line (an information line too with
+``stderr="info"``, for programs such as tar, curl, git and ffmpeg that write
+their progress there), as they are produced.  Exit status 0 is success;
+anything else, a timeout, or a failure to start fails the job.  ``timeout_s``
+is the handler's time limit, which the engine keeps as for any handler (time
+suspended is not counted), with the program's own line: ``make timed out
+after 60 s``.  Cancelling the job, or its time running out (its task is
+cancelled), sends SIGTERM to the program's process group and, once
+``kill_grace_s`` has passed, SIGKILL to whatever is left of the group, even if
+the program itself has exited.  Suspending a running job sends the group
+SIGSTOP; resuming it, SIGCONT.  With an ``output_dir`` each job gets its own folder
 ``<output_dir>/<transaction id>``; the files the program leaves there are
 recorded as the job's outputs.  What a variable's value may be (``Variable``
 rules, paths under ``{output_dir}``) is ``program_args``'s part.
@@ -32,13 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from ..wire.codes import Reply
-from ..errors import ConfigError, JobFailed, RequestError
-from ..engine.handlers import JOB_OPTIONS, check_job_options, check_seconds
-from ..engine.job import START_EVENT, Job
+from ..engine.handlers import JOB_OPTIONS, TimeoutReason, check_job_options, check_seconds
+from ..engine.history import START_EVENT, count_events
+from ..engine.job import Job
 from ..engine.registry import HandlerRegistry
+from ..errors import ConfigError, JobFailed, RequestError
+from ..wire.codes import Reply
 from ..wire.lines import clip
-from .process import ProgramProcess, read_output, signal_group, start_program, stop_program
 from .args import (
     BUILTIN_PLACEHOLDERS,
     OutputPath,
@@ -50,6 +54,7 @@ from .args import (
     parse_template,
     variable_rules,
 )
+from .process import ProgramProcess, read_output, signal_group, start_program, stop_program
 
 __all__ = ["Program", "Variable", "add_programs", "BUILTIN_PLACEHOLDERS", "STANDARD_VARIABLES",
            "SELF_CHECKED"]
@@ -60,6 +65,9 @@ SELF_CHECKED = (*JOB_OPTIONS, "kill_grace_s")
 
 #: Variables every SubmitJob may carry (they fill placeholders only when declared).
 STANDARD_VARIABLES = frozenset({"ProjectName", "JobName"})
+#: What a program's stderr lines become: error lines (J0005000), or information
+#: lines (J0000100) for programs that write their progress there.
+STDERR_MODES = ("error", "info")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +79,9 @@ class Program:
     read-only mapping of each name to its ``Variable`` (``Variable()`` for a
     name given alone), in the order given.  ``timeout_s``, ``retries`` and
     ``retry_delay_s`` are checked as ``add_job`` checks a handler's
-    (``check_job_options``: the same words).
+    (``check_job_options``: the same words).  ``stderr`` says what the
+    program's stderr lines become: ``"error"`` lines (the default) or ``"info"``
+    lines; either way only the exit status decides how the job ends.
 
     Raises (on construction):
         ConfigError: a bad field; the message starts with the field's name.
@@ -89,6 +99,9 @@ class Program:
     retry_on_restart: bool = False
     retries: int = 0
     retry_delay_s: float = 0.0
+    stderr: str = "error"
+    #: The queue of its jobs that name none (None: ``default``).
+    queue: str | None = None
     _rules: Mapping[str, Variable] = field(init=False, repr=False, compare=False)
     _templates: tuple[Template, ...] = field(init=False, repr=False, compare=False)
     _output_paths: tuple[OutputPath, ...] = field(init=False, repr=False, compare=False)
@@ -118,7 +131,7 @@ class Program:
         Raises:
             RequestError: INVALID_VALUE for an unknown variable or a value that
             breaks a rule (``program_args``), MISSING_VARIABLE for a declared
-            variable that is absent.
+            variable that is absent or blank (empty or only white space).
         """
         unknown = sorted(set(params) - set(self._rules) - STANDARD_VARIABLES)
         if unknown:
@@ -128,6 +141,8 @@ class Program:
         for name, rule in self._rules.items():
             if name not in params:
                 raise RequestError(Reply.MISSING_VARIABLE, name)
+            if not params[name].strip():
+                raise RequestError(Reply.MISSING_VARIABLE, f"{name} (its value is blank)")
             if "\x00" in params[name]:
                 raise RequestError(Reply.INVALID_VALUE, f"{name} contains a NUL character")
             refusal = rule.refusal(params[name])
@@ -179,6 +194,9 @@ class Program:
 def _check_fields(program: Program) -> None:
     if not program.command or not all(isinstance(item, str) for item in program.command):
         raise ConfigError("command: must be a non-empty list of strings")
+    if program.stderr not in STDERR_MODES:
+        raise ConfigError(f"stderr: must be {' or '.join(map(repr, STDERR_MODES))}, "
+                          f"got {program.stderr!r}")
     if not program.command[0].strip():
         raise ConfigError("command[0]: the program to run must not be empty")
     # The operating system cannot pass a NUL: refused here, not by every job.
@@ -220,8 +238,9 @@ def add_programs(app: HandlerRegistry, programs: Iterable[Program]) -> None:
     """
     for program in programs:
         app.add_job(program.project, _handler(program), check=program.check,
-                    retry_on_restart=program.retry_on_restart, retries=program.retries,
-                    retry_delay_s=program.retry_delay_s)
+                    retry_on_restart=program.retry_on_restart, timeout_s=program.timeout_s,
+                    timeout_reason=_timeout_reason(program), retries=program.retries,
+                    retry_delay_s=program.retry_delay_s, queue=program.queue)
 
 
 def _handler(program: Program) -> Callable[[Job], Awaitable[None]]:
@@ -232,44 +251,62 @@ def _handler(program: Program) -> Callable[[Job], Awaitable[None]]:
     return run
 
 
+def _timeout_reason(program: Program) -> TimeoutReason | None:
+    """The line of a job stopped for ``timeout_s``: it names the program."""
+    if program.timeout_s is None:
+        return None
+    seconds = program.timeout_s
+
+    def reason(job: Job) -> str:
+        try:
+            name = program.argv(_values(program, job))[0]
+        except KeyError:  # (a job refused by ``check`` before it started the program)
+            name = program.command[0]
+        return f"{name} timed out after {seconds:g} s"
+
+    return reason
+
+
+def _values(program: Program, job: Job) -> dict[str, str]:
+    """What fills the placeholders: the job variables and the built-in ones."""
+    values = {**job.params, "transaction_id": job.transaction_id}
+    output_dir = program.job_output_dir(job.transaction_id)
+    if output_dir is not None:
+        values["output_dir"] = str(output_dir)
+    return values
+
+
 async def run_program(program: Program, job: Job) -> None:
     """Run one job of ``program``; return on exit status 0.
 
     Raises:
-        JobFailed: the variables are refused, the program cannot start, exits
-        with another status, or runs longer than ``timeout_s``.
-        asyncio.CancelledError: the job was cancelled (the program is stopped first).
+        JobFailed: the variables are refused, the program cannot start, or
+        exits with another status.
+        asyncio.CancelledError: the job was cancelled, or ran out of its time
+        limit (the program is stopped first).
     """
     try:
         program.check(job.params)
     except RequestError as exc:
         raise JobFailed(exc.reply_text) from None
     output_dir = program.job_output_dir(job.transaction_id)
-    values = {**job.params, "transaction_id": job.transaction_id}
+    values = _values(program, job)
     env = _environment(program, job.transaction_id)
     if output_dir is not None:
         _make_output_dir(output_dir, job.transaction_id, first_run=_first_run(job))
-        values["output_dir"] = env["JOBMONITOR_OUTPUT_DIR"] = str(output_dir)
+        env["JOBMONITOR_OUTPUT_DIR"] = str(output_dir)
         refusal = program.link_refusal(values, output_dir)
         if refusal is not None:
             raise JobFailed(refusal)
     argv = program.argv(values)
     process = await start_program(argv, program.cwd, env)
     # Reading goes on while the program is being stopped: its last words count.
-    output = asyncio.ensure_future(read_output(process, job.info, job.error))
+    on_stderr = job.info if program.stderr == "info" else job.error
+    output = asyncio.ensure_future(read_output(process, job.info, on_stderr))
     try:
-        async with asyncio.timeout(program.timeout_s) as deadline:
-            with job.pausable(*_pauser(process, deadline)):
-                await asyncio.shield(output)
-                await process.wait()
-    except TimeoutError:
-        reason = f"{argv[0]} timed out after {program.timeout_s:g} s"
-        try:
-            await asyncio.shield(stop_program(process, output, program.kill_grace_s))
-        except asyncio.CancelledError:
-            job.error(reason)  # cancelled while being stopped: still say why it was
-            raise
-        raise JobFailed(reason) from None
+        with job.pausable(*_pauser(process)):
+            await asyncio.shield(output)
+            await process.wait()
     except BaseException:
         await asyncio.shield(stop_program(process, output, program.kill_grace_s))
         raise
@@ -316,32 +353,14 @@ def _make_output_dir(folder: Path, transaction_id: str, *, first_run: bool) -> N
 
 def _first_run(job: Job) -> bool:
     """True unless the job has started before (``retries``, ``retry_on_restart``)."""
-    return sum(1 for event in job.record.history
-               if event[0] == "job" and event[1] == START_EVENT) <= 1
+    return count_events(job.record, START_EVENT) <= 1
 
 
-def _pauser(process: ProgramProcess,
-            deadline: asyncio.Timeout) -> tuple[Callable[[], None], Callable[[], None]]:
+def _pauser(process: ProgramProcess) -> tuple[Callable[[], None], Callable[[], None]]:
     """Pause and resume for ``Job.pausable``: SIGSTOP and SIGCONT to the program's
-    process group, with its timeout stopped meanwhile (time suspended is not run)."""
-    loop = asyncio.get_running_loop()
-    left: list[float] = []
-
-    def pause() -> None:
-        if deadline.expired():  # it ran out as the suspend came: the program is stopped next
-            return
-        signal_group(process, signal.SIGSTOP)
-        when = deadline.when()
-        if when is not None:
-            left.append(max(when - loop.time(), 0.0))
-            deadline.reschedule(None)
-
-    def resume() -> None:
-        if left:
-            deadline.reschedule(loop.time() + left.pop())
-        signal_group(process, signal.SIGCONT)
-
-    return pause, resume
+    process group (the run's time limit stands still meanwhile)."""
+    return (lambda: signal_group(process, signal.SIGSTOP),
+            lambda: signal_group(process, signal.SIGCONT))
 
 
 def _check_status(program_name: str, status: int | None) -> None:

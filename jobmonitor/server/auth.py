@@ -32,8 +32,18 @@ from typing import Any, TypeVar
 from ..errors import RequestError
 from ..users import User, hash_password, verify_password
 from ..wire.codes import Reply
-from .throttle import (CLEAN, MAX_FAILURE_DELAY_S, UNRECORDED, FailureTable, Line, Turns,
-                       failure_delay, penalty, throttled_address, throttled_network)
+from .throttle import (
+    CLEAN,
+    MAX_FAILURE_DELAY_S,
+    UNRECORDED,
+    FailureTable,
+    Line,
+    Turns,
+    failure_delay,
+    penalty,
+    throttled_address,
+    throttled_network,
+)
 
 __all__ = ["Authenticator", "throttled_address"]
 

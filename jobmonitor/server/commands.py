@@ -9,33 +9,71 @@ touches a socket.
 
 from __future__ import annotations
 
+import asyncio
+import difflib
 import platform
-from sys import intern
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from sys import intern
 
 from .._version import __version__
-from ..wire.codes import Reply
-from .auth import Authenticator
-from ..users import User
 from ..engine.engine import Engine
-from ..errors import ConfigError, RequestError
 from ..engine.job import Job
+from ..errors import ConfigError, RequestError
+from ..users import User
+from ..wire.codes import Reply
+from ..wire.formats import (
+    FORMATS,
+    ListRenderer,
+    cell,
+    iso_time,
+    job_dict,
+    key_values,
+    outputs_header,
+    render,
+    to_json,
+)
 from ..wire.lines import clip
 from ..wire.packet import Packet
-from ..wire.formats import FORMATS, cell, iso_time, job_dict, key_values, render, to_json
+from ..wire.records import JobRecord
+from ..wire.variables import (
+    AFTER,
+    CLIENT_JOB_MONITOR,
+    FILTER,
+    FORMAT,
+    FROM_LINE,
+    JOB_TOKEN,
+    LIMIT,
+    PASSWORD,
+    PROJECT_NAME,
+    SYSTEM_PREFIX,
+    TRANSACTION_ID,
+    USER,
+    USER_TOKEN,
+    parse_bool,
+    parse_choice,
+    parse_count,
+    parse_line_number,
+    parse_transaction_id,
+    required,
+)
+from .auth import Authenticator
+from .placement import placement_of, queue_name_of
 
-__all__ = ["Commands", "Caller", "Response", "parse_bool", "SYSTEM_PREFIX"]
+__all__ = ["Commands", "Caller", "Response"]
 
-SYSTEM_PREFIX = "_sys_"
 ANONYMOUS = "anonymous"
 #: Most recorded lines one GetTaskLog reply carries (page on with _sys_FromLine).
 MAX_LOG_LINES = 10_000
-#: Most digits a line number may have: ten reach far past any job's length and stay
-#: well inside the store's 64-bit integers (and int()'s limit on digits).
-MAX_LINE_DIGITS = 10
-_TRUE = frozenset({"true", "1", "yes"})
-_FALSE = frozenset({"false", "0", "no"})
+#: Jobs one ListJobs reply carries unless _sys_Limit asks for fewer or more, and
+#: the most it may ask for: a page is read, rendered and sent in one piece.
+LIST_LIMIT = 1_000
+MAX_LIST_LIMIT = 10_000
+#: Longest a ListJobs page is rendered before the event loop gets a turn (a page
+#: of 1 000 jobs takes tens of milliseconds in JSON, more in XML).
+RENDER_TURN_S = 0.002
+#: Longest unknown command name compared with the known ones for a suggestion.
+MAX_SUGGESTED_LENGTH = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,62 +93,6 @@ class Response:
     text: str
     follow: str | None = None  # a transaction ID
     from_line: int = 1
-
-
-def parse_bool(packet: Packet, name: str, default: bool = False) -> bool:
-    """Read a boolean variable: true/false, 1/0, yes/no, any case.
-
-    Raises:
-        RequestError: INVALID_VALUE for anything else.
-    """
-    raw = packet.variables.get(name)
-    if raw is None or not raw.strip():
-        return default
-    word = raw.strip().lower()
-    if word in _TRUE:
-        return True
-    if word in _FALSE:
-        return False
-    raise RequestError(Reply.INVALID_VALUE, f"{name} must be true or false, got {clip(raw)!r}")
-
-
-def parse_choice(packet: Packet, name: str, choices: tuple[str, ...]) -> str:
-    """Read a variable that is one of ``choices`` (the first is the default).
-
-    Raises:
-        RequestError: INVALID_VALUE.
-    """
-    value = packet.variables.get(name, "").strip().lower() or choices[0]
-    if value not in choices:
-        raise RequestError(Reply.INVALID_VALUE,
-                           f"{name} must be one of {', '.join(choices)}, got {clip(value)!r}")
-    return value
-
-
-def parse_line_number(packet: Packet, name: str) -> int:
-    """Read a line number (1 or more, in at most ``MAX_LINE_DIGITS`` ASCII digits; default 1).
-
-    Raises:
-        RequestError: INVALID_VALUE.
-    """
-    raw = packet.variables.get(name, "").strip() or "1"
-    # ASCII only: str.isdigit() also passes digits such as "²" that int() refuses.
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_LINE_DIGITS) or int(raw) < 1:
-        raise RequestError(Reply.INVALID_VALUE,
-                           f"{name} must be a line number from 1, got {clip(raw)!r}")
-    return int(raw)
-
-
-def required(packet: Packet, name: str) -> str:
-    """Read a variable that must be present and not blank.
-
-    Raises:
-        RequestError: MISSING_VARIABLE.
-    """
-    value = packet.variables.get(name, "").strip()
-    if not value:
-        raise RequestError(Reply.MISSING_VARIABLE, name + packet.value_hint(name))
-    return value
 
 
 class Commands:
@@ -139,6 +121,11 @@ class Commands:
             "GetJobQueueLen": self.get_job_queue_len,
             "GetBuildString": self.get_build_string,
             "RestartServer": self.restart_server,
+            # (queues and reruns: issue 20)
+            "ListQueues": self.list_queues,
+            "PauseQueue": self.pause_queue,
+            "ResumeQueue": self.resume_queue,
+            "RerunJob": self.rerun_job,
         }
 
     @property
@@ -166,11 +153,21 @@ class Commands:
             or wrong when users are configured.
         """
         if packet.command not in self._table:
-            raise RequestError(Reply.UNKNOWN_COMMAND, clip(packet.command, 80))
+            raise RequestError(Reply.UNKNOWN_COMMAND,
+                               clip(packet.command, 80) + self._suggestion(packet.command))
         if self._auth is None or not self._auth.enabled:
-            token = packet.variables.get("_sys_UserToken", "").strip()
+            token = packet.variables.get(USER_TOKEN, "").strip()
             return Caller(token or ANONYMOUS)
         return await self._authenticated(packet, peer())
+
+    def _suggestion(self, command: str) -> str:
+        """`` (did you mean GetJobStatus?)`` for a name close to a command's (in
+        any case), else nothing.  A long name is no typo: it is not compared."""
+        if len(command) > MAX_SUGGESTED_LENGTH:
+            return ""
+        by_folded = {name.casefold(): name for name in self._table}
+        close = difflib.get_close_matches(command.strip().casefold(), by_folded, n=1)
+        return f" (did you mean {by_folded[close[0]]}?)" if close else ""
 
     async def execute(self, packet: Packet, caller: Caller) -> Response:
         """Carry out a packet of a known command (``caller`` checked it) for ``caller``.
@@ -182,15 +179,15 @@ class Commands:
 
     async def _authenticated(self, packet: Packet, peer: str) -> Caller:
         assert self._auth is not None
-        name = packet.variables.get("_sys_User", "")
-        user = await self._auth.authenticate(name, packet.variables.get("_sys_Password", ""),
+        name = packet.variables.get(USER, "")
+        user = await self._auth.authenticate(name, packet.variables.get(PASSWORD, ""),
                                              peer)
         if user is None:
             # The password is never quoted back, even to its sender.
-            hint = packet.value_hint("_sys_Password", quote=False)
+            hint = packet.value_hint(PASSWORD, quote=False)
             if not name:
-                hint = packet.value_hint("_sys_User") or hint
-            detail = "give _sys_User and _sys_Password" if not name else "wrong user or password"
+                hint = packet.value_hint(USER) or hint
+            detail = f"give {USER} and {PASSWORD}" if not name else "wrong user or password"
             raise RequestError(Reply.NOT_AUTHENTICATED, detail + hint)
         return Caller(user.name, restricted=not user.is_admin)
 
@@ -208,24 +205,25 @@ class Commands:
         is reported as unknown, so transaction IDs cannot be probed.  Anyone
         else (an admin) names another user's job token with ``_sys_UserToken``.
         """
-        transaction_id = packet.variables.get("_sys_TransactionID", "").strip()
-        job_token = packet.variables.get("_sys_JobToken", "").strip()
+        transaction_id = packet.variables.get(TRANSACTION_ID, "").strip()
+        job_token = packet.variables.get(JOB_TOKEN, "").strip()
         if not transaction_id and not job_token:
-            hint = packet.value_hint("_sys_TransactionID") or packet.value_hint("_sys_JobToken")
+            hint = packet.value_hint(TRANSACTION_ID) or packet.value_hint(JOB_TOKEN)
             raise RequestError(Reply.MISSING_VARIABLE,
-                               "_sys_TransactionID (or _sys_JobToken)" + hint)
+                               f"{TRANSACTION_ID} (or {JOB_TOKEN})" + hint)
         owner = caller.identity
         if not caller.restricted:
-            owner = packet.variables.get("_sys_UserToken", "").strip() or owner
+            owner = packet.variables.get(USER_TOKEN, "").strip() or owner
         found = await self._engine.jobs.resolve(transaction_id, owner, job_token)
-        if caller.restricted and (await self._engine.jobs.record(found)).identity != caller.identity:
-            raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(transaction_id or found))
+        if (caller.restricted
+                and (await self._engine.jobs.record(found)).identity != caller.identity):
+            raise RequestError(Reply.UNKNOWN_TRANSACTION, clip(found))
         return found
 
     def _check_monitors(self, transaction_id: str) -> None:
-        if self._max_monitors and self._engine.jobs.monitor_count(transaction_id) >= self._max_monitors:
-            raise RequestError(Reply.SERVER_BUSY,
-                               f"{transaction_id} already has {self._max_monitors} monitors")
+        limit = self._max_monitors
+        if limit and self._engine.jobs.monitor_count(transaction_id) >= limit:
+            raise RequestError(Reply.SERVER_BUSY, f"{transaction_id} already has {limit} monitors")
 
     async def _active_job(self, packet: Packet, caller: Caller) -> Job:
         """The live job a packet names; a finished one is an invalid-state error."""
@@ -240,21 +238,22 @@ class Commands:
     # -- commands ---------------------------------------------------------------------
 
     async def submit_job(self, packet: Packet, caller: Caller) -> Response:
-        project = required(packet, "ProjectName")
-        monitor = parse_bool(packet, "_sys_ClientJobMonitor")
+        project = required(packet, PROJECT_NAME)
+        monitor = parse_bool(packet, CLIENT_JOB_MONITOR)
         # Interned names: the same few variable names come with every job, and a
         # job kept waiting keeps its params.
         params = {intern(k): v for k, v in packet.variables.items()
                   if not k.startswith(SYSTEM_PREFIX)}
         transaction_id, job = await self._engine.submit(
             project, params, packet.doc_variables, identity=caller.identity,
-            job_token=packet.variables.get("_sys_JobToken", "").strip() or None)
+            job_token=packet.variables.get(JOB_TOKEN, "").strip() or None,
+            placement=placement_of(packet))
         if monitor and job is not None:
             self._check_monitors(transaction_id)
         return Response(transaction_id, transaction_id if monitor else None)
 
     async def monitor_job(self, packet: Packet, caller: Caller) -> Response:
-        from_line = parse_line_number(packet, "_sys_FromLine")
+        from_line = parse_line_number(packet, FROM_LINE)
         transaction_id = await self._transaction(packet, caller)
         await self._engine.jobs.record(transaction_id)  # unknown transaction: refused here
         self._check_monitors(transaction_id)
@@ -277,45 +276,43 @@ class Commands:
         return Response(f"{transaction_id} deleted")
 
     async def get_job_status(self, packet: Packet, caller: Caller) -> Response:
-        form = parse_choice(packet, "_sys_Format", FORMATS)
+        form = parse_choice(packet, FORMAT, FORMATS)
         record = await self._engine.jobs.record(await self._transaction(packet, caller))
         return Response(render(record, form))
 
     async def get_job_information(self, packet: Packet, caller: Caller) -> Response:
-        form = parse_choice(packet, "_sys_Format", FORMATS)
+        form = parse_choice(packet, FORMAT, FORMATS)
         record = await self._engine.jobs.record(await self._transaction(packet, caller))
         return Response(render(record, form, history=True))
 
     async def list_jobs(self, packet: Packet, caller: Caller) -> Response:
-        which = parse_choice(packet, "_sys_Filter", ("active", "all"))
-        form = parse_choice(packet, "_sys_Format", ("text", "json"))
-        identity = packet.variables.get("_sys_UserToken", "").strip() or None
+        which = parse_choice(packet, FILTER, ("active", "all"))
+        form = parse_choice(packet, FORMAT, FORMATS)
+        limit = parse_count(packet, LIMIT, LIST_LIMIT, MAX_LIST_LIMIT)
+        after = parse_transaction_id(packet, AFTER)
+        identity = packet.variables.get(USER_TOKEN, "").strip() or None
         if caller.restricted:
             identity = caller.identity
-        records = await self._engine.jobs.list_records(which == "active", identity)
-        if form == "json":
-            return Response(to_json([job_dict(r) for r in records]))
-        rows = [f"{len(records)} jobs"] + [
-            "\t".join((r.transaction_id, r.status.value, cell(r.project),
-                       cell(r.job_name))) for r in records]
-        return Response("\n".join(rows))
+        page = await self._engine.jobs.list_page(which == "active", identity, after=after,
+                                                 limit=limit)
+        return Response(await _rendered(page.records, page.next_after, form))
 
     async def list_projects(self, packet: Packet, caller: Caller) -> Response:
         names = self._engine.handler_names()
         return Response("\n".join([f"{len(names)} projects", *map(cell, names)]))
 
     async def retrieve_job(self, packet: Packet, caller: Caller) -> Response:
-        form = parse_choice(packet, "_sys_Format", ("text", "json"))
+        form = parse_choice(packet, FORMAT, ("text", "json"))
         record = await self._engine.jobs.record(await self._transaction(packet, caller))
         if form == "json":
             return Response(to_json(job_dict(record)["JobData"]))
-        rows = [f"{len(record.outputs)} outputs"] + [
+        rows = [outputs_header(record)] + [
             "\t".join((cell(o.name), cell(o.uri), cell(o.media_type or "")))
             for o in record.outputs]
         return Response("\n".join(rows))
 
     async def get_task_log(self, packet: Packet, caller: Caller) -> Response:
-        if "_sys_TransactionID" in packet.variables or "_sys_JobToken" in packet.variables:
+        if TRANSACTION_ID in packet.variables or JOB_TOKEN in packet.variables:
             return await self._job_log(packet, caller)
         self._require_admin(caller, "the server's task log")
         events = self._engine.jobs.task_log()
@@ -325,7 +322,7 @@ class Commands:
         return Response("\n".join(rows))
 
     async def _job_log(self, packet: Packet, caller: Caller) -> Response:
-        from_line = parse_line_number(packet, "_sys_FromLine")
+        from_line = parse_line_number(packet, FROM_LINE)
         transaction_id = await self._transaction(packet, caller)
         total = (await self._engine.jobs.record(transaction_id)).line_count
         lines = await self._engine.jobs.read_lines(transaction_id, from_line, MAX_LOG_LINES)
@@ -348,8 +345,60 @@ class Commands:
         try:
             await self._restart()
         except ConfigError as exc:
-            raise RequestError(Reply.INTERNAL_ERROR, f"reloading job modules failed: {exc}") from None
+            raise RequestError(Reply.INTERNAL_ERROR,
+                               f"reloading job modules failed: {exc}") from None
         return Response("Job engine restarted")
+
+    # -- queues and reruns ------------------------------------------------------------
+
+    async def list_queues(self, packet: Packet, caller: Caller) -> Response:
+        form = parse_choice(packet, FORMAT, ("text", "json"))
+        rows = self._engine.queue_rows()
+        if form == "json":
+            return Response(to_json([{"Name": r.name, "Waiting": r.waiting,
+                                      "Running": r.running, "MaxRunning": r.max_running,
+                                      "Paused": r.paused, "Scheduled": r.scheduled}
+                                     for r in rows]))
+        return Response("\n".join([f"{len(rows)} queues"] + [
+            "\t".join((cell(r.name), str(r.waiting), str(r.running), str(r.max_running),
+                       "true" if r.paused else "false", str(r.scheduled))) for r in rows]))
+
+    async def pause_queue(self, packet: Packet, caller: Caller) -> Response:
+        self._require_admin(caller, "PauseQueue")
+        name = queue_name_of(packet)
+        self._engine.pause_queue(name)
+        return Response(f"Queue {name} paused")
+
+    async def resume_queue(self, packet: Packet, caller: Caller) -> Response:
+        self._require_admin(caller, "ResumeQueue")
+        name = queue_name_of(packet)
+        self._engine.resume_queue(name)
+        return Response(f"Queue {name} resumed")
+
+    async def rerun_job(self, packet: Packet, caller: Caller) -> Response:
+        monitor = parse_bool(packet, CLIENT_JOB_MONITOR)
+        job = await self._engine.rerun(await self._transaction(packet, caller), caller.identity)
+        if monitor:
+            self._check_monitors(job.transaction_id)
+        return Response(job.transaction_id, job.transaction_id if monitor else None)
+
+
+async def _rendered(records: list[JobRecord], next_after: str | None, form: str) -> str:
+    """A ListJobs page's reply text, made in turns of ``RENDER_TURN_S`` so that
+    others' commands (a submit) are not held up for the whole page."""
+    renderer = ListRenderer(form)
+    loop = asyncio.get_running_loop()
+    turn_ends = loop.time() + RENDER_TURN_S
+    for start in range(0, len(records), _RENDER_STEP):
+        if loop.time() > turn_ends:
+            await asyncio.sleep(0)
+            turn_ends = loop.time() + RENDER_TURN_S
+        renderer.add(records[start:start + _RENDER_STEP])
+    return renderer.text(next_after)
+
+
+#: Jobs rendered between two looks at the clock.
+_RENDER_STEP = 10
 
 
 def build_string() -> str:

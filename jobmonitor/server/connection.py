@@ -2,7 +2,9 @@
 
 A connection goes READING -> BUSY -> (WATCHING) -> LINGERING -> closed:
 
-* READING feeds bytes to the sans-I/O ``PacketParser`` under a deadline;
+* READING feeds bytes to the sans-I/O ``PacketParser`` under a deadline,
+  through a ``PacketReader`` that gives a big packet's parsing its turns on
+  the loop (``parse_turns``): it calls ``_dispatch`` or ``_refuse``;
 * BUSY runs the command (a task: a submit waits for the store);
 * WATCHING follows a job's stream: lines still in memory come from the
   ``JobStream``; older ones (a re-attach far back, a job that left memory, a
@@ -13,10 +15,11 @@ A connection goes READING -> BUSY -> (WATCHING) -> LINGERING -> closed:
 
 A packet with ``_sys_KeepOpen`` true keeps the connection: once its answer is
 complete (its reply, or a monitored stream's ended line) the connection goes
-back to READING with a new parser, and a new deadline, instead of ending.
-Bytes that come after a kept packet (pipelined packets) are held in
-``_pending`` until then, and fed to the next parser a packet's worth at a
-time (``packet_end_hint``), so the packets are answered in order and every
+back to READING with a new reader and parser, and a new deadline, instead of
+ending.  Bytes that come after a kept packet (pipelined packets, and what its
+reader received past it: ``PacketReader.rest``) are held in ``_pending`` until
+then, and fed to the next reader a packet's worth at a time
+(``packet_end_hint``), so the packets are answered in order and every
 limit holds per packet; past ``max_packet_bytes`` held, reading pauses.  The
 line ends a client puts between packets are skipped.  The answers to a burst
 of pipelined packets go out in one send (the batch spans the burst).
@@ -41,13 +44,15 @@ from ..config import Config
 from ..engine.engine import Engine
 from ..engine.stream import JobStream
 from ..errors import PacketError, RequestError
-from ..wire.codes import Reply, Status
-from ..wire.lines import clip, format_line
+from ..wire.codes import Reply
+from ..wire.lines import clip
 from ..wire.packet import Packet, PacketParser, packet_end_hint
-from .commands import Commands, parse_bool
+from ..wire.variables import KEEP_OPEN, behind_notice, parse_bool
+from .commands import Commands
 from .deadlines import Deadlines
 from .eager import start_eagerly
 from .output import ConnectionState, Output
+from .parse_turns import PacketReader, ParseTurns
 from .refusals import RefusalLog
 
 __all__ = ["Connection", "ConnectionContext"]
@@ -56,8 +61,6 @@ log = logging.getLogger("jobmonitor.connection")
 
 #: Lines read from the store at a time when a watcher catches up.
 CATCH_UP_PAGE_LINES = 2000
-#: The variable that keeps a connection open for the next packet.
-KEEP_OPEN = "_sys_KeepOpen"
 #: XML whitespace: what a client may send between two packets on a kept connection.
 _BETWEEN_PACKETS = re.compile(rb"[ \t\r\n]*")
 
@@ -85,6 +88,8 @@ class ConnectionContext:
     accepts_corked: bool
     #: The log of refused logins and permissions.
     refusals: RefusalLog
+    #: The loop's budget for parsing big packets, shared by every connection.
+    parse_turns: ParseTurns
     #: Called once a connection is made: count it, and say whether there is room
     #: for it (False past ``max_connections``: it is refused, and counted until lost).
     opened: Callable[[Connection], bool]
@@ -95,7 +100,7 @@ class ConnectionContext:
 class Connection(Output):
     """The protocol object of one client connection."""
 
-    __slots__ = ("_context", "_parser", "_deadline_key", "_reading_since", "_task", "_stream",
+    __slots__ = ("_context", "_reader", "_deadline_key", "_reading_since", "_task", "_stream",
                  "_followed", "_next_line", "_checking", "stream_cursor", "_keep_open",
                  "_kept", "_pending", "_offset", "_feeding", "_reading_paused", "_stopping",
                  "_follow_from")
@@ -103,8 +108,7 @@ class Connection(Output):
     def __init__(self, context: ConnectionContext) -> None:
         super().__init__(context.loop, context.config, context.accepts_corked)
         self._context = context
-        self._parser: PacketParser | None = PacketParser(
-            max_packet_bytes=self._config.max_packet_bytes)
+        self._reader: PacketReader | None = None  # made by connection_made
         self._deadline_key: int | None = None  # the reading deadline's, in context.deadlines
         #: When this packet's reading began (the connection, or the last kept answer).
         self._reading_since = self._loop.time()
@@ -143,10 +147,19 @@ class Connection(Output):
         if not self._context.opened(self):
             self._refuse(RequestError(Reply.SERVER_BUSY, "too many connections"))
             return
+        self._reader = self._new_reader()
         self._set_first_deadline()
 
+    def _new_reader(self) -> PacketReader:
+        """A reader of the next packet, with a parser of its own."""
+        parser = PacketParser(max_packet_bytes=self._config.max_packet_bytes,
+                              max_packet_variables=self._config.max_packet_variables)
+        assert self._transport is not None  # (set by connection_made)
+        return PacketReader(parser, self._context.parse_turns, self._transport,
+                            self._dispatch, self._refuse)
+
     def data_received(self, data: bytes) -> None:
-        if self._state is _READING:
+        if self._state is _READING and self._reader is not None:
             self._pending, self._offset = data, 0  # (nothing is pending while READING)
             self._read_pending()
         elif self._keep_open:
@@ -170,6 +183,7 @@ class Connection(Output):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
+        self._drop_reader()
         if self._checking and self._task is not None:
             # Nobody is left to answer, and the connection's place is given back
             # now: its password check (which may wait its turn behind others from
@@ -197,8 +211,8 @@ class Connection(Output):
         """The server is stopping: close a kept connection that waits for its next
         packet, and keep no other open past its answer under way."""
         self._stopping = True
-        if (self._kept and self._state is _READING and self._parser is not None
-                and self._parser.bytes_received == 0):
+        if (self._kept and self._state is _READING and self._reader is not None
+                and self._reader.bytes_received == 0):
             self.close()
 
     # -- reading packets ----------------------------------------------------------------
@@ -210,7 +224,7 @@ class Connection(Output):
         try:
             while self._state is _READING:
                 pending, start = self._pending, self._offset
-                if self._kept and self._parser is not None and not self._parser.bytes_received:
+                if self._kept and self._reader is not None and not self._reader.bytes_received:
                     start = _skip_space(pending, start)
                 if start >= len(pending):
                     self._pending, self._offset = b"", 0
@@ -230,32 +244,18 @@ class Connection(Output):
             self._release()  # the answers so far go out; we wait for the client
 
     def _feed(self, data: bytes) -> None:
-        parser = self._parser
-        assert parser is not None  # (while READING)
-        try:
-            packet = parser.feed(data)
-        except PacketError as exc:
-            self._refuse(exc)
-            return
-        if packet is not None:
-            self._offset -= len(parser.rest)  # the next packet's first bytes
-            # Alone: nothing but whitespace after the packet in what is pending either.
-            alone = parser.alone and _skip_space(self._pending, self._offset) == len(self._pending)
-            self._dispatch(packet, alone)
+        reader = self._reader
+        assert reader is not None  # (while READING)
+        reader.feed(data)  # it calls _dispatch or _refuse, now or on a later turn
 
     def _input_ended(self) -> None:
         """The client has shut its side, and everything it sent has been fed."""
-        parser = self._parser
-        assert parser is not None  # (while READING)
-        if parser.bytes_received == 0:
+        reader = self._reader
+        assert reader is not None  # (while READING)
+        if reader.bytes_received == 0:
             self.close()
             return
-        try:
-            packet = parser.feed_eof()
-        except PacketError as exc:
-            self._refuse(exc)
-            return
-        self._dispatch(packet, parser.alone)
+        reader.feed_eof()  # (it answers once what it holds is parsed)
 
     def _hold(self, data: bytes) -> None:
         """Keep bytes that came while a kept packet is answered: the next packets."""
@@ -294,7 +294,7 @@ class Connection(Output):
         self._kept = True
         self._next_line = 1
         self._state = _READING
-        self._parser = PacketParser(max_packet_bytes=self._config.max_packet_bytes)
+        self._reader = self._new_reader()
         self._reading_since = self._loop.time()
         self._set_first_deadline()
         if self._reading_paused and self._transport is not None:
@@ -328,8 +328,7 @@ class Connection(Output):
     def _stalled(self) -> None:
         """The client took no bytes for ``monitor_stall_s`` while lines waited."""
         next_line = self._leave_stream() or self._next_line
-        text = f"{Status.MONITOR_BEHIND.text}: re-attach with MonitorJob from line {next_line}"
-        self.write(format_line("J", Status.MONITOR_BEHIND, text))
+        self.write(behind_notice(next_line))
         log.info("monitor %s of %s stalled; told it to re-attach from line %d", self.peer,
                  self._followed, next_line)
         # What is queued (the notice last) is still sent if the client reads again;
@@ -358,8 +357,8 @@ class Connection(Output):
         if self._state is not _READING:
             return
         config = self._config
-        assert self._parser is not None  # (until _dispatch, which ends READING)
-        if self._parser.bytes_received == 0 and config.idle_timeout_s <= config.packet_timeout_s:
+        assert self._reader is not None  # (until _dispatch, which ends READING)
+        if self._reader.bytes_received == 0 and config.idle_timeout_s <= config.packet_timeout_s:
             detail = f"nothing received within {config.idle_timeout_s:g} s"
             self._refuse(RequestError(Reply.IDLE_TIMEOUT, detail))
             return
@@ -372,9 +371,16 @@ class Connection(Output):
 
     # -- the command ------------------------------------------------------------------
 
+    def _drop_reader(self) -> None:
+        # Its lxml parser and half-built tree go now, not at the next collection.
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+
     def _refuse(self, exc: RequestError) -> None:
         log.info("refused packet from %s: %s", self.peer, exc.reply_text)
         self._cancel_deadline()
+        self._drop_reader()
         self._state = _BUSY
         self._pending, self._offset = b"", 0  # (where the next packet starts is unknown)
         self.reply(exc.code, exc.reply_text)
@@ -382,8 +388,15 @@ class Connection(Output):
 
     def _dispatch(self, packet: Packet, alone: bool) -> None:
         self._cancel_deadline()
-        self._alone = alone
-        self._parser = None  # an lxml parser is kilobytes; a held connection keeps none
+        # The bytes after the packet, in order: the reader's (the end of what it
+        # parsed, and what it had not parsed yet), then what it was not given yet.
+        if self._reader is not None:
+            rest = self._reader.rest
+            after = self._pending[self._offset:]
+            self._pending, self._offset = rest + after if rest else after, 0
+        # Alone: nothing but whitespace after the packet in what is pending either.
+        self._alone = alone and _skip_space(self._pending, 0) == len(self._pending)
+        self._drop_reader()  # a held connection keeps none
         self._state = _BUSY
         if KEEP_OPEN in packet.variables:
             try:

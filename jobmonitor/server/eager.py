@@ -59,12 +59,13 @@ class _Continuation(Generic[T]):
                 try:
                     value = coro.throw(exc)
                 except StopIteration as stop:
+                    # StopIteration.value is typed Any; the coroutine's is a T.
                     return stop.value  # type: ignore[no-any-return]
             else:
                 try:
                     value = coro.send(sent)
                 except StopIteration as stop:
-                    return stop.value  # type: ignore[no-any-return]
+                    return stop.value  # type: ignore[no-any-return]  # as above
 
 
 async def _rest(continuation: _Continuation[T]) -> T:

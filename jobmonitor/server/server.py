@@ -23,12 +23,14 @@ from ..config import Config
 from ..engine.engine import Engine
 from ..engine.handlers import Handler
 from ..engine.job import Job
+from ..engine.schedule import Clock, check_queue_names
 from ..errors import ConfigError
 from ..store import open_store
 from .auth import Authenticator
 from .commands import Commands
 from .connection import Connection, ConnectionContext
 from .deadlines import Deadlines
+from .parse_turns import ParseTurns
 from .refusals import RefusalLog
 from .reloading import Reloaded, changes, settings_to_use
 from .sockets import cork_listeners
@@ -42,8 +44,8 @@ class Server:
     """A jobmonitor server bound to a host and port."""
 
     def __init__(self, handlers: Mapping[str, Handler], config: Config, *,
-                 reload: Callable[[], Reloaded | Mapping[str, Handler]] | None = None
-                 ) -> None:
+                 reload: Callable[[], Reloaded | Mapping[str, Handler]] | None = None,
+                 clock: Clock | None = None) -> None:
         """Nothing is opened or read here: ``start`` does that, and raises what
         goes wrong.
 
@@ -52,12 +54,15 @@ class Server:
         alone (``JobMonitor.make_server`` passes one that re-imports the
         ``config.jobs`` modules, and reads a config file again when told how);
         it raises ``ConfigError`` to keep the old ones.  Without it a reload
-        keeps ``handlers`` and ``config``.
+        keeps ``handlers`` and ``config``.  ``clock``: what due times and
+        schedules read the time from (default: the system's; see ``Engine``).
 
         Raises:
             ConfigError: the host is reachable from the network, no users are
-            configured, and ``allow_anonymous_network`` is off.
+            configured, and ``allow_anonymous_network`` is off; a schedule or a
+            project names a project or a queue the server does not have.
         """
+        check_queue_names(config, handlers)
         self.config = config
         self._own_handlers = dict(handlers)
         self._reload = reload
@@ -71,6 +76,7 @@ class Server:
         self._started = False
         #: Set once start() has ended, well or not (what a shutdown waits for).
         self._start_ended = asyncio.Event()
+        self._clock = clock
         self._engine: Engine | None = None
         self._commands: Commands | None = None
         self._auth: Authenticator | None = None
@@ -115,12 +121,13 @@ class Server:
         store = open_store(config.store or "memory://", data_dir=config.data_dir,
                            commit_interval_s=config.commit_interval_s,
                            synchronous=config.sqlite_synchronous)
-        engine = Engine(self._own_handlers, config, store)
+        engine = Engine(self._own_handlers, config, store, clock=self._clock)
         auth = Authenticator(config.users)
         commands = Commands(engine, auth=auth, restart=self.restart_engine,
                             max_monitors_per_job=config.max_monitors_per_job)
         await engine.start()
         deadlines = Deadlines(loop, _deadline_tick(config))
+        turns = ParseTurns(loop)
         listener: asyncio.Server | None = None
         try:
             listener = await loop.create_server(
@@ -133,7 +140,7 @@ class Server:
             corked = tls is None and cork_listeners(listener.sockets)
             self._context = ConnectionContext(
                 loop, config, engine, commands, deadlines, accepts_corked=corked,
-                refusals=self.refusals,
+                refusals=self.refusals, parse_turns=turns,
                 opened=self._connection_opened, closed=self._connection_closed)
             self._engine, self._listener = engine, listener
             self._commands, self._auth = commands, auth
@@ -147,6 +154,7 @@ class Server:
                 listener.close()
             await engine.stop(0)
             deadlines.close()
+            turns.close()
             raise
 
     async def start_serving(self) -> None:
@@ -245,6 +253,7 @@ class Server:
             fresh = Reloaded(self.config, fresh)
         config, kept = settings_to_use(self.config, fresh.config)
         _check_exposure(config)
+        check_queue_names(config, fresh.handlers)
         for warning in kept:
             log.warning("reload: %s", warning)
         return config, dict(fresh.handlers)
@@ -397,7 +406,7 @@ class Server:
         await self._engine.stop(self.config.shutdown_grace_s)
         try:
             await asyncio.wait_for(self._no_connections.wait(), self.config.linger_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             # Closing politely would wait for a client that stopped reading to take
             # our last bytes, and keep its socket past the end of the server.
             for connection in list(self._connections):
@@ -407,10 +416,11 @@ class Server:
         if self._auth is not None:
             await self._auth.close()  # (no connection is left to ask for a check)
         self._context.deadlines.close()
+        self._context.parse_turns.close()
         self.refusals.flush()
         log.info("jobmonitor stopped")
 
-    async def __aenter__(self) -> "Server":
+    async def __aenter__(self) -> Server:
         """Start (unless started) and return the server.
 
         Raises:

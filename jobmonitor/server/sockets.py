@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import socket
 import sys
 from collections.abc import Sequence
@@ -50,10 +51,8 @@ def cork_listeners(sockets: Sequence[socket.socket]) -> bool:
             sock.setsockopt(socket.IPPROTO_TCP, TCP_CORK, 1)
     except OSError:
         for sock in sockets:
-            try:
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, TCP_CORK, 0)
-            except OSError:
-                pass
         return False
     return True
 

@@ -82,7 +82,7 @@ def failure_delay(failures: int, free: int) -> float:
     first ``free`` cost nothing: 0.25 s, then twice as long each time, up to 5 s."""
     if failures <= free:
         return 0.0
-    return min(MAX_FAILURE_DELAY_S, 0.25 * 2 ** min(failures - free - 1, 8))
+    return min(MAX_FAILURE_DELAY_S, 0.25 * 2.0 ** min(failures - free - 1, 8))
 
 
 def penalty(entry: Entry | None, free: int, now: float) -> float:

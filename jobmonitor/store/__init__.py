@@ -2,9 +2,11 @@
 
 ``base`` is the interface the engine talks to (``Store``, ``Recordable``,
 ``Recovery``, ``TaskEvent``); ``memory`` keeps nothing, ``sqlite/`` is the
-durable backend.  A store deals in ``JobRecord``s and encoded lines, never in
+durable backend, its writes in group commits (``batching``, which does not
+depend on SQLite).  A store deals in ``JobRecord``s and encoded lines, never in
 running jobs.  ``open_store`` makes the store a URL names; a new backend is a
-folder beside ``sqlite/`` and one entry in ``BACKENDS``.
+folder beside ``sqlite/`` (a ``batching.GroupCommitStore`` if durable) and one
+entry in ``BACKENDS``.
 
 Rule: imports only the wire layer and ``errors``; never the engine, the server
 or anything above them.  The backends import ``base``, never this package.

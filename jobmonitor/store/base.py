@@ -14,14 +14,14 @@ locked) raises ``StoreUnavailable`` from ``add``, ``flush``, ``delete``,
 ``purge`` and its reads; what it was given to write and did not refuse, it keeps
 and writes once it can.
 
-Backends live beside this module (``memory``, ``sqlite/``); the package's
-``open_store`` picks one from a store URL.
+Backends live beside this module (``memory``, ``sqlite/``); ``batching`` is the
+group commit a durable one builds on.  The package's ``open_store`` picks one
+from a store URL.
 """
 
 from __future__ import annotations
 
 import abc
-import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
@@ -68,10 +68,18 @@ class Recovery:
     last_number: int = 0
     unfinished: list[JobRecord] = field(default_factory=list)
     recent_events: list[TaskEvent] = field(default_factory=list)
+    #: Per recurring schedule, the last due time a job was made for (issue 20).
+    schedule_marks: dict[str, float] = field(default_factory=dict)
 
 
 class Store(abc.ABC):
-    """Persistence for jobs, their lines, history and outputs."""
+    """Persistence for jobs, their lines, history and outputs.
+
+    Every method is abstract: a backend says what each one does, even where that
+    is nothing (the memory store), so one it forgot cannot quietly answer "unknown
+    transaction" (it cannot be made at all).  ``batching.GroupCommitStore`` is the
+    writing half of a durable backend, whatever its database.
+    """
 
     #: True when jobs survive a restart (queued jobs are kept at shutdown).
     durable: bool = False
@@ -90,6 +98,7 @@ class Store(abc.ABC):
         ``release_lock`` (or the process's end): a handler of this server still
         runs, and a new server would run its job again beside it."""
 
+    @abc.abstractmethod
     def release_lock(self) -> None:
         """Let other servers open the store, after ``close(keep_lock=True)``
         (idempotent; the store is closed, so any thread may call it)."""
@@ -108,38 +117,49 @@ class Store(abc.ABC):
         """The job's record or lines changed; write them soon (``urgent``: someone
         is waiting on them, start a commit now).  Called only on a durable store."""
 
+    @abc.abstractmethod
     async def flush(self) -> None:
         """Return once everything changed so far is written."""
 
+    @abc.abstractmethod
     def call_when_stored(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` on the loop once what has changed so far is stored
         (right after the commit that takes it), or at the end of this loop turn
-        when nothing waits."""
-        asyncio.get_running_loop().call_soon(callback)
+        when nothing waits (nor will: a closed store)."""
 
+    # -- reading and deleting ------------------------------------------------------
+    # (Asked only about what the engine no longer has in memory: a job that is not
+    # stored is answered as unknown, so none of these may be left out.)
+
+    @abc.abstractmethod
     async def load(self, transaction_id: str) -> JobRecord | None:
         """A stored job's record, or None."""
-        return None
 
+    @abc.abstractmethod
     async def find_token(self, identity: str, job_token: str) -> str | None:
         """The transaction ID of the job with this client key, or None."""
-        return None
 
+    @abc.abstractmethod
     async def read_lines(self, transaction_id: str, from_line: int, limit: int) -> list[bytes]:
         """Up to ``limit`` stored lines from line number ``from_line`` on."""
-        return []
 
-    async def list_records(self, identity: str | None) -> Sequence[JobRecord]:
-        """Stored jobs (optionally one submitter's), oldest first."""
-        return []
+    @abc.abstractmethod
+    async def list_records(self, identity: str | None, after: int,
+                           limit: int) -> Sequence[JobRecord]:
+        """A page of stored jobs: up to ``limit`` of those numbered above ``after``
+        (optionally one submitter's), in number order, with their outputs but
+        without their history (a listing shows none).  A store that keeps jobs
+        reads them page by page, never all at once."""
 
+    @abc.abstractmethod
     async def delete(self, transaction_id: str) -> None:
         """Remove a job, its lines, history and outputs."""
 
+    @abc.abstractmethod
     async def purge(self, finished_before: float) -> int:
         """Delete jobs that finished before this time; return how many."""
-        return 0
 
+    @abc.abstractmethod
     async def check(self) -> list[str]:
         """Check what is stored, without opening the store for a server; return
         the problems found (none: an empty list).
@@ -148,4 +168,3 @@ class Store(abc.ABC):
             ConfigError: the store cannot be checked (a server is using it, it is
                 missing, or it is not fit to open at all).
         """
-        return []

@@ -2,7 +2,8 @@
 
 The code table (``codes``), status lines (``lines``), job states and records
 (``states``, ``records``), command packets in and out (``packet`` and its parts
-``packet_encoding``, ``packet_fast``, ``packet_shape``, ``packet_build``) and the
+``packet_encoding``, ``packet_fast``, ``packet_shape``, ``packet_build``), the
+protocol's own variables and their values (``variables``) and the
 text/JSON/XML status formats (``formats``).  Shared by the server and the client.
 
 Rule: no asyncio, no sockets, no jobs.  Imports only ``jobmonitor.errors``

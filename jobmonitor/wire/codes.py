@@ -27,7 +27,7 @@ class _Coded(enum.IntEnum):
 
     text: str
 
-    def __new__(cls, number: int, text: str) -> "_Coded":
+    def __new__(cls, number: int, text: str) -> _Coded:
         member = int.__new__(cls, number)
         member._value_ = number
         member.text = text
@@ -74,17 +74,23 @@ class Status(_Coded):
     SUSPENDED = 130, "Job suspended."
     RESUMED = 131, "Job resumed."
     REQUEUED = 132, "Job queued to run again."
+    SCHEDULED = 133, "Job scheduled to run at {due}."
+    RERUN = 134, "Job runs {transaction_id} again."
     NOTICE = 190, "Server notice"
     ERROR = 5000, "Error"
     HANDLER_EXCEPTION = 5001, "Unexpected error in job"
     INTERRUPTED = 5002, "Job interrupted by a server restart"
     MONITOR_BEHIND = 5003, "Monitor fell too far behind"
+    #: Before ``CANCELLED`` for a job the server cancelled because it stops.
+    SHUTDOWN = 5004, "Job cancelled: the server is shutting down."
 
 
 #: The status codes only the server says: a stream's end, its outcome, the
-#: suspend and restart notices, the server's own errors and the notice that tells
-#: a monitor to re-attach.  Clients act on them, so a job may not send them.
+#: suspend and restart notices, the server's own errors (a shutdown's cancel
+#: among them) and the notice that tells a monitor to re-attach.  Clients act
+#: on them, so a job may not send them.
 SERVER_CODES = frozenset(int(status) for status in (
     Status.ENDED, Status.SUCCESS, Status.PARTIAL, Status.FAILED, Status.CANCELLED,
-    Status.SUSPENDED, Status.RESUMED, Status.REQUEUED, Status.NOTICE,
-    Status.HANDLER_EXCEPTION, Status.INTERRUPTED, Status.MONITOR_BEHIND))
+    Status.SUSPENDED, Status.RESUMED, Status.REQUEUED, Status.SCHEDULED, Status.RERUN,
+    Status.NOTICE,
+    Status.HANDLER_EXCEPTION, Status.INTERRUPTED, Status.MONITOR_BEHIND, Status.SHUTDOWN))

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 
 from .codes import ERROR_THRESHOLD
 
-__all__ = ["format_line", "format_lines", "escape_text", "split_text", "clip", "Line", "parse_line",
-           "LineError"]
+__all__ = ["format_line", "format_lines", "escape_text", "split_text", "clip", "Line",
+           "parse_line", "LineError"]
 
 _NEWLINES = re.compile(r"\r\n|\r|\n")
 _UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+#: ``_UNSAFE`` but the carriage return, which only ends a line (as line feed does).
+_UNSAFE_IN_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _HEADERS: dict[tuple[str, int], tuple[bytes, bytes]] = {}
 
 
@@ -39,7 +41,11 @@ def escape_text(text: str) -> str:
 
 def split_text(text: str) -> list[str]:
     """Split a message into its lines (CRLF, CR or LF), each escaped."""
-    return [escape_text(part) for part in _NEWLINES.split(text)]
+    parts = _NEWLINES.split(text)
+    # One scan of the whole text, not one per line: a reply may have tens of thousands.
+    if _UNSAFE_IN_LINES.search(text) is None:
+        return parts
+    return [escape_text(part) for part in parts]
 
 
 def clip(text: str, limit: int = 40) -> str:
@@ -100,7 +106,7 @@ class Line:
         return self.code >= ERROR_THRESHOLD
 
 
-_LINE = re.compile(r"([RJ])(\d{7})([:-]) ?(.*)", re.DOTALL)
+_LINE = re.compile(r"([RJ])([0-9]{7})([:-]) ?(.*)", re.DOTALL)  # ASCII digits only
 
 
 def parse_line(raw: bytes | str) -> Line:

@@ -45,14 +45,15 @@ way, for clients and tests.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import re
 from collections.abc import Callable, Iterator
 from typing import cast
 
 from lxml import etree
 
-from .codes import Reply
 from ..errors import PacketError
+from .codes import Reply
 from .lines import clip
 from .packet_build import build_packet
 from .packet_encoding import (
@@ -60,7 +61,7 @@ from .packet_encoding import (
     SPACE,
     decoder_class,
     is_wide,
-    lookup_codec,
+    listed_codec,
     narrow_codec,
     read_declaration,
     sniff,
@@ -135,24 +136,32 @@ class PacketParser:
     :meth:`feed` returns None until the root element closes, then the
     :class:`Packet`; the bytes after it in that call are :attr:`rest`, and
     later calls are ignored.  Once a call has raised :class:`PacketError`,
-    every later call raises the same error again.
+    every later call raises the same error again.  A caller that gives up on a
+    packet before either calls :meth:`close`.
     """
 
     _try_fast_path = True  # tests turn it off to compare with the full parser
 
-    def __init__(self, *, max_packet_bytes: int = 1_048_576) -> None:
+    def __init__(self, *, max_packet_bytes: int = 1_048_576,
+                 max_packet_variables: int = 10_000) -> None:
         if max_packet_bytes < 1:
             raise ValueError("max_packet_bytes must be at least 1")
+        if max_packet_variables < 0:
+            raise ValueError("max_packet_variables must not be negative")
         self._max_packet_bytes = max_packet_bytes
+        self._max_packet_variables = max_packet_variables
         self._bytes_received = 0
         self._packet: Packet | None = None
         self._failure: PacketError | None = None
         self._alone = False
         self._rest = b""
+        self._fast_tried = False
+        self._closed = False
         self._shape: PacketShape | None = None  # made by _begin
+        self._xml: etree.XMLPullParser | None = None  # made when the body stage starts
         # The incremental parser's stages, as bound methods: set up by _begin only
-        # when the fast path cannot read the packet, and dropped once it is read
-        # (they refer back to the parser: a cycle only the GC could free).
+        # when the fast path cannot read the packet, and dropped once it is read,
+        # refused or closed (they refer back to the parser: a cycle only the GC could free).
         self._on_bytes: Callable[[bytes], Packet | None] | None = None
         self._on_text: Callable[[str], Packet | None] | None = None
 
@@ -166,10 +175,9 @@ class PacketParser:
         self._held = ""  # text a stage cannot judge yet
         self._newlines = 0  # in the leading space and declaration that lxml never sees
         self._markup_end = ""  # in the prolog: the end of the comment or PI we are in
-        self._xml: etree.XMLPullParser | None = None  # made when the body stage starts
         self._tag_open = False  # the text lxml has is inside a tag, as far as we can tell
         self._rest_text = ""  # the text after the root's end tag, once it closed
-        self._shape = PacketShape()
+        self._shape = PacketShape(self._max_packet_variables)
         return self._on_bytes
 
     @property
@@ -194,34 +202,54 @@ class PacketParser:
         """True once the packet is complete."""
         return self._packet is not None
 
+    def read_fast(self, data: bytes) -> Packet | None:
+        """Try the fast path alone on ``data``, the first bytes: the packet if they
+        are a whole one it reads, else None, with nothing consumed: give the same
+        bytes to :meth:`feed`, which then goes straight to the full parser.  For a
+        caller that feeds the full parser a slice at a time."""
+        tried, self._fast_tried = self._fast_tried, True
+        if (tried or self._bytes_received or not self._try_fast_path
+                or len(data) > self._max_packet_bytes):
+            return None
+        found = read_simple(data)
+        if found is None:
+            return None
+        command, variables, doc_variables, end = found
+        if len(variables) + len(doc_variables) > self._max_packet_variables:
+            return None  # the full parser words the refusal
+        if end < len(data):
+            self._rest = data[end:]
+            self._alone = not self._rest.strip(_SPACE_BYTES)
+        else:
+            self._alone = True
+        self._bytes_received = len(data)
+        self._packet = Packet(command, variables, doc_variables)
+        return self._packet
+
     def feed(self, data: bytes) -> Packet | None:
         """Parse the next bytes; return the packet once its root element closes.
 
         Raises:
             PacketError: the packet is malformed, too large, in an unsupported
                 encoding or has a DOCTYPE; raised as soon as that is known.
+            ValueError: the parser was closed before its packet was read.
         """
         if self._failure is not None:
             raise PacketError(self._failure.code, self._failure.detail)
-        room = self._max_packet_bytes - self._bytes_received
-        first = not self._bytes_received
-        self._bytes_received += len(data)
         if self._packet is not None:
+            self._bytes_received += len(data)
             self._alone = False
             return None
-        if first and len(data) <= room and self._try_fast_path:
+        if self._closed:
+            raise ValueError("feed() on a closed PacketParser")
+        if not self._fast_tried:
             # The usual packet arrives whole, in one chunk, and is simple enough
             # for the fast path; anything else is read from the start below.
-            found = read_simple(data)
-            if found is not None:
-                command, variables, doc_variables, end = found
-                if end < len(data):
-                    self._rest = data[end:]
-                    self._alone = not self._rest.strip(_SPACE_BYTES)
-                else:
-                    self._alone = True
-                self._packet = Packet(command, variables, doc_variables)
-                return self._packet
+            packet = self.read_fast(data)
+            if packet is not None:
+                return packet
+        room = self._max_packet_bytes - self._bytes_received
+        self._bytes_received += len(data)
         on_bytes = self._on_bytes
         if on_bytes is None:
             on_bytes = self._begin()
@@ -234,16 +262,39 @@ class PacketParser:
                     f"no complete packet within {self._max_packet_bytes} bytes",
                 )
         except PacketError as exc:
-            self._failure = exc
-            self._on_bytes = self._on_text = None
+            # A copy: the error itself holds its traceback, whose frames hold lxml's
+            # parser and elements (and this parser, in a cycle) for as long as it lives.
+            self._failure = PacketError(exc.code, exc.detail)
+            self._release()
             raise
-        self._packet = packet
         if packet is not None:
             if len(data) > room:  # never parsed, but it follows the packet all the same
                 self._rest += data[room:]
-            self._on_bytes = self._on_text = None
-            self._xml = None
+            self._packet = packet
+            self._release()
         return packet
+
+    def close(self) -> None:
+        """Free the full parser's resources now: the caller is done with this
+        parser, whatever state it is in (a lost connection, a timeout).
+
+        A packet read or refused frees them by itself.  They are lxml's parser and
+        the part of the document it has built, which refer to each other: left to
+        the garbage collector, that C memory would wait for its next pass over
+        young objects, which a server tuned for many live objects (``jobmonitor
+        serve``) makes rare.  After ``close``, :meth:`feed` raises ValueError
+        unless the packet was already read or refused.
+        """
+        self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        self._on_bytes = self._on_text = None
+        xml, self._xml = self._xml, None
+        if xml is not None:
+            _close_xml_parser(xml)
+        if self._shape is not None:
+            self._shape.release()
 
     def feed_eof(self) -> Packet:
         """The client has closed its side: return the packet if it is complete.
@@ -262,6 +313,7 @@ class PacketParser:
                 self._failure = _fail(f"incomplete packet: input ended inside <{inside}>")
             else:
                 self._failure = _fail("incomplete packet: input ended before <job_command>")
+            self._release()
         raise PacketError(self._failure.code, self._failure.detail)
 
     # -- bytes to text -------------------------------------------------------
@@ -342,10 +394,10 @@ class PacketParser:
         self._on_text = self._prolog
         if self._decoder is not None:
             if declared is not None:
-                lookup_codec(declared)  # a known label cannot override the sniffed UTF-16/32
+                listed_codec(declared)  # a listed label cannot override the sniffed UTF-16/32
             return self._prolog(text[length:])
         if declared is not None and self._codec:
-            lookup_codec(declared)  # the UTF-8 byte-order mark wins over a known label
+            listed_codec(declared)  # the UTF-8 byte-order mark wins over a listed label
         self._codec = self._codec or narrow_codec(declared)
         self._decoder = decoder_class(self._codec)()
         self._on_bytes = self._decode
@@ -362,6 +414,7 @@ class PacketParser:
                     return self._hold(text, max(position, len(text) - len(self._markup_end) + 1))
                 position = end + len(self._markup_end)
                 self._markup_end = ""
+            # The pattern matches the empty string too: never None.
             position = _SKIP_SPACE.match(text, position).end()  # type: ignore[union-attr]
             if text.startswith("\ufeff", position):
                 # Only the packet's first bytes may be a byte-order mark, and those
@@ -432,6 +485,18 @@ class PacketParser:
                 return packet
             raise _fail(_describe(exc)) from exc
         return shape.read(cast(_Events, xml.read_events()))
+
+def _close_xml_parser(xml: etree.XMLPullParser) -> None:
+    """Close lxml's parser and take its last events: that is what frees it and its
+    document by reference counting.  Until then the parser, its events and the
+    document's elements (which name their parser) hold each other in a cycle."""
+    # (close() also ends the elements still open, as events; an unfinished or
+    # refused document raises, and nothing is wanted from it)
+    with contextlib.suppress(etree.LxmlError):
+        xml.close()
+    for _ in cast(_Events, xml.read_events()):
+        pass
+
 
 def _may_become_markup(ahead: str) -> bool:
     """True if more text could make ``ahead`` a comment, PI or DOCTYPE."""

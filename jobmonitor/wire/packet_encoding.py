@@ -4,7 +4,10 @@ Internal to :mod:`jobmonitor.wire.packet`, whose parser runs these steps before 
 XML is read: :func:`sniff` finds a byte-order mark or the zero bytes of UTF-16
 or UTF-32; otherwise :func:`read_declaration` reads the XML declaration by
 hand (the vendor's ``<?xml version="1.0">`` has no ``?``) and
-:func:`narrow_codec` turns the encoding it names into a codec.  Also here:
+:func:`narrow_codec` turns the encoding it names into a codec, one of
+:data:`ENCODINGS`: plain text encodings only, so that no escape or transform
+codec (``raw_unicode_escape`` would read ``\\u003c`` as ``<``) decides what the
+markup is.  Also here:
 what XML text may hold (:data:`SPACE`, :data:`ILLEGAL_CHAR`), which the
 decoder, the fast path and the builder all check.
 """
@@ -19,11 +22,12 @@ import pkgutil
 import re
 from collections.abc import Callable
 
-from .codes import Reply
 from ..errors import PacketError
+from .codes import Reply
 from .lines import clip
 
 __all__ = [
+    "ENCODINGS",
     "SPACE",
     "ILLEGAL_CHARS",
     "ILLEGAL_CHAR",
@@ -32,6 +36,8 @@ __all__ = [
     "MAX_DECLARATION",
     "sniff",
     "lookup_codec",
+    "listed_codec",
+    "repeated_pseudo_attribute",
     "is_wide",
     "narrow_codec",
     "read_declaration",
@@ -49,6 +55,8 @@ PSEUDO_ATTRIBUTES = re.compile(
     re.ASCII,
 )
 ENCODING_ATTRIBUTE = re.compile(r"""[ \t\r\n]encoding[ \t\r\n]*=[ \t\r\n]*["']([^"']*)["']""")
+# A pseudo-attribute's name (a value holds no "=", so this finds names only).
+_PSEUDO_NAME = re.compile(r"[ \t\r\n]([A-Za-z]+)[ \t\r\n]*=")
 _ENCODING_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,39}")
 # Longer than any real declaration; bounds what we hold while waiting for its ">".
 MAX_DECLARATION = 256
@@ -126,6 +134,33 @@ def lookup_codec(name: str) -> str:
     raise PacketError(Reply.UNSUPPORTED_ENCODING, f'unknown encoding "{clip(name)}"')
 
 
+#: The encodings a packet may be in, as codecs.lookup names them (docs/protocol.md
+#: lists them with their usual labels): Unicode, ASCII, ISO 8859, the Windows code
+#: pages 1250-1258, and the usual Japanese, Chinese and Korean ones.
+ENCODINGS = frozenset({
+    "utf-8", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be", "ascii",
+    *(f"iso8859-{part}" for part in (*range(1, 12), *range(13, 17))),  # (there is no 12)
+    *(f"cp{page}" for page in range(1250, 1259)),
+    "shift_jis", "cp932", "euc_jp", "iso2022_jp",  # Japanese
+    "gb2312", "gbk", "gb18030", "big5", "big5hkscs", "cp950",  # Chinese
+    "euc_kr", "cp949",  # Korean
+})
+
+
+def listed_codec(name: str) -> str:
+    """The canonical codec name for a declared encoding name, if one of
+    :data:`ENCODINGS`.
+
+    Raises:
+        PacketError: UNSUPPORTED_ENCODING for a name Python does not know or
+            an encoding not in the list.
+    """
+    codec = lookup_codec(name)
+    if codec not in ENCODINGS:
+        raise PacketError(Reply.UNSUPPORTED_ENCODING, f'encoding "{clip(name)}" is not supported')
+    return codec
+
+
 @functools.lru_cache(maxsize=64)
 def _ascii_compatible(codec: str) -> bool:
     sample = _ASCII_SAMPLE.encode("ascii")
@@ -149,7 +184,7 @@ def narrow_codec(declared: str | None) -> str:
 
     Raises:
         PacketError: UNSUPPORTED_ENCODING for an unknown or non-ASCII-compatible
-            encoding.
+            encoding, or one not in :data:`ENCODINGS`.
     """
     if declared is None:
         return "utf-8"
@@ -162,7 +197,7 @@ def narrow_codec(declared: str | None) -> str:
             f'encoding "{clip(declared)}" is not ASCII-compatible,'
             " but the XML declaration is ASCII",
         )
-    return codec
+    return listed_codec(declared)
 
 
 def read_declaration(text: str) -> tuple[int, str | None] | None:
@@ -191,8 +226,25 @@ def read_declaration(text: str) -> tuple[int, str | None] | None:
     body = text[5:end]
     if not PSEUDO_ATTRIBUTES.fullmatch(body):
         raise PacketError(Reply.MALFORMED_PACKET, "the XML declaration is malformed")
+    repeated = repeated_pseudo_attribute(body)
+    if repeated is not None:
+        raise PacketError(Reply.MALFORMED_PACKET, f"the XML declaration has two {repeated} "
+                                                  "attributes")
     encoding = ENCODING_ATTRIBUTE.search(body)
     return end + 1, encoding.group(1) if encoding else None
+
+
+def repeated_pseudo_attribute(body: str) -> str | None:
+    """The first pseudo-attribute the declaration's ``body`` (which matches
+    :data:`PSEUDO_ATTRIBUTES`) names twice, or None."""
+    names = _PSEUDO_NAME.findall(body)
+    if len(names) > 1:
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                return str(name)
+            seen.add(name)
+    return None
 
 
 @functools.lru_cache(maxsize=64)

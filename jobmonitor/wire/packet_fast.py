@@ -35,6 +35,7 @@ from .packet_encoding import (
     ILLEGAL_CHARS,
     PSEUDO_ATTRIBUTES,
     SPACE,
+    repeated_pseudo_attribute,
 )
 
 __all__ = ["MAX_BYTES", "SMALL_BYTES", "read_simple"]
@@ -154,6 +155,8 @@ def read_simple(
         "section2",
         "vars2",
     )
+    if declaration and repeated_pseudo_attribute(declaration):
+        return None  # the incremental parser words this error
     if declaration and "encoding" in declaration:
         label = ENCODING_ATTRIBUTE.search(declaration)
         if label is not None and not _reads_as_utf8(label.group(1), text[: match.end()]):

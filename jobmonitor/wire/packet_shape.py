@@ -4,10 +4,15 @@
 ``<doc_variables>``, each holding ``<var name="...">value</var>`` elements
 whose values are plain text; text anywhere else is refused, as is an element
 at any other place (which also stops a deeply nested packet at its fourth
-level).  Element names are matched by their local part, so a namespace or a
-prefix the client forgot to declare changes nothing.  :class:`PacketShape`
-turns the start and end events of lxml's pull parser into the
-:class:`Packet`; ``packet`` does the bytes, the encodings and the prolog.
+level), and a variable past the packet's limit.  Element names are matched by
+their local part, so a namespace or a prefix the client forgot to declare
+changes nothing.  :class:`PacketShape` turns the start and end events of
+lxml's pull parser into the :class:`Packet`; ``packet`` does the bytes, the
+encodings and the prolog.
+
+Each var leaves the tree lxml builds once its text and the text after it are
+read, so a packet's tree holds a few elements at a time however many
+variables it has.
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ from xml.sax.saxutils import escape
 
 from lxml import etree
 
-from .codes import Reply
 from ..errors import PacketError
+from .codes import Reply
 from .lines import clip
 from .packet_encoding import SPACE
 
@@ -97,7 +102,9 @@ def local_name(tag: str) -> str:
 class PacketShape:
     """Reads one packet's elements from lxml's events (see the module's docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_variables: int = 10_000) -> None:
+        self._max_variables = max_variables
+        self._variables = 0  # in both sections
         #: Local names of the open elements: at most 3.
         self.open_elements: list[str] = []
         self._elements: list[etree._Element] = []  # the open elements themselves
@@ -134,6 +141,8 @@ class PacketShape:
         depth = len(self.open_elements)
         if depth == 2:  # the common case first
             self._check_gap()
+            if self._previous is not None:  # the var before: read, and its tail checked
+                self._elements[-1].remove(self._previous)
             self._open_var(element, name)
         elif depth == 1:
             self._check_gap()
@@ -166,6 +175,12 @@ class PacketShape:
         self._previous = element
         return False
 
+    def release(self) -> None:
+        """Let go of lxml's elements (and so of the tree they hold): the packet is
+        read, refused or abandoned.  ``open_elements`` stays, for the error."""
+        self._elements.clear()
+        self._previous = None
+
     def _open_root(self, element: etree._Element, name: str) -> None:
         if name != _ROOT:
             raise malformed(f"the root element is <{clip(name)}>, not <{_ROOT}>")
@@ -182,6 +197,10 @@ class PacketShape:
         section = self.open_elements[1]
         if name != _VAR:
             raise malformed(f"unexpected element <{clip(name)}> inside <{section}>")
+        self._variables += 1
+        if self._variables > self._max_variables:
+            raise PacketError(Reply.PACKET_TOO_LARGE,
+                              f"more than {self._max_variables} variables")
         var_name = _name_attribute(element, f"a <var> in <{section}>")
         if var_name in self._values:
             raise malformed(f'variable "{clip(var_name)}" appears twice in <{section}>')

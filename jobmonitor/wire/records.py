@@ -7,12 +7,24 @@ A live ``Job`` turns itself into a ``JobRecord`` snapshot; a store returns
 from __future__ import annotations
 
 import operator
+import re
 from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
 from .states import JobState, Outcome
 
-__all__ = ["JobRecord", "HistoryEvent", "Output"]
+__all__ = ["JobRecord", "HistoryEvent", "Output", "parse_transaction_id"]
+
+# "T" and seven ASCII digits: str.isdigit and int() also take other scripts'
+# digits ("T\u0660\u0660\u0660\u0660\u0660\u0660\u0661" would be job 1).
+_TRANSACTION_ID = re.compile(r"[Tt][0-9]{7}")
+
+
+def parse_transaction_id(text: str) -> str | None:
+    """The transaction ID ``text`` names ("T0000042"; a lowercase "t" and
+    surrounding whitespace are allowed), or None if it names none."""
+    text = text.strip(" \t\r\n")
+    return "T" + text[1:] if _TRANSACTION_ID.fullmatch(text) else None
 
 
 class HistoryEvent(NamedTuple):
@@ -61,6 +73,15 @@ class JobRecord:
     line_count: int = 0
     history: list[HistoryEvent] = field(default_factory=list)
     outputs: list[Output] = field(default_factory=list)
+    # -- queues and schedules (issue 20) --
+    #: The queue the job waits in, and its priority there (1..9, higher first).
+    queue: str = "default"
+    priority: int = 5
+    #: When the job is due (POSIX seconds): a job whose time has not come is
+    #: ``Created``; None for a job that runs as soon as a slot is free.
+    run_at: float | None = None
+    #: The recurring schedule that made the job, if one did.
+    schedule: str | None = None
 
     def copy(self) -> JobRecord:
         """A shallow copy (the lists and dicts are shared), several times faster

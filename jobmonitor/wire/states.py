@@ -12,7 +12,7 @@ from .codes import Status
 __all__ = ["JobState", "Outcome"]
 
 
-class JobState(str, enum.Enum):
+class JobState(str, enum.Enum):  # noqa: UP042 - a StrEnum's str() would change
     """Where a job is in its life.  The value is the word used on the wire."""
 
     CREATED = "Created"
@@ -48,7 +48,7 @@ _NUMBERS = {
     JobState.SUSPENDED: 7,
 }
 
-class Outcome(str, enum.Enum):
+class Outcome(str, enum.Enum):  # noqa: UP042 - a StrEnum's str() would change
     """How a job ended.  A handler returns one (or None for SUCCESS)."""
 
     SUCCESS = "success"

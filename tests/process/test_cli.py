@@ -96,7 +96,8 @@ async def test_sigterm_cancels_running_jobs_and_exits_zero(cli_server):
     assert await session.line() == "J0000100: Machine name: demo-host"
     cli_server.proc.send_signal(signal.SIGINT)
     rest = await session.rest()
-    assert rest[-2:] == ["J0000023: Job cancelled by user.", f"J0000001: Transaction {tid} ended"]
+    assert rest[-3:] == ["J0005004: Job cancelled: the server is shutting down.",
+                         "J0000023: Job cancelled by user.", f"J0000001: Transaction {tid} ended"]
     await session.close()
     _, err = cli_server.proc.communicate(timeout=15)  # SIGINT alone stops it
     assert cli_server.proc.returncode == 0
@@ -146,7 +147,8 @@ def test_ready_line_shown_even_at_warning_level():
         (["--jobs", "missing/file.py"], "no such file 'missing/file.py'"),
         (["--jobs", "tests/support/jobs.py:nothing"], "has no attribute 'nothing'"),
         (["--jobs", "tests/support/jobs.py:releases"], "is a dict, not a JobMonitor"),
-        (["--jobs", "tests/support/jobs.py", "--jobs", "tests.support.jobs"], "job 'echo' is registered twice"),
+        (["--jobs", "tests/support/jobs.py", "--jobs", "tests.support.jobs"],
+         "job 'echo' is registered twice"),
         (["--max-running", "0"], "max_running: must be greater than 0"),
         (["--idle-timeout-s", "nan"], "idle_timeout_s: must be a finite number, got nan"),
         (["--linger-s", "inf"], "linger_s: must be a finite number, got inf"),

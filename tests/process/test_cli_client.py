@@ -9,6 +9,7 @@ import os
 import pty
 import re
 import select
+import shutil
 import subprocess
 import sys
 
@@ -18,10 +19,9 @@ from jobmonitor.cli.client_commands import table
 from jobmonitor.cli.output import EXIT_CODES, LivePrinter, display_text, render_bar
 from jobmonitor.client import Progress, StreamLine
 
-from .test_cli import (CTRL_D, ROOT, ServerProcess, cli_server,  # noqa: F401  (a fixture)
-                       on_a_terminal)
 from ..server.test_client import scripted_server, unused_port  # noqa: F401  (a fixture)
 from ..server.test_security import certificate  # noqa: F401  (a fixture)
+from .test_cli import CTRL_D, ROOT, ServerProcess, cli_server, on_a_terminal  # noqa: F401  (a fixture)
 
 COUNT = [
     "R0000000: T0000001",
@@ -90,13 +90,38 @@ def test_cancelled_job_exits_four(cli_server):
     try:
         read_until(follower, "J0000100: Machine name: demo-host")
         cancel = cli(cli_server.port, "cancel", "T0000001")
-        assert cancel.returncode == 0 and cancel.stdout == "T0000001\n"
+        # A sentence, as suspend, resume and delete print: the job stops at its
+        # next await (a program after SIGTERM), so "requested".
+        assert (cancel.returncode, cancel.stdout) == (0, "T0000001 cancel requested\n")
         out, _ = follower.communicate(timeout=30)
     finally:
         follower.kill()
     assert follower.returncode == 4
     assert out.splitlines()[-2:] == ["J0000023: Job cancelled by user.",
                                      "J0000001: Transaction T0000001 ended"]
+
+
+@pytest.mark.parametrize("json_lines", [False, True])
+def test_a_job_the_shutdown_cancelled_exits_five(cli_server, json_lines):
+    # It exited 4, as if someone had cancelled it: a script could not tell a
+    # job to submit again from one a user stopped.
+    follower = started(cli_server.port, "submit", "long", *(["--json"] if json_lines else []))
+    try:
+        assert follower.stdout is not None
+        assert "T0000001" in follower.stdout.readline()  # submitted: the job runs
+        assert cli_server.stop() == 0  # shutdown_grace_s 0.5, then its cancel
+        out, _ = follower.communicate(timeout=30)
+    finally:
+        follower.kill()
+    assert follower.returncode == 5
+    if json_lines:
+        assert json.loads(out.splitlines()[-1]) == {
+            "event": "result", "transaction_id": "T0000001", "outcome": "cancelled",
+            "exit_code": 5}
+    else:
+        assert out.splitlines()[-3:] == ["J0005004: Job cancelled: the server is shutting down.",
+                                         "J0000023: Job cancelled by user.",
+                                         "J0000001: Transaction T0000001 ended"]
 
 
 def test_json_lines_for_programs(cli_server):
@@ -118,7 +143,7 @@ def test_no_monitor_prints_the_id_then_watch_follows(cli_server):
     watched = cli(cli_server.port, "watch", "T0000001")
     assert watched.returncode == 0 and watched.stdout.splitlines() == COUNT
     later = cli(cli_server.port, "watch", "T0000001", "--from-line", "6")
-    assert later.stdout.splitlines() == [COUNT[0]] + COUNT[6:]
+    assert later.stdout.splitlines() == [COUNT[0], *COUNT[6:]]
     as_json = cli(cli_server.port, "watch", "T0000001", "--from-line", "6", "--json")
     assert [json.loads(line)["event"] for line in as_json.stdout.splitlines()] == [
         "watching", "line", "line", "result"]
@@ -171,7 +196,8 @@ def test_outputs_queue_log_delete_and_restart(cli_server):
         "report.pdf  application/pdf  file:///srv/output/report.pdf"])
     assert json.loads(cli(cli_server.port, "outputs", "T0000001", "--json").stdout) == [
         {"Name": "report.pdf", "Uri": "file:///srv/output/report.pdf",
-         "MediaType": "application/pdf"}]
+         "MediaType": "application/pdf", "Partial": False}]
+    assert outputs.stderr == ""  # (a job that completed: nothing partial to warn of)
     assert cli(cli_server.port, "outputs", "T0000002").stdout == "NAME  MEDIA TYPE  URI\n"
     assert cli(cli_server.port, "queue").stdout == "Queued: 0\nRunning: 0\n"
     assert cli(cli_server.port, "projects").stdout.splitlines() == [
@@ -192,6 +218,44 @@ def test_outputs_queue_log_delete_and_restart(cli_server):
         "jobmonitor: R0005009: Unknown transaction: T0000001"
     restarted = cli(cli_server.port, "restart-server")
     assert (restarted.returncode, restarted.stdout) == (0, "Job engine restarted\n")
+
+
+HALF = """
+[projects.half]
+command = [PYTHON, "-c",
+           "import sys; open(sys.argv[1] + '/archive.tar.gz', 'wb').write(b'ha'); sys.exit(2)",
+           "{output_dir}"]
+output_dir = OUT
+"""
+
+
+def test_the_outputs_of_a_failed_job_are_listed_as_partial(tmp_path):
+    config = tmp_path / "jobmonitor.toml"
+    config.write_text(HALF.replace("PYTHON", json.dumps(sys.executable))
+                      .replace("OUT", json.dumps(str(tmp_path / "out"))))
+    server = ServerProcess("--config", str(config))
+    try:
+        assert cli(server.port, "submit", "half").returncode == 1  # failed
+        archive = (tmp_path / "out" / "T0000001" / "archive.tar.gz").as_uri()
+        listed = cli(server.port, "outputs", "T0000001")
+        assert (listed.returncode, listed.stdout.splitlines()) == (0, [
+            "NAME            MEDIA TYPE        URI",
+            f"archive.tar.gz  application/gzip  {archive}"])
+        assert listed.stderr == ("jobmonitor: the job failed or was cancelled: these outputs "
+                                 "are partial\n")
+        assert json.loads(cli(server.port, "outputs", "T0000001", "--json").stdout) == [
+            {"Name": "archive.tar.gz", "Uri": archive, "MediaType": "application/gzip",
+             "Partial": True}]
+    finally:
+        server.kill()
+
+
+def test_watch_names_a_job_given_in_lower_case_in_its_canonical_form(cli_server):
+    cli(cli_server.port, "submit", "count", "-v", "Count=2", "-v", "Delay=0")
+    watched = cli(cli_server.port, "watch", "t0000001")
+    assert (watched.returncode, watched.stdout.splitlines()) == (0, COUNT)
+    as_json = cli(cli_server.port, "watch", "t0000001", "--json").stdout.splitlines()
+    assert {json.loads(line)["transaction_id"] for line in as_json} == {"T0000001"}
 
 
 def test_delete_refuses_a_running_job(cli_server):
@@ -252,6 +316,60 @@ def test_refused_connection(unused_port):
         "(is the server running?)")
 
 
+# The one-shot commands ask on a plain socket (client.blocking), the stream and list
+# commands with the asyncio client: the same answers come to the same lines.
+ASKED = [["status", "T0000001"], ["cancel", "T0000001"], ["queue"], ["outputs", "T0000001"],
+         ["list"]]
+
+
+@pytest.mark.parametrize("args", ASKED, ids=[args[0] for args in ASKED])
+@pytest.mark.parametrize(("answer", "error"), [
+    (b"HTTP/1.1 400 Bad Request\r\n\r\n", "HOST:PORT did not answer as a jobmonitor server: "
+                                         "not a coded line: 'HTTP/1.1 400 Bad Request'"),
+    (b"R0000000- Queued: 0\r\n", "cannot reach HOST:PORT: the server closed the connection "
+                                  "before its reply was complete (if the server uses TLS, add "
+                                  "--tls)"),
+    (b"R0005009- Unknown transaction:\r\nR0005009: T0000001\r\n",
+     "R0005009: Unknown transaction:\\x0aT0000001"),
+    (b"R0000000- a\r\nJ0000100: b\r\n", "HOST:PORT did not answer as a jobmonitor server: "
+                                         "unexpected line in a reply: b'J0000100: b\\r\\n'"),
+])
+async def test_an_answer_outside_the_protocol_is_one_line_whoever_asks(args, answer, error):
+    async with scripted_server([answer]) as (port, packets):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "jobmonitor", *args, "--port", str(port), cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert (proc.returncode, out) == (2, b"")
+    assert err.decode().replace(f"127.0.0.1:{port}", "HOST:PORT") == f"jobmonitor: {error}\n"
+    assert len(packets) == 1 and packets[0].command in (
+        "GetJobStatus", "CancelJob", "GetJobQueueLen", "RetrieveJob", "ListJobs")
+
+
+@pytest.mark.parametrize("args", ASKED, ids=[args[0] for args in ASKED])
+def test_a_refused_connection_is_one_line_whoever_asks(unused_port, args):
+    assert one_error_line(cli(unused_port, *args)) == (
+        f"jobmonitor: cannot connect to 127.0.0.1:{unused_port}: connection refused "
+        "(is the server running?)")
+
+
+def test_a_client_command_asks_without_asyncio_or_lxml(cli_server):
+    # What makes `jobmonitor status` start fast: it imports neither (nor the server).
+    code = ("import sys; from jobmonitor.cli import main; status = main(sys.argv[1:]); "
+            "print(sorted(name for name in sys.modules if name.split('.')[0] in "
+            "('asyncio', 'lxml', 'sqlite3', 'ssl', 'tomllib') or name.startswith(("
+            "'jobmonitor.server', 'jobmonitor.engine', 'jobmonitor.store', 'jobmonitor.app', "
+            "'jobmonitor.programs')))); sys.exit(status)")
+    cli(cli_server.port, "submit", "count", "-v", "Count=1", "-v", "Delay=0")
+    for args in (["status", "T0000001"], ["info", "T0000001"], ["queue"], ["projects"],
+                 ["outputs", "T0000001"], ["log"], ["delete", "T0000001"]):
+        result = subprocess.run([sys.executable, "-c", code, *args, "--port",
+                                 str(cli_server.port)], cwd=ROOT, capture_output=True,
+                                text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[-1] == "[]", args
+
+
 def test_unknown_host():
     line = one_error_line(cli(7400, "list", "--host", "no-such-host.invalid"))
     assert line.startswith("jobmonitor: cannot reach no-such-host.invalid:7400: ")
@@ -260,6 +378,9 @@ def test_unknown_host():
 @pytest.mark.parametrize(("args", "message"), [
     (["submit", "count", "-v", "Count"], "expected NAME=VALUE, got 'Count'"),
     (["watch", "T0000001", "--from-line", "0"], "expected a line number of 1 or more"),
+    (["watch", "T0000001", "--from-line", "\u0661\u0662"],
+     "expected a line number of 1 or more"),
+    (["list", "--port", "\uff17\uff14\uff10\uff11"], "expected a port number 1..65535"),
     (["status", "T0000001", "--format", "yaml"], "invalid choice: 'yaml'"),
     (["list", "--port", "99999"], "expected a port number 1..65535, got '99999'"),
     (["list", "--cafile", "missing.pem"], "--cafile missing.pem: No such file"),
@@ -278,6 +399,21 @@ def test_an_option_before_the_command_says_where_it_goes(args):
     assert one_error_line(cli(None, *args)) == (
         f"jobmonitor: options go after the command's name: jobmonitor COMMAND "
         f"{args[0].partition('=')[0]} ... (see jobmonitor --help)")
+
+
+@pytest.mark.parametrize(("command", "suggested"), [("stauts", "status"), ("sever", "serve"),
+                                                    ("cancle", "cancel"), ("outptus", "outputs")])
+def test_an_unknown_command_suggests_the_nearest(command, suggested):
+    assert one_error_line(cli(None, command, "T0000001")) == (
+        f"jobmonitor: unknown command {command!r}: did you mean {suggested}? "
+        "(see jobmonitor --help)")
+
+
+def test_an_unknown_command_far_from_any_lists_them():
+    line = one_error_line(cli(None, "xyzzy"))
+    assert line.startswith("jobmonitor: unknown command 'xyzzy': the commands are serve, ")
+    assert ", restart-server, queues, pause-queue, resume-queue, rerun (see jobmonitor --help)" \
+        in line
 
 
 def test_help_and_version_still_come_before_the_command():
@@ -520,7 +656,41 @@ def test_a_job_name_cannot_forge_a_row_of_the_list(cli_server):
     cli(cli_server.port, "submit", "report", "--no-monitor",
         "--job-name", "evil\nT0000999     Completed  payroll  forged")
     listed = cli(cli_server.port, "list", "--all").stdout.splitlines()
-    assert len(listed) == 2 and listed[1].endswith("evil\\x0aT0000999     Completed  payroll  forged")
+    assert len(listed) == 2
+    assert listed[1].endswith("evil\\x0aT0000999     Completed  payroll  forged")
+
+
+def test_list_filters_by_status_and_project(cli_server):
+    cli(cli_server.port, "submit", "report", "--job-name", "Q3")
+    cli(cli_server.port, "submit", "count", "-v", "Count=0")
+    cli(cli_server.port, "submit", "fail")
+    port, every = cli_server.port, ["list", "--all"]
+    assert cli(port, *every, "--status", "completed").stdout.splitlines() == [
+        "TRANSACTION  STATUS     PROJECT  JOB NAME",
+        "T0000001     Completed  report   Q3",
+        "T0000002     Completed  count"]
+    assert cli(port, *every, "--status", "Completed", "--project", "count").stdout.splitlines() \
+        == ["TRANSACTION  STATUS     PROJECT  JOB NAME", "T0000002     Completed  count"]
+    assert [job["Id"] for job in json.loads(
+        cli(port, *every, "--status", "failed", "--json").stdout)] == ["T0000003"]
+    assert json.loads(cli(port, *every, "--project", "none", "--json").stdout) == []
+    wrong = cli(port, *every, "--status", "done")
+    assert wrong.returncode == 2 and "'done' is not a job state (one of Created, Queued" \
+        in wrong.stderr
+
+
+def test_list_cuts_long_job_names_to_the_terminal(cli_server):
+    name = "quarterly-report-" * 6
+    cli(cli_server.port, "submit", "report", "--job-name", name)
+    status, output = read_pty([sys.executable, "-m", "jobmonitor", "list", "--all",
+                               "--port", str(cli_server.port)])
+    assert status == 0
+    lines = output.splitlines()
+    assert lines[1].startswith("T0000001     Completed  report   quarterly-report-")
+    assert [len(line) for line in lines] == [len(lines[0]), 60]  # COLUMNS=60
+    assert lines[1].endswith("\u2026")
+    # not a terminal: whole names, for scripts
+    assert cli(cli_server.port, "list", "--all").stdout.splitlines()[1].endswith(name)
 
 
 def test_a_value_no_packet_can_carry_is_one_error_line(cli_server):
@@ -611,7 +781,7 @@ def replay(steps: list[tuple[str, list[str]]], env: dict[str, str]) -> None:
                             capture_output=True, text=True, timeout=60)
     outputs = result.stdout.split("@@@\n")[:-1]
     assert len(outputs) == len(steps), result.stdout
-    for (command, expected), output in zip(steps, outputs):
+    for (command, expected), output in zip(steps, outputs, strict=True):
         assert output.splitlines() == expected, command
 
 
@@ -630,6 +800,35 @@ def test_readme_program_projects_session(on_path):
         assert server.stop() == 0
     finally:
         server.kill()
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="needs socat")
+def test_the_socat_example_in_the_client_doc_is_what_socat_does(cli_server, tmp_path):
+    section = (ROOT / "docs" / "client.md").read_text()
+    section = section[section.index("### Without the client: netcat and socat"):]
+    packet = section[section.index("```xml\n") + len("```xml\n"):]
+    (tmp_path / "long.xml").write_text(packet[:packet.index("```")])
+    steps = transcript(section[:section.index("\n## ")])
+    assert [command.split(" - ")[0] for command, _ in steps] == ["socat", "socat -t 3600"]
+    for command, shown in steps:  # without -t the stream is cut after half a second
+        command = command.replace("127.0.0.1:7400", f"127.0.0.1:{cli_server.port}")
+        result = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True,
+                                text=True, timeout=30)
+        assert (result.returncode, result.stdout.splitlines()) == (0, shown), command
+
+
+@pytest.mark.parametrize(("heading", "started"), [
+    ("## Write jobs", "Serve it with `jobmonitor serve --jobs myjobs.py`"),
+    ("## Run programs as jobs", "$ jobmonitor serve --config examples/jobmonitor.toml")])
+def test_the_readme_stops_make_serve_before_it_starts_another_server(heading, started):
+    # Read top to bottom, `make serve` still runs: a second server on its port and
+    # database would stop at "address already in use" (or the database's lock).
+    section = readme_section(heading)
+    said = " ".join(section[:section.index(started) + 400].split())
+    assert "`make serve`, Ctrl-C in its terminal" in said or \
+        "after stopping `make serve` (Ctrl-C in its terminal)" in said
+    if heading == "## Write jobs":  # or side by side, on a port and database of its own
+        assert "--port 7401 --store sqlite:///myjobs.db" in said
 
 
 def test_readme_config_file_is_the_example_file():
@@ -707,11 +906,14 @@ def test_tls_with_a_certificate_file(certificate):
     try:
         result = cli(server.port, "submit", "partial", "--cafile", str(certificate / "ca.pem"))
         assert result.returncode == 3
-        untrusted = cli(server.port, "list", "--tls")
-        assert one_error_line(untrusted).startswith(
-            f"jobmonitor: cannot reach 127.0.0.1:{server.port}: ")
-        assert "certificate verify failed" in untrusted.stderr
-        plain = cli(server.port, "list")
-        assert one_error_line(plain).endswith("(if the server uses TLS, add --tls)")
+        asked = cli(server.port, "status", "T0000001", "--cafile", str(certificate / "ca.pem"))
+        assert asked.returncode == 0 and "Status: CompletedWithErrors" in asked.stdout
+        for command in ("list", "queue"):  # the asyncio client; a plain socket
+            untrusted = cli(server.port, command, "--tls")
+            assert one_error_line(untrusted).startswith(
+                f"jobmonitor: cannot reach 127.0.0.1:{server.port}: ")
+            assert "certificate verify failed" in untrusted.stderr
+            plain = cli(server.port, command)
+            assert one_error_line(plain).endswith("(if the server uses TLS, add --tls)")
     finally:
         server.kill()

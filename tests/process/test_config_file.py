@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from jobmonitor import Config, ConfigError, Outcome
-from jobmonitor.users import hash_password
 from jobmonitor.client import Client, ReplyError
 from jobmonitor.config_file import load_config_file
 from jobmonitor.programs import Variable
+from jobmonitor.users import hash_password
 
 from .test_cli import ROOT, ServerProcess
 
@@ -78,14 +78,65 @@ role = "admin"
     assert [(u.name, u.role) for u in file.config.users] == [("ann", "user"), ("root", "admin")]
 
 
+def test_queues_and_schedules_are_read(tmp_path):
+    from jobmonitor.queueing import QueueSettings
+
+    file = load_config_file(write(tmp_path, """
+[server]
+allow_new_queues = false
+
+[queues.reports]
+max_running = 2
+
+[queues."night-shift"]
+paused = true
+
+[schedules.nightly]
+cron = "30 2 * * 1-5"
+timezone = "Europe/Paris"
+project = "Build Docs"
+variables = { dir = "docs" }
+queue = "reports"
+priority = 7
+job_name = "nightly docs"
+catch_up = "skip"
+
+[projects."Build Docs"]
+command = ["make", "-C", "{dir}", "html"]
+variables = ["dir"]
+queue = "reports"
+"""))
+    config = file.config
+    assert config.queues == (QueueSettings("reports", 2), QueueSettings("night-shift",
+                                                                         paused=True))
+    assert not config.allow_new_queues
+    [schedule] = config.schedules
+    assert (schedule.name, schedule.cron, schedule.timezone, schedule.project, schedule.queue,
+            schedule.priority, schedule.catch_up) == (
+        "nightly", "30 2 * * 1-5", "Europe/Paris", "Build Docs", "reports", 7, "skip")
+    assert schedule.params() == {"dir": "docs", "JobName": "nightly docs"}
+    assert file.programs[0].queue == "reports"
+
+
 def test_the_example_file_loads():
     file = load_config_file(EXAMPLE)
     assert [program.project for program in file.programs] == ["Checksum", "Archive"]
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("portt = 1", "unknown key portt (known: projects, server, users)"),
-    ("[server]\nmax_runing = 2", "unknown key server.max_runing (known: "),
+    ("portt = 1", "unknown key portt (known: projects, queues, schedules, server, users)"),
+    ("[server]\nmax_runing = 2", "unknown key server.max_runing (did you mean "
+                                 "server.max_running?) (known: "),
+    ("[server]\nprot = 1\nhots = 'x'", "unknown key server.hots (did you mean server.host?), "
+                                      "server.prot (did you mean server.port?) (known: "),
+    ("[server]\nqwertyuiop = 1", "unknown key server.qwertyuiop (known: "),
+    ('[projects.x]\ncommand = ["ls"]\ntimeout = 5',
+     "unknown key projects.x.timeout (did you mean projects.x.timeout_s?) (known: "),
+    ('[projects.x]\ncommand = ["ls"]\n[projects.x.variables.name]\npatern = "a"',
+     "unknown key projects.x.variables.name.patern (did you mean "
+     "projects.x.variables.name.pattern?) (known: kind, pattern)"),
+    ("[user.ann]\npassword_hash = 'x'", "unknown key user (did you mean users?) (known: "
+                                        "projects, queues, schedules, server, users)"),
     ("[server]\nusers = []", "unknown key server.users"),
     ("[server]\nport = '7400'", "server.port: must be a whole number, got '7400'"),
     ("[server]\nport = true", "server.port: must be a whole number"),
@@ -137,6 +188,23 @@ def test_the_example_file_loads():
     ("[users.ann]\npassword_hash = 'x'\npassword = 'pw'", "unknown key users.ann.password"),
     ("[users.ann]\npassword_hash = 'plain'", "users.ann.password_hash: not a hash"),
     ("[server\nport = 1", "not valid TOML"),
+    ("[queues.q]\nmax_running = 0", "queues.q.max_running: must be a whole number of 1 or more"),
+    ("[queues.q]\nlimit = 2", "unknown key queues.q.limit (known: max_running, paused)"),
+    ("[queues.q]\npaused = 'yes'", "queues.q.paused: must be true or false, got 'yes'"),
+    ('[queues."a b"]', 'queues."a b".name: a queue name must be 1 to 64 letters'),
+    ("[schedules.s]\nproject = 'x'", "schedules.s.cron: missing"),
+    ("[schedules.s]\ncron = '0 6 * * *'", "schedules.s.project: missing"),
+    ("[schedules.s]\ncron = '0 6 * *'\nproject = 'x'", "schedules.s.cron: must have five"),
+    ("[schedules.s]\ncron = '0 6 * * *'\nproject = 'x'\ntimezone = 'Nowhere'",
+     "schedules.s.timezone: unknown time zone 'Nowhere'"),
+    ("[schedules.s]\ncron = '0 6 * * *'\nproject = 'x'\ncatch_up = 'all'",
+     "schedules.s.catch_up: must be once or skip, got 'all'"),
+    ("[schedules.s]\ncron = '0 6 * * *'\nproject = 'x'\npriority = 10",
+     "schedules.s.priority: must be a whole number 1 to 9, got 10"),
+    ("[schedules.s]\ncron = '0 6 * * *'\nproject = 'x'\nvariables = { a = 1 }",
+     "schedules.s.variables: must be a table of strings"),
+    ("[server]\nallow_new_queues = false\n[schedules.s]\ncron = '0 6 * * *'\n"
+     "project = 'x'\nqueue = 'y'", "schedules.s.queue: unknown queue 'y'"),
 ])
 def test_bad_files_name_the_key(tmp_path, text, message):
     path = write(tmp_path, text)
@@ -166,7 +234,8 @@ command = ["{sys.executable}", "-c", "import sys; print('hello', sys.argv[1])", 
 variables = ["name"]
 
 [projects.touch]
-command = ["{sys.executable}", "-c", "import sys; open(sys.argv[1], 'w')", "{{output_dir}}/{{name}}"]
+command = ["{sys.executable}", "-c", "import sys; open(sys.argv[1], 'w')",
+           "{{output_dir}}/{{name}}"]
 output_dir = "out"
 [projects.touch.variables.name]
 kind = "name"
@@ -188,8 +257,9 @@ def test_serve_with_a_config_file_runs_program_projects(tmp_path):
                 with pytest.raises(ReplyError) as caught:
                     await client.submit("greet", {"name": "x", "shell": "y"})
                 assert caught.value.code == 5007
-                for value, why in [("../../x", "is not a plain file name (kind \"name\"): it holds '/'"),
-                                   ("x1", "does not match its pattern [a-z]+")]:
+                for value, why in [
+                        ("../../x", "is not a plain file name (kind \"name\"): it holds '/'"),
+                        ("x1", "does not match its pattern [a-z]+")]:
                     with pytest.raises(ReplyError) as caught:
                         await client.submit("touch", {"name": value})
                     assert (caught.value.code, caught.value.text) == (

@@ -20,6 +20,8 @@ from .test_cli import ServerProcess
 
 MACHINE = "J0000100: Machine name: testhost"
 ENDED = "J0000001: Transaction {} ended"
+#: Before the cancelled line of a job the server cancelled because it stopped.
+SHUTDOWN_CANCEL = "J0005004: Job cancelled: the server is shutting down."
 COUNTED = re.compile(r"J0000100: (?:line|tick) (\d+)")
 #: Lines said longer ago than this before a crash must have been stored: the
 #: group-commit interval (0.05 s) plus the time one commit may take under load.
@@ -29,8 +31,8 @@ COMMIT_WINDOW_S = 1.0
 def serve(url: str, *args: str) -> ServerProcess:
     # Warnings only: nobody reads the log while the test runs, and hundreds of
     # 'job ended' lines would fill the pipe and block the server.
-    return ServerProcess("--jobs", "tests/support/jobs.py", "--store", url, "--machine-name", "testhost",
-                         "--log-level", "warning", *args)
+    return ServerProcess("--jobs", "tests/support/jobs.py", "--store", url,
+                         "--machine-name", "testhost", "--log-level", "warning", *args)
 
 
 def check_stream(tid: str, lines: list[str]) -> int:
@@ -188,8 +190,8 @@ async def test_sigterm_lets_jobs_finish_within_the_grace_then_cancels(tmp_path):
         assert NOTICE.format(grace_s) in quick_rest
         assert quick_rest[-2:] == ["J0000020: Job completed successfully.",
                                    ENDED.format(quick_tid)]
-        assert stuck_rest == [NOTICE.format(grace_s), "J0000023: Job cancelled by user.",
-                              ENDED.format(stuck_tid)]
+        assert stuck_rest == [NOTICE.format(grace_s), SHUTDOWN_CANCEL,
+                              "J0000023: Job cancelled by user.", ENDED.format(stuck_tid)]
         assert grace_s <= stuck_ended < grace_s + 5
         await asyncio.gather(quick.close(), stuck.close())
         assert server.proc.wait(15) == 0
@@ -231,8 +233,10 @@ async def test_a_second_sigterm_cancels_at_once_and_leaves_the_store_whole(tmp_p
         stuck_rest, worker_rest, retry_rest = await asyncio.gather(
             stuck.rest(), worker.rest(), retry.rest())
         assert loop.time() - signalled < 5, "the second signal did not hurry"
-        assert stuck_rest == ["J0000023: Job cancelled by user.", ENDED.format(stuck_tid)]
-        assert worker_rest[-2:] == ["J0000023: Job cancelled by user.", ENDED.format(worker_tid)]
+        assert stuck_rest == [SHUTDOWN_CANCEL, "J0000023: Job cancelled by user.",
+                              ENDED.format(stuck_tid)]
+        assert worker_rest[-3:] == [SHUTDOWN_CANCEL, "J0000023: Job cancelled by user.",
+                                    ENDED.format(worker_tid)]
         # a job that runs again after a restart is left to recovery: no completion line
         assert retry_rest == [NOTICE.format(grace_s)]
         await asyncio.gather(stuck.close(), worker.close(), retry.close())

@@ -24,8 +24,8 @@ import jobmonitor.engine.runner as runner_module
 from jobmonitor import ConfigError, Controller
 from jobmonitor.client import SyncClient
 
-from ..support import jobs
 from ..conftest import MACHINE
+from ..support import jobs
 from ..support.helpers import Session, exchange, submit, xml_packet
 from .test_cli import READY, ROOT, ServerProcess
 

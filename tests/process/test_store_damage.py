@@ -26,9 +26,9 @@ from jobmonitor import ConfigError
 from jobmonitor.store.sqlite.file import NUMBER_BLOCK
 from jobmonitor.store.sqlite.rows import SCHEMA
 
+from ..server.test_durable import tid_of
 from ..support.helpers import exchange, submit, xml_packet
 from .test_cli import READY, ROOT, ServerProcess
-from ..server.test_durable import tid_of
 
 LIST_ALL = xml_packet("ListJobs", {"_sys_Filter": "all"})
 MOVE_AWAY = ("move it away with its -wal and -shm files (the next start makes a new database; "
@@ -62,9 +62,9 @@ def refused_start(*args: str, limit_file_bytes: int | None = None) -> tuple[int,
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_bytes, limit_file_bytes))
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jobmonitor", "serve", "--port", "0", "--jobs", "tests/support/jobs.py",
-         *args], cwd=ROOT, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-        preexec_fn=limit)
+        [sys.executable, "-m", "jobmonitor", "serve", "--port", "0",
+         "--jobs", "tests/support/jobs.py", *args],
+        cwd=ROOT, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, preexec_fn=limit)
     assert proc.stderr is not None
     lines = []
     for line in proc.stderr:

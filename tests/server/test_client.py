@@ -38,10 +38,10 @@ from jobmonitor.client.results import (
 )
 from jobmonitor.wire.packet import Packet, PacketParser
 
-from ..support import jobs
 from ..conftest import MACHINE, release
-from ..support.helpers import exchange, xml_packet
 from ..process.test_cli import ServerProcess
+from ..support import jobs
+from ..support.helpers import exchange, xml_packet
 from .test_security import certificate  # noqa: F401  (a fixture)
 
 
@@ -97,7 +97,7 @@ def test_status_json_becomes_a_typed_status():
     status = status_from_json(STATUS)
     assert status.transaction_id == "T0000007" and status.project == "Build Docs"
     assert status.status is JobState.PROCESSING and not status.is_final
-    assert status.created == dt.datetime(2026, 11, 21, 5, 30, tzinfo=dt.timezone.utc)
+    assert status.created == dt.datetime(2026, 11, 21, 5, 30, tzinfo=dt.UTC)
     assert status.completed is None
     assert status.progress == Progress(2, 4, 50, "half")
     assert status.outputs == (Output("out.pdf", "file:///o/out.pdf", "application/pdf"),)
@@ -136,7 +136,7 @@ def test_queue_length_and_task_log_lines_are_read():
     assert task_log_from_lines([
         "2 events", "2026-11-21T05:06:02Z\tT0000001\tcount\tqueued",
         "2026-11-21T05:06:03Z\tT0000001\tcount\tstart"])[1] == TaskLogEntry(
-        dt.datetime(2026, 11, 21, 5, 6, 3, tzinfo=dt.timezone.utc), "T0000001", "count",
+        dt.datetime(2026, 11, 21, 5, 6, 3, tzinfo=dt.UTC), "T0000001", "count",
         "start")
     assert task_log_from_lines(["0 events"]) == []
 
@@ -314,6 +314,25 @@ async def test_queue_length_task_log_and_restart(server):
     assert (await (await client.submit("echo")).result()).outcome is Outcome.SUCCESS
 
 
+async def test_a_result_says_when_the_shutdown_cancelled_the_job(make_server):
+    server = await make_server(shutdown_grace_s=0.1)
+    client = Client("127.0.0.1", server.port)
+    stopped = await client.submit("wait", {"Key": "a"})
+    cancelled = await client.submit("wait", {"Key": "b"})
+    for tx in (stopped, cancelled):
+        async for line in tx:
+            if line.text == "waiting":
+                break
+    await client.cancel(cancelled.transaction_id)
+    by_user = await cancelled.result()
+    server.close()
+    by_shutdown = await stopped.result()
+    assert (by_user.outcome, by_user.cancelled_by_shutdown, by_user.errors) == (
+        Outcome.CANCELLED, False, ())
+    assert (by_shutdown.outcome, by_shutdown.cancelled_by_shutdown, by_shutdown.errors) == (
+        Outcome.CANCELLED, True, ("Job cancelled: the server is shutting down.",))
+
+
 async def test_restart_waits_for_the_grace_period_past_the_reply_timeout(make_server):
     # The answer comes once running jobs had shutdown_grace_s to finish, which
     # the server's settings decide, not the client's reply_timeout_s.
@@ -343,6 +362,21 @@ async def test_watch_from_a_line(server):
     assert watched == full[2:]
     with pytest.raises(ReplyError):
         await client.watch("T0000077")
+
+
+async def test_a_transaction_id_in_lower_case_is_answered_in_its_canonical_form(server):
+    client = Client("127.0.0.1", server.port)
+    full = [line async for line in await client.submit("partial")]
+    watched = await client.watch("t0000001")
+    assert watched.transaction_id == "T0000001"
+    assert [line async for line in watched] == full
+    assert (await watched.result()).transaction_id == "T0000001"
+    for ask in (client.status, client.info):
+        assert (await ask("t0000001")).transaction_id == "T0000001"
+    assert (await client.delete("t0000001")).text == "T0000001 deleted"
+    with pytest.raises(ReplyError) as caught:
+        await client.status("t0000001")
+    assert caught.value.text == "Unknown transaction: T0000001"
 
 
 async def test_watch_from_past_the_end_of_a_finished_job_ends_with_its_outcome(server):
@@ -586,6 +620,25 @@ async def test_not_a_jobmonitor_server_is_a_protocol_error():
             await connect("127.0.0.1", listener.sockets[0].getsockname()[1])
 
 
+@pytest.mark.parametrize("reply", [
+    "R0000000: T\u0660\u0660\u0660\u0660\u0660\u0660\u0661",  # Arabic-Indic digits
+    "R0000000: T\uff10\uff10\uff10\uff10\uff10\uff10\uff11",  # fullwidth digits
+    "R\u0660\u0660\u0660\u0660\u0660\u0660\u0660: T0000001",  # and in the code
+])
+async def test_only_ascii_digits_make_a_code_or_a_transaction_id(reply):
+    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"job_command>")  # (its end tag)
+        writer.write(reply.encode() + b"\r\n")
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(server, "127.0.0.1", 0)
+    async with listener:
+        client = Client("127.0.0.1", listener.sockets[0].getsockname()[1])
+        with pytest.raises(ProtocolError):
+            await client.submit("echo", monitor=False)
+
+
 async def test_watch_survives_a_graceful_server_restart(make_server, tmp_path):
     """A retry-on-restart job runs again after the restart; the watcher sees it all once."""
     db_url = f"sqlite:///{tmp_path / 'jobs.db'}"
@@ -628,8 +681,8 @@ def test_watch_survives_a_server_crash_and_restart(tmp_path):
                     client.submit("echo", monitor=False)
                     server.proc.send_signal(signal.SIGKILL)
                     server.proc.communicate(timeout=10)
-                    restarted.append(ServerProcess("--jobs", "tests/support/jobs.py", "--store", db_url,
-                                                   "--port", str(port)))
+                    restarted.append(ServerProcess("--jobs", "tests/support/jobs.py",
+                                                   "--store", db_url, "--port", str(port)))
             result = tx.result()
             replay = list(client.watch(tx.transaction_id))
         assert [line.text for line in seen[-3:]] == [
@@ -681,15 +734,13 @@ def test_sync_client_against_a_threaded_server(unused_port):
             watching = client.submit("lines", {"Count": "3"})
         with watching:  # its client closed (and dropped it) first: nothing to do
             pass
-    with SyncClient("127.0.0.1", unused_port) as client:
-        with pytest.raises(ConnectionRefusedError):
-            client.build_string()
+    with SyncClient("127.0.0.1", unused_port) as client, pytest.raises(ConnectionRefusedError):
+        client.build_string()
 
 
 async def test_sync_client_refuses_to_run_inside_an_event_loop(server):
-    with SyncClient("127.0.0.1", server.port) as client:
-        with pytest.raises(RuntimeError):
-            client.build_string()
+    with SyncClient("127.0.0.1", server.port) as client, pytest.raises(RuntimeError):
+        client.build_string()
 
 
 def test_many_sync_clients_in_threads(unused_port):

@@ -179,11 +179,11 @@ async def test_a_server_that_closes_after_every_reply_gets_a_connection_per_call
             return b"R0000000: T0000001\r\n", False
         return b"R0000000: fake %d\r\n" % connection, False  # (it ignores _sys_KeepOpen)
 
-    async with scripted_server(old_server) as (port, received):
-        async with Client("127.0.0.1", port) as client:
-            assert await client.build_string() == "fake 1"
-            assert (await client.cancel("T0000001")).transaction_id == "T0000001"
-            assert await client.build_string() == "fake 3"
+    async with (scripted_server(old_server) as (port, received),
+                Client("127.0.0.1", port) as client):
+        assert await client.build_string() == "fake 1"
+        assert (await client.cancel("T0000001")).transaction_id == "T0000001"
+        assert await client.build_string() == "fake 3"
     assert [(n, p.command) for n, p in received] == [
         (1, "GetBuildString"), (2, "CancelJob"), (3, "GetBuildString")]
     assert all(p.variables["_sys_KeepOpen"] == "true" for _, p in received)
@@ -207,15 +207,15 @@ def breaks_on_third_packet(connection: int, count: int, packet: Packet
 ], ids=["status", "submit with a job token", "cancel", "submit"])
 async def test_a_kept_connection_that_breaks_after_sending_resends_only_what_is_safe(
         call, resent):
-    async with scripted_server(breaks_on_third_packet) as (port, received):
-        async with Client("127.0.0.1", port) as client:
-            await client.build_string()
-            await client.build_string()  # the server keeps connections
-            if resent:
+    async with (scripted_server(breaks_on_third_packet) as (port, received),
+                Client("127.0.0.1", port) as client):
+        await client.build_string()
+        await client.build_string()  # the server keeps connections
+        if resent:
+            await call(client)
+        else:
+            with pytest.raises(ConnectionError):
                 await call(client)
-            else:
-                with pytest.raises(ConnectionError):
-                    await call(client)
     commands = [(n, p.command) for n, p in received]
     assert commands[:2] == [(1, "GetBuildString")] * 2 and commands[2][0] == 1
     assert len(commands) == (4 if resent else 3)
@@ -229,21 +229,20 @@ async def test_a_command_the_server_timed_out_before_reading_goes_again():
             return b"R0005014: Connection idle too long: nothing received within 10 s\r\n", False
         return b"R0000000: T0000001\r\n", True
 
-    async with scripted_server(idle) as (port, received):
-        async with Client("127.0.0.1", port) as client:
-            await client.build_string()
-            await client.build_string()
-            assert (await client.cancel("T0000001")).transaction_id == "T0000001"
+    async with scripted_server(idle) as (port, received), Client("127.0.0.1", port) as client:
+        await client.build_string()
+        await client.build_string()
+        assert (await client.cancel("T0000001")).transaction_id == "T0000001"
     assert [(n, p.command) for n, p in received] == [
         (1, "GetBuildString"), (1, "GetBuildString"), (1, "CancelJob"), (2, "CancelJob")]
 
 
 async def test_a_first_reuse_for_what_must_not_go_twice_checks_the_connection_first():
     # until the server has shown it keeps connections, a harmless command goes first
-    async with scripted_server(build_string) as (port, received):
-        async with Client("127.0.0.1", port) as client:
-            await client.submit("echo", monitor=False)
-            await client.submit("echo", monitor=False)
-            await client.submit("echo", monitor=False)
+    async with (scripted_server(build_string) as (port, received),
+                Client("127.0.0.1", port) as client):
+        await client.submit("echo", monitor=False)
+        await client.submit("echo", monitor=False)
+        await client.submit("echo", monitor=False)
     assert [(n, p.command) for n, p in received] == [
         (1, "SubmitJob"), (1, "GetBuildString"), (1, "SubmitJob"), (1, "SubmitJob")]

@@ -28,7 +28,7 @@ async def connections_end(server, within_s: float = ENDS_WITHIN_S) -> None:
     """Wait until the server holds no connection; fail after ``within_s``."""
     try:
         await asyncio.wait_for(server.wait_connections_closed(), within_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise AssertionError(f"{server.connection_count} connections still open") from None
 
 

@@ -16,10 +16,10 @@ from jobmonitor import ConfigError, JobState
 from jobmonitor.engine import runner as runner_module
 from jobmonitor.store.sqlite.file import NUMBER_BLOCK
 
-from ..support import jobs
 from ..conftest import MACHINE, finished, release
-from ..support.helpers import Session, exchange, submit, xml_packet
 from ..process.test_cli import ROOT, ServerProcess
+from ..support import jobs
+from ..support.helpers import Session, exchange, submit, xml_packet
 
 ENDED = "J0000001: Transaction {} ended"
 
@@ -189,7 +189,7 @@ async def test_a_long_stream_is_trimmed_in_memory_and_replayed_from_the_store(ma
     assert lines[2:-2] == [f"J0000100: line {n}" for n in range(1, 5001)]
     replay = await exchange(server.port, xml_packet("MonitorJob", {
         "_sys_TransactionID": tid_of(lines[0]), "_sys_FromLine": "2"}))
-    assert replay == [lines[0]] + lines[2:]
+    assert replay == [lines[0], *lines[2:]]
 
 
 async def test_retention_deletes_old_finished_jobs(make_server, db_url):
@@ -384,20 +384,21 @@ def test_multi_row_inserts_store_every_row_whatever_the_batch_size(count, most_v
 def test_a_later_write_changes_only_what_can_change(tmp_path):
     # The first write of a job inserts its row; later ones update the columns that
     # can change and keep the rest (the parameters are not written again).
-    from jobmonitor.wire.records import JobRecord
+    from jobmonitor.store.batching import Batch
     from jobmonitor.store.sqlite.rows import job_row, job_update, select_records
-    from jobmonitor.store.sqlite.store import SqliteStore, _Batch
+    from jobmonitor.store.sqlite.store import SqliteStore
+    from jobmonitor.wire.records import JobRecord
 
     store = SqliteStore(str(tmp_path / "u.db"))
     store._open_db()
     first = JobRecord("T0000007", "echo", {"Text": "hi"}, {"d": "1"}, identity="ann",
                       job_token="k1", status=JobState.QUEUED, worker="w", created=1.0,
                       updated=1.0)
-    store._write(_Batch(rows=[job_row(first, 7, 0)]))
+    store._write(Batch(rows=[job_row(first, 7, 0)]))
     later = first.copy()
     later.project, later.params, later.job_token = "other", {}, None  # never written again
     later.status, later.started, later.updated = JobState.PROCESSING, 2.0, 3.0
-    store._write(_Batch(updates=[job_update(later, 7, 4), job_update(later, 7, 4)]))
+    store._write(Batch(updates=[job_update(later, 7, 4), job_update(later, 7, 4)]))
     (stored,) = select_records(store._db, "1", ())
     assert (stored.project, stored.params, stored.doc_variables, stored.job_token) == \
         ("echo", {"Text": "hi"}, {"d": "1"}, "k1")
@@ -412,7 +413,8 @@ async def test_the_memory_store_keeps_only_the_newest_finished_jobs(make_server)
     waiting = tid_of((await exchange(server.port, submit("wait", monitor=False, Key="cap")))[0])
     done = [tid_of((await exchange(server.port, submit("echo")))[0]) for _ in range(5)]
     for tid in done[:2]:
-        assert await exchange(server.port, status(tid)) == [f"R0005009: Unknown transaction: {tid}"]
+        unknown = f"R0005009: Unknown transaction: {tid}"
+        assert await exchange(server.port, status(tid)) == [unknown]
     for tid in done[2:]:
         assert field(await exchange(server.port, status(tid)), "Status") == "Completed"
     # Jobs still running are never forgotten, however many finish after them.
@@ -513,8 +515,8 @@ async def test_call_when_stored_starts_the_commit_it_waits_for(tmp_path):
     # A change waits up to commit_interval_s (a minute here) for its commit; one
     # that someone waits on with call_when_stored is committed at once.
     from jobmonitor.engine.job import Job
-    from jobmonitor.wire.records import JobRecord
     from jobmonitor.store.sqlite.store import SqliteStore
+    from jobmonitor.wire.records import JobRecord
 
     store = SqliteStore(str(tmp_path / "w.db"), commit_interval_s=60.0)
     await store.open()
@@ -549,8 +551,8 @@ async def test_call_when_stored_on_a_closed_store_still_calls_back(tmp_path):
     # A connection answering after the store closed (a shutdown) must not wait
     # for a commit that will never come.
     from jobmonitor.engine.job import Job
-    from jobmonitor.wire.records import JobRecord
     from jobmonitor.store.sqlite.store import SqliteStore
+    from jobmonitor.wire.records import JobRecord
 
     store = SqliteStore(str(tmp_path / "c.db"))
     await store.open()

@@ -19,14 +19,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobmonitor import Controller
-from jobmonitor.wire.codes import Reply
 from jobmonitor.errors import PacketError
+from jobmonitor.wire.codes import Reply
 from jobmonitor.wire.packet import Packet, PacketParser, build_packet
 
 from ..support import jobs
-from ..support.hostile import (NAMES, VALUES, MAX_PACKET_BYTES, SECRET, doctype_packets,
-                      hostile_packets)
 from ..support.helpers import split_lines, submit
+from ..support.hostile import (
+    MAX_PACKET_BYTES,
+    NAMES,
+    SECRET,
+    VALUES,
+    doctype_packets,
+    hostile_packets,
+)
 from ..support.robust import open_fds
 
 ERROR_REPLY = re.compile(r"R0005(?!999)\d{3}: \S")
@@ -46,7 +52,7 @@ def secret_path(tmp_path_factory) -> str:
 def parse(data: bytes, pieces: list[int] | None = None) -> Packet | PacketError:
     """Feed ``data`` (cut at ``pieces`` offsets), then EOF; the packet or the error."""
     parser = PacketParser(max_packet_bytes=MAX_PACKET_BYTES)
-    cuts = sorted(set(pieces or [])) + [len(data)]
+    cuts = [*sorted(set(pieces or [])), len(data)]
     start = 0
     try:
         for cut in cuts:

@@ -74,7 +74,7 @@ async def test_pipelined_packets_are_answered_in_order(make_server, tmp_path):
     assert len(lines) == 61
     for n in range(1, 31):
         assert lines[2 * n - 2] == f"R0000000: T{n:07d}"
-        assert lines[2 * n - 1].startswith('R0000000: {"Id":"T%07d"' % n)
+        assert lines[2 * n - 1].startswith(f'R0000000: {{"Id":"T{n:07d}"')
     assert lines[-1].startswith("R0000000: jobmonitor")
 
 
@@ -154,6 +154,20 @@ async def test_pipelined_bytes_past_the_packet_limit_wait_for_their_turn(make_se
     for _ in range(80):
         assert (await reply(session)).startswith("R0000000: jobmonitor")
     await session.close()
+
+
+async def test_a_big_packet_parsed_in_turns_then_the_next_ones(server):
+    # past the fast path, the full parser reads the first packet a slice per loop
+    # turn; the bytes after it, parsed or held, start the next packet
+    big = kept_submit("echo", monitor=False, **{f"V{n}": "x" * 100 for n in range(3000)})
+    assert len(big) > 300_000
+    session = await Session.open(server.port, big + kept("GetBuildString")
+                                 + xml_packet("GetJobStatus", {"_sys_TransactionID": "T0000001"}))
+    lines = split_lines(await closed(session))
+    await session.close()
+    assert lines[0] == "R0000000: T0000001"
+    assert lines[1].startswith("R0000000: jobmonitor")
+    assert lines[2].startswith("R0000000") and len(lines) >= 3
 
 
 async def test_a_malformed_packet_on_a_kept_connection_gets_one_reply_and_ends(server):

@@ -17,8 +17,8 @@ from jobmonitor import JobState
 from jobmonitor.engine import runner as runner_module
 from jobmonitor.wire.formats import split_parameters
 
-from ..support import jobs
 from ..conftest import MACHINE, finished, release
+from ..support import jobs
 from ..support.helpers import Session, exchange, submit, xml_packet
 
 ENDED = "J0000001: Transaction {} ended"
@@ -67,7 +67,7 @@ async def test_monitor_finished_job_replays_and_closes(server):
     tid = tid_of(full[0])
     assert await exchange(server.port, command("MonitorJob", tid)) == full
     assert await exchange(server.port, command("MonitorJob", tid, _sys_FromLine="3")) == \
-        [full[0]] + full[3:]
+        [full[0], *full[3:]]
     assert await exchange(server.port, command("MonitorJob", tid, _sys_FromLine="99")) == [full[0]]
 
 
@@ -89,7 +89,7 @@ async def test_reattach_from_the_next_line_misses_nothing(server):
     rest = ["J0000100: step 2 done", "J0000100: before step 3"] + await watcher.rest()
     await watcher.close()
     full = await exchange(server.port, command("MonitorJob", tid))
-    assert seen + ["J0000100: step 1 done", "J0000100: before step 2"] + rest == full[1:]
+    assert [*seen, "J0000100: step 1 done", "J0000100: before step 2", *rest] == full[1:]
 
 
 @pytest.mark.parametrize(("variables", "expected"), [
@@ -102,6 +102,50 @@ async def test_reattach_from_the_next_line_misses_nothing(server):
 ])
 async def test_monitor_refusals(server, variables, expected):
     assert await exchange(server.port, xml_packet("MonitorJob", variables)) == [expected]
+
+
+@pytest.mark.parametrize(("from_line", "shown"), [(" 3", "3"), ("3 ", "3"), ("\t3\n", "3"),
+                                                  (" ", "")])
+@pytest.mark.parametrize("command_name", ["MonitorJob", "GetTaskLog"])
+async def test_a_line_number_with_white_space_around_it_is_refused(server, command_name,
+                                                                    from_line, shown):
+    # docs/protocol.md: 1 to 10 ASCII digits; any other value is refused.
+    tid = tid_of((await exchange(server.port, submit("partial")))[0])
+    packet = command(command_name, tid, _sys_FromLine=from_line)
+    assert await exchange(server.port, packet) == [
+        "R0005007: Invalid variable value: _sys_FromLine must be a line number from 1, "
+        f"got {shown!r} with white space around it"]
+    # An empty value is the default, line 1, as if it were not given.
+    reply = await exchange(server.port, command(command_name, tid, _sys_FromLine=""))
+    assert ("R0000000- Lines: 1-6 of 6" if command_name == "GetTaskLog"
+            else "J0000100: Machine name: testhost") in reply[:2]
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+async def test_only_t_and_seven_ascii_digits_name_a_job(make_server, tmp_path, store):
+    """Digits of other scripts read as the same number by int(): they named real jobs
+    (from the SQLite store: a running job's stored row, with misleading answers)."""
+    server = await make_server(store=f"sqlite:///{tmp_path / 'tid.db'}" if store == "sqlite"
+                               else "memory://")
+    running = tid_of((await exchange(server.port, submit("wait", monitor=False, Key="t")))[0])
+    done = tid_of((await exchange(server.port, submit("echo", monitor=False)))[0])
+    await finished(server, done)
+    for tid in (running, done):
+        digits = tid[1:]
+        for other in (
+            "T" + digits.translate(str.maketrans("0123456789", "\u0660\u0661\u0662\u0663"
+                                                 "\u0664\u0665\u0666\u0667\u0668\u0669")),
+            "T" + digits.translate(str.maketrans("0123456789", "\uff10\uff11\uff12\uff13"
+                                                 "\uff14\uff15\uff16\uff17\uff18\uff19")),
+            "T" + digits[:-1] + "\u00b9", tid + "0", tid[:-1], "T+" + digits[1:],
+        ):
+            for name in ("GetJobStatus", "CancelJob", "MonitorJob", "DeleteJob"):
+                assert await exchange(server.port, command(name, other)) == [
+                    f"R0005009: Unknown transaction: {other}"], (name, other)
+    # what names a job still does: T (or t) and seven ASCII digits, space around them
+    assert (await exchange(server.port, command("GetJobStatus", f" t{running[1:]}\n")))[0] \
+        == f"R0000000- Transaction: {running}"
+    await release("t")
 
 
 # -- identity and job tokens ------------------------------------------------------------------
@@ -144,7 +188,8 @@ async def test_list_jobs_active_all_and_by_user(server):
     as_json = await exchange(server.port, xml_packet("ListJobs", {"_sys_Format": "json"}))
     assert len(as_json) == 1
     listed = json.loads(as_json[0].removeprefix("R0000000: "))
-    assert [(j["Id"], j["Status"], j["Identity"]) for j in listed] == [(running, 2, "ann")]
+    assert [(j["Id"], j["Status"], j["Identity"]) for j in listed["Jobs"]] == [(running, 2, "ann")]
+    assert listed["Next"] is None
     assert await exchange(server.port, xml_packet("ListJobs", {"_sys_Filter": "some"})) == [
         "R0005007: Invalid variable value: _sys_Filter must be one of active, all, got 'some'"]
     await release("l")
@@ -155,7 +200,8 @@ async def test_a_value_cannot_add_a_field_or_forge_a_row_of_a_list(server):
     tid = tid_of((await exchange(server.port, submit("output", JobName=forged, Name=forged,
                                                      Uri="file:///a\r\nb", MediaType="c\td")))[0])
     assert await exchange(server.port, xml_packet("ListJobs", {"_sys_Filter": "all"})) == [
-        "R0000000- 1 jobs", f"R0000000: {tid}\tCompleted\toutput\tx\\nT0000099\\tCompleted\\techo\\tforged"]
+        "R0000000- 1 jobs",
+        f"R0000000: {tid}\tCompleted\toutput\tx\\nT0000099\\tCompleted\\techo\\tforged"]
     row = "x\\nT0000099\\tCompleted\\techo\\tforged\tfile:///a\\nb\tc\\td"
     assert await exchange(server.port, command("RetrieveJob", tid)) == [
         "R0000000- 1 outputs", f"R0000000: {row}"]
@@ -181,11 +227,12 @@ async def test_status_json_follows_the_jobstatus_representation(server):
     assert status["Estimated"] == "2030-01-02T03:04:05Z"
     assert status["Progress"] == {"Done": 0, "Total": 0, "Percent": None, "Message": ""}
     assert status["JobData"] == [
-        {"Name": "report", "Uri": "file:///out/report.pdf", "MediaType": "application/pdf"},
-        {"Name": "log", "Uri": "file:///out/job.log", "MediaType": None}]
+        {"Name": "report", "Uri": "file:///out/report.pdf", "MediaType": "application/pdf",
+         "Partial": False},
+        {"Name": "log", "Uri": "file:///out/job.log", "MediaType": None, "Partial": False}]
     assert split_parameters(status["Parameters"]) == {
         "JobName": "Flyer", "ProjectName": "history", "Size": "a;b=c"}
-    assert status["PollAfter"] == 2
+    assert status["PollAfter"] is None  # it has ended: nothing to poll for
     assert "History" not in status
 
 
@@ -221,6 +268,31 @@ async def test_job_information_text_and_stage_lines(server):
     assert "R0000000- Output: report\tfile:///out/report.pdf\tapplication/pdf" in info
 
 
+async def poll_after(port: int, tid: str) -> tuple[str | None, object, str]:
+    """What the text, JSON and XML status say of polling again."""
+    text = fields(await exchange(port, command("GetJobStatus", tid))).get("Poll after")
+    as_json = json.loads((await exchange(port, command("GetJobStatus", tid,
+                                                       _sys_Format="json")))[0][10:])
+    xml = etree.fromstring("\n".join(line[10:] for line in await exchange(
+        port, command("GetJobInformation", tid, _sys_Format="xml"))).encode())
+    poll_after = etree.tostring(xml.find("PollAfter"), with_tail=False).decode()
+    return text, as_json["PollAfter"], poll_after
+
+
+async def test_poll_after_only_while_the_job_can_change(server):
+    session = await Session.open(server.port, submit("wait", Key="poll"))
+    tid = tid_of(await session.line())
+    assert [await session.line(), await session.line()][1] == "J0000100: waiting"
+    assert await poll_after(server.port, tid) == ("2", 2, "<PollAfter>2</PollAfter>")
+    await release("poll")
+    assert (await session.rest())[-1] == ENDED.format(tid)
+    await session.close()
+    # Ended: it will not change, and nothing suggests asking again.
+    assert await poll_after(server.port, tid) == (None, None, "<PollAfter/>")
+    status = await exchange(server.port, command("GetJobStatus", tid))
+    assert status[-1] == "R0000000: Last message: released"
+
+
 async def test_bad_format_is_refused(server):
     tid = tid_of((await exchange(server.port, submit("echo", monitor=False)))[0])
     assert await exchange(server.port, command("GetJobStatus", tid, _sys_Format="yaml")) == [
@@ -234,10 +306,10 @@ async def test_retrieve_job_lists_outputs(server):
         "R0000000: log\tfile:///out/job.log\t"]
     reply = await exchange(server.port, command("RetrieveJob", tid, _sys_Format="json"))
     assert json.loads(reply[0][10:])[1] == {"Name": "log", "Uri": "file:///out/job.log",
-                                            "MediaType": None}
+                                            "MediaType": None, "Partial": False}
 
 
-# -- suspend and resume -----------------------------------------------------------------------------
+# -- suspend and resume ---------------------------------------------------------------------------
 
 
 async def test_suspend_running_job_pauses_at_checkpoint_then_resumes(server):
@@ -350,7 +422,7 @@ async def test_thread_job_suspends_at_its_checkpoint(server):
     await session.close()
 
 
-# -- delete, task log ---------------------------------------------------------------------------------
+# -- delete, task log -----------------------------------------------------------------------------
 
 
 async def test_delete_finished_job_but_not_an_active_one(server):
@@ -378,7 +450,7 @@ async def test_task_log_of_a_job_and_of_the_server(server):
         [tid, "partial", "queued"], [tid, "partial", "start"], [tid, "partial", "complete"]]
 
 
-# -- RestartServer ------------------------------------------------------------------------------------
+# -- RestartServer --------------------------------------------------------------------------------
 
 
 async def test_restart_server_cancels_stragglers_and_keeps_the_queue(make_server):
@@ -524,7 +596,8 @@ async def test_a_job_resumed_while_waiting_to_run_again_keeps_its_next_delay(ser
         await exchange(server.port, command(name, tid))
     assert [await session.line() for _ in range(5)] == [
         "J0000130: Job suspended.", "J0000131: Job resumed.", "J0000100: attempt 2",
-        "J0005000: attempt 2 failed", "J0000132: Job queued to run again (attempt 3 of 3, in 1 s)."]
+        "J0005000: attempt 2 failed",
+        "J0000132: Job queued to run again (attempt 3 of 3, in 1 s)."]
     failed = time.monotonic()
     assert await session.line() == "J0000100: attempt 3"
     assert time.monotonic() - failed > 0.8  # not when the first delay's timer was due
@@ -586,14 +659,15 @@ async def test_a_job_abandoned_by_a_restart_is_not_run_again_when_it_fails(serve
     await session.line()
     assert await session.line() == "J0000100: attempt 1"
     job = server.engine.jobs.find(tid)
-    run = server.engine._runner._running[job]
+    run = job.run.task  # the task that waits for the handler's thread
     await server.engine.restart(0.1, jobs.app.handlers)
     assert (await session.rest())[-2:] == ["J0000023: Job cancelled by user.", ENDED.format(tid)]
     await session.close()
     jobs.thread_releases.setdefault("abandoned", threading.Event()).set()
     await asyncio.wait_for(run, 10)  # the abandoned thread failed at last
     assert (job.state, job.attempt) == (JobState.CANCELLED, 1)
-    assert fields(await exchange(server.port, command("GetJobStatus", tid)))["Status"] == "Cancelled"
+    status = fields(await exchange(server.port, command("GetJobStatus", tid)))
+    assert status["Status"] == "Cancelled"
 
 
 async def test_a_job_past_its_time_limit_runs_again_with_a_new_limit(server):

@@ -40,7 +40,6 @@ BAD = "R0005007: Invalid variable value: "
 
 
 @pytest.mark.parametrize(("rule", "value", "why"), [
-    (Variable(kind="name"), "", 'is not a plain file name (kind "name"): it is empty'),
     (Variable(kind="name"), ".", "is not a plain file name (kind \"name\"): it is '.'"),
     (Variable(kind="name"), "..", "is not a plain file name (kind \"name\"): it is '..'"),
     (Variable(kind="name"), "a/b", "is not a plain file name (kind \"name\"): it holds '/'"),
@@ -55,7 +54,6 @@ BAD = "R0005007: Invalid variable value: "
     (Variable(kind="name"), "é" * 128, 'is not a plain file name (kind "name"): it is longer '
                                        'than 255 bytes'),
     (Variable(pattern="[a-z]+"), "abc1", "does not match its pattern [a-z]+"),
-    (Variable(pattern="[a-z]+"), "", "does not match its pattern [a-z]+"),
     (Variable(pattern="a|b"), "ab", "does not match its pattern a|b"),  # the whole value
     (Variable(kind="name", pattern="[a-z./]+"), "a/b", "is not a plain file name (kind \"name\"): "
                                                        "it holds '/'"),
@@ -68,6 +66,22 @@ def test_a_value_that_breaks_a_rule_is_refused_naming_the_variable_and_the_rule(
     with pytest.raises(RequestError) as caught:
         program.check({"v": value})
     assert caught.value.reply_text == f"Invalid variable value: v {why}"
+
+
+@pytest.mark.parametrize("rule", [Variable(), Variable(kind="name"), Variable(pattern=".*")])
+@pytest.mark.parametrize("value", ["", " ", "\t\n"])
+def test_a_blank_value_is_missing_whatever_the_rules(rule, value):
+    program = Program("p", ("tool", "--in={v}"), variables={"v": rule})
+    with pytest.raises(RequestError) as caught:
+        program.check({"v": value})
+    assert caught.value.reply_text == "Missing required variable: v (its value is blank)"
+
+
+def test_the_rules_still_say_why_an_empty_value_breaks_them():
+    # (Program.check refuses a blank value before asking the rules.)
+    assert Variable(kind="name").refusal("") == (
+        'is not a plain file name (kind "name"): it is empty')
+    assert Variable(pattern="[a-z]+").refusal("") == "does not match its pattern [a-z]+"
 
 
 @pytest.mark.parametrize(("rule", "value"), [
@@ -123,12 +137,13 @@ def test_paths_the_command_itself_keeps_inside_are_taken():
 def test_variables_read_back_as_rules_and_survive_replace():
     listed = Program("p", ("ls", "{a}"), variables=("a",))
     assert dict(listed.variables) == {"a": Variable()} and list(listed.variables) == ["a"]
-    ruled = Program("p", ("ls", "{b}", "{a}"), variables={"b": Variable(kind="name"), "a": Variable()})
+    ruled = Program("p", ("ls", "{b}", "{a}"),
+                    variables={"b": Variable(kind="name"), "a": Variable()})
     assert list(ruled.variables) == ["b", "a"]
     moved = dataclasses.replace(ruled, output_dir="o")
     assert moved.variables == ruled.variables
     with pytest.raises(RequestError, match="b is not a plain file name"):
-        moved.check({"a": "", "b": "x/y"})
+        moved.check({"a": "x", "b": "x/y"})
 
 
 @pytest.mark.parametrize(("item", "values", "blamed", "why"), [
@@ -136,12 +151,12 @@ def test_variables_read_back_as_rules_and_survive_replace():
     ("{output_dir}/{a}", {"a": "x/../../y"}, "a", "a path component is '..'"),
     ("{output_dir}/{a}", {"a": ".."}, "a", "a path component is '..'"),
     ("{output_dir}{a}", {"a": "x"}, "a", "the path must go on from {output_dir} with '/'"),
-    ("{output_dir}{a}{b}", {"a": "", "b": "-x"}, "b", "the path must go on from {output_dir} "
-                                                      "with '/'"),
-    ("{output_dir}/.{a}{b}", {"a": "", "b": "."}, "b", "a path component is '..'"),
-    ("{output_dir}/.{a}{b}", {"a": "", "b": ""}, None, None),
-    ("{output_dir}/..{a}", {"a": ""}, "a", "a path component is '..'"),
-    ("{output_dir}/{a}.{b}", {"a": ".", "b": ""}, "a", "a path component is '..'"),
+    ("{output_dir}{a}{b}", {"a": "x", "b": "/y"}, "a", "the path must go on from {output_dir} "
+                                                       "with '/'"),
+    ("{output_dir}/.{a}{b}", {"a": ".", "b": "/x"}, "a", "a path component is '..'"),
+    ("{output_dir}/.{a}{b}", {"a": "x", "b": "y"}, None, None),
+    ("{output_dir}/..{a}", {"a": "/b"}, "a", "a path component is '..'"),
+    ("{output_dir}/{a}.{b}", {"a": ".", "b": "/z"}, "a", "a path component is '..'"),
     ("--out={output_dir}/{a}/{b}.pdf", {"a": "..", "b": "x"}, "a", "a path component is '..'"),
     ("{output_dir}/{a}/{b}", {"a": "/abs", "b": "x"}, None, None),  # still inside: //abs/x
 ])
@@ -204,7 +219,6 @@ REFUSED = [
     ("touch-name", "../../../x", "name is not a plain file name (kind \"name\"): it holds '/'"),
     ("touch-name", "..", "name is not a plain file name (kind \"name\"): it is '..'"),
     ("touch-name", "-rf", "name is not a plain file name (kind \"name\"): it starts with '-'"),
-    ("touch-name", "", 'name is not a plain file name (kind "name"): it is empty'),
     ("touch-name", "a\\b", "name is not a plain file name (kind \"name\"): it holds '\\'"),
     ("touch-name", "a\tb", 'name is not a plain file name (kind "name"): it holds a control '
                            'character'),
@@ -229,6 +243,18 @@ async def test_a_refused_value_is_one_r_line_and_nothing_runs(port, folders, pro
     lines = await exchange(port, submit(project, **{variable: value}))
     assert lines == [BAD + detail]
     assert files_under(folders["root"]) == before  # the program never ran
+    assert await Client("127.0.0.1", port).list_jobs(all=True) == []
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+async def test_a_blank_value_is_refused_as_missing_and_nothing_runs(port, folders, value):
+    # The docs' R0005006 for "a required variable is absent or blank": a program
+    # given an empty argument may take it as "the current folder", or "everything".
+    before = files_under(folders["root"])
+    for project in ("touch", "touch-name", "dash"):
+        lines = await exchange(port, submit(project, name=value))
+        assert lines == ["R0005006: Missing required variable: name (its value is blank)"]
+    assert files_under(folders["root"]) == before  # no program ran
     assert await Client("127.0.0.1", port).list_jobs(all=True) == []
 
 

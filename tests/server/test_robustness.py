@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import re
@@ -21,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from ..support import jobs
 from ..conftest import finished, release
+from ..process.test_cli import ServerProcess
+from ..support import jobs
 from ..support.helpers import Session, exchange, split_lines, submit, xml_packet
 from ..support.robust import need_fds, no_connections, open_fds, other_tasks, task_count
-from ..process.test_cli import ServerProcess
 
 SOAK = os.environ.get("JOBMONITOR_SOAK") == "1"
 
@@ -200,7 +201,7 @@ def test_a_stalled_reader_neither_slows_the_job_nor_grows_the_server(tmp_path):
         # that really slows the job fails every time.  Memory is checked on the first
         # pair: the allocator keeps some of what each job freed, so later peaks are higher
         peaks: list[int] = []
-        for measure in range(1, MEASURES + 1):
+        for measure in range(1, MEASURES + 1):  # noqa: B007 - the last one is printed
             reset_peak(pid)
             alone_s = check_burst(*submit_and_follow(server.port, burst(STALL_LINES)),
                                   STALL_LINES)
@@ -295,7 +296,7 @@ async def test_slowloris_does_not_starve_a_normal_client(make_server):
     results = await asyncio.gather(*storm)
     idle = [at - storm_started for n, (at, _) in enumerate(results) if n % 3 == 0]
     slow = [at - storm_started for n, (at, _) in enumerate(results) if n % 3]
-    for n, (at, data) in enumerate(results):
+    for n, (_at, data) in enumerate(results):
         expected = (f"R0005014: Connection idle too long: nothing received within "
                     f"{SLOW_IDLE_TIMEOUT_S:g} s" if n % 3 == 0 else
                     f"R0005004: Command packet not complete in time: no complete packet "
@@ -304,8 +305,8 @@ async def test_slowloris_does_not_starve_a_normal_client(make_server):
     # each is answered, and its sending side shut, at its deadline (counted from when
     # it was opened: between the start and the end of opening them all; +1 s: a busy loop)
     late = opened_s + 1.0
-    assert SLOW_IDLE_TIMEOUT_S <= min(idle) and max(idle) <= SLOW_IDLE_TIMEOUT_S + late
-    assert SLOW_PACKET_TIMEOUT_S <= min(slow) and max(slow) <= SLOW_PACKET_TIMEOUT_S + late
+    assert min(idle) >= SLOW_IDLE_TIMEOUT_S and max(idle) <= SLOW_IDLE_TIMEOUT_S + late
+    assert min(slow) >= SLOW_PACKET_TIMEOUT_S and max(slow) <= SLOW_PACKET_TIMEOUT_S + late
     await no_connections(server)
     print(f"\nslowloris, {TRICKLERS} connections opened in {opened_s:.2f} s: normal client "
           f"served {len(served)} times in {min(served) * 1000:.0f}-{max(served) * 1000:.0f} "
@@ -384,10 +385,8 @@ async def vanish(port: int, packet: bytes, *, cut: int | None = None, read_lines
         reset(writer)
     else:
         writer.close()
-    try:
+    with contextlib.suppress(ConnectionError):
         await writer.wait_closed()
-    except ConnectionError:
-        pass
 
 
 async def test_clients_vanishing_mid_packet_and_mid_stream_leak_nothing(make_server, tmp_path,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import subprocess
 import sys
@@ -13,10 +14,10 @@ import pytest
 from jobmonitor import ConfigError, Controller
 from jobmonitor.users import User, hash_password, verify_password
 
-from ..support import jobs
 from ..conftest import release
-from ..support.helpers import Session, exchange, split_lines, submit, xml_packet
 from ..process.test_cli import ROOT
+from ..support import jobs
+from ..support.helpers import Session, exchange, split_lines, submit, xml_packet
 
 ANN = User("ann", hash_password("ann-pw"))
 BOB = User("bob", hash_password("bob-pw"))
@@ -52,9 +53,9 @@ def test_password_hashes_verify_and_are_salted():
 
 
 def test_bad_user_settings_are_config_errors():
-    with pytest.raises(ConfigError, match="users.x.role: must be user or admin"):
+    with pytest.raises(ConfigError, match=r"users\.x\.role: must be user or admin"):
         User("x", hash_password("p"), role="root")
-    with pytest.raises(ConfigError, match="users.x.password_hash: not a hash made by"):
+    with pytest.raises(ConfigError, match=r"users\.x\.password_hash: not a hash made by"):
         User("x", "plaintext")
 
 
@@ -68,7 +69,7 @@ def test_hash_password_command_reads_stdin():
     assert empty.returncode == 2 and "no password" in empty.stderr
 
 
-# -- authentication and ownership -------------------------------------------------------------------
+# -- authentication and ownership -----------------------------------------------------------------
 
 
 async def test_packets_without_valid_credentials_are_refused(make_server):
@@ -121,6 +122,11 @@ async def test_the_authenticated_user_is_the_identity_and_owns_the_job(make_serv
                     "GetJobInformation", "RetrieveJob", "GetTaskLog"):
         theirs = await exchange(server.port, xml_packet(command, as_user(
             {"_sys_TransactionID": tid}, "bob", "bob-pw")))
+        assert theirs == [f"R0005009: Unknown transaction: {tid}"], command
+        # In lower case too, answered as a job that does not exist is: in its canonical
+        # form (an echo of the spelling sent would tell the two apart).
+        theirs = await exchange(server.port, xml_packet(command, as_user(
+            {"_sys_TransactionID": tid.lower()}, "bob", "bob-pw")))
         assert theirs == [f"R0005009: Unknown transaction: {tid}"], command
     assert await exchange(server.port, xml_packet("ListJobs", as_user({}, "bob", "bob-pw"))) \
         == ["R0000000: 0 jobs"]
@@ -175,7 +181,7 @@ async def test_repeated_failures_from_one_address_are_slowed_down(make_server):
     assert ok[0].startswith("R0000000: T")  # the right password is never refused
 
 
-# -- exposure -----------------------------------------------------------------------------------------
+# -- exposure -------------------------------------------------------------------------------------
 
 
 def test_open_server_refuses_a_network_address():
@@ -197,7 +203,7 @@ def test_cli_refuses_network_address_without_users():
     assert "--allow-anonymous-network" in result.stderr and "Traceback" not in result.stderr
 
 
-# -- TLS ---------------------------------------------------------------------------------------------
+# -- TLS ------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -220,10 +226,8 @@ async def test_tls_serves_the_same_protocol(make_server, certificate):
     writer.write(submit("partial"))
     lines = split_lines(await asyncio.wait_for(reader.read(), 10))
     writer.close()
-    try:
+    with contextlib.suppress(ssl.SSLError):
         await writer.wait_closed()
-    except ssl.SSLError:
-        pass
     assert lines[-2:] == ["J0000021: Job only partially completed.",
                           f"J0000001: Transaction {tid_of(lines[0])} ended"]
     assert not server.accepts_corked  # a TLS handshake must not wait in the kernel
@@ -245,10 +249,8 @@ async def test_tls_connections_log_no_asyncio_warning(make_server, certificate, 
         writer.write(packet)
         assert split_lines(await asyncio.wait_for(reader.read(), 10))[0].startswith("R0000000")
         writer.close()
-        try:
+        with contextlib.suppress(ssl.SSLError):
             await writer.wait_closed()
-        except ssl.SSLError:
-            pass
     await asyncio.wait_for(server._no_connections.wait(), 10)  # both closed on our side
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
 
@@ -262,7 +264,7 @@ def test_tls_certificate_that_cannot_load_is_a_start_up_error(tmp_path):
         Controller(jobs.app, port=0, tls_cert=str(tmp_path / "bad.pem"))
 
 
-# -- limits --------------------------------------------------------------------------------------------
+# -- limits ---------------------------------------------------------------------------------------
 
 
 async def test_connections_beyond_the_limit_get_a_busy_reply(make_server):
@@ -319,10 +321,8 @@ async def test_a_tls_handshake_must_finish_within_the_packet_timeout(make_server
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(b"\x16\x03\x01")  # the start of a ClientHello, and then nothing
     started = time.monotonic()
-    try:
+    with contextlib.suppress(ConnectionResetError):
         assert await asyncio.wait_for(reader.read(), 10) == b""
-    except ConnectionResetError:
-        pass
     assert time.monotonic() - started < 5
     writer.close()
 

@@ -9,11 +9,13 @@ import pytest
 
 from jobmonitor import JobState
 
-from ..support import jobs
 from ..conftest import MACHINE, finished, release
+from ..support import jobs
 from ..support.helpers import Session, exchange, split_lines, submit, xml_packet
 
 ENDED = "J0000001: Transaction {} ended"
+#: Before the cancelled line of a job the server cancelled because it stopped.
+SHUTDOWN_CANCEL = "J0005004: Job cancelled: the server is shutting down."
 
 
 def tid_of(reply: str) -> str:
@@ -132,7 +134,8 @@ async def test_lone_surrogates_in_job_text_are_escaped(server):
 
 async def test_progress_lines_and_recorded_progress(server):
     lines = await exchange(server.port, submit("progress"))
-    assert lines[2:4] == ["J0000110: Progress: 1/4 (25%)", "J0000110: Progress: 4/4 (100%) all done"]
+    assert lines[2:4] == ["J0000110: Progress: 1/4 (25%)",
+                          "J0000110: Progress: 4/4 (100%) all done"]
     job = server.engine.jobs.find(tid_of(lines[0]))
     assert (job.progress_done, job.progress_total) == (4, 4)
 
@@ -198,7 +201,7 @@ async def test_bytes_after_the_root_element_are_ignored(server):
 async def _until_no_connections(server, within_s: float) -> None:
     try:
         await asyncio.wait_for(server.wait_connections_closed(), within_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise AssertionError("the connection was held") from None
 
 
@@ -265,7 +268,8 @@ async def test_a_monitor_is_uncorked_while_its_job_runs(make_server, tmp_path, s
 
 async def test_pageflex_documentation_packet_with_broken_declaration(server):
     packet = (b'<?xml version="1.0">\r\n<?pf_command version="1.0"?>\r\n'
-              b'<pfjob:job_command xmlns:pfjob="http://www.pageflex.com/schemas" name="SubmitJob">\r\n'
+              b'<pfjob:job_command xmlns:pfjob="http://www.pageflex.com/schemas"'
+              b' name="SubmitJob">\r\n'
               b'   <pfjob:job_variables>\r\n'
               b'      <pfjob:var name="ProjectName">echo</pfjob:var>\r\n'
               b'      <pfjob:var name="_sys_ClientJobMonitor">true</pfjob:var>\r\n'
@@ -295,7 +299,16 @@ async def test_utf16le_without_bom_from_a_widely_used_client(server):
         (b"<!DOCTYPE job_command [<!ENTITY a 'b'>]><job_command name='X'/>",
          "R0005002: DOCTYPE not allowed in a command packet"),
         (xml_packet("Frobnicate"), "R0005005: Unknown command: Frobnicate"),
-        (xml_packet("SubmitJob", {"JobName": "x"}), "R0005006: Missing required variable: ProjectName"),
+        # a name close to a command's, in any case: the reply names the command
+        (xml_packet("GetJobStatu"), "R0005005: Unknown command: GetJobStatu "
+                                    "(did you mean GetJobStatus?)"),
+        (xml_packet("getjobstatus"), "R0005005: Unknown command: getjobstatus "
+                                     "(did you mean GetJobStatus?)"),
+        (xml_packet("SubmitJobs"), "R0005005: Unknown command: SubmitJobs "
+                                   "(did you mean SubmitJob?)"),
+        (xml_packet("CancelJob" * 5), "R0005005: Unknown command: " + "CancelJob" * 5),
+        (xml_packet("SubmitJob", {"JobName": "x"}),
+         "R0005006: Missing required variable: ProjectName"),
         (submit("echo", monitor=False, _sys_ClientJobMonitor="maybe"),
          "R0005007: Invalid variable value"),
         (submit("no-such-project"), "R0005008: Unknown project: no-such-project"),
@@ -303,7 +316,8 @@ async def test_utf16le_without_bom_from_a_widely_used_client(server):
          "R0005009: Unknown transaction: T7654321"),
         (xml_packet("CancelJob", {}), "R0005006: Missing required variable: _sys_TransactionID"),
         # what the client sent is quoted on one short line: it can neither split nor swell a reply
-        (xml_packet("Frob\r\nR0000000: T0000001"), "R0005005: Unknown command: Frob R0000000: T0000001"),
+        (xml_packet("Frob\r\nR0000000: T0000001"),
+         "R0005005: Unknown command: Frob R0000000: T0000001"),
         (submit("p" * 5000), "R0005008: Unknown project: " + "p" * 77 + "..."),
         (xml_packet("GetJobStatus", {"_sys_TransactionID": "T1\nx"}),
          "R0005009: Unknown transaction: T1 X"),
@@ -412,10 +426,22 @@ async def test_packet_too_large_while_client_keeps_sending(make_server):
         split_lines(received)[0].startswith("R0005003: Command packet too large")
 
 
+@pytest.mark.parametrize("comment", ["", "<!-- the full parser -->"])
+async def test_max_packet_variables_is_the_servers(make_server, comment):
+    server = await make_server(max_packet_variables=3)
+    packet = xml_packet("SubmitJob", {"ProjectName": "echo", "a": "1"}, {"b": "2"})
+    assert (await exchange(server.port, packet.replace(b"?>", b"?>" + comment.encode(), 1))
+            )[0].startswith("R0000000: T")
+    assert await exchange(server.port, xml_packet(
+        "SubmitJob", {"ProjectName": "echo", "a": "1"}, {"b": "2", "c": "3"})) == [
+        "R0005003: Command packet too large: more than 3 variables"]
+
+
 async def test_packet_timeout(make_server):
     server = await make_server(packet_timeout_s=0.3)
     lines = await exchange(server.port, b"<job_command name='SubmitJob'>")
-    assert lines == ["R0005004: Command packet not complete in time: no complete packet within 0.3 s"]
+    assert lines == [
+        "R0005004: Command packet not complete in time: no complete packet within 0.3 s"]
 
 
 async def test_server_keeps_serving_after_bad_packets(server):
@@ -439,7 +465,8 @@ async def test_cancel_running_job_ends_its_monitors(server):
     assert await session.rest() == ["J0000023: Job cancelled by user.", ENDED.format(tid)]
     await session.close()
     again = await exchange(server.port, xml_packet("CancelJob", {"_sys_TransactionID": tid}))
-    assert again == [f"R0005010: Invalid state for this request: {tid} has already ended (Cancelled)"]
+    assert again == [
+        f"R0005010: Invalid state for this request: {tid} has already ended (Cancelled)"]
 
 
 async def test_cancel_queued_job_drops_it(make_server):
@@ -489,12 +516,13 @@ async def test_get_job_status_lines(server):
     lines = await exchange(server.port, submit("progress", JobName="Flyer"))
     tid = tid_of(lines[0])
     status = await exchange(server.port, xml_packet("GetJobStatus", {"_sys_TransactionID": tid}))
-    assert [line[:10] for line in status] == ["R0000000- "] * 12 + ["R0000000: "]
+    assert [line[:10] for line in status] == ["R0000000- "] * 13 + ["R0000000: "]
     fields = dict(line[10:].split(": ", 1) if ": " in line[10:] else (line[10:-1], "")
                   for line in status)
     assert list(fields) == ["Transaction", "Project", "Job name", "Status", "Progress",
                             "Created", "Started", "Updated", "Completed", "Identity", "Lines",
-                            "Last message", "Poll after"]
+                            "Queue", "Priority",
+                            "Last message"]  # no "Poll after": the job has ended
     assert fields["Transaction"] == tid
     assert fields["Project"] == "progress"
     assert fields["Job name"] == "Flyer"
@@ -503,7 +531,6 @@ async def test_get_job_status_lines(server):
     assert fields["Identity"] == "anonymous"
     assert fields["Lines"] == "5"
     assert fields["Last message"] == "Progress: 4/4 (100%) all done"
-    assert fields["Poll after"] == "2"
 
 
 async def test_get_build_string(server):
@@ -529,7 +556,8 @@ async def test_shutdown_cancels_running_jobs_after_grace(make_server):
     await session.line()
     server.close()
     assert await session.rest() == ["J0000190: Server stopping: running jobs have 0.2 s to finish",
-                                    "J0000023: Job cancelled by user.", ENDED.format(tid)]
+                                    SHUTDOWN_CANCEL, "J0000023: Job cancelled by user.",
+                                    ENDED.format(tid)]
     await session.close()
     await server.wait_closed()
     with pytest.raises(OSError):
@@ -547,7 +575,8 @@ async def test_shutdown_of_a_memory_store_ends_a_job_suspended_in_the_queue(make
     assert await session.rest() == [f"J0000100: Machine name: {MACHINE}",
                                     "J0000130: Job suspended.",
                                     "J0000190: Server stopping: running jobs have 0.2 s to finish",
-                                    "J0000023: Job cancelled by user.", ENDED.format(tid)]
+                                    SHUTDOWN_CANCEL, "J0000023: Job cancelled by user.",
+                                    ENDED.format(tid)]
     await session.close()
 
 

@@ -168,7 +168,7 @@ def test_a_controller_that_does_not_start_in_time_leaves_nothing_running(tmp_pat
         controller.start(timeout_s=0.05)
     assert controller_threads() == []
     with pytest.raises(RuntimeError, match="not started"):
-        controller.port
+        _ = controller.port
     # Nothing is left half started: the same controller starts when given the time.
     with controller:
         assert (controller.run_coroutine(exchange(controller.port, submit("slow-import")))

@@ -9,12 +9,11 @@ that holds up a real user's login runs from 150 addresses by default and from
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
 from collections.abc import Iterable
-
-import pytest
 
 import jobmonitor.server.auth as auth_module
 from jobmonitor.wire.codes import Reply
@@ -49,7 +48,7 @@ class Spray:
         self.started = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def __aenter__(self) -> "Spray":
+    async def __aenter__(self) -> Spray:
         need_fds(2 * len(self.sources) + 256)
         self.started = time.monotonic()
         self._tasks = [asyncio.create_task(self._guess_from(source)) for source in self.sources]
@@ -82,10 +81,9 @@ class Spray:
             self.replies.append((lines[0], time.monotonic() - self.started))
             self.answered.set()
             if lines[0].startswith(BUSY):
-                try:  # a client that retries, though not in a tight loop
+                # A client that retries, though not in a tight loop.
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopped.wait(), 0.2)
-                except asyncio.TimeoutError:
-                    pass
 
 
 async def timed_login(port: int, source: str = "127.0.0.1") -> tuple[str, float]:
@@ -151,10 +149,8 @@ async def test_guesses_at_one_user_from_many_addresses_are_paced(make_server):
     duration_s = 3.0
     sources = addresses(100, 40)
     async with Spray(server.port, sources, job_packet("ann", "wrong"), guesses=1000) as spray:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(spray.stopped.wait(), duration_s)
-        except asyncio.TimeoutError:
-            pass
         spray.stopped.set()
     checked = [at for line, at in spray.replies if line == WRONG and at < duration_s]
     print(f"\n100 addresses guessing at ann: {len(checked) / duration_s:.1f} guesses/s")

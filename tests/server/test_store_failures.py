@@ -16,10 +16,11 @@ import time
 import pytest
 
 from jobmonitor.engine import runner as runner_module
+from jobmonitor.store import batching
 from jobmonitor.store.sqlite import store as sqlite_store
 
-from ..support import jobs
 from ..conftest import MACHINE, release
+from ..support import jobs
 from ..support.helpers import Session, exchange, submit, xml_packet
 from .test_durable import field, status, tid_of
 
@@ -31,7 +32,7 @@ REFUSED = "R0005011: Server busy: store unavailable: database is locked"
 @pytest.fixture(autouse=True)
 def _short_timeouts(monkeypatch) -> None:
     monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_S", BUSY_TIMEOUT_S)
-    monkeypatch.setattr(sqlite_store, "RETRY_DELAY_S", RETRY_DELAY_S)
+    monkeypatch.setattr(batching, "RETRY_DELAY_S", RETRY_DELAY_S)
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ class Lock:
     def __init__(self, path: str) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, timeout=10)
 
-    def __enter__(self) -> "Lock":
+    def __enter__(self) -> Lock:
         self._db.execute("BEGIN IMMEDIATE")
         return self
 
@@ -64,7 +65,7 @@ async def silent(session: Session, seconds: float) -> bool:
     """True when nothing arrives on the session for ``seconds``."""
     try:
         data = await asyncio.wait_for(session.reader.read(1), seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return True
     raise AssertionError(f"{data!r} arrived")
 
@@ -99,13 +100,14 @@ async def test_lines_of_a_failed_commit_are_stored_by_the_next_and_sent_only_the
                         "J0000100: step 2 done", "J0000020: Job completed successfully.",
                         "J0000001: Transaction T0000001 ended"]
     blocks = stored_lines(db_path, 1)
-    assert [first for first, _ in blocks] == [1] + [first + count for first, count in blocks][:-1]
+    assert [first for first, _ in blocks] == [1, *[first + count for first, count in blocks][:-1]]
     assert sum(count for _, count in blocks) == 7
 
     server.close()
     await server.wait_closed()
     again = await make_server(store=url)
-    replay = await exchange(again.port, xml_packet("MonitorJob", {"_sys_TransactionID": "T0000001"}))
+    replay = await exchange(again.port,
+                            xml_packet("MonitorJob", {"_sys_TransactionID": "T0000001"}))
     assert replay == seen
     from_line_4 = await exchange(again.port, xml_packet(
         "MonitorJob", {"_sys_TransactionID": "T0000001", "_sys_FromLine": "4"}))
@@ -139,7 +141,8 @@ async def test_a_refused_submit_leaves_no_job_behind(make_server, db_path):
     assert await exchange(server.port, xml_packet("ListJobs")) == ["R0000000: 0 jobs"]
     assert (await exchange(server.port, status("T0000001")))[0].startswith("R0005009")
     again = await exchange(server.port, submit("echo", _sys_JobToken="order-1"))
-    assert again[0] == "R0000000: T0000002" and again[-2] == "J0000020: Job completed successfully."
+    assert again[0] == "R0000000: T0000002"
+    assert again[-2] == "J0000020: Job completed successfully."
     server.close()
     await server.wait_closed()
     restarted = await make_server(store=url)

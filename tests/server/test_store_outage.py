@@ -16,7 +16,7 @@ import logging
 
 import pytest
 
-from jobmonitor.store.sqlite import store as sqlite_store
+from jobmonitor.store import batching
 
 from ..support.helpers import exchange, submit, xml_packet
 from .test_durable import field, status, tid_of
@@ -31,7 +31,7 @@ EPISODE_RECORDS = 2
 
 @pytest.fixture(autouse=True)
 def _quick_retries(monkeypatch) -> None:
-    monkeypatch.setattr(sqlite_store, "RETRY_DELAY_S", RETRY_DELAY_S)
+    monkeypatch.setattr(batching, "RETRY_DELAY_S", RETRY_DELAY_S)
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ async def test_after_the_disk_has_room_again_submits_succeed_and_the_end_is_logg
 
 async def test_each_episode_of_a_full_disk_is_logged_once(server, caplog):
     caplog.set_level(logging.INFO, logger="jobmonitor")
-    for episode in range(2):
+    for _episode in range(2):
         await set_disk_full(server, True)
         for _ in range(3):
             assert await exchange(server.port, large_submit()) == [FULL]

@@ -19,7 +19,8 @@ def xml_packet(command: str, variables: dict[str, str] | None = None,
     body = section("job_variables", variables or {})
     if doc_variables is not None:
         body += section("doc_variables", doc_variables)
-    return f'<?xml version="1.0"?>\n<job_command name={quoteattr(command)}>{body}</job_command>\n'.encode()
+    return (f'<?xml version="1.0"?>\n<job_command name={quoteattr(command)}>{body}'
+            '</job_command>\n').encode()
 
 
 def submit(project: str, monitor: bool = True, **variables: str) -> bytes:
@@ -65,7 +66,7 @@ class Session:
         self.reader, self.writer = reader, writer
 
     @classmethod
-    async def open(cls, port: int, data: bytes, host: str = "127.0.0.1") -> "Session":
+    async def open(cls, port: int, data: bytes, host: str = "127.0.0.1") -> Session:
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(data)
         return cls(reader, writer)

@@ -120,7 +120,8 @@ def mis_encoded(draw: st.DrawFn) -> bytes:
     encoding, sample = draw(st.sampled_from([
         ("x-no-such", "caf\u00e9"), ("cp500", "abc"), ("base64", "abc"), ("rot13", "abc"),
         ("utf-8", "caf\u00e9".encode("latin-1").decode("latin-1")), ("ascii", "\u00e9"),
-        ("utf-7", "abc"), ("a" * 300, "x")]))
+        ("utf-7", "abc"), ("a" * 300, "x"), ("raw_unicode_escape", "\\u003cx/\\u003e"),
+        ("mac_roman", "abc")]))
     text = (f'<?xml version="1.0" encoding="{encoding}"?><job_command name="SubmitJob">'
             f'<job_variables><var name="ProjectName">{sample}</var></job_variables>'
             "</job_command>")

@@ -177,7 +177,7 @@ async def history(job: Job) -> None:
     import datetime as dt
 
     job.stage("evaluation", "start")
-    job.estimate(dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc))
+    job.estimate(dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
     job.add_output("report", "file:///out/report.pdf", "application/pdf")
     job.add_output("log", "file:///out/job.log")
     job.stage("evaluation", "complete", info="3 records")

@@ -14,8 +14,8 @@ PUBLIC = {
     "__version__",
     "JobMonitor", "Controller", "Server", "Config",
     "Job", "JobState", "Outcome", "Reply", "Status",
-    "JobMonitorError", "ConfigError", "JobFailed", "RequestError", "PacketError", "StoreUnavailable",
-    "ReplyError", "ProtocolError",
+    "JobMonitorError", "ConfigError", "JobFailed", "RequestError", "PacketError",
+    "StoreUnavailable", "ReplyError", "ProtocolError",
 }
 
 

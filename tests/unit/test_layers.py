@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("errors", ("jobmonitor.errors",)),
     ("wire", ("jobmonitor.wire",)),
     ("client", ("jobmonitor.client",)),
-    ("settings", ("jobmonitor.users", "jobmonitor.config")),
+    ("settings", ("jobmonitor.users", "jobmonitor.queueing", "jobmonitor.config")),
     ("store", ("jobmonitor.store",)),
     ("engine", ("jobmonitor.engine",)),
     ("programs", ("jobmonitor.programs",)),
@@ -105,9 +105,9 @@ def layer_of(name: str) -> int | None:
     best: tuple[int, int] | None = None
     for index, (_, entries) in enumerate(LAYERS):
         for entry in entries:
-            if name == entry or (entry not in EXACT and name.startswith(entry + ".")):
-                if best is None or len(entry) > best[0]:
-                    best = (len(entry), index)
+            covers = name == entry or (entry not in EXACT and name.startswith(entry + "."))
+            if covers and (best is None or len(entry) > best[0]):
+                best = (len(entry), index)
     return None if best is None else best[1]
 
 

@@ -17,9 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jobmonitor.wire.packet
-from jobmonitor.wire.codes import Reply
 from jobmonitor.errors import PacketError
+from jobmonitor.wire.codes import Reply
 from jobmonitor.wire.packet import Packet, PacketParser, build_packet
+from jobmonitor.wire.packet_encoding import ENCODINGS
 from jobmonitor.wire.packet_shape import PacketWithValueAttributes
 
 PAGEFLEX = "http://www.pageflex.com/schemas"
@@ -259,7 +260,8 @@ def test_a_value_attribute_is_not_the_value_but_is_kept_for_a_hint(
     assert packet.value_hint("ProjectName") == hint
     assert packet.value_hint("Blank") == hint.replace("ProjectName", "Blank").replace(
         "Sample Project.pf", "x")
-    assert packet.value_hint("ProjectName", quote=False) == hint.replace("Sample Project.pf", "...")
+    unquoted = hint.replace("Sample Project.pf", "...")
+    assert packet.value_hint("ProjectName", quote=False) == unquoted
     # No hint where the value is the text, the attribute is blank or there is none.
     for name in ("JobName", "Empty", "plain", "d", "absent"):
         assert packet.value_hint(name) == "", name
@@ -367,8 +369,8 @@ def test_declared_encoding(
 
 def test_declared_encoding_in_the_broken_declaration(feed: Callable[[bytes], Packet]) -> None:
     data = packet_text(
-        '<var name="v">\u00e9t\u00e9</var>', declaration="<?xml version='1.0' encoding='latin-1'>\n"
-    )
+        '<var name="v">\u00e9t\u00e9</var>',
+        declaration="<?xml version='1.0' encoding='latin-1'>\n")
     assert feed(data.encode("latin-1")).variables == {"v": "\u00e9t\u00e9"}
 
 
@@ -416,7 +418,8 @@ MALFORMED = [
     (
         "tag mismatch",
         packet_text('<var name="a">1</job_variables>'),
-        "not well-formed XML: Opening and ending tag mismatch: var line 2 and job_variables, line 2",
+        "not well-formed XML: Opening and ending tag mismatch: var line 2 and job_variables, "
+        "line 2",
     ),
     (
         "text before the root",
@@ -505,7 +508,8 @@ MALFORMED = [
         packet_text('<var name="a">\x1b[31m</var>'),
         "character U+001B is not allowed in XML",
     ),
-    ("U+FFFE", packet_text('<var name="a">\ufffe</var>'), "character U+FFFE is not allowed in XML"),
+    ("U+FFFE", packet_text('<var name="a">\ufffe</var>'),
+     "character U+FFFE is not allowed in XML"),
     (
         "NUL reference",
         packet_text('<var name="a">&#0;</var>'),
@@ -599,6 +603,11 @@ def test_ten_thousand_deep_nesting_fails_fast_at_the_first_extra_level() -> None
             '<?xml version="1.0" encoding="idna"?>',
             'encoding "idna" is not ASCII-compatible, but the XML declaration is ASCII',
         ),
+        # ASCII-compatible, but not in the list of plain text encodings
+        ('<?xml version="1.0" encoding="raw_unicode_escape"?>',
+         'encoding "raw_unicode_escape" is not supported'),
+        ('<?xml version="1.0" encoding="mac_roman"?>', 'encoding "mac_roman" is not supported'),
+        ('<?xml version="1.0" encoding="UTF-8-SIG"?>', 'encoding "UTF-8-SIG" is not supported'),
     ],
 )
 def test_unsupported_declared_encoding(
@@ -607,6 +616,58 @@ def test_unsupported_declared_encoding(
     error = refuse(packet_text("", declaration=declaration).encode())
     assert (error.code, error.detail) == (Reply.UNSUPPORTED_ENCODING, detail)
     assert_clean(error.detail)
+
+
+def test_markup_cannot_hide_behind_an_escape_codec(
+    refuse: Callable[[bytes], PacketError],
+) -> None:
+    # raw_unicode_escape would read \u003c as "<": a packet with no markup in its bytes
+    data = (b'<?xml version="1.0" encoding="raw_unicode_escape"?>'
+            b'\\u003cjob_command name="SubmitJob"/\\u003e')
+    error = refuse(data)
+    assert (error.code, error.detail) == (
+        Reply.UNSUPPORTED_ENCODING, 'encoding "raw_unicode_escape" is not supported')
+
+
+@pytest.mark.parametrize("codec", sorted(ENCODINGS))
+def test_every_listed_encoding_is_read(feed: Callable[[bytes], Packet], codec: str) -> None:
+    value = next(char for char in "\u00e9\u0436\u20ac\u65e5\ud55c\u0e01\u00c5" + "x"
+                  if _encodes(char, codec))
+    data = packet_text(f'<var name="v">{value}</var>',
+                       declaration=f'<?xml version="1.0" encoding="{codec}"?>').encode(codec)
+    assert feed(data).variables == {"v": value}
+
+
+def _encodes(char: str, codec: str) -> bool:
+    try:
+        return char.encode(codec).decode(codec) == char
+    except UnicodeError:
+        return False
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_an_unlisted_label_on_utf16_bytes(refuse: Callable[[bytes], PacketError],
+                                          codec: str) -> None:
+    error = refuse(packet_text(
+        "", declaration='<?xml version="1.0" encoding="raw_unicode_escape"?>').encode(codec))
+    assert (error.code, error.detail) == (
+        Reply.UNSUPPORTED_ENCODING, 'encoding "raw_unicode_escape" is not supported')
+
+
+@pytest.mark.parametrize("declaration, repeated", [
+    ('<?xml version="1.0" encoding="utf-8" encoding="raw_unicode_escape"?>', "encoding"),
+    ("<?xml version='1.0' encoding='latin-1' encoding='latin-1'>", "encoding"),
+    ('<?xml version="1.0" version="1.1"?>', "version"),
+    ('<?xml version="1.0" standalone="yes" encoding="utf-8" standalone="no"?>', "standalone"),
+])
+def test_a_declaration_names_each_attribute_once(
+    refuse: Callable[[bytes], PacketError], declaration: str, repeated: str
+) -> None:
+    data = packet_text('<var name="v">1</var>', declaration=declaration).encode()
+    error = refuse(data)
+    assert (error.code, error.detail) == (
+        Reply.MALFORMED_PACKET, f"the XML declaration has two {repeated} attributes")
+    assert jobmonitor.wire.packet._parse_simple(data) is None
 
 
 @pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
@@ -677,18 +738,19 @@ BILLION_LAUGHS = b"""<?xml version="1.0"?>
   <!ENTITY lol8 "&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;">
   <!ENTITY lol9 "&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;">
 ]>
-<job_command name="SubmitJob"><job_variables><var name="a">&lol9;</var></job_variables></job_command>"""
+<job_command name="SubmitJob"><job_variables><var name="a">&lol9;</var></job_variables></job_command>"""  # noqa: E501 - one packet line
 
 EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
 <!DOCTYPE job_command [<!ENTITY secret SYSTEM "file:///etc/passwd">]>
-<job_command name="SubmitJob"><job_variables><var name="a">&secret;</var></job_variables></job_command>"""
+<job_command name="SubmitJob"><job_variables><var name="a">&secret;</var></job_variables></job_command>"""  # noqa: E501 - one packet line
 
 DOCTYPES = {
     "billion laughs": BILLION_LAUGHS,
     "external entity": EXTERNAL_ENTITY,
     "external DTD": b'<!DOCTYPE job_command SYSTEM "http://127.0.0.1:9/x.dtd"><job_command/>',
     "after comment and PI": (
-        b'<?xml version="1.0">\n<!-- hi --><?pf_command version="1.0"?>\n<!DOCTYPE x><job_command/>'
+        b'<?xml version="1.0">\n<!-- hi --><?pf_command version="1.0"?>\n'
+        b'<!DOCTYPE x><job_command/>'
     ),
     "lower case": b'<!doctype job_command><job_command name="X"/>',
     "utf-16": '<!DOCTYPE job_command><job_command name="X"/>'.encode("utf-16"),

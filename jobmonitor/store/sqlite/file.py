@@ -33,7 +33,7 @@ import sqlite3
 from pathlib import Path
 
 from ...errors import ConfigError
-from .rows import last_number, transaction_id_of, undecodable_jobs
+from .rows import last_number, transaction_id_of, undecodable_jobs, upgrade_schema
 
 __all__ = ["DatabaseFile", "NumberMark", "NUMBER_BLOCK", "STORE_DAMAGED", "open_error",
            "reclaim_space", "quick_check"]
@@ -41,7 +41,7 @@ __all__ = ["DatabaseFile", "NumberMark", "NUMBER_BLOCK", "STORE_DAMAGED", "open_
 try:
     import fcntl
 except ImportError:  # not on this platform: no lock
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # a module or None: checked before each use
 
 log = logging.getLogger("jobmonitor.store")
 
@@ -177,7 +177,10 @@ class DatabaseFile:
 
     def _problems(self, db: sqlite3.Connection) -> list[str]:
         try:
-            problems = quick_check(db) or undecodable_jobs(db)
+            problems = quick_check(db)
+            if not problems:
+                upgrade_schema(db)  # (what the next start would do: the jobs decode with it)
+                problems = undecodable_jobs(db)
             stored = last_number(db)
         except sqlite3.DatabaseError as exc:  # damage that stops the check itself
             return [f"the check stopped: {exc}"]
@@ -278,12 +281,12 @@ def open_error(path: str, exc: sqlite3.Error) -> ConfigError:
 def reclaim_space(db: sqlite3.Connection) -> int:
     """Give the database's free pages back to the file system, if there are many;
     return how many bytes were freed (0 when it was not worth it)."""
-    page_size = db.execute("PRAGMA page_size").fetchone()[0]
-    free = db.execute("PRAGMA freelist_count").fetchone()[0]
-    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    page_size = _pragma_number(db, "page_size")
+    free = _pragma_number(db, "freelist_count")
+    pages = _pragma_number(db, "page_count")
     if free * page_size < RECLAIM_MIN_BYTES or free * RECLAIM_FRACTION < pages:
         return 0
-    if db.execute("PRAGMA auto_vacuum").fetchone()[0] == 0:  # made before: switch it over
+    if _pragma_number(db, "auto_vacuum") == 0:  # made before: switch it over
         log.info("rebuilding the database once to give back %d MB (VACUUM); later "
                  "purges free their space as they go", free * page_size >> 20)
         db.execute("PRAGMA auto_vacuum=INCREMENTAL")
@@ -293,7 +296,13 @@ def reclaim_space(db: sqlite3.Connection) -> int:
         db.executescript("PRAGMA incremental_vacuum")
     # The file shrinks when the log is written back into it.
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-    return (pages - db.execute("PRAGMA page_count").fetchone()[0]) * page_size
+    return (pages - _pragma_number(db, "page_count")) * page_size
+
+
+def _pragma_number(db: sqlite3.Connection, name: str) -> int:
+    """The number an SQLite pragma ``name`` (one of ours, never a peer's) reads."""
+    number: int = db.execute(f"PRAGMA {name}").fetchone()[0]
+    return number
 
 
 def quick_check(db: sqlite3.Connection) -> list[str]:

@@ -11,8 +11,10 @@ Tables: ``jobs`` (one row per job); ``line_blocks`` (a job's J lines, numbered
 from 1, kept as runs of consecutive lines: the row for lines 101..350 holds
 their bytes joined, which costs one row per job per commit instead of one per
 line; every line ends with CRLF and has none inside, so a block splits back
-exactly); ``history``, ``outputs``; and ``meta`` (the last transaction number,
-written when jobs are deleted, so numbers are never reused).
+exactly); ``history``, ``outputs``; ``meta`` (the last transaction number,
+written when jobs are deleted, so numbers are never reused); and
+``schedule_marks`` (per recurring schedule, the last due time a job was made
+for: written in the commit that stores that job, so a restart makes no job twice).
 
 A job row read back is checked as it is decoded (every column of its type, the
 parameters a JSON object of strings, text valid UTF-8): a row damaged on disk
@@ -32,15 +34,17 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from ...wire.records import HistoryEvent, JobRecord, Output
+from ...wire.records import HistoryEvent, JobRecord, Output, parse_transaction_id
 from ...wire.states import JobState, Outcome
 from ..base import TaskEvent
 
 __all__ = ["SCHEMA", "JOB_COLUMNS", "UNFINISHED", "FINAL", "MAX_VARIABLES", "STATEMENT_CACHE",
            "UPDATE_HEAD", "UPDATE_GROUP", "UPDATE_TAIL", "transaction", "insert_rows", "shaped",
            "last_number", "transaction_id_of", "number_of", "job_row", "job_update",
-           "job_record", "encode_json", "select_records", "recent_events", "find_token",
-           "read_lines", "finished_before_numbers", "delete_numbers", "undecodable_jobs"]
+           "job_record", "encode_json", "select_records", "list_page", "recent_events",
+           "find_token", "read_lines", "finished_before_numbers", "delete_numbers",
+           "undecodable_jobs", "ADDED_COLUMNS", "SCHEDULE_MARK_HEAD",
+           "SCHEDULE_MARK_TAIL", "upgrade_schema", "schedule_marks_of", "stored_schedule_marks"]
 
 T = TypeVar("T")
 
@@ -55,7 +59,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     progress_total INTEGER NOT NULL, progress_message TEXT NOT NULL,
     status_message TEXT NOT NULL, worker TEXT NOT NULL, created REAL NOT NULL,
     started REAL, updated REAL NOT NULL, completed REAL, estimated REAL,
-    line_count INTEGER NOT NULL);
+    line_count INTEGER NOT NULL, queue TEXT NOT NULL DEFAULT 'default',
+    priority INTEGER NOT NULL DEFAULT 5, run_at REAL, schedule TEXT);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_token ON jobs (identity, job_token)
     WHERE job_token IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
@@ -69,10 +74,21 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE TABLE IF NOT EXISTS outputs (
     number INTEGER NOT NULL, seq INTEGER NOT NULL, name TEXT NOT NULL,
     uri TEXT NOT NULL, media_type TEXT, PRIMARY KEY (number, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS schedule_marks (name TEXT PRIMARY KEY, last_due REAL NOT NULL);
 """
+#: The job columns added by later versions, each with its definition: a database
+#: made before them gets them at open (``upgrade_schema``).
+ADDED_COLUMNS = (("queue", "TEXT NOT NULL DEFAULT 'default'"),
+                 ("priority", "INTEGER NOT NULL DEFAULT 5"), ("run_at", "REAL"),
+                 ("schedule", "TEXT"))
+#: A schedule's mark moves only forward: the last due time it made a job for.
+SCHEDULE_MARK_HEAD = "INSERT INTO schedule_marks (name, last_due)"
+SCHEDULE_MARK_TAIL = (" ON CONFLICT (name) DO UPDATE SET "
+                      "last_due = max(last_due, excluded.last_due)")
 JOB_COLUMNS = ("number, project, params, doc_variables, identity, job_token, status, outcome, "
                 "progress_done, progress_total, progress_message, status_message, worker, "
-                "created, started, updated, completed, estimated, line_count")
+                "created, started, updated, completed, estimated, line_count, queue, priority, "
+                "run_at, schedule")
 UNFINISHED = tuple(s.value for s in JobState if not s.is_final)
 FINAL = frozenset(s.value for s in JobState if s.is_final)
 #: Most parameters in one statement: SQLite's limit before 3.32, and it keeps each
@@ -97,7 +113,8 @@ _OPTIONAL_TIME = (float, int, type(None))
 #: but SQLite keeps whatever it is given).
 _COLUMN_TYPES: tuple[Any, ...] = (
     int, _TEXT, _TEXT, _TEXT, _TEXT, _OPTIONAL_TEXT, _TEXT, _OPTIONAL_TEXT, int, int, _TEXT,
-    _TEXT, _TEXT, _TIME, _OPTIONAL_TIME, _TIME, _OPTIONAL_TIME, _OPTIONAL_TIME, int)
+    _TEXT, _TEXT, _TIME, _OPTIONAL_TIME, _TIME, _OPTIONAL_TIME, _OPTIONAL_TIME, int, _TEXT,
+    int, _OPTIONAL_TIME, _OPTIONAL_TEXT)
 _COLUMN_NAMES = tuple(JOB_COLUMNS.split(", "))
 _HISTORY_COLUMNS = "stage, status, timestamp, date, info"
 _HISTORY_TYPES: tuple[Any, ...] = (_TEXT, _TEXT, _TIME, _OPTIONAL_TIME, _OPTIONAL_TEXT)
@@ -184,12 +201,33 @@ def last_number(db: sqlite3.Connection) -> int:
     return max(int(stored[0]) if stored else 0, highest)
 
 
+def upgrade_schema(db: sqlite3.Connection) -> None:
+    """Add the job columns a database made by an earlier version lacks."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    for name, definition in ADDED_COLUMNS:
+        if name not in present:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
+
+
+def schedule_marks_of(rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, float]]:
+    """The schedule marks new job rows carry: (schedule, due time) of each job a
+    schedule made, written in the commit that stores the job."""
+    return [(row[-1], row[-2]) for row in rows if row[-1] is not None and row[-2] is not None]
+
+
+def stored_schedule_marks(db: sqlite3.Connection) -> dict[str, float]:
+    """Each schedule's last due time that a job was made for."""
+    return {name: last for name, last in db.execute("SELECT name, last_due FROM schedule_marks")
+            if isinstance(name, str) and isinstance(last, (int, float))}
+
+
 def transaction_id_of(number: int) -> str:
     return f"T{number:07d}"
 
 
 def number_of(transaction_id: str) -> int | None:
-    if len(transaction_id) == 8 and transaction_id[0] == "T" and transaction_id[1:].isdigit():
+    """The number of a transaction ID as the engine spells it ("T0000042"), or None."""
+    if transaction_id[:1] == "T" and parse_transaction_id(transaction_id) == transaction_id:
         return int(transaction_id[1:])
     return None
 
@@ -199,7 +237,8 @@ def job_row(r: JobRecord, number: int, line_count: int) -> tuple[Any, ...]:
             encode_json(r.doc_variables) if r.doc_variables else "{}", r.identity, r.job_token,
             r.status._value_, r.outcome._value_ if r.outcome is not None else None,
             r.progress_done, r.progress_total, r.progress_message, r.status_message, r.worker,
-            r.created, r.started, r.updated, r.completed, r.estimated, line_count)
+            r.created, r.started, r.updated, r.completed, r.estimated, line_count, r.queue,
+            r.priority, r.run_at, r.schedule)
 
 
 def job_update(r: JobRecord, number: int, line_count: int) -> tuple[Any, ...]:
@@ -239,21 +278,25 @@ def job_record(row: tuple[Any, ...]) -> JobRecord:
         _refuse(row, _COLUMN_TYPES, _COLUMN_NAMES)
     (number, project, params, doc_variables, identity, job_token, status, outcome, done, total,
      progress_message, status_message, worker, created, started, updated, completed, estimated,
-     line_count) = row
+     line_count, queue, priority, run_at, schedule) = row
+    # (A listing makes a thousand of these at a time: the usual empty doc
+    # variables are not decoded.)
     return JobRecord(
-        transaction_id=transaction_id_of(number), project=project,
+        transaction_id=f"T{number:07d}", project=project,
         params=_string_map(params, "params"),
-        doc_variables=_string_map(doc_variables, "doc_variables"), identity=identity,
-        job_token=job_token, status=JobState(status),
+        doc_variables=(_string_map(doc_variables, "doc_variables")
+                       if doc_variables != "{}" else {}),
+        identity=identity, job_token=job_token, status=JobState(status),
         outcome=Outcome(outcome) if outcome else None,
         progress_done=done, progress_total=total, progress_message=progress_message,
         status_message=status_message, worker=worker, created=created, started=started,
-        updated=updated, completed=completed, estimated=estimated, line_count=line_count)
+        updated=updated, completed=completed, estimated=estimated, line_count=line_count,
+        queue=queue, priority=priority, run_at=run_at, schedule=schedule)
 
 
 def _refuse(row: tuple[Any, ...], types: tuple[Any, ...], names: Sequence[str]) -> None:
     """Raise a ValueError that names the first value of ``row`` not of its type."""
-    for name, value, kind in zip(names, row, types):
+    for name, value, kind in zip(names, row, types, strict=True):
         if not isinstance(value, kind):
             what = "text that is not UTF-8" if type(value) is bytes else type(value).__name__
             raise ValueError(f"{name} holds {what}")
@@ -307,11 +350,7 @@ def select_records(db: sqlite3.Connection, where: str, args: Sequence[Any],
         try:
             records.append(_whole_record(db, row))
         except ValueError as exc:
-            if reported is None or row[0] not in reported:
-                log.error("job %s is damaged in the database and left out: %s",
-                          transaction_id_of(row[0]), exc)
-                if reported is not None:
-                    reported.add(row[0])
+            _report_damage(row[0], exc, reported)
     return records
 
 
@@ -345,6 +384,49 @@ def undecodable_jobs(db: sqlite3.Connection) -> list[str]:
         except ValueError as exc:
             found.append(f"job {transaction_id_of(row[0])} does not decode: {exc}")
     return found
+
+
+def list_page(db: sqlite3.Connection, identity: str | None, after: int, limit: int,
+              reported: set[int] | None = None) -> list[JobRecord]:
+    """Up to ``limit`` jobs numbered above ``after`` (only ``identity``'s, if given),
+    in number order, with their outputs but not their history: a page of a listing.
+    A job that does not decode is logged (once, as ``select_records`` does) and
+    left out; the page may then hold fewer than ``limit``, and the caller's
+    cursor still moves past it.
+
+    Keyset paging: each page starts where the last one ended, by the primary key,
+    so a page costs the same wherever it is; the caller holds a read transaction,
+    so the outputs read match the jobs.
+    """
+    where = "number > ?"
+    args: list[Any] = [after]
+    if identity is not None:
+        where += " AND identity = ?"
+        args.append(identity)
+    page = f"FROM jobs WHERE {where} ORDER BY number LIMIT ?"
+    records = []
+    for row in _fetch(db, f"SELECT {JOB_COLUMNS} {page}", (*args, limit)):
+        try:
+            records.append(job_record(row))
+        except ValueError as exc:
+            _report_damage(row[0], exc, reported)
+    if records:
+        by_number = {record.number: record for record in records}
+        for number, *output in _fetch(
+                db, f"SELECT number, name, uri, media_type FROM outputs WHERE number IN "
+                    f"(SELECT number {page}) ORDER BY number, seq", (*args, limit)):
+            record = by_number.get(number)
+            if record is not None and all(map(isinstance, output, _OUTPUT_TYPES)):
+                record.outputs.append(Output(*output))
+    return records
+
+
+def _report_damage(number: int, exc: ValueError, reported: set[int] | None) -> None:
+    if reported is None or number not in reported:
+        log.error("job %s is damaged in the database and left out: %s",
+                  transaction_id_of(number), exc)
+        if reported is not None:
+            reported.add(number)
 
 
 def recent_events(db: sqlite3.Connection, limit: int) -> list[TaskEvent]:
