@@ -363,11 +363,13 @@ class Endpoint:
                        reply_timeout_s=reply_timeout_s)
 
     def client(self) -> Client:
-        """The asyncio client, for the commands that follow a stream."""
+        """The asyncio client, for the commands that follow a stream.  One connection
+        per packet, as the protocol's original format has it: a CLI command sends
+        one or two packets, and a kept connection would gain nothing."""
         from ..client.api import Client
 
         return Client(self.host, self.port, user=self._user, password=self._password,
-                      tls=self._tls)
+                      tls=self._tls, keep_open=False)
 
 
 def _endpoint(args: argparse.Namespace) -> Endpoint:

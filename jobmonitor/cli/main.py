@@ -1,10 +1,12 @@
 """The ``jobmonitor`` command.  It only builds settings and calls the library.
 
 ``jobmonitor serve`` takes one option per ``Config`` field, generated from the
-dataclass so the option list lives in one place, and ``--config FILE`` (a TOML
-file of the same settings plus program projects; flags override it).  The
-client commands (submit, watch, status, ...) live in ``client_commands``.  Only
-the CLI modules print, exit, or install signal handlers.
+dataclass so the option list lives in one place, ``--config FILE`` (a TOML
+file of the same settings plus program projects; flags override it), and
+``--loop`` (the process's event loop: uvloop by default, which only the CLI
+picks; the library runs on the loop it is given).  The client commands (submit,
+watch, status, ...) live in ``client_commands``.  Only the CLI modules print,
+exit, or install signal handlers.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ HURRIED_EXIT_S = 1.0
 GC_YOUNG_THRESHOLD = 50_000
 
 _TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "str | None": str}
+#: The event loops ``serve`` runs on (``--loop``).
+LOOPS = ("uvloop", "asyncio")
 
 
 def build_parser(*, serve_options: bool = True) -> argparse.ArgumentParser:
@@ -73,6 +77,9 @@ def build_parser(*, serve_options: bool = True) -> argparse.ArgumentParser:
                                 description="Run the jobmonitor server until SIGINT/SIGTERM.")
     serve.add_argument("--config", metavar="FILE",
                        help="TOML file of settings and program projects (flags override it)")
+    serve.add_argument("--loop", choices=LOOPS,
+                       help="the event loop: uvloop (the default, where it is installed) "
+                            "or asyncio")
     serve.add_argument("--check-store", action="store_true",
                        help="check the store's database (SQLite's quick_check, every job "
                             "row) instead of serving; exit 0 if sound, 1 if not")
@@ -157,6 +164,7 @@ def _serve(args: argparse.Namespace) -> int:
     setup_logging(config.log_level, config.log_format)
     if args.check_store:
         return _check_store(config)
+    runner, loop_name = _runner(args.loop)  # (first: a missing uvloop is said first)
     # `--jobs mymodule:app` finds mymodule.py in the working folder, as it does
     # under `python -m jobmonitor` (which puts that folder first on the path).
     if os.getcwd() not in sys.path and "" not in sys.path:
@@ -167,8 +175,8 @@ def _serve(args: argparse.Namespace) -> int:
     server.on_reload = _reloaded
     if not server.handler_names():
         log.warning("no jobs loaded: every SubmitJob will be refused (use --jobs)")
-    with _runner() as runner:
-        runner.run(_serve_until_signal(server))
+    with runner:
+        runner.run(_serve_until_signal(server, loop_name))
     _exit_if_stuck(server)
     return 0
 
@@ -223,17 +231,30 @@ def _check_store(config: Config) -> int:
     return 1
 
 
-def _runner() -> asyncio.Runner:
+def _runner(loop: str | None) -> tuple[asyncio.Runner, str]:
+    """The runner of ``serve``'s event loop, and what to call that loop in the log:
+    uvloop unless ``--loop asyncio`` (or uvloop is not installed, as on Windows,
+    when no loop was asked for).
+
+    Raises:
+        ConfigError: ``--loop uvloop`` without uvloop.
+    """
     import asyncio
 
+    if loop == "asyncio":
+        return asyncio.Runner(), "asyncio"
     try:
         import uvloop
     except ImportError:
-        return asyncio.Runner()
-    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+        if loop == "uvloop":
+            raise ConfigError("--loop uvloop: uvloop is not installed "
+                              "(pip install uvloop)") from None
+        return asyncio.Runner(), "asyncio (uvloop is not installed)"
+    version = getattr(uvloop, "__version__", "")  # (its stubs do not export it)
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop), f"uvloop {version}".rstrip()
 
 
-async def _serve_until_signal(server: Server) -> None:
+async def _serve_until_signal(server: Server, loop_name: str) -> None:
     # Handlers go in before the server starts: a script that signals us as soon
     # as it sees the ready line must get an orderly stop, not a default death.
     from ..http import start_serving, stop_serving
@@ -241,6 +262,7 @@ async def _serve_until_signal(server: Server) -> None:
     stopper = _Stopper(server)
     stopper.install()
     http = await start_serving(server)  # (and its HTTP listener, with --http-port)
+    log.info("event loop: %s", loop_name)  # (after the start: its errors stay one line)
     _tune_gc()
     _fit_open_file_limit(server.config.max_connections)
     await stopper.stopping.wait()

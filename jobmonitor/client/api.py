@@ -1,8 +1,16 @@
 """The asyncio client: one method per server command, typed results.
 
-Every request opens its own connection (the protocol takes one packet per
-connection), so a ``Client`` is cheap and holds no socket between calls; only
-a ``Transaction`` keeps one open while it follows a job's stream.
+A ``Client`` keeps its connection between calls (``keep_open``): each packet
+carries ``_sys_KeepOpen``, and once its answer is complete (the reply, or a
+stream's ended line) the connection waits, idle, for the next call.  Calls
+made at the same time use connections of their own; a few idle ones are kept.
+A connection the server closed meanwhile (its idle timeout, a restart, a
+server that does not keep connections) is found before a packet is sent on
+it, and a new one is opened.  Should a kept connection break after the packet
+went out, the command is sent again on a new connection only if that is safe
+(``connection.safe_to_resend``) or the server said it read nothing (its idle
+timeout).  With ``keep_open=False`` every request opens its own connection,
+as the protocol's original format has it.
 """
 
 from __future__ import annotations
@@ -15,8 +23,10 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from ..errors import ProtocolError
+from ..errors import ProtocolError, ReplyError
 from ..wire import DEFAULT_PORT
+from ..wire.codes import Reply
+from ..wire.packet_build import build_packet
 from ..wire.variables import (
     AFTER,
     CLIENT_JOB_MONITOR,
@@ -26,6 +36,7 @@ from ..wire.variables import (
     FROM_LINE,
     JOB_NAME,
     JOB_TOKEN,
+    KEEP_OPEN,
     LIMIT,
     PASSWORD,
     PRIORITY,
@@ -36,7 +47,15 @@ from ..wire.variables import (
     USER,
     USER_TOKEN,
 )
-from .connection import Value, close_quietly, open_request, read_reply
+from .connection import (
+    IdleConnections,
+    Value,
+    close_quietly,
+    open_connection,
+    read_reply,
+    safe_to_resend,
+    send_packet,
+)
 from .results import (
     Acknowledged,
     JobInfo,
@@ -61,7 +80,10 @@ from .transaction import Transaction
 
 __all__ = ["Client", "connect"]
 
-_TRANSACTION_ID = re.compile(r"T[0-9]{7}")  # (\d would take any script's digits)
+_TRANSACTION_ID = re.compile("T[0-9]{7}")  # (\d would take any script's digits)
+#: Most idle kept connections a client holds (calls made at the same time open more).
+MAX_IDLE_CONNECTIONS = 4
+_Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class Client:
@@ -81,6 +103,11 @@ class Client:
     the event loop, from inside the transaction's iteration, so it must not
     block, and what it raises comes out of that iteration.
 
+    ``keep_open`` (the default) keeps the connection for the next call
+    (see the module's docstring); close the client (``aclose``, or ``async
+    with``) to close it.  A client that is never closed drops its idle
+    connections when it is garbage-collected.
+
     Every method can raise ``ReplyError`` (an error reply: ``.code`` and
     ``.text``), ``OSError`` (the server cannot be reached: refused, timed out,
     reset) and ``ProtocolError`` (the server's answer is not the protocol).
@@ -91,7 +118,8 @@ class Client:
                  tls: ssl.SSLContext | bool | None = None, user_token: str | None = None,
                  connect_timeout_s: float = 10.0, reply_timeout_s: float = 30.0,
                  reconnect_timeout_s: float = 60.0,
-                 on_reattach: Callable[[Reattach], None] | None = None) -> None:
+                 on_reattach: Callable[[Reattach], None] | None = None,
+                 keep_open: bool = True) -> None:
         self.host = host
         self.port = port
         self.user = user
@@ -102,9 +130,14 @@ class Client:
         self.reply_timeout_s = reply_timeout_s
         self.reconnect_timeout_s = reconnect_timeout_s
         self.on_reattach = on_reattach
+        self.keep_open = keep_open
         #: What ``GetBuildString`` answered, once ``connect()`` has asked.
         self.server_build: str | None = None
         self._transactions: weakref.WeakSet[Transaction] = weakref.WeakSet()
+        self._idle = IdleConnections(MAX_IDLE_CONNECTIONS)
+        #: A kept connection has carried a second packet: the server keeps them.
+        self._keeps_connections = False
+        weakref.finalize(self, self._idle.abandon).atexit = False
 
     def __repr__(self) -> str:
         return f"<Client {self.host}:{self.port}>"
@@ -116,9 +149,12 @@ class Client:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Drop the connections of this client's open transactions (their jobs run on)."""
+        """Close the idle kept connections, and drop the connections of this
+        client's open transactions (their jobs run on).  The client can still be
+        used: a later call opens a new connection."""
         for transaction in list(self._transactions):
             await transaction.aclose()
+        await self._idle.aclose()
 
     # -- the general request ------------------------------------------------------
 
@@ -134,19 +170,107 @@ class Client:
     async def _request(self, command: str, variables: Mapping[str, Value] | None,
                        doc_variables: Mapping[str, Value] | None,
                        reply_timeout_s: float | None) -> list[str]:
-        reader, writer = await self._open(command, variables or {}, doc_variables)
-        try:
-            return await read_reply(reader, reply_timeout_s)
-        finally:
-            await close_quietly(writer)
+        reader, writer, lines = await self._exchange(command, variables or {}, doc_variables,
+                                                     reply_timeout_s)
+        await self._done_with(reader, writer)
+        return lines
 
-    async def _open(self, command: str, variables: Mapping[str, Value],
-                    doc_variables: Mapping[str, Value] | None = None
-                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _exchange(self, command: str, variables: Mapping[str, Value],
+                        doc_variables: Mapping[str, Value] | None,
+                        reply_timeout_s: float | None) -> tuple[asyncio.StreamReader,
+                                                                asyncio.StreamWriter, list[str]]:
+        """Send a packet and read its reply: on an idle kept connection if there is
+        one, else on a new one.  Returns the connection (a monitor's stream follows
+        on it) and the reply; after an error reply the connection is done with.
+
+        Raises:
+            ReplyError, OSError, ProtocolError: see the class.
+        """
+        packet = self._packet(command, variables, doc_variables)
+        safe = safe_to_resend(command, variables)
+        idle = self._idle.take() if self.keep_open else None
+        if idle is not None and not safe and not self._keeps_connections:
+            idle = await self._checked(idle)
+        if idle is not None:
+            try:
+                lines = await self._ask(idle, packet, reply_timeout_s)
+            except ReplyError as exc:
+                if exc.code != Reply.IDLE_TIMEOUT:
+                    self._keeps_connections = True
+                    raise
+                # (the server timed the connection out before our packet came: it
+                # read none of it, so the command goes again whatever it is)
+            except OSError as exc:  # the kept connection broke after we sent
+                if isinstance(exc, TimeoutError) or not safe:
+                    raise
+            else:
+                self._keeps_connections = True
+                return (*idle, lines)
+        connection = await open_connection(self.host, self.port,
+                                           timeout_s=self.connect_timeout_s, tls=self.tls)
+        return (*connection, await self._ask(connection, packet, reply_timeout_s))
+
+    def _packet(self, command: str, variables: Mapping[str, Value],
+                doc_variables: Mapping[str, Value] | None) -> bytes:
         if self.user is not None:
             variables = {**variables, USER: self.user, PASSWORD: self._password}
-        return await open_request(self.host, self.port, command, variables, doc_variables,
-                                  timeout_s=self.connect_timeout_s, tls=self.tls)
+        if self.keep_open:
+            variables = {**variables, KEEP_OPEN: "true"}
+        return build_packet(command, dict(variables),
+                            None if doc_variables is None else dict(doc_variables))
+
+    async def _checked(self, connection: _Connection) -> _Connection | None:
+        """The idle connection if the server answers a harmless command on it, else
+        None.  Asked before a command that must not be sent twice goes out on a
+        kept connection, until the server has shown that it keeps connections: one
+        that does not (an older server) closes each right after its reply, and the
+        close may come just after the reply (then only sending finds it)."""
+        try:
+            await self._ask(connection, self._packet("GetBuildString", {}, None),
+                            self.reply_timeout_s)
+        except ReplyError as exc:
+            if exc.code == Reply.IDLE_TIMEOUT:
+                return None
+        except OSError as exc:
+            if isinstance(exc, TimeoutError):
+                raise
+            return None
+        self._keeps_connections = True
+        return connection
+
+    async def _ask(self, connection: _Connection, packet: bytes,
+                   reply_timeout_s: float | None) -> list[str]:
+        """Send the packet on the connection and read the reply.  An error reply
+        leaves the connection done with; anything else raised closes it."""
+        reader, writer = connection
+        try:
+            await send_packet(writer, packet, timeout_s=self.connect_timeout_s,
+                              half_close=not self.keep_open)
+            return await read_reply(reader, reply_timeout_s)
+        except ReplyError as exc:
+            if exc.code == Reply.IDLE_TIMEOUT:
+                await close_quietly(writer)
+            else:
+                await self._done_with(reader, writer)
+            raise
+        except BaseException:
+            await close_quietly(writer)
+            raise
+
+    async def _done_with(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        """A connection whose answer is complete: kept for the next call, or closed."""
+        if self.keep_open:
+            self._idle.put(reader, writer)
+        else:
+            await close_quietly(writer)
+
+    def _stream_ended(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A transaction read its stream's ended line: its connection is done with."""
+        if self.keep_open:
+            self._idle.put(reader, writer)
+        else:
+            writer.close()
 
     async def _request_json(self, command: str, variables: Mapping[str, Value]) -> object:
         lines = await self.request(command, {**variables, FORMAT: "json"})
@@ -186,14 +310,15 @@ class Client:
             packet[USER_TOKEN] = user_token
         if job_token is not None:
             packet[JOB_TOKEN] = job_token
-        reader, writer = await self._open("SubmitJob", packet, doc_variables)
+        reader, writer, lines = await self._exchange("SubmitJob", packet, doc_variables,
+                                                     self.reply_timeout_s)
         try:
-            transaction_id = _transaction_id(await read_reply(reader, self.reply_timeout_s))
+            transaction_id = _transaction_id(lines)
         except BaseException:
             await close_quietly(writer)
             raise
         if not monitor:
-            await close_quietly(writer)
+            await self._done_with(reader, writer)
             return self._track(Transaction(self, transaction_id))
         return self._track(Transaction(self, transaction_id, reader, writer))
 
@@ -207,14 +332,15 @@ class Client:
         """
         packet = {TRANSACTION_ID: transaction_id,
                   CLIENT_JOB_MONITOR: "true" if monitor else "false"}
-        reader, writer = await self._open("RerunJob", packet)
+        reader, writer, lines = await self._exchange("RerunJob", packet, None,
+                                                     self.reply_timeout_s)
         try:
-            new = _transaction_id(await read_reply(reader, self.reply_timeout_s))
+            new = _transaction_id(lines)
         except BaseException:
             await close_quietly(writer)
             raise
         if not monitor:
-            await close_quietly(writer)
+            await self._done_with(reader, writer)
             return self._track(Transaction(self, new))
         return self._track(Transaction(self, new, reader, writer))
 
@@ -431,9 +557,10 @@ class Client:
                             ) -> tuple[str, asyncio.StreamReader, asyncio.StreamWriter]:
         """Attach to a job's stream; the transaction ID as the server answered it."""
         variables = {TRANSACTION_ID: transaction_id, FROM_LINE: str(from_line)}
-        reader, writer = await self._open("MonitorJob", variables)
+        reader, writer, lines = await self._exchange("MonitorJob", variables, None,
+                                                     self.reply_timeout_s)
         try:
-            answered = _transaction_id(await read_reply(reader, self.reply_timeout_s))
+            answered = _transaction_id(lines)
         except BaseException:
             await close_quietly(writer)
             raise

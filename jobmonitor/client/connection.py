@@ -1,20 +1,26 @@
-"""The client's socket work: open a connection, send one packet, read the reply.
+"""The client's socket work: open a connection, send a packet, read the reply.
 
-The protocol is one packet per connection, so every request opens its own
-connection.  Packets are built with ``wire.packet_build`` (lxml, so any value
-is escaped correctly) and lines are read with ``wire.lines.parse_line``, the
-same code the server uses; ``replies.ReplyReader`` decides what a reply is.
+The protocol's format takes one packet per connection; a packet with
+``_sys_KeepOpen`` true keeps the connection for the next one.  A client that
+keeps its connections puts each back in its ``IdleConnections`` once its
+answer is complete, and takes it from there for the next command, after
+checking that the server has not closed it meanwhile (``still_open``).
+Packets are built with ``wire.packet_build`` (lxml, so any value is escaped
+correctly) and lines are read with ``wire.lines.parse_line``, the same code
+the server uses; ``replies.ReplyReader`` decides what a reply is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections.abc import Mapping
 
 from ..errors import ProtocolError
 from ..wire.packet_build import build_packet
+from ..wire.variables import JOB_TOKEN, KEEP_OPEN
 from .replies import READ_LIMIT, ReplyReader
 
 #: How long closing waits for a peer to take what is still unsent.
@@ -23,7 +29,23 @@ CLOSE_TIMEOUT_S = 5.0
 #: bool as ``true`` or ``false``.
 Value = str | int | float | bool
 
-__all__ = ["open_request", "read_reply", "close_quietly", "READ_LIMIT", "Value"]
+__all__ = ["open_request", "open_connection", "send_packet", "read_reply", "close_quietly",
+           "still_open", "safe_to_resend", "IdleConnections", "READ_LIMIT", "KEEP_OPEN", "Value"]
+
+#: Commands that change nothing: sent again on a new connection when a kept one
+#: broke before their reply.  (A submit is safe with a job token: see safe_to_resend.)
+SAFE_TO_RESEND = frozenset({
+    "GetJobStatus", "GetJobInformation", "ListJobs", "ListProjects", "RetrieveJob",
+    "GetTaskLog", "GetJobQueueLen", "GetBuildString", "MonitorJob"})
+
+
+def safe_to_resend(command: str, variables: Mapping[str, Value]) -> bool:
+    """True when sending the packet twice does what sending it once does: a
+    command that changes nothing, or a submit with a job token (the server
+    answers a second one with the first one's job)."""
+    if command in SAFE_TO_RESEND:
+        return True
+    return command == "SubmitJob" and bool(str(variables.get(JOB_TOKEN, "")).strip())
 
 
 async def open_request(
@@ -44,22 +66,49 @@ async def open_request(
     """
     packet = build_packet(command, dict(variables),
                           None if doc_variables is None else dict(doc_variables))
-    async with asyncio.timeout(timeout_s):
-        reader, writer = await asyncio.open_connection(host, port, limit=READ_LIMIT, ssl=tls)
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        # A stream can be silent for hours; keepalive notices a peer that vanished.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    reader, writer = await open_connection(host, port, timeout_s=timeout_s, tls=tls)
     try:
-        async with asyncio.timeout(timeout_s):  # a peer that takes nothing: no hang
-            writer.write(packet)
-            if writer.can_write_eof():  # not over TLS, where the server needs no EOF anyway
-                writer.write_eof()
-            await writer.drain()
+        await send_packet(writer, packet, timeout_s=timeout_s, half_close=True)
     except BaseException:
         await close_quietly(writer)
         raise
     return reader, writer
+
+
+async def open_connection(host: str, port: int, *, timeout_s: float,
+                          tls: ssl.SSLContext | None = None
+                          ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect (over TLS with ``tls``) within ``timeout_s``.
+
+    Raises:
+        OSError: as ``open_request``.
+    """
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=READ_LIMIT, loop=loop)
+    protocol = _ClientProtocol(reader, loop=loop)
+    async with asyncio.timeout(timeout_s):
+        transport, _ = await loop.create_connection(lambda: protocol, host, port, ssl=tls)
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        # A stream can be silent for hours; keepalive notices a peer that vanished.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    return reader, writer
+
+
+async def send_packet(writer: asyncio.StreamWriter, packet: bytes, *, timeout_s: float,
+                      half_close: bool) -> None:
+    """Send a built packet within ``timeout_s``; with ``half_close``, shut our side
+    after it (the connection carries no other packet).
+
+    Raises:
+        OSError: the connection broke, or ``TimeoutError``: the peer took nothing.
+    """
+    async with asyncio.timeout(timeout_s):  # a peer that takes nothing: no hang
+        writer.write(packet)
+        if half_close and writer.can_write_eof():  # (over TLS the server needs no EOF)
+            writer.write_eof()
+        await writer.drain()
 
 
 async def read_reply(reader: asyncio.StreamReader, timeout_s: float | None) -> list[str]:
@@ -83,6 +132,92 @@ async def _readline(reader: asyncio.StreamReader) -> bytes:
         return await reader.readline()
     except ValueError:  # longer than READ_LIMIT
         raise ProtocolError("reply line too long") from None
+
+
+def still_open(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """True when a kept connection can carry the next packet: open, and nothing
+    arrived since its last answer (the server's close, or anything it sent,
+    would be taken for the next reply).  The socket itself is asked, so a close
+    the event loop has not seen yet counts too."""
+    if writer.is_closing() or reader.at_eof() or reader.exception() is not None:
+        return False
+    sock = writer.get_extra_info("socket")
+    try:
+        probe = sock.dup()
+    except (AttributeError, OSError, ValueError):  # no socket to ask
+        return True  # (a close the loop has not seen yet is then found by sending)
+    with probe:
+        try:
+            probe.setblocking(False)  # (it already is: the event loop's socket)
+            return not probe.recv(1, socket.MSG_PEEK)  # b"": closed; bytes: not ours
+        except BlockingIOError:
+            return True  # nothing to read: open and quiet
+        except OSError:  # reset
+            return False
+
+
+class _ClientProtocol(asyncio.StreamReaderProtocol):
+    """``asyncio.open_connection``'s protocol, but a connection that waits idle
+    (``IdleConnections``) closes as soon as the server closes it: its socket is
+    not left to the garbage collector, which may come after the event loop ends."""
+
+    idle = False
+
+    def eof_received(self) -> bool:
+        return bool(super().eof_received()) and not self.idle
+
+
+def _set_idle(writer: asyncio.StreamWriter, idle: bool) -> None:
+    protocol = writer.transport.get_protocol()
+    if isinstance(protocol, _ClientProtocol):
+        protocol.idle = idle
+
+
+class IdleConnections:
+    """A client's kept connections that wait for a command, the last used first
+    (at most ``most``: beyond, the oldest is closed)."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    def __len__(self) -> int:
+        return len(self._idle)
+
+    def take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """An idle connection that is still open, or None (closed ones are dropped)."""
+        while self._idle:
+            reader, writer = self._idle.pop()
+            if still_open(reader, writer):
+                _set_idle(writer, False)
+                return reader, writer
+            writer.close()
+        return None
+
+    def put(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Keep a connection whose answer is complete for the next command (one
+        the server has closed already is closed; one it closes later closes then)."""
+        if writer.is_closing() or reader.at_eof():
+            writer.close()
+            return
+        _set_idle(writer, True)
+        self._idle.append((reader, writer))
+        if len(self._idle) > self.most:
+            self._idle.pop(0)[1].close()
+
+    async def aclose(self) -> None:
+        """Close every idle connection."""
+        idle, self._idle = self._idle, []
+        for _, writer in idle:
+            await close_quietly(writer)
+
+    def abandon(self) -> None:
+        """Drop every idle connection now, without waiting (the client is gone)."""
+        idle, self._idle = self._idle, []
+        for _, writer in idle:
+            # RuntimeError: its event loop is closed, and the socket goes with it.
+            with contextlib.suppress(RuntimeError):
+                writer.transport.abort()
 
 
 async def close_quietly(writer: asyncio.StreamWriter) -> None:

@@ -51,6 +51,9 @@ class _Client(Protocol):
     async def _open_monitor(self, transaction_id: str, from_line: int
                             ) -> tuple[str, asyncio.StreamReader, asyncio.StreamWriter]: ...
 
+    def _stream_ended(self, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None: ...
+
 
 class Transaction:
     """A submitted or watched job.
@@ -213,9 +216,12 @@ class Transaction:
         return _OUTCOME_OF_STATE[status.status]
 
     def _close_soon(self) -> None:
-        writer, self._reader, self._writer = self._writer, None, None
-        if writer is not None:
-            writer.close()
+        """After the ended line: the connection goes back to the client (which
+        keeps it for its next call, or closes it)."""
+        reader, writer = self._reader, self._writer
+        self._reader = self._writer = None
+        if reader is not None and writer is not None:
+            self._client._stream_ended(reader, writer)
 
     async def _drop(self) -> None:
         writer, self._reader, self._writer = self._writer, None, None

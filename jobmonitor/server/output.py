@@ -9,9 +9,9 @@ and a waiting connection no extra object.  It owns:
 * the kernel's cork (``TCP_CORK``, Linux, plain TCP): an accepted socket
   starts corked, inherited from the listener (see ``sockets``), so a short
   answer and the FIN leave in one segment.  A connection that goes on after
-  its first turn (a monitor of a job still running) uncorks once, when its
-  reply goes out (``_flush``), and corks again just before its last bytes
-  (``finish``);
+  its first turn (a monitor of a job still running, a kept connection) uncorks
+  once, when its reply goes out (``_flush``, ``_release``), and corks again
+  just before its last bytes (``finish``);
 * flow control: while the transport is paused, ``writable`` is False and the
   stream skips this connection (``Connection`` has it catch up on
   ``resume_writing``); ``_wait_writable`` is the store reader's wait;
@@ -49,8 +49,8 @@ log = logging.getLogger("jobmonitor.connection")
 
 
 class ConnectionState(enum.Enum):
-    """Where a connection is: READING -> BUSY -> (WATCHING) -> LINGERING -> CLOSED
-    (``connection`` describes each)."""
+    """Where a connection is: READING -> BUSY -> (WATCHING) -> LINGERING -> CLOSED,
+    or back to READING after a kept packet (``connection`` describes each)."""
 
     READING = "reading"
     BUSY = "busy"
@@ -120,8 +120,10 @@ class Output(asyncio.Protocol):
         self.write(format_line("R", code, code.text if text is None else text))
 
     def _start_batch(self) -> None:
-        """Gather writes until ``_send_batch``: a reply and the first lines go out in one send."""
-        self._batch, self._batch_bytes = [], 0
+        """Gather writes until ``_send_batch``: a reply and the first lines go out in
+        one send (and on a kept connection, the replies to a burst of packets)."""
+        if self._batch is None:
+            self._batch, self._batch_bytes = [], 0
 
     def _send_batch(self) -> None:
         batch, self._batch = self._batch, None
@@ -133,6 +135,13 @@ class Output(asyncio.Protocol):
         to wait with the connection open (it watches a job, or reads the store)."""
         self._send_batch()
         if self._tcp_corked and self._state in (_BUSY, _WATCHING):
+            self._tcp_corked = set_cork(self._transport, False)
+
+    def _release(self) -> None:
+        """Send everything held, in our batch and in the kernel's cork, for good: a
+        kept connection waits for its client's next packet."""
+        self._send_batch()
+        if self._tcp_corked and self._state is _READING:
             self._tcp_corked = set_cork(self._transport, False)
 
     # -- flow control -----------------------------------------------------------------

@@ -110,7 +110,7 @@ class PacketReader:
     """
 
     __slots__ = ("_parser", "_turns", "_transport", "_on_packet", "_on_error", "_backlog",
-                 "_unparsed", "_received", "_paused", "_eof")
+                 "_unparsed", "_received", "_paused", "_eof", "_rest")
 
     def __init__(self, parser: PacketParser, turns: ParseTurns, transport: asyncio.Transport,
                  on_packet: Callable[[Packet, bool], None],
@@ -125,11 +125,18 @@ class PacketReader:
         self._received = 0
         self._paused = False
         self._eof = False
+        self._rest = b""
 
     @property
     def bytes_received(self) -> int:
         """Every byte received so far, parsed or not."""
         return self._received
+
+    @property
+    def rest(self) -> bytes:
+        """Once the packet is answered: the bytes received after it, in order (on a
+        kept connection, the start of the next packet)."""
+        return self._rest
 
     def feed(self, data: bytes) -> None:
         """Take the connection's next bytes."""
@@ -234,6 +241,7 @@ class PacketReader:
     def _answer(self, packet: Packet) -> None:
         assert self._parser is not None
         alone = self._parser.alone and not self._backlog
+        self._rest = self._parser.rest + b"".join(self._backlog)
         on_packet = self._on_packet
         self.close()
         on_packet(packet, alone)

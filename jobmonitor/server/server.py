@@ -401,6 +401,8 @@ class Server:
         log.info("jobmonitor shutting down")
         assert self._listener is not None and self._context is not None  # (set with _engine)
         self._listener.close()
+        for connection in list(self._connections):
+            connection.stop_keeping()  # (a kept one waiting for its next packet closes)
         await self._engine.stop(self.config.shutdown_grace_s)
         try:
             await asyncio.wait_for(self._no_connections.wait(), self.config.linger_s)

@@ -27,6 +27,17 @@ goes through the four stages like any other:
 
 Our own incremental decoder catches bytes invalid in the packet's encoding
 and characters XML forbids.  Nothing is buffered beyond ``max_packet_bytes``.
+
+Where a packet ends matters on a kept connection (``_sys_KeepOpen``), whose
+next packet starts with the byte after this one's root end tag: the parser
+keeps those bytes (:attr:`PacketParser.rest`).  The fast path knows the end
+from its match.  The full parser never lets lxml read past the root: it feeds
+text in pieces that end where the root may close (the end tag of a
+``job_command``; before the root has started, any ``>``) and stops at the
+piece that closes it; what follows is encoded back into bytes.
+:func:`packet_end_hint` tells a kept connection how much of its input to hand
+the parser at a time, so that a burst of pipelined packets costs time in
+proportion to its size.
 :func:`build_packet` (from :mod:`jobmonitor.wire.packet_build`) goes the other
 way, for clients and tests.
 """
@@ -55,16 +66,38 @@ from .packet_encoding import (
     read_declaration,
     sniff,
 )
-from .packet_fast import read_simple
+from .packet_fast import MAX_BYTES, SMALL_BYTES, read_simple
 from .packet_shape import Packet, PacketShape
 from .packet_shape import malformed as _fail
 
-__all__ = ["Packet", "PacketParser", "build_packet"]
+__all__ = ["Packet", "PacketParser", "build_packet", "packet_end_hint"]
 
 _SKIP_SPACE = re.compile(r"[ \t\r\n]*")
+#: An end tag that may close the root (any namespace prefix).
+_ROOT_END = re.compile(r"</(?:[^ \t\r\n<>/:]+:)?job_command[ \t\r\n]*>")
+_SPACE_BYTES = SPACE.encode()
+_ROOT_NAME = b"job_command"
 #: What our pull parser's read_events() yields: it asks for start and end events
 #: only, each with its element (lxml-stubs types it for every kind of event).
 _Events = Iterator[tuple[str, etree._Element]]
+
+def packet_end_hint(data: bytes, start: int = 0) -> int:
+    """Where the packet that starts at ``start`` in ``data`` most likely ends: just
+    past the ``>`` after the second ``job_command`` from there (the root's end
+    tag), and at most ``MAX_BYTES`` on.  A hint: a parser fed ``data`` up to there,
+    then the rest, reads what it would read from ``data`` fed whole."""
+    limit = min(len(data), start + MAX_BYTES)
+    if limit - start <= SMALL_BYTES:
+        return limit
+    first = data.find(_ROOT_NAME, start, limit)
+    if first >= 0:
+        second = data.find(_ROOT_NAME, first + len(_ROOT_NAME), limit)
+        if second >= 0:
+            close = data.find(b">", second + len(_ROOT_NAME), limit)
+            if close >= 0:
+                return close + 1
+    return limit
+
 
 def _parse_simple(data: bytes) -> Packet | None:
     """The packet, if ``data`` is a whole one the fast path reads; never raises."""
@@ -101,9 +134,10 @@ class PacketParser:
     """Reads one command packet from the bytes of one connection.
 
     :meth:`feed` returns None until the root element closes, then the
-    :class:`Packet`; bytes after it are ignored.  Once a call has raised
-    :class:`PacketError`, every later call raises the same error again.  A
-    caller that gives up on a packet before either calls :meth:`close`.
+    :class:`Packet`; the bytes after it in that call are :attr:`rest`, and
+    later calls are ignored.  Once a call has raised :class:`PacketError`,
+    every later call raises the same error again.  A caller that gives up on a
+    packet before either calls :meth:`close`.
     """
 
     _try_fast_path = True  # tests turn it off to compare with the full parser
@@ -120,6 +154,7 @@ class PacketParser:
         self._packet: Packet | None = None
         self._failure: PacketError | None = None
         self._alone = False
+        self._rest = b""
         self._fast_tried = False
         self._closed = False
         self._shape: PacketShape | None = None  # made by _begin
@@ -140,6 +175,8 @@ class PacketParser:
         self._held = ""  # text a stage cannot judge yet
         self._newlines = 0  # in the leading space and declaration that lxml never sees
         self._markup_end = ""  # in the prolog: the end of the comment or PI we are in
+        self._tag_open = False  # the text lxml has is inside a tag, as far as we can tell
+        self._rest_text = ""  # the text after the root's end tag, once it closed
         self._shape = PacketShape(self._max_packet_variables)
         return self._on_bytes
 
@@ -153,6 +190,12 @@ class PacketParser:
         """True when the client sent its packet and nothing after it but whitespace,
         as far as is known: only a packet the fast path read can tell."""
         return self._alone
+
+    @property
+    def rest(self) -> bytes:
+        """The bytes after the packet in the call to :meth:`feed` that completed
+        it: on a kept connection, the start of the next packet."""
+        return self._rest
 
     @property
     def done(self) -> bool:
@@ -171,10 +214,14 @@ class PacketParser:
         found = read_simple(data)
         if found is None:
             return None
-        command, variables, doc_variables, alone = found
+        command, variables, doc_variables, end = found
         if len(variables) + len(doc_variables) > self._max_packet_variables:
             return None  # the full parser words the refusal
-        self._alone = alone
+        if end < len(data):
+            self._rest = data[end:]
+            self._alone = not self._rest.strip(_SPACE_BYTES)
+        else:
+            self._alone = True
         self._bytes_received = len(data)
         self._packet = Packet(command, variables, doc_variables)
         return self._packet
@@ -221,6 +268,8 @@ class PacketParser:
             self._release()
             raise
         if packet is not None:
+            if len(data) > room:  # never parsed, but it follows the packet all the same
+                self._rest += data[room:]
             self._packet = packet
             self._release()
         return packet
@@ -293,21 +342,32 @@ class PacketParser:
         assert self._decoder is not None
         assert self._on_text is not None  # both set while bytes are decoded
         problem: PacketError | None = None
+        undecoded = b""  # the bytes from an invalid one on
         try:
             text = self._decoder.decode(data)
         except UnicodeDecodeError as exc:
             text = self._valid_prefix(exc)
+            undecoded = exc.object[exc.start:]
             detail = f"the packet is not valid {self._codec} ({exc.reason})"
             problem = PacketError(Reply.UNSUPPORTED_ENCODING, detail)
+        cut = ""  # the text from a forbidden character on
         illegal = ILLEGAL_CHAR.search(text)
         if illegal is not None:
-            text = text[: illegal.start()]
+            text, cut = text[: illegal.start()], text[illegal.start():]
             problem = _fail(f"character U+{ord(illegal.group()):04X} is not allowed in XML")
         # What came before a bad byte is parsed first: it may complete the
         # packet, and then the bad byte was trailing garbage.
         packet = self._on_text(text) if text else None
-        if packet is None and problem is not None:
-            raise problem
+        if packet is None:
+            if problem is not None:
+                raise problem
+            return None
+        # What follows the packet, as the client sent it (our decoding undone).
+        after = (self._rest_text + cut).encode(self._codec, "replace") + undecoded
+        if not undecoded:
+            held = self._decoder.getstate()[0]  # a character's first bytes, if any
+            after += held if isinstance(held, bytes) else b""
+        self._rest = after
         return packet
 
     def _valid_prefix(self, exc: UnicodeDecodeError) -> str:
@@ -380,6 +440,31 @@ class PacketParser:
         return self._feed_xml(text[:keep_from]) if keep_from else None
 
     def _feed_xml(self, text: str) -> Packet | None:
+        """Feed lxml ``text`` up to the end of the packet, never past it."""
+        if ">" not in text:  # (the root cannot close in it)
+            return self._feed_piece(text)
+        start = 0
+        while start < len(text):
+            end = self._next_cut(text, start)
+            packet = self._feed_piece(text[start:end])
+            if packet is not None:
+                self._rest_text = text[end:]
+                return packet
+            start = end
+        return None
+
+    def _next_cut(self, text: str, start: int) -> int:
+        """Where the next piece of ``text`` for lxml ends: where the root may close."""
+        assert self._shape is not None  # made by _begin, with the other stages
+        if self._tag_open or not self._shape.open_elements:
+            # Before the root opens, any ">" may close it (``<job_command .../>``);
+            # after a piece that ended inside a tag, the first ">" ends that tag.
+            close = text.find(">", start)
+            return len(text) if close < 0 else close + 1
+        found = _ROOT_END.search(text, start)
+        return len(text) if found is None else found.end()
+
+    def _feed_piece(self, text: str) -> Packet | None:
         xml = self._xml
         if xml is None:
             # Made on first use, not per connection: a packet the fast path
@@ -387,6 +472,9 @@ class PacketParser:
             xml = self._xml = _new_xml_parser()
         shape = self._shape
         assert shape is not None  # made by _begin, with the other stages
+        opened, closed = text.rfind("<"), text.rfind(">")
+        if opened != closed:  # (equal only when both are -1: as it was)
+            self._tag_open = opened > closed
         try:
             xml.feed(text.encode("utf-8"))
         except etree.XMLSyntaxError as exc:

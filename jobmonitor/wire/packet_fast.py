@@ -38,15 +38,15 @@ from .packet_encoding import (
     repeated_pseudo_attribute,
 )
 
-__all__ = ["MAX_BYTES", "read_simple"]
+__all__ = ["MAX_BYTES", "SMALL_BYTES", "read_simple"]
 
 # Bigger chunks go to the incremental parser, which keeps a failed fast attempt
 # cheap and the fast path far below libxml2's limits.  A chunk bigger than
-# _SMALL is tried only if its end holds the root's end tag: a large packet
+# SMALL_BYTES is tried only if its end holds the root's end tag: a large packet
 # often arrives in several chunks, and a match would fail only at the end of
 # the first.
 MAX_BYTES = 65_536
-_SMALL = 512
+SMALL_BYTES = 512
 
 # One match of _PACKET checks the whole packet up to the root's end tag;
 # smaller expressions then pick the names and values out of the parts it
@@ -129,14 +129,14 @@ class _NotSimple(Exception):
 
 def read_simple(
     data: bytes,
-) -> tuple[str, Mapping[str, str], Mapping[str, str], bool] | None:
+) -> tuple[str, Mapping[str, str], Mapping[str, str], int] | None:
     """The command, job_variables and doc_variables of a whole, simple packet, and
-    whether nothing but whitespace follows it in ``data``.
+    where it ends in ``data`` (the offset of the byte after its root's end tag).
 
     None when ``data`` is not one (see the module docstring).  Never raises.
     """
-    if len(data) > _SMALL and (
-        len(data) > MAX_BYTES or data.find(b"job_command", len(data) - _SMALL) < 0
+    if len(data) > SMALL_BYTES and (
+        len(data) > MAX_BYTES or data.find(b"job_command", len(data) - SMALL_BYTES) < 0
     ):
         return None  # not all there, most likely: not worth a match
     # Undecodable bytes become lone surrogates, which _PACKET refuses before the
@@ -181,10 +181,11 @@ def read_simple(
     if section1 == "doc_variables":  # then section2 is job_variables or absent
         first, second = second, first
     end = match.end()
-    blank_after = end == len(text) or not text[end:].strip(SPACE)
+    if len(text) != len(data):  # not all ASCII: the end in bytes (the match is valid UTF-8)
+        end = len(text[:end].encode("utf-8"))
     return command, MappingProxyType(first) if first else _EMPTY, (
         MappingProxyType(second) if second else _EMPTY
-    ), blank_after
+    ), end
 
 
 def _reads_as_utf8(label: str, packet: str) -> bool:

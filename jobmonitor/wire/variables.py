@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SYSTEM_PREFIX", "PROJECT_NAME", "JOB_NAME", "USER", "PASSWORD", "USER_TOKEN", "JOB_TOKEN",
     "TRANSACTION_ID", "CLIENT_JOB_MONITOR", "FROM_LINE", "FORMAT", "FILTER", "LIMIT", "AFTER",
-    "QUEUE_NAME", "PRIORITY", "RUN_AT", "DELAY_SECONDS",
+    "QUEUE_NAME", "PRIORITY", "RUN_AT", "DELAY_SECONDS", "KEEP_OPEN",
     "MAX_LINE_DIGITS", "TASK_LOG_SIZE", "parse_bool", "parse_choice", "parse_line_number",
     "parse_count", "parse_transaction_id", "required", "behind_notice", "behind_notice_line",
 ]
@@ -70,6 +70,9 @@ PRIORITY = "_sys_Priority"
 #: ``SubmitJob``: when the job is due, as an ISO 8601 time or in seconds from now.
 RUN_AT = "_sys_RunAt"
 DELAY_SECONDS = "_sys_DelaySeconds"
+#: Any command: once its answer is complete (the reply, or a monitored stream's
+#: ended line), the server reads the next packet on the same connection (true/false).
+KEEP_OPEN = "_sys_KeepOpen"
 
 #: Most digits a line number may have: ten reach far past any job's length and stay
 #: well inside the store's 64-bit integers (and int()'s limit on digits).

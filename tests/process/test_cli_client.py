@@ -504,6 +504,18 @@ async def test_a_lost_connection_changes_stderr_only(mode):
         assert "\n  " + notice.replace("HOST:PORT", "127.0.0.1:7400") + "\n" in doc
 
 
+async def test_the_commands_send_their_packets_as_they_always_did():
+    """One packet per connection: no command asks the server to keep it open."""
+    async with scripted_server([WHOLE_STREAM, b"R0000000: T0000001\r\n"]) as (port, packets):
+        for command in (["submit", "x"], ["cancel", "T0000001"]):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "jobmonitor", *command, "--port", str(port), cwd=ROOT,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+    assert [p.command for p in packets] == ["SubmitJob", "CancelJob"]
+    assert not any(name.startswith("_sys_Keep") for p in packets for name in p.variables)
+
+
 def test_address_from_the_environment(cli_server):
     env = {"JOBMONITOR_HOST": "127.0.0.1", "JOBMONITOR_PORT": str(cli_server.port)}
     assert cli(None, "list", env=env).returncode == 0

@@ -248,24 +248,24 @@ def test_serve_with_a_config_file_runs_program_projects(tmp_path):
     server = ServerProcess("--config", str(config), "--machine-name", "from-flag")
     try:
         async def use() -> None:
-            client = Client("127.0.0.1", server.port)
-            tx = await client.submit("greet", {"name": "world; ls"})
-            texts = [line.text async for line in tx]
-            assert texts[:2] == ["Machine name: from-flag", "hello world; ls"]
-            assert (await tx.result()).outcome is Outcome.SUCCESS
-            assert (await (await client.submit("echo")).result()).ok  # from the file's jobs
-            with pytest.raises(ReplyError) as caught:
-                await client.submit("greet", {"name": "x", "shell": "y"})
-            assert caught.value.code == 5007
-            for value, why in [
-                    ("../../x", "is not a plain file name (kind \"name\"): it holds '/'"),
-                    ("x1", "does not match its pattern [a-z]+")]:
+            async with Client("127.0.0.1", server.port) as client:
+                tx = await client.submit("greet", {"name": "world; ls"})
+                texts = [line.text async for line in tx]
+                assert texts[:2] == ["Machine name: from-flag", "hello world; ls"]
+                assert (await tx.result()).outcome is Outcome.SUCCESS
+                assert (await (await client.submit("echo")).result()).ok  # from the file's jobs
                 with pytest.raises(ReplyError) as caught:
-                    await client.submit("touch", {"name": value})
-                assert (caught.value.code, caught.value.text) == (
-                    5007, f"Invalid variable value: name {why}")
-            assert (await (await client.submit("touch", {"name": "x"})).result()).ok
-            assert [path.name for path in (tmp_path / "out").rglob("*")] == ["T0000003", "x"]
+                    await client.submit("greet", {"name": "x", "shell": "y"})
+                assert caught.value.code == 5007
+                for value, why in [
+                        ("../../x", "is not a plain file name (kind \"name\"): it holds '/'"),
+                        ("x1", "does not match its pattern [a-z]+")]:
+                    with pytest.raises(ReplyError) as caught:
+                        await client.submit("touch", {"name": value})
+                    assert (caught.value.code, caught.value.text) == (
+                        5007, f"Invalid variable value: name {why}")
+                assert (await (await client.submit("touch", {"name": "x"})).result()).ok
+                assert [path.name for path in (tmp_path / "out").rglob("*")] == ["T0000003", "x"]
 
         asyncio.run(use())
         assert server.stop() == 0
