@@ -828,7 +828,8 @@ def test_the_readme_stops_make_serve_before_it_starts_another_server(heading, st
     assert "`make serve`, Ctrl-C in its terminal" in said or \
         "after stopping `make serve` (Ctrl-C in its terminal)" in said
     if heading == "## Write jobs":  # or side by side, on a port and database of its own
-        assert "--port 7401 --store sqlite:///myjobs.db" in said
+        # (7401 is make serve's web page)
+        assert "--port 7402 --store sqlite:///myjobs.db" in said
 
 
 def test_readme_config_file_is_the_example_file():
