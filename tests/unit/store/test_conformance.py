@@ -1,7 +1,7 @@
 """What every store backend does, checked the same way for each.
 
 ``ALL_STORES`` are every backend; ``DURABLE_STORES`` those whose jobs outlive
-the process.  A new backend (PostgreSQL, say) is one more entry in each list,
+the process.  A new backend (a server database, say) is one more entry in each list,
 with a way to make a fresh store and to make it again on the same data.  The
 jobs here are plain stand-ins for the engine's (``Recordable``): a record and a
 stream of encoded lines, nothing that runs.
