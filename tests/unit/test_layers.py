@@ -24,7 +24,7 @@ PACKAGE_DIR = Path(jobmonitor.__file__).resolve().parent
 #: ``config_file`` (which reads program projects) sits with the app.  The HTTP
 #: listener is an adapter over the server's commands, above it and below the app.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("jobmonitor._version", "jobmonitor.wire.codes")),
+    ("base", ("jobmonitor._version", "jobmonitor._lazy", "jobmonitor.wire.codes")),
     ("errors", ("jobmonitor.errors",)),
     ("wire", ("jobmonitor.wire",)),
     ("client", ("jobmonitor.client",)),
