@@ -129,7 +129,7 @@ class WaitingLines:
         return queue
 
     def _drop_if_idle(self, queue: _Queue) -> None:
-        if not (queue.waiting or queue.running or queue.kept):
+        if not (queue.waiting or queue.running) and not queue.kept:
             self._queues.pop(queue.name, None)
 
     # -- waiting ----------------------------------------------------------------------
@@ -214,6 +214,15 @@ class WaitingLines:
             self._drop_if_idle(queue)
 
     # -- running ----------------------------------------------------------------------
+
+    def may_start_now(self, job: Job) -> bool:
+        """Whether ``job``, not queued yet, would be the next to start: no job waits
+        in any line, and its queue is neither paused nor at its limit.  (Then
+        pushing it and taking the next job would give it back: the runner skips both.)"""
+        if self.count:
+            return False
+        queue = self._queues.get(job.record.queue)
+        return queue is None or (not queue.paused and queue.running < queue.limit)
 
     def started(self, job: Job) -> None:
         """A job of this queue started running (it counts against its limit)."""
