@@ -395,7 +395,8 @@ class Connection(Output):
             after = self._pending[self._offset:]
             self._pending, self._offset = rest + after if rest else after, 0
         # Alone: nothing but whitespace after the packet in what is pending either.
-        self._alone = alone and _skip_space(self._pending, 0) == len(self._pending)
+        pending = self._pending
+        self._alone = alone and (not pending or _skip_space(pending, 0) == len(pending))
         self._drop_reader()  # a held connection keeps none
         self._state = _BUSY
         if KEEP_OPEN in packet.variables:

@@ -260,10 +260,13 @@ class Output(asyncio.Protocol):
 
     def _cancel_timers(self) -> None:
         """The linger's and the stall's (the drain's runs on until the connection is lost)."""
-        for timer in (self._linger_timer, self._stall_timer):
-            if timer is not None:
-                timer.cancel()
-        self._linger_timer = self._stall_timer = None
+        # (Three calls per connection, nearly always with no timer: no tuple, no loop.)
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = _CLOSED

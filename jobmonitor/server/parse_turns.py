@@ -177,12 +177,13 @@ class PacketReader:
     def close(self) -> None:
         """Stop: the connection is lost, refused or answered; free the parser now."""
         parser, self._parser = self._parser, None
+        if parser is None:  # closed already (an answered reader is closed again when dropped)
+            return
         self._turns.forget(self)
         self._backlog.clear()
         self._unparsed = 0
-        if parser is not None:
-            parser.close()
-            self._resume()
+        parser.close()
+        self._resume()
 
     def parse(self) -> None:
         """Parse slices of the backlog while the budget lasts (one at least); wait
