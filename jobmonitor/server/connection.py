@@ -47,6 +47,7 @@ from ..errors import PacketError, RequestError
 from ..wire.codes import Reply
 from ..wire.lines import clip
 from ..wire.packet import Packet, PacketParser, packet_end_hint
+from ..wire.packet_fast import SMALL_BYTES
 from ..wire.variables import KEEP_OPEN, behind_notice, parse_bool
 from .commands import Commands
 from .deadlines import Deadlines
@@ -226,12 +227,14 @@ class Connection(Output):
                 pending, start = self._pending, self._offset
                 if self._kept and self._reader is not None and not self._reader.bytes_received:
                     start = _skip_space(pending, start)
-                if start >= len(pending):
+                size = len(pending)
+                if start >= size:
                     self._pending, self._offset = b"", 0
                     break
-                end = packet_end_hint(pending, start)
+                # (the hint of a small rest is its end: no call for the usual packet)
+                end = size if size - start <= SMALL_BYTES else packet_end_hint(pending, start)
                 self._offset = end
-                self._feed(pending if start == 0 and end == len(pending) else pending[start:end])
+                self._feed(pending if start == 0 and end == size else pending[start:end])
         finally:
             self._feeding = False
         if self._state is not _READING:
