@@ -151,7 +151,13 @@ class PacketReader:
         if first and len(data) <= SMALL_FIRST_CHUNK:
             packet = parser.read_fast(data)
             if packet is not None:
-                self._answer(packet)
+                # _answer and close, for the usual packet: nothing is kept, no turn
+                # is awaited and reading was never paused (all need a backlog).
+                self._parser = None
+                self._rest = parser.rest
+                alone = parser.alone
+                parser.close()
+                self._on_packet(packet, alone)
                 return
         self._keep(data)
         if self._turns.open:
