@@ -234,7 +234,10 @@ class Connection(Output):
                 # (the hint of a small rest is its end: no call for the usual packet)
                 end = size if size - start <= SMALL_BYTES else packet_end_hint(pending, start)
                 self._offset = end
-                self._feed(pending if start == 0 and end == size else pending[start:end])
+                reader = self._reader
+                assert reader is not None  # (while READING)
+                # It calls _dispatch or _refuse, now or on a later turn.
+                reader.feed(pending if start == 0 and end == size else pending[start:end])
         finally:
             self._feeding = False
         if self._state is not _READING:
@@ -245,11 +248,6 @@ class Connection(Output):
             self._input_ended()
         elif self._kept:
             self._release()  # the answers so far go out; we wait for the client
-
-    def _feed(self, data: bytes) -> None:
-        reader = self._reader
-        assert reader is not None  # (while READING)
-        reader.feed(data)  # it calls _dispatch or _refuse, now or on a later turn
 
     def _input_ended(self) -> None:
         """The client has shut its side, and everything it sent has been fed."""
