@@ -129,7 +129,8 @@ class WaitingLines:
         return queue
 
     def _drop_if_idle(self, queue: _Queue) -> None:
-        if not (queue.waiting or queue.running) and not queue.kept:
+        # (the default queue, the usual one, is always kept: no property call for it)
+        if not (queue.waiting or queue.running) and queue.name != DEFAULT_QUEUE and not queue.kept:
             self._queues.pop(queue.name, None)
 
     # -- waiting ----------------------------------------------------------------------
@@ -236,7 +237,8 @@ class WaitingLines:
         queue = self._queues.get(job.record.queue)
         if queue is not None and queue.running > 0:
             queue.running -= 1
-            if not (queue.running or queue.waiting or queue.kept):
+            if (not (queue.running or queue.waiting) and queue.name != DEFAULT_QUEUE
+                    and not queue.kept):
                 del self._queues[queue.name]
 
     # -- pausing ----------------------------------------------------------------------
