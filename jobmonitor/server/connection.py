@@ -194,14 +194,19 @@ class Connection(Output):
         return self._transport is not None and self._transport.can_write_eof()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_deadline()
-        self._drop_reader()
+        # (Each helper is called only when it has something to undo: most
+        # connections end with no deadline, reader or stream left.)
+        if self._deadline_key is not None:
+            self._cancel_deadline()
+        if self._reader is not None:
+            self._drop_reader()
         if self._checking and self._task is not None:
             # Nobody is left to answer, and the connection's place is given back
             # now: its password check (which may wait its turn behind others from
             # the same address) must not stay behind, holding the packet.
             self._task.cancel()
-        self._leave_stream()
+        if self._stream is not None:
+            self._leave_stream()
         if self._followed is not None:
             self._context.engine.jobs.monitor_detached(self._followed)
             self._followed = None
@@ -214,8 +219,10 @@ class Connection(Output):
             self._stream.catch_up(self)
 
     def close(self) -> None:
-        self._cancel_deadline()
-        self._leave_stream()
+        if self._deadline_key is not None:
+            self._cancel_deadline()
+        if self._stream is not None:
+            self._leave_stream()
         self._pending, self._offset, self._keep_open = b"", 0, False
         super().close()
 
@@ -430,7 +437,8 @@ class Connection(Output):
         # Alone: nothing but whitespace after the packet in what is pending either.
         pending = self._pending
         self._alone = alone and (not pending or _skip_space(pending, 0) == len(pending))
-        self._drop_reader()  # a held connection keeps none
+        if self._reader is not None:
+            self._drop_reader()  # a held connection keeps none
         self._state = _BUSY
         if KEEP_OPEN in packet.variables:
             try:
