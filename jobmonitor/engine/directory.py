@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from ..errors import RequestError
 from ..store.base import Store, TaskEvent
+from ..store.shared import SharedStore
 from ..wire.codes import Reply
 from ..wire.lines import clip
 from ..wire.records import HistoryEvent, JobRecord, parse_transaction_id
@@ -181,15 +182,34 @@ class JobDirectory:
             and not (active_only and job.state.is_final)))
         # Taken before the store is asked: a job let go meanwhile is stored by then.
         records = {tid: self._jobs[tid].snapshot() for tid in chosen}
-        if not active_only:  # (every active job is in memory)
-            stored = await self._store.list_records(
-                identity, int(after[1:]) if after else 0, limit + 1)
+        shared = self._store if isinstance(self._store, SharedStore) else None
+        # (every active job of a single server is in memory; a cluster's are not)
+        if not active_only or shared is not None:
+            lister = shared.list_active if shared is not None and active_only else \
+                self._store.list_records
+            stored = await lister(identity, int(after[1:]) if after else 0, limit + 1)
             for record in stored:
                 records.setdefault(record.transaction_id, record)
         page = [records[tid] for tid in sorted(records)[:limit + 1]]
         if len(page) > limit:
             return JobPage(page[:limit], page[limit - 1].transaction_id)
         return JobPage(page, None)
+
+    async def more_stored(self, transaction_id: str, next_line: int, wait_s: float) -> bool:
+        """For a monitor of a job this server does not hold (a cluster's node):
+        False once the job has ended with no line from ``next_line`` on; else True,
+        once that line is stored or its state changed, or after ``wait_s``.
+        Without a shared store, at once False (a job not in memory has ended)."""
+        store = self._store
+        if not isinstance(store, SharedStore):
+            return False
+        record = await store.load(transaction_id)
+        if record is None:
+            return False
+        if record.status.is_final:
+            return record.line_count >= next_line
+        await store.wait_lines(transaction_id, next_line - 1, wait_s)
+        return True
 
     async def read_lines(self, transaction_id: str, from_line: int, limit: int) -> list[bytes]:
         """Recorded lines from ``from_line`` on, from memory or the store."""

@@ -61,6 +61,9 @@ log = logging.getLogger("jobmonitor.connection")
 
 #: Lines read from the store at a time when a watcher catches up.
 CATCH_UP_PAGE_LINES = 2000
+#: Longest a monitor of a job held by another node waits for its next lines
+#: before it looks again (a lost wake-up costs at most this).
+FOLLOW_WAIT_S = 1.0
 #: XML whitespace: what a client may send between two packets on a kept connection.
 _BETWEEN_PACKETS = re.compile(rb"[ \t\r\n]*")
 
@@ -486,6 +489,9 @@ class Connection(Output):
             page = await jobs.read_lines(transaction_id, line, CATCH_UP_PAGE_LINES)
             if not page:
                 if job is None:
+                    # (a cluster's job held elsewhere: its next lines, once stored)
+                    if await jobs.more_stored(transaction_id, line, FOLLOW_WAIT_S):
+                        continue
                     self._stream_done(line > self._follow_from)  # replayed to its end
                     return
                 line = job.stream.base + 1  # nothing stored before the memory window
