@@ -197,6 +197,9 @@ def _add_queue_commands(add: Adder) -> None:
                        ("resume-queue", "start jobs of a paused queue again (administrators)")):
         add(name, _queue_control(name), text).add_argument(
             "queue", metavar="NAME")
+    nodes = add("nodes", _nodes, "list the cluster's nodes: address, start, heartbeat, "
+                "jobs running (administrators)")
+    nodes.add_argument("--json", action="store_true", help="print the server's JSON list")
     rerun = add("rerun", _rerun, "run a finished job again as a new job, and stream it")
     rerun.add_argument("transaction_id", metavar="TX")
     rerun.add_argument("--no-monitor", dest="monitor", action="store_false",
@@ -611,6 +614,20 @@ def _queues(endpoint: Endpoint, args: argparse.Namespace) -> int:
     _print_lines(table(("QUEUE", "WAITING", "RUNNING", "MAX RUNNING", "PAUSED", "SCHEDULED"), [
         (q.name, str(q.waiting), str(q.running), str(q.max_running),
          "yes" if q.paused else "no", str(q.scheduled)) for q in queues]))
+    return 0
+
+
+def _nodes(endpoint: Endpoint, args: argparse.Namespace) -> int:
+    lines = endpoint.request("ListNodes", {FORMAT: "json"})
+    if args.json:
+        _print_lines(lines)
+        return 0
+    from ..client.results import load_json, nodes_from_json
+
+    nodes = nodes_from_json(load_json("\n".join(lines)))
+    _print_lines(table(("NODE", "ADDRESS", "STARTED", "HEARTBEAT AGE", "RUNNING"), [
+        (n.name, n.address, n.started, f"{n.heartbeat_age_s:.1f} s", str(n.running))
+        for n in nodes]))
     return 0
 
 

@@ -324,7 +324,10 @@ class Commands:
         record = await self._engine.jobs.record(await self._transaction(packet, caller))
         if form == "json":
             return Response(to_json(job_dict(record)["JobData"]))
-        rows = [outputs_header(record)] + [
+        header = outputs_header(record)
+        if self._engine.clustered and record.worker:  # (its files are on that node)
+            header += f" (on node {record.worker})"
+        rows = [header] + [
             "\t".join((cell(o.name), cell(o.uri), cell(o.media_type or "")))
             for o in record.outputs]
         return Response("\n".join(rows))
