@@ -95,6 +95,8 @@ class Clustered:
         shared = self._shared
         if shared is None or self._spare_number is not None:
             return
+        if not self._accepting:
+            raise RequestError(Reply.SERVER_BUSY, "the server is shutting down")
         number = shared.take_number()
         if number is None:
             await shared.more_numbers()
@@ -140,6 +142,10 @@ class Clustered:
                 return  # (the store logs the outage; the next poll claims again)
             except Exception:
                 log.exception("claiming queued jobs failed")
+                return
+            if not self._accepting:  # stopping meanwhile: for the others to run
+                for record in records:
+                    shared.release(record.transaction_id)
                 return
             for record in records:
                 self._hold_claimed(record)
