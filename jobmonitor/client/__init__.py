@@ -61,8 +61,8 @@ if TYPE_CHECKING:
 _LAZY = {
     **dict.fromkeys(("Client", "connect"), ".api"),
     **dict.fromkeys(("Acknowledged", "HistoryEntry", "JobInfo", "JobList", "JobResult",
-                     "JobStatus", "NodeInfo", "Output", "Progress", "QueueInfo", "QueueLength", "Reattach",
-                     "StreamLine", "TaskLogEntry"), ".results"),
+                     "JobStatus", "NodeInfo", "Output", "Progress", "QueueInfo", "QueueLength",
+                     "Reattach", "StreamLine", "TaskLogEntry"), ".results"),
     **dict.fromkeys(("SyncClient", "SyncTransaction"), ".sync"),
     "Transaction": ".transaction",
 }

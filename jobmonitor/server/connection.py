@@ -412,7 +412,7 @@ class Connection(Output):
             self._pending, self._offset = b"", 0  # (what follows is ignored, as ever)
         # Most commands never wait (a submit to the memory store, a status query):
         # they run to their end here, with no task and no extra loop turn.
-        task = start_eagerly(self._loop, self._answer(packet))
+        task = start_eagerly(self._loop, self._answer(packet), eager=not self._config.clustered)
         if task is not None:  # kept while it runs: the loop holds tasks weakly
             self._task = task
             task.add_done_callback(self._forget_task)
