@@ -345,6 +345,16 @@ class PostgresStore(GroupCommitStore, SharedStore):
             asyncio.get_running_loop().call_soon(
                 self.node.hooks.lost, [transaction_id_of(number) for number in sorted(fenced)])
 
+    async def flush(self) -> None:
+        if not self._releases or self._dirty:
+            await super().flush()
+            return
+        assert self._loop is not None  # (releases are written by a commit too)
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        self._start_commit()
+        await waiter
+
     def release(self, transaction_id: str) -> None:
         number = number_of(transaction_id)
         holding = self.epochs.get(number) if number is not None else None
