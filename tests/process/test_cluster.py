@@ -148,6 +148,11 @@ async def test_a_submit_on_a_busy_node_runs_on_another_and_a_third_watches_it(no
     for port, line in ((a.port, 5), (b.port, 12), (c.port, len(seen))):
         again = await replay(port, tid, line)
         assert again == b"".join(part + b"\r\n" for part in whole.split(b"\r\n")[line - 1:-1])
+    # The listing of active jobs and the task log are the cluster's, on any node.
+    active = await exchange(c.port, xml_packet("ListJobs", {"_sys_Format": "json"}))
+    assert [job["Id"] for job in json.loads(active[0][10:])["Jobs"]] == [blocker]
+    log = await exchange(b.port, xml_packet("GetTaskLog"))
+    assert f"{tid}\tchecked-ticker\tcomplete" in "\n".join(log)
     assert await command(b.port, "CancelJob", blocker) == [f"R0000000: {blocker}"]
 
 
@@ -164,6 +169,25 @@ async def test_a_live_monitor_reattaching_on_another_node_misses_nothing(nodes):
     await second.close()
     assert ticks(seen) == list(range(1, 31))
     assert texts(await replay(c.port, tid)) == seen
+
+
+async def test_server_sent_events_on_another_node_follow_the_job_to_its_end(nodes):
+    a = nodes.start("a")
+    web_port = free_port()
+    b = nodes.start("b", "--http-port", str(web_port))
+    tid = await submitted(a.port, "checked-ticker", Count="15", Interval="0.03")
+    reader, writer = await asyncio.open_connection("127.0.0.1", web_port)
+    writer.write(f"GET /api/v1/jobs/{tid}/events HTTP/1.0\r\n\r\n".encode())
+    try:
+        body = (await asyncio.wait_for(reader.read(), 10)).decode()
+    finally:
+        writer.close()
+    ids = [int(line[4:]) for line in body.splitlines() if line.startswith("id: ")]
+    data = [line[6:] for line in body.splitlines() if line.startswith("data: J")]
+    assert ids == list(range(1, len(data) + 1))  # every line once, in order
+    assert data == texts(await replay(b.port, tid))
+    assert ticks(data) == list(range(1, 16)) and data[-1] == ended(tid)
+    assert "event: end" in body
 
 
 async def test_two_nodes_racing_one_job_token_make_one_job(nodes):

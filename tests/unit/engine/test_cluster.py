@@ -14,8 +14,10 @@ from jobmonitor.config import Config
 from jobmonitor.engine.engine import Engine
 from jobmonitor.engine.job import Job
 from jobmonitor.engine.registry import HandlerRegistry
+from jobmonitor.queueing import ScheduleSettings
 from jobmonitor.wire.codes import Reply
 
+from ...support.clock import ManualClock
 from ...support.engine_harness import WAIT_S, Lines
 from ...support.fake_shared_store import FakeDatabase, FakeSharedStore
 
@@ -62,10 +64,11 @@ class Cluster:
         self.engines: dict[str, Engine] = {}
         self.stores: dict[str, FakeSharedStore] = {}
 
-    async def node(self, name: str, **settings: object) -> Engine:
+    async def node(self, name: str, clock: ManualClock | None = None,
+                   **settings: object) -> Engine:
         store = FakeSharedStore(self.db, name, f"127.0.0.1:{len(self.stores) + 7400}")
         config = Config(**{"keep_days": 0, **settings})  # type: ignore[arg-type]
-        engine = Engine(self.registry.handlers, config, store)
+        engine = Engine(self.registry.handlers, config, store, clock=clock)
         await engine.start()
         self.engines[name], self.stores[name] = engine, store
         return engine
@@ -302,3 +305,17 @@ async def test_list_nodes_and_the_clusters_task_log(registry):
             (tid, "queued"), (tid, "start"), (tid, "complete")]
         page = await nodes.engines["b"].jobs.list_page(True, None, after=None, limit=10)
         assert page.records == []
+
+
+async def test_every_node_runs_the_schedules_and_each_due_time_makes_one_job(registry):
+    clock = ManualClock()
+    schedules = (ScheduleSettings("tick", "*/5 * * * *", "quick"),)
+    async with cluster(registry) as nodes:
+        engines = [await nodes.node(name, clock, schedules=schedules) for name in "abc"]
+        for _ in range(2):
+            clock.advance(300)
+            for engine in engines:
+                await engine.schedules_settled()
+        made = sorted(row.record.job_token or "" for row in nodes.db.rows.values())
+        due = clock.time() - 300
+        assert made == [f"schedule:tick:{due:.0f}", f"schedule:tick:{due + 300:.0f}"]
