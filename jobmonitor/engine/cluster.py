@@ -157,9 +157,7 @@ class Clustered:
         """A queued job this node claimed: queue it here (it runs here)."""
         job = self._adopt(record)
         handler = self._runner.handlers.get(record.project)
-        if record.worker != self.machine_name:  # (submitted, or run before, elsewhere)
-            record.worker = self.machine_name
-            lifecycle.machine(job, self.machine_name)
+        self._name_machine(job)
         if handler is None:
             job.error(f"No handler for project {record.project!r} on {self.machine_name}")
             self._runner.finish(job, Outcome.FAILED)
@@ -171,6 +169,13 @@ class Clustered:
         else:  # (claim hands only queued and due jobs)
             self._shared.release(job.transaction_id)  # type: ignore[union-attr]
             self.jobs.forget(job.transaction_id)
+
+    def _name_machine(self, job: Job) -> None:
+        """A job stored by another node is this node's now: its machine is this
+        one, and its stream says so (as its first line said where it was made)."""
+        if job.record.worker != self.machine_name:
+            job.record.worker = self.machine_name
+            lifecycle.machine(job, self.machine_name)
 
     def _release_waiting(self) -> None:
         """At a stop: let go of every unfinished job not running here (queued,
@@ -271,6 +276,7 @@ class Clustered:
             self._recover(record, dead_node=record.worker or "?")
             return
         job = self._adopt(record)
+        self._name_machine(job)
         if job.state is JobState.QUEUED:
             handler = self._runner.handlers.get(record.project)
             if handler is not None:

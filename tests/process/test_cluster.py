@@ -18,7 +18,7 @@ import pytest
 
 from ..support.helpers import Session, exchange, submit, xml_packet
 from ..support.postgres import PostgresServer
-from .test_cli import ServerProcess
+from .test_cli import ServerProcess, run_cli
 
 HEARTBEAT_S, LEASE_S = "0.2", "1"
 TICK = re.compile(r"J0000100: tick (\d+)")
@@ -230,6 +230,41 @@ async def test_list_nodes_shows_every_live_node(nodes):
     assert [(row[0], row[1]) for row in rows] == [
         (name, f"127.0.0.1:{proc.port}") for name, proc in zip("abc", procs, strict=True)]
     assert all(float(row[3]) < 2 and row[4] == "0" for row in rows)
+
+
+async def test_jobmonitor_nodes_prints_the_cluster(nodes):
+    a, b = nodes.start("a"), nodes.start("b")
+    result = await asyncio.get_running_loop().run_in_executor(
+        None, run_cli, "nodes", "--port", str(b.port))
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert rows[0] == ["NODE", "ADDRESS", "STARTED", "HEARTBEAT", "AGE", "RUNNING"]
+    assert [(row[0], row[1], row[-1]) for row in rows[1:]] == [
+        ("a", f"127.0.0.1:{a.port}", "0"), ("b", f"127.0.0.1:{b.port}", "0")]
+
+
+async def test_a_stopping_node_lets_the_others_have_the_jobs_it_held(nodes):
+    a = nodes.start("a", "--max-running", "1")
+    b = nodes.start("b", "--max-running", "1")
+    busy_a = await submitted(a.port, "checked-ticker", Count="1000")
+    busy_b = await submitted(b.port, "checked-ticker", Count="1000")
+    waiting = await submitted(a.port, "echo")  # nobody has a slot: it waits unheld
+    assert await command(a.port, "SuspendJob", waiting) == [f"R0000000: {waiting} suspended"]
+    assert a.stop() == 0  # a held the suspended job, and ran busy_a
+    a_lines = texts(await replay(b.port, busy_a))
+    assert a_lines[-3:] == ["J0005004: Job cancelled: the server is shutting down.",
+                            CANCELLED, ended(busy_a)]
+    assert await command(b.port, "CancelJob", busy_b) == [f"R0000000: {busy_b}"]
+    assert await command(b.port, "ResumeJob", waiting) == [f"R0000000: {waiting} resumed"]
+    for _ in range(100):
+        lines = texts(await replay(b.port, waiting))
+        if lines[-1:] == [ended(waiting)]:
+            break
+        await asyncio.sleep(0.05)
+    assert lines == ["J0000100: Machine name: a", SUSPENDED,
+                     "J0000190: Server stopping: running jobs have 0.5 s to finish",
+                     "J0000100: Machine name: b", RESUMED, "J0000100: ProjectName=echo",
+                     "J0000020: Job completed successfully.", ended(waiting)]
 
 
 # -- failures -------------------------------------------------------------------------------
