@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from ..errors import RequestError, StoreUnavailable
-from ..store.base import TaskEvent
+from ..store.base import Recordable, TaskEvent
 from ..store.shared import Action, NodeInfo, SharedStore
 from ..wire.codes import Reply
 from ..wire.records import JobRecord
@@ -64,6 +64,10 @@ class Clustered:
     address: str
 
     def _adopt(self, record: JobRecord) -> Job:
+        raise NotImplementedError
+
+    async def _add(self, job: Job,
+                   add: Callable[[Recordable], Awaitable[None]] | None = None) -> None:
         raise NotImplementedError
 
     def _recover(self, record: JobRecord, dead_node: str | None = None) -> None:
@@ -118,6 +122,25 @@ class Clustered:
     def _has_slot_for(self, job: Job) -> bool:
         return (job.state is JobState.QUEUED and self._accepting and self._runner.starting
                 and self._free_slots() > 0 and self._runner.lines.has_room(job.record.queue))
+
+    async def _add_shared(self, job: Job) -> bool:
+        """Store a cluster's new job: held here if a slot is free for it (it runs
+        here), else for any node to claim (then it is forgotten here); return
+        whether it is held here."""
+        held = self._has_slot_for(job)
+        shared = self._shared
+        assert shared is not None
+        if not held:
+            await self._add(job, shared.add)
+            job.on_change = None
+            self.jobs.forget(job.transaction_id)
+            return False
+        self._reserved += 1
+        try:
+            await self._add(job, shared.add_held)
+        finally:
+            self._reserved -= 1
+        return True
 
     def _claim_soon(self) -> None:
         """Claim queued jobs for the free slots (now, or after the claim under way)."""

@@ -10,11 +10,12 @@ jobs do.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import heapq
 from typing import NamedTuple
 
-from ..errors import RequestError
+from ..errors import RequestError, StoreUnavailable
 from ..store.base import Store, TaskEvent
 from ..store.shared import SharedStore
 from ..wire.codes import Reply
@@ -203,12 +204,15 @@ class JobDirectory:
         store = self._store
         if not isinstance(store, SharedStore):
             return False
-        record = await store.load(transaction_id)
-        if record is None:
-            return False
-        if record.status.is_final:
-            return record.line_count >= next_line
-        await store.wait_lines(transaction_id, next_line - 1, wait_s)
+        try:
+            record = await store.load(transaction_id)
+            if record is None:
+                return False
+            if record.status.is_final:
+                return record.line_count >= next_line
+            await store.wait_lines(transaction_id, next_line - 1, wait_s)
+        except StoreUnavailable:  # (an outage: the monitor waits for the store's return)
+            await asyncio.sleep(wait_s)
         return True
 
     async def read_lines(self, transaction_id: str, from_line: int, limit: int) -> list[bytes]:

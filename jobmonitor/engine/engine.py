@@ -322,25 +322,6 @@ class Engine(Clustered, Placing):
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def _add_shared(self, job: Job) -> bool:
-        """Store a cluster's new job: held here if a slot is free for it (it runs
-        here), else for any node to claim (then it is forgotten here); return
-        whether it is held here."""
-        held = self._has_slot_for(job)
-        shared = self._shared
-        assert shared is not None
-        if not held:
-            await self._add(job, shared.add)
-            job.on_change = None
-            self.jobs.forget(job.transaction_id)
-            return False
-        self._reserved += 1
-        try:
-            await self._add(job, shared.add_held)
-        finally:
-            self._reserved -= 1
-        return True
-
     async def _until_added(self, transaction_id: str) -> None:
         waiters = self._adding[transaction_id]
         if waiters is None:
