@@ -168,6 +168,7 @@ class Engine(Clustered, Placing):
         name stay as they were opened)."""
         self._config = config
         self._runner.configure(config)
+        self._claim_soon()  # (a cluster's node: more slots may be free now)
         self._schedules.configure(config.schedules)
         purging = self._purger is not None and not self._purger.done()
         if config.keep_days > 0 and not purging and self._accepting:

@@ -48,6 +48,9 @@ class Placing:
     async def _reserve_number(self) -> None:
         raise NotImplementedError
 
+    def _claim_soon(self) -> None:
+        raise NotImplementedError
+
     @property
     def clustered(self) -> bool:
         raise NotImplementedError
@@ -84,6 +87,7 @@ class Placing:
         self._queue_for(name, None)
         self._runner.lines.resume(name)
         self._runner.start_ready()
+        self._claim_soon()  # (a cluster's node: that queue's jobs may wait in the store)
 
     async def rerun(self, transaction_id: str, identity: str) -> Job:
         """A new job like the finished job ``transaction_id``: its project, variables,

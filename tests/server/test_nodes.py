@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
-from jobmonitor.client import Client
+from jobmonitor.client import Client, NodeInfo, SyncClient
 from jobmonitor.users import User, hash_password
 
 from ..conftest import MACHINE
@@ -29,6 +30,12 @@ async def test_a_single_server_lists_itself_in_text_json_and_xml(make_server):
     nodes = await Client("127.0.0.1", server.port).list_nodes()
     assert [(n.name, n.address, n.started, n.running) for n in nodes] == [
         (MACHINE, address, started, 0)]
+
+    def blocking() -> list[NodeInfo]:
+        with SyncClient("127.0.0.1", server.port) as client:
+            return client.list_nodes()
+
+    assert await asyncio.get_running_loop().run_in_executor(None, blocking) == nodes
 
 
 async def test_list_nodes_is_for_administrators_on_a_server_with_users(make_server):

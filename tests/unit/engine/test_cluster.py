@@ -14,6 +14,7 @@ from jobmonitor.config import Config
 from jobmonitor.engine.engine import Engine
 from jobmonitor.engine.job import Job
 from jobmonitor.engine.registry import HandlerRegistry
+from jobmonitor.errors import StoreUnavailable
 from jobmonitor.queueing import ScheduleSettings
 from jobmonitor.wire.codes import Reply
 
@@ -319,3 +320,18 @@ async def test_every_node_runs_the_schedules_and_each_due_time_makes_one_job(reg
         made = sorted(row.record.job_token or "" for row in nodes.db.rows.values())
         due = clock.time() - 300
         assert made == [f"schedule:tick:{due:.0f}", f"schedule:tick:{due + 300:.0f}"]
+
+
+async def test_a_submit_while_the_database_is_down_is_refused_and_leaves_nothing(registry):
+    async with cluster(registry) as nodes:
+        a = await nodes.node("a")
+        nodes.db.down = True
+        for _ in range(7):  # (past the numbers at hand)
+            with pytest.raises(StoreUnavailable):
+                await a.submit("quick", {}, {})
+        assert (a.jobs.live_jobs(), nodes.db.rows) == ([], {})
+        nodes.db.down = False
+        tid, job = await a.submit("quick", {}, {})
+        assert job is not None
+        await Lines(job).end()
+        assert list(nodes.db.rows) == [tid]
