@@ -160,12 +160,13 @@ class FencedCommits(GroupCommitStore):
         if releases:
             released = [r[0] for r in await db.fetch(
                 sql.RELEASE, list(releases), list(releases.values()), self.node.node_id)]
+        # (Nobody waits on the lines of a job new in this commit: no notice of them.)
+        updated = {update[0]: update[1] for update in updates if update[0] not in left_out}
         statuses = {row[0]: row[6] for row in rows if row[0] not in left_out}
-        statuses.update((update[0], update[1]) for update in updates
-                        if update[0] not in left_out)
+        statuses.update(updated)
         work = bool(released) or any(row[23] is None and row[6] in _WAITING for row in rows
                                if row[0] not in left_out)
-        channels, payloads = self._notices(batch, statuses, work)
+        channels, payloads = self._notices(batch, updated, work)
         if channels:
             await db.execute(sql.NOTIFY, channels, payloads)
         return token_taken, fenced, released, statuses
