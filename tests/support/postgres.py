@@ -58,8 +58,9 @@ def _free_port() -> int:
 class PostgresServer:
     """One PostgreSQL cluster in a temporary folder, on a loopback port."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, *, fsync: bool = False) -> None:
         self.bin_dir = bin_dir
+        self.fsync = fsync  # (off for the tests: only a crash of the machine would lose data)
         self.as_root = os.geteuid() == 0
         self.folder = Path(tempfile.mkdtemp(prefix="jobmonitor-pg-", dir="/tmp"))
         if self.as_root:
@@ -88,7 +89,8 @@ class PostgresServer:
         options = " ".join([
             f"-c port={self.port}", "-c listen_addresses=127.0.0.1",
             "-c unix_socket_directories=''", "-c shared_buffers=16MB",
-            "-c max_connections=100", "-c fsync=off", "-c full_page_writes=off"])
+            "-c max_connections=100",
+            *([] if self.fsync else ["-c fsync=off", "-c full_page_writes=off"])])
         self._run("pg_ctl", "start", "-w", "-t", str(START_TIMEOUT_S), "-D", str(self.data),
                   "-l", str(self.log), "-o", options)
         self.running = True

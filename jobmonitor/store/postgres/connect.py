@@ -69,7 +69,8 @@ class Settings:
                 "password": self.password, "database": self.database,
                 "timeout": CONNECT_TIMEOUT_S,
                 "server_settings": {"search_path": self.schema,
-                                    "application_name": "jobmonitor"}}
+                                    "application_name": "jobmonitor",
+                                    "client_min_messages": "warning"}}
 
     def channel(self, name: str) -> str:
         """A notification channel of this store's schema."""

@@ -53,7 +53,7 @@ class NodeStore(Protocol):
     #: Per job written or held: (its holder as this node knows it, epoch).
     epochs: dict[int, tuple[str | None, int]]
 
-    async def call(self, func: Callable[..., Any], *args: Any) -> Any: ...
+    async def call(self, func: Callable[..., Any], *args: Any, refused: int = 1) -> Any: ...
 
     def worked(self) -> None: ...
 
@@ -136,8 +136,8 @@ class Node:
         last_good = 0.0
         while True:
             try:
-                alive = await asyncio.wait_for(self.store.call(sql.heartbeat, self.node_id),
-                                               self.lease_s)
+                alive = await asyncio.wait_for(
+                    self.store.call(sql.heartbeat, self.node_id, refused=0), self.lease_s)
                 now = loop.time()
                 if good_since is None or now - last_good > self.lease_s:
                     good_since = now  # a gap: a lease must pass before reaping again
@@ -170,14 +170,14 @@ class Node:
         log.error("this node (%s) was declared dead by the others (its heartbeats stopped "
                   "for longer than %.1f s) and lost its %d jobs; it joins again as %s",
                   old, self.lease_s, len(lost), self.node_id)
-        await self.store.call(self.register)
+        await self.store.call(self.register, refused=0)
         if lost:
             self.hooks.lost([transaction_id_of(number) for number in lost])
 
     async def _reap(self) -> None:
         dead, released, taken = await self.store.call(
             sql.reap, self.settings.schema, self.node_id, self.lease_s,
-            self.settings.channel("work"))
+            self.settings.channel("work"), refused=0)
         if dead:
             log.warning("declared dead (no heartbeat for %.1f s): %s", self.lease_s,
                         ", ".join(dead))
@@ -194,7 +194,7 @@ class Node:
     # -- requests from other nodes --------------------------------------------------------
 
     async def _take_requests(self) -> None:
-        requests = await self.store.call(sql.take_requests, self.node_id)
+        requests = await self.store.call(sql.take_requests, self.node_id, refused=0)
         held = self.store.epochs
         for number, action in requests:
             if action in _ACTIONS and number in held:
@@ -253,7 +253,7 @@ class Node:
         try:
             # (A commit between the caller's read and this wait notified no one here.)
             try:
-                count = await self.store.call(_line_count, number)
+                count = await self.store.call(_line_count, number, refused=0)
             except StoreUnavailable:
                 count = None
             if count is not None and count > stored_lines:

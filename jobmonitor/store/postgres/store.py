@@ -1,12 +1,9 @@
 """The PostgreSQL store: one database several servers (the cluster's nodes) share.
 
-Writing is ``batching``'s group commit, with fencing: a job this node holds is
-written only while the database still says this node holds it by the same
-epoch (``sql.UPDATE_JOBS``); a job taken from it meanwhile is dropped from what
-is pending and the engine is told (``hooks.lost``).  A new job whose job token
-another node's job took first is not stored, and its ``add`` raises
-``TokenTaken``.  A commit notifies the other nodes: of new unheld jobs
-(``work``), and of the jobs whose lines or state it stored (``lines``).
+Writing is ``batching``'s group commit, fenced (``commit``): a job this node
+holds is written only while the database still says this node holds it by the
+same epoch.  Transaction numbers, claims, takes and requests are here; the
+queries are ``sql``'s.
 
 Being a node (``node``): a row in ``nodes``, its heartbeat, the reaper, and the
 listener for notifications.  Every database failure that is the environment's
@@ -21,7 +18,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -29,19 +26,12 @@ from ...errors import ConfigError, RequestError, StoreUnavailable
 from ...wire.codes import Reply
 from ...wire.records import JobRecord
 from ...wire.variables import TASK_LOG_SIZE
-from ..base import Recordable, Recovery, TaskEvent
-from ..batching import Batch, GroupCommitStore, Taken
+from ..base import Recovery, TaskEvent
 from ..outage import Outage
-from ..shared import Action, NodeInfo, SharedStore, TokenTaken
-from ..sqlite.rows import (
-    FINAL,
-    job_row,
-    job_update,
-    number_of,
-    schedule_marks_of,
-    transaction_id_of,
-)
+from ..shared import Action, NodeInfo, SharedStore
+from ..sqlite.rows import job_row, job_update, number_of
 from . import sql
+from .commit import FencedCommits
 from .connect import CONNECT_TIMEOUT_S, STATEMENT_TIMEOUT_S, Settings, unavailable
 from .node import Node
 
@@ -52,20 +42,13 @@ __all__ = ["PostgresStore"]
 
 log = logging.getLogger("jobmonitor.store")
 
-T = TypeVar("T")
-
 #: Connections a node's pool keeps open at most (the listener's is its own).
 POOL_SIZE = 4
 #: Transaction numbers a node takes at a time; it takes more when half are used.
 NUMBER_BLOCK = 100
-#: Most bytes in one notification's payload (PostgreSQL's limit is 8000).
-PAYLOAD_BYTES = 7900
-#: The fields of a job row (``job_row``) that an update (``job_update``) sets.
-_UPDATE_FIELDS = (0, 6, 7, 8, 9, 10, 11, 14, 15, 16, 17, 18)
-_WAITING = frozenset({"Queued", "Created"})
 
 
-class PostgresStore(GroupCommitStore, SharedStore):
+class PostgresStore(FencedCommits, SharedStore):
     """Jobs in a PostgreSQL schema, shared by the nodes of a cluster."""
 
     job_row = staticmethod(job_row)
@@ -77,18 +60,13 @@ class PostgresStore(GroupCommitStore, SharedStore):
         super().__init__(commit_interval_s=commit_interval_s,
                          outage=Outage(log, f"the store at {settings.where}"))
         self.settings = settings
-        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self._pool = None
         self.node = Node(self, settings, node_name=node_name, address=address,
                          heartbeat_s=heartbeat_s, lease_s=lease_s)
         self.node_name = self.node.name
-        #: Per job this node has written or holds: (the node holding it as this node
-        #: last knew, epoch); a write goes through only while the row still says so.
-        self.epochs: dict[int, tuple[str | None, int]] = {}
-        #: Held jobs to let go of with the next commit: number -> epoch.
-        self._releases: dict[int, int] = {}
-        #: New jobs the last commits did not store, another's job having their job
-        #: token: number -> that job's transaction ID.
-        self._token_taken: dict[int, str] = {}
+        self.epochs = {}
+        self._releases = {}
+        self._token_taken = {}
         self._numbers: collections.deque[int] = collections.deque()
         self._numbers_lock = asyncio.Lock()
         self._refill: asyncio.Task[None] | None = None
@@ -154,8 +132,10 @@ class PostgresStore(GroupCommitStore, SharedStore):
 
     # -- calling the database ----------------------------------------------------------
 
-    async def call(self, func: Callable[..., Any], *args: Any) -> Any:
-        """``await func(connection, *args)`` on one of the pool's connections.
+    async def call(self, func: Callable[..., Any], *args: Any, refused: int = 1) -> Any:
+        """``await func(connection, *args)`` on one of the pool's connections
+        (``refused``: how many commands a failure refuses; 0 for the node's own
+        heartbeats and polls).
 
         Raises:
             StoreUnavailable: the database cannot be used now (down, unreachable, slow).
@@ -170,198 +150,12 @@ class PostgresStore(GroupCommitStore, SharedStore):
             refusal = unavailable(exc)
             if refusal is None:
                 raise  # a bug: logged in full by whoever answers the command
-            self._outage.failed(exc, 1, expected=True)
+            self._outage.failed(exc, refused, expected=True)
             raise refusal from exc
 
     def worked(self) -> None:
         """A statement went through (a heartbeat): a spell of failures has ended."""
         self._outage.worked()
-
-    # -- writing ----------------------------------------------------------------------
-
-    async def add(self, job: Recordable) -> None:
-        await self._add(job, None, 0)
-
-    async def add_held(self, job: Recordable) -> None:
-        await self._add(job, self.node.node_id, 1)
-
-    async def _add(self, job: Recordable, holder: str | None, epoch: int) -> None:
-        number = int(job.transaction_id[1:])
-        self.epochs[number] = (holder, epoch)
-        try:
-            await super().add(job)
-        except BaseException:
-            if self.epochs.get(number) == (holder, epoch):
-                del self.epochs[number]
-            raise
-        winner = self._token_taken.pop(number, None)
-        if winner is not None:
-            raise TokenTaken(winner)
-        if holder is None and self.epochs.get(number) == (None, 0):
-            self.forget(number)  # anyone's to claim: this node writes no more of it
-
-    def forget(self, number: int) -> None:
-        """Write nothing more of this job (pending writes included)."""
-        transaction_id = transaction_id_of(number)
-        self._taken.pop(transaction_id, None)
-        self._dirty.pop(transaction_id, None)
-        self.epochs.pop(number, None)
-
-    def hold(self, record: JobRecord, epoch: int) -> None:
-        """This node holds the job now (claimed, taken or taken over)."""
-        self.epochs[record.number] = (self.node.node_id, epoch)
-        self._taken[record.transaction_id] = Taken(
-            record.line_count, len(record.history), len(record.outputs), row=True)
-
-    def held(self) -> list[int]:
-        """The jobs this node holds."""
-        node_id = self.node.node_id
-        return [number for number, (holder, _) in self.epochs.items() if holder == node_id]
-
-    def _refusal(self, exc: Exception) -> StoreUnavailable | None:
-        return unavailable(exc)
-
-    async def _write_batch(self, batch: Batch) -> None:
-        releases, self._releases = self._releases, {}
-        if not (batch.rows or batch.updates or releases):
-            return
-        try:
-            pool = self._pool
-            if pool is None:
-                raise StoreUnavailable("the store is closed")
-            async with pool.acquire(timeout=CONNECT_TIMEOUT_S) as db, db.transaction():
-                outcome = await self._write(db, batch, releases)
-        except BaseException:
-            for number, epoch in releases.items():
-                self._releases.setdefault(number, epoch)
-            raise
-        self._written(batch, *outcome)
-
-    async def _write(self, db: Db, batch: Batch, releases: dict[int, int]
-                     ) -> tuple[dict[int, str], set[int], list[int], dict[int, str]]:
-        """One commit's statements.  Returns the new jobs left out for their job token
-        (number -> the winner's transaction ID), the jobs fenced off, the jobs let
-        go, and the status written of each job."""
-        epochs = self.epochs
-        rows = []
-        for row in batch.rows:
-            holder, epoch = epochs.get(row[0], (None, 0))
-            rows.append((*row, None if row[6] in FINAL else holder, epoch))
-        updates = [(*update, *epochs.get(update[0], (None, 0))) for update in batch.updates]
-        token_taken: dict[int, str] = {}
-        if rows:
-            inserted = {r[0] for r in await db.fetch(sql.INSERT_JOBS, *sql.columns(rows))}
-            if len(inserted) < len(rows):
-                token_taken = await self._not_inserted(db, rows, inserted, updates)
-        fenced: set[int] = set()
-        if updates:
-            written = {r[0] for r in await db.fetch(sql.UPDATE_JOBS, *sql.columns(updates),
-                                                    sql.FINAL_STATES)}
-            fenced = {update[0] for update in updates} - written
-        left_out = fenced.union(token_taken)
-        for statement, items in ((sql.UPSERT_BLOCKS, batch.blocks),
-                                 (sql.INSERT_HISTORY, batch.history),
-                                 (sql.INSERT_OUTPUTS, batch.outputs)):
-            if left_out:
-                items = [item for item in items if item[0] not in left_out]
-            if items:
-                await db.execute(statement, *sql.columns(items))
-        marks = schedule_marks_of([row for row in batch.rows if row[0] not in left_out])
-        if marks:
-            await db.execute(sql.UPSERT_MARKS, *sql.columns(marks))
-        released: list[int] = []
-        if releases:
-            released = [r[0] for r in await db.fetch(
-                sql.RELEASE, list(releases), list(releases.values()), self.node.node_id)]
-        statuses = {row[0]: row[6] for row in rows if row[0] not in left_out}
-        statuses.update((update[0], update[1]) for update in updates
-                        if update[0] not in left_out)
-        work = bool(released) or any(row[23] is None and row[6] in _WAITING for row in rows
-                               if row[0] not in left_out)
-        channels, payloads = self._notices(batch, statuses, work)
-        if channels:
-            await db.execute(sql.NOTIFY, channels, payloads)
-        return token_taken, fenced, released, statuses
-
-    async def _not_inserted(self, db: Db, rows: list[tuple[Any, ...]], inserted: set[int],
-                            updates: list[tuple[Any, ...]]) -> dict[int, str]:
-        """Sort out the new rows an insert skipped: a row already there under its
-        number is this node's from a commit whose answer was lost (written again as
-        an update); the rest lost their job token to another node's job."""
-        skipped = [row for row in rows if row[0] not in inserted]
-        there = {r[0] for r in await db.fetch(
-            "SELECT number FROM jobs WHERE number = ANY($1::integer[])", [r[0] for r in skipped])}
-        updates.extend((*(row[i] for i in _UPDATE_FIELDS), row[23], row[24])
-                       for row in skipped if row[0] in there)
-        lost = [row for row in skipped if row[0] not in there]
-        owners = await sql.token_owners(db, [(row[4], row[5] or "") for row in lost])
-        return {row[0]: transaction_id_of(owners.get((row[4], row[5] or ""), 0))
-                for row in lost}
-
-    def _notices(self, batch: Batch, statuses: dict[int, str],
-                 work: bool) -> tuple[list[str], list[str]]:
-        """The notifications of a commit: (channels, payloads)."""
-        channels: list[str] = []
-        payloads: list[str] = []
-        if work:
-            channels.append(self.settings.channel("work"))
-            payloads.append("")
-        entries = [f"{number}:{lines}:{statuses[number]}"
-                   for number, lines in ((int(job.transaction_id[1:]), lines)
-                                         for job, lines in batch.stored)
-                   if number in statuses]
-        channel = self.settings.channel("lines")
-        while entries:
-            size, count = 0, 0
-            for entry in entries:
-                if size + len(entry) + 1 > PAYLOAD_BYTES and count:
-                    break
-                size += len(entry) + 1
-                count += 1
-            channels.append(channel)
-            payloads.append(",".join(entries[:count]))
-            del entries[:count]
-        return channels, payloads
-
-    def _written(self, batch: Batch, token_taken: dict[int, str], fenced: set[int],
-                 released: list[int], statuses: dict[int, str]) -> None:
-        """After the commit (on the loop, before anyone is answered): forget the jobs
-        it left out or let go, and tell the engine of those taken from it."""
-        self._token_taken.update(token_taken)
-        for number in (*token_taken, *fenced, *released):
-            self.forget(number)
-        if token_taken or fenced:
-            left_out = fenced.union(token_taken)
-            batch.stored[:] = [(job, lines) for job, lines in batch.stored
-                               if int(job.transaction_id[1:]) not in left_out]
-        for number, status in statuses.items():
-            if status in FINAL and number in self.epochs:
-                self.epochs[number] = (None, self.epochs[number][1])  # an ended job is let go
-            if transaction_id_of(number) not in self._taken:
-                self.epochs.pop(number, None)  # nothing more will be written
-        if fenced:
-            log.warning("jobs taken over by another node while this one was cut off: %s",
-                        ", ".join(map(transaction_id_of, sorted(fenced))))
-            asyncio.get_running_loop().call_soon(
-                self.node.hooks.lost, [transaction_id_of(number) for number in sorted(fenced)])
-
-    async def flush(self) -> None:
-        if not self._releases or self._dirty:
-            await super().flush()
-            return
-        assert self._loop is not None  # (releases are written by a commit too)
-        waiter = self._loop.create_future()
-        self._waiters.append(waiter)
-        self._start_commit()
-        await waiter
-
-    def release(self, transaction_id: str) -> None:
-        number = number_of(transaction_id)
-        holding = self.epochs.get(number) if number is not None else None
-        if number is None or holding is None or holding[0] != self.node.node_id:
-            return
-        self._releases[number] = holding[1]
-        self._start_commit()
 
     # -- transaction numbers ------------------------------------------------------------
 

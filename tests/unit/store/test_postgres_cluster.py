@@ -346,3 +346,43 @@ async def test_after_a_database_outage_longer_than_the_lease_no_live_node_is_rea
     assert (second_hooks.lost_jobs, second_hooks.taken) == ([], [])
     rows = await sql(first, "SELECT number, node_id FROM jobs ORDER BY number")
     assert [(r[0], r[1]) for r in rows] == [(1, first.node.node_id), (2, second.node.node_id)]
+
+
+async def test_a_request_reaches_the_holder_by_its_heartbeat_without_the_listener(cluster):
+    (first, first_hooks), (second, _) = await cluster("a"), await cluster("b")
+    await first.add_held(running(1))
+    await first.node.listener.stop()  # (no notification reaches it now)
+    assert await second.request("T0000001", "cancel") is True
+    await first_hooks.until(lambda: bool(first_hooks.requests), timeout=HEARTBEAT_S * 10)
+    assert first_hooks.requests == [("T0000001", "cancel")]
+
+
+async def test_the_listener_reconnects_after_a_postgres_restart(
+        cluster, postgres_server, monkeypatch):
+    monkeypatch.setattr(node_module, "LONGEST_LINE_WAIT_S", 30.0)  # only a notice wakes it
+
+    async def no_count(db, number):
+        return None
+
+    monkeypatch.setattr(node_module, "_line_count", no_count)
+    (first, _), (second, _) = await cluster("a"), await cluster("b")
+    item = running(1)
+    await first.add_held(item)
+    listener = second.node.listener
+    before = listener._connection
+    postgres_server.restart()
+    async with asyncio.timeout(10):  # (reconnects within its longest pause, 2 s)
+        while listener._connection is None or listener._connection is before:
+            await asyncio.sleep(0.05)
+    waiting = asyncio.create_task(second.wait_lines("T0000001", 0, 30.0))
+    for _ in range(100):
+        if 1 in second.node._line_waiters:
+            break
+        await asyncio.sleep(0)
+    item.say("one")
+    first.changed(item)
+    for _ in range(10):  # (the first commit may meet a connection the restart broke)
+        with contextlib.suppress(StoreUnavailable):
+            await first.flush()
+            break
+    await asyncio.wait_for(waiting, 5.0)
