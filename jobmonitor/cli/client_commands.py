@@ -138,6 +138,9 @@ def add_client_commands(commands: Any) -> None:
     add("projects", _projects, "list the projects the server runs")
     add("queue", _queue, "show how many jobs are queued and running")
     add("log", _log, "show the server's recent task log (administrators)")
+    nodes = add("nodes", _nodes, "list the cluster's nodes: address, start, heartbeat, "
+                "jobs running (administrators)")
+    nodes.add_argument("--json", action="store_true", help="print the server's JSON list")
     add("restart-server", _restart_server,
         "restart the job engine and reload its job modules (administrators)")
     _add_queue_commands(add)
@@ -197,9 +200,6 @@ def _add_queue_commands(add: Adder) -> None:
                        ("resume-queue", "start jobs of a paused queue again (administrators)")):
         add(name, _queue_control(name), text).add_argument(
             "queue", metavar="NAME")
-    nodes = add("nodes", _nodes, "list the cluster's nodes: address, start, heartbeat, "
-                "jobs running (administrators)")
-    nodes.add_argument("--json", action="store_true", help="print the server's JSON list")
     rerun = add("rerun", _rerun, "run a finished job again as a new job, and stream it")
     rerun.add_argument("transaction_id", metavar="TX")
     rerun.add_argument("--no-monitor", dest="monitor", action="store_false",
