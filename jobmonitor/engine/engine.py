@@ -48,6 +48,9 @@ __all__ = ["Engine"]
 log = logging.getLogger("jobmonitor.engine")
 
 MAX_TRANSACTION_NUMBER = 9_999_999
+#: Longest a stopping node waits for a claim under way (the store's statements
+#: time out well before).
+CLAIM_WAIT_S = 10.0
 #: How often finished jobs older than ``keep_days`` are deleted.
 PURGE_INTERVAL_S = 3600.0
 
@@ -144,6 +147,8 @@ class Engine(Clustered, Placing):
                                  reason=CancelReason.SHUTDOWN)
         self._runner.close()
         if self._shared is not None:  # queued and waiting jobs go to the other nodes
+            if self._claiming is not None:  # (it lets go of what it gets: see _claim)
+                await asyncio.wait([self._claiming], timeout=CLAIM_WAIT_S)
             self._release_waiting()
         # A handler abandoned in its thread may still be at work: the store stays
         # locked until it returns, so that no new server runs its job beside it.
