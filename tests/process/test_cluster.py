@@ -305,6 +305,7 @@ async def test_a_frozen_node_is_taken_over_and_writes_nothing_when_it_wakes(node
     b = nodes.start("b")
     tid = await submitted(a.port, "checked-ticker", Count="1000", Interval="0.02")
     watcher = await monitor(b.port, tid)
+    on_a = await monitor(a.port, tid)  # a monitor on the node that freezes
     seen: list[str] = []
     await until_line(watcher, "J0000100: tick 3", seen)
     stopped = time.monotonic()
@@ -326,6 +327,11 @@ async def test_a_frozen_node_is_taken_over_and_writes_nothing_when_it_wakes(node
     await asyncio.sleep(0.5)  # (a few of a's commit intervals: nothing more is written)
     assert await replay(b.port, tid) == stored
     assert await replay(a.port, tid) == stored
+    # a's own monitor was handed over to the store: it got the same lines, once each.
+    seen_on_a: list[str] = []
+    await until_line(on_a, ended(tid), seen_on_a)
+    await on_a.close()
+    assert seen_on_a == texts(stored)
     names = [line[10:].split("\t")[0] for line in
              (await exchange(b.port, xml_packet("ListNodes")))[1:]]
     assert names == ["a", "b"]  # a joined again
