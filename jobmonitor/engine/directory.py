@@ -196,21 +196,31 @@ class JobDirectory:
             return JobPage(page[:limit], page[limit - 1].transaction_id)
         return JobPage(page, None)
 
-    async def more_stored(self, transaction_id: str, next_line: int, wait_s: float) -> bool:
+    async def more_stored(self, transaction_id: str, next_line: int, wait_s: float, *,
+                          look_first: bool = True) -> bool:
         """For a monitor of a job this server does not hold (a cluster's node):
-        False once the job has ended with no line from ``next_line`` on; else True,
-        once that line is stored or its state changed, or after ``wait_s``.
-        Without a shared store, at once False (a job not in memory has ended)."""
+        False once the job has ended (or is gone) with no line from ``next_line``
+        on; else True, once that line is stored or the job's state changed, or
+        after ``wait_s``.  Without a shared store, at once False (a job not in
+        memory has ended).
+
+        ``look_first``: read the job's record before waiting (at the start of a
+        follow, and after its ended line).  Else the record is read only after a
+        wait that no news ended (the store wakes the wait for every commit of the
+        job's lines or state), so a follower costs no read of it per commit.
+        """
         store = self._store
         if not isinstance(store, SharedStore):
             return False
         try:
-            record = await store.load(transaction_id)
-            if record is None:
+            if look_first and not await _may_grow(store, transaction_id, next_line):
                 return False
-            if record.status.is_final:
-                return record.line_count >= next_line
+            loop = asyncio.get_running_loop()
+            started = loop.time()
             await store.wait_lines(transaction_id, next_line - 1, wait_s)
+            if look_first or loop.time() - started < wait_s / 2:
+                return True  # (news: the caller reads what came)
+            return await _may_grow(store, transaction_id, next_line)
         except StoreUnavailable:  # (an outage: the monitor waits for the store's return)
             await asyncio.sleep(wait_s)
         return True
@@ -265,3 +275,12 @@ class JobDirectory:
     def task_log(self) -> list[TaskEvent]:
         """Recent job events across the server, oldest first."""
         return list(self._task_log)
+
+
+async def _may_grow(store: SharedStore, transaction_id: str, next_line: int) -> bool:
+    """Whether a job in a shared store may still have line ``next_line``: it is
+    there, and it has not ended or has that line already."""
+    record = await store.load(transaction_id)
+    if record is None:
+        return False
+    return not record.status.is_final or record.line_count >= next_line

@@ -44,7 +44,7 @@ from ..config import Config
 from ..engine.engine import Engine
 from ..engine.stream import JobStream
 from ..errors import PacketError, RequestError
-from ..wire.codes import Reply
+from ..wire.codes import Reply, Status
 from ..wire.lines import clip
 from ..wire.packet import Packet, PacketParser, packet_end_hint
 from ..wire.variables import KEEP_OPEN, behind_notice, parse_bool
@@ -61,6 +61,8 @@ log = logging.getLogger("jobmonitor.connection")
 
 #: Lines read from the store at a time when a watcher catches up.
 CATCH_UP_PAGE_LINES = 2000
+#: How the last line of a job's stream starts.
+ENDED_HEAD = b"J%07d: " % Status.ENDED
 #: Longest a monitor of a job held by another node waits for its next lines
 #: before it looks again (a lost wake-up costs at most this).
 FOLLOW_WAIT_S = 1.0
@@ -479,6 +481,7 @@ class Connection(Output):
         """Send the job's lines from ``line`` on: from the store while they are
         not in memory, then by watching the live stream."""
         jobs = self._context.engine.jobs
+        look = True  # (a cluster's job held elsewhere: see JobDirectory.more_stored)
         while self._state is _WATCHING:
             job = jobs.live(transaction_id)
             if job is not None and job.stream.in_memory(line):
@@ -490,12 +493,15 @@ class Connection(Output):
             if not page:
                 if job is None:
                     # (a cluster's job held elsewhere: its next lines, once stored)
-                    if await jobs.more_stored(transaction_id, line, FOLLOW_WAIT_S):
+                    if await jobs.more_stored(transaction_id, line, FOLLOW_WAIT_S,
+                                              look_first=look):
+                        look = False
                         continue
                     self._stream_done(line > self._follow_from)  # replayed to its end
                     return
                 line = job.stream.base + 1  # nothing stored before the memory window
                 continue
+            look = page[-1].startswith(ENDED_HEAD)  # (the end: the next look says so)
             self.write(b"".join(page))
             line += len(page)
             self._next_line = line
