@@ -300,6 +300,24 @@ async def test_a_killed_nodes_job_ends_within_5_s_and_its_queued_work_runs_elsew
     assert (await status(b.port, blocker))["WorkerId"] == "b"
 
 
+@pytest.mark.xfail(reason="the PostgreSQL store does not write a claimed job's new machine "
+                          "(worker) yet: the interruption names the node that stored the job",
+                   strict=False)
+async def test_a_claimed_jobs_interruption_names_the_node_that_ran_it(nodes):
+    a = nodes.start("a", "--max-running", "1")
+    b = nodes.start("b", "--max-running", "1")
+    await submitted(a.port, "checked-ticker", Count="1000")  # a's one slot
+    tid = await submitted(a.port, "checked-ticker", Count="1000")  # b claims it
+    watcher = await monitor(a.port, tid)
+    seen: list[str] = []
+    await until_line(watcher, "J0000100: Machine name: b", seen)
+    b.proc.kill()
+    await until_line(watcher, FAILED, seen)
+    await watcher.close()
+    assert seen[-2] == "J0005002: Job interrupted: node b stopped"
+    assert (await status(a.port, tid))["WorkerId"] == "b"
+
+
 async def test_a_frozen_node_is_taken_over_and_writes_nothing_when_it_wakes(nodes):
     a = nodes.start("a")
     b = nodes.start("b")

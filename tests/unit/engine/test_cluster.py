@@ -335,3 +335,19 @@ async def test_a_submit_while_the_database_is_down_is_refused_and_leaves_nothing
         assert job is not None
         await Lines(job).end()
         assert list(nodes.db.rows) == [tid]
+
+
+async def test_a_claimed_jobs_interruption_names_the_node_that_ran_it(registry, gate):
+    async with cluster(registry) as nodes:
+        a = await nodes.node("a", max_running=1)
+        await a.submit("gate", {}, {})
+        b = await nodes.node("b", max_running=1)
+        tid, job = await a.submit("steps", {}, {})
+        assert job is None  # b claims it
+        await follow(a, tid, until="J0000100: step 0")
+        nodes.db.declare_dead(nodes.stores["b"], heir=nodes.stores["a"])
+        lines = await follow(a, tid)
+        assert lines[-3] == "J0005002: Job interrupted: node b stopped"
+        assert (await a.jobs.record(tid)).worker == "b"
+        assert b.jobs.live(tid) is not None  # (b hears it lost the job at its heartbeat)
+        gate.set()
