@@ -260,6 +260,8 @@ class Clustered:
         """A dead node's unfinished jobs, now held here: recovered as after a
         restart, the interruption naming the dead node."""
         for record in records:
+            if self.jobs.live(record.transaction_id) is not None:
+                continue  # (held here all along: nothing to recover)
             log.warning("job %s of node %s, which stopped, is taken over", record.transaction_id,
                         record.worker)
             self._recover(record, dead_node=record.worker or "?")
