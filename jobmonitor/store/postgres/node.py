@@ -45,6 +45,8 @@ log = logging.getLogger("jobmonitor.store")
 #: looks again (a notification sent while the listener reconnected is lost).
 LONGEST_LINE_WAIT_S = 1.0
 _ACTIONS = frozenset({"cancel", "suspend", "resume"})
+#: Every so many reapings, look for jobs held by no node even when no node died.
+SWEEP_EVERY = 5
 
 
 class NodeStore(Protocol):
@@ -98,6 +100,7 @@ class Node:
         self._line_waiters: dict[int, set[asyncio.Future[None]]] = {}
         self._beating: asyncio.Task[None] | None = None
         self._asking: asyncio.Task[None] | None = None
+        self._reaps = 0
         self.listener = Listener(settings, {
             settings.channel("work"): self._heard_work,
             settings.channel("lines"): self._heard_lines,
@@ -177,7 +180,8 @@ class Node:
     async def _reap(self) -> None:
         dead, released, taken = await self.store.call(
             sql.reap, self.settings.schema, self.node_id, self.lease_s,
-            self.settings.channel("work"), refused=0)
+            self.settings.channel("work"), self._reaps % SWEEP_EVERY == 0, refused=0)
+        self._reaps += 1
         if dead:
             log.warning("declared dead (no heartbeat for %.1f s): %s", self.lease_s,
                         ", ".join(dead))

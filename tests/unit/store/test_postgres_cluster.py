@@ -386,3 +386,12 @@ async def test_the_listener_reconnects_after_a_postgres_restart(
             await first.flush()
             break
     await asyncio.wait_for(waiting, 5.0)
+
+
+async def test_a_node_that_closes_leaves_at_once_and_its_running_job_is_taken_over(cluster):
+    (first, _), (second, second_hooks) = await cluster("a"), await cluster("b")
+    await first.add_held(running(1))
+    await first.close()
+    assert [n.name for n in await second.nodes()] == ["b"]
+    await second_hooks.until(lambda: bool(second_hooks.taken), timeout=LEASE_S * 3 + 2)
+    assert [r.transaction_id for r in second_hooks.taken] == ["T0000001"]
