@@ -44,6 +44,9 @@ __all__ = ["FencedCommits"]
 
 log = logging.getLogger("jobmonitor.store")
 
+#: Tries of a commit that PostgreSQL rolled back to break a deadlock (all of it
+#: was undone, so it is written again as it was) before its submits are refused.
+WRITE_TRIES = 3
 #: Most bytes in one notification's payload (PostgreSQL's limit is 8000).
 PAYLOAD_BYTES = 7900
 #: The fields of a job row (``job_row``) that an update (``job_update``) sets.
@@ -116,8 +119,15 @@ class FencedCommits(GroupCommitStore):
             pool = self._pool
             if pool is None:
                 raise StoreUnavailable("the store is closed")
-            async with pool.acquire(timeout=CONNECT_TIMEOUT_S) as db, db.transaction():
-                outcome = await self._write(db, batch, releases)
+            async with pool.acquire(timeout=CONNECT_TIMEOUT_S) as db:
+                for attempt in range(1, WRITE_TRIES + 1):
+                    try:
+                        async with db.transaction():
+                            outcome = await self._write(db, batch, releases)
+                        break
+                    except asyncpg.TransactionRollbackError:
+                        if attempt == WRITE_TRIES:
+                            raise  # (a deadlock or a serialization failure each time)
         except BaseException:
             for number, epoch in releases.items():
                 self._releases.setdefault(number, epoch)
@@ -134,6 +144,10 @@ class FencedCommits(GroupCommitStore):
         for row in batch.rows:
             holder, epoch = epochs.get(row[0], (None, 0))
             rows.append((*row, None if row[6] in FINAL else holder, epoch))
+        if len(rows) > 1:
+            # In job token order: two nodes inserting the same tokens wait for each
+            # other in the same order, never in a circle (a deadlock fails a commit).
+            rows.sort(key=_token_order)
         updates = [(*update, *epochs.get(update[0], (None, 0))) for update in batch.updates]
         token_taken: dict[int, str] = {}
         if rows:
@@ -250,3 +264,7 @@ class FencedCommits(GroupCommitStore):
             return
         self._releases[number] = holding[1]
         self._start_commit()
+
+
+def _token_order(row: tuple[Any, ...]) -> tuple[str, str]:
+    return row[4], row[5] or ""
