@@ -22,7 +22,9 @@ and of jobs let go (``work``), and of the jobs whose lines or state it stored
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -68,6 +70,10 @@ class FencedCommits(GroupCommitStore):
     #: New jobs the last commits did not store, another's job having their job
     #: token: number -> that job's transaction ID.
     _token_taken: dict[int, str]
+    #: Adds of held jobs, claims and takes under way, and whether none may start
+    #: (a heartbeat is looking for the jobs this node holds without knowing it).
+    _holding_now: int
+    _not_sweeping: asyncio.Event
 
     async def add(self, job: Recordable) -> None:
         await self._add(job, None, 0)
@@ -77,18 +83,40 @@ class FencedCommits(GroupCommitStore):
 
     async def _add(self, job: Recordable, holder: str | None, epoch: int) -> None:
         number = int(job.transaction_id[1:])
-        self.epochs[number] = (holder, epoch)
-        try:
-            await super().add(job)
-        except BaseException:
-            if self.epochs.get(number) == (holder, epoch):
-                del self.epochs[number]
-            raise
+        async with self._holding() if holder is not None else contextlib.nullcontext():
+            self.epochs[number] = (holder, epoch)
+            try:
+                await super().add(job)
+            except BaseException:
+                if self.epochs.get(number) == (holder, epoch):
+                    del self.epochs[number]
+                raise
         winner = self._token_taken.pop(number, None)
         if winner is not None:
             raise TokenTaken(winner)
         if holder is None and self.epochs.get(number) == (None, 0):
             self.forget(number)  # anyone's to claim: this node writes no more of it
+
+    @contextlib.asynccontextmanager
+    async def _holding(self) -> AsyncIterator[None]:
+        """Around an add of a held job, a claim or a take: none while a heartbeat
+        looks for strays (a job held meanwhile would look like one)."""
+        await self._not_sweeping.wait()
+        self._holding_now += 1
+        try:
+            yield
+        finally:
+            self._holding_now -= 1
+
+    def begin_sweep(self) -> bool:
+        """Keep claims and takes from starting, if none is under way (else False)."""
+        if self._holding_now:
+            return False
+        self._not_sweeping.clear()
+        return True
+
+    def end_sweep(self) -> None:
+        self._not_sweeping.set()
 
     def forget(self, number: int) -> None:
         """Write nothing more of this job (pending writes included)."""

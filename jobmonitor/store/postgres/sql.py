@@ -391,3 +391,24 @@ async def reap(db: Db, schema: str, node_id: str, lease_s: float, work_channel: 
         if released:
             await db.execute("SELECT pg_notify($1, '')", work_channel)
     return [row[0] for row in dead], [row[0] for row in released], taken
+
+
+async def strays(db: Db, node_id: str, known: list[int], work_channel: str
+                 ) -> tuple[list[int], list[tuple[JobRecord, int]]]:
+    """The jobs held by this node that it does not know it holds (a claim or take
+    whose answer was lost with its connection): let go of the waiting ones, and
+    hold the running ones anew (returned with their new epochs, to recover)."""
+    async with db.transaction():
+        released = await db.fetch(
+            "UPDATE jobs SET node_id = NULL, epoch = epoch + 1, requested = NULL "
+            "WHERE node_id = $1 AND number <> ALL($2::integer[]) "
+            "AND status <> ALL($3::text[]) RETURNING number", node_id, known, RUNNING_STATES)
+        held = await db.fetch(
+            "UPDATE jobs SET epoch = epoch + 1, requested = NULL "
+            "WHERE node_id = $1 AND number <> ALL($2::integer[]) "
+            "AND status = ANY($3::text[]) RETURNING number, epoch", node_id, known,
+            RUNNING_STATES)
+        taken = await _held_records(db, held, "ORDER BY number")
+        if released:
+            await db.execute("SELECT pg_notify($1, '')", work_channel)
+    return [row[0] for row in released], taken

@@ -67,6 +67,9 @@ class PostgresStore(FencedCommits, SharedStore):
         self.epochs = {}
         self._releases = {}
         self._token_taken = {}
+        self._holding_now = 0
+        self._not_sweeping = asyncio.Event()
+        self._not_sweeping.set()
         self._numbers: collections.deque[int] = collections.deque()
         self._numbers_lock = asyncio.Lock()
         self._refill: asyncio.Task[None] | None = None
@@ -189,7 +192,8 @@ class PostgresStore(FencedCommits, SharedStore):
     async def claim(self, limit: int, queues: Sequence[str] | None = None) -> list[JobRecord]:
         if limit <= 0 or (queues is not None and not queues):
             return []
-        claimed = await self.call(sql.claim, self.node.node_id, limit, queues, time.time())
+        async with self._holding():
+            claimed = await self.call(sql.claim, self.node.node_id, limit, queues, time.time())
         for record, epoch in claimed:
             self.hold(record, epoch)
         return [record for record, _ in claimed]
@@ -198,7 +202,8 @@ class PostgresStore(FencedCommits, SharedStore):
         number = number_of(transaction_id)
         if number is None:
             return None
-        taken = await self.call(sql.take, self.node.node_id, number, self.node.lease_s)
+        async with self._holding():
+            taken = await self.call(sql.take, self.node.node_id, number, self.node.lease_s)
         if taken is None:
             return None
         record, epoch = taken
