@@ -110,17 +110,21 @@ class PostgresStore(FencedCommits, SharedStore):
                         await sql.recent_events(db, TASK_LOG_SIZE), await sql.schedule_marks(db))
 
     async def close(self, *, keep_lock: bool = False) -> None:
+        """Write what is pending, and leave the cluster: the other nodes take over
+        the jobs this node still runs at their next reaping.  ``keep_lock``: a
+        handler of this node still runs, so its jobs are left to be taken over
+        only once this node's lease has ended (its heartbeats stop now)."""
         await self.node.stop()
         if self._refill is not None:
             self._refill.cancel()
         await self._stop_commits()
-        if self._pool is not None:
+        if self._pool is not None and not keep_lock:
             try:
                 await self.call(self.node.leave)
             except (StoreUnavailable, asyncpg.PostgresError) as exc:
                 log.warning("leaving the cluster failed (%s): the others take this node's "
                             "jobs once its lease ends", exc)
-            await self._close_pool()
+        await self._close_pool()
 
     async def _close_pool(self) -> None:
         pool, self._pool = self._pool, None
@@ -131,7 +135,8 @@ class PostgresStore(FencedCommits, SharedStore):
                 pool.terminate()
 
     def release_lock(self) -> None:
-        """No lock: nodes share the store (a job is fenced by its holder and epoch)."""
+        """No lock: nodes share the store (a job is fenced by its holder and epoch);
+        after ``close(keep_lock=True)`` the node's lease runs out by itself."""
 
     # -- calling the database ----------------------------------------------------------
 

@@ -408,3 +408,11 @@ async def test_jobs_held_unknowingly_are_let_go_or_recovered(cluster):
     assert [r.transaction_id for r in first_hooks.taken] == ["T0000002"]
     assert first.held() == [2]
     assert [r.transaction_id for r in await second.claim(5)] == ["T0000001"]
+
+
+async def test_a_node_closing_while_a_handler_still_runs_stays_until_its_lease_ends(cluster):
+    (first, _), (second, _) = await cluster("a"), await cluster("b")
+    await first.add_held(running(1))
+    await first.close(keep_lock=True)
+    assert [n.name for n in await second.nodes()] == ["a", "b"]
+    assert await second.take("T0000001") is None
