@@ -22,7 +22,9 @@ and of jobs let go (``work``), and of the jobs whose lines or state it stored
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -44,6 +46,9 @@ __all__ = ["FencedCommits"]
 
 log = logging.getLogger("jobmonitor.store")
 
+#: Tries of a commit that PostgreSQL rolled back to break a deadlock (all of it
+#: was undone, so it is written again as it was) before its submits are refused.
+WRITE_TRIES = 3
 #: Most bytes in one notification's payload (PostgreSQL's limit is 8000).
 PAYLOAD_BYTES = 7900
 #: The fields of a job row (``job_row``) that an update (``job_update``) sets.
@@ -65,6 +70,10 @@ class FencedCommits(GroupCommitStore):
     #: New jobs the last commits did not store, another's job having their job
     #: token: number -> that job's transaction ID.
     _token_taken: dict[int, str]
+    #: Adds of held jobs, claims and takes under way, and whether none may start
+    #: (a heartbeat is looking for the jobs this node holds without knowing it).
+    _holding_now: int
+    _not_sweeping: asyncio.Event
 
     async def add(self, job: Recordable) -> None:
         await self._add(job, None, 0)
@@ -74,18 +83,40 @@ class FencedCommits(GroupCommitStore):
 
     async def _add(self, job: Recordable, holder: str | None, epoch: int) -> None:
         number = int(job.transaction_id[1:])
-        self.epochs[number] = (holder, epoch)
-        try:
-            await super().add(job)
-        except BaseException:
-            if self.epochs.get(number) == (holder, epoch):
-                del self.epochs[number]
-            raise
+        async with self._holding() if holder is not None else contextlib.nullcontext():
+            self.epochs[number] = (holder, epoch)
+            try:
+                await super().add(job)
+            except BaseException:
+                if self.epochs.get(number) == (holder, epoch):
+                    del self.epochs[number]
+                raise
         winner = self._token_taken.pop(number, None)
         if winner is not None:
             raise TokenTaken(winner)
         if holder is None and self.epochs.get(number) == (None, 0):
             self.forget(number)  # anyone's to claim: this node writes no more of it
+
+    @contextlib.asynccontextmanager
+    async def _holding(self) -> AsyncIterator[None]:
+        """Around an add of a held job, a claim or a take: none while a heartbeat
+        looks for strays (a job held meanwhile would look like one)."""
+        await self._not_sweeping.wait()
+        self._holding_now += 1
+        try:
+            yield
+        finally:
+            self._holding_now -= 1
+
+    def begin_sweep(self) -> bool:
+        """Keep claims and takes from starting, if none is under way (else False)."""
+        if self._holding_now:
+            return False
+        self._not_sweeping.clear()
+        return True
+
+    def end_sweep(self) -> None:
+        self._not_sweeping.set()
 
     def forget(self, number: int) -> None:
         """Write nothing more of this job (pending writes included)."""
@@ -116,8 +147,15 @@ class FencedCommits(GroupCommitStore):
             pool = self._pool
             if pool is None:
                 raise StoreUnavailable("the store is closed")
-            async with pool.acquire(timeout=CONNECT_TIMEOUT_S) as db, db.transaction():
-                outcome = await self._write(db, batch, releases)
+            async with pool.acquire(timeout=CONNECT_TIMEOUT_S) as db:
+                for attempt in range(1, WRITE_TRIES + 1):
+                    try:
+                        async with db.transaction():
+                            outcome = await self._write(db, batch, releases)
+                        break
+                    except asyncpg.TransactionRollbackError:
+                        if attempt == WRITE_TRIES:
+                            raise  # (a deadlock or a serialization failure each time)
         except BaseException:
             for number, epoch in releases.items():
                 self._releases.setdefault(number, epoch)
@@ -134,6 +172,10 @@ class FencedCommits(GroupCommitStore):
         for row in batch.rows:
             holder, epoch = epochs.get(row[0], (None, 0))
             rows.append((*row, None if row[6] in FINAL else holder, epoch))
+        if len(rows) > 1:
+            # In job token order: two nodes inserting the same tokens wait for each
+            # other in the same order, never in a circle (a deadlock fails a commit).
+            rows.sort(key=_token_order)
         updates = [(*update, *epochs.get(update[0], (None, 0))) for update in batch.updates]
         token_taken: dict[int, str] = {}
         if rows:
@@ -250,3 +292,7 @@ class FencedCommits(GroupCommitStore):
             return
         self._releases[number] = holding[1]
         self._start_commit()
+
+
+def _token_order(row: tuple[Any, ...]) -> tuple[str, str]:
+    return row[4], row[5] or ""

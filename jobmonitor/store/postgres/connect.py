@@ -36,7 +36,7 @@ log = logging.getLogger("jobmonitor.store")
 #: How long connecting may take, and one statement, before the operation fails
 #: (and a command waiting on it is refused rather than left hanging).
 CONNECT_TIMEOUT_S = 3.0
-STATEMENT_TIMEOUT_S = 10.0
+STATEMENT_TIMEOUT_S = 5.0
 #: The listener's pauses between tries to reconnect: the first, and the longest.
 FIRST_RETRY_S = 0.1
 LONGEST_RETRY_S = 2.0

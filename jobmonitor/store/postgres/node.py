@@ -45,6 +45,9 @@ log = logging.getLogger("jobmonitor.store")
 #: looks again (a notification sent while the listener reconnected is lost).
 LONGEST_LINE_WAIT_S = 1.0
 _ACTIONS = frozenset({"cancel", "suspend", "resume"})
+#: Every so many reapings, look for jobs held by no node even when no node died;
+#: every so many heartbeats, for jobs held by this node that it does not know of.
+SWEEP_EVERY = 5
 
 
 class NodeStore(Protocol):
@@ -62,6 +65,10 @@ class NodeStore(Protocol):
     def forget(self, number: int) -> None: ...
 
     def hold(self, record: JobRecord, epoch: int) -> None: ...
+
+    def begin_sweep(self) -> bool: ...
+
+    def end_sweep(self) -> None: ...
 
 
 class _NoHooks:
@@ -98,6 +105,8 @@ class Node:
         self._line_waiters: dict[int, set[asyncio.Future[None]]] = {}
         self._beating: asyncio.Task[None] | None = None
         self._asking: asyncio.Task[None] | None = None
+        self._reaps = 0
+        self._beats = 0
         self.listener = Listener(settings, {
             settings.channel("work"): self._heard_work,
             settings.channel("lines"): self._heard_lines,
@@ -151,6 +160,12 @@ class Node:
                     self.hooks.work_available()
                     if now - good_since >= self.lease_s:
                         await self._reap()
+                    if self._beats % SWEEP_EVERY == 0 and self.store.begin_sweep():
+                        try:
+                            await self._find_strays()
+                        finally:
+                            self.store.end_sweep()
+                    self._beats += 1
             except (StoreUnavailable, TimeoutError) as exc:
                 good_since = None
                 log.debug("a heartbeat failed: %s", exc)
@@ -177,13 +192,29 @@ class Node:
     async def _reap(self) -> None:
         dead, released, taken = await self.store.call(
             sql.reap, self.settings.schema, self.node_id, self.lease_s,
-            self.settings.channel("work"), refused=0)
+            self.settings.channel("work"), self._reaps % SWEEP_EVERY == 0, refused=0)
+        self._reaps += 1
         if dead:
             log.warning("declared dead (no heartbeat for %.1f s): %s", self.lease_s,
                         ", ".join(dead))
         if released or taken:
             log.warning("took over %d running jobs of nodes that are gone, and let go of %d "
                         "waiting ones", len(taken), len(released))
+        for record, epoch in taken:
+            self.store.hold(record, epoch)
+        if taken:
+            self.hooks.taken_over([record for record, _ in taken])
+        if released:
+            self.hooks.work_available()
+
+    async def _find_strays(self) -> None:
+        released, taken = await self.store.call(
+            sql.strays, self.node_id, self.store.held(), self.settings.channel("work"),
+            refused=0)
+        if released or taken:
+            log.warning("found %d jobs held by this node that it did not know of (an answer "
+                        "lost with its connection): let go of %d waiting, recovering %d "
+                        "running", len(released) + len(taken), len(released), len(taken))
         for record, epoch in taken:
             self.store.hold(record, epoch)
         if taken:

@@ -285,7 +285,9 @@ async def heartbeat(db: Db, node_id: str) -> bool:
 
 
 async def unregister(db: Db, node_id: str) -> None:
-    await db.execute("DELETE FROM nodes WHERE node_id = $1", node_id)
+    """Declare this node dead now: the next reaper takes its jobs without waiting
+    for its lease to end (and ``live_nodes`` leaves it out at once)."""
+    await db.execute("UPDATE nodes SET heartbeat = '-infinity' WHERE node_id = $1", node_id)
 
 
 async def live_nodes(db: Db, lease_s: float) -> list[tuple[str, str, float, float, int]]:
@@ -358,19 +360,23 @@ async def take_requests(db: Db, node_id: str) -> list[tuple[int, str]]:
     return [(row[0], row[1]) for row in rows]
 
 
-async def reap(db: Db, schema: str, node_id: str, lease_s: float,
-               work_channel: str) -> tuple[list[str], list[int], list[tuple[JobRecord, int]]]:
+async def reap(db: Db, schema: str, node_id: str, lease_s: float, work_channel: str,
+               sweep: bool) -> tuple[list[str], list[int], list[tuple[JobRecord, int]]]:
     """Declare the nodes whose heartbeat is older than the lease dead (one reaper
     at a time); let go of their waiting jobs and hold their running ones here.
     Returns the dead nodes' names, the numbers let go, and the jobs taken over
     (with their epochs); nothing when another node is reaping.  Other nodes
-    hear of the jobs let go on ``work_channel``."""
+    hear of the jobs let go on ``work_channel``.  The jobs are looked for only
+    when a node died, or when asked to ``sweep`` (for jobs held under an id no
+    node has, such as a claim by a node that did not know it was declared dead)."""
     async with db.transaction():
         if not await db.fetchval("SELECT pg_try_advisory_xact_lock("
                                  "hashtext('jobmonitor reaper ' || $1))", schema):
             return [], [], []
         dead = await db.fetch("DELETE FROM nodes WHERE heartbeat < now() - "
                               "make_interval(secs => $1) RETURNING name", lease_s)
+        if not dead and not sweep:
+            return [], [], []
         orphaned = ("node_id IS NOT NULL AND node_id <> $1 AND "
                     "NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = jobs.node_id)")
         released = await db.fetch(
@@ -385,3 +391,24 @@ async def reap(db: Db, schema: str, node_id: str, lease_s: float,
         if released:
             await db.execute("SELECT pg_notify($1, '')", work_channel)
     return [row[0] for row in dead], [row[0] for row in released], taken
+
+
+async def strays(db: Db, node_id: str, known: list[int], work_channel: str
+                 ) -> tuple[list[int], list[tuple[JobRecord, int]]]:
+    """The jobs held by this node that it does not know it holds (a claim or take
+    whose answer was lost with its connection): let go of the waiting ones, and
+    hold the running ones anew (returned with their new epochs, to recover)."""
+    async with db.transaction():
+        released = await db.fetch(
+            "UPDATE jobs SET node_id = NULL, epoch = epoch + 1, requested = NULL "
+            "WHERE node_id = $1 AND number <> ALL($2::integer[]) "
+            "AND status <> ALL($3::text[]) RETURNING number", node_id, known, RUNNING_STATES)
+        held = await db.fetch(
+            "UPDATE jobs SET epoch = epoch + 1, requested = NULL "
+            "WHERE node_id = $1 AND number <> ALL($2::integer[]) "
+            "AND status = ANY($3::text[]) RETURNING number, epoch", node_id, known,
+            RUNNING_STATES)
+        taken = await _held_records(db, held, "ORDER BY number")
+        if released:
+            await db.execute("SELECT pg_notify($1, '')", work_channel)
+    return [row[0] for row in released], taken

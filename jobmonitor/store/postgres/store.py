@@ -67,6 +67,9 @@ class PostgresStore(FencedCommits, SharedStore):
         self.epochs = {}
         self._releases = {}
         self._token_taken = {}
+        self._holding_now = 0
+        self._not_sweeping = asyncio.Event()
+        self._not_sweeping.set()
         self._numbers: collections.deque[int] = collections.deque()
         self._numbers_lock = asyncio.Lock()
         self._refill: asyncio.Task[None] | None = None
@@ -107,17 +110,21 @@ class PostgresStore(FencedCommits, SharedStore):
                         await sql.recent_events(db, TASK_LOG_SIZE), await sql.schedule_marks(db))
 
     async def close(self, *, keep_lock: bool = False) -> None:
+        """Write what is pending, and leave the cluster: the other nodes take over
+        the jobs this node still runs at their next reaping.  ``keep_lock``: a
+        handler of this node still runs, so its jobs are left to be taken over
+        only once this node's lease has ended (its heartbeats stop now)."""
         await self.node.stop()
         if self._refill is not None:
             self._refill.cancel()
         await self._stop_commits()
-        if self._pool is not None:
+        if self._pool is not None and not keep_lock:
             try:
                 await self.call(self.node.leave)
             except (StoreUnavailable, asyncpg.PostgresError) as exc:
                 log.warning("leaving the cluster failed (%s): the others take this node's "
                             "jobs once its lease ends", exc)
-            await self._close_pool()
+        await self._close_pool()
 
     async def _close_pool(self) -> None:
         pool, self._pool = self._pool, None
@@ -128,7 +135,8 @@ class PostgresStore(FencedCommits, SharedStore):
                 pool.terminate()
 
     def release_lock(self) -> None:
-        """No lock: nodes share the store (a job is fenced by its holder and epoch)."""
+        """No lock: nodes share the store (a job is fenced by its holder and epoch);
+        after ``close(keep_lock=True)`` the node's lease runs out by itself."""
 
     # -- calling the database ----------------------------------------------------------
 
@@ -189,7 +197,8 @@ class PostgresStore(FencedCommits, SharedStore):
     async def claim(self, limit: int, queues: Sequence[str] | None = None) -> list[JobRecord]:
         if limit <= 0 or (queues is not None and not queues):
             return []
-        claimed = await self.call(sql.claim, self.node.node_id, limit, queues, time.time())
+        async with self._holding():
+            claimed = await self.call(sql.claim, self.node.node_id, limit, queues, time.time())
         for record, epoch in claimed:
             self.hold(record, epoch)
         return [record for record, _ in claimed]
@@ -198,7 +207,8 @@ class PostgresStore(FencedCommits, SharedStore):
         number = number_of(transaction_id)
         if number is None:
             return None
-        taken = await self.call(sql.take, self.node.node_id, number, self.node.lease_s)
+        async with self._holding():
+            taken = await self.call(sql.take, self.node.node_id, number, self.node.lease_s)
         if taken is None:
             return None
         record, epoch = taken

@@ -386,3 +386,33 @@ async def test_the_listener_reconnects_after_a_postgres_restart(
             await first.flush()
             break
     await asyncio.wait_for(waiting, 5.0)
+
+
+async def test_a_node_that_closes_leaves_at_once_and_its_running_job_is_taken_over(cluster):
+    (first, _), (second, second_hooks) = await cluster("a"), await cluster("b")
+    await first.add_held(running(1))
+    await first.close()
+    assert [n.name for n in await second.nodes()] == ["b"]
+    await second_hooks.until(lambda: bool(second_hooks.taken), timeout=LEASE_S * 3 + 2)
+    assert [r.transaction_id for r in second_hooks.taken] == ["T0000001"]
+
+
+async def test_jobs_held_unknowingly_are_let_go_or_recovered(cluster):
+    """A claim or take whose answer was lost with its connection left jobs held
+    by a node that does not know it: its heartbeats find them."""
+    (first, first_hooks), (second, _) = await cluster("a"), await cluster("b")
+    await second.add(job(1))
+    await second.add(running(2))
+    await sql(first, "UPDATE jobs SET node_id = $1, epoch = epoch + 1", first.node.node_id)
+    await first_hooks.until(lambda: bool(first_hooks.taken), timeout=HEARTBEAT_S * 20)
+    assert [r.transaction_id for r in first_hooks.taken] == ["T0000002"]
+    assert first.held() == [2]
+    assert [r.transaction_id for r in await second.claim(5)] == ["T0000001"]
+
+
+async def test_a_node_closing_while_a_handler_still_runs_stays_until_its_lease_ends(cluster):
+    (first, _), (second, _) = await cluster("a"), await cluster("b")
+    await first.add_held(running(1))
+    await first.close(keep_lock=True)
+    assert [n.name for n in await second.nodes()] == ["a", "b"]
+    assert await second.take("T0000001") is None

@@ -15,6 +15,8 @@ from jobmonitor.store.postgres.connect import parse_url
 from jobmonitor.store.postgres.store import PostgresStore
 from jobmonitor.store.sqlite.store import SqliteStore
 
+from .test_conformance import job
+
 
 def test_open_store_makes_a_postgres_store_of_either_scheme():
     for scheme in ("postgresql", "postgres"):
@@ -99,3 +101,28 @@ async def test_check_names_a_job_that_does_not_decode(pg_url):
     assert await open_store(pg_url).check() == [
         "job T0000007 does not decode: params is not JSON "
         "(Expecting value: line 1 column 1 (char 0))"]
+
+
+async def test_a_commit_rolled_back_to_break_a_deadlock_is_written_again(pg_url, monkeypatch):
+    store = open_store(pg_url)
+    assert isinstance(store, PostgresStore)
+    await store.open()
+    try:
+        real = PostgresStore._write
+        tries = []
+
+        async def deadlocked_once(self, db, batch, releases):
+            tries.append(len(batch.rows))
+            if len(tries) == 1:
+                # (what PostgreSQL does to one of two transactions waiting on each other)
+                await db.execute("SELECT 1")
+                raise asyncpg.DeadlockDetectedError("deadlock detected")
+            return await real(self, db, batch, releases)
+
+        monkeypatch.setattr(PostgresStore, "_write", deadlocked_once)
+        await store.add_held(job(1))
+        assert tries == [1, 1]
+        loaded = await store.load("T0000001")
+        assert loaded is not None and loaded.identity == "ann"
+    finally:
+        await store.close()
