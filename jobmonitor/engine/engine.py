@@ -19,6 +19,7 @@ memory once it is stored, and lookups fall back to the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -150,6 +151,8 @@ class Engine(Clustered, Placing):
             if self._claiming is not None:  # (it lets go of what it gets: see _claim)
                 await asyncio.wait([self._claiming], timeout=CLAIM_WAIT_S)
             self._release_waiting()
+            with contextlib.suppress(StoreUnavailable):  # (else the lease's end lets go)
+                await self._store.flush()
         # A handler abandoned in its thread may still be at work: the store stays
         # locked until it returns, so that no new server runs its job beside it.
         await self._store.close(keep_lock=True)
