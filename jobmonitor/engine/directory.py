@@ -55,6 +55,8 @@ class JobDirectory:
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
         #: What the metrics endpoint reports (jobs submitted and finished, lines sent).
         self.counters = JobCounters()
+        #: A cluster's reads of stored lines under way, shared by equal asks.
+        self._reading: dict[tuple[str, int, int], asyncio.Future[list[bytes]]] = {}
 
     # -- membership ---------------------------------------------------------------
 
@@ -234,10 +236,25 @@ class JobDirectory:
             if durable is not None:  # only what a crash cannot take back
                 limit = min(limit, durable - from_line + 1)
             lines = job.stream.lines[start:start + max(limit, 0)]
+        elif isinstance(self._store, SharedStore):
+            lines = await self._shared_read(transaction_id, from_line, limit)
         else:
             lines = await self._store.read_lines(transaction_id, from_line, limit)
         self.counters.lines_sent += len(lines)
         return lines
+
+    async def _shared_read(self, transaction_id: str, from_line: int,
+                           limit: int) -> list[bytes]:
+        """A shared store's lines, one read for the monitors asking for the same
+        ones at once (a commit on another node wakes all its followers here)."""
+        key = (transaction_id, from_line, limit)
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = asyncio.ensure_future(
+                self._store.read_lines(transaction_id, from_line, limit))
+            self._reading[key] = reading
+            reading.add_done_callback(lambda _: self._reading.pop(key, None))
+        return await asyncio.shield(reading)
 
     # -- monitors and the task log ----------------------------------------------------
 
