@@ -14,6 +14,9 @@ make jobs at theirs (``schedule``); ``rerun`` makes a new job like a finished on
 Live jobs (scheduled, queued, running, suspended, and the finished ones a memory store keeps)
 are ``Job`` objects in the ``JobDirectory``; with a durable store a finished job leaves
 memory once it is stored, and lookups fall back to the store.
+
+With a store several servers share (PostgreSQL), the engine is one node of a
+cluster and has in memory only the jobs it holds (``cluster``).
 """
 
 from __future__ import annotations
