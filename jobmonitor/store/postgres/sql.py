@@ -121,7 +121,9 @@ INSERT_HISTORY = ("INSERT INTO history SELECT * FROM unnest($1::integer[], $2::i
 INSERT_OUTPUTS = ("INSERT INTO outputs SELECT * FROM unnest($1::integer[], $2::integer[], "
                   "$3::text[], $4::text[], $5::text[]) ON CONFLICT DO NOTHING")
 #: A schedule's mark moves only forward.
-UPSERT_MARKS = ("INSERT INTO schedule_marks SELECT * FROM unnest($1::text[], $2::float8[]) "
+#: (One row per schedule: an upsert may not meet the same row twice.)
+UPSERT_MARKS = ("INSERT INTO schedule_marks SELECT name, max(due) FROM "
+                "unnest($1::text[], $2::float8[]) AS m(name, due) GROUP BY name "
                 "ON CONFLICT (name) DO UPDATE SET "
                 "last_due = greatest(schedule_marks.last_due, excluded.last_due)")
 #: Let go of jobs this node holds (number, epoch), for others to claim.

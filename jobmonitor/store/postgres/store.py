@@ -82,7 +82,7 @@ class PostgresStore(FencedCommits, SharedStore):
         try:
             self._pool = await asyncpg.create_pool(
                 min_size=1, max_size=POOL_SIZE, command_timeout=STATEMENT_TIMEOUT_S,
-                **self.settings.connect_kwargs())
+                reset=_nothing_to_reset, **self.settings.connect_kwargs())
         except Exception as exc:  # noqa: BLE001 - any failure: one line, then stop
             raise ConfigError(f"store: cannot connect to {where}: {_reason(exc)}") from None
         try:
@@ -284,6 +284,12 @@ class PostgresStore(FencedCommits, SharedStore):
     async def check(self) -> list[str]:
         from .check import check_schema  # (only the check command needs it)
         return await check_schema(self.settings)
+
+
+async def _nothing_to_reset(connection: object) -> None:
+    """A connection back in the pool: the store leaves no session state behind
+    (no LISTEN, no session locks or settings; transactions end in their block),
+    so the driver's reset statement, a round trip per use, is left out."""
 
 
 def _reason(exc: BaseException) -> str:

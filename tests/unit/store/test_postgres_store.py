@@ -4,6 +4,7 @@ and what it says when the database cannot be reached (a real PostgreSQL,
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import asyncpg
@@ -126,3 +127,21 @@ async def test_a_commit_rolled_back_to_break_a_deadlock_is_written_again(pg_url,
         assert loaded is not None and loaded.identity == "ann"
     finally:
         await store.close()
+
+
+async def test_two_jobs_of_one_schedule_in_one_commit_keep_the_later_mark(pg_url):
+    store = open_store(pg_url)
+    await store.open()
+    try:
+        made = []
+        for number, due in ((1, 100.0), (2, 200.0)):
+            item = job(number, job_token=f"schedule:nightly:{due:.0f}")
+            item.record.schedule, item.record.run_at = "nightly", due
+            made.append(item)
+        await asyncio.gather(*(store.add(item) for item in made))  # (one commit)
+    finally:
+        await store.close()
+    again = open_store(pg_url)
+    recovery = await again.open()
+    await again.close()
+    assert recovery.schedule_marks == {"nightly": 200.0}
