@@ -150,8 +150,11 @@ class FencedCommits(GroupCommitStore):
             async with pool.acquire(timeout=CONNECT_TIMEOUT_S) as db:
                 for attempt in range(1, WRITE_TRIES + 1):
                     try:
-                        async with db.transaction():
-                            outcome = await self._write(db, batch, releases)
+                        if batch.updates or releases:
+                            async with db.transaction():
+                                outcome = await self._write(db, batch, releases)
+                        else:
+                            outcome = await self._write_new(db, batch)
                         break
                     except asyncpg.TransactionRollbackError:
                         if attempt == WRITE_TRIES:
@@ -162,11 +165,8 @@ class FencedCommits(GroupCommitStore):
             raise
         self._written(batch, *outcome)
 
-    async def _write(self, db: Db, batch: Batch, releases: dict[int, int]
-                     ) -> tuple[dict[int, str], set[int], list[int], dict[int, str]]:
-        """One commit's statements.  Returns the new jobs left out for their job token
-        (number -> the winner's transaction ID), the jobs fenced off, the jobs let
-        go, and the status written of each job."""
+    def _new_rows(self, batch: Batch) -> list[tuple[Any, ...]]:
+        """The batch's new job rows with who holds them (none for an ended job)."""
         epochs = self.epochs
         rows = []
         for row in batch.rows:
@@ -176,6 +176,40 @@ class FencedCommits(GroupCommitStore):
             # In job token order: two nodes inserting the same tokens wait for each
             # other in the same order, never in a circle (a deadlock fails a commit).
             rows.sort(key=_token_order)
+        return rows
+
+    async def _write_new(self, db: Db, batch: Batch
+                         ) -> tuple[dict[int, str], set[int], list[int], dict[int, str]]:
+        """A commit of new jobs only, in one statement (``sql.INSERT_NEW``); the rows
+        it skipped (a job token taken, or a row already there) are sorted out in
+        a transaction of their own, as ``_write`` does.  Returns what ``_write`` does."""
+        rows = self._new_rows(batch)
+        marks = [(row[22], row[21], row[0]) for row in batch.rows
+                 if row[22] is not None and row[21] is not None]
+        inserted = {r[0] for r in await db.fetch(
+            sql.INSERT_NEW, *sql.columns(rows, 25), *sql.columns(batch.blocks, 4),
+            *sql.columns(batch.history, 7), *sql.columns(batch.outputs, 5),
+            *sql.columns(marks, 3), self.settings.channel("work"))}
+        statuses = {row[0]: row[6] for row in rows if row[0] in inserted}
+        if len(inserted) == len(rows):
+            return {}, set(), [], statuses
+        rest = Batch(rows=[row for row in batch.rows if row[0] not in inserted],
+                     blocks=[item for item in batch.blocks if item[0] not in inserted],
+                     history=[item for item in batch.history if item[0] not in inserted],
+                     outputs=[item for item in batch.outputs if item[0] not in inserted],
+                     stored=batch.stored)
+        async with db.transaction():
+            token_taken, fenced, released, more = await self._write(db, rest, {})
+        statuses.update(more)
+        return token_taken, fenced, released, statuses
+
+    async def _write(self, db: Db, batch: Batch, releases: dict[int, int]
+                     ) -> tuple[dict[int, str], set[int], list[int], dict[int, str]]:
+        """One commit's statements.  Returns the new jobs left out for their job token
+        (number -> the winner's transaction ID), the jobs fenced off, the jobs let
+        go, and the status written of each job."""
+        epochs = self.epochs
+        rows = self._new_rows(batch)
         updates = [(*update, *epochs.get(update[0], (None, 0))) for update in batch.updates]
         token_taken: dict[int, str] = {}
         if rows:

@@ -109,18 +109,18 @@ async def test_a_commit_rolled_back_to_break_a_deadlock_is_written_again(pg_url,
     assert isinstance(store, PostgresStore)
     await store.open()
     try:
-        real = PostgresStore._write
+        real = PostgresStore._write_new  # (a commit of new jobs only)
         tries = []
 
-        async def deadlocked_once(self, db, batch, releases):
+        async def deadlocked_once(self, db, batch):
             tries.append(len(batch.rows))
             if len(tries) == 1:
                 # (what PostgreSQL does to one of two transactions waiting on each other)
                 await db.execute("SELECT 1")
                 raise asyncpg.DeadlockDetectedError("deadlock detected")
-            return await real(self, db, batch, releases)
+            return await real(self, db, batch)
 
-        monkeypatch.setattr(PostgresStore, "_write", deadlocked_once)
+        monkeypatch.setattr(PostgresStore, "_write_new", deadlocked_once)
         await store.add_held(job(1))
         assert tries == [1, 1]
         loaded = await store.load("T0000001")
@@ -145,3 +145,4 @@ async def test_two_jobs_of_one_schedule_in_one_commit_keep_the_later_mark(pg_url
     recovery = await again.open()
     await again.close()
     assert recovery.schedule_marks == {"nightly": 200.0}
+
