@@ -158,7 +158,9 @@ class Engine(Clustered, Placing):
                 await self._store.flush()
         # A handler abandoned in its thread may still be at work: the store stays
         # locked until it returns, so that no new server runs its job beside it.
-        await self._store.close(keep_lock=True)
+        # (A cluster's node without one leaves the cluster at once.)
+        keep_lock = self._shared is None or bool(self._runner.stuck_jobs())
+        await self._store.close(keep_lock=keep_lock)
         self._runner.when_threads_end(self._store.release_lock)
 
     async def restart(self, grace_s: float, handlers: Mapping[str, Handler]) -> None:

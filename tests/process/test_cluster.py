@@ -251,6 +251,8 @@ async def test_a_stopping_node_lets_the_others_have_the_jobs_it_held(nodes):
     waiting = await submitted(a.port, "echo")  # nobody has a slot: it waits unheld
     assert await command(a.port, "SuspendJob", waiting) == [f"R0000000: {waiting} suspended"]
     assert a.stop() == 0  # a held the suspended job, and ran busy_a
+    listed = await exchange(b.port, xml_packet("ListNodes"))
+    assert [line[10:].split("\t")[0] for line in listed[1:]] == ["b"]  # a left at once
     a_lines = texts(await replay(b.port, busy_a))
     assert a_lines[-3:] == ["J0005004: Job cancelled: the server is shutting down.",
                             CANCELLED, ended(busy_a)]
