@@ -16,14 +16,17 @@ from .queueing import DEFAULT_QUEUE, QueueSettings, ScheduleSettings
 from .users import User
 from .wire import DEFAULT_PORT
 
-__all__ = ["Config", "DEFAULT_PORT", "LOG_FORMATS", "NEEDS_RESTART"]
+__all__ = ["Config", "DEFAULT_PORT", "LOG_FORMATS", "NEEDS_RESTART", "CLUSTER_SCHEMES"]
 
 LOG_FORMATS = ("text", "json")
 #: The settings a reload (SIGHUP, RestartServer) cannot change: what the server
 #: bound, opened or wrote into every stream at its start.  Every other one takes
 #: effect at a reload (a connection already open keeps the limits it started with).
 NEEDS_RESTART = ("host", "port", "store", "data_dir", "commit_interval_s",
-                 "sqlite_synchronous", "tls_cert", "tls_key", "machine_name")
+                 "sqlite_synchronous", "tls_cert", "tls_key", "machine_name", "node_name",
+                 "cluster_heartbeat_s", "cluster_lease_s")
+#: The store URL schemes of a cluster's shared store (issue 18).
+CLUSTER_SCHEMES = ("postgresql", "postgres")
 
 
 def _setting(default: Any, help: str, *, flag: bool = True) -> Any:
@@ -100,6 +103,15 @@ class Config:
         (), "users who may connect ([users.NAME] tables in the config file)", flag=False)
     machine_name: str | None = _setting(
         None, "machine name reported at the start of each stream (default: host name)")
+    # -- the cluster (issue 18) --
+    node_name: str | None = _setting(
+        None, "this node's name in a cluster (a postgresql:// store): the machine name of "
+        "the jobs it runs, and its name in ListNodes (default: host name:port)")
+    cluster_heartbeat_s: float = _setting(
+        1.0, "seconds between a cluster node's heartbeats (and its polls for work)")
+    cluster_lease_s: float = _setting(
+        3.0, "seconds without a heartbeat after which the other nodes declare a node dead "
+        "and take over its jobs")
     log_level: str = _setting("info", "debug, info, warning or error")
     log_format: str = _setting(
         "text", "text, or json: one JSON object a line (time, level, logger, message and "
@@ -109,7 +121,11 @@ class Config:
         _check_positive(self, "max_running", "max_packet_bytes", "max_packet_variables",
                         "packet_timeout_s", "commit_interval_s", "max_lines_in_memory",
                         "idle_timeout_s", "max_connections", "max_monitors_per_job",
-                        "max_pending_output_bytes", "monitor_stall_s")
+                        "max_pending_output_bytes", "monitor_stall_s", "cluster_heartbeat_s",
+                        "cluster_lease_s")
+        if self.cluster_lease_s <= self.cluster_heartbeat_s:
+            raise ConfigError(f"cluster_lease_s: must be longer than cluster_heartbeat_s "
+                              f"({self.cluster_heartbeat_s:g}), got {self.cluster_lease_s:g}")
         if self.sqlite_synchronous not in ("full", "normal"):
             raise ConfigError(f"sqlite_synchronous: must be full or normal, got "
                               f"{self.sqlite_synchronous!r}")
@@ -123,6 +139,23 @@ class Config:
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigError(f"{name}: must be 0..65535, got {getattr(self, name)}")
         _check_queues(self)
+
+    @property
+    def clustered(self) -> bool:
+        """True when the store is a cluster's shared store (``postgresql://``)."""
+        return (self.store or "").partition("://")[0] in CLUSTER_SCHEMES
+
+    def node_settings(self) -> dict[str, Any]:
+        """What ``open_store`` takes for a cluster's store: this node's name and
+        address, and the heartbeat and lease; nothing for any other store."""
+        if not self.clustered:
+            return {}
+        import socket
+
+        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return {"node_name": self.node_name or f"{socket.gethostname()}:{self.port}",
+                "address": address, "heartbeat_s": self.cluster_heartbeat_s,
+                "lease_s": self.cluster_lease_s}
 
     def replace(self, **changes: Any) -> Config:
         """Return a copy with ``changes`` applied (None values are ignored).

@@ -10,6 +10,7 @@ import pytest
 from jobmonitor import Job, Server
 
 from .support import jobs
+from .support.postgres import pg_url, postgres_server  # noqa: F401 (fixtures)
 
 MACHINE = "testhost"
 

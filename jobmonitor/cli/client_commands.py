@@ -138,6 +138,9 @@ def add_client_commands(commands: Any) -> None:
     add("projects", _projects, "list the projects the server runs")
     add("queue", _queue, "show how many jobs are queued and running")
     add("log", _log, "show the server's recent task log (administrators)")
+    nodes = add("nodes", _nodes, "list the cluster's nodes: address, start, heartbeat, "
+                "jobs running (administrators)")
+    nodes.add_argument("--json", action="store_true", help="print the server's JSON list")
     add("restart-server", _restart_server,
         "restart the job engine and reload its job modules (administrators)")
     _add_queue_commands(add)
@@ -611,6 +614,20 @@ def _queues(endpoint: Endpoint, args: argparse.Namespace) -> int:
     _print_lines(table(("QUEUE", "WAITING", "RUNNING", "MAX RUNNING", "PAUSED", "SCHEDULED"), [
         (q.name, str(q.waiting), str(q.running), str(q.max_running),
          "yes" if q.paused else "no", str(q.scheduled)) for q in queues]))
+    return 0
+
+
+def _nodes(endpoint: Endpoint, args: argparse.Namespace) -> int:
+    lines = endpoint.request("ListNodes", {FORMAT: "json"})
+    if args.json:
+        _print_lines(lines)
+        return 0
+    from ..client.results import load_json, nodes_from_json
+
+    nodes = nodes_from_json(load_json("\n".join(lines)))
+    _print_lines(table(("NODE", "ADDRESS", "STARTED", "HEARTBEAT AGE", "RUNNING"), [
+        (n.name, n.address, n.started, f"{n.heartbeat_age_s:.1f} s", str(n.running))
+        for n in nodes]))
     return 0
 
 

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         JobList,
         JobResult,
         JobStatus,
+        NodeInfo,
         Output,
         Progress,
         QueueInfo,
@@ -60,8 +61,8 @@ if TYPE_CHECKING:
 _LAZY = {
     **dict.fromkeys(("Client", "connect"), ".api"),
     **dict.fromkeys(("Acknowledged", "HistoryEntry", "JobInfo", "JobList", "JobResult",
-                     "JobStatus", "Output", "Progress", "QueueInfo", "QueueLength", "Reattach",
-                     "StreamLine", "TaskLogEntry"), ".results"),
+                     "JobStatus", "NodeInfo", "Output", "Progress", "QueueInfo", "QueueLength",
+                     "Reattach", "StreamLine", "TaskLogEntry"), ".results"),
     **dict.fromkeys(("SyncClient", "SyncTransaction"), ".sync"),
     "Transaction": ".transaction",
 }
@@ -84,6 +85,7 @@ __all__ = [
     "Acknowledged",
     "QueueLength",
     "QueueInfo",
+    "NodeInfo",
     "TaskLogEntry",
     "JobState",
     "Outcome",

@@ -61,6 +61,7 @@ from .results import (
     JobInfo,
     JobList,
     JobStatus,
+    NodeInfo,
     Output,
     QueueInfo,
     QueueLength,
@@ -69,6 +70,7 @@ from .results import (
     info_from_json,
     job_page_from_json,
     load_json,
+    nodes_from_json,
     outputs_from_json,
     projects_from_lines,
     queue_length_from_lines,
@@ -497,6 +499,15 @@ class Client:
             ReplyError, OSError, ProtocolError: see the class.
         """
         return queues_from_json(await self._request_json("ListQueues", {}))
+
+    async def list_nodes(self) -> list[NodeInfo]:
+        """The cluster's live nodes, by name (``ListNodes``; a single server lists
+        itself; for administrators on a server with users).
+
+        Raises:
+            ReplyError, OSError, ProtocolError: see the class.
+        """
+        return nodes_from_json(await self._request_json("ListNodes", {}))
 
     async def pause_queue(self, name: str) -> str:
         """Start no more jobs of queue ``name`` until ``resume_queue`` (``PauseQueue``;

@@ -36,6 +36,8 @@ __all__ = [
     "TaskLogEntry",
     "status_from_json",
     "queues_from_json",
+    "nodes_from_json",
+    "NodeInfo",
     "info_from_json",
     "job_page_from_json",
     "outputs_from_json",
@@ -257,6 +259,19 @@ class QueueInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """One node of a cluster, as ``ListNodes`` reports it (a single server is a
+    cluster of one): its name and address, when it started (an ISO 8601 time),
+    seconds since its last heartbeat, and the jobs it runs."""
+
+    name: str
+    address: str
+    started: str
+    heartbeat_age_s: float
+    running: int
+
+
+@dataclass(frozen=True, slots=True)
 class TaskLogEntry:
     """One event of the server's task log: a job queued, started, suspended,
     resumed or ended (``event`` is the history status: ``queued``, ``start``,
@@ -429,6 +444,24 @@ def queues_from_json(data: Any) -> list[QueueInfo]:
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"bad queue object: {exc!r}") from None
     return queues
+
+
+def nodes_from_json(data: Any) -> list[NodeInfo]:
+    """Read ``ListNodes``'s JSON list.
+
+    Raises:
+        ProtocolError: not such a list.
+    """
+    nodes = []
+    for item in _list(data):
+        item = _object(item)
+        try:
+            nodes.append(NodeInfo(str(item["Name"]), str(item["Address"]),
+                                  str(item["Started"]), float(item["HeartbeatAge"]),
+                                  int(item["Running"])))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"bad node object: {exc!r}") from None
+    return nodes
 
 
 def _object(data: Any) -> dict[str, Any]:

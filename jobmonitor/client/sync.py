@@ -21,6 +21,7 @@ from .results import (
     JobList,
     JobResult,
     JobStatus,
+    NodeInfo,
     Output,
     QueueInfo,
     QueueLength,
@@ -160,6 +161,10 @@ class SyncClient:
     def queues(self) -> list[QueueInfo]:
         """See ``Client.queues``."""
         return self._run(self._client.queues())
+
+    def list_nodes(self) -> list[NodeInfo]:
+        """See ``Client.list_nodes``."""
+        return self._run(self._client.list_nodes())
 
     def pause_queue(self, name: str) -> str:
         """See ``Client.pause_queue``."""

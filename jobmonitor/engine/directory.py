@@ -10,12 +10,14 @@ jobs do.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import heapq
 from typing import NamedTuple
 
-from ..errors import RequestError
+from ..errors import RequestError, StoreUnavailable
 from ..store.base import Store, TaskEvent
+from ..store.shared import SharedStore
 from ..wire.codes import Reply
 from ..wire.lines import clip
 from ..wire.records import HistoryEvent, JobRecord, parse_transaction_id
@@ -53,6 +55,8 @@ class JobDirectory:
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
         #: What the metrics endpoint reports (jobs submitted and finished, lines sent).
         self.counters = JobCounters()
+        #: A cluster's reads of stored lines under way, shared by equal asks.
+        self._reading: dict[tuple[str, int, int], asyncio.Future[list[bytes]]] = {}
 
     # -- membership ---------------------------------------------------------------
 
@@ -181,15 +185,47 @@ class JobDirectory:
             and not (active_only and job.state.is_final)))
         # Taken before the store is asked: a job let go meanwhile is stored by then.
         records = {tid: self._jobs[tid].snapshot() for tid in chosen}
-        if not active_only:  # (every active job is in memory)
-            stored = await self._store.list_records(
-                identity, int(after[1:]) if after else 0, limit + 1)
+        shared = self._store if isinstance(self._store, SharedStore) else None
+        # (every active job of a single server is in memory; a cluster's are not)
+        if not active_only or shared is not None:
+            lister = shared.list_active if shared is not None and active_only else \
+                self._store.list_records
+            stored = await lister(identity, int(after[1:]) if after else 0, limit + 1)
             for record in stored:
                 records.setdefault(record.transaction_id, record)
         page = [records[tid] for tid in sorted(records)[:limit + 1]]
         if len(page) > limit:
             return JobPage(page[:limit], page[limit - 1].transaction_id)
         return JobPage(page, None)
+
+    async def more_stored(self, transaction_id: str, next_line: int, wait_s: float, *,
+                          look_first: bool = True) -> bool:
+        """For a monitor of a job this server does not hold (a cluster's node):
+        False once the job has ended (or is gone) with no line from ``next_line``
+        on; else True, once that line is stored or the job's state changed, or
+        after ``wait_s``.  Without a shared store, at once False (a job not in
+        memory has ended).
+
+        ``look_first``: read the job's record before waiting (at the start of a
+        follow, and after its ended line).  Else the record is read only after a
+        wait that no news ended (the store wakes the wait for every commit of the
+        job's lines or state), so a follower costs no read of it per commit.
+        """
+        store = self._store
+        if not isinstance(store, SharedStore):
+            return False
+        try:
+            if look_first and not await _may_grow(store, transaction_id, next_line):
+                return False
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await store.wait_lines(transaction_id, next_line - 1, wait_s)
+            if look_first or loop.time() - started < wait_s / 2:
+                return True  # (news: the caller reads what came)
+            return await _may_grow(store, transaction_id, next_line)
+        except StoreUnavailable:  # (an outage: the monitor waits for the store's return)
+            await asyncio.sleep(wait_s)
+        return True
 
     async def read_lines(self, transaction_id: str, from_line: int, limit: int) -> list[bytes]:
         """Recorded lines from ``from_line`` on, from memory or the store."""
@@ -200,10 +236,25 @@ class JobDirectory:
             if durable is not None:  # only what a crash cannot take back
                 limit = min(limit, durable - from_line + 1)
             lines = job.stream.lines[start:start + max(limit, 0)]
+        elif isinstance(self._store, SharedStore):
+            lines = await self._shared_read(transaction_id, from_line, limit)
         else:
             lines = await self._store.read_lines(transaction_id, from_line, limit)
         self.counters.lines_sent += len(lines)
         return lines
+
+    async def _shared_read(self, transaction_id: str, from_line: int,
+                           limit: int) -> list[bytes]:
+        """A shared store's lines, one read for the monitors asking for the same
+        ones at once (a commit on another node wakes all its followers here)."""
+        key = (transaction_id, from_line, limit)
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = asyncio.ensure_future(
+                self._store.read_lines(transaction_id, from_line, limit))
+            self._reading[key] = reading
+            reading.add_done_callback(lambda _: self._reading.pop(key, None))
+        return await asyncio.shield(reading)
 
     # -- monitors and the task log ----------------------------------------------------
 
@@ -242,3 +293,12 @@ class JobDirectory:
     def task_log(self) -> list[TaskEvent]:
         """Recent job events across the server, oldest first."""
         return list(self._task_log)
+
+
+async def _may_grow(store: SharedStore, transaction_id: str, next_line: int) -> bool:
+    """Whether a job in a shared store may still have line ``next_line``: it is
+    there, and it has not ended or has that line already."""
+    record = await store.load(transaction_id)
+    if record is None:
+        return False
+    return not record.status.is_final or record.line_count >= next_line

@@ -14,24 +14,30 @@ make jobs at theirs (``schedule``); ``rerun`` makes a new job like a finished on
 Live jobs (scheduled, queued, running, suspended, and the finished ones a memory store keeps)
 are ``Job`` objects in the ``JobDirectory``; with a durable store a finished job leaves
 memory once it is stored, and lookups fall back to the store.
+
+With a store several servers share (PostgreSQL), the engine is one node of a
+cluster and has in memory only the jobs it holds (``cluster``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from ..config import Config
 from ..errors import RequestError, StoreUnavailable
 from ..store.base import Recordable, Store
+from ..store.shared import SharedStore, TokenTaken
 from ..wire.codes import Reply, Status
 from ..wire.lines import clip, format_line
 from ..wire.records import JobRecord
 from ..wire.states import JobState, Outcome
 from . import lifecycle
+from .cluster import Clustered
 from .directory import JobDirectory
 from .handlers import Handler
 from .job import Job
@@ -46,14 +52,17 @@ __all__ = ["Engine"]
 log = logging.getLogger("jobmonitor.engine")
 
 MAX_TRANSACTION_NUMBER = 9_999_999
+#: Longest a stopping node waits for a claim under way (the store's statements
+#: time out well before).
+CLAIM_WAIT_S = 10.0
 #: How often finished jobs older than ``keep_days`` are deleted.
 PURGE_INTERVAL_S = 3600.0
 
 
-class Engine(Placing):
+class Engine(Clustered, Placing):
     """One server's jobs: what the commands do to them, and their life across starts
     and stops (the ``JobRunner`` runs them; ``Placing`` holds the parts for
-    queues, due times, schedules and reruns)."""
+    queues, due times, schedules and reruns; ``Clustered`` those of a cluster's node)."""
 
     def __init__(self, handlers: Mapping[str, Handler], config: Config, store: Store, *,
                  clock: Clock | None = None) -> None:
@@ -61,6 +70,8 @@ class Engine(Placing):
         system's; a test passes one it moves by hand)."""
         self._config = config
         self._store = store
+        #: The store several nodes share, when this engine is one of a cluster's.
+        self._shared = store if isinstance(store, SharedStore) else None
         #: Every job by transaction ID (and client key), live or stored.
         self.jobs = JobDirectory(store)
         # Every job's hooks, as bound methods made once (one each per job would be
@@ -82,6 +93,18 @@ class Engine(Placing):
         #: costs a getpid() system call each time, and a job asked three times.
         self._loop: asyncio.AbstractEventLoop | None = None
         self.machine_name = config.machine_name or socket.gethostname()
+        if self._shared is not None:  # (a node's jobs name the node)
+            self.machine_name = self._shared.node_name
+        #: When this engine started, and the address its server listens on
+        #: (set by the server): what ``ListNodes`` shows of a single server.
+        self.started_at = time.time()
+        self.address = ""
+        # A cluster's node: a transaction number taken from the store and not used
+        # yet, the slots promised to submits being stored, and the claim under way.
+        self._spare_number: int | None = None
+        self._reserved = 0
+        self._claiming: asyncio.Task[None] | None = None
+        self._claim_again = False
         # Every stream's first line: formatted once, shared by all jobs.
         self._machine_line = format_line("J", Status.INFO, f"Machine name: {self.machine_name}")
 
@@ -91,6 +114,9 @@ class Engine(Placing):
         """Open the store, recover unfinished jobs, and start running jobs."""
         self._loop = self._runner.loop = asyncio.get_running_loop()
         self._store.on_persisted = self._persisted
+        if self._shared is not None:
+            self._shared.attach(self)
+            self._runner.on_slot_free = self._claim_soon
         recovery = await self._store.open()
         self._last_number = recovery.last_number
         self.jobs.seed_task_log(recovery.recent_events)
@@ -102,6 +128,7 @@ class Engine(Placing):
         if self._config.keep_days > 0:
             self._purger = asyncio.get_running_loop().create_task(self._purge_loop())
         self._runner.start_ready()
+        self._claim_soon()
 
     async def stop(self, grace_s: float) -> None:
         """Stop starting jobs, give running ones ``grace_s``, cancel the rest, close the store.
@@ -127,9 +154,17 @@ class Engine(Placing):
         await self._runner.drain(grace_s, keep_retryable=self._store.durable,
                                  reason=CancelReason.SHUTDOWN)
         self._runner.close()
+        if self._shared is not None:  # queued and waiting jobs go to the other nodes
+            if self._claiming is not None:  # (it lets go of what it gets: see _claim)
+                await asyncio.wait([self._claiming], timeout=CLAIM_WAIT_S)
+            self._release_waiting()
+            with contextlib.suppress(StoreUnavailable):  # (else the lease's end lets go)
+                await self._store.flush()
         # A handler abandoned in its thread may still be at work: the store stays
         # locked until it returns, so that no new server runs its job beside it.
-        await self._store.close(keep_lock=True)
+        # (A cluster's node without one leaves the cluster at once.)
+        keep_lock = self._shared is None or bool(self._runner.stuck_jobs())
+        await self._store.close(keep_lock=keep_lock)
         self._runner.when_threads_end(self._store.release_lock)
 
     async def restart(self, grace_s: float, handlers: Mapping[str, Handler]) -> None:
@@ -150,6 +185,7 @@ class Engine(Placing):
         name stay as they were opened)."""
         self._config = config
         self._runner.configure(config)
+        self._claim_soon()  # (a cluster's node: more slots may be free now)
         self._schedules.configure(config.schedules)
         purging = self._purger is not None and not self._purger.done()
         if config.keep_days > 0 and not purging and self._accepting:
@@ -217,12 +253,22 @@ class Engine(Placing):
             exhausted; StoreUnavailable (SERVER_BUSY) when the store cannot write
             the job (no job is left behind).
         """
-        if job_token:
-            earlier = await self.jobs.earlier(identity, job_token)
-            if earlier is not None:
-                if earlier in self._adding:  # not acknowledged before it is stored
-                    await self._until_added(earlier)
-                return earlier, self.jobs.live(earlier)
+        await self._reserve_number()  # (a cluster's numbers come from its store)
+        try:
+            if job_token:
+                earlier = await self.jobs.earlier(identity, job_token)
+                if earlier is not None:
+                    if earlier in self._adding:  # not acknowledged before it is stored
+                        await self._until_added(earlier)
+                    return earlier, self.jobs.live(earlier)
+            return await self._submit(project, params, doc_variables, identity, job_token,
+                                      placement)
+        except TokenTaken as exc:  # another node stored a job with this token first
+            return exc.transaction_id, self.jobs.live(exc.transaction_id)
+
+    async def _submit(self, project: str, params: Mapping[str, str],
+                      doc_variables: Mapping[str, str], identity: str, job_token: str | None,
+                      placement: Placement | None) -> tuple[str, Job | None]:
         handler = self._runner.handlers.get(project)
         if handler is None:
             raise RequestError(Reply.UNKNOWN_PROJECT, clip(project, 80))
@@ -236,7 +282,9 @@ class Engine(Placing):
                            worker=self.machine_name, created=now)
         record.queue = queue
         more_lines = self._placed(record, placement, now)
-        return record.transaction_id, await self._accept(record, *more_lines)
+        job = await self._accept(record, *more_lines)
+        # (in a cluster, a job this node does not run is only in the store)
+        return record.transaction_id, job if self.jobs.live(job.transaction_id) is job else None
 
     def _admit(self) -> None:
         """Refuse a new job while stopping, or when too many jobs wait.
@@ -257,10 +305,15 @@ class Engine(Placing):
         job.stream.seed(self._machine_line)
         for line in more_lines:
             job.stream.seed(line)
-        if self._store.durable:  # a store that keeps nothing has nothing to wait for
+        held = True
+        if self._shared is not None:
+            held = await self._add_shared(job)
+        elif self._store.durable:  # a store that keeps nothing has nothing to wait for
             await self._add(job)
         for event in record.history:
             self.jobs.log_event(job, event)
+        if not held:  # in the store for any node to claim
+            return job
         # Cancelled or suspended while it was being stored: not queued.
         if job.state is JobState.QUEUED:
             self._runner.enqueue(job)
@@ -268,13 +321,15 @@ class Engine(Placing):
             self._due.add(job)
         return job
 
-    async def _add(self, job: Job) -> None:
-        """Store a new job; if that fails, forget it (its submit is refused).  A
-        submit of the same job token meanwhile waits for the outcome."""
+    async def _add(self, job: Job,
+                   add: Callable[[Recordable], Awaitable[None]] | None = None) -> None:
+        """Store a new job (with ``add``: the store's by default); if that fails,
+        forget it (its submit is refused).  A submit of the same job token
+        meanwhile waits for the outcome."""
         transaction_id = job.transaction_id
         self._adding[transaction_id] = None
         try:
-            await self._store.add(job)
+            await (add or self._store.add)(job)
         except BaseException as exc:
             self.jobs.forget(transaction_id)
             for waiter in self._adding.pop(transaction_id) or ():
@@ -381,6 +436,11 @@ class Engine(Placing):
         return job
 
     def _next_transaction_id(self) -> str:
+        if self._shared is not None:  # (_reserve_number has taken one)
+            number, self._spare_number = self._spare_number, None
+            if number is None:
+                raise RequestError(Reply.SERVER_BUSY, "no transaction number at hand")
+            return f"T{number:07d}"
         if self._last_number >= MAX_TRANSACTION_NUMBER:
             raise RequestError(Reply.SERVER_BUSY, "transaction numbers are exhausted")
         self._last_number += 1
@@ -388,7 +448,9 @@ class Engine(Placing):
 
     # -- durability --------------------------------------------------------------------
 
-    def _recover(self, record: JobRecord) -> None:
+    def _recover(self, record: JobRecord, dead_node: str | None = None) -> None:
+        """Take up a job a stopped server left unfinished (``dead_node``: a
+        cluster's node that stopped while it ran the job)."""
         job = self._adopt(record)
         handler = self._runner.handlers.get(record.project)
         was_running = record.started is not None
@@ -405,11 +467,11 @@ class Engine(Placing):
                 else:
                     self._due.add(job)
         elif handler.retry_on_restart:
-            lifecycle.interrupt(job)
+            lifecycle.interrupt(job, dead_node)
             lifecycle.requeue(job)
             self._runner.append(job)
         else:
-            lifecycle.interrupt(job)
+            lifecycle.interrupt(job, dead_node)
             self._runner.finish(job, Outcome.FAILED)
 
     def when_stored(self, callback: Callable[[], None]) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 import time
 
-from ..wire.codes import Status
+from ..wire.codes import NODE_STOPPED, Status
 from ..wire.lines import format_line, format_lines
 from ..wire.records import HistoryEvent, JobRecord
 from ..wire.states import JobState, Outcome
@@ -49,8 +49,8 @@ from .job import Job
 
 __all__ = ["Move", "MOVES", "TRANSITIONS", "IllegalTransition", "CancelReason", "SHUTDOWN_INFO",
            "can_transition", "queue", "schedule", "rerun_of", "fall_due", "start", "suspend",
-           "resume", "retry", "interrupt", "requeue", "finish", "leave_to_recovery", "notice",
-           "handler_raised"]
+           "resume", "retry", "interrupt", "machine", "requeue", "finish", "leave_to_recovery",
+           "notice", "handler_raised"]
 
 
 class Move(enum.Enum):
@@ -215,10 +215,21 @@ def retry(job: Job, text: str) -> None:
     _record_state(job, _S.QUEUED, RETRY_EVENT)
 
 
-def interrupt(job: Job) -> None:
-    """A recovered job was running when the server stopped: ``J0005002``.  The
-    engine then ``requeue``\\ s it (``retry_on_restart``) or fails it (``finish``)."""
-    job.stream.append(_INTERRUPTED_LINE)
+def interrupt(job: Job, dead_node: str | None = None) -> None:
+    """A recovered job was running when the server stopped: ``J0005002``; in a
+    cluster, when the node ``dead_node`` that ran it stopped.  The engine then
+    ``requeue``\\ s it (``retry_on_restart``) or fails it (``finish``)."""
+    if dead_node is None:
+        job.stream.append(_INTERRUPTED_LINE)
+    else:
+        job.stream.append(format_line("J", Status.INTERRUPTED,
+                                      NODE_STOPPED.format(node=dead_node)))
+
+
+def machine(job: Job, name: str) -> None:
+    """A job claimed by a cluster's node other than the one that stored it: the
+    machine it runs on now (``J0000100``, as every stream's first line)."""
+    job.stream.append(format_line("J", Status.INFO, f"Machine name: {name}"))
 
 
 def requeue(job: Job) -> None:

@@ -9,10 +9,12 @@ and stored) are declared here and defined by ``Engine``.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from ..errors import RequestError
 from ..queueing import DEFAULT_QUEUE, ScheduleSettings
+from ..store.shared import TokenTaken
 from ..wire.codes import Reply, Status
 from ..wire.lines import clip, format_line
 from ..wire.records import JobRecord
@@ -41,6 +43,16 @@ class Placing:
     _accepting: bool
 
     def _next_transaction_id(self) -> str:
+        raise NotImplementedError
+
+    async def _reserve_number(self) -> None:
+        raise NotImplementedError
+
+    def _claim_soon(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def clustered(self) -> bool:
         raise NotImplementedError
 
     def _admit(self) -> None:
@@ -75,6 +87,7 @@ class Placing:
         self._queue_for(name, None)
         self._runner.lines.resume(name)
         self._runner.start_ready()
+        self._claim_soon()  # (a cluster's node: that queue's jobs may wait in the store)
 
     async def rerun(self, transaction_id: str, identity: str) -> Job:
         """A new job like the finished job ``transaction_id``: its project, variables,
@@ -85,6 +98,7 @@ class Placing:
             RequestError: UNKNOWN_TRANSACTION; INVALID_STATE while the job has not
             ended; UNKNOWN_PROJECT when its project is gone; what ``submit`` raises.
         """
+        await self._reserve_number()
         earlier = await self.jobs.record(transaction_id)
         if not earlier.status.is_final:
             raise RequestError(Reply.INVALID_STATE, f"{transaction_id} is "
@@ -158,14 +172,19 @@ class Placing:
             handler.check(params)
         if not self._accepting:
             raise RequestError(Reply.SERVER_BUSY, "the server is shutting down")
+        await self._reserve_number()
         now = time.time()
+        # In a cluster every node runs the schedules: the job token makes one job
+        # per due time, whichever node stores it first.
+        token = f"schedule:{settings.name}:{due:.0f}" if self.clustered else None
         record = JobRecord(self._next_transaction_id(), settings.project, params, {},
-                           identity=f"schedule:{settings.name}",
+                           identity=f"schedule:{settings.name}", job_token=token,
                            worker=self.machine_name, created=now,
                            queue=settings.queue or handler.queue or DEFAULT_QUEUE,
                            priority=settings.priority, run_at=due, schedule=settings.name)
         lifecycle.queue(record, now, due, f"schedule {settings.name}")
-        await self._accept(record)
+        with contextlib.suppress(TokenTaken):  # another node made this due time's job
+            await self._accept(record)
 
 
 def _scheduled_line(due: float) -> bytes:

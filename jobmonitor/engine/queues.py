@@ -241,6 +241,21 @@ class WaitingLines:
                     and not queue.kept):
                 del self._queues[queue.name]
 
+    def has_room(self, name: str) -> bool:
+        """Whether queue ``name`` may start a job now (not paused, under its limit)."""
+        queue = self._queues.get(name)
+        return queue is None or not (queue.paused or queue.running >= queue.limit)
+
+    def open_queues(self) -> list[str] | None:
+        """The queues a node may claim jobs of now: None for all (no queue is
+        paused or at its limit), else those that may start one (jobs of a queue
+        never seen here wait for a node that knows it, or for the others to open)."""
+        shut = {queue.name for queue in self._queues.values()
+                if queue.paused or queue.running >= queue.limit}
+        if not shut:
+            return None
+        return sorted(set(self._queues) - shut)
+
     # -- pausing ----------------------------------------------------------------------
 
     def pause(self, name: str) -> None:

@@ -72,6 +72,9 @@ class JobRunner:
         self._hurry = asyncio.Event()
         #: The engine's loop, once it has started (see ``Engine.start``).
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: Called (on the loop) when a run is over and its slot is free, after the
+        #: queued jobs have had their start (a cluster's node claims more then).
+        self.on_slot_free: Callable[[], None] | None = None
 
     def close(self) -> None:
         """Drop the jobs still waiting for a worker thread (the server is stopping)."""
@@ -106,6 +109,10 @@ class JobRunner:
     @property
     def running_count(self) -> int:
         return len(self._running)
+
+    @property
+    def max_running(self) -> int:
+        return self._config.max_running
 
     def is_running(self, job: Job) -> bool:
         return job in self._running
@@ -223,6 +230,8 @@ class JobRunner:
         if job.run is run:  # the handler has returned: no Job <-> Run cycle for the GC
             job.run = None
         self.start_ready()
+        if self.on_slot_free is not None:
+            self.on_slot_free()
 
     def _call(self, run: Run) -> Awaitable[Any]:
         """The handler's awaitable: its coroutine itself (no extra frame per job), or

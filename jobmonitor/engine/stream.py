@@ -183,6 +183,13 @@ class JobStream:
         if watcher in self._watchers and not self.scheduled:
             self.schedule()
 
+    def hand_over(self) -> None:
+        """The job is no longer this server's (a cluster's node lost it): every
+        watcher reads the rest from the store (``fell_behind``)."""
+        for watcher in list(self._watchers):
+            self._watchers.remove(watcher)
+            watcher.fell_behind(watcher.stream_cursor + 1)
+
     def in_memory(self, line: int) -> bool:
         """True when line number ``line`` (or a later one) can be served from memory."""
         return line > self.base

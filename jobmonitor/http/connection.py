@@ -230,7 +230,8 @@ class HttpConnection(asyncio.Protocol):
                           self._peer)
         self._body = []
         self._state = _State.BUSY
-        task = start_eagerly(self._loop, self._answer(request))
+        task = start_eagerly(self._loop, self._answer(request),
+                             eager=not self._config.clustered)
         if task is not None:  # kept while it runs: the loop holds tasks weakly
             self._task = task
             task.add_done_callback(self._forget_task)

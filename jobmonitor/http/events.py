@@ -36,6 +36,9 @@ log = logging.getLogger("jobmonitor.http")
 
 #: Lines read from the store at a time while catching up.
 PAGE_LINES = 2000
+#: Longest a stream of a job held by another node waits for its next lines
+#: before it looks again.
+FOLLOW_WAIT_S = 1.0
 #: Seconds between keep-alive comments on a quiet stream.
 PING_INTERVAL_S = 15.0
 #: How long an EventSource waits before it reconnects, in milliseconds.
@@ -152,6 +155,7 @@ class JobEvents:
         """Send lines from ``line`` on: from the store while they are not in
         memory, then by watching the live stream."""
         jobs = self._engine.jobs
+        look = True  # (a cluster's job held elsewhere: see JobDirectory.more_stored)
         while self._sink is not None:
             job = jobs.live(self._transaction_id)
             if job is not None and job.stream.in_memory(line):
@@ -162,10 +166,16 @@ class JobEvents:
             page = await jobs.read_lines(self._transaction_id, line, PAGE_LINES)
             if not page:
                 if job is None:
+                    # (a cluster's job held elsewhere: its next lines, once stored)
+                    if await jobs.more_stored(self._transaction_id, line, FOLLOW_WAIT_S,
+                                              look_first=look):
+                        look = False
+                        continue
                     await self._finish()  # a finished job, replayed to its end
                     return
                 line = job.stream.base + 1  # nothing stored before the memory window
                 continue
+            look = page[-1].startswith(_ENDED_PREFIX)  # (the end: the next look says so)
             self._next_line = line
             self.write(b"".join(page))
             line += len(page)

@@ -20,6 +20,7 @@ from .._version import __version__
 from ..engine.engine import Engine
 from ..engine.job import Job
 from ..errors import ConfigError, RequestError
+from ..store.shared import Action
 from ..users import User
 from ..wire.codes import Reply
 from ..wire.formats import (
@@ -31,6 +32,7 @@ from ..wire.formats import (
     key_values,
     outputs_header,
     render,
+    render_table,
     to_json,
 )
 from ..wire.lines import clip
@@ -126,6 +128,8 @@ class Commands:
             "PauseQueue": self.pause_queue,
             "ResumeQueue": self.resume_queue,
             "RerunJob": self.rerun_job,
+            # (the cluster: issue 18)
+            "ListNodes": self.list_nodes,
         }
 
     @property
@@ -225,9 +229,21 @@ class Commands:
         if limit and self._engine.jobs.monitor_count(transaction_id) >= limit:
             raise RequestError(Reply.SERVER_BUSY, f"{transaction_id} already has {limit} monitors")
 
-    async def _active_job(self, packet: Packet, caller: Caller) -> Job:
-        """The live job a packet names; a finished one is an invalid-state error."""
+    async def _act(self, packet: Packet, caller: Caller, action: Action,
+                   act: Callable[[Job], str]) -> Response:
+        """``act`` on the live job a packet names (a finished one is an
+        invalid-state error); in a cluster, a job another node holds is asked of
+        that node, or held here first."""
         transaction_id = await self._transaction(packet, caller)
+        engine = self._engine
+        if engine.clustered and engine.jobs.live(transaction_id) is None:
+            asked = await engine.act_elsewhere(transaction_id, action)
+            if asked is not None:
+                return Response(asked)
+        return Response(act(await self._active_job(transaction_id)))
+
+    async def _active_job(self, transaction_id: str) -> Job:
+        """The live job ``transaction_id``; a finished one is an invalid-state error."""
         job = self._engine.jobs.live(transaction_id)
         if job is None or job.state.is_final:
             record = await self._engine.jobs.record(transaction_id)
@@ -260,15 +276,17 @@ class Commands:
         return Response(transaction_id, transaction_id, from_line)
 
     async def cancel_job(self, packet: Packet, caller: Caller) -> Response:
-        job = await self._active_job(packet, caller)
+        return await self._act(packet, caller, "cancel", self._cancel)
+
+    def _cancel(self, job: Job) -> str:
         self._engine.cancel(job)
-        return Response(job.transaction_id)
+        return job.transaction_id
 
     async def suspend_job(self, packet: Packet, caller: Caller) -> Response:
-        return Response(self._engine.suspend(await self._active_job(packet, caller)))
+        return await self._act(packet, caller, "suspend", self._engine.suspend)
 
     async def resume_job(self, packet: Packet, caller: Caller) -> Response:
-        return Response(self._engine.resume(await self._active_job(packet, caller)))
+        return await self._act(packet, caller, "resume", self._engine.resume)
 
     async def delete_job(self, packet: Packet, caller: Caller) -> Response:
         transaction_id = await self._transaction(packet, caller)
@@ -306,7 +324,10 @@ class Commands:
         record = await self._engine.jobs.record(await self._transaction(packet, caller))
         if form == "json":
             return Response(to_json(job_dict(record)["JobData"]))
-        rows = [outputs_header(record)] + [
+        header = outputs_header(record)
+        if self._engine.clustered and record.worker:  # (its files are on that node)
+            header += f" (on node {record.worker})"
+        rows = [header] + [
             "\t".join((cell(o.name), cell(o.uri), cell(o.media_type or "")))
             for o in record.outputs]
         return Response("\n".join(rows))
@@ -315,7 +336,7 @@ class Commands:
         if TRANSACTION_ID in packet.variables or JOB_TOKEN in packet.variables:
             return await self._job_log(packet, caller)
         self._require_admin(caller, "the server's task log")
-        events = self._engine.jobs.task_log()
+        events = await self._engine.task_log()
         rows = [f"{len(events)} events"] + [
             "\t".join((iso_time(e.event.timestamp) or "", e.transaction_id, cell(e.project),
                        e.event.status)) for e in events]
@@ -362,6 +383,14 @@ class Commands:
         return Response("\n".join([f"{len(rows)} queues"] + [
             "\t".join((cell(r.name), str(r.waiting), str(r.running), str(r.max_running),
                        "true" if r.paused else "false", str(r.scheduled))) for r in rows]))
+
+    async def list_nodes(self, packet: Packet, caller: Caller) -> Response:
+        self._require_admin(caller, "ListNodes")
+        form = parse_choice(packet, FORMAT, FORMATS)
+        rows = [{"Name": node.name, "Address": node.address,
+                 "Started": iso_time(node.started), "HeartbeatAge": round(node.heartbeat_age_s, 1),
+                 "Running": node.running} for node in await self._engine.nodes()]
+        return Response(render_table(rows, form, noun="nodes", root="Nodes", item="Node"))
 
     async def pause_queue(self, packet: Packet, caller: Caller) -> Response:
         self._require_admin(caller, "PauseQueue")

@@ -46,7 +46,7 @@ from ..config import Config
 from ..engine.engine import Engine
 from ..engine.stream import JobStream
 from ..errors import PacketError, RequestError
-from ..wire.codes import Reply
+from ..wire.codes import Reply, Status
 from ..wire.lines import clip
 from ..wire.packet import Packet, PacketParser, packet_end_hint
 from ..wire.packet_fast import SMALL_BYTES
@@ -64,6 +64,11 @@ log = logging.getLogger("jobmonitor.connection")
 
 #: Lines read from the store at a time when a watcher catches up.
 CATCH_UP_PAGE_LINES = 2000
+#: How the last line of a job's stream starts.
+ENDED_HEAD = b"J%07d: " % Status.ENDED
+#: Longest a monitor of a job held by another node waits for its next lines
+#: before it looks again (a lost wake-up costs at most this).
+FOLLOW_WAIT_S = 1.0
 #: XML whitespace: what a client may send between two packets on a kept connection.
 _BETWEEN_PACKETS = re.compile(rb"[ \t\r\n]*")
 
@@ -451,7 +456,7 @@ class Connection(Output):
             self._pending, self._offset = b"", 0  # (what follows is ignored, as ever)
         # Most commands never wait (a submit to the memory store, a status query):
         # they run to their end here, with no task and no extra loop turn.
-        task = start_eagerly(self._loop, self._answer(packet))
+        task = start_eagerly(self._loop, self._answer(packet), eager=not self._config.clustered)
         if task is not None:  # kept while it runs: the loop holds tasks weakly
             self._task = task
             task.add_done_callback(self._forget_task)
@@ -518,6 +523,7 @@ class Connection(Output):
         """Send the job's lines from ``line`` on: from the store while they are
         not in memory, then by watching the live stream."""
         jobs = self._context.engine.jobs
+        look = True  # (a cluster's job held elsewhere: see JobDirectory.more_stored)
         while self._state is _WATCHING:
             job = jobs.live(transaction_id)
             if job is not None and job.stream.in_memory(line):
@@ -528,10 +534,16 @@ class Connection(Output):
             page = await jobs.read_lines(transaction_id, line, CATCH_UP_PAGE_LINES)
             if not page:
                 if job is None:
+                    # (a cluster's job held elsewhere: its next lines, once stored)
+                    if await jobs.more_stored(transaction_id, line, FOLLOW_WAIT_S,
+                                              look_first=look):
+                        look = False
+                        continue
                     self._stream_done(line > self._follow_from)  # replayed to its end
                     return
                 line = job.stream.base + 1  # nothing stored before the memory window
                 continue
+            look = page[-1].startswith(ENDED_HEAD)  # (the end: the next look says so)
             self.write(b"".join(page))
             line += len(page)
             self._next_line = line

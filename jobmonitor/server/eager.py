@@ -24,13 +24,16 @@ __all__ = ["start_eagerly"]
 T = TypeVar("T")
 
 
-def start_eagerly(loop: asyncio.AbstractEventLoop,
-                  coro: Coroutine[Any, Any, T]) -> asyncio.Task[T] | None:
+def start_eagerly(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T], *,
+                  eager: bool = True) -> asyncio.Task[T] | None:
     """Run ``coro`` until it first waits; return None if it finished, else the task
-    that runs the rest.
+    that runs the rest.  Not ``eager``: a task from the start (a cluster's store
+    reads the database at once, and its driver's timeouts need a task).
 
     An exception raised by the first step propagates to the caller.
     """
+    if not eager:
+        return loop.create_task(coro)
     try:
         yielded = coro.send(None)
     except StopIteration:

@@ -120,7 +120,7 @@ class Server:
                         "run jobs", config.host)
         store = open_store(config.store or "memory://", data_dir=config.data_dir,
                            commit_interval_s=config.commit_interval_s,
-                           synchronous=config.sqlite_synchronous)
+                           synchronous=config.sqlite_synchronous, **config.node_settings())
         engine = Engine(self._own_handlers, config, store, clock=self._clock)
         auth = Authenticator(config.users)
         commands = Commands(engine, auth=auth, restart=self.restart_engine,
@@ -145,6 +145,7 @@ class Server:
             self._engine, self._listener = engine, listener
             self._commands, self._auth = commands, auth
             self._bound = listener.sockets[0].getsockname()[:2]
+            engine.address = self.address
             if self._closing is None:  # (else close() came meanwhile: accept nothing)
                 await listener.start_serving()
         except BaseException:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["Reply", "Status", "ERROR_THRESHOLD", "is_error_code"]
+__all__ = ["Reply", "Status", "ERROR_THRESHOLD", "is_error_code", "NODE_STOPPED"]
 
 #: Codes at or above this number are errors, below it informational.
 ERROR_THRESHOLD = 5000
@@ -83,6 +83,11 @@ class Status(_Coded):
     MONITOR_BEHIND = 5003, "Monitor fell too far behind"
     #: Before ``CANCELLED`` for a job the server cancelled because it stops.
     SHUTDOWN = 5004, "Job cancelled: the server is shutting down."
+
+
+#: ``INTERRUPTED``'s text in a cluster, when the node that ran the job stopped
+#: (another node took the job over).
+NODE_STOPPED = "Job interrupted: node {node} stopped"
 
 
 #: The status codes only the server says: a stream's end, its outcome, the

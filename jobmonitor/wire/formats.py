@@ -29,7 +29,8 @@ from .states import JobState
 if TYPE_CHECKING:
     from lxml import etree
 
-__all__ = ["FORMATS", "POLL_AFTER_S", "job_dict", "render", "render_list", "ListRenderer",
+__all__ = ["FORMATS", "POLL_AFTER_S", "job_dict", "render", "render_list", "render_table",
+           "ListRenderer",
            "to_json", "join_parameters", "split_parameters", "iso_time", "progress_text",
            "cell", "outputs_partial", "outputs_header"]
 
@@ -320,6 +321,24 @@ def cell(text: str) -> str:
     """A value in a tab-separated row: its tabs and line breaks sent as ``\\t``,
     ``\\n`` and ``\\r``, so that it can neither add a field nor forge a row."""
     return _one_line(text).replace("\t", "\\t")
+
+
+def render_table(rows: list[dict[str, Any]], form: str, *, noun: str, root: str,
+                 item: str) -> str:
+    """Rows of plain values (``ListNodes``): text (a count of ``noun``, then one
+    tab-separated line per row), a JSON array, or XML (``root`` holding one
+    ``item`` element per row)."""
+    if form == "json":
+        return to_json(rows)
+    if form == "xml":
+        from lxml import etree
+
+        top = etree.Element(root)
+        for row in rows:
+            _xml_fill(etree.SubElement(top, item), row)
+        return etree.tostring(top, pretty_print=True, encoding="unicode").rstrip("\n")
+    return "\n".join([f"{len(rows)} {noun}"] + [
+        "\t".join(cell(str(value)) for value in row.values()) for row in rows])
 
 
 def _xml(data: dict[str, Any]) -> str:

@@ -385,3 +385,15 @@ async def progress_steps(job: Job) -> None:
         await event.wait()
         event.clear()
         job.progress(n, count, f"step {n}")
+
+
+@app.job("checked-ticker")
+async def checked_ticker(job: Job) -> None:
+    """Say ``tick N`` Count times (default 100), Interval seconds apart (default
+    0.05), with a checkpoint after each: a job other processes can suspend."""
+    count = int(job.params.get("Count", "100"))
+    interval = float(job.params.get("Interval", "0.05"))
+    for n in range(1, count + 1):
+        job.info(f"tick {n}")
+        await job.checkpoint()
+        await asyncio.sleep(interval)

@@ -5,6 +5,11 @@ the process.  A new backend (a server database, say) is one more entry in each l
 with a way to make a fresh store and to make it again on the same data.  The
 jobs here are plain stand-ins for the engine's (``Recordable``): a record and a
 stream of encoded lines, nothing that runs.
+
+A store several nodes share (``SharedStore``: PostgreSQL, each test on a schema of
+its own) writes changes only of the jobs its node holds, so the jobs a test goes on
+changing are added held (``add``), and a job a closed node held is ``take``n by the
+next one rather than recovered.
 """
 
 from __future__ import annotations
@@ -18,26 +23,37 @@ import pytest
 
 from jobmonitor.store.base import Recovery, Store
 from jobmonitor.store.memory import MemoryStore
+from jobmonitor.store.postgres.connect import parse_url
+from jobmonitor.store.postgres.store import PostgresStore
+from jobmonitor.store.shared import SharedStore
 from jobmonitor.store.sqlite.store import SqliteStore
 from jobmonitor.wire.codes import Status
 from jobmonitor.wire.lines import format_line
 from jobmonitor.wire.records import HistoryEvent, JobRecord, Output
 from jobmonitor.wire.states import JobState, Outcome
 
-#: A backend: given a folder of its own, what makes its store (each call makes
-#: it anew on the same data).
-Backend = Callable[[Path], Callable[[], Store]]
+from ...support.postgres import pg_schema_url
+
+#: A backend: given a folder of its own (and the test's request, for fixtures
+#: such as a database server), what makes its store (each call makes it anew on
+#: the same data).
+Backend = Callable[[Path, pytest.FixtureRequest], Callable[[], Store]]
 
 
-def _memory(folder: Path) -> Callable[[], Store]:
+def _memory(folder: Path, request: pytest.FixtureRequest) -> Callable[[], Store]:
     return MemoryStore
 
 
-def _sqlite(folder: Path) -> Callable[[], Store]:
+def _sqlite(folder: Path, request: pytest.FixtureRequest) -> Callable[[], Store]:
     return lambda: SqliteStore(str(folder / "jobs.db"), commit_interval_s=0.01)
 
 
-DURABLE_STORES = [pytest.param(_sqlite, id="sqlite")]
+def _postgres(folder: Path, request: pytest.FixtureRequest) -> Callable[[], Store]:
+    settings = parse_url(pg_schema_url(request.getfixturevalue("postgres_server")))
+    return lambda: PostgresStore(settings, commit_interval_s=0.01, node_name="test")
+
+
+DURABLE_STORES = [pytest.param(_sqlite, id="sqlite"), pytest.param(_postgres, id="postgres")]
 ALL_STORES = [pytest.param(_memory, id="memory"), *DURABLE_STORES]
 
 
@@ -84,7 +100,15 @@ def job(number: int, *, identity: str = "ann", job_token: str | None = None) -> 
 
 @pytest.fixture
 def make(request, tmp_path) -> Callable[[], Store]:
-    return request.param(tmp_path)
+    return request.param(tmp_path, request)
+
+
+async def add(store: Store, item: FakeJob) -> None:
+    """Store a new job; on a shared store, held by its node (which goes on changing it)."""
+    if isinstance(store, SharedStore):
+        await store.add_held(item)
+    else:
+        await store.add(item)
 
 
 @pytest.fixture
@@ -132,7 +156,7 @@ async def test_a_closed_store_checks_clean(make, opened):
     store = make()
     await opened(store)
     if store.durable:
-        await store.add(job(1))
+        await add(store, job(1))
     await store.close()
     assert await make().check() == []
 
@@ -146,7 +170,7 @@ async def test_an_added_job_is_stored_whole(make, opened):
     await opened(store)
     added = job(1, job_token="key")
     added.say("one", "two")
-    await store.add(added)
+    await add(store, added)
     loaded = await store.load("T0000001")
     assert loaded is not None
     assert (loaded.project, loaded.params, loaded.identity, loaded.status, loaded.line_count,
@@ -164,7 +188,7 @@ async def test_changes_are_stored_by_flush_and_told_to_on_persisted(make, opened
     store.on_persisted = lambda item, lines: told.append((item.transaction_id, lines))
     await opened(store)
     changing = job(1)
-    await store.add(changing)
+    await add(store, changing)
     changing.say("one", "two", "three")
     changing.record.outputs.append(Output("report", "file:///out/report.pdf", "application/pdf"))
     changing.finish(50.0)
@@ -186,7 +210,7 @@ async def test_lines_said_but_not_yet_announced_wait_for_their_own_notice(make, 
     store = make()
     await opened(store)
     quiet = job(1)
-    await store.add(quiet)
+    await add(store, quiet)
     quiet.stream.lines.append(format_line("J", Status.INFO, "not flushed"))
     store.changed(quiet)
     await store.flush()
@@ -202,7 +226,7 @@ async def test_list_records_oldest_first_and_by_submitter(make, opened):
     store = make()
     await opened(store)
     for number, identity in [(1, "ann"), (2, "bob"), (3, "ann")]:
-        await store.add(job(number, identity=identity))
+        await add(store, job(number, identity=identity))
     assert [r.transaction_id for r in await store.list_records(None, 0, 1000)] == [
         "T0000001", "T0000002", "T0000003"]
     assert [r.transaction_id for r in await store.list_records("ann", 0, 1000)] == [
@@ -215,7 +239,7 @@ async def test_list_records_pages_by_number(make, opened):
     store = make()
     await opened(store)
     for number in range(1, 6):
-        await store.add(job(number))
+        await add(store, job(number))
     await store.flush()
     assert [r.transaction_id for r in await store.list_records(None, 0, 2)] == [
         "T0000001", "T0000002"]
@@ -232,7 +256,7 @@ async def test_delete_removes_a_job_and_its_lines_but_not_its_number(make, opene
     for number in (1, 2):
         stored = job(number, job_token=f"key{number}")
         stored.say("line")
-        await store.add(stored)
+        await add(store, stored)
     await store.delete("T0000002")
     assert await store.load("T0000002") is None
     assert await store.read_lines("T0000002", 1, 10) == []
@@ -246,7 +270,7 @@ async def test_purge_deletes_only_jobs_finished_before_the_cutoff(make, opened):
     await opened(store)
     old, recent, running = job(1), job(2), job(3)
     for item in (old, recent, running):
-        await store.add(item)
+        await add(store, item)
     old.finish(100.0)
     recent.finish(300.0)
     for item in (old, recent):
@@ -263,7 +287,7 @@ async def test_a_store_made_again_recovers_unfinished_jobs_and_numbers(make, ope
     await opened(store)
     finished, unfinished, deleted = job(1), job(2), job(3)
     for item in (finished, unfinished, deleted):
-        await store.add(item)
+        await add(store, item)
     finished.finish(10.0)
     unfinished.say("one", "two")
     unfinished.record.status = JobState.PROCESSING
@@ -276,6 +300,13 @@ async def test_a_store_made_again_recovers_unfinished_jobs_and_numbers(make, ope
     again = make()
     recovery = await opened(again)
     assert recovery.last_number == 3  # the deleted newest job's number stays used
+    if isinstance(again, SharedStore):
+        # A new node holds nothing: the job the closed one ran is there to take.
+        assert recovery.unfinished == []
+        assert [r.transaction_id for r in await again.list_active(None, 0, 10)] == ["T0000002"]
+        taken = await again.take("T0000002")
+        assert taken is not None
+        recovery.unfinished.append(taken)
     assert [(r.transaction_id, r.status, r.line_count) for r in recovery.unfinished] == [
         ("T0000002", JobState.PROCESSING, 2)]
     assert [(e.transaction_id, e.event.status) for e in recovery.recent_events] == [

@@ -13,6 +13,7 @@ import pytest
 from jobmonitor.store.base import Store
 from jobmonitor.store.batching import GroupCommitStore
 from jobmonitor.store.memory import MemoryStore
+from jobmonitor.store.postgres.store import PostgresStore
 from jobmonitor.store.sqlite.store import SqliteStore
 
 #: What every backend must define: all of Store's methods.
@@ -48,7 +49,7 @@ def test_a_group_commit_store_asks_its_backend_for_the_writes_and_the_reads():
         _without(GroupCommitStore, "_write_batch")(commit_interval_s=0.05, outage=None)
 
 
-@pytest.mark.parametrize("backend", [MemoryStore, SqliteStore])
+@pytest.mark.parametrize("backend", [MemoryStore, SqliteStore, PostgresStore])
 def test_each_backend_defines_every_method_itself(backend):
     # Nothing inherited from Store itself: each method is the backend's own (or
     # GroupCommitStore's), with a docstring where it does nothing.

@@ -1,0 +1,302 @@
+"""Being one node of the cluster: its row in ``nodes``, heartbeats, the reaper,
+requests from other nodes, and the notifications it listens for.
+
+Every ``heartbeat_s`` the node writes its heartbeat.  When the row is gone,
+another node declared this one dead (it was cut off past its lease) and took
+its jobs: the engine is told it lost them all, and the node joins again under
+a new id.  Then it reaps: a node whose heartbeat is older than ``lease_s`` (by
+the database's clock) is dead; its waiting jobs are let go for anyone to
+claim and its running ones are taken over here (``hooks.taken_over``).  A
+node reaps only once its own heartbeats have gone through for a whole lease
+without a gap: after the database itself was down, every node's heartbeat is
+old, and each must first have had the time to write its own again.
+
+The heartbeat is also the fallback of the notifications: each one asks for
+the requests addressed to this node and tells the engine work may be waiting,
+so a lost notification costs at most a heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from ...errors import StoreUnavailable
+from ...wire.records import JobRecord
+from ..shared import Action, ClusterHooks
+from ..sqlite.rows import number_of, transaction_id_of
+from . import sql
+from .connect import Listener, Settings
+
+if TYPE_CHECKING:
+    from .sql import Db
+
+__all__ = ["Node"]
+
+log = logging.getLogger("jobmonitor.store")
+
+#: The longest a ``wait_lines`` waits for a notification before the caller
+#: looks again (a notification sent while the listener reconnected is lost).
+LONGEST_LINE_WAIT_S = 1.0
+_ACTIONS = frozenset({"cancel", "suspend", "resume"})
+#: Every so many reapings, look for jobs held by no node even when no node died;
+#: every so many heartbeats, for jobs held by this node that it does not know of.
+SWEEP_EVERY = 5
+
+
+class NodeStore(Protocol):
+    """What a node asks of its store (``store.PostgresStore``)."""
+
+    #: Per job written or held: (its holder as this node knows it, epoch).
+    epochs: dict[int, tuple[str | None, int]]
+
+    async def call(self, func: Callable[..., Any], *args: Any, refused: int = 1) -> Any: ...
+
+    def worked(self) -> None: ...
+
+    def held(self) -> list[int]: ...
+
+    def forget(self, number: int) -> None: ...
+
+    def hold(self, record: JobRecord, epoch: int) -> None: ...
+
+    def begin_sweep(self) -> bool: ...
+
+    def end_sweep(self) -> None: ...
+
+
+class _NoHooks:
+    """The hooks of a store nobody attached to (a check, a test of the store)."""
+
+    def work_available(self) -> None:
+        pass
+
+    def requested(self, transaction_id: str, action: Action) -> None:
+        pass
+
+    def lost(self, transaction_ids: Sequence[str]) -> None:
+        pass
+
+    def taken_over(self, records: Sequence[JobRecord]) -> None:
+        pass
+
+
+class Node:
+    """This process's membership of the cluster."""
+
+    def __init__(self, store: NodeStore, settings: Settings, *, node_name: str | None,
+                 address: str, heartbeat_s: float, lease_s: float) -> None:
+        self.store = store
+        self.settings = settings
+        self.name = node_name or socket.gethostname()
+        self.address = address
+        self.heartbeat_s = heartbeat_s
+        self.lease_s = lease_s
+        self.hooks: ClusterHooks = _NoHooks()
+        self.node_id = self._new_id()
+        self.started = time.time()
+        #: Jobs waited on (``wait_lines``): number -> the futures of the waiters.
+        self._line_waiters: dict[int, set[asyncio.Future[None]]] = {}
+        self._beating: asyncio.Task[None] | None = None
+        self._asking: asyncio.Task[None] | None = None
+        self._reaps = 0
+        self._beats = 0
+        self.listener = Listener(settings, {
+            settings.channel("work"): self._heard_work,
+            settings.channel("lines"): self._heard_lines,
+            settings.channel("control"): self._heard_control,
+        }, self._listening)
+
+    def _new_id(self) -> str:
+        return f"{self.name}#{secrets.token_hex(6)}"
+
+    async def register(self, db: Db) -> None:
+        await sql.register(db, self.node_id, self.name, self.address, self.started)
+
+    async def leave(self, db: Db) -> None:
+        """Take this node out of the cluster; the jobs it still holds are others' to
+        take over (a running one) or claim (a waiting one) at their next reaping."""
+        await sql.unregister(db, self.node_id)
+
+    def start(self) -> None:
+        self._beating = asyncio.get_running_loop().create_task(self._beat())
+        self.listener.start()
+
+    async def stop(self) -> None:
+        await self.listener.stop()
+        for task in (self._beating, self._asking):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._beating = self._asking = None
+
+    # -- heartbeats and the reaper ------------------------------------------------------
+
+    async def _beat(self) -> None:
+        loop = asyncio.get_running_loop()
+        good_since: float | None = None  # the first heartbeat of the current good run
+        last_good = 0.0
+        while True:
+            try:
+                alive = await asyncio.wait_for(
+                    self.store.call(sql.heartbeat, self.node_id, refused=0), self.lease_s)
+                now = loop.time()
+                if good_since is None or now - last_good > self.lease_s:
+                    good_since = now  # a gap: a lease must pass before reaping again
+                last_good = now
+                self.store.worked()
+                if not alive:
+                    await self._declared_dead()
+                    good_since = None
+                else:
+                    await self._take_requests()
+                    self.hooks.work_available()
+                    if now - good_since >= self.lease_s:
+                        await self._reap()
+                    if self._beats % SWEEP_EVERY == 0 and self.store.begin_sweep():
+                        try:
+                            await self._find_strays()
+                        finally:
+                            self.store.end_sweep()
+                    self._beats += 1
+            except (StoreUnavailable, TimeoutError) as exc:
+                good_since = None
+                log.debug("a heartbeat failed: %s", exc)
+            except Exception:  # a bug: logged, and the heartbeats go on
+                good_since = None
+                log.exception("a heartbeat failed")
+            self.listener.check()
+            await asyncio.sleep(self.heartbeat_s)
+
+    async def _declared_dead(self) -> None:
+        """The other nodes declared this one dead and took its jobs: drop them
+        all, and join again under a new id."""
+        lost = self.store.held()
+        for number in lost:
+            self.store.forget(number)
+        old, self.node_id = self.node_id, self._new_id()
+        log.error("this node (%s) was declared dead by the others (its heartbeats stopped "
+                  "for longer than %.1f s) and lost its %d jobs; it joins again as %s",
+                  old, self.lease_s, len(lost), self.node_id)
+        await self.store.call(self.register, refused=0)
+        if lost:
+            self.hooks.lost([transaction_id_of(number) for number in lost])
+
+    async def _reap(self) -> None:
+        dead, released, taken = await self.store.call(
+            sql.reap, self.settings.schema, self.node_id, self.lease_s,
+            self.settings.channel("work"), self._reaps % SWEEP_EVERY == 0, refused=0)
+        self._reaps += 1
+        if dead:
+            log.warning("declared dead (no heartbeat for %.1f s): %s", self.lease_s,
+                        ", ".join(dead))
+        if released or taken:
+            log.warning("took over %d running jobs of nodes that are gone, and let go of %d "
+                        "waiting ones", len(taken), len(released))
+        for record, epoch in taken:
+            self.store.hold(record, epoch)
+        if taken:
+            self.hooks.taken_over([record for record, _ in taken])
+        if released:
+            self.hooks.work_available()
+
+    async def _find_strays(self) -> None:
+        released, taken = await self.store.call(
+            sql.strays, self.node_id, self.store.held(), self.settings.channel("work"),
+            refused=0)
+        if released or taken:
+            log.warning("found %d jobs held by this node that it did not know of (an answer "
+                        "lost with its connection): let go of %d waiting, recovering %d "
+                        "running", len(released) + len(taken), len(released), len(taken))
+        for record, epoch in taken:
+            self.store.hold(record, epoch)
+        if taken:
+            self.hooks.taken_over([record for record, _ in taken])
+        if released:
+            self.hooks.work_available()
+
+    # -- requests from other nodes --------------------------------------------------------
+
+    async def _take_requests(self) -> None:
+        requests = await self.store.call(sql.take_requests, self.node_id, refused=0)
+        held = self.store.epochs
+        for number, action in requests:
+            if action in _ACTIONS and number in held:
+                self.hooks.requested(transaction_id_of(number), cast(Action, action))
+
+    def _ask_for_requests(self) -> None:
+        if self._asking is None or self._asking.done():
+            self._asking = asyncio.get_running_loop().create_task(self._asked())
+
+    async def _asked(self) -> None:
+        try:
+            await self._take_requests()
+        except StoreUnavailable as exc:  # the next heartbeat asks again
+            log.debug("reading requests failed: %s", exc)
+
+    # -- notifications ----------------------------------------------------------------------
+
+    def _listening(self) -> None:
+        """The listener (re)connected: what it missed meanwhile, the next heartbeat
+        would find; find it now."""
+        self._ask_for_requests()
+        self.hooks.work_available()
+        self._wake_all()
+
+    def _heard_work(self, payload: str) -> None:
+        self.hooks.work_available()
+
+    def _heard_control(self, payload: str) -> None:
+        if payload == self.node_id:
+            self._ask_for_requests()
+
+    def _heard_lines(self, payload: str) -> None:
+        waiters = self._line_waiters
+        if not waiters:
+            return
+        for entry in payload.split(","):
+            number, _, _ = entry.partition(":")
+            if number.isdigit():
+                for waiter in waiters.get(int(number), ()):
+                    if not waiter.done():
+                        waiter.set_result(None)
+
+    def _wake_all(self) -> None:
+        for waiters in self._line_waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def wait_lines(self, transaction_id: str, stored_lines: int, timeout: float) -> None:
+        number = number_of(transaction_id)
+        if number is None or timeout <= 0:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        waiters = self._line_waiters.setdefault(number, set())
+        waiters.add(waiter)
+        try:
+            # (A commit between the caller's read and this wait notified no one here.)
+            try:
+                count = await self.store.call(_line_count, number, refused=0)
+            except StoreUnavailable:
+                count = None
+            if count is not None and count > stored_lines:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, min(timeout, LONGEST_LINE_WAIT_S))
+        finally:
+            waiters.discard(waiter)
+            if not waiters:
+                self._line_waiters.pop(number, None)
+
+
+async def _line_count(db: Db, number: int) -> int | None:
+    count: int | None = await db.fetchval("SELECT line_count FROM jobs WHERE number = $1", number)
+    return count

@@ -1,0 +1,446 @@
+"""The PostgreSQL store's tables, and the SQL that fills, reads and deletes them.
+
+No pool and no batching (``store`` does those): the schema, and each query as a
+function given a connection.  A job row is the SQLite store's (``sqlite.rows``:
+the same columns, encoded and decoded the same way) plus who holds it:
+``node_id`` (None: nobody), ``epoch`` (bumped at every claim, take and takeover)
+and ``requested`` (an action another node asked of the holder).
+
+Writes of many rows are one statement each: the rows go as one array per
+column (``unnest``), so a commit costs a round trip per table, whatever its size.
+
+Tables, in the store's own schema: ``meta`` (the schema's version), ``nodes``
+(one row per live node, with its heartbeat), ``jobs``, ``line_blocks`` (a job's
+lines as runs of CRLF-ended lines, as SQLite keeps them), ``history``,
+``outputs`` and ``schedule_marks``; the sequence ``numbers`` hands out
+transaction numbers (1..9999999, never twice).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ...wire.records import HistoryEvent, JobRecord, Output
+from ..base import TaskEvent
+from ..sqlite.rows import FINAL, JOB_COLUMNS, UNFINISHED, job_record, transaction_id_of
+
+if TYPE_CHECKING:
+    import asyncpg
+    from asyncpg.pool import PoolConnectionProxy
+
+    Db = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+
+__all__ = ["SCHEMA_VERSION", "create_schema", "INSERT_JOBS", "UPDATE_JOBS", "UPSERT_BLOCKS",
+           "INSERT_HISTORY", "INSERT_OUTPUTS", "UPSERT_MARKS", "RELEASE", "NOTIFY",
+           "columns", "select_records", "list_page", "read_lines", "recent_events",
+           "take_numbers", "FINAL_STATES", "UNFINISHED_STATES", "RUNNING_STATES"]
+
+#: The version of the tables this code makes and reads; a schema of a newer
+#: version is refused.
+SCHEMA_VERSION = 1
+FINAL_STATES = sorted(FINAL)
+UNFINISHED_STATES = list(UNFINISHED)
+#: The states of a job a node is running (a takeover keeps them; the rest are
+#: let go for any node to claim).
+RUNNING_STATES = ["Processing", "Suspended"]
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE SEQUENCE IF NOT EXISTS numbers AS integer MINVALUE 1 MAXVALUE 9999999 NO CYCLE;
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id text PRIMARY KEY, name text NOT NULL, address text NOT NULL,
+    started float8 NOT NULL, heartbeat timestamptz NOT NULL DEFAULT now(),
+    running integer NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS jobs (
+    number integer PRIMARY KEY, project text NOT NULL, params text NOT NULL,
+    doc_variables text NOT NULL, identity text NOT NULL, job_token text,
+    status text NOT NULL, outcome text, progress_done bigint NOT NULL,
+    progress_total bigint NOT NULL, progress_message text NOT NULL,
+    status_message text NOT NULL, worker text NOT NULL, created float8 NOT NULL,
+    started float8, updated float8 NOT NULL, completed float8, estimated float8,
+    line_count integer NOT NULL, queue text NOT NULL, priority integer NOT NULL,
+    run_at float8, schedule text,
+    node_id text, epoch bigint NOT NULL DEFAULT 0, requested text);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_token ON jobs (identity, job_token)
+    WHERE job_token IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs (priority DESC, created, number)
+    WHERE node_id IS NULL AND status IN ('Queued', 'Created');
+CREATE INDEX IF NOT EXISTS jobs_by_node ON jobs (node_id) WHERE node_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (number)
+    WHERE status NOT IN ('Completed', 'CompletedWithErrors', 'Failed', 'Cancelled');
+CREATE INDEX IF NOT EXISTS jobs_by_completion ON jobs (completed) WHERE completed IS NOT NULL;
+CREATE TABLE IF NOT EXISTS line_blocks (
+    number integer NOT NULL, first_line integer NOT NULL, count integer NOT NULL,
+    data bytea NOT NULL, PRIMARY KEY (number, first_line));
+CREATE TABLE IF NOT EXISTS history (
+    number integer NOT NULL, seq integer NOT NULL, stage text NOT NULL,
+    status text NOT NULL, timestamp float8 NOT NULL, date float8, info text,
+    PRIMARY KEY (number, seq));
+CREATE INDEX IF NOT EXISTS history_of_jobs ON history (timestamp) WHERE stage = 'job';
+CREATE TABLE IF NOT EXISTS outputs (
+    number integer NOT NULL, seq integer NOT NULL, name text NOT NULL,
+    uri text NOT NULL, media_type text, PRIMARY KEY (number, seq));
+CREATE TABLE IF NOT EXISTS schedule_marks (name text PRIMARY KEY, last_due float8 NOT NULL);
+"""
+
+_JOB_TYPES = ("integer", "text", "text", "text", "text", "text", "text", "text", "bigint",
+              "bigint", "text", "text", "text", "float8", "float8", "float8", "float8",
+              "float8", "integer", "text", "integer", "float8", "text")
+_HOLD_TYPES = ("text", "bigint")
+
+
+def _unnest(types: Sequence[str], first: int = 1) -> str:
+    return ", ".join(f"${first + i}::{kind}[]" for i, kind in enumerate(types))
+
+
+#: New jobs (``job_row`` + node_id, epoch); a row whose number or job token is
+#: taken is skipped (RETURNING names those stored).
+INSERT_JOBS = (f"INSERT INTO jobs ({JOB_COLUMNS}, node_id, epoch) "
+               f"SELECT * FROM unnest({_unnest(_JOB_TYPES + _HOLD_TYPES)}) "
+               "ON CONFLICT DO NOTHING RETURNING number")
+_UPDATED = ("status", "outcome", "progress_done", "progress_total", "progress_message",
+            "status_message", "started", "updated", "completed", "estimated", "line_count")
+_UPDATE_TYPES = ("integer", "text", "text", "bigint", "bigint", "text", "text", "float8",
+                 "float8", "float8", "float8", "integer", "text", "bigint")
+#: Updates (``job_update`` + the holder and epoch the writer holds it by): only
+#: the rows still held so are written (fencing); an ended job is let go.
+UPDATE_JOBS = (
+    "UPDATE jobs AS j SET " + ", ".join(f"{c} = u.{c}" for c in _UPDATED)
+    + ", node_id = CASE WHEN u.status = ANY($15::text[]) THEN NULL ELSE j.node_id END "
+    f"FROM unnest({_unnest(_UPDATE_TYPES)}) AS u(number, {', '.join(_UPDATED)}, "
+    "held_by, held_epoch) "
+    "WHERE j.number = u.number AND j.node_id IS NOT DISTINCT FROM u.held_by "
+    "AND j.epoch = u.held_epoch RETURNING j.number")
+UPSERT_BLOCKS = ("INSERT INTO line_blocks SELECT * FROM unnest($1::integer[], $2::integer[], "
+                 "$3::integer[], $4::bytea[]) ON CONFLICT (number, first_line) DO UPDATE "
+                 "SET count = excluded.count, data = excluded.data")
+INSERT_HISTORY = ("INSERT INTO history SELECT * FROM unnest($1::integer[], $2::integer[], "
+                  "$3::text[], $4::text[], $5::float8[], $6::float8[], $7::text[]) "
+                  "ON CONFLICT DO NOTHING")
+INSERT_OUTPUTS = ("INSERT INTO outputs SELECT * FROM unnest($1::integer[], $2::integer[], "
+                  "$3::text[], $4::text[], $5::text[]) ON CONFLICT DO NOTHING")
+#: A schedule's mark moves only forward.
+#: (One row per schedule: an upsert may not meet the same row twice.)
+UPSERT_MARKS = ("INSERT INTO schedule_marks SELECT name, max(due) FROM "
+                "unnest($1::text[], $2::float8[]) AS m(name, due) GROUP BY name "
+                "ON CONFLICT (name) DO UPDATE SET "
+                "last_due = greatest(schedule_marks.last_due, excluded.last_due)")
+#: A commit of new jobs only (the usual one that acknowledges submits), in one
+#: statement: the jobs, then the lines, history, outputs and schedule marks of
+#: those inserted, and the ``work`` notification ($45) if one is for anyone to
+#: claim.  One round trip, where a transaction takes five.
+INSERT_NEW = (
+    f"WITH ins AS (INSERT INTO jobs ({JOB_COLUMNS}, node_id, epoch) "
+    f"SELECT * FROM unnest({_unnest(_JOB_TYPES + _HOLD_TYPES)}) "
+    "ON CONFLICT DO NOTHING RETURNING number, node_id, status), "
+    "b AS (INSERT INTO line_blocks SELECT * FROM unnest($26::integer[], $27::integer[], "
+    "$28::integer[], $29::bytea[]) AS b(number, first_line, count, data) "
+    "WHERE b.number IN (SELECT number FROM ins) ON CONFLICT (number, first_line) "
+    "DO UPDATE SET count = excluded.count, data = excluded.data), "
+    "h AS (INSERT INTO history SELECT * FROM unnest($30::integer[], $31::integer[], "
+    "$32::text[], $33::text[], $34::float8[], $35::float8[], $36::text[]) "
+    "AS h(number, seq, stage, status, timestamp, date, info) "
+    "WHERE h.number IN (SELECT number FROM ins) ON CONFLICT DO NOTHING), "
+    "o AS (INSERT INTO outputs SELECT * FROM unnest($37::integer[], $38::integer[], "
+    "$39::text[], $40::text[], $41::text[]) AS o(number, seq, name, uri, media_type) "
+    "WHERE o.number IN (SELECT number FROM ins) ON CONFLICT DO NOTHING), "
+    "m AS (INSERT INTO schedule_marks SELECT name, max(due) FROM "
+    "unnest($42::text[], $43::float8[], $44::integer[]) AS m(name, due, number) "
+    "WHERE m.number IN (SELECT number FROM ins) GROUP BY name "
+    "ON CONFLICT (name) DO UPDATE SET "
+    "last_due = greatest(schedule_marks.last_due, excluded.last_due)), "
+    "w AS (SELECT pg_notify($45, '') AS sent FROM (SELECT 1 FROM ins WHERE node_id IS NULL "
+    "AND status IN ('Queued', 'Created') LIMIT 1) AS waiting) "
+    "SELECT number FROM ins LEFT JOIN (SELECT count(*) FROM w) AS told ON true")
+#: Let go of jobs this node holds (number, epoch), for others to claim.
+RELEASE = ("UPDATE jobs AS j SET node_id = NULL FROM unnest($1::integer[], $2::bigint[]) "
+           "AS r(number, epoch) WHERE j.number = r.number AND j.epoch = r.epoch "
+           "AND j.node_id = $3 RETURNING j.number")
+#: Several notifications in one round trip: (channel, payload) pairs.
+NOTIFY = "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)"
+
+
+def columns(rows: Sequence[tuple[Any, ...]], width: int = 0) -> list[list[Any]]:
+    """Rows as one list per column (``unnest``'s arguments); no rows: ``width``
+    empty lists."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+async def create_schema(db: Db, schema: str) -> int:
+    """Make the schema's tables if they are missing (one node at a time); return
+    the version of the tables found (``SCHEMA_VERSION`` for new ones)."""
+    async with db.transaction():
+        await db.execute("SELECT pg_advisory_xact_lock(hashtext('jobmonitor schema ' || $1))",
+                         schema)
+        await db.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await db.execute(_TABLES)
+        await db.execute("INSERT INTO meta VALUES ('schema_version', $1) "
+                         "ON CONFLICT (key) DO NOTHING", str(SCHEMA_VERSION))
+        stored = await db.fetchval("SELECT value FROM meta WHERE key = 'schema_version'")
+    return int(stored)
+
+
+async def take_numbers(db: Db, count: int) -> list[int]:
+    """``count`` new transaction numbers (not necessarily consecutive)."""
+    rows = await db.fetch("SELECT nextval('numbers') FROM generate_series(1, $1)", count)
+    return sorted(row[0] for row in rows)
+
+
+async def last_number(db: Db) -> int:
+    """The highest transaction number handed out or stored."""
+    value = await db.fetchval(
+        "SELECT greatest((SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM numbers), "
+        "(SELECT max(number) FROM jobs), "
+        "(SELECT value::integer FROM meta WHERE key = 'last_number'))")
+    return int(value or 0)
+
+
+async def select_records(db: Db, where: str, *args: Any,
+                         history: bool = True) -> list[JobRecord]:
+    """The jobs ``WHERE where`` (which may end in ORDER BY/LIMIT), with their
+    outputs and (``history``) history.  A row that does not decode raises
+    ValueError (job_record's)."""
+    rows = await db.fetch(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where}", *args)
+    records = [job_record(tuple(row)) for row in rows]
+    if not records:
+        return records
+    by_number = {record.number: record for record in records}
+    numbers = list(by_number)
+    for row in await db.fetch("SELECT number, name, uri, media_type FROM outputs "
+                              "WHERE number = ANY($1::integer[]) ORDER BY number, seq", numbers):
+        by_number[row[0]].outputs.append(Output(row[1], row[2], row[3]))
+    if history:
+        for row in await db.fetch(
+                "SELECT number, stage, status, timestamp, date, info FROM history "
+                "WHERE number = ANY($1::integer[]) ORDER BY number, seq", numbers):
+            by_number[row[0]].history.append(HistoryEvent(*tuple(row)[1:]))
+    return records
+
+
+async def list_page(db: Db, identity: str | None, after: int, limit: int, *,
+                    active: bool = False) -> list[JobRecord]:
+    """Up to ``limit`` jobs numbered above ``after`` (``identity``'s, if given;
+    ``active``: only unfinished ones), in number order, without their history."""
+    where = "number > $1"
+    args: list[Any] = [after]
+    if active:
+        where += " AND status NOT IN ('Completed', 'CompletedWithErrors', 'Failed', 'Cancelled')"
+    if identity is not None:
+        args.append(identity)
+        where += f" AND identity = ${len(args)}"
+    args.append(limit)
+    return await select_records(db, f"{where} ORDER BY number LIMIT ${len(args)}", *args,
+                                history=False)
+
+
+async def read_lines(db: Db, number: int, from_line: int, limit: int) -> list[bytes]:
+    """Up to ``limit`` of job ``number``'s stored lines from ``from_line`` (1-based) on."""
+    found: list[bytes] = []
+    rows = await db.fetch("SELECT first_line, data FROM line_blocks WHERE number = $1 "
+                          "AND first_line + count > $2 ORDER BY first_line", number, from_line)
+    for first_line, data in rows:
+        lines = [part + b"\r\n" for part in bytes(data).split(b"\r\n")[:-1]]
+        found.extend(lines[max(from_line - first_line, 0):])
+        if len(found) >= limit:
+            break
+    return found[:limit]
+
+
+async def recent_events(db: Db, limit: int) -> list[TaskEvent]:
+    """The last ``limit`` job events of all jobs, oldest first."""
+    rows = await db.fetch(
+        "SELECT j.number, j.project, h.stage, h.status, h.timestamp, h.date, h.info "
+        "FROM history h JOIN jobs j ON j.number = h.number WHERE h.stage = 'job' "
+        "ORDER BY h.timestamp DESC LIMIT $1", limit)
+    return [TaskEvent(transaction_id_of(r[0]), r[1], HistoryEvent(*tuple(r)[2:]))
+            for r in reversed(rows)]
+
+
+async def find_token(db: Db, identity: str, job_token: str) -> str | None:
+    number = await db.fetchval("SELECT number FROM jobs WHERE identity = $1 AND job_token = $2",
+                               identity, job_token)
+    return transaction_id_of(number) if number is not None else None
+
+
+async def token_owners(db: Db, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """The numbers of the jobs that have these (identity, job token) keys."""
+    rows = await db.fetch(
+        "SELECT j.identity, j.job_token, j.number FROM jobs j JOIN "
+        "unnest($1::text[], $2::text[]) AS k(identity, job_token) "
+        "ON j.identity = k.identity AND j.job_token = k.job_token",
+        [key[0] for key in keys], [key[1] for key in keys])
+    return {(row[0], row[1]): row[2] for row in rows}
+
+
+async def delete_numbers(db: Db, numbers: list[int]) -> None:
+    """Delete these jobs, their lines, history and outputs; their numbers stay used."""
+    async with db.transaction():
+        await db.execute(
+            "INSERT INTO meta VALUES ('last_number', $1) ON CONFLICT (key) DO UPDATE SET "
+            "value = greatest(meta.value::integer, excluded.value::integer)::text",
+            str(max(numbers)))
+        for table in ("jobs", "line_blocks", "history", "outputs"):
+            await db.execute(f"DELETE FROM {table} WHERE number = ANY($1::integer[])", numbers)
+
+
+async def finished_before_numbers(db: Db, finished_before: float) -> list[int]:
+    rows = await db.fetch("SELECT number FROM jobs WHERE completed IS NOT NULL "
+                          "AND completed < $1", finished_before)
+    return [row[0] for row in rows]
+
+
+async def schedule_marks(db: Db) -> dict[str, float]:
+    return {row[0]: row[1] for row in await db.fetch("SELECT name, last_due FROM schedule_marks")}
+
+
+# -- the cluster: nodes, holding, requests ---------------------------------------------
+
+#: A node is live while its heartbeat is younger than the lease ($1: seconds).
+_LIVE = "SELECT node_id FROM nodes WHERE heartbeat >= now() - make_interval(secs => $1)"
+
+
+async def register(db: Db, node_id: str, name: str, address: str, started: float) -> None:
+    await db.execute("INSERT INTO nodes (node_id, name, address, started) "
+                     "VALUES ($1, $2, $3, $4)", node_id, name, address, started)
+
+
+async def heartbeat(db: Db, node_id: str) -> bool:
+    """Say this node is alive; False when it was declared dead (its row is gone)."""
+    row = await db.fetchrow(
+        "UPDATE nodes SET heartbeat = now(), running = (SELECT count(*) FROM jobs "
+        "WHERE node_id = $1 AND status = ANY($2::text[])) WHERE node_id = $1 RETURNING 1",
+        node_id, RUNNING_STATES)
+    return row is not None
+
+
+async def unregister(db: Db, node_id: str) -> None:
+    """Declare this node dead now: the next reaper takes its jobs without waiting
+    for its lease to end (and ``live_nodes`` leaves it out at once)."""
+    await db.execute("UPDATE nodes SET heartbeat = '-infinity' WHERE node_id = $1", node_id)
+
+
+async def live_nodes(db: Db, lease_s: float) -> list[tuple[str, str, float, float, int]]:
+    """(name, address, started, heartbeat age in seconds, running) of each live node."""
+    rows = await db.fetch(
+        "SELECT name, address, started, extract(epoch FROM now() - heartbeat)::float8, running "
+        "FROM nodes WHERE heartbeat >= now() - make_interval(secs => $1) ORDER BY name, node_id",
+        lease_s)
+    return [(row[0], row[1], row[2], max(row[3], 0.0), row[4]) for row in rows]
+
+
+async def claim(db: Db, node_id: str, limit: int, queues: Sequence[str] | None,
+                now: float) -> list[tuple[JobRecord, int]]:
+    """Hold up to ``limit`` waiting jobs (highest priority, then oldest, first);
+    their records and the epochs they are held by."""
+    where = ("node_id IS NULL AND (status = 'Queued' OR (status = 'Created' "
+             "AND (run_at IS NULL OR run_at <= $3)))")
+    args: list[Any] = [node_id, limit, now]
+    if queues is not None:
+        args.append(list(queues))
+        where += " AND queue = ANY($4::text[])"
+    async with db.transaction():
+        held = await db.fetch(
+            f"WITH picked AS (SELECT number FROM jobs WHERE {where} "
+            "ORDER BY priority DESC, created, number LIMIT $2 FOR UPDATE SKIP LOCKED) "
+            "UPDATE jobs j SET node_id = $1, epoch = j.epoch + 1, requested = NULL "
+            "FROM picked WHERE j.number = picked.number RETURNING j.number, j.epoch", *args)
+        return await _held_records(db, held, "ORDER BY priority DESC, created, number")
+
+
+async def take(db: Db, node_id: str, number: int, lease_s: float) -> tuple[JobRecord, int] | None:
+    """Hold this unfinished job if nobody holds it or a dead node did."""
+    async with db.transaction():
+        held = await db.fetch(
+            "UPDATE jobs SET node_id = $2, epoch = epoch + 1, requested = NULL "
+            "WHERE number = $3 AND status <> ALL($4::text[]) AND (node_id IS NULL "
+            f"OR node_id NOT IN ({_LIVE})) RETURNING number, epoch",
+            lease_s, node_id, number, FINAL_STATES)
+        records = await _held_records(db, held, "")
+    return records[0] if records else None
+
+
+async def _held_records(db: Db, held: Sequence[Any], order: str) -> list[tuple[JobRecord, int]]:
+    if not held:
+        return []
+    epochs = {row[0]: row[1] for row in held}
+    records = await select_records(db, f"number = ANY($1::integer[]) {order}", list(epochs))
+    return [(record, epochs[record.number]) for record in records]
+
+
+async def request(db: Db, number: int, action: str, lease_s: float,
+                  channel: str) -> str | None:
+    """Ask the live node holding this unfinished job for ``action``; its node id, or
+    None when no live node holds it.  The node is told on ``channel``."""
+    async with db.transaction():
+        node_id: str | None = await db.fetchval(
+            "UPDATE jobs SET requested = $3 WHERE number = $2 AND status <> ALL($4::text[]) "
+            f"AND node_id IN ({_LIVE}) RETURNING node_id", lease_s, number, action, FINAL_STATES)
+        if node_id is not None:
+            await db.execute("SELECT pg_notify($1, $2)", channel, node_id)
+        return node_id
+
+
+async def take_requests(db: Db, node_id: str) -> list[tuple[int, str]]:
+    """The actions asked of this node's jobs since it last looked (cleared now)."""
+    rows = await db.fetch(
+        "UPDATE jobs j SET requested = NULL FROM (SELECT number, requested FROM jobs "
+        "WHERE node_id = $1 AND requested IS NOT NULL FOR UPDATE) AS old "
+        "WHERE j.number = old.number RETURNING j.number, old.requested", node_id)
+    return [(row[0], row[1]) for row in rows]
+
+
+async def reap(db: Db, schema: str, node_id: str, lease_s: float, work_channel: str,
+               sweep: bool) -> tuple[list[str], list[int], list[tuple[JobRecord, int]]]:
+    """Declare the nodes whose heartbeat is older than the lease dead (one reaper
+    at a time); let go of their waiting jobs and hold their running ones here.
+    Returns the dead nodes' names, the numbers let go, and the jobs taken over
+    (with their epochs); nothing when another node is reaping.  Other nodes
+    hear of the jobs let go on ``work_channel``.  The jobs are looked for only
+    when a node died, or when asked to ``sweep`` (for jobs held under an id no
+    node has, such as a claim by a node that did not know it was declared dead)."""
+    async with db.transaction():
+        if not await db.fetchval("SELECT pg_try_advisory_xact_lock("
+                                 "hashtext('jobmonitor reaper ' || $1))", schema):
+            return [], [], []
+        dead = await db.fetch("DELETE FROM nodes WHERE heartbeat < now() - "
+                              "make_interval(secs => $1) RETURNING name", lease_s)
+        if not dead and not sweep:
+            return [], [], []
+        orphaned = ("node_id IS NOT NULL AND node_id <> $1 AND "
+                    "NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = jobs.node_id)")
+        released = await db.fetch(
+            f"UPDATE jobs SET node_id = NULL, epoch = epoch + 1, requested = NULL "
+            f"WHERE {orphaned} AND status <> ALL($2::text[]) RETURNING number",
+            node_id, RUNNING_STATES)
+        held = await db.fetch(
+            f"UPDATE jobs SET node_id = $1, epoch = epoch + 1, requested = NULL "
+            f"WHERE {orphaned} AND status = ANY($2::text[]) RETURNING number, epoch",
+            node_id, RUNNING_STATES)
+        taken = await _held_records(db, held, "ORDER BY number")
+        if released:
+            await db.execute("SELECT pg_notify($1, '')", work_channel)
+    return [row[0] for row in dead], [row[0] for row in released], taken
+
+
+async def strays(db: Db, node_id: str, known: list[int], work_channel: str
+                 ) -> tuple[list[int], list[tuple[JobRecord, int]]]:
+    """The jobs held by this node that it does not know it holds (a claim or take
+    whose answer was lost with its connection): let go of the waiting ones, and
+    hold the running ones anew (returned with their new epochs, to recover)."""
+    async with db.transaction():
+        released = await db.fetch(
+            "UPDATE jobs SET node_id = NULL, epoch = epoch + 1, requested = NULL "
+            "WHERE node_id = $1 AND number <> ALL($2::integer[]) "
+            "AND status <> ALL($3::text[]) RETURNING number", node_id, known, RUNNING_STATES)
+        held = await db.fetch(
+            "UPDATE jobs SET epoch = epoch + 1, requested = NULL "
+            "WHERE node_id = $1 AND number <> ALL($2::integer[]) "
+            "AND status = ANY($3::text[]) RETURNING number, epoch", node_id, known,
+            RUNNING_STATES)
+        taken = await _held_records(db, held, "ORDER BY number")
+        if released:
+            await db.execute("SELECT pg_notify($1, '')", work_channel)
+    return [row[0] for row in released], taken

@@ -1,0 +1,388 @@
+"""A cluster of real ``jobmonitor serve`` processes on one real PostgreSQL.
+
+Each test starts its nodes on a schema of its own, on 127.0.0.1, with short
+heartbeats and leases (0.2 s / 1 s), and talks to them over real sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from ..support.helpers import Session, exchange, submit, xml_packet
+from ..support.postgres import PostgresServer
+from .test_cli import ServerProcess, run_cli
+
+HEARTBEAT_S, LEASE_S = "0.2", "1"
+TICK = re.compile(r"J0000100: tick (\d+)")
+FAILED, CANCELLED = "J0000022: Job failed.", "J0000023: Job cancelled by user."
+SUSPENDED, RESUMED = "J0000130: Job suspended.", "J0000131: Job resumed."
+
+
+def ended(tid: str) -> str:
+    return f"J0000001: Transaction {tid} ended"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Nodes:
+    """The node processes of one test, killed at its end."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.procs: dict[str, ServerProcess] = {}
+
+    def start(self, name: str, *args: str) -> ServerProcess:
+        node = ServerProcess(
+            "--jobs", "tests/support/jobs.py", "--store", self.url, "--node-name", name,
+            "--port", str(free_port()), "--cluster-heartbeat-s", HEARTBEAT_S,
+            "--cluster-lease-s", LEASE_S, "--log-level", "error", "--shutdown-grace-s", "0.5",
+            *args)
+        self.procs[name] = node
+        return node
+
+    def kill_all(self) -> None:
+        """Kill every node; print what each logged (errors only), for a failing test."""
+        for name, node in self.procs.items():
+            if node.proc.poll() is None:
+                node.proc.send_signal(signal.SIGCONT)  # (a stopped one dies only once woken)
+                node.proc.kill()
+            _, err = node.proc.communicate()
+            if err:
+                print(f"--- node {name} logged:\n{err[-3000:]}")
+
+
+@pytest.fixture
+def nodes(pg_url: str) -> Iterator[Nodes]:
+    started = Nodes(pg_url)
+    yield started
+    started.kill_all()
+
+
+async def submitted(port: int, project: str, **variables: str) -> str:
+    lines = await exchange(port, submit(project, monitor=False, **variables))
+    assert len(lines) == 1 and lines[0].startswith("R0000000: T"), lines
+    return lines[0].removeprefix("R0000000: ")
+
+
+async def command(port: int, name: str, tid: str) -> list[str]:
+    return await exchange(port, xml_packet(name, {"_sys_TransactionID": tid}))
+
+
+async def monitor(port: int, tid: str, from_line: int = 1) -> Session:
+    session = await Session.open(port, xml_packet(
+        "MonitorJob", {"_sys_TransactionID": tid, "_sys_FromLine": str(from_line)}))
+    assert await session.line() == f"R0000000: {tid}"
+    return session
+
+
+async def until_line(session: Session, wanted: str, seen: list[str]) -> float:
+    """Read lines into ``seen`` until ``wanted``; return when it came (monotonic)."""
+    while True:
+        line = await session.line()
+        seen.append(line)
+        if line == wanted:
+            return time.monotonic()
+
+
+async def replay(port: int, tid: str, from_line: int = 1) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(xml_packet("MonitorJob", {"_sys_TransactionID": tid,
+                                           "_sys_FromLine": str(from_line)}))
+    try:
+        data = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, rest = data.partition(b"\r\n")
+    assert head == f"R0000000: {tid}".encode(), head
+    return rest
+
+
+def texts(data: bytes) -> list[str]:
+    return data.decode().split("\r\n")[:-1]
+
+
+def ticks(lines: list[str]) -> list[int]:
+    return [int(m.group(1)) for line in lines if (m := TICK.fullmatch(line))]
+
+
+async def status(port: int, tid: str) -> dict[str, object]:
+    (reply,) = await exchange(port, xml_packet(
+        "GetJobStatus", {"_sys_TransactionID": tid, "_sys_Format": "json"}))
+    data: dict[str, object] = json.loads(reply.removeprefix("R0000000: "))
+    return data
+
+
+# -- work shared ----------------------------------------------------------------------------
+
+
+async def test_a_submit_on_a_busy_node_runs_on_another_and_a_third_watches_it(nodes):
+    a = nodes.start("a", "--max-running", "1")
+    b = nodes.start("b")
+    c = nodes.start("c")
+    blocker = await submitted(a.port, "checked-ticker", Count="1000")  # a's one slot
+    tid = await submitted(a.port, "checked-ticker", Count="20", Interval="0.02")
+    watcher = await monitor(c.port, tid)
+    seen: list[str] = []
+    await until_line(watcher, ended(tid), seen)
+    await watcher.close()
+    # (b or c, whichever claimed it first, says so after a's first line)
+    assert seen[0] == "J0000100: Machine name: a"
+    assert seen[1] in ("J0000100: Machine name: b", "J0000100: Machine name: c")
+    assert ticks(seen) == list(range(1, 21))  # every line once, in order
+    assert seen[-2:] == ["J0000020: Job completed successfully.", ended(tid)]
+    # Re-attaching from any line, on any node, gives the same bytes.
+    whole = await replay(c.port, tid)
+    assert texts(whole) == seen
+    for port, line in ((a.port, 5), (b.port, 12), (c.port, len(seen))):
+        again = await replay(port, tid, line)
+        assert again == b"".join(part + b"\r\n" for part in whole.split(b"\r\n")[line - 1:-1])
+    # The listing of active jobs and the task log are the cluster's, on any node.
+    active = await exchange(c.port, xml_packet("ListJobs", {"_sys_Format": "json"}))
+    assert [job["Id"] for job in json.loads(active[0][10:])["Jobs"]] == [blocker]
+    log = await exchange(b.port, xml_packet("GetTaskLog"))
+    assert f"{tid}\tchecked-ticker\tcomplete" in "\n".join(log)
+    assert await command(b.port, "CancelJob", blocker) == [f"R0000000: {blocker}"]
+
+
+async def test_a_live_monitor_reattaching_on_another_node_misses_nothing(nodes):
+    b = nodes.start("b")
+    c = nodes.start("c")
+    tid = await submitted(b.port, "checked-ticker", Count="30", Interval="0.03")
+    first = await monitor(c.port, tid)
+    seen: list[str] = []
+    await until_line(first, "J0000100: tick 10", seen)
+    await first.close()
+    second = await monitor(b.port, tid, len(seen) + 1)  # (from the line after the last seen)
+    await until_line(second, ended(tid), seen)
+    await second.close()
+    assert ticks(seen) == list(range(1, 31))
+    assert texts(await replay(c.port, tid)) == seen
+
+
+async def test_server_sent_events_on_another_node_follow_the_job_to_its_end(nodes):
+    a = nodes.start("a")
+    web_port = free_port()
+    b = nodes.start("b", "--http-port", str(web_port))
+    tid = await submitted(a.port, "checked-ticker", Count="15", Interval="0.03")
+    reader, writer = await asyncio.open_connection("127.0.0.1", web_port)
+    writer.write(f"GET /api/v1/jobs/{tid}/events HTTP/1.0\r\n\r\n".encode())
+    try:
+        body = (await asyncio.wait_for(reader.read(), 10)).decode()
+    finally:
+        writer.close()
+    ids = [int(line[4:]) for line in body.splitlines() if line.startswith("id: ")]
+    data = [line[6:] for line in body.splitlines() if line.startswith("data: J")]
+    assert ids == list(range(1, len(data) + 1))  # every line once, in order
+    assert data == texts(await replay(b.port, tid))
+    assert ticks(data) == list(range(1, 16)) and data[-1] == ended(tid)
+    assert "event: end" in body
+
+
+async def test_two_nodes_racing_one_job_token_make_one_job(nodes):
+    a, b = nodes.start("a"), nodes.start("b")
+    for n in range(5):
+        packet = submit("echo", monitor=False, _sys_JobToken=f"race-{n}")
+        first, second = await asyncio.gather(exchange(a.port, packet), exchange(b.port, packet))
+        assert first == second and first[0].startswith("R0000000: T"), (first, second)
+    listing = await exchange(a.port, xml_packet("ListJobs", {"_sys_Filter": "all"}))
+    assert listing[0].endswith("5 jobs"), listing[0]
+
+
+async def test_cancel_suspend_and_resume_reach_the_node_running_the_job(nodes):
+    b, c = nodes.start("b"), nodes.start("c")
+    tid = await submitted(b.port, "checked-ticker", Count="1000", Interval="0.02")
+    watcher = await monitor(b.port, tid)  # on the node that runs it
+    seen: list[str] = []
+    await until_line(watcher, "J0000100: tick 3", seen)
+    delays = {}
+    for name, reply, line in (("SuspendJob", f"{tid} suspend requested", SUSPENDED),
+                              ("ResumeJob", f"{tid} resumed", RESUMED),
+                              ("CancelJob", tid, CANCELLED)):
+        asked = time.monotonic()
+        assert await command(c.port, name, tid) == [f"R0000000: {reply}"]
+        delays[name] = await until_line(watcher, line, seen) - asked
+    print(f"command on another node to the holder's line: "
+          f"{ {name: round(delay * 1000) for name, delay in delays.items()} } ms")
+    assert max(delays.values()) < 1.0
+    assert await watcher.line() == ended(tid)
+    await watcher.close()
+    assert await command(c.port, "CancelJob", tid) == [
+        f"R0005010: Invalid state for this request: {tid} has already ended (Cancelled)"]
+
+
+async def test_list_nodes_shows_every_live_node(nodes):
+    procs = [nodes.start(name) for name in ("a", "b", "c")]
+    lines = await exchange(procs[1].port, xml_packet("ListNodes"))
+    assert lines[0] == "R0000000- 3 nodes"
+    rows = [line[10:].split("\t") for line in lines[1:]]
+    assert [(row[0], row[1]) for row in rows] == [
+        (name, f"127.0.0.1:{proc.port}") for name, proc in zip("abc", procs, strict=True)]
+    assert all(float(row[3]) < 2 and row[4] == "0" for row in rows)
+
+
+async def test_jobmonitor_nodes_prints_the_cluster(nodes):
+    a, b = nodes.start("a"), nodes.start("b")
+    result = await asyncio.get_running_loop().run_in_executor(
+        None, run_cli, "nodes", "--port", str(b.port))
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert rows[0] == ["NODE", "ADDRESS", "STARTED", "HEARTBEAT", "AGE", "RUNNING"]
+    assert [(row[0], row[1], row[-1]) for row in rows[1:]] == [
+        ("a", f"127.0.0.1:{a.port}", "0"), ("b", f"127.0.0.1:{b.port}", "0")]
+
+
+async def test_a_stopping_node_lets_the_others_have_the_jobs_it_held(nodes):
+    a = nodes.start("a", "--max-running", "1")
+    b = nodes.start("b", "--max-running", "1")
+    busy_a = await submitted(a.port, "checked-ticker", Count="1000")
+    busy_b = await submitted(b.port, "checked-ticker", Count="1000")
+    waiting = await submitted(a.port, "echo")  # nobody has a slot: it waits unheld
+    assert await command(a.port, "SuspendJob", waiting) == [f"R0000000: {waiting} suspended"]
+    assert a.stop() == 0  # a held the suspended job, and ran busy_a
+    listed = await exchange(b.port, xml_packet("ListNodes"))
+    assert [line[10:].split("\t")[0] for line in listed[1:]] == ["b"]  # a left at once
+    a_lines = texts(await replay(b.port, busy_a))
+    assert a_lines[-3:] == ["J0005004: Job cancelled: the server is shutting down.",
+                            CANCELLED, ended(busy_a)]
+    assert await command(b.port, "CancelJob", busy_b) == [f"R0000000: {busy_b}"]
+    assert await command(b.port, "ResumeJob", waiting) == [f"R0000000: {waiting} resumed"]
+    lines = texts(await replay(b.port, waiting))  # (to its end)
+    assert lines == ["J0000100: Machine name: a", SUSPENDED,
+                     "J0000190: Server stopping: running jobs have 0.5 s to finish",
+                     "J0000100: Machine name: b", RESUMED, "J0000100: ProjectName=echo",
+                     "J0000020: Job completed successfully.", ended(waiting)]
+
+
+# -- failures -------------------------------------------------------------------------------
+
+
+async def test_a_killed_nodes_job_ends_within_5_s_and_its_queued_work_runs_elsewhere(nodes):
+    a = nodes.start("a", "--max-running", "1")
+    b = nodes.start("b", "--max-running", "1")
+    running = await submitted(a.port, "checked-ticker", Count="1000")
+    # b is busy for about a second
+    blocker = await submitted(b.port, "checked-ticker", Count="10", Interval="0.1")
+    queued = await submitted(a.port, "echo", Key="queued")  # neither has a slot: it waits
+    watcher = await monitor(b.port, running)
+    seen: list[str] = []
+    await until_line(watcher, "J0000100: tick 2", seen)
+    killed = time.monotonic()
+    a.proc.kill()
+    await until_line(watcher, "J0005002: Job interrupted: node a stopped", seen)
+    detected = time.monotonic() - killed
+    assert await watcher.line() == FAILED
+    assert await watcher.line() == ended(running)
+    print(f"SIGKILL of the node running the job to J0005002 on another: {detected:.2f} s")
+    assert detected < 5.0
+    await watcher.close()
+    queued_lines = texts(await replay(b.port, queued))  # (to its end)
+    assert queued_lines[1] == "J0000100: Machine name: b"  # run by b, once it had a slot
+    assert queued_lines[-2:] == ["J0000020: Job completed successfully.", ended(queued)]
+    assert (await status(b.port, blocker))["WorkerId"] == "b"
+
+
+@pytest.mark.xfail(reason="the PostgreSQL store does not write a claimed job's new machine "
+                          "(worker) yet: the interruption names the node that stored the job",
+                   strict=False)
+async def test_a_claimed_jobs_interruption_names_the_node_that_ran_it(nodes):
+    a = nodes.start("a", "--max-running", "1")
+    b = nodes.start("b", "--max-running", "1")
+    await submitted(a.port, "checked-ticker", Count="1000")  # a's one slot
+    tid = await submitted(a.port, "checked-ticker", Count="1000")  # b claims it
+    watcher = await monitor(a.port, tid)
+    seen: list[str] = []
+    await until_line(watcher, "J0000100: Machine name: b", seen)
+    b.proc.kill()
+    await until_line(watcher, FAILED, seen)
+    await watcher.close()
+    assert seen[-2] == "J0005002: Job interrupted: node b stopped"
+    assert (await status(a.port, tid))["WorkerId"] == "b"
+
+
+async def test_a_frozen_node_is_taken_over_and_writes_nothing_when_it_wakes(nodes):
+    a = nodes.start("a")
+    b = nodes.start("b")
+    tid = await submitted(a.port, "checked-ticker", Count="1000", Interval="0.02")
+    watcher = await monitor(b.port, tid)
+    on_a = await monitor(a.port, tid)  # a monitor on the node that freezes
+    seen: list[str] = []
+    await until_line(watcher, "J0000100: tick 3", seen)
+    stopped = time.monotonic()
+    a.proc.send_signal(signal.SIGSTOP)
+    await until_line(watcher, "J0005002: Job interrupted: node a stopped", seen)
+    taken = time.monotonic() - stopped
+    assert [await watcher.line(), await watcher.line()] == [FAILED, ended(tid)]
+    await watcher.close()
+    print(f"SIGSTOP of the node running the job to its takeover: {taken:.2f} s")
+    assert taken < 15.0
+    stored = await replay(b.port, tid)
+    a.proc.send_signal(signal.SIGCONT)
+    for _ in range(100):  # a notices at its next heartbeat or commit
+        counts = await exchange(a.port, xml_packet("GetJobQueueLen"))
+        if counts[-1] == "R0000000: Running: 0":
+            break
+        await asyncio.sleep(0.05)
+    assert counts[-1] == "R0000000: Running: 0"  # its copy of the run has stopped
+    await asyncio.sleep(0.5)  # (a few of a's commit intervals: nothing more is written)
+    assert await replay(b.port, tid) == stored
+    assert await replay(a.port, tid) == stored
+    # a's own monitor was handed over to the store: it got the same lines, once each.
+    seen_on_a: list[str] = []
+    await until_line(on_a, ended(tid), seen_on_a)
+    await on_a.close()
+    assert seen_on_a == texts(stored)
+    names = [line[10:].split("\t")[0] for line in
+             (await exchange(b.port, xml_packet("ListNodes")))[1:]]
+    assert names == ["a", "b"]  # a joined again
+
+
+async def test_a_postgresql_restart_under_load_loses_no_acknowledged_job(
+        nodes, postgres_server: PostgresServer):
+    a, b = nodes.start("a"), nodes.start("b")
+    acked: list[str] = []
+    refused: list[str] = []
+    stop = asyncio.Event()
+
+    async def submitter(port: int) -> None:
+        while not stop.is_set():
+            try:
+                lines = await exchange(port, submit("checked-ticker", monitor=False, Count="5",
+                                                    Interval="0.01"))
+            except (OSError, TimeoutError):
+                continue
+            if lines and lines[0].startswith("R0000000: T"):
+                acked.append(lines[0].removeprefix("R0000000: "))
+            else:
+                refused.extend(lines)
+                await asyncio.sleep(0.05)
+
+    load = [asyncio.ensure_future(submitter(port)) for port in (a.port, b.port) * 2]
+    while len(acked) < 20:
+        await asyncio.sleep(0.02)
+    await asyncio.get_running_loop().run_in_executor(None, postgres_server.restart)
+    before = len(acked)
+    for _ in range(300):
+        if len(acked) > before + 20:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.gather(*load)
+    assert len(acked) > before, "no submit succeeded after the restart"
+    assert all(line.startswith("R0005011") for line in refused), refused[:3]
+    for tid in acked:
+        lines = texts(await replay(a.port, tid))  # (to its end)
+        assert lines[-1] == ended(tid), (tid, lines)
+        assert ticks(lines) == list(range(1, 6)), (tid, lines)
+    print(f"{len(acked)} jobs acknowledged around the restart, {len(refused)} submits refused")

@@ -1,0 +1,418 @@
+"""Several nodes on one PostgreSQL: the shared half of the store (``SharedStore``).
+
+Each test opens two or three stores on one schema of the session's real
+PostgreSQL, as the nodes of a cluster would, in one process; each records what
+its store tells the engine (``ClusterHooks``).  Short timings (heartbeat 0.2 s,
+lease 1 s) keep the takeovers quick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import asyncpg
+import pytest
+
+from jobmonitor.errors import StoreUnavailable
+from jobmonitor.store.postgres import node as node_module
+from jobmonitor.store.postgres.connect import parse_url
+from jobmonitor.store.postgres.store import PostgresStore
+from jobmonitor.store.shared import Action, TokenTaken
+from jobmonitor.wire.records import HistoryEvent, JobRecord
+from jobmonitor.wire.states import JobState
+
+from .test_conformance import FakeJob, job
+
+HEARTBEAT_S = 0.2
+LEASE_S = 1.0
+
+
+class Hooks:
+    """What one node's store told its engine."""
+
+    def __init__(self) -> None:
+        self.work = 0
+        self.requests: list[tuple[str, Action]] = []
+        self.lost_jobs: list[str] = []
+        self.taken: list[JobRecord] = []
+        self.changed = asyncio.Event()
+
+    def work_available(self) -> None:
+        self.work += 1
+        self.changed.set()
+
+    def requested(self, transaction_id: str, action: Action) -> None:
+        self.requests.append((transaction_id, action))
+        self.changed.set()
+
+    def lost(self, transaction_ids: Sequence[str]) -> None:
+        self.lost_jobs.extend(transaction_ids)
+        self.changed.set()
+
+    def taken_over(self, records: Sequence[JobRecord]) -> None:
+        self.taken.extend(records)
+        self.changed.set()
+
+    async def until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait (on the hooks, not by polling) until ``condition`` holds."""
+        async with asyncio.timeout(timeout):
+            while not condition():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+Node = tuple[PostgresStore, Hooks]
+
+
+@pytest.fixture
+async def cluster(pg_url) -> AsyncIterator[Callable[..., asyncio.Future[Node]]]:
+    """Open nodes on one schema; closed (or already crashed) after the test."""
+    nodes: list[PostgresStore] = []
+    settings = parse_url(pg_url)
+
+    async def open_node(name: str = "node", **options) -> Node:
+        options = {"heartbeat_s": HEARTBEAT_S, "lease_s": LEASE_S, **options}
+        store = PostgresStore(settings, commit_interval_s=0.01, node_name=name, **options)
+        hooks = Hooks()
+        store.attach(hooks)
+        await store.open()
+        nodes.append(store)
+        return store, hooks
+
+    yield open_node  # type: ignore[misc]
+    for store in nodes:
+        with contextlib.suppress(StoreUnavailable):
+            await store.close()
+
+
+async def crash(store: PostgresStore) -> None:
+    """Stop a node as a killed process stops: no goodbye, nothing more written."""
+    await store.node.stop()
+    if store._committer is not None:
+        store._committer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await store._committer
+        store._committer = None
+    if store._pool is not None:
+        store._pool.terminate()
+        store._pool = None
+
+
+async def sql(store: PostgresStore, query: str, *args) -> list[asyncpg.Record]:
+    db = await asyncpg.connect(**store.settings.connect_kwargs())
+    try:
+        return await db.fetch(query, *args)
+    finally:
+        await db.close()
+
+
+def running(number: int) -> FakeJob:
+    item = job(number)
+    item.record.status = JobState.PROCESSING
+    item.record.history.append(HistoryEvent("job", "started", float(number)))
+    return item
+
+
+async def test_numbers_are_unique_across_nodes(cluster):
+    (first, _), (second, _) = await cluster("a"), await cluster("b")
+    taken: list[int] = []
+    for store in (first, second, first, second):
+        for _ in range(120):
+            number = store.take_number()
+            while number is None:
+                await store.more_numbers()
+                number = store.take_number()
+            taken.append(number)
+    assert len(set(taken)) == len(taken) == 480
+    assert all(1 <= number <= 9999999 for number in taken)
+
+
+async def test_a_job_token_goes_to_one_job_across_nodes(cluster):
+    (first, _), (second, _) = await cluster("a"), await cluster("b")
+    results = await asyncpg_gather(
+        first.add(job(1, job_token="key")), second.add(job(2, job_token="key")))
+    won = [r for r in results if r is None]
+    lost = [r for r in results if isinstance(r, TokenTaken)]
+    assert len(won) == 1 and len(lost) == 1
+    winner = "T0000001" if results[0] is None else "T0000002"
+    assert lost[0].transaction_id == winner
+    assert await first.find_token("ann", "key") == winner
+    listed = await second.list_records(None, 0, 10)
+    assert [r.transaction_id for r in listed] == [winner]
+    # The loser's node keeps nothing of it: a later commit writes nothing for it.
+    await first.add(job(3, job_token="other"))
+    assert [r.transaction_id for r in await first.list_records(None, 0, 10)] == [
+        winner, "T0000003"]
+
+
+async def asyncpg_gather(*calls) -> list:
+    return list(await asyncio.gather(*calls, return_exceptions=True))
+
+
+async def test_claims_never_hold_a_job_twice_and_take_the_best_first(cluster):
+    nodes = [await cluster(name) for name in ("a", "b", "c")]
+    adder = nodes[0][0]
+    for number in range(1, 31):
+        item = job(number)
+        item.record.priority = 9 if number % 10 == 0 else 5
+        await adder.add(item)
+    first = await adder.claim(4)
+    assert [r.transaction_id for r in first] == ["T0000010", "T0000020", "T0000030",
+                                                 "T0000001"]
+
+    async def claim_all(store: PostgresStore) -> list[str]:
+        got: list[str] = []
+        while claimed := await store.claim(3):
+            got.extend(r.transaction_id for r in claimed)
+        return got
+
+    results = await asyncio.gather(*(claim_all(store) for store, _ in nodes))
+    every = [r.transaction_id for r in first] + [tid for got in results for tid in got]
+    assert sorted(every) == [f"T{n:07d}" for n in range(1, 31)]
+    held = await sql(adder, "SELECT count(DISTINCT node_id) FROM jobs WHERE node_id IS NULL")
+    assert held[0][0] == 0
+
+
+async def test_claim_takes_created_jobs_once_due_and_only_from_the_queues_asked(cluster):
+    (store, _), = [await cluster("a")]
+    due, later, other = job(1), job(2), job(3)
+    due.record.status = later.record.status = JobState.CREATED
+    due.record.run_at, later.record.run_at = 1.0, 4e9
+    other.record.queue = "night"
+    for item in (due, later, other):
+        await store.add(item)
+    assert [r.transaction_id for r in await store.claim(10, ["default"])] == ["T0000001"]
+    assert [r.transaction_id for r in await store.claim(10)] == ["T0000003"]
+    assert await store.claim(10) == []
+
+
+async def test_take_and_request_go_to_the_live_holder(cluster):
+    (first, first_hooks), (second, _) = await cluster("a"), await cluster("b")
+    await first.add_held(running(1))
+    await first.add(job(2))
+    assert await second.take("T0000001") is None  # a live node holds it
+    assert await second.request("T0000001", "suspend") is True
+    await first_hooks.until(lambda: bool(first_hooks.requests))
+    assert first_hooks.requests == [("T0000001", "suspend")]
+    assert await second.request("T0000002", "cancel") is False  # nobody holds it
+    taken = await second.take("T0000002")
+    assert taken is not None and taken.transaction_id == "T0000002"
+    assert await first.take("T0000002") is None
+
+
+async def test_a_node_fenced_off_writes_nothing_more_and_is_told(cluster):
+    (first, first_hooks), (second, _) = await cluster("a"), await cluster("b")
+    item = running(1)
+    await first.add_held(item)
+    # The other node takes the job over by force (as if the first were dead).
+    await sql(second, "UPDATE jobs SET node_id = $1, epoch = epoch + 1 WHERE number = 1",
+              second.node.node_id)
+    item.say("written after the takeover")
+    item.finish(50.0)
+    first.changed(item)
+    await first.flush()
+    await first_hooks.until(lambda: first_hooks.lost_jobs == ["T0000001"])
+    stored = await second.load("T0000001")
+    assert stored is not None and stored.status is JobState.PROCESSING
+    assert await second.read_lines("T0000001", 1, 10) == []
+    # Nothing of it is pending any more.
+    item.say("and more")
+    first.changed(item)
+    await first.flush()
+    assert await second.read_lines("T0000001", 1, 10) == []
+
+
+async def test_the_reaper_takes_a_stopped_nodes_jobs(cluster):
+    (first, _), (second, second_hooks) = await cluster("a"), await cluster("b")
+    await first.add_held(running(1))
+    await first.add_held(job(2))
+    await crash(first)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await second_hooks.until(lambda: bool(second_hooks.taken), timeout=LEASE_S * 5 + 2)
+    took = loop.time() - started
+    assert [r.transaction_id for r in second_hooks.taken] == ["T0000001"]
+    assert second_hooks.taken[0].status is JobState.PROCESSING
+    assert took < LEASE_S * 2 + HEARTBEAT_S * 2 + 1.5  # (lease + heartbeat, with a margin)
+    rows = await sql(second, "SELECT number, node_id FROM jobs ORDER BY number")
+    assert [(r[0], r[1]) for r in rows] == [(1, second.node.node_id), (2, None)]
+    assert [r.transaction_id for r in await second.claim(5)] == ["T0000002"]
+    assert [n.name for n in await second.nodes()] == ["b"]
+
+
+async def test_a_node_declared_dead_loses_its_jobs_and_joins_again(cluster):
+    (store, hooks), = [await cluster("a")]
+    await store.add_held(running(1))
+    old = store.node.node_id
+    await sql(store, "DELETE FROM nodes WHERE node_id = $1", old)
+    await hooks.until(lambda: hooks.lost_jobs == ["T0000001"])
+    assert store.node.node_id != old
+    names = await sql(store, "SELECT node_id FROM nodes")
+    assert [r[0] for r in names] == [store.node.node_id]
+
+
+async def test_wait_lines_wakes_on_another_nodes_commit(cluster, monkeypatch):
+    # Only the notification can wake the wait: no time limit, no look at the count.
+    monkeypatch.setattr(node_module, "LONGEST_LINE_WAIT_S", 30.0)
+
+    async def no_count(db, number):
+        return None
+
+    monkeypatch.setattr(node_module, "_line_count", no_count)
+    (first, _), (second, _) = await cluster("a"), await cluster("b")
+    item = running(1)
+    await first.add_held(item)
+    waiting = asyncio.create_task(second.wait_lines("T0000001", 0, 30.0))
+    for _ in range(100):  # (the wait registers before its first await)
+        if 1 in second.node._line_waiters:
+            break
+        await asyncio.sleep(0)
+    assert 1 in second.node._line_waiters
+    item.say("one")
+    first.changed(item)
+    await first.flush()
+    await asyncio.wait_for(waiting, 5.0)
+    assert await second.read_lines("T0000001", 1, 10) == item.stream.lines
+
+
+async def test_nodes_lists_the_live_nodes(cluster):
+    (first, _), (second, _) = await cluster("a", address="h:1"), await cluster("b")
+    await first.add_held(running(1))
+    listed = await second.nodes()
+    assert [(n.name, n.address) for n in listed] == [("a", "h:1"), ("b", "")]
+    assert all(0 <= n.heartbeat_age_s < LEASE_S for n in listed)
+
+
+async def test_a_postgres_restart_loses_no_acknowledged_job(cluster, postgres_server):
+    (store, _), = [await cluster("a")]
+    acknowledged = []
+    for number in range(1, 6):
+        await store.add_held(running(number))
+        acknowledged.append(f"T{number:07d}")
+    pending = running(6)
+    await store.add_held(pending)
+    acknowledged.append("T0000006")
+    postgres_server.stop()
+    try:
+        pending.say("said while the database was down")
+        store.changed(pending)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(StoreUnavailable):
+            await store.add(job(7))
+        assert loop.time() - started < 5.0
+    finally:
+        postgres_server.start()
+    # The pending write goes through once the database is back (the commit
+    # retries; a flush may first meet a connection the restart broke).
+    for _ in range(10):
+        with contextlib.suppress(StoreUnavailable):
+            await store.flush()
+            break
+    assert await store.read_lines("T0000006", 1, 10) == pending.stream.lines
+    listed = [r.transaction_id for r in await store.list_records(None, 0, 100)]
+    assert listed == acknowledged
+
+
+
+async def test_a_released_job_is_anyones_to_claim(cluster):
+    (first, _), (second, _) = await cluster("a"), await cluster("b")
+    await first.add(job(1))
+    assert [r.transaction_id for r in await first.claim(5)] == ["T0000001"]
+    assert await second.claim(5) == []
+    first.release("T0000001")
+    await first.flush()
+    assert [r.transaction_id for r in await second.claim(5)] == ["T0000001"]
+
+
+async def test_after_a_database_outage_longer_than_the_lease_no_live_node_is_reaped(
+        cluster, postgres_server):
+    # The second node heartbeats less often: after the outage the first is back
+    # well before it, and would reap it at once without the guard.
+    (first, first_hooks), (second, second_hooks) = (
+        await cluster("a"), await cluster("b", heartbeat_s=LEASE_S * 0.6))
+    await first.add_held(running(1))
+    await second.add_held(running(2))
+    postgres_server.stop()
+    try:
+        await asyncio.sleep(LEASE_S * 1.5)  # (every heartbeat is older than the lease now)
+    finally:
+        postgres_server.start()
+    # Both nodes heartbeat again; neither may declare the other dead meanwhile.
+    await asyncio.sleep(LEASE_S * 2 + HEARTBEAT_S * 3)
+    assert (first_hooks.lost_jobs, first_hooks.taken) == ([], [])
+    assert (second_hooks.lost_jobs, second_hooks.taken) == ([], [])
+    rows = await sql(first, "SELECT number, node_id FROM jobs ORDER BY number")
+    assert [(r[0], r[1]) for r in rows] == [(1, first.node.node_id), (2, second.node.node_id)]
+
+
+async def test_a_request_reaches_the_holder_by_its_heartbeat_without_the_listener(cluster):
+    (first, first_hooks), (second, _) = await cluster("a"), await cluster("b")
+    await first.add_held(running(1))
+    await first.node.listener.stop()  # (no notification reaches it now)
+    assert await second.request("T0000001", "cancel") is True
+    await first_hooks.until(lambda: bool(first_hooks.requests), timeout=HEARTBEAT_S * 10)
+    assert first_hooks.requests == [("T0000001", "cancel")]
+
+
+async def test_the_listener_reconnects_after_a_postgres_restart(
+        cluster, postgres_server, monkeypatch):
+    monkeypatch.setattr(node_module, "LONGEST_LINE_WAIT_S", 30.0)  # only a notice wakes it
+
+    async def no_count(db, number):
+        return None
+
+    monkeypatch.setattr(node_module, "_line_count", no_count)
+    (first, _), (second, _) = await cluster("a"), await cluster("b")
+    item = running(1)
+    await first.add_held(item)
+    listener = second.node.listener
+    before = listener._connection
+    postgres_server.restart()
+    async with asyncio.timeout(10):  # (reconnects within its longest pause, 2 s)
+        while listener._connection is None or listener._connection is before:
+            await asyncio.sleep(0.05)
+    waiting = asyncio.create_task(second.wait_lines("T0000001", 0, 30.0))
+    for _ in range(100):
+        if 1 in second.node._line_waiters:
+            break
+        await asyncio.sleep(0)
+    item.say("one")
+    first.changed(item)
+    for _ in range(10):  # (the first commit may meet a connection the restart broke)
+        with contextlib.suppress(StoreUnavailable):
+            await first.flush()
+            break
+    await asyncio.wait_for(waiting, 5.0)
+
+
+async def test_a_node_that_closes_leaves_at_once_and_its_running_job_is_taken_over(cluster):
+    (first, _), (second, second_hooks) = await cluster("a"), await cluster("b")
+    await first.add_held(running(1))
+    await first.close()
+    assert [n.name for n in await second.nodes()] == ["b"]
+    await second_hooks.until(lambda: bool(second_hooks.taken), timeout=LEASE_S * 3 + 2)
+    assert [r.transaction_id for r in second_hooks.taken] == ["T0000001"]
+
+
+async def test_jobs_held_unknowingly_are_let_go_or_recovered(cluster):
+    """A claim or take whose answer was lost with its connection left jobs held
+    by a node that does not know it: its heartbeats find them."""
+    (first, first_hooks), (second, _) = await cluster("a"), await cluster("b")
+    await second.add(job(1))
+    await second.add(running(2))
+    await sql(first, "UPDATE jobs SET node_id = $1, epoch = epoch + 1", first.node.node_id)
+    await first_hooks.until(lambda: bool(first_hooks.taken), timeout=HEARTBEAT_S * 20)
+    assert [r.transaction_id for r in first_hooks.taken] == ["T0000002"]
+    assert first.held() == [2]
+    assert [r.transaction_id for r in await second.claim(5)] == ["T0000001"]
+
+
+async def test_a_node_closing_while_a_handler_still_runs_stays_until_its_lease_ends(cluster):
+    (first, _), (second, _) = await cluster("a"), await cluster("b")
+    await first.add_held(running(1))
+    await first.close(keep_lock=True)
+    assert [n.name for n in await second.nodes()] == ["a", "b"]
+    assert await second.take("T0000001") is None
