@@ -293,9 +293,6 @@ async def test_a_killed_nodes_job_ends_within_5_s_and_its_queued_work_runs_elsew
     assert (await status(b.port, blocker))["WorkerId"] == "b"
 
 
-@pytest.mark.xfail(reason="the PostgreSQL store does not write a claimed job's new machine "
-                          "(worker) yet: the interruption names the node that stored the job",
-                   strict=False)
 async def test_a_claimed_jobs_interruption_names_the_node_that_ran_it(nodes):
     a = nodes.start("a", "--max-running", "1")
     b = nodes.start("b", "--max-running", "1")

@@ -52,7 +52,7 @@ WRITE_TRIES = 3
 #: Most bytes in one notification's payload (PostgreSQL's limit is 8000).
 PAYLOAD_BYTES = 7900
 #: The fields of a job row (``job_row``) that an update (``job_update``) sets.
-_UPDATE_FIELDS = (0, 6, 7, 8, 9, 10, 11, 14, 15, 16, 17, 18)
+_UPDATE_FIELDS = (0, 6, 7, 8, 9, 10, 11, 14, 15, 16, 17, 18, 12)
 _WAITING = frozenset({"Queued", "Created"})
 
 

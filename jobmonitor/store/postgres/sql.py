@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...wire.records import HistoryEvent, JobRecord, Output
 from ..base import TaskEvent
+from ..sqlite import rows
 from ..sqlite.rows import FINAL, JOB_COLUMNS, UNFINISHED, job_record, transaction_id_of
 
 if TYPE_CHECKING:
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
 
     Db = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
-__all__ = ["SCHEMA_VERSION", "create_schema", "INSERT_JOBS", "UPDATE_JOBS", "UPSERT_BLOCKS",
+__all__ = ["SCHEMA_VERSION", "create_schema", "job_update", "INSERT_JOBS", "UPDATE_JOBS",
+           "UPSERT_BLOCKS",
            "INSERT_HISTORY", "INSERT_OUTPUTS", "UPSERT_MARKS", "RELEASE", "NOTIFY",
            "columns", "select_records", "list_page", "read_lines", "recent_events",
            "take_numbers", "FINAL_STATES", "UNFINISHED_STATES", "RUNNING_STATES"]
@@ -99,15 +101,22 @@ def _unnest(types: Sequence[str], first: int = 1) -> str:
 INSERT_JOBS = (f"INSERT INTO jobs ({JOB_COLUMNS}, node_id, epoch) "
                f"SELECT * FROM unnest({_unnest(_JOB_TYPES + _HOLD_TYPES)}) "
                "ON CONFLICT DO NOTHING RETURNING number")
+#: (``worker`` too, unlike SQLite's: a job claimed by another node runs there.)
 _UPDATED = ("status", "outcome", "progress_done", "progress_total", "progress_message",
-            "status_message", "started", "updated", "completed", "estimated", "line_count")
+            "status_message", "started", "updated", "completed", "estimated", "line_count",
+            "worker")
 _UPDATE_TYPES = ("integer", "text", "text", "bigint", "bigint", "text", "text", "float8",
-                 "float8", "float8", "float8", "integer", "text", "bigint")
+                 "float8", "float8", "float8", "integer", "text", "text", "bigint")
+def job_update(record: JobRecord, number: int, line_count: int) -> tuple[Any, ...]:
+    """A stored job's update row: SQLite's (``rows.job_update``) and its worker."""
+    return (*rows.job_update(record, number, line_count), record.worker)
+
+
 #: Updates (``job_update`` + the holder and epoch the writer holds it by): only
 #: the rows still held so are written (fencing); an ended job is let go.
 UPDATE_JOBS = (
     "UPDATE jobs AS j SET " + ", ".join(f"{c} = u.{c}" for c in _UPDATED)
-    + ", node_id = CASE WHEN u.status = ANY($15::text[]) THEN NULL ELSE j.node_id END "
+    + ", node_id = CASE WHEN u.status = ANY($16::text[]) THEN NULL ELSE j.node_id END "
     f"FROM unnest({_unnest(_UPDATE_TYPES)}) AS u(number, {', '.join(_UPDATED)}, "
     "held_by, held_epoch) "
     "WHERE j.number = u.number AND j.node_id IS NOT DISTINCT FROM u.held_by "

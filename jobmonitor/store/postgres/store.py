@@ -29,7 +29,7 @@ from ...wire.variables import TASK_LOG_SIZE
 from ..base import Recovery, TaskEvent
 from ..outage import Outage
 from ..shared import Action, NodeInfo, SharedStore
-from ..sqlite.rows import job_row, job_update, number_of
+from ..sqlite.rows import job_row, number_of
 from . import sql
 from .commit import FencedCommits
 from .connect import CONNECT_TIMEOUT_S, STATEMENT_TIMEOUT_S, Settings, unavailable
@@ -52,7 +52,7 @@ class PostgresStore(FencedCommits, SharedStore):
     """Jobs in a PostgreSQL schema, shared by the nodes of a cluster."""
 
     job_row = staticmethod(job_row)
-    job_update = staticmethod(job_update)
+    job_update = staticmethod(sql.job_update)
 
     def __init__(self, settings: Settings, *, commit_interval_s: float = 0.05,
                  node_name: str | None = None, address: str = "", heartbeat_s: float = 1.0,
