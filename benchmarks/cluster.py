@@ -14,10 +14,12 @@ each target on a schema of its own).  Scenarios, each measured in the same run:
   PostgreSQL nodes; procrastinate with one and with two worker processes of
   concurrency 10 on the same PostgreSQL (jobs deferred by as many clients).
 * **stream**: one job's lines to its submitter, SQLite against one PostgreSQL node.
-* **cross-node fan-out**: a job that runs on node B (node A runs nothing:
-  ``--max-running 0``) watched by ``--watchers`` connections to node A;
+* **cross-node fan-out**: a job that runs on node B (node A's one slot is
+  taken) watched by ``--watchers`` connections to node A;
   lines/s delivered in all, and each stamped line's delay from the moment the
-  job said it to its delivery (which includes the wait for its commit).
+  job said it to its delivery (which includes the wait for its commit).  Node A
+  has one slot, taken by a job that waits until the end, so the watched job
+  runs on node B.
 
 Prints a Markdown table of the medians and how the issue's targets fare.
 """
@@ -107,6 +109,10 @@ async def _watch(endpoint: Endpoint, packet: bytes, attached: asyncio.Future[str
         attached.set_result(reply[10:].strip().decode())
         lines = 0
         rest = b""
+        machine = await reader.readuntil(b"\r\n")  # every stream's first line
+        if b"Machine name: node-b" not in machine:
+            raise RuntimeError(f"fan-out: the job did not run on node B: {machine!r}")
+        lines += 1
         while chunk := await reader.read(1 << 18):
             now = time.time()
             data = rest + chunk
@@ -128,6 +134,9 @@ async def cross_node_fanout(node_a: Node, endpoint_a: Endpoint, lines: int,
     """One job run by another node, its submitter and ``watchers - 1`` more
     watchers on node A; every watcher must get every line."""
     group = f"fanout-{uuid.uuid4().hex[:12]}"
+    block = f"block-{uuid.uuid4().hex[:12]}"  # node A's one slot: taken until the end
+    await wire.exchange(endpoint_a, wire.submit_packet("bench.hold", monitor=False,
+                                                       **node_a.params(block)), "bench.hold")
     delays: list[float] = []
     loop = asyncio.get_running_loop()
     submitted: asyncio.Future[str] = loop.create_future()
@@ -142,6 +151,7 @@ async def cross_node_fanout(node_a: Node, endpoint_a: Endpoint, lines: int,
     await node_a.release(endpoint_a, group)
     results = await asyncio.gather(first, *others)
     elapsed = time.perf_counter() - started
+    await node_a.release(endpoint_a, block)
     short = [count for _, count in results if count < lines]
     if short:
         raise RuntimeError(f"fan-out: {len(short)} watchers got too few lines ({short[0]})")
@@ -221,7 +231,7 @@ class Bench:
 
     async def fanout(self) -> None:
         url = self.pg()
-        node_a, node_b = Node(url, "node-a", max_running=0), Node(url, "node-b")
+        node_a, node_b = Node(url, "node-a", max_running=1), Node(url, "node-b")
 
         def run(endpoints: list[Endpoint]) -> Awaitable[dict[str, float]]:
             return cross_node_fanout(node_a, endpoints[0], self.args.fanout_lines,
