@@ -9,6 +9,9 @@ Served with ``python -m jobmonitor serve --jobs benchmarks/bench_jobs.py``.
 * ``bench.hold``: waits until the file named by ``release`` exists.
 * ``bench.fanout``: waits like ``bench.hold``, then sends ``lines`` lines, so
   every watcher can attach before the first line.
+* ``bench.fanout_stamped``: ``bench.fanout`` whose every ``stamp_every``-th
+  line (default 1000) carries the time it was said (``t=<POSIX seconds>``,
+  padded to the same 40 characters), so a watcher can tell each sample's delay.
 
 Why a release *file*: the signal must reach jobs that are running (and ones
 still queued) without taking a job slot itself, and without one poll per
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 from jobmonitor import Job, JobMonitor
 
@@ -83,6 +87,20 @@ async def emit(job: Job) -> None:
     for number in range(1, total + 1):
         info(TEXT)
         if number % every == 0:
+            await asyncio.sleep(0)
+
+
+@app.job("bench.fanout_stamped")
+async def fanout_stamped(job: Job) -> None:
+    await wait_for_release(job)
+    total = int(job.params.get("lines", "0"))
+    every = max(1, int(job.params.get("stamp_every", "1000")))
+    info = job.info
+    for number in range(1, total + 1):
+        if number % every:
+            info(TEXT)
+        else:
+            info(f"t={time.time():.6f}".ljust(len(TEXT), "x"))
             await asyncio.sleep(0)
 
 
