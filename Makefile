@@ -34,7 +34,7 @@ $(VENV)/.installed-test: setup.cfg pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed-serve
 
 $(VENV)/.installed-fast: setup.cfg pyproject.toml | $(BIN)/python
-	$(PIP) -e '.[test,fast]'
+	$(PIP) -e '.[test,fast,bench]'
 	touch $@
 
 serve: $(VENV)/.installed-serve
@@ -50,6 +50,7 @@ test: $(VENV)/.installed-test
 bench: $(VENV)/.installed-fast soak
 	bash benchmarks/install_peers.sh
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/cluster.py
 
 # The stalled-reader test at full size: a million lines; and submits while a
 # store of 200 000 jobs is listed (docs/security.md).
