@@ -31,7 +31,7 @@ bench: $(VENV)/.installed-fast soak
 	bash benchmarks/install_peers.sh
 	$(BIN)/python benchmarks/run.py
 
-# The stalled-reader test at full size: a million lines (docs/security.md).
+# The stalled-reader test at full size: three million lines (docs/security.md).
 soak: $(VENV)/.installed-test
 	JOBMONITOR_SOAK=1 $(BIN)/python -m pytest -q -s tests/server/test_robustness.py -k stalled_reader
 

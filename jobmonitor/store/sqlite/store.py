@@ -70,7 +70,6 @@ RECENT_EVENTS = 200
 #: and reads back recent pages; the OS caches the file anyway, and every MiB
 #: kept here is charged to a server holding thousands of waiting jobs.
 CACHE_KIB = 1024
-_EMPTY = bytearray()
 #: Loop turns the committer lets pass between a commit and the next batch.
 AFTER_COMMIT_TURNS = 2
 #: Most lines in one stored block.
@@ -97,7 +96,7 @@ class _Written:
 class _Batch:
     rows: list[tuple[Any, ...]] = field(default_factory=list)
     updates: list[tuple[Any, ...]] = field(default_factory=list)
-    blocks: list[tuple[int, int, int, bytearray]] = field(default_factory=list)
+    blocks: list[tuple[int, int, int, bytes]] = field(default_factory=list)
     history: list[tuple[Any, ...]] = field(default_factory=list)
     outputs: list[tuple[Any, ...]] = field(default_factory=list)
     stored: list[tuple[Recordable, int]] = field(default_factory=list)
@@ -261,15 +260,12 @@ class SqliteStore(Store):
             stream = job.stream
             # Only the lines already announced: a line said since then comes with
             # its flush's notice, which would otherwise start a commit for nothing.
-            first = written.lines
-            new = stream.lines[first - stream.base:stream.flushed - stream.base]
-            if new:
-                for start in range(0, len(new), BLOCK_LINES):
-                    block = new[start:start + BLOCK_LINES]
-                    # A bytearray: the sqlite3 module binds it as it is, where bytes
-                    # (like None) first go through its adapter lookup.
-                    blocks.append((number, first + start + 1, len(block), _EMPTY.join(block)))
-                written.lines = first + len(new)
+            # The stream hands them over as blocks, mostly its own (nothing copied).
+            line = written.lines
+            for count, data in stream.pieces(line, stream.flushed, BLOCK_LINES):
+                blocks.append((number, line + 1, count, data))
+                line += count
+            written.lines = line
             events = record.history
             if len(events) > written.history:
                 seq = written.history
