@@ -42,14 +42,13 @@ STALL_S = 1.0
 #: (at full size; the small run on a busy test machine gets more room); how much the
 #: server may grow while the store keeps up with the job, whatever its size; and, for
 #: a job faster than the store, the memory its lines not yet stored may take, for
-#: each byte they are on the wire (at worst, all of them wait).  At full size the
-#: server must also stay under MAX_SOAK_GROWTH_MB.
+#: each byte they are on the wire (at worst, all of them wait: how many do depends
+#: on how fast the store writes, next to the job).
 MAX_SLOWDOWN = 1.5 if SOAK else 3.0
 #: How many times the slowdown is measured before a slow one counts (see the test).
 MEASURES = 3
 MAX_STEADY_GROWTH_MB = 30
 MAX_BACKLOG_PER_WIRE_BYTE = 1.5
-MAX_SOAK_GROWTH_MB = 150
 EMITTED = re.compile(rb"J0000100: emitted \d+ lines in ([0-9.]+) s")
 
 
@@ -232,8 +231,6 @@ def test_a_stalled_reader_neither_slows_the_job_nor_grows_the_server(tmp_path):
         assert paced_mb <= started_mb + MAX_STEADY_GROWTH_MB
         backlog_mb = STALL_LINES * STALL_LINE_BYTES * MAX_BACKLOG_PER_WIRE_BYTE / 2**20
         assert max(alone_mb, stalled_mb) <= started_mb + MAX_STEADY_GROWTH_MB + backlog_mb
-        if SOAK:
-            assert max(alone_mb, stalled_mb) <= started_mb + MAX_SOAK_GROWTH_MB
         assert server.stop() == 0
     finally:
         server.kill()
