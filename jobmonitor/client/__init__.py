@@ -10,10 +10,12 @@
             print(line.code, line.text, line.is_error)
         print((await tx.result()).outcome)
 
-Layers: ``results`` (typed results, sans-I/O), ``connection`` (one packet per
+Layers: ``results`` (typed results, sans-I/O), ``connection`` (a packet on a
 connection, built with ``wire.packet_build`` and read with
-``wire.lines.parse_line``), ``transaction`` (a stream that re-attaches after a
-drop), ``api`` (``Client``) and ``sync`` (``SyncClient`` for blocking code).
+``wire.lines.parse_line``), ``kept`` (connections kept from one call to the
+next, replaced when the server closed them), ``transaction`` (a stream that
+re-attaches after a drop), ``api`` (``Client``) and ``sync`` (``SyncClient``
+for blocking code).
 The client imports only the wire layer and ``errors`` of the rest of the
 package: nothing of the server's side.
 
