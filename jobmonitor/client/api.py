@@ -94,7 +94,7 @@ class Client:
         #: What ``GetBuildString`` answered, once ``connect()`` has asked.
         self.server_build: str | None = None
         self._transactions: weakref.WeakSet[Transaction] = weakref.WeakSet()
-        self._connections = KeptConnections(self, self._packet)
+        self._connections = KeptConnections()
         weakref.finalize(self, self._connections.idle.abandon).atexit = False
 
     def __repr__(self) -> str:
@@ -129,12 +129,18 @@ class Client:
                        doc_variables: Mapping[str, Value] | None,
                        reply_timeout_s: float | None) -> list[str]:
         reader, writer, lines = await self._connections.exchange(
-            command, variables or {}, doc_variables, reply_timeout_s)
-        await self._connections.done_with(reader, writer)
+            self, command, variables or {}, doc_variables, reply_timeout_s)
+        await self._connections.done_with(self, reader, writer)
         return lines
 
     def _packet(self, command: str, variables: Mapping[str, Value],
                 doc_variables: Mapping[str, Value] | None) -> bytes:
+        """The packet of ``command``: with the credentials, and ``_sys_KeepOpen``
+        unless ``keep_open`` is off (what every call sends).
+
+        Raises:
+            ValueError, TypeError: a name or value no packet can carry.
+        """
         if self.user is not None:
             variables = {**variables, "_sys_User": self.user, "_sys_Password": self._password}
         if self.keep_open:
@@ -144,7 +150,7 @@ class Client:
 
     def _stream_ended(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """A transaction read its stream's ended line: its connection is done with."""
-        self._connections.stream_ended(reader, writer)
+        self._connections.stream_ended(self, reader, writer)
 
     async def _request_json(self, command: str, variables: Mapping[str, Value]) -> object:
         lines = await self.request(command, {**variables, "_sys_Format": "json"})
@@ -176,14 +182,14 @@ class Client:
         if job_token is not None:
             packet["_sys_JobToken"] = job_token
         reader, writer, lines = await self._connections.exchange(
-            "SubmitJob", packet, doc_variables, self.reply_timeout_s)
+            self, "SubmitJob", packet, doc_variables, self.reply_timeout_s)
         try:
             transaction_id = _transaction_id(lines)
         except BaseException:
             await close_quietly(writer)
             raise
         if not monitor:
-            await self._connections.done_with(reader, writer)
+            await self._connections.done_with(self, reader, writer)
             return self._track(Transaction(self, transaction_id))
         return self._track(Transaction(self, transaction_id, reader, writer))
 
@@ -335,7 +341,7 @@ class Client:
                             ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         variables = {"_sys_TransactionID": transaction_id, "_sys_FromLine": str(from_line)}
         reader, writer, lines = await self._connections.exchange(
-            "MonitorJob", variables, None, self.reply_timeout_s)
+            self, "MonitorJob", variables, None, self.reply_timeout_s)
         try:
             _transaction_id(lines)
         except BaseException:

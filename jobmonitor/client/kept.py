@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Protocol
 
 from ..errors import ReplyError
@@ -36,18 +36,16 @@ from ..wire.codes import Reply
 from .connection import (Value, close_quietly, open_connection, read_reply, safe_to_resend,
                          send_packet, set_idle)
 
-__all__ = ["KeptConnections", "IdleConnections", "still_open", "MAX_IDLE_CONNECTIONS"]
+__all__ = ["KeptConnections", "IdleConnections", "Settings", "still_open",
+           "MAX_IDLE_CONNECTIONS"]
 
 #: Most idle kept connections a client holds (calls made at the same time open more).
 MAX_IDLE_CONNECTIONS = 4
 _Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-#: Builds a packet: command, variables, doc variables.
-PacketBuilder = Callable[[str, Mapping[str, Value], Mapping[str, Value] | None], bytes]
-
-
-class _Settings(Protocol):
-    """What the connections take from their ``api.Client`` (read at each use: a
-    client's settings may change)."""
+class Settings(Protocol):
+    """What the connections take from their ``api.Client``, which each call
+    passes (settings may change; and the connections keep no reference back to
+    their client, which would make a cycle only the garbage collector frees)."""
 
     host: str
     port: int
@@ -56,18 +54,20 @@ class _Settings(Protocol):
     reply_timeout_s: float
     keep_open: bool
 
+    def _packet(self, command: str, variables: Mapping[str, Value],
+                doc_variables: Mapping[str, Value] | None) -> bytes:
+        """The packet of a command, with what the client adds to every packet."""
+
 
 class KeptConnections:
     """The connections of one client (see the module's docstring)."""
 
-    def __init__(self, settings: _Settings, build: PacketBuilder) -> None:
-        self._settings = settings
-        self._build = build
+    def __init__(self) -> None:
         self.idle = IdleConnections(MAX_IDLE_CONNECTIONS)
         #: A kept connection has carried a second packet: the server keeps them.
         self._server_keeps = False
 
-    async def exchange(self, command: str, variables: Mapping[str, Value],
+    async def exchange(self, settings: Settings, command: str, variables: Mapping[str, Value],
                        doc_variables: Mapping[str, Value] | None,
                        reply_timeout_s: float | None) -> tuple[asyncio.StreamReader,
                                                                asyncio.StreamWriter, list[str]]:
@@ -78,15 +78,14 @@ class KeptConnections:
         Raises:
             ReplyError, OSError, ProtocolError: as ``api.Client``'s calls.
         """
-        settings = self._settings
-        packet = self._build(command, variables, doc_variables)
+        packet = settings._packet(command, variables, doc_variables)
         safe = safe_to_resend(command, variables)
         idle = self.idle.take() if settings.keep_open else None
         if idle is not None and not safe and not self._server_keeps:
-            idle = await self._checked(idle)
+            idle = await self._checked(settings, idle)
         if idle is not None:
             try:
-                lines = await self._ask(idle, packet, reply_timeout_s)
+                lines = await self._ask(settings, idle, packet, reply_timeout_s)
             except ReplyError as exc:
                 if exc.code != Reply.IDLE_TIMEOUT:
                     self._server_keeps = True
@@ -102,14 +101,14 @@ class KeptConnections:
         connection = await open_connection(settings.host, settings.port,
                                            timeout_s=settings.connect_timeout_s,
                                            tls=settings.tls)
-        return (*connection, await self._ask(connection, packet, reply_timeout_s))
+        return (*connection, await self._ask(settings, connection, packet, reply_timeout_s))
 
-    async def _checked(self, connection: _Connection) -> _Connection | None:
+    async def _checked(self, settings: Settings, connection: _Connection) -> _Connection | None:
         """The idle connection if the server answers a harmless command on it, else
         None (see the module's docstring)."""
         try:
-            await self._ask(connection, self._build("GetBuildString", {}, None),
-                            self._settings.reply_timeout_s)
+            await self._ask(settings, connection, settings._packet("GetBuildString", {}, None),
+                            settings.reply_timeout_s)
         except ReplyError as exc:
             if exc.code == Reply.IDLE_TIMEOUT:
                 return None
@@ -120,36 +119,37 @@ class KeptConnections:
         self._server_keeps = True
         return connection
 
-    async def _ask(self, connection: _Connection, packet: bytes,
+    async def _ask(self, settings: Settings, connection: _Connection, packet: bytes,
                    reply_timeout_s: float | None) -> list[str]:
         """Send the packet on the connection and read the reply.  An error reply
         leaves the connection done with; anything else raised closes it."""
         reader, writer = connection
         try:
-            await send_packet(writer, packet, timeout_s=self._settings.connect_timeout_s,
-                              half_close=not self._settings.keep_open)
+            await send_packet(writer, packet, timeout_s=settings.connect_timeout_s,
+                              half_close=not settings.keep_open)
             return await read_reply(reader, reply_timeout_s)
         except ReplyError as exc:
             if exc.code == Reply.IDLE_TIMEOUT:
                 await close_quietly(writer)
             else:
-                await self.done_with(reader, writer)
+                await self.done_with(settings, reader, writer)
             raise
         except BaseException:
             await close_quietly(writer)
             raise
 
-    async def done_with(self, reader: asyncio.StreamReader,
+    async def done_with(self, settings: Settings, reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter) -> None:
         """A connection whose answer is complete: kept for the next call, or closed."""
-        if self._settings.keep_open:
+        if settings.keep_open:
             self.idle.put(reader, writer)
         else:
             await close_quietly(writer)
 
-    def stream_ended(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def stream_ended(self, settings: Settings, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
         """A transaction read its stream's ended line: its connection is done with."""
-        if self._settings.keep_open:
+        if settings.keep_open:
             self.idle.put(reader, writer)
         else:
             writer.close()
