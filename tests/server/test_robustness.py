@@ -50,6 +50,9 @@ MAX_SLOWDOWN = 1.5 if SOAK else 3.0
 MEASURES = 3
 MAX_STEADY_GROWTH_MB = 30
 MAX_BACKLOG_PER_WIRE_BYTE = 1.5
+#: And however far the store falls behind, at most this much growth for the job
+#: (the issue's bound for three million lines: the store must about keep up).
+MAX_JOB_GROWTH_MB = 150
 EMITTED = re.compile(rb"J0000100: emitted \d+ lines in ([0-9.]+) s")
 
 
@@ -231,7 +234,8 @@ def test_a_stalled_reader_neither_slows_the_job_nor_grows_the_server(tmp_path):
         assert stalled_s <= MAX_SLOWDOWN * alone_s
         assert paced_mb <= started_mb + MAX_STEADY_GROWTH_MB
         backlog_mb = STALL_LINES * STALL_LINE_BYTES * MAX_BACKLOG_PER_WIRE_BYTE / 2**20
-        assert max(alone_mb, stalled_mb) <= started_mb + MAX_STEADY_GROWTH_MB + backlog_mb
+        growth_mb = min(MAX_STEADY_GROWTH_MB + backlog_mb, MAX_JOB_GROWTH_MB)
+        assert max(alone_mb, stalled_mb) <= started_mb + growth_mb
         assert server.stop() == 0
     finally:
         server.kill()
