@@ -89,8 +89,11 @@ def choose_loop(name: str) -> str:
 def build_targets(args: argparse.Namespace, loop: str) -> list[Target]:
     stream_only = frozenset({"stream"})
     targets: list[Target] = []
+    # Every held job runs at once (it waits for its release): room for all of them.
+    room = max(10_000, (args.held or FULL_SIZES.held) + 100)
     for store in args.jobmonitor_store or ("memory://", "sqlite"):
-        targets += [JobmonitorTarget(store=store), JobmonitorTarget(store=store, kept=True)]
+        targets += [JobmonitorTarget(store=store, max_running=room),
+                    JobmonitorTarget(store=store, kept=True)]
         if store != "memory://":  # and at the other durability (the jobs scenario only)
             targets += [JobmonitorTarget(store=store, synchronous="normal",
                                          scenarios=frozenset({"jobs"})),
@@ -151,7 +154,13 @@ def main() -> int:
         return 0
     sizes = build_sizes(args)
     scenarios = [s for s in SCENARIOS if not args.scenario or s in args.scenario]
-    raise_fd_limit()
+    # Each held job is a connection at both ends, and another for the peers' workers.
+    wanted = 2 * sizes.held + 4096
+    if "held" in scenarios and raise_fd_limit(wanted) < wanted:
+        log(f"the open-file limit stays below {wanted}: held beyond about "
+            f"{(raise_fd_limit() - 4096) // 2} connections will fail here")
+    else:
+        raise_fd_limit()
     results = run_on_loop(loop, run_all(targets, scenarios, sizes))
     table = markdown_table(results)
     print(table)

@@ -180,6 +180,7 @@ class JobmonitorTarget(_WireTarget):
         return [sys.executable, "-m", "jobmonitor", "serve", "--host", "127.0.0.1",
                 "--port", "0", "--jobs", str(BENCH_DIR / "bench_jobs.py"),
                 "--store", self._store_url(), "--max-running", str(self.max_running),
+                "--max-connections", str(max(20_000, self.max_running + 1000)),
                 "--sqlite-synchronous", self.synchronous, "--log-level", "warning"]
 
     def _store_url(self) -> str:

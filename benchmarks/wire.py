@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
+import socket
 import time
 import uuid
 from typing import Protocol
@@ -122,11 +124,45 @@ class _Exchange(asyncio.Protocol):
             self.transport.close()
 
 
-async def _open(endpoint: Endpoint, packet: bytes) -> _Exchange:
+async def _open(endpoint: Endpoint, packet: bytes, spread: bool = False) -> _Exchange:
+    """A connection that sends ``packet``; with ``spread``, from one of several
+    loopback addresses (see ``_spread_socket``)."""
     loop = asyncio.get_running_loop()
+    if spread and endpoint.host == "127.0.0.1":
+        sock = _spread_socket()
+        try:
+            await loop.sock_connect(sock, (endpoint.host, endpoint.port))
+        except BaseException:
+            sock.close()
+            raise
+        _, protocol = await loop.create_connection(lambda: _Exchange(packet), sock=sock)
+        return protocol
     _, protocol = await loop.create_connection(lambda: _Exchange(packet),
                                                endpoint.host, endpoint.port)
     return protocol
+
+
+#: Loopback addresses held connections come from, in turn: one address has
+#: about 28 000 ports to connect from, and ``held`` may ask for 100 000.
+SPREAD_SOURCES = 8
+#: Linux's IP_BIND_ADDRESS_NO_PORT (the port is chosen at connect, per destination).
+_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+_sources = itertools.count()
+
+
+def _spread_socket() -> socket.socket:
+    """A non-blocking TCP socket bound to the next of ``SPREAD_SOURCES`` loopback
+    addresses (127.0.0.1, 127.0.0.2, ...)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):  # (not Linux: the port is chosen at bind)
+            sock.setsockopt(socket.IPPROTO_IP, _BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((f"127.0.0.{1 + next(_sources) % SPREAD_SOURCES}", 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _check_reply(line: bytes, what: str) -> str:
@@ -248,7 +284,7 @@ async def _hold(endpoint: Endpoint, count: int, releaser: Releaser,
 
     async def one() -> None:
         async with gate:
-            protocol = await _open(endpoint, packet)
+            protocol = await _open(endpoint, packet, spread=True)
             opened.append(protocol)
             _check_reply(await protocol.reply, "bench.hold")
 

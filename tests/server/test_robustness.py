@@ -482,3 +482,61 @@ async def test_a_client_that_stopped_reading_does_not_outlive_the_server():
     assert server.connection_count == 0
     stalled.close()
     assert open_fds() == fds
+
+
+# -- many monitored jobs waiting at once ----------------------------------------------------
+
+#: Monitored jobs held waiting at once (the issue's 100 000 needs an open-file limit
+#: above it; the soak holds as many as a 20 000 limit leaves room for).
+HELD_JOBS = 10_000 if SOAK else 2_000
+#: Documented bound: the server's memory per monitored job that waits (docs/performance.md).
+MAX_HELD_KIB = 5.0
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident memory now, in KiB (MiB would round away a tenth of
+    the bound)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status)[1])  # type: ignore[index]
+
+
+def hold_monitored(port: int, count: int, key: str) -> list[socket.socket]:
+    """``count`` monitored 'wait' jobs, each on its own connection, read up to their
+    first line (so each is running and watched)."""
+    held = []
+    packet = submit("wait", Key=key)
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            held.append(sock)
+            sock.sendall(packet)
+            got = b""
+            while not got.endswith(b"J0000100: waiting\r\n"):
+                data = sock.recv(4096)
+                assert data, got
+                got += data
+    except BaseException:
+        for sock in held:
+            sock.close()
+        raise
+    return held
+
+
+@pytest.mark.timeout(300 if SOAK else 60)
+def test_a_monitored_job_that_waits_costs_the_server_under_5_kib():
+    server = ServerProcess("--jobs", "tests/support/jobs.py", "--machine-name", "testhost",
+                           "--max-running", str(HELD_JOBS + 200),
+                           "--max-connections", str(HELD_JOBS + 1000))
+    need_fds(HELD_JOBS + 500, ceiling=HELD_JOBS + 500)
+    held: list[socket.socket] = []
+    try:
+        held += hold_monitored(server.port, 200, "warm-up")  # one-time allocations
+        before_kib = rss_kib(server.proc.pid)
+        held += hold_monitored(server.port, HELD_JOBS, "held")
+        per_job = (rss_kib(server.proc.pid) - before_kib) / HELD_JOBS
+        print(f"\n{HELD_JOBS} monitored jobs waiting: {per_job:.2f} KiB each")
+        assert per_job <= MAX_HELD_KIB
+    finally:
+        for sock in held:
+            sock.close()
+        server.kill()
