@@ -12,12 +12,14 @@ from __future__ import annotations
 from ..wire.records import HistoryEvent
 from ..wire.states import Outcome
 
-__all__ = ["JobCounters", "SUBMIT_EVENT", "FINISH_EVENTS"]
+__all__ = ["JobCounters", "SUBMIT_EVENT", "FINISH_EVENTS", "COUNTED_EVENTS"]
 
 #: The history event a new job starts with.
 SUBMIT_EVENT = "queued"
 #: The history events that end a job (its ``outcome`` says how).
 FINISH_EVENTS = frozenset({"complete", "failed", "cancelled"})
+#: The only events ``JobCounters.job_event`` counts: a caller may skip the others.
+COUNTED_EVENTS = FINISH_EVENTS | {SUBMIT_EVENT}
 
 
 class JobCounters:

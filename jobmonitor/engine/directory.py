@@ -20,7 +20,7 @@ from ..wire.codes import Reply
 from ..wire.lines import clip
 from ..wire.records import HistoryEvent, JobRecord, parse_transaction_id
 from ..wire.variables import TASK_LOG_SIZE
-from .counters import JobCounters
+from .counters import COUNTED_EVENTS, JobCounters
 from .job import Job
 
 __all__ = ["JobDirectory", "JobPage", "TASK_LOG_SIZE", "IDLE_TAIL_LINES"]
@@ -232,7 +232,8 @@ class JobDirectory:
         record = job.record
         self._task_log.append(_new_tuple(TaskEvent, (record.transaction_id, record.project,
                                                      event)))
-        self.counters.job_event(record.project, event, record.outcome)
+        if event.status in COUNTED_EVENTS:  # (not the start, nor retries and resumes)
+            self.counters.job_event(record.project, event, record.outcome)
 
     def seed_task_log(self, events: list[TaskEvent]) -> None:
         self._task_log.extend(events)

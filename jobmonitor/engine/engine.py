@@ -78,6 +78,9 @@ class Engine(Placing):
         self._last_number = 0
         self._accepting = False
         self._purger: asyncio.Task[None] | None = None
+        #: The loop the engine was started on: asking asyncio for the running loop
+        #: costs a getpid() system call each time, and a job asked three times.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.machine_name = config.machine_name or socket.gethostname()
         # Every stream's first line: formatted once, shared by all jobs.
         self._machine_line = format_line("J", Status.INFO, f"Machine name: {self.machine_name}")
@@ -86,6 +89,7 @@ class Engine(Placing):
 
     async def start(self) -> None:
         """Open the store, recover unfinished jobs, and start running jobs."""
+        self._loop = self._runner.loop = asyncio.get_running_loop()
         self._store.on_persisted = self._persisted
         recovery = await self._store.open()
         self._last_number = recovery.last_number
@@ -367,7 +371,7 @@ class Engine(Placing):
                                f"{job.transaction_id} is {job.state.value}")
 
     def _adopt(self, record: JobRecord) -> Job:
-        job = Job(record, asyncio.get_running_loop())
+        job = Job(record, self._loop or asyncio.get_running_loop())
         if self._store.durable:
             job.stream.durable = record.line_count
         job.on_change = self._on_change
@@ -414,7 +418,7 @@ class Engine(Placing):
         if self._store.durable:
             self._store.call_when_stored(callback)
         else:
-            asyncio.get_running_loop().call_soon(callback)
+            (self._loop or asyncio.get_running_loop()).call_soon(callback)
 
     def _persisted(self, item: Recordable, stored_lines: int) -> None:
         if isinstance(item, Job):

@@ -69,6 +69,10 @@ class Move(enum.Enum):
     FAIL = "fail"
     CANCEL = "cancel"
 
+    # Members are singletons: the identity's hash (in C) serves ``MOVES[move]``,
+    # where Enum's own __hash__ is a Python-level call, three per job.
+    __hash__ = object.__hash__
+
 
 _S = JobState
 _RAN = frozenset({_S.PROCESSING, _S.SUSPENDED})  # (a paused run may still end any way)

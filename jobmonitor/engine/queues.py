@@ -129,7 +129,8 @@ class WaitingLines:
         return queue
 
     def _drop_if_idle(self, queue: _Queue) -> None:
-        if not (queue.waiting or queue.running or queue.kept):
+        # (the default queue, the usual one, is always kept: no property call for it)
+        if not (queue.waiting or queue.running) and queue.name != DEFAULT_QUEUE and not queue.kept:
             self._queues.pop(queue.name, None)
 
     # -- waiting ----------------------------------------------------------------------
@@ -215,6 +216,15 @@ class WaitingLines:
 
     # -- running ----------------------------------------------------------------------
 
+    def may_start_now(self, job: Job) -> bool:
+        """Whether ``job``, not queued yet, would be the next to start: no job waits
+        in any line, and its queue is neither paused nor at its limit.  (Then
+        pushing it and taking the next job would give it back: the runner skips both.)"""
+        if self.count:
+            return False
+        queue = self._queues.get(job.record.queue)
+        return queue is None or (not queue.paused and queue.running < queue.limit)
+
     def started(self, job: Job) -> None:
         """A job of this queue started running (it counts against its limit)."""
         queue = self._queues.get(job.record.queue)
@@ -227,7 +237,8 @@ class WaitingLines:
         queue = self._queues.get(job.record.queue)
         if queue is not None and queue.running > 0:
             queue.running -= 1
-            if not (queue.running or queue.waiting or queue.kept):
+            if (not (queue.running or queue.waiting) and queue.name != DEFAULT_QUEUE
+                    and not queue.kept):
                 del self._queues[queue.name]
 
     # -- pausing ----------------------------------------------------------------------

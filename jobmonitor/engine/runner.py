@@ -70,6 +70,8 @@ class JobRunner:
         # (No thread starts before the first job is handed to it.)
         self._executor = self._new_executor()
         self._hurry = asyncio.Event()
+        #: The engine's loop, once it has started (see ``Engine.start``).
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def close(self) -> None:
         """Drop the jobs still waiting for a worker thread (the server is stopping)."""
@@ -114,7 +116,14 @@ class JobRunner:
 
     def enqueue(self, job: Job) -> None:
         """Queue a job and start what can start."""
-        self.lines.push(job)
+        lines = self.lines
+        if (self.starting and len(self._running) < self._config.max_running
+                and lines.may_start_now(job)):
+            # The usual case, nothing waiting: the job would be queued only to be
+            # taken straight back (start_ready's loop, for one job).
+            self._start(job, self.loop or asyncio.get_running_loop())
+            return
+        lines.push(job)
         self.start_ready()
 
     def append(self, job: Job) -> None:
@@ -167,21 +176,25 @@ class JobRunner:
         lines = self.lines
         if not (self.starting and lines.count):
             return
-        loop = asyncio.get_running_loop()
+        loop = self.loop or asyncio.get_running_loop()
         while self.starting and lines.count and len(self._running) < self._config.max_running:
             job = lines.pop_next()
             if job is None:  # every queue with jobs waiting is paused or at its limit
                 break
-            handler = self.handlers.get(job.project)
-            if handler is None:  # gone with a RestartServer's reload
-                job.error(f"No handler for project {job.project!r} after the job modules "
-                          f"were reloaded")
-                self.finish(job, Outcome.FAILED)
-                continue
-            lifecycle.start(job)
-            run = self._running[job] = job.run = Run(job, handler, loop)
-            lines.started(job)
-            run.started(loop.create_task(self._run(run)))
+            self._start(job, loop)
+
+    def _start(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+        """Start a job taken from (or not put in) its line."""
+        handler = self.handlers.get(job.project)
+        if handler is None:  # gone with a RestartServer's reload
+            job.error(f"No handler for project {job.project!r} after the job modules "
+                      f"were reloaded")
+            self.finish(job, Outcome.FAILED)
+            return
+        lifecycle.start(job)
+        run = self._running[job] = job.run = Run(job, handler, loop)
+        self.lines.started(job)
+        run.started(loop.create_task(self._run(run)))
 
     async def _run(self, run: Run) -> None:
         job = run.job

@@ -5,7 +5,9 @@ A connection goes READING -> BUSY -> (WATCHING) -> LINGERING -> closed
 
 * READING feeds bytes to the sans-I/O ``PacketParser`` under a deadline,
   through a ``PacketReader`` that gives a big packet's parsing its turns on
-  the loop (``parse_turns``): it calls ``_dispatch`` or ``_refuse``;
+  the loop (``parse_turns``): it calls ``_dispatch`` or ``_refuse``.  (A
+  connection's first bytes are first tried whole on the fast path, with no
+  reader: the usual connection sends its one packet in one chunk);
 * BUSY runs the command (a task: a submit waits for the store);
 * WATCHING follows a job's stream: lines still in memory come from the
   ``JobStream``; older ones (a re-attach far back, a job that left memory, a
@@ -123,7 +125,8 @@ class Connection(Input):
             # now: its password check (which may wait its turn behind others from
             # the same address) must not stay behind, holding the packet.
             self._task.cancel()
-        self._leave_stream()
+        if self._stream is not None:
+            self._leave_stream()
         if self._followed is not None:
             self._context.engine.jobs.monitor_detached(self._followed)
             self._followed = None
@@ -136,7 +139,8 @@ class Connection(Input):
             self._stream.catch_up(self)
 
     def close(self) -> None:
-        self._leave_stream()
+        if self._stream is not None:  # (the usual connection ends watching none)
+            self._leave_stream()
         super().close()
 
     # -- the end of an answer -------------------------------------------------------------

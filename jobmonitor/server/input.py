@@ -3,8 +3,10 @@
 ``Input`` is the base class of ``Connection`` (``connection``), and itself a
 subclass of ``Output`` (``output``): one object per connection.  It feeds
 received bytes to the sans-I/O ``PacketParser`` through a ``PacketReader``,
-which gives a big packet's parsing its turns on the loop (``parse_turns``);
-it enforces the reading deadlines (``idle_timeout_s`` for the first byte,
+which gives a big packet's parsing its turns on the loop (``parse_turns``;
+a connection's first bytes are tried whole on the fast path before any reader
+is made, ``_read_first``: the usual connection sends its one packet in one
+chunk); it enforces the reading deadlines (``idle_timeout_s`` for the first byte,
 ``packet_timeout_s`` for the whole packet, on a coarse clock shared by all
 connections: ``deadlines``), refuses a packet that cannot be read with its one
 ``R`` line, and hands each packet read to ``_run`` (the command:
@@ -32,10 +34,11 @@ from ..config import Config
 from ..errors import PacketError, RequestError
 from ..wire.codes import Reply
 from ..wire.packet import Packet, PacketParser, packet_end_hint
+from ..wire.packet_fast import SMALL_BYTES
 from ..wire.variables import KEEP_OPEN, parse_bool
 from .deadlines import Deadlines
 from .output import ConnectionState, Output
-from .parse_turns import PacketReader, ParseTurns
+from .parse_turns import SMALL_FIRST_CHUNK, PacketReader, ParseTurns
 
 __all__ = ["Input"]
 
@@ -66,7 +69,10 @@ class Input(Output):
         super().__init__(loop, config, tcp_corked)
         self._deadlines = deadlines  # every connection's reading deadlines, one timer a tick
         self._parse_turns = parse_turns  # the loop's budget for parsing big packets
-        self._reader: PacketReader | None = None  # made once the transport is (_start_reading)
+        #: The reader of the packet being read.  None while READING only before the
+        #: connection's first bytes: they are tried whole on the fast path first
+        #: (``_read_first``), and a reader is made only if that cannot read them.
+        self._reader: PacketReader | None = None
         self._deadline_key: int | None = None  # the reading deadline's, in _deadlines
         #: When this packet's reading began (the connection, or the last kept answer).
         self._reading_since = self._loop.time()
@@ -86,21 +92,27 @@ class Input(Output):
 
     def _start_reading(self) -> None:
         """Wait for the first packet (the transport is set)."""
-        self._reader = self._new_reader()
-        self._set_first_deadline()
+        self._set_first_deadline()  # (the reader is made by the first bytes: see _read_first)
 
-    def _new_reader(self) -> PacketReader:
-        """A reader of the next packet, with a parser of its own."""
-        parser = PacketParser(max_packet_bytes=self._config.max_packet_bytes,
-                              max_packet_variables=self._config.max_packet_variables)
+    def _new_parser(self) -> PacketParser:
+        return PacketParser(max_packet_bytes=self._config.max_packet_bytes,
+                            max_packet_variables=self._config.max_packet_variables)
+
+    def _new_reader(self, parser: PacketParser | None = None) -> PacketReader:
+        """A reader of the next packet, with a parser of its own (``parser``, if given)."""
         assert self._transport is not None  # (set by connection_made)
-        return PacketReader(parser, self._parse_turns, self._transport,
+        return PacketReader(parser or self._new_parser(), self._parse_turns, self._transport,
                             self._dispatch, self._refuse)
 
     # -- asyncio.Protocol --------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self._state is _READING and self._reader is not None:
+        if self._state is _READING:
+            if self._reader is None:  # the connection's first bytes
+                parser = self._read_first(data)
+                if parser is None:
+                    return
+                self._reader = self._new_reader(parser)
             self._pending, self._offset = data, 0  # (nothing is pending while READING)
             self._read_pending()
         elif self._keep_open:
@@ -123,12 +135,17 @@ class Input(Output):
         return self._transport is not None and self._transport.can_write_eof()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_deadline()
-        self._drop_reader()
+        # (Each helper is called only when it has something to undo: most
+        # connections end with no deadline or reader left.)
+        if self._deadline_key is not None:
+            self._cancel_deadline()
+        if self._reader is not None:
+            self._drop_reader()
         super().connection_lost(exc)
 
     def close(self) -> None:
-        self._cancel_deadline()
+        if self._deadline_key is not None:
+            self._cancel_deadline()
         self._pending, self._offset, self._keep_open = b"", 0, False
         super().close()
 
@@ -142,6 +159,28 @@ class Input(Output):
 
     # -- reading packets ----------------------------------------------------------------
 
+    def _read_first(self, data: bytes) -> PacketParser | None:
+        """Answer the connection's first bytes if they are the whole of a packet the
+        fast path reads, as the reader would, without making one (the usual
+        connection); else return the parser that tried, for the reader to go on with.
+
+        Only bytes the reader would try at once qualify (at most SMALL_FIRST_CHUNK)
+        and only when they end where ``_read_pending`` would cut them: then the
+        packet, its rest and ``alone`` are what the reader would have read.
+        """
+        parser = self._new_parser()
+        size = len(data)
+        if size > SMALL_FIRST_CHUNK or (size > SMALL_BYTES and packet_end_hint(data) != size):
+            return parser
+        packet = parser.read_fast(data)
+        if packet is None:
+            return parser  # (it will not try the fast path again)
+        self._pending, self._offset = parser.rest, 0
+        alone = parser.alone
+        parser.close()
+        self._dispatch(packet, alone)
+        return None
+
     def _read_pending(self) -> None:
         """Hand the reader what is pending, a packet's worth at a time, and dispatch
         each packet read, until a command waits, the input runs out or we end."""
@@ -151,12 +190,17 @@ class Input(Output):
                 pending, start = self._pending, self._offset
                 if self._kept and self._reader is not None and not self._reader.bytes_received:
                     start = _skip_space(pending, start)
-                if start >= len(pending):
+                size = len(pending)
+                if start >= size:
                     self._pending, self._offset = b"", 0
                     break
-                end = packet_end_hint(pending, start)
+                # (the hint of a small rest is its end: no call for the usual packet)
+                end = size if size - start <= SMALL_BYTES else packet_end_hint(pending, start)
                 self._offset = end
-                self._feed(pending if start == 0 and end == len(pending) else pending[start:end])
+                reader = self._reader
+                assert reader is not None  # (while READING)
+                # It calls _dispatch or _refuse, now or on a later turn.
+                reader.feed(pending if start == 0 and end == size else pending[start:end])
         finally:
             self._feeding = False
         if self._state is not _READING:
@@ -168,16 +212,10 @@ class Input(Output):
         elif self._kept:
             self._release()  # the answers so far go out; we wait for the client
 
-    def _feed(self, data: bytes) -> None:
-        reader = self._reader
-        assert reader is not None  # (while READING)
-        reader.feed(data)  # it calls _dispatch or _refuse, now or on a later turn
-
     def _input_ended(self) -> None:
         """The client has shut its side, and everything it sent has been fed."""
         reader = self._reader
-        assert reader is not None  # (while READING)
-        if reader.bytes_received == 0:
+        if reader is None or reader.bytes_received == 0:  # (None: nothing came)
             self.close()
             return
         reader.feed_eof()  # (it answers once what it holds is parsed)
@@ -207,8 +245,10 @@ class Input(Output):
             after = self._pending[self._offset:]
             self._pending, self._offset = rest + after if rest else after, 0
         # Alone: nothing but whitespace after the packet in what is pending either.
-        self._alone = alone and _skip_space(self._pending, 0) == len(self._pending)
-        self._drop_reader()  # a held connection keeps none
+        pending = self._pending
+        self._alone = alone and (not pending or _skip_space(pending, 0) == len(pending))
+        if self._reader is not None:
+            self._drop_reader()  # a held connection keeps none
         self._state = _BUSY
         if KEEP_OPEN in packet.variables:
             try:
@@ -281,8 +321,8 @@ class Input(Output):
         if self._state is not _READING:
             return
         config = self._config
-        assert self._reader is not None  # (until _dispatch, which ends READING)
-        if self._reader.bytes_received == 0 and config.idle_timeout_s <= config.packet_timeout_s:
+        received = self._reader.bytes_received if self._reader is not None else 0
+        if received == 0 and config.idle_timeout_s <= config.packet_timeout_s:
             detail = f"nothing received within {config.idle_timeout_s:g} s"
             self._refuse(RequestError(Reply.IDLE_TIMEOUT, detail))
             return

@@ -191,7 +191,8 @@ class Output(asyncio.Protocol):
         if plain and not self._tcp_corked:
             self._hold_last_segment()
         self._send_batch()
-        self._cancel_timers()
+        if self._linger_timer is not None or self._stall_timer is not None:
+            self._cancel_timers()
         if self._peer_eof or not plain or self._alone:
             # Nothing to linger for: the client has closed its side, or TLS
             # cannot half-close, or the client sent its packet and nothing more.
@@ -219,10 +220,15 @@ class Output(asyncio.Protocol):
         """Close now (queued bytes are still sent, to a client that takes them)."""
         if self._state is _CLOSED or self._transport is None:
             return
-        self._cancel_timers()
-        self._send_batch()
+        # (Each helper only when it has something to do: the usual connection
+        # ends with no timer, batch or writer waiting.)
+        if self._linger_timer is not None or self._stall_timer is not None:
+            self._cancel_timers()
+        if self._batch is not None:
+            self._send_batch()
         self._state = _CLOSED
-        self._wake_writer()
+        if self._drained is not None:
+            self._wake_writer()
         self._transport.close()
         self._check_drain()
 
@@ -260,19 +266,24 @@ class Output(asyncio.Protocol):
 
     def _cancel_timers(self) -> None:
         """The linger's and the stall's (the drain's runs on until the connection is lost)."""
-        for timer in (self._linger_timer, self._stall_timer):
-            if timer is not None:
-                timer.cancel()
-        self._linger_timer = self._stall_timer = None
+        # (Three calls per connection, nearly always with no timer: no tuple, no loop.)
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = _CLOSED
         self._lost = True
-        self._cancel_timers()
+        if self._linger_timer is not None or self._stall_timer is not None:
+            self._cancel_timers()
         if self._drain_timer is not None:
             self._drain_timer.cancel()
             self._drain_timer = None
-        self._wake_writer()
+        if self._drained is not None:
+            self._wake_writer()
         # The transport holds us too: without this cycle, both go as soon as the
         # loop lets go, not at the garbage collector's next pass.
         self._transport = None

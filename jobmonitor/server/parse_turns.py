@@ -151,7 +151,13 @@ class PacketReader:
         if first and len(data) <= SMALL_FIRST_CHUNK:
             packet = parser.read_fast(data)
             if packet is not None:
-                self._answer(packet)
+                # _answer and close, for the usual packet: nothing is kept, no turn
+                # is awaited and reading was never paused (all need a backlog).
+                self._parser = None
+                self._rest = parser.rest
+                alone = parser.alone
+                parser.close()
+                self._on_packet(packet, alone)
                 return
         self._keep(data)
         if self._turns.open:
@@ -177,12 +183,13 @@ class PacketReader:
     def close(self) -> None:
         """Stop: the connection is lost, refused or answered; free the parser now."""
         parser, self._parser = self._parser, None
+        if parser is None:  # closed already (an answered reader is closed again when dropped)
+            return
         self._turns.forget(self)
         self._backlog.clear()
         self._unparsed = 0
-        if parser is not None:
-            parser.close()
-            self._resume()
+        parser.close()
+        self._resume()
 
     def parse(self) -> None:
         """Parse slices of the backlog while the budget lasts (one at least); wait

@@ -142,6 +142,24 @@ class PacketParser:
 
     _try_fast_path = True  # tests turn it off to compare with the full parser
 
+    # The state a new parser starts in: class-level defaults (all immutable), which
+    # an instance shadows as it changes them.  A connection makes a parser for each
+    # packet, and most packets never change most of these.
+    _bytes_received = 0
+    _packet: Packet | None = None
+    _failure: PacketError | None = None
+    _alone = False
+    _rest = b""
+    _fast_tried = False
+    _closed = False
+    _shape: PacketShape | None = None  # made by _begin
+    _xml: etree.XMLPullParser | None = None  # made when the body stage starts
+    # The incremental parser's stages, as bound methods: set up by _begin only
+    # when the fast path cannot read the packet, and dropped once it is read,
+    # refused or closed (they refer back to the parser: a cycle only the GC could free).
+    _on_bytes: Callable[[bytes], Packet | None] | None = None
+    _on_text: Callable[[str], Packet | None] | None = None
+
     def __init__(self, *, max_packet_bytes: int = 1_048_576,
                  max_packet_variables: int = 10_000) -> None:
         if max_packet_bytes < 1:
@@ -150,20 +168,6 @@ class PacketParser:
             raise ValueError("max_packet_variables must not be negative")
         self._max_packet_bytes = max_packet_bytes
         self._max_packet_variables = max_packet_variables
-        self._bytes_received = 0
-        self._packet: Packet | None = None
-        self._failure: PacketError | None = None
-        self._alone = False
-        self._rest = b""
-        self._fast_tried = False
-        self._closed = False
-        self._shape: PacketShape | None = None  # made by _begin
-        self._xml: etree.XMLPullParser | None = None  # made when the body stage starts
-        # The incremental parser's stages, as bound methods: set up by _begin only
-        # when the fast path cannot read the packet, and dropped once it is read,
-        # refused or closed (they refer back to the parser: a cycle only the GC could free).
-        self._on_bytes: Callable[[bytes], Packet | None] | None = None
-        self._on_text: Callable[[str], Packet | None] | None = None
 
     def _begin(self) -> Callable[[bytes], Packet | None]:
         """Set up the incremental parser's state; return its first stage."""

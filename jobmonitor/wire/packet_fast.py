@@ -155,7 +155,8 @@ def read_simple(
         "section2",
         "vars2",
     )
-    if declaration and repeated_pseudo_attribute(declaration):
+    # (a pseudo-attribute named twice takes two '=': the usual declaration has one)
+    if declaration and declaration.count("=") > 1 and repeated_pseudo_attribute(declaration):
         return None  # the incremental parser words this error
     if declaration and "encoding" in declaration:
         label = ENCODING_ATTRIBUTE.search(declaration)

@@ -354,3 +354,28 @@ async def test_an_engine_bug_moving_a_finished_job_raises(registry):
             lifecycle.start(job)
         assert job.state is S.COMPLETED
 
+
+
+async def test_a_job_submitted_while_none_waits_starts_without_entering_a_line(
+        registry, gates, monkeypatch):
+    # The usual submit skips the waiting line (it would be taken straight back);
+    # one that must wait (no free slot) still goes into it, and starts in turn.
+    from jobmonitor.engine.queues import WaitingLines
+
+    pushed: list[str] = []
+    push = WaitingLines.push
+
+    def counting_push(self: WaitingLines, job: Job) -> None:
+        pushed.append(job.transaction_id)
+        push(self, job)
+
+    monkeypatch.setattr(WaitingLines, "push", counting_push)
+    async with running_engine(registry, max_running=1) as engine:
+        first, first_lines = await submit(engine, "gate")
+        assert first.state is S.PROCESSING and pushed == []
+        second, second_lines = await submit(engine, "quick")
+        assert second.state is S.QUEUED and pushed == [second.transaction_id]
+        gates["open"].set()
+        await first_lines.end()
+        await second_lines.end()
+        assert second.state is S.COMPLETED
