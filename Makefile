@@ -52,7 +52,7 @@ bench: $(VENV)/.installed-fast soak
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/cluster.py
 
-# The stalled-reader test at full size: a million lines; and submits while a
+# The stalled-reader test at full size: three million lines; and submits while a
 # store of 200 000 jobs is listed (docs/security.md).
 soak: $(VENV)/.installed-test
 	JOBMONITOR_SOAK=1 $(BIN)/python -m pytest -q -s tests/server/test_robustness.py -k stalled_reader

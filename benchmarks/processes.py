@@ -57,11 +57,19 @@ def find_binary(name: str) -> str | None:
     return shutil.which(name, path=path)
 
 
-def raise_fd_limit() -> int:
-    """Raise the soft open-file limit to the hard limit (children inherit it)."""
+def raise_fd_limit(wanted: int = 0) -> int:
+    """Raise the open-file limit (children inherit it) to the hard limit, or to
+    ``wanted`` above it where this process may raise the hard one too (root);
+    return the soft limit now."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if wanted > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+        except (ValueError, OSError):  # not allowed: the hard limit it is
+            pass
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard

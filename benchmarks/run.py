@@ -5,7 +5,8 @@
     python benchmarks/run.py --scenario jobs --runs 3 --target gearmand
 
 Prints progress on stderr and a Markdown table (median, min and max over the
-runs) on stdout, and writes every sample to ``benchmarks/results/latest.json``
+runs) on stdout, then how the runs measure up to the project's goals
+(``targets.GOALS``), and writes every sample to ``benchmarks/results/latest.json``
 (or ``--json FILE``).  A target whose server is missing (a peer not
 installed, jobmonitor not importable yet) is skipped with the reason.  Exit
 status 1 if any measurement failed or timed out, else 0.
@@ -31,7 +32,7 @@ from harness import (
     run_on_loop,
 )
 from peers import BeanstalkdTarget, GearmandTarget
-from targets import BareTarget, JobmonitorTarget
+from targets import BareTarget, JobmonitorTarget, goal_table
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -87,15 +88,25 @@ def choose_loop(name: str) -> str:
 
 def build_targets(args: argparse.Namespace, loop: str) -> list[Target]:
     stream_only = frozenset({"stream"})
-    targets: list[Target] = [
-        *(JobmonitorTarget(store=store)
-          for store in args.jobmonitor_store or ("memory://", "sqlite")),
+    targets: list[Target] = []
+    # Every held job runs at once (it waits for its release): room for all of them.
+    room = max(10_000, (args.held or FULL_SIZES.held) + 100)
+    for store in args.jobmonitor_store or ("memory://", "sqlite"):
+        targets += [JobmonitorTarget(store=store, max_running=room),
+                    JobmonitorTarget(store=store, kept=True)]
+        if store != "memory://":  # and at the other durability (the jobs scenario only)
+            targets += [JobmonitorTarget(store=store, synchronous="normal",
+                                         scenarios=frozenset({"jobs"})),
+                        JobmonitorTarget(store=store, synchronous="normal", kept=True)]
+    targets += [
         GearmandTarget(args.peer_workers, loop, threads=args.gearmand_threads),
         GearmandTarget(args.peer_workers, loop, threads=args.gearmand_threads,
                        persistent=True),
         BeanstalkdTarget(args.peer_workers, loop),
+        BeanstalkdTarget(args.peer_workers, loop, pipelined=True),
         BeanstalkdTarget(args.peer_workers, loop, per_connection=True),
         BeanstalkdTarget(args.peer_workers, loop, durable=True),
+        BeanstalkdTarget(args.peer_workers, loop, durable=True, fsync=False),
         BeanstalkdTarget(args.peer_workers, loop, durable=True, per_connection=True),
     ]
     for server_loop in ("asyncio", "uvloop"):
@@ -143,10 +154,18 @@ def main() -> int:
         return 0
     sizes = build_sizes(args)
     scenarios = [s for s in SCENARIOS if not args.scenario or s in args.scenario]
-    raise_fd_limit()
+    # Each held job is a connection at both ends, and another for the peers' workers.
+    wanted = 2 * sizes.held + 4096
+    if "held" in scenarios and raise_fd_limit(wanted) < wanted:
+        log(f"the open-file limit stays below {wanted}: held beyond about "
+            f"{(raise_fd_limit() - 4096) // 2} connections will fail here")
+    else:
+        raise_fd_limit()
     results = run_on_loop(loop, run_all(targets, scenarios, sizes))
     table = markdown_table(results)
     print(table)
+    print()
+    print(goal_table(results))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     described = {t.name: t.description for t in targets if t.description}
     args.json.write_text(results_json(results, sizes, {

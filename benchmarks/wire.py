@@ -10,12 +10,21 @@ The scenarios that must hold jobs open or start them all at once (``held``,
 ``fanout``) take a ``Releaser`` from the target: the job variables that tie a
 job to a release group, how to release the group, and how to tell that the
 server really has ``count`` jobs waiting.
+
+Kept connections (``_sys_KeepOpen``, jobmonitor only): ``run_jobs_kept`` has
+each client send its next monitored submit on the same connection once the
+last job's ended line came; ``run_submits_pipelined`` has each client keep
+``PIPELINE_DEPTH`` fire-and-forget submits in flight on its connection,
+sending more as acknowledgements come, as beanstalkd's pipelined producers do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import itertools
+import socket
 import time
 import uuid
 from typing import Protocol
@@ -24,12 +33,16 @@ from xml.sax.saxutils import escape
 from harness import Endpoint, job_metrics, rss_kb, submit_metrics
 
 __all__ = ["Releaser", "command_packet", "submit_packet", "exchange", "run_stream",
-           "run_jobs", "run_submits", "run_fanout", "run_held"]
+           "run_jobs", "run_submits", "run_fanout", "run_held", "run_jobs_kept",
+           "run_submits_pipelined", "PIPELINE_DEPTH"]
 
 ENDED = b"J0000001: "
 TAIL_BYTES = 80  # longer than any ended line
 OK_REPLY = b"R0000000"
 CONNECT_CONCURRENCY = 200  # connections opened at once; more overflows accept queues
+#: Fire-and-forget submits a pipelining client keeps in flight on its connection.
+PIPELINE_DEPTH = 16
+KEEP_OPEN = {"_sys_KeepOpen": "true"}
 
 
 class Releaser(Protocol):
@@ -111,11 +124,45 @@ class _Exchange(asyncio.Protocol):
             self.transport.close()
 
 
-async def _open(endpoint: Endpoint, packet: bytes) -> _Exchange:
+async def _open(endpoint: Endpoint, packet: bytes, spread: bool = False) -> _Exchange:
+    """A connection that sends ``packet``; with ``spread``, from one of several
+    loopback addresses (see ``_spread_socket``)."""
     loop = asyncio.get_running_loop()
+    if spread and endpoint.host == "127.0.0.1":
+        sock = _spread_socket()
+        try:
+            await loop.sock_connect(sock, (endpoint.host, endpoint.port))
+        except BaseException:
+            sock.close()
+            raise
+        _, protocol = await loop.create_connection(lambda: _Exchange(packet), sock=sock)
+        return protocol
     _, protocol = await loop.create_connection(lambda: _Exchange(packet),
                                                endpoint.host, endpoint.port)
     return protocol
+
+
+#: Loopback addresses held connections come from, in turn: one address has
+#: about 28 000 ports to connect from, and ``held`` may ask for 100 000.
+SPREAD_SOURCES = 8
+#: Linux's IP_BIND_ADDRESS_NO_PORT (the port is chosen at connect, per destination).
+_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+_sources = itertools.count()
+
+
+def _spread_socket() -> socket.socket:
+    """A non-blocking TCP socket bound to the next of ``SPREAD_SOURCES`` loopback
+    addresses (127.0.0.1, 127.0.0.2, ...)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):  # (not Linux: the port is chosen at bind)
+            sock.setsockopt(socket.IPPROTO_IP, _BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((f"127.0.0.{1 + next(_sources) % SPREAD_SOURCES}", 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _check_reply(line: bytes, what: str) -> str:
@@ -237,7 +284,7 @@ async def _hold(endpoint: Endpoint, count: int, releaser: Releaser,
 
     async def one() -> None:
         async with gate:
-            protocol = await _open(endpoint, packet)
+            protocol = await _open(endpoint, packet, spread=True)
             opened.append(protocol)
             _check_reply(await protocol.reply, "bench.hold")
 
@@ -287,3 +334,120 @@ async def run_held(endpoint: Endpoint, count: int, releaser: Releaser,
             if protocol.transport is not None:
                 protocol.transport.close()
     return {"kb_per_conn": (after - before) / count, "release_s": release, "setup_s": setup}
+
+
+class _Kept(asyncio.Protocol):
+    """A kept connection: packets go out as the client sends them and their
+    answers are read in order.  Each packet sent gets a future, resolved with
+    the time its answer completed: the ``R`` line for a plain command, the
+    ended line for a monitored submit."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        #: Per packet in flight, oldest first: (its future, whether a stream follows
+        #: its reply, whether the reply came).
+        self.pending: collections.deque[list] = collections.deque()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def send(self, packets: bytes, count: int, monitored: bool) -> list[asyncio.Future[float]]:
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in range(count)]
+        self.pending.extend([future, monitored, False] for future in futures)
+        assert self.transport is not None
+        self.transport.write(packets)
+        return futures
+
+    def data_received(self, data: bytes) -> None:
+        lines = (self.buffer + data).split(b"\r\n")
+        self.buffer = lines.pop()
+        now = time.perf_counter()
+        for line in lines:
+            entry = self.pending[0]
+            if not entry[2]:  # the reply
+                if not line.startswith(OK_REPLY):
+                    entry[0].set_exception(RuntimeError(f"server replied {line[:80]!r}"))
+                    self.pending.popleft()
+                    continue
+                if line[8:9] == b":":  # (the last line of the reply)
+                    entry[2] = True
+                    if not entry[1]:
+                        self.pending.popleft()
+                        entry[0].set_result(now)
+            elif line.startswith(ENDED):
+                self.pending.popleft()
+                entry[0].set_result(now)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for future, _, _ in self.pending:
+            if not future.done():
+                future.set_exception(ConnectionError(f"kept connection closed: {exc}"))
+        self.pending.clear()
+
+
+async def _open_kept(endpoint: Endpoint) -> _Kept:
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_connection(_Kept, endpoint.host, endpoint.port)
+    return protocol
+
+
+async def _on_kept_connections(endpoint: Endpoint, clients: int, client) -> float:
+    """Run ``client(connection)`` on each of ``clients`` kept connections; seconds it took."""
+    connections = [await _open_kept(endpoint) for _ in range(clients)]
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(connection) for connection in connections))
+        return time.perf_counter() - started
+    finally:
+        for connection in connections:
+            if connection.transport is not None:
+                connection.transport.close()
+
+
+async def run_jobs_kept(endpoint: Endpoint, jobs: int, clients: int) -> dict[str, float]:
+    """``jobs`` tiny monitored jobs from ``clients`` clients, each keeping its
+    connection: the next submit goes out once the last job's ended line came."""
+    packet = submit_packet("bench.tiny", **KEEP_OPEN)
+    numbers = iter(range(jobs))
+    latencies: list[float] = []
+
+    async def client(connection: _Kept) -> None:
+        for _ in numbers:
+            started = time.perf_counter()
+            (done,) = connection.send(packet, 1, monitored=True)
+            latencies.append(await done - started)
+
+    elapsed = await _on_kept_connections(endpoint, clients, client)
+    return job_metrics(jobs, latencies, elapsed)
+
+
+async def run_submits_pipelined(endpoint: Endpoint, submits: int, clients: int,
+                                depth: int = PIPELINE_DEPTH) -> dict[str, float]:
+    """``submits`` fire-and-forget tiny jobs from ``clients`` clients on kept
+    connections, each with up to ``depth`` submits in flight: as acknowledgements
+    come, the free places are filled in one send.  Latency runs from a submit's
+    send to its acknowledgement."""
+    packet = submit_packet("bench.tiny", monitor=False, **KEEP_OPEN)
+    remaining = submits
+    latencies: list[float] = []
+
+    async def client(connection: _Kept) -> None:
+        nonlocal remaining
+        in_flight: collections.deque[tuple[float, asyncio.Future[float]]] = collections.deque()
+        while remaining or in_flight:
+            count = min(depth - len(in_flight), remaining)
+            if count:
+                remaining -= count
+                started = time.perf_counter()
+                in_flight.extend((started, f) for f in connection.send(packet * count, count,
+                                                                       monitored=False))
+            started, oldest = in_flight.popleft()
+            latencies.append(await oldest - started)
+            while in_flight and in_flight[0][1].done():
+                started, done = in_flight.popleft()
+                latencies.append(done.result() - started)
+
+    elapsed = await _on_kept_connections(endpoint, clients, client)
+    return submit_metrics(submits, latencies, elapsed)

@@ -152,9 +152,12 @@ class GearmandTarget(_PeerTarget):
 
 
 class BeanstalkdTarget(_PeerTarget):
-    """beanstalkd, in memory (no binlog) or ``durable`` (a binlog fsynced after
-    every write, as jobmonitor's SQLite store fsyncs every commit); producers
-    learn of completion via reply tubes."""
+    """beanstalkd, in memory (no binlog) or ``durable`` (a binlog in the scratch
+    folder: fsynced after every write, as jobmonitor's SQLite store fsyncs every
+    commit with ``synchronous=full``; or with ``fsync=False`` never fsynced
+    (``-F``), as SQLite does not with ``synchronous=normal``); producers learn
+    of completion via reply tubes.  ``pipelined`` producers keep several
+    fire-and-forget puts in flight."""
 
     binary = "beanstalkd"
     package = "beanstalkd"
@@ -162,20 +165,28 @@ class BeanstalkdTarget(_PeerTarget):
     scenarios = frozenset({"jobs"})
 
     def __init__(self, workers: int, worker_loop: str, *, durable: bool = False,
-                 per_connection: bool = False) -> None:
+                 fsync: bool = True, per_connection: bool = False,
+                 pipelined: bool = False) -> None:
         super().__init__(workers, worker_loop)
         self.durable = durable
+        self.fsync = fsync
         self.per_connection = per_connection
-        kinds = [k for k, on in (("binlog, fsync", durable), ("a connection per job",
-                                                               per_connection)) if on]
+        self.pipelined = pipelined
+        binlog = "binlog, fsync" if fsync else "binlog, no fsync"
+        kinds = [k for k, on in ((binlog, durable), ("a connection per job", per_connection),
+                                 ("pipelined submits", pipelined)) if on]
         self.name = f"beanstalkd ({', '.join(kinds)})" if kinds else "beanstalkd"
-        storage = "binlog fsynced after every write" if durable else "no binlog"
+        storage = ("no binlog" if not durable else "binlog fsynced after every write" if fsync
+                   else "binlog never fsynced")
         clients = "a client connection per job" if per_connection else "kept client connections"
+        if pipelined:
+            clients += f", {beanstalk_depth()} fire-and-forget puts in flight"
         self.description = (f"beanstalkd ({storage}), {workers} worker connections, reply "
                             f"tubes, {clients}")
 
     def daemon_argv(self, path: str, port: int, scratch: str) -> list[str]:
-        durable = ["-b", scratch, "-f", "0"] if self.durable else []
+        durable = ["-b", scratch, *(("-f", "0") if self.fsync else ("-F",))] if self.durable \
+            else []
         return [path, "-l", "127.0.0.1", "-p", str(port), *durable]
 
     async def run(self, scenario: str, endpoint: Endpoint, sizes: Sizes) -> dict[str, float]:
@@ -185,7 +196,14 @@ class BeanstalkdTarget(_PeerTarget):
             return await run_jobs_scenario(endpoint, sizes, beanstalk.run_jobs_per_connection,
                                            beanstalk.run_submits_per_connection, beanstalk.idle)
         if scenario == "jobs":
-            return await run_jobs_scenario(endpoint, sizes, beanstalk.run_jobs,
-                                           beanstalk.run_submits, beanstalk.idle)
+            submits = beanstalk.run_submits_pipelined if self.pipelined else beanstalk.run_submits
+            return await run_jobs_scenario(endpoint, sizes, beanstalk.run_jobs, submits,
+                                           beanstalk.idle)
         raise ValueError(f"{self.name} cannot run {scenario}")
+
+
+def beanstalk_depth() -> int:
+    from peers import beanstalk
+
+    return beanstalk.PIPELINE_DEPTH
 

@@ -20,12 +20,15 @@ client closes after its ended line.
 
 Fire-and-forget submits (``run_submits``) ``put`` a job whose body is
 ``NO_REPLY`` and wait for ``INSERTED`` only; the worker just deletes such a
-job.  ``idle`` tells when the job tube is empty again.
+job.  ``run_submits_pipelined`` keeps ``PIPELINE_DEPTH`` puts in flight on
+each producer's connection, sending more as ``INSERTED`` lines come.  ``idle``
+tells when the job tube is empty again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -33,11 +36,13 @@ from functools import partial
 from harness import Endpoint, job_metrics, submit_metrics
 
 __all__ = ["run_jobs", "run_jobs_per_connection", "run_submits", "run_submits_per_connection",
-           "idle", "worker"]
+           "run_submits_pipelined", "idle", "worker", "PIPELINE_DEPTH"]
 
 JOB_TUBE = b"bench.jobs"
 TTR_S = 60
 NO_REPLY = b"-"  # a job body no tube is named (tube names cannot start with "-")
+#: Puts a pipelining producer keeps in flight (the same as jobmonitor's pipelining client).
+PIPELINE_DEPTH = 16
 
 
 def put(body: bytes) -> bytes:
@@ -248,6 +253,38 @@ async def run_submits(endpoint: Endpoint, submits: int, clients: int) -> dict[st
     latencies: list[float] = []
     started = time.perf_counter()
     await asyncio.gather(*(_submitter(endpoint, numbers, latencies) for _ in range(clients)))
+    return submit_metrics(submits, latencies, time.perf_counter() - started)
+
+
+async def _pipelining_submitter(endpoint: Endpoint, counter: list[int],
+                                latencies: list[float]) -> None:
+    reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+    try:
+        writer.write(b"use " + JOB_TUBE + b"\r\n")
+        await expect(reader, b"USING")
+        request = put(NO_REPLY)
+        in_flight: collections.deque[float] = collections.deque()
+        while counter[0] or in_flight:
+            count = min(PIPELINE_DEPTH - len(in_flight), counter[0])
+            if count:
+                counter[0] -= count
+                in_flight.extend([time.perf_counter()] * count)
+                writer.write(request * count)
+            await expect(reader, b"INSERTED")
+            latencies.append(time.perf_counter() - in_flight.popleft())
+    finally:
+        writer.close()
+
+
+async def run_submits_pipelined(endpoint: Endpoint, submits: int,
+                                clients: int) -> dict[str, float]:
+    """``submits`` fire-and-forget jobs from ``clients`` producers that keep their
+    connections, each with up to ``PIPELINE_DEPTH`` puts in flight."""
+    counter = [submits]
+    latencies: list[float] = []
+    started = time.perf_counter()
+    await asyncio.gather(*(_pipelining_submitter(endpoint, counter, latencies)
+                           for _ in range(clients)))
     return submit_metrics(submits, latencies, time.perf_counter() - started)
 
 

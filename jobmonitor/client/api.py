@@ -3,14 +3,10 @@
 A ``Client`` keeps its connection between calls (``keep_open``): each packet
 carries ``_sys_KeepOpen``, and once its answer is complete (the reply, or a
 stream's ended line) the connection waits, idle, for the next call.  Calls
-made at the same time use connections of their own; a few idle ones are kept.
-A connection the server closed meanwhile (its idle timeout, a restart, a
-server that does not keep connections) is found before a packet is sent on
-it, and a new one is opened.  Should a kept connection break after the packet
-went out, the command is sent again on a new connection only if that is safe
-(``connection.safe_to_resend``) or the server said it read nothing (its idle
-timeout).  With ``keep_open=False`` every request opens its own connection,
-as the protocol's original format has it.
+made at the same time use connections of their own.  ``kept`` reuses them,
+replaces one the server closed, and says when a command is sent again.  With
+``keep_open=False`` every request opens its own connection, as the protocol's
+original format has it.
 """
 
 from __future__ import annotations
@@ -23,9 +19,8 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from ..errors import ProtocolError, ReplyError
+from ..errors import ProtocolError
 from ..wire import DEFAULT_PORT
-from ..wire.codes import Reply
 from ..wire.packet_build import build_packet
 from ..wire.variables import (
     AFTER,
@@ -47,15 +42,8 @@ from ..wire.variables import (
     USER,
     USER_TOKEN,
 )
-from .connection import (
-    IdleConnections,
-    Value,
-    close_quietly,
-    open_connection,
-    read_reply,
-    safe_to_resend,
-    send_packet,
-)
+from .connection import Value, close_quietly
+from .kept import KeptConnections
 from .results import (
     Acknowledged,
     JobInfo,
@@ -83,9 +71,6 @@ from .transaction import Transaction
 __all__ = ["Client", "connect"]
 
 _TRANSACTION_ID = re.compile("T[0-9]{7}")  # (\d would take any script's digits)
-#: Most idle kept connections a client holds (calls made at the same time open more).
-MAX_IDLE_CONNECTIONS = 4
-_Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class Client:
@@ -136,10 +121,8 @@ class Client:
         #: What ``GetBuildString`` answered, once ``connect()`` has asked.
         self.server_build: str | None = None
         self._transactions: weakref.WeakSet[Transaction] = weakref.WeakSet()
-        self._idle = IdleConnections(MAX_IDLE_CONNECTIONS)
-        #: A kept connection has carried a second packet: the server keeps them.
-        self._keeps_connections = False
-        weakref.finalize(self, self._idle.abandon).atexit = False
+        self._connections = KeptConnections()
+        weakref.finalize(self, self._connections.idle.abandon).atexit = False
 
     def __repr__(self) -> str:
         return f"<Client {self.host}:{self.port}>"
@@ -156,7 +139,7 @@ class Client:
         used: a later call opens a new connection."""
         for transaction in list(self._transactions):
             await transaction.aclose()
-        await self._idle.aclose()
+        await self._connections.idle.aclose()
 
     # -- the general request ------------------------------------------------------
 
@@ -172,48 +155,19 @@ class Client:
     async def _request(self, command: str, variables: Mapping[str, Value] | None,
                        doc_variables: Mapping[str, Value] | None,
                        reply_timeout_s: float | None) -> list[str]:
-        reader, writer, lines = await self._exchange(command, variables or {}, doc_variables,
-                                                     reply_timeout_s)
-        await self._done_with(reader, writer)
+        reader, writer, lines = await self._connections.exchange(
+            self, command, variables or {}, doc_variables, reply_timeout_s)
+        await self._connections.done_with(self, reader, writer)
         return lines
-
-    async def _exchange(self, command: str, variables: Mapping[str, Value],
-                        doc_variables: Mapping[str, Value] | None,
-                        reply_timeout_s: float | None) -> tuple[asyncio.StreamReader,
-                                                                asyncio.StreamWriter, list[str]]:
-        """Send a packet and read its reply: on an idle kept connection if there is
-        one, else on a new one.  Returns the connection (a monitor's stream follows
-        on it) and the reply; after an error reply the connection is done with.
-
-        Raises:
-            ReplyError, OSError, ProtocolError: see the class.
-        """
-        packet = self._packet(command, variables, doc_variables)
-        safe = safe_to_resend(command, variables)
-        idle = self._idle.take() if self.keep_open else None
-        if idle is not None and not safe and not self._keeps_connections:
-            idle = await self._checked(idle)
-        if idle is not None:
-            try:
-                lines = await self._ask(idle, packet, reply_timeout_s)
-            except ReplyError as exc:
-                if exc.code != Reply.IDLE_TIMEOUT:
-                    self._keeps_connections = True
-                    raise
-                # (the server timed the connection out before our packet came: it
-                # read none of it, so the command goes again whatever it is)
-            except OSError as exc:  # the kept connection broke after we sent
-                if isinstance(exc, TimeoutError) or not safe:
-                    raise
-            else:
-                self._keeps_connections = True
-                return (*idle, lines)
-        connection = await open_connection(self.host, self.port,
-                                           timeout_s=self.connect_timeout_s, tls=self.tls)
-        return (*connection, await self._ask(connection, packet, reply_timeout_s))
 
     def _packet(self, command: str, variables: Mapping[str, Value],
                 doc_variables: Mapping[str, Value] | None) -> bytes:
+        """The packet of ``command``: with the credentials, and ``_sys_KeepOpen``
+        unless ``keep_open`` is off (what every call sends).
+
+        Raises:
+            ValueError, TypeError: a name or value no packet can carry.
+        """
         if self.user is not None:
             variables = {**variables, USER: self.user, PASSWORD: self._password}
         if self.keep_open:
@@ -221,58 +175,9 @@ class Client:
         return build_packet(command, dict(variables),
                             None if doc_variables is None else dict(doc_variables))
 
-    async def _checked(self, connection: _Connection) -> _Connection | None:
-        """The idle connection if the server answers a harmless command on it, else
-        None.  Asked before a command that must not be sent twice goes out on a
-        kept connection, until the server has shown that it keeps connections: one
-        that does not (an older server) closes each right after its reply, and the
-        close may come just after the reply (then only sending finds it)."""
-        try:
-            await self._ask(connection, self._packet("GetBuildString", {}, None),
-                            self.reply_timeout_s)
-        except ReplyError as exc:
-            if exc.code == Reply.IDLE_TIMEOUT:
-                return None
-        except OSError as exc:
-            if isinstance(exc, TimeoutError):
-                raise
-            return None
-        self._keeps_connections = True
-        return connection
-
-    async def _ask(self, connection: _Connection, packet: bytes,
-                   reply_timeout_s: float | None) -> list[str]:
-        """Send the packet on the connection and read the reply.  An error reply
-        leaves the connection done with; anything else raised closes it."""
-        reader, writer = connection
-        try:
-            await send_packet(writer, packet, timeout_s=self.connect_timeout_s,
-                              half_close=not self.keep_open)
-            return await read_reply(reader, reply_timeout_s)
-        except ReplyError as exc:
-            if exc.code == Reply.IDLE_TIMEOUT:
-                await close_quietly(writer)
-            else:
-                await self._done_with(reader, writer)
-            raise
-        except BaseException:
-            await close_quietly(writer)
-            raise
-
-    async def _done_with(self, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter) -> None:
-        """A connection whose answer is complete: kept for the next call, or closed."""
-        if self.keep_open:
-            self._idle.put(reader, writer)
-        else:
-            await close_quietly(writer)
-
     def _stream_ended(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """A transaction read its stream's ended line: its connection is done with."""
-        if self.keep_open:
-            self._idle.put(reader, writer)
-        else:
-            writer.close()
+        self._connections.stream_ended(self, reader, writer)
 
     async def _request_json(self, command: str, variables: Mapping[str, Value]) -> object:
         lines = await self.request(command, {**variables, FORMAT: "json"})
@@ -312,15 +217,15 @@ class Client:
             packet[USER_TOKEN] = user_token
         if job_token is not None:
             packet[JOB_TOKEN] = job_token
-        reader, writer, lines = await self._exchange("SubmitJob", packet, doc_variables,
-                                                     self.reply_timeout_s)
+        reader, writer, lines = await self._connections.exchange(
+            self, "SubmitJob", packet, doc_variables, self.reply_timeout_s)
         try:
             transaction_id = _transaction_id(lines)
         except BaseException:
             await close_quietly(writer)
             raise
         if not monitor:
-            await self._done_with(reader, writer)
+            await self._connections.done_with(self, reader, writer)
             return self._track(Transaction(self, transaction_id))
         return self._track(Transaction(self, transaction_id, reader, writer))
 
@@ -334,15 +239,15 @@ class Client:
         """
         packet = {TRANSACTION_ID: transaction_id,
                   CLIENT_JOB_MONITOR: "true" if monitor else "false"}
-        reader, writer, lines = await self._exchange("RerunJob", packet, None,
-                                                     self.reply_timeout_s)
+        reader, writer, lines = await self._connections.exchange(
+            self, "RerunJob", packet, None, self.reply_timeout_s)
         try:
             new = _transaction_id(lines)
         except BaseException:
             await close_quietly(writer)
             raise
         if not monitor:
-            await self._done_with(reader, writer)
+            await self._connections.done_with(self, reader, writer)
             return self._track(Transaction(self, new))
         return self._track(Transaction(self, new, reader, writer))
 
@@ -568,8 +473,8 @@ class Client:
                             ) -> tuple[str, asyncio.StreamReader, asyncio.StreamWriter]:
         """Attach to a job's stream; the transaction ID as the server answered it."""
         variables = {TRANSACTION_ID: transaction_id, FROM_LINE: str(from_line)}
-        reader, writer, lines = await self._exchange("MonitorJob", variables, None,
-                                                     self.reply_timeout_s)
+        reader, writer, lines = await self._connections.exchange(
+            self, "MonitorJob", variables, None, self.reply_timeout_s)
         try:
             answered = _transaction_id(lines)
         except BaseException:

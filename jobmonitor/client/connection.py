@@ -1,11 +1,8 @@
 """The client's socket work: open a connection, send a packet, read the reply.
 
 The protocol's format takes one packet per connection; a packet with
-``_sys_KeepOpen`` true keeps the connection for the next one.  A client that
-keeps its connections puts each back in its ``IdleConnections`` once its
-answer is complete, and takes it from there for the next command, after
-checking that the server has not closed it meanwhile (``still_open``).
-Packets are built with ``wire.packet_build`` (lxml, so any value is escaped
+``_sys_KeepOpen`` true keeps the connection for the next one (``kept`` reuses
+connections).  Packets are built with ``wire.packet_build`` (lxml, so any value is escaped
 correctly) and lines are read with ``wire.lines.parse_line``, the same code
 the server uses; ``replies.ReplyReader`` decides what a reply is.
 """
@@ -13,7 +10,6 @@ the server uses; ``replies.ReplyReader`` decides what a reply is.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import ssl
 from collections.abc import Mapping
@@ -30,7 +26,7 @@ CLOSE_TIMEOUT_S = 5.0
 Value = str | int | float | bool
 
 __all__ = ["open_request", "open_connection", "send_packet", "read_reply", "close_quietly",
-           "still_open", "safe_to_resend", "IdleConnections", "READ_LIMIT", "KEEP_OPEN", "Value"]
+           "set_idle", "safe_to_resend", "READ_LIMIT", "KEEP_OPEN", "Value"]
 
 #: Commands that change nothing: sent again on a new connection when a kept one
 #: broke before their reply.  (A submit is safe with a job token: see safe_to_resend.)
@@ -134,28 +130,6 @@ async def _readline(reader: asyncio.StreamReader) -> bytes:
         raise ProtocolError("reply line too long") from None
 
 
-def still_open(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-    """True when a kept connection can carry the next packet: open, and nothing
-    arrived since its last answer (the server's close, or anything it sent,
-    would be taken for the next reply).  The socket itself is asked, so a close
-    the event loop has not seen yet counts too."""
-    if writer.is_closing() or reader.at_eof() or reader.exception() is not None:
-        return False
-    sock = writer.get_extra_info("socket")
-    try:
-        probe = sock.dup()
-    except (AttributeError, OSError, ValueError):  # no socket to ask
-        return True  # (a close the loop has not seen yet is then found by sending)
-    with probe:
-        try:
-            probe.setblocking(False)  # (it already is: the event loop's socket)
-            return not probe.recv(1, socket.MSG_PEEK)  # b"": closed; bytes: not ours
-        except BlockingIOError:
-            return True  # nothing to read: open and quiet
-        except OSError:  # reset
-            return False
-
-
 class _ClientProtocol(asyncio.StreamReaderProtocol):
     """``asyncio.open_connection``'s protocol, but a connection that waits idle
     (``IdleConnections``) closes as soon as the server closes it: its socket is
@@ -167,57 +141,11 @@ class _ClientProtocol(asyncio.StreamReaderProtocol):
         return bool(super().eof_received()) and not self.idle
 
 
-def _set_idle(writer: asyncio.StreamWriter, idle: bool) -> None:
+def set_idle(writer: asyncio.StreamWriter, idle: bool) -> None:
+    """Say whether a connection waits idle (then the server's close closes it)."""
     protocol = writer.transport.get_protocol()
     if isinstance(protocol, _ClientProtocol):
         protocol.idle = idle
-
-
-class IdleConnections:
-    """A client's kept connections that wait for a command, the last used first
-    (at most ``most``: beyond, the oldest is closed)."""
-
-    def __init__(self, most: int) -> None:
-        self.most = most
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-
-    def __len__(self) -> int:
-        return len(self._idle)
-
-    def take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-        """An idle connection that is still open, or None (closed ones are dropped)."""
-        while self._idle:
-            reader, writer = self._idle.pop()
-            if still_open(reader, writer):
-                _set_idle(writer, False)
-                return reader, writer
-            writer.close()
-        return None
-
-    def put(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Keep a connection whose answer is complete for the next command (one
-        the server has closed already is closed; one it closes later closes then)."""
-        if writer.is_closing() or reader.at_eof():
-            writer.close()
-            return
-        _set_idle(writer, True)
-        self._idle.append((reader, writer))
-        if len(self._idle) > self.most:
-            self._idle.pop(0)[1].close()
-
-    async def aclose(self) -> None:
-        """Close every idle connection."""
-        idle, self._idle = self._idle, []
-        for _, writer in idle:
-            await close_quietly(writer)
-
-    def abandon(self) -> None:
-        """Drop every idle connection now, without waiting (the client is gone)."""
-        idle, self._idle = self._idle, []
-        for _, writer in idle:
-            # RuntimeError: its event loop is closed, and the socket goes with it.
-            with contextlib.suppress(RuntimeError):
-                writer.transport.abort()
 
 
 async def close_quietly(writer: asyncio.StreamWriter) -> None:

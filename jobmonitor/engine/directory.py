@@ -231,11 +231,10 @@ class JobDirectory:
         """Recorded lines from ``from_line`` on, from memory or the store."""
         job = self._jobs.get(transaction_id)
         if job is not None and job.stream.in_memory(from_line):
-            start = from_line - 1 - job.stream.base
             durable = job.stream.durable
             if durable is not None:  # only what a crash cannot take back
                 limit = min(limit, durable - from_line + 1)
-            lines = job.stream.lines[start:start + max(limit, 0)]
+            lines = job.stream.read(from_line - 1, from_line - 1 + max(limit, 0))
         elif isinstance(self._store, SharedStore):
             lines = await self._shared_read(transaction_id, from_line, limit)
         else:

@@ -2,9 +2,10 @@
 
 ``server`` (``Server``: listening, connections, ordered shutdown),
 ``connection`` (one client: read a packet, answer, maybe stream a job),
-``output`` (a connection's write path: batching, corks, flow control, ending),
-``commands`` (one method per command), ``placement`` (reading a submit's
-queue, priority and due time), ``auth`` (checking credentials and
+``input`` (a connection's reading: packets one at a time, their deadlines,
+kept connections), ``output`` (a connection's write path: batching, corks,
+flow control, ending), ``commands`` (one method per command), ``placement``
+(reading a submit's queue, priority and due time), ``auth`` (checking credentials and
 throttling), ``refusals`` (the operator's log of refused logins and
 permissions), ``reloading`` (what a reload changes), and the socket-level
 helpers ``deadlines``, ``sockets`` and ``eager``.

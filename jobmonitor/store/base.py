@@ -33,11 +33,14 @@ __all__ = ["Store", "Recordable", "Recovery", "TaskEvent"]
 
 
 class _Lines(Protocol):
-    lines: list[bytes]
     base: int
     flushed: int  # lines up to here have been announced (``changed``); the rest will be
 
     def __len__(self) -> int: ...
+
+    def pieces(self, start: int, stop: int, most: int) -> list[tuple[int, bytes]]:
+        """Lines ``start`` to ``stop`` (0-based, in memory) joined, in pieces of at
+        most ``most`` lines: (how many lines, their bytes)."""
 
 
 class Recordable(Protocol):

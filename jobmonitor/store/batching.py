@@ -54,7 +54,6 @@ BLOCK_LINES = 2000
 #: The pause after a failed commit before the next try.
 RETRY_DELAY_S = 1.0
 _FINAL = frozenset(state.value for state in JobState if state.is_final)
-_EMPTY = bytearray()
 
 
 @dataclass(slots=True)
@@ -77,7 +76,7 @@ class Batch:
     updates: list[tuple[Any, ...]] = field(default_factory=list)
     #: Runs of a job's consecutive lines: (number, first line, count, their bytes
     #: joined); every line ends with CRLF, so a block splits back exactly.
-    blocks: list[tuple[int, int, int, bytearray]] = field(default_factory=list)
+    blocks: list[tuple[int, int, int, bytes]] = field(default_factory=list)
     #: (number, seq, stage, status, timestamp, date, info)
     history: list[tuple[Any, ...]] = field(default_factory=list)
     #: (number, seq, name, uri, media_type)
@@ -255,11 +254,12 @@ class GroupCommitStore(Store):
             stream = job.stream
             # Only the lines already announced: a line said since then comes with
             # its flush's notice, which would otherwise start a commit for nothing.
-            first = taken.lines
-            new = stream.lines[first - stream.base:stream.flushed - stream.base]
-            if new:
-                _take_blocks(blocks, number, first, new)
-                taken.lines = first + len(new)
+            # The stream hands them over as blocks, mostly its own (nothing copied).
+            line = taken.lines
+            for count, data in stream.pieces(line, stream.flushed, BLOCK_LINES):
+                blocks.append((number, line + 1, count, data))
+                line += count
+            taken.lines = line
             events = record.history
             if len(events) > taken.history:
                 seq = taken.history
@@ -320,17 +320,6 @@ class GroupCommitStore(Store):
             taken.lines, taken.history, taken.outputs = lines, history, outputs
             self._taken[transaction_id] = taken  # a job that ended was let go
             self._dirty.setdefault(transaction_id, job)
-
-
-def _take_blocks(blocks: list[tuple[int, int, int, bytearray]], number: int, first: int,
-                 new: list[bytes]) -> None:
-    """Add a job's new lines, from line ``first + 1`` on, as blocks of at most
-    ``BLOCK_LINES``."""
-    for start in range(0, len(new), BLOCK_LINES):
-        block = new[start:start + BLOCK_LINES]
-        # A bytearray: the sqlite3 module binds it as it is, where bytes (like
-        # None) first go through its adapter lookup.
-        blocks.append((number, first + start + 1, len(block), _EMPTY.join(block)))
 
 
 def _take_numbered(rows: list[tuple[Any, ...]], number: int, items: Sequence[tuple[Any, ...]],

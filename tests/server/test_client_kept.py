@@ -31,7 +31,7 @@ STATUS_JSON = (b'R0000000: {"Id":"T0000001","Type":"echo","JobName":"","Status":
 
 def local_addresses(client: Client) -> list[tuple[str, int]]:
     """The client's side of its idle kept connections."""
-    return [writer.get_extra_info("sockname") for _, writer in client._idle._idle]
+    return [writer.get_extra_info("sockname") for _, writer in client._connections.idle._idle]
 
 
 def peers(server) -> set[str]:
@@ -74,7 +74,7 @@ async def test_calls_at_the_same_time_use_connections_of_their_own(server):
     async with Client("127.0.0.1", server.port) as client:
         statuses = await asyncio.gather(*(client.queue_length() for _ in range(10)))
         assert len(statuses) == 10
-        assert len(client._idle) == 4  # the idle ones kept (the rest closed)
+        assert len(client._connections.idle) == 4  # the idle ones kept (the rest closed)
 
 
 async def test_a_connection_the_server_closed_is_replaced_before_sending(make_server):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobmonitor.server import connection as connection_module
+from jobmonitor.server import input as input_module
 from jobmonitor.server.parse_turns import PacketReader
 
 from ..support.helpers import Session, xml_packet
@@ -20,7 +20,7 @@ async def test_a_packet_in_the_first_chunk_is_answered_without_a_reader(server, 
             super().__init__(*args, **kwargs)
             made.append(self)
 
-    monkeypatch.setattr(connection_module, "PacketReader", CountedReader)
+    monkeypatch.setattr(input_module, "PacketReader", CountedReader)
     session = await Session.open(server.port, xml_packet("GetJobQueueLen"))
     assert await session.rest() == ["R0000000- Queued: 0", "R0000000: Running: 0"]
     await session.close()

@@ -42,7 +42,7 @@ __all__ = ["SCHEMA", "JOB_COLUMNS", "UNFINISHED", "FINAL", "MAX_VARIABLES", "STA
            "UPDATE_HEAD", "UPDATE_GROUP", "UPDATE_TAIL", "transaction", "insert_rows", "shaped",
            "last_number", "transaction_id_of", "number_of", "job_row", "job_update",
            "job_record", "encode_json", "select_records", "list_page", "recent_events",
-           "find_token", "read_lines", "finished_before_numbers", "delete_numbers",
+           "find_token", "read_lines", "READ_BLOCKS", "finished_before_numbers", "delete_numbers",
            "undecodable_jobs", "ADDED_COLUMNS", "SCHEDULE_MARK_HEAD",
            "SCHEDULE_MARK_TAIL", "upgrade_schema", "schedule_marks_of", "stored_schedule_marks"]
 
@@ -448,12 +448,19 @@ def find_token(db: sqlite3.Connection, identity: str, job_token: str) -> str | N
     return transaction_id_of(row[0]) if row else None
 
 
+#: A job's stored blocks from the one that holds a line on (see ``read_lines``).
+READ_BLOCKS = (
+    "SELECT first_line, data FROM line_blocks WHERE number = ? AND first_line >= "
+    "(SELECT coalesce(max(first_line), 0) FROM line_blocks WHERE number = ? AND first_line <= ?) "
+    "AND first_line + count > ? ORDER BY first_line")
+
+
 def read_lines(db: sqlite3.Connection, number: int, from_line: int, limit: int) -> list[bytes]:
     """Up to ``limit`` of job ``number``'s stored lines from ``from_line`` (1-based) on."""
     found: list[bytes] = []
-    rows = db.execute(
-        "SELECT first_line, data FROM line_blocks WHERE number = ? "
-        "AND first_line + count > ? ORDER BY first_line", (number, from_line))
+    # From the block that holds from_line (the last to start at or before it), in
+    # the key's order: a search of the index, not a scan of every block before.
+    rows = db.execute(READ_BLOCKS, (number, number, from_line, from_line))
     for first_line, data in rows:
         lines = [part + b"\r\n" for part in data.split(b"\r\n")[:-1]]
         found.extend(lines[max(from_line - first_line, 0):])

@@ -66,6 +66,12 @@ class FakeStream:
     def __len__(self) -> int:
         return self.base + len(self.lines)
 
+    def pieces(self, start: int, stop: int, most: int) -> list[tuple[int, bytes]]:
+        first = start - self.base
+        return [(len(part), b"".join(part))
+                for part in (self.lines[at:min(at + most, stop - self.base)]
+                             for at in range(first, stop - self.base, most))]
+
 
 @dataclass
 class FakeJob:
