@@ -416,3 +416,19 @@ async def test_a_node_closing_while_a_handler_still_runs_stays_until_its_lease_e
     await first.close(keep_lock=True)
     assert [n.name for n in await second.nodes()] == ["a", "b"]
     assert await second.take("T0000001") is None
+
+
+async def test_a_node_whose_pool_is_all_busy_still_heartbeats(cluster):
+    (first, first_hooks), (second, second_hooks) = await cluster("a"), await cluster("b")
+    await first.add_held(running(1))
+    pool = first._pool
+    assert pool is not None
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    try:
+        # Long enough for the other node to reap this one, were it silent.
+        await asyncio.sleep(LEASE_S * 2.5)
+    finally:
+        for connection in held:
+            await pool.release(connection)
+    assert (first_hooks.lost_jobs, second_hooks.taken) == ([], [])
+    assert [n.name for n in await second.nodes()] == ["a", "b"]
