@@ -42,7 +42,8 @@ __all__ = ["PostgresStore"]
 
 log = logging.getLogger("jobmonitor.store")
 
-#: Connections a node's pool keeps open at most (the listener's is its own).
+#: Connections a node's pool keeps open at most, for reads, claims, takes and
+#: requests (the committer, the listener and the heartbeats have one each).
 POOL_SIZE = 4
 #: Transaction numbers a node takes at a time; it takes more when half are used.
 NUMBER_BLOCK = 100
@@ -68,6 +69,7 @@ class PostgresStore(FencedCommits, SharedStore):
         self._releases = {}
         self._token_taken = {}
         self._holding_now = 0
+        self._writing = None
         self._not_sweeping = asyncio.Event()
         self._not_sweeping.set()
         self._numbers: collections.deque[int] = collections.deque()
@@ -127,6 +129,12 @@ class PostgresStore(FencedCommits, SharedStore):
         await self._close_pool()
 
     async def _close_pool(self) -> None:
+        writer, self._writing = self._writing, None
+        if writer is not None:
+            try:
+                await asyncio.wait_for(writer.close(), CONNECT_TIMEOUT_S)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                writer.terminate()
         pool, self._pool = self._pool, None
         if pool is not None:
             try:

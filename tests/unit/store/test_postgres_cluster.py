@@ -95,6 +95,7 @@ async def crash(store: PostgresStore) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await store._committer
         store._committer = None
+    store._drop_writer()
     if store._pool is not None:
         store._pool.terminate()
         store._pool = None
@@ -432,3 +433,16 @@ async def test_a_node_whose_pool_is_all_busy_still_heartbeats(cluster):
             await pool.release(connection)
     assert (first_hooks.lost_jobs, second_hooks.taken) == ([], [])
     assert [n.name for n in await second.nodes()] == ["a", "b"]
+
+
+async def test_a_submit_does_not_wait_for_a_busy_pool(cluster):
+    (store, _), = [await cluster("a")]
+    pool = store._pool
+    assert pool is not None
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    try:
+        await asyncio.wait_for(store.add_held(running(1)), 2.0)  # (a pool wait: 3 s)
+    finally:
+        for connection in held:
+            await pool.release(connection)
+    assert await store.load("T0000001") is not None
