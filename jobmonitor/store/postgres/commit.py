@@ -166,6 +166,9 @@ class FencedCommits(GroupCommitStore):
                 self._drop_writer()  # (the next commit connects anew)
             raise
         self._written(batch, *outcome)
+        for number, epoch in releases.items():
+            if self.epochs.get(number, (None, -1))[1] == epoch:
+                self.forget(number)  # (let go, or already someone else's: not ours now)
 
     async def _writer(self) -> asyncpg.Connection[asyncpg.Record]:
         """The committer's own connection (opened when missing): commits never wait

@@ -195,11 +195,8 @@ class Node:
             self.hooks.work_available()
             if self._may_reap():
                 await self._reap()
-            if self._beats % SWEEP_EVERY == 0 and self.store.begin_sweep():
-                try:
-                    await self._find_strays()
-                finally:
-                    self.store.end_sweep()
+            if self._beats % SWEEP_EVERY == 0:
+                await self._find_strays()
             self._beats += 1
         except StoreUnavailable as exc:
             log.debug("the chores after a heartbeat failed: %s", exc)
@@ -261,9 +258,20 @@ class Node:
             self.hooks.work_available()
 
     async def _find_strays(self) -> None:
-        released, taken = await self.store.call(
-            sql.strays, self.node_id, self.store.held(), self.settings.channel("work"),
-            refused=0)
+        store = self.store
+
+        async def sweep(db: Db) -> tuple[list[int], list[tuple[JobRecord, int]]]:
+            # (With a connection at hand: adds, claims and takes wait only for the
+            # statement, never for the pool.)
+            if not store.begin_sweep():
+                return [], []  # (one is under way: next time)
+            try:
+                return await sql.strays(db, self.node_id, store.held(),
+                                        self.settings.channel("work"))
+            finally:
+                store.end_sweep()
+
+        released, taken = await store.call(sweep, refused=0)
         if released or taken:
             log.warning("found %d jobs held by this node that it did not know of (an answer "
                         "lost with its connection): let go of %d waiting, recovering %d "
