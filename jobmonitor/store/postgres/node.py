@@ -13,7 +13,12 @@ old, and each must first have had the time to write its own again.
 
 The heartbeat is also the fallback of the notifications: each one asks for
 the requests addressed to this node and tells the engine work may be waiting,
-so a lost notification costs at most a heartbeat.
+so a lost notification costs at most a heartbeat.  Now and then it also looks
+for *strays*: jobs the database says this node holds that it does not know of
+(a claim or take whose answer was lost with its connection).
+
+The heartbeat has a connection of its own, and the chores that follow it run
+beside it on the pool: however busy the pool, the node never looks dead.
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ Being a node (``node``): a row in ``nodes``, its heartbeat, the reaper, and the
 listener for notifications.  Every database failure that is the environment's
 raises ``StoreUnavailable`` within the connect and statement timeouts; what was
 pending stays pending and is written once the database is back.
+
+Connections: a pool of up to ``POOL_SIZE`` for reads, claims, takes and
+requests, and one each for the committer, the heartbeats and the listener, so
+none of those waits for the others (a node opens at most seven).
 """
 
 from __future__ import annotations
