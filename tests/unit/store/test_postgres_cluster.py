@@ -446,3 +446,17 @@ async def test_a_submit_does_not_wait_for_a_busy_pool(cluster):
         for connection in held:
             await pool.release(connection)
     assert await store.load("T0000001") is not None
+
+
+async def test_a_dead_nodes_job_cannot_be_asked_for_but_can_be_taken(cluster):
+    (first, _), (second, second_hooks) = await cluster("a"), await cluster("b")
+    await first.add_held(running(1))
+    await crash(first)
+    # Its lease has run out (before any reaper came by: the other node is new).
+    await sql(second, "UPDATE nodes SET heartbeat = now() - interval '1 hour' "
+                      "WHERE node_id = $1", first.node.node_id)
+    assert await second.request("T0000001", "cancel") is False
+    taken = await second.take("T0000001")
+    assert taken is not None and taken.status is JobState.PROCESSING
+    assert second.held() == [1]
+    assert second_hooks.taken == []  # (taken to act on it, not taken over)
