@@ -255,8 +255,11 @@ class FencedCommits(GroupCommitStore):
             await db.execute(sql.UPSERT_MARKS, *sql.columns(marks))
         released: list[int] = []
         if releases:
-            released = [r[0] for r in await db.fetch(
-                sql.RELEASE, list(releases), list(releases.values()), self.node.node_id)]
+            let_go = await db.fetch(sql.RELEASE, list(releases), list(releases.values()),
+                                    self.node.node_id, sql.RUNNING_STATES)
+            released = [r[0] for r in let_go if r[1]]
+            for number in (r[0] for r in let_go if not r[1]):
+                del releases[number]  # (still this node's: not forgotten)
         # (Nobody waits on the lines of a job new in this commit: no notice of them.)
         updated = {update[0]: update[1] for update in updates if update[0] not in left_out}
         statuses = {row[0]: row[6] for row in rows if row[0] not in left_out}

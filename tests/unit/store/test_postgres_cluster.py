@@ -460,3 +460,15 @@ async def test_a_dead_nodes_job_cannot_be_asked_for_but_can_be_taken(cluster):
     assert taken is not None and taken.status is JobState.PROCESSING
     assert second.held() == [1]
     assert second_hooks.taken == []  # (taken to act on it, not taken over)
+
+
+async def test_a_running_job_is_not_let_go(cluster):
+    """Nobody claims a running job: released, it would never run again."""
+    (first, _), (second, _) = await cluster("a"), await cluster("b")
+    await first.add_held(running(1))
+    first.release("T0000001")
+    await first.flush()
+    assert first.held() == [1]
+    rows = await sql(first, "SELECT node_id FROM jobs WHERE number = 1")
+    assert rows[0][0] == first.node.node_id
+    assert await second.take("T0000001") is None
