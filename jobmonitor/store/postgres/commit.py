@@ -35,7 +35,7 @@ from ..batching import Batch, GroupCommitStore, Taken
 from ..shared import TokenTaken
 from ..sqlite.rows import FINAL, number_of, schedule_marks_of, transaction_id_of
 from . import sql
-from .connect import CONNECT_TIMEOUT_S, Settings, unavailable
+from .connect import STATEMENT_TIMEOUT_S, Settings, unavailable
 from .node import Node
 
 if TYPE_CHECKING:
@@ -74,6 +74,8 @@ class FencedCommits(GroupCommitStore):
     #: (a heartbeat is looking for the jobs this node holds without knowing it).
     _holding_now: int
     _not_sweeping: asyncio.Event
+    #: The committer's connection (``_writer``).
+    _writing: asyncpg.Connection[asyncpg.Record] | None
 
     async def add(self, job: Recordable) -> None:
         await self._add(job, None, 0)
@@ -144,26 +146,45 @@ class FencedCommits(GroupCommitStore):
         if not (batch.rows or batch.updates or releases):
             return
         try:
-            pool = self._pool
-            if pool is None:
-                raise StoreUnavailable("the store is closed")
-            async with pool.acquire(timeout=CONNECT_TIMEOUT_S) as db:
-                for attempt in range(1, WRITE_TRIES + 1):
-                    try:
-                        if batch.updates or releases:
-                            async with db.transaction():
-                                outcome = await self._write(db, batch, releases)
-                        else:
-                            outcome = await self._write_new(db, batch)
-                        break
-                    except asyncpg.TransactionRollbackError:
-                        if attempt == WRITE_TRIES:
-                            raise  # (a deadlock or a serialization failure each time)
+            db = await self._writer()
+            for attempt in range(1, WRITE_TRIES + 1):
+                try:
+                    if batch.updates or releases:
+                        async with db.transaction():
+                            outcome = await self._write(db, batch, releases)
+                    else:
+                        outcome = await self._write_new(db, batch)
+                    break
+                except asyncpg.TransactionRollbackError:
+                    if attempt == WRITE_TRIES:
+                        raise  # (a deadlock or a serialization failure each time)
         except BaseException:
             for number, epoch in releases.items():
                 self._releases.setdefault(number, epoch)
+            writer = self._writing
+            if writer is not None and (writer.is_closed() or writer.is_in_transaction()):
+                self._drop_writer()  # (the next commit connects anew)
             raise
         self._written(batch, *outcome)
+        for number, epoch in releases.items():
+            if self.epochs.get(number, (None, -1))[1] == epoch:
+                self.forget(number)  # (let go, or already someone else's: not ours now)
+
+    async def _writer(self) -> asyncpg.Connection[asyncpg.Record]:
+        """The committer's own connection (opened when missing): commits never wait
+        for one of the pool's, which reads may keep busy."""
+        if self._pool is None:
+            raise StoreUnavailable("the store is closed")
+        db = self._writing
+        if db is None or db.is_closed():
+            db = self._writing = await asyncpg.connect(
+                command_timeout=STATEMENT_TIMEOUT_S, **self.settings.connect_kwargs())
+        return db
+
+    def _drop_writer(self) -> None:
+        db, self._writing = self._writing, None
+        if db is not None:
+            db.terminate()
 
     def _new_rows(self, batch: Batch) -> list[tuple[Any, ...]]:
         """The batch's new job rows with who holds them (none for an ended job)."""
@@ -234,8 +255,11 @@ class FencedCommits(GroupCommitStore):
             await db.execute(sql.UPSERT_MARKS, *sql.columns(marks))
         released: list[int] = []
         if releases:
-            released = [r[0] for r in await db.fetch(
-                sql.RELEASE, list(releases), list(releases.values()), self.node.node_id)]
+            let_go = await db.fetch(sql.RELEASE, list(releases), list(releases.values()),
+                                    self.node.node_id, sql.RUNNING_STATES)
+            released = [r[0] for r in let_go if r[1]]
+            for number in (r[0] for r in let_go if not r[1]):
+                del releases[number]  # (still this node's: not forgotten)
         # (Nobody waits on the lines of a job new in this commit: no notice of them.)
         updated = {update[0]: update[1] for update in updates if update[0] not in left_out}
         statuses = {row[0]: row[6] for row in rows if row[0] not in left_out}

@@ -68,7 +68,8 @@ class Settings:
         return {"host": self.host, "port": self.port, "user": self.user,
                 "password": self.password, "database": self.database,
                 "timeout": CONNECT_TIMEOUT_S,
-                "server_settings": {"search_path": self.schema,
+                # (Quoted, as the schema was made: a name with capitals stays so.)
+                "server_settings": {"search_path": f'"{self.schema}"',
                                     "application_name": "jobmonitor",
                                     "client_min_messages": "warning"}}
 

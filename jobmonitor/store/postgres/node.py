@@ -13,7 +13,12 @@ old, and each must first have had the time to write its own again.
 
 The heartbeat is also the fallback of the notifications: each one asks for
 the requests addressed to this node and tells the engine work may be waiting,
-so a lost notification costs at most a heartbeat.
+so a lost notification costs at most a heartbeat.  Now and then it also looks
+for *strays*: jobs the database says this node holds that it does not know of
+(a claim or take whose answer was lost with its connection).
+
+The heartbeat has a connection of its own, and the chores that follow it run
+beside it on the pool: however busy the pool, the node never looks dead.
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+import asyncpg
+
 from ...errors import StoreUnavailable
 from ...wire.records import JobRecord
 from ..shared import Action, ClusterHooks
 from ..sqlite.rows import number_of, transaction_id_of
 from . import sql
-from .connect import Listener, Settings
+from .connect import Listener, Settings, unavailable
 
 if TYPE_CHECKING:
     from .sql import Db
@@ -107,6 +114,12 @@ class Node:
         self._asking: asyncio.Task[None] | None = None
         self._reaps = 0
         self._beats = 0
+        self._beat_db: asyncpg.Connection[asyncpg.Record] | None = None
+        self._chores: asyncio.Task[None] | None = None
+        #: The first heartbeat of the current run without a gap, and the last one
+        #: (loop time); a node reaps only a lease into such a run.
+        self._good_since: float | None = None
+        self._last_good = 0.0
         self.listener = Listener(settings, {
             settings.channel("work"): self._heard_work,
             settings.channel("lines"): self._heard_lines,
@@ -130,50 +143,89 @@ class Node:
 
     async def stop(self) -> None:
         await self.listener.stop()
-        for task in (self._beating, self._asking):
+        for task in (self._beating, self._asking, self._chores):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._beating = self._asking = None
+        self._beating = self._asking = self._chores = None
+        self._drop_beat_connection()
 
     # -- heartbeats and the reaper ------------------------------------------------------
 
     async def _beat(self) -> None:
+        """Write a heartbeat every ``heartbeat_s``, and start the chores that
+        follow one (unless the last ones still run: they use the pool, which may
+        be busy, and must never hold up the heartbeats)."""
         loop = asyncio.get_running_loop()
-        good_since: float | None = None  # the first heartbeat of the current good run
-        last_good = 0.0
+        next_beat = loop.time()
         while True:
             try:
-                alive = await asyncio.wait_for(
-                    self.store.call(sql.heartbeat, self.node_id, refused=0), self.lease_s)
+                alive = await asyncio.wait_for(self._say_alive(), self.lease_s)
                 now = loop.time()
-                if good_since is None or now - last_good > self.lease_s:
-                    good_since = now  # a gap: a lease must pass before reaping again
-                last_good = now
+                if self._good_since is None or now - self._last_good > self.lease_s:
+                    self._good_since = now  # a gap: a lease must pass before reaping again
+                self._last_good = now
                 self.store.worked()
                 if not alive:
-                    await self._declared_dead()
-                    good_since = None
-                else:
-                    await self._take_requests()
-                    self.hooks.work_available()
-                    if now - good_since >= self.lease_s:
-                        await self._reap()
-                    if self._beats % SWEEP_EVERY == 0 and self.store.begin_sweep():
-                        try:
-                            await self._find_strays()
-                        finally:
-                            self.store.end_sweep()
-                    self._beats += 1
+                    self._good_since = None
+                    await asyncio.wait_for(self._declared_dead(), self.lease_s)
+                elif self._chores is None or self._chores.done():
+                    self._chores = loop.create_task(self._do_chores())
             except (StoreUnavailable, TimeoutError) as exc:
-                good_since = None
+                self._good_since = None
+                self._drop_beat_connection()
                 log.debug("a heartbeat failed: %s", exc)
             except Exception:  # a bug: logged, and the heartbeats go on
-                good_since = None
+                self._good_since = None
+                self._drop_beat_connection()
                 log.exception("a heartbeat failed")
             self.listener.check()
-            await asyncio.sleep(self.heartbeat_s)
+            # (At a steady pace: the time a heartbeat took is not added to the period.)
+            next_beat = max(next_beat + self.heartbeat_s, loop.time())
+            await asyncio.sleep(next_beat - loop.time())
+
+    def _may_reap(self) -> bool:
+        """This node's own heartbeats have gone through for a whole lease, the
+        last one just now."""
+        now = asyncio.get_running_loop().time()
+        return (self._good_since is not None and now - self._good_since >= self.lease_s
+                and now - self._last_good <= self.heartbeat_s * 2)
+
+    async def _do_chores(self) -> None:
+        """After a heartbeat: the requests for this node, a poll for work, the
+        reaper, and now and then a look for strays."""
+        try:
+            await self._take_requests()
+            self.hooks.work_available()
+            if self._may_reap():
+                await self._reap()
+            if self._beats % SWEEP_EVERY == 0:
+                await self._find_strays()
+            self._beats += 1
+        except StoreUnavailable as exc:
+            log.debug("the chores after a heartbeat failed: %s", exc)
+        except Exception:  # a bug: logged, and the next heartbeat tries again
+            log.exception("the chores after a heartbeat failed")
+
+    async def _say_alive(self) -> bool:
+        """Write this node's heartbeat, on a connection of its own: a pool busy
+        with reads and commits must not make the node look dead."""
+        db = self._beat_db
+        try:
+            if db is None or db.is_closed():
+                db = self._beat_db = await asyncpg.connect(**self.settings.connect_kwargs())
+            return await sql.heartbeat(db, self.node_id)
+        except Exception as exc:
+            refusal = unavailable(exc)
+            if refusal is None:
+                raise
+            raise refusal from exc
+
+    def _drop_beat_connection(self) -> None:
+        db, self._beat_db = self._beat_db, None
+        if db is not None:
+            db.terminate()
 
     async def _declared_dead(self) -> None:
         """The other nodes declared this one dead and took its jobs: drop them
@@ -185,7 +237,10 @@ class Node:
         log.error("this node (%s) was declared dead by the others (its heartbeats stopped "
                   "for longer than %.1f s) and lost its %d jobs; it joins again as %s",
                   old, self.lease_s, len(lost), self.node_id)
-        await self.store.call(self.register, refused=0)
+        db = self._beat_db
+        if db is None:
+            raise StoreUnavailable("the heartbeat's connection broke")
+        await self.register(db)
         if lost:
             self.hooks.lost([transaction_id_of(number) for number in lost])
 
@@ -208,9 +263,20 @@ class Node:
             self.hooks.work_available()
 
     async def _find_strays(self) -> None:
-        released, taken = await self.store.call(
-            sql.strays, self.node_id, self.store.held(), self.settings.channel("work"),
-            refused=0)
+        store = self.store
+
+        async def sweep(db: Db) -> tuple[list[int], list[tuple[JobRecord, int]]]:
+            # (With a connection at hand: adds, claims and takes wait only for the
+            # statement, never for the pool.)
+            if not store.begin_sweep():
+                return [], []  # (one is under way: next time)
+            try:
+                return await sql.strays(db, self.node_id, store.held(),
+                                        self.settings.channel("work"))
+            finally:
+                store.end_sweep()
+
+        released, taken = await store.call(sweep, refused=0)
         if released or taken:
             log.warning("found %d jobs held by this node that it did not know of (an answer "
                         "lost with its connection): let go of %d waiting, recovering %d "

@@ -163,9 +163,12 @@ INSERT_NEW = (
     "AND status IN ('Queued', 'Created') LIMIT 1) AS waiting) "
     "SELECT number FROM ins LEFT JOIN (SELECT count(*) FROM w) AS told ON true")
 #: Let go of jobs this node holds (number, epoch), for others to claim.
-RELEASE = ("UPDATE jobs AS j SET node_id = NULL FROM unnest($1::integer[], $2::bigint[]) "
+#: A running job is not let go (nobody would run it): it stays this node's, and
+#: is taken over by another when this node leaves.  (number, whether let go)
+RELEASE = ("UPDATE jobs AS j SET node_id = CASE WHEN j.status = ANY($4::text[]) "
+           "THEN j.node_id END FROM unnest($1::integer[], $2::bigint[]) "
            "AS r(number, epoch) WHERE j.number = r.number AND j.epoch = r.epoch "
-           "AND j.node_id = $3 RETURNING j.number")
+           "AND j.node_id = $3 RETURNING j.number, j.node_id IS NULL")
 #: Several notifications in one round trip: (channel, payload) pairs.
 NOTIFY = "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)"
 

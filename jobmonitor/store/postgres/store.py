@@ -9,6 +9,10 @@ Being a node (``node``): a row in ``nodes``, its heartbeat, the reaper, and the
 listener for notifications.  Every database failure that is the environment's
 raises ``StoreUnavailable`` within the connect and statement timeouts; what was
 pending stays pending and is written once the database is back.
+
+Connections: a pool of up to ``POOL_SIZE`` for reads, claims, takes and
+requests, and one each for the committer, the heartbeats and the listener, so
+none of those waits for the others (a node opens at most seven).
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ __all__ = ["PostgresStore"]
 
 log = logging.getLogger("jobmonitor.store")
 
-#: Connections a node's pool keeps open at most (the listener's is its own).
+#: Connections a node's pool keeps open at most, for reads, claims, takes and
+#: requests (the committer, the listener and the heartbeats have one each).
 POOL_SIZE = 4
 #: Transaction numbers a node takes at a time; it takes more when half are used.
 NUMBER_BLOCK = 100
@@ -68,6 +73,7 @@ class PostgresStore(FencedCommits, SharedStore):
         self._releases = {}
         self._token_taken = {}
         self._holding_now = 0
+        self._writing = None
         self._not_sweeping = asyncio.Event()
         self._not_sweeping.set()
         self._numbers: collections.deque[int] = collections.deque()
@@ -127,6 +133,12 @@ class PostgresStore(FencedCommits, SharedStore):
         await self._close_pool()
 
     async def _close_pool(self) -> None:
+        writer, self._writing = self._writing, None
+        if writer is not None:
+            try:
+                await asyncio.wait_for(writer.close(), CONNECT_TIMEOUT_S)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                writer.terminate()
         pool, self._pool = self._pool, None
         if pool is not None:
             try:

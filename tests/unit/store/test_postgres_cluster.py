@@ -95,6 +95,7 @@ async def crash(store: PostgresStore) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await store._committer
         store._committer = None
+    store._drop_writer()
     if store._pool is not None:
         store._pool.terminate()
         store._pool = None
@@ -415,4 +416,59 @@ async def test_a_node_closing_while_a_handler_still_runs_stays_until_its_lease_e
     await first.add_held(running(1))
     await first.close(keep_lock=True)
     assert [n.name for n in await second.nodes()] == ["a", "b"]
+    assert await second.take("T0000001") is None
+
+
+async def test_a_node_whose_pool_is_all_busy_still_heartbeats(cluster):
+    (first, first_hooks), (second, second_hooks) = await cluster("a"), await cluster("b")
+    await first.add_held(running(1))
+    pool = first._pool
+    assert pool is not None
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    try:
+        # Long enough for the other node to reap this one, were it silent.
+        await asyncio.sleep(LEASE_S * 2.5)
+    finally:
+        for connection in held:
+            await pool.release(connection)
+    assert (first_hooks.lost_jobs, second_hooks.taken) == ([], [])
+    assert [n.name for n in await second.nodes()] == ["a", "b"]
+
+
+async def test_a_submit_does_not_wait_for_a_busy_pool(cluster):
+    (store, _), = [await cluster("a")]
+    pool = store._pool
+    assert pool is not None
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    try:
+        await asyncio.wait_for(store.add_held(running(1)), 2.0)  # (a pool wait: 3 s)
+    finally:
+        for connection in held:
+            await pool.release(connection)
+    assert await store.load("T0000001") is not None
+
+
+async def test_a_dead_nodes_job_cannot_be_asked_for_but_can_be_taken(cluster):
+    (first, _), (second, second_hooks) = await cluster("a"), await cluster("b")
+    await first.add_held(running(1))
+    await crash(first)
+    # Its lease has run out (before any reaper came by: the other node is new).
+    await sql(second, "UPDATE nodes SET heartbeat = now() - interval '1 hour' "
+                      "WHERE node_id = $1", first.node.node_id)
+    assert await second.request("T0000001", "cancel") is False
+    taken = await second.take("T0000001")
+    assert taken is not None and taken.status is JobState.PROCESSING
+    assert second.held() == [1]
+    assert second_hooks.taken == []  # (taken to act on it, not taken over)
+
+
+async def test_a_running_job_is_not_let_go(cluster):
+    """Nobody claims a running job: released, it would never run again."""
+    (first, _), (second, _) = await cluster("a"), await cluster("b")
+    await first.add_held(running(1))
+    first.release("T0000001")
+    await first.flush()
+    assert first.held() == [1]
+    rows = await sql(first, "SELECT node_id FROM jobs WHERE number = 1")
+    assert rows[0][0] == first.node.node_id
     assert await second.take("T0000001") is None

@@ -146,3 +146,15 @@ async def test_two_jobs_of_one_schedule_in_one_commit_keep_the_later_mark(pg_url
     await again.close()
     assert recovery.schedule_marks == {"nightly": 200.0}
 
+
+
+async def test_a_schema_name_with_capitals_is_used_as_written(postgres_server):
+    url = postgres_server.url("Jobs_Upper")
+    store = open_store(url)
+    await store.open()
+    try:
+        await store.add(job(1))
+        assert await store.load("T0000001") is not None
+    finally:
+        await store.close()
+    assert await open_store(url).check() == []
