@@ -43,7 +43,8 @@ class Config:
     jobs: tuple[str, ...] = _setting(
         (), "job module to load: pkg.module[:attr] or path/file.py[:attr] (repeatable)")
     store: str | None = _setting(
-        None, "where jobs are kept: sqlite:///PATH, sqlite:////ABSOLUTE/PATH or memory:// "
+        None, "where jobs are kept: sqlite:///PATH, sqlite:////ABSOLUTE/PATH, memory://, or "
+        "postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME[?schema=NAME] for a cluster's node "
         "(default: jobmonitor.db in --data-dir for `jobmonitor serve`, memory when embedded)")
     data_dir: str = _setting(".", "folder of the default SQLite database")
     keep_days: float = _setting(7.0, "days finished jobs are kept (0 keeps them forever)")
