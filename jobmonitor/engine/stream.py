@@ -50,15 +50,8 @@ WRITE_LINES = 4096
 #: Most lines in one block (the SQLite store's blocks hold as many: it stores
 #: a block as it is).
 BLOCK_LINES = 2000
-#: Lines that gather in ``lines`` before a flush seals them into blocks.  Small
-#: blocks (a job that yields every hundred lines sealed one each loop turn) cost
-#: the store a row each to write (its thread's CPU per line: 0.40 us for blocks
-#: of 100 lines, 0.33 for 512), and a monitor reading back a row each to read
-#: (and a wait for the interpreter lock per row, while the loop is busy).  Lines
-#: not yet sealed cost some fifty bytes each more than their text: at most tens
-#: of kilobytes per job.  (Not BLOCK_LINES: blocks over 128 KiB are allocated
-#: apart, and the allocator's threshold moves; the server grew more.)
-SEAL_LINES = 512
+#: Lines that gather in ``lines`` before a flush seals them into blocks.
+SEAL_LINES = 64
 _JOIN = b"".join
 
 

@@ -462,7 +462,8 @@ def read_lines(db: sqlite3.Connection, number: int, from_line: int, limit: int) 
     # the key's order: a search of the index, not a scan of every block before.
     rows = db.execute(READ_BLOCKS, (number, number, from_line, from_line))
     for first_line, data in rows:
-        lines = [part + b"\r\n" for part in data.split(b"\r\n")[:-1]]
+        # (bytes.splitlines breaks only at CR, LF and CRLF: a line has none inside)
+        lines = data.splitlines(keepends=True)
         found.extend(lines[max(from_line - first_line, 0):])
         if len(found) >= limit:
             break

@@ -91,17 +91,6 @@ async def test_a_watcher_gets_at_most_write_lines_a_write_and_whole_blocks_uncop
     assert all(len(data.splitlines()) <= WRITE_LINES for data in watcher.received)
 
 
-async def test_a_store_behind_a_job_that_yields_often_takes_its_lines_in_big_pieces():
-    # A job that yields every 100 lines flushes every 100: a store behind it takes a
-    # piece (a row) per SEAL_LINES at least (hundreds), not one per flush, in order.
-    count = 5150
-    stream = await stream_of(count, 100)
-    pieces = stream.pieces(50, count, BLOCK_LINES)
-    assert all(n >= 500 for n, _ in pieces[1:-1]) and len(pieces) <= 12
-    assert b"".join(data for _, data in pieces) == b"".join(
-        line(n) for n in range(51, count + 1))
-
-
 async def test_trimming_goes_a_block_at_a_time():
     stream = await stream_of(5000, 1000)  # blocks of 1000 lines
     stream.trim(2500)  # lines 1..2499 may go: the blocks of 1..1000 and 1001..2000 do
