@@ -17,6 +17,7 @@ With any other store none of this runs: ``_shared`` is None.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -60,6 +61,9 @@ class Clustered:
     _spare_number: int | None
     _claiming: asyncio.Task[None] | None
     _claim_again: bool
+    _settling: set[asyncio.Task[None]]
+    _releasing: dict[str, list[Action]]
+    _adding: dict[str, list[asyncio.Future[None]] | None]
     started_at: float
     address: str
 
@@ -222,9 +226,18 @@ class Clustered:
     def requested(self, transaction_id: str, action: Action) -> None:
         """Another node asked for ``action`` on a job held here: as a local command
         (one the job's state no longer allows is ignored)."""
+        asked_meanwhile = self._releasing.get(transaction_id)
+        if asked_meanwhile is not None:  # being let go: passed on once it is (see settle)
+            asked_meanwhile.append(action)
+            return
         job = self.jobs.live(transaction_id)
         if job is None or job.state.is_final:
             return
+        self._act_here(job, action)
+        self._in_background(self.settle(job))
+
+    def _act_here(self, job: Job, action: Action) -> None:
+        """``action`` on a job held here, asked by another node (or passed on)."""
         try:
             if action == "cancel":
                 self.cancel(job)
@@ -233,8 +246,26 @@ class Clustered:
             else:
                 self.resume(job)
         except RequestError as exc:
-            log.info("%s asked of %s by another node: %s", action, transaction_id,
+            log.info("%s asked of %s by another node: %s", action, job.transaction_id,
                      exc.reply_text)
+
+    def _in_background(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._settling.add(task)  # (kept while it runs: the loop holds tasks weakly)
+        task.add_done_callback(self._settling.discard)
+
+    async def _pass_on(self, transaction_id: str, action: Action) -> None:
+        """An action asked of a job while this node let go of it: asked again of
+        whoever holds it now (or done here, if nobody does)."""
+        try:
+            if await self.act_elsewhere(transaction_id, action) is None:
+                job = self.jobs.live(transaction_id)
+                if job is not None and not job.state.is_final:
+                    self._act_here(job, action)
+                    await self.settle(job)
+        except (RequestError, StoreUnavailable) as exc:
+            log.warning("%s asked of %s by another node was lost: %s", action,
+                        transaction_id, exc)
 
     def lost(self, transaction_ids: Sequence[str]) -> None:
         """These jobs were taken over while this node was cut off: stop their runs
@@ -304,11 +335,48 @@ class Clustered:
         self._name_machine(job)
         if job.state is JobState.QUEUED:
             handler = self._runner.handlers.get(record.project)
-            if handler is not None:
+            if handler is not None:  # (not started: the command acts first, see settle)
                 self._runner.queue_recovered(job, handler)
-                self._runner.start_ready()
         elif job.state is JobState.CREATED:
             self._due.add(job)
+
+    async def settle(self, job: Job) -> None:
+        """After a command acted on a job held here: return once the change is
+        stored, so that every node reads what the reply says; and a job left
+        waiting (queued, or due later) goes back to the store for any node to
+        claim, unless it starts here now (it would otherwise wait for this
+        node's slots while others are idle)."""
+        shared = self._shared
+        if shared is None:
+            return
+        with contextlib.suppress(StoreUnavailable):  # (stored once the store is back)
+            await shared.flush()
+        transaction_id = job.transaction_id
+        if (self.jobs.live(transaction_id) is not job or self._runner.is_running(job)
+                or transaction_id in self._adding or not self._accepting):
+            return
+        if job.state is JobState.QUEUED:
+            self._runner.start_ready()
+            if self._runner.is_running(job):
+                return
+        elif job.state is not JobState.CREATED:
+            return  # (a suspended job stays with the node that holds it)
+        self._runner.withdraw(job)
+        self._due.remove(job)
+        shared.release(transaction_id)
+        job.on_change = None
+        self.jobs.forget(transaction_id)
+        job.stream.hand_over()  # its monitors here follow the store from now on
+        # A request another node makes before the release is stored is this
+        # node's to pass on to whoever holds the job next.
+        asked_meanwhile = self._releasing[transaction_id] = []
+        try:
+            with contextlib.suppress(StoreUnavailable):
+                await shared.flush()
+        finally:
+            del self._releasing[transaction_id]
+        for action in asked_meanwhile:
+            await self._pass_on(transaction_id, action)
 
     # -- what the cluster shows ----------------------------------------------------------
 

@@ -222,6 +222,37 @@ async def test_cancel_suspend_and_resume_reach_the_node_running_the_job(nodes):
         f"R0005010: Invalid state for this request: {tid} has already ended (Cancelled)"]
 
 
+async def test_a_command_on_a_queued_job_is_stored_before_its_reply(nodes):
+    a = nodes.start("a", "--max-running", "1")
+    b = nodes.start("b", "--max-running", "1")
+    busy_a = await submitted(a.port, "checked-ticker", Count="1000")  # a's one slot
+    busy_b = await submitted(b.port, "checked-ticker", Count="1000")  # b's one slot
+    waiting = await submitted(a.port, "echo")  # nobody has a slot: it waits unheld
+    assert await command(b.port, "SuspendJob", waiting) == [f"R0000000: {waiting} suspended"]
+    # At once, on the other node: the job is suspended, as b said.
+    assert await command(a.port, "ResumeJob", waiting) == [f"R0000000: {waiting} resumed"]
+    for busy, node in ((busy_a, a), (busy_b, b)):
+        assert await command(node.port, "CancelJob", busy) == [f"R0000000: {busy}"]
+    lines = texts(await replay(a.port, waiting))  # (to its end)
+    assert lines[2:4] == [SUSPENDED, RESUMED]
+    assert lines[-2:] == ["J0000020: Job completed successfully.", ended(waiting)]
+
+
+async def test_a_job_resumed_on_a_busy_node_runs_on_an_idle_one(nodes):
+    a = nodes.start("a", "--max-running", "1")
+    b = nodes.start("b", "--max-running", "1")
+    busy_a = await submitted(a.port, "checked-ticker", Count="1000")
+    await submitted(b.port, "checked-ticker", Count="1000")
+    waiting = await submitted(a.port, "echo")  # nobody has a slot: it waits unheld
+    assert await command(b.port, "SuspendJob", waiting) == [f"R0000000: {waiting} suspended"]
+    assert await command(a.port, "CancelJob", busy_a) == [f"R0000000: {busy_a}"]  # a is idle
+    # b holds the suspended job and has no slot: once resumed, a runs it.
+    assert await command(a.port, "ResumeJob", waiting) == [f"R0000000: {waiting} resumed"]
+    lines = texts(await replay(a.port, waiting))  # (to its end)
+    assert lines[-2:] == ["J0000020: Job completed successfully.", ended(waiting)]
+    assert (await status(a.port, waiting))["WorkerId"] == "a"
+
+
 async def test_list_nodes_shows_every_live_node(nodes):
     procs = [nodes.start(name) for name in ("a", "b", "c")]
     lines = await exchange(procs[1].port, xml_packet("ListNodes"))
