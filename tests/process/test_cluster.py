@@ -117,6 +117,19 @@ def ticks(lines: list[str]) -> list[int]:
     return [int(m.group(1)) for line in lines if (m := TICK.fullmatch(line))]
 
 
+async def accepting(port: int) -> None:
+    """Return once ``port`` accepts connections (within a few seconds)."""
+    for _ in range(300):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.01)
+            continue
+        writer.close()
+        return
+    raise AssertionError(f"nothing listens on port {port}")
+
+
 async def status(port: int, tid: str) -> dict[str, object]:
     (reply,) = await exchange(port, xml_packet(
         "GetJobStatus", {"_sys_TransactionID": tid, "_sys_Format": "json"}))
@@ -175,6 +188,7 @@ async def test_server_sent_events_on_another_node_follow_the_job_to_its_end(node
     a = nodes.start("a")
     web_port = free_port()
     b = nodes.start("b", "--http-port", str(web_port))
+    await accepting(web_port)  # (the HTTP listener starts just after the TCP one says ready)
     tid = await submitted(a.port, "checked-ticker", Count="15", Interval="0.03")
     reader, writer = await asyncio.open_connection("127.0.0.1", web_port)
     writer.write(f"GET /api/v1/jobs/{tid}/events HTTP/1.0\r\n\r\n".encode())
