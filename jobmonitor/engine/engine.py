@@ -161,6 +161,8 @@ class Engine(Clustered, Placing):
         if self._shared is not None:  # queued and waiting jobs go to the other nodes
             if self._claiming is not None:  # (it lets go of what it gets: see _claim)
                 await asyncio.wait([self._claiming], timeout=CLAIM_WAIT_S)
+            if self._settling:  # (actions passed on may take a job: let go of it below)
+                await asyncio.wait(list(self._settling), timeout=CLAIM_WAIT_S)
             self._release_waiting()
             with contextlib.suppress(StoreUnavailable):  # (else the lease's end lets go)
                 await self._store.flush()
