@@ -175,8 +175,11 @@ class Clustered:
                     shared.release(record.transaction_id)
                 return
             for record in records:
-                self._hold_claimed(record)
-            self._runner.start_ready()
+                if self._runner.lines.has_room(record.queue):
+                    self._hold_claimed(record)
+                    self._runner.start_ready()
+                else:  # its queue is full here (by the jobs just claimed): for the others
+                    shared.release(record.transaction_id)
             if len(records) < free and not self._claim_again:
                 return
 
@@ -357,7 +360,7 @@ class Clustered:
             return
         if job.state is JobState.QUEUED:
             self._runner.start_ready()
-            if self._runner.is_running(job):
+            if job not in self._runner.lines:  # started, or waiting out a retry's delay
                 return
         elif job.state is not JobState.CREATED:
             return  # (a suspended job stays with the node that holds it)

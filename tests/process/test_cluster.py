@@ -16,6 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from jobmonitor.wire.states import JobState
+
 from ..support.helpers import Session, exchange, submit, xml_packet
 from ..support.postgres import PostgresServer
 from .test_cli import ServerProcess, run_cli
@@ -128,6 +130,16 @@ async def accepting(port: int) -> None:
         writer.close()
         return
     raise AssertionError(f"nothing listens on port {port}")
+
+
+async def until_running(port: int, tids: list[str], count: int) -> list[dict[str, object]]:
+    """The jobs' statuses once ``count`` of them are running (within a few seconds)."""
+    for _ in range(300):
+        found = [await status(port, tid) for tid in tids]
+        if sum(job["Status"] == JobState.PROCESSING.number for job in found) >= count:
+            return found
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"fewer than {count} of {tids} running: {found}")
 
 
 async def status(port: int, tid: str) -> dict[str, object]:
@@ -265,6 +277,23 @@ async def test_a_job_resumed_on_a_busy_node_runs_on_an_idle_one(nodes):
     lines = texts(await replay(a.port, waiting))  # (to its end)
     assert lines[-2:] == ["J0000020: Job completed successfully.", ended(waiting)]
     assert (await status(a.port, waiting))["WorkerId"] == "a"
+
+
+async def test_a_node_claims_no_more_of_a_queue_than_it_may_run(nodes, tmp_path):
+    config = tmp_path / "queues.toml"
+    config.write_text("[queues.reports]\nmax_running = 1\n")
+    b = nodes.start("b", "--config", str(config), "--max-running", "1")
+    busy_b = await submitted(b.port, "checked-ticker", Count="1000")
+    reports = [await submitted(b.port, "checked-ticker", Count="1000", _sys_QueueName="reports")
+               for _ in range(2)]
+    a = nodes.start("a", "--config", str(config), "--max-running", "4")  # claims at its start
+    await until_running(a.port, reports, 1)
+    assert await command(b.port, "CancelJob", busy_b) == [f"R0000000: {busy_b}"]
+    # a runs one report and has let the other go: b, free now, runs it.
+    found = await until_running(a.port, reports, 2)
+    assert sorted(str(job["WorkerId"]) for job in found) == ["a", "b"]
+    for tid in reports:
+        assert await command(a.port, "CancelJob", tid) == [f"R0000000: {tid}"]
 
 
 async def test_list_nodes_shows_every_live_node(nodes):
