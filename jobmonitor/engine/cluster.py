@@ -137,7 +137,8 @@ class Clustered:
         if not held:
             await self._add(job, shared.add)
             job.on_change = None
-            self.jobs.forget(job.transaction_id)
+            if self.jobs.live(job.transaction_id) is job:  # (not if claimed here meanwhile)
+                self.jobs.forget(job.transaction_id)
             return False
         self._reserved += 1
         try:
