@@ -42,6 +42,9 @@ log = logging.getLogger("jobmonitor.engine")
 #: How often a command on a job held elsewhere asks again when the holder
 #: changed between its ``request`` and its ``take``.
 TAKE_TRIES = 3
+#: How long a command on a waiting job held elsewhere waits for its holder to
+#: store the job's new state before it asks again.
+ASK_WAIT_S = 1.0
 #: The state each action leads to (checked before asking anyone).
 _ACTION_STATE = {"cancel": JobState.CANCELLED, "suspend": JobState.SUSPENDED,
                  "resume": JobState.PROCESSING}
@@ -319,7 +322,9 @@ class Clustered:
             record = await self.jobs.record(transaction_id)
             _check_action(record, action)
             if await shared.request(transaction_id, action):
-                return _asked_text(transaction_id, action)
+                if record.started is not None or await self._holder_acted(record):
+                    return _asked_text(transaction_id, action)
+                continue  # let go meanwhile, the request with it: ask whoever holds it now
             taken = await shared.take(transaction_id)
             if taken is not None:
                 self._hold_taken(taken)
@@ -327,6 +332,25 @@ class Clustered:
             if self.jobs.live(transaction_id) is not None:  # (claimed here meanwhile)
                 return None
         raise RequestError(Reply.SERVER_BUSY, f"{transaction_id} is changing hands; try again")
+
+    async def _holder_acted(self, record: JobRecord) -> bool:
+        """Whether the holder of a job that waits (queued, due later, suspended
+        before it ran), asked for an action, has stored a new state: it acts on
+        such a job at once.  False when it has not within ``ASK_WAIT_S``: it may
+        have let go of the job just as it was asked (the request went with it)."""
+        shared = self._shared
+        assert shared is not None
+        transaction_id = record.transaction_id
+        loop = asyncio.get_running_loop()
+        until = loop.time() + ASK_WAIT_S
+        while (left := until - loop.time()) > 0:
+            # (woken by the holder's commit of the job's lines or state)
+            await shared.wait_lines(transaction_id, record.line_count, left)
+            now = await self.jobs.record(transaction_id)
+            if now.status is not record.status:
+                return True
+            record = now  # (lines only: wait for what comes next)
+        return False
 
     def _hold_taken(self, record: JobRecord) -> None:
         """A job taken to act on it here: as it was (queued, due later, suspended),

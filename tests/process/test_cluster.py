@@ -279,6 +279,21 @@ async def test_a_job_resumed_on_a_busy_node_runs_on_an_idle_one(nodes):
     assert (await status(a.port, waiting))["WorkerId"] == "a"
 
 
+async def test_a_cancel_right_after_a_resume_on_another_node_is_never_lost(nodes):
+    a = nodes.start("a", "--max-running", "1")
+    b = nodes.start("b", "--max-running", "1")
+    await submitted(a.port, "checked-ticker", Count="1000")  # a's one slot
+    await submitted(b.port, "checked-ticker", Count="1000")  # b's one slot
+    for _ in range(8):
+        waiting = await submitted(a.port, "echo")  # nobody has a slot: it waits unheld
+        assert await command(b.port, "SuspendJob", waiting) == [f"R0000000: {waiting} suspended"]
+        # b resumes it and, having no slot, lets it go: the cancel must find it.
+        assert await command(a.port, "ResumeJob", waiting) == [f"R0000000: {waiting} resumed"]
+        assert await command(a.port, "CancelJob", waiting) == [f"R0000000: {waiting}"]
+        lines = texts(await replay(a.port, waiting))  # (to its end)
+        assert lines[-2:] == [CANCELLED, ended(waiting)]
+
+
 async def test_a_node_claims_no_more_of_a_queue_than_it_may_run(nodes, tmp_path):
     config = tmp_path / "queues.toml"
     config.write_text("[queues.reports]\nmax_running = 1\n")
