@@ -354,6 +354,17 @@ async def test_a_stopping_node_lets_the_others_have_the_jobs_it_held(nodes):
                      "J0000020: Job completed successfully.", ended(waiting)]
 
 
+async def test_check_store_on_postgresql_does_not_print_the_password(nodes):
+    nodes.start("a")  # (it makes the tables)
+    url = nodes.url.replace("postgres@", "postgres:s3cret-pw@", 1)  # (the server trusts all)
+    result = await asyncio.get_running_loop().run_in_executor(
+        None, run_cli, "serve", "--store", url, "--check-store")
+    assert result.returncode == 0, result.stderr
+    assert "s3cret-pw" not in result.stdout + result.stderr
+    assert result.stdout.endswith(": no problems found\n"), result.stdout
+    assert result.stdout.startswith("PostgreSQL postgres@127.0.0.1:"), result.stdout
+
+
 # -- failures -------------------------------------------------------------------------------
 
 
