@@ -322,7 +322,7 @@ class Clustered:
             record = await self.jobs.record(transaction_id)
             _check_action(record, action)
             if await shared.request(transaction_id, action):
-                if record.started is not None or await self._holder_acted(record):
+                if _running(record) or await self._holder_acted(record):
                     return _asked_text(transaction_id, action)
                 continue  # let go meanwhile, the request with it: ask whoever holds it now
             taken = await shared.take(transaction_id)
@@ -434,6 +434,13 @@ def _check_action(record: JobRecord, action: Action) -> None:
                                f"{record.transaction_id} is {state.value}, not Suspended")
     elif not can_transition(state, _ACTION_STATE[action]):
         raise RequestError(Reply.INVALID_STATE, f"{record.transaction_id} is {state.value}")
+
+
+def _running(record: JobRecord) -> bool:
+    """Whether the stored job runs (its holder acts on it at its next await or
+    checkpoint), rather than waits (queued again after a retry included)."""
+    return record.status is JobState.PROCESSING or (
+        record.status is JobState.SUSPENDED and record.started is not None)
 
 
 def _asked_text(transaction_id: str, action: Action) -> str:
