@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -20,7 +23,7 @@ from jobmonitor.wire.states import JobState
 
 from ..support.helpers import Session, exchange, submit, xml_packet
 from ..support.postgres import PostgresServer
-from .test_cli import ServerProcess, run_cli
+from .test_cli import ROOT, ServerProcess, run_cli
 
 HEARTBEAT_S, LEASE_S = "0.2", "1"
 TICK = re.compile(r"J0000100: tick (\d+)")
@@ -363,6 +366,20 @@ async def test_check_store_on_postgresql_does_not_print_the_password(nodes):
     assert "s3cret-pw" not in result.stdout + result.stderr
     assert result.stdout.endswith(": no problems found\n"), result.stdout
     assert result.stdout.startswith("PostgreSQL postgres@127.0.0.1:"), result.stdout
+
+
+def test_serve_on_postgresql_without_its_driver_says_what_to_install_in_one_line(tmp_path):
+    hidden = tmp_path / "asyncpg"  # (an asyncpg that cannot be imported, first on the path)
+    hidden.mkdir()
+    (hidden / "__init__.py").write_text("raise ImportError('No module named asyncpg')\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "jobmonitor", "serve", "--jobs", "tests/support/jobs.py",
+         "--store", "postgresql://jm@127.0.0.1:1/jobs"], cwd=ROOT, capture_output=True,
+        text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "jobmonitor: store: a postgresql:// store needs its driver: install the PostgreSQL "
+        "driver: pip install 'jobmonitor[postgres]'"]
 
 
 # -- failures -------------------------------------------------------------------------------
