@@ -6,10 +6,12 @@ for (``add_held``), the queued jobs it ``claim``\\ s when a slot frees or work
 appears elsewhere, and the jobs it takes over from a dead node.  Any other job
 lives in the store: commands on it read the store, and cancel, suspend and
 resume either ask the node holding it (``request``) or hold it here (``take``)
-and act as on a local job.  What the store tells the node comes through the
-``ClusterHooks`` methods here: ``work_available``, ``requested``, ``lost``
-(fenced: stop those runs, write nothing) and ``taken_over`` (recover them as a
-restart recovers jobs).
+and act as on a local job.  After such a command (``settle``) the node answers
+once the change is stored, and lets go of a job it leaves waiting that it has
+no slot for, so that any node may run it.  What the store tells the node
+comes through the ``ClusterHooks`` methods here: ``work_available``,
+``requested``, ``lost`` (fenced: stop those runs, write nothing) and
+``taken_over`` (recover them as a restart recovers jobs).
 
 With any other store none of this runs: ``_shared`` is None.
 """
