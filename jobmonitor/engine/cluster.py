@@ -215,11 +215,15 @@ class Clustered:
 
     def _release_waiting(self) -> None:
         """At a stop: let go of every unfinished job not running here (queued,
-        waiting for a retry or its due time, suspended), for the others to claim."""
+        waiting for a retry or its due time, suspended before it ran), for the
+        others to claim.  A run the stop left to recovery (``retry_on_restart``)
+        stays held: the node that reaps this one takes it over and runs it again
+        (let go, it would be a running job nobody holds, which no node claims)."""
         shared = self._shared
         assert shared is not None
         for job in self.jobs.live_jobs():
-            if job.state.is_final or self._runner.is_running(job):
+            if (job.state.is_final or self._runner.is_running(job)
+                    or _running(job.record)):
                 continue
             self._runner.withdraw(job)
             self._due.remove(job)
@@ -300,12 +304,18 @@ class Clustered:
         """A dead node's unfinished jobs, now held here: recovered as after a
         restart, the interruption naming the dead node."""
         for record in records:
-            if self.jobs.live(record.transaction_id) is not None:
-                continue  # (held here all along: nothing to recover)
-            log.warning("job %s of node %s, which stopped, is taken over", record.transaction_id,
-                        record.worker)
-            self._recover(record, dead_node=record.worker or "?")
+            if self.jobs.live(record.transaction_id) is None:  # (else held here all along)
+                self._take_over(record)
         self._runner.start_ready()
+
+    def _take_over(self, record: JobRecord) -> None:
+        """Recover a job whose node stopped; one run again here names this node."""
+        log.warning("job %s of node %s, which stopped, is taken over", record.transaction_id,
+                    record.worker)
+        self._recover(record, dead_node=record.worker or "?")
+        job = self.jobs.live(record.transaction_id)
+        if job is not None and not job.state.is_final:  # (run again, or kept) here
+            self._name_machine(job)
 
     # -- commands on jobs held elsewhere -------------------------------------------------
 
@@ -359,7 +369,7 @@ class Clustered:
         or recovered if the node that ran it is gone."""
         if record.started is not None and record.status in (JobState.PROCESSING,
                                                             JobState.SUSPENDED):
-            self._recover(record, dead_node=record.worker or "?")
+            self._take_over(record)  # (not started yet: the command acts first)
             return
         job = self._adopt(record)
         self._name_machine(job)

@@ -382,6 +382,21 @@ def test_serve_on_postgresql_without_its_driver_says_what_to_install_in_one_line
         "driver: pip install 'jobmonitor[postgres]'"]
 
 
+async def test_a_stopping_nodes_retry_on_restart_job_runs_again_on_another(nodes, tmp_path):
+    a, b = nodes.start("a"), nodes.start("b")
+    tid = await submitted(a.port, "retry-once", Marker=str(tmp_path / "marker"))
+    watcher = await monitor(b.port, tid)
+    seen: list[str] = []
+    await until_line(watcher, "J0000100: first run", seen)
+    assert a.stop() == 0  # its job is left to be taken over, as a restart leaves it
+    await until_line(watcher, ended(tid), seen)
+    await watcher.close()
+    assert seen[-6:] == ["J0005002: Job interrupted: node a stopped",
+                         "J0000132: Job queued to run again.", "J0000100: Machine name: b",
+                         "J0000100: second run", "J0000020: Job completed successfully.",
+                         ended(tid)]
+
+
 # -- failures -------------------------------------------------------------------------------
 
 
