@@ -229,6 +229,16 @@ async def test_two_nodes_racing_one_job_token_make_one_job(nodes):
     assert listing[0].endswith("5 jobs"), listing[0]
 
 
+async def test_two_monitored_submits_racing_one_job_token_both_follow_the_one_job(nodes):
+    a, b = nodes.start("a"), nodes.start("b")
+    packet = submit("checked-ticker", _sys_JobToken="watched", Count="5", Interval="0.02")
+    first, second = await asyncio.gather(exchange(a.port, packet), exchange(b.port, packet))
+    assert first[0] == second[0] and first[0].startswith("R0000000: T"), (first, second)
+    tid = first[0].removeprefix("R0000000: ")
+    assert first[1:] == second[1:] == texts(await replay(a.port, tid))
+    assert first[-1] == ended(tid) and ticks(first) == [1, 2, 3, 4, 5]
+
+
 async def test_cancel_suspend_and_resume_reach_the_node_running_the_job(nodes):
     b, c = nodes.start("b"), nodes.start("c")
     tid = await submitted(b.port, "checked-ticker", Count="1000", Interval="0.02")
