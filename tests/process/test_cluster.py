@@ -239,6 +239,37 @@ async def test_two_monitored_submits_racing_one_job_token_both_follow_the_one_jo
     assert first[-1] == ended(tid) and ticks(first) == [1, 2, 3, 4, 5]
 
 
+async def test_a_user_cannot_reach_another_users_job_through_another_node(nodes, tmp_path):
+    from jobmonitor.users import hash_password
+
+    digest = hash_password("pw")
+    config = tmp_path / "users.toml"
+    config.write_text("".join(f'[users.{name}]\npassword_hash = "{digest}"\n{extra}'
+                              for name, extra in (("ann", ""), ("bob", ""),
+                                                  ("root", 'role = "admin"\n'))))
+    a = nodes.start("a", "--config", str(config))
+    b = nodes.start("b", "--config", str(config))
+
+    def as_user(user: str, command_name: str, **variables: str) -> bytes:
+        return xml_packet(command_name, {"_sys_User": user, "_sys_Password": "pw", **variables})
+
+    (reply,) = await exchange(a.port, as_user("ann", "SubmitJob", ProjectName="checked-ticker",
+                                              Count="1000", _sys_JobToken="mine"))
+    tid = reply.removeprefix("R0000000: ")
+    for name in ("GetJobStatus", "CancelJob", "SuspendJob", "MonitorJob", "DeleteJob",
+                 "RetrieveJob", "RerunJob"):
+        assert await exchange(b.port, as_user("bob", name, _sys_TransactionID=tid)) == [
+            f"R0005009: Unknown transaction: {tid}"], name
+    assert (await exchange(b.port, as_user("bob", "GetJobStatus", _sys_JobToken="mine")))[0] \
+        .startswith("R0005009")
+    assert await exchange(b.port, as_user("bob", "ListJobs")) == ["R0000000: 0 jobs"]
+    assert await exchange(b.port, as_user("bob", "ListNodes")) == [
+        "R0005013: Permission denied: ListNodes is for administrators"]
+    assert (await exchange(b.port, as_user("root", "ListNodes")))[0] == "R0000000- 2 nodes"
+    assert await exchange(b.port, as_user("ann", "CancelJob", _sys_JobToken="mine")) == [
+        f"R0000000: {tid}"]
+
+
 async def test_cancel_suspend_and_resume_reach_the_node_running_the_job(nodes):
     b, c = nodes.start("b"), nodes.start("c")
     tid = await submitted(b.port, "checked-ticker", Count="1000", Interval="0.02")
