@@ -27,6 +27,8 @@ NEEDS_RESTART = ("host", "port", "store", "data_dir", "commit_interval_s",
                  "cluster_heartbeat_s", "cluster_lease_s")
 #: The store URL schemes of a cluster's shared store (issue 18).
 CLUSTER_SCHEMES = ("postgresql", "postgres")
+#: ``host`` values that listen on every address of the machine.
+_EVERY_ADDRESS = frozenset({"", "0.0.0.0", "::"})
 
 
 def _setting(default: Any, help: str, *, flag: bool = True) -> Any:
@@ -153,7 +155,10 @@ class Config:
             return {}
         import socket
 
-        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        host = self.host
+        if host in _EVERY_ADDRESS:  # (ListNodes would show 0.0.0.0: the machine's name says more)
+            host = socket.gethostname()
+        address = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
         return {"node_name": self.node_name or f"{socket.gethostname()}:{self.port}",
                 "address": address, "heartbeat_s": self.cluster_heartbeat_s,
                 "lease_s": self.cluster_lease_s}

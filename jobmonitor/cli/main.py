@@ -220,14 +220,16 @@ def _check_store(config: Config) -> int:
     assert config.store is not None
     store = open_store(config.store, data_dir=config.data_dir)
     problems = asyncio.run(store.check())
-    where = getattr(store, "path", config.store)
+    # (a file's path; a PostgreSQL store as its log lines name it: not its password)
+    settings = getattr(store, "settings", None)
+    where = getattr(store, "path", None) or getattr(settings, "where", None) or config.store
     for problem in problems:
         print(f"{where}: {problem}")
     if not problems:
         print(f"{where}: no problems found")
         return 0
-    print(f"{where}: {len(problems)} problem{'s' if len(problems) > 1 else ''} found; "
-          f"{STORE_DAMAGED}")
+    advice = f"; {STORE_DAMAGED}" if hasattr(store, "path") else ""  # (a SQLite file's)
+    print(f"{where}: {len(problems)} problem{'s' if len(problems) > 1 else ''} found{advice}")
     return 1
 
 

@@ -6,10 +6,12 @@ for (``add_held``), the queued jobs it ``claim``\\ s when a slot frees or work
 appears elsewhere, and the jobs it takes over from a dead node.  Any other job
 lives in the store: commands on it read the store, and cancel, suspend and
 resume either ask the node holding it (``request``) or hold it here (``take``)
-and act as on a local job.  What the store tells the node comes through the
-``ClusterHooks`` methods here: ``work_available``, ``requested``, ``lost``
-(fenced: stop those runs, write nothing) and ``taken_over`` (recover them as a
-restart recovers jobs).
+and act as on a local job.  After such a command (``settle``) the node answers
+once the change is stored, and lets go of a job it leaves waiting that it has
+no slot for, so that any node may run it.  What the store tells the node
+comes through the ``ClusterHooks`` methods here: ``work_available``,
+``requested``, ``lost`` (fenced: stop those runs, write nothing) and
+``taken_over`` (recover them as a restart recovers jobs).
 
 With any other store none of this runs: ``_shared`` is None.
 """
@@ -17,6 +19,7 @@ With any other store none of this runs: ``_shared`` is None.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -41,6 +44,9 @@ log = logging.getLogger("jobmonitor.engine")
 #: How often a command on a job held elsewhere asks again when the holder
 #: changed between its ``request`` and its ``take``.
 TAKE_TRIES = 3
+#: How long a command on a waiting job held elsewhere waits for its holder to
+#: store the job's new state before it asks again.
+ASK_WAIT_S = 1.0
 #: The state each action leads to (checked before asking anyone).
 _ACTION_STATE = {"cancel": JobState.CANCELLED, "suspend": JobState.SUSPENDED,
                  "resume": JobState.PROCESSING}
@@ -60,6 +66,9 @@ class Clustered:
     _spare_number: int | None
     _claiming: asyncio.Task[None] | None
     _claim_again: bool
+    _settling: set[asyncio.Task[None]]
+    _releasing: dict[str, list[Action]]
+    _adding: dict[str, list[asyncio.Future[None]] | None]
     started_at: float
     address: str
 
@@ -133,7 +142,8 @@ class Clustered:
         if not held:
             await self._add(job, shared.add)
             job.on_change = None
-            self.jobs.forget(job.transaction_id)
+            if self.jobs.live(job.transaction_id) is job:  # (not if claimed here meanwhile)
+                self.jobs.forget(job.transaction_id)
             return False
         self._reserved += 1
         try:
@@ -171,8 +181,11 @@ class Clustered:
                     shared.release(record.transaction_id)
                 return
             for record in records:
-                self._hold_claimed(record)
-            self._runner.start_ready()
+                if self._runner.lines.has_room(record.queue):
+                    self._hold_claimed(record)
+                    self._runner.start_ready()
+                else:  # its queue is full here (by the jobs just claimed): for the others
+                    shared.release(record.transaction_id)
             if len(records) < free and not self._claim_again:
                 return
 
@@ -202,11 +215,15 @@ class Clustered:
 
     def _release_waiting(self) -> None:
         """At a stop: let go of every unfinished job not running here (queued,
-        waiting for a retry or its due time, suspended), for the others to claim."""
+        waiting for a retry or its due time, suspended before it ran), for the
+        others to claim.  A run the stop left to recovery (``retry_on_restart``)
+        stays held: the node that reaps this one takes it over and runs it again
+        (let go, it would be a running job nobody holds, which no node claims)."""
         shared = self._shared
         assert shared is not None
         for job in self.jobs.live_jobs():
-            if job.state.is_final or self._runner.is_running(job):
+            if (job.state.is_final or self._runner.is_running(job)
+                    or _running(job.record)):
                 continue
             self._runner.withdraw(job)
             self._due.remove(job)
@@ -222,9 +239,18 @@ class Clustered:
     def requested(self, transaction_id: str, action: Action) -> None:
         """Another node asked for ``action`` on a job held here: as a local command
         (one the job's state no longer allows is ignored)."""
+        asked_meanwhile = self._releasing.get(transaction_id)
+        if asked_meanwhile is not None:  # being let go: passed on once it is (see settle)
+            asked_meanwhile.append(action)
+            return
         job = self.jobs.live(transaction_id)
         if job is None or job.state.is_final:
             return
+        self._act_here(job, action)
+        self._in_background(self.settle(job))
+
+    def _act_here(self, job: Job, action: Action) -> None:
+        """``action`` on a job held here, asked by another node (or passed on)."""
         try:
             if action == "cancel":
                 self.cancel(job)
@@ -233,8 +259,26 @@ class Clustered:
             else:
                 self.resume(job)
         except RequestError as exc:
-            log.info("%s asked of %s by another node: %s", action, transaction_id,
+            log.info("%s asked of %s by another node: %s", action, job.transaction_id,
                      exc.reply_text)
+
+    def _in_background(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._settling.add(task)  # (kept while it runs: the loop holds tasks weakly)
+        task.add_done_callback(self._settling.discard)
+
+    async def _pass_on(self, transaction_id: str, action: Action) -> None:
+        """An action asked of a job while this node let go of it: asked again of
+        whoever holds it now (or done here, if nobody does)."""
+        try:
+            if await self.act_elsewhere(transaction_id, action) is None:
+                job = self.jobs.live(transaction_id)
+                if job is not None and not job.state.is_final:
+                    self._act_here(job, action)
+                    await self.settle(job)
+        except (RequestError, StoreUnavailable) as exc:
+            log.warning("%s asked of %s by another node was lost: %s", action,
+                        transaction_id, exc)
 
     def lost(self, transaction_ids: Sequence[str]) -> None:
         """These jobs were taken over while this node was cut off: stop their runs
@@ -260,12 +304,18 @@ class Clustered:
         """A dead node's unfinished jobs, now held here: recovered as after a
         restart, the interruption naming the dead node."""
         for record in records:
-            if self.jobs.live(record.transaction_id) is not None:
-                continue  # (held here all along: nothing to recover)
-            log.warning("job %s of node %s, which stopped, is taken over", record.transaction_id,
-                        record.worker)
-            self._recover(record, dead_node=record.worker or "?")
+            if self.jobs.live(record.transaction_id) is None:  # (else held here all along)
+                self._take_over(record)
         self._runner.start_ready()
+
+    def _take_over(self, record: JobRecord) -> None:
+        """Recover a job whose node stopped; one run again here names this node."""
+        log.warning("job %s of node %s, which stopped, is taken over", record.transaction_id,
+                    record.worker)
+        self._recover(record, dead_node=record.worker or "?")
+        job = self.jobs.live(record.transaction_id)
+        if job is not None and not job.state.is_final:  # (run again, or kept) here
+            self._name_machine(job)
 
     # -- commands on jobs held elsewhere -------------------------------------------------
 
@@ -284,7 +334,9 @@ class Clustered:
             record = await self.jobs.record(transaction_id)
             _check_action(record, action)
             if await shared.request(transaction_id, action):
-                return _asked_text(transaction_id, action)
+                if _running(record) or await self._holder_acted(record):
+                    return _asked_text(transaction_id, action)
+                continue  # let go meanwhile, the request with it: ask whoever holds it now
             taken = await shared.take(transaction_id)
             if taken is not None:
                 self._hold_taken(taken)
@@ -293,22 +345,78 @@ class Clustered:
                 return None
         raise RequestError(Reply.SERVER_BUSY, f"{transaction_id} is changing hands; try again")
 
+    async def _holder_acted(self, record: JobRecord) -> bool:
+        """Whether the holder of a job that waits (queued, due later, suspended
+        before it ran), asked for an action, has stored a new state: it acts on
+        such a job at once.  False when it has not within ``ASK_WAIT_S``: it may
+        have let go of the job just as it was asked (the request went with it)."""
+        shared = self._shared
+        assert shared is not None
+        transaction_id = record.transaction_id
+        loop = asyncio.get_running_loop()
+        until = loop.time() + ASK_WAIT_S
+        while (left := until - loop.time()) > 0:
+            # (woken by the holder's commit of the job's lines or state)
+            await shared.wait_lines(transaction_id, record.line_count, left)
+            now = await self.jobs.record(transaction_id)
+            if now.status is not record.status:
+                return True
+            record = now  # (lines only: wait for what comes next)
+        return False
+
     def _hold_taken(self, record: JobRecord) -> None:
         """A job taken to act on it here: as it was (queued, due later, suspended),
         or recovered if the node that ran it is gone."""
         if record.started is not None and record.status in (JobState.PROCESSING,
                                                             JobState.SUSPENDED):
-            self._recover(record, dead_node=record.worker or "?")
+            self._take_over(record)  # (not started yet: the command acts first)
             return
         job = self._adopt(record)
         self._name_machine(job)
         if job.state is JobState.QUEUED:
             handler = self._runner.handlers.get(record.project)
-            if handler is not None:
+            if handler is not None:  # (not started: the command acts first, see settle)
                 self._runner.queue_recovered(job, handler)
-                self._runner.start_ready()
         elif job.state is JobState.CREATED:
             self._due.add(job)
+
+    async def settle(self, job: Job) -> None:
+        """After a command acted on a job held here: return once the change is
+        stored, so that every node reads what the reply says; and a job left
+        waiting (queued, or due later) goes back to the store for any node to
+        claim, unless it starts here now (it would otherwise wait for this
+        node's slots while others are idle)."""
+        shared = self._shared
+        if shared is None:
+            return
+        with contextlib.suppress(StoreUnavailable):  # (stored once the store is back)
+            await shared.flush()
+        transaction_id = job.transaction_id
+        if (self.jobs.live(transaction_id) is not job or self._runner.is_running(job)
+                or transaction_id in self._adding or not self._accepting):
+            return
+        if job.state is JobState.QUEUED:
+            self._runner.start_ready()
+            if job not in self._runner.lines:  # started, or waiting out a retry's delay
+                return
+        elif job.state is not JobState.CREATED:
+            return  # (a suspended job stays with the node that holds it)
+        self._runner.withdraw(job)
+        self._due.remove(job)
+        shared.release(transaction_id)
+        job.on_change = None
+        self.jobs.forget(transaction_id)
+        job.stream.hand_over()  # its monitors here follow the store from now on
+        # A request another node makes before the release is stored is this
+        # node's to pass on to whoever holds the job next.
+        asked_meanwhile = self._releasing[transaction_id] = []
+        try:
+            with contextlib.suppress(StoreUnavailable):
+                await shared.flush()
+        finally:
+            del self._releasing[transaction_id]
+        for action in asked_meanwhile:
+            await self._pass_on(transaction_id, action)
 
     # -- what the cluster shows ----------------------------------------------------------
 
@@ -338,6 +446,13 @@ def _check_action(record: JobRecord, action: Action) -> None:
                                f"{record.transaction_id} is {state.value}, not Suspended")
     elif not can_transition(state, _ACTION_STATE[action]):
         raise RequestError(Reply.INVALID_STATE, f"{record.transaction_id} is {state.value}")
+
+
+def _running(record: JobRecord) -> bool:
+    """Whether the stored job runs (its holder acts on it at its next await or
+    checkpoint), rather than waits (queued again after a retry included)."""
+    return record.status is JobState.PROCESSING or (
+        record.status is JobState.SUSPENDED and record.started is not None)
 
 
 def _asked_text(transaction_id: str, action: Action) -> str:

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from ..config import Config
 from ..errors import RequestError, StoreUnavailable
 from ..store.base import Recordable, Store
-from ..store.shared import SharedStore, TokenTaken
+from ..store.shared import Action, SharedStore, TokenTaken
 from ..wire.codes import Reply, Status
 from ..wire.lines import clip, format_line
 from ..wire.records import JobRecord
@@ -105,6 +105,10 @@ class Engine(Clustered, Placing):
         self._reserved = 0
         self._claiming: asyncio.Task[None] | None = None
         self._claim_again = False
+        # Work after a command another node asked for, and the jobs being let go
+        # of with the actions asked of them meanwhile (see Clustered.settle).
+        self._settling: set[asyncio.Task[None]] = set()
+        self._releasing: dict[str, list[Action]] = {}
         # Every stream's first line: formatted once, shared by all jobs.
         self._machine_line = format_line("J", Status.INFO, f"Machine name: {self.machine_name}")
 
@@ -157,6 +161,8 @@ class Engine(Clustered, Placing):
         if self._shared is not None:  # queued and waiting jobs go to the other nodes
             if self._claiming is not None:  # (it lets go of what it gets: see _claim)
                 await asyncio.wait([self._claiming], timeout=CLAIM_WAIT_S)
+            if self._settling:  # (actions passed on may take a job: let go of it below)
+                await asyncio.wait(list(self._settling), timeout=CLAIM_WAIT_S)
             self._release_waiting()
             with contextlib.suppress(StoreUnavailable):  # (else the lease's end lets go)
                 await self._store.flush()

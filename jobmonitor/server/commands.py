@@ -240,7 +240,11 @@ class Commands:
             asked = await engine.act_elsewhere(transaction_id, action)
             if asked is not None:
                 return Response(asked)
-        return Response(act(await self._active_job(transaction_id)))
+        job = await self._active_job(transaction_id)
+        try:
+            return Response(act(job))
+        finally:  # (in a cluster: the other nodes read what the reply says)
+            await engine.settle(job)
 
     async def _active_job(self, transaction_id: str) -> Job:
         """The live job ``transaction_id``; a finished one is an invalid-state error."""

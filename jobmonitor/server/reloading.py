@@ -10,6 +10,7 @@ and the lines that say what changed.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -18,6 +19,9 @@ from ..engine.handlers import Handler
 from ..users import User
 
 __all__ = ["Reloaded", "settings_to_use", "changes"]
+
+#: The password in ``scheme://user:password@host`` (a store URL).
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@/\s]*@")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,4 +74,6 @@ def _user_changes(before: tuple[User, ...], after: tuple[User, ...]) -> list[str
 def _shown(value: object) -> str:
     if isinstance(value, tuple):
         return "[" + ", ".join(map(str, value)) + "]"
+    if isinstance(value, str):  # (a store URL's password stays out of the log)
+        return _URL_PASSWORD.sub(r"\1:***@", value)
     return "none" if value is None else str(value)

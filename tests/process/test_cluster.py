@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from jobmonitor.wire.states import JobState
+
 from ..support.helpers import Session, exchange, submit, xml_packet
 from ..support.postgres import PostgresServer
-from .test_cli import ServerProcess, run_cli
+from .test_cli import ROOT, ServerProcess, run_cli
 
 HEARTBEAT_S, LEASE_S = "0.2", "1"
 TICK = re.compile(r"J0000100: tick (\d+)")
@@ -117,6 +122,29 @@ def ticks(lines: list[str]) -> list[int]:
     return [int(m.group(1)) for line in lines if (m := TICK.fullmatch(line))]
 
 
+async def accepting(port: int) -> None:
+    """Return once ``port`` accepts connections (within a few seconds)."""
+    for _ in range(300):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.01)
+            continue
+        writer.close()
+        return
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+async def until_running(port: int, tids: list[str], count: int) -> list[dict[str, object]]:
+    """The jobs' statuses once ``count`` of them are running (within a few seconds)."""
+    for _ in range(300):
+        found = [await status(port, tid) for tid in tids]
+        if sum(job["Status"] == JobState.PROCESSING.number for job in found) >= count:
+            return found
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"fewer than {count} of {tids} running: {found}")
+
+
 async def status(port: int, tid: str) -> dict[str, object]:
     (reply,) = await exchange(port, xml_packet(
         "GetJobStatus", {"_sys_TransactionID": tid, "_sys_Format": "json"}))
@@ -175,6 +203,7 @@ async def test_server_sent_events_on_another_node_follow_the_job_to_its_end(node
     a = nodes.start("a")
     web_port = free_port()
     b = nodes.start("b", "--http-port", str(web_port))
+    await accepting(web_port)  # (the HTTP listener starts just after the TCP one says ready)
     tid = await submitted(a.port, "checked-ticker", Count="15", Interval="0.03")
     reader, writer = await asyncio.open_connection("127.0.0.1", web_port)
     writer.write(f"GET /api/v1/jobs/{tid}/events HTTP/1.0\r\n\r\n".encode())
@@ -200,6 +229,47 @@ async def test_two_nodes_racing_one_job_token_make_one_job(nodes):
     assert listing[0].endswith("5 jobs"), listing[0]
 
 
+async def test_two_monitored_submits_racing_one_job_token_both_follow_the_one_job(nodes):
+    a, b = nodes.start("a"), nodes.start("b")
+    packet = submit("checked-ticker", _sys_JobToken="watched", Count="5", Interval="0.02")
+    first, second = await asyncio.gather(exchange(a.port, packet), exchange(b.port, packet))
+    assert first[0] == second[0] and first[0].startswith("R0000000: T"), (first, second)
+    tid = first[0].removeprefix("R0000000: ")
+    assert first[1:] == second[1:] == texts(await replay(a.port, tid))
+    assert first[-1] == ended(tid) and ticks(first) == [1, 2, 3, 4, 5]
+
+
+async def test_a_user_cannot_reach_another_users_job_through_another_node(nodes, tmp_path):
+    from jobmonitor.users import hash_password
+
+    digest = hash_password("pw")
+    config = tmp_path / "users.toml"
+    config.write_text("".join(f'[users.{name}]\npassword_hash = "{digest}"\n{extra}'
+                              for name, extra in (("ann", ""), ("bob", ""),
+                                                  ("root", 'role = "admin"\n'))))
+    a = nodes.start("a", "--config", str(config))
+    b = nodes.start("b", "--config", str(config))
+
+    def as_user(user: str, command_name: str, **variables: str) -> bytes:
+        return xml_packet(command_name, {"_sys_User": user, "_sys_Password": "pw", **variables})
+
+    (reply,) = await exchange(a.port, as_user("ann", "SubmitJob", ProjectName="checked-ticker",
+                                              Count="1000", _sys_JobToken="mine"))
+    tid = reply.removeprefix("R0000000: ")
+    for name in ("GetJobStatus", "CancelJob", "SuspendJob", "MonitorJob", "DeleteJob",
+                 "RetrieveJob", "RerunJob"):
+        assert await exchange(b.port, as_user("bob", name, _sys_TransactionID=tid)) == [
+            f"R0005009: Unknown transaction: {tid}"], name
+    assert (await exchange(b.port, as_user("bob", "GetJobStatus", _sys_JobToken="mine")))[0] \
+        .startswith("R0005009")
+    assert await exchange(b.port, as_user("bob", "ListJobs")) == ["R0000000: 0 jobs"]
+    assert await exchange(b.port, as_user("bob", "ListNodes")) == [
+        "R0005013: Permission denied: ListNodes is for administrators"]
+    assert (await exchange(b.port, as_user("root", "ListNodes")))[0] == "R0000000- 2 nodes"
+    assert await exchange(b.port, as_user("ann", "CancelJob", _sys_JobToken="mine")) == [
+        f"R0000000: {tid}"]
+
+
 async def test_cancel_suspend_and_resume_reach_the_node_running_the_job(nodes):
     b, c = nodes.start("b"), nodes.start("c")
     tid = await submitted(b.port, "checked-ticker", Count="1000", Interval="0.02")
@@ -220,6 +290,69 @@ async def test_cancel_suspend_and_resume_reach_the_node_running_the_job(nodes):
     await watcher.close()
     assert await command(c.port, "CancelJob", tid) == [
         f"R0005010: Invalid state for this request: {tid} has already ended (Cancelled)"]
+
+
+async def test_a_command_on_a_queued_job_is_stored_before_its_reply(nodes):
+    a = nodes.start("a", "--max-running", "1")
+    b = nodes.start("b", "--max-running", "1")
+    busy_a = await submitted(a.port, "checked-ticker", Count="1000")  # a's one slot
+    busy_b = await submitted(b.port, "checked-ticker", Count="1000")  # b's one slot
+    waiting = await submitted(a.port, "echo")  # nobody has a slot: it waits unheld
+    assert await command(b.port, "SuspendJob", waiting) == [f"R0000000: {waiting} suspended"]
+    # At once, on the other node: the job is suspended, as b said.
+    assert await command(a.port, "ResumeJob", waiting) == [f"R0000000: {waiting} resumed"]
+    for busy, node in ((busy_a, a), (busy_b, b)):
+        assert await command(node.port, "CancelJob", busy) == [f"R0000000: {busy}"]
+    lines = texts(await replay(a.port, waiting))  # (to its end)
+    assert lines[2:4] == [SUSPENDED, RESUMED]
+    assert lines[-2:] == ["J0000020: Job completed successfully.", ended(waiting)]
+
+
+async def test_a_job_resumed_on_a_busy_node_runs_on_an_idle_one(nodes):
+    a = nodes.start("a", "--max-running", "1")
+    b = nodes.start("b", "--max-running", "1")
+    busy_a = await submitted(a.port, "checked-ticker", Count="1000")
+    await submitted(b.port, "checked-ticker", Count="1000")
+    waiting = await submitted(a.port, "echo")  # nobody has a slot: it waits unheld
+    assert await command(b.port, "SuspendJob", waiting) == [f"R0000000: {waiting} suspended"]
+    assert await command(a.port, "CancelJob", busy_a) == [f"R0000000: {busy_a}"]  # a is idle
+    # b holds the suspended job and has no slot: once resumed, a runs it.
+    assert await command(a.port, "ResumeJob", waiting) == [f"R0000000: {waiting} resumed"]
+    lines = texts(await replay(a.port, waiting))  # (to its end)
+    assert lines[-2:] == ["J0000020: Job completed successfully.", ended(waiting)]
+    assert (await status(a.port, waiting))["WorkerId"] == "a"
+
+
+async def test_a_cancel_right_after_a_resume_on_another_node_is_never_lost(nodes):
+    a = nodes.start("a", "--max-running", "1")
+    b = nodes.start("b", "--max-running", "1")
+    await submitted(a.port, "checked-ticker", Count="1000")  # a's one slot
+    await submitted(b.port, "checked-ticker", Count="1000")  # b's one slot
+    for _ in range(8):
+        waiting = await submitted(a.port, "echo")  # nobody has a slot: it waits unheld
+        assert await command(b.port, "SuspendJob", waiting) == [f"R0000000: {waiting} suspended"]
+        # b resumes it and, having no slot, lets it go: the cancel must find it.
+        assert await command(a.port, "ResumeJob", waiting) == [f"R0000000: {waiting} resumed"]
+        assert await command(a.port, "CancelJob", waiting) == [f"R0000000: {waiting}"]
+        lines = texts(await replay(a.port, waiting))  # (to its end)
+        assert lines[-2:] == [CANCELLED, ended(waiting)]
+
+
+async def test_a_node_claims_no_more_of_a_queue_than_it_may_run(nodes, tmp_path):
+    config = tmp_path / "queues.toml"
+    config.write_text("[queues.reports]\nmax_running = 1\n")
+    b = nodes.start("b", "--config", str(config), "--max-running", "1")
+    busy_b = await submitted(b.port, "checked-ticker", Count="1000")
+    reports = [await submitted(b.port, "checked-ticker", Count="1000", _sys_QueueName="reports")
+               for _ in range(2)]
+    a = nodes.start("a", "--config", str(config), "--max-running", "4")  # claims at its start
+    await until_running(a.port, reports, 1)
+    assert await command(b.port, "CancelJob", busy_b) == [f"R0000000: {busy_b}"]
+    # a runs one report and has let the other go: b, free now, runs it.
+    found = await until_running(a.port, reports, 2)
+    assert sorted(str(job["WorkerId"]) for job in found) == ["a", "b"]
+    for tid in reports:
+        assert await command(a.port, "CancelJob", tid) == [f"R0000000: {tid}"]
 
 
 async def test_list_nodes_shows_every_live_node(nodes):
@@ -263,6 +396,46 @@ async def test_a_stopping_node_lets_the_others_have_the_jobs_it_held(nodes):
                      "J0000190: Server stopping: running jobs have 0.5 s to finish",
                      "J0000100: Machine name: b", RESUMED, "J0000100: ProjectName=echo",
                      "J0000020: Job completed successfully.", ended(waiting)]
+
+
+async def test_check_store_on_postgresql_does_not_print_the_password(nodes):
+    nodes.start("a")  # (it makes the tables)
+    url = nodes.url.replace("postgres@", "postgres:s3cret-pw@", 1)  # (the server trusts all)
+    result = await asyncio.get_running_loop().run_in_executor(
+        None, run_cli, "serve", "--store", url, "--check-store")
+    assert result.returncode == 0, result.stderr
+    assert "s3cret-pw" not in result.stdout + result.stderr
+    assert result.stdout.endswith(": no problems found\n"), result.stdout
+    assert result.stdout.startswith("PostgreSQL postgres@127.0.0.1:"), result.stdout
+
+
+def test_serve_on_postgresql_without_its_driver_says_what_to_install_in_one_line(tmp_path):
+    hidden = tmp_path / "asyncpg"  # (an asyncpg that cannot be imported, first on the path)
+    hidden.mkdir()
+    (hidden / "__init__.py").write_text("raise ImportError('No module named asyncpg')\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "jobmonitor", "serve", "--jobs", "tests/support/jobs.py",
+         "--store", "postgresql://jm@127.0.0.1:1/jobs"], cwd=ROOT, capture_output=True,
+        text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "jobmonitor: store: a postgresql:// store needs its driver: install the PostgreSQL "
+        "driver: pip install 'jobmonitor[postgres]'"]
+
+
+async def test_a_stopping_nodes_retry_on_restart_job_runs_again_on_another(nodes, tmp_path):
+    a, b = nodes.start("a"), nodes.start("b")
+    tid = await submitted(a.port, "retry-once", Marker=str(tmp_path / "marker"))
+    watcher = await monitor(b.port, tid)
+    seen: list[str] = []
+    await until_line(watcher, "J0000100: first run", seen)
+    assert a.stop() == 0  # its job is left to be taken over, as a restart leaves it
+    await until_line(watcher, ended(tid), seen)
+    await watcher.close()
+    assert seen[-6:] == ["J0005002: Job interrupted: node a stopped",
+                         "J0000132: Job queued to run again.", "J0000100: Machine name: b",
+                         "J0000100: second run", "J0000020: Job completed successfully.",
+                         ended(tid)]
 
 
 # -- failures -------------------------------------------------------------------------------

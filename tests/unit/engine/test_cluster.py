@@ -351,3 +351,20 @@ async def test_a_claimed_jobs_interruption_names_the_node_that_ran_it(registry, 
         assert (await a.jobs.record(tid)).worker == "b"
         assert b.jobs.live(tid) is not None  # (b hears it lost the job at its heartbeat)
         gate.set()
+
+
+async def test_a_queued_job_taken_to_be_suspended_is_not_started_first(registry, gate):
+    async with cluster(registry) as nodes:
+        a = await nodes.node("a", max_running=1)
+        await a.submit("gate", {}, {})
+        tid, job = await a.submit("quick", {}, {})
+        assert job is None  # nobody holds it
+        c = await nodes.node("c")  # (free: it would claim the job at its next turn)
+        assert await c.act_elsewhere(tid, "suspend") is None  # taken, before that claim
+        held = c.jobs.live(tid)
+        assert held is not None
+        assert c.suspend(held) == f"{tid} suspended"  # not started: suspended at once
+        await c.settle(held)
+        assert (await a.jobs.record(tid)).status is S.SUSPENDED
+        assert "J0000100: done" not in await follow(a, tid, until="J0000130: Job suspended.")
+        gate.set()
