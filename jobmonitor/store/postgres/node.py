@@ -112,6 +112,7 @@ class Node:
         self._line_waiters: dict[int, set[asyncio.Future[None]]] = {}
         self._beating: asyncio.Task[None] | None = None
         self._asking: asyncio.Task[None] | None = None
+        self._ask_again = False
         self._reaps = 0
         self._beats = 0
         self._beat_db: asyncpg.Connection[asyncpg.Record] | None = None
@@ -297,22 +298,30 @@ class Node:
             if action in _ACTIONS and number in held:
                 self.hooks.requested(transaction_id_of(number), cast(Action, action))
 
-    def _ask_for_requests(self) -> None:
+    def ask_for_requests(self) -> None:
+        """Read this node's requests soon (again, if a read is under way: it may
+        have looked before the latest one was stored)."""
         if self._asking is None or self._asking.done():
             self._asking = asyncio.get_running_loop().create_task(self._asked())
+        else:
+            self._ask_again = True
 
     async def _asked(self) -> None:
-        try:
-            await self._take_requests()
-        except StoreUnavailable as exc:  # the next heartbeat asks again
-            log.debug("reading requests failed: %s", exc)
+        self._ask_again = True
+        while self._ask_again:
+            self._ask_again = False
+            try:
+                await self._take_requests()
+            except StoreUnavailable as exc:  # the next heartbeat asks again
+                log.debug("reading requests failed: %s", exc)
+                return
 
     # -- notifications ----------------------------------------------------------------------
 
     def _listening(self) -> None:
         """The listener (re)connected: what it missed meanwhile, the next heartbeat
         would find; find it now."""
-        self._ask_for_requests()
+        self.ask_for_requests()
         self.hooks.work_available()
         self._wake_all()
 
@@ -321,7 +330,7 @@ class Node:
 
     def _heard_control(self, payload: str) -> None:
         if payload == self.node_id:
-            self._ask_for_requests()
+            self.ask_for_requests()
 
     def _heard_lines(self, payload: str) -> None:
         waiters = self._line_waiters

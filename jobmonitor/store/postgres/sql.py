@@ -165,6 +165,7 @@ INSERT_NEW = (
 #: Let go of jobs this node holds (number, epoch), for others to claim.
 #: A running job is not let go (nobody would run it): it stays this node's, and
 #: is taken over by another when this node leaves.  (number, whether let go)
+#: An action asked of the job just before (``requested``) stays, for the next holder.
 RELEASE = ("UPDATE jobs AS j SET node_id = CASE WHEN j.status = ANY($4::text[]) "
            "THEN j.node_id END FROM unnest($1::integer[], $2::bigint[]) "
            "AS r(number, epoch) WHERE j.number = r.number AND j.epoch = r.epoch "
@@ -344,9 +345,10 @@ async def live_nodes(db: Db, lease_s: float) -> list[tuple[str, str, float, floa
 
 
 async def claim(db: Db, node_id: str, limit: int, queues: Sequence[str] | None,
-                now: float) -> list[tuple[JobRecord, int]]:
+                now: float) -> tuple[list[tuple[JobRecord, int]], bool]:
     """Hold up to ``limit`` waiting jobs (highest priority, then oldest, first);
-    their records and the epochs they are held by."""
+    their records and the epochs they are held by, and whether an action is
+    still asked of one (``requested`` is kept: see ``take_requests``)."""
     where = ("node_id IS NULL AND (status = 'Queued' OR (status = 'Created' "
              "AND (run_at IS NULL OR run_at <= $3)))")
     args: list[Any] = [node_id, limit, now]
@@ -357,21 +359,25 @@ async def claim(db: Db, node_id: str, limit: int, queues: Sequence[str] | None,
         held = await db.fetch(
             f"WITH picked AS (SELECT number FROM jobs WHERE {where} "
             "ORDER BY priority DESC, created, number LIMIT $2 FOR UPDATE SKIP LOCKED) "
-            "UPDATE jobs j SET node_id = $1, epoch = j.epoch + 1, requested = NULL "
-            "FROM picked WHERE j.number = picked.number RETURNING j.number, j.epoch", *args)
-        return await _held_records(db, held, "ORDER BY priority DESC, created, number")
+            "UPDATE jobs j SET node_id = $1, epoch = j.epoch + 1 "
+            "FROM picked WHERE j.number = picked.number "
+            "RETURNING j.number, j.epoch, j.requested IS NOT NULL", *args)
+        records = await _held_records(db, held, "ORDER BY priority DESC, created, number")
+    return records, any(row[2] for row in held)
 
 
-async def take(db: Db, node_id: str, number: int, lease_s: float) -> tuple[JobRecord, int] | None:
-    """Hold this unfinished job if nobody holds it or a dead node did."""
+async def take(db: Db, node_id: str, number: int, lease_s: float
+               ) -> tuple[tuple[JobRecord, int] | None, bool]:
+    """Hold this unfinished job if nobody holds it or a dead node did; and
+    whether an action is still asked of it (as ``claim``)."""
     async with db.transaction():
         held = await db.fetch(
-            "UPDATE jobs SET node_id = $2, epoch = epoch + 1, requested = NULL "
+            "UPDATE jobs SET node_id = $2, epoch = epoch + 1 "
             "WHERE number = $3 AND status <> ALL($4::text[]) AND (node_id IS NULL "
-            f"OR node_id NOT IN ({_LIVE})) RETURNING number, epoch",
+            f"OR node_id NOT IN ({_LIVE})) RETURNING number, epoch, requested IS NOT NULL",
             lease_s, node_id, number, FINAL_STATES)
         records = await _held_records(db, held, "")
-    return records[0] if records else None
+    return (records[0] if records else None), any(row[2] for row in held)
 
 
 async def _held_records(db: Db, held: Sequence[Any], order: str) -> list[tuple[JobRecord, int]]:
@@ -396,7 +402,11 @@ async def request(db: Db, number: int, action: str, lease_s: float,
 
 
 async def take_requests(db: Db, node_id: str) -> list[tuple[int, str]]:
-    """The actions asked of this node's jobs since it last looked (cleared now)."""
+    """The actions asked of this node's jobs since it last looked (cleared now).
+
+    An action asked just before the holder let go of the job (``RELEASE`` keeps
+    ``requested``) is the next holder's: ``claim`` and ``take`` keep it too, and
+    say so, for that node to read it here."""
     rows = await db.fetch(
         "UPDATE jobs j SET requested = NULL FROM (SELECT number, requested FROM jobs "
         "WHERE node_id = $1 AND requested IS NOT NULL FOR UPDATE) AS old "

@@ -210,9 +210,12 @@ class PostgresStore(FencedCommits, SharedStore):
         if limit <= 0 or (queues is not None and not queues):
             return []
         async with self._holding():
-            claimed = await self.call(sql.claim, self.node.node_id, limit, queues, time.time())
+            claimed, asked = await self.call(sql.claim, self.node.node_id, limit, queues,
+                                             time.time())
         for record, epoch in claimed:
             self.hold(record, epoch)
+        if asked:  # (read once the engine holds the records: after this returns)
+            self.node.ask_for_requests()
         return [record for record, _ in claimed]
 
     async def take(self, transaction_id: str) -> JobRecord | None:
@@ -220,11 +223,14 @@ class PostgresStore(FencedCommits, SharedStore):
         if number is None:
             return None
         async with self._holding():
-            taken = await self.call(sql.take, self.node.node_id, number, self.node.lease_s)
+            taken, asked = await self.call(sql.take, self.node.node_id, number,
+                                           self.node.lease_s)
         if taken is None:
             return None
         record, epoch = taken
         self.hold(record, epoch)
+        if asked:
+            self.node.ask_for_requests()
         return record  # type: ignore[no-any-return]
 
     async def request(self, transaction_id: str, action: Action) -> bool:

@@ -472,3 +472,25 @@ async def test_a_running_job_is_not_let_go(cluster):
     rows = await sql(first, "SELECT node_id FROM jobs WHERE number = 1")
     assert rows[0][0] == first.node.node_id
     assert await second.take("T0000001") is None
+
+
+@pytest.mark.parametrize("hold", ["claim", "take"])
+async def test_a_request_made_just_before_a_release_reaches_the_next_holder(
+        cluster, monkeypatch, hold):
+    (first, first_hooks), (second, second_hooks) = await cluster("a"), await cluster("b")
+    await first.add_held(job(1))
+
+    async def not_yet() -> None:  # (the holder lets go before it reads its requests)
+        pass
+
+    monkeypatch.setattr(first.node, "_take_requests", not_yet)
+    assert await second.request("T0000001", "cancel") is True
+    first.release("T0000001")
+    await first.flush()
+    if hold == "claim":
+        assert [r.transaction_id for r in await second.claim(5)] == ["T0000001"]
+    else:
+        assert (await second.take("T0000001")) is not None
+    await second_hooks.until(lambda: bool(second_hooks.requests))
+    assert second_hooks.requests == [("T0000001", "cancel")]
+    assert first_hooks.requests == []
