@@ -282,9 +282,23 @@ class FencedCommits(GroupCommitStore):
         updates.extend((*(row[i] for i in _UPDATE_FIELDS), row[23], row[24])
                        for row in skipped if row[0] in there)
         lost = [row for row in skipped if row[0] not in there]
-        owners = await sql.token_owners(db, [(row[4], row[5] or "") for row in lost])
-        return {row[0]: transaction_id_of(owners.get((row[4], row[5] or ""), 0))
-                for row in lost}
+        token_taken: dict[int, str] = {}
+        for _ in range(WRITE_TRIES):
+            owners = await sql.token_owners(db, [_token_order(row) for row in lost])
+            token_taken.update({row[0]: transaction_id_of(owners[_token_order(row)])
+                                for row in lost if _token_order(row) in owners})
+            # The job that had the token was deleted since: the token is free again,
+            # and the new job is stored (as it would be had it come a moment later).
+            free = [row for row in lost if _token_order(row) not in owners]
+            if not free:
+                return token_taken
+            again = {r[0] for r in await db.fetch(sql.INSERT_JOBS, *sql.columns(free))}
+            inserted.update(again)
+            lost = [row for row in free if row[0] not in again]
+            if not lost:
+                return token_taken
+        raise StoreUnavailable(f"the job token of {transaction_id_of(lost[0][0])} changed "
+                               "hands too often while it was stored")
 
     def _notices(self, batch: Batch, statuses: dict[int, str],
                  work: bool) -> tuple[list[str], list[str]]:

@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 
 from jobmonitor.errors import StoreUnavailable
+from jobmonitor.store.postgres import commit as commit_module
 from jobmonitor.store.postgres import node as node_module
 from jobmonitor.store.postgres.connect import parse_url
 from jobmonitor.store.postgres.store import PostgresStore
@@ -494,3 +495,22 @@ async def test_a_request_made_just_before_a_release_reaches_the_next_holder(
     await second_hooks.until(lambda: bool(second_hooks.requests))
     assert second_hooks.requests == [("T0000001", "cancel")]
     assert first_hooks.requests == []
+
+
+async def test_a_job_token_freed_by_a_delete_during_the_race_goes_to_the_new_job(
+        cluster, monkeypatch):
+    (first, _), (second, _) = await cluster("a"), await cluster("b")
+    await first.add(job(1, job_token="key"))
+    looked_up = commit_module.sql.token_owners
+
+    async def deleted_first(db, keys):  # (the winner is deleted just as the loser looks)
+        await first.delete("T0000001")
+        return await looked_up(db, keys)
+
+    monkeypatch.setattr(commit_module.sql, "token_owners", deleted_first)
+    await second.add(job(2, job_token="key"))  # (no TokenTaken: the token is free)
+    monkeypatch.undo()
+    assert await first.find_token("ann", "key") == "T0000002"
+    stored = await first.load("T0000002")
+    assert stored is not None and stored.job_token == "key"
+    assert [event.status for event in stored.history] == ["queued"]  # (all of it stored)
