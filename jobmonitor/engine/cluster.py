@@ -420,6 +420,13 @@ class Clustered:
 
     # -- what the cluster shows ----------------------------------------------------------
 
+    async def listening_at(self, address: str, node_address: str) -> None:
+        """The server listens now: at ``address``, which a cluster's other nodes
+        know as ``node_address`` (the port is known only now: ``--port 0``)."""
+        self.address = address
+        if self._shared is not None:
+            await self._shared.set_address(node_address)
+
     async def nodes(self) -> list[NodeInfo]:
         """The cluster's live nodes; a single server is a cluster of one."""
         if self._shared is not None:

@@ -365,6 +365,13 @@ async def test_list_nodes_shows_every_live_node(nodes):
     assert all(float(row[3]) < 2 and row[4] == "0" for row in rows)
 
 
+async def test_a_node_on_port_0_shows_the_port_it_listens_on(nodes):
+    a, b = nodes.start("a", "--port", "0"), nodes.start("b")
+    lines = await exchange(b.port, xml_packet("ListNodes"))
+    assert [line[10:].split("\t")[:2] for line in lines[1:]] == [
+        ["a", f"127.0.0.1:{a.port}"], ["b", f"127.0.0.1:{b.port}"]]
+
+
 async def test_jobmonitor_nodes_prints_the_cluster(nodes):
     a, b = nodes.start("a"), nodes.start("b")
     result = await asyncio.get_running_loop().run_in_executor(

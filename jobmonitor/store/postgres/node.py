@@ -113,6 +113,7 @@ class Node:
         self._beating: asyncio.Task[None] | None = None
         self._asking: asyncio.Task[None] | None = None
         self._ask_again = False
+        self._address_written = True
         self._reaps = 0
         self._beats = 0
         self._beat_db: asyncpg.Connection[asyncpg.Record] | None = None
@@ -132,6 +133,23 @@ class Node:
 
     async def register(self, db: Db) -> None:
         await sql.register(db, self.node_id, self.name, self.address, self.started)
+
+    async def set_address(self, address: str) -> None:
+        """Show ``address`` for this node from now on (written now, or by the
+        next heartbeat's chores if the database cannot be reached now)."""
+        if address == self.address:
+            return
+        self.address = address
+        self._address_written = False
+        await self._write_address()
+
+    async def _write_address(self) -> None:
+        try:
+            await self.store.call(sql.set_address, self.node_id, self.address, refused=0)
+        except StoreUnavailable as exc:
+            log.debug("writing this node's address failed: %s", exc)
+            return
+        self._address_written = True
 
     async def leave(self, db: Db) -> None:
         """Take this node out of the cluster; the jobs it still holds are others' to
@@ -199,6 +217,8 @@ class Node:
         try:
             await self._take_requests()
             self.hooks.work_available()
+            if not self._address_written:
+                await self._write_address()
             if self._may_reap():
                 await self._reap()
             if self._beats % SWEEP_EVERY == 0:

@@ -320,6 +320,10 @@ async def register(db: Db, node_id: str, name: str, address: str, started: float
                      "VALUES ($1, $2, $3, $4)", node_id, name, address, started)
 
 
+async def set_address(db: Db, node_id: str, address: str) -> None:
+    await db.execute("UPDATE nodes SET address = $2 WHERE node_id = $1", node_id, address)
+
+
 async def heartbeat(db: Db, node_id: str) -> bool:
     """Say this node is alive; False when it was declared dead (its row is gone)."""
     row = await db.fetchrow(

@@ -247,6 +247,9 @@ class PostgresStore(FencedCommits, SharedStore):
     def attach(self, hooks: Any) -> None:
         self.node.hooks = hooks
 
+    async def set_address(self, address: str) -> None:
+        await self.node.set_address(address)
+
     async def nodes(self) -> list[NodeInfo]:
         rows = await self.call(sql.live_nodes, self.node.lease_s)
         return [NodeInfo(*row) for row in rows]
