@@ -372,6 +372,16 @@ async def test_a_node_on_port_0_shows_the_port_it_listens_on(nodes):
         ["a", f"127.0.0.1:{a.port}"], ["b", f"127.0.0.1:{b.port}"]]
 
 
+async def test_a_second_live_node_with_the_same_name_is_warned_of(nodes):
+    first = nodes.start("twin", "--log-level", "warning")
+    second = nodes.start("twin", "--log-level", "warning")
+    assert not any("named twin" in line for line in first.log)
+    assert sum("another live node of this cluster is named twin" in line
+               for line in second.log) == 1
+    lines = await exchange(first.port, xml_packet("ListNodes"))
+    assert lines[0] == "R0000000- 2 nodes"  # (both serve: a warning, not a refusal)
+
+
 async def test_jobmonitor_nodes_prints_the_cluster(nodes):
     a, b = nodes.start("a"), nodes.start("b")
     result = await asyncio.get_running_loop().run_in_executor(

@@ -133,6 +133,13 @@ class Node:
 
     async def register(self, db: Db) -> None:
         await sql.register(db, self.node_id, self.name, self.address, self.started)
+        if await sql.namesakes(db, self.node_id, self.name, self.lease_s):
+            # (Not refused: a node restarted within its lease meets its own old row.)
+            log.warning("another live node of this cluster is named %s: the jobs and "
+                        "ListNodes rows of the two cannot be told apart; give each node its "
+                        "own --node-name (this warning is expected once if the node was "
+                        "restarted within %.1f s of stopping without leaving)",
+                        self.name, self.lease_s)
 
     async def set_address(self, address: str) -> None:
         """Show ``address`` for this node from now on (written now, or by the

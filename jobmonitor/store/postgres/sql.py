@@ -320,6 +320,14 @@ async def register(db: Db, node_id: str, name: str, address: str, started: float
                      "VALUES ($1, $2, $3, $4)", node_id, name, address, started)
 
 
+async def namesakes(db: Db, node_id: str, name: str, lease_s: float) -> int:
+    """How many other live nodes have this name."""
+    count: int = await db.fetchval(
+        f"SELECT count(*) FROM nodes WHERE name = $2 AND node_id <> $3 AND node_id IN ({_LIVE})",
+        lease_s, name, node_id)
+    return count
+
+
 async def set_address(db: Db, node_id: str, address: str) -> None:
     await db.execute("UPDATE nodes SET address = $2 WHERE node_id = $1", node_id, address)
 
