@@ -360,7 +360,12 @@ async def claim(db: Db, node_id: str, limit: int, queues: Sequence[str] | None,
                 now: float) -> tuple[list[tuple[JobRecord, int]], bool]:
     """Hold up to ``limit`` waiting jobs (highest priority, then oldest, first);
     their records and the epochs they are held by, and whether an action is
-    still asked of one (``requested`` is kept: see ``take_requests``)."""
+    still asked of one (``requested`` is kept: see ``take_requests``).
+
+    A queued job waiting out a retry's delay is claimed too: its due time is
+    the handler's ``retry_delay_s`` after its ``retry`` event, and the handler
+    is the nodes', not stored; the claimer waits out the rest of the delay
+    (``JobRunner.queue_recovered``)."""
     where = ("node_id IS NULL AND (status = 'Queued' OR (status = 'Created' "
              "AND (run_at IS NULL OR run_at <= $3)))")
     args: list[Any] = [node_id, limit, now]
