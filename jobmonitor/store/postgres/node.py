@@ -321,9 +321,10 @@ class Node:
     async def _take_requests(self) -> None:
         requests = await self.store.call(sql.take_requests, self.node_id, refused=0)
         held = self.store.epochs
-        for number, action in requests:
-            if action in _ACTIONS and number in held:
-                self.hooks.requested(transaction_id_of(number), cast(Action, action))
+        for number, actions in requests:
+            for action in actions.split(","):  # (in the order they were asked)
+                if action in _ACTIONS and number in held:
+                    self.hooks.requested(transaction_id_of(number), cast(Action, action))
 
     def ask_for_requests(self) -> None:
         """Read this node's requests soon (again, if a read is under way: it may

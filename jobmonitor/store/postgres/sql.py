@@ -4,7 +4,7 @@ No pool and no batching (``store`` does those): the schema, and each query as a
 function given a connection.  A job row is the SQLite store's (``sqlite.rows``:
 the same columns, encoded and decoded the same way) plus who holds it:
 ``node_id`` (None: nobody), ``epoch`` (bumped at every claim, take and takeover)
-and ``requested`` (an action another node asked of the holder).
+and ``requested`` (the actions other nodes asked of the holder, comma-separated).
 
 Writes of many rows are one statement each: the rows go as one array per
 column (``unnest``), so a commit costs a round trip per table, whatever its size.
@@ -408,11 +408,14 @@ async def _held_records(db: Db, held: Sequence[Any], order: str) -> list[tuple[J
 async def request(db: Db, number: int, action: str, lease_s: float,
                   channel: str) -> str | None:
     """Ask the live node holding this unfinished job for ``action``; its node id, or
-    None when no live node holds it.  The node is told on ``channel``."""
+    None when no live node holds it.  The node is told on ``channel``.  Actions
+    asked before the holder read them are kept in order, comma-separated (a
+    cancel right after a resume must not replace it unread)."""
     async with db.transaction():
         node_id: str | None = await db.fetchval(
-            "UPDATE jobs SET requested = $3 WHERE number = $2 AND status <> ALL($4::text[]) "
-            f"AND node_id IN ({_LIVE}) RETURNING node_id", lease_s, number, action, FINAL_STATES)
+            "UPDATE jobs SET requested = concat_ws(',', requested, $3::text) WHERE number = $2 "
+            f"AND status <> ALL($4::text[]) AND node_id IN ({_LIVE}) RETURNING node_id",
+            lease_s, number, action, FINAL_STATES)
         if node_id is not None:
             await db.execute("SELECT pg_notify($1, $2)", channel, node_id)
         return node_id

@@ -514,3 +514,21 @@ async def test_a_job_token_freed_by_a_delete_during_the_race_goes_to_the_new_job
     stored = await first.load("T0000002")
     assert stored is not None and stored.job_token == "key"
     assert [event.status for event in stored.history] == ["queued"]  # (all of it stored)
+
+
+async def test_two_requests_before_the_holder_reads_them_both_reach_it_in_order(
+        cluster, monkeypatch):
+    (first, first_hooks), (second, _) = await cluster("a"), await cluster("b")
+    item = job(1)
+    item.record.status = JobState.SUSPENDED
+    await first.add_held(item)
+    read_requests = first.node._take_requests
+
+    async def not_yet() -> None:  # (both are asked before the holder reads)
+        pass
+
+    monkeypatch.setattr(first.node, "_take_requests", not_yet)
+    assert await second.request("T0000001", "resume") is True
+    assert await second.request("T0000001", "cancel") is True
+    await read_requests()
+    assert first_hooks.requests == [("T0000001", "resume"), ("T0000001", "cancel")]
