@@ -338,6 +338,22 @@ async def test_a_cancel_right_after_a_resume_on_another_node_is_never_lost(nodes
         assert lines[-2:] == [CANCELLED, ended(waiting)]
 
 
+async def test_a_cancel_at_once_with_a_resume_on_another_node_is_never_lost(nodes):
+    a = nodes.start("a", "--max-running", "1")
+    b = nodes.start("b", "--max-running", "1")
+    await submitted(a.port, "checked-ticker", Count="1000")  # a's one slot
+    await submitted(b.port, "checked-ticker", Count="1000")  # b's one slot
+    for _ in range(10):
+        waiting = await submitted(a.port, "echo")  # nobody has a slot: it waits unheld
+        assert await command(b.port, "SuspendJob", waiting) == [f"R0000000: {waiting} suspended"]
+        # Both asked of b at once; b may let go of the job as it resumes it.
+        resumed, cancelled = await asyncio.gather(command(a.port, "ResumeJob", waiting),
+                                                  command(a.port, "CancelJob", waiting))
+        assert cancelled == [f"R0000000: {waiting}"], resumed
+        lines = texts(await asyncio.wait_for(replay(a.port, waiting), 5))
+        assert lines[-2:] == [CANCELLED, ended(waiting)]
+
+
 async def test_a_node_claims_no_more_of_a_queue_than_it_may_run(nodes, tmp_path):
     config = tmp_path / "queues.toml"
     config.write_text("[queues.reports]\nmax_running = 1\n")

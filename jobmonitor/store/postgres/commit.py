@@ -25,14 +25,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg
 
 from ...errors import StoreUnavailable
 from ..base import Recordable
 from ..batching import Batch, GroupCommitStore, Taken
-from ..shared import TokenTaken
+from ..shared import Action, TokenTaken
 from ..sqlite.rows import FINAL, number_of, schedule_marks_of, transaction_id_of
 from . import sql
 from .connect import STATEMENT_TIMEOUT_S, Settings, unavailable
@@ -74,6 +74,9 @@ class FencedCommits(GroupCommitStore):
     #: (a heartbeat is looking for the jobs this node holds without knowing it).
     _holding_now: int
     _not_sweeping: asyncio.Event
+    #: The actions other nodes asked of the jobs the last commit let go, which
+    #: this node had not read: number -> actions (passed on by ``_written``).
+    _asked_of_released: dict[int, str]
     #: The committer's connection (``_writer``).
     _writing: asyncpg.Connection[asyncpg.Record] | None
 
@@ -142,6 +145,7 @@ class FencedCommits(GroupCommitStore):
         return unavailable(exc)
 
     async def _write_batch(self, batch: Batch) -> None:
+        self._asked_of_released = {}
         releases, self._releases = self._releases, {}
         if not (batch.rows or batch.updates or releases):
             return
@@ -258,6 +262,7 @@ class FencedCommits(GroupCommitStore):
             let_go = await db.fetch(sql.RELEASE, list(releases), list(releases.values()),
                                     self.node.node_id, sql.RUNNING_STATES)
             released = [r[0] for r in let_go if r[1]]
+            self._asked_of_released = {r[0]: r[2] for r in let_go if r[1] and r[2]}
             for number in (r[0] for r in let_go if not r[1]):
                 del releases[number]  # (still this node's: not forgotten)
         # (Nobody waits on the lines of a job new in this commit: no notice of them.)
@@ -341,6 +346,11 @@ class FencedCommits(GroupCommitStore):
                 self.epochs[number] = (None, self.epochs[number][1])  # an ended job is let go
             if transaction_id_of(number) not in self._taken:
                 self.epochs.pop(number, None)  # nothing more will be written
+        asked, self._asked_of_released = self._asked_of_released, {}
+        for number, actions in asked.items():  # (the engine passes them on: see settle)
+            for action in actions.split(","):
+                if action in ("cancel", "suspend", "resume"):
+                    self.node.hooks.requested(transaction_id_of(number), cast(Action, action))
         if fenced:
             log.warning("jobs taken over by another node while this one was cut off: %s",
                         ", ".join(map(transaction_id_of, sorted(fenced))))

@@ -165,11 +165,17 @@ INSERT_NEW = (
 #: Let go of jobs this node holds (number, epoch), for others to claim.
 #: A running job is not let go (nobody would run it): it stays this node's, and
 #: is taken over by another when this node leaves.  (number, whether let go)
-#: An action asked of the job just before (``requested``) stays, for the next holder.
+#: The actions asked of a job let go that this node has not read yet
+#: (``requested``) are cleared and returned, for it to pass on.
+#: (number, whether let go, the actions)
 RELEASE = ("UPDATE jobs AS j SET node_id = CASE WHEN j.status = ANY($4::text[]) "
-           "THEN j.node_id END FROM unnest($1::integer[], $2::bigint[]) "
-           "AS r(number, epoch) WHERE j.number = r.number AND j.epoch = r.epoch "
-           "AND j.node_id = $3 RETURNING j.number, j.node_id IS NULL")
+           "THEN j.node_id END, requested = CASE WHEN j.status = ANY($4::text[]) "
+           "THEN j.requested END FROM unnest($1::integer[], $2::bigint[]) "
+           "AS r(number, epoch), (SELECT number, requested FROM jobs "
+           "WHERE number = ANY($1::integer[]) FOR UPDATE) AS old "
+           "WHERE j.number = r.number AND old.number = j.number AND j.epoch = r.epoch "
+           "AND j.node_id = $3 RETURNING j.number, j.node_id IS NULL, "
+           "CASE WHEN j.node_id IS NULL THEN old.requested END")
 #: Several notifications in one round trip: (channel, payload) pairs.
 NOTIFY = "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)"
 
@@ -424,9 +430,10 @@ async def request(db: Db, number: int, action: str, lease_s: float,
 async def take_requests(db: Db, node_id: str) -> list[tuple[int, str]]:
     """The actions asked of this node's jobs since it last looked (cleared now).
 
-    An action asked just before the holder let go of the job (``RELEASE`` keeps
-    ``requested``) is the next holder's: ``claim`` and ``take`` keep it too, and
-    say so, for that node to read it here."""
+    An action asked just before the holder let go of the job goes back to it
+    with the release (``RELEASE``), for it to pass on.  One left on a job nobody
+    holds (by an older node) is the next holder's: ``claim`` and ``take`` keep
+    it, and say so, for that node to read it here."""
     rows = await db.fetch(
         "UPDATE jobs j SET requested = NULL FROM (SELECT number, requested FROM jobs "
         "WHERE node_id = $1 AND requested IS NOT NULL FOR UPDATE) AS old "

@@ -71,6 +71,7 @@ class PostgresStore(FencedCommits, SharedStore):
         self.node_name = self.node.name
         self.epochs = {}
         self._releases = {}
+        self._asked_of_released = {}
         self._token_taken = {}
         self._holding_now = 0
         self._writing = None

@@ -476,7 +476,7 @@ async def test_a_running_job_is_not_let_go(cluster):
 
 
 @pytest.mark.parametrize("hold", ["claim", "take"])
-async def test_a_request_made_just_before_a_release_reaches_the_next_holder(
+async def test_a_request_made_just_before_a_release_goes_back_to_the_releasing_node(
         cluster, monkeypatch, hold):
     (first, first_hooks), (second, second_hooks) = await cluster("a"), await cluster("b")
     await first.add_held(job(1))
@@ -485,16 +485,29 @@ async def test_a_request_made_just_before_a_release_reaches_the_next_holder(
         pass
 
     monkeypatch.setattr(first.node, "_take_requests", not_yet)
+    assert await second.request("T0000001", "suspend") is True
     assert await second.request("T0000001", "cancel") is True
     first.release("T0000001")
     await first.flush()
+    # Told by the release's commit (before the flush returns), to pass them on.
+    assert first_hooks.requests == [("T0000001", "suspend"), ("T0000001", "cancel")]
+    rows = await sql(first, "SELECT node_id, requested FROM jobs WHERE number = 1")
+    assert [tuple(row) for row in rows] == [(None, None)]
     if hold == "claim":
         assert [r.transaction_id for r in await second.claim(5)] == ["T0000001"]
     else:
         assert (await second.take("T0000001")) is not None
+    assert second_hooks.requests == []
+
+
+async def test_a_request_left_on_a_job_nobody_holds_reaches_the_next_holder(cluster):
+    (first, _), (second, second_hooks) = await cluster("a"), await cluster("b")
+    await first.add(job(1))
+    # (as a node older than this fix would leave it: released with a request unread)
+    await sql(first, "UPDATE jobs SET requested = 'cancel' WHERE number = 1")
+    assert [r.transaction_id for r in await second.claim(5)] == ["T0000001"]
     await second_hooks.until(lambda: bool(second_hooks.requests))
     assert second_hooks.requests == [("T0000001", "cancel")]
-    assert first_hooks.requests == []
 
 
 async def test_a_job_token_freed_by_a_delete_during_the_race_goes_to_the_new_job(
