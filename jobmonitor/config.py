@@ -155,13 +155,18 @@ class Config:
             return {}
         import socket
 
+        return {"node_name": self.node_name or f"{socket.gethostname()}:{self.port}",
+                "address": self.node_address(self.port),
+                "heartbeat_s": self.cluster_heartbeat_s, "lease_s": self.cluster_lease_s}
+
+    def node_address(self, port: int) -> str:
+        """``HOST:PORT`` of this node as the others see it (``ListNodes``)."""
+        import socket
+
         host = self.host
         if host in _EVERY_ADDRESS:  # (ListNodes would show 0.0.0.0: the machine's name says more)
             host = socket.gethostname()
-        address = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
-        return {"node_name": self.node_name or f"{socket.gethostname()}:{self.port}",
-                "address": address, "heartbeat_s": self.cluster_heartbeat_s,
-                "lease_s": self.cluster_lease_s}
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def replace(self, **changes: Any) -> Config:
         """Return a copy with ``changes`` applied (None values are ignored).

@@ -238,13 +238,19 @@ class Clustered:
 
     def requested(self, transaction_id: str, action: Action) -> None:
         """Another node asked for ``action`` on a job held here: as a local command
-        (one the job's state no longer allows is ignored)."""
+        (one the job's state no longer allows is ignored).  One asked of a job
+        this node let go of before it read it (the store hands it back with the
+        release) is passed on to whoever holds the job now."""
         asked_meanwhile = self._releasing.get(transaction_id)
         if asked_meanwhile is not None:  # being let go: passed on once it is (see settle)
             asked_meanwhile.append(action)
             return
         job = self.jobs.live(transaction_id)
-        if job is None or job.state.is_final:
+        if job is None:
+            if self._accepting:  # let go just as it was asked: to whoever holds it now
+                self._in_background(self._pass_on(transaction_id, action))
+            return
+        if job.state.is_final:
             return
         self._act_here(job, action)
         self._in_background(self.settle(job))
@@ -419,6 +425,13 @@ class Clustered:
             await self._pass_on(transaction_id, action)
 
     # -- what the cluster shows ----------------------------------------------------------
+
+    async def listening_at(self, address: str, node_address: str) -> None:
+        """The server listens now: at ``address``, which a cluster's other nodes
+        know as ``node_address`` (the port is known only now: ``--port 0``)."""
+        self.address = address
+        if self._shared is not None:
+            await self._shared.set_address(node_address)
 
     async def nodes(self) -> list[NodeInfo]:
         """The cluster's live nodes; a single server is a cluster of one."""

@@ -145,7 +145,7 @@ class Server:
             self._engine, self._listener = engine, listener
             self._commands, self._auth = commands, auth
             self._bound = listener.sockets[0].getsockname()[:2]
-            engine.address = self.address
+            await engine.listening_at(self.address, config.node_address(self._bound[1]))
             if self._closing is None:  # (else close() came meanwhile: accept nothing)
                 await listener.start_serving()
         except BaseException:

@@ -155,6 +155,10 @@ class SharedStore(Store):
     async def nodes(self) -> list[NodeInfo]:
         """The live nodes, this one included, by name."""
 
+    async def set_address(self, address: str) -> None:
+        """This node listens at ``address`` (known only once its port is bound,
+        after ``open``): ``nodes`` shows it from now on."""
+
     @abc.abstractmethod
     async def list_active(self, identity: str | None, after: int,
                           limit: int) -> Sequence[JobRecord]:

@@ -338,6 +338,22 @@ async def test_a_cancel_right_after_a_resume_on_another_node_is_never_lost(nodes
         assert lines[-2:] == [CANCELLED, ended(waiting)]
 
 
+async def test_a_cancel_at_once_with_a_resume_on_another_node_is_never_lost(nodes):
+    a = nodes.start("a", "--max-running", "1")
+    b = nodes.start("b", "--max-running", "1")
+    await submitted(a.port, "checked-ticker", Count="1000")  # a's one slot
+    await submitted(b.port, "checked-ticker", Count="1000")  # b's one slot
+    for _ in range(10):
+        waiting = await submitted(a.port, "echo")  # nobody has a slot: it waits unheld
+        assert await command(b.port, "SuspendJob", waiting) == [f"R0000000: {waiting} suspended"]
+        # Both asked of b at once; b may let go of the job as it resumes it.
+        resumed, cancelled = await asyncio.gather(command(a.port, "ResumeJob", waiting),
+                                                  command(a.port, "CancelJob", waiting))
+        assert cancelled == [f"R0000000: {waiting}"], resumed
+        lines = texts(await asyncio.wait_for(replay(a.port, waiting), 5))
+        assert lines[-2:] == [CANCELLED, ended(waiting)]
+
+
 async def test_a_node_claims_no_more_of_a_queue_than_it_may_run(nodes, tmp_path):
     config = tmp_path / "queues.toml"
     config.write_text("[queues.reports]\nmax_running = 1\n")
@@ -363,6 +379,23 @@ async def test_list_nodes_shows_every_live_node(nodes):
     assert [(row[0], row[1]) for row in rows] == [
         (name, f"127.0.0.1:{proc.port}") for name, proc in zip("abc", procs, strict=True)]
     assert all(float(row[3]) < 2 and row[4] == "0" for row in rows)
+
+
+async def test_a_node_on_port_0_shows_the_port_it_listens_on(nodes):
+    a, b = nodes.start("a", "--port", "0"), nodes.start("b")
+    lines = await exchange(b.port, xml_packet("ListNodes"))
+    assert [line[10:].split("\t")[:2] for line in lines[1:]] == [
+        ["a", f"127.0.0.1:{a.port}"], ["b", f"127.0.0.1:{b.port}"]]
+
+
+async def test_a_second_live_node_with_the_same_name_is_warned_of(nodes):
+    first = nodes.start("twin", "--log-level", "warning")
+    second = nodes.start("twin", "--log-level", "warning")
+    assert not any("named twin" in line for line in first.log)
+    assert sum("another live node of this cluster is named twin" in line
+               for line in second.log) == 1
+    lines = await exchange(first.port, xml_packet("ListNodes"))
+    assert lines[0] == "R0000000- 2 nodes"  # (both serve: a warning, not a refusal)
 
 
 async def test_jobmonitor_nodes_prints_the_cluster(nodes):

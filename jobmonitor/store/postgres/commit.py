@@ -25,14 +25,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg
 
 from ...errors import StoreUnavailable
 from ..base import Recordable
 from ..batching import Batch, GroupCommitStore, Taken
-from ..shared import TokenTaken
+from ..shared import Action, TokenTaken
 from ..sqlite.rows import FINAL, number_of, schedule_marks_of, transaction_id_of
 from . import sql
 from .connect import STATEMENT_TIMEOUT_S, Settings, unavailable
@@ -74,6 +74,9 @@ class FencedCommits(GroupCommitStore):
     #: (a heartbeat is looking for the jobs this node holds without knowing it).
     _holding_now: int
     _not_sweeping: asyncio.Event
+    #: The actions other nodes asked of the jobs the last commit let go, which
+    #: this node had not read: number -> actions (passed on by ``_written``).
+    _asked_of_released: dict[int, str]
     #: The committer's connection (``_writer``).
     _writing: asyncpg.Connection[asyncpg.Record] | None
 
@@ -142,6 +145,7 @@ class FencedCommits(GroupCommitStore):
         return unavailable(exc)
 
     async def _write_batch(self, batch: Batch) -> None:
+        self._asked_of_released = {}
         releases, self._releases = self._releases, {}
         if not (batch.rows or batch.updates or releases):
             return
@@ -258,6 +262,7 @@ class FencedCommits(GroupCommitStore):
             let_go = await db.fetch(sql.RELEASE, list(releases), list(releases.values()),
                                     self.node.node_id, sql.RUNNING_STATES)
             released = [r[0] for r in let_go if r[1]]
+            self._asked_of_released = {r[0]: r[2] for r in let_go if r[1] and r[2]}
             for number in (r[0] for r in let_go if not r[1]):
                 del releases[number]  # (still this node's: not forgotten)
         # (Nobody waits on the lines of a job new in this commit: no notice of them.)
@@ -282,9 +287,23 @@ class FencedCommits(GroupCommitStore):
         updates.extend((*(row[i] for i in _UPDATE_FIELDS), row[23], row[24])
                        for row in skipped if row[0] in there)
         lost = [row for row in skipped if row[0] not in there]
-        owners = await sql.token_owners(db, [(row[4], row[5] or "") for row in lost])
-        return {row[0]: transaction_id_of(owners.get((row[4], row[5] or ""), 0))
-                for row in lost}
+        token_taken: dict[int, str] = {}
+        for _ in range(WRITE_TRIES):
+            owners = await sql.token_owners(db, [_token_order(row) for row in lost])
+            token_taken.update({row[0]: transaction_id_of(owners[_token_order(row)])
+                                for row in lost if _token_order(row) in owners})
+            # The job that had the token was deleted since: the token is free again,
+            # and the new job is stored (as it would be had it come a moment later).
+            free = [row for row in lost if _token_order(row) not in owners]
+            if not free:
+                return token_taken
+            again = {r[0] for r in await db.fetch(sql.INSERT_JOBS, *sql.columns(free))}
+            inserted.update(again)
+            lost = [row for row in free if row[0] not in again]
+            if not lost:
+                return token_taken
+        raise StoreUnavailable(f"the job token of {transaction_id_of(lost[0][0])} changed "
+                               "hands too often while it was stored")
 
     def _notices(self, batch: Batch, statuses: dict[int, str],
                  work: bool) -> tuple[list[str], list[str]]:
@@ -327,6 +346,11 @@ class FencedCommits(GroupCommitStore):
                 self.epochs[number] = (None, self.epochs[number][1])  # an ended job is let go
             if transaction_id_of(number) not in self._taken:
                 self.epochs.pop(number, None)  # nothing more will be written
+        asked, self._asked_of_released = self._asked_of_released, {}
+        for number, actions in asked.items():  # (the engine passes them on: see settle)
+            for action in actions.split(","):
+                if action in ("cancel", "suspend", "resume"):
+                    self.node.hooks.requested(transaction_id_of(number), cast(Action, action))
         if fenced:
             log.warning("jobs taken over by another node while this one was cut off: %s",
                         ", ".join(map(transaction_id_of, sorted(fenced))))

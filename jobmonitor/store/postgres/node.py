@@ -112,6 +112,8 @@ class Node:
         self._line_waiters: dict[int, set[asyncio.Future[None]]] = {}
         self._beating: asyncio.Task[None] | None = None
         self._asking: asyncio.Task[None] | None = None
+        self._ask_again = False
+        self._address_written = True
         self._reaps = 0
         self._beats = 0
         self._beat_db: asyncpg.Connection[asyncpg.Record] | None = None
@@ -131,6 +133,30 @@ class Node:
 
     async def register(self, db: Db) -> None:
         await sql.register(db, self.node_id, self.name, self.address, self.started)
+        if await sql.namesakes(db, self.node_id, self.name, self.lease_s):
+            # (Not refused: a node restarted within its lease meets its own old row.)
+            log.warning("another live node of this cluster is named %s: the jobs and "
+                        "ListNodes rows of the two cannot be told apart; give each node its "
+                        "own --node-name (this warning is expected once if the node was "
+                        "restarted within %.1f s of stopping without leaving)",
+                        self.name, self.lease_s)
+
+    async def set_address(self, address: str) -> None:
+        """Show ``address`` for this node from now on (written now, or by the
+        next heartbeat's chores if the database cannot be reached now)."""
+        if address == self.address:
+            return
+        self.address = address
+        self._address_written = False
+        await self._write_address()
+
+    async def _write_address(self) -> None:
+        try:
+            await self.store.call(sql.set_address, self.node_id, self.address, refused=0)
+        except StoreUnavailable as exc:
+            log.debug("writing this node's address failed: %s", exc)
+            return
+        self._address_written = True
 
     async def leave(self, db: Db) -> None:
         """Take this node out of the cluster; the jobs it still holds are others' to
@@ -198,6 +224,8 @@ class Node:
         try:
             await self._take_requests()
             self.hooks.work_available()
+            if not self._address_written:
+                await self._write_address()
             if self._may_reap():
                 await self._reap()
             if self._beats % SWEEP_EVERY == 0:
@@ -293,26 +321,35 @@ class Node:
     async def _take_requests(self) -> None:
         requests = await self.store.call(sql.take_requests, self.node_id, refused=0)
         held = self.store.epochs
-        for number, action in requests:
-            if action in _ACTIONS and number in held:
-                self.hooks.requested(transaction_id_of(number), cast(Action, action))
+        for number, actions in requests:
+            for action in actions.split(","):  # (in the order they were asked)
+                if action in _ACTIONS and number in held:
+                    self.hooks.requested(transaction_id_of(number), cast(Action, action))
 
-    def _ask_for_requests(self) -> None:
+    def ask_for_requests(self) -> None:
+        """Read this node's requests soon (again, if a read is under way: it may
+        have looked before the latest one was stored)."""
         if self._asking is None or self._asking.done():
             self._asking = asyncio.get_running_loop().create_task(self._asked())
+        else:
+            self._ask_again = True
 
     async def _asked(self) -> None:
-        try:
-            await self._take_requests()
-        except StoreUnavailable as exc:  # the next heartbeat asks again
-            log.debug("reading requests failed: %s", exc)
+        self._ask_again = True
+        while self._ask_again:
+            self._ask_again = False
+            try:
+                await self._take_requests()
+            except StoreUnavailable as exc:  # the next heartbeat asks again
+                log.debug("reading requests failed: %s", exc)
+                return
 
     # -- notifications ----------------------------------------------------------------------
 
     def _listening(self) -> None:
         """The listener (re)connected: what it missed meanwhile, the next heartbeat
         would find; find it now."""
-        self._ask_for_requests()
+        self.ask_for_requests()
         self.hooks.work_available()
         self._wake_all()
 
@@ -321,7 +358,7 @@ class Node:
 
     def _heard_control(self, payload: str) -> None:
         if payload == self.node_id:
-            self._ask_for_requests()
+            self.ask_for_requests()
 
     def _heard_lines(self, payload: str) -> None:
         waiters = self._line_waiters

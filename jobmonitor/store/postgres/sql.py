@@ -4,7 +4,7 @@ No pool and no batching (``store`` does those): the schema, and each query as a
 function given a connection.  A job row is the SQLite store's (``sqlite.rows``:
 the same columns, encoded and decoded the same way) plus who holds it:
 ``node_id`` (None: nobody), ``epoch`` (bumped at every claim, take and takeover)
-and ``requested`` (an action another node asked of the holder).
+and ``requested`` (the actions other nodes asked of the holder, comma-separated).
 
 Writes of many rows are one statement each: the rows go as one array per
 column (``unnest``), so a commit costs a round trip per table, whatever its size.
@@ -165,10 +165,17 @@ INSERT_NEW = (
 #: Let go of jobs this node holds (number, epoch), for others to claim.
 #: A running job is not let go (nobody would run it): it stays this node's, and
 #: is taken over by another when this node leaves.  (number, whether let go)
+#: The actions asked of a job let go that this node has not read yet
+#: (``requested``) are cleared and returned, for it to pass on.
+#: (number, whether let go, the actions)
 RELEASE = ("UPDATE jobs AS j SET node_id = CASE WHEN j.status = ANY($4::text[]) "
-           "THEN j.node_id END FROM unnest($1::integer[], $2::bigint[]) "
-           "AS r(number, epoch) WHERE j.number = r.number AND j.epoch = r.epoch "
-           "AND j.node_id = $3 RETURNING j.number, j.node_id IS NULL")
+           "THEN j.node_id END, requested = CASE WHEN j.status = ANY($4::text[]) "
+           "THEN j.requested END FROM unnest($1::integer[], $2::bigint[]) "
+           "AS r(number, epoch), (SELECT number, requested FROM jobs "
+           "WHERE number = ANY($1::integer[]) FOR UPDATE) AS old "
+           "WHERE j.number = r.number AND old.number = j.number AND j.epoch = r.epoch "
+           "AND j.node_id = $3 RETURNING j.number, j.node_id IS NULL, "
+           "CASE WHEN j.node_id IS NULL THEN old.requested END")
 #: Several notifications in one round trip: (channel, payload) pairs.
 NOTIFY = "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)"
 
@@ -319,6 +326,18 @@ async def register(db: Db, node_id: str, name: str, address: str, started: float
                      "VALUES ($1, $2, $3, $4)", node_id, name, address, started)
 
 
+async def namesakes(db: Db, node_id: str, name: str, lease_s: float) -> int:
+    """How many other live nodes have this name."""
+    count: int = await db.fetchval(
+        f"SELECT count(*) FROM nodes WHERE name = $2 AND node_id <> $3 AND node_id IN ({_LIVE})",
+        lease_s, name, node_id)
+    return count
+
+
+async def set_address(db: Db, node_id: str, address: str) -> None:
+    await db.execute("UPDATE nodes SET address = $2 WHERE node_id = $1", node_id, address)
+
+
 async def heartbeat(db: Db, node_id: str) -> bool:
     """Say this node is alive; False when it was declared dead (its row is gone)."""
     row = await db.fetchrow(
@@ -344,9 +363,15 @@ async def live_nodes(db: Db, lease_s: float) -> list[tuple[str, str, float, floa
 
 
 async def claim(db: Db, node_id: str, limit: int, queues: Sequence[str] | None,
-                now: float) -> list[tuple[JobRecord, int]]:
+                now: float) -> tuple[list[tuple[JobRecord, int]], bool]:
     """Hold up to ``limit`` waiting jobs (highest priority, then oldest, first);
-    their records and the epochs they are held by."""
+    their records and the epochs they are held by, and whether an action is
+    still asked of one (``requested`` is kept: see ``take_requests``).
+
+    A queued job waiting out a retry's delay is claimed too: its due time is
+    the handler's ``retry_delay_s`` after its ``retry`` event, and the handler
+    is the nodes', not stored; the claimer waits out the rest of the delay
+    (``JobRunner.queue_recovered``)."""
     where = ("node_id IS NULL AND (status = 'Queued' OR (status = 'Created' "
              "AND (run_at IS NULL OR run_at <= $3)))")
     args: list[Any] = [node_id, limit, now]
@@ -357,21 +382,25 @@ async def claim(db: Db, node_id: str, limit: int, queues: Sequence[str] | None,
         held = await db.fetch(
             f"WITH picked AS (SELECT number FROM jobs WHERE {where} "
             "ORDER BY priority DESC, created, number LIMIT $2 FOR UPDATE SKIP LOCKED) "
-            "UPDATE jobs j SET node_id = $1, epoch = j.epoch + 1, requested = NULL "
-            "FROM picked WHERE j.number = picked.number RETURNING j.number, j.epoch", *args)
-        return await _held_records(db, held, "ORDER BY priority DESC, created, number")
+            "UPDATE jobs j SET node_id = $1, epoch = j.epoch + 1 "
+            "FROM picked WHERE j.number = picked.number "
+            "RETURNING j.number, j.epoch, j.requested IS NOT NULL", *args)
+        records = await _held_records(db, held, "ORDER BY priority DESC, created, number")
+    return records, any(row[2] for row in held)
 
 
-async def take(db: Db, node_id: str, number: int, lease_s: float) -> tuple[JobRecord, int] | None:
-    """Hold this unfinished job if nobody holds it or a dead node did."""
+async def take(db: Db, node_id: str, number: int, lease_s: float
+               ) -> tuple[tuple[JobRecord, int] | None, bool]:
+    """Hold this unfinished job if nobody holds it or a dead node did; and
+    whether an action is still asked of it (as ``claim``)."""
     async with db.transaction():
         held = await db.fetch(
-            "UPDATE jobs SET node_id = $2, epoch = epoch + 1, requested = NULL "
+            "UPDATE jobs SET node_id = $2, epoch = epoch + 1 "
             "WHERE number = $3 AND status <> ALL($4::text[]) AND (node_id IS NULL "
-            f"OR node_id NOT IN ({_LIVE})) RETURNING number, epoch",
+            f"OR node_id NOT IN ({_LIVE})) RETURNING number, epoch, requested IS NOT NULL",
             lease_s, node_id, number, FINAL_STATES)
         records = await _held_records(db, held, "")
-    return records[0] if records else None
+    return (records[0] if records else None), any(row[2] for row in held)
 
 
 async def _held_records(db: Db, held: Sequence[Any], order: str) -> list[tuple[JobRecord, int]]:
@@ -385,18 +414,26 @@ async def _held_records(db: Db, held: Sequence[Any], order: str) -> list[tuple[J
 async def request(db: Db, number: int, action: str, lease_s: float,
                   channel: str) -> str | None:
     """Ask the live node holding this unfinished job for ``action``; its node id, or
-    None when no live node holds it.  The node is told on ``channel``."""
+    None when no live node holds it.  The node is told on ``channel``.  Actions
+    asked before the holder read them are kept in order, comma-separated (a
+    cancel right after a resume must not replace it unread)."""
     async with db.transaction():
         node_id: str | None = await db.fetchval(
-            "UPDATE jobs SET requested = $3 WHERE number = $2 AND status <> ALL($4::text[]) "
-            f"AND node_id IN ({_LIVE}) RETURNING node_id", lease_s, number, action, FINAL_STATES)
+            "UPDATE jobs SET requested = concat_ws(',', requested, $3::text) WHERE number = $2 "
+            f"AND status <> ALL($4::text[]) AND node_id IN ({_LIVE}) RETURNING node_id",
+            lease_s, number, action, FINAL_STATES)
         if node_id is not None:
             await db.execute("SELECT pg_notify($1, $2)", channel, node_id)
         return node_id
 
 
 async def take_requests(db: Db, node_id: str) -> list[tuple[int, str]]:
-    """The actions asked of this node's jobs since it last looked (cleared now)."""
+    """The actions asked of this node's jobs since it last looked (cleared now).
+
+    An action asked just before the holder let go of the job goes back to it
+    with the release (``RELEASE``), for it to pass on.  One left on a job nobody
+    holds (by an older node) is the next holder's: ``claim`` and ``take`` keep
+    it, and say so, for that node to read it here."""
     rows = await db.fetch(
         "UPDATE jobs j SET requested = NULL FROM (SELECT number, requested FROM jobs "
         "WHERE node_id = $1 AND requested IS NOT NULL FOR UPDATE) AS old "

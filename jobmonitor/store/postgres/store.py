@@ -71,6 +71,7 @@ class PostgresStore(FencedCommits, SharedStore):
         self.node_name = self.node.name
         self.epochs = {}
         self._releases = {}
+        self._asked_of_released = {}
         self._token_taken = {}
         self._holding_now = 0
         self._writing = None
@@ -210,9 +211,12 @@ class PostgresStore(FencedCommits, SharedStore):
         if limit <= 0 or (queues is not None and not queues):
             return []
         async with self._holding():
-            claimed = await self.call(sql.claim, self.node.node_id, limit, queues, time.time())
+            claimed, asked = await self.call(sql.claim, self.node.node_id, limit, queues,
+                                             time.time())
         for record, epoch in claimed:
             self.hold(record, epoch)
+        if asked:  # (read once the engine holds the records: after this returns)
+            self.node.ask_for_requests()
         return [record for record, _ in claimed]
 
     async def take(self, transaction_id: str) -> JobRecord | None:
@@ -220,11 +224,14 @@ class PostgresStore(FencedCommits, SharedStore):
         if number is None:
             return None
         async with self._holding():
-            taken = await self.call(sql.take, self.node.node_id, number, self.node.lease_s)
+            taken, asked = await self.call(sql.take, self.node.node_id, number,
+                                           self.node.lease_s)
         if taken is None:
             return None
         record, epoch = taken
         self.hold(record, epoch)
+        if asked:
+            self.node.ask_for_requests()
         return record  # type: ignore[no-any-return]
 
     async def request(self, transaction_id: str, action: Action) -> bool:
@@ -240,6 +247,9 @@ class PostgresStore(FencedCommits, SharedStore):
 
     def attach(self, hooks: Any) -> None:
         self.node.hooks = hooks
+
+    async def set_address(self, address: str) -> None:
+        await self.node.set_address(address)
 
     async def nodes(self) -> list[NodeInfo]:
         rows = await self.call(sql.live_nodes, self.node.lease_s)

@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 
 from jobmonitor.errors import StoreUnavailable
+from jobmonitor.store.postgres import commit as commit_module
 from jobmonitor.store.postgres import node as node_module
 from jobmonitor.store.postgres.connect import parse_url
 from jobmonitor.store.postgres.store import PostgresStore
@@ -472,3 +473,75 @@ async def test_a_running_job_is_not_let_go(cluster):
     rows = await sql(first, "SELECT node_id FROM jobs WHERE number = 1")
     assert rows[0][0] == first.node.node_id
     assert await second.take("T0000001") is None
+
+
+@pytest.mark.parametrize("hold", ["claim", "take"])
+async def test_a_request_made_just_before_a_release_goes_back_to_the_releasing_node(
+        cluster, monkeypatch, hold):
+    (first, first_hooks), (second, second_hooks) = await cluster("a"), await cluster("b")
+    await first.add_held(job(1))
+
+    async def not_yet() -> None:  # (the holder lets go before it reads its requests)
+        pass
+
+    monkeypatch.setattr(first.node, "_take_requests", not_yet)
+    assert await second.request("T0000001", "suspend") is True
+    assert await second.request("T0000001", "cancel") is True
+    first.release("T0000001")
+    await first.flush()
+    # Told by the release's commit (before the flush returns), to pass them on.
+    assert first_hooks.requests == [("T0000001", "suspend"), ("T0000001", "cancel")]
+    rows = await sql(first, "SELECT node_id, requested FROM jobs WHERE number = 1")
+    assert [tuple(row) for row in rows] == [(None, None)]
+    if hold == "claim":
+        assert [r.transaction_id for r in await second.claim(5)] == ["T0000001"]
+    else:
+        assert (await second.take("T0000001")) is not None
+    assert second_hooks.requests == []
+
+
+async def test_a_request_left_on_a_job_nobody_holds_reaches_the_next_holder(cluster):
+    (first, _), (second, second_hooks) = await cluster("a"), await cluster("b")
+    await first.add(job(1))
+    # (as a node older than this fix would leave it: released with a request unread)
+    await sql(first, "UPDATE jobs SET requested = 'cancel' WHERE number = 1")
+    assert [r.transaction_id for r in await second.claim(5)] == ["T0000001"]
+    await second_hooks.until(lambda: bool(second_hooks.requests))
+    assert second_hooks.requests == [("T0000001", "cancel")]
+
+
+async def test_a_job_token_freed_by_a_delete_during_the_race_goes_to_the_new_job(
+        cluster, monkeypatch):
+    (first, _), (second, _) = await cluster("a"), await cluster("b")
+    await first.add(job(1, job_token="key"))
+    looked_up = commit_module.sql.token_owners
+
+    async def deleted_first(db, keys):  # (the winner is deleted just as the loser looks)
+        await first.delete("T0000001")
+        return await looked_up(db, keys)
+
+    monkeypatch.setattr(commit_module.sql, "token_owners", deleted_first)
+    await second.add(job(2, job_token="key"))  # (no TokenTaken: the token is free)
+    monkeypatch.undo()
+    assert await first.find_token("ann", "key") == "T0000002"
+    stored = await first.load("T0000002")
+    assert stored is not None and stored.job_token == "key"
+    assert [event.status for event in stored.history] == ["queued"]  # (all of it stored)
+
+
+async def test_two_requests_before_the_holder_reads_them_both_reach_it_in_order(
+        cluster, monkeypatch):
+    (first, first_hooks), (second, _) = await cluster("a"), await cluster("b")
+    item = job(1)
+    item.record.status = JobState.SUSPENDED
+    await first.add_held(item)
+    read_requests = first.node._take_requests
+
+    async def not_yet() -> None:  # (both are asked before the holder reads)
+        pass
+
+    monkeypatch.setattr(first.node, "_take_requests", not_yet)
+    assert await second.request("T0000001", "resume") is True
+    assert await second.request("T0000001", "cancel") is True
+    await read_requests()
+    assert first_hooks.requests == [("T0000001", "resume"), ("T0000001", "cancel")]
