@@ -46,7 +46,7 @@ class Nodes:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.procs: dict[str, ServerProcess] = {}
+        self.procs: list[tuple[str, ServerProcess]] = []  # (two may share a name)
 
     def start(self, name: str, *args: str) -> ServerProcess:
         node = ServerProcess(
@@ -54,12 +54,12 @@ class Nodes:
             "--port", str(free_port()), "--cluster-heartbeat-s", HEARTBEAT_S,
             "--cluster-lease-s", LEASE_S, "--log-level", "error", "--shutdown-grace-s", "0.5",
             *args)
-        self.procs[name] = node
+        self.procs.append((name, node))
         return node
 
     def kill_all(self) -> None:
         """Kill every node; print what each logged (errors only), for a failing test."""
-        for name, node in self.procs.items():
+        for name, node in self.procs:
             if node.proc.poll() is None:
                 node.proc.send_signal(signal.SIGCONT)  # (a stopped one dies only once woken)
                 node.proc.kill()
