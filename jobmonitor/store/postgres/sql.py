@@ -248,11 +248,22 @@ async def list_page(db: Db, identity: str | None, after: int, limit: int, *,
                                 history=False)
 
 
+#: A job's stored blocks that hold lines $2 (1-based) up to before $3.
+READ_BLOCKS = (
+    "SELECT first_line, data FROM line_blocks WHERE number = $1 AND first_line >= "
+    "(SELECT coalesce(max(first_line), 0) FROM line_blocks WHERE number = $1 "
+    "AND first_line <= $2) AND first_line < $3 AND first_line + count > $2 "
+    "ORDER BY first_line")
+
+
 async def read_lines(db: Db, number: int, from_line: int, limit: int) -> list[bytes]:
     """Up to ``limit`` of job ``number``'s stored lines from ``from_line`` (1-based) on."""
     found: list[bytes] = []
-    rows = await db.fetch("SELECT first_line, data FROM line_blocks WHERE number = $1 "
-                          "AND first_line + count > $2 ORDER BY first_line", number, from_line)
+    # Only the blocks that hold the lines asked for: from the one that holds
+    # from_line (a search of the key, not a scan of the blocks before it) to the
+    # last that starts before from_line + limit.  Not all the rest: a monitor far
+    # behind a long job would fetch the whole tail for every page it reads.
+    rows = await db.fetch(READ_BLOCKS, number, from_line, from_line + max(limit, 1))
     for first_line, data in rows:
         lines = [part + b"\r\n" for part in bytes(data).split(b"\r\n")[:-1]]
         found.extend(lines[max(from_line - first_line, 0):])

@@ -212,6 +212,23 @@ async def test_changes_are_stored_by_flush_and_told_to_on_persisted(make, opened
 
 
 @pytest.mark.parametrize("make", DURABLE_STORES, indirect=True)
+async def test_a_page_of_lines_is_read_from_the_blocks_that_hold_it(make, opened):
+    store = make()
+    await opened(store)
+    chatty = job(1)
+    await add(store, chatty)
+    for size in (3, 1, 4, 2):  # one block per commit: lines 1-3, 4, 5-8, 9-10
+        chatty.say(*(f"line {len(chatty.stream.lines) + i + 1}" for i in range(size)))
+        store.changed(chatty)
+        await store.flush()
+    lines = chatty.stream.lines
+    for from_line in range(1, 12):
+        for limit in (1, 2, 3, 5, 20):
+            assert await store.read_lines("T0000001", from_line, limit) == \
+                lines[from_line - 1:from_line - 1 + limit], (from_line, limit)
+
+
+@pytest.mark.parametrize("make", DURABLE_STORES, indirect=True)
 async def test_lines_said_but_not_yet_announced_wait_for_their_own_notice(make, opened):
     store = make()
     await opened(store)
