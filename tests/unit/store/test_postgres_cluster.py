@@ -278,6 +278,29 @@ async def test_wait_lines_wakes_on_another_nodes_commit(cluster, monkeypatch):
     assert await second.read_lines("T0000001", 1, 10) == item.stream.lines
 
 
+async def test_wait_lines_reads_no_count_of_a_job_it_heard_of(cluster, monkeypatch):
+    # A node that heard a commit of a job's lines knows how many are stored: a wait
+    # for those it has not read returns at once, with no statement per waiter.
+    counted: list[int] = []
+
+    async def count(db, number):
+        counted.append(number)
+        return None
+
+    monkeypatch.setattr(node_module, "_line_count", count)
+    (first, _), (second, _) = await cluster("a"), await cluster("b")
+    item = running(1)
+    await first.add_held(item)
+    item.say("one", "two")
+    first.changed(item)
+    await first.flush()
+    async with asyncio.timeout(5):
+        while second.node.heard.get(1) != 2:
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(second.wait_lines("T0000001", 1, 30.0), 1.0)
+    assert counted == []
+
+
 async def test_nodes_lists_the_live_nodes(cluster):
     (first, _), (second, _) = await cluster("a", address="h:1"), await cluster("b")
     await first.add_held(running(1))
