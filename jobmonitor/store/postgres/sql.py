@@ -18,6 +18,7 @@ transaction numbers (1..9999999, never twice).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     Db = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
 __all__ = ["SCHEMA_VERSION", "create_schema", "job_update", "INSERT_JOBS", "UPDATE_JOBS",
-           "UPSERT_BLOCKS",
+           "UPSERT_BLOCKS", "WRITE_ALL",
            "INSERT_HISTORY", "INSERT_OUTPUTS", "UPSERT_MARKS", "RELEASE", "NOTIFY",
            "columns", "select_records", "list_page", "read_lines", "recent_events",
            "take_numbers", "FINAL_STATES", "UNFINISHED_STATES", "RUNNING_STATES"]
@@ -171,6 +172,31 @@ RELEASE = ("UPDATE jobs AS j SET node_id = CASE WHEN j.status = ANY($4::text[]) 
            "AND j.node_id = $3 RETURNING j.number, j.node_id IS NULL")
 #: Several notifications in one round trip: (channel, payload) pairs.
 NOTIFY = "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)"
+
+
+def _shifted(statement: str, by: int) -> str:
+    """``statement`` with its parameters renumbered from ``$1 + by`` on."""
+    return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + by}", statement)
+
+
+#: A commit of new jobs and updates, whole, in one statement (the usual one
+#: when jobs end: a transaction takes six round trips).  It goes through only
+#: if every new row was inserted ($62 of them) and every update found its row
+#: still held so ($63): else a division by zero undoes all of it (the
+#: ``DivisionByZeroError`` says so) and the commit is written by ``commit``'s
+#: transaction, which sorts out the rows left out.  The notifications ($60,
+#: $61) are those of a commit where nothing is left out.
+WRITE_ALL = (
+    f"WITH ins AS ({INSERT_JOBS}), "
+    f"upd AS ({_shifted(UPDATE_JOBS, 25)}), "
+    "ok AS (SELECT 1 / ((SELECT count(*) FROM ins) = $62::bigint "
+    "AND (SELECT count(*) FROM upd) = $63::bigint)::integer AS whole), "
+    f"b AS ({_shifted(UPSERT_BLOCKS, 41)}), "
+    f"h AS ({_shifted(INSERT_HISTORY, 45)}), "
+    f"o AS ({_shifted(INSERT_OUTPUTS, 52)}), "
+    f"m AS ({_shifted(UPSERT_MARKS, 57)}), "
+    f"n AS ({_shifted(NOTIFY, 59)}) "
+    "SELECT (SELECT whole FROM ok), (SELECT count(*) FROM n)")
 
 
 def columns(rows: Sequence[tuple[Any, ...]], width: int = 0) -> list[list[Any]]:
