@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 __all__ = ["SCHEMA_VERSION", "create_schema", "job_update", "INSERT_JOBS", "UPDATE_JOBS",
            "UPSERT_BLOCKS", "WRITE_ALL",
            "INSERT_HISTORY", "INSERT_OUTPUTS", "UPSERT_MARKS", "RELEASE", "NOTIFY",
-           "columns", "select_records", "list_page", "read_lines", "recent_events",
+           "columns", "select_records", "list_page", "read_blocks",
+           "page_of", "recent_events",
            "take_numbers", "FINAL_STATES", "UNFINISHED_STATES", "RUNNING_STATES"]
 
 #: The version of the tables this code makes and reads; a schema of a newer
@@ -282,16 +283,24 @@ READ_BLOCKS = (
     "ORDER BY first_line")
 
 
-async def read_lines(db: Db, number: int, from_line: int, limit: int) -> list[bytes]:
-    """Up to ``limit`` of job ``number``'s stored lines from ``from_line`` (1-based) on."""
-    found: list[bytes] = []
-    # Only the blocks that hold the lines asked for: from the one that holds
-    # from_line (a search of the key, not a scan of the blocks before it) to the
-    # last that starts before from_line + limit.  Not all the rest: a monitor far
-    # behind a long job would fetch the whole tail for every page it reads.
+async def read_blocks(db: Db, number: int, from_line: int,
+                      limit: int) -> list[tuple[int, list[bytes]]]:
+    """The stored blocks (first line, lines) that hold job ``number``'s lines
+    ``from_line`` to ``from_line + limit - 1``, in order."""
+    # Only those blocks: from the one that holds from_line (a search of the key,
+    # not a scan of the blocks before it) to the last that starts before
+    # from_line + limit.  Not all the rest: a monitor far behind a long job would
+    # fetch the whole tail for every page it reads.
     rows = await db.fetch(READ_BLOCKS, number, from_line, from_line + max(limit, 1))
-    for first_line, data in rows:
-        lines = [part + b"\r\n" for part in bytes(data).split(b"\r\n")[:-1]]
+    return [(first_line, [part + b"\r\n" for part in bytes(data).split(b"\r\n")[:-1]])
+            for first_line, data in rows]
+
+
+def page_of(blocks: list[tuple[int, list[bytes]]], from_line: int, limit: int) -> list[bytes]:
+    """Up to ``limit`` of a job's lines from ``from_line`` (1-based) on, out of
+    ``read_blocks``' blocks."""
+    found: list[bytes] = []
+    for first_line, lines in blocks:
         found.extend(lines[max(from_line - first_line, 0):])
         if len(found) >= limit:
             break
