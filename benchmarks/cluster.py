@@ -135,8 +135,9 @@ async def cross_node_fanout(node_a: Node, endpoint_a: Endpoint, lines: int,
     watchers on node A; every watcher must get every line."""
     group = f"fanout-{uuid.uuid4().hex[:12]}"
     block = f"block-{uuid.uuid4().hex[:12]}"  # node A's one slot: taken until the end
-    await wire.exchange(endpoint_a, wire.submit_packet("bench.hold", monitor=False,
-                                                       **node_a.params(block)), "bench.hold")
+    held = await wire.exchange(endpoint_a, wire.submit_packet(
+        "bench.hold", monitor=False, **node_a.params(block)), "bench.hold")
+    block_id = wire._check_reply(held.reply.result(), "bench.hold")
     delays: list[float] = []
     loop = asyncio.get_running_loop()
     submitted: asyncio.Future[str] = loop.create_future()
@@ -152,6 +153,10 @@ async def cross_node_fanout(node_a: Node, endpoint_a: Endpoint, lines: int,
     results = await asyncio.gather(first, *others)
     elapsed = time.perf_counter() - started
     await node_a.release(endpoint_a, block)
+    # (Node A's slot is free again only once its job has ended: the next run's
+    # job would otherwise be held there, and run on node A.)
+    await wire.exchange(endpoint_a, wire.command_packet(
+        "MonitorJob", _sys_TransactionID=block_id), "MonitorJob")
     short = [count for _, count in results if count < lines]
     if short:
         raise RuntimeError(f"fan-out: {len(short)} watchers got too few lines ({short[0]})")

@@ -69,6 +69,11 @@ class Clustered:
     _settling: set[asyncio.Task[None]]
     _releasing: dict[str, list[Action]]
     _adding: dict[str, list[asyncio.Future[None]] | None]
+    #: Counts the store's word that work may wait (``work_available``), and the
+    #: count when a claim last found none left: a freed slot claims only when
+    #: they differ (else each job's end would cost a claim that finds nothing).
+    _work_seen: int
+    _work_claimed: int
     started_at: float
     address: str
 
@@ -161,6 +166,12 @@ class Clustered:
             return
         self._claiming = asyncio.get_running_loop().create_task(self._claim())
 
+    def _slot_freed(self) -> None:
+        """A slot is free: claim for it, unless the last claim found no job left and
+        the store has not said since that work may wait."""
+        if self._work_seen != self._work_claimed:
+            self._claim_soon()
+
     async def _claim(self) -> None:
         shared = self._shared
         assert shared is not None  # (only a cluster claims)
@@ -169,8 +180,10 @@ class Clustered:
             free = self._free_slots()
             if free <= 0:
                 return
+            seen = self._work_seen
+            queues = self._runner.lines.open_queues()
             try:
-                records = await shared.claim(free, self._runner.lines.open_queues())
+                records = await shared.claim(free, queues)
             except StoreUnavailable:
                 return  # (the store logs the outage; the next poll claims again)
             except Exception:
@@ -186,6 +199,8 @@ class Clustered:
                     self._runner.start_ready()
                 else:  # its queue is full here (by the jobs just claimed): for the others
                     shared.release(record.transaction_id)
+            if len(records) < free and queues is None:
+                self._work_claimed = seen  # (none left of any queue, as of then)
             if len(records) < free and not self._claim_again:
                 return
 
@@ -234,6 +249,7 @@ class Clustered:
     # -- the store's hooks (ClusterHooks) ---------------------------------------------
 
     def work_available(self) -> None:
+        self._work_seen += 1
         self._claim_soon()
 
     def requested(self, transaction_id: str, action: Action) -> None:

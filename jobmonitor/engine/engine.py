@@ -109,6 +109,8 @@ class Engine(Clustered, Placing):
         # of with the actions asked of them meanwhile (see Clustered.settle).
         self._settling: set[asyncio.Task[None]] = set()
         self._releasing: dict[str, list[Action]] = {}
+        self._work_seen = 1  # (see Clustered._slot_freed)
+        self._work_claimed = 0
         # Every stream's first line: formatted once, shared by all jobs.
         self._machine_line = format_line("J", Status.INFO, f"Machine name: {self.machine_name}")
 
@@ -120,7 +122,7 @@ class Engine(Clustered, Placing):
         self._store.on_persisted = self._persisted
         if self._shared is not None:
             self._shared.attach(self)
-            self._runner.on_slot_free = self._claim_soon
+            self._runner.on_slot_free = self._slot_freed
         recovery = await self._store.open()
         self._last_number = recovery.last_number
         self.jobs.seed_task_log(recovery.recent_events)

@@ -153,9 +153,11 @@ class FencedCommits(GroupCommitStore):
             db = await self._writer()
             for attempt in range(1, WRITE_TRIES + 1):
                 try:
-                    if batch.updates or releases:
+                    if releases:
                         async with db.transaction():
                             outcome = await self._write(db, batch, releases)
+                    elif batch.updates:
+                        outcome = await self._write_whole(db, batch)
                     else:
                         outcome = await self._write_new(db, batch)
                     break
@@ -227,6 +229,30 @@ class FencedCommits(GroupCommitStore):
             token_taken, fenced, released, more = await self._write(db, rest, {})
         statuses.update(more)
         return token_taken, fenced, released, statuses
+
+    async def _write_whole(self, db: Db, batch: Batch
+                           ) -> tuple[dict[int, str], set[int], list[int], dict[int, str]]:
+        """A commit with updates, in one statement (``sql.WRITE_ALL``) when nothing
+        in it is left out (no job token taken, no job fenced: the usual case);
+        else in ``_write``'s transaction.  Returns what ``_write`` does."""
+        rows = self._new_rows(batch)
+        epochs = self.epochs
+        updates = [(*update, *epochs.get(update[0], (None, 0))) for update in batch.updates]
+        updated = {update[0]: update[1] for update in updates}
+        work = any(row[23] is None and row[6] in _WAITING for row in rows)
+        channels, payloads = self._notices(batch, updated, work)
+        try:
+            await db.fetchrow(
+                sql.WRITE_ALL, *sql.columns(rows, 25), *sql.columns(updates, 15),
+                sql.FINAL_STATES, *sql.columns(batch.blocks, 4), *sql.columns(batch.history, 7),
+                *sql.columns(batch.outputs, 5), *sql.columns(schedule_marks_of(batch.rows), 2),
+                channels, payloads, len(rows), len(updates))
+        except asyncpg.DivisionByZeroError:  # (something left out: nothing was written)
+            async with db.transaction():
+                return await self._write(db, batch, {})
+        statuses = {row[0]: row[6] for row in rows}
+        statuses.update(updated)
+        return {}, set(), [], statuses
 
     async def _write(self, db: Db, batch: Batch, releases: dict[int, int]
                      ) -> tuple[dict[int, str], set[int], list[int], dict[int, str]]:

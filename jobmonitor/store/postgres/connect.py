@@ -139,6 +139,7 @@ class Listener:
         self._task: asyncio.Task[None] | None = None
         self._connection: asyncpg.Connection[asyncpg.Record] | None = None
         self._broken: asyncio.Event | None = None
+        self._subscribed = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -149,6 +150,13 @@ class Listener:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+    @property
+    def listening(self) -> bool:
+        """Subscribed, on a connection not known to be broken: every notification
+        sent from now on is heard."""
+        broken = self._broken
+        return self._subscribed and broken is not None and not broken.is_set()
 
     def check(self) -> None:
         """Notice a connection that closed without telling (called every heartbeat)."""
@@ -179,9 +187,11 @@ class Listener:
             connection.add_termination_listener(lambda _connection: broken.set())
             for channel, callback in self._channels.items():
                 await connection.add_listener(channel, _payload_to(callback))
+            self._subscribed = True
             self._on_connected()
             await broken.wait()
         finally:
+            self._subscribed = False
             self._connection = self._broken = None
             connection.terminate()
 

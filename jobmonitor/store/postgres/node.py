@@ -37,7 +37,7 @@ import asyncpg
 from ...errors import StoreUnavailable
 from ...wire.records import JobRecord
 from ..shared import Action, ClusterHooks
-from ..sqlite.rows import number_of, transaction_id_of
+from ..sqlite.rows import FINAL, number_of, transaction_id_of
 from . import sql
 from .connect import Listener, Settings, unavailable
 
@@ -52,6 +52,9 @@ log = logging.getLogger("jobmonitor.store")
 #: looks again (a notification sent while the listener reconnected is lost).
 LONGEST_LINE_WAIT_S = 1.0
 _ACTIONS = frozenset({"cancel", "suspend", "resume"})
+#: Most jobs whose stored line count this node keeps from the notifications
+#: (``Node.heard``); past it they are forgotten, and a wait reads the count.
+MOST_HEARD_JOBS = 10_000
 #: Every so many reapings, look for jobs held by no node even when no node died;
 #: every so many heartbeats, for jobs held by this node that it does not know of.
 SWEEP_EVERY = 5
@@ -110,6 +113,10 @@ class Node:
         self.started = time.time()
         #: Jobs waited on (``wait_lines``): number -> the futures of the waiters.
         self._line_waiters: dict[int, set[asyncio.Future[None]]] = {}
+        #: Per unfinished job, its stored line count as the last notification of it
+        #: said, since the listener (re)connected: a wait for a job heard of needs
+        #: no read of the count (every later commit of it will be heard).
+        self.heard: dict[int, int] = {}
         self._beating: asyncio.Task[None] | None = None
         self._asking: asyncio.Task[None] | None = None
         self._ask_again = False
@@ -349,6 +356,7 @@ class Node:
     def _listening(self) -> None:
         """The listener (re)connected: what it missed meanwhile, the next heartbeat
         would find; find it now."""
+        self.heard.clear()  # (what was missed meanwhile is not in it)
         self.ask_for_requests()
         self.hooks.work_available()
         self._wake_all()
@@ -362,14 +370,22 @@ class Node:
 
     def _heard_lines(self, payload: str) -> None:
         waiters = self._line_waiters
-        if not waiters:
-            return
+        heard = self.heard
+        if len(heard) > MOST_HEARD_JOBS:
+            heard.clear()  # (jobs that ended unheard, or lost: the waits read the count)
         for entry in payload.split(","):
-            number, _, _ = entry.partition(":")
-            if number.isdigit():
-                for waiter in waiters.get(int(number), ()):
-                    if not waiter.done():
-                        waiter.set_result(None)
+            number_text, _, rest = entry.partition(":")
+            lines, _, status = rest.partition(":")
+            if not (number_text.isdigit() and lines.isdigit()):
+                continue
+            number = int(number_text)
+            if status in FINAL:
+                heard.pop(number, None)  # (a wait after the end reads the count)
+            else:
+                heard[number] = int(lines)
+            for waiter in waiters.get(number, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def _wake_all(self) -> None:
         for waiters in self._line_waiters.values():
@@ -385,11 +401,14 @@ class Node:
         waiters = self._line_waiters.setdefault(number, set())
         waiters.add(waiter)
         try:
-            # (A commit between the caller's read and this wait notified no one here.)
-            try:
-                count = await self.store.call(_line_count, number, refused=0)
-            except StoreUnavailable:
-                count = None
+            # A commit between the caller's read and this wait notified no one here:
+            # its line count was heard, or else it is read.
+            count = self.heard.get(number) if self.listener.listening else None
+            if count is None:
+                try:
+                    count = await self.store.call(_line_count, number, refused=0)
+                except StoreUnavailable:
+                    count = None
             if count is not None and count > stored_lines:
                 return
             with contextlib.suppress(TimeoutError):

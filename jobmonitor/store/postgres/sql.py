@@ -18,6 +18,7 @@ transaction numbers (1..9999999, never twice).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +34,10 @@ if TYPE_CHECKING:
     Db = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
 __all__ = ["SCHEMA_VERSION", "create_schema", "job_update", "INSERT_JOBS", "UPDATE_JOBS",
-           "UPSERT_BLOCKS",
+           "UPSERT_BLOCKS", "WRITE_ALL",
            "INSERT_HISTORY", "INSERT_OUTPUTS", "UPSERT_MARKS", "RELEASE", "NOTIFY",
-           "columns", "select_records", "list_page", "read_lines", "recent_events",
+           "columns", "select_records", "list_page", "read_blocks",
+           "page_of", "recent_events",
            "take_numbers", "FINAL_STATES", "UNFINISHED_STATES", "RUNNING_STATES"]
 
 #: The version of the tables this code makes and reads; a schema of a newer
@@ -180,6 +182,31 @@ RELEASE = ("UPDATE jobs AS j SET node_id = CASE WHEN j.status = ANY($4::text[]) 
 NOTIFY = "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)"
 
 
+def _shifted(statement: str, by: int) -> str:
+    """``statement`` with its parameters renumbered from ``$1 + by`` on."""
+    return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + by}", statement)
+
+
+#: A commit of new jobs and updates, whole, in one statement (the usual one
+#: when jobs end: a transaction takes six round trips).  It goes through only
+#: if every new row was inserted ($62 of them) and every update found its row
+#: still held so ($63): else a division by zero undoes all of it (the
+#: ``DivisionByZeroError`` says so) and the commit is written by ``commit``'s
+#: transaction, which sorts out the rows left out.  The notifications ($60,
+#: $61) are those of a commit where nothing is left out.
+WRITE_ALL = (
+    f"WITH ins AS ({INSERT_JOBS}), "
+    f"upd AS ({_shifted(UPDATE_JOBS, 25)}), "
+    "ok AS (SELECT 1 / ((SELECT count(*) FROM ins) = $62::bigint "
+    "AND (SELECT count(*) FROM upd) = $63::bigint)::integer AS whole), "
+    f"b AS ({_shifted(UPSERT_BLOCKS, 41)}), "
+    f"h AS ({_shifted(INSERT_HISTORY, 45)}), "
+    f"o AS ({_shifted(INSERT_OUTPUTS, 52)}), "
+    f"m AS ({_shifted(UPSERT_MARKS, 57)}), "
+    f"n AS ({_shifted(NOTIFY, 59)}) "
+    "SELECT (SELECT whole FROM ok), (SELECT count(*) FROM n)")
+
+
 def columns(rows: Sequence[tuple[Any, ...]], width: int = 0) -> list[list[Any]]:
     """Rows as one list per column (``unnest``'s arguments); no rows: ``width``
     empty lists."""
@@ -255,13 +282,32 @@ async def list_page(db: Db, identity: str | None, after: int, limit: int, *,
                                 history=False)
 
 
-async def read_lines(db: Db, number: int, from_line: int, limit: int) -> list[bytes]:
-    """Up to ``limit`` of job ``number``'s stored lines from ``from_line`` (1-based) on."""
+#: A job's stored blocks that hold lines $2 (1-based) up to before $3.
+READ_BLOCKS = (
+    "SELECT first_line, data FROM line_blocks WHERE number = $1 AND first_line >= "
+    "(SELECT coalesce(max(first_line), 0) FROM line_blocks WHERE number = $1 "
+    "AND first_line <= $2) AND first_line < $3 AND first_line + count > $2 "
+    "ORDER BY first_line")
+
+
+async def read_blocks(db: Db, number: int, from_line: int,
+                      limit: int) -> list[tuple[int, list[bytes]]]:
+    """The stored blocks (first line, lines) that hold job ``number``'s lines
+    ``from_line`` to ``from_line + limit - 1``, in order."""
+    # Only those blocks: from the one that holds from_line (a search of the key,
+    # not a scan of the blocks before it) to the last that starts before
+    # from_line + limit.  Not all the rest: a monitor far behind a long job would
+    # fetch the whole tail for every page it reads.
+    rows = await db.fetch(READ_BLOCKS, number, from_line, from_line + max(limit, 1))
+    return [(first_line, [part + b"\r\n" for part in bytes(data).split(b"\r\n")[:-1]])
+            for first_line, data in rows]
+
+
+def page_of(blocks: list[tuple[int, list[bytes]]], from_line: int, limit: int) -> list[bytes]:
+    """Up to ``limit`` of a job's lines from ``from_line`` (1-based) on, out of
+    ``read_blocks``' blocks."""
     found: list[bytes] = []
-    rows = await db.fetch("SELECT first_line, data FROM line_blocks WHERE number = $1 "
-                          "AND first_line + count > $2 ORDER BY first_line", number, from_line)
-    for first_line, data in rows:
-        lines = [part + b"\r\n" for part in bytes(data).split(b"\r\n")[:-1]]
+    for first_line, lines in blocks:
         found.extend(lines[max(from_line - first_line, 0):])
         if len(found) >= limit:
             break

@@ -35,6 +35,7 @@ from ..outage import Outage
 from ..shared import Action, NodeInfo, SharedStore
 from ..sqlite.rows import job_row, number_of
 from . import sql
+from .blocks import READ_AHEAD, BlockCache
 from .commit import FencedCommits
 from .connect import CONNECT_TIMEOUT_S, STATEMENT_TIMEOUT_S, Settings, unavailable
 from .node import Node
@@ -80,6 +81,8 @@ class PostgresStore(FencedCommits, SharedStore):
         self._numbers: collections.deque[int] = collections.deque()
         self._numbers_lock = asyncio.Lock()
         self._refill: asyncio.Task[None] | None = None
+        #: Blocks of lines read ahead for followers catching up on long jobs.
+        self._blocks = BlockCache()
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -272,7 +275,11 @@ class PostgresStore(FencedCommits, SharedStore):
         number = number_of(transaction_id)
         if number is None:
             return []
-        lines: list[bytes] = await self.call(sql.read_lines, number, from_line, limit)
+        lines = self._blocks.page(number, from_line, limit)
+        if lines is None:
+            blocks = await self.call(sql.read_blocks, number, from_line, limit * READ_AHEAD)
+            self._blocks.keep(number, blocks)
+            lines = sql.page_of(blocks, from_line, limit)
         return lines
 
     async def list_records(self, identity: str | None, after: int,
@@ -294,12 +301,14 @@ class PostgresStore(FencedCommits, SharedStore):
     async def delete(self, transaction_id: str) -> None:
         number = number_of(transaction_id)
         if number is not None:
+            self._blocks.forget(number)
             await self.call(sql.delete_numbers, [number])
             self.worked()
 
     async def purge(self, finished_before: float) -> int:
         numbers: list[int] = await self.call(sql.finished_before_numbers, finished_before)
         if numbers:
+            self._blocks.clear()
             await self.call(sql.delete_numbers, numbers)
         return len(numbers)
 

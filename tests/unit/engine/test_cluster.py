@@ -368,3 +368,40 @@ async def test_a_queued_job_taken_to_be_suspended_is_not_started_first(registry,
         assert (await a.jobs.record(tid)).status is S.SUSPENDED
         assert "J0000100: done" not in await follow(a, tid, until="J0000130: Job suspended.")
         gate.set()
+
+
+async def test_a_node_whose_claim_found_nothing_claims_no_more_as_its_jobs_end(registry):
+    # (Each job's end frees a slot: a claim each would cost a statement per job.)
+    async with cluster(registry) as nodes:
+        a = await nodes.node("a")
+        store = nodes.stores["a"]
+        claims: list[int] = []
+        claim = store.claim
+
+        async def counted(limit, queues=None):
+            claims.append(limit)
+            return await claim(limit, queues)
+
+        store.claim = counted  # type: ignore[method-assign]
+        await a.submit("quick", {}, {})  # (a claim at the first end finds none left)
+        for _ in range(100):
+            if claims and (a._claiming is None or a._claiming.done()):
+                break
+            await asyncio.sleep(0.01)
+        before = len(claims)
+        for _ in range(5):
+            _, job = await a.submit("quick", {}, {})
+            assert job is not None
+            await Lines(job).end()
+        assert len(claims) == before
+
+
+async def test_a_busy_node_claims_its_own_stored_job_when_its_slot_frees(registry, gate):
+    async with cluster(registry) as nodes:
+        a = await nodes.node("a", max_running=1)
+        await a.submit("gate", {}, {})
+        tid, job = await a.submit("quick", {}, {})
+        assert job is None  # stored for anyone: only a has a slot, once the gate opens
+        gate.set()
+        await until_state(a, tid, S.COMPLETED)
+        assert (await a.jobs.record(tid)).worker == "a"

@@ -212,6 +212,43 @@ async def test_changes_are_stored_by_flush_and_told_to_on_persisted(make, opened
 
 
 @pytest.mark.parametrize("make", DURABLE_STORES, indirect=True)
+async def test_a_page_of_lines_is_read_from_the_blocks_that_hold_it(make, opened):
+    store = make()
+    await opened(store)
+    chatty = job(1)
+    await add(store, chatty)
+    for size in (3, 1, 4, 2):  # one block per commit: lines 1-3, 4, 5-8, 9-10
+        chatty.say(*(f"line {len(chatty.stream.lines) + i + 1}" for i in range(size)))
+        store.changed(chatty)
+        await store.flush()
+    lines = chatty.stream.lines
+    for from_line in range(1, 12):
+        for limit in (1, 2, 3, 5, 20):
+            assert await store.read_lines("T0000001", from_line, limit) == \
+                lines[from_line - 1:from_line - 1 + limit], (from_line, limit)
+
+
+@pytest.mark.parametrize("make", DURABLE_STORES, indirect=True)
+async def test_lines_stored_after_a_read_are_in_the_next_read(make, opened):
+    store = make()
+    await opened(store)
+    growing = job(1)
+    await add(store, growing)
+    growing.say("one", "two", "three")
+    store.changed(growing)
+    await store.flush()
+    assert await store.read_lines("T0000001", 2, 1) == growing.stream.lines[1:2]
+    assert await store.read_lines("T0000001", 1, 10) == growing.stream.lines
+    growing.say("four", "five")
+    store.changed(growing)
+    await store.flush()
+    assert await store.read_lines("T0000001", 1, 10) == growing.stream.lines
+    assert await store.read_lines("T0000001", 3, 2) == growing.stream.lines[2:4]
+    await store.delete("T0000001")
+    assert await store.read_lines("T0000001", 1, 10) == []
+
+
+@pytest.mark.parametrize("make", DURABLE_STORES, indirect=True)
 async def test_lines_said_but_not_yet_announced_wait_for_their_own_notice(make, opened):
     store = make()
     await opened(store)

@@ -255,6 +255,27 @@ async def test_a_node_declared_dead_loses_its_jobs_and_joins_again(cluster):
     assert [r[0] for r in names] == [store.node.node_id]
 
 
+async def test_a_commit_with_one_job_fenced_writes_the_others_and_a_new_job(cluster):
+    # (A commit of updates goes in one statement only when nothing is left out.)
+    (first, first_hooks), (second, _) = await cluster("a"), await cluster("b")
+    fenced, kept = running(1), running(2)
+    await first.add_held(fenced)
+    await first.add_held(kept)
+    await sql(second, "UPDATE jobs SET node_id = $1, epoch = epoch + 1 WHERE number = 1",
+              second.node.node_id)
+    fenced.say("written after the takeover")
+    kept.say("still ours")
+    first.changed(fenced)
+    first.changed(kept)
+    adding = asyncio.create_task(first.add_held(running(3)))  # (rides the same commit)
+    await asyncio.wait_for(adding, 5.0)
+    await first.flush()
+    await first_hooks.until(lambda: first_hooks.lost_jobs == ["T0000001"])
+    assert await second.read_lines("T0000001", 1, 10) == []
+    assert await second.read_lines("T0000002", 1, 10) == kept.stream.lines
+    assert await second.load("T0000003") is not None
+
+
 async def test_wait_lines_wakes_on_another_nodes_commit(cluster, monkeypatch):
     # Only the notification can wake the wait: no time limit, no look at the count.
     monkeypatch.setattr(node_module, "LONGEST_LINE_WAIT_S", 30.0)
@@ -277,6 +298,29 @@ async def test_wait_lines_wakes_on_another_nodes_commit(cluster, monkeypatch):
     await first.flush()
     await asyncio.wait_for(waiting, 5.0)
     assert await second.read_lines("T0000001", 1, 10) == item.stream.lines
+
+
+async def test_wait_lines_reads_no_count_of_a_job_it_heard_of(cluster, monkeypatch):
+    # A node that heard a commit of a job's lines knows how many are stored: a wait
+    # for those it has not read returns at once, with no statement per waiter.
+    counted: list[int] = []
+
+    async def count(db, number):
+        counted.append(number)
+        return None
+
+    monkeypatch.setattr(node_module, "_line_count", count)
+    (first, _), (second, _) = await cluster("a"), await cluster("b")
+    item = running(1)
+    await first.add_held(item)
+    item.say("one", "two")
+    first.changed(item)
+    await first.flush()
+    async with asyncio.timeout(5):
+        while second.node.heard.get(1) != 2:
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(second.wait_lines("T0000001", 1, 30.0), 1.0)
+    assert counted == []
 
 
 async def test_nodes_lists_the_live_nodes(cluster):
