@@ -11,7 +11,8 @@ Served with ``python -m jobmonitor serve --jobs benchmarks/bench_jobs.py``.
   every watcher can attach before the first line.
 * ``bench.fanout_stamped``: ``bench.fanout`` whose every ``stamp_every``-th
   line (default 1000) carries the time it was said (``t=<POSIX seconds>``,
-  padded to the same 40 characters), so a watcher can tell each sample's delay.
+  padded to the same 40 characters), so a watcher can tell each sample's delay;
+  with ``lines_per_s`` it says them no faster than that (0: as fast as it can).
 
 Why a release *file*: the signal must reach jobs that are running (and ones
 still queued) without taking a job slot itself, and without one poll per
@@ -95,13 +96,16 @@ async def fanout_stamped(job: Job) -> None:
     await wait_for_release(job)
     total = int(job.params.get("lines", "0"))
     every = max(1, int(job.params.get("stamp_every", "1000")))
+    rate = float(job.params.get("lines_per_s", "0"))
     info = job.info
+    started = time.time()
     for number in range(1, total + 1):
         if number % every:
             info(TEXT)
         else:
             info(f"t={time.time():.6f}".ljust(len(TEXT), "x"))
-            await asyncio.sleep(0)
+            ahead = started + number / rate - time.time() if rate else 0.0
+            await asyncio.sleep(max(ahead, 0.0))
 
 
 @app.job("bench.stream")

@@ -19,7 +19,9 @@ each target on a schema of its own).  Scenarios, each measured in the same run:
   lines/s delivered in all, and each stamped line's delay from the moment the
   job said it to its delivery (which includes the wait for its commit).  Node A
   has one slot, taken by a job that waits until the end, so the watched job
-  runs on node B.
+  runs on node B.  Twice: the job as fast as it can (the delay then is mostly
+  the backlog of its lines still to be delivered), and the job paced so that
+  1.1M lines/s are delivered in all (the delay then is the cluster's own).
 
 Prints a Markdown table of the medians and how the issue's targets fare.
 """
@@ -46,6 +48,8 @@ from targets import JobmonitorTarget  # noqa: E402
 from tests.support.postgres import PostgresServer, find_bin_dir  # noqa: E402
 
 STAMP_EVERY = 1000
+#: Lines/s delivered in all in the paced fan-out (a little over the issue's 1M).
+PACED_DELIVERY = 1_100_000
 
 
 class Node(JobmonitorTarget):
@@ -130,9 +134,10 @@ async def _watch(endpoint: Endpoint, packet: bytes, attached: asyncio.Future[str
 
 
 async def cross_node_fanout(node_a: Node, endpoint_a: Endpoint, lines: int,
-                            watchers: int) -> dict[str, float]:
+                            watchers: int, lines_per_s: float = 0.0) -> dict[str, float]:
     """One job run by another node, its submitter and ``watchers - 1`` more
-    watchers on node A; every watcher must get every line."""
+    watchers on node A; every watcher must get every line.  ``lines_per_s``:
+    the job says its lines no faster (0: as fast as it can)."""
     group = f"fanout-{uuid.uuid4().hex[:12]}"
     block = f"block-{uuid.uuid4().hex[:12]}"  # node A's one slot: taken until the end
     held = await wire.exchange(endpoint_a, wire.submit_packet(
@@ -142,7 +147,8 @@ async def cross_node_fanout(node_a: Node, endpoint_a: Endpoint, lines: int,
     loop = asyncio.get_running_loop()
     submitted: asyncio.Future[str] = loop.create_future()
     submit = wire.submit_packet("bench.fanout_stamped", lines=str(lines),
-                                stamp_every=str(STAMP_EVERY), **node_a.params(group))
+                                stamp_every=str(STAMP_EVERY), lines_per_s=str(lines_per_s),
+                                **node_a.params(group))
     first = asyncio.ensure_future(_watch(endpoint_a, submit, submitted, delays))
     monitor = wire.command_packet("MonitorJob", _sys_TransactionID=await submitted)
     gates = [loop.create_future() for _ in range(watchers - 1)]
@@ -238,13 +244,24 @@ class Bench:
         url = self.pg()
         node_a, node_b = Node(url, "node-a", max_running=1), Node(url, "node-b")
 
+        watchers = self.args.watchers
+        # Paced: the job says lines at the rate that makes 1M lines/s delivered in
+        # all, so the delay is the cluster's, not a backlog's of a faster job.
+        paced = PACED_DELIVERY / watchers
+
         def run(endpoints: list[Endpoint]) -> Awaitable[dict[str, float]]:
-            return cross_node_fanout(node_a, endpoints[0], self.args.fanout_lines,
-                                     self.args.watchers)
+            return cross_node_fanout(node_a, endpoints[0], self.args.fanout_lines, watchers)
+
+        def run_paced(endpoints: list[Endpoint]) -> Awaitable[dict[str, float]]:
+            return cross_node_fanout(node_a, endpoints[0], self.args.paced_lines, watchers,
+                                     paced)
 
         await self.nodes_run("cross-node fan-out",
-                             f"job on node B, {self.args.watchers} watchers on node A",
+                             f"job on node B, {watchers} watchers on node A",
                              [node_a, node_b], run)
+        await self.nodes_run("cross-node fan-out",
+                             f"... the job paced at {paced:,.0f} lines/s",
+                             [node_a, node_b], run_paced)
 
     def verdict(self) -> list[str]:
         r = self.results
@@ -325,6 +342,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--stream-lines", type=int, default=500_000)
     parser.add_argument("--fanout-lines", type=int, default=100_000)
+    parser.add_argument("--paced-lines", type=int, default=50_000)
     parser.add_argument("--watchers", type=int, default=100)
     parser.add_argument("--scenarios", nargs="+", default=["tiny", "stream", "fanout"],
                         choices=["tiny", "stream", "fanout"])
@@ -332,6 +350,7 @@ def main() -> int:
     if args.quick:
         args.runs, args.jobs, args.stream_lines, args.fanout_lines, args.watchers = (
             1, 500, 50_000, 10_000, 10)
+        args.paced_lines = 20_000
     return asyncio.run(main_async(args))
 
 
