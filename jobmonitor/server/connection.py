@@ -84,6 +84,9 @@ class ConnectionContext:
     opened: Callable[[Connection], bool]
     #: Called once a connection is lost.
     closed: Callable[[Connection], None]
+    #: Commands start eagerly (a cluster's node: in a task from the start, as its
+    #: store's driver needs; decided once, not per packet).
+    eager: bool = True
 
 
 class Connection(Input):
@@ -202,7 +205,7 @@ class Connection(Input):
     def _run(self, packet: Packet) -> None:
         # Most commands never wait (a submit to the memory store, a status query):
         # they run to their end here, with no task and no extra loop turn.
-        task = start_eagerly(self._loop, self._answer(packet), eager=not self._config.clustered)
+        task = start_eagerly(self._loop, self._answer(packet), eager=self._context.eager)
         if task is not None:  # kept while it runs: the loop holds tasks weakly
             self._task = task
             task.add_done_callback(self._forget_task)

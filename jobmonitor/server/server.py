@@ -141,7 +141,8 @@ class Server:
             self._context = ConnectionContext(
                 loop, config, engine, commands, deadlines, accepts_corked=corked,
                 refusals=self.refusals, parse_turns=turns,
-                opened=self._connection_opened, closed=self._connection_closed)
+                opened=self._connection_opened, closed=self._connection_closed,
+                eager=not engine.clustered)
             self._engine, self._listener = engine, listener
             self._commands, self._auth = commands, auth
             self._bound = listener.sockets[0].getsockname()[:2]

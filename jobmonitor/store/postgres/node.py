@@ -194,7 +194,11 @@ class Node:
         next_beat = loop.time()
         while True:
             try:
-                alive = await asyncio.wait_for(self._say_alive(), self.lease_s)
+                # (asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a
+                # cancel that comes as its awaitable finishes, and stop() then
+                # waits for ever on heartbeats that go on.)
+                async with asyncio.timeout(self.lease_s):
+                    alive = await self._say_alive()
                 now = loop.time()
                 if self._good_since is None or now - self._last_good > self.lease_s:
                     self._good_since = now  # a gap: a lease must pass before reaping again
@@ -202,7 +206,8 @@ class Node:
                 self.store.worked()
                 if not alive:
                     self._good_since = None
-                    await asyncio.wait_for(self._declared_dead(), self.lease_s)
+                    async with asyncio.timeout(self.lease_s):
+                        await self._declared_dead()
                 elif self._chores is None or self._chores.done():
                     self._chores = loop.create_task(self._do_chores())
             except (StoreUnavailable, TimeoutError) as exc:
@@ -412,7 +417,8 @@ class Node:
             if count is not None and count > stored_lines:
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter, min(timeout, LONGEST_LINE_WAIT_S))
+                async with asyncio.timeout(min(timeout, LONGEST_LINE_WAIT_S)):
+                    await waiter
         finally:
             waiters.discard(waiter)
             if not waiters:
