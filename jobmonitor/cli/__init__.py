@@ -1,8 +1,10 @@
 """The ``jobmonitor`` command: the top layer, the only one that prints or exits.
 
 ``main`` (the parser, ``serve`` and its signals, ``hash-password``),
-``client_commands`` (submit, watch, status, ...), ``output`` (how they print)
-and ``logs`` (the server's log: text or JSON lines).  The console
+``client_commands`` (the client commands' options, and how one runs),
+``actions`` (what submit, watch, status, ... each do), ``endpoint`` (where a
+command connects, as whom), ``output`` and ``tables`` (how they print) and
+``logs`` (the server's log: text or JSON lines).  The console
 script is ``jobmonitor.cli:main``.
 
 Rule: anything may be imported from here; nothing imports the CLI.

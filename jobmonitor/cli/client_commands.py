@@ -11,12 +11,14 @@ While ``submit`` or ``watch`` follows a job whose connection was lost, a line on
 stderr says so, and another when it has re-attached (the library's
 ``on_reattach`` hook).
 
-A command that asks one question (status, cancel, queue, ...) asks it on a
-plain socket (``client.blocking``) and never imports asyncio: its start-up is
-most of its time (``benchmarks/cli_startup.py``).  Only the commands that
-follow a stream, or take typed results from ``Client`` (``list``), run an
-event loop: an ``async def`` action is given a ``Client``, any other action
-the ``Endpoint`` it asks.
+This module builds the commands' options and runs one: ``actions`` holds what
+each command does, ``endpoint`` where it connects and as whom, ``output`` and
+``tables`` how it prints.  A command that asks one question (status, cancel,
+queue, ...) asks it on a plain socket (``client.blocking``) and never imports
+asyncio: its start-up is most of its time (``benchmarks/cli_startup.py``).
+Only the commands that follow a stream, or take typed results from ``Client``
+(``list``), run an event loop: an ``async def`` action is given a ``Client``,
+any other action the ``Endpoint`` it asks.
 """
 
 from __future__ import annotations
@@ -24,31 +26,21 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-import shutil
 import sys
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar, cast
 
 from ..errors import ProtocolError, ReplyError
 from ..wire import DEFAULT_PORT
 from ..wire.codes import Reply
-from ..wire.variables import AFTER, FILTER, FORMAT, QUEUE_NAME, TRANSACTION_ID, USER_TOKEN
-from .output import (
-    EXIT_CODES,
-    JsonPrinter,
-    LivePrinter,
-    PlainPrinter,
-    StreamPrinter,
-    display_text,
-    display_width,
-    exit_status,
-)
+from . import actions
+from .actions import Action, AskAction, StreamAction
+from .endpoint import UsageError, endpoint_from, port_number
+from .output import EXIT_CODES, display_text
 
 if TYPE_CHECKING:
     import datetime as dt
-    import ssl
 
-    from ..client import Client, JobStatus, Reattach, Transaction
     from ..wire.states import JobState
 
 __all__ = ["add_client_commands", "EXIT_CODES", "USAGE_ERROR"]
@@ -56,16 +48,6 @@ __all__ = ["add_client_commands", "EXIT_CODES", "USAGE_ERROR"]
 #: Exit status for a usage error, an unreachable server or an error reply.
 USAGE_ERROR = 2
 _BROKEN_PIPE = 141  # what a shell reports for a process killed by SIGPIPE
-
-#: What a command does: asks its ``Endpoint`` and returns the exit status, or (an
-#: ``async def``) runs on an event loop with a ``Client``.
-_AskAction = Callable[["Endpoint", argparse.Namespace], int]
-_StreamAction = Callable[["Client", argparse.Namespace], Coroutine[Any, Any, int]]
-Action = _AskAction | _StreamAction
-
-
-class UsageError(Exception):
-    """A bad option value found after parsing (e.g. in the environment)."""
 
 
 class OutputError(Exception):
@@ -125,23 +107,23 @@ def add_client_commands(commands: Any) -> None:
     _add_submit(add)
     _add_watch(add)
     _add_queries(add)
-    listing = add("list", _list, "list active jobs")
+    listing = add("list", actions.list_jobs, "list active jobs")
     listing.add_argument("--all", action="store_true", help="include jobs that have ended")
     listing.add_argument("--user-token", help="only this user's jobs")
     listing.add_argument("--json", action="store_true", help="print the server's JSON list")
     listing.add_argument("--status", type=_job_state, metavar="STATUS",
                          help="only jobs in this state (Queued, Processing, Failed, ...)")
     listing.add_argument("--project", help="only this project's jobs")
-    outputs = add("outputs", _outputs, "list what a job produced")
+    outputs = add("outputs", actions.outputs, "list what a job produced")
     outputs.add_argument("transaction_id", metavar="TX")
     outputs.add_argument("--json", action="store_true", help="print the server's JSON list")
-    add("projects", _projects, "list the projects the server runs")
-    add("queue", _queue, "show how many jobs are queued and running")
-    add("log", _log, "show the server's recent task log (administrators)")
-    nodes = add("nodes", _nodes, "list the cluster's nodes: address, start, heartbeat, "
+    add("projects", actions.projects, "list the projects the server runs")
+    add("queue", actions.queue, "show how many jobs are queued and running")
+    add("log", actions.log, "show the server's recent task log (administrators)")
+    nodes = add("nodes", actions.nodes, "list the cluster's nodes: address, start, heartbeat, "
                 "jobs running (administrators)")
     nodes.add_argument("--json", action="store_true", help="print the server's JSON list")
-    add("restart-server", _restart_server,
+    add("restart-server", actions.restart_server,
         "restart the job engine and reload its job modules (administrators)")
     _add_queue_commands(add)
 
@@ -158,8 +140,8 @@ def _one_line_error(parser: argparse.ArgumentParser) -> Callable[[str], NoReturn
 def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--host", help="server address (default: $JOBMONITOR_HOST or 127.0.0.1)")
-    common.add_argument("--port", type=_port, help=f"server port (default: $JOBMONITOR_PORT "
-                                                   f"or {DEFAULT_PORT})")
+    common.add_argument("--port", type=port_number,
+                        help=f"server port (default: $JOBMONITOR_PORT or {DEFAULT_PORT})")
     common.add_argument("--user", help="user name for a server with users (default: "
                                        "$JOBMONITOR_USER); the password is read from "
                                        "$JOBMONITOR_PASSWORD, or asked for")
@@ -170,7 +152,7 @@ def _common_options() -> argparse.ArgumentParser:
 
 
 def _add_submit(add: Adder) -> None:
-    submit = add("submit", _submit, "submit a job and stream its status")
+    submit = add("submit", actions.submit, "submit a job and stream its status")
     submit.add_argument("project", help="the job's ProjectName")
     submit.add_argument("-v", "--var", dest="variables", action="append", default=[],
                         type=_assignment, metavar="NAME=VALUE", help="a job variable (repeatable)")
@@ -194,13 +176,13 @@ def _add_submit(add: Adder) -> None:
 
 
 def _add_queue_commands(add: Adder) -> None:
-    queues = add("queues", _queues, "list the queues: jobs waiting, running and scheduled")
+    queues = add("queues", actions.queues, "list the queues: jobs waiting, running and scheduled")
     queues.add_argument("--json", action="store_true", help="print the server's JSON list")
     for name, text in (("pause-queue", "start no more jobs of a queue (administrators)"),
                        ("resume-queue", "start jobs of a paused queue again (administrators)")):
-        add(name, _queue_control(name), text).add_argument(
+        add(name, actions.queue_control(name), text).add_argument(
             "queue", metavar="NAME")
-    rerun = add("rerun", _rerun, "run a finished job again as a new job, and stream it")
+    rerun = add("rerun", actions.rerun, "run a finished job again as a new job, and stream it")
     rerun.add_argument("transaction_id", metavar="TX")
     rerun.add_argument("--no-monitor", dest="monitor", action="store_false",
                        help="print the new transaction ID and return at once")
@@ -208,7 +190,7 @@ def _add_queue_commands(add: Adder) -> None:
 
 
 def _add_watch(add: Adder) -> None:
-    watch = add("watch", _watch, "stream a job's status lines until it ends")
+    watch = add("watch", actions.watch, "stream a job's status lines until it ends")
     watch.add_argument("transaction_id", metavar="TX")
     watch.add_argument("--from-line", type=_line_number, default=1, metavar="N",
                        help="start at line N (1 is the first line; default 1)")
@@ -218,27 +200,17 @@ def _add_watch(add: Adder) -> None:
 def _add_queries(add: Adder) -> None:
     for name, command, text in (("status", "GetJobStatus", "show a job's status"),
                                 ("info", "GetJobInformation", "show a job's status and history")):
-        parser = add(name, _formatted(command), text)
+        parser = add(name, actions.formatted(command), text)
         parser.add_argument("transaction_id", metavar="TX")
         parser.add_argument("--format", choices=("text", "xml", "json"), default="text")
     for name, text in (("cancel", "cancel a queued or running job"),
                        ("suspend", "suspend a job (a running one pauses at its next checkpoint)"),
                        ("resume", "resume a suspended job"),
                        ("delete", "forget a job that has ended: its record and its lines")):
-        add(name, _control(name), text).add_argument("transaction_id", metavar="TX")
+        add(name, actions.job_control(name), text).add_argument("transaction_id", metavar="TX")
 
 
 # -- argument types ------------------------------------------------------------------
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text) if text.isascii() else -1  # (int() reads any script's digits)
-    except ValueError:
-        port = -1
-    if not 0 < port < 65536:
-        raise argparse.ArgumentTypeError(f"expected a port number 1..65535, got {text!r}")
-    return port
 
 
 def _line_number(text: str) -> int:
@@ -277,6 +249,21 @@ def _seconds(text: str) -> float:
     return seconds
 
 
+def _job_state(word: str) -> JobState:
+    """``--status``: a job state's name, in any case.
+
+    Raises:
+        argparse.ArgumentTypeError: no state has that name.
+    """
+    from ..wire.states import JobState
+
+    for state in JobState:
+        if state.value.lower() == word.lower():
+            return state
+    names = ", ".join(state.value for state in JobState)
+    raise argparse.ArgumentTypeError(f"{word!r} is not a job state (one of {names})")
+
+
 def _assignment(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -292,14 +279,14 @@ def _run(action: Action, args: argparse.Namespace) -> int:
     where = "the server"
     stdout, sys.stdout = sys.stdout, _Output(sys.stdout)
     try:
-        endpoint = _endpoint(args)
+        endpoint = endpoint_from(args)
         where = f"{endpoint.host}:{endpoint.port}"
         if inspect.iscoroutinefunction(action):
             import asyncio
 
-            status = asyncio.run(cast(_StreamAction, action)(endpoint.client(), args))
+            status = asyncio.run(cast(StreamAction, action)(endpoint.client(), args))
         else:
-            status = cast(_AskAction, action)(endpoint, args)
+            status = cast(AskAction, action)(endpoint, args)
         sys.stdout.flush()  # here, where a failure is reported as ours
         return int(status)
     except UsageError as exc:
@@ -342,359 +329,3 @@ def _silence_stdout() -> None:
     # Whoever read our output has gone; keep Python's exit-time flush quiet.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
-
-
-class Endpoint:
-    """The server a command asks, and as whom: from the options and the environment."""
-
-    def __init__(self, host: str, port: int, user: str | None, password: str | None,
-                 tls: ssl.SSLContext | None) -> None:
-        self.host, self.port = host, port
-        self._user, self._password, self._tls = user, password, tls
-
-    def request(self, command: str, variables: Mapping[str, str] | None = None, *,
-                reply_timeout_s: float | None = 30.0) -> list[str]:
-        """Ask once, on a plain socket; the reply's lines (``blocking.request``).
-
-        Raises:
-            ReplyError, ProtocolError, OSError, ValueError: see ``blocking.request``.
-        """
-        from ..client.blocking import request
-
-        return request(self.host, self.port, command, variables or {}, user=self._user,
-                       password=self._password, tls=self._tls,
-                       reply_timeout_s=reply_timeout_s)
-
-    def client(self) -> Client:
-        """The asyncio client, for the commands that follow a stream.  One connection
-        per packet, as the protocol's original format has it: a CLI command sends
-        one or two packets, and a kept connection would gain nothing."""
-        from ..client.api import Client
-
-        return Client(self.host, self.port, user=self._user, password=self._password,
-                      tls=self._tls, keep_open=False)
-
-
-def _endpoint(args: argparse.Namespace) -> Endpoint:
-    """The server to ask, from the options and the environment.
-
-    Raises:
-        UsageError: a bad value, no password for ``--user``, or a ``--cafile``
-        file that cannot be read.
-    """
-    host, port = _address(args)
-    user = args.user or os.environ.get("JOBMONITOR_USER") or None
-    password = None
-    if user is not None:
-        password = os.environ.get("JOBMONITOR_PASSWORD")
-        if password is None:
-            if not sys.stdin.isatty():
-                raise UsageError(f"no password for {user}: set JOBMONITOR_PASSWORD")
-            import getpass
-
-            try:
-                password = getpass.getpass(f"Password for {user}: ")
-            except EOFError:  # Ctrl-D at the prompt: end its line, then say why we stop
-                print(file=sys.stderr)
-                raise UsageError(f"no password for {user}") from None
-    tls: ssl.SSLContext | None = None
-    if args.tls or args.cafile:
-        import ssl
-
-        try:
-            tls = ssl.create_default_context(cafile=args.cafile)
-        except ssl.SSLError:
-            raise UsageError(f"--cafile {args.cafile}: not a PEM certificate file") from None
-        except OSError as exc:
-            raise UsageError(f"--cafile {args.cafile}: {exc.strerror or exc}") from None
-    return Endpoint(host, port, user, password, tls)
-
-
-def _address(args: argparse.Namespace) -> tuple[str, int]:
-    """The server address from the options, else the environment, else the default.
-
-    Raises:
-        UsageError: JOBMONITOR_PORT is not a port number.
-    """
-    host = args.host or os.environ.get("JOBMONITOR_HOST") or "127.0.0.1"
-    if args.port is not None:
-        return host, args.port
-    raw = os.environ.get("JOBMONITOR_PORT", "")
-    if not raw:
-        return host, DEFAULT_PORT
-    try:
-        return host, _port(raw)
-    except argparse.ArgumentTypeError as exc:
-        raise UsageError(f"JOBMONITOR_PORT: {exc}") from None
-
-
-# -- the commands ---------------------------------------------------------------------------
-
-
-def _printer(args: argparse.Namespace) -> StreamPrinter:
-    if args.json:
-        return JsonPrinter(sys.stdout, sys.stderr)
-    live = sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
-    return (LivePrinter if live else PlainPrinter)(sys.stdout, sys.stderr)
-
-
-async def _submit(client: Client, args: argparse.Namespace) -> int:
-    transaction = await client.submit(
-        args.project, dict(args.variables), job_name=args.job_name, monitor=args.monitor,
-        user_token=args.user_token, job_token=args.job_token, queue=args.queue,
-        priority=args.priority, run_at=args.run_at, delay_s=args.delay_s)
-    return await _started(client, transaction, args, "submitted")
-
-
-async def _rerun(client: Client, args: argparse.Namespace) -> int:
-    transaction = await client.rerun(args.transaction_id, monitor=args.monitor)
-    return await _started(client, transaction, args, "rerun")
-
-
-async def _started(client: Client, transaction: Transaction, args: argparse.Namespace,
-                   event: str) -> int:
-    """A new job's ID (``--no-monitor``), or its stream to its end."""
-    if not args.monitor:
-        if args.json:
-            JsonPrinter(sys.stdout).begin(transaction.transaction_id, event)
-        else:
-            print(transaction.transaction_id, flush=True)
-        return 0
-    return await _follow(client, transaction, _printer(args), event)
-
-
-async def _watch(client: Client, args: argparse.Namespace) -> int:
-    transaction = await client.watch(args.transaction_id, args.from_line)
-    return await _follow(client, transaction, _printer(args), "watching")
-
-
-async def _follow(client: Client, transaction: Transaction, printer: StreamPrinter,
-                  event: str) -> int:
-    client.on_reattach = lambda reattach: printer.notice(_reattach_notice(client, reattach))
-    try:
-        async with transaction:
-            printer.begin(transaction.transaction_id, event)
-            async for line in transaction:
-                printer.line(line)
-            result = await transaction.result()
-        printer.result(result)
-    finally:
-        printer.close()
-    return exit_status(result)
-
-
-def _reattach_notice(client: Client, reattach: Reattach) -> str:
-    """The stderr line for a transaction that lost its connection, or is back."""
-    if reattach.reattached:
-        return f"jobmonitor: re-attached to {reattach.transaction_id}"
-    return (f"jobmonitor: lost the connection to {client.host}:{client.port}; re-attaching "
-            f"to {reattach.transaction_id} from line {reattach.from_line} "
-            f"(for up to {client.reconnect_timeout_s:g} s)")
-
-
-def _formatted(command: str) -> Action:
-    def show(endpoint: Endpoint, args: argparse.Namespace) -> int:
-        _print_lines(endpoint.request(command, {TRANSACTION_ID: args.transaction_id,
-                                                FORMAT: args.format}))
-        return 0
-
-    return show
-
-
-#: The command each control command sends.
-_CONTROLS = {"cancel": "CancelJob", "suspend": "SuspendJob", "resume": "ResumeJob",
-             "delete": "DeleteJob"}
-
-
-def _control(name: str) -> Action:
-    def control(endpoint: Endpoint, args: argparse.Namespace) -> int:
-        text = "\n".join(endpoint.request(_CONTROLS[name],
-                                          {TRANSACTION_ID: args.transaction_id}))
-        if text and " " not in text:  # CancelJob answers with the transaction ID alone
-            text += f" {name} requested"
-        _print_lines([text])
-        return 0
-
-    return control
-
-
-async def _list(client: Client, args: argparse.Namespace) -> int:
-    # (--status and --project are kept here: ListJobs lists by owner and page only)
-    if args.json:
-        _print_lines([await _jobs_json(client, args.all, args.user_token,
-                                       args.status, args.project)])
-        return 0
-    jobs = [job async for job in client.iter_jobs(all=args.all, user_token=args.user_token)
-            if (args.status is None or job.status is args.status)
-            and (args.project is None or job.project == args.project)]
-    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
-    _print_lines(job_table(jobs, width))
-    return 0
-
-
-def _job_state(word: str) -> JobState:
-    """``--status``: a job state's name, in any case.
-
-    Raises:
-        argparse.ArgumentTypeError: no state has that name.
-    """
-    from ..wire.states import JobState
-
-    for state in JobState:
-        if state.value.lower() == word.lower():
-            return state
-    names = ", ".join(state.value for state in JobState)
-    raise argparse.ArgumentTypeError(f"{word!r} is not a job state (one of {names})")
-
-
-async def _jobs_json(client: Client, every: bool, user_token: str | None,
-                     status: JobState | None = None, project: str | None = None) -> str:
-    """The jobs of every page as one JSON list: what the server sent before its
-    list had pages (only those in ``status`` and of ``project``, when given)."""
-    from ..client.results import job_page_from_json, load_json
-    from ..wire.formats import to_json
-
-    variables = {FILTER: "all" if every else "active", FORMAT: "json"}
-    if user_token:
-        variables[USER_TOKEN] = user_token
-    items: list[str] = []
-    after: str | None = None
-    while True:
-        cursor = {AFTER: after} if after else {}
-        reply = load_json("\n".join(await client.request("ListJobs", {**variables, **cursor})))
-        jobs, after = job_page_from_json(reply, after)
-        items.extend(to_json(job) for job in jobs
-                     if (status is None or job.get("Status") == status.number)
-                     and (project is None or job.get("Type") == project))
-        if after is None:
-            return f"[{','.join(items)}]"
-
-
-def _outputs(endpoint: Endpoint, args: argparse.Namespace) -> int:
-    lines = endpoint.request("RetrieveJob", {TRANSACTION_ID: args.transaction_id,
-                                             FORMAT: "json"})
-    if args.json:
-        _print_lines(lines)
-        return 0
-    from ..client.results import load_json, outputs_from_json
-
-    outputs = outputs_from_json(load_json("\n".join(lines)))
-    _print_lines(table(("NAME", "MEDIA TYPE", "URI"),
-                       [(o.name, o.media_type or "-", o.uri) for o in outputs]))
-    if any(output.partial for output in outputs):
-        # On stderr, where a person sees it and a script reading the table does not trip.
-        print("jobmonitor: the job failed or was cancelled: these outputs are partial",
-              file=sys.stderr)
-    return 0
-
-
-def _projects(endpoint: Endpoint, args: argparse.Namespace) -> int:
-    from ..client.results import projects_from_lines
-
-    _print_lines(projects_from_lines(endpoint.request("ListProjects")))
-    return 0
-
-
-def _queue(endpoint: Endpoint, args: argparse.Namespace) -> int:
-    from ..client.results import queue_length_from_lines
-
-    counts = queue_length_from_lines(endpoint.request("GetJobQueueLen"))
-    _print_lines([f"Queued: {counts.queued}", f"Running: {counts.running}"])
-    return 0
-
-
-def _queues(endpoint: Endpoint, args: argparse.Namespace) -> int:
-    lines = endpoint.request("ListQueues", {FORMAT: "json"})
-    if args.json:
-        _print_lines(lines)
-        return 0
-    from ..client.results import load_json, queues_from_json
-
-    queues = queues_from_json(load_json("\n".join(lines)))
-    _print_lines(table(("QUEUE", "WAITING", "RUNNING", "MAX RUNNING", "PAUSED", "SCHEDULED"), [
-        (q.name, str(q.waiting), str(q.running), str(q.max_running),
-         "yes" if q.paused else "no", str(q.scheduled)) for q in queues]))
-    return 0
-
-
-def _nodes(endpoint: Endpoint, args: argparse.Namespace) -> int:
-    lines = endpoint.request("ListNodes", {FORMAT: "json"})
-    if args.json:
-        _print_lines(lines)
-        return 0
-    from ..client.results import load_json, nodes_from_json
-
-    nodes = nodes_from_json(load_json("\n".join(lines)))
-    _print_lines(table(("NODE", "ADDRESS", "STARTED", "HEARTBEAT AGE", "RUNNING"), [
-        (n.name, n.address, n.started, f"{n.heartbeat_age_s:.1f} s", str(n.running))
-        for n in nodes]))
-    return 0
-
-
-#: The command each queue control command sends.
-_QUEUE_CONTROLS = {"pause-queue": "PauseQueue", "resume-queue": "ResumeQueue"}
-
-
-def _queue_control(name: str) -> Action:
-    def control(endpoint: Endpoint, args: argparse.Namespace) -> int:
-        _print_lines(["\n".join(endpoint.request(_QUEUE_CONTROLS[name],
-                                                 {QUEUE_NAME: args.queue}))])
-        return 0
-
-    return control
-
-
-def _log(endpoint: Endpoint, args: argparse.Namespace) -> int:
-    from ..client.results import task_log_from_lines
-
-    entries = task_log_from_lines(endpoint.request("GetTaskLog"))
-    _print_lines(table(("TIME", "TRANSACTION", "PROJECT", "EVENT"), [
-        (e.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ") if e.timestamp else "-",
-         e.transaction_id, e.project, e.event) for e in entries]))
-    return 0
-
-
-def _restart_server(endpoint: Endpoint, args: argparse.Namespace) -> int:
-    # As long as running jobs take to finish (the server's grace): no reply timeout.
-    _print_lines(["\n".join(endpoint.request("RestartServer", reply_timeout_s=None))])
-    return 0
-
-
-def job_table(jobs: list[JobStatus], width: int | None = None) -> list[str]:
-    """Aligned columns: transaction, status, project, job name (and a header);
-    with a terminal ``width``, a job name that would not fit is cut to it, with
-    an ellipsis (the other columns are short)."""
-    lines = table(("TRANSACTION", "STATUS", "PROJECT", "JOB NAME"), [
-        (job.transaction_id, job.status.value if job.status else "Unknown", job.project,
-         job.job_name) for job in jobs])
-    return lines if width is None else [_cut(line, width) for line in lines]
-
-
-def _cut(line: str, width: int) -> str:
-    """``line`` in at most ``width`` terminal cells, ending in "…" when cut."""
-    if display_width(line) <= width:
-        return line
-    kept, cells = [], 0
-    for char in line:
-        cells += display_width(char)
-        if cells > width - 1:
-            break
-        kept.append(char)
-    return "".join(kept) + "\u2026"
-
-
-def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    """A header and rows in columns two spaces apart (in terminal cells: a wide
-    character fills two); the last column is not padded."""
-    rows = [header, *(tuple(display_text(cell).replace("\t", "\\x09") for cell in row)
-                      for row in rows)]
-    widths = [max(display_width(row[column]) for row in rows)
-              for column in range(len(header) - 1)]
-    return ["  ".join([*(cell + " " * (width - display_width(cell))
-                         for cell, width in zip(row, widths, strict=False)), row[-1]]).rstrip()
-            for row in rows]
-
-
-def _print_lines(lines: list[str]) -> None:
-    for line in lines:
-        print(display_text(line), flush=True)

@@ -15,8 +15,8 @@ import sys
 
 import pytest
 
-from jobmonitor.cli.client_commands import table
 from jobmonitor.cli.output import EXIT_CODES, LivePrinter, display_text, render_bar
+from jobmonitor.cli.tables import table
 from jobmonitor.client import Progress, StreamLine
 
 from ..server.test_client import scripted_server, unused_port  # noqa: F401  (a fixture)
