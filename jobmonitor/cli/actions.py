@@ -136,7 +136,7 @@ async def _jobs_json(client: Client, every: bool, user_token: str | None,
                      status: JobState | None = None, project: str | None = None) -> str:
     """The jobs of every page as one JSON list: what the server sent before its
     list had pages (only those in ``status`` and of ``project``, when given)."""
-    from ..client.results import job_page_from_json, load_json
+    from ..client.decoding import job_page_from_json, load_json
     from ..wire.formats import to_json
 
     variables = {FILTER: "all" if every else "active", FORMAT: "json"}
@@ -161,7 +161,7 @@ def outputs(endpoint: Endpoint, args: argparse.Namespace) -> int:
     if args.json:
         print_lines(lines)
         return 0
-    from ..client.results import load_json, outputs_from_json
+    from ..client.decoding import load_json, outputs_from_json
 
     outputs = outputs_from_json(load_json("\n".join(lines)))
     print_lines(table(("NAME", "MEDIA TYPE", "URI"),
@@ -174,14 +174,14 @@ def outputs(endpoint: Endpoint, args: argparse.Namespace) -> int:
 
 
 def projects(endpoint: Endpoint, args: argparse.Namespace) -> int:
-    from ..client.results import projects_from_lines
+    from ..client.decoding import projects_from_lines
 
     print_lines(projects_from_lines(endpoint.request("ListProjects")))
     return 0
 
 
 def queue(endpoint: Endpoint, args: argparse.Namespace) -> int:
-    from ..client.results import queue_length_from_lines
+    from ..client.decoding import queue_length_from_lines
 
     counts = queue_length_from_lines(endpoint.request("GetJobQueueLen"))
     print_lines([f"Queued: {counts.queued}", f"Running: {counts.running}"])
@@ -193,7 +193,7 @@ def queues(endpoint: Endpoint, args: argparse.Namespace) -> int:
     if args.json:
         print_lines(lines)
         return 0
-    from ..client.results import load_json, queues_from_json
+    from ..client.decoding import load_json, queues_from_json
 
     queues = queues_from_json(load_json("\n".join(lines)))
     print_lines(table(("QUEUE", "WAITING", "RUNNING", "MAX RUNNING", "PAUSED", "SCHEDULED"), [
@@ -207,7 +207,7 @@ def nodes(endpoint: Endpoint, args: argparse.Namespace) -> int:
     if args.json:
         print_lines(lines)
         return 0
-    from ..client.results import load_json, nodes_from_json
+    from ..client.decoding import load_json, nodes_from_json
 
     nodes = nodes_from_json(load_json("\n".join(lines)))
     print_lines(table(("NODE", "ADDRESS", "STARTED", "HEARTBEAT AGE", "RUNNING"), [
@@ -230,7 +230,7 @@ def queue_control(name: str) -> Action:
 
 
 def log(endpoint: Endpoint, args: argparse.Namespace) -> int:
-    from ..client.results import task_log_from_lines
+    from ..client.decoding import task_log_from_lines
 
     entries = task_log_from_lines(endpoint.request("GetTaskLog"))
     print_lines(table(("TIME", "TRANSACTION", "PROJECT", "EVENT"), [

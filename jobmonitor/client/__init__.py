@@ -10,14 +10,15 @@
             print(line.code, line.text, line.is_error)
         print((await tx.result()).outcome)
 
-Layers: ``results`` (typed results, sans-I/O), ``replies`` (one reply's
-lines, sans-I/O), ``connection`` (a packet on a connection, built with
-``wire.packet_build`` and read with ``wire.lines.parse_line``), ``kept``
-(connections kept from one call to the next, replaced when the server closed
-them), ``transaction`` (a stream that re-attaches after a drop), ``api``
-(``Client``) and ``sync`` (``SyncClient`` for blocking code); ``blocking``
-asks one question on a plain socket, without asyncio (the ``jobmonitor``
-command's one-shot commands).  The names below are imported on first use.
+Layers: ``results`` (typed results), ``decoding`` (replies read into them)
+and ``replies`` (one reply's lines), all three sans-I/O; ``connection`` (a
+packet on a connection, built with ``wire.packet_build`` and read with
+``wire.lines.parse_line``), ``kept`` (connections kept from one call to the
+next, replaced when the server closed them), ``transaction`` (a stream that
+re-attaches after a drop), ``api`` (``Client``) and ``sync`` (``SyncClient``
+for blocking code); ``blocking`` asks one question on a plain socket, without
+asyncio (the ``jobmonitor`` command's one-shot commands).  The names below are
+imported on first use.
 The client imports only the wire layer and ``errors`` of the rest of the
 package: nothing of the server's side.
 

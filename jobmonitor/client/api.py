@@ -43,6 +43,18 @@ from ..wire.variables import (
     USER_TOKEN,
 )
 from .connection import Value, close_quietly
+from .decoding import (
+    info_from_json,
+    job_page_from_json,
+    load_json,
+    nodes_from_json,
+    outputs_from_json,
+    projects_from_lines,
+    queue_length_from_lines,
+    queues_from_json,
+    status_from_json,
+    task_log_from_lines,
+)
 from .kept import KeptConnections
 from .results import (
     Acknowledged,
@@ -55,16 +67,6 @@ from .results import (
     QueueLength,
     Reattach,
     TaskLogEntry,
-    info_from_json,
-    job_page_from_json,
-    load_json,
-    nodes_from_json,
-    outputs_from_json,
-    projects_from_lines,
-    queue_length_from_lines,
-    queues_from_json,
-    status_from_json,
-    task_log_from_lines,
 )
 from .transaction import Transaction
 

@@ -29,7 +29,7 @@ from jobmonitor.client import (
     TaskLogEntry,
     connect,
 )
-from jobmonitor.client.results import (
+from jobmonitor.client.decoding import (
     info_from_json,
     projects_from_lines,
     queue_length_from_lines,
