@@ -18,8 +18,8 @@ cancelled), sends SIGTERM to the program's process group and, once
 the program itself has exited.  Suspending a running job sends the group
 SIGSTOP; resuming it, SIGCONT.  With an ``output_dir`` each job gets its own folder
 ``<output_dir>/<transaction id>``; the files the program leaves there are
-recorded as the job's outputs.  What a variable's value may be (``Variable``
-rules, paths under ``{output_dir}``) is ``program_args``'s part.
+recorded as the job's outputs (``outputs``).  What a variable's value may be
+(``Variable`` rules, paths under ``{output_dir}``) is ``args``'s part.
 The program inherits the server's environment without its ``JOBMONITOR_*``
 variables.  Starting, reading and stopping the process is ``process``'s part.
 """
@@ -27,8 +27,6 @@ variables.  Starting, reading and stopping the process is ``process``'s part.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import mimetypes
 import os
 import signal
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -54,6 +52,7 @@ from .args import (
     parse_template,
     variable_rules,
 )
+from .outputs import make_output_dir, record_outputs
 from .process import ProgramProcess, read_output, signal_group, start_program, stop_program
 
 __all__ = ["Program", "Variable", "add_programs", "BUILTIN_PLACEHOLDERS", "STANDARD_VARIABLES",
@@ -293,7 +292,7 @@ async def run_program(program: Program, job: Job) -> None:
     values = _values(program, job)
     env = _environment(program, job.transaction_id)
     if output_dir is not None:
-        _make_output_dir(output_dir, job.transaction_id, first_run=_first_run(job))
+        make_output_dir(output_dir, job.transaction_id, first_run=_first_run(job))
         env["JOBMONITOR_OUTPUT_DIR"] = str(output_dir)
         refusal = program.link_refusal(values, output_dir)
         if refusal is not None:
@@ -312,7 +311,7 @@ async def run_program(program: Program, job: Job) -> None:
         raise
     finally:
         if output_dir is not None:
-            await _record_outputs(job, output_dir)
+            await record_outputs(job, output_dir)
     _check_status(argv[0], process.returncode)
 
 
@@ -324,31 +323,6 @@ def _environment(program: Program, transaction_id: str) -> dict[str, str]:
     inherited = {name: value for name, value in os.environ.items()
                  if not name.startswith("JOBMONITOR_")}
     return {**inherited, **program.env, "JOBMONITOR_TRANSACTION_ID": transaction_id}
-
-
-def _make_output_dir(folder: Path, transaction_id: str, *, first_run: bool) -> None:
-    """Make the job's output folder.  On its first run the folder must be new or
-    empty: files in it were left by an earlier job with the same transaction ID
-    (the memory store numbers jobs from T0000001 at every start, as does a new
-    database), and would be listed as this job's outputs.  A run again keeps
-    what the runs before it left.
-
-    Raises:
-        JobFailed: the folder cannot be made, or holds another job's files.
-    """
-    taken = False
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if first_run:
-            with os.scandir(folder) as entries:
-                taken = next(entries, None) is not None
-    except OSError as exc:
-        raise JobFailed(f"cannot make the output folder {folder}: "
-                        f"{exc.strerror or exc}") from None
-    if taken:
-        raise JobFailed(f"the output folder {folder} already holds files, left by an "
-                        f"earlier job numbered {transaction_id}; move them away, or give "
-                        f"this project another output_dir")
 
 
 def _first_run(job: Job) -> bool:
@@ -377,49 +351,3 @@ def _signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
-
-
-async def _record_outputs(job: Job, folder: Path) -> None:
-    """Record every file the program left in its output folder, sorted by path,
-    but those recorded already: a job run again (``retries``, ``retry_on_restart``)
-    has the same folder, and each run recorded what was there then.
-
-    The folder is read in a worker thread: a program that leaves 100 000 files
-    would otherwise hold the event loop for about two seconds.
-    """
-    recorded = {output.name for output in job.record.outputs}
-    for name, uri, media in await asyncio.to_thread(_outputs_in, folder):
-        if name not in recorded:
-            job.add_output(name, uri, media)
-
-
-def _outputs_in(folder: Path) -> list[tuple[str, str, str | None]]:
-    """(name relative to ``folder``, file URI, media type) of each regular file
-    under ``folder``, sorted by path; links to folders are not followed."""
-    names: list[str] = []
-    pending = [""]
-    while pending:
-        prefix = pending.pop()
-        with contextlib.suppress(OSError), os.scandir(folder / prefix) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append(f"{prefix}{entry.name}/")
-                elif entry.is_file():
-                    names.append(prefix + entry.name)
-    names.sort(key=lambda name: name.split("/"))
-    return [(name, (folder / name).as_uri(), media_type(name)) for name in names]
-
-
-#: What a compressed file is, whatever it holds (``mimetypes`` names what it holds).
-_COMPRESSED = {"gzip": "application/gzip", "bzip2": "application/x-bzip2",
-               "xz": "application/x-xz", "br": "application/x-brotli",
-               "compress": "application/x-compress"}
-
-
-def media_type(name: str) -> str | None:
-    """A file's media type from its name: ``archive.tar.gz`` is ``application/gzip``
-    (``mimetypes`` says ``application/x-tar``, what the gzip file holds)."""
-    guessed, encoding = mimetypes.guess_type(name)
-    if encoding is not None:
-        return _COMPRESSED.get(encoding, "application/octet-stream")
-    return guessed

@@ -16,9 +16,10 @@ import pytest
 
 from jobmonitor import ConfigError, JobMonitor, Outcome, Reply, RequestError
 from jobmonitor.client import Client, ReplyError
-from jobmonitor.programs import program as programs_module
+from jobmonitor.programs import outputs as outputs_module
+from jobmonitor.programs.outputs import media_type
 from jobmonitor.programs.process import MAX_LINE_BYTES
-from jobmonitor.programs.program import Program, add_programs, media_type
+from jobmonitor.programs.program import Program, add_programs
 
 from ..conftest import MACHINE
 from ..process.test_cli import ServerProcess
@@ -458,8 +459,8 @@ async def test_the_output_folder_is_read_off_the_event_loop(client, monkeypatch)
     def outputs_in(folder):
         readers.append(threading.get_ident())
         return outputs_in_before(folder)
-    outputs_in_before = programs_module._outputs_in
-    monkeypatch.setattr(programs_module, "_outputs_in", outputs_in)
+    outputs_in_before = outputs_module._outputs_in
+    monkeypatch.setattr(outputs_module, "_outputs_in", outputs_in)
     _lines, outcome = await texts(client, "write")
     assert outcome is Outcome.SUCCESS
     assert len(readers) == 1 and readers[0] != threading.get_ident()
