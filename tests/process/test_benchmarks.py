@@ -1,6 +1,7 @@
-"""The benchmark harness still runs: every jobmonitor row and the bare baseline
-at ``--quick`` sizes, once each, so ``make bench`` cannot rot between its runs.
-This checks that each scenario completes and measures something, never a speed."""
+"""The benchmark harnesses still run: every jobmonitor row of ``run.py`` and the
+bare baseline, and ``cluster.py`` on the tests' PostgreSQL, at ``--quick`` sizes,
+once each, so ``make bench`` cannot rot between its runs.  These check that
+each scenario completes and measures something, never a speed."""
 
 from __future__ import annotations
 
@@ -39,3 +40,16 @@ def test_every_jobmonitor_row_and_the_bare_baseline_run_at_quick_sizes(tmp_path)
     assert rates[("stream", "jobmonitor (sqlite)")]["lines_per_s"]["median"] > 0
     # The goals table comes after the results.
     assert "| goal | ours | theirs | ratio | target | met |" in finished.stdout
+
+
+@pytest.mark.timeout(240)
+def test_the_cluster_benchmark_runs_at_quick_sizes(postgres_server):
+    argv = [sys.executable, str(ROOT / "benchmarks" / "cluster.py"), "--quick",
+            "--postgres", postgres_server.url()]
+    finished = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert finished.returncode == 0, (finished.stdout + finished.stderr)[-3000:]
+    for row in ("tiny jobs            jobmonitor, PostgreSQL, 2 nodes",
+                "stream               jobmonitor, PostgreSQL, 1 node",
+                "cross-node fan-out   job on node B, 10 watchers on node A",
+                "tiny jobs, 2 nodes vs SQLite:"):
+        assert row in finished.stdout, finished.stdout[-3000:]
