@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterable
 
 from ..errors import RequestError
 from ..queueing import DEFAULT_QUEUE, ScheduleSettings
@@ -65,9 +66,10 @@ class Placing:
         """Return once no recurring schedule is making a job (after a clock moved)."""
         await self._schedules.settled()
 
-    def queue_rows(self) -> list[QueueRow]:
-        """Every queue: jobs waiting, running, its limit, pause, and jobs not due yet."""
-        return self._runner.lines.rows(self._runner.delayed_jobs(), self._due.jobs())
+    def queue_rows(self, also: Iterable[str] = ()) -> list[QueueRow]:
+        """Every queue: jobs waiting, running, its limit, pause, and jobs not due
+        yet; and the queues named in ``also``, idle or not."""
+        return self._runner.lines.rows(self._runner.delayed_jobs(), self._due.jobs(), also)
 
     def pause_queue(self, name: str) -> None:
         """Start no more jobs of queue ``name`` (those running go on).

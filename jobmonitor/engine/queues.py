@@ -270,12 +270,14 @@ class WaitingLines:
 
     # -- reporting --------------------------------------------------------------------
 
-    def rows(self, delayed: Iterable[Job], scheduled: Iterable[Job]) -> list[QueueRow]:
+    def rows(self, delayed: Iterable[Job], scheduled: Iterable[Job],
+             also: Iterable[str] = ()) -> list[QueueRow]:
         """Every queue, by name: ``delayed`` (waiting out a retry's delay) count
-        as waiting, ``scheduled`` (not due yet) as scheduled."""
+        as waiting, ``scheduled`` (not due yet) as scheduled; the queues named in
+        ``also`` too, idle ones included (an idle queue is not kept)."""
         waiting = collections.Counter(job.record.queue for job in delayed)
         later = collections.Counter(job.record.queue for job in scheduled)
-        names = sorted({*self._queues, *waiting, *later})
+        names = sorted({*self._queues, *waiting, *later, *also})
         rows = []
         for name in names:
             queue = self._queues.get(name) or _Queue(name)

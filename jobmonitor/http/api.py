@@ -11,34 +11,30 @@ problem documents.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote
 
 from ..engine.engine import Engine
 from ..errors import RequestError
-from ..server.commands import Commands, Response
+from ..server.commands import Commands, Response, queue_fields
 from ..server.refusals import RefusalLog
 from ..wire.codes import Reply
 from ..wire.packet import Packet
 from ..wire.variables import (
     AFTER,
+    CLIENT_JOB_MONITOR,
     FILTER,
     FORMAT,
     FROM_LINE,
-    JOB_NAME,
     JOB_TOKEN,
     LIMIT,
-    PASSWORD,
-    PROJECT_NAME,
-    SYSTEM_PREFIX,
+    QUEUE_NAME,
     TRANSACTION_ID,
-    USER,
 )
+from .caller import UNSAFE_METHODS, credentials, same_origin
 from .events import JobEvents
 from .messages import (
     HttpRefusal,
@@ -49,8 +45,9 @@ from .messages import (
     negotiate,
     text_response,
 )
+from .submission import json_object, submit_variables
 
-__all__ = ["JobsApi", "PREFIX", "credentials", "same_origin"]
+__all__ = ["JobsApi", "PREFIX"]
 
 PREFIX = "/api/v1/"
 _LINES_HEADER = re.compile(r"Lines: (?:\d+-\d+|0) of (\d+)")
@@ -58,47 +55,9 @@ _LINES_HEADER = re.compile(r"Lines: (?:\d+-\d+|0) of (\d+)")
 _LIMIT = (re.compile("[0-9]{1,10}"), "a number of jobs")
 _AFTER = (re.compile("T[0-9]{7}"), "a transaction ID such as T0000001")
 _ACTIONS = {"cancel": "CancelJob", "suspend": "SuspendJob", "resume": "ResumeJob"}
-_SUBMIT_FIELDS = {PROJECT_NAME, JOB_NAME, "Parameters", "DocVariables", "JobToken"}
-#: Methods that change something: refused when another site's page sends them.
-UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_QUEUE_ACTIONS = {"pause": "PauseQueue", "resume": "ResumeQueue"}
 _JOB_FORMATS = ("application/json", "application/xml", "text/xml")
 _LINE_FORMATS = ("application/json", "text/plain")
-
-
-def credentials(request: Request) -> dict[str, str]:
-    """``_sys_User`` and ``_sys_Password`` from an ``Authorization: Basic`` header
-    (none when there is no such header, or it cannot be read)."""
-    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
-    if scheme.lower() != "basic":
-        return {}
-    try:
-        raw = base64.b64decode(token.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        return {}
-    try:
-        text = raw.decode()
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    user, sep, password = text.partition(":")
-    return {USER: user, PASSWORD: password} if sep else {}
-
-
-def same_origin(request: Request) -> None:
-    """Refuse a state-changing request that another site's page sent (Basic
-    credentials go with it by themselves, so it must not act on them).
-
-    Raises:
-        RequestError: PERMISSION_DENIED.
-    """
-    site = request.headers.get("sec-fetch-site")
-    if site is not None and site.strip().lower() not in ("same-origin", "none"):
-        raise RequestError(Reply.PERMISSION_DENIED, f"cross-site request refused ({site})")
-    origin = request.headers.get("origin")
-    if origin is not None:
-        host = request.headers.get("host", "").strip().lower()
-        if urlsplit(origin.strip()).netloc.lower() != host or not host:
-            raise RequestError(Reply.PERMISSION_DENIED,
-                               f"cross-origin request refused (Origin {origin[:80]!r})")
 
 
 class JobsApi:
@@ -132,7 +91,7 @@ class JobsApi:
             raise
 
     async def handle(self, request: Request) -> HttpResponse | JobEvents:
-        parts = request.path[len(PREFIX):].split("/")
+        parts = _path_parts(request)
         method = request.method
         if method in UNSAFE_METHODS:
             same_origin(request)
@@ -158,12 +117,18 @@ class JobsApi:
             action = parts[2]
             if action in _ACTIONS:
                 table = {"POST": lambda request, tid: self.act(request, tid, _ACTIONS[action])}
+            elif action == "rerun":
+                table = {"POST": self.rerun}
             else:
                 tables = {"outputs": {"GET": self.outputs}, "lines": {"GET": self.lines},
                           "events": {"GET": self.events}}
                 table = tables.get(action, {})
+        elif len(parts) == 3 and parts[0] == "queues" and parts[1] and parts[2] in _QUEUE_ACTIONS:
+            command = _QUEUE_ACTIONS[parts[2]]
+            table = {"POST": lambda request, name: self.queue_action(request, name, command)}
         elif len(parts) == 1:
             tables = {"projects": {"GET": self.projects}, "queue": {"GET": self.queue},
+                      "queues": {"GET": self.queues}, "nodes": {"GET": self.nodes},
                       "openapi.json": {"GET": self.openapi}}
             table = tables.get(parts[0], {})
         else:
@@ -192,8 +157,8 @@ class JobsApi:
                               "Next": page["Next"]})
 
     async def submit(self, request: Request) -> HttpResponse:
-        fields = _json_object(request)
-        variables, doc_variables, token = _submit_variables(fields)
+        fields = json_object(request)
+        variables, doc_variables, token = submit_variables(fields)
         if token:
             try:  # the job this token already names, if any: 200 with it, as it is
                 return await self._status(request, {JOB_TOKEN: token})
@@ -230,6 +195,14 @@ class JobsApi:
         names = {TRANSACTION_ID: transaction_id}
         await self.run(request, command, names)
         return await self._status(request, names)
+
+    async def rerun(self, request: Request, transaction_id: str) -> HttpResponse:
+        """A finished job run again as a new one: ``201`` with the new job's status."""
+        reply = await self.run(request, "RerunJob", {TRANSACTION_ID: transaction_id,
+                                                     CLIENT_JOB_MONITOR: "false"})
+        response = await self._status(request, {TRANSACTION_ID: reply.text}, status=201)
+        response.headers.append(("Location", _address(reply.text)))
+        return response
 
     async def delete(self, request: Request, transaction_id: str) -> HttpResponse:
         await self.run(request, "DeleteJob", {TRANSACTION_ID: transaction_id})
@@ -284,8 +257,33 @@ class JobsApi:
         pairs = (line.split(": ", 1) for line in reply.text.split("\n"))
         return json_response({key: int(value) for key, value in pairs})
 
+    async def queues(self, request: Request) -> HttpResponse:
+        reply = await self.run(request, "ListQueues", {FORMAT: "json"})
+        return json_text_response(reply.text.encode())
+
+    async def queue_action(self, request: Request, name: str, command: str) -> HttpResponse:
+        """Pause or resume a queue: its row of ``GET queues`` after the change."""
+        await self.run(request, command, {QUEUE_NAME: name})
+        name = name.strip()  # (as the command takes it)
+        (row,) = [row for row in self._engine.queue_rows(also=(name,)) if row.name == name]
+        return json_response(queue_fields(row))
+
+    async def nodes(self, request: Request) -> HttpResponse:
+        reply = await self.run(request, "ListNodes", {FORMAT: "json"})
+        return json_text_response(reply.text.encode())
+
     async def openapi(self, request: Request) -> HttpResponse:
         return json_text_response(self._openapi)
+
+
+def _path_parts(request: Request) -> list[str]:
+    """The path's segments after ``/api/v1/``, each decoded on its own: a queue
+    name's ``/`` comes as ``%2F`` and stays in its segment."""
+    raw_path = request.target.partition("?")[0]
+    if not raw_path.startswith(PREFIX):  # (a prefix sent encoded: rare, and no name has a /)
+        return request.path[len(PREFIX):].split("/")
+    return [unquote(part, errors="replace") if "%" in part else part
+            for part in raw_path[len(PREFIX):].split("/")]
 
 
 def _flag(request: Request, name: str) -> bool:
@@ -321,50 +319,6 @@ def _xml_with_address(xml: str) -> str:
     found = re.search(r"<Id>(T\d+)</Id>", body)
     address = _address(found.group(1)) if found else ""
     return f"{body}  <Address>{address}</Address>\n</JobStatus>\n"
-
-
-def _json_object(request: Request) -> dict[str, Any]:
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind != "application/json":
-        raise HttpRefusal(Reply.UNSUPPORTED_ENCODING,
-                          f"send the job as application/json, not {kind[:60] or 'nothing'!r}", 415)
-    try:
-        value = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(Reply.MALFORMED_PACKET, f"not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise RequestError(Reply.MALFORMED_PACKET, "the body must be a JSON object")
-    return value
-
-
-def _submit_variables(fields: dict[str, Any]) -> tuple[dict[str, str], dict[str, str], str]:
-    """The SubmitJob packet's job variables, doc variables and job token."""
-    unknown = sorted(set(fields) - _SUBMIT_FIELDS)
-    if unknown:
-        raise RequestError(Reply.INVALID_VALUE, f"unknown field {unknown[0][:40]!r} (known: "
-                                                f"{', '.join(sorted(_SUBMIT_FIELDS))})")
-    parameters = _strings(fields.get("Parameters", {}), "Parameters")
-    doc_variables = _strings(fields.get("DocVariables", {}), "DocVariables")
-    for name in (PROJECT_NAME, JOB_NAME, "JobToken"):
-        value = fields.get(name)
-        if value is not None and not isinstance(value, str):
-            raise RequestError(Reply.INVALID_VALUE, f"{name} must be a string")
-    # As a packet has them: ProjectName first, then JobName, then the job's own.
-    variables = {PROJECT_NAME: fields.get(PROJECT_NAME) or ""}
-    if fields.get(JOB_NAME) is not None:
-        variables[JOB_NAME] = fields[JOB_NAME]
-    for name, value in parameters.items():
-        if name.startswith(SYSTEM_PREFIX) or name in variables:
-            raise RequestError(Reply.INVALID_VALUE, f"Parameters: {name[:40]!r} is not a job "
-                                                    f"parameter (a system variable or a field)")
-        variables[name] = value
-    return variables, doc_variables, (fields.get("JobToken") or "").strip()
-
-
-def _strings(value: Any, name: str) -> dict[str, str]:
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise RequestError(Reply.INVALID_VALUE, f"{name} must be an object of strings")
-    return dict(value)
 
 
 def _not_acceptable(offered: tuple[str, ...]) -> RequestError:

@@ -15,10 +15,12 @@ import platform
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from sys import intern
+from typing import Any
 
 from .._version import __version__
 from ..engine.engine import Engine
 from ..engine.job import Job
+from ..engine.queues import QueueRow
 from ..errors import ConfigError, RequestError
 from ..store.shared import Action
 from ..users import User
@@ -380,10 +382,7 @@ class Commands:
         form = parse_choice(packet, FORMAT, ("text", "json"))
         rows = self._engine.queue_rows()
         if form == "json":
-            return Response(to_json([{"Name": r.name, "Waiting": r.waiting,
-                                      "Running": r.running, "MaxRunning": r.max_running,
-                                      "Paused": r.paused, "Scheduled": r.scheduled}
-                                     for r in rows]))
+            return Response(to_json([queue_fields(row) for row in rows]))
         return Response("\n".join([f"{len(rows)} queues"] + [
             "\t".join((cell(r.name), str(r.waiting), str(r.running), str(r.max_running),
                        "true" if r.paused else "false", str(r.scheduled))) for r in rows]))
@@ -414,6 +413,12 @@ class Commands:
         if monitor:
             self._check_monitors(job.transaction_id)
         return Response(job.transaction_id, job.transaction_id if monitor else None)
+
+
+def queue_fields(row: QueueRow) -> dict[str, Any]:
+    """A queue as ``ListQueues`` shows it in JSON."""
+    return {"Name": row.name, "Waiting": row.waiting, "Running": row.running,
+            "MaxRunning": row.max_running, "Paused": row.paused, "Scheduled": row.scheduled}
 
 
 async def _rendered(records: list[JobRecord], next_after: str | None, form: str) -> str:
