@@ -195,3 +195,45 @@ def test_a_reload_and_a_dropped_stream_mid_job_show_every_line_once(page, site):
     assert _line_numbers(page) == list(range(1, 9))
     wire = _tcp(site, xml_packet("MonitorJob", {"_sys_TransactionID": tid}))
     assert page.locator("[data-testid=lines] li").all_inner_texts() == wire[1:]
+
+
+def test_a_queue_is_paused_and_resumed_from_the_page(page, site):
+    from playwright.sync_api import expect
+
+    queue = page.locator("tr[data-queue=default]")
+    expect(queue.locator("td").first).to_have_text("default")
+    queue.locator("[data-testid=pause-queue]").click()
+    expect(queue.locator("[data-testid=resume-queue]")).to_be_visible()
+    expect(queue.locator("td").nth(5)).to_have_text("Paused")
+    tid = _tcp(site, submit("echo", monitor=False))[0].split(": ")[1]
+    job = page.locator(f"tr[data-id={tid}]")
+    expect(job).to_contain_text("Queued")  # (at the list's next poll)
+    expect(queue.locator("td").nth(1)).to_have_text("1")  # waiting
+    queue.locator("[data-testid=resume-queue]").click()
+    expect(job).to_contain_text("Completed")
+    expect(queue.locator("td").nth(5)).to_have_text("")
+    expect(queue.locator("[data-testid=pause-queue]")).to_be_visible()
+
+
+def test_a_job_is_placed_and_run_again_from_the_page(page, site):
+    from playwright.sync_api import expect
+
+    expect(page.locator("[data-testid=project] option[value=echo]")).to_have_count(1)
+    page.select_option("[data-testid=project]", "echo")
+    page.fill("[data-testid=queue-name]", "reports")
+    page.fill("[data-testid=priority]", "8")
+    page.click("[data-testid=submit]")
+    status = page.locator("[data-testid=job-status]")
+    expect(status).to_have_text("Completed")
+    expect(page.locator("[data-testid=job-facts]")).to_contain_text("reports, priority 8")
+    first = page.locator("[data-testid=job-title]").inner_text()
+    rerun = page.locator("[data-testid=rerun]")
+    expect(rerun).to_be_enabled()
+    rerun.click()
+    title = page.locator("[data-testid=job-title]")
+    expect(title).not_to_have_text(first)
+    expect(status).to_have_text("Completed")
+    expect(page.locator("[data-testid=history]")).to_contain_text(f"rerun ({first})")
+    expect(page.locator("[data-testid=job-facts]")).to_contain_text("reports, priority 8")
+    expect(page.locator("[data-testid=lines] li").last).to_have_text(
+        f"J0000001: Transaction {title.inner_text()} ended")

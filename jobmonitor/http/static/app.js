@@ -1,4 +1,5 @@
-// The jobmonitor page: a live list of jobs, one job's live lines, a submit form.
+// The jobmonitor page: a live list of jobs, one job's live lines, the queues, a
+// submit form.
 // Plain DOM, no framework. Job text is only ever set as textContent, never as HTML.
 // The list is polled (every PollAfter seconds, not while the tab is hidden); a job's
 // lines come over one EventSource, which resumes after its last event by itself.
@@ -101,11 +102,45 @@ async function listJobs(which) {
   return jobs;
 }
 
+// -- the queues ----------------------------------------------------------------------
+
+function renderQueues(queues) {
+  $("queues").tBodies[0].replaceChildren(...queues.map((queue) => {
+    const row = element("tr");
+    row.dataset.queue = queue.Name;
+    row.dataset.testid = "queue-row";
+    const button = element("button", queue.Paused ? "Resume" : "Pause");
+    button.type = "button";
+    button.dataset.testid = queue.Paused ? "resume-queue" : "pause-queue";
+    button.addEventListener("click", () => pauseQueue(queue.Name, !queue.Paused));
+    const cells = [element("td", queue.Name), element("td", queue.Waiting),
+                   element("td", queue.Running), element("td", queue.MaxRunning),
+                   element("td", queue.Scheduled),
+                   element("td", queue.Paused ? "Paused" : "", queue.Paused ? "status Paused" : ""),
+                   element("td")];
+    cells[6].append(button);
+    row.append(...cells);
+    return row;
+  }));
+}
+
+async function pauseQueue(name, pause) {
+  const what = pause ? "pause" : "resume";
+  try {
+    await call("POST", `/queues/${encodeURIComponent(name)}/${what}`);
+    refreshList();
+  } catch (error) {
+    showProblem(`${what} queue ${name}: ${error.message}`);
+  }
+}
+
 async function refreshList() {
   try {
-    const [jobs, queue] = await Promise.all([listJobs($("which").value), call("GET", "/queue")]);
+    const [jobs, queue, queues] = await Promise.all([
+      listJobs($("which").value), call("GET", "/queue"), call("GET", "/queues")]);
     lastJobs = jobs;
     renderJobs(jobs);
+    renderQueues(queues);
     $("queue").textContent = `${queue.Running} running, ${queue.Queued} queued`;
     const changing = jobs.find((job) => job.PollAfter);  // (null once a job has ended)
     if (jobs.length) pollSeconds = Math.max(1, changing ? changing.PollAfter : 2);
@@ -131,6 +166,7 @@ function setButtons(job) {
   $("suspend").disabled = ![1, 2].includes(state);
   $("resume").disabled = state !== 7;
   $("delete").disabled = !FINAL.has(state);
+  $("rerun").disabled = !FINAL.has(state);
 }
 
 function setProgress(done, total, text) {
@@ -155,6 +191,7 @@ function renderJob(job) {
                                        : (p.Message || ""));
   setButtons(job);
   const facts = [["Project", job.Type], ["Job name", job.JobName], ["Owner", job.Identity],
+                 ["Queue", `${job.Queue}, priority ${job.Priority}`],
                  ["Created", job.Created], ["Started", job.Started],
                  ["Completed", job.Completed], ["Parameters", job.Parameters]];
   $("job-facts").replaceChildren(...facts.flatMap(([key, value]) =>
@@ -232,6 +269,8 @@ async function act(what) {
     if (what === "delete") {
       await call("DELETE", `/jobs/${id}`);
       location.hash = "";
+    } else if (what === "rerun") {
+      location.hash = (await call("POST", `/jobs/${id}/rerun`)).Id;
     } else {
       renderJob(await call("POST", `/jobs/${id}/${what}`));
       soonRefreshJob();
@@ -273,6 +312,8 @@ async function submitJob(event) {
   try {
     const body = { ProjectName: $("project").value, Parameters: parseParameters($("parameters").value) };
     if ($("job-name").value) body.JobName = $("job-name").value;
+    if ($("queue-name").value.trim()) body.Queue = $("queue-name").value.trim();
+    if ($("priority").value) body.Priority = Number($("priority").value);
     const job = await call("POST", "/jobs", body);
     showProblem("");
     location.hash = job.Id;
@@ -293,7 +334,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("filter").addEventListener("input", () => renderJobs(lastJobs));
   $("which").addEventListener("change", refreshList);
   $("submit").addEventListener("submit", submitJob);
-  for (const what of ["cancel", "suspend", "resume", "delete"]) {
+  for (const what of ["cancel", "suspend", "resume", "delete", "rerun"]) {
     $(what).addEventListener("click", () => act(what));
   }
   document.addEventListener("visibilitychange", () => { if (!document.hidden) refreshList(); });
