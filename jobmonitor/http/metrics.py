@@ -6,8 +6,9 @@ commit durations); nothing is counted for the metrics' sake on the job path
 but a few integer additions.  The ``project`` label only ever holds a
 project the server runs now: a job of a project no longer configured counts
 under ``project=""``, so labels never come from what a client typed, and
-never hold a transaction ID or a user name.  Every series of a configured
-project is exported from the start, at 0.
+never hold a transaction ID or a user name; the ``queue`` label likewise
+holds only a configured queue (or ``default``), and ``""`` for the rest.  Every
+series of a configured project or queue is exported from the start, at 0.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterable
 
 from .._version import __version__
 from ..engine.engine import Engine
+from ..engine.queues import QueueRow
 from ..store.timings import COMMIT_BUCKETS_S, Durations
 from ..wire.states import JobState, Outcome
 
@@ -26,8 +28,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def render_metrics(engine: Engine, commit_durations: Durations | None, *,
-                   tcp_connections: int, http_connections: int) -> str:
-    """The whole exposition, one family after another."""
+                   tcp_connections: int, http_connections: int,
+                   queues: Iterable[str] = ()) -> str:
+    """The whole exposition, one family after another; ``queues`` are the
+    configured queues, each a ``queue`` label of its own."""
     projects = engine.handler_names()
     counters = engine.jobs.counters
     out: list[str] = []
@@ -46,6 +50,11 @@ def render_metrics(engine: Engine, commit_durations: Durations | None, *,
             [("", engine.queued_count)])
     _family(out, "jobmonitor_jobs_suspended", "gauge", "Jobs suspended now.",
             [("", sum(1 for job in live if job.state is JobState.SUSPENDED))])
+    jobs, paused = _queues(engine.queue_rows(also=queues), set(queues))
+    _family(out, "jobmonitor_queue_jobs", "gauge",
+            "Jobs of each queue: waiting, running, scheduled (not due yet).", jobs)
+    _family(out, "jobmonitor_queue_paused", "gauge", "1 while a queue is paused, else 0.",
+            paused)
     _family(out, "jobmonitor_lines_sent_total", "counter",
             "Job lines handed to clients: streamed to monitors (TCP and server-sent "
             "events) or read back.", [("", counters.lines_sent)])
@@ -82,6 +91,25 @@ def _finished(projects: list[str], counts: dict[tuple[str, Outcome], int]
         totals[key] = totals.get(key, 0) + count
     return [(f'{{project="{_escape(project)}",outcome="{outcome.value}"}}', count)
             for (project, outcome), count in totals.items()]
+
+
+def _queues(rows: list[QueueRow], named: set[str]
+            ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Each configured queue's jobs by state, and whether it is paused; the jobs
+    of queues a submit named without configuration count under ``queue=""``."""
+    counts: dict[str, list[int]] = {name: [0, 0, 0] for name in sorted(named)}
+    paused = []
+    for row in rows:
+        key = row.name if row.name in named else ""
+        total = counts.setdefault(key, [0, 0, 0])
+        for index, count in enumerate((row.waiting, row.running, row.scheduled)):
+            total[index] += count
+        if key:
+            paused.append((f'{{queue="{_escape(key)}"}}', int(row.paused)))
+    jobs = [(f'{{queue="{_escape(name)}",state="{state}"}}', total[index])
+            for name, total in counts.items()
+            for index, state in enumerate(("waiting", "running", "scheduled"))]
+    return jobs, paused
 
 
 def _histogram(out: list[str], name: str, help_text: str, durations: Durations) -> None:

@@ -25,6 +25,7 @@ from importlib import resources
 
 from ..config import Config
 from ..errors import RequestError
+from ..queueing import DEFAULT_QUEUE
 from ..server.deadlines import Deadlines
 from ..server.server import Server, check_exposure, tls_context
 from ..wire.codes import Reply
@@ -224,7 +225,8 @@ class HttpServer:
         engine = self.server.engine
         return render_metrics(engine, engine.store.commit_durations,
                               tcp_connections=self.server.connection_count,
-                              http_connections=self.connection_count)
+                              http_connections=self.connection_count,
+                              queues=(DEFAULT_QUEUE, *(q.name for q in self.config.queues)))
 
 
 async def start_serving(server: Server) -> HttpServer | None:

@@ -7,6 +7,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobmonitor.http import HttpServer
+from jobmonitor.queueing import QueueSettings
 from jobmonitor.users import User, hash_password
 
 from ..conftest import finished, release
@@ -130,7 +131,8 @@ async def test_event_streams_count_against_the_monitor_limit(web):
 async def test_metrics_parse_as_prometheus_text(web, tmp_path):
     users = (User("root", hash_password("root-pw"), role="admin"),
              User("bob", hash_password("bob-pw")))
-    server, http = await web(store=f"sqlite:///{tmp_path}/jobs.db", users=users)
+    server, http = await web(store=f"sqlite:///{tmp_path}/jobs.db", users=users,
+                             queues=(QueueSettings("reports", paused=True),))
     bob = basic("bob", "bob-pw")
     async with await HttpClient.open(http.port, **bob) as client, \
             await HttpClient.open(http.port, **bob) as watcher:
@@ -158,6 +160,29 @@ async def test_metrics_parse_as_prometheus_text(web, tmp_path):
         assert samples[("jobmonitor_connections", (("transport", "http"),))] == 2
         assert samples[("jobmonitor_connections", (("transport", "tcp"),))] == 0
         assert samples[("jobmonitor_lines_sent_total", ())] >= 1
+        # Configured queues have labels of their own; a queue a submit named, ""
+        own = (await client.post(f"{API}/jobs", json_body={
+            "ProjectName": "echo", "Queue": "made-up", "DelaySeconds": 3600})).json()
+        assert own["Queue"] == "made-up"
+        answer = await client.get("/metrics")
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(answer.text)
+                   for s in family.samples}
+        queues = {labels: value for (name, labels), value in samples.items()
+                  if name == "jobmonitor_queue_jobs"}
+        assert queues == {
+            (("queue", "default"), ("state", "waiting")): 0,
+            (("queue", "default"), ("state", "running")): 1,
+            (("queue", "default"), ("state", "scheduled")): 0,
+            (("queue", "reports"), ("state", "waiting")): 0,
+            (("queue", "reports"), ("state", "running")): 0,
+            (("queue", "reports"), ("state", "scheduled")): 0,
+            (("queue", ""), ("state", "waiting")): 0,
+            (("queue", ""), ("state", "running")): 0,
+            (("queue", ""), ("state", "scheduled")): 1}
+        assert {labels: value for (name, labels), value in samples.items()
+                if name == "jobmonitor_queue_paused"} == {
+            (("queue", "default"),): 0, (("queue", "reports"),): 1}
         assert samples[("jobmonitor_store_commit_duration_seconds_count", ())] >= 1
         assert families["jobmonitor_jobs_finished"].type == "counter"
         assert families["jobmonitor_store_commit_duration_seconds"].type == "histogram"
@@ -165,7 +190,8 @@ async def test_metrics_parse_as_prometheus_text(web, tmp_path):
                   for value in s.labels.values()}
         assert not any(value.startswith("T0") or value in ("bob", "root") for value in labels)
         assert labels <= set(server.engine.handler_names()) | {
-            "success", "partial", "failed", "cancelled", "tcp", "http", "0.1.0"} | {
+            "success", "partial", "failed", "cancelled", "tcp", "http", "0.1.0", "default",
+            "reports", "", "waiting", "running", "scheduled"} | {
             s.labels["le"] for s in families["jobmonitor_store_commit_duration_seconds"].samples
             if "le" in s.labels}
         await release("w")
