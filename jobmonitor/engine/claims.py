@@ -135,7 +135,7 @@ class Claims(EngineParts):
                 return
             if not self._accepting:  # stopping meanwhile: for the others to run
                 for record in records:
-                    shared.release(record.transaction_id)
+                    shared.release(record.transaction_id, keep_requests=True)
                 return
             for record in records:
                 if self._runner.lines.has_room(record.queue):
@@ -177,7 +177,10 @@ class Claims(EngineParts):
         waiting for a retry or its due time, suspended before it ran), for the
         others to claim.  A run the stop left to recovery (``retry_on_restart``)
         stays held: the node that reaps this one takes it over and runs it again
-        (let go, it would be a running job nobody holds, which no node claims)."""
+        (let go, it would be a running job nobody holds, which no node claims).
+        An action another node asked of a job let go of, which this node has not
+        read, stays with the job for the node that holds it next: this node,
+        stopping, could not act on it or pass it on."""
         shared = self._shared
         assert shared is not None
         for job in self.jobs.live_jobs():
@@ -186,7 +189,7 @@ class Claims(EngineParts):
                 continue
             self._runner.withdraw(job)
             self._due.remove(job)
-            shared.release(job.transaction_id)
+            shared.release(job.transaction_id, keep_requests=True)
             job.on_change = None
             self.jobs.forget(job.transaction_id)
 

@@ -66,6 +66,9 @@ class ElsewhereCommands(EngineParts):
         if job is None:
             if self._accepting:  # let go just as it was asked: to whoever holds it now
                 self._in_background(self._pass_on(transaction_id, action))
+            else:  # (a stop's release leaves them with the job: see _release_waiting)
+                log.warning("%s asked of %s by another node as this node stops was lost",
+                            action, transaction_id)
             return
         if job.state.is_final:
             return

@@ -142,9 +142,13 @@ class SharedStore(Store):
         about a second); False when no live node holds it (then ``take`` it)."""
 
     @abc.abstractmethod
-    def release(self, transaction_id: str) -> None:
+    def release(self, transaction_id: str, *, keep_requests: bool = False) -> None:
         """This node stops holding an unfinished job (at shutdown, a queued one it
-        claimed): written with its next commit, for others to claim."""
+        claimed): written with its next commit, for others to claim.  The actions
+        other nodes asked of it that this node has not read are handed back to
+        this node (``hooks.requested``), to pass on; with ``keep_requests`` (a
+        node that stops) they stay with the job, for the node that holds it next
+        (``claim`` and ``take`` hand them to it)."""
 
     @abc.abstractmethod
     async def wait_lines(self, transaction_id: str, stored_lines: int, timeout: float) -> None:

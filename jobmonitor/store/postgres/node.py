@@ -72,6 +72,8 @@ class NodeStore(Protocol):
 
     def held(self) -> list[int]: ...
 
+    def releasing(self) -> list[int]: ...
+
     def forget(self, number: int) -> None: ...
 
     def hold(self, record: JobRecord, epoch: int) -> None: ...
@@ -331,7 +333,8 @@ class Node:
     # -- requests from other nodes --------------------------------------------------------
 
     async def _take_requests(self) -> None:
-        requests = await self.store.call(sql.take_requests, self.node_id, refused=0)
+        requests = await self.store.call(sql.take_requests, self.node_id,
+                                         self.store.releasing(), refused=0)
         held = self.store.epochs
         for number, actions in requests:
             for action in actions.split(","):  # (in the order they were asked)

@@ -164,20 +164,22 @@ INSERT_NEW = (
     "w AS (SELECT pg_notify($45, '') AS sent FROM (SELECT 1 FROM ins WHERE node_id IS NULL "
     "AND status IN ('Queued', 'Created') LIMIT 1) AS waiting) "
     "SELECT number FROM ins LEFT JOIN (SELECT count(*) FROM w) AS told ON true")
-#: Let go of jobs this node holds (number, epoch), for others to claim.
-#: A running job is not let go (nobody would run it): it stays this node's, and
-#: is taken over by another when this node leaves.  (number, whether let go)
-#: The actions asked of a job let go that this node has not read yet
-#: (``requested``) are cleared and returned, for it to pass on.
-#: (number, whether let go, the actions)
+#: Let go of jobs this node holds (number, epoch, whether their requests stay),
+#: for others to claim.  A running job is not let go (nobody would run it): it
+#: stays this node's, and is taken over by another when this node leaves.  The
+#: actions asked of a job let go that this node has not read yet (``requested``)
+#: are cleared and returned, for it to pass on; or, for a job whose requests
+#: stay (a node that stops cannot pass them on), kept for the next holder,
+#: whom ``claim`` and ``take`` tell.  (number, whether let go, the actions)
 RELEASE = ("UPDATE jobs AS j SET node_id = CASE WHEN j.status = ANY($4::text[]) "
            "THEN j.node_id END, requested = CASE WHEN j.status = ANY($4::text[]) "
-           "THEN j.requested END FROM unnest($1::integer[], $2::bigint[]) "
-           "AS r(number, epoch), (SELECT number, requested FROM jobs "
+           "OR r.keep THEN j.requested END "
+           "FROM unnest($1::integer[], $2::bigint[], $5::boolean[]) "
+           "AS r(number, epoch, keep), (SELECT number, requested FROM jobs "
            "WHERE number = ANY($1::integer[]) FOR UPDATE) AS old "
            "WHERE j.number = r.number AND old.number = j.number AND j.epoch = r.epoch "
            "AND j.node_id = $3 RETURNING j.number, j.node_id IS NULL, "
-           "CASE WHEN j.node_id IS NULL THEN old.requested END")
+           "CASE WHEN j.node_id IS NULL AND NOT r.keep THEN old.requested END")
 #: Several notifications in one round trip: (channel, payload) pairs.
 NOTIFY = "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)"
 
@@ -473,17 +475,21 @@ async def request(db: Db, number: int, action: str, lease_s: float,
         return node_id
 
 
-async def take_requests(db: Db, node_id: str) -> list[tuple[int, str]]:
-    """The actions asked of this node's jobs since it last looked (cleared now).
+async def take_requests(db: Db, node_id: str,
+                        releasing: Sequence[int] = ()) -> list[tuple[int, str]]:
+    """The actions asked of this node's jobs since it last looked (cleared now),
+    but those of the jobs it is letting go of (``releasing``).
 
     An action asked just before the holder let go of the job goes back to it
-    with the release (``RELEASE``), for it to pass on.  One left on a job nobody
-    holds (by an older node) is the next holder's: ``claim`` and ``take`` keep
-    it, and say so, for that node to read it here."""
+    with the release (``RELEASE``), for it to pass on, or stays with the job.
+    One left on a job nobody holds (by a node that stopped) is the next
+    holder's: ``claim`` and ``take`` keep it, and say so, for that node to
+    read it here."""
     rows = await db.fetch(
         "UPDATE jobs j SET requested = NULL FROM (SELECT number, requested FROM jobs "
-        "WHERE node_id = $1 AND requested IS NOT NULL FOR UPDATE) AS old "
-        "WHERE j.number = old.number RETURNING j.number, old.requested", node_id)
+        "WHERE node_id = $1 AND requested IS NOT NULL AND number <> ALL($2::integer[]) "
+        "FOR UPDATE) AS old WHERE j.number = old.number RETURNING j.number, old.requested",
+        node_id, list(releasing))
     return [(row[0], row[1]) for row in rows]
 
 

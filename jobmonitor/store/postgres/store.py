@@ -72,6 +72,8 @@ class PostgresStore(FencedCommits, SharedStore):
         self.node_name = self.node.name
         self.epochs = {}
         self._releases = {}
+        self._releasing_now = {}
+        self._kept_requests = set()
         self._asked_of_released = {}
         self._token_taken = {}
         self._holding_now = 0

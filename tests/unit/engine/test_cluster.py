@@ -405,3 +405,25 @@ async def test_a_busy_node_claims_its_own_stored_job_when_its_slot_frees(registr
         gate.set()
         await until_state(a, tid, S.COMPLETED)
         assert (await a.jobs.record(tid)).worker == "a"
+
+
+async def test_a_request_a_stopping_node_had_not_read_is_kept_for_the_next_holder(registry,
+                                                                                 gate):
+    @registry.job("flaky", retries=1, retry_delay_s=0.2)
+    async def flaky(job: Job) -> None:
+        if job.attempt == 1:
+            raise RuntimeError("first try")
+        await gate.wait()
+
+    async with cluster(registry) as nodes:
+        b = await nodes.node("b")
+        tid, job = await b.submit("flaky", {}, {})
+        assert job is not None
+        await Lines(job).until("J0000132: Job queued to run again (attempt 2 of 2, in 0.2 s).")
+        a = await nodes.node("a")
+        # Asked while b held the job, waiting out its retry's delay, and stored
+        # before b read it: b stops, and lets go of the job with the cancel unread.
+        nodes.db.rows[tid].requested.append("cancel")
+        await b.stop(0.0)
+        await until_state(a, tid, S.CANCELLED)  # a holds it next, and reads the cancel
+        gate.set()

@@ -589,3 +589,27 @@ async def test_two_requests_before_the_holder_reads_them_both_reach_it_in_order(
     assert await second.request("T0000001", "cancel") is True
     await read_requests()
     assert first_hooks.requests == [("T0000001", "resume"), ("T0000001", "cancel")]
+
+
+async def test_a_release_that_keeps_requests_leaves_them_for_the_next_holder(
+        cluster, monkeypatch):
+    """A node that stops cannot pass an unread request on: its release leaves it
+    with the job, even when the node's read of its requests races the release."""
+    (first, first_hooks), (second, second_hooks) = await cluster("a"), await cluster("b")
+    await first.add_held(job(1))
+    read_requests = first.node._take_requests
+
+    async def not_yet() -> None:  # (the holder lets go before it reads its requests)
+        pass
+
+    monkeypatch.setattr(first.node, "_take_requests", not_yet)
+    assert await second.request("T0000001", "cancel") is True
+    first.release("T0000001", keep_requests=True)
+    await read_requests()  # (a read before the release is written leaves it alone)
+    await first.flush()
+    assert first_hooks.requests == []
+    rows = await sql(first, "SELECT node_id, requested FROM jobs WHERE number = 1")
+    assert [tuple(row) for row in rows] == [(None, "cancel")]
+    assert [r.transaction_id for r in await second.claim(5)] == ["T0000001"]
+    await second_hooks.until(lambda: bool(second_hooks.requests))
+    assert second_hooks.requests == [("T0000001", "cancel")]
