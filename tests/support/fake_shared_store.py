@@ -356,7 +356,8 @@ class FakeSharedStore(SharedStore):
         now = time.time()
         ready = [row for row in self.db.rows.values()
                  if row.node_id is None and (queues is None or row.record.queue in queues)
-                 and (row.record.status is JobState.QUEUED
+                 and ((row.record.status is JobState.QUEUED
+                       and (row.record.retry_at or 0) <= now)
                       or (row.record.status is JobState.CREATED
                           and (row.record.run_at or 0) <= now))]
         ready.sort(key=lambda row: (-row.record.priority, row.record.created, row.record.number))

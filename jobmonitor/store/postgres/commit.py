@@ -251,7 +251,7 @@ class FencedCommits(GroupCommitStore):
         channels, payloads = self._notices(batch, updated, work)
         try:
             await db.fetchrow(
-                sql.WRITE_ALL, *sql.columns(rows, 25), *sql.columns(updates, 15),
+                sql.WRITE_ALL, *sql.columns(rows, 25), *sql.columns(updates, 16),
                 sql.FINAL_STATES, *sql.columns(batch.blocks, 4), *sql.columns(batch.history, 7),
                 *sql.columns(batch.outputs, 5), *sql.columns(schedule_marks_of(batch.rows), 2),
                 channels, payloads, len(rows), len(updates))
@@ -321,8 +321,8 @@ class FencedCommits(GroupCommitStore):
         skipped = [row for row in rows if row[0] not in inserted]
         there = {r[0] for r in await db.fetch(
             "SELECT number FROM jobs WHERE number = ANY($1::integer[])", [r[0] for r in skipped])}
-        updates.extend((*(row[i] for i in _UPDATE_FIELDS), row[23], row[24])
-                       for row in skipped if row[0] in there)
+        updates.extend((*(row[i] for i in _UPDATE_FIELDS), None, row[23], row[24])
+                       for row in skipped if row[0] in there)  # (None: its retry_at)
         lost = [row for row in skipped if row[0] not in there]
         token_taken: dict[int, str] = {}
         for _ in range(WRITE_TRIES):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -425,5 +426,32 @@ async def test_a_request_a_stopping_node_had_not_read_is_kept_for_the_next_holde
         # before b read it: b stops, and lets go of the job with the cancel unread.
         nodes.db.rows[tid].requested.append("cancel")
         await b.stop(0.0)
-        await until_state(a, tid, S.CANCELLED)  # a holds it next, and reads the cancel
+        for _ in range(100):  # (a's heartbeats: it claims the job once it is due)
+            a.work_available()
+            if (await a.jobs.record(tid)).status.is_final:
+                break
+            await asyncio.sleep(0.05)
+        # a held it next, and read the cancel
+        assert (await a.jobs.record(tid)).status is S.CANCELLED
         gate.set()
+
+
+async def test_a_released_job_waiting_out_a_retry_is_not_claimed_before_it_is_due(registry):
+    @registry.job("flaky", retries=1, retry_delay_s=30.0)
+    async def flaky(job: Job) -> None:
+        raise RuntimeError("fails")
+
+    async with cluster(registry) as nodes:
+        b = await nodes.node("b")
+        tid, job = await b.submit("flaky", {}, {})
+        assert job is not None
+        await Lines(job).until("J0000132: Job queued to run again (attempt 2 of 2, in 30 s).")
+        a = await nodes.node("a")
+        await b.stop(0.0)  # (lets go of the job, which is due in 30 s)
+        a.work_available()
+        claiming = a._claiming
+        assert claiming is not None
+        await asyncio.wait_for(claiming, WAIT_S)
+        row = nodes.db.rows[tid]
+        assert row.node_id is None  # not due yet: nobody holds it
+        assert row.record.retry_at == pytest.approx(time.time() + 30.0, abs=5.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import asyncpg
@@ -613,3 +614,32 @@ async def test_a_release_that_keeps_requests_leaves_them_for_the_next_holder(
     assert [r.transaction_id for r in await second.claim(5)] == ["T0000001"]
     await second_hooks.until(lambda: bool(second_hooks.requests))
     assert second_hooks.requests == [("T0000001", "cancel")]
+
+
+async def test_a_job_waiting_out_a_retry_is_claimed_once_due_with_its_due_time(cluster):
+    (first, _), (second, _) = await cluster("a"), await cluster("b")
+    waiting, due = job(1), job(2)
+    for item in (waiting, due):
+        await first.add_held(item)
+    now = time.time()
+    waiting.record.retry_at, due.record.retry_at = now + 3600.0, now - 1.0
+    for item in (waiting, due):  # (failed, and let go as its node stops)
+        first.changed(item)
+        first.release(item.transaction_id)
+    await first.flush()
+    claimed = await second.claim(10)
+    assert [(r.transaction_id, r.retry_at) for r in claimed] == [("T0000002", now - 1.0)]
+    assert await second.claim(10) == []
+
+
+async def test_a_schema_of_version_1_is_brought_up_to_date_as_a_node_opens_it(cluster):
+    (first, _), = [await cluster("a")]
+    await sql(first, "ALTER TABLE jobs DROP COLUMN IF EXISTS retry_at")
+    await sql(first, "UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    await cluster("b")
+    version = await sql(first, "SELECT value FROM meta WHERE key = 'schema_version'")
+    assert version[0][0] == "2"
+    columns = await sql(first, "SELECT column_name FROM information_schema.columns WHERE "
+                               "table_schema = current_schema() AND table_name = 'jobs' "
+                               "AND column_name = 'retry_at'")
+    assert len(columns) == 1
