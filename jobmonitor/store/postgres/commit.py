@@ -395,7 +395,9 @@ class FencedCommits(GroupCommitStore):
                 self.node.hooks.lost, [transaction_id_of(number) for number in sorted(fenced)])
 
     async def flush(self) -> None:
-        if not self._releases or self._dirty:
+        # (Releases written by the commit under way: the next commit's end comes
+        # after that one's.)
+        if self._dirty or not (self._releases or self._releasing_now):
             await super().flush()
             return
         assert self._loop is not None  # (releases are written by a commit too)

@@ -333,13 +333,23 @@ class Node:
     # -- requests from other nodes --------------------------------------------------------
 
     async def _take_requests(self) -> None:
-        requests = await self.store.call(sql.take_requests, self.node_id,
-                                         self.store.releasing(), refused=0)
-        held = self.store.epochs
+        store = self.store
+        requests = await store.call(sql.take_requests, self.node_id, store.releasing(),
+                                    refused=0)
+        held = store.epochs
+        releasing = store.releasing()
+        let_go = []
         for number, actions in requests:
+            if number not in held or number in releasing:
+                let_go.append((number, actions))
+                continue
             for action in actions.split(","):  # (in the order they were asked)
-                if action in _ACTIONS and number in held:
+                if action in _ACTIONS:
                     self.hooks.requested(transaction_id_of(number), cast(Action, action))
+        if let_go:
+            # Let go of while they were read (the read began before the release):
+            # they stay with the job, for its next holder, as a release leaves them.
+            await store.call(sql.put_back_requests, let_go, refused=0)
 
     def ask_for_requests(self) -> None:
         """Read this node's requests soon (again, if a read is under way: it may

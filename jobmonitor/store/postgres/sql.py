@@ -522,6 +522,18 @@ async def take_requests(db: Db, node_id: str,
     return [(row[0], row[1]) for row in rows]
 
 
+async def put_back_requests(db: Db, requests: Sequence[tuple[int, str]]) -> None:
+    """Give back (number, actions) read from jobs this node let go of meanwhile:
+    before any asked since, for whoever holds each job next (or now: it reads
+    them at its next look)."""
+    await db.execute(
+        "UPDATE jobs j SET requested = concat_ws(',', b.actions, j.requested) "
+        "FROM unnest($1::integer[], $2::text[]) AS b(number, actions) "
+        "WHERE j.number = b.number AND j.status <> ALL($3::text[])",
+        [number for number, _ in requests], [actions for _, actions in requests],
+        FINAL_STATES)
+
+
 async def reap(db: Db, schema: str, node_id: str, lease_s: float, work_channel: str,
                sweep: bool) -> tuple[list[str], list[int], list[tuple[JobRecord, int]]]:
     """Declare the nodes whose heartbeat is older than the lease dead (one reaper

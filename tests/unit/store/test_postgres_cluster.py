@@ -19,6 +19,7 @@ import pytest
 from jobmonitor.errors import StoreUnavailable
 from jobmonitor.store.postgres import commit as commit_module
 from jobmonitor.store.postgres import node as node_module
+from jobmonitor.store.postgres import sql as store_sql
 from jobmonitor.store.postgres.connect import parse_url
 from jobmonitor.store.postgres.store import PostgresStore
 from jobmonitor.store.shared import Action, TokenTaken
@@ -596,14 +597,15 @@ async def test_a_release_that_keeps_requests_leaves_them_for_the_next_holder(
         cluster, monkeypatch):
     """A node that stops cannot pass an unread request on: its release leaves it
     with the job, even when the node's read of its requests races the release."""
-    (first, first_hooks), (second, second_hooks) = await cluster("a"), await cluster("b")
-    await first.add_held(job(1))
+    first, first_hooks = await cluster("a")
     read_requests = first.node._take_requests
 
     async def not_yet() -> None:  # (the holder lets go before it reads its requests)
         pass
 
     monkeypatch.setattr(first.node, "_take_requests", not_yet)
+    second, second_hooks = await cluster("b")
+    await first.add_held(job(1))
     assert await second.request("T0000001", "cancel") is True
     first.release("T0000001", keep_requests=True)
     await read_requests()  # (a read before the release is written leaves it alone)
@@ -643,3 +645,34 @@ async def test_a_schema_of_version_1_is_brought_up_to_date_as_a_node_opens_it(cl
                                "table_schema = current_schema() AND table_name = 'jobs' "
                                "AND column_name = 'retry_at'")
     assert len(columns) == 1
+
+
+async def test_requests_read_as_their_job_is_let_go_stay_with_the_job(cluster, monkeypatch):
+    first, first_hooks = await cluster("a")
+    read_requests = first.node._take_requests
+
+    async def not_yet() -> None:
+        pass
+
+    monkeypatch.setattr(first.node, "_take_requests", not_yet)
+    second, second_hooks = await cluster("b")
+    await first.add_held(job(1))
+    assert await second.request("T0000001", "cancel") is True
+    call = first.call
+
+    async def released_meanwhile(func, *args, **options):
+        answer = await call(func, *args, **options)
+        if func is store_sql.take_requests:  # (let go as the read's answer comes)
+            first.release("T0000001", keep_requests=True)
+        return answer
+
+    monkeypatch.setattr(first, "call", released_meanwhile)
+    await read_requests()
+    monkeypatch.setattr(first, "call", call)
+    await first.flush()
+    assert first_hooks.requests == []
+    rows = await sql(first, "SELECT node_id, requested FROM jobs WHERE number = 1")
+    assert [tuple(row) for row in rows] == [(None, "cancel")]
+    assert [r.transaction_id for r in await second.claim(5)] == ["T0000001"]
+    await second_hooks.until(lambda: bool(second_hooks.requests))
+    assert second_hooks.requests == [("T0000001", "cancel")]
