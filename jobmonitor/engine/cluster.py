@@ -6,8 +6,8 @@ this node holds, claims of waiting jobs, letting go of them, and the store's
 word of work, lost jobs and jobs taken over) and ``ElsewhereCommands``
 (``elsewhere``: cancel, suspend and resume of jobs another node holds, and
 those other nodes ask of this one).  Here: what the cluster shows (its nodes,
-its task log, the address of this node).  A monitor of a job held elsewhere
-follows the job's stored lines (``directory``).
+its task log, the address of this node) and the queues paused in all of it.
+A monitor of a job held elsewhere follows the job's stored lines (``directory``).
 
 With any other store none of this runs: ``_shared`` is None.
 """
@@ -30,6 +30,23 @@ class Clustered(Claims, ElsewhereCommands):
     def clustered(self) -> bool:
         """True when this engine is one node of a cluster (a shared store)."""
         return self._shared is not None
+
+    #: The queues paused in the whole cluster, as the store last said.
+    _cluster_paused: frozenset[str] = frozenset()
+
+    def queues_paused(self, names: frozenset[str]) -> None:
+        """The queues paused in the whole cluster now (``PauseQueue`` on any
+        node): paused here too; one resumed elsewhere starts its jobs here again."""
+        lines = self._runner.lines
+        for name in names - self._cluster_paused:
+            lines.pause(name)
+        resumed = self._cluster_paused - names
+        for name in resumed:
+            lines.resume(name)
+        self._cluster_paused = names
+        if resumed and self._accepting:
+            self._runner.start_ready()
+            self._claim_soon()
 
     async def listening_at(self, address: str, node_address: str) -> None:
         """The server listens now: at ``address``, which a cluster's other nodes

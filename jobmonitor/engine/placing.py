@@ -39,22 +39,29 @@ class Placing(EngineParts):
         """Every queue: jobs waiting, running, its limit, pause, and jobs not due yet."""
         return self._runner.lines.rows(self._runner.delayed_jobs(), self._due.jobs())
 
-    def pause_queue(self, name: str) -> None:
-        """Start no more jobs of queue ``name`` (those running go on).
+    async def pause_queue(self, name: str) -> None:
+        """Start no more jobs of queue ``name`` (those running go on); in a
+        cluster, on every node.
 
         Raises:
             RequestError: INVALID_VALUE for a queue the server does not allow.
+            StoreUnavailable: a cluster's store cannot be reached (nothing changed).
         """
         self._queue_for(name, None)
+        if self._shared is not None:  # (the other nodes hear of it: queues_paused)
+            await self._shared.set_paused(name, True)
         self._runner.lines.pause(name)
 
-    def resume_queue(self, name: str) -> None:
-        """Start jobs of queue ``name`` again.
+    async def resume_queue(self, name: str) -> None:
+        """Start jobs of queue ``name`` again; in a cluster, on every node.
 
         Raises:
             RequestError: INVALID_VALUE for a queue the server does not allow.
+            StoreUnavailable: a cluster's store cannot be reached (nothing changed).
         """
         self._queue_for(name, None)
+        if self._shared is not None:
+            await self._shared.set_paused(name, False)
         self._runner.lines.resume(name)
         self._runner.start_ready()
         self._claim_soon()  # (a cluster's node: that queue's jobs may wait in the store)

@@ -13,13 +13,15 @@ What the engine asks of such a store, beyond ``Store``:
 - ``claim`` queued jobs, ``take`` one job to act on it here, or ``request`` that
   the node holding it cancel, suspend or resume it;
 - ``wait_lines`` for a job held elsewhere to store more lines or change state;
+- ``set_paused`` to pause a queue in the whole cluster;
 - ``nodes`` for ``ListNodes``, ``list_active`` for a listing of unfinished jobs
   (they are not all in this node's memory), ``recent_events`` for the task log.
 
 What the store tells the engine (``ClusterHooks``, given by ``attach``): work
 appeared; a node asked this one to act on a job it holds; this node lost jobs
 (another node took them over: write nothing more for them and stop them); and a
-dead node's jobs this node took over (recover them as a restart recovers jobs).
+dead node's jobs this node took over (recover them as a restart recovers jobs);
+and which queues are paused in the cluster.
 
 Holding is fenced: every hold carries an epoch, bumped at every claim, take and
 takeover, and the store writes a held job's changes only while its epoch is
@@ -84,6 +86,10 @@ class ClusterHooks(Protocol):
         """A dead node's unfinished jobs, now held by this node: recover them as
         a restart recovers the jobs a stopped server left (``J0005002`` naming the
         dead node, then failed or queued again)."""
+
+    def queues_paused(self, names: frozenset[str]) -> None:
+        """The queues paused in the whole cluster (``set_paused``), as the node
+        opens the store and whenever they change: start no job of them."""
 
 
 class SharedStore(Store):
@@ -158,6 +164,15 @@ class SharedStore(Store):
     @abc.abstractmethod
     async def nodes(self) -> list[NodeInfo]:
         """The live nodes, this one included, by name."""
+
+    @abc.abstractmethod
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        """Pause (or resume) ``queue`` in the whole cluster: no node claims its
+        jobs while it is paused, and every node hears of it (``queues_paused``).
+
+        Raises:
+            StoreUnavailable: the database cannot be reached (nothing changed).
+        """
 
     async def set_address(self, address: str) -> None:
         """This node listens at ``address`` (known only once its port is bound,

@@ -66,6 +66,7 @@ class FakeDatabase:
         self.tokens: dict[tuple[str, str], str] = {}
         self.nodes: dict[str, FakeSharedStore] = {}  # live nodes by node_id
         self.events: list[TaskEvent] = []
+        self.paused: set[str] = set()  # queues paused in the whole cluster
         self.down = False  # True: every call raises StoreUnavailable
         self._numbers = itertools.count(1)
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -177,6 +178,8 @@ class FakeSharedStore(SharedStore):
     async def open(self) -> Recovery:
         self.db.check_up()
         self.db.nodes[self.node_id] = self
+        if self.hooks is not None:
+            self.hooks.queues_paused(frozenset(self.db.paused))
         return Recovery(recent_events=list(self.db.events[-100:]))
 
     async def close(self, *, keep_lock: bool = False) -> None:
@@ -356,6 +359,7 @@ class FakeSharedStore(SharedStore):
         now = time.time()
         ready = [row for row in self.db.rows.values()
                  if row.node_id is None and (queues is None or row.record.queue in queues)
+                 and row.record.queue not in self.db.paused
                  and ((row.record.status is JobState.QUEUED
                        and (row.record.retry_at or 0) <= now)
                       or (row.record.status is JobState.CREATED
@@ -404,6 +408,18 @@ class FakeSharedStore(SharedStore):
         row.requested.append(action)
         holder.call_hook(holder._reader_of(row))
         return True
+
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        """Every live node hears of it at once (PostgreSQL's nodes a moment later)."""
+        self.db.check_up()
+        if paused:
+            self.db.paused.add(queue)
+        else:
+            self.db.paused.discard(queue)
+        names = frozenset(self.db.paused)
+        for node in list(self.db.nodes.values()):
+            if node.hooks is not None and not node.closed:
+                node.hooks.queues_paused(names)
 
     def release(self, transaction_id: str, *, keep_requests: bool = False) -> None:
         self._commit_now()

@@ -98,6 +98,9 @@ class _NoHooks:
     def taken_over(self, records: Sequence[JobRecord]) -> None:
         pass
 
+    def queues_paused(self, names: frozenset[str]) -> None:
+        pass
+
 
 class Node:
     """This process's membership of the cluster."""
@@ -121,6 +124,10 @@ class Node:
         self.heard: dict[int, int] = {}
         self._beating: asyncio.Task[None] | None = None
         self._asking: asyncio.Task[None] | None = None
+        #: The queues paused in the cluster as the engine was last told, and the
+        #: read of them under way.
+        self._paused: frozenset[str] | None = None
+        self._reading_paused: asyncio.Task[None] | None = None
         self._ask_again = False
         self._address_written = True
         self._reaps = 0
@@ -135,6 +142,7 @@ class Node:
             settings.channel("work"): self._heard_work,
             settings.channel("lines"): self._heard_lines,
             settings.channel("control"): self._heard_control,
+            settings.channel("queues"): self._heard_queues,
         }, self._listening)
 
     def _new_id(self) -> str:
@@ -178,12 +186,12 @@ class Node:
 
     async def stop(self) -> None:
         await self.listener.stop()
-        for task in (self._beating, self._asking, self._chores):
+        for task in (self._beating, self._asking, self._chores, self._reading_paused):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._beating = self._asking = self._chores = None
+        self._beating = self._asking = self._chores = self._reading_paused = None
         self._drop_beat_connection()
 
     # -- heartbeats and the reaper ------------------------------------------------------
@@ -237,6 +245,7 @@ class Node:
         reaper, and now and then a look for strays."""
         try:
             await self._take_requests()
+            await self._read_paused()
             self.hooks.work_available()
             if not self._address_written:
                 await self._write_address()
@@ -376,8 +385,31 @@ class Node:
         would find; find it now."""
         self.heard.clear()  # (what was missed meanwhile is not in it)
         self.ask_for_requests()
+        self.look_at_queues()
         self.hooks.work_available()
         self._wake_all()
+
+    def _heard_queues(self, payload: str) -> None:
+        self.look_at_queues()
+
+    def look_at_queues(self) -> None:
+        """Read the queues paused in the cluster soon (unless a read is under way)."""
+        if self._reading_paused is None or self._reading_paused.done():
+            self._reading_paused = asyncio.get_running_loop().create_task(self._read_paused())
+
+    async def _read_paused(self) -> None:
+        try:
+            paused = await self.store.call(sql.paused_queues, refused=0)
+        except StoreUnavailable as exc:  # the next heartbeat reads them again
+            log.debug("reading the paused queues failed: %s", exc)
+            return
+        self.tell_paused(paused)
+
+    def tell_paused(self, paused: frozenset[str]) -> None:
+        """Tell the engine the queues paused in the cluster, if they changed."""
+        if paused != self._paused:
+            self._paused = paused
+            self.hooks.queues_paused(paused)
 
     def _heard_work(self, payload: str) -> None:
         self.hooks.work_available()

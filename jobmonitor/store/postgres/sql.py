@@ -13,7 +13,8 @@ column (``unnest``), so a commit costs a round trip per table, whatever its size
 Tables, in the store's own schema: ``meta`` (the schema's version), ``nodes``
 (one row per live node, with its heartbeat), ``jobs``, ``line_blocks`` (a job's
 lines as runs of CRLF-ended lines, as SQLite keeps them), ``history``,
-``outputs`` and ``schedule_marks``; the sequence ``numbers`` hands out
+``outputs``, ``schedule_marks`` and ``paused_queues`` (the queues paused in
+the whole cluster); the sequence ``numbers`` hands out
 transaction numbers (1..9999999, never twice).
 """
 
@@ -87,6 +88,7 @@ CREATE TABLE IF NOT EXISTS outputs (
     number integer NOT NULL, seq integer NOT NULL, name text NOT NULL,
     uri text NOT NULL, media_type text, PRIMARY KEY (number, seq));
 CREATE TABLE IF NOT EXISTS schedule_marks (name text PRIMARY KEY, last_due float8 NOT NULL);
+CREATE TABLE IF NOT EXISTS paused_queues (name text PRIMARY KEY);
 """
 
 _JOB_TYPES = ("integer", "text", "text", "text", "text", "text", "text", "text", "bigint",
@@ -450,7 +452,8 @@ async def claim(db: Db, node_id: str, limit: int, queues: Sequence[str] | None,
     (``retry_at``); one stored by an older node without it, at once (the
     claimer waits out the rest of the delay: ``JobRunner.queue_recovered``)."""
     where = ("node_id IS NULL AND ((status = 'Queued' AND (retry_at IS NULL "
-             "OR retry_at <= $3)) OR (status = 'Created' AND (run_at IS NULL OR run_at <= $3)))")
+             "OR retry_at <= $3)) OR (status = 'Created' AND (run_at IS NULL OR run_at <= $3))) "
+             "AND queue NOT IN (SELECT name FROM paused_queues)")
     args: list[Any] = [node_id, limit, now]
     if queues is not None:
         args.append(list(queues))
@@ -464,6 +467,22 @@ async def claim(db: Db, node_id: str, limit: int, queues: Sequence[str] | None,
             "RETURNING j.number, j.epoch, j.requested IS NOT NULL", *args)
         records = await _held_records(db, held, "ORDER BY priority DESC, created, number")
     return records, any(row[2] for row in held)
+
+
+async def set_paused(db: Db, queue: str, paused: bool, channel: str) -> None:
+    """Pause or resume ``queue`` in the whole cluster; the nodes are told on
+    ``channel``."""
+    async with db.transaction():
+        if paused:
+            await db.execute("INSERT INTO paused_queues VALUES ($1) ON CONFLICT DO NOTHING",
+                             queue)
+        else:
+            await db.execute("DELETE FROM paused_queues WHERE name = $1", queue)
+        await db.execute("SELECT pg_notify($1, '')", channel)
+
+
+async def paused_queues(db: Db) -> frozenset[str]:
+    return frozenset(row[0] for row in await db.fetch("SELECT name FROM paused_queues"))
 
 
 async def take(db: Db, node_id: str, number: int, lease_s: float

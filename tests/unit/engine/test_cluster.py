@@ -14,6 +14,7 @@ from jobmonitor import JobState, RequestError
 from jobmonitor.config import Config
 from jobmonitor.engine.engine import Engine
 from jobmonitor.engine.job import Job
+from jobmonitor.engine.queues import Placement
 from jobmonitor.engine.registry import HandlerRegistry
 from jobmonitor.errors import StoreUnavailable
 from jobmonitor.queueing import ScheduleSettings
@@ -455,3 +456,22 @@ async def test_a_released_job_waiting_out_a_retry_is_not_claimed_before_it_is_du
         row = nodes.db.rows[tid]
         assert row.node_id is None  # not due yet: nobody holds it
         assert row.record.retry_at == pytest.approx(time.time() + 30.0, abs=5.0)
+
+
+async def test_a_queue_paused_on_one_node_starts_no_job_on_any(registry):
+    async with cluster(registry) as nodes:
+        a = await nodes.node("a", allow_new_queues=True)
+        b = await nodes.node("b", allow_new_queues=True)
+        await a.pause_queue("night")
+        rows = {row.name: row for row in b.queue_rows()}
+        assert rows["night"].paused  # (ListQueues on b shows it)
+        tid, job = await b.submit("quick", {}, {}, placement=Placement(queue="night"))
+        assert job is None  # stored for any node, and none starts it
+        for engine in (a, b):
+            engine.work_available()
+            if engine._claiming is not None:
+                await asyncio.wait_for(engine._claiming, WAIT_S)
+        assert nodes.db.rows[tid].node_id is None
+        await b.resume_queue("night")
+        assert not any(row.paused for row in a.queue_rows())
+        await until_state(a, tid, S.COMPLETED)

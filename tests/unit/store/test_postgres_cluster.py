@@ -40,6 +40,7 @@ class Hooks:
         self.requests: list[tuple[str, Action]] = []
         self.lost_jobs: list[str] = []
         self.taken: list[JobRecord] = []
+        self.paused: frozenset[str] | None = None
         self.changed = asyncio.Event()
 
     def work_available(self) -> None:
@@ -56,6 +57,10 @@ class Hooks:
 
     def taken_over(self, records: Sequence[JobRecord]) -> None:
         self.taken.extend(records)
+        self.changed.set()
+
+    def queues_paused(self, names: frozenset[str]) -> None:
+        self.paused = names
         self.changed.set()
 
     async def until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -645,6 +650,21 @@ async def test_a_schema_of_version_1_is_brought_up_to_date_as_a_node_opens_it(cl
                                "table_schema = current_schema() AND table_name = 'jobs' "
                                "AND column_name = 'retry_at'")
     assert len(columns) == 1
+
+
+async def test_a_queue_paused_on_one_node_is_paused_for_all(cluster):
+    (first, _), (second, second_hooks) = await cluster("a"), await cluster("b")
+    night = job(1)
+    night.record.queue = "night"
+    await first.add(night)
+    await first.set_paused("night", True)
+    await second_hooks.until(lambda: second_hooks.paused == frozenset({"night"}))
+    assert await second.claim(10) == []  # (none of a paused queue, whatever b knows)
+    (third, third_hooks) = await cluster("c")
+    assert third_hooks.paused == frozenset({"night"})  # (told as it joins)
+    await second.set_paused("night", False)
+    await third_hooks.until(lambda: third_hooks.paused == frozenset())
+    assert [r.transaction_id for r in await third.claim(10)] == ["T0000001"]
 
 
 async def test_requests_read_as_their_job_is_let_go_stay_with_the_job(cluster, monkeypatch):
