@@ -192,6 +192,7 @@ def start(job: Job) -> None:
 def suspend(job: Job) -> None:
     """The job pauses, or leaves the queue: ``J0000130``."""
     _check(job.record, Move.SUSPEND)
+    job.record.retry_at = None  # (resumed, it is queued at once: no retry's delay)
     _record_state(job, _S.SUSPENDED, SUSPEND_EVENT)
     job.stream.append(_SUSPENDED_LINE)
 

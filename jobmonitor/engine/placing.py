@@ -4,7 +4,7 @@
 listing queues, queueing a scheduled job when it falls due, making the job of
 a recurring schedule, and running a finished job again.  The engine's own
 parts it uses (its runner, its table of jobs, how a job is numbered, admitted
-and stored) are declared here and defined by ``Engine``.
+and stored) are declared in ``parts`` and defined by ``Engine``.
 """
 
 from __future__ import annotations
@@ -21,46 +21,16 @@ from ..wire.lines import clip, format_line
 from ..wire.records import JobRecord
 from ..wire.variables import QUEUE_NAME
 from . import lifecycle
-from .directory import JobDirectory
 from .handlers import Handler
 from .job import Job
+from .parts import EngineParts
 from .queues import Placement, QueueRow
-from .runner import JobRunner
-from .schedule import Clock, DueJobs, Recurring
 
 __all__ = ["Placing"]
 
 
-class Placing:
+class Placing(EngineParts):
     """Queues, due times, schedules and reruns: a part of ``Engine``."""
-
-    # (defined by Engine)
-    _runner: JobRunner
-    _due: DueJobs
-    _schedules: Recurring
-    jobs: JobDirectory
-    clock: Clock
-    machine_name: str
-    _accepting: bool
-
-    def _next_transaction_id(self) -> str:
-        raise NotImplementedError
-
-    async def _reserve_number(self) -> None:
-        raise NotImplementedError
-
-    def _claim_soon(self) -> None:
-        raise NotImplementedError
-
-    @property
-    def clustered(self) -> bool:
-        raise NotImplementedError
-
-    def _admit(self) -> None:
-        raise NotImplementedError
-
-    async def _accept(self, record: JobRecord, *more_lines: bytes) -> Job:
-        raise NotImplementedError
 
     async def schedules_settled(self) -> None:
         """Return once no recurring schedule is making a job (after a clock moved)."""
@@ -71,22 +41,29 @@ class Placing:
         yet; and the queues named in ``also``, idle or not."""
         return self._runner.lines.rows(self._runner.delayed_jobs(), self._due.jobs(), also)
 
-    def pause_queue(self, name: str) -> None:
-        """Start no more jobs of queue ``name`` (those running go on).
+    async def pause_queue(self, name: str) -> None:
+        """Start no more jobs of queue ``name`` (those running go on); in a
+        cluster, on every node.
 
         Raises:
             RequestError: INVALID_VALUE for a queue the server does not allow.
+            StoreUnavailable: a cluster's store cannot be reached (nothing changed).
         """
         self._queue_for(name, None)
+        if self._shared is not None:  # (the other nodes hear of it: queues_paused)
+            await self._shared.set_paused(name, True)
         self._runner.lines.pause(name)
 
-    def resume_queue(self, name: str) -> None:
-        """Start jobs of queue ``name`` again.
+    async def resume_queue(self, name: str) -> None:
+        """Start jobs of queue ``name`` again; in a cluster, on every node.
 
         Raises:
             RequestError: INVALID_VALUE for a queue the server does not allow.
+            StoreUnavailable: a cluster's store cannot be reached (nothing changed).
         """
         self._queue_for(name, None)
+        if self._shared is not None:
+            await self._shared.set_paused(name, False)
         self._runner.lines.resume(name)
         self._runner.start_ready()
         self._claim_soon()  # (a cluster's node: that queue's jobs may wait in the store)

@@ -151,7 +151,9 @@ class JobRunner:
         waiting out a retry's delay waits for what is left of it."""
         last = last_job_event(job.record)
         if last is not None and last.status == RETRY_EVENT:
-            due = last.timestamp + handler.retry_delay(job.attempt - 1)
+            due = job.record.retry_at  # (stored since schema 2 of a cluster's store)
+            if due is None:
+                due = last.timestamp + handler.retry_delay(job.attempt - 1)
             left = due - time.time()
             if left > 0:
                 self._delay(job, left)
@@ -199,6 +201,8 @@ class JobRunner:
             self.finish(job, Outcome.FAILED)
             return
         lifecycle.start(job)
+        if job.record.retry_at is not None:  # (its delay is over)
+            job.record.retry_at = None
         run = self._running[job] = job.run = Run(job, handler, loop)
         self.lines.started(job)
         run.started(loop.create_task(self._run(run)))
@@ -263,6 +267,8 @@ class JobRunner:
         job.run = None  # the next run starts afresh
         lifecycle.retry(job, f"Job queued to run again (attempt {attempt + 1} of "
                              f"{handler.retries + 1}{later}).")
+        # (stored with the job: a cluster's node claims it only once it is due)
+        job.record.retry_at = time.time() + delay if delay else None
         if run.suspend_requested:  # asked for during the run: its end is a safe point
             lifecycle.suspend(job)
         elif self.retrying:

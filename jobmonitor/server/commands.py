@@ -398,13 +398,13 @@ class Commands:
     async def pause_queue(self, packet: Packet, caller: Caller) -> Response:
         self._require_admin(caller, "PauseQueue")
         name = queue_name_of(packet)
-        self._engine.pause_queue(name)
+        await self._engine.pause_queue(name)
         return Response(f"Queue {name} paused")
 
     async def resume_queue(self, packet: Packet, caller: Caller) -> Response:
         self._require_admin(caller, "ResumeQueue")
         name = queue_name_of(packet)
-        self._engine.resume_queue(name)
+        await self._engine.resume_queue(name)
         return Response(f"Queue {name} resumed")
 
     async def rerun_job(self, packet: Packet, caller: Caller) -> Response:

@@ -13,13 +13,15 @@ What the engine asks of such a store, beyond ``Store``:
 - ``claim`` queued jobs, ``take`` one job to act on it here, or ``request`` that
   the node holding it cancel, suspend or resume it;
 - ``wait_lines`` for a job held elsewhere to store more lines or change state;
+- ``set_paused`` to pause a queue in the whole cluster;
 - ``nodes`` for ``ListNodes``, ``list_active`` for a listing of unfinished jobs
   (they are not all in this node's memory), ``recent_events`` for the task log.
 
 What the store tells the engine (``ClusterHooks``, given by ``attach``): work
 appeared; a node asked this one to act on a job it holds; this node lost jobs
 (another node took them over: write nothing more for them and stop them); and a
-dead node's jobs this node took over (recover them as a restart recovers jobs).
+dead node's jobs this node took over (recover them as a restart recovers jobs);
+and which queues are paused in the cluster.
 
 Holding is fenced: every hold carries an epoch, bumped at every claim, take and
 takeover, and the store writes a held job's changes only while its epoch is
@@ -85,6 +87,10 @@ class ClusterHooks(Protocol):
         a restart recovers the jobs a stopped server left (``J0005002`` naming the
         dead node, then failed or queued again)."""
 
+    def queues_paused(self, names: frozenset[str]) -> None:
+        """The queues paused in the whole cluster (``set_paused``), as the node
+        opens the store and whenever they change: start no job of them."""
+
 
 class SharedStore(Store):
     """A durable store several nodes open at once (see the module's text)."""
@@ -142,9 +148,13 @@ class SharedStore(Store):
         about a second); False when no live node holds it (then ``take`` it)."""
 
     @abc.abstractmethod
-    def release(self, transaction_id: str) -> None:
+    def release(self, transaction_id: str, *, keep_requests: bool = False) -> None:
         """This node stops holding an unfinished job (at shutdown, a queued one it
-        claimed): written with its next commit, for others to claim."""
+        claimed): written with its next commit, for others to claim.  The actions
+        other nodes asked of it that this node has not read are handed back to
+        this node (``hooks.requested``), to pass on; with ``keep_requests`` (a
+        node that stops) they stay with the job, for the node that holds it next
+        (``claim`` and ``take`` hand them to it)."""
 
     @abc.abstractmethod
     async def wait_lines(self, transaction_id: str, stored_lines: int, timeout: float) -> None:
@@ -154,6 +164,15 @@ class SharedStore(Store):
     @abc.abstractmethod
     async def nodes(self) -> list[NodeInfo]:
         """The live nodes, this one included, by name."""
+
+    @abc.abstractmethod
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        """Pause (or resume) ``queue`` in the whole cluster: no node claims its
+        jobs while it is paused, and every node hears of it (``queues_paused``).
+
+        Raises:
+            StoreUnavailable: the database cannot be reached (nothing changed).
+        """
 
     async def set_address(self, address: str) -> None:
         """This node listens at ``address`` (known only once its port is bound,

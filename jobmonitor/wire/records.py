@@ -82,6 +82,9 @@ class JobRecord:
     run_at: float | None = None
     #: The recurring schedule that made the job, if one did.
     schedule: str | None = None
+    #: When a failed job waiting out its retry's delay may run again (POSIX
+    #: seconds); None for any other job.  (A cluster's claims skip it until then.)
+    retry_at: float | None = None
 
     def copy(self) -> JobRecord:
         """A shallow copy (the lists and dicts are shared), several times faster

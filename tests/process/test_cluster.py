@@ -371,6 +371,32 @@ async def test_a_node_claims_no_more_of_a_queue_than_it_may_run(nodes, tmp_path)
         assert await command(a.port, "CancelJob", tid) == [f"R0000000: {tid}"]
 
 
+async def paused_queues(port: int) -> set[str]:
+    (listed,) = await exchange(port, xml_packet("ListQueues", {"_sys_Format": "json"}))
+    return {str(row["Name"]) for row in json.loads(listed.removeprefix("R0000000: "))
+            if row["Paused"]}
+
+
+async def test_a_queue_paused_on_one_node_is_paused_on_every_node(nodes, tmp_path):
+    config = tmp_path / "queues.toml"
+    config.write_text("[queues.reports]\nmax_running = 4\n")
+    a, b = nodes.start("a", "--config", str(config)), nodes.start("b", "--config", str(config))
+    pause = xml_packet("PauseQueue", {"_sys_QueueName": "reports"})
+    assert await exchange(a.port, pause) == ["R0000000: Queue reports paused"]
+    for _ in range(300):  # (b hears of it within milliseconds: a notification)
+        if await paused_queues(b.port) == {"reports"}:
+            break
+        await asyncio.sleep(0.01)
+    assert await paused_queues(b.port) == {"reports"}
+    tid = await submitted(b.port, "checked-ticker", Count="1000", _sys_QueueName="reports")
+    assert (await status(a.port, tid))["Status"] == JobState.QUEUED.number  # (stored, unrun)
+    resume = xml_packet("ResumeQueue", {"_sys_QueueName": "reports"})
+    assert await exchange(b.port, resume) == ["R0000000: Queue reports resumed"]
+    await until_running(a.port, [tid], 1)
+    assert await paused_queues(a.port) == set()
+    assert await command(a.port, "CancelJob", tid) == [f"R0000000: {tid}"]
+
+
 async def test_list_nodes_shows_every_live_node(nodes):
     procs = [nodes.start(name) for name in ("a", "b", "c")]
     lines = await exchange(procs[1].port, xml_packet("ListNodes"))

@@ -8,7 +8,11 @@ the contract of ``jobmonitor.store.shared`` where the engine can tell:
   still held by this node at the epoch it took; else they are dropped and the
   node hears ``lost``;
 - ``claim`` by priority then age, ``take`` of a job nobody live holds,
-  ``request`` to the live holder (its ``requested`` hook, on the next turn);
+  ``request`` to the live holder (its ``requested`` hook, on the next turn, if
+  it still holds the job then); a ``release`` hands the actions asked of the
+  job and not read yet back to the releasing node (its ``requested`` hook),
+  or with ``keep_requests`` leaves them for the next holder, whom a ``claim``
+  or ``take`` hands them to;
 - tokens unique per submitter: ``add``/``add_held`` raise ``TokenTaken``;
 - ``wait_lines`` woken by every commit that touches the job;
 - a node the test declares dead (``declare_dead``) loses its jobs: queued ones
@@ -50,7 +54,8 @@ class _Row:
     lines: list[bytes] = field(default_factory=list)
     node_id: str | None = None
     epoch: int = 0
-    requested: Action | None = None
+    #: Actions asked of the holder that it has not read yet, in order.
+    requested: list[Action] = field(default_factory=list)
 
 
 class FakeDatabase:
@@ -61,6 +66,7 @@ class FakeDatabase:
         self.tokens: dict[tuple[str, str], str] = {}
         self.nodes: dict[str, FakeSharedStore] = {}  # live nodes by node_id
         self.events: list[TaskEvent] = []
+        self.paused: set[str] = set()  # queues paused in the whole cluster
         self.down = False  # True: every call raises StoreUnavailable
         self._numbers = itertools.count(1)
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -101,6 +107,7 @@ class FakeDatabase:
             if row.node_id != dead.node_id:
                 continue
             row.epoch += 1
+            row.requested.clear()  # (as the reaper clears them)
             if row.record.status in _RUNNING and heir is not None:
                 row.node_id = heir.node_id
                 heir.held[row.record.transaction_id] = row.epoch
@@ -171,6 +178,8 @@ class FakeSharedStore(SharedStore):
     async def open(self) -> Recovery:
         self.db.check_up()
         self.db.nodes[self.node_id] = self
+        if self.hooks is not None:
+            self.hooks.queues_paused(frozenset(self.db.paused))
         return Recovery(recent_events=list(self.db.events[-100:]))
 
     async def close(self, *, keep_lock: bool = False) -> None:
@@ -350,7 +359,9 @@ class FakeSharedStore(SharedStore):
         now = time.time()
         ready = [row for row in self.db.rows.values()
                  if row.node_id is None and (queues is None or row.record.queue in queues)
-                 and (row.record.status is JobState.QUEUED
+                 and row.record.queue not in self.db.paused
+                 and ((row.record.status is JobState.QUEUED
+                       and (row.record.retry_at or 0) <= now)
                       or (row.record.status is JobState.CREATED
                           and (row.record.run_at or 0) <= now))]
         ready.sort(key=lambda row: (-row.record.priority, row.record.created, row.record.number))
@@ -362,7 +373,23 @@ class FakeSharedStore(SharedStore):
         tid = row.record.transaction_id
         self.held[tid] = row.epoch
         self._history_taken[tid] = len(row.record.history)
+        if row.requested:  # (left by a node that let go of it: this node's to read)
+            self.call_hook(self._reader_of(row))
         return self.copy_of(row)
+
+    def _reader_of(self, row: _Row) -> Callable[[ClusterHooks], None]:
+        """What reads the actions asked of a job this node holds (as the store's
+        read of its requests: only while it still holds it)."""
+        node = self
+
+        def read(hooks: ClusterHooks) -> None:
+            if row.node_id == node.node_id and row.requested:
+                asked = list(row.requested)
+                row.requested.clear()
+                for action in asked:
+                    hooks.requested(row.record.transaction_id, action)
+
+        return read
 
     async def take(self, transaction_id: str) -> JobRecord | None:
         self.db.check_up()
@@ -378,23 +405,38 @@ class FakeSharedStore(SharedStore):
         if row is None or not self.db.live(row.node_id):
             return False
         holder = self.db.nodes[row.node_id]  # type: ignore[index]  # (live: not None)
-        row.requested = action
-
-        def deliver(hooks: ClusterHooks) -> None:
-            if row.requested is not None:
-                asked, row.requested = row.requested, None
-                hooks.requested(transaction_id, asked)
-
-        holder.call_hook(deliver)
+        row.requested.append(action)
+        holder.call_hook(holder._reader_of(row))
         return True
 
-    def release(self, transaction_id: str) -> None:
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        """Every live node hears of it at once (PostgreSQL's nodes a moment later)."""
+        self.db.check_up()
+        if paused:
+            self.db.paused.add(queue)
+        else:
+            self.db.paused.discard(queue)
+        names = frozenset(self.db.paused)
+        for node in list(self.db.nodes.values()):
+            if node.hooks is not None and not node.closed:
+                node.hooks.queues_paused(names)
+
+    def release(self, transaction_id: str, *, keep_requests: bool = False) -> None:
         self._commit_now()
         row = self.db.rows.get(transaction_id)
         epoch = self.held.pop(transaction_id, None)
         if row is not None and row.node_id == self.node_id and row.epoch == epoch:
             row.node_id = None
             row.epoch += 1
+            if row.requested and not keep_requests:  # handed back, to pass on
+                asked = list(row.requested)
+                row.requested.clear()
+
+                def hand_back(hooks: ClusterHooks) -> None:
+                    for action in asked:
+                        hooks.requested(transaction_id, action)
+
+                self.call_hook(hand_back)
             self.db.work_added()
 
     async def wait_lines(self, transaction_id: str, stored_lines: int, timeout: float) -> None:

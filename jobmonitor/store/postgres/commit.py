@@ -65,8 +65,12 @@ class FencedCommits(GroupCommitStore):
     #: Per job this node has written or holds: (the node holding it as this node
     #: last knew, epoch); a write goes through only while the row still says so.
     epochs: dict[int, tuple[str | None, int]]
-    #: Held jobs to let go of with the next commit: number -> epoch.
+    #: Held jobs to let go of with the next commit: number -> epoch; those the
+    #: commit under way lets go of; and those whose unread requests stay with
+    #: the job for its next holder (``release``'s ``keep_requests``).
     _releases: dict[int, int]
+    _releasing_now: dict[int, int]
+    _kept_requests: set[int]
     #: New jobs the last commits did not store, another's job having their job
     #: token: number -> that job's transaction ID.
     _token_taken: dict[int, str]
@@ -149,6 +153,7 @@ class FencedCommits(GroupCommitStore):
         releases, self._releases = self._releases, {}
         if not (batch.rows or batch.updates or releases):
             return
+        self._releasing_now = dict(releases)
         try:
             db = await self._writer()
             for attempt in range(1, WRITE_TRIES + 1):
@@ -171,6 +176,9 @@ class FencedCommits(GroupCommitStore):
             if writer is not None and (writer.is_closed() or writer.is_in_transaction()):
                 self._drop_writer()  # (the next commit connects anew)
             raise
+        finally:
+            self._releasing_now = {}
+        self._kept_requests.difference_update(releases)
         self._written(batch, *outcome)
         for number, epoch in releases.items():
             if self.epochs.get(number, (None, -1))[1] == epoch:
@@ -243,7 +251,7 @@ class FencedCommits(GroupCommitStore):
         channels, payloads = self._notices(batch, updated, work)
         try:
             await db.fetchrow(
-                sql.WRITE_ALL, *sql.columns(rows, 25), *sql.columns(updates, 15),
+                sql.WRITE_ALL, *sql.columns(rows, 25), *sql.columns(updates, 16),
                 sql.FINAL_STATES, *sql.columns(batch.blocks, 4), *sql.columns(batch.history, 7),
                 *sql.columns(batch.outputs, 5), *sql.columns(schedule_marks_of(batch.rows), 2),
                 channels, payloads, len(rows), len(updates))
@@ -285,12 +293,15 @@ class FencedCommits(GroupCommitStore):
             await db.execute(sql.UPSERT_MARKS, *sql.columns(marks))
         released: list[int] = []
         if releases:
+            kept = self._kept_requests
             let_go = await db.fetch(sql.RELEASE, list(releases), list(releases.values()),
-                                    self.node.node_id, sql.RUNNING_STATES)
+                                    self.node.node_id, sql.RUNNING_STATES,
+                                    [number in kept for number in releases])
             released = [r[0] for r in let_go if r[1]]
             self._asked_of_released = {r[0]: r[2] for r in let_go if r[1] and r[2]}
             for number in (r[0] for r in let_go if not r[1]):
                 del releases[number]  # (still this node's: not forgotten)
+                kept.discard(number)
         # (Nobody waits on the lines of a job new in this commit: no notice of them.)
         updated = {update[0]: update[1] for update in updates if update[0] not in left_out}
         statuses = {row[0]: row[6] for row in rows if row[0] not in left_out}
@@ -310,8 +321,8 @@ class FencedCommits(GroupCommitStore):
         skipped = [row for row in rows if row[0] not in inserted]
         there = {r[0] for r in await db.fetch(
             "SELECT number FROM jobs WHERE number = ANY($1::integer[])", [r[0] for r in skipped])}
-        updates.extend((*(row[i] for i in _UPDATE_FIELDS), row[23], row[24])
-                       for row in skipped if row[0] in there)
+        updates.extend((*(row[i] for i in _UPDATE_FIELDS), None, row[23], row[24])
+                       for row in skipped if row[0] in there)  # (None: its retry_at)
         lost = [row for row in skipped if row[0] not in there]
         token_taken: dict[int, str] = {}
         for _ in range(WRITE_TRIES):
@@ -384,7 +395,9 @@ class FencedCommits(GroupCommitStore):
                 self.node.hooks.lost, [transaction_id_of(number) for number in sorted(fenced)])
 
     async def flush(self) -> None:
-        if not self._releases or self._dirty:
+        # (Releases written by the commit under way: the next commit's end comes
+        # after that one's.)
+        if self._dirty or not (self._releases or self._releasing_now):
             await super().flush()
             return
         assert self._loop is not None  # (releases are written by a commit too)
@@ -393,13 +406,23 @@ class FencedCommits(GroupCommitStore):
         self._start_commit()
         await waiter
 
-    def release(self, transaction_id: str) -> None:
+    def release(self, transaction_id: str, *, keep_requests: bool = False) -> None:
         number = number_of(transaction_id)
         holding = self.epochs.get(number) if number is not None else None
         if number is None or holding is None or holding[0] != self.node.node_id:
             return
         self._releases[number] = holding[1]
+        if keep_requests:
+            self._kept_requests.add(number)
+        else:
+            self._kept_requests.discard(number)
         self._start_commit()
+
+    def releasing(self) -> list[int]:
+        """The jobs this node lets go of with its next commit, or the one under
+        way: the actions asked of them are the release's to hand back or keep
+        (``sql.RELEASE``), not a read of this node's requests."""
+        return [*self._releases, *self._releasing_now]
 
 
 def _token_order(row: tuple[Any, ...]) -> tuple[str, str]:

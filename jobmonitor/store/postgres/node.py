@@ -72,6 +72,8 @@ class NodeStore(Protocol):
 
     def held(self) -> list[int]: ...
 
+    def releasing(self) -> list[int]: ...
+
     def forget(self, number: int) -> None: ...
 
     def hold(self, record: JobRecord, epoch: int) -> None: ...
@@ -94,6 +96,9 @@ class _NoHooks:
         pass
 
     def taken_over(self, records: Sequence[JobRecord]) -> None:
+        pass
+
+    def queues_paused(self, names: frozenset[str]) -> None:
         pass
 
 
@@ -119,6 +124,10 @@ class Node:
         self.heard: dict[int, int] = {}
         self._beating: asyncio.Task[None] | None = None
         self._asking: asyncio.Task[None] | None = None
+        #: The queues paused in the cluster as the engine was last told, and the
+        #: read of them under way.
+        self._paused: frozenset[str] | None = None
+        self._reading_paused: asyncio.Task[None] | None = None
         self._ask_again = False
         self._address_written = True
         self._reaps = 0
@@ -133,6 +142,7 @@ class Node:
             settings.channel("work"): self._heard_work,
             settings.channel("lines"): self._heard_lines,
             settings.channel("control"): self._heard_control,
+            settings.channel("queues"): self._heard_queues,
         }, self._listening)
 
     def _new_id(self) -> str:
@@ -176,12 +186,12 @@ class Node:
 
     async def stop(self) -> None:
         await self.listener.stop()
-        for task in (self._beating, self._asking, self._chores):
+        for task in (self._beating, self._asking, self._chores, self._reading_paused):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._beating = self._asking = self._chores = None
+        self._beating = self._asking = self._chores = self._reading_paused = None
         self._drop_beat_connection()
 
     # -- heartbeats and the reaper ------------------------------------------------------
@@ -235,6 +245,7 @@ class Node:
         reaper, and now and then a look for strays."""
         try:
             await self._take_requests()
+            await self._read_paused()
             self.hooks.work_available()
             if not self._address_written:
                 await self._write_address()
@@ -331,12 +342,23 @@ class Node:
     # -- requests from other nodes --------------------------------------------------------
 
     async def _take_requests(self) -> None:
-        requests = await self.store.call(sql.take_requests, self.node_id, refused=0)
-        held = self.store.epochs
+        store = self.store
+        requests = await store.call(sql.take_requests, self.node_id, store.releasing(),
+                                    refused=0)
+        held = store.epochs
+        releasing = store.releasing()
+        let_go = []
         for number, actions in requests:
+            if number not in held or number in releasing:
+                let_go.append((number, actions))
+                continue
             for action in actions.split(","):  # (in the order they were asked)
-                if action in _ACTIONS and number in held:
+                if action in _ACTIONS:
                     self.hooks.requested(transaction_id_of(number), cast(Action, action))
+        if let_go:
+            # Let go of while they were read (the read began before the release):
+            # they stay with the job, for its next holder, as a release leaves them.
+            await store.call(sql.put_back_requests, let_go, refused=0)
 
     def ask_for_requests(self) -> None:
         """Read this node's requests soon (again, if a read is under way: it may
@@ -363,8 +385,31 @@ class Node:
         would find; find it now."""
         self.heard.clear()  # (what was missed meanwhile is not in it)
         self.ask_for_requests()
+        self.look_at_queues()
         self.hooks.work_available()
         self._wake_all()
+
+    def _heard_queues(self, payload: str) -> None:
+        self.look_at_queues()
+
+    def look_at_queues(self) -> None:
+        """Read the queues paused in the cluster soon (unless a read is under way)."""
+        if self._reading_paused is None or self._reading_paused.done():
+            self._reading_paused = asyncio.get_running_loop().create_task(self._read_paused())
+
+    async def _read_paused(self) -> None:
+        try:
+            paused = await self.store.call(sql.paused_queues, refused=0)
+        except StoreUnavailable as exc:  # the next heartbeat reads them again
+            log.debug("reading the paused queues failed: %s", exc)
+            return
+        self.tell_paused(paused)
+
+    def tell_paused(self, paused: frozenset[str]) -> None:
+        """Tell the engine the queues paused in the cluster, if they changed."""
+        if paused != self._paused:
+            self._paused = paused
+            self.hooks.queues_paused(paused)
 
     def _heard_work(self, payload: str) -> None:
         self.hooks.work_available()

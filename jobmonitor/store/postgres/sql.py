@@ -4,7 +4,8 @@ No pool and no batching (``store`` does those): the schema, and each query as a
 function given a connection.  A job row is the SQLite store's (``sqlite.rows``:
 the same columns, encoded and decoded the same way) plus who holds it:
 ``node_id`` (None: nobody), ``epoch`` (bumped at every claim, take and takeover)
-and ``requested`` (the actions other nodes asked of the holder, comma-separated).
+and ``requested`` (the actions other nodes asked of the holder, comma-separated);
+and ``retry_at``, when a job waiting out a retry's delay is due (schema 2).
 
 Writes of many rows are one statement each: the rows go as one array per
 column (``unnest``), so a commit costs a round trip per table, whatever its size.
@@ -12,7 +13,8 @@ column (``unnest``), so a commit costs a round trip per table, whatever its size
 Tables, in the store's own schema: ``meta`` (the schema's version), ``nodes``
 (one row per live node, with its heartbeat), ``jobs``, ``line_blocks`` (a job's
 lines as runs of CRLF-ended lines, as SQLite keeps them), ``history``,
-``outputs`` and ``schedule_marks``; the sequence ``numbers`` hands out
+``outputs``, ``schedule_marks`` and ``paused_queues`` (the queues paused in
+the whole cluster); the sequence ``numbers`` hands out
 transaction numbers (1..9999999, never twice).
 """
 
@@ -42,7 +44,7 @@ __all__ = ["SCHEMA_VERSION", "create_schema", "job_update", "INSERT_JOBS", "UPDA
 
 #: The version of the tables this code makes and reads; a schema of a newer
 #: version is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FINAL_STATES = sorted(FINAL)
 UNFINISHED_STATES = list(UNFINISHED)
 #: The states of a job a node is running (a takeover keeps them; the rest are
@@ -65,7 +67,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     started float8, updated float8 NOT NULL, completed float8, estimated float8,
     line_count integer NOT NULL, queue text NOT NULL, priority integer NOT NULL,
     run_at float8, schedule text,
-    node_id text, epoch bigint NOT NULL DEFAULT 0, requested text);
+    node_id text, epoch bigint NOT NULL DEFAULT 0, requested text, retry_at float8);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_token ON jobs (identity, job_token)
     WHERE job_token IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs (priority DESC, created, number)
@@ -86,6 +88,7 @@ CREATE TABLE IF NOT EXISTS outputs (
     number integer NOT NULL, seq integer NOT NULL, name text NOT NULL,
     uri text NOT NULL, media_type text, PRIMARY KEY (number, seq));
 CREATE TABLE IF NOT EXISTS schedule_marks (name text PRIMARY KEY, last_due float8 NOT NULL);
+CREATE TABLE IF NOT EXISTS paused_queues (name text PRIMARY KEY);
 """
 
 _JOB_TYPES = ("integer", "text", "text", "text", "text", "text", "text", "text", "bigint",
@@ -104,21 +107,27 @@ INSERT_JOBS = (f"INSERT INTO jobs ({JOB_COLUMNS}, node_id, epoch) "
                f"SELECT * FROM unnest({_unnest(_JOB_TYPES + _HOLD_TYPES)}) "
                "ON CONFLICT DO NOTHING RETURNING number")
 #: (``worker`` too, unlike SQLite's: a job claimed by another node runs there.)
+#: (And ``retry_at``: a new job is never waiting out a retry, so it is only
+#: updated.)
 _UPDATED = ("status", "outcome", "progress_done", "progress_total", "progress_message",
             "status_message", "started", "updated", "completed", "estimated", "line_count",
-            "worker")
+            "worker", "retry_at")
 _UPDATE_TYPES = ("integer", "text", "text", "bigint", "bigint", "text", "text", "float8",
-                 "float8", "float8", "float8", "integer", "text", "text", "bigint")
+                 "float8", "float8", "float8", "integer", "text", "float8", "text", "bigint")
+
+
 def job_update(record: JobRecord, number: int, line_count: int) -> tuple[Any, ...]:
-    """A stored job's update row: SQLite's (``rows.job_update``) and its worker."""
-    return (*rows.job_update(record, number, line_count), record.worker)
+    """A stored job's update row: SQLite's (``rows.job_update``), its worker and
+    when it is due again after a failure."""
+    return (*rows.job_update(record, number, line_count), record.worker, record.retry_at)
 
 
 #: Updates (``job_update`` + the holder and epoch the writer holds it by): only
-#: the rows still held so are written (fencing); an ended job is let go.
+#: the rows still held so are written (fencing); an ended job is let go.  ($17:
+#: the final states.)
 UPDATE_JOBS = (
     "UPDATE jobs AS j SET " + ", ".join(f"{c} = u.{c}" for c in _UPDATED)
-    + ", node_id = CASE WHEN u.status = ANY($16::text[]) THEN NULL ELSE j.node_id END "
+    + ", node_id = CASE WHEN u.status = ANY($17::text[]) THEN NULL ELSE j.node_id END "
     f"FROM unnest({_unnest(_UPDATE_TYPES)}) AS u(number, {', '.join(_UPDATED)}, "
     "held_by, held_epoch) "
     "WHERE j.number = u.number AND j.node_id IS NOT DISTINCT FROM u.held_by "
@@ -164,20 +173,22 @@ INSERT_NEW = (
     "w AS (SELECT pg_notify($45, '') AS sent FROM (SELECT 1 FROM ins WHERE node_id IS NULL "
     "AND status IN ('Queued', 'Created') LIMIT 1) AS waiting) "
     "SELECT number FROM ins LEFT JOIN (SELECT count(*) FROM w) AS told ON true")
-#: Let go of jobs this node holds (number, epoch), for others to claim.
-#: A running job is not let go (nobody would run it): it stays this node's, and
-#: is taken over by another when this node leaves.  (number, whether let go)
-#: The actions asked of a job let go that this node has not read yet
-#: (``requested``) are cleared and returned, for it to pass on.
-#: (number, whether let go, the actions)
+#: Let go of jobs this node holds (number, epoch, whether their requests stay),
+#: for others to claim.  A running job is not let go (nobody would run it): it
+#: stays this node's, and is taken over by another when this node leaves.  The
+#: actions asked of a job let go that this node has not read yet (``requested``)
+#: are cleared and returned, for it to pass on; or, for a job whose requests
+#: stay (a node that stops cannot pass them on), kept for the next holder,
+#: whom ``claim`` and ``take`` tell.  (number, whether let go, the actions)
 RELEASE = ("UPDATE jobs AS j SET node_id = CASE WHEN j.status = ANY($4::text[]) "
            "THEN j.node_id END, requested = CASE WHEN j.status = ANY($4::text[]) "
-           "THEN j.requested END FROM unnest($1::integer[], $2::bigint[]) "
-           "AS r(number, epoch), (SELECT number, requested FROM jobs "
+           "OR r.keep THEN j.requested END "
+           "FROM unnest($1::integer[], $2::bigint[], $5::boolean[]) "
+           "AS r(number, epoch, keep), (SELECT number, requested FROM jobs "
            "WHERE number = ANY($1::integer[]) FOR UPDATE) AS old "
            "WHERE j.number = r.number AND old.number = j.number AND j.epoch = r.epoch "
            "AND j.node_id = $3 RETURNING j.number, j.node_id IS NULL, "
-           "CASE WHEN j.node_id IS NULL THEN old.requested END")
+           "CASE WHEN j.node_id IS NULL AND NOT r.keep THEN old.requested END")
 #: Several notifications in one round trip: (channel, payload) pairs.
 NOTIFY = "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)"
 
@@ -189,21 +200,21 @@ def _shifted(statement: str, by: int) -> str:
 
 #: A commit of new jobs and updates, whole, in one statement (the usual one
 #: when jobs end: a transaction takes six round trips).  It goes through only
-#: if every new row was inserted ($62 of them) and every update found its row
-#: still held so ($63): else a division by zero undoes all of it (the
+#: if every new row was inserted ($63 of them) and every update found its row
+#: still held so ($64): else a division by zero undoes all of it (the
 #: ``DivisionByZeroError`` says so) and the commit is written by ``commit``'s
-#: transaction, which sorts out the rows left out.  The notifications ($60,
-#: $61) are those of a commit where nothing is left out.
+#: transaction, which sorts out the rows left out.  The notifications ($61,
+#: $62) are those of a commit where nothing is left out.
 WRITE_ALL = (
     f"WITH ins AS ({INSERT_JOBS}), "
     f"upd AS ({_shifted(UPDATE_JOBS, 25)}), "
-    "ok AS (SELECT 1 / ((SELECT count(*) FROM ins) = $62::bigint "
-    "AND (SELECT count(*) FROM upd) = $63::bigint)::integer AS whole), "
-    f"b AS ({_shifted(UPSERT_BLOCKS, 41)}), "
-    f"h AS ({_shifted(INSERT_HISTORY, 45)}), "
-    f"o AS ({_shifted(INSERT_OUTPUTS, 52)}), "
-    f"m AS ({_shifted(UPSERT_MARKS, 57)}), "
-    f"n AS ({_shifted(NOTIFY, 59)}) "
+    "ok AS (SELECT 1 / ((SELECT count(*) FROM ins) = $63::bigint "
+    "AND (SELECT count(*) FROM upd) = $64::bigint)::integer AS whole), "
+    f"b AS ({_shifted(UPSERT_BLOCKS, 42)}), "
+    f"h AS ({_shifted(INSERT_HISTORY, 46)}), "
+    f"o AS ({_shifted(INSERT_OUTPUTS, 53)}), "
+    f"m AS ({_shifted(UPSERT_MARKS, 58)}), "
+    f"n AS ({_shifted(NOTIFY, 60)}) "
     "SELECT (SELECT whole FROM ok), (SELECT count(*) FROM n)")
 
 
@@ -215,18 +226,34 @@ def columns(rows: Sequence[tuple[Any, ...]], width: int = 0) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
+#: What brings tables of each older version up to the next one.
+_UPGRADES = {
+    1: "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS retry_at float8",
+}
+
+
 async def create_schema(db: Db, schema: str) -> int:
-    """Make the schema's tables if they are missing (one node at a time); return
-    the version of the tables found (``SCHEMA_VERSION`` for new ones)."""
+    """Make the schema's tables if they are missing, or bring older ones up to
+    ``SCHEMA_VERSION`` (one node at a time); return the version of the tables
+    found then (``SCHEMA_VERSION`` unless they are newer: then nothing changed)."""
     async with db.transaction():
         await db.execute("SELECT pg_advisory_xact_lock(hashtext('jobmonitor schema ' || $1))",
                          schema)
         await db.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await db.execute("CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, "
+                         "value text NOT NULL)")
+        stored = await db.fetchval("SELECT value FROM meta WHERE key = 'schema_version'")
+        version = SCHEMA_VERSION if stored is None else int(stored)
+        if version > SCHEMA_VERSION:
+            return version  # (refused by the caller: nothing is touched)
+        while version < SCHEMA_VERSION:  # (older tables: each step in turn)
+            await db.execute(_UPGRADES[version])
+            version += 1
         await db.execute(_TABLES)
         await db.execute("INSERT INTO meta VALUES ('schema_version', $1) "
-                         "ON CONFLICT (key) DO NOTHING", str(SCHEMA_VERSION))
-        stored = await db.fetchval("SELECT value FROM meta WHERE key = 'schema_version'")
-    return int(stored)
+                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                         str(SCHEMA_VERSION))
+    return version
 
 
 async def take_numbers(db: Db, count: int) -> list[int]:
@@ -249,8 +276,8 @@ async def select_records(db: Db, where: str, *args: Any,
     """The jobs ``WHERE where`` (which may end in ORDER BY/LIMIT), with their
     outputs and (``history``) history.  A row that does not decode raises
     ValueError (job_record's)."""
-    rows = await db.fetch(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where}", *args)
-    records = [job_record(tuple(row)) for row in rows]
+    rows = await db.fetch(f"SELECT {JOB_COLUMNS}, retry_at FROM jobs WHERE {where}", *args)
+    records = [_with_retry_at(tuple(row)) for row in rows]
     if not records:
         return records
     by_number = {record.number: record for record in records}
@@ -264,6 +291,13 @@ async def select_records(db: Db, where: str, *args: Any,
                 "WHERE number = ANY($1::integer[]) ORDER BY number, seq", numbers):
             by_number[row[0]].history.append(HistoryEvent(*tuple(row)[1:]))
     return records
+
+
+def _with_retry_at(row: tuple[Any, ...]) -> JobRecord:
+    """The record of a job row with its ``retry_at`` column last."""
+    record = job_record(row[:-1])
+    record.retry_at = row[-1]
+    return record
 
 
 async def list_page(db: Db, identity: str | None, after: int, limit: int, *,
@@ -414,12 +448,12 @@ async def claim(db: Db, node_id: str, limit: int, queues: Sequence[str] | None,
     their records and the epochs they are held by, and whether an action is
     still asked of one (``requested`` is kept: see ``take_requests``).
 
-    A queued job waiting out a retry's delay is claimed too: its due time is
-    the handler's ``retry_delay_s`` after its ``retry`` event, and the handler
-    is the nodes', not stored; the claimer waits out the rest of the delay
-    (``JobRunner.queue_recovered``)."""
-    where = ("node_id IS NULL AND (status = 'Queued' OR (status = 'Created' "
-             "AND (run_at IS NULL OR run_at <= $3)))")
+    A queued job waiting out a retry's delay is claimed once it is due
+    (``retry_at``); one stored by an older node without it, at once (the
+    claimer waits out the rest of the delay: ``JobRunner.queue_recovered``)."""
+    where = ("node_id IS NULL AND ((status = 'Queued' AND (retry_at IS NULL "
+             "OR retry_at <= $3)) OR (status = 'Created' AND (run_at IS NULL OR run_at <= $3))) "
+             "AND queue NOT IN (SELECT name FROM paused_queues)")
     args: list[Any] = [node_id, limit, now]
     if queues is not None:
         args.append(list(queues))
@@ -433,6 +467,22 @@ async def claim(db: Db, node_id: str, limit: int, queues: Sequence[str] | None,
             "RETURNING j.number, j.epoch, j.requested IS NOT NULL", *args)
         records = await _held_records(db, held, "ORDER BY priority DESC, created, number")
     return records, any(row[2] for row in held)
+
+
+async def set_paused(db: Db, queue: str, paused: bool, channel: str) -> None:
+    """Pause or resume ``queue`` in the whole cluster; the nodes are told on
+    ``channel``."""
+    async with db.transaction():
+        if paused:
+            await db.execute("INSERT INTO paused_queues VALUES ($1) ON CONFLICT DO NOTHING",
+                             queue)
+        else:
+            await db.execute("DELETE FROM paused_queues WHERE name = $1", queue)
+        await db.execute("SELECT pg_notify($1, '')", channel)
+
+
+async def paused_queues(db: Db) -> frozenset[str]:
+    return frozenset(row[0] for row in await db.fetch("SELECT name FROM paused_queues"))
 
 
 async def take(db: Db, node_id: str, number: int, lease_s: float
@@ -473,18 +523,34 @@ async def request(db: Db, number: int, action: str, lease_s: float,
         return node_id
 
 
-async def take_requests(db: Db, node_id: str) -> list[tuple[int, str]]:
-    """The actions asked of this node's jobs since it last looked (cleared now).
+async def take_requests(db: Db, node_id: str,
+                        releasing: Sequence[int] = ()) -> list[tuple[int, str]]:
+    """The actions asked of this node's jobs since it last looked (cleared now),
+    but those of the jobs it is letting go of (``releasing``).
 
     An action asked just before the holder let go of the job goes back to it
-    with the release (``RELEASE``), for it to pass on.  One left on a job nobody
-    holds (by an older node) is the next holder's: ``claim`` and ``take`` keep
-    it, and say so, for that node to read it here."""
+    with the release (``RELEASE``), for it to pass on, or stays with the job.
+    One left on a job nobody holds (by a node that stopped) is the next
+    holder's: ``claim`` and ``take`` keep it, and say so, for that node to
+    read it here."""
     rows = await db.fetch(
         "UPDATE jobs j SET requested = NULL FROM (SELECT number, requested FROM jobs "
-        "WHERE node_id = $1 AND requested IS NOT NULL FOR UPDATE) AS old "
-        "WHERE j.number = old.number RETURNING j.number, old.requested", node_id)
+        "WHERE node_id = $1 AND requested IS NOT NULL AND number <> ALL($2::integer[]) "
+        "FOR UPDATE) AS old WHERE j.number = old.number RETURNING j.number, old.requested",
+        node_id, list(releasing))
     return [(row[0], row[1]) for row in rows]
+
+
+async def put_back_requests(db: Db, requests: Sequence[tuple[int, str]]) -> None:
+    """Give back (number, actions) read from jobs this node let go of meanwhile:
+    before any asked since, for whoever holds each job next (or now: it reads
+    them at its next look)."""
+    await db.execute(
+        "UPDATE jobs j SET requested = concat_ws(',', b.actions, j.requested) "
+        "FROM unnest($1::integer[], $2::text[]) AS b(number, actions) "
+        "WHERE j.number = b.number AND j.status <> ALL($3::text[])",
+        [number for number, _ in requests], [actions for _, actions in requests],
+        FINAL_STATES)
 
 
 async def reap(db: Db, schema: str, node_id: str, lease_s: float, work_channel: str,

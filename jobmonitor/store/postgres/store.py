@@ -72,6 +72,8 @@ class PostgresStore(FencedCommits, SharedStore):
         self.node_name = self.node.name
         self.epochs = {}
         self._releases = {}
+        self._releasing_now = {}
+        self._kept_requests = set()
         self._asked_of_released = {}
         self._token_taken = {}
         self._holding_now = 0
@@ -98,6 +100,7 @@ class PostgresStore(FencedCommits, SharedStore):
         try:
             async with self._pool.acquire(timeout=CONNECT_TIMEOUT_S) as db:
                 recovery = await self._prepare(db)
+                paused = await sql.paused_queues(db)
         except BaseException as exc:
             await self._close_pool()
             if isinstance(exc, Exception) and not isinstance(exc, ConfigError):
@@ -105,6 +108,7 @@ class PostgresStore(FencedCommits, SharedStore):
             raise
         self._start_commits(recovery)
         self.node.start()
+        self.node.tell_paused(paused)
         return recovery
 
     async def _prepare(self, db: Db) -> Recovery:
@@ -253,6 +257,9 @@ class PostgresStore(FencedCommits, SharedStore):
 
     async def set_address(self, address: str) -> None:
         await self.node.set_address(address)
+
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        await self.call(sql.set_paused, queue, paused, self.settings.channel("queues"))
 
     async def nodes(self) -> list[NodeInfo]:
         rows = await self.call(sql.live_nodes, self.node.lease_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,6 +14,7 @@ from jobmonitor import JobState, RequestError
 from jobmonitor.config import Config
 from jobmonitor.engine.engine import Engine
 from jobmonitor.engine.job import Job
+from jobmonitor.engine.queues import Placement
 from jobmonitor.engine.registry import HandlerRegistry
 from jobmonitor.errors import StoreUnavailable
 from jobmonitor.queueing import ScheduleSettings
@@ -405,3 +407,71 @@ async def test_a_busy_node_claims_its_own_stored_job_when_its_slot_frees(registr
         gate.set()
         await until_state(a, tid, S.COMPLETED)
         assert (await a.jobs.record(tid)).worker == "a"
+
+
+async def test_a_request_a_stopping_node_had_not_read_is_kept_for_the_next_holder(registry,
+                                                                                 gate):
+    @registry.job("flaky", retries=1, retry_delay_s=0.2)
+    async def flaky(job: Job) -> None:
+        if job.attempt == 1:
+            raise RuntimeError("first try")
+        await gate.wait()
+
+    async with cluster(registry) as nodes:
+        b = await nodes.node("b")
+        tid, job = await b.submit("flaky", {}, {})
+        assert job is not None
+        await Lines(job).until("J0000132: Job queued to run again (attempt 2 of 2, in 0.2 s).")
+        a = await nodes.node("a")
+        # Asked while b held the job, waiting out its retry's delay, and stored
+        # before b read it: b stops, and lets go of the job with the cancel unread.
+        nodes.db.rows[tid].requested.append("cancel")
+        await b.stop(0.0)
+        for _ in range(100):  # (a's heartbeats: it claims the job once it is due)
+            a.work_available()
+            if (await a.jobs.record(tid)).status.is_final:
+                break
+            await asyncio.sleep(0.05)
+        # a held it next, and read the cancel
+        assert (await a.jobs.record(tid)).status is S.CANCELLED
+        gate.set()
+
+
+async def test_a_released_job_waiting_out_a_retry_is_not_claimed_before_it_is_due(registry):
+    @registry.job("flaky", retries=1, retry_delay_s=30.0)
+    async def flaky(job: Job) -> None:
+        raise RuntimeError("fails")
+
+    async with cluster(registry) as nodes:
+        b = await nodes.node("b")
+        tid, job = await b.submit("flaky", {}, {})
+        assert job is not None
+        await Lines(job).until("J0000132: Job queued to run again (attempt 2 of 2, in 30 s).")
+        a = await nodes.node("a")
+        await b.stop(0.0)  # (lets go of the job, which is due in 30 s)
+        a.work_available()
+        claiming = a._claiming
+        assert claiming is not None
+        await asyncio.wait_for(claiming, WAIT_S)
+        row = nodes.db.rows[tid]
+        assert row.node_id is None  # not due yet: nobody holds it
+        assert row.record.retry_at == pytest.approx(time.time() + 30.0, abs=5.0)
+
+
+async def test_a_queue_paused_on_one_node_starts_no_job_on_any(registry):
+    async with cluster(registry) as nodes:
+        a = await nodes.node("a", allow_new_queues=True)
+        b = await nodes.node("b", allow_new_queues=True)
+        await a.pause_queue("night")
+        rows = {row.name: row for row in b.queue_rows()}
+        assert rows["night"].paused  # (ListQueues on b shows it)
+        tid, job = await b.submit("quick", {}, {}, placement=Placement(queue="night"))
+        assert job is None  # stored for any node, and none starts it
+        for engine in (a, b):
+            engine.work_available()
+            if engine._claiming is not None:
+                await asyncio.wait_for(engine._claiming, WAIT_S)
+        assert nodes.db.rows[tid].node_id is None
+        await b.resume_queue("night")
+        assert not any(row.paused for row in a.queue_rows())
+        await until_state(a, tid, S.COMPLETED)

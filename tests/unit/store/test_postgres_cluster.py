@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import asyncpg
@@ -18,6 +19,7 @@ import pytest
 from jobmonitor.errors import StoreUnavailable
 from jobmonitor.store.postgres import commit as commit_module
 from jobmonitor.store.postgres import node as node_module
+from jobmonitor.store.postgres import sql as store_sql
 from jobmonitor.store.postgres.connect import parse_url
 from jobmonitor.store.postgres.store import PostgresStore
 from jobmonitor.store.shared import Action, TokenTaken
@@ -38,6 +40,7 @@ class Hooks:
         self.requests: list[tuple[str, Action]] = []
         self.lost_jobs: list[str] = []
         self.taken: list[JobRecord] = []
+        self.paused: frozenset[str] | None = None
         self.changed = asyncio.Event()
 
     def work_available(self) -> None:
@@ -54,6 +57,10 @@ class Hooks:
 
     def taken_over(self, records: Sequence[JobRecord]) -> None:
         self.taken.extend(records)
+        self.changed.set()
+
+    def queues_paused(self, names: frozenset[str]) -> None:
+        self.paused = names
         self.changed.set()
 
     async def until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -589,3 +596,103 @@ async def test_two_requests_before_the_holder_reads_them_both_reach_it_in_order(
     assert await second.request("T0000001", "cancel") is True
     await read_requests()
     assert first_hooks.requests == [("T0000001", "resume"), ("T0000001", "cancel")]
+
+
+async def test_a_release_that_keeps_requests_leaves_them_for_the_next_holder(
+        cluster, monkeypatch):
+    """A node that stops cannot pass an unread request on: its release leaves it
+    with the job, even when the node's read of its requests races the release."""
+    first, first_hooks = await cluster("a")
+    read_requests = first.node._take_requests
+
+    async def not_yet() -> None:  # (the holder lets go before it reads its requests)
+        pass
+
+    monkeypatch.setattr(first.node, "_take_requests", not_yet)
+    second, second_hooks = await cluster("b")
+    await first.add_held(job(1))
+    assert await second.request("T0000001", "cancel") is True
+    first.release("T0000001", keep_requests=True)
+    await read_requests()  # (a read before the release is written leaves it alone)
+    await first.flush()
+    assert first_hooks.requests == []
+    rows = await sql(first, "SELECT node_id, requested FROM jobs WHERE number = 1")
+    assert [tuple(row) for row in rows] == [(None, "cancel")]
+    assert [r.transaction_id for r in await second.claim(5)] == ["T0000001"]
+    await second_hooks.until(lambda: bool(second_hooks.requests))
+    assert second_hooks.requests == [("T0000001", "cancel")]
+
+
+async def test_a_job_waiting_out_a_retry_is_claimed_once_due_with_its_due_time(cluster):
+    (first, _), (second, _) = await cluster("a"), await cluster("b")
+    waiting, due = job(1), job(2)
+    for item in (waiting, due):
+        await first.add_held(item)
+    now = time.time()
+    waiting.record.retry_at, due.record.retry_at = now + 3600.0, now - 1.0
+    for item in (waiting, due):  # (failed, and let go as its node stops)
+        first.changed(item)
+        first.release(item.transaction_id)
+    await first.flush()
+    claimed = await second.claim(10)
+    assert [(r.transaction_id, r.retry_at) for r in claimed] == [("T0000002", now - 1.0)]
+    assert await second.claim(10) == []
+
+
+async def test_a_schema_of_version_1_is_brought_up_to_date_as_a_node_opens_it(cluster):
+    (first, _), = [await cluster("a")]
+    await sql(first, "ALTER TABLE jobs DROP COLUMN IF EXISTS retry_at")
+    await sql(first, "UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    await cluster("b")
+    version = await sql(first, "SELECT value FROM meta WHERE key = 'schema_version'")
+    assert version[0][0] == "2"
+    columns = await sql(first, "SELECT column_name FROM information_schema.columns WHERE "
+                               "table_schema = current_schema() AND table_name = 'jobs' "
+                               "AND column_name = 'retry_at'")
+    assert len(columns) == 1
+
+
+async def test_a_queue_paused_on_one_node_is_paused_for_all(cluster):
+    (first, _), (second, second_hooks) = await cluster("a"), await cluster("b")
+    night = job(1)
+    night.record.queue = "night"
+    await first.add(night)
+    await first.set_paused("night", True)
+    await second_hooks.until(lambda: second_hooks.paused == frozenset({"night"}))
+    assert await second.claim(10) == []  # (none of a paused queue, whatever b knows)
+    (third, third_hooks) = await cluster("c")
+    assert third_hooks.paused == frozenset({"night"})  # (told as it joins)
+    await second.set_paused("night", False)
+    await third_hooks.until(lambda: third_hooks.paused == frozenset())
+    assert [r.transaction_id for r in await third.claim(10)] == ["T0000001"]
+
+
+async def test_requests_read_as_their_job_is_let_go_stay_with_the_job(cluster, monkeypatch):
+    first, first_hooks = await cluster("a")
+    read_requests = first.node._take_requests
+
+    async def not_yet() -> None:
+        pass
+
+    monkeypatch.setattr(first.node, "_take_requests", not_yet)
+    second, second_hooks = await cluster("b")
+    await first.add_held(job(1))
+    assert await second.request("T0000001", "cancel") is True
+    call = first.call
+
+    async def released_meanwhile(func, *args, **options):
+        answer = await call(func, *args, **options)
+        if func is store_sql.take_requests:  # (let go as the read's answer comes)
+            first.release("T0000001", keep_requests=True)
+        return answer
+
+    monkeypatch.setattr(first, "call", released_meanwhile)
+    await read_requests()
+    monkeypatch.setattr(first, "call", call)
+    await first.flush()
+    assert first_hooks.requests == []
+    rows = await sql(first, "SELECT node_id, requested FROM jobs WHERE number = 1")
+    assert [tuple(row) for row in rows] == [(None, "cancel")]
+    assert [r.transaction_id for r in await second.claim(5)] == ["T0000001"]
+    await second_hooks.until(lambda: bool(second_hooks.requests))
+    assert second_hooks.requests == [("T0000001", "cancel")]
