@@ -38,7 +38,7 @@ from ...errors import StoreUnavailable
 from ...wire.records import JobRecord
 from ..shared import Action, ClusterHooks
 from ..sqlite.rows import FINAL, number_of, transaction_id_of
-from . import sql
+from . import holding
 from .connect import Listener, Settings, unavailable
 
 if TYPE_CHECKING:
@@ -149,8 +149,8 @@ class Node:
         return f"{self.name}#{secrets.token_hex(6)}"
 
     async def register(self, db: Db) -> None:
-        await sql.register(db, self.node_id, self.name, self.address, self.started)
-        if await sql.namesakes(db, self.node_id, self.name, self.lease_s):
+        await holding.register(db, self.node_id, self.name, self.address, self.started)
+        if await holding.namesakes(db, self.node_id, self.name, self.lease_s):
             # (Not refused: a node restarted within its lease meets its own old row.)
             log.warning("another live node of this cluster is named %s: the jobs and "
                         "ListNodes rows of the two cannot be told apart; give each node its "
@@ -169,7 +169,7 @@ class Node:
 
     async def _write_address(self) -> None:
         try:
-            await self.store.call(sql.set_address, self.node_id, self.address, refused=0)
+            await self.store.call(holding.set_address, self.node_id, self.address, refused=0)
         except StoreUnavailable as exc:
             log.debug("writing this node's address failed: %s", exc)
             return
@@ -178,7 +178,7 @@ class Node:
     async def leave(self, db: Db) -> None:
         """Take this node out of the cluster; the jobs it still holds are others' to
         take over (a running one) or claim (a waiting one) at their next reaping."""
-        await sql.unregister(db, self.node_id)
+        await holding.unregister(db, self.node_id)
 
     def start(self) -> None:
         self._beating = asyncio.get_running_loop().create_task(self._beat())
@@ -266,7 +266,7 @@ class Node:
         try:
             if db is None or db.is_closed():
                 db = self._beat_db = await asyncpg.connect(**self.settings.connect_kwargs())
-            return await sql.heartbeat(db, self.node_id)
+            return await holding.heartbeat(db, self.node_id)
         except Exception as exc:
             refusal = unavailable(exc)
             if refusal is None:
@@ -297,7 +297,7 @@ class Node:
 
     async def _reap(self) -> None:
         dead, released, taken = await self.store.call(
-            sql.reap, self.settings.schema, self.node_id, self.lease_s,
+            holding.reap, self.settings.schema, self.node_id, self.lease_s,
             self.settings.channel("work"), self._reaps % SWEEP_EVERY == 0, refused=0)
         self._reaps += 1
         if dead:
@@ -322,7 +322,7 @@ class Node:
             if not store.begin_sweep():
                 return [], []  # (one is under way: next time)
             try:
-                return await sql.strays(db, self.node_id, store.held(),
+                return await holding.strays(db, self.node_id, store.held(),
                                         self.settings.channel("work"))
             finally:
                 store.end_sweep()
@@ -343,7 +343,7 @@ class Node:
 
     async def _take_requests(self) -> None:
         store = self.store
-        requests = await store.call(sql.take_requests, self.node_id, store.releasing(),
+        requests = await store.call(holding.take_requests, self.node_id, store.releasing(),
                                     refused=0)
         held = store.epochs
         releasing = store.releasing()
@@ -358,7 +358,7 @@ class Node:
         if let_go:
             # Let go of while they were read (the read began before the release):
             # they stay with the job, for its next holder, as a release leaves them.
-            await store.call(sql.put_back_requests, let_go, refused=0)
+            await store.call(holding.put_back_requests, let_go, refused=0)
 
     def ask_for_requests(self) -> None:
         """Read this node's requests soon (again, if a read is under way: it may
@@ -399,7 +399,7 @@ class Node:
 
     async def _read_paused(self) -> None:
         try:
-            paused = await self.store.call(sql.paused_queues, refused=0)
+            paused = await self.store.call(holding.paused_queues, refused=0)
         except StoreUnavailable as exc:  # the next heartbeat reads them again
             log.debug("reading the paused queues failed: %s", exc)
             return

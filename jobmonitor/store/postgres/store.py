@@ -34,7 +34,7 @@ from ..base import Recovery, TaskEvent
 from ..outage import Outage
 from ..shared import Action, NodeInfo, SharedStore
 from ..sqlite.rows import job_row, number_of
-from . import sql
+from . import holding, sql
 from .blocks import READ_AHEAD, BlockCache
 from .commit import FencedCommits
 from .connect import CONNECT_TIMEOUT_S, STATEMENT_TIMEOUT_S, Settings, unavailable
@@ -100,7 +100,7 @@ class PostgresStore(FencedCommits, SharedStore):
         try:
             async with self._pool.acquire(timeout=CONNECT_TIMEOUT_S) as db:
                 recovery = await self._prepare(db)
-                paused = await sql.paused_queues(db)
+                paused = await holding.paused_queues(db)
         except BaseException as exc:
             await self._close_pool()
             if isinstance(exc, Exception) and not isinstance(exc, ConfigError):
@@ -218,7 +218,7 @@ class PostgresStore(FencedCommits, SharedStore):
         if limit <= 0 or (queues is not None and not queues):
             return []
         async with self._holding():
-            claimed, asked = await self.call(sql.claim, self.node.node_id, limit, queues,
+            claimed, asked = await self.call(holding.claim, self.node.node_id, limit, queues,
                                              time.time())
         for record, epoch in claimed:
             self.hold(record, epoch)
@@ -231,7 +231,7 @@ class PostgresStore(FencedCommits, SharedStore):
         if number is None:
             return None
         async with self._holding():
-            taken, asked = await self.call(sql.take, self.node.node_id, number,
+            taken, asked = await self.call(holding.take, self.node.node_id, number,
                                            self.node.lease_s)
         if taken is None:
             return None
@@ -245,7 +245,7 @@ class PostgresStore(FencedCommits, SharedStore):
         number = number_of(transaction_id)
         if number is None:
             return False
-        holder = await self.call(sql.request, number, action, self.node.lease_s,
+        holder = await self.call(holding.request, number, action, self.node.lease_s,
                                  self.settings.channel("control"))
         return holder is not None
 
@@ -259,10 +259,10 @@ class PostgresStore(FencedCommits, SharedStore):
         await self.node.set_address(address)
 
     async def set_paused(self, queue: str, paused: bool) -> None:
-        await self.call(sql.set_paused, queue, paused, self.settings.channel("queues"))
+        await self.call(holding.set_paused, queue, paused, self.settings.channel("queues"))
 
     async def nodes(self) -> list[NodeInfo]:
-        rows = await self.call(sql.live_nodes, self.node.lease_s)
+        rows = await self.call(holding.live_nodes, self.node.lease_s)
         return [NodeInfo(*row) for row in rows]
 
     # -- reading and deleting -------------------------------------------------------------

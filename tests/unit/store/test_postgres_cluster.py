@@ -18,8 +18,8 @@ import pytest
 
 from jobmonitor.errors import StoreUnavailable
 from jobmonitor.store.postgres import commit as commit_module
+from jobmonitor.store.postgres import holding
 from jobmonitor.store.postgres import node as node_module
-from jobmonitor.store.postgres import sql as store_sql
 from jobmonitor.store.postgres.connect import parse_url
 from jobmonitor.store.postgres.store import PostgresStore
 from jobmonitor.store.shared import Action, TokenTaken
@@ -682,7 +682,7 @@ async def test_requests_read_as_their_job_is_let_go_stay_with_the_job(cluster, m
 
     async def released_meanwhile(func, *args, **options):
         answer = await call(func, *args, **options)
-        if func is store_sql.take_requests:  # (let go as the read's answer comes)
+        if func is holding.take_requests:  # (let go as the read's answer comes)
             first.release("T0000001", keep_requests=True)
         return answer
 
