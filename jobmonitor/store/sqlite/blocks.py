@@ -21,8 +21,8 @@ import sqlite3
 import zlib
 from collections.abc import Sequence
 
-__all__ = ["BLOCK_COLUMN", "INSERT_BLOCKS", "READ_BLOCKS", "MIN_SAVING", "LEVEL", "PACK_LINES",
-           "PACK_BYTES", "pack_blocks", "read_lines", "LastBlock", "add_block_column"]
+__all__ = ["BLOCK_COLUMN", "INSERT_BLOCKS", "READ_BLOCKS", "MIN_SAVING", "LEVEL", "pack_blocks",
+           "read_lines", "add_block_column"]
 
 #: The column a database made before compression lacks, with its definition.
 BLOCK_COLUMN = ("compressed", "INTEGER NOT NULL DEFAULT 0")
@@ -31,11 +31,6 @@ INSERT_BLOCKS = "INSERT OR REPLACE INTO line_blocks (number, first_line, count, 
 LEVEL = 1
 #: A block is stored compressed only when that saves at least this share of its bytes.
 MIN_SAVING = 1 / 8
-#: Most lines, and bytes, in one stored block made of a commit's blocks: a
-#: catch-up page (2 000 lines) then reads one or two, and a line read from the
-#: middle of one costs the decompressing of at most this many bytes.
-PACK_LINES = 2000
-PACK_BYTES = 256 * 1024
 
 #: A job's stored blocks from the one that holds a line on (see ``read_lines``).
 READ_BLOCKS = (
@@ -49,57 +44,19 @@ _compress = zlib.compress
 def pack_blocks(blocks: Sequence[tuple[int, int, int, bytes]]
                 ) -> list[tuple[int, int, int, bytes, int]]:
     """``blocks`` (number, first line, count, bytes) as rows of ``line_blocks``:
-    runs of a job's consecutive blocks joined, up to ``PACK_LINES`` lines and
-    ``PACK_BYTES``, each compressed when that saves enough.
-
-    On the writing thread.  zlib lets the event loop's thread run while it
-    works, but takes the interpreter back after each call, which waits while
-    the loop is busy: a job that yields every hundred lines makes blocks of a
-    hundred, and compressing them one by one spent most of a commit waiting.
-    """
-    rows: list[tuple[int, int, int, bytes, int]] = []
-    run: list[bytes] = []
-    number = first_line = count = size = 0
-    for block in blocks:
-        if run and (block[0] != number or block[1] != first_line + count
-                    or count + block[2] > PACK_LINES or size + len(block[3]) > PACK_BYTES):
-            rows.append(_packed(number, first_line, count, run))
-            run = []
-        if not run:
-            number, first_line, count, size = block[0], block[1], 0, 0
-        run.append(block[3])
-        count += block[2]
-        size += len(block[3])
-    if run:
-        rows.append(_packed(number, first_line, count, run))
+    each compressed when that saves enough.  (On the writing thread: zlib lets
+    the event loop's thread run meanwhile.)"""
+    rows = []
+    for number, first_line, count, data in blocks:
+        packed = _compress(data, LEVEL)
+        if len(packed) <= len(data) * (1 - MIN_SAVING):
+            rows.append((number, first_line, count, packed, 1))
+        else:
+            rows.append((number, first_line, count, data, 0))
     return rows
 
 
-def _packed(number: int, first_line: int, count: int, run: list[bytes]
-            ) -> tuple[int, int, int, bytes, int]:
-    data = run[0] if len(run) == 1 else b"".join(run)
-    packed = _compress(data, LEVEL)
-    if len(packed) <= len(data) * (1 - MIN_SAVING):
-        return number, first_line, count, packed, 1
-    return number, first_line, count, data, 0
-
-
-class LastBlock:
-    """The lines of the block read last (a reading thread's own): a monitor
-    catching up reads page after page, and the next page mostly starts in the
-    block the last one ended in, which is then not decompressed and split again.
-    Stored blocks never change (a job's numbers are never used again), so what
-    is kept stays true."""
-
-    __slots__ = ("key", "lines")
-
-    def __init__(self) -> None:
-        self.key: tuple[int, int] | None = None
-        self.lines: list[bytes] = []
-
-
-def read_lines(db: sqlite3.Connection, number: int, from_line: int, limit: int,
-               last: LastBlock | None = None) -> list[bytes]:
+def read_lines(db: sqlite3.Connection, number: int, from_line: int, limit: int) -> list[bytes]:
     """Up to ``limit`` of job ``number``'s stored lines from ``from_line`` (1-based) on.
 
     Raises:
@@ -110,13 +67,10 @@ def read_lines(db: sqlite3.Connection, number: int, from_line: int, limit: int,
     # the key's order: a search of the index, not a scan of every block before.
     rows = db.execute(READ_BLOCKS, (number, number, from_line, from_line))
     for first_line, data, compressed in rows:
-        if last is not None and last.key == (number, first_line):
-            lines = last.lines
-        else:
-            # (bytes.splitlines breaks only at CR, LF and CRLF: a line has none inside)
-            lines = (zlib.decompress(data) if compressed else data).splitlines(keepends=True)
-            if last is not None:
-                last.key, last.lines = (number, first_line), lines
+        if compressed:
+            data = zlib.decompress(data)
+        # (bytes.splitlines breaks only at CR, LF and CRLF: a line has none inside)
+        lines = data.splitlines(keepends=True)
         found.extend(lines[max(from_line - first_line, 0):])
         if len(found) >= limit:
             break

@@ -46,7 +46,7 @@ from ...wire.variables import TASK_LOG_SIZE
 from ..base import Recovery
 from ..batching import Batch, GroupCommitStore
 from ..outage import Outage, unavailable
-from .blocks import INSERT_BLOCKS, LastBlock, pack_blocks
+from .blocks import INSERT_BLOCKS, pack_blocks
 from .file import DatabaseFile, open_error, reclaim_space
 from .rows import (
     JOB_COLUMNS,
@@ -116,8 +116,6 @@ class SqliteStore(GroupCommitStore):
         self._highest = 0
         #: Numbers of job rows that did not decode, each logged once.
         self._bad_rows: set[int] = set()
-        #: The block the reading thread read last, split (its own: see LastBlock).
-        self._last_block = LastBlock()
 
     # -- life cycle -------------------------------------------------------------
 
@@ -277,7 +275,7 @@ class SqliteStore(GroupCommitStore):
         number = number_of(transaction_id)
         if number is None:
             return []
-        return await self._read(read_lines, number, from_line, limit, self._last_block)
+        return await self._read(read_lines, number, from_line, limit)
 
     async def list_records(self, identity: str | None, after: int,
                            limit: int) -> Sequence[JobRecord]:

@@ -11,7 +11,7 @@ import sqlite3
 
 import pytest
 
-from jobmonitor.store.sqlite.blocks import INSERT_BLOCKS, PACK_LINES, LastBlock, pack_blocks
+from jobmonitor.store.sqlite.blocks import INSERT_BLOCKS, pack_blocks
 from jobmonitor.store.sqlite.rows import READ_BLOCKS, SCHEMA, read_lines, upgrade_schema
 
 #: The line_blocks table as a version before compression made it.
@@ -89,29 +89,11 @@ def test_blocks_that_shrink_are_stored_compressed_the_others_as_they_are():
     assert b"".join(read_lines(db, 2, 1, 200)) == noise
 
 
-def test_a_commits_consecutive_blocks_of_a_job_are_stored_together_up_to_a_bound():
-    # blocks of 100 lines (a job that yields every 100), two jobs interleaved, a gap
-    blocks = [(7, first, 100, b"".join(line(n) for n in range(first, first + 100)))
-              for first in range(1, 5001, 100)]
-    blocks.insert(3, (8, 1, 2, line(1) + line(2)))
-    blocks.append((7, 9001, 1, line(9001)))
-    rows = pack_blocks(blocks)
-    assert [(r[0], r[1], r[2]) for r in rows] == [
-        (7, 1, 300), (8, 1, 2), (7, 301, PACK_LINES), (7, 2301, PACK_LINES),
-        (7, 4301, 700), (7, 9001, 1)]
-    db = sqlite3.connect(":memory:")
-    db.executescript(SCHEMA)
-    db.executemany(f"{INSERT_BLOCKS} VALUES (?, ?, ?, ?, ?)", rows)
-    assert read_lines(db, 7, 1, 6000) == [line(n) for n in range(1, 5001)] + [line(9001)]
-    assert read_lines(db, 8, 1, 10) == [line(1), line(2)]
-
-
 def test_pages_read_one_after_another_give_the_same_lines_as_one_read(db):
-    last = LastBlock()
     got: list[bytes] = []
     while len(got) < 1000:
-        got += read_lines(db, 7, len(got) + 1, 37, last)
-        assert read_lines(db, 8, 500, 1, last) == [line(500)]  # (another job between)
+        got += read_lines(db, 7, len(got) + 1, 37)
+        assert read_lines(db, 8, 500, 1) == [line(500)]  # (another job between)
     assert got == [line(n) for n in range(1, 1001)]
 
 
