@@ -33,6 +33,7 @@ from .handlers import Handler
 from .history import RETRY_EVENT, last_job_event
 from .job import Job
 from .lifecycle import CancelReason
+from .pacing import paced
 from .queues import WaitingLines
 from .run import Run
 
@@ -238,10 +239,12 @@ class JobRunner:
             self.on_slot_free()
 
     def _call(self, run: Run) -> Awaitable[Any]:
-        """The handler's awaitable: its coroutine itself (no extra frame per job), or
-        its run in a worker thread."""
+        """The handler's awaitable: its coroutine itself (no extra frame per job; with
+        a durable store, paced to it), or its run in a worker thread."""
         handler = run.handler
         if handler.is_async:
+            if self._durable:  # (its lines wait for the store: see pacing)
+                return paced(handler.func(run.job), run.job.stream)
             return handler.func(run.job)
         # run_in_executor's two steps, keeping the thread's own future: it says
         # when the handler has returned, even once the loop is gone.

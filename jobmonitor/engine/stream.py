@@ -241,10 +241,13 @@ class JobStream:
         self._serve(watcher, position, self._deliverable(), {})
 
     def stored(self, count: int) -> None:
-        """The store now holds ``count`` lines: they may go out."""
+        """The store now holds ``count`` lines: they go out now, as far as each
+        watcher can take them (the caller may then trim what they no longer need)."""
         self.durable = count
-        if self._watchers and not self.scheduled:
-            self.schedule()
+        if self._watchers:
+            if self.scheduled is not None:
+                self.scheduled.cancel()
+            self._flush()
         pending = self._stored_waiter
         if pending is not None and self.unstored() <= pending[1]:
             self._stored_waiter = None

@@ -140,7 +140,7 @@ async def test_a_failed_store_read_after_falling_behind_ends_the_connection(
     # in memory (fell_behind): it must then read them from the store, which fails.
     server = await make_server(store=db_url, max_lines_in_memory=1000, monitor_stall_s=5.0)
     fail_reads(server, monkeypatch)
-    count = 20_000
+    count = 60_000  # (more than the kernel takes in for a client that reads nothing)
     sock = await small_window(server.port, submit("burst", Count=str(count), Width="100",
                                                   YieldEvery="100", Delay="0.2"))
     with sock:

@@ -13,6 +13,7 @@ import threading
 import pytest
 
 from jobmonitor import ConfigError, JobState
+from jobmonitor.engine import pacing
 from jobmonitor.engine import runner as runner_module
 from jobmonitor.store.sqlite.file import NUMBER_BLOCK
 
@@ -190,6 +191,52 @@ async def test_a_long_stream_is_trimmed_in_memory_and_replayed_from_the_store(ma
     replay = await exchange(server.port, xml_packet("MonitorJob", {
         "_sys_TransactionID": tid_of(lines[0]), "_sys_FromLine": "2"}))
     assert replay == [lines[0], *lines[2:]]
+
+
+async def test_a_monitor_keeping_up_is_not_sent_to_the_store_by_a_job_ahead_of_it(
+        make_server, db_url, monkeypatch):
+    # Commits slowed down, so the job runs far ahead of the store: each commit makes
+    # many lines deliverable at once.  A monitor that takes them all as they come
+    # gets them from memory, never from the store.
+    server = await make_server(store=db_url, max_lines_in_memory=100)
+    store = server.engine._store
+    write, read_lines = store._write, store.read_lines
+    reads = []
+
+    def slow_write(batch):
+        threading.Event().wait(0.02)
+        write(batch)
+
+    async def counted_read_lines(*args):
+        reads.append(args)
+        return await read_lines(*args)
+
+    monkeypatch.setattr(store, "_write", slow_write)
+    monkeypatch.setattr(store, "read_lines", counted_read_lines)
+    lines = await exchange(server.port, submit("lines", Count="5000", YieldEvery="50"))
+    assert lines[2:-2] == [f"J0000100: line {n}" for n in range(1, 5001)]
+    assert reads == []
+
+
+async def test_a_job_that_never_checkpoints_waits_for_the_store_at_its_yields(
+        make_server, db_url, monkeypatch):
+    # The store slowed down, the job says lines as fast as it can: at each bare yield
+    # past the bound it waits for the store, so its backlog stays near the bound
+    # (it was as large as the job: every line it had said).
+    monkeypatch.setattr(pacing, "MAX_BACKLOG_LINES", 2000)
+    server = await make_server(store=db_url)
+    store = server.engine._store
+    write = store._write
+
+    def slow_write(batch):
+        threading.Event().wait(0.01)
+        write(batch)
+
+    monkeypatch.setattr(store, "_write", slow_write)
+    lines = await exchange(server.port, submit("unpaced", Count="30000", Burst="100"))
+    assert lines[2:-3] == [f"J0000100: line {n}" for n in range(1, 30001)]
+    most = int(lines[-3].removeprefix("J0000100: most unstored after a yield: "))
+    assert 0 < most <= 2000 + 100
 
 
 async def test_retention_deletes_old_finished_jobs(make_server, db_url):

@@ -50,9 +50,9 @@ MAX_SLOWDOWN = 1.5 if SOAK else 3.0
 MEASURES = 3
 MAX_STEADY_GROWTH_MB = 30
 MAX_BACKLOG_PER_WIRE_BYTE = 1.5
-#: The growth issue 21 asks for at full size, however fast the job: printed, not
-#: asserted, since it holds only while the store keeps up with the job (see
-#: docs/security.md, Stalled reader).
+#: The growth issue 21 asks for at full size, however fast the job: asserted there
+#: (a job that does not checkpoint waits for the store at its yields once its
+#: backlog passes pacing.MAX_BACKLOG_LINES: see docs/security.md, Stalled reader).
 GOAL_GROWTH_MB = 150
 EMITTED = re.compile(rb"J0000100: emitted \d+ lines in ([0-9.]+) s")
 
@@ -233,8 +233,10 @@ def test_a_stalled_reader_neither_slows_the_job_nor_grows_the_server(tmp_path):
               f"dropped at line {dropped_at} (paced: {paced_dropped_at}); server peak "
               f"memory: {started_mb} MiB at start, {paced_mb} paced, {alone_mb} alone, "
               f"{stalled_mb} stalled; the normal monitor re-attached {reattached} times; "
-              f"grew {grown_mb} MiB (goal at full size: {GOAL_GROWTH_MB})")
+              f"grew {grown_mb} MiB (at most {GOAL_GROWTH_MB} at full size)")
         assert stalled_s <= MAX_SLOWDOWN * alone_s
+        if SOAK:
+            assert grown_mb <= GOAL_GROWTH_MB
         assert paced_mb <= started_mb + MAX_STEADY_GROWTH_MB
         backlog_mb = STALL_LINES * STALL_LINE_BYTES * MAX_BACKLOG_PER_WIRE_BYTE / 2**20
         assert max(alone_mb, stalled_mb) <= started_mb + MAX_STEADY_GROWTH_MB + backlog_mb

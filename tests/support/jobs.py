@@ -1,6 +1,8 @@
 """Job handlers used by the tests (loaded in-process and by the CLI tests)."""
 
 import asyncio
+import base64
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -397,3 +399,29 @@ async def checked_ticker(job: Job) -> None:
         job.info(f"tick {n}")
         await job.checkpoint()
         await asyncio.sleep(interval)
+
+
+@app.job("unpaced")
+async def unpaced(job: Job) -> None:
+    """Say Count lines, only letting others run (``asyncio.sleep(0)``, never a
+    checkpoint) after each Burst of them; then report the most lines that were
+    still unstored when the job went on after one."""
+    count, burst_size = int(job.params.get("Count", "1000")), int(job.params.get("Burst", "10"))
+    most = 0
+    for n in range(1, count + 1):
+        job.info(f"line {n}")
+        if n % burst_size == 0:
+            await asyncio.sleep(0)
+            most = max(most, job.stream.unstored())
+    job.info(f"most unstored after a yield: {most}")
+
+
+@app.job("random")
+async def random_lines(job: Job) -> None:
+    """Say Count lines of Width random base64 characters (the store cannot shrink
+    them much), yielding after every 500."""
+    count, width = int(job.params.get("Count", "1000")), int(job.params.get("Width", "100"))
+    for n in range(1, count + 1):
+        job.info(base64.b64encode(os.urandom(width * 3 // 4 + 3)).decode()[:width])
+        if n % 500 == 0:
+            await asyncio.sleep(0)

@@ -54,6 +54,7 @@ def fill(path: str, count: int, *,
                             [(n, seq, *e) for n, r in records for seq, e in enumerate(r.history)])
                 insert_rows(db, "REPLACE INTO outputs",
                             [(n, 0, *r.outputs[0]) for n, r in records])
-                insert_rows(db, "REPLACE INTO line_blocks", [(n, 1, 3, lines) for n in numbers])
+                insert_rows(db, "REPLACE INTO line_blocks (number, first_line, count, data)",
+                            [(n, 1, 3, lines) for n in numbers])
     finally:
         db.close()

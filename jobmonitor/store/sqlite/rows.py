@@ -11,7 +11,8 @@ Tables: ``jobs`` (one row per job); ``line_blocks`` (a job's J lines, numbered
 from 1, kept as runs of consecutive lines: the row for lines 101..350 holds
 their bytes joined, which costs one row per job per commit instead of one per
 line; every line ends with CRLF and has none inside, so a block splits back
-exactly); ``history``, ``outputs``; ``meta`` (the last transaction number,
+exactly; compressed where that saves, and read back, by ``blocks``);
+``history``, ``outputs``; ``meta`` (the last transaction number,
 written when jobs are deleted, so numbers are never reused); and
 ``schedule_marks`` (per recurring schedule, the last due time a job was made
 for: written in the commit that stores that job, so a restart makes no job twice).
@@ -37,6 +38,7 @@ from typing import Any, TypeVar
 from ...wire.records import HistoryEvent, JobRecord, Output, parse_transaction_id
 from ...wire.states import JobState, Outcome
 from ..base import TaskEvent
+from .blocks import READ_BLOCKS, add_block_column, read_lines
 
 __all__ = ["SCHEMA", "JOB_COLUMNS", "UNFINISHED", "FINAL", "MAX_VARIABLES", "STATEMENT_CACHE",
            "UPDATE_HEAD", "UPDATE_GROUP", "UPDATE_TAIL", "transaction", "insert_rows", "shaped",
@@ -66,7 +68,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_token ON jobs (identity, job_token)
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
 CREATE TABLE IF NOT EXISTS line_blocks (
     number INTEGER NOT NULL, first_line INTEGER NOT NULL, count INTEGER NOT NULL,
-    data BLOB NOT NULL, PRIMARY KEY (number, first_line));
+    data BLOB NOT NULL, compressed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (number, first_line));
 CREATE TABLE IF NOT EXISTS history (
     number INTEGER NOT NULL, seq INTEGER NOT NULL, stage TEXT NOT NULL,
     status TEXT NOT NULL, timestamp REAL NOT NULL, date REAL, info TEXT,
@@ -202,11 +205,12 @@ def last_number(db: sqlite3.Connection) -> int:
 
 
 def upgrade_schema(db: sqlite3.Connection) -> None:
-    """Add the job columns a database made by an earlier version lacks."""
+    """Add the columns a database made by an earlier version lacks."""
     present = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
     for name, definition in ADDED_COLUMNS:
         if name not in present:
             db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
+    add_block_column(db)
 
 
 def schedule_marks_of(rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, float]]:
@@ -446,28 +450,6 @@ def find_token(db: sqlite3.Connection, identity: str, job_token: str) -> str | N
     row = db.execute("SELECT number FROM jobs WHERE identity = ? AND job_token = ?",
                      (identity, job_token)).fetchone()
     return transaction_id_of(row[0]) if row else None
-
-
-#: A job's stored blocks from the one that holds a line on (see ``read_lines``).
-READ_BLOCKS = (
-    "SELECT first_line, data FROM line_blocks WHERE number = ? AND first_line >= "
-    "(SELECT coalesce(max(first_line), 0) FROM line_blocks WHERE number = ? AND first_line <= ?) "
-    "AND first_line + count > ? ORDER BY first_line")
-
-
-def read_lines(db: sqlite3.Connection, number: int, from_line: int, limit: int) -> list[bytes]:
-    """Up to ``limit`` of job ``number``'s stored lines from ``from_line`` (1-based) on."""
-    found: list[bytes] = []
-    # From the block that holds from_line (the last to start at or before it), in
-    # the key's order: a search of the index, not a scan of every block before.
-    rows = db.execute(READ_BLOCKS, (number, number, from_line, from_line))
-    for first_line, data in rows:
-        # (bytes.splitlines breaks only at CR, LF and CRLF: a line has none inside)
-        lines = data.splitlines(keepends=True)
-        found.extend(lines[max(from_line - first_line, 0):])
-        if len(found) >= limit:
-            break
-    return found[:limit]
 
 
 def finished_before_numbers(db: sqlite3.Connection, finished_before: float) -> list[int]:

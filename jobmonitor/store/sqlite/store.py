@@ -46,6 +46,7 @@ from ...wire.variables import TASK_LOG_SIZE
 from ..base import Recovery
 from ..batching import Batch, GroupCommitStore
 from ..outage import Outage, unavailable
+from .blocks import INSERT_BLOCKS, pack_blocks
 from .file import DatabaseFile, open_error, reclaim_space
 from .rows import (
     JOB_COLUMNS,
@@ -243,10 +244,11 @@ class SqliteStore(GroupCommitStore):
         newest = max(row[0] for row in batch.rows) if batch.rows else 0
         if newest > self._highest and self._file is not None:
             self._file.numbers.cover(newest)  # before any job may be stored under it
+        blocks = pack_blocks(batch.blocks)  # (before the transaction: it takes the time)
         with transaction(db):
             insert_rows(db, f"REPLACE INTO jobs ({JOB_COLUMNS})", batch.rows)
             insert_rows(db, UPDATE_HEAD, batch.updates, group=UPDATE_GROUP, tail=UPDATE_TAIL)
-            insert_rows(db, "INSERT OR REPLACE INTO line_blocks", batch.blocks)
+            insert_rows(db, INSERT_BLOCKS, blocks)
             insert_rows(db, "INSERT OR REPLACE INTO history", batch.history)
             insert_rows(db, "INSERT OR REPLACE INTO outputs", batch.outputs)
             # (issue 20) a job a schedule made, and the schedule's mark: one commit
