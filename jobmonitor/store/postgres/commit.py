@@ -81,6 +81,9 @@ class FencedCommits(GroupCommitStore):
     #: The actions other nodes asked of the jobs the last commit let go, which
     #: this node had not read: number -> actions (passed on by ``_written``).
     _asked_of_released: dict[int, str]
+    #: True once this node let go of a job keeping its requests: it is stopping,
+    #: and passes on no more of them (``Node._take_requests``).
+    stopping: bool
     #: The committer's connection (``_writer``).
     _writing: asyncpg.Connection[asyncpg.Record] | None
 
@@ -413,6 +416,7 @@ class FencedCommits(GroupCommitStore):
             return
         self._releases[number] = holding[1]
         if keep_requests:
+            self.stopping = True  # (only a node that stops keeps them with the job)
             self._kept_requests.add(number)
         else:
             self._kept_requests.discard(number)

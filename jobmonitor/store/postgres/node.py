@@ -65,6 +65,8 @@ class NodeStore(Protocol):
 
     #: Per job written or held: (its holder as this node knows it, epoch).
     epochs: dict[int, tuple[str | None, int]]
+    #: True once the node stops (it let go of a job keeping its requests).
+    stopping: bool
 
     async def call(self, func: Callable[..., Any], *args: Any, refused: int = 1) -> Any: ...
 
@@ -349,15 +351,18 @@ class Node:
         releasing = store.releasing()
         let_go = []
         for number, actions in requests:
-            if number not in held or number in releasing:
+            if (number not in held or number in releasing) and store.stopping:
+                # Let go of by a stopping node while they were read (the read began
+                # before the release): they stay with the job, for its next
+                # holder, as a stop's release leaves them.
                 let_go.append((number, actions))
                 continue
+            # (One let go of meanwhile by a node that goes on is handed to its
+            # engine, which passes it on, as a release hands them back.)
             for action in actions.split(","):  # (in the order they were asked)
                 if action in _ACTIONS:
                     self.hooks.requested(transaction_id_of(number), cast(Action, action))
         if let_go:
-            # Let go of while they were read (the read began before the release):
-            # they stay with the job, for its next holder, as a release leaves them.
             await store.call(holding.put_back_requests, let_go, refused=0)
 
     def ask_for_requests(self) -> None:

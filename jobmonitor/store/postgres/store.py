@@ -74,6 +74,7 @@ class PostgresStore(FencedCommits, SharedStore):
         self._releases = {}
         self._releasing_now = {}
         self._kept_requests = set()
+        self.stopping = False
         self._asked_of_released = {}
         self._token_taken = {}
         self._holding_now = 0
