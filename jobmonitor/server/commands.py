@@ -88,6 +88,11 @@ class Caller:
     restricted: bool = False
 
 
+#: The caller of every packet on an open server that names no user token (frozen:
+#: one for all, not one per packet).
+_ANONYMOUS_CALLER = Caller(ANONYMOUS)
+
+
 @dataclass(frozen=True, slots=True)
 class Response:
     """What a command answers: reply text, and optionally a job stream to follow."""
@@ -156,13 +161,26 @@ class Commands:
             RequestError: the command is unknown, or the credentials are missing
             or wrong when users are configured.
         """
+        caller = self.open_caller(packet)
+        if caller is not None:
+            return caller
+        return await self._authenticated(packet, peer())
+
+    def open_caller(self, packet: Packet) -> Caller | None:
+        """``caller``'s answer when no credentials are checked (no users are
+        configured), without a coroutine; None when they must be (then await
+        ``caller``).
+
+        Raises:
+            RequestError: the command is unknown.
+        """
         if packet.command not in self._table:
             raise RequestError(Reply.UNKNOWN_COMMAND,
                                clip(packet.command, 80) + self._suggestion(packet.command))
         if self._auth is None or not self._auth.enabled:
             token = packet.variables.get(USER_TOKEN, "").strip()
-            return Caller(token or ANONYMOUS)
-        return await self._authenticated(packet, peer())
+            return Caller(token) if token else _ANONYMOUS_CALLER
+        return None
 
     def _suggestion(self, command: str) -> str:
         """`` (did you mean GetJobStatus?)`` for a name close to a command's (in

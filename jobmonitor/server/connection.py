@@ -217,11 +217,13 @@ class Connection(Input):
     async def _answer(self, packet: Packet) -> None:
         commands = self._context.commands
         try:
-            self._checking = True  # (a lost connection cancels the check: see connection_lost)
-            try:
-                caller = await commands.caller(packet, self._peer_host)
-            finally:
-                self._checking = False
+            caller = commands.open_caller(packet)  # (no coroutine unless users are set)
+            if caller is None:
+                self._checking = True  # (a lost connection cancels it: see connection_lost)
+                try:
+                    caller = await commands.caller(packet, self._peer_host)
+                finally:
+                    self._checking = False
             response = await commands.execute(packet, caller)
         except RequestError as exc:
             self._context.refusals.refused(exc.code, self._peer_host, packet)
