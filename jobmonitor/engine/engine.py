@@ -59,6 +59,10 @@ CLAIM_WAIT_S = 10.0
 PURGE_INTERVAL_S = 3600.0
 
 
+#: The variables of every new job that has none (see ``Engine._submit``).
+_NO_VARIABLES: dict[str, str] = {}
+
+
 class Engine(Clustered, Placing):
     """One server's jobs: what the commands do to them, and their life across starts
     and stops (the ``JobRunner`` runs them; ``Placing`` holds the parts for
@@ -286,8 +290,13 @@ class Engine(Clustered, Placing):
         queue = self._queue_for(placement.queue if placement else None, handler)
         self._admit()
         now = time.time()
-        record = JobRecord(self._next_transaction_id(), project, dict(params),
-                           dict(doc_variables), identity=identity, job_token=job_token or None,
+        # The handler's own project name (thousands of jobs may wait, each with
+        # its record), and one empty dict for all jobs without variables: a
+        # record's dicts are replaced, never changed (its copies share them too).
+        record = JobRecord(self._next_transaction_id(), handler.project,
+                           dict(params) if params else _NO_VARIABLES,
+                           dict(doc_variables) if doc_variables else _NO_VARIABLES,
+                           identity=identity, job_token=job_token or None,
                            worker=self.machine_name, created=now)
         record.queue = queue
         more_lines = self._placed(record, placement, now)
