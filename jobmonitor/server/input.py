@@ -192,9 +192,9 @@ class Input(Output):
                                            config.max_packet_variables)
                     if found is not None:
                         packet, rest, alone = found
-                        if end < size:
-                            rest += pending[end:]
-                        self._pending, self._offset = rest, 0
+                        # (the rest is the chunk's end: the packet's next bytes
+                        # stay where they are, uncopied, for the next packet)
+                        self._offset = end - len(rest)
                         self._dispatch(packet, alone)
                         continue
                     reader = self._reader = self._new_reader()
@@ -246,8 +246,9 @@ class Input(Output):
             after = self._pending[self._offset:]
             self._pending, self._offset = rest + after if rest else after, 0
         # Alone: nothing but whitespace after the packet in what is pending either.
-        pending = self._pending
-        self._alone = alone and (not pending or _skip_space(pending, 0) == len(pending))
+        pending, offset = self._pending, self._offset
+        self._alone = alone and (offset >= len(pending)
+                                 or _skip_space(pending, offset) == len(pending))
         if self._reader is not None:
             self._drop_reader()  # a held connection keeps none
         self._state = _BUSY
