@@ -276,12 +276,15 @@ class Commands:
     # -- commands ---------------------------------------------------------------------
 
     async def submit_job(self, packet: Packet, caller: Caller) -> Response:
-        project = required(packet, PROJECT_NAME)
+        project = intern(required(packet, PROJECT_NAME))
         monitor = parse_bool(packet, CLIENT_JOB_MONITOR)
         # Interned names: the same few variable names come with every job, and a
-        # job kept waiting keeps its params.
+        # job kept waiting keeps its params (its project's name too: one string
+        # for all its jobs, not one each).
         params = {intern(k): v for k, v in packet.variables.items()
                   if not k.startswith(SYSTEM_PREFIX)}
+        if params.get(PROJECT_NAME) == project:
+            params[PROJECT_NAME] = project
         transaction_id, job = await self._engine.submit(
             project, params, packet.doc_variables, identity=caller.identity,
             job_token=packet.variables.get(JOB_TOKEN, "").strip() or None,
