@@ -300,8 +300,8 @@ class Engine(Clustered, Placing):
                            worker=self.machine_name, created=now)
         record.queue = queue
         more_lines = self._placed(record, placement, now)
-        if self._shared is None and not self._store.durable:
-            job = self._queue_new(self._adopt_new(record, more_lines), True)  # (nothing to wait for)
+        if self._shared is None and not self._store.durable:  # (nothing to wait for)
+            job = self._queue_new(self._adopt_new(record, more_lines), True)
         else:
             job = await self._accept(record, *more_lines)
         # (in a cluster, a job this node does not run is only in the store)

@@ -6,21 +6,22 @@ received bytes to the sans-I/O ``PacketParser`` through a ``PacketReader``,
 which gives a big packet's parsing its turns on the loop (``parse_turns``;
 a packet's first bytes are tried whole on the fast path before any reader is
 made, ``_read_pending``: the usual packet comes whole in one chunk, and a
-client's pipelined packets several to a chunk); it enforces the reading deadlines (``idle_timeout_s`` for the first byte,
-``packet_timeout_s`` for the whole packet, on a coarse clock shared by all
-connections: ``deadlines``), refuses a packet that cannot be read with its one
-``R`` line, and hands each packet read to ``_run`` (the command:
-``Connection``'s).
+client's pipelined packets several to a chunk); it enforces the reading
+deadlines (``idle_timeout_s`` for the first byte, ``packet_timeout_s`` for the
+whole packet, on a coarse clock shared by all connections: ``deadlines``),
+refuses a packet that cannot be read with its one ``R`` line, and hands each
+packet read to ``_run`` (the command: ``Connection``'s).
 
 A packet with ``_sys_KeepOpen`` true keeps the connection: once its answer is
 complete (its reply, or a monitored stream's ended line: ``_answered``) the
 connection goes back to READING for the next packet (with a new reader and
 parser only if the fast path cannot read it, and a new deadline once the
-bytes at hand hold no whole packet), instead of ending.  Bytes that come after a kept packet (pipelined
-packets, and what its reader received past it: ``PacketReader.rest``) are
-held in ``_pending`` until then, and fed to the next reader a packet's worth
-at a time (``packet_end_hint``), so the packets are answered in order and
-every limit holds per packet; past ``max_packet_bytes`` held, reading pauses.
+bytes at hand hold no whole packet), instead of ending.  Bytes that come
+after a kept packet (pipelined packets, and what its reader received past it:
+``PacketReader.rest``) are held in ``_pending`` until then, and read a
+packet's worth at a time (``packet_end_hint``), so the packets are answered
+in order and every limit holds per packet; past ``max_packet_bytes`` held,
+reading pauses.
 The line ends a client puts between packets are skipped.  The answers to a
 burst of pipelined packets go out in one send (the batch spans the burst).
 """
