@@ -59,6 +59,10 @@ CLAIM_WAIT_S = 10.0
 PURGE_INTERVAL_S = 3600.0
 
 
+#: The variables of every new job that has none (see ``Engine._submit``).
+_NO_VARIABLES: dict[str, str] = {}
+
+
 class Engine(Clustered, Placing):
     """One server's jobs: what the commands do to them, and their life across starts
     and stops (the ``JobRunner`` runs them; ``Placing`` holds the parts for
@@ -261,7 +265,8 @@ class Engine(Clustered, Placing):
             exhausted; StoreUnavailable (SERVER_BUSY) when the store cannot write
             the job (no job is left behind).
         """
-        await self._reserve_number()  # (a cluster's numbers come from its store)
+        if self._shared is not None:  # (a cluster's numbers come from its store)
+            await self._reserve_number()
         try:
             if job_token:
                 earlier = await self.jobs.earlier(identity, job_token)
@@ -285,12 +290,20 @@ class Engine(Clustered, Placing):
         queue = self._queue_for(placement.queue if placement else None, handler)
         self._admit()
         now = time.time()
-        record = JobRecord(self._next_transaction_id(), project, dict(params),
-                           dict(doc_variables), identity=identity, job_token=job_token or None,
+        # The handler's own project name (thousands of jobs may wait, each with
+        # its record), and one empty dict for all jobs without variables: a
+        # record's dicts are replaced, never changed (its copies share them too).
+        record = JobRecord(self._next_transaction_id(), handler.project,
+                           dict(params) if params else _NO_VARIABLES,
+                           dict(doc_variables) if doc_variables else _NO_VARIABLES,
+                           identity=identity, job_token=job_token or None,
                            worker=self.machine_name, created=now)
         record.queue = queue
         more_lines = self._placed(record, placement, now)
-        job = await self._accept(record, *more_lines)
+        if self._shared is None and not self._store.durable:  # (nothing to wait for)
+            job = self._queue_new(self._adopt_new(record, more_lines), True)
+        else:
+            job = await self._accept(record, *more_lines)
         # (in a cluster, a job this node does not run is only in the store)
         return record.transaction_id, job if self.jobs.live(job.transaction_id) is job else None
 
@@ -309,16 +322,26 @@ class Engine(Clustered, Placing):
 
     async def _accept(self, record: JobRecord, *more_lines: bytes) -> Job:
         """Make a new job of ``record``, store it, and queue it (or hold it until due)."""
-        job = self._adopt(record)
-        job.stream.seed(self._machine_line)
-        for line in more_lines:
-            job.stream.seed(line)
+        job = self._adopt_new(record, more_lines)
         held = True
         if self._shared is not None:
             held = await self._add_shared(job)
         elif self._store.durable:  # a store that keeps nothing has nothing to wait for
             await self._add(job)
-        for event in record.history:
+        return self._queue_new(job, held)
+
+    def _adopt_new(self, record: JobRecord, more_lines: tuple[bytes, ...]) -> Job:
+        """The live job of a new ``record``, with its first lines."""
+        job = self._adopt(record)
+        job.stream.seed(self._machine_line)
+        for line in more_lines:
+            job.stream.seed(line)
+        return job
+
+    def _queue_new(self, job: Job, held: bool) -> Job:
+        """A new job is stored (``held``: by this node): log its first events, and
+        queue it (or hold it until due)."""
+        for event in job.record.history:
             self.jobs.log_event(job, event)
         if not held:  # in the store for any node to claim
             return job

@@ -46,6 +46,15 @@ _THREAD_LOCK = threading.Lock()
 MAX_UNSTORED_LINES = 20_000
 
 
+#: One int object per loop thread's ID, for every job made on it to share (a
+#: thread's ID is a big int: a new object at each ``get_ident()``).
+_IDENTS: dict[int, int] = {}
+
+
+def _one_ident(ident: int) -> int:
+    return _IDENTS.setdefault(ident, ident)
+
+
 def _storable(text: str) -> str:
     """``text`` with each lone surrogate (a file name read with ``os.fsdecode``)
     written out as ``\\udcff``, as the wire shows it: a store cannot encode one."""
@@ -100,7 +109,7 @@ class Job:
         #: cancelled), but not while the job waits to run again.
         self.run: JobRun | None = None
         self._loop = loop
-        self._loop_thread = get_ident()
+        self._loop_thread = _one_ident(get_ident())
         self._thread_pending: list[Callable[[], None]] | None = None
 
     def __repr__(self) -> str:

@@ -185,8 +185,8 @@ def fall_due(job: Job) -> None:
 def start(job: Job) -> None:
     """A run starts: queued -> processing."""
     _check(job.record, Move.START)
-    job.record.started = time.time()
-    _record_state(job, _S.PROCESSING, START_EVENT)
+    now = job.record.started = time.time()
+    _record_state(job, _S.PROCESSING, START_EVENT, now=now)  # (one float: a job may wait long)
 
 
 def suspend(job: Job) -> None:
@@ -302,10 +302,12 @@ def _check(record: JobRecord, move: Move) -> JobState:
     return new
 
 
-def _record_state(job: Job, state: JobState, event: str, info: str | None = None) -> None:
+def _record_state(job: Job, state: JobState, event: str, info: str | None = None,
+                  now: float | None = None) -> None:
     """Move to ``state`` (the caller has checked the move) with the ``job``
-    history event ``event``."""
-    now = time.time()
+    history event ``event`` (at ``now``, by default the time now)."""
+    if now is None:
+        now = time.time()
     record = job.record
     record.status = state
     record.updated = now

@@ -90,6 +90,11 @@ class Caller:
     restricted: bool = False
 
 
+#: The caller of every packet on an open server that names no user token (frozen:
+#: one for all, not one per packet).
+_ANONYMOUS_CALLER = Caller(ANONYMOUS)
+
+
 @dataclass(frozen=True, slots=True)
 class Response:
     """What a command answers: reply text, and optionally a job stream to follow."""
@@ -158,13 +163,26 @@ class Commands:
             RequestError: the command is unknown, or the credentials are missing
             or wrong when users are configured.
         """
+        caller = self.open_caller(packet)
+        if caller is not None:
+            return caller
+        return await self._authenticated(packet, peer())
+
+    def open_caller(self, packet: Packet) -> Caller | None:
+        """``caller``'s answer when no credentials are checked (no users are
+        configured), without a coroutine; None when they must be (then await
+        ``caller``).
+
+        Raises:
+            RequestError: the command is unknown.
+        """
         if packet.command not in self._table:
             raise RequestError(Reply.UNKNOWN_COMMAND,
                                clip(packet.command, 80) + self._suggestion(packet.command))
         if self._auth is None or not self._auth.enabled:
             token = packet.variables.get(USER_TOKEN, "").strip()
-            return Caller(token or ANONYMOUS)
-        return await self._authenticated(packet, peer())
+            return Caller(token) if token else _ANONYMOUS_CALLER
+        return None
 
     def _suggestion(self, command: str) -> str:
         """`` (did you mean GetJobStatus?)`` for a name close to a command's (in
@@ -260,12 +278,15 @@ class Commands:
     # -- commands ---------------------------------------------------------------------
 
     async def submit_job(self, packet: Packet, caller: Caller) -> Response:
-        project = required(packet, PROJECT_NAME)
+        project = intern(required(packet, PROJECT_NAME))
         monitor = parse_bool(packet, CLIENT_JOB_MONITOR)
         # Interned names: the same few variable names come with every job, and a
-        # job kept waiting keeps its params.
+        # job kept waiting keeps its params (its project's name too: one string
+        # for all its jobs, not one each).
         params = {intern(k): v for k, v in packet.variables.items()
                   if not k.startswith(SYSTEM_PREFIX)}
+        if params.get(PROJECT_NAME) == project:
+            params[PROJECT_NAME] = project
         transaction_id, job = await self._engine.submit(
             project, params, packet.doc_variables, identity=caller.identity,
             job_token=packet.variables.get(JOB_TOKEN, "").strip() or None,

@@ -6,8 +6,8 @@ A connection goes READING -> BUSY -> (WATCHING) -> LINGERING -> closed
 * READING feeds bytes to the sans-I/O ``PacketParser`` under a deadline,
   through a ``PacketReader`` that gives a big packet's parsing its turns on
   the loop (``parse_turns``): it calls ``_dispatch`` or ``_refuse``.  (A
-  connection's first bytes are first tried whole on the fast path, with no
-  reader: the usual connection sends its one packet in one chunk);
+  packet's first bytes are first tried whole on the fast path, with no
+  reader: the usual packet comes whole in one chunk);
 * BUSY runs the command (a task: a submit waits for the store);
 * WATCHING follows a job's stream: lines still in memory come from the
   ``JobStream``; older ones (a re-attach far back, a job that left memory, a
@@ -217,11 +217,13 @@ class Connection(Input):
     async def _answer(self, packet: Packet) -> None:
         commands = self._context.commands
         try:
-            self._checking = True  # (a lost connection cancels the check: see connection_lost)
-            try:
-                caller = await commands.caller(packet, self._peer_host)
-            finally:
-                self._checking = False
+            caller = commands.open_caller(packet)  # (no coroutine unless users are set)
+            if caller is None:
+                self._checking = True  # (a lost connection cancels it: see connection_lost)
+                try:
+                    caller = await commands.caller(packet, self._peer_host)
+                finally:
+                    self._checking = False
             response = await commands.execute(packet, caller)
         except RequestError as exc:
             self._context.refusals.refused(exc.code, self._peer_host, packet)

@@ -4,22 +4,24 @@
 subclass of ``Output`` (``output``): one object per connection.  It feeds
 received bytes to the sans-I/O ``PacketParser`` through a ``PacketReader``,
 which gives a big packet's parsing its turns on the loop (``parse_turns``;
-a connection's first bytes are tried whole on the fast path before any reader
-is made, ``_read_first``: the usual connection sends its one packet in one
-chunk); it enforces the reading deadlines (``idle_timeout_s`` for the first byte,
-``packet_timeout_s`` for the whole packet, on a coarse clock shared by all
-connections: ``deadlines``), refuses a packet that cannot be read with its one
-``R`` line, and hands each packet read to ``_run`` (the command:
-``Connection``'s).
+a packet's first bytes are tried whole on the fast path before any reader is
+made, ``_read_pending``: the usual packet comes whole in one chunk, and a
+client's pipelined packets several to a chunk); it enforces the reading
+deadlines (``idle_timeout_s`` for the first byte, ``packet_timeout_s`` for the
+whole packet, on a coarse clock shared by all connections: ``deadlines``),
+refuses a packet that cannot be read with its one ``R`` line, and hands each
+packet read to ``_run`` (the command: ``Connection``'s).
 
 A packet with ``_sys_KeepOpen`` true keeps the connection: once its answer is
 complete (its reply, or a monitored stream's ended line: ``_answered``) the
-connection goes back to READING with a new reader and parser, and a new
-deadline, instead of ending.  Bytes that come after a kept packet (pipelined
-packets, and what its reader received past it: ``PacketReader.rest``) are
-held in ``_pending`` until then, and fed to the next reader a packet's worth
-at a time (``packet_end_hint``), so the packets are answered in order and
-every limit holds per packet; past ``max_packet_bytes`` held, reading pauses.
+connection goes back to READING for the next packet (with a new reader and
+parser only if the fast path cannot read it, and a new deadline once the
+bytes at hand hold no whole packet), instead of ending.  Bytes that come
+after a kept packet (pipelined packets, and what its reader received past it:
+``PacketReader.rest``) are held in ``_pending`` until then, and read a
+packet's worth at a time (``packet_end_hint``), so the packets are answered
+in order and every limit holds per packet; past ``max_packet_bytes`` held,
+reading pauses.
 The line ends a client puts between packets are skipped.  The answers to a
 burst of pipelined packets go out in one send (the batch spans the burst).
 """
@@ -33,7 +35,7 @@ import re
 from ..config import Config
 from ..errors import PacketError, RequestError
 from ..wire.codes import Reply
-from ..wire.packet import Packet, PacketParser, packet_end_hint
+from ..wire.packet import Packet, PacketParser, packet_end_hint, read_whole
 from ..wire.packet_fast import SMALL_BYTES
 from ..wire.variables import KEEP_OPEN, parse_bool
 from .deadlines import Deadlines
@@ -69,9 +71,9 @@ class Input(Output):
         super().__init__(loop, config, tcp_corked)
         self._deadlines = deadlines  # every connection's reading deadlines, one timer a tick
         self._parse_turns = parse_turns  # the loop's budget for parsing big packets
-        #: The reader of the packet being read.  None while READING only before the
-        #: connection's first bytes: they are tried whole on the fast path first
-        #: (``_read_first``), and a reader is made only if that cannot read them.
+        #: The reader of the packet being read.  None while READING until the
+        #: packet's first bytes: they are tried whole on the fast path first
+        #: (``_read_pending``), and a reader is made only if that cannot read them.
         self._reader: PacketReader | None = None
         self._deadline_key: int | None = None  # the reading deadline's, in _deadlines
         #: When this packet's reading began (the connection, or the last kept answer).
@@ -92,27 +94,24 @@ class Input(Output):
 
     def _start_reading(self) -> None:
         """Wait for the first packet (the transport is set)."""
-        self._set_first_deadline()  # (the reader is made by the first bytes: see _read_first)
+        self._set_first_deadline()  # (a reader is made by the first bytes, if need be)
 
     def _new_parser(self) -> PacketParser:
         return PacketParser(max_packet_bytes=self._config.max_packet_bytes,
                             max_packet_variables=self._config.max_packet_variables)
 
-    def _new_reader(self, parser: PacketParser | None = None) -> PacketReader:
-        """A reader of the next packet, with a parser of its own (``parser``, if given)."""
+    def _new_reader(self) -> PacketReader:
+        """A reader of the packet whose first bytes the fast path could not read."""
         assert self._transport is not None  # (set by connection_made)
-        return PacketReader(parser or self._new_parser(), self._parse_turns, self._transport,
-                            self._dispatch, self._refuse)
+        parser = self._new_parser()
+        parser.skip_fast_path()  # (_read_pending has tried it on these bytes)
+        return PacketReader(parser, self._parse_turns, self._transport, self._dispatch,
+                            self._refuse)
 
     # -- asyncio.Protocol --------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         if self._state is _READING:
-            if self._reader is None:  # the connection's first bytes
-                parser = self._read_first(data)
-                if parser is None:
-                    return
-                self._reader = self._new_reader(parser)
             self._pending, self._offset = data, 0  # (nothing is pending while READING)
             self._read_pending()
         elif self._keep_open:
@@ -153,42 +152,31 @@ class Input(Output):
         """The server is stopping: close a kept connection that waits for its next
         packet, and keep no other open past its answer under way."""
         self._stopping = True
-        if (self._kept and self._state is _READING and self._reader is not None
-                and self._reader.bytes_received == 0):
+        if (self._kept and self._state is _READING
+                and (self._reader is None or self._reader.bytes_received == 0)):
             self.close()
 
     # -- reading packets ----------------------------------------------------------------
 
-    def _read_first(self, data: bytes) -> PacketParser | None:
-        """Answer the connection's first bytes if they are the whole of a packet the
-        fast path reads, as the reader would, without making one (the usual
-        connection); else return the parser that tried, for the reader to go on with.
-
-        Only bytes the reader would try at once qualify (at most SMALL_FIRST_CHUNK)
-        and only when they end where ``_read_pending`` would cut them: then the
-        packet, its rest and ``alone`` are what the reader would have read.
-        """
-        parser = self._new_parser()
-        size = len(data)
-        if size > SMALL_FIRST_CHUNK or (size > SMALL_BYTES and packet_end_hint(data) != size):
-            return parser
-        packet = parser.read_fast(data)
-        if packet is None:
-            return parser  # (it will not try the fast path again)
-        self._pending, self._offset = parser.rest, 0
-        alone = parser.alone
-        parser.close()
-        self._dispatch(packet, alone)
-        return None
-
     def _read_pending(self) -> None:
-        """Hand the reader what is pending, a packet's worth at a time, and dispatch
-        each packet read, until a command waits, the input runs out or we end."""
+        """Read what is pending, a packet's worth at a time, and dispatch each packet
+        read, until a command waits, the input runs out or we end.
+
+        A packet's first bytes are tried whole on the fast path, with no reader
+        (the usual packet comes whole in one chunk, and pipelined ones several to
+        a chunk); a reader, with its parser, is made only when that cannot read
+        them, and is given the rest of the packet as it comes.  The fast path
+        reads only what the reader's own would (at most SMALL_FIRST_CHUNK, cut
+        where the packet most likely ends), so the packet, its rest and ``alone``
+        are the same either way, and so is every refusal (the reader's).
+        """
+        config = self._config
         self._feeding = True
         try:
             while self._state is _READING:
                 pending, start = self._pending, self._offset
-                if self._kept and self._reader is not None and not self._reader.bytes_received:
+                reader = self._reader
+                if self._kept and (reader is None or not reader.bytes_received):
                     start = _skip_space(pending, start)
                 size = len(pending)
                 if start >= size:
@@ -197,16 +185,30 @@ class Input(Output):
                 # (the hint of a small rest is its end: no call for the usual packet)
                 end = size if size - start <= SMALL_BYTES else packet_end_hint(pending, start)
                 self._offset = end
-                reader = self._reader
-                assert reader is not None  # (while READING)
+                chunk = pending if start == 0 and end == size else pending[start:end]
+                if reader is None:
+                    found = None
+                    if len(chunk) <= SMALL_FIRST_CHUNK:
+                        found = read_whole(chunk, config.max_packet_bytes,
+                                           config.max_packet_variables)
+                    if found is not None:
+                        packet, rest, alone = found
+                        # (the rest is the chunk's end: the packet's next bytes
+                        # stay where they are, uncopied, for the next packet)
+                        self._offset = end - len(rest)
+                        self._dispatch(packet, alone)
+                        continue
+                    reader = self._reader = self._new_reader()
                 # It calls _dispatch or _refuse, now or on a later turn.
-                reader.feed(pending if start == 0 and end == size else pending[start:end])
+                reader.feed(chunk)
         finally:
             self._feeding = False
         if self._state is not _READING:
             if self._batch and self._state is _BUSY:
                 self._send_batch()  # the answers before the packet that waits
             return
+        if self._deadline_key is None:  # (a kept connection's: see _next_packet)
+            self._set_first_deadline()
         if self._peer_eof:
             self._input_ended()
         elif self._kept:
@@ -245,8 +247,9 @@ class Input(Output):
             after = self._pending[self._offset:]
             self._pending, self._offset = rest + after if rest else after, 0
         # Alone: nothing but whitespace after the packet in what is pending either.
-        pending = self._pending
-        self._alone = alone and (not pending or _skip_space(pending, 0) == len(pending))
+        pending, offset = self._pending, self._offset
+        self._alone = alone and (offset >= len(pending)
+                                 or _skip_space(pending, offset) == len(pending))
         if self._reader is not None:
             self._drop_reader()  # a held connection keeps none
         self._state = _BUSY
@@ -290,9 +293,10 @@ class Input(Output):
         # must read our last line, not a reset, so from now on we linger.
         self._alone = False
         self._state = _READING
-        self._reader = self._new_reader()
+        # No reader yet (see _read_pending), and no deadline until the input runs
+        # out with the packet still to come: pipelined packets that are all here
+        # are read at once, without one.
         self._reading_since = self._loop.time()
-        self._set_first_deadline()
         if self._reading_paused and self._transport is not None:
             self._reading_paused = False
             self._transport.resume_reading()

@@ -74,6 +74,8 @@ def format_line(letter: str, code: int, text: str) -> bytes:
     >>> format_line("J", 5000, "first\\nlast")
     b'J0005000- first\\r\\nJ0005000: last\\r\\n'
     """
+    if text.isprintable():  # (one line: the usual reply, without a list to join)
+        return _headers(letter, code)[0] + text.encode() + b"\r\n"
     return b"".join(format_lines(letter, code, text))
 
 

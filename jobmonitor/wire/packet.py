@@ -70,7 +70,7 @@ from .packet_fast import MAX_BYTES, SMALL_BYTES, read_simple
 from .packet_shape import Packet, PacketShape
 from .packet_shape import malformed as _fail
 
-__all__ = ["Packet", "PacketParser", "build_packet", "packet_end_hint"]
+__all__ = ["Packet", "PacketParser", "build_packet", "packet_end_hint", "read_whole"]
 
 _SKIP_SPACE = re.compile(r"[ \t\r\n]*")
 #: An end tag that may close the root (any namespace prefix).
@@ -97,6 +97,30 @@ def packet_end_hint(data: bytes, start: int = 0) -> int:
             if close >= 0:
                 return close + 1
     return limit
+
+
+def read_whole(data: bytes, max_packet_bytes: int,
+               max_packet_variables: int) -> tuple[Packet, bytes, bool] | None:
+    """The fast path alone, with no parser: ``(packet, rest, alone)`` if ``data``
+    starts with a whole packet it reads within the limits, else None (give the
+    bytes to a ``PacketParser``, which words any refusal).  ``rest``: the bytes
+    after the packet; ``alone``: nothing but whitespace after it.  Never raises.
+
+    What ``PacketParser.read_fast`` does, for a caller that makes a parser only
+    when this cannot read the packet (a kept connection's next packets).
+    """
+    if len(data) > max_packet_bytes:
+        return None
+    found = read_simple(data)
+    if found is None:
+        return None
+    command, variables, doc_variables, end = found
+    if len(variables) + len(doc_variables) > max_packet_variables:
+        return None  # the full parser words the refusal
+    if end < len(data):
+        rest = data[end:]
+        return Packet(command, variables, doc_variables), rest, not rest.strip(_SPACE_BYTES)
+    return Packet(command, variables, doc_variables), b"", True
 
 
 def _parse_simple(data: bytes) -> Packet | None:
@@ -212,23 +236,19 @@ class PacketParser:
         bytes to :meth:`feed`, which then goes straight to the full parser.  For a
         caller that feeds the full parser a slice at a time."""
         tried, self._fast_tried = self._fast_tried, True
-        if (tried or self._bytes_received or not self._try_fast_path
-                or len(data) > self._max_packet_bytes):
+        if tried or self._bytes_received or not self._try_fast_path:
             return None
-        found = read_simple(data)
+        found = read_whole(data, self._max_packet_bytes, self._max_packet_variables)
         if found is None:
             return None
-        command, variables, doc_variables, end = found
-        if len(variables) + len(doc_variables) > self._max_packet_variables:
-            return None  # the full parser words the refusal
-        if end < len(data):
-            self._rest = data[end:]
-            self._alone = not self._rest.strip(_SPACE_BYTES)
-        else:
-            self._alone = True
+        self._packet, self._rest, self._alone = found
         self._bytes_received = len(data)
-        self._packet = Packet(command, variables, doc_variables)
         return self._packet
+
+    def skip_fast_path(self) -> None:
+        """The caller has tried ``read_whole`` on the first bytes: :meth:`feed`
+        goes straight to the full parser."""
+        self._fast_tried = True
 
     def feed(self, data: bytes) -> Packet | None:
         """Parse the next bytes; return the packet once its root element closes.

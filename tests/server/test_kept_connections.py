@@ -78,6 +78,29 @@ async def test_pipelined_packets_are_answered_in_order(make_server, tmp_path):
     assert lines[-1].startswith("R0000000: jobmonitor")
 
 
+async def test_pipelined_packets_that_come_whole_need_no_reader(server, monkeypatch):
+    # A reader (and its parser) is made only for a packet the fast path cannot read
+    # whole: a burst of simple pipelined packets makes none, and one that is not
+    # simple (a comment) still gets one, and its answer in its turn.
+    import jobmonitor.server.input as input_module
+
+    made = []
+
+    class CountedReader(input_module.PacketReader):
+        def __init__(self, *args, **kwargs) -> None:
+            made.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(input_module, "PacketReader", CountedReader)
+    commented = kept("GetBuildString").replace(b"<job_command", b"<!-- c --><job_command", 1)
+    session = await Session.open(server.port, b"".join(
+        [kept("GetBuildString")] * 5 + [commented, xml_packet("GetBuildString")]))
+    lines = split_lines(await closed(session))
+    await session.close()
+    assert len(lines) == 7 and all(line.startswith("R0000000: jobmonitor") for line in lines)
+    assert len(made) == 1
+
+
 async def test_a_monitored_stream_then_another_command(server):
     session = await Session.open(server.port, kept_submit("echo"))
     assert await reply(session) == "R0000000: T0000001"

@@ -964,4 +964,4 @@ def test_build_packet_refuses_blank_names(blank: str) -> None:
 
 def test_public_names() -> None:
     assert sorted(jobmonitor.wire.packet.__all__) == ["Packet", "PacketParser", "build_packet",
-                                                      "packet_end_hint"]
+                                                      "packet_end_hint", "read_whole"]
