@@ -696,3 +696,36 @@ async def test_requests_read_as_their_job_is_let_go_stay_with_the_job(cluster, m
     assert [r.transaction_id for r in await second.claim(5)] == ["T0000001"]
     await second_hooks.until(lambda: bool(second_hooks.requests))
     assert second_hooks.requests == [("T0000001", "cancel")]
+
+
+async def test_requests_read_as_a_going_node_lets_go_of_the_job_go_to_its_engine(
+        cluster, monkeypatch):
+    # A node that goes on (a resume let go of on a busy node) hands them to its
+    # engine, which passes them on: left on the row of a job nobody holds, a
+    # cancel would wait for a claim that may never come.
+    first, first_hooks = await cluster("a")
+    read_requests = first.node._take_requests
+
+    async def not_yet() -> None:
+        pass
+
+    monkeypatch.setattr(first.node, "_take_requests", not_yet)
+    second, _second_hooks = await cluster("b")
+    await first.add_held(job(1))
+    assert await second.request("T0000001", "cancel") is True
+    call = first.call
+
+    async def released_meanwhile(func, *args, **options):
+        answer = await call(func, *args, **options)
+        if func is holding.take_requests:  # (let go, and written, as the answer comes)
+            first.release("T0000001")
+            await first.flush()
+        return answer
+
+    monkeypatch.setattr(first, "call", released_meanwhile)
+    await read_requests()
+    monkeypatch.setattr(first, "call", call)
+    await first.flush()
+    assert first_hooks.requests == [("T0000001", "cancel")]
+    rows = await sql(first, "SELECT node_id, requested FROM jobs WHERE number = 1")
+    assert [tuple(row) for row in rows] == [(None, None)]
