@@ -9,9 +9,13 @@ place a job's state changes), ``handlers`` (a registered project) and
 suspend, time limit), ``time_limit`` (a run's clock, which stops while the job
 is suspended), ``queues`` (the waiting lines, by queue and priority),
 ``schedule`` (due times, recurring schedules and the clock they read),
-``runner`` (the waiting lines and the running jobs), ``engine`` (what each
-command does to a job) and ``placing`` (its part for queues, due times and
-reruns).
+``runner`` (the waiting lines and the running jobs), ``pacing`` (a job that
+never checkpoints held to the store's pace), ``engine`` (what each command
+does to a job) and its parts: ``placing`` (queues, due times and reruns),
+``keeping`` (recovery, stored lines, purges), and a cluster's node's
+``claims`` (claims and takeovers), ``elsewhere`` (commands on jobs other nodes
+hold) and ``cluster`` (what the cluster shows); ``parts`` declares what the
+parts use of the engine.
 
 Rule: imports the wire layer, ``errors``, ``config``, ``queueing`` and the store; never a
 socket, the server, the app or anything above them.

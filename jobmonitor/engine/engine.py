@@ -35,12 +35,13 @@ from ..store.shared import Action, SharedStore, TokenTaken
 from ..wire.codes import Reply, Status
 from ..wire.lines import clip, format_line
 from ..wire.records import JobRecord
-from ..wire.states import JobState, Outcome
+from ..wire.states import JobState
 from . import lifecycle
 from .cluster import Clustered
 from .directory import JobDirectory
 from .handlers import Handler
 from .job import Job
+from .keeping import Keeping
 from .lifecycle import CancelReason, can_transition
 from .placing import Placing
 from .queues import Placement
@@ -55,15 +56,13 @@ MAX_TRANSACTION_NUMBER = 9_999_999
 #: Longest a stopping node waits for a claim under way (the store's statements
 #: time out well before).
 CLAIM_WAIT_S = 10.0
-#: How often finished jobs older than ``keep_days`` are deleted.
-PURGE_INTERVAL_S = 3600.0
 
 
 #: The variables of every new job that has none (see ``Engine._submit``).
 _NO_VARIABLES: dict[str, str] = {}
 
 
-class Engine(Clustered, Placing):
+class Engine(Clustered, Placing, Keeping):
     """One server's jobs: what the commands do to them, and their life across starts
     and stops (the ``JobRunner`` runs them; ``Placing`` holds the parts for
     queues, due times, schedules and reruns; ``Clustered`` those of a cluster's node)."""
@@ -476,64 +475,3 @@ class Engine(Clustered, Placing):
             raise RequestError(Reply.SERVER_BUSY, "transaction numbers are exhausted")
         self._last_number += 1
         return f"T{self._last_number:07d}"
-
-    # -- durability --------------------------------------------------------------------
-
-    def _recover(self, record: JobRecord, dead_node: str | None = None) -> None:
-        """Take up a job a stopped server left unfinished (``dead_node``: a
-        cluster's node that stopped while it ran the job)."""
-        job = self._adopt(record)
-        handler = self._runner.handlers.get(record.project)
-        was_running = record.started is not None
-        if handler is None:
-            job.error(f"No handler for project {record.project!r} after a server restart")
-            self._runner.finish(job, Outcome.FAILED)
-        elif not was_running:
-            if record.status is JobState.QUEUED:
-                self._runner.queue_recovered(job, handler)
-            elif record.status is JobState.CREATED:  # (queued by start() if due by now)
-                if record.run_at is None:
-                    lifecycle.fall_due(job)
-                    self._runner.append(job)
-                else:
-                    self._due.add(job)
-        elif handler.retry_on_restart:
-            lifecycle.interrupt(job, dead_node)
-            lifecycle.requeue(job)
-            self._runner.append(job)
-        else:
-            lifecycle.interrupt(job, dead_node)
-            self._runner.finish(job, Outcome.FAILED)
-
-    def when_stored(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once what has changed so far is stored: at the end of
-        this loop turn, or with a durable store after its next commit."""
-        if self._store.durable:
-            self._store.call_when_stored(callback)
-        else:
-            (self._loop or asyncio.get_running_loop()).call_soon(callback)
-
-    def _persisted(self, item: Recordable, stored_lines: int) -> None:
-        if isinstance(item, Job):
-            self.jobs.stored(item, stored_lines, self._config.max_lines_in_memory)
-
-    async def purge_expired(self) -> int:
-        """Delete finished jobs older than ``keep_days``; return how many the store had."""
-        cutoff = time.time() - self._config.keep_days * 86400
-        self.jobs.expire(cutoff)
-        await self._store.flush()
-        purged = await self._store.purge(cutoff)
-        if purged:
-            log.info("deleted %d jobs older than %g days", purged, self._config.keep_days)
-        return purged
-
-    async def _purge_loop(self) -> None:
-        while self._config.keep_days > 0:  # (a reload may set it to 0: keep all)
-            try:
-                await self.purge_expired()
-            except StoreUnavailable:
-                pass  # (the store logs its failing once; the next round tries again)
-            except Exception:
-                log.exception("purging old jobs failed")
-            await asyncio.sleep(PURGE_INTERVAL_S)
-

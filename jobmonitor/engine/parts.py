@@ -1,7 +1,7 @@
 """What ``Engine``'s parts kept in modules of their own use of the engine.
 
-``Engine`` is made of parts (``Placing``, and a cluster's ``Claims`` and
-``ElsewhereCommands``), each a class of the methods of one concern.  They use
+``Engine`` is made of parts (``Placing``, ``Keeping``, and a cluster's
+``Claims`` and ``ElsewhereCommands``), each a class of the methods of one concern.  They use
 the engine's state and some of its methods; ``EngineParts`` declares those once,
 for the type checker only: at run time it is ``object``, so a part adds no class
 and no stub to the engine, and nothing to the cost of a call.
@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from typing import Protocol
 
-    from ..store.base import Recordable
+    from ..config import Config
+    from ..store.base import Recordable, Store
     from ..store.shared import Action, SharedStore
     from ..wire.records import JobRecord
     from .directory import JobDirectory
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 
         jobs: JobDirectory
         clock: Clock
+        _config: Config
+        _store: Store
+        _loop: asyncio.AbstractEventLoop | None
         machine_name: str
         started_at: float
         address: str
