@@ -299,6 +299,26 @@ async def test_check_store_lists_damaged_pages_and_rows(make_server, db_path, db
         f"{db_path}: Page {root}: btreeInitPage() returns error code 11")
 
 
+async def test_check_store_lists_blocks_of_lines_that_do_not_read_back(
+        make_server, db_path, db_url):
+    await run_jobs(make_server, db_url, 3)
+    with sqlite3.connect(db_path) as db:
+        (first, count), *_ = db.execute("SELECT first_line, count FROM line_blocks "
+                                        "WHERE number = 1 AND count > 1").fetchall()
+        last = first + count - 1
+        db.execute("UPDATE line_blocks SET data = x'789c0102', compressed = 1 "
+                   "WHERE number = 2 AND first_line = ?", (first,))
+        db.execute("UPDATE line_blocks SET data = CAST('J0000100: one' || char(13, 10) AS BLOB),"
+                   " compressed = 0 WHERE number = 3 AND first_line = ?", (first,))
+    db.close()
+    result = run_cli("serve", "--store", db_url, "--check-store")
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[:2] == [
+        f"{db_path}: job T0000002, lines {first}-{last} do not read back: Error -5 while "
+        f"decompressing data: incomplete or truncated stream",
+        f"{db_path}: job T0000003, lines {first}-{last}: the block holds 1 lines, not {count}"]
+
+
 def test_check_store_refuses_a_database_in_use(db_path, db_url):
     server = ServerProcess("--jobs", "tests/support/jobs.py", "--store", db_url)
     try:

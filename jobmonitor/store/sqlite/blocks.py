@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Sequence
 
 __all__ = ["BLOCK_COLUMN", "INSERT_BLOCKS", "READ_BLOCKS", "MIN_SAVING", "LEVEL", "pack_blocks",
-           "read_lines", "add_block_column"]
+           "read_lines", "add_block_column", "unreadable_blocks"]
 
 #: The column a database made before compression lacks, with its definition.
 BLOCK_COLUMN = ("compressed", "INTEGER NOT NULL DEFAULT 0")
@@ -82,3 +82,24 @@ def add_block_column(db: sqlite3.Connection) -> None:
     name, definition = BLOCK_COLUMN
     if name not in {row[1] for row in db.execute("PRAGMA table_info(line_blocks)")}:
         db.execute(f"ALTER TABLE line_blocks ADD COLUMN {name} {definition}")
+
+
+def unreadable_blocks(db: sqlite3.Connection) -> list[str]:
+    """Each block of lines that does not read back whole (for a check): damaged
+    compressed data, or not as many CRLF-ended lines as it says it holds."""
+    found = []
+    rows = db.execute("SELECT number, first_line, count, data, compressed FROM line_blocks "
+                      "ORDER BY number, first_line")
+    for number, first_line, count, data, compressed in rows:
+        where = f"job T{number:07d}, lines {first_line}-{first_line + count - 1}"
+        try:
+            text = zlib.decompress(data) if compressed else bytes(data)
+        except (zlib.error, TypeError) as exc:
+            found.append(f"{where} do not read back: {exc}")
+            continue
+        lines = text.splitlines(keepends=True)
+        if len(lines) != count:
+            found.append(f"{where}: the block holds {len(lines)} lines, not {count}")
+        elif not all(line.endswith(b"\r\n") for line in lines):
+            found.append(f"{where}: a line does not end with CRLF")
+    return found

@@ -33,6 +33,7 @@ import sqlite3
 from pathlib import Path
 
 from ...errors import ConfigError
+from .blocks import unreadable_blocks
 from .rows import last_number, transaction_id_of, undecodable_jobs, upgrade_schema
 
 __all__ = ["DatabaseFile", "NumberMark", "NUMBER_BLOCK", "STORE_DAMAGED", "open_error",
@@ -152,7 +153,8 @@ class DatabaseFile:
 
     def check(self, busy_timeout_s: float) -> list[str]:
         """What is wrong with the database (none: an empty list): SQLite's
-        ``quick_check``, then every job that does not decode, then numbers lost.
+        ``quick_check``, then every job that does not decode and every block of
+        lines that does not read back, then numbers lost.
 
         Raises:
             ConfigError: there is no database, a server is using it, or SQLite
@@ -180,7 +182,7 @@ class DatabaseFile:
             problems = quick_check(db)
             if not problems:
                 upgrade_schema(db)  # (what the next start would do: the jobs decode with it)
-                problems = undecodable_jobs(db)
+                problems = undecodable_jobs(db) + unreadable_blocks(db)
             stored = last_number(db)
         except sqlite3.DatabaseError as exc:  # damage that stops the check itself
             return [f"the check stopped: {exc}"]
