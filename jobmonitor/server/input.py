@@ -100,11 +100,15 @@ class Input(Output):
         return PacketParser(max_packet_bytes=self._config.max_packet_bytes,
                             max_packet_variables=self._config.max_packet_variables)
 
-    def _new_reader(self) -> PacketReader:
-        """A reader of the packet whose first bytes the fast path could not read."""
+    def _new_reader(self, *, fast_path_tried: bool) -> PacketReader:
+        """A reader of the packet whose first bytes ``_read_pending`` did not read:
+        the fast path failed on them (``fast_path_tried``), or they were too many
+        to try it there (the reader's parser tries it on the first bytes it is
+        fed, up to its own bound)."""
         assert self._transport is not None  # (set by connection_made)
         parser = self._new_parser()
-        parser.skip_fast_path()  # (_read_pending has tried it on these bytes)
+        if fast_path_tried:
+            parser.skip_fast_path()
         return PacketReader(parser, self._parse_turns, self._transport, self._dispatch,
                             self._refuse)
 
@@ -188,7 +192,8 @@ class Input(Output):
                 chunk = pending if start == 0 and end == size else pending[start:end]
                 if reader is None:
                     found = None
-                    if len(chunk) <= SMALL_FIRST_CHUNK:
+                    small = len(chunk) <= SMALL_FIRST_CHUNK
+                    if small:
                         found = read_whole(chunk, config.max_packet_bytes,
                                            config.max_packet_variables)
                     if found is not None:
@@ -198,7 +203,7 @@ class Input(Output):
                         self._offset = end - len(rest)
                         self._dispatch(packet, alone)
                         continue
-                    reader = self._reader = self._new_reader()
+                    reader = self._reader = self._new_reader(fast_path_tried=small)
                 # It calls _dispatch or _refuse, now or on a later turn.
                 reader.feed(chunk)
         finally:

@@ -319,6 +319,24 @@ async def test_check_store_lists_blocks_of_lines_that_do_not_read_back(
         f"{db_path}: job T0000003, lines {first}-{last}: the block holds 1 lines, not {count}"]
 
 
+async def test_a_damaged_block_of_lines_is_one_clear_error_reply(make_server, db_path, db_url):
+    tids = await run_jobs(make_server, db_url, 2)
+    with sqlite3.connect(db_path) as db:
+        db.execute("UPDATE line_blocks SET data = x'789c0102', compressed = 1 "
+                   "WHERE number = 1 AND first_line = 1")
+    db.close()
+    server = await make_server(store=db_url)
+    def lines_of(tid: str) -> bytes:
+        return xml_packet("GetTaskLog", {"_sys_TransactionID": tid, "_sys_FromLine": "1"})
+
+    lines = await exchange(server.port, lines_of(tids[0]))
+    assert lines == [f"R0005999: Internal server error: the stored lines of {tids[0]} from "
+                     f"line 1 are damaged (Error -5 while decompressing data: incomplete or "
+                     f"truncated stream); jobmonitor serve --check-store lists what else is"]
+    # The server goes on: the other job's lines read as before.
+    assert (await exchange(server.port, lines_of(tids[1])))[0].startswith("R0000000")
+
+
 def test_check_store_refuses_a_database_in_use(db_path, db_url):
     server = ServerProcess("--jobs", "tests/support/jobs.py", "--store", db_url)
     try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 
 from ..conftest import release
-from ..support.helpers import TIMEOUT_S, Session, split_lines, submit, xml_packet
+from ..support.helpers import TIMEOUT_S, Session, exchange, split_lines, submit, xml_packet
 
 KEEP = {"_sys_KeepOpen": "true"}
 ENDED = "J0000001: Transaction {} ended"
@@ -99,6 +99,27 @@ async def test_pipelined_packets_that_come_whole_need_no_reader(server, monkeypa
     await session.close()
     assert len(lines) == 7 and all(line.startswith("R0000000: jobmonitor") for line in lines)
     assert len(made) == 1
+
+
+async def test_a_packet_too_big_to_try_first_still_gets_the_fast_path(server, monkeypatch):
+    # A packet of more than 4 KiB that comes whole is read by the reader's parser,
+    # which tries the fast path on it first: lxml's parser (four times slower on
+    # a 10 KB packet) is for what the fast path cannot read.
+    import jobmonitor.wire.packet as packet_module
+
+    full_parses = []
+    begin = packet_module.PacketParser._begin
+
+    def counted(self, *args, **kwargs):
+        full_parses.append(self)
+        return begin(self, *args, **kwargs)
+
+    monkeypatch.setattr(packet_module.PacketParser, "_begin", counted)
+    padded = xml_packet("GetBuildString", {"Padding": "x" * 10_000})
+    assert len(padded) > 10_000
+    lines = await exchange(server.port, padded)
+    assert len(lines) == 1 and lines[0].startswith("R0000000: jobmonitor")
+    assert full_parses == []
 
 
 async def test_a_monitored_stream_then_another_command(server):

@@ -21,6 +21,9 @@ import sqlite3
 import zlib
 from collections.abc import Sequence
 
+from ...errors import RequestError
+from ...wire.codes import Reply
+
 __all__ = ["BLOCK_COLUMN", "INSERT_BLOCKS", "READ_BLOCKS", "MIN_SAVING", "LEVEL", "pack_blocks",
            "read_lines", "add_block_column", "unreadable_blocks"]
 
@@ -60,7 +63,7 @@ def read_lines(db: sqlite3.Connection, number: int, from_line: int, limit: int) 
     """Up to ``limit`` of job ``number``'s stored lines from ``from_line`` (1-based) on.
 
     Raises:
-        zlib.error: a compressed block is damaged.
+        RequestError: INTERNAL_ERROR, a compressed block is damaged.
     """
     found: list[bytes] = []
     # From the block that holds from_line (the last to start at or before it), in
@@ -68,7 +71,12 @@ def read_lines(db: sqlite3.Connection, number: int, from_line: int, limit: int) 
     rows = db.execute(READ_BLOCKS, (number, number, from_line, from_line))
     for first_line, data, compressed in rows:
         if compressed:
-            data = zlib.decompress(data)
+            try:
+                data = zlib.decompress(data)
+            except zlib.error as exc:
+                raise RequestError(Reply.INTERNAL_ERROR, f"the stored lines of T{number:07d} "
+                                   f"from line {first_line} are damaged ({exc}); jobmonitor "
+                                   f"serve --check-store lists what else is") from None
         # (bytes.splitlines breaks only at CR, LF and CRLF: a line has none inside)
         lines = data.splitlines(keepends=True)
         found.extend(lines[max(from_line - first_line, 0):])
