@@ -196,6 +196,8 @@ class Engine(Clustered, Placing, Keeping):
         name stay as they were opened)."""
         self._config = config
         self._runner.configure(config)
+        for name in self._cluster_paused:  # (a cluster's pause outlasts the file's)
+            self._runner.lines.pause(name)
         self._claim_soon()  # (a cluster's node: more slots may be free now)
         self._schedules.configure(config.schedules)
         purging = self._purger is not None and not self._purger.done()

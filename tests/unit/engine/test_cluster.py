@@ -17,7 +17,7 @@ from jobmonitor.engine.job import Job
 from jobmonitor.engine.queues import Placement
 from jobmonitor.engine.registry import HandlerRegistry
 from jobmonitor.errors import StoreUnavailable
-from jobmonitor.queueing import ScheduleSettings
+from jobmonitor.queueing import QueueSettings, ScheduleSettings
 from jobmonitor.wire.codes import Reply
 
 from ...support.clock import ManualClock
@@ -456,6 +456,17 @@ async def test_a_released_job_waiting_out_a_retry_is_not_claimed_before_it_is_du
         row = nodes.db.rows[tid]
         assert row.node_id is None  # not due yet: nobody holds it
         assert row.record.retry_at == pytest.approx(time.time() + 30.0, abs=5.0)
+
+
+async def test_a_reload_that_unpauses_a_queue_leaves_the_clusters_pause(registry):
+    async with cluster(registry) as nodes:
+        paused = (QueueSettings("night", paused=True),)
+        a = await nodes.node("a", queues=paused)
+        await a.pause_queue("night")  # (paused by its configuration too, so far)
+        a.configure(Config(keep_days=0, queues=(QueueSettings("night"),)))
+        assert {row.name: row.paused for row in a.queue_rows()}["night"]
+        await a.resume_queue("night")
+        assert not {row.name: row.paused for row in a.queue_rows()}["night"]
 
 
 async def test_a_queue_paused_on_one_node_starts_no_job_on_any(registry):
