@@ -11,8 +11,9 @@ is suspended), ``queues`` (the waiting lines, by queue and priority),
 ``schedule`` (due times, recurring schedules and the clock they read),
 ``runner`` (the waiting lines and the running jobs), ``pacing`` (a job that
 never checkpoints held to the store's pace), ``engine`` (what each command
-does to a job) and its parts: ``placing`` (queues, due times and reruns),
-``keeping`` (recovery, stored lines, purges), and a cluster's node's
+does to a job) and its parts: ``controls`` (cancel, suspend, resume,
+delete), ``placing`` (queues, due times and reruns), ``keeping`` (recovery,
+stored lines, purges), and a cluster's node's
 ``claims`` (claims and takeovers), ``elsewhere`` (commands on jobs other nodes
 hold) and ``cluster`` (what the cluster shows); ``parts`` declares what the
 parts use of the engine.

@@ -1,6 +1,6 @@
 """What ``Engine``'s parts kept in modules of their own use of the engine.
 
-``Engine`` is made of parts (``Placing``, ``Keeping``, and a cluster's
+``Engine`` is made of parts (``Controls``, ``Placing``, ``Keeping``, and a cluster's
 ``Claims`` and ``ElsewhereCommands``), each a class of the methods of one concern.  They use
 the engine's state and some of its methods; ``EngineParts`` declares those once,
 for the type checker only: at run time it is ``object``, so a part adds no class
