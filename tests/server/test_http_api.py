@@ -23,23 +23,6 @@ BOB = User("bob", hash_password("bob-pw"))
 CAT = User("cat", hash_password("cat-pw"))
 
 
-@pytest.fixture
-async def web(make_server):
-    """Start a server with its HTTP listener on a free port: ``await web(**settings)``."""
-    listeners = []
-
-    async def start(**settings):
-        server = await make_server(**settings)
-        http = HttpServer(server, port=0)
-        await http.start()
-        listeners.append(http)
-        return server, http
-
-    yield start
-    for http in listeners:
-        http.close()
-        await http.wait_closed()
-
 
 async def test_every_endpoint_over_one_kept_alive_connection(web):
     server, http = await web()

@@ -6,7 +6,6 @@ import h11
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobmonitor.http import HttpServer
 from jobmonitor.queueing import QueueSettings
 from jobmonitor.users import User, hash_password
 
@@ -15,22 +14,6 @@ from ..support.http import HttpClient, basic
 
 API = "/api/v1"
 
-
-@pytest.fixture
-async def web(make_server):
-    listeners = []
-
-    async def start(**settings):
-        server = await make_server(**settings)
-        http = HttpServer(server, port=0)
-        await http.start()
-        listeners.append(http)
-        return server, http
-
-    yield start
-    for http in listeners:
-        http.close()
-        await http.wait_closed()
 
 
 async def read_until(client: HttpClient, text: str, seen: list) -> None:

@@ -3,9 +3,6 @@ each is the TCP command it names, with its roles and refusals."""
 
 from __future__ import annotations
 
-import pytest
-
-from jobmonitor.http import HttpServer
 from jobmonitor.queueing import QueueSettings
 from jobmonitor.users import User, hash_password
 
@@ -17,23 +14,6 @@ API = "/api/v1"
 ADMIN = User("root", hash_password("root-pw"), role="admin")
 BOB = User("bob", hash_password("bob-pw"))
 
-
-@pytest.fixture
-async def web(make_server):
-    """Start a server with its HTTP listener on a free port: ``await web(**settings)``."""
-    listeners = []
-
-    async def start(**settings):
-        server = await make_server(**settings)
-        http = HttpServer(server, port=0)
-        await http.start()
-        listeners.append(http)
-        return server, http
-
-    yield start
-    for http in listeners:
-        http.close()
-        await http.wait_closed()
 
 
 async def test_queues_are_listed_paused_and_resumed(web):

@@ -308,12 +308,7 @@ class Node:
         if released or taken:
             log.warning("took over %d running jobs of nodes that are gone, and let go of %d "
                         "waiting ones", len(taken), len(released))
-        for record, epoch in taken:
-            self.store.hold(record, epoch)
-        if taken:
-            self.hooks.taken_over([record for record, _ in taken])
-        if released:
-            self.hooks.work_available()
+        self._found(released, taken)
 
     async def _find_strays(self) -> None:
         store = self.store
@@ -325,7 +320,7 @@ class Node:
                 return [], []  # (one is under way: next time)
             try:
                 return await holding.strays(db, self.node_id, store.held(),
-                                        self.settings.channel("work"))
+                                            self.settings.channel("work"))
             finally:
                 store.end_sweep()
 
@@ -334,6 +329,11 @@ class Node:
             log.warning("found %d jobs held by this node that it did not know of (an answer "
                         "lost with its connection): let go of %d waiting, recovering %d "
                         "running", len(released) + len(taken), len(released), len(taken))
+        self._found(released, taken)
+
+    def _found(self, released: list[int], taken: list[tuple[JobRecord, int]]) -> None:
+        """After a reaping or a sweep: hold the running jobs taken, and tell the
+        engine of them and of the waiting ones let go (for any node to claim)."""
         for record, epoch in taken:
             self.store.hold(record, epoch)
         if taken:

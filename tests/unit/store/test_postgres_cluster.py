@@ -667,7 +667,10 @@ async def test_a_queue_paused_on_one_node_is_paused_for_all(cluster):
     assert [r.transaction_id for r in await third.claim(10)] == ["T0000001"]
 
 
-async def test_requests_read_as_their_job_is_let_go_stay_with_the_job(cluster, monkeypatch):
+async def _cancel_read_as_released(cluster, monkeypatch, let_go):
+    """Nodes a and b; a holds T0000001 and b asks it to cancel; a's read of its
+    requests answers just after ``let_go(a)`` let go of the job.  Returns
+    (a, a's hooks, b, b's hooks) once a's writes are done."""
     first, first_hooks = await cluster("a")
     read_requests = first.node._take_requests
 
@@ -683,13 +686,22 @@ async def test_requests_read_as_their_job_is_let_go_stay_with_the_job(cluster, m
     async def released_meanwhile(func, *args, **options):
         answer = await call(func, *args, **options)
         if func is holding.take_requests:  # (let go as the read's answer comes)
-            first.release("T0000001", keep_requests=True)
+            await let_go(first)
         return answer
 
     monkeypatch.setattr(first, "call", released_meanwhile)
     await read_requests()
     monkeypatch.setattr(first, "call", call)
     await first.flush()
+    return first, first_hooks, second, second_hooks
+
+
+async def test_requests_read_as_their_job_is_let_go_stay_with_the_job(cluster, monkeypatch):
+    async def stopping(node) -> None:
+        node.release("T0000001", keep_requests=True)
+
+    first, first_hooks, second, second_hooks = await _cancel_read_as_released(
+        cluster, monkeypatch, stopping)
     assert first_hooks.requests == []
     rows = await sql(first, "SELECT node_id, requested FROM jobs WHERE number = 1")
     assert [tuple(row) for row in rows] == [(None, "cancel")]
@@ -703,29 +715,12 @@ async def test_requests_read_as_a_going_node_lets_go_of_the_job_go_to_its_engine
     # A node that goes on (a resume let go of on a busy node) hands them to its
     # engine, which passes them on: left on the row of a job nobody holds, a
     # cancel would wait for a claim that may never come.
-    first, first_hooks = await cluster("a")
-    read_requests = first.node._take_requests
+    async def going_on(node) -> None:
+        node.release("T0000001")
+        await node.flush()  # (the release written before the read's answer)
 
-    async def not_yet() -> None:
-        pass
-
-    monkeypatch.setattr(first.node, "_take_requests", not_yet)
-    second, _second_hooks = await cluster("b")
-    await first.add_held(job(1))
-    assert await second.request("T0000001", "cancel") is True
-    call = first.call
-
-    async def released_meanwhile(func, *args, **options):
-        answer = await call(func, *args, **options)
-        if func is holding.take_requests:  # (let go, and written, as the answer comes)
-            first.release("T0000001")
-            await first.flush()
-        return answer
-
-    monkeypatch.setattr(first, "call", released_meanwhile)
-    await read_requests()
-    monkeypatch.setattr(first, "call", call)
-    await first.flush()
+    first, first_hooks, _second, _hooks = await _cancel_read_as_released(
+        cluster, monkeypatch, going_on)
     assert first_hooks.requests == [("T0000001", "cancel")]
     rows = await sql(first, "SELECT node_id, requested FROM jobs WHERE number = 1")
     assert [tuple(row) for row in rows] == [(None, None)]
